@@ -1,0 +1,73 @@
+"""Read the chain: filtered listings for tail/export, and the verify walk."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.audit.chain import AuditEvent
+from broker.audit.checkpoint import load_public_key, public_key_path, read_checkpoints
+from broker.audit.verify import Row, VerifyReport, verify_chain
+
+_COLUMNS = "seq, ts, actor, action, target, outcome, details, prev_hash, hash"
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Filters an operator can give; values are always bound as SQL parameters."""
+
+    since: str | None = None
+    until: str | None = None
+    action: str | None = None
+    actor: str | None = None
+    after_seq: int = 0
+    limit: int | None = None
+    newest_first: bool = False
+
+
+def iter_events(conn: sqlite3.Connection, filt: EventFilter) -> Iterator[AuditEvent]:
+    clauses: list[str] = ["seq > ?"]
+    params: list[int | str] = [filt.after_seq]
+    if filt.since:
+        clauses.append("ts >= ?")
+        params.append(filt.since)
+    if filt.until:
+        clauses.append("ts < ?")
+        params.append(filt.until)
+    if filt.action:
+        clauses.append("action GLOB ?")
+        params.append(filt.action)
+    if filt.actor:
+        clauses.append("actor = ?")
+        params.append(filt.actor)
+    order = "DESC" if filt.newest_first else "ASC"
+    sql = f"SELECT {_COLUMNS} FROM audit_events WHERE {' AND '.join(clauses)} ORDER BY seq {order}"  # noqa: S608 (fixed clauses, bound values)
+    if filt.limit is not None:
+        sql += " LIMIT ?"
+        params.append(filt.limit)
+    for row in conn.execute(sql, params):
+        yield AuditEvent(*row)
+
+
+def verify_store(
+    conn: sqlite3.Connection, signing_key_path: Path, checkpoint_paths: list[Path]
+) -> VerifyReport:
+    """Verify the stored chain against every checkpoint copy that can be read."""
+    public = load_public_key(public_key_path(signing_key_path))
+    checkpoints = read_checkpoints(checkpoint_paths, public)
+
+    def seq_of_hash(digest: str) -> int | None:
+        row = conn.execute("SELECT seq FROM audit_events WHERE hash = ?", (digest,)).fetchone()
+        return int(row[0]) if row else None
+
+    rows: Iterator[Row] = conn.execute(f"SELECT {_COLUMNS} FROM audit_events ORDER BY seq")  # noqa: S608
+    report = verify_chain(rows, checkpoints, seq_of_hash)
+    if not checkpoints and report.count:
+        report.warnings.append(
+            "no checkpoint log found at "
+            + ", ".join(str(p) for p in checkpoint_paths)
+            + ": deleted or rewritten newest events cannot be detected"
+        )
+    return report

@@ -1,0 +1,47 @@
+"""`broker db`: schema migrations and store status."""
+
+from __future__ import annotations
+
+import typer
+
+from broker.app import local_actor
+from broker.cli import output
+from broker.cli.context import JSON_OPTION, state
+from broker.store import migrations
+
+app = typer.Typer(help="The broker's SQLite store.", no_args_is_help=True)
+
+
+@app.command()
+def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
+    """Apply pending schema migrations (idempotent; the daemon also runs this at start)."""
+    applied = state(ctx).app().migrate(local_actor())
+    if json_out:
+        output.print_json({"applied": applied, "version": migrations.latest()})
+    elif applied:
+        for name in applied:
+            output.say(f"applied migration {name}")
+    else:
+        output.say(f"store is up to date (schema {migrations.latest()})")
+
+
+@app.command()
+def status(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
+    """Where the store is, its schema version, pending migrations and event count."""
+    app_ = state(ctx).app()
+    store = app_.store()
+    conn = store.conn
+    done = sorted(migrations.applied_numbers(conn))
+    waiting = [m.number for m in migrations.pending(conn)]
+    events = conn.execute("SELECT count(*) FROM audit_events").fetchone()[0] if done else 0
+    info = {
+        "path": str(store.path),
+        "schema": done[-1] if done else 0,
+        "pending": waiting,
+        "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+        "audit_events": events,
+    }
+    if json_out:
+        output.print_json(info)
+    else:
+        output.table(None, ["key", "value"], [[k, v] for k, v in info.items()])

@@ -1,0 +1,91 @@
+"""The `broker` command. Only this module turns errors into exit codes.
+
+Exit codes: 0 ok, 1 refused or failed, 2 usage (bad arguments, bad
+configuration), 3 unavailable (directory, node, store or daemon unreachable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import typer
+
+from broker import __version__
+from broker.app import local_actor
+from broker.cli import audit_cmds, config_cmds, db_cmds, directory_cmds, output
+from broker.cli.context import CliState, state
+from broker.core.errors import EXIT_FAILED, EXIT_USAGE, BrokerError
+
+app = typer.Typer(
+    name="broker",
+    help="Privileged access broker for HPC and AI-factory clusters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(audit_cmds.app, name="audit")
+app.add_typer(db_cmds.app, name="db")
+app.add_typer(config_cmds.app, name="config")
+app.add_typer(directory_cmds.app, name="directory")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"broker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Configuration file (default: $BROKER_CONFIG, then /etc/broker/broker.toml).",
+        dir_okay=False,
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Privileged access broker for HPC and AI-factory clusters."""
+    ctx.obj = CliState(config=config)
+    ctx.call_on_close(ctx.obj.close)
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the state directory, the audit signing key, the SSH key and the schema (idempotent)."""
+    result = state(ctx).app().init(local_actor())
+    for path in result.created:
+        output.say(f"created {path}")
+    for name in result.migrations:
+        output.say(f"applied migration {name}")
+    if not result.created and not result.migrations:
+        output.say(f"{result.state_dir}: already initialised")
+
+
+def run() -> None:
+    """Console-script entry point: run the app and map errors to documented exit codes."""
+    logging.basicConfig(level=logging.WARNING, format="broker: %(levelname)s: %(message)s")
+    os.umask(0o077)
+    try:
+        code = app(standalone_mode=False)
+    except BrokerError as exc:
+        output.fail(exc.one_line() if "\n" not in exc.message else exc.message)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        output.fail("aborted")
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

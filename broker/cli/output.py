@@ -1,0 +1,48 @@
+"""Terminal output: rich tables for people, JSON for scripts, one-line errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    """Stable JSON on stdout (sorted keys), nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A rich table; every cell is escaped, so directory or node data cannot inject markup."""
+    grid = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        grid.add_column(column)
+    for row in rows:
+        grid.add_row(*(escape(_cell(value)) for value in row))
+    out.print(grid)
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return "".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in text)
+
+
+def say(message: str) -> None:
+    out.print(escape(message))
+
+
+def fail(message: str) -> None:
+    err.print(f"broker: error: {escape(message)}")
+
+
+def warn(message: str) -> None:
+    err.print(f"broker: warning: {escape(message)}")

@@ -1,0 +1,192 @@
+"""Typed settings for the broker, validated from broker.toml.
+
+Paths that most sites never change are derived from `broker.state_dir`, so a
+minimal file only says where the directory is and how to reach the nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from broker.core.durations import parse_duration
+from broker.core.errors import UsageError
+
+_POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9._/-]{1,200}@[A-Z0-9.-]{1,200}$")
+_DN_COMPONENT = re.compile(r"^(?:DC|dc)=[A-Za-z0-9-]{1,63}$")
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a duration string such as 10s, 30m, 1h30m")
+    try:
+        return parse_duration(value)
+    except UsageError as exc:
+        raise ValueError(exc.one_line()) from None
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+AbsPath = Annotated[Path, BeforeValidator(lambda v: _absolute_path(v))]
+
+
+def _absolute_path(value: object) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("expected an absolute path")
+    path = Path(value)
+    if not path.is_absolute() or "\x00" in str(value):
+        raise ValueError("expected an absolute path")
+    return path
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSection(_Section):
+    """Where the broker keeps its state and whom it runs as."""
+
+    state_dir: AbsPath = Path("/var/lib/broker")
+    service_user: str = "broker"
+
+    @field_validator("service_user")
+    @classmethod
+    def _posix_name(cls, value: str) -> str:
+        if not _POSIX_NAME.fullmatch(value):
+            raise ValueError(
+                "expected a POSIX user name ([a-z_][a-z0-9_-]*, at most 32 characters)"
+            )
+        return value
+
+
+class StoreSection(_Section):
+    """The SQLite database."""
+
+    path: AbsPath | None = None
+
+
+class AuditSection(_Section):
+    """The audit hash chain and where its signed checkpoints are copied."""
+
+    checkpoint_log: AbsPath | None = None
+    checkpoint_copy: AbsPath | None = None
+    signing_key: AbsPath | None = None
+    checkpoint_interval: Duration = timedelta(0)
+    syslog: bool = True
+    syslog_socket: AbsPath = Path("/dev/log")
+
+
+class KerberosSection(_Section):
+    """Kerberos client settings for the broker process itself."""
+
+    krb5_conf: AbsPath | None = None
+
+
+class DirectorySection(_Section):
+    """How to reach Active Directory. Plain LDAP without StartTLS is never allowed."""
+
+    uris: list[str] = Field(min_length=1)
+    base_dn: str
+    ca_file: AbsPath
+    auth: Literal["gssapi", "simple"] = "gssapi"
+    starttls: bool = False
+    principal: str | None = None
+    keytab: AbsPath | None = None
+    bind_dn: str | None = None
+    password_file: AbsPath | None = None
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("uris")
+    @classmethod
+    def _uris(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parts = urlsplit(value)
+            if parts.scheme not in ("ldaps", "ldap") or not parts.hostname:
+                raise ValueError(
+                    f"{value!r} is not an ldaps://HOST[:PORT] or ldap://HOST[:PORT] URI"
+                )
+            if parts.path not in ("", "/") or parts.query or parts.username:
+                raise ValueError(f"{value!r}: give only scheme, host and port")
+        return values
+
+    @field_validator("base_dn")
+    @classmethod
+    def _base_dn(cls, value: str) -> str:
+        if not all(_DN_COMPONENT.fullmatch(part.strip()) for part in value.split(",")):
+            raise ValueError("expected a domain DN such as DC=hpc,DC=example,DC=org")
+        return value
+
+    @field_validator("principal")
+    @classmethod
+    def _principal(cls, value: str | None) -> str | None:
+        if value is not None and not _PRINCIPAL.fullmatch(value):
+            raise ValueError("expected a Kerberos principal such as svc-broker@HPC.EXAMPLE.ORG")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_needs(self) -> DirectorySection:
+        plain = [u for u in self.uris if u.startswith("ldap://")]
+        if plain and not self.starttls:
+            raise ValueError(
+                f"{plain[0]!r} is plain LDAP; use ldaps:// or set directory.starttls = true"
+            )
+        if self.auth == "gssapi" and (self.principal is None or self.keytab is None):
+            raise ValueError("auth = 'gssapi' needs directory.principal and directory.keytab")
+        if self.auth == "simple" and (self.bind_dn is None or self.password_file is None):
+            raise ValueError("auth = 'simple' needs directory.bind_dn and directory.password_file")
+        return self
+
+
+class SshSection(_Section):
+    """How the broker reaches nodes: its own key and pinned host keys, never auto-added."""
+
+    key: AbsPath | None = None
+    known_hosts: AbsPath | None = None
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    connect_timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("user")
+    @classmethod
+    def _posix_name(cls, value: str) -> str:
+        if not _POSIX_NAME.fullmatch(value):
+            raise ValueError("expected a POSIX user name")
+        return value
+
+
+class Settings(_Section):
+    """The whole configuration, with derived paths resolved."""
+
+    broker: BrokerSection = BrokerSection()
+    store: StoreSection = StoreSection()
+    audit: AuditSection = AuditSection()
+    kerberos: KerberosSection = KerberosSection()
+    directory: DirectorySection | None = None
+    ssh: SshSection = SshSection()
+
+    @property
+    def db_path(self) -> Path:
+        return self.store.path or self.broker.state_dir / "broker.db"
+
+    @property
+    def checkpoint_log(self) -> Path:
+        return self.audit.checkpoint_log or self.broker.state_dir / "audit" / "checkpoints.jsonl"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.audit.signing_key or self.broker.state_dir / "keys" / "audit-ed25519.pem"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.ssh.key or self.broker.state_dir / "keys" / "ssh_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh.known_hosts or self.broker.state_dir / "known_hosts"
