@@ -80,7 +80,7 @@ def verify_chain(
                 "edited", seq, f"event {seq} does not match its hash: its content was edited"
             )
         if problem is None and stored_prev != prev_hash:
-            problem = _broken_link(seq, prev_seq, stored_prev, seq_of_hash)
+            problem = _broken_link(seq, prev_seq)
         while problem is None and next_cp is not None and next_cp.seq <= seq:
             if next_cp.seq == seq and next_cp.hash != stored_hash:
                 start = last_matched + 1
@@ -125,28 +125,21 @@ def _link_problem(
     stored_prev: str,
     seq_of_hash: Callable[[str], int | None],
 ) -> Finding | None:
-    """A gap in seq means rows were deleted; a link pointing forward means rows were reordered."""
+    """Structural damage: a seq gap (deleted rows) or a link to another row (reordered, inserted)."""
     if seq != prev_seq + 1:
         first = prev_seq + 1
         return Finding(
             "deleted", first, f"events {first}..{seq - 1} are missing: they were deleted"
         )
-    if stored_prev != prev_hash:
-        target = seq_of_hash(stored_prev)
-        if target is not None and target > seq:
-            return Finding(
-                "reordered",
-                seq,
-                f"event {seq} links to event {target}, which comes after it: rows were reordered",
-            )
-    return None
-
-
-def _broken_link(
-    seq: int, prev_seq: int, stored_prev: str, seq_of_hash: Callable[[str], int | None]
-) -> Finding:
-    """The row is self-consistent but does not follow its predecessor."""
+    if stored_prev == prev_hash:
+        return None
     target = seq_of_hash(stored_prev)
+    if target is not None and target > seq:
+        return Finding(
+            "reordered",
+            seq,
+            f"event {seq} links to event {target}, which comes after it: rows were reordered",
+        )
     if target is not None and target < prev_seq:
         first = target + 1
         return Finding(
@@ -154,6 +147,11 @@ def _broken_link(
             first,
             f"events {first}..{prev_seq} were inserted: event {seq} follows event {target} directly",
         )
+    return None
+
+
+def _broken_link(seq: int, prev_seq: int) -> Finding:
+    """The row is self-consistent but links to a version of its predecessor that is gone."""
     return Finding(
         "edited",
         prev_seq,

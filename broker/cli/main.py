@@ -11,14 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-import click
 import typer
 
 from broker import __version__
 from broker.app import local_actor
 from broker.cli import audit_cmds, config_cmds, db_cmds, directory_cmds, output
 from broker.cli.context import CliState, state
-from broker.core.errors import EXIT_FAILED, EXIT_USAGE, BrokerError
+from broker.core.errors import BrokerError
 
 app = typer.Typer(
     name="broker",
@@ -70,22 +69,13 @@ def init(ctx: typer.Context) -> None:
 
 
 def run() -> None:
-    """Console-script entry point: run the app and map errors to documented exit codes."""
+    """Console-script entry point: typer owns usage errors (exit 2); ours map to 1 or 3."""
     logging.basicConfig(level=logging.WARNING, format="broker: %(levelname)s: %(message)s")
     os.umask(0o077)
     try:
-        code = app(standalone_mode=False)
+        app()
     except BrokerError as exc:
-        output.fail(exc.one_line() if "\n" not in exc.message else exc.message)
+        output.fail(exc.message if "\n" in exc.message else exc.one_line())
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        output.fail("aborted")
-        sys.exit(EXIT_FAILED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)

@@ -7,7 +7,9 @@ from datetime import timedelta
 
 from broker.core.errors import UsageError
 
-_DURATION = re.compile(r"^(?:(\d{1,6})d)?(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?$")
+_DURATION = re.compile(
+    r"^(?:([0-9]{1,6})d)?(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,9})s)?$"
+)
 
 
 def parse_duration(text: str) -> timedelta:

@@ -24,6 +24,9 @@ class BrokerError(Exception):
         self.message = message
         self.fix = fix
 
+    def __str__(self) -> str:
+        return self.one_line()
+
     def one_line(self) -> str:
         """The message and its fix on one line, newlines flattened."""
         text = self.message if not self.fix else f"{self.message}; {self.fix}"

@@ -31,7 +31,7 @@ def from_text(text: str) -> datetime:
 def parse_moment(text: str, now: datetime) -> datetime:
     """`--since`/`--until` values: a duration ago (`2h`, `1d`) or an ISO-8601 time (UTC if no zone)."""
     value = text.strip()
-    if value and value[0].isdigit() and not any(c in value for c in "-:T"):
+    if value[:1] in tuple("0123456789") and not any(c in value for c in "-:T"):
         return now - parse_duration(value)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.app import App, local_actor
+from broker.config.loader import load_settings
+from tests.helpers import run_broker, write_config
+
+
+@pytest.fixture
+def broker_config(tmp_path: Path) -> Path:
+    """An initialised broker (state dir, keys, schema) in a temporary directory."""
+    config = write_config(tmp_path)
+    result = run_broker("init", config=config)
+    assert result.returncode == 0, result.stderr
+    return config
+
+
+@pytest.fixture
+def broker_app(broker_config: Path) -> Iterator[App]:
+    app = App(load_settings(broker_config))
+    app.migrate(local_actor())
+    yield app
+    app.close()
