@@ -19,6 +19,10 @@ GENESIS_HASH = "0" * 64
 OUTCOMES = ("ok", "refused", "failed")
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*){1,4}$")
 _MAX_FIELD = 1024
+# json's C string escaper: the same bytes as json.dumps(..., separators=(",", ":")) for a
+# str, without building an encoder per call (verify hashes a million events in seconds).
+_q = json.encoder.encode_basestring_ascii
+_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +73,11 @@ def event_hash(
     prev_hash: str,
 ) -> str:
     """SHA-256 (hex) of the canonical serialisation of one event."""
-    body = json.dumps(
-        [seq, ts, actor, action, target, outcome, details, prev_hash], separators=(",", ":")
+    body = (
+        f"[{int(seq)},{_q(ts)},{_q(actor)},{_q(action)},{_q(target)},"
+        f"{_q(outcome)},{_q(details)},{_q(prev_hash)}]"
     )
-    return hashlib.sha256(body.encode("ascii")).hexdigest()
+    return _sha256(body.encode("ascii")).hexdigest()
 
 
 def check_fields(actor: str, action: str, target: str, outcome: str) -> None:

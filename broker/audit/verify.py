@@ -67,10 +67,14 @@ def verify_chain(
         return report
     pending = iter(by_seq)
     next_cp = next(pending, None)
+    next_cp_seq = next_cp.seq if next_cp is not None else -1
     last_matched = 0
     prev_seq, prev_hash = 0, GENESIS_HASH
+    count = 0
     for seq, ts, actor, action, target, outcome, details, stored_prev, stored_hash in rows:
-        problem = _link_problem(seq, prev_seq, prev_hash, stored_prev, seq_of_hash)
+        problem = None
+        if seq != prev_seq + 1 or stored_prev != prev_hash:
+            problem = _link_problem(seq, prev_seq, prev_hash, stored_prev, seq_of_hash)
         if (
             problem is None
             and event_hash(seq, ts, actor, action, target, outcome, details, stored_prev)
@@ -81,8 +85,8 @@ def verify_chain(
             )
         if problem is None and stored_prev != prev_hash:
             problem = _broken_link(seq, prev_seq)
-        while problem is None and next_cp is not None and next_cp.seq <= seq:
-            if next_cp.seq == seq and next_cp.hash != stored_hash:
+        while problem is None and next_cp is not None and next_cp_seq <= seq:
+            if next_cp_seq == seq and next_cp.hash != stored_hash:
                 start = last_matched + 1
                 problem = Finding(
                     "rewritten",
@@ -90,14 +94,17 @@ def verify_chain(
                     f"events {start}..{seq} do not match the signed checkpoint at seq {seq} "
                     f"({next_cp.source}): the chain was rewritten",
                 )
-            elif next_cp.seq == seq:
+            elif next_cp_seq == seq:
                 last_matched = seq
             next_cp = next(pending, None)
+            next_cp_seq = next_cp.seq if next_cp is not None else -1
         if problem is not None:
+            report.count = count
             report.problem = problem
             return report
-        report.count += 1
+        count += 1
         prev_seq, prev_hash = seq, stored_hash
+    report.count = count
     report.head_seq, report.head_hash = prev_seq, prev_hash
     if by_seq:
         newest = by_seq[-1]
