@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what the broker, its tests and the lab need on Debian 12, then the project into .venv.
+# Idempotent: apt-get runs only when a package is missing; pip only when the venv is stale.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  samba samba-ad-dc winbind krb5-user ldap-utils
+  openssh-server openssh-client sudo pamtester
+  python3 python3-venv python3-dev libkrb5-dev gcc
+  util-linux iproute2 openssl sqlite3
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "install-deps: need root to apt-get install: ${missing[*]}" >&2; exit 2; }
+  echo "install-deps: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The project runs on Debian's own Python, the one a node or broker host has.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv .venv
+fi
+stamp=.venv/.installed-from
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import broker" 2>/dev/null; then
+  echo "install-deps: pip install -e '.[dev]'"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

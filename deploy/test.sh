@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh Debian 12 machine, as root:
+# install dependencies, lint, type-check, then unit tests and lab tests
+# (the lab - a real Samba AD DC and namespaced nodes - is brought up once and torn down).
+# Extra arguments go to pytest, e.g.  deploy/test.sh -m "not lab"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "deploy/test.sh: run as root (the lab starts a DC and sshd in namespaces)" >&2
+  exit 2
+fi
+deploy/install-deps.sh
+echo "== ruff"
+.venv/bin/ruff check broker tests bench deploy
+.venv/bin/ruff format --check broker tests bench deploy
+echo "== mypy (strict)"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
