@@ -15,7 +15,7 @@ import typer
 
 from broker import __version__
 from broker.app import local_actor
-from broker.cli import audit_cmds, config_cmds, db_cmds, directory_cmds, output
+from broker.cli import audit_cmds, config_cmds, db_cmds, directory_cmds, node_cmds, output
 from broker.cli.context import CliState, state
 from broker.core.errors import BrokerError
 
@@ -29,6 +29,7 @@ app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(db_cmds.app, name="db")
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(directory_cmds.app, name="directory")
+app.add_typer(node_cmds.app, name="node")
 
 
 def _version(value: bool) -> None:
