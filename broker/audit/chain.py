@@ -23,6 +23,7 @@ _MAX_FIELD = 1024
 # str, without building an encoder per call (verify hashes a million events in seconds).
 _q = json.encoder.encode_basestring_ascii
 _sha256 = hashlib.sha256
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ class AuditEvent:
 
 def canonical_details(details: Mapping[str, Any]) -> str:
     """Sorted, compact, ASCII JSON: the one textual form that gets hashed and stored."""
-    return json.dumps(dict(details), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _canonical(dict(details))
 
 
 def event_hash(

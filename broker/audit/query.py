@@ -59,6 +59,8 @@ def verify_store(
     checkpoints = read_checkpoints(checkpoint_paths, public)
 
     def seq_of_hash(digest: str) -> int | None:
+        # Only called once verification has already failed: a scan is fine, and an index on
+        # random hashes would slow every append of a long chain.
         row = conn.execute("SELECT seq FROM audit_events WHERE hash = ?", (digest,)).fetchone()
         return int(row[0]) if row else None
 

@@ -31,7 +31,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'refused', 'failed')),
                 details TEXT NOT NULL,
                 prev_hash TEXT NOT NULL,
-                hash TEXT NOT NULL UNIQUE
+                hash TEXT NOT NULL
             )""",
             "CREATE INDEX audit_events_ts ON audit_events (ts)",
             "CREATE INDEX audit_events_action ON audit_events (action)",
