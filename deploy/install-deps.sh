@@ -31,7 +31,10 @@ stamp=.venv/.installed-from
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import broker" 2>/dev/null; then
   echo "install-deps: pip install -e '.[dev]'"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  log=$(mktemp)
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2; rm -f "$log"; echo "install-deps: pip install failed" >&2; exit 1
+  fi
+  rm -f "$log"
   echo "$want" > "$stamp"
 fi

@@ -9,6 +9,8 @@ names the DC, the cause and the fix.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ssl
 import time
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import gssapi
 import gssapi.raw
 import ldap3
 from ldap3.core import exceptions as ldap_errors
+from ldap3.utils.conv import escape_filter_chars
 
 from broker.config.settings import DirectorySection
 from broker.core.errors import UnavailableError
@@ -72,7 +75,7 @@ def _connection(uri: str, cfg: DirectorySection) -> ldap3.Connection:
             authentication=ldap3.SASL,
             sasl_mechanism=ldap3.KERBEROS,
             sasl_credentials=(server.host,),
-            cred_store={"client_keytab": str(cfg.keytab), "ccache": "MEMORY:broker-directory"},
+            cred_store={"client_keytab": str(cfg.keytab), "ccache": _ccache_name(cfg)},
             receive_timeout=timeout,
             raise_exceptions=False,
             read_only=True,
@@ -87,6 +90,13 @@ def _connection(uri: str, cfg: DirectorySection) -> ldap3.Connection:
         raise_exceptions=False,
         read_only=True,
     )
+
+
+def _ccache_name(cfg: DirectorySection) -> str:
+    """An in-memory ticket cache per (keytab, principal): tickets are reused between binds,
+    but never across a change of keytab or principal."""
+    key = hashlib.sha256(f"{cfg.keytab}\0{cfg.principal}".encode()).hexdigest()[:16]
+    return f"MEMORY:broker-directory-{key}"
 
 
 def _read_password(cfg: DirectorySection) -> str:
@@ -110,19 +120,51 @@ def _bind(uri: str, cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo]:
             raise UnavailableError(f"{uri}: StartTLS failed ({conn.result.get('description')})")
         if not conn.bind():
             raise UnavailableError(_bind_failure(uri, cfg, conn))
-        identity = conn.extend.standard.who_am_i() or ""
+        identity = _identity(conn, cfg)
     except UnavailableError:
-        conn.unbind()
+        _discard(conn)
         raise
     except ldap_errors.LDAPException as exc:
-        conn.unbind()
+        _discard(conn)
         raise UnavailableError(_ldap_failure(uri, cfg, exc)) from None
     except gssapi.raw.GSSError as exc:
-        conn.unbind()
+        _discard(conn)
         raise UnavailableError(_gss_failure(uri, cfg, exc)) from None
     tls = conn.socket.version() if isinstance(conn.socket, ssl.SSLSocket) else "none"
     elapsed = (time.monotonic() - started) * 1000
-    return conn, BindInfo(uri, str(identity).removeprefix("u:"), str(tls), elapsed)
+    return conn, BindInfo(uri, identity, str(tls), elapsed)
+
+
+def _discard(conn: ldap3.Connection) -> None:
+    """Close a failed connection; ldap3 leaves the socket of a refused open behind."""
+    with contextlib.suppress(ldap_errors.LDAPException):
+        conn.unbind()
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        sock.close()
+
+
+def _identity(conn: ldap3.Connection, cfg: DirectorySection) -> str:
+    """Who the DC thinks we are: WhoAmI where supported (Windows), else our own account's DN.
+
+    Samba does not implement WhoAmI; finding our own entry also proves the bind can read.
+    """
+    who = conn.extend.standard.who_am_i()
+    if who:
+        return str(who).removeprefix("u:")
+    if cfg.auth == "simple":
+        return str(cfg.bind_dn)
+    account = str(cfg.principal).split("@", 1)[0]
+    query = f"(&(objectClass=user)(sAMAccountName={escape_filter_chars(account)}))"
+    if (
+        not conn.search(cfg.base_dn, query, attributes=["sAMAccountName"], size_limit=1)
+        or not conn.entries
+    ):
+        raise UnavailableError(
+            f"{conn.server.host}: bound as {cfg.principal} but cannot find that account under {cfg.base_dn}",
+            fix="check directory.base_dn",
+        )
+    return str(conn.entries[0].entry_dn)
 
 
 def connect(cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo]:
@@ -192,7 +234,12 @@ def _gss_text(uri: str, cfg: DirectorySection, text: str) -> str:
     lowered = text.lower()
     if "skew" in lowered:
         fix = "synchronise this host's clock with the DC (chrony/NTP)"
-    elif "keytab" in lowered or "key table" in lowered or "no key" in lowered:
+    elif "find kdc" in lowered or "contact any kdc" in lowered or "resolve" in lowered:
+        fix = "the realm's KDC is unknown or unreachable; check kerberos.krb5_conf (or /etc/krb5.conf)"
+    elif any(
+        w in lowered
+        for w in ("keytab", "key table", "no key", "no credentials", "credentials cache")
+    ):
         fix = f"check {cfg.keytab} exists, is readable by the broker and holds keys for {cfg.principal}"
     elif "expired" in lowered:
         fix = f"the key or password of {cfg.principal} has expired; rotate its keytab"

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from broker.app import App
 from broker.config.loader import load_settings
 from broker.config.settings import DirectorySection
 from broker.core.errors import UnavailableError
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.lab
 
 def directory_of(lab: dict[str, Any], **changes: Any) -> DirectorySection:
     settings = load_settings(Path(lab["broker"]["config"]))
+    App(settings)  # applies kerberos.krb5_conf, as every broker entry point does
     assert settings.directory is not None
     return settings.directory.model_copy(update=changes)
 
@@ -28,10 +30,10 @@ def directory_of(lab: dict[str, Any], **changes: Any) -> DirectorySection:
 def test_gssapi_bind_over_ldaps_with_the_broker_keytab(lab: dict[str, Any]) -> None:
     conn, info = connect(directory_of(lab))
     try:
-        assert info.identity.lower() == "hpc\\svc-broker"
+        assert info.identity == "CN=svc-broker,OU=Service Accounts,OU=Cluster,DC=hpc,DC=test"
         assert info.tls.startswith("TLSv1.")
         assert conn.search(lab["base_dn"], "(sAMAccountName=alice)", attributes=["uidNumber"])
-        assert conn.entries[0]["uidNumber"].value == lab["users"]["alice"]["uid"]
+        assert int(conn.entries[0]["uidNumber"].value) == lab["users"]["alice"]["uid"]
     finally:
         conn.unbind()
 
@@ -86,7 +88,9 @@ def test_a_command_runs_on_every_node_in_its_own_namespace(lab: dict[str, Any]) 
 
 def test_argv_is_quoted_for_the_remote_shell(lab: dict[str, Any]) -> None:
     node = lab["nodes"][0]
-    result = runner(lab).run(NodeTarget(node["name"], node["address"]), ["echo", "a b; id", "$(id)"])
+    result = runner(lab).run(
+        NodeTarget(node["name"], node["address"]), ["echo", "a b; id", "$(id)"]
+    )
     assert result.ok and result.stdout == "a b; id $(id)\n"
 
 
@@ -101,8 +105,11 @@ def test_an_unpinned_host_key_is_refused(lab: dict[str, Any], tmp_path: Path) ->
 def test_a_changed_host_key_is_refused(lab: dict[str, Any], tmp_path: Path) -> None:
     first, second = lab["nodes"][0], lab["nodes"][1]
     real = Path(lab["broker"]["known_hosts"]).read_text().splitlines()
-    second_key = next(line.split(None, 1)[1] for line in real if line.split()[0].split(",")[0] in
-                      (second["name"], second["address"]))
+    second_key = next(
+        line.split(None, 1)[1]
+        for line in real
+        if line.split()[0].split(",")[0] in (second["name"], second["address"])
+    )
     swapped = tmp_path / "known_hosts"
     swapped.write_text(f"{first['address']} {second_key}\n")
     result = runner(lab, swapped).run(NodeTarget(first["name"], first["address"]), ["true"])

@@ -1,0 +1,960 @@
+"""The lab: a throwaway Samba AD DC and namespaced nodes, on loopback, for tests and demos.
+
+`up` builds everything under ROOT (default /var/lib/broker-lab), `down`
+removes it and leaves the host as it found it, `status` says what runs.
+Standard library only, so it works before the project is installed.
+Host changes, all undone by `down`: a marked block in /etc/hosts, the DC's
+address 127.0.0.10/32 on lo (Samba binds only to interface addresses), and
+empty mount points for the node directories that the host lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROOT = Path(os.environ.get("BROKER_LAB_ROOT", "/var/lib/broker-lab"))
+DEFAULT_NODES = "gpu[01-02],stor01,login01"
+REALM, DOMAIN, BASE_DN = "HPC.TEST", "HPC", "DC=hpc,DC=test"
+DC_HOST, DC_ADDR = "dc1.hpc.test", "127.0.0.10"
+HOSTS_BEGIN, HOSTS_END = "# broker-lab begin", "# broker-lab end"
+NODE_MOUNTS = (
+    "/etc/sudoers.d",
+    "/etc/pam.d",
+    "/etc/broker",
+    "/var/lib/broker",
+    "/var/spool/broker",
+    "/var/log/broker-io",
+)
+
+PEOPLE = [
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "erin",
+    "frank",
+    "grace",
+    "heidi",
+    "ivan",
+    "judy",
+    "mallory",
+    "niaj",
+    "olivia",
+    "peggy",
+    "rupert",
+    "sybil",
+    "trent",
+    "victor",
+    "walter",
+    "wendy",
+]
+SPECIAL = {"dora": "disabled", "evan": "expired", "lena": "locked", "nomad": "enabled"}
+GROUPS = {  # name: (gid, direct members)
+    "hpc-users": (10000, []),
+    "gpu-admins": (10010, ["alice", "carol", "dora", "evan"]),
+    "storage-admins": (10011, ["dave", "erin"]),
+    "hpc-admins": (10012, ["gpu-admins", "storage-admins"]),
+    "hpc-approvers": (10013, ["frank", "grace"]),
+    "break-glass": (10014, ["heidi"]),
+    "incident-response": (10015, ["ivan"]),
+    "svc-owners": (10016, ["judy"]),
+}
+SERVICE_ACCOUNTS = {
+    "svc-slurm": ["slurm/mgmt01.hpc.test"],
+    "svc-nfs": ["nfs/stor01.hpc.test"],
+    "svc-broker": ["HTTP/broker.hpc.test"],
+}
+
+
+class LabError(Exception):
+    """A lab step failed; the message names the step and the cause."""
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def expand_hostlist(expression: str) -> list[str]:
+    """`gpu[01-03,07],stor01` -> names, keeping zero padding (a subset of ClusterShell's syntax)."""
+    names: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", expression):
+        match = re.fullmatch(r"([a-z0-9-]*)\[([0-9,-]+)\]([a-z0-9-]*)", part)
+        if not match:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", part):
+                raise LabError(f"bad node name {part!r}")
+            names.append(part)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for item in ranges.split(","):
+            low, _, high = item.partition("-")
+            width = len(low)
+            for number in range(int(low), int(high or low) + 1):
+                names.append(f"{prefix}{number:0{width}d}{suffix}")
+    if not names or len(set(names)) != len(names):
+        raise LabError(f"bad or repeated node list {expression!r}")
+    return names
+
+
+def node_address(index: int) -> str:
+    return f"127.0.{1 + index // 250}.{1 + index % 250}"
+
+
+def run(
+    argv: list[str],
+    *,
+    step: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> str:
+    try:
+        result = subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{step}: {argv[0]} timed out after {timeout:.0f}s") from None
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        raise LabError(
+            f"{step}: {' '.join(argv[:3])} exited {result.returncode}: {' | '.join(tail)}"
+        )
+    return result.stdout
+
+
+def say(message: str) -> None:
+    print(f"lab: {message}", flush=True)
+
+
+def wait_port(address: str, port: int, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    tail = ""
+    if log is not None and log.exists():
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+    raise LabError(f"{what} did not listen on {address}:{port} within {timeout:.0f}s. {tail}")
+
+
+def port_open(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def write_atomic(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.lab-tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def secret_password() -> str:
+    """AD complexity: upper, lower, digit, symbol; 24+ random characters."""
+    return "Lab-" + secrets.token_urlsafe(18) + "a9Z!"
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
+
+
+# ---------------------------------------------------------------- /etc/hosts
+
+
+def hosts_without_block(text: str) -> str:
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.strip() == HOSTS_BEGIN:
+            inside = True
+        elif line.strip() == HOSTS_END:
+            inside = False
+        elif not inside:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def set_hosts_block(lines: list[str] | None) -> None:
+    hosts = Path("/etc/hosts")
+    text = hosts_without_block(hosts.read_text())
+    if lines:
+        text += "\n".join([HOSTS_BEGIN, *lines, HOSTS_END]) + "\n"
+    if text != hosts.read_text():
+        write_atomic(hosts, text, 0o644)
+
+
+# ---------------------------------------------------------------- the DC
+
+
+def make_tls(root: Path) -> None:
+    ca = root / "ca"
+    ca.mkdir(mode=0o755)
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=broker lab CA",
+            "-keyout",
+            str(ca / "ca.key"),
+            "-out",
+            str(ca / "ca.pem"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        step="make the lab CA",
+    )
+    ext = ca / "dc.ext"
+    ext.write_text(
+        f"subjectAltName=DNS:{DC_HOST},IP:{DC_ADDR}\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+    )
+    run(
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={DC_HOST}",
+            "-keyout",
+            str(ca / "dc.key"),
+            "-out",
+            str(ca / "dc.csr"),
+        ],
+        step="make the DC key",
+    )
+    run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(ca / "dc.csr"),
+            "-CA",
+            str(ca / "ca.pem"),
+            "-CAkey",
+            str(ca / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(ca / "dc.pem"),
+        ],
+        step="sign the DC certificate",
+    )
+    for key in ("ca.key", "dc.key"):
+        (ca / key).chmod(0o600)
+    (ca / "ca.pem").chmod(0o644)
+
+
+def krb5_conf(root: Path) -> Path:
+    path = root / "krb5.conf"
+    path.write_text(
+        "[libdefaults]\n"
+        f"  default_realm = {REALM}\n  dns_lookup_kdc = false\n  dns_lookup_realm = false\n"
+        "  rdns = false\n  dns_canonicalize_hostname = false\n  udp_preference_limit = 1\n\n"
+        f"[realms]\n  {REALM} = {{\n    kdc = {DC_ADDR}\n    admin_server = {DC_ADDR}\n"
+        f"    kpasswd_server = {DC_ADDR}\n  }}\n\n"
+        f"[domain_realm]\n  .hpc.test = {REALM}\n  hpc.test = {REALM}\n"
+    )
+    path.chmod(0o644)
+    return path
+
+
+def provision_dc(root: Path) -> dict[str, Any]:
+    dc = root / "dc"
+    dc.mkdir(mode=0o700)
+    (dc / "run").mkdir(mode=0o755)
+    admin = secret_password()
+    (dc / "admin.pass").write_text(admin + "\n")
+    (dc / "admin.pass").chmod(0o600)
+    ca = root / "ca"
+    options = {
+        "interfaces": DC_ADDR,
+        "bind interfaces only": "yes",
+        "ldap server require strong auth": "allow_sasl_over_tls",
+        "tls enabled": "yes",
+        "tls keyfile": str(ca / "dc.key"),
+        "tls certfile": str(ca / "dc.pem"),
+        "tls cafile": str(ca / "ca.pem"),
+        "server services": "ldap kdc",
+        "dns proxy": "no",
+        "netbios name": "DC1",
+        "pid directory": str(dc / "run"),
+    }
+    # The admin password is on samba-tool's argv for the second it runs: a throwaway lab DC
+    # on loopback, whose password is also kept in admin.pass (0600) for tests.
+    argv = [
+        "samba-tool",
+        "domain",
+        "provision",
+        f"--targetdir={dc}",
+        f"--realm={REALM}",
+        f"--domain={DOMAIN}",
+        "--server-role=dc",
+        "--dns-backend=NONE",
+        "--use-rfc2307",
+        f"--adminpass={admin}",
+        f"--host-name={DC_HOST.split('.')[0]}",
+    ]
+    argv += [f"--option={key}={value}" for key, value in options.items()]
+    run(argv, step="provision the DC", timeout=300)
+    return {"admin_password_file": str(dc / "admin.pass")}
+
+
+def seed_dc(root: Path) -> dict[str, Any]:
+    """Users, nested groups, special accounts and service accounts; returns what lab.json records."""
+    users, uid = [], 10001
+    for name in PEOPLE:
+        users.append(
+            {
+                "name": name,
+                "uid": uid,
+                "gid": 10000,
+                "state": "enabled",
+                "password": secret_password(),
+            }
+        )
+        uid += 1
+    for name, state in SPECIAL.items():
+        users.append(
+            {"name": name, "uid": uid, "gid": 10000, "state": state, "password": secret_password()}
+        )
+        uid += 1
+    users.append(
+        {
+            "name": "xavier",
+            "uid": None,
+            "gid": None,
+            "state": "enabled",
+            "password": secret_password(),
+        }
+    )
+    everyone = [u["name"] for u in users if u["name"] != "nomad"]
+    groups = [
+        {"name": g, "gid": gid, "members": (everyone if g == "hpc-users" else members)}
+        for g, (gid, members) in GROUPS.items()
+    ]
+    services = [
+        {"name": n, "spns": spns, "password": secret_password()}
+        for n, spns in SERVICE_ACCOUNTS.items()
+    ]
+    spec = {
+        "smb_conf": str(root / "dc" / "etc" / "smb.conf"),
+        "sam_ldb": str(root / "dc" / "private" / "sam.ldb"),
+        "nis_domain": "hpc",
+        "dc_account": "DC1$",
+        "dc_spns": [
+            f"ldap/{DC_HOST}",
+            "ldap/DC1",
+            f"ldap/{DC_HOST}/hpc.test",
+            f"ldap/{DC_HOST}/{DOMAIN}",
+        ],
+        "users": users,
+        "groups": groups,
+        "service_accounts": services,
+    }
+    run(
+        ["/usr/bin/python3", str(HERE / "seed_dc.py")],
+        stdin=json.dumps(spec),
+        step="seed the directory",
+    )
+    passwords = {u["name"]: u["password"] for u in users}
+    secrets_file = root / "dc" / "users.json"
+    secrets_file.write_text(json.dumps(passwords, indent=1))
+    secrets_file.chmod(0o600)
+    member_of: dict[str, list[str]] = {u["name"]: [] for u in users}
+    for group in groups:
+        for member in group["members"]:
+            if member in member_of:
+                member_of[member].append(group["name"])
+    return {
+        "users": {
+            u["name"]: {
+                "uid": u["uid"],
+                "gid": u["gid"],
+                "state": u["state"],
+                "groups": sorted(member_of[u["name"]]),
+            }
+            for u in users
+        },
+        "groups": {g["name"]: {"gid": g["gid"], "members": sorted(g["members"])} for g in groups},
+        "service_accounts": {s["name"]: {"spns": s["spns"]} for s in services},
+    }
+
+
+def export_broker_keytab(root: Path) -> Path:
+    broker = root / "broker"
+    keytab = broker / "broker.keytab"
+    run(
+        [
+            "samba-tool",
+            "domain",
+            "exportkeytab",
+            str(keytab),
+            f"--principal=svc-broker@{REALM}",
+            "-s",
+            str(root / "dc" / "etc" / "smb.conf"),
+        ],
+        step="export the broker keytab",
+    )
+    keytab.chmod(0o600)
+    return keytab
+
+
+def dc_address(present: bool) -> None:
+    """Samba listens only on addresses an interface carries, so the DC's lives on lo."""
+    shown = subprocess.run(
+        ["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=False
+    ).stdout
+    there = f" {DC_ADDR}/32 " in shown
+    if present and not there:
+        run(["ip", "addr", "add", f"{DC_ADDR}/32", "dev", "lo"], step="add the DC address to lo")
+    elif not present and there:
+        run(
+            ["ip", "addr", "del", f"{DC_ADDR}/32", "dev", "lo"],
+            step="remove the DC address from lo",
+        )
+
+
+def start_dc(root: Path, info: dict[str, Any]) -> int:
+    """Start samba in its own session; its pid is saved at once so `down` can kill the group."""
+    dc_address(True)
+    log = root / "dc" / "samba.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                "samba",
+                "--foreground",
+                "--no-process-group",
+                "--debug-stdout",
+                "-s",
+                str(root / "dc" / "etc" / "smb.conf"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    info["dc_pid"] = proc.pid
+    save_info(root, info)
+    for port in (636, 88, 389):
+        wait_port(DC_ADDR, port, 40, f"the DC (port {port})", log)
+    return proc.pid
+
+
+def check_broker_kerberos(root: Path, keytab: Path) -> None:
+    ccache = root / "broker" / "check.ccache"
+    env = {"KRB5_CONFIG": str(root / "krb5.conf"), "KRB5CCNAME": f"FILE:{ccache}"}
+    run(
+        ["kinit", "-k", "-t", str(keytab), f"svc-broker@{REALM}"],
+        env=env,
+        step="kinit with the broker keytab",
+    )
+    run(["kdestroy"], env=env, step="kdestroy")
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def passwd_files(root: Path, users: dict[str, Any]) -> Path:
+    files = root / "nodefiles"
+    files.mkdir(mode=0o755)
+    passwd = Path("/etc/passwd").read_text().rstrip("\n").splitlines()
+    group = Path("/etc/group").read_text().rstrip("\n").splitlines()
+    shadow = Path("/etc/shadow").read_text().rstrip("\n").splitlines()
+    taken = {line.split(":")[0] for line in passwd}
+    home = root / "home"
+    home.mkdir(mode=0o755)
+    members: dict[str, list[str]] = {name: [] for name in GROUPS}
+    for name, info in users.items():
+        if info["uid"] is None or name in taken:
+            continue
+        passwd.append(f"{name}:x:{info['uid']}:{info['gid']}:{name}:/home/{name}:/bin/bash")
+        shadow.append(f"{name}:!:19000:0:99999:7:::")
+        for group_name in info["groups"]:
+            if group_name in members:
+                members[group_name].append(name)
+        user_home = home / name
+        user_home.mkdir(mode=0o700)
+        os.chown(user_home, info["uid"], info["gid"])
+    for name, (gid, _direct) in GROUPS.items():
+        group.append(f"{name}:x:{gid}:{','.join(sorted(members[name]))}")
+    (files / "passwd").write_text("\n".join(passwd) + "\n")
+    (files / "group").write_text("\n".join(group) + "\n")
+    (files / "shadow").write_text("\n".join(shadow) + "\n")
+    (files / "passwd").chmod(0o644)
+    (files / "group").chmod(0o644)
+    (files / "shadow").chmod(0o640)
+    return files
+
+
+def ssh_keys(root: Path, users: dict[str, Any]) -> dict[str, str]:
+    """The broker's key (root on every node) and one key per lab person; returns authorized_keys."""
+    keys: dict[str, str] = {}
+    broker_key = root / "broker" / "ssh_ed25519"
+    run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "broker", "-f", str(broker_key)],
+        step="broker SSH key",
+    )
+    keys["root"] = Path(f"{broker_key}.pub").read_text()
+    for name, info in users.items():
+        if info["uid"] is None:
+            continue
+        directory = root / "users" / name
+        directory.mkdir(parents=True, mode=0o700)
+        key = directory / "id_ed25519"
+        run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)],
+            step=f"SSH key of {name}",
+        )
+        keys[name] = Path(f"{key}.pub").read_text()
+    return keys
+
+
+SSHD_CONFIG = """\
+ListenAddress {address}:22
+HostKey /etc/ssh/ssh_host_ed25519_key
+PidFile /run/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM yes
+AuthorizedKeysFile /etc/ssh/authorized_keys/%u
+StrictModes yes
+X11Forwarding no
+PrintMotd no
+UseDNS no
+MaxStartups 200:30:400
+MaxSessions 50
+AcceptEnv LANG LC_* TZ
+Subsystem sftp internal-sftp
+"""
+
+BOOT = """\
+set -e
+hostname {name}
+mount -t tmpfs -o mode=0755,size=16m tmpfs /run
+mkdir -p /run/sshd /run/sudo
+mount --bind {dir}/etc/ssh /etc/ssh
+{binds}
+mount --bind {files}/passwd /etc/passwd
+mount --bind {files}/group /etc/group
+mount --bind {files}/shadow /etc/shadow
+mount --bind {root}/home /home
+exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
+"""
+
+
+def prepare_node(root: Path, name: str, address: str, authorized: dict[str, str]) -> dict[str, Any]:
+    node_dir = root / "nodes" / name
+    ssh = node_dir / "etc" / "ssh"
+    (ssh / "authorized_keys").mkdir(parents=True, mode=0o755)
+    for user, key in authorized.items():
+        (ssh / "authorized_keys" / user).write_text(key)
+        (ssh / "authorized_keys" / user).chmod(0o644)
+    run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            name,
+            "-f",
+            str(ssh / "ssh_host_ed25519_key"),
+        ],
+        step=f"host key of {name}",
+    )
+    (ssh / "sshd_config").write_text(SSHD_CONFIG.format(address=address))
+    shutil.copytree("/etc/pam.d", node_dir / "etc" / "pam.d", symlinks=True)
+    modes = {
+        "/etc/sudoers.d": 0o750,
+        "/etc/broker": 0o755,
+        "/var/lib/broker": 0o700,
+        "/var/spool/broker": 0o700,
+        "/var/log/broker-io": 0o700,
+    }
+    for mount, mode in modes.items():
+        path = node_dir / mount.lstrip("/")
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        path.chmod(mode)
+    (node_dir / "var" / "lib" / "broker" / "grants").mkdir(mode=0o700)
+    binds = "\n".join(f"mount --bind {node_dir}{m} {m}" for m in NODE_MOUNTS)
+    boot = node_dir / "boot.sh"
+    boot.write_text(
+        BOOT.format(name=name, dir=node_dir, binds=binds, files=root / "nodefiles", root=root)
+    )
+    fingerprint = run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(ssh / "ssh_host_ed25519_key.pub")],
+        step="fingerprint",
+    ).split()[1]
+    return {
+        "name": name,
+        "fqdn": f"{name}.hpc.test",
+        "address": address,
+        "port": 22,
+        "dir": str(node_dir),
+        "pid": None,
+        "host_key_fingerprint": fingerprint,
+    }
+
+
+def start_node(node: dict[str, Any]) -> int:
+    node_dir = Path(node["dir"])
+    with (node_dir / "sshd.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--fork",
+                "--",
+                "/bin/sh",
+                str(node_dir / "boot.sh"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    wait_port(node["address"], 22, 30, f"sshd of {node['name']}", node_dir / "sshd.log")
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    if not children:
+        raise LabError(f"node {node['name']}: no process inside the namespace")
+    return int(children[0])
+
+
+def known_hosts(root: Path, nodes: list[dict[str, Any]]) -> Path:
+    lines = []
+    for node in nodes:
+        key = (
+            (Path(node["dir"]) / "etc" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        )
+        lines.append(f"{node['name']},{node['fqdn']},{node['address']} {key[0]} {key[1]}")
+    path = root / "broker" / "known_hosts"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def created_mount_points() -> list[str]:
+    created = []
+    for mount in NODE_MOUNTS:
+        if not Path(mount).exists():
+            Path(mount).mkdir(parents=True, mode=0o755)
+            created.append(mount)
+    return created
+
+
+# ---------------------------------------------------------------- broker config and lab.json
+
+
+def broker_config(root: Path, keytab: Path, state_dir: Path) -> Path:
+    path = root / "broker" / "broker.toml"
+    path.write_text(
+        f'[broker]\nstate_dir = "{state_dir}"\nservice_user = "root"\n\n'
+        "[audit]\nsyslog = false\n\n"
+        f'[kerberos]\nkrb5_conf = "{root / "krb5.conf"}"\n\n'
+        f'[directory]\nuris = ["ldaps://{DC_HOST}:636"]\nbase_dn = "{BASE_DN}"\n'
+        f'ca_file = "{root / "ca" / "ca.pem"}"\nauth = "gssapi"\nprincipal = "svc-broker@{REALM}"\n'
+        f'keytab = "{keytab}"\n\n'
+        f'[ssh]\nkey = "{root / "broker" / "ssh_ed25519"}"\nknown_hosts = "{root / "broker" / "known_hosts"}"\n'
+        'user = "root"\n'
+    )
+    path.chmod(0o644)
+    return path
+
+
+def save_info(root: Path, info: dict[str, Any]) -> None:
+    write_atomic(root / "lab.json", json.dumps(info, indent=2, sort_keys=True) + "\n", 0o644)
+
+
+def load_info(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
+    return dict(json.loads((root / "lab.json").read_text()))
+
+
+# ---------------------------------------------------------------- up / down / status
+
+
+def up(nodes: str = DEFAULT_NODES, root: Path = DEFAULT_ROOT) -> dict[str, Any]:
+    """Build the whole lab; on any failure tear down what was started and raise LabError."""
+    names = expand_hostlist(nodes)
+    down(root, quiet=True)
+    started = time.monotonic()
+    root.mkdir(parents=True, mode=0o755)
+    (root / "broker").mkdir(mode=0o755)
+    info: dict[str, Any] = {
+        "root": str(root),
+        "realm": REALM,
+        "domain": DOMAIN,
+        "base_dn": BASE_DN,
+        "krb5_conf": str(root / "krb5.conf"),
+        "created_paths": [],
+        "nodes": [],
+        "started": datetime.now(UTC).isoformat(),
+    }
+    try:
+        info["created_paths"] = created_mount_points()
+        save_info(root, info)
+        addresses = {name: node_address(i) for i, name in enumerate(names)}
+        set_hosts_block(
+            [f"{DC_ADDR} {DC_HOST} dc1"] + [f"{a} {n}.hpc.test {n}" for n, a in addresses.items()]
+        )
+        say("CA and DC certificate")
+        make_tls(root)
+        krb5_conf(root)
+        say("provisioning the Samba AD DC (realm HPC.TEST)")
+        dc = provision_dc(root)
+        say("seeding users, nested groups, service accounts")
+        info.update(seed_dc(root))
+        keytab = export_broker_keytab(root)
+        say("starting the DC on 127.0.0.10")
+        info["dc"] = {
+            "host": DC_HOST,
+            "address": DC_ADDR,
+            "ldaps_uri": f"ldaps://{DC_HOST}:636",
+            "ldap_uri": f"ldap://{DC_HOST}:389",
+            "pid": start_dc(root, info),
+            "ca_file": str(root / "ca" / "ca.pem"),
+            **dc,
+        }
+        save_info(root, info)
+        check_broker_kerberos(root, keytab)
+        state_dir = root / "broker" / "state"
+        info["broker"] = {
+            "principal": f"svc-broker@{REALM}",
+            "keytab": str(keytab),
+            "ssh_key": str(root / "broker" / "ssh_ed25519"),
+            "known_hosts": str(root / "broker" / "known_hosts"),
+            "config": str(broker_config(root, keytab, state_dir)),
+            "state_dir": str(state_dir),
+        }
+        say(f"starting {len(names)} nodes")
+        files_dir = passwd_files(root, info["users"])
+        del files_dir
+        authorized = ssh_keys(root, info["users"])
+        for name, user in info["users"].items():
+            if user["uid"] is not None:
+                user["ssh_key"] = str(root / "users" / name / "id_ed25519")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            prepared = list(
+                pool.map(lambda n: prepare_node(root, n, addresses[n], authorized), names)
+            )
+        info["nodes"] = prepared
+        save_info(root, info)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            pids = list(pool.map(start_node, prepared))
+        for node, pid in zip(prepared, pids, strict=True):
+            node["pid"] = pid
+        known_hosts(root, prepared)
+        save_info(root, info)
+    except (LabError, OSError, subprocess.SubprocessError) as exc:
+        save_info(root, info)
+        down(root, quiet=True)
+        raise LabError(str(exc)) from None
+    say(
+        f"up in {time.monotonic() - started:.0f}s: DC {DC_HOST} ({DC_ADDR}), realm {REALM}, "
+        f"nodes {', '.join(n['name'] + '=' + n['address'] for n in info['nodes'][:6])}"
+        f"{' ...' if len(names) > 6 else ''}"
+    )
+    return info
+
+
+def lab_processes(root: Path) -> list[int]:
+    """Every process whose command line or working directory mentions ROOT."""
+    found = []
+    needle = str(root)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if needle in cmdline or cwd.startswith(needle):
+            found.append(int(entry.name))
+    return found
+
+
+def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
+    """Stop everything the lab started, remove its files and host changes; idempotent."""
+    info: dict[str, Any] = {}
+    if (root / "lab.json").exists():
+        try:
+            info = load_info(root)
+        except (OSError, ValueError):
+            info = {}
+    pids = [n.get("pid") for n in info.get("nodes", [])]
+    pids += [info.get("dc", {}).get("pid"), info.get("dc_pid")]
+    pids += lab_processes(root)
+    targets = sorted({p for p in pids if p and pid_alive(p)})
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in targets:
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(pid_alive(p) for p in targets):
+            time.sleep(0.1)
+        targets = [p for p in targets + lab_processes(root) if pid_alive(p)]
+        if not targets:
+            break
+    set_hosts_block(None)
+    dc_address(False)
+    for path in info.get("created_paths", []):
+        with contextlib.suppress(OSError):
+            Path(path).rmdir()
+    if root.exists():
+        shutil.rmtree(root)
+        if not quiet:
+            say(f"down: removed {root}")
+
+
+def status(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
+    if not (root / "lab.json").exists():
+        return {"up": False, "exists": False, "dc": None, "nodes": []}
+    info = load_info(root)
+    dc = info.get("dc", {})
+    dc_up = pid_alive(dc.get("pid")) and port_open(DC_ADDR, 636) and port_open(DC_ADDR, 88)
+    nodes = [
+        {
+            "name": n["name"],
+            "address": n["address"],
+            "up": pid_alive(n.get("pid")) and port_open(n["address"], 22),
+        }
+        for n in info.get("nodes", [])
+    ]
+    return {
+        "up": bool(dc_up and nodes and all(n["up"] for n in nodes)),
+        "exists": True,
+        "dc": {"address": DC_ADDR, "up": dc_up},
+        "nodes": nodes,
+    }
+
+
+def assert_host_clean(root: Path = DEFAULT_ROOT) -> None:
+    """What `down` promises: nothing of the lab left on the host."""
+    problems = []
+    if root.exists():
+        problems.append(f"{root} still exists")
+    if HOSTS_BEGIN in Path("/etc/hosts").read_text():
+        problems.append("/etc/hosts still has the lab block")
+    leftover = lab_processes(root)
+    if leftover:
+        problems.append(f"processes still running: {leftover}")
+    if (
+        f" {DC_ADDR}/32 "
+        in subprocess.run(
+            ["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=False
+        ).stdout
+    ):
+        problems.append(f"{DC_ADDR} is still on lo")
+    if problems:
+        raise AssertionError("; ".join(problems))
+
+
+def exec_in_node(root: Path, name: str, argv: list[str]) -> int:
+    node = next((n for n in load_info(root)["nodes"] if n["name"] == name), None)
+    if node is None or not pid_alive(node.get("pid")):
+        raise LabError(f"node {name} is not up")
+    return subprocess.call(
+        ["nsenter", "--target", str(node["pid"]), "--mount", "--uts", "--", *argv]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="deploy/lab/lab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_p = sub.add_parser("up", help="build the lab (a previous one is removed first)")
+    up_p.add_argument("--nodes", default=DEFAULT_NODES, help=f"hostlist (default {DEFAULT_NODES})")
+    sub.add_parser("down", help="remove the lab and its host changes")
+    st = sub.add_parser("status", help="what is up (exit 0 all, 1 partly, 3 not up)")
+    st.add_argument("--json", action="store_true")
+    ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
+    ex.add_argument("node")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("lab: run as root")
+    try:
+        if args.command == "up":
+            up(args.nodes, DEFAULT_ROOT)
+        elif args.command == "down":
+            down(DEFAULT_ROOT)
+        elif args.command == "status":
+            report = status(DEFAULT_ROOT)
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                dc = report["dc"]
+                print(f"DC {DC_ADDR}: {'up' if dc and dc['up'] else 'down'}")
+                for node in report["nodes"]:
+                    print(f"{node['name']} {node['address']}: {'up' if node['up'] else 'down'}")
+            sys.exit(0 if report["up"] else (1 if report["exists"] else 3))
+        elif args.command == "exec":
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            sys.exit(exec_in_node(DEFAULT_ROOT, args.node, argv))
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
