@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-  samba samba-ad-dc winbind krb5-user ldap-utils
+  samba samba-ad-dc samba-ad-provision winbind krb5-user ldap-utils python3-sss
   openssh-server openssh-client sudo pamtester
   python3 python3-venv python3-dev libkrb5-dev gcc
   util-linux iproute2 openssl sqlite3

@@ -86,6 +86,11 @@ class LabError(Exception):
     """A lab step failed; the message names the step and the cause."""
 
 
+# Long-running children (samba, the nodes) started by this process. Holding them keeps
+# Popen from warning that they outlive it, and lets `down` reap them instead of leaving zombies.
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
 # ---------------------------------------------------------------- small helpers
 
 
@@ -486,6 +491,7 @@ def start_dc(root: Path, info: dict[str, Any]) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _CHILDREN.append(proc)
     info["dc_pid"] = proc.pid
     save_info(root, info)
     for port in (636, 88, 389):
@@ -673,6 +679,7 @@ def start_node(node: dict[str, Any]) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _CHILDREN.append(proc)
     wait_port(node["address"], 22, 30, f"sshd of {node['name']}", node_dir / "sshd.log")
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     if not children:
@@ -816,6 +823,16 @@ def up(nodes: str = DEFAULT_NODES, root: Path = DEFAULT_ROOT) -> dict[str, Any]:
     return info
 
 
+def reap_children() -> None:
+    """Collect the exit status of children this process started and `down` has stopped."""
+    for proc in list(_CHILDREN):
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            continue
+        _CHILDREN.remove(proc)
+
+
 def lab_processes(root: Path) -> list[int]:
     """Every process whose command line or working directory mentions ROOT."""
     found = []
@@ -856,6 +873,7 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
         targets = [p for p in targets + lab_processes(root) if pid_alive(p)]
         if not targets:
             break
+    reap_children()
     set_hosts_block(None)
     dc_address(False)
     for path in info.get("created_paths", []):
