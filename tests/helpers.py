@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from broker.store.migrations import MIGRATIONS
+
+# `broker init` on an empty state directory writes one event per migration and one for itself.
+INIT_EVENTS = len(MIGRATIONS) + 1
+
 BROKER = str(Path(sys.executable).parent / "broker")
 REPO = Path(__file__).resolve().parent.parent
 

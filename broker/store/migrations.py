@@ -44,6 +44,64 @@ MIGRATIONS: tuple[Migration, ...] = (
                BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
         ),
     ),
+    Migration(
+        2,
+        "directory snapshot",
+        (
+            # One row per AD user, keyed by objectGUID (stable across renames and moves).
+            # Raw account attributes are kept so state can be recomputed at any moment.
+            """CREATE TABLE dir_users (
+                guid TEXT PRIMARY KEY,
+                sid TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                upn TEXT,
+                dn TEXT NOT NULL,
+                uid INTEGER NOT NULL,
+                gid INTEGER NOT NULL,
+                ids_from TEXT NOT NULL CHECK (ids_from IN ('ad', 'idmap')),
+                uac INTEGER NOT NULL,
+                expires_at TEXT,
+                lockout_at TEXT,
+                last_logon TEXT,
+                created TEXT,
+                usn_changed INTEGER NOT NULL,
+                spns TEXT NOT NULL,
+                problem TEXT,
+                state TEXT NOT NULL
+            )""",
+            "CREATE INDEX dir_users_name ON dir_users (name)",
+            """CREATE TABLE dir_groups (
+                guid TEXT PRIMARY KEY,
+                sid TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                dn TEXT NOT NULL,
+                gid INTEGER NOT NULL,
+                ids_from TEXT NOT NULL CHECK (ids_from IN ('ad', 'idmap')),
+                usn_changed INTEGER NOT NULL,
+                members TEXT NOT NULL
+            )""",
+            "CREATE INDEX dir_groups_name ON dir_groups (name)",
+            # Transitive membership, derived from the groups' member lists at each sync.
+            """CREATE TABLE dir_memberships (
+                user_guid TEXT NOT NULL REFERENCES dir_users (guid) ON DELETE CASCADE,
+                group_guid TEXT NOT NULL REFERENCES dir_groups (guid) ON DELETE CASCADE,
+                direct INTEGER NOT NULL,
+                PRIMARY KEY (user_guid, group_guid)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX dir_memberships_group ON dir_memberships (group_guid)",
+            """CREATE TABLE dir_sync (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                dc_uri TEXT NOT NULL,
+                dc_name TEXT NOT NULL,
+                highest_usn INTEGER NOT NULL,
+                domain_sid TEXT NOT NULL,
+                lockout_duration_s INTEGER,
+                full_at TEXT NOT NULL,
+                changed_at TEXT NOT NULL,
+                checked_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

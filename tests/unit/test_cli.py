@@ -11,7 +11,7 @@ import pytest
 from broker.app import App
 from broker.audit import writer
 from broker.config.loader import load_settings
-from tests.helpers import run_broker, write_config
+from tests.helpers import INIT_EVENTS, run_broker, write_config
 
 
 def add_events(config: Path, n: int) -> None:
@@ -95,18 +95,20 @@ def test_uninitialised_state_is_unavailable_with_the_fix(tmp_path: Path) -> None
 
 def test_verify_ok_then_tail_and_export(broker_config: Path) -> None:
     add_events(broker_config, 5)
+    n = INIT_EVENTS + 5
     ok = run_broker("audit", "verify", config=broker_config)
     assert ok.returncode == 0
-    assert ok.stdout.startswith("audit chain OK: 7 events, head seq 7, sealed up to seq 7")
+    assert ok.stdout.startswith(f"audit chain OK: {n} events, head seq {n}, sealed up to seq {n}")
     tail = run_broker("audit", "tail", "-n", "3", "--json", config=broker_config)
-    assert [e["seq"] for e in json.loads(tail.stdout)] == [5, 6, 7]
+    assert [e["seq"] for e in json.loads(tail.stdout)] == [n - 2, n - 1, n]
     filtered = run_broker("audit", "tail", "--action", "store.*", "--json", config=broker_config)
-    assert [e["action"] for e in json.loads(filtered.stdout)] == ["store.migrate"]
+    migrated = [e["action"] for e in json.loads(filtered.stdout)]
+    assert migrated == ["store.migrate"] * (INIT_EVENTS - 1)
     jsonl = run_broker("audit", "export", "--format", "jsonl", config=broker_config)
     lines = [json.loads(x) for x in jsonl.stdout.splitlines()]
-    assert [x["seq"] for x in lines] == list(range(1, 8)) and lines[6]["details"] == {"i": 4}
+    assert [x["seq"] for x in lines] == list(range(1, n + 1)) and lines[-1]["details"] == {"i": 4}
     cef = run_broker("audit", "export", "--format", "cef", "--since", "1h", config=broker_config)
-    assert cef.stdout.count("CEF:0|HPC Access Broker|broker|") == 7
+    assert cef.stdout.count("CEF:0|HPC Access Broker|broker|") == n
     assert "cs1=target-4" in cef.stdout
 
 
@@ -115,7 +117,7 @@ def test_export_to_a_file_is_private(broker_config: Path, tmp_path: Path) -> Non
     result = run_broker("audit", "export", "-o", str(target), config=broker_config)
     assert result.returncode == 0
     assert oct(target.stat().st_mode & 0o777) == "0o600"
-    assert len(target.read_text().splitlines()) == 2
+    assert len(target.read_text().splitlines()) == INIT_EVENTS
 
 
 @pytest.mark.parametrize(
@@ -153,7 +155,9 @@ def test_db_migrate_is_idempotent(broker_config: Path) -> None:
     assert result.returncode == 0 and "up to date" in result.stdout
     status = json.loads(run_broker("db", "status", "--json", config=broker_config).stdout)
     assert (
-        status["pending"] == [] and status["journal_mode"] == "wal" and status["audit_events"] == 2
+        status["pending"] == []
+        and status["journal_mode"] == "wal"
+        and status["audit_events"] == INIT_EVENTS
     )
 
 

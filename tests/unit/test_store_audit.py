@@ -18,7 +18,7 @@ from broker.app import App
 from broker.audit import writer
 from broker.config.loader import load_settings
 from broker.core.errors import IntegrityError, RefusedError
-from tests.helpers import REPO, write_config
+from tests.helpers import INIT_EVENTS, REPO, write_config
 
 APPEND_SCRIPT = """
 import sys
@@ -88,7 +88,7 @@ def test_concurrent_writers_never_fork_the_chain(broker_config: Path) -> None:
     report = app.verify_audit()
     app.close()
     assert report.ok, report.problem
-    assert report.count == 600 + 2  # plus init's migrate and init events
+    assert report.count == 600 + INIT_EVENTS
 
 
 def test_kill_9_during_writes_loses_no_committed_event(broker_config: Path) -> None:
@@ -156,9 +156,10 @@ def test_every_commit_is_sealed_to_the_log_the_copy_and_syslog(tmp_path: Path) -
     append(app, 2)
     primary = app.settings.checkpoint_log.read_text().splitlines()
     copy = (tmp_path / "copy" / "cp.jsonl").read_text().splitlines()
-    assert primary == copy and len(primary) == 4  # migrate, init, 2 appends
-    messages = [listener.recv(4096).decode() for _ in range(4)]
-    assert messages[-1].startswith("<85>broker-audit[") and '"seq":4' in messages[-1]
+    n = INIT_EVENTS + 2  # migrations, init, 2 appends: each commit sealed
+    assert primary == copy and len(primary) == n
+    messages = [listener.recv(4096).decode() for _ in range(n)]
+    assert messages[-1].startswith("<85>broker-audit[") and f'"seq":{n}' in messages[-1]
     listener.close()
 
 
