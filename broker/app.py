@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -20,9 +22,18 @@ from broker.audit import writer
 from broker.audit.checkpoint import create_signing_key, load_signing_key
 from broker.audit.query import verify_store
 from broker.audit.verify import VerifyReport
-from broker.config.settings import Settings
-from broker.core.errors import UnavailableError
+from broker.config.settings import DirectorySection, Settings
+from broker.core.errors import ConfigError, RefusedError, UnavailableError
+from broker.core.identity import AccessChange
 from broker.core.timeutil import to_text, utcnow
+from broker.directory import sync as directory_sync
+from broker.directory.snapshot import StoreSnapshot
+from broker.directory.sync import SyncReport
+from broker.policy import versions as policy_versions
+from broker.policy.load import load_policy
+from broker.policy.model import Policy
+from broker.policy.rights import directory_groups
+from broker.policy.rights import mapped_groups as policy_groups
 from broker.store import migrations
 from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
@@ -52,6 +63,8 @@ class App:
         self.settings = settings
         self._store: Store | None = None
         self._sealer: writer.Sealer | None = None
+        self._subscribers: list[Callable[[list[AccessChange]], None]] = []
+        self._policy: tuple[str, Policy] | None = None  # (sha256, parsed) of the active policy
         if settings.kerberos.krb5_conf is not None:
             os.environ["KRB5_CONFIG"] = str(settings.kerberos.krb5_conf)
 
@@ -173,6 +186,79 @@ class App:
                 f"no audit signing key at {self.settings.signing_key}", fix="run `broker init`"
             )
         return self._sealer.seal(store.conn, force=True)
+
+    def directory_settings(self) -> DirectorySection:
+        if self.settings.directory is None:
+            raise ConfigError(
+                "no [directory] section in the configuration",
+                fix="add one (see deploy/examples/broker.toml)",
+            )
+        return self.settings.directory
+
+    def subscribe(self, callback: Callable[[list[AccessChange]], None]) -> None:
+        """Be told, after each committed sync, what changed for access (grants revoke on it)."""
+        self._subscribers.append(callback)
+
+    def _publish(self, changes: list[AccessChange]) -> None:
+        for callback in self._subscribers:
+            callback(changes)
+
+    def mapped_groups(self) -> frozenset[str] | None:
+        """Groups whose membership changes are audited: those the active policy names.
+
+        None (audit every group) when no policy is active, or when the stored one cannot
+        be used: a bad policy must never stop the sync that carries revocations.
+        """
+        try:
+            policy = self.active_policy()
+        except RefusedError:
+            return None
+        return None if policy is None else policy_groups(policy)
+
+    def sync_directory(self, actor: str, *, full: bool = False) -> SyncReport:
+        """Bring the directory snapshot up to date (one transaction; unchanged on failure)."""
+        return directory_sync.sync(
+            self.ready_store(),
+            self.directory_settings(),
+            actor,
+            full=full,
+            mapped_groups=self.mapped_groups(),
+            publish=self._publish,
+        )
+
+    def snapshot(self, now: datetime | None = None) -> StoreSnapshot:
+        """The last committed directory snapshot, evaluated at `now`."""
+        return StoreSnapshot(self.ready_store().conn, now or utcnow())
+
+    def active_policy_version(self) -> policy_versions.PolicyVersion | None:
+        """The active policy's stored record (sha256, text, when, by whom); None before any."""
+        return policy_versions.active_version(self.ready_store().conn)
+
+    def active_policy(self) -> Policy | None:
+        """The active policy, parsed once per sha256; None before the first apply."""
+        version = self.active_policy_version()
+        if version is None:
+            return None
+        if self._policy is None or self._policy[0] != version.sha256:
+            self._policy = (version.sha256, policy_versions.parse_version(version).policy)
+        return self._policy[1]
+
+    def require_policy(self) -> Policy:
+        """The active policy; refuses when none has been applied."""
+        policy = self.active_policy()
+        if policy is None:
+            raise RefusedError(
+                "no policy is active", fix="apply one with `broker policy apply FILE`"
+            )
+        return policy
+
+    def apply_policy(self, text: str, source: str, actor: str) -> policy_versions.ApplyResult:
+        """Validate (groups against the snapshot), lint and activate a policy, atomically."""
+        snapshot = self.snapshot()
+        loaded = load_policy(text, source, known_groups=directory_groups(snapshot))
+        return policy_versions.activate(
+            self.ready_store(), loaded, snapshot, actor=actor, now=utcnow()
+        )
 
     def verify_audit(self) -> VerifyReport:
         store = self.ready_store()

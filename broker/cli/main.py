@@ -15,7 +15,17 @@ import typer
 
 from broker import __version__
 from broker.app import local_actor
-from broker.cli import audit_cmds, config_cmds, db_cmds, directory_cmds, node_cmds, output
+from broker.cli import (
+    accounts_cmds,
+    audit_cmds,
+    config_cmds,
+    db_cmds,
+    directory_cmds,
+    node_cmds,
+    output,
+    policy_cmds,
+    sync_cmds,
+)
 from broker.cli.context import CliState, state
 from broker.core.errors import BrokerError
 
@@ -30,6 +40,9 @@ app.add_typer(db_cmds.app, name="db")
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(directory_cmds.app, name="directory")
 app.add_typer(node_cmds.app, name="node")
+app.add_typer(accounts_cmds.app, name="accounts")
+app.add_typer(policy_cmds.app, name="policy")
+app.command("sync")(sync_cmds.sync)
 
 
 def _version(value: bool) -> None:

@@ -102,6 +102,14 @@ class DirectorySection(_Section):
     bind_dn: str | None = None
     password_file: AbsPath | None = None
     timeout: Duration = timedelta(seconds=10)
+    page_size: int = Field(default=1000, ge=10, le=5000)
+    search_connections: int = Field(default=2, ge=1, le=8)
+    sync_interval: Duration = timedelta(seconds=60)
+    full_sync_interval: Duration = timedelta(hours=24)
+    stale_after: Duration = timedelta(days=90)
+    idmap_range_min: int = Field(default=200_000, ge=1000)
+    idmap_range_max: int = Field(default=2_000_200_000, le=4_294_967_294)
+    idmap_range_size: int = Field(default=200_000, ge=1000)
 
     @field_validator("uris")
     @classmethod
@@ -141,6 +149,10 @@ class DirectorySection(_Section):
             raise ValueError("auth = 'gssapi' needs directory.principal and directory.keytab")
         if self.auth == "simple" and (self.bind_dn is None or self.password_file is None):
             raise ValueError("auth = 'simple' needs directory.bind_dn and directory.password_file")
+        if self.idmap_range_max - self.idmap_range_min < self.idmap_range_size:
+            raise ValueError(
+                "idmap_range_max - idmap_range_min must hold at least one idmap_range_size"
+            )
         return self
 
 
@@ -161,6 +173,12 @@ class SshSection(_Section):
         return value
 
 
+class PolicySection(_Section):
+    """Where the policy file lives (what `broker policy check` reads when given no file)."""
+
+    path: AbsPath = Path("/etc/broker/policy.toml")
+
+
 class Settings(_Section):
     """The whole configuration, with derived paths resolved."""
 
@@ -170,6 +188,7 @@ class Settings(_Section):
     kerberos: KerberosSection = KerberosSection()
     directory: DirectorySection | None = None
     ssh: SshSection = SshSection()
+    policy: PolicySection = PolicySection()
 
     @property
     def db_path(self) -> Path:

@@ -81,7 +81,7 @@ class Account:
     upn: str | None
     sid: str
     dn: str
-    uid: int
+    uid: int  # -1 when it cannot be mapped (then `problem` says why)
     gid: int
     # Group names (sAMAccountName) lower-cased, since AD compares them case-insensitively:
     groups: frozenset[str]  # every group the account is in, transitively
@@ -92,11 +92,12 @@ class Account:
     expires_at: datetime | None = None
     locked_until: datetime | None = None
     service_principals: tuple[str, ...] = field(default=())
+    problem: str | None = None  # why the account can never be a cluster account
 
     @property
     def eligible(self) -> bool:
-        """Only an enabled account may hold or use any right."""
-        return self.state == "enabled"
+        """Only an enabled account that can be a Unix user may hold or use any right."""
+        return self.state == "enabled" and self.problem is None
 
     def stale(self, now: datetime, after: timedelta) -> bool:
         """No logon in `after` (an account never used counts from its creation)."""
@@ -157,3 +158,36 @@ def normalise_account_name(text: str) -> str:
     if "@" in name:
         name = name.split("@", 1)[0]
     return name.lower()
+
+
+ChangeKind = Literal[
+    "user.added",
+    "user.deleted",
+    "user.renamed",
+    "user.state",
+    "membership.added",
+    "membership.removed",
+]
+
+
+@dataclass(frozen=True)
+class AccessChange:
+    """A directory change that can alter who may hold which right (grants subscribe to these)."""
+
+    kind: ChangeKind
+    user: str  # the account name (after the change, or the last known one)
+    user_sid: str
+    group: str | None = None
+    before: str | None = None
+    after: str | None = None
+
+    @property
+    def action(self) -> str:
+        return f"directory.{self.kind}"
+
+    @property
+    def revokes(self) -> bool:
+        """True when rights may have been lost: grants of this user must be re-checked."""
+        if self.kind in ("user.deleted", "membership.removed", "user.renamed"):
+            return True
+        return self.kind == "user.state" and self.after != "enabled"

@@ -79,6 +79,12 @@ def _connection(uri: str, cfg: DirectorySection) -> ldap3.Connection:
             receive_timeout=timeout,
             raise_exceptions=False,
             read_only=True,
+            # Ranged retrieval is done by the sync, which checks every range; with auto_range off,
+            # ldap3 must not invent empty attributes either (it then drops the ranged one).
+            auto_range=False,
+            auto_referrals=False,  # never follow a referral to a server the config does not name
+            check_names=False,  # the sync reads raw bytes; skip ldap3's schema formatting
+            return_empty_attributes=False,
         )
     assert cfg.bind_dn is not None and cfg.password_file is not None
     return ldap3.Connection(
@@ -89,6 +95,10 @@ def _connection(uri: str, cfg: DirectorySection) -> ldap3.Connection:
         receive_timeout=timeout,
         raise_exceptions=False,
         read_only=True,
+        auto_range=False,
+        auto_referrals=False,
+        check_names=False,
+        return_empty_attributes=False,
     )
 
 
@@ -165,6 +175,11 @@ def _identity(conn: ldap3.Connection, cfg: DirectorySection) -> str:
             fix="check directory.base_dn",
         )
     return str(conn.entries[0].entry_dn)
+
+
+def bind_to(uri: str, cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo]:
+    """Bind to one named DC (no failover): for more connections to a DC already chosen."""
+    return _bind(uri, cfg)
 
 
 def connect(cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo]:

@@ -56,16 +56,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 name TEXT NOT NULL,
                 upn TEXT,
                 dn TEXT NOT NULL,
-                uid INTEGER NOT NULL,
-                gid INTEGER NOT NULL,
-                ids_from TEXT NOT NULL CHECK (ids_from IN ('ad', 'idmap')),
+                uid_number INTEGER,
+                gid_number INTEGER,
+                primary_group_rid INTEGER,
                 uac INTEGER NOT NULL,
-                expires_at TEXT,
-                lockout_at TEXT,
-                last_logon TEXT,
+                account_expires INTEGER NOT NULL,
+                lockout_time INTEGER NOT NULL,
+                last_logon INTEGER NOT NULL,
                 created TEXT,
+                changed TEXT,
                 usn_changed INTEGER NOT NULL,
                 spns TEXT NOT NULL,
+                uid INTEGER,
+                gid INTEGER,
                 problem TEXT,
                 state TEXT NOT NULL
             )""",
@@ -75,10 +78,10 @@ MIGRATIONS: tuple[Migration, ...] = (
                 sid TEXT NOT NULL UNIQUE,
                 name TEXT NOT NULL,
                 dn TEXT NOT NULL,
-                gid INTEGER NOT NULL,
-                ids_from TEXT NOT NULL CHECK (ids_from IN ('ad', 'idmap')),
+                gid_number INTEGER,
                 usn_changed INTEGER NOT NULL,
-                members TEXT NOT NULL
+                members TEXT NOT NULL,
+                gid INTEGER
             )""",
             "CREATE INDEX dir_groups_name ON dir_groups (name)",
             # Transitive membership, derived from the groups' member lists at each sync.
@@ -99,6 +102,28 @@ MIGRATIONS: tuple[Migration, ...] = (
                 full_at TEXT NOT NULL,
                 changed_at TEXT NOT NULL,
                 checked_at TEXT NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        3,
+        "policy versions",
+        (
+            # Every policy ever applied, with its exact text; re-applying an older text
+            # adds a row, so the table is the history of activations.
+            """CREATE TABLE policy_versions (
+                id INTEGER PRIMARY KEY,
+                sha256 TEXT NOT NULL CHECK (length(sha256) = 64),
+                source TEXT NOT NULL,
+                text TEXT NOT NULL,
+                applied_at TEXT NOT NULL,
+                actor TEXT NOT NULL
+            )""",
+            "CREATE INDEX policy_versions_sha256 ON policy_versions (sha256)",
+            # The active version: one row, switched in the same transaction as its audit event.
+            """CREATE TABLE policy_active (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                version_id INTEGER NOT NULL REFERENCES policy_versions (id)
             )""",
         ),
     ),

@@ -1,7 +1,10 @@
 """The broker's story end to end, on the lab: run by `deploy/lab/lab demo`.
 
 Grows with each capability. Today: the lab is up; the broker binds to AD
-over LDAPS with SASL GSSAPI from its keytab; it reaches every node over
+over LDAPS with SASL GSSAPI from its keytab; it syncs the directory into
+its snapshot, applies the lab policy and shows accounts with their nested
+groups, state, roles and where they may elevate, explains decisions and
+reviews accounts (AC-2); it reaches every node over
 SSH with pinned host keys; its audit chain is written and verifies; and
 tampering with a copy of the chain is detected and named.
 """
@@ -85,6 +88,21 @@ def main() -> None:
     broker(config, "init")
     step("Active Directory over LDAPS, SASL GSSAPI with the broker's keytab (no password)")
     broker(config, "directory", "ping")
+    step("directory sync: users, nested groups, account state, POSIX ids into the snapshot")
+    broker(config, "sync")
+    broker(config, "sync")
+    step("policy as code: check, plan, apply the lab policy")
+    policy = str(HERE / "policy.toml")
+    broker(config, "policy", "check", policy)
+    broker(config, "policy", "plan", policy)
+    broker(config, "policy", "apply", policy)
+    step("accounts: nested groups, state, roles and where each may elevate")
+    broker(config, "accounts", "show", "alice")
+    broker(config, "accounts", "list", "--disabled")
+    broker(config, "policy", "explain", "alice", "gpu01")
+    broker(config, "policy", "explain", "dora", "gpu01", expect=1)
+    step("AC-2 account review (the lab keeps some findings on purpose)")
+    broker(config, "accounts", "review", expect=1)
     step("every node over SSH with pinned host keys")
     names = ",".join(n["name"] for n in info["nodes"])
     broker(config, "node", "ping", names)

@@ -68,12 +68,13 @@ SPECIAL = {"dora": "disabled", "evan": "expired", "lena": "locked", "nomad": "en
 GROUPS = {  # name: (gid, direct members)
     "hpc-users": (10000, []),
     "gpu-admins": (10010, ["alice", "carol", "dora", "evan"]),
-    "storage-admins": (10011, ["dave", "erin"]),
+    "storage-admins": (10011, ["dave", "erin", "rupert"]),
     "hpc-admins": (10012, ["gpu-admins", "storage-admins"]),
     "hpc-approvers": (10013, ["frank", "grace"]),
     "break-glass": (10014, ["heidi"]),
     "incident-response": (10015, ["ivan"]),
     "svc-owners": (10016, ["judy"]),
+    "retired-admins": (10017, []),
 }
 SERVICE_ACCOUNTS = {
     "svc-slurm": ["slurm/mgmt01.hpc.test"],
@@ -357,7 +358,17 @@ def provision_dc(root: Path) -> dict[str, Any]:
     return {"admin_password_file": str(dc / "admin.pass")}
 
 
-def seed_dc(root: Path) -> dict[str, Any]:
+# The default extra population: one group past AD's 1,500-value range (ranged retrieval).
+DEFAULT_BULK = {"users": 1600, "groups": 0, "depth": 1, "big_group": True}
+STALE_USER, STALE_DAYS = "rupert", 200
+HOSTILE = {
+    "users": ["o'brien(ops)", "zoë"],
+    "group": "ops (night) 'shift'",
+    "nested_in": "gpu-admins",
+}
+
+
+def seed_dc(root: Path, bulk: dict[str, Any]) -> dict[str, Any]:
     """Users, nested groups, special accounts and service accounts; returns what lab.json records."""
     users, uid = [], 10001
     for name in PEOPLE:
@@ -408,11 +419,15 @@ def seed_dc(root: Path) -> dict[str, Any]:
         "users": users,
         "groups": groups,
         "service_accounts": services,
+        "last_logon_days_ago": {STALE_USER: STALE_DAYS},
+        "hostile_nested_in": HOSTILE["nested_in"],
+        "bulk": {**bulk, "realm": REALM},
     }
     run(
         ["/usr/bin/python3", str(HERE / "seed_dc.py")],
         stdin=json.dumps(spec),
         step="seed the directory",
+        timeout=120 + bulk.get("users", 0) / 20 + bulk.get("groups", 0) / 5,
     )
     passwords = {u["name"]: u["password"] for u in users}
     secrets_file = root / "dc" / "users.json"
@@ -739,7 +754,9 @@ def load_info(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
 # ---------------------------------------------------------------- up / down / status
 
 
-def up(nodes: str = DEFAULT_NODES, root: Path = DEFAULT_ROOT) -> dict[str, Any]:
+def up(
+    nodes: str = DEFAULT_NODES, root: Path = DEFAULT_ROOT, bulk: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Build the whole lab; on any failure tear down what was started and raise LabError."""
     names = expand_hostlist(nodes)
     down(root, quiet=True)
@@ -769,7 +786,11 @@ def up(nodes: str = DEFAULT_NODES, root: Path = DEFAULT_ROOT) -> dict[str, Any]:
         say("provisioning the Samba AD DC (realm HPC.TEST)")
         dc = provision_dc(root)
         say("seeding users, nested groups, service accounts")
-        info.update(seed_dc(root))
+        bulk = dict(DEFAULT_BULK if bulk is None else bulk)
+        info.update(seed_dc(root, bulk))
+        info["bulk"] = bulk
+        info["stale_user"] = {"name": STALE_USER, "days": STALE_DAYS}
+        info["hostile"] = HOSTILE
         keytab = export_broker_keytab(root)
         say("starting the DC on 127.0.0.10")
         info["dc"] = {
@@ -942,6 +963,11 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     up_p = sub.add_parser("up", help="build the lab (a previous one is removed first)")
     up_p.add_argument("--nodes", default=DEFAULT_NODES, help=f"hostlist (default {DEFAULT_NODES})")
+    up_p.add_argument(
+        "--bulk-users", type=int, default=DEFAULT_BULK["users"], help="extra users bulkNNNNN"
+    )
+    up_p.add_argument("--bulk-groups", type=int, default=0, help="extra nested groups")
+    up_p.add_argument("--bulk-depth", type=int, default=1, help="nesting depth of bulk groups")
     sub.add_parser("down", help="remove the lab and its host changes")
     st = sub.add_parser("status", help="what is up (exit 0 all, 1 partly, 3 not up)")
     st.add_argument("--json", action="store_true")
@@ -953,7 +979,13 @@ def main() -> None:
         sys.exit("lab: run as root")
     try:
         if args.command == "up":
-            up(args.nodes, DEFAULT_ROOT)
+            bulk = {
+                "users": args.bulk_users,
+                "groups": args.bulk_groups,
+                "depth": args.bulk_depth,
+                "big_group": args.bulk_users > 1500,
+            }
+            up(args.nodes, DEFAULT_ROOT, bulk)
         elif args.command == "down":
             down(DEFAULT_ROOT)
         elif args.command == "status":
