@@ -267,3 +267,28 @@ def test_account_review_reports_what_ac2_asks_for(
     assert not any(subject in ("alice", "dave", "svc-slurm") for _kind, subject in found)
     table = run_broker("accounts", "review", config=config_of(lab))
     assert table.returncode == 1 and "AC-2(3)" in table.stdout
+
+
+def test_policy_plan_against_the_real_snapshot_names_who_gains_and_loses(
+    lab: dict[str, Any], synced: dict[str, Any], tmp_path: Path
+) -> None:
+    changed = tmp_path / "policy.toml"
+    text = LAB_POLICY.read_text().replace(
+        '[[bindings]]\ngroup = "storage-admins"\nroles = ["storage-root", "node-diag"]',
+        '[[bindings]]\ngroup = "storage-admins"\nroles = ["node-diag"]\n\n'
+        '[[bindings]]\ngroup = "hpc-approvers"\nroles = ["storage-root"]',
+    )
+    assert text != LAB_POLICY.read_text()
+    changed.write_text(text)
+    result = run_broker("policy", "plan", str(changed), "--json", config=config_of(lab))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    gains = {(c["holder"], c["role"], c["nodes"]) for c in plan["user_gains"]}
+    losses = {(c["holder"], c["role"]) for c in plan["user_losses"]}
+    assert gains == {("frank", "storage-root", "stor01"), ("grace", "storage-root", "stor01")}
+    # rupert holds storage-root too but is only stale, so he loses it as well; nobody
+    # ineligible (disabled, expired, locked) appears in a plan at all.
+    assert {"dave", "erin"} <= {holder for holder, role in losses if role == "storage-root"}
+    assert not any(
+        holder in ("dora", "evan", "lena") for holder, _role in losses | {g[:2] for g in gains}
+    )
