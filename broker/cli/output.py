@@ -36,13 +36,19 @@ def _cell(value: Any) -> str:
     return "".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in text)
 
 
+def _text(message: str) -> str:
+    """Markup escaped and control characters (ESC, CR ...) replaced, line breaks kept:
+    messages can carry DNs and names from the directory."""
+    return "\n".join(escape(_cell(line)) for line in message.split("\n"))
+
+
 def say(message: str) -> None:
-    out.print(escape(message))
+    out.print(_text(message))
 
 
 def fail(message: str) -> None:
-    err.print(f"broker: error: {escape(message)}")
+    err.print(f"broker: error: {_text(message)}")
 
 
 def warn(message: str) -> None:
-    err.print(f"broker: warning: {escape(message)}")
+    err.print(f"broker: warning: {_text(message)}")

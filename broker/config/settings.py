@@ -122,7 +122,8 @@ class DirectorySection(_Section):
                 )
             if parts.path not in ("", "/") or parts.query or parts.username:
                 raise ValueError(f"{value!r}: give only scheme, host and port")
-        return values
+        # Lower-case the scheme, so that no later check can be fooled by LDAP:// or LDAPS://.
+        return [f"{urlsplit(v).scheme}://{v.split('://', 1)[1]}" for v in values]
 
     @field_validator("base_dn")
     @classmethod
@@ -140,7 +141,7 @@ class DirectorySection(_Section):
 
     @model_validator(mode="after")
     def _auth_needs(self) -> DirectorySection:
-        plain = [u for u in self.uris if u.startswith("ldap://")]
+        plain = [u for u in self.uris if urlsplit(u).scheme == "ldap"]
         if plain and not self.starttls:
             raise ValueError(
                 f"{plain[0]!r} is plain LDAP; use ldaps:// or set directory.starttls = true"

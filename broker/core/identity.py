@@ -150,6 +150,16 @@ class MemorySnapshot:
         return self.group_by_name.values()
 
 
+def fold_name(name: str) -> str:
+    """Lower-case an ASCII name, as AD compares them; leave any other name exactly as it is.
+
+    Unicode lower-casing maps look-alikes onto ASCII (KELVIN SIGN -> k), which would
+    let `\u212a8s-admins` pass for `k8s-admins`; allow-lists are ASCII, so an unfolded
+    non-ASCII name simply never matches one.
+    """
+    return name.lower() if name.isascii() else name
+
+
 def normalise_account_name(text: str) -> str:
     """`Alice`, `HPC\\alice` and `alice@HPC.TEST` all name the account `alice`."""
     name = text.strip()
@@ -157,7 +167,7 @@ def normalise_account_name(text: str) -> str:
         name = name.split("\\", 1)[1]
     if "@" in name:
         name = name.split("@", 1)[0]
-    return name.lower()
+    return fold_name(name)
 
 
 ChangeKind = Literal[

@@ -76,8 +76,8 @@ def memberships(
     users: Iterable[UserRecord], groups: Iterable[GroupRecord], domain_sid: str
 ) -> Memberships:
     """Every group each user is in, directly or through nesting (cycles are fine)."""
-    group_list = list(groups)
-    group_by_dn = {g.dn.lower(): g.guid for g in group_list}
+    # Only security groups carry rights (tokenGroups holds no distribution list either).
+    group_list = [g for g in groups if g.security]
     group_by_sid = {g.sid: g.guid for g in group_list}
     parents: dict[str, set[str]] = {}  # lower-cased member DN -> guids of groups listing it
     for group in group_list:
@@ -106,7 +106,6 @@ def memberships(
             primary = group_by_sid.get(f"{domain_sid}-{user.primary_group_rid}")
             if primary is not None:
                 direct.add(primary)
-        direct.discard(group_by_dn.get(user.dn.lower(), ""))
         row = dict.fromkeys(direct, True)
         for guid in direct:
             for ancestor in up(guid):
@@ -147,5 +146,20 @@ def follow_moves(
     out = {}
     for guid, group in groups.items():
         members = tuple(moved.get(m.lower(), m) for m in group.members)
+        out[guid] = group if members == group.members else replace(group, members=members)
+    return out
+
+
+def drop_members(
+    groups: Mapping[str, GroupRecord], gone: Iterable[UserRecord | GroupRecord]
+) -> dict[str, GroupRecord]:
+    """Remove the DNs of deleted objects from member lists, so that a new object created
+    later at the same DN inherits nothing."""
+    dns = {record.dn.lower() for record in gone}
+    if not dns:
+        return dict(groups)
+    out = {}
+    for guid, group in groups.items():
+        members = tuple(m for m in group.members if m.lower() not in dns)
         out[guid] = group if members == group.members else replace(group, members=members)
     return out

@@ -119,33 +119,44 @@ def _read_password(cfg: DirectorySection) -> str:
             f"directory password file {cfg.password_file} does not exist",
             fix="create it (mode 0600) or switch to auth = 'gssapi'",
         ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnavailableError(
+            f"cannot read the directory password file {cfg.password_file} ({exc})",
+            fix="it must be readable by the broker (mode 0600, owned by its user)",
+        ) from None
 
 
 def _bind(uri: str, cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo]:
     started = time.monotonic()
-    conn = _connection(uri, cfg)
+    try:
+        conn = _connection(uri, cfg)
+    except ldap_errors.LDAPException as exc:  # e.g. an unreadable or invalid CA file
+        raise UnavailableError(
+            f"{uri}: cannot set up TLS with {cfg.ca_file} ({_short(str(exc))})",
+            fix="point directory.ca_file at a readable PEM file with the DC's CA",
+        ) from None
     try:
         conn.open()
-        if uri.startswith("ldap://") and not conn.start_tls():
+        if urlsplit(uri).scheme.lower() == "ldap" and not conn.start_tls():
             raise UnavailableError(f"{uri}: StartTLS failed ({conn.result.get('description')})")
         if not conn.bind():
             raise UnavailableError(_bind_failure(uri, cfg, conn))
         identity = _identity(conn, cfg)
     except UnavailableError:
-        _discard(conn)
+        discard(conn)
         raise
     except ldap_errors.LDAPException as exc:
-        _discard(conn)
+        discard(conn)
         raise UnavailableError(_ldap_failure(uri, cfg, exc)) from None
     except gssapi.raw.GSSError as exc:
-        _discard(conn)
+        discard(conn)
         raise UnavailableError(_gss_failure(uri, cfg, exc)) from None
     tls = conn.socket.version() if isinstance(conn.socket, ssl.SSLSocket) else "none"
     elapsed = (time.monotonic() - started) * 1000
     return conn, BindInfo(uri, identity, str(tls), elapsed)
 
 
-def _discard(conn: ldap3.Connection) -> None:
+def discard(conn: ldap3.Connection) -> None:
     """Close a failed connection; ldap3 leaves the socket of a refused open behind."""
     with contextlib.suppress(ldap_errors.LDAPException):
         conn.unbind()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from broker.core.identity import AccessChange, AccountState
+from broker.core.identity import AccessChange, AccountState, fold_name
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,23 @@ def access_changes(
 ) -> list[AccessChange]:
     """Changes in a stable order (by user name, then kind, then group)."""
 
-    def name_of(guid: str) -> str:
+    def old_name(guid: str) -> str:
+        return old_group_names.get(guid) or new_group_names.get(guid) or guid
+
+    def new_name(guid: str) -> str:
         return new_group_names.get(guid) or old_group_names.get(guid) or guid
 
-    def counts(guid: str) -> bool:
-        return mapped is None or name_of(guid).lower() in mapped
+    def counts(name: str) -> bool:
+        return mapped is None or fold_name(name) in mapped
 
     changes: list[AccessChange] = []
     for guid in old.keys() | new.keys():
         before, after = old.get(guid), new.get(guid)
-        seen = (before.groups if before else frozenset()) | (after.groups if after else frozenset())
-        matters = mapped is None or any(counts(g) for g in seen)
-        if not matters:
+        # Compared by name, as policy binds groups by name: a renamed group gives and
+        # takes rights without any membership changing.
+        had = {fold_name(old_name(g)): old_name(g) for g in before.groups} if before else {}
+        has = {fold_name(new_name(g)): new_name(g) for g in after.groups} if after else {}
+        if mapped is not None and not any(counts(n) for n in (*had.values(), *has.values())):
             continue
         if before is None and after is not None:
             changes.append(AccessChange("user.added", after.name, after.sid, after=after.state))
@@ -54,7 +59,7 @@ def access_changes(
                 AccessChange("user.deleted", before.name, before.sid, before=before.state)
             )
             # A deletion says it all: no separate membership removals.
-            after = UserView(before.name, before.sid, "deleted", before.groups)
+            after, has = UserView(before.name, before.sid, "deleted", before.groups), had
         assert before is not None and after is not None
         if before.name != after.name:
             changes.append(
@@ -68,16 +73,12 @@ def access_changes(
                     "user.state", after.name, after.sid, before=before.state, after=after.state
                 )
             )
-        for group in sorted(after.groups - before.groups, key=name_of):
-            if counts(group):
-                changes.append(
-                    AccessChange("membership.added", after.name, after.sid, name_of(group))
-                )
-        for group in sorted(before.groups - after.groups, key=name_of):
-            if counts(group):
-                changes.append(
-                    AccessChange("membership.removed", after.name, after.sid, name_of(group))
-                )
+        for key in sorted(has.keys() - had.keys()):
+            if counts(has[key]):
+                changes.append(AccessChange("membership.added", after.name, after.sid, has[key]))
+        for key in sorted(had.keys() - has.keys()):
+            if counts(had[key]):
+                changes.append(AccessChange("membership.removed", after.name, after.sid, had[key]))
     order = {"user.deleted": 0, "user.added": 1, "user.renamed": 2, "user.state": 3}
     changes.sort(key=lambda c: (c.user, c.user_sid, order.get(c.kind, 4), c.kind, c.group or ""))
     return changes

@@ -7,7 +7,7 @@ UnavailableError naming the DC, so a sync stops before touching the store.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,8 +31,6 @@ from broker.directory.records import (
     user_record,
 )
 
-log = logging.getLogger("broker.directory")
-
 PAGED_RESULTS = "1.2.840.113556.1.4.319"
 RANGE_STEP = 1500  # AD's default MaxValRange
 USERS = "(&(objectCategory=person)(objectClass=user))"
@@ -54,7 +52,14 @@ USER_ATTRIBUTES = (
     "uSNChanged",
     "servicePrincipalName",
 )
-GROUP_ATTRIBUTES = ("objectGUID", "objectSid", "sAMAccountName", "gidNumber", "uSNChanged")
+GROUP_ATTRIBUTES = (
+    "objectGUID",
+    "objectSid",
+    "sAMAccountName",
+    "gidNumber",
+    "groupType",
+    "uSNChanged",
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class DcState:
     """Which DC answered, and its highest committed USN (USNs are per DC)."""
 
     uri: str
-    name: str  # dsServiceName: the DC's NTDS Settings object
+    name: str  # dsServiceName#invocationId: this DC, and this incarnation of its database
     highest_usn: int
 
 
@@ -76,8 +81,9 @@ class DomainInfo:
 class Fetched:
     users: list[UserRecord] = field(default_factory=list)
     groups: list[GroupRecord] = field(default_factory=list)
-    present: set[str] | None = None  # objectGUIDs that exist (incremental syncs only)
+    present: set[str] | None = None  # objectGUIDs of every user and group that exists
     skipped: list[str] = field(default_factory=list)  # entries refused, with the reason
+    unreadable: set[str] = field(default_factory=set)  # GUIDs of refused entries
 
 
 class Reader:
@@ -127,24 +133,40 @@ class Reader:
     ) -> Iterator[dict[str, Any]]:
         cookie: bytes | None = None
         while True:
-            yield from self._search(self._base, query, ldap3.SUBTREE, attributes, controls, cookie)
+            page = self._search(self._base, query, ldap3.SUBTREE, attributes, controls, cookie)
+            # Read the cookie before handing the page out: the consumer may search on this
+            # connection (ranged members), which replaces conn.result.
             paged = (self._conn.result.get("controls") or {}).get(PAGED_RESULTS) or {}
             cookie = (paged.get("value") or {}).get("cookie") or None
+            yield from page
             if not cookie:
                 return
 
     def dc_state(self) -> DcState:
-        [entry] = self._search(
+        """The DC's identity (its NTDS Settings DN and invocationId, which changes when the
+        DC is restored from backup) and its highest committed USN."""
+        found = self._search(
             "", "(objectClass=*)", ldap3.BASE, ["dsServiceName", "highestCommittedUSN"]
         )
-        raw = entry["raw_attributes"]
+        raw = found[0]["raw_attributes"] if found else {}
         name = text((raw.get("dsServiceName") or [b""])[0])
-        if not name:
-            raise UnavailableError(f"{self._uri}: the DC does not publish dsServiceName")
-        usn = integer(
-            (raw.get("highestCommittedUSN") or [None])[0], "highestCommittedUSN", "rootDSE"
-        )
-        return DcState(self._uri, name, usn)
+        try:
+            usn = integer(
+                (raw.get("highestCommittedUSN") or [None])[0], "highestCommittedUSN", "rootDSE"
+            )
+            ntds = (
+                self._search(name, "(objectClass=*)", ldap3.BASE, ["invocationId"]) if name else []
+            )
+            invocation = guid_text(
+                (ntds[0]["raw_attributes"].get("invocationId") or [b""])[0], name
+            )
+        except (RecordError, IndexError):
+            raise UnavailableError(
+                f"{self._uri}: the DC does not publish dsServiceName, highestCommittedUSN and"
+                " invocationId",
+                fix="point directory.uris at Active Directory domain controllers",
+            ) from None
+        return DcState(self._uri, f"{name}#{invocation}", usn)
 
     def domain(self) -> DomainInfo:
         found = self._search(
@@ -156,8 +178,16 @@ class Reader:
                 fix="check directory.base_dn names the domain itself",
             )
         raw = found[0]["raw_attributes"]
-        sid = sid_text((raw.get("objectSid") or [b""])[0], self._base)
-        ticks = integer((raw.get("lockoutDuration") or [None])[0], "lockoutDuration", self._base)
+        try:
+            sid = sid_text((raw.get("objectSid") or [b""])[0], self._base)
+            ticks = integer(
+                (raw.get("lockoutDuration") or [None])[0], "lockoutDuration", self._base
+            )
+        except RecordError:
+            raise UnavailableError(
+                f"{self._uri}: {self._base} is not a domain (no objectSid or lockoutDuration)",
+                fix="set directory.base_dn to the domain's DN, e.g. DC=hpc,DC=example,DC=org",
+            ) from None
         # A negative interval in 100 ns ticks; the most negative value (and, failing
         # closed, zero) means locked until an administrator unlocks the account.
         forever = ticks == 0 or ticks <= -(2**63)
@@ -171,7 +201,7 @@ class Reader:
             try:
                 out.users.append(user_record(entry["dn"], entry["raw_attributes"]))
             except RecordError as exc:
-                out.skipped.append(str(exc))
+                _refused(entry, exc, out)
 
     def groups(self, usn_from: int | None, out: Fetched) -> None:
         first = f"member;range=0-{RANGE_STEP - 1}"
@@ -181,7 +211,12 @@ class Reader:
                 members = self._members(entry["dn"], entry["raw_attributes"])
                 out.groups.append(group_record(entry["dn"], entry["raw_attributes"], members))
             except RecordError as exc:
-                out.skipped.append(str(exc))
+                _refused(entry, exc, out)
+
+    def containers_changed(self, since_usn: int) -> bool:
+        """Did any OU or container change since `since_usn` (a rename moves its members)?"""
+        query = f"(&(|(objectClass=organizationalUnit)(objectClass=container)){usn_range(since_usn + 1, None)})"
+        return any(True for _entry in self._paged(query, ("objectGUID",), None))
 
     def present(self, out: Fetched) -> None:
         """The objectGUID of every user and group that exists now (one small attribute each).
@@ -215,6 +250,14 @@ class Reader:
             members += [text(v) for v in values]
             next_low = following
         return members
+
+
+def _refused(entry: dict[str, Any], exc: RecordError, out: Fetched) -> None:
+    """An entry that cannot be used never keeps an older, usable version in the snapshot."""
+    out.skipped.append(str(exc))
+    guid = (entry["raw_attributes"].get("objectGUID") or [b""])[0]
+    with contextlib.suppress(RecordError):
+        out.unreadable.add(guid_text(guid, entry["dn"]))
 
 
 def usn_range(usn_from: int | None, usn_below: int | None) -> str:
@@ -256,8 +299,9 @@ def fetch(
     jobs = [users_between(lo, hi) for lo, hi in usn_slices(usn_from, highest_usn, user_connections)]
     group_from = None if since_usn is None else usn_from
     jobs.append(lambda reader, out: reader.groups(group_from, out))
-    if since_usn is not None:
-        jobs.append(lambda reader, out: reader.present(out))
+    # Always: an incremental read finds deletions by what is missing; a full read keeps
+    # objects that changed while it read (and so fell between its USN slices).
+    jobs.append(lambda reader, out: reader.present(out))
 
     def run(job: Callable[[Reader, Fetched], None]) -> Fetched:
         part = Fetched()
@@ -274,8 +318,7 @@ def fetch(
             out.users += part.users
             out.groups += part.groups
             out.skipped += part.skipped
+            out.unreadable |= part.unreadable
             if part.present is not None:
                 out.present = part.present
-    for reason in out.skipped:
-        log.warning("directory entry skipped: %s", reason)
     return out

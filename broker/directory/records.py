@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 
 from ldap3.protocol.formatters.formatters import format_sid, format_uuid_le
 
-from broker.core.identity import ACCOUNT_NAME
+from broker.core.identity import ACCOUNT_NAME, fold_name
+
+GROUP_TYPE_SECURITY = 0x80000000
 
 RawAttributes = Mapping[str, Sequence[bytes]]
 
@@ -66,6 +68,7 @@ class GroupRecord:
     gid_number: int | None
     usn_changed: int
     members: tuple[str, ...]  # member DNs, as the DC lists them
+    security: bool = True  # a security group; distribution lists grant nothing
 
 
 def _one(raw: RawAttributes, name: str, dn: str) -> bytes:
@@ -143,7 +146,7 @@ def user_record(dn: str, raw_attributes: RawAttributes) -> UserRecord:
     return UserRecord(
         guid=guid_text(_one(raw, "objectGUID", dn), dn),
         sid=sid_text(_one(raw, "objectSid", dn), dn),
-        name=text(_one(raw, "sAMAccountName", dn)).lower(),
+        name=fold_name(text(_one(raw, "sAMAccountName", dn))),
         upn=text(v) if (v := _maybe(raw, "userPrincipalName")) is not None else None,
         dn=dn,
         uid_number=_posix_id(raw, "uidNumber", dn),
@@ -151,7 +154,9 @@ def user_record(dn: str, raw_attributes: RawAttributes) -> UserRecord:
         primary_group_rid=(
             integer(v, "primaryGroupID", dn) if (v := _maybe(raw, "primaryGroupID")) else None
         ),
-        uac=integer(_maybe(raw, "userAccountControl"), "userAccountControl", dn),
+        # Always present in AD: missing means the broker may not read it, and an account
+        # whose state cannot be read must not look enabled.
+        uac=integer(_one(raw, "userAccountControl", dn), "userAccountControl", dn),
         account_expires=integer(_maybe(raw, "accountExpires"), "accountExpires", dn),
         lockout_time=integer(_maybe(raw, "lockoutTime"), "lockoutTime", dn),
         last_logon=integer(_maybe(raw, "lastLogonTimestamp"), "lastLogonTimestamp", dn),
@@ -172,6 +177,7 @@ def group_record(dn: str, raw_attributes: RawAttributes, members: Sequence[str])
         gid_number=_posix_id(raw, "gidNumber", dn),
         usn_changed=integer(_one(raw, "uSNChanged", dn), "uSNChanged", dn),
         members=tuple(members),
+        security=bool(integer(_maybe(raw, "groupType"), "groupType", dn) & GROUP_TYPE_SECURITY),
     )
 
 

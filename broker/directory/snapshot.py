@@ -15,10 +15,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.core.identity import (
+    NEVER,
     Account,
     AccountState,
     Group,
     account_state,
+    fold_name,
     lockout_end,
     normalise_account_name,
     nt_time_to_datetime,
@@ -41,8 +43,8 @@ _INSERT_USER = (
 )
 # Accounts whose state can change with time alone: an expiry date ahead, or a lockout running.
 _TIME_SENSITIVE = (
-    f"{_SELECT_USERS} WHERE (account_expires > 0 AND state NOT IN ('expired', 'disabled'))"
-    " OR state = 'locked'"
+    f"{_SELECT_USERS} WHERE (account_expires > 0 AND account_expires < {NEVER}"
+    " AND state NOT IN ('expired', 'disabled')) OR state = 'locked'"
 )
 
 
@@ -162,10 +164,12 @@ def counts(conn: sqlite3.Connection) -> tuple[int, int]:
 
 def load_groups(conn: sqlite3.Connection) -> dict[str, GroupRecord]:
     groups = {}
-    for guid, sid, name, dn, gid_number, usn, members in conn.execute(
-        "SELECT guid, sid, name, dn, gid_number, usn_changed, members FROM dir_groups"
+    for guid, sid, name, dn, gid_number, usn, members, security in conn.execute(
+        "SELECT guid, sid, name, dn, gid_number, usn_changed, members, security FROM dir_groups"
     ):
-        groups[guid] = GroupRecord(guid, sid, name, dn, gid_number, usn, tuple(json.loads(members)))
+        groups[guid] = GroupRecord(
+            guid, sid, name, dn, gid_number, usn, tuple(json.loads(members)), bool(security)
+        )
     return groups
 
 
@@ -233,15 +237,26 @@ def write_difference(
     users = [_user_row(u) for g, u in new_users.items() if old_users.get(g) != u]
     conn.executemany(_INSERT_USER, users)
     groups = [
-        (r.guid, r.sid, r.name, r.dn, r.gid_number, r.usn_changed, json.dumps(list(r.members)), gid)
+        (
+            r.guid,
+            r.sid,
+            r.name,
+            r.dn,
+            r.gid_number,
+            r.usn_changed,
+            json.dumps(list(r.members)),
+            int(r.security),
+            gid,
+        )
         for guid, (r, gid) in new_groups.items()
         if old_groups.get(guid) != r
     ]
     conn.executemany(
-        "INSERT INTO dir_groups (guid, sid, name, dn, gid_number, usn_changed, members, gid)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guid) DO UPDATE SET sid = excluded.sid,"
-        " name = excluded.name, dn = excluded.dn, gid_number = excluded.gid_number,"
-        " usn_changed = excluded.usn_changed, members = excluded.members, gid = excluded.gid",
+        "INSERT INTO dir_groups (guid, sid, name, dn, gid_number, usn_changed, members,"
+        " security, gid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guid) DO UPDATE SET"
+        " sid = excluded.sid, name = excluded.name, dn = excluded.dn,"
+        " gid_number = excluded.gid_number, usn_changed = excluded.usn_changed,"
+        " members = excluded.members, security = excluded.security, gid = excluded.gid",
         groups,
     )
     written += len(users) + len(groups)
@@ -279,8 +294,8 @@ class StoreSnapshot:
             dn=record.dn,
             uid=-1 if stored_uid is None else stored_uid,
             gid=-1 if stored_gid is None else stored_gid,
-            groups=frozenset(name.lower() for name, _direct in pairs),
-            direct_groups=frozenset(name.lower() for name, direct in pairs if direct),
+            groups=frozenset(fold_name(name) for name, _direct in pairs),
+            direct_groups=frozenset(fold_name(name) for name, direct in pairs if direct),
             state=account_state(
                 user_account_control=record.uac,
                 expires_at=expires,

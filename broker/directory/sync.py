@@ -19,10 +19,11 @@ from typing import Literal
 
 from broker.audit import writer
 from broker.config.settings import DirectorySection
+from broker.core.errors import UnavailableError
 from broker.core.identity import AccessChange
 from broker.core.timeutil import utcnow
 from broker.directory import build, snapshot
-from broker.directory.connection import bind_to, connect
+from broker.directory.connection import bind_to, connect, discard
 from broker.directory.diff import UserView, access_changes
 from broker.directory.fetch import DcState, DomainInfo, Fetched, Reader, fetch
 from broker.directory.idmap import IdRange
@@ -114,37 +115,60 @@ def sync(
                 store, previous, dc, actor, reason, mapped_groups, publish, now, started
             )
         domain = reader.domain()
+        if kind == "incremental" and previous and reader.containers_changed(previous.highest_usn):
+            # Members of a renamed or moved OU change DN without any USN of theirs moving.
+            kind, reason = "full", "an OU or container changed since the last sync"
         since = None if kind == "full" or previous is None else previous.highest_usn
 
         def open_reader() -> tuple[Reader, Callable[[], None]]:
-            # The same DC, whose USN was read above: USNs mean nothing on another.
+            # The same DC, whose USN was read above: USNs mean nothing on another, and a
+            # load-balanced name may land elsewhere, so each connection checks.
             extra, _info = bind_to(dc.uri, cfg)
-            return Reader(extra, dc.uri, cfg.base_dn, cfg.page_size), extra.unbind
+            extra_reader = Reader(extra, dc.uri, cfg.base_dn, cfg.page_size)
+            if extra_reader.dc_state().name != dc.name:
+                discard(extra)
+                raise UnavailableError(
+                    f"{dc.uri}: a second connection reached another DC",
+                    fix="list each DC by its own name in directory.uris, not a load-balanced one",
+                )
+            return extra_reader, lambda: discard(extra)
 
         fetched = fetch(open_reader, since, dc.highest_usn, cfg.search_connections)
     finally:
-        conn.unbind()
+        discard(conn)
 
     ranges = id_range(cfg)
     # Everything below reads and writes inside one write transaction: a concurrent sync
     # (the timer and an operator) either committed before we read, or waits for us.
-    with store.transaction() as db:
-        current = snapshot.load_state(db)
-        if (
-            current is not None
-            and current.dc_name == dc.name
-            and current.highest_usn > dc.highest_usn
-        ):
-            kind, reason = "unchanged", "a newer sync committed while this one was reading"
-            changes: list[AccessChange] = []
-            written = 0
-            users, groups = snapshot.counts(db)
-        else:
-            changes, written, users, groups = _commit(
-                db, kind, reason, fetched, dc, domain, ranges, actor, mapped_groups, now, current
-            )
-    if publish is not None and changes:
-        publish(changes)
+    try:
+        with store.transaction() as db:
+            current = snapshot.load_state(db)
+            if current != previous:
+                kind, reason = "unchanged", "another sync committed while this one was reading"
+                changes: list[AccessChange] = []
+                written = 0
+                users, groups = snapshot.counts(db)
+            else:
+                changes, written, users, groups = _commit(
+                    db,
+                    kind,
+                    reason,
+                    fetched,
+                    dc,
+                    domain,
+                    ranges,
+                    actor,
+                    mapped_groups,
+                    now,
+                    current,
+                )
+    except sqlite3.Error as exc:
+        raise UnavailableError(
+            f"the store {store.path} could not be written: {exc}",
+            fix="check the disk and that no other process holds the database; the last good"
+            " snapshot is unchanged",
+        ) from None
+    _publish(publish, changes)
     return SyncReport(
         kind,
         reason,
@@ -176,20 +200,29 @@ def _commit(
     old_stored = snapshot.load_users(db)
     old_groups = snapshot.load_groups(db)
     old_members = snapshot.load_memberships(db)
+    present = fetched.present or set()
+    user_records: dict[str, UserRecord]
+    group_records: dict[str, GroupRecord]
     if kind == "full":
-        user_records: dict[str, UserRecord] = {u.guid: u for u in fetched.users}
-        group_records: dict[str, GroupRecord] = {g.guid: g for g in fetched.groups}
+        # Objects that exist but fell between the USN slices (changed while the sync read)
+        # keep their last known version until the next sync reads them.
+        read = {u.guid for u in fetched.users} | {g.guid for g in fetched.groups}
+        between = present - read - fetched.unreadable
+        user_records = {g: u.record for g, u in old_stored.items() if g in between}
+        user_records.update((u.guid, u) for u in fetched.users)
+        group_records = {g: r for g, r in old_groups.items() if g in between}
+        group_records.update((r.guid, r) for r in fetched.groups)
     else:
         old_users = {g: u.record for g, u in old_stored.items()}
-        if fetched.present is None:
-            raise RuntimeError("an incremental read must say which objects exist")
-        present = fetched.present
-        gone = [g for g in (*old_users, *old_groups) if g not in present]
+        gone = {g for g in (*old_users, *old_groups) if g not in present} | fetched.unreadable
         user_records = build.merge(old_users, fetched.users, gone)
         group_records = build.merge(old_groups, fetched.groups, gone)
-        # A renamed or moved member changes the groups' member values but not their USN.
-        group_records = build.follow_moves(
-            group_records, [*old_users.values(), *old_groups.values()], fetched
+        # A renamed or moved member changes the groups' member values but not their USN,
+        # and a deleted one's DN must not stay behind for a new object to inherit.
+        everything_old: list[UserRecord | GroupRecord] = [*old_users.values(), *old_groups.values()]
+        group_records = build.follow_moves(group_records, everything_old, fetched)
+        group_records = build.drop_members(
+            group_records, [r for r in everything_old if r.guid in gone]
         )
     new_stored = _stored(user_records, domain, ranges, now)
     new_members = build.memberships(user_records.values(), group_records.values(), domain.sid)
@@ -283,6 +316,10 @@ def _time_driven(
 ) -> SyncReport:
     """Nothing changed in AD, but time passes: accounts expire and lockouts end."""
     with store.transaction() as db:
+        if snapshot.load_state(db) != previous:
+            return SyncReport(
+                "unchanged", "another sync committed meanwhile", dc.uri, dc.highest_usn, 0, 0, 0
+            )
         candidates = snapshot.load_time_sensitive_users(db)
         moved = {
             guid: replace(u, state=build.state_of(u.record, previous.lockout_duration, now))
@@ -303,8 +340,7 @@ def _time_driven(
             snapshot.update_states(db, moved)
             writer.record_many(db, [_change_event(actor, c) for c in changes], now)
         snapshot.save_state(db, replace(previous, checked_at=now))
-    if publish is not None and changes:
-        publish(changes)
+    _publish(publish, changes)
     users, groups_count = snapshot.counts(store.conn)
     return SyncReport(
         "unchanged",
@@ -318,3 +354,17 @@ def _time_driven(
         [],
         time.monotonic() - started,
     )
+
+
+def _publish(
+    publish: Callable[[list[AccessChange]], None] | None, changes: list[AccessChange]
+) -> None:
+    """Tell subscribers after the commit; one failing must not undo or hide the sync."""
+    if publish is None or not changes:
+        return
+    try:
+        publish(changes)
+    except Exception:
+        log.exception(
+            "a subscriber failed on %d access changes (all are in the audit chain)", len(changes)
+        )

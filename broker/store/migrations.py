@@ -81,6 +81,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 gid_number INTEGER,
                 usn_changed INTEGER NOT NULL,
                 members TEXT NOT NULL,
+                security INTEGER NOT NULL,
                 gid INTEGER
             )""",
             "CREATE INDEX dir_groups_name ON dir_groups (name)",

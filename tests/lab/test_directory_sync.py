@@ -292,3 +292,27 @@ def test_policy_plan_against_the_real_snapshot_names_who_gains_and_loses(
     assert not any(
         holder in ("dora", "evan", "lena") for holder, _role in losses | {g[:2] for g in gains}
     )
+
+
+def test_small_pages_with_ranged_groups_read_everything(
+    lab: dict[str, Any], synced: dict[str, Any], tmp_path: Path
+) -> None:
+    """Pages of 10 entries, and a 1,600-member group read in ranges on the same connection
+    in the middle of a page: every group and every member still arrives."""
+    text = config_of(lab).read_text()
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        text.replace(lab["broker"]["state_dir"], str(tmp_path / "state")).replace(
+            'keytab = "', 'page_size = 10\nkeytab = "'
+        )
+    )
+    assert run_broker("init", config=config).returncode == 0
+    small = run_broker("sync", "--full", "--json", config=config)
+    assert small.returncode == 0, small.stderr
+    reference = json.loads(
+        run_broker("directory", "status", "--json", config=config_of(lab)).stdout
+    )
+    assert json.loads(small.stdout)["groups"] == reference["groups"]
+    assert json.loads(small.stdout)["users"] == reference["users"]
+    listed = run_broker("accounts", "list", "--group", "bulk-users", "--json", config=config)
+    assert len(json.loads(listed.stdout)) == lab["bulk"]["users"]

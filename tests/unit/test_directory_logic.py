@@ -20,7 +20,7 @@ from broker.core.identity import (
     normalise_account_name,
     nt_time_to_datetime,
 )
-from broker.directory.build import memberships, state_of, user_ids
+from broker.directory.build import drop_members, memberships, state_of, user_ids
 from broker.directory.diff import UserView, access_changes
 from broker.directory.fetch import DcState, usn_range, usn_slices
 from broker.directory.idmap import IdMapError, IdRange, posix_id
@@ -110,7 +110,11 @@ def test_user_records_decode_raw_bytes_and_refuse_broken_entries() -> None:
     hostile = user_record("CN=x", raw_user(sAMAccountName=[b"o'brien(ops)"]))
     assert hostile.problem == "sAMAccountName is not a valid Unix user name"
     unicode_name = user_record("CN=x", raw_user(sAMAccountName=["Zoë".encode()]))
-    assert unicode_name.name == "zoë" and unicode_name.problem is not None
+    assert unicode_name.name == "Zoë" and unicode_name.problem is not None  # never folded
+    kelvin = user_record("CN=x", raw_user(sAMAccountName=["\u212aevin".encode()]))
+    assert kelvin.name != "kevin" and kelvin.problem is not None
+    with pytest.raises(RecordError, match="userAccountControl"):
+        user_record("CN=x", {k: v for k, v in raw_user().items() if k != "userAccountControl"})
 
 
 def test_ranged_attributes_say_where_the_next_range_starts() -> None:
@@ -291,3 +295,36 @@ def test_usn_slices_cover_every_change_exactly_once(
 def test_usn_filters_hold_integers_only() -> None:
     assert usn_range(5, 9) == "(uSNChanged>=5)(!(uSNChanged>=9))"
     assert usn_range(None, None) == ""
+
+
+def test_a_renamed_group_gives_and_takes_rights_by_name() -> None:
+    old = {"a": view("alice", "enabled", "g1"), "b": view("bob", "enabled", "g2")}
+    before = {"g1": "hpc-admins", "g2": "lab-users"}
+    after = {"g1": "hpc-admins-old", "g2": "hpc-admins"}
+    got = [
+        (c.kind, c.user, c.group)
+        for c in access_changes(old, old, before, after, frozenset({"hpc-admins"}))
+    ]
+    assert got == [
+        ("membership.removed", "alice", "hpc-admins"),
+        ("membership.added", "bob", "hpc-admins"),
+    ]
+
+
+def test_look_alike_group_names_never_match_a_mapped_name() -> None:
+    old = {"a": view("alice", "enabled")}
+    new = {"a": view("alice", "enabled", "g1")}
+    names = {"g1": "\u212a8s-admins"}  # KELVIN SIGN, lower-cases to "k"
+    assert access_changes(old, new, names, names, frozenset({"k8s-admins"})) == []
+
+
+def test_distribution_lists_carry_no_rights_and_deleted_dns_are_dropped() -> None:
+    alice = user("alice", "CN=alice,DC=x", 1105, primary=None)
+    mail = GroupRecord(
+        "g-mail", f"{DOMAIN}-3001", "mail", "CN=mail,DC=x", None, 1, ("CN=alice,DC=x",), False
+    )
+    admins = group("admins", 3002, "CN=mail,DC=x")
+    assert memberships([alice], [mail, admins], DOMAIN)["u-alice"] == {}
+    stale = group("ops", 3003, "CN=alice,DC=x", "CN=bob,DC=x")
+    kept = drop_members({"g-ops": stale}, [user("alice", "cn=ALICE,dc=x", 1105)])
+    assert kept["g-ops"].members == ("CN=bob,DC=x",)
