@@ -35,9 +35,67 @@ class UserIds:
     problem: str | None
 
 
-def user_ids(user: UserRecord, domain_sid: str, id_range: IdRange) -> UserIds:
-    """uidNumber/gidNumber when AD has them, else SSSD's mapping of the SID (and primary group)."""
+# Names that are system accounts on every Linux node: an AD account with one of these
+# names must never become that user through a grant.
+RESERVED_NAMES = frozenset(
+    [
+        "root",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "gnats",
+        "nobody",
+        "nogroup",
+        "adm",
+        "wheel",
+        "sudo",
+        "staff",
+        "shadow",
+        "utmp",
+        "tty",
+        "disk",
+        "kmem",
+        "operator",
+        "systemd-network",
+        "systemd-resolve",
+        "systemd-timesync",
+        "messagebus",
+        "sshd",
+        "_apt",
+        "polkitd",
+        "slurm",
+        "munge",
+        "nfsnobody",
+        "ntp",
+        "chrony",
+        "postfix",
+        "dbus",
+        "rpc",
+        "rpcuser",
+    ]
+)
+
+
+def user_ids(user: UserRecord, domain_sid: str, id_range: IdRange, min_id: int = 1000) -> UserIds:
+    """uidNumber/gidNumber when AD has them, else SSSD's mapping of the SID (and primary group).
+
+    An account that would land on a system name or in the system id range is unusable.
+    """
     problem = user.problem
+    if user.name in RESERVED_NAMES:
+        problem = problem or f"{user.name!r} is a system account name on the nodes"
     uid, gid = user.uid_number, user.gid_number
     try:
         if uid is None:
@@ -48,6 +106,9 @@ def user_ids(user: UserRecord, domain_sid: str, id_range: IdRange) -> UserIds:
         problem = problem or str(exc)
     if gid is None:
         problem = problem or "no gidNumber and no primary group to map one from"
+    for kind, value in (("uid", uid), ("gid", gid)):
+        if value is not None and value < min_id:
+            problem = problem or f"{kind} {value} is in the system range (below directory.min_id)"
     return UserIds(uid, gid, problem)
 
 

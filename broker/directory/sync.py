@@ -161,6 +161,7 @@ def sync(
                     mapped_groups,
                     now,
                     current,
+                    cfg.min_id,
                 )
     except sqlite3.Error as exc:
         raise UnavailableError(
@@ -195,6 +196,7 @@ def _commit(
     mapped_groups: frozenset[str] | None,
     now: datetime,
     previous: snapshot.SyncState | None,
+    min_id: int,
 ) -> tuple[list[AccessChange], int, int, int]:
     """Compute the new snapshot against the stored one and write the difference."""
     old_stored = snapshot.load_users(db)
@@ -224,7 +226,7 @@ def _commit(
         group_records = build.drop_members(
             group_records, [r for r in everything_old if r.guid in gone]
         )
-    new_stored = _stored(user_records, domain, ranges, now)
+    new_stored = _stored(user_records, domain, ranges, now, min_id)
     new_members = build.memberships(user_records.values(), group_records.values(), domain.sid)
     new_groups = {g: (r, build.group_gid(r, ranges)) for g, r in group_records.items()}
     changes = (
@@ -280,13 +282,24 @@ def _commit(
 
 
 def _stored(
-    records: Mapping[str, UserRecord], domain: DomainInfo, ranges: IdRange, now: datetime
+    records: Mapping[str, UserRecord],
+    domain: DomainInfo,
+    ranges: IdRange,
+    now: datetime,
+    min_id: int,
 ) -> dict[str, snapshot.StoredUser]:
     out = {}
+    holders: dict[int, int] = {}
     for guid, record in records.items():
-        ids = build.user_ids(record, domain.sid, ranges)
+        ids = build.user_ids(record, domain.sid, ranges, min_id)
         state = build.state_of(record, domain.lockout_duration, now)
         out[guid] = snapshot.StoredUser(record, ids.uid, ids.gid, ids.problem, state)
+        if ids.uid is not None:
+            holders[ids.uid] = holders.get(ids.uid, 0) + 1
+    # Two accounts on one uid are one Unix user: neither may hold a right.
+    for guid, stored in out.items():
+        if stored.uid is not None and holders[stored.uid] > 1 and stored.problem is None:
+            out[guid] = replace(stored, problem=f"uid {stored.uid} is shared with another account")
     return out
 
 

@@ -328,3 +328,26 @@ def test_distribution_lists_carry_no_rights_and_deleted_dns_are_dropped() -> Non
     stale = group("ops", 3003, "CN=alice,DC=x", "CN=bob,DC=x")
     kept = drop_members({"g-ops": stale}, [user("alice", "cn=ALICE,dc=x", 1105)])
     assert kept["g-ops"].members == ("CN=bob,DC=x",)
+
+
+def test_system_names_and_system_ids_are_never_usable() -> None:
+    assert "system account" in (
+        user_ids(user("root", "CN=r", 1400), DOMAIN, IdRange()).problem or ""
+    )
+    low = user_ids(user("eve", "CN=e", 1401, uid_number=10, gid_number=10000), DOMAIN, IdRange())
+    assert low.problem == "uid 10 is in the system range (below directory.min_id)"
+    wheel = user_ids(user("eve", "CN=e", 1401, uid_number=10001, gid_number=27), DOMAIN, IdRange())
+    assert wheel.problem is not None and "gid 27" in wheel.problem
+
+
+def test_two_accounts_on_one_uid_are_both_unusable() -> None:
+    from broker.directory.fetch import DomainInfo
+    from broker.directory.sync import _stored
+
+    records = {
+        "u-a": user("a", "CN=a", 1500, uid_number=20000, gid_number=20000),
+        "u-b": user("b", "CN=b", 1501, uid_number=20000, gid_number=20000),
+        "u-c": user("c", "CN=c", 1502, uid_number=20001, gid_number=20000),
+    }
+    stored = _stored(records, DomainInfo(DOMAIN, None), IdRange(), NOW, 1000)
+    assert [stored[g].problem is not None for g in ("u-a", "u-b", "u-c")] == [True, True, False]
