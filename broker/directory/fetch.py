@@ -85,6 +85,9 @@ class Fetched:
     skipped: list[str] = field(default_factory=list)  # entries refused, with the reason
     unreadable: set[str] = field(default_factory=set)  # GUIDs of refused entries
 
+    def read_guids(self) -> set[str]:
+        return {u.guid for u in self.users} | {g.guid for g in self.groups}
+
 
 class Reader:
     """Searches on one bound connection."""
@@ -299,9 +302,9 @@ def fetch(
     jobs = [users_between(lo, hi) for lo, hi in usn_slices(usn_from, highest_usn, user_connections)]
     group_from = None if since_usn is None else usn_from
     jobs.append(lambda reader, out: reader.groups(group_from, out))
-    # Always: an incremental read finds deletions by what is missing; a full read keeps
-    # objects that changed while it read (and so fell between its USN slices).
-    jobs.append(lambda reader, out: reader.present(out))
+    if since_usn is not None:
+        # An incremental read finds deletions by what is missing.
+        jobs.append(lambda reader, out: reader.present(out))
 
     def run(job: Callable[[Reader, Fetched], None]) -> Fetched:
         part = Fetched()
@@ -321,4 +324,25 @@ def fetch(
             out.unreadable |= part.unreadable
             if part.present is not None:
                 out.present = part.present
-    return out
+
+    # An object changed while the slices were read has moved past `highest_usn` and may
+    # have been missed by every slice: read whatever changed since the read began.
+    def changed_meanwhile(reader: Reader, part: Fetched) -> None:
+        reader.users(highest_usn + 1, None, part)
+        reader.groups(highest_usn + 1, part)
+
+    return _merged(out, run(changed_meanwhile))
+
+
+def _merged(first: Fetched, later: Fetched) -> Fetched:
+    """`first` with `later`'s newer versions of the same objects (by GUID) winning."""
+    unreadable = (first.unreadable - later.read_guids()) | later.unreadable
+    users = {u.guid: u for u in first.users} | {u.guid: u for u in later.users}
+    groups = {g.guid: g for g in first.groups} | {g.guid: g for g in later.groups}
+    return Fetched(
+        users=[u for guid, u in users.items() if guid not in unreadable],
+        groups=[g for guid, g in groups.items() if guid not in unreadable],
+        present=None if first.present is None else first.present | {*users, *groups},
+        skipped=first.skipped + later.skipped,
+        unreadable=unreadable,
+    )

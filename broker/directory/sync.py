@@ -206,14 +206,8 @@ def _commit(
     user_records: dict[str, UserRecord]
     group_records: dict[str, GroupRecord]
     if kind == "full":
-        # Objects that exist but fell between the USN slices (changed while the sync read)
-        # keep their last known version until the next sync reads them.
-        read = {u.guid for u in fetched.users} | {g.guid for g in fetched.groups}
-        between = present - read - fetched.unreadable
-        user_records = {g: u.record for g, u in old_stored.items() if g in between}
-        user_records.update((u.guid, u) for u in fetched.users)
-        group_records = {g: r for g, r in old_groups.items() if g in between}
-        group_records.update((r.guid, r) for r in fetched.groups)
+        user_records = {u.guid: u for u in fetched.users if u.guid not in fetched.unreadable}
+        group_records = {g.guid: g for g in fetched.groups if g.guid not in fetched.unreadable}
     else:
         old_users = {g: u.record for g, u in old_stored.items()}
         gone = {g for g in (*old_users, *old_groups) if g not in present} | fetched.unreadable
