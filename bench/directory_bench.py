@@ -110,7 +110,9 @@ def membership_strategies(app: App, sample: int) -> dict[str, float]:
             extra, _info = bind_to(bind.uri, cfg)
             return Reader(extra, bind.uri, cfg.base_dn, cfg.page_size), extra.unbind
 
-        fetched = fetch(open_reader, None, reader.dc_state().highest_usn, cfg.search_connections)
+        fetched = fetch(
+            open_reader, None, reader.dc_state().highest_usn, cfg.search_connections, reader
+        )
         users, groups = fetched.users, fetched.groups
         local = timed(lambda: build.memberships(users, groups, domain.sid))
         started = time.perf_counter()

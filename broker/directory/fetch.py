@@ -216,6 +216,25 @@ class Reader:
             except RecordError as exc:
                 _refused(entry, exc, out)
 
+    def changed_since(self, usn_from: int, out: Fetched) -> None:
+        """Users and groups with uSNChanged >= usn_from, in one search on the USN index alone
+        (Samba answers that faster than with the class filters), sorted out here."""
+        attributes = {*USER_ATTRIBUTES, *GROUP_ATTRIBUTES, "objectClass", "objectCategory"}
+        first = f"member;range=0-{RANGE_STEP - 1}"
+        query = usn_range(usn_from, None)
+        for entry in self._paged(query, (*sorted(attributes), first), None):
+            raw = entry["raw_attributes"]
+            classes = {bytes(v).lower() for v in raw.get("objectClass") or []}
+            category = bytes((raw.get("objectCategory") or [b""])[0]).lower()
+            try:
+                if b"group" in classes:
+                    members = self._members(entry["dn"], raw)
+                    out.groups.append(group_record(entry["dn"], raw, members))
+                elif b"user" in classes and category.startswith(b"cn=person,"):
+                    out.users.append(user_record(entry["dn"], raw))
+            except RecordError as exc:
+                _refused(entry, exc, out)
+
     def containers_changed(self, since_usn: int) -> bool:
         """Did any OU or container change since `since_usn` (a rename moves its members)?"""
         query = f"(&(|(objectClass=organizationalUnit)(objectClass=container)){usn_range(since_usn + 1, None)})"
@@ -291,6 +310,7 @@ def fetch(
     since_usn: int | None,
     highest_usn: int,
     user_connections: int,
+    main: Reader,
 ) -> Fetched:
     """Every user and group (or those changed since `since_usn`, and which still exist),
     read over several connections to the same DC at once."""
@@ -326,12 +346,11 @@ def fetch(
                 out.present = part.present
 
     # An object changed while the slices were read has moved past `highest_usn` and may
-    # have been missed by every slice: read whatever changed since the read began.
-    def changed_meanwhile(reader: Reader, part: Fetched) -> None:
-        reader.users(highest_usn + 1, None, part)
-        reader.groups(highest_usn + 1, part)
-
-    return _merged(out, run(changed_meanwhile))
+    # have been missed by every slice: read whatever changed since the read began (on the
+    # main connection, idle meanwhile).
+    later = Fetched()
+    main.changed_since(highest_usn + 1, later)
+    return _merged(out, later)
 
 
 def _merged(first: Fetched, later: Fetched) -> Fetched:

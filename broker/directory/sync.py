@@ -133,7 +133,7 @@ def sync(
                 )
             return extra_reader, lambda: discard(extra)
 
-        fetched = fetch(open_reader, since, dc.highest_usn, cfg.search_connections)
+        fetched = fetch(open_reader, since, dc.highest_usn, cfg.search_connections, reader)
     finally:
         discard(conn)
 

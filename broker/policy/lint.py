@@ -15,7 +15,13 @@ from typing import Literal
 
 from broker.core.durations import format_duration
 from broker.policy.model import Policy, Role
-from broker.policy.names import ESCAPE_HATCHES, WEAK_ENCTYPES, program_name
+from broker.policy.names import (
+    ESCAPE_HATCHES,
+    NEEDS_ARGUMENTS,
+    WEAK_ENCTYPES,
+    base_program,
+    program_name,
+)
 from broker.policy.positions import Path
 
 Severity = Literal["error", "warning", "note"]
@@ -156,13 +162,15 @@ def _escape_hatches(policy: Policy) -> Iterator[Finding]:
     for command_set in policy.command_sets.values():
         for index, command in enumerate(command_set.commands):
             program = program_name(command)
-            if program in ESCAPE_HATCHES or program.startswith(("python", "perl")):
+            bare = " " not in command and base_program(program) in NEEDS_ARGUMENTS
+            if base_program(program) in ESCAPE_HATCHES or bare:
                 yield Finding(
                     "escape-hatch",
                     "AC-6",
                     "warning",
-                    f"command set {command_set.name} allows {program}, which can run any "
-                    "command: the set is as wide as ALL",
+                    f"command set {command_set.name} allows {program}"
+                    + (" with any arguments" if bare else "")
+                    + ", which can run any command or write any file: the set is as wide as ALL",
                     ("command_sets", command_set.name, "commands", index),
                 )
 

@@ -43,12 +43,45 @@ ENCTYPE_ALIASES = {
 # shell escapes, privilege tools.
 ESCAPE_HATCHES = frozenset(
     {
-        *("sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox"),
-        *("python", "python3", "perl", "ruby", "lua", "node", "php", "env", "xargs"),
-        *("vi", "vim", "nvim", "nano", "emacs", "less", "more", "man", "find", "awk"),
-        *("su", "sudo", "sudoedit", "visudo", "doas", "pkexec", "chroot", "nsenter", "tee"),
+        *("sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox", "rbash", "mksh"),
+        *("python", "perl", "ruby", "lua", "node", "nodejs", "php", "tclsh", "wish", "env"),
+        *("xargs", "vi", "vim", "rvim", "view", "ex", "ed", "nvim", "nano", "emacs", "less"),
+        *("more", "man", "find", "awk", "gawk", "mawk", "nawk", "sed", "chroot", "nsenter"),
+        *("tee", "gdb", "strace", "script", "screen", "tmux", "timeout", "nice", "ionice"),
+        *("setsid", "unshare", "runuser", "setpriv", "systemd-run", "docker", "podman"),
+        *("crontab", "make"),
     }
 )
+# Programs that are safe only with fixed arguments: written without any, sudo lets the
+# holder add any (dmidecode --dump-bin FILE, tar --to-command, systemctl edit, ...).
+NEEDS_ARGUMENTS = frozenset(
+    {
+        *("systemctl", "journalctl", "dmidecode", "tar", "rsync", "git", "ssh", "scp", "mount"),
+        *("dd", "cp", "mv", "chmod", "chown", "install", "ln", "ip", "ipmitool", "nvidia-smi"),
+        *("modprobe", "sysctl", "kill", "pkill", "umount", "zfs", "lctl", "scontrol"),
+    }
+)
+# sudo's own tools: sudo rewrites any path ending in /sudoedit into its built-in editor
+# (edit any file as root); the others hand out a new privileged shell.
+PRIVILEGE_TOOLS = frozenset({"sudo", "sudoedit", "su", "visudo", "pkexec", "doas", "sudoreplay"})
+# Where a program run as root may live: system directories only, never a place a user
+# can write (/tmp, /home, /var/tmp, /dev/shm ...).
+SYSTEM_PREFIXES = (
+    "/usr/bin/",
+    "/usr/sbin/",
+    "/bin/",
+    "/sbin/",
+    "/usr/local/bin/",
+    "/usr/local/sbin/",
+    "/usr/lib/",
+    "/usr/libexec/",
+    "/opt/",
+)
+
+
+def base_program(name: str) -> str:
+    """`python3.11` -> `python`, `lua5.4` -> `lua`, `php8.2` -> `php`: versions do not hide it."""
+    return re.sub(r"[0-9][0-9.]*$", "", name) or name
 
 
 def policy_name(text: str) -> str | None:
@@ -108,6 +141,16 @@ def command(text: str) -> str | None:
         return (
             "bad command; start with the program's absolute path (e.g. /usr/bin/nvidia-smi), "
             "no trailing '/', which sudo would read as every program in the directory"
+        )
+    if program.rsplit("/", 1)[-1] in PRIVILEGE_TOOLS:
+        return (
+            f"{program} is one of sudo's own privilege tools (any path ending in /sudoedit is "
+            'sudo\'s editor); grant a role with commands = "ALL" if that much is meant'
+        )
+    if not program.startswith(SYSTEM_PREFIXES):
+        return (
+            f"{program} is outside the system directories ({', '.join(SYSTEM_PREFIXES)}); "
+            "a program run as root must not live where a user can write"
         )
     if rest and not all(_ARGUMENT.fullmatch(part) for part in rest.split(" ")):
         return (

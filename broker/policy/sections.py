@@ -216,11 +216,18 @@ class Loader:
         )
         longest = table.duration("max_duration", None, low=timedelta(minutes=1), high=MAX_GRANT)
         if default is not None and longest is not None and default > longest:
-            self.problems.add(
-                (*table.path, "default_duration"),
-                "longer than max_duration; make the default at most the maximum",
-                table.data["default_duration"],
-            )
+            if table.has("default_duration"):
+                self.problems.add(
+                    (*table.path, "default_duration"),
+                    "longer than max_duration; make the default at most the maximum",
+                    table.data["default_duration"],
+                )
+            else:
+                self.problems.add(
+                    (*table.path, "max_duration"),
+                    "shorter than the default duration (1h); set default_duration too",
+                    table.data["max_duration"],
+                )
         sessions = table.integer("max_sessions_per_node", 1, 1, 16)
         approvals = self._approvals(table)
         role = Role(

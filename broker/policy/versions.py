@@ -62,6 +62,19 @@ def active_version(conn: sqlite3.Connection) -> PolicyVersion | None:
             f"{version.short}: it was changed in the database",
             fix="check `broker audit verify`, then re-apply the policy file from version control",
         )
+    # The row's own sha256 proves nothing to someone who rewrote text and hash together;
+    # the hash-chained policy.apply event of this version is what vouches for it.
+    vouched = conn.execute(
+        "SELECT 1 FROM audit_events WHERE action = 'policy.apply'"
+        " AND json_extract(details, '$.version') = ? AND json_extract(details, '$.sha256') = ?",
+        (version.id, version.sha256),
+    ).fetchone()
+    if vouched is None:
+        raise IntegrityError(
+            f"the active policy (version {version.id}, sha256 {version.short}) has no matching"
+            " policy.apply event in the audit chain: it was changed in the database",
+            fix="check `broker audit verify`, then re-apply the policy file from version control",
+        )
     return version
 
 

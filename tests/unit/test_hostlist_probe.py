@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from broker.core.errors import UsageError
@@ -54,3 +56,34 @@ def test_probe_failures_keep_the_reason() -> None:
     assert not probe.reachable and probe.error == "gpu01: host key changed"
     garbled = parse_probe(ok("nonsense"), 0, 0)
     assert garbled.reachable and garbled.error == "unexpected probe output"
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "@x';touch /tmp/broker-hostlist-pwned;'",  # a group: ClusterShell would run an upcall
+        "@all",
+        "*",
+        "n[1-3-4]",
+        "n[+1-2]",
+        "n[1-2]&n1",
+        "a!b",
+        "@x:y",
+        "GPU01",
+        "gpu[3-1]",
+    ],
+)
+def test_hostlists_outside_the_grammar_are_refused_before_clustershell_sees_them(
+    expression: str, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError):
+        expand(expression)
+    assert not Path("/tmp/broker-hostlist-pwned").exists()
+
+
+def test_names_that_resolve_as_addresses_and_huge_ranges_are_refused_without_expanding() -> None:
+    for expression in ("[1-3]", "2130706433", "127.1"):
+        with pytest.raises(UsageError, match="at least one letter"):
+            expand(expression)
+    with pytest.raises(UsageError, match="names 100000000 nodes"):
+        expand("n[0-99999999]")  # counted, not expanded

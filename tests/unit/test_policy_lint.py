@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from broker.policy import names
 from broker.policy.lint import Finding, lint
 from tests.unit.policy_samples import LAB_POLICY, line_of, load
 
@@ -69,7 +72,9 @@ def test_long_root_workloads_sessions_and_management_without_approval() -> None:
 
 
 def test_shells_and_editors_in_a_command_set_are_as_wide_as_all() -> None:
-    text = LAB_POLICY.replace('"/usr/bin/nvidia-smi"', '"/usr/bin/nvidia-smi", "/usr/bin/vim"')
+    text = LAB_POLICY.replace(
+        '"/usr/bin/nvidia-smi -q"', '"/usr/bin/nvidia-smi -q", "/usr/bin/vim"'
+    )
     found = by_rule(text)["escape-hatch"]
     assert found.control == "AC-6" and "allows vim" in found.message
     assert found.path == ("command_sets", "node-diag", "commands", 1)
@@ -111,3 +116,32 @@ def test_errors_come_first() -> None:
     severities = [f.severity for f in findings(text)]
     assert severities == sorted(severities, key=["error", "warning", "note"].index)
     assert severities[0] == "error"
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ("/home/alice/sudoedit", "privilege tools"),
+        ("/usr/bin/sudo -u root id", "privilege tools"),
+        ("/usr/bin/su", "privilege tools"),
+        ("/tmp/fix", "outside the system directories"),
+        ("/home/alice/bin/fix --all", "outside the system directories"),
+    ],
+)
+def test_commands_that_are_sudo_itself_or_user_writable_are_refused(command: str, why: str) -> None:
+    message = names.command(command)
+    assert message is not None and why in message
+
+
+def test_versioned_interpreters_and_argument_free_tools_are_flagged() -> None:
+    text = LAB_POLICY.replace(
+        'commands = ["/usr/bin/nvidia-smi -q", "/usr/bin/systemctl --no-pager status slurmd"]',
+        'commands = ["/usr/bin/python3.11", "/usr/sbin/dmidecode", "/usr/sbin/dmidecode -t memory"]',
+    )
+    assert text != LAB_POLICY
+    found = [
+        f.text() for f in lint(load(text).policy) if "escape" in f.rule or "allows" in f.text()
+    ]
+    assert any("python3.11" in f for f in found)
+    assert any("dmidecode with any arguments" in f for f in found)
+    assert not any("dmidecode -t" in f for f in found)

@@ -148,8 +148,8 @@ def test_a_node_in_two_zones() -> None:
     ("hostlist", "says"),
     [
         ("gpu[01-", "bad node list 'gpu[01-'"),
-        ("GPU01", "bad node name 'GPU01'"),
-        ("gpu_01", "bad node name 'gpu_01'"),
+        ("GPU01", "bad node list 'GPU01'"),
+        ("gpu_01", "bad node list 'gpu_01'"),
         ("gpü01", "bad node list 'gpü01'"),
         ("", "bad node list ''"),
     ],
@@ -308,7 +308,7 @@ def test_service_accounts_must_not_share_principals_or_keytabs() -> None:
     ],
 )
 def test_commands_are_absolute_paths_without_sudoers_metacharacters(bad: str) -> None:
-    text = edit('"/usr/bin/nvidia-smi"', f'"{bad}"')
+    text = edit('"/usr/bin/nvidia-smi -q"', f'"{bad}"')
     assert "command_sets.node-diag.commands[0]" in only_error(text)
 
 

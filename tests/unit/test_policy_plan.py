@@ -80,7 +80,7 @@ def test_the_same_policy_plans_nothing() -> None:
 
 
 def test_command_set_service_account_and_group_changes_are_listed() -> None:
-    text = LAB_POLICY.replace('"/usr/bin/nvidia-smi", ', "").replace(
+    text = LAB_POLICY.replace('"/usr/bin/nvidia-smi -q", ', "").replace(
         'break_glass_group = "break-glass"', 'break_glass_group = "hpc-admins"'
     )
     text = text.replace(
@@ -90,8 +90,8 @@ def test_command_set_service_account_and_group_changes_are_listed() -> None:
     assert changes == [
         (
             "command set node-diag",
-            "commands: /usr/bin/nvidia-smi, /usr/bin/systemctl status slurmd -> "
-            "/usr/bin/systemctl status slurmd",
+            "commands: /usr/bin/nvidia-smi -q, /usr/bin/systemctl --no-pager status slurmd -> "
+            "/usr/bin/systemctl --no-pager status slurmd",
         ),
         ("service account svc-nfs", "rotate_every: 30d -> 7d"),
         ("policy", "break_glass_group: break-glass -> hpc-admins"),

@@ -80,3 +80,18 @@ def test_a_policy_edited_in_the_database_is_refused(broker_app: App) -> None:
         assert fresh.mapped_groups() is None
     finally:
         fresh.close()
+
+
+def test_a_policy_rewritten_with_its_sha256_is_refused_by_the_audit_chain(
+    broker_app: App,
+) -> None:
+    broker_app.apply_policy(LAB_POLICY, "policy.toml", "unix:test")
+    forged = LAB_POLICY.replace('max_duration = "4h"', 'max_duration = "30d"')
+    conn = broker_app.ready_store().conn
+    conn.execute(
+        "UPDATE policy_versions SET text = ?, sha256 = ?", (forged, versions.sha256_of(forged))
+    )
+    fresh = App(broker_app.settings)
+    with pytest.raises(IntegrityError, match=r"no matching policy\.apply event"):
+        fresh.active_policy()
+    fresh.close()
