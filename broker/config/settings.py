@@ -105,7 +105,6 @@ class DirectorySection(_Section):
     page_size: int = Field(default=1000, ge=10, le=5000)
     search_connections: int = Field(default=2, ge=1, le=8)
     min_id: int = Field(default=1000, ge=1)
-    sync_interval: Duration = timedelta(seconds=60)
     full_sync_interval: Duration = timedelta(hours=24)
     stale_after: Duration = timedelta(days=90)
     idmap_range_min: int = Field(default=200_000, ge=1000)

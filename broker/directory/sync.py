@@ -202,14 +202,16 @@ def _commit(
     old_stored = snapshot.load_users(db)
     old_groups = snapshot.load_groups(db)
     old_members = snapshot.load_memberships(db)
-    present = fetched.present or set()
     user_records: dict[str, UserRecord]
     group_records: dict[str, GroupRecord]
     if kind == "full":
         user_records = {u.guid: u for u in fetched.users if u.guid not in fetched.unreadable}
         group_records = {g.guid: g for g in fetched.groups if g.guid not in fetched.unreadable}
     else:
+        if fetched.present is None:  # never guess: absence here would delete everyone
+            raise RuntimeError("an incremental read must say which objects exist")
         old_users = {g: u.record for g, u in old_stored.items()}
+        present = fetched.present
         gone = {g for g in (*old_users, *old_groups) if g not in present} | fetched.unreadable
         user_records = build.merge(old_users, fetched.users, gone)
         group_records = build.merge(old_groups, fetched.groups, gone)
