@@ -29,6 +29,8 @@ from broker.core.timeutil import to_text, utcnow
 from broker.directory import sync as directory_sync
 from broker.directory.snapshot import StoreSnapshot
 from broker.directory.sync import SyncReport
+from broker.mfa import sealing as mfa_sealing
+from broker.mfa.service import MfaRules
 from broker.policy import versions as policy_versions
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
@@ -109,6 +111,18 @@ class App:
             )
         return store
 
+    def ready_for_daemon(self, actor: str) -> list[str]:
+        """What `broker serve` checks before it listens: state, keys, schema (migrated here)."""
+        state = self.settings.broker.state_dir
+        if not state.is_dir():
+            raise UnavailableError(
+                f"the broker state directory {state} does not exist", fix="run `broker init`"
+            )
+        for path in (self.settings.signing_key,):
+            if not path.exists():
+                raise UnavailableError(f"{path} is missing", fix="run `broker init`")
+        return self.migrate(actor)
+
     def _make_sealer(self) -> writer.Sealer:
         audit = self.settings.audit
         return writer.Sealer(
@@ -130,6 +144,9 @@ class App:
         if not self.settings.signing_key.exists():
             create_signing_key(self.settings.signing_key, self.owner)
             created.append(str(self.settings.signing_key))
+        if not os.path.lexists(self.settings.mfa_key):
+            mfa_sealing.create_key(self.settings.mfa_key, self.owner)
+            created.append(str(self.settings.mfa_key))
         if not self.settings.ssh_key.exists():
             self._create_ssh_key(self.settings.ssh_key)
             created.append(str(self.settings.ssh_key))
@@ -143,6 +160,17 @@ class App:
                     ),
                 )
         return InitResult(state, created, applied)
+
+    def mfa_key(self) -> bytes:
+        """The key sealing TOTP secrets, loaded (and its file checked) once per process."""
+        return self._mfa_key
+
+    @cached_property
+    def _mfa_key(self) -> bytes:
+        return mfa_sealing.load_key(self.settings.mfa_key)
+
+    def mfa_rules(self) -> MfaRules:
+        return MfaRules.from_settings(self.settings.mfa)
 
     def _create_ssh_key(self, path: Path) -> None:
         key = Ed25519PrivateKey.generate()

@@ -7,7 +7,7 @@ import pytest
 
 from broker.app import App, local_actor
 from broker.config.loader import load_settings
-from tests.helpers import run_broker, write_config
+from tests.helpers import run_broker, serving, write_config
 
 
 @pytest.fixture
@@ -17,6 +17,13 @@ def broker_config(tmp_path: Path) -> Path:
     result = run_broker("init", config=config)
     assert result.returncode == 0, result.stderr
     return config
+
+
+@pytest.fixture
+def daemon(broker_config: Path) -> Iterator[Path]:
+    """`broker serve` running for `broker_config` (its socket is under the tmp dir); the config."""
+    with serving(broker_config):
+        yield broker_config
 
 
 @pytest.fixture

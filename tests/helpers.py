@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from broker.store.migrations import MIGRATIONS
@@ -38,6 +42,64 @@ def write_config(directory: Path, extra: str = "") -> Path:
     config = directory / "broker.toml"
     config.write_text(
         f'[broker]\nstate_dir = "{directory / "state"}"\nservice_user = "root"\n\n'
+        f'[daemon]\nsocket = "{directory / "run" / "broker.sock"}"\n\n'
         f"[audit]\nsyslog = false\n{extra}\n"
     )
     return config
+
+
+@contextlib.contextmanager
+def serving(config: Path, *, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Run `broker serve` for this config until the block ends; fail if it does not come up."""
+    full_env = dict(os.environ)
+    full_env.pop("BROKER_CONFIG", None)
+    if env:
+        full_env.update(env)
+    log = (config.parent / "daemon.log").open("a")
+    proc = subprocess.Popen(
+        [BROKER, "--config", str(config), "serve"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=full_env,
+    )
+    try:
+        _wait_for_socket(daemon_socket_of(config), proc, config)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def daemon_socket_of(config: Path) -> Path:
+    import tomllib
+
+    data = tomllib.loads(config.read_text())
+    return Path(data.get("daemon", {}).get("socket", "/run/broker/broker.sock"))
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[str], config: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"broker serve exited {proc.returncode}: "
+                + (config.parent / "daemon.log").read_text()[-2000:]
+            )
+        if path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                pass
+            finally:
+                probe.close()
+        time.sleep(0.05)
+    raise AssertionError(f"broker serve did not listen on {path} within 30 s")

@@ -12,6 +12,7 @@ from broker.audit.checkpoint import load_public_key, public_key_path, read_check
 from broker.audit.verify import Row, VerifyReport, verify_chain
 
 _COLUMNS = "seq, ts, actor, action, target, outcome, details, prev_hash, hash"
+PAGE_MAX = 5000  # events per request to the daemon; clients page with after_seq / before_seq
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class EventFilter:
     action: str | None = None
     actor: str | None = None
     after_seq: int = 0
+    before_seq: int | None = None
     limit: int | None = None
     newest_first: bool = False
 
@@ -30,6 +32,9 @@ class EventFilter:
 def iter_events(conn: sqlite3.Connection, filt: EventFilter) -> Iterator[AuditEvent]:
     clauses: list[str] = ["seq > ?"]
     params: list[int | str] = [filt.after_seq]
+    if filt.before_seq is not None:
+        clauses.append("seq < ?")
+        params.append(filt.before_seq)
     if filt.since:
         clauses.append("ts >= ?")
         params.append(filt.since)

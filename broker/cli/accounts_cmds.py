@@ -2,56 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
-from broker.accounts.view import AccountView, account_views, review
 from broker.cli import output
-from broker.cli.context import JSON_OPTION, state
+from broker.cli.context import JSON_OPTION, client
 from broker.core.durations import format_duration, parse_duration
-from broker.core.errors import EXIT_FAILED, RefusedError, UsageError
-from broker.core.timeutil import to_text, utcnow
+from broker.core.errors import EXIT_FAILED
 
 app = typer.Typer(help="Cluster accounts from the directory snapshot.", no_args_is_help=True)
 
 
-def _when(view: AccountView) -> str:
-    seen = view.account.last_logon
-    return "never" if seen is None else to_text(seen)[:16].replace("T", " ")
-
-
-def _stale_after(ctx: typer.Context, text: str | None) -> timedelta:
-    if text is not None:
-        return parse_duration(text)
-    return state(ctx).app().directory_settings().stale_after
-
-
-def _as_json(view: AccountView, stale: bool) -> dict[str, Any]:
-    a = view.account
-    return {
-        "name": a.name,
-        "upn": a.upn,
-        "sid": a.sid,
-        "dn": a.dn,
-        "uid": a.uid if a.uid >= 0 else None,
-        "gid": a.gid if a.gid >= 0 else None,
-        "state": a.state,
-        "eligible": a.eligible,
-        "problem": a.problem,
-        "stale": stale,
-        "last_logon": None if a.last_logon is None else to_text(a.last_logon),
-        "expires_at": None if a.expires_at is None else to_text(a.expires_at),
-        "locked_until": None if a.locked_until is None else to_text(a.locked_until),
-        "groups": sorted(a.groups),
-        "direct_groups": sorted(a.direct_groups),
-        "service_principals": list(a.service_principals),
-        "roles": [{"role": r.role, "via": r.via} for r in view.roles],
-        "may_elevate": [
-            {"role": s.role, "nodes": s.nodes, "max_duration": s.max_duration} for s in view.scope
-        ],
-    }
+def _when(account: dict[str, Any]) -> str:
+    seen = account.get("last_logon")
+    return "never" if seen is None else str(seen)[:16].replace("T", " ")
 
 
 @app.command("show")
@@ -60,48 +26,48 @@ def show(
     name: str = typer.Argument(..., help="Account: alice, HPC\\alice or alice@HPC.TEST."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """An account's AD groups, the cluster roles they give it, and where it may elevate."""
-    cli_app = state(ctx).app()
-    now = utcnow()
-    snapshot = cli_app.snapshot(now)
-    account = snapshot.account(name)
-    if account is None:
-        raise RefusedError(
-            f"no account {name!r} in the directory snapshot",
-            fix="check the name, or run `broker sync` if it was created recently",
-        )
-    [view] = account_views([account], cli_app.active_policy())
-    stale = account.stale(now, cli_app.directory_settings().stale_after)
+    """An account's AD groups, the cluster roles they give it, and where it may elevate.
+
+    Operators may look at any account; a directory user at their own.
+    """
+    a = client(ctx).get(f"/v1/accounts/{_path_part(name)}")
     if json_out:
-        output.print_json(_as_json(view, stale))
+        output.print_json(a)
         return
-    ids = f"{account.uid}/{account.gid}" if account.uid >= 0 else "unmapped"
-    state_text = account.state + ("" if account.eligible else " (not eligible)")
-    if account.problem:
-        state_text += f": {account.problem}"
+    ids = f"{a['uid']}/{a['gid']}" if a["uid"] is not None else "unmapped"
+    state_text = a["state"] + ("" if a["eligible"] else " (not eligible)")
+    if a["problem"]:
+        state_text += f": {a['problem']}"
+    direct = set(a["direct_groups"])
     rows = [
-        ["account", f"{account.name} ({account.upn or 'no UPN'})"],
-        ["state", state_text + (", stale" if stale else "")],
+        ["account", f"{a['name']} ({a['upn'] or 'no UPN'})"],
+        ["state", state_text + (", stale" if a["stale"] else "")],
         ["uid/gid", ids],
-        ["sid", account.sid],
-        ["dn", account.dn],
-        ["last logon", _when(view)],
+        ["sid", a["sid"]],
+        ["dn", a["dn"]],
+        ["last logon", _when(a)],
         [
             "groups",
-            ", ".join(
-                g + ("" if g in account.direct_groups else " (nested)")
-                for g in sorted(account.groups)
-            )
-            or "none",
+            ", ".join(g + ("" if g in direct else " (nested)") for g in a["groups"]) or "none",
         ],
-        ["roles", ", ".join(f"{r.role} (via {r.via})" for r in view.roles) or view.no_roles_reason],
+        [
+            "roles",
+            ", ".join(f"{r['role']} (via {r['via']})" for r in a["roles"]) or a["no_roles_reason"],
+        ],
         [
             "may elevate",
-            "; ".join(f"{s.role} on {s.nodes} for up to {s.max_duration}" for s in view.scope)
+            "; ".join(
+                f"{s['role']} on {s['nodes']} for up to {s['max_duration']}"
+                for s in a["may_elevate"]
+            )
             or "nowhere",
         ],
     ]
-    output.table(None, ["", account.name], rows)
+    output.table(None, ["", a["name"]], rows)
+
+
+def _path_part(name: str) -> str:
+    return quote(name, safe="")
 
 
 @app.command("list")
@@ -120,50 +86,36 @@ def list_accounts(
     ),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """List accounts in the snapshot, filtered."""
-    cli_app = state(ctx).app()
-    now = utcnow()
-    after = _stale_after(ctx, stale_after)
-    policy = cli_app.active_policy()
-    if role is not None and policy is None:
-        raise UsageError(
-            "--role needs an active policy", fix="apply one with `broker policy apply`"
-        )
-    snapshot = cli_app.snapshot(now)
-    if group is not None and snapshot.group(group) is None:
-        raise RefusedError(f"no group {group!r} in the directory snapshot", fix="check the name")
-    views = account_views(snapshot.accounts(), policy)
-    rows = []
-    for view in views:
-        a = view.account
-        if group is not None and group.lower() not in a.groups:
-            continue
-        if role is not None and role not in {r.role for r in view.roles}:
-            continue
-        if disabled and a.eligible:
-            continue
-        is_stale = a.stale(now, after)
-        if stale and not is_stale:
-            continue
-        rows.append((view, is_stale))
+    """List accounts in the snapshot, filtered (operators)."""
+    if stale_after is not None:
+        parse_duration(stale_after)
+    data = client(ctx).get(
+        "/v1/accounts",
+        group=group,
+        role=role,
+        disabled=disabled,
+        stale=stale,
+        stale_after=stale_after,
+    )
+    rows = data["accounts"]
     if json_out:
-        output.print_json([_as_json(v, s) for v, s in rows])
+        output.print_json(rows)
         return
+    after = format_duration(parse_duration(data["stale_after"]))
     output.table(
-        f"{len(rows)} accounts"
-        + (f" (stale: no logon in {format_duration(after)})" if stale else ""),
+        f"{len(rows)} accounts" + (f" (stale: no logon in {after})" if stale else ""),
         ["account", "state", "uid", "gid", "roles", "last logon", "groups"],
         [
             [
-                v.account.name,
-                v.account.state + (" (stale)" if s else ""),
-                v.account.uid if v.account.uid >= 0 else "-",
-                v.account.gid if v.account.gid >= 0 else "-",
-                ",".join(r.role for r in v.roles),
-                _when(v),
-                len(v.account.groups),
+                a["name"],
+                a["state"] + (" (stale)" if a["stale"] else ""),
+                a["uid"] if a["uid"] is not None else "-",
+                a["gid"] if a["gid"] is not None else "-",
+                ",".join(r["role"] for r in a["roles"]),
+                _when(a),
+                len(a["groups"]),
             ]
-            for v, s in rows
+            for a in rows
         ],
     )
 
@@ -181,18 +133,16 @@ def review_cmd(
 
     Exit 0 when there is nothing to review, 1 when there are findings.
     """
-    cli_app = state(ctx).app()
-    now = utcnow()
-    findings = review(
-        cli_app.snapshot(now), cli_app.require_policy(), now, _stale_after(ctx, stale_after)
-    )
+    if stale_after is not None:
+        parse_duration(stale_after)
+    findings = client(ctx).get("/v1/reviews/accounts", stale_after=stale_after)
     if json_out:
-        output.print_json([f.as_dict() for f in findings])
+        output.print_json(findings)
     elif findings:
         output.table(
             f"{len(findings)} findings",
             ["control", "kind", "subject", "finding"],
-            [[f.control, f.kind, f.subject, f.message] for f in findings],
+            [[f["control"], f["kind"], f["subject"], f["message"]] for f in findings],
         )
     else:
         output.say("account review: nothing to report")

@@ -1,25 +1,32 @@
-"""`broker audit`: verify the chain, follow it, export it for a SIEM, seal its head."""
+"""`broker audit`: verify the chain, follow it, export it for a SIEM, seal its head.
+
+Every command asks the daemon; events come a page at a time and exports are
+formatted (and written) here, on the caller's side.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from broker.app import App
-from broker.audit.chain import AuditEvent
+from broker.audit.chain import AuditEvent, canonical_details
 from broker.audit.export import to_cef, to_jsonl
-from broker.audit.query import EventFilter, iter_events
+from broker.audit.query import PAGE_MAX
 from broker.cli import output
-from broker.cli.context import JSON_OPTION, state
-from broker.core.errors import EXIT_FAILED, UsageError
+from broker.cli.context import JSON_OPTION, client
+from broker.client.client import Client
+from broker.core.errors import EXIT_FAILED, FailedError, UsageError
 from broker.core.timeutil import parse_moment, to_text, utcnow
 from broker.store.files import write_private_file
 
 app = typer.Typer(help="The tamper-evident audit chain.", no_args_is_help=True)
+
+EVENTS = "/v1/audit/events"
 
 
 class ExportFormat(StrEnum):
@@ -27,16 +34,54 @@ class ExportFormat(StrEnum):
     cef = "cef"
 
 
-def _filter(
-    since: str | None, until: str | None, action: str | None, actor: str | None
-) -> EventFilter:
-    now = utcnow()
-    return EventFilter(
-        since=to_text(parse_moment(since, now)) if since else None,
-        until=to_text(parse_moment(until, now)) if until else None,
-        action=action,
-        actor=actor,
-    )
+def _moment(text: str | None) -> str | None:
+    """--since/--until as the UTC text the daemon expects (it validates it again)."""
+    return to_text(parse_moment(text, utcnow())) if text else None
+
+
+def event_of(row: Any) -> AuditEvent:
+    """An event from the daemon, rebuilt as stored (`details` back to its canonical text)."""
+    try:
+        return AuditEvent(
+            seq=int(row["seq"]),
+            ts=str(row["ts"]),
+            actor=str(row["actor"]),
+            action=str(row["action"]),
+            target=str(row["target"]),
+            outcome=str(row["outcome"]),
+            details=canonical_details(row["details"]),
+            prev_hash=str(row["prev_hash"]),
+            hash=str(row["hash"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise FailedError("the broker daemon sent an audit event this CLI cannot read") from None
+
+
+def events_after(c: Client, after_seq: int = 0, **filters: str | None) -> Iterator[AuditEvent]:
+    """Every matching event after `after_seq`, oldest first, fetched a page at a time."""
+    while True:
+        page = c.get(EVENTS, after_seq=after_seq, limit=PAGE_MAX, **filters)
+        for row in page:
+            event = event_of(row)
+            after_seq = event.seq
+            yield event
+        if len(page) < PAGE_MAX:
+            return
+
+
+def newest_events(c: Client, count: int, **filters: str | None) -> list[AuditEvent]:
+    """The `count` most recent matching events, oldest first."""
+    found: list[AuditEvent] = []
+    before: int | None = None
+    while len(found) < count:
+        want = min(PAGE_MAX, count - len(found))
+        page = c.get(EVENTS, limit=want, newest_first=True, before_seq=before, **filters)
+        found += [event_of(row) for row in page]
+        if len(page) < want:
+            break
+        before = found[-1].seq
+    found.reverse()
+    return found
 
 
 @app.command()
@@ -45,40 +90,23 @@ def verify(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
     Exit 0 when the chain is intact, 1 with the first bad seq and why.
     """
-    report = state(ctx).app().verify_audit()
+    report = client(ctx).get("/v1/audit/verify")
+    problem = report["problem"]
     if json_out:
-        output.print_json(
-            {
-                "ok": report.ok,
-                "count": report.count,
-                "head_seq": report.head_seq,
-                "head_hash": report.head_hash,
-                "sealed_seq": report.sealed_seq,
-                "checkpoints": report.checkpoints,
-                "problem": None
-                if report.problem is None
-                else {
-                    "kind": report.problem.kind,
-                    "seq": report.problem.seq,
-                    "message": report.problem.message,
-                },
-                "warnings": report.warnings,
-            }
-        )
+        output.print_json(report)
     else:
-        for warning in report.warnings:
+        for warning in report["warnings"]:
             output.warn(warning)
-        if report.problem is None:
+        if problem is None:
             output.say(
-                f"audit chain OK: {report.count} events, head seq {report.head_seq}, "
-                f"sealed up to seq {report.sealed_seq} by {report.checkpoints} checkpoints"
+                f"audit chain OK: {report['count']} events, head seq {report['head_seq']}, "
+                f"sealed up to seq {report['sealed_seq']} by {report['checkpoints']} checkpoints"
             )
         else:
             output.fail(
-                f"audit chain BAD at seq {report.problem.seq} ({report.problem.kind}): "
-                f"{report.problem.message}"
+                f"audit chain BAD at seq {problem['seq']} ({problem['kind']}): {problem['message']}"
             )
-    if not report.ok:
+    if not report["ok"]:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -108,11 +136,8 @@ def tail(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show the most recent events, oldest first; with -f, follow new ones."""
-    app_ = state(ctx).app()
-    conn = app_.ready_store().conn
-    newest = replace(_filter(since, None, action, actor), limit=lines, newest_first=True)
-    recent = list(iter_events(conn, newest))
-    recent.reverse()
+    c = client(ctx)
+    recent = newest_events(c, lines, since=_moment(since), action=action, actor=actor)
     if follow and json_out:
         for line in to_jsonl(recent):
             typer.echo(line)
@@ -121,17 +146,14 @@ def tail(
     elif recent or not follow:
         output.table(None, _COLUMNS, _rows(recent))
     if follow:
-        _follow(app_, recent[-1].seq if recent else 0, action, actor, json_out)
+        _follow(c, recent[-1].seq if recent else 0, action, actor, json_out)
 
 
-def _follow(app_: App, after: int, action: str | None, actor: str | None, json_out: bool) -> None:
-    conn = app_.ready_store().conn
+def _follow(c: Client, after: int, action: str | None, actor: str | None, json_out: bool) -> None:
+    """Poll the daemon once a second for events after the last one shown, until Ctrl-C."""
     try:
         while True:
-            fresh = list(
-                iter_events(conn, EventFilter(action=action, actor=actor, after_seq=after))
-            )
-            for event in fresh:
+            for event in events_after(c, after, action=action, actor=actor):
                 if json_out:
                     typer.echo(next(iter(to_jsonl([event]))))
                 else:
@@ -156,15 +178,14 @@ def export(
     ),
 ) -> None:
     """Export events for a SIEM, each with its seq and chain hash."""
-    conn = state(ctx).app().ready_store().conn
-    events = iter_events(conn, _filter(since, until, None, None))
+    if output_file is not None and output_file.is_dir():
+        raise UsageError(f"{output_file} is a directory", fix="give a file name")
+    events = events_after(client(ctx), since=_moment(since), until=_moment(until))
     lines = to_jsonl(events) if fmt is ExportFormat.jsonl else to_cef(events)
     if output_file is None:
         for line in lines:
             typer.echo(line)
         return
-    if output_file.exists() and output_file.is_dir():
-        raise UsageError(f"{output_file} is a directory", fix="give a file name")
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     write_private_file(output_file.absolute(), data, None, 0o600)
     output.err.print(f"wrote {output_file}")
@@ -173,7 +194,7 @@ def export(
 @app.command()
 def seal(ctx: typer.Context) -> None:
     """Write a signed checkpoint of the current head now (to every configured copy)."""
-    sealed = state(ctx).app().seal()
+    sealed = client(ctx).post("/v1/audit/seal")["sealed_seq"]
     output.say(
         f"sealed up to seq {sealed}"
         if sealed

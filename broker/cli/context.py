@@ -1,25 +1,56 @@
-"""Per-invocation state: where the configuration is, and the App built from it on demand."""
+"""Per-invocation state: where the configuration and the daemon are, built on demand.
+
+Commands that read or change broker state go through `client()` (the daemon);
+only bootstrap commands (`init`, `db migrate`, `serve`) build an App themselves.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 
 from broker.app import App
-from broker.config.loader import config_path, load_settings
+from broker.client.client import Client
+from broker.client.transport import Target
+from broker.config.loader import DEFAULT_CONFIG, ENV_VAR, config_path, load_settings
+from broker.config.settings import DaemonSection, Settings
 
 
 @dataclass
 class CliState:
     config: Path | None = None
+    broker_url: str | None = None
+    ca_file: Path | None = None
     _app: App | None = field(default=None, repr=False)
+    _client: Client | None = field(default=None, repr=False)
+
+    def settings(self) -> Settings:
+        return load_settings(config_path(self.config))
 
     def app(self) -> App:
         if self._app is None:
-            self._app = App(load_settings(config_path(self.config)))
+            self._app = App(self.settings())
         return self._app
+
+    def client(self) -> Client:
+        if self._client is None:
+            url = self.broker_url or os.environ.get("BROKER_URL") or None
+            if url is not None:
+                self._client = Client(Target(url=url, ca_file=self.ca_file))
+            else:
+                self._client = Client(Target(socket_path=self._socket_path()))
+        return self._client
+
+    def _socket_path(self) -> Path:
+        """The daemon's socket from the configuration; the default when there is no file."""
+        path = config_path(self.config)
+        explicit = self.config is not None or os.environ.get(ENV_VAR)
+        if not explicit and path == DEFAULT_CONFIG and not path.exists():
+            return DaemonSection().socket
+        return self.settings().daemon.socket
 
     def close(self) -> None:
         if self._app is not None:
@@ -31,6 +62,10 @@ def state(ctx: typer.Context) -> CliState:
     if not isinstance(obj, CliState):
         raise RuntimeError("CLI state missing")
     return obj
+
+
+def client(ctx: typer.Context) -> Client:
+    return state(ctx).client()
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")

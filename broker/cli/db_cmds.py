@@ -6,7 +6,7 @@ import typer
 
 from broker.app import local_actor
 from broker.cli import output
-from broker.cli.context import JSON_OPTION, state
+from broker.cli.context import JSON_OPTION, client, state
 from broker.store import migrations
 
 app = typer.Typer(help="The broker's SQLite store.", no_args_is_help=True)
@@ -14,7 +14,10 @@ app = typer.Typer(help="The broker's SQLite store.", no_args_is_help=True)
 
 @app.command()
 def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
-    """Apply pending schema migrations (idempotent; the daemon also runs this at start)."""
+    """Apply pending schema migrations here, without the daemon (it also migrates at start).
+
+    Run as root or the service user on the broker host; idempotent.
+    """
     applied = state(ctx).app().migrate(local_actor())
     if json_out:
         output.print_json({"applied": applied, "version": migrations.latest()})
@@ -28,19 +31,7 @@ def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 @app.command()
 def status(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Where the store is, its schema version, pending migrations and event count."""
-    app_ = state(ctx).app()
-    store = app_.store()
-    conn = store.conn
-    done = sorted(migrations.applied_numbers(conn))
-    waiting = [m.number for m in migrations.pending(conn)]
-    events = conn.execute("SELECT count(*) FROM audit_events").fetchone()[0] if done else 0
-    info = {
-        "path": str(store.path),
-        "schema": done[-1] if done else 0,
-        "pending": waiting,
-        "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
-        "audit_events": events,
-    }
+    info = client(ctx).get("/v1/db/status")
     if json_out:
         output.print_json(info)
     else:

@@ -21,12 +21,13 @@ from broker.cli import (
     config_cmds,
     db_cmds,
     directory_cmds,
+    mfa_cmds,
     node_cmds,
     output,
     policy_cmds,
     sync_cmds,
 )
-from broker.cli.context import CliState, state
+from broker.cli.context import JSON_OPTION, CliState, state
 from broker.core.errors import BrokerError
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.add_typer(directory_cmds.app, name="directory")
 app.add_typer(node_cmds.app, name="node")
 app.add_typer(accounts_cmds.app, name="accounts")
 app.add_typer(policy_cmds.app, name="policy")
+app.add_typer(mfa_cmds.app, name="mfa")
 app.command("sync")(sync_cmds.sync)
 
 
@@ -61,12 +63,24 @@ def main(
         help="Configuration file (default: $BROKER_CONFIG, then /etc/broker/broker.toml).",
         dir_okay=False,
     ),
+    broker_url: str | None = typer.Option(
+        None,
+        "--broker",
+        help="Reach the daemon at https://HOST:PORT with your Kerberos ticket "
+        "(default: $BROKER_URL, then the local socket daemon.socket).",
+    ),
+    ca_file: Path | None = typer.Option(
+        None,
+        "--ca-file",
+        help="CA bundle that signed the daemon's TLS certificate.",
+        dir_okay=False,
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """Privileged access broker for HPC and AI-factory clusters."""
-    ctx.obj = CliState(config=config)
+    ctx.obj = CliState(config=config, broker_url=broker_url, ca_file=ca_file)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -80,6 +94,41 @@ def init(ctx: typer.Context) -> None:
         output.say(f"applied migration {name}")
     if not result.created and not result.migrations:
         output.say(f"{result.state_dir}: already initialised")
+
+
+@app.command()
+def whoami(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
+    """Who the daemon says you are: Unix user or Kerberos principal, directory account,
+    operator or not."""
+    data = state(ctx).client().get("/v1/whoami")
+    if json_out:
+        output.print_json(data)
+        return
+    output.table(None, ["", "caller"], [[k, v] for k, v in data.items()])
+
+
+@app.command("api-schema", hidden=False)
+def api_schema() -> None:
+    """Print the daemon API's OpenAPI 3.1 description (docs/openapi.json is this output)."""
+    from broker.daemon.openapi import render
+
+    sys.stdout.write(render())
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request."),
+) -> None:
+    """Run the broker daemon in the foreground (systemd: deploy/systemd/broker.service).
+
+    It migrates the store, listens on daemon.socket (and daemon.listen with TLS when set)
+    and serves until SIGTERM. Needs `broker init` first.
+    """
+    from broker.daemon.server import serve as serve_forever
+
+    logging.getLogger("broker").setLevel(logging.DEBUG if verbose else logging.INFO)
+    serve_forever(state(ctx).settings())
 
 
 def run() -> None:

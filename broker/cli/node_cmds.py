@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from broker.cli import output
-from broker.cli.context import JSON_OPTION, state
+from broker.cli.context import JSON_OPTION, client
 from broker.core.errors import EXIT_FAILED, EXIT_UNAVAILABLE
 from broker.core.hostlist import expand, fold
-from broker.fleet.probe import NodeProbe, probe_nodes
-from broker.fleet.ssh import NodeTarget, SshRunner
+from broker.fleet.probe import NodeProbe
 
 app = typer.Typer(help="Cluster nodes.", no_args_is_help=True)
 
@@ -28,26 +26,9 @@ def ping(
     Exit 0 when all answer with a sane clock, 1 when any is skewed by more than 60 s or
     reports another hostname, 3 when any is unreachable.
     """
-    settings = state(ctx).app().settings
     names = expand(nodes)
-    runner = SshRunner(
-        key_path=settings.ssh_key,
-        known_hosts=settings.known_hosts,
-        user=settings.ssh.user,
-        timeout=settings.ssh.connect_timeout,
-    )
-    targets = [NodeTarget(name, name, settings.ssh.port) for name in names]
-    with Progress(
-        TextColumn("probing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=output.err,
-        transient=True,
-        disable=json_out or len(targets) < 2,
-    ) as progress:
-        task = progress.add_task("probe", total=len(targets))
-        probes = probe_nodes(runner, targets, lambda _p: progress.advance(task))
+    with output.err.status(f"probing {len(names)} nodes through the broker daemon"):
+        probes = [NodeProbe(**p) for p in client(ctx).post("/v1/nodes/ping", {"nodes": nodes})]
     if json_out:
         output.print_json([p.__dict__ for p in probes])
     else:

@@ -4,6 +4,10 @@ check exits 0 when the file is clean or has only warnings and notes, 1 when
 it has errors (one line each, file:line first). plan and apply refuse
 (exit 1) a file with errors. explain exits 0 when the verdict is allow and
 1 when it is deny.
+
+The CLI reads policy files on the caller's side and sends their text to the
+daemon, which judges them against its store; `check --offline` judges a file
+here, without a daemon or the directory (for a policy repository's CI).
 """
 
 from __future__ import annotations
@@ -13,40 +17,27 @@ from typing import Any
 
 import typer
 
-from broker.app import App, local_actor
 from broker.cli import output
-from broker.cli.context import JSON_OPTION, state
-from broker.core.durations import format_duration, parse_duration
-from broker.core.errors import EXIT_FAILED, BrokerError, UsageError
+from broker.cli.context import JSON_OPTION, client, state
+from broker.core.durations import parse_duration
+from broker.core.errors import EXIT_FAILED, UnavailableError, UsageError
 from broker.core.hostlist import expand
 from broker.core.identity import ACCOUNT_NAME, normalise_account_name
-from broker.core.timeutil import utcnow
 from broker.policy import names
-from broker.policy.evaluate import Decision, decide, no_policy, unknown_account
-from broker.policy.lint import Finding, lint
-from broker.policy.load import LoadedPolicy, load_policy, parse_policy, read_policy_file
-from broker.policy.model import Policy
-from broker.policy.plan import Plan, RightChange, make_plan
-from broker.policy.reader import key_text
-from broker.policy.rights import directory_groups
-from broker.policy.versions import PolicyVersion, located, refuse_lint_errors
+from broker.policy.check import check_policy
+from broker.policy.load import read_policy_file
 
 app = typer.Typer(
     help="The access policy: zones, roles, bindings, service accounts.", no_args_is_help=True
 )
 
 FILE_ARGUMENT = typer.Argument(..., help="The policy file (TOML).", dir_okay=False)
+OFFLINE_NOTE = "group names not checked against the directory (--offline)"
 
 
-def _directory_check(ctx: typer.Context) -> tuple[frozenset[str] | None, str | None]:
-    """Group names from the snapshot, or why they cannot be checked (never fatal for check)."""
-    try:
-        groups = directory_groups(state(ctx).app().snapshot())
-    except BrokerError as exc:
-        return None, f"group names not checked against the directory: {exc.one_line()}"
-    if groups is None:
-        return None, "group names not checked: the directory snapshot is empty (sync it first)"
-    return groups, None
+def _without(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The JSON `--json` has always printed: the daemon's answer minus its display-only keys."""
+    return {k: v for k, v in data.items() if k not in keys}
 
 
 def _counts(errors: int, warnings: int, notes: int) -> str:
@@ -56,178 +47,130 @@ def _counts(errors: int, warnings: int, notes: int) -> str:
     return f"{n(errors, 'error')}, {n(warnings, 'warning')}, {n(notes, 'note')}"
 
 
+def _sizes(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['zones']} zones ({counts['nodes']} nodes), {counts['roles']} roles, "
+        f"{counts['bindings']} bindings, {counts['service_accounts']} service accounts"
+    )
+
+
 @app.command()
 def check(
     ctx: typer.Context,
     file: Path | None = typer.Argument(
         None, help="Policy file (default: policy.path from the configuration).", dir_okay=False
     ),
+    offline: bool = typer.Option(
+        False,
+        "--offline",
+        help="Check here, without the daemon: group names are not checked against the "
+        "directory (for a policy repository's CI).",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Validate a policy file (schema, meaning, lint). Exit 0 clean or warnings only, 1 on errors."""
-    path = file or state(ctx).app().settings.policy.path
+    path = file or state(ctx).settings().policy.path
     text = read_policy_file(path)
-    known, note = _directory_check(ctx)
-    loaded, problems = parse_policy(text, str(path), known_groups=known)
-    findings = lint(loaded.policy) if loaded is not None else []
-    rows: list[dict[str, Any]] = [
-        {
-            "line": p.line,
-            "severity": "error",
-            "control": None,
-            "rule": "schema",
-            "key": p.key,
-            "message": p.message,
-        }
-        for p in problems
-    ]
-    if loaded is not None:
-        rows += [
-            {
-                "line": loaded.lines.line(f.path),
-                "severity": f.severity,
-                "control": f.control,
-                "rule": f.rule,
-                "key": key_text(f.path),
-                "message": f.message,
-            }
-            for f in findings
-        ]
-    rows.sort(key=lambda r: r["line"])
-    count = {s: sum(1 for r in rows if r["severity"] == s) for s in ("error", "warning", "note")}
-    if json_out:
-        output.print_json(
-            {
-                "file": str(path),
-                "valid": count["error"] == 0,
-                "sha256": loaded.sha256 if loaded else None,
-                "errors": count["error"],
-                "warnings": count["warning"],
-                "notes": count["note"],
-                "findings": rows,
-                "groups_checked": known is not None,
-            }
-        )
+    if offline:
+        report = check_policy(text, str(path), known_groups=None)
+        note: str | None = OFFLINE_NOTE
     else:
-        for row in rows:
+        try:
+            report = client(ctx).post("/v1/policy/check", {"text": text, "source": str(path)})
+        except UnavailableError as exc:
+            hint = "or check without the daemon: `broker policy check --offline`"
+            raise UnavailableError(
+                exc.message, fix=f"{exc.fix}; {hint}" if exc.fix else hint
+            ) from None
+        note = report.get("note")
+    if json_out:
+        output.print_json(_without(report, "counts", "note"))
+    else:
+        for row in report["findings"]:
             label = row["severity"] + (f" {row['control']}" if row["control"] else "")
             output.say(f"{path}:{row['line']}: {label}: {row['message']}")
         if note:
             output.say(f"note: {note}")
-        verdict = "INVALID" if count["error"] else "valid"
-        summary = _counts(count["error"], count["warning"], count["note"])
-        if loaded is not None:
-            summary = f"{_sizes(loaded.policy)}; {summary}"
+        verdict = "INVALID" if report["errors"] else "valid"
+        summary = _counts(report["errors"], report["warnings"], report["notes"])
+        if report["counts"] is not None:
+            summary = f"{_sizes(report['counts'])}; {summary}"
         output.say(f"{path}: {verdict}: {summary}")
-    if count["error"]:
+    if report["errors"]:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _sizes(policy: Policy) -> str:
-    nodes = len(policy.zone_of)
-    return (
-        f"{len(policy.zones)} zones ({nodes} nodes), {len(policy.roles)} roles, "
-        f"{len(policy.bindings)} bindings, {len(policy.service_accounts)} service accounts"
-    )
-
-
-def _candidate(app_: App, file: Path, source: str) -> tuple[LoadedPolicy, list[Finding]]:
-    """Load and lint a file the way apply will; errors refuse."""
-    known = directory_groups(app_.snapshot())
-    loaded = load_policy(read_policy_file(file), source, known_groups=known)
-    return loaded, refuse_lint_errors(loaded)
+def _policy_file(path: Path, source: str) -> dict[str, str]:
+    return {"text": read_policy_file(path), "source": source}
 
 
 @app.command()
 def plan(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_OPTION) -> None:
     """Who would gain and who would lose which rights where, against the active policy."""
-    app_ = state(ctx).app()
-    loaded, warnings = _candidate(app_, file, str(file))
-    active = app_.active_policy_version()
-    result = make_plan(
-        app_.active_policy(),
-        loaded.policy,
-        app_.snapshot(),
-        old_sha256=active.sha256 if active else None,
-        new_sha256=loaded.sha256,
-    )
+    result = client(ctx).post("/v1/policy/plan", _policy_file(file, str(file)))
     if json_out:
-        summary = result.summary(limit=None)
-        summary["warnings"] = [located(loaded, f) for f in warnings]
-        output.print_json(summary)
+        output.print_json(result)
         return
-    for warning in warnings:
-        output.warn(located(loaded, warning))
-    against = f"the active policy {active.short}" if active else "no active policy"
-    output.say(f"plan: {file} (sha256 {loaded.sha256[:12]}) against {against}")
-    if active is not None and active.sha256 == loaded.sha256:
+    for warning in result["warnings"]:
+        output.warn(warning)
+    old, new = result["old_sha256"], result["new_sha256"]
+    against = f"the active policy {old[:12]}" if old else "no active policy"
+    output.say(f"plan: {file} (sha256 {new[:12]}) against {against}")
+    if old is not None and old == new:
         output.say("this file is the active policy: applying it would change nothing")
         return
     _print_plan(result)
 
 
-def _print_plan(result: Plan) -> None:
-    if result.changes:
+def _print_plan(result: dict[str, Any]) -> None:
+    changes = result["changes"]
+    if changes:
         output.table(
-            "settings", ["subject", "change"], [[c.subject, c.what] for c in result.changes]
+            "settings", ["subject", "change"], [[c["subject"], c["what"]] for c in changes]
         )
-    for title, items, who in (
-        ("gained by group", result.group_gains, "group"),
-        ("lost by group", result.group_losses, "group"),
-        ("gained by user", result.user_gains, "user"),
-        ("lost by user", result.user_losses, "user"),
+    for title, key, who in (
+        ("gained by group", "group_gains", "group"),
+        ("lost by group", "group_losses", "group"),
+        ("gained by user", "user_gains", "user"),
+        ("lost by user", "user_losses", "user"),
     ):
-        if items:
-            output.table(title, [who, "role", "nodes", "count"], _right_rows(items))
-    if result.accounts == 0:
+        if result[key]:
+            output.table(
+                title,
+                [who, "role", "nodes", "count"],
+                [[c["holder"], c["role"], c["nodes"], c["count"]] for c in result[key]],
+            )
+    if result["eligible_accounts"] == 0:
         output.say(
             "note: the directory snapshot holds no account that may elevate, so no user "
             "gains or loses anything yet; the group tables show what the bindings give"
         )
-    summary = result.summary(limit=0)
     output.say(
-        f"{summary['users_gaining']} users gain rights, {summary['users_losing']} lose rights; "
-        f"{summary['groups_gaining']} groups gain, {summary['groups_losing']} lose; "
-        f"{len(result.changes)} settings change"
+        f"{result['users_gaining']} users gain rights, {result['users_losing']} lose rights; "
+        f"{result['groups_gaining']} groups gain, {result['groups_losing']} lose; "
+        f"{len(changes)} settings change"
     )
-
-
-def _right_rows(items: tuple[RightChange, ...]) -> list[list[object]]:
-    return [[c.holder, c.role, c.nodes, c.count] for c in items]
 
 
 @app.command()
 def apply(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_OPTION) -> None:
     """Activate a policy file atomically; the audit event records its sha256 and the plan."""
-    app_ = state(ctx).app()
-    text = read_policy_file(file)
-    result = app_.apply_policy(text, str(file.absolute()), local_actor())
-    version = result.version
+    result = client(ctx).post("/v1/policy/apply", _policy_file(file, str(file.absolute())))
     if json_out:
-        output.print_json(
-            {
-                "applied": result.applied,
-                "sha256": version.sha256,
-                "version": version.id,
-                "previous_sha256": result.previous.sha256
-                if result.previous and result.applied
-                else None,
-                "plan": result.plan.summary(limit=None) if result.plan else None,
-                "warnings": [w.text() for w in result.warnings],
-            }
-        )
+        output.print_json(_without(result, "applied_at", "actor"))
         return
-    for warning in result.warnings:
-        output.warn(warning.text())
-    if not result.applied:
+    for warning in result["warnings"]:
+        output.warn(warning)
+    short = result["sha256"][:12]
+    if not result["applied"]:
         output.say(
-            f"policy {version.short} is already active (applied {version.applied_at} by "
-            f"{version.actor}): nothing to do"
+            f"policy {short} is already active (applied {result['applied_at']} by "
+            f"{result['actor']}): nothing to do"
         )
         return
-    if result.plan is not None:
-        _print_plan(result.plan)
-    output.say(f"applied policy {version.short} from {file} as version {version.id}")
+    if result["plan"] is not None:
+        _print_plan(result["plan"])
+    output.say(f"applied policy {short} from {file} as version {result['version']}")
 
 
 @app.command()
@@ -237,88 +180,60 @@ def show(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """The active policy: sha256, when and by whom it was applied, its zones and roles."""
-    app_ = state(ctx).app()
-    version = app_.active_policy_version()
-    policy = app_.active_policy()
-    if version is None or policy is None:
+    data = client(ctx).get("/v1/policy", text=text)
+    version = data["active"]
+    if version is None:
         if json_out:
             output.print_json({"active": None})
         else:
             output.say("no policy is active; apply one with `broker policy apply FILE`")
         return
     if text:
-        typer.echo(version.text, nl=False)
+        typer.echo(data["text"], nl=False)
         return
+    zones, roles = data["zones"], data["roles"]
     if json_out:
-        output.print_json({"active": _version_dict(version), **_policy_dict(policy)})
+        shown = _without(data, "text")
+        shown["roles"] = {
+            name: _without(role, "where", "approval_groups") for name, role in roles.items()
+        }
+        output.print_json(shown)
         return
+    sizes = {
+        "zones": len(zones),
+        "nodes": sum(z["count"] for z in zones.values()),
+        "roles": len(roles),
+        "bindings": data["bindings"],
+        "service_accounts": len(data["service_accounts"]),
+    }
     output.say(
-        f"active policy {version.sha256}\napplied {version.applied_at} by {version.actor} "
-        f"from {version.source} (version {version.id})\n{_sizes(policy)}"
+        f"active policy {version['sha256']}\napplied {version['applied_at']} by "
+        f"{version['actor']} from {version['source']} (version {version['version']})\n"
+        f"{_sizes(sizes)}"
     )
     output.table(
         "zones",
         ["zone", "kind", "nodes", "count"],
-        [[z.name, z.kind, z.hostlist, len(z.nodes)] for z in policy.zones.values()],
+        [[name, z["kind"], z["nodes"], z["count"]] for name, z in zones.items()],
     )
     output.table(
         "roles",
         ["role", "where", "runas", "commands", "default", "max", "mfa", "approvals", "groups"],
-        [_role_row(policy, name) for name in policy.roles],
+        [
+            [
+                name,
+                r["where"],
+                r["runas"],
+                r["commands"],
+                r["default_duration"],
+                r["max_duration"],
+                "yes" if r["mfa"] else "NO",
+                f"{r['approvals']} of {', '.join(r['approval_groups'])}" if r["approvals"] else "-",
+                ", ".join(r["groups"]) or "-",
+            ]
+            for name, r in roles.items()
+        ],
     )
-
-
-def _role_row(policy: Policy, name: str) -> list[object]:
-    role = policy.roles[name]
-    approvals = role.approvals
-    return [
-        name,
-        role.scope_text(),
-        role.runas,
-        role.commands_text,
-        format_duration(role.default_duration),
-        format_duration(role.longest),
-        "yes" if role.mfa else "NO",
-        f"{approvals.count} of {', '.join(approvals.groups)}" if approvals.required else "-",
-        ", ".join(policy.groups_of_role.get(name, ())) or "-",
-    ]
-
-
-def _version_dict(version: PolicyVersion) -> dict[str, Any]:
-    return {
-        "sha256": version.sha256,
-        "version": version.id,
-        "applied_at": version.applied_at,
-        "actor": version.actor,
-        "source": version.source,
-    }
-
-
-def _policy_dict(policy: Policy) -> dict[str, Any]:
-    return {
-        "zones": {
-            z.name: {"kind": z.kind, "nodes": z.hostlist, "count": len(z.nodes)}
-            for z in policy.zones.values()
-        },
-        "roles": {
-            name: {
-                "zones": list(role.zones),
-                "runas": role.runas,
-                "commands": role.commands_text,
-                "default_duration": format_duration(role.default_duration),
-                "max_duration": format_duration(role.longest),
-                "mfa": role.mfa,
-                "record_sessions": role.record_sessions,
-                "approvals": role.approvals.count,
-                "groups": list(policy.groups_of_role.get(name, ())),
-            }
-            for name, role in policy.roles.items()
-        },
-        "bindings": len(policy.bindings),
-        "service_accounts": sorted(policy.service_accounts),
-        "break_glass_group": policy.break_glass_group,
-        "incident_response_group": policy.incident_response_group,
-    }
 
 
 def _user_arg(text: str) -> str:
@@ -347,56 +262,39 @@ def explain(
     ),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Every rule that decides whether USER may elevate on NODE, and the verdict (exit 0/1)."""
+    """Every rule that decides whether USER may elevate on NODE, and the verdict (exit 0/1).
+
+    Operators may ask about anyone; a directory user about themselves.
+    """
+    # Checked here for clear messages; the daemon checks every field again.
     name, node_name = _user_arg(user), _node_arg(node)
     if role is not None and names.policy_name(role) is not None:
         raise UsageError(f"bad role name {role!r}", fix="give a role name such as gpu-root")
-    asked = parse_duration(duration) if duration is not None else None
-    app_ = state(ctx).app()
-    sha: str | None
+    if duration is not None:
+        parse_duration(duration)
+    body: dict[str, Any] = {"user": name, "node": node_name, "role": role, "duration": duration}
     if policy_file is not None:
-        loaded = load_policy(read_policy_file(policy_file), str(policy_file))
-        policy: Policy | None = loaded.policy
-        sha = loaded.sha256
-    else:
-        policy = app_.active_policy()
-        version = app_.active_policy_version()
-        sha = version.sha256 if version else None
-    now = utcnow()
-    account = app_.snapshot(now).account(name)
-    if policy is None:
-        decision = no_policy(name, node_name)
-    elif account is None:
-        decision = unknown_account(name, node_name)
-    else:
-        decision = decide(policy, account, node_name, role, asked, now=now)
-    _print_decision(decision, sha, json_out)
-    if not decision.allowed:
+        body["policy_text"] = read_policy_file(policy_file)
+        body["policy_source"] = str(policy_file)
+    decision = client(ctx).post(
+        "/v1/policy/explain", {k: v for k, v in body.items() if v is not None}
+    )
+    _print_decision(decision, json_out)
+    if decision["verdict"] != "allow":
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_decision(decision: Decision, sha: str | None, json_out: bool) -> None:
+def _print_decision(decision: dict[str, Any], json_out: bool) -> None:
     if json_out:
-        output.print_json(
-            {
-                "user": decision.user,
-                "node": decision.node,
-                "verdict": decision.verdict,
-                "role": decision.role,
-                "allowed_by": list(decision.allowed_by),
-                "duration": format_duration(decision.duration) if decision.duration else None,
-                "reason": decision.reason,
-                "policy_sha256": sha,
-                "checks": [
-                    {"rule": c.rule, "role": c.role, "outcome": c.outcome, "detail": c.detail}
-                    for c in decision.checks
-                ],
-            }
-        )
+        output.print_json(decision)
         return
+    sha = decision["policy_sha256"]
     output.table(
-        f"{decision.user} on {decision.node}" + (f" (policy {sha[:12]})" if sha else ""),
+        f"{decision['user']} on {decision['node']}" + (f" (policy {sha[:12]})" if sha else ""),
         ["#", "rule", "role", "outcome", "detail"],
-        [[i, c.rule, c.role or "-", c.outcome, c.detail] for i, c in enumerate(decision.checks, 1)],
+        [
+            [i, c["rule"], c["role"] or "-", c["outcome"], c["detail"]]
+            for i, c in enumerate(decision["checks"], 1)
+        ],
     )
-    output.say(f"verdict: {decision.verdict.upper()}: {decision.reason}")
+    output.say(f"verdict: {decision['verdict'].upper()}: {decision['reason']}")

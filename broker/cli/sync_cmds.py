@@ -4,35 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from broker.app import local_actor
 from broker.cli import output
-from broker.cli.context import JSON_OPTION, state
-from broker.directory.sync import SyncReport
-
-
-def report_json(report: SyncReport) -> dict[str, object]:
-    return {
-        "kind": report.kind,
-        "reason": report.reason,
-        "dc": report.dc,
-        "usn": report.usn,
-        "users": report.users,
-        "groups": report.groups,
-        "rows_written": report.rows_written,
-        "elapsed_s": round(report.elapsed_s, 3),
-        "skipped": report.skipped,
-        "changes": [
-            {
-                "action": c.action,
-                "user": c.user,
-                "sid": c.user_sid,
-                "group": c.group,
-                "before": c.before,
-                "after": c.after,
-            }
-            for c in report.changes
-        ],
-    }
+from broker.cli.context import JSON_OPTION, client
 
 
 def sync(
@@ -48,22 +21,23 @@ def sync(
     change that matters for access is an audit event. Exit 3 when no DC can be
     used; the last good snapshot is then left as it was.
     """
-    report = state(ctx).app().sync_directory(local_actor(), full=full)
+    r = client(ctx).post("/v1/directory/sync", {"full": full})
     if json_out:
-        output.print_json(report_json(report))
+        output.print_json(r)
         return
+    changes = r["changes"]
     output.say(
-        f"{report.kind} sync from {report.dc} (USN {report.usn}): {report.users} users, "
-        f"{report.groups} groups, {report.rows_written} rows written, "
-        f"{len(report.changes)} access changes, {report.elapsed_s:.2f}s ({report.reason})"
+        f"{r['kind']} sync from {r['dc']} (USN {r['usn']}): {r['users']} users, "
+        f"{r['groups']} groups, {r['rows_written']} rows written, "
+        f"{len(changes)} access changes, {r['elapsed_s']:.2f}s ({r['reason']})"
     )
-    if report.changes:
+    if changes:
         output.table(
             None,
             ["change", "user", "group", "before", "after"],
-            [[c.action, c.user, c.group, c.before, c.after] for c in report.changes[:200]],
+            [[c["action"], c["user"], c["group"], c["before"], c["after"]] for c in changes[:200]],
         )
-        if len(report.changes) > 200:
-            output.say(f"... and {len(report.changes) - 200} more (see `broker audit tail`)")
-    for reason in report.skipped:
+        if len(changes) > 200:
+            output.say(f"... and {len(changes) - 200} more (see `broker audit tail`)")
+    for reason in r["skipped"]:
         output.warn(f"skipped: {reason}")

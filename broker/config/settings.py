@@ -180,6 +180,91 @@ class PolicySection(_Section):
     path: AbsPath = Path("/etc/broker/policy.toml")
 
 
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_LISTEN = re.compile(
+    r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]{2,45}\]):(?P<port>[0-9]{1,5})$"
+)
+
+
+class DaemonSection(_Section):
+    """The daemon: its Unix socket, who counts as an operator, the optional TLS listener."""
+
+    socket: AbsPath = Path("/run/broker/broker.sock")
+    # A local (NSS) group whose members may use admin commands without being in the
+    # directory; root always may.
+    operator_group: str | None = None
+    max_body: int = Field(default=2_097_152, ge=1024, le=8_388_608)
+    workers: int = Field(default=16, ge=2, le=256)
+    request_timeout: Duration = timedelta(seconds=10)
+    # Off unless set: host:port of a TLS listener where callers authenticate with
+    # Kerberos (SPNEGO) using the broker's HTTP/ keytab.
+    listen: str | None = None
+    tls_cert: AbsPath | None = None
+    tls_key: AbsPath | None = None
+    http_keytab: AbsPath | None = None
+    http_principal: str | None = None
+    realm: str | None = None
+
+    @field_validator("operator_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None and not _GROUP_NAME.fullmatch(value):
+            raise ValueError("expected a group name (letters, digits, _ . -)")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _LISTEN.fullmatch(value)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise ValueError("expected host:port, e.g. 0.0.0.0:8443 or [::1]:8443")
+        return value
+
+    @field_validator("http_principal")
+    @classmethod
+    def _http_principal(cls, value: str | None) -> str | None:
+        if value is not None and not _PRINCIPAL.fullmatch(value):
+            raise ValueError("expected a principal such as HTTP/broker.hpc.example.org@REALM")
+        return value
+
+    @field_validator("realm")
+    @classmethod
+    def _realm(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Z0-9.-]{1,200}", value):
+            raise ValueError("expected an upper-case Kerberos realm such as HPC.EXAMPLE.ORG")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_needs(self) -> DaemonSection:
+        if self.listen is not None and None in (
+            self.tls_cert,
+            self.tls_key,
+            self.http_keytab,
+            self.realm,
+        ):
+            raise ValueError(
+                "daemon.listen needs daemon.tls_cert, daemon.tls_key, daemon.http_keytab "
+                "and daemon.realm"
+            )
+        return self
+
+
+class MfaSection(_Section):
+    """TOTP second factor: where its encryption key lives, and the lockout rules."""
+
+    key_file: AbsPath | None = None
+    issuer: str = Field(
+        default="HPC Broker", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 ._-]+$"
+    )
+    # Codes of this many 30 s steps before and after now are accepted.
+    window_steps: int = Field(default=1, ge=0, le=2)
+    max_failures: int = Field(default=5, ge=1, le=100)
+    failure_window: Duration = timedelta(minutes=15)
+    lockout: Duration = timedelta(minutes=15)
+
+
 class Settings(_Section):
     """The whole configuration, with derived paths resolved."""
 
@@ -190,6 +275,8 @@ class Settings(_Section):
     directory: DirectorySection | None = None
     ssh: SshSection = SshSection()
     policy: PolicySection = PolicySection()
+    daemon: DaemonSection = DaemonSection()
+    mfa: MfaSection = MfaSection()
 
     @property
     def db_path(self) -> Path:
@@ -210,3 +297,7 @@ class Settings(_Section):
     @property
     def known_hosts(self) -> Path:
         return self.ssh.known_hosts or self.broker.state_dir / "known_hosts"
+
+    @property
+    def mfa_key(self) -> Path:
+        return self.mfa.key_file or self.broker.state_dir / "keys" / "mfa.key"

@@ -128,6 +128,45 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "mfa",
+        (
+            # Keyed by objectSid, not by name: every spelling of an account (Alice, HPC\alice,
+            # alice@HPC.TEST) and a rename land on one factor and one failure counter.
+            # `secret` is AES-GCM sealed with the sid as associated data.
+            """CREATE TABLE mfa_factors (
+                sid TEXT PRIMARY KEY,
+                account TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+                secret BLOB NOT NULL,
+                created_at TEXT NOT NULL,
+                activated_at TEXT,
+                last_step INTEGER,
+                last_used_at TEXT
+            )""",
+            # scrypt hashes only; used_at set once, never cleared.
+            """CREATE TABLE mfa_recovery (
+                sid TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                hash TEXT NOT NULL,
+                used_at TEXT,
+                PRIMARY KEY (sid, idx)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE mfa_failures (
+                sid TEXT NOT NULL,
+                at TEXT NOT NULL
+            )""",
+            "CREATE INDEX mfa_failures_sid_at ON mfa_failures (sid, at)",
+            # The latest lock per account; kept after it expires so failures from before
+            # it are not counted again.
+            """CREATE TABLE mfa_locks (
+                sid TEXT PRIMARY KEY,
+                until TEXT NOT NULL,
+                failures INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -4,8 +4,9 @@ Grows with each capability. Today: the lab is up; the broker binds to AD
 over LDAPS with SASL GSSAPI from its keytab; it syncs the directory into
 its snapshot, applies the lab policy and shows accounts with their nested
 groups, state, roles and where they may elevate, explains decisions and
-reviews accounts (AC-2); it reaches every node over
-SSH with pinned host keys; its audit chain is written and verifies; and
+reviews accounts (AC-2); the daemon knows callers by uid (alice is refused
+operator commands) and alice enrolls TOTP MFA, a code working once and its
+replay refused; it reaches every node over SSH with pinned host keys; its audit chain is written and verifies; and
 tampering with a copy of the chain is detected and named.
 """
 
@@ -18,8 +19,10 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -59,7 +62,9 @@ def tamper_copy(config: Path, state_dir: Path) -> None:
         copy_state = Path(tmp) / "state"
         shutil.copytree(state_dir, copy_state)
         copy_config = Path(tmp) / "broker.toml"
-        copy_config.write_text(config.read_text().replace(str(state_dir), str(copy_state)))
+        head = config.read_text().replace(str(state_dir), str(copy_state)).split("\n[daemon]\n")[0]
+        sock = Path(tmp) / "run" / "broker.sock"
+        copy_config.write_text(f'{head}\n[daemon]\nsocket = "{sock}"\n')
         conn = sqlite3.connect(copy_state / "broker.db")
         newest = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0]
         conn.execute("DROP TRIGGER audit_events_no_delete")
@@ -67,7 +72,93 @@ def tamper_copy(config: Path, state_dir: Path) -> None:
         conn.commit()
         conn.close()
         print(f"(deleted event {newest}, the newest, from a copy of the store in {tmp})")
-        broker(copy_config, "audit", "verify", expect=1)
+        print("(a second daemon serves the copy on its own socket)")
+        daemon = subprocess.Popen(
+            [str(BROKER), "--config", str(copy_config), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not sock.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            broker(copy_config, "audit", "verify", expect=1)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=20)
+
+
+def as_alice(info: dict[str, Any], config: Path, *args: str, stdin: str = "") -> str:
+    """A command run as the lab's alice (uid from the directory); the daemon knows her by uid."""
+    user = info["users"]["alice"]
+    print(f"$ (as alice) broker {' '.join(args)}", flush=True)
+    env = dict(os.environ, BROKER_CONFIG=str(config), COLUMNS="120", PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            str(user["uid"]),
+            "--regid",
+            str(user["gid"]),
+            "--clear-groups",
+            str(BROKER),
+            *args,
+        ],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    sys.stdout.write(result.stdout)
+    sys.stdout.write(result.stderr)
+    return result.stdout + result.stderr
+
+
+def mfa_story(info: dict[str, Any], config: Path) -> None:
+    """alice enrolls TOTP (the demo plays her authenticator), a code works once, then not."""
+    import pyotp
+
+    broker(config, "mfa", "reset", "alice", "--yes")
+    user = info["users"]["alice"]
+    env = dict(os.environ, BROKER_CONFIG=str(config), COLUMNS="120", PYTHONUNBUFFERED="1")
+    print("$ (as alice) broker mfa enroll", flush=True)
+    proc = subprocess.Popen(
+        [
+            "setpriv",
+            "--reuid",
+            str(user["uid"]),
+            "--regid",
+            str(user["gid"]),
+            "--clear-groups",
+            str(BROKER),
+            "mfa",
+            "enroll",
+        ],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    uri = ""
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        if "otpauth://" in line:
+            uri = line[line.index("otpauth://") :].strip()
+            break
+    totp = pyotp.parse_uri(uri)
+    step = int(time.time()) // 30
+    out, err = proc.communicate(totp.at(step * 30) + "\n", timeout=60)
+    sys.stdout.write(out + err)
+    if proc.returncode != 0:
+        sys.exit("demo: mfa enroll failed")
+    code = totp.at((step + 1) * 30)
+    as_alice(info, config, "mfa", "verify", stdin=code + "\n")
+    if "already used" not in as_alice(info, config, "mfa", "verify", stdin=code + "\n"):
+        sys.exit("demo: a replayed code was not refused")
+    as_alice(info, config, "mfa", "status")
 
 
 def main() -> None:
@@ -101,6 +192,12 @@ def main() -> None:
     broker(config, "accounts", "list", "--disabled")
     broker(config, "policy", "explain", "alice", "gpu01")
     broker(config, "policy", "explain", "dora", "gpu01", expect=1)
+    step("the daemon knows callers by uid (SO_PEERCRED); alice is an AD user, not an operator")
+    as_alice(info, config, "whoami")
+    if "not a broker operator" not in as_alice(info, config, "accounts", "list"):
+        sys.exit("demo: alice was not refused an operator command")
+    step("MFA: alice enrolls a TOTP authenticator; a code is accepted once, never twice")
+    mfa_story(info, config)
     step("AC-2 account review (the lab keeps some findings on purpose)")
     broker(config, "accounts", "review", expect=1)
     step("every node over SSH with pinned host keys")

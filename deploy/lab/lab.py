@@ -32,6 +32,7 @@ DEFAULT_ROOT = Path(os.environ.get("BROKER_LAB_ROOT", "/var/lib/broker-lab"))
 DEFAULT_NODES = "gpu[01-02],stor01,login01"
 REALM, DOMAIN, BASE_DN = "HPC.TEST", "HPC", "DC=hpc,DC=test"
 DC_HOST, DC_ADDR = "dc1.hpc.test", "127.0.0.10"
+BROKER_HOST, BROKER_ADDR, BROKER_PORT = "broker.hpc.test", "127.0.0.11", 8443
 HOSTS_BEGIN, HOSTS_END = "# broker-lab begin", "# broker-lab end"
 NODE_MOUNTS = (
     "/etc/sudoers.d",
@@ -256,9 +257,18 @@ def make_tls(root: Path) -> None:
         ],
         step="make the lab CA",
     )
-    ext = ca / "dc.ext"
+    server_cert(ca, "dc", DC_HOST, DC_ADDR)
+    server_cert(ca, "broker", BROKER_HOST, BROKER_ADDR)
+    for key in ("ca.key", "dc.key", "broker.key"):
+        (ca / key).chmod(0o600)
+    (ca / "ca.pem").chmod(0o644)
+
+
+def server_cert(ca: Path, stem: str, host: str, address: str) -> None:
+    """A TLS server certificate for HOST and ADDRESS, signed by the lab CA."""
+    ext = ca / f"{stem}.ext"
     ext.write_text(
-        f"subjectAltName=DNS:{DC_HOST},IP:{DC_ADDR}\nextendedKeyUsage=serverAuth\n"
+        f"subjectAltName=DNS:{host},IP:{address}\nextendedKeyUsage=serverAuth\n"
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
     )
     run(
@@ -269,13 +279,13 @@ def make_tls(root: Path) -> None:
             "rsa:2048",
             "-nodes",
             "-subj",
-            f"/CN={DC_HOST}",
+            f"/CN={host}",
             "-keyout",
-            str(ca / "dc.key"),
+            str(ca / f"{stem}.key"),
             "-out",
-            str(ca / "dc.csr"),
+            str(ca / f"{stem}.csr"),
         ],
-        step="make the DC key",
+        step=f"make the {stem} key",
     )
     run(
         [
@@ -283,7 +293,7 @@ def make_tls(root: Path) -> None:
             "x509",
             "-req",
             "-in",
-            str(ca / "dc.csr"),
+            str(ca / f"{stem}.csr"),
             "-CA",
             str(ca / "ca.pem"),
             "-CAkey",
@@ -294,13 +304,10 @@ def make_tls(root: Path) -> None:
             "-extfile",
             str(ext),
             "-out",
-            str(ca / "dc.pem"),
+            str(ca / f"{stem}.pem"),
         ],
-        step="sign the DC certificate",
+        step=f"sign the {stem} certificate",
     )
-    for key in ("ca.key", "dc.key"):
-        (ca / key).chmod(0o600)
-    (ca / "ca.pem").chmod(0o644)
 
 
 def krb5_conf(root: Path) -> Path:
@@ -467,6 +474,25 @@ def export_broker_keytab(root: Path) -> Path:
             str(root / "dc" / "etc" / "smb.conf"),
         ],
         step="export the broker keytab",
+    )
+    keytab.chmod(0o600)
+    return keytab
+
+
+def export_http_keytab(root: Path) -> Path:
+    """The keys of svc-broker's HTTP/ SPN: what the daemon's TLS listener accepts with."""
+    keytab = root / "broker" / "http.keytab"
+    run(
+        [
+            "samba-tool",
+            "domain",
+            "exportkeytab",
+            str(keytab),
+            f"--principal=HTTP/{BROKER_HOST}@{REALM}",
+            "-s",
+            str(root / "dc" / "etc" / "smb.conf"),
+        ],
+        step="export the HTTP/ keytab",
     )
     keytab.chmod(0o600)
     return keytab
@@ -724,6 +750,68 @@ def created_mount_points() -> list[str]:
     return created
 
 
+# ---------------------------------------------------------------- the broker daemon
+
+BROKER_BOOT = """\
+set -e
+hostname broker
+mount -t tmpfs -o mode=0755,size=16m tmpfs /run
+mount --bind {files}/passwd /etc/passwd
+mount --bind {files}/group /etc/group
+exec {broker} --config {config} serve
+"""
+
+
+def broker_command() -> str:
+    """The `broker` console script beside this Python (the project's venv), or on PATH."""
+    beside = Path(sys.executable).parent / "broker"
+    found = str(beside) if beside.exists() else shutil.which("broker")
+    if found is None:
+        raise LabError("no `broker` command: install the project (deploy/install-deps.sh) first")
+    return found
+
+
+def start_broker(root: Path, config: Path) -> int:
+    """`broker init`, then the daemon in its own mount+UTS namespace whose /etc/passwd holds
+    the lab's directory users, as a cluster host's would: callers are known by uid."""
+    broker = broker_command()
+    run([broker, "--config", str(config), "init"], step="broker init")
+    rundir = root / "broker" / "run"  # what systemd's RuntimeDirectory= makes: 0755
+    rundir.mkdir(exist_ok=True)
+    rundir.chmod(0o755)
+    boot = root / "broker" / "boot.sh"
+    boot.write_text(BROKER_BOOT.format(files=root / "nodefiles", broker=broker, config=config))
+    log = root / "broker" / "daemon.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--fork",
+                "--",
+                "/bin/sh",
+                str(boot),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _CHILDREN.append(proc)
+    sock = root / "broker" / "run" / "broker.sock"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"the broker daemon exited: {log.read_text()[-1500:]}")
+        if sock.exists() and port_open(BROKER_ADDR, BROKER_PORT):
+            return proc.pid
+        time.sleep(0.1)
+    raise LabError(f"the broker daemon did not come up: {log.read_text()[-1500:]}")
+
+
 # ---------------------------------------------------------------- broker config and lab.json
 
 
@@ -737,7 +825,12 @@ def broker_config(root: Path, keytab: Path, state_dir: Path) -> Path:
         f'ca_file = "{root / "ca" / "ca.pem"}"\nauth = "gssapi"\nprincipal = "svc-broker@{REALM}"\n'
         f'keytab = "{keytab}"\n\n'
         f'[ssh]\nkey = "{root / "broker" / "ssh_ed25519"}"\nknown_hosts = "{root / "broker" / "known_hosts"}"\n'
-        'user = "root"\n'
+        'user = "root"\n\n'
+        f'[daemon]\nsocket = "{root / "broker" / "run" / "broker.sock"}"\n'
+        f'listen = "{BROKER_ADDR}:{BROKER_PORT}"\n'
+        f'tls_cert = "{root / "ca" / "broker.pem"}"\ntls_key = "{root / "ca" / "broker.key"}"\n'
+        f'http_keytab = "{root / "broker" / "http.keytab"}"\n'
+        f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n'
     )
     path.chmod(0o644)
     return path
@@ -778,7 +871,8 @@ def up(
         save_info(root, info)
         addresses = {name: node_address(i) for i, name in enumerate(names)}
         set_hosts_block(
-            [f"{DC_ADDR} {DC_HOST} dc1"] + [f"{a} {n}.hpc.test {n}" for n, a in addresses.items()]
+            [f"{DC_ADDR} {DC_HOST} dc1", f"{BROKER_ADDR} {BROKER_HOST} broker"]
+            + [f"{a} {n}.hpc.test {n}" for n, a in addresses.items()]
         )
         say("CA and DC certificate")
         make_tls(root)
@@ -792,6 +886,7 @@ def up(
         info["stale_user"] = {"name": STALE_USER, "days": STALE_DAYS}
         info["hostile"] = HOSTILE
         keytab = export_broker_keytab(root)
+        export_http_keytab(root)
         say("starting the DC on 127.0.0.10")
         info["dc"] = {
             "host": DC_HOST,
@@ -831,6 +926,11 @@ def up(
         for node, pid in zip(prepared, pids, strict=True):
             node["pid"] = pid
         known_hosts(root, prepared)
+        save_info(root, info)
+        say("starting the broker daemon")
+        info["broker"]["socket"] = str(root / "broker" / "run" / "broker.sock")
+        info["broker"]["url"] = f"https://{BROKER_HOST}:{BROKER_PORT}"
+        info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
         save_info(root, info)
     except (LabError, OSError, subprocess.SubprocessError) as exc:
         save_info(root, info)
@@ -880,7 +980,7 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
         except (OSError, ValueError):
             info = {}
     pids = [n.get("pid") for n in info.get("nodes", [])]
-    pids += [info.get("dc", {}).get("pid"), info.get("dc_pid")]
+    pids += [info.get("dc", {}).get("pid"), info.get("dc_pid"), info.get("broker", {}).get("pid")]
     pids += lab_processes(root)
     targets = sorted({p for p in pids if p and pid_alive(p)})
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -920,12 +1020,30 @@ def status(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
         }
         for n in info.get("nodes", [])
     ]
+    broker = info.get("broker", {})
+    broker_up = pid_alive(broker.get("pid")) and Path(broker.get("socket", "/nonexistent")).exists()
     return {
-        "up": bool(dc_up and nodes and all(n["up"] for n in nodes)),
+        "up": bool(dc_up and broker_up and nodes and all(n["up"] for n in nodes)),
         "exists": True,
         "dc": {"address": DC_ADDR, "up": dc_up},
+        "broker": {"address": BROKER_ADDR, "up": broker_up},
         "nodes": nodes,
     }
+
+
+def restart_broker(root: Path = DEFAULT_ROOT) -> None:
+    """Stop the lab's daemon and start it again (after a code change), keeping its state."""
+    info = load_info(root)
+    pid = info.get("broker", {}).get("pid")
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+    reap_children()
+    info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
+    save_info(root, info)
 
 
 def assert_host_clean(root: Path = DEFAULT_ROOT) -> None:
@@ -969,6 +1087,7 @@ def main() -> None:
     up_p.add_argument("--bulk-groups", type=int, default=0, help="extra nested groups")
     up_p.add_argument("--bulk-depth", type=int, default=1, help="nesting depth of bulk groups")
     sub.add_parser("down", help="remove the lab and its host changes")
+    sub.add_parser("restart-broker", help="restart the lab's broker daemon (after a code change)")
     st = sub.add_parser("status", help="what is up (exit 0 all, 1 partly, 3 not up)")
     st.add_argument("--json", action="store_true")
     ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
@@ -988,6 +1107,8 @@ def main() -> None:
             up(args.nodes, DEFAULT_ROOT, bulk)
         elif args.command == "down":
             down(DEFAULT_ROOT)
+        elif args.command == "restart-broker":
+            restart_broker(DEFAULT_ROOT)
         elif args.command == "status":
             report = status(DEFAULT_ROOT)
             if args.json:
@@ -995,6 +1116,8 @@ def main() -> None:
             else:
                 dc = report["dc"]
                 print(f"DC {DC_ADDR}: {'up' if dc and dc['up'] else 'down'}")
+                broker = report.get("broker")
+                print(f"broker {BROKER_ADDR}: {'up' if broker and broker['up'] else 'down'}")
                 for node in report["nodes"]:
                     print(f"{node['name']} {node['address']}: {'up' if node['up'] else 'down'}")
             sys.exit(0 if report["up"] else (1 if report["exists"] else 3))

@@ -44,3 +44,12 @@ def lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
     if not keep:
         lab_module.down(root)
         lab_module.assert_host_clean(root)
+
+
+def private_daemon_config(text: str, directory: Path) -> Path:
+    """The lab's broker.toml (changed as given) with its own socket and no TLS listener, so
+    `tests.helpers.serving` can run a second daemon for it beside the lab's."""
+    head = text.split("\n[daemon]\n", 1)[0]
+    config = directory / "broker.toml"
+    config.write_text(f'{head}\n[daemon]\nsocket = "{directory / "run" / "broker.sock"}"\n')
+    return config

@@ -16,7 +16,8 @@ import pytest
 from broker.app import App
 from broker.config.loader import load_settings
 from broker.core.identity import AccessChange
-from tests.helpers import REPO, run_broker
+from tests.helpers import REPO, run_broker, serving
+from tests.lab.conftest import private_daemon_config
 
 pytestmark = pytest.mark.lab
 
@@ -222,9 +223,9 @@ def test_an_unreachable_or_untrusted_dc_leaves_the_snapshot_alone(
         (text.replace(lab["dc"]["ca_file"], str(bad_ca)), "not trusted by"),
         (text.replace("ldaps://dc1.hpc.test:636", "ldaps://127.0.0.9:636"), "cannot connect"),
     ):
-        config = tmp_path / "broker.toml"
-        config.write_text(broken)
-        result = run_broker("sync", "--full", config=config)
+        config = private_daemon_config(broken, tmp_path)
+        with serving(config):
+            result = run_broker("sync", "--full", config=config)
         assert result.returncode == 3, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert needle in result.stderr and "ldaps://" in result.stderr
@@ -300,19 +301,20 @@ def test_small_pages_with_ranged_groups_read_everything(
     """Pages of 10 entries, and a 1,600-member group read in ranges on the same connection
     in the middle of a page: every group and every member still arrives."""
     text = config_of(lab).read_text()
-    config = tmp_path / "broker.toml"
-    config.write_text(
+    config = private_daemon_config(
         text.replace(lab["broker"]["state_dir"], str(tmp_path / "state")).replace(
-            'keytab = "', 'page_size = 10\nkeytab = "'
-        )
+            '\nkeytab = "', '\npage_size = 10\nkeytab = "'
+        ),
+        tmp_path,
     )
     assert run_broker("init", config=config).returncode == 0
-    small = run_broker("sync", "--full", "--json", config=config)
+    with serving(config):
+        small = run_broker("sync", "--full", "--json", config=config)
+        listed = run_broker("accounts", "list", "--group", "bulk-users", "--json", config=config)
     assert small.returncode == 0, small.stderr
     reference = json.loads(
         run_broker("directory", "status", "--json", config=config_of(lab)).stdout
     )
     assert json.loads(small.stdout)["groups"] == reference["groups"]
     assert json.loads(small.stdout)["users"] == reference["users"]
-    listed = run_broker("accounts", "list", "--group", "bulk-users", "--json", config=config)
     assert len(json.loads(listed.stdout)) == lab["bulk"]["users"]

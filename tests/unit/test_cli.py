@@ -11,7 +11,7 @@ import pytest
 from broker.app import App
 from broker.audit import writer
 from broker.config.loader import load_settings
-from tests.helpers import INIT_EVENTS, run_broker, write_config
+from tests.helpers import INIT_EVENTS, REPO, run_broker, serving, write_config
 
 
 def add_events(config: Path, n: int) -> None:
@@ -88,11 +88,46 @@ def test_bad_config_names_key_value_and_expectation(tmp_path: Path) -> None:
 
 
 def test_uninitialised_state_is_unavailable_with_the_fix(tmp_path: Path) -> None:
-    result = run_broker("audit", "verify", config=write_config(tmp_path))
+    result = run_broker("serve", config=write_config(tmp_path))
     assert result.returncode == 3
     assert "run `broker init`" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["audit", "verify"],
+        ["audit", "tail"],
+        ["audit", "export"],
+        ["audit", "seal"],
+        ["policy", "show"],
+        ["policy", "explain", "alice", "gpu01"],
+    ],
+)
+def test_daemon_backed_command_without_a_daemon_says_so_and_exits_3(
+    broker_config: Path, args: list[str]
+) -> None:
+    socket = broker_config.parent / "run" / "broker.sock"
+    assert not socket.exists()
+    result = run_broker(*args, config=broker_config)
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"broker: error: the broker daemon is not running (nothing listens on {socket}); "
+        "start it with `systemctl start broker` (or `broker serve` in a terminal)"
+    ]
+
+
+def test_policy_check_without_a_daemon_points_at_offline(broker_config: Path) -> None:
+    policy = REPO / "deploy" / "examples" / "policy.toml"
+    result = run_broker("policy", "check", str(policy), config=broker_config)
+    assert result.returncode == 3
+    assert len(result.stderr.splitlines()) == 1
+    assert "the broker daemon is not running" in result.stderr
+    assert "`broker policy check --offline`" in result.stderr
+
+
+@pytest.mark.usefixtures("daemon")
 def test_verify_ok_then_tail_and_export(broker_config: Path) -> None:
     add_events(broker_config, 5)
     n = INIT_EVENTS + 5
@@ -112,6 +147,7 @@ def test_verify_ok_then_tail_and_export(broker_config: Path) -> None:
     assert "cs1=target-4" in cef.stdout
 
 
+@pytest.mark.usefixtures("daemon")
 def test_export_to_a_file_is_private(broker_config: Path, tmp_path: Path) -> None:
     target = tmp_path / "out.jsonl"
     result = run_broker("audit", "export", "-o", str(target), config=broker_config)
@@ -138,6 +174,7 @@ def test_export_to_a_file_is_private(broker_config: Path, tmp_path: Path) -> Non
     ],
     ids=["edited", "deleted", "reordered", "newest-deleted"],
 )
+@pytest.mark.usefixtures("daemon")
 def test_tampering_fails_verify_and_names_the_first_bad_seq(
     broker_config: Path, statements: list[str], kind: str, seq: int
 ) -> None:
@@ -150,6 +187,7 @@ def test_tampering_fails_verify_and_names_the_first_bad_seq(
     assert data["problem"]["seq"] == seq and data["problem"]["kind"] == kind and not data["ok"]
 
 
+@pytest.mark.usefixtures("daemon")
 def test_db_migrate_is_idempotent(broker_config: Path) -> None:
     result = run_broker("db", "migrate", config=broker_config)
     assert result.returncode == 0 and "up to date" in result.stdout
@@ -173,6 +211,8 @@ def test_directory_ping_without_a_reachable_dc_is_unavailable(tmp_path: Path) ->
             f'ca_file = "{ca}"\nprincipal = "svc-broker@HPC.TEST"\nkeytab = "{keytab}"\ntimeout = "2s"\n'
         )
     )
-    result = run_broker("directory", "ping", config=config)
+    assert run_broker("init", config=config).returncode == 0
+    with serving(config):
+        result = run_broker("directory", "ping", config=config)
     assert result.returncode == 3
     assert "ldaps://127.0.0.1:1" in result.stdout

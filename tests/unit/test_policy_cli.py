@@ -103,6 +103,7 @@ def test_help_lists_every_policy_command() -> None:
         assert run_broker("policy", name, "--help").returncode == 0
 
 
+@pytest.mark.usefixtures("daemon")
 def test_check_a_clean_file_exits_0(broker_config: Path) -> None:
     result = run_broker("policy", "check", str(EXAMPLE), config=broker_config)
     assert result.returncode == 0, result.stdout
@@ -114,6 +115,7 @@ def test_check_a_clean_file_exits_0(broker_config: Path) -> None:
     ]
 
 
+@pytest.mark.usefixtures("daemon")
 def test_check_reports_every_error_on_its_own_line_and_exits_1(
     broker_config: Path, tmp_path: Path
 ) -> None:
@@ -134,6 +136,7 @@ def test_check_reports_every_error_on_its_own_line_and_exits_1(
     assert result.stdout.strip().endswith("INVALID: 2 errors, 0 warnings, 0 notes")
 
 
+@pytest.mark.usefixtures("daemon")
 def test_check_lint_errors_and_warnings_carry_their_control(
     broker_config: Path, tmp_path: Path
 ) -> None:
@@ -157,6 +160,7 @@ def test_check_lint_errors_and_warnings_carry_their_control(
     )
 
 
+@pytest.mark.usefixtures("daemon")
 def test_check_groups_against_the_synced_directory(broker_config: Path, tmp_path: Path) -> None:
     seed_directory(broker_config)
     text = LAB_POLICY.replace('group = "storage-admins"', 'group = "storage-admns"')
@@ -172,10 +176,39 @@ def test_check_groups_against_the_synced_directory(broker_config: Path, tmp_path
 
 def test_check_without_file_reads_the_configured_path(tmp_path: Path, lab_file: Path) -> None:
     config = write_config(tmp_path, f'\n[policy]\npath = "{lab_file}"\n')
-    result = run_broker("policy", "check", config=config)
+    result = run_broker("policy", "check", "--offline", config=config)  # no `broker init`
     assert result.returncode == 0
     assert f"{lab_file}: valid:" in result.stdout
-    assert "group names not checked against the directory" in result.stdout  # no `broker init`
+    assert "group names not checked against the directory" in result.stdout
+
+
+def test_check_offline_needs_no_daemon_and_no_configuration(tmp_path: Path, lab_file: Path) -> None:
+    """A policy repository's CI: no /etc/broker, no daemon, no directory."""
+    nowhere = {"BROKER_CONFIG": str(tmp_path / "absent.toml")}
+    clean = run_broker("policy", "check", "--offline", str(EXAMPLE), env=nowhere)
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.strip().splitlines() == [
+        "note: group names not checked against the directory (--offline)",
+        f"{EXAMPLE}: valid: 4 zones (527 nodes), 5 roles, 3 bindings, 2 service accounts; "
+        "0 errors, 0 warnings, 0 notes",
+    ]
+    text = LAB_POLICY.replace('kind = "access"', 'kind = "acess"')
+    broken = write(tmp_path, text)
+    result = run_broker("policy", "check", "--offline", str(broken), "--json", env=nowhere)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert set(report) == {
+        "file",
+        "valid",
+        "sha256",
+        "errors",
+        "warnings",
+        "notes",
+        "findings",
+        "groups_checked",
+    }
+    assert report["groups_checked"] is False and report["errors"] == 1
+    assert report["findings"][0]["line"] == line_of(text, "acess")
 
 
 def test_check_a_missing_file_is_a_usage_error(broker_config: Path, tmp_path: Path) -> None:
@@ -187,6 +220,7 @@ def test_check_a_missing_file_is_a_usage_error(broker_config: Path, tmp_path: Pa
 # ---------------------------------------------------------------- plan, apply, show
 
 
+@pytest.mark.usefixtures("daemon")
 def test_plan_without_a_directory_shows_group_level_rights(
     broker_config: Path, lab_file: Path
 ) -> None:
@@ -202,6 +236,7 @@ def test_plan_without_a_directory_shows_group_level_rights(
     assert "no user gains or loses anything yet" in human.stdout
 
 
+@pytest.mark.usefixtures("daemon")
 def test_apply_then_show_then_reapply_is_a_no_op(broker_config: Path, lab_file: Path) -> None:
     seed_directory(broker_config)
     sha = hashlib.sha256(lab_file.read_bytes()).hexdigest()
@@ -240,6 +275,7 @@ def test_apply_then_show_then_reapply_is_a_no_op(broker_config: Path, lab_file: 
     assert len(policy_events(broker_config)) == 1
 
 
+@pytest.mark.usefixtures("daemon")
 def test_a_second_apply_records_the_plan_of_gains_and_losses(
     broker_config: Path, lab_file: Path, tmp_path: Path
 ) -> None:
@@ -265,6 +301,7 @@ def test_a_second_apply_records_the_plan_of_gains_and_losses(
     assert last["previous_sha256"] == hashlib.sha256(lab_file.read_bytes()).hexdigest()
 
 
+@pytest.mark.usefixtures("daemon")
 def test_apply_refuses_a_file_with_errors_and_changes_nothing(
     broker_config: Path, lab_file: Path, tmp_path: Path
 ) -> None:
@@ -291,6 +328,7 @@ def test_apply_refuses_a_file_with_errors_and_changes_nothing(
     assert len(policy_events(broker_config)) == 1
 
 
+@pytest.mark.usefixtures("daemon")
 def test_show_without_a_policy_and_a_tampered_policy(broker_config: Path, lab_file: Path) -> None:
     empty = run_broker("policy", "show", "--json", config=broker_config)
     assert empty.returncode == 0 and json.loads(empty.stdout) == {"active": None}
@@ -311,6 +349,7 @@ def test_show_without_a_policy_and_a_tampered_policy(broker_config: Path, lab_fi
 # ---------------------------------------------------------------- explain
 
 
+@pytest.mark.usefixtures("daemon")
 def test_explain_allows_and_denies_with_every_rule(broker_config: Path, lab_file: Path) -> None:
     seed_directory(broker_config)
     assert run_broker("policy", "apply", str(lab_file), config=broker_config).returncode == 0
@@ -363,6 +402,7 @@ def test_explain_allows_and_denies_with_every_rule(broker_config: Path, lab_file
     assert stranger.returncode == 1 and "not in the directory snapshot" in stranger.stdout
 
 
+@pytest.mark.usefixtures("daemon")
 def test_explain_without_an_active_policy_denies(broker_config: Path, lab_file: Path) -> None:
     seed_directory(broker_config)
     result = run_broker("policy", "explain", "alice", "gpu01", config=broker_config)
@@ -390,3 +430,83 @@ def test_explain_refuses_hostile_arguments(broker_config: Path, args: list[str],
     result = run_broker("policy", "explain", *args, config=broker_config)
     assert result.returncode == 2
     assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.usefixtures("daemon")
+def test_json_output_keeps_its_keys(broker_config: Path, lab_file: Path) -> None:
+    """--json prints what it printed before the CLI became a client of the daemon."""
+    seed_directory(broker_config)
+
+    def keys(*args: str) -> set[str]:
+        result = run_broker("policy", *args, "--json", config=broker_config)
+        data: dict[str, object] = json.loads(result.stdout)
+        return set(data)
+
+    plan_keys = {
+        "old_sha256",
+        "new_sha256",
+        "eligible_accounts",
+        "users_gaining",
+        "users_losing",
+        "groups_gaining",
+        "groups_losing",
+        "changes",
+        "user_gains",
+        "user_losses",
+        "group_gains",
+        "group_losses",
+        "truncated",
+    }
+    assert keys("check", str(lab_file)) == {
+        "file",
+        "valid",
+        "sha256",
+        "errors",
+        "warnings",
+        "notes",
+        "findings",
+        "groups_checked",
+    }
+    assert keys("plan", str(lab_file)) == plan_keys | {"warnings"}
+    applied = json.loads(
+        run_broker("policy", "apply", str(lab_file), "--json", config=broker_config).stdout
+    )
+    assert set(applied) == {"applied", "sha256", "version", "previous_sha256", "plan", "warnings"}
+    assert set(applied["plan"]) == plan_keys
+    show = json.loads(run_broker("policy", "show", "--json", config=broker_config).stdout)
+    assert set(show) == {
+        "active",
+        "zones",
+        "roles",
+        "bindings",
+        "service_accounts",
+        "break_glass_group",
+        "incident_response_group",
+    }
+    assert show["active"]["actor"] == "unix:root"  # from the daemon's SO_PEERCRED
+    assert set(show["roles"]["gpu-root"]) == {
+        "zones",
+        "runas",
+        "commands",
+        "default_duration",
+        "max_duration",
+        "mfa",
+        "record_sessions",
+        "approvals",
+        "groups",
+    }
+    assert keys("explain", "alice", "gpu01") == {
+        "user",
+        "node",
+        "verdict",
+        "role",
+        "allowed_by",
+        "duration",
+        "reason",
+        "policy_sha256",
+        "checks",
+    }
+    human = run_broker("policy", "show", config=broker_config)
+    assert human.returncode == 0
+    assert "4 zones (5 nodes), 3 roles, 2 bindings, 2 service accounts" in human.stdout
+    assert "1 of hpc-approvers" in human.stdout and "zone compute" in human.stdout

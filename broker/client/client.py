@@ -1,0 +1,98 @@
+"""`Client`: one request per connection, JSON in and out, daemon errors re-raised as ours."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import http.client
+import json
+import ssl
+from typing import Any
+from urllib.parse import urlencode
+
+from broker.client.errors import from_response
+from broker.client.transport import Target
+from broker.core.errors import FailedError, UnavailableError
+
+START_HINT = "start it with `systemctl start broker` (or `broker serve` in a terminal)"
+
+
+class Client:
+    def __init__(self, target: Target, timeout: float = 600.0) -> None:
+        self.target = target
+        self.timeout = timeout
+
+    def get(self, path: str, **query: Any) -> Any:
+        items = {k: _query_value(v) for k, v in query.items() if v is not None and v is not False}
+        return self.call("GET", path + ("?" + urlencode(items) if items else ""), None)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.call("POST", path, {} if body is None else body)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        auth = self.target.auth_header()
+        if auth is not None:
+            headers["Authorization"] = auth
+        conn = self.target.connection(self.timeout)
+        try:
+            try:
+                # The daemon may refuse before reading everything; its answer is still there.
+                with contextlib.suppress(BrokenPipeError):
+                    conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+            except ssl.SSLError as exc:
+                raise UnavailableError(
+                    f"TLS to the broker at {self.target.describe()} failed: {exc.reason}",
+                    fix="check the URL and --ca-file",
+                ) from None
+            except http.client.RemoteDisconnected:
+                raise UnavailableError(
+                    f"the broker daemon at {self.target.describe()} closed the connection "
+                    "without an answer",
+                    fix="see its log (journalctl -u broker)",
+                ) from None
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise UnavailableError(
+                    f"the broker daemon is not running (nothing listens on {self.target.describe()})",
+                    fix=START_HINT,
+                ) from None
+            except PermissionError:
+                raise UnavailableError(
+                    f"permission denied on the daemon socket {self.target.describe()}",
+                    fix="check the socket's mode (0666) and its directory (0755)",
+                ) from None
+            except TimeoutError:
+                raise UnavailableError(
+                    f"the broker daemon at {self.target.describe()} did not answer in time"
+                ) from None
+            except OSError as exc:
+                if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+                    raise UnavailableError(
+                        f"the broker daemon at {self.target.describe()} closed the connection"
+                    ) from None
+                raise UnavailableError(
+                    f"cannot reach the broker daemon at {self.target.describe()}: {exc.strerror}",
+                    fix=START_HINT,
+                ) from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw else None
+        except (UnicodeDecodeError, ValueError):
+            raise FailedError(
+                f"the broker daemon answered HTTP {response.status} with a body that is not JSON"
+            ) from None
+        if response.status != 200:
+            raise from_response(response.status, data)
+        return data
+
+
+def _query_value(value: Any) -> str:
+    if value is True:
+        return "true"
+    return str(value)

@@ -1,0 +1,132 @@
+"""The audit chain: verify it, read it a page at a time, seal its head (AU-9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from broker.audit.query import PAGE_MAX, EventFilter, iter_events
+from broker.core.timeutil import from_text, to_text
+from broker.daemon.api.names import ActionGlob, AuditActor, UtcTimeText
+from broker.daemon.caller import Access
+from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+
+SEQ_MAX = 2**62  # far beyond any chain, and inside SQLite's INTEGER range
+
+
+class ProblemOut(Out):
+    kind: str
+    seq: int
+    message: str
+
+
+class VerifyOut(Out):
+    ok: bool
+    count: int
+    head_seq: int
+    head_hash: str
+    sealed_seq: int
+    checkpoints: int
+    problem: ProblemOut | None
+    warnings: list[str]
+
+
+class EventOut(Out):
+    """One event as stored; `details` is the parsed form of the hashed canonical JSON text."""
+
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class EventsQuery(Body):
+    """Events matching every given filter, one page (at most PAGE_MAX) at a time."""
+
+    after_seq: int = Field(default=0, ge=0, le=SEQ_MAX)
+    before_seq: int | None = Field(default=None, ge=1, le=SEQ_MAX)
+    limit: int = Field(default=PAGE_MAX, ge=1, le=PAGE_MAX)
+    newest_first: bool = False
+    since: UtcTimeText | None = None
+    until: UtcTimeText | None = None
+    action: ActionGlob | None = None
+    actor: AuditActor | None = None
+
+    @field_validator("since", "until")
+    @classmethod
+    def _moment(cls, value: str | None) -> str | None:
+        """A real moment, in the store's own text form (so text comparison is time order)."""
+        if value is None:
+            return None
+        try:
+            return to_text(from_text(value))
+        except ValueError:
+            raise ValueError("not a valid UTC time") from None
+
+
+class SealOut(Out):
+    sealed_seq: int | None  # None: nothing new since the last checkpoint
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/audit/verify",
+    response=VerifyOut,
+    access=Access.OPERATOR,
+    summary="Check every hash and link, and the chain against the signed checkpoints",
+)
+def verify(ctx: Context[Empty]) -> VerifyOut:
+    report = ctx.app.verify_audit()
+    problem = report.problem
+    return VerifyOut(
+        ok=report.ok,
+        count=report.count,
+        head_seq=report.head_seq,
+        head_hash=report.head_hash,
+        sealed_seq=report.sealed_seq,
+        checkpoints=report.checkpoints,
+        problem=None
+        if problem is None
+        else ProblemOut(kind=problem.kind, seq=problem.seq, message=problem.message),
+        warnings=list(report.warnings),
+    )
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/audit/events",
+    request=EventsQuery,
+    response=list[EventOut],
+    access=Access.OPERATOR,
+    summary="Events in seq order (or newest first), filtered, one page at a time",
+)
+def events(ctx: Context[EventsQuery]) -> list[EventOut]:
+    q = ctx.params
+    filt = EventFilter(
+        since=q.since,
+        until=q.until,
+        action=q.action,
+        actor=q.actor,
+        after_seq=q.after_seq,
+        before_seq=q.before_seq,
+        limit=q.limit,
+        newest_first=q.newest_first,
+    )
+    return [EventOut(**e.as_dict()) for e in iter_events(ctx.app.ready_store().conn, filt)]
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/audit/seal",
+    response=SealOut,
+    access=Access.OPERATOR,
+    summary="Write a signed checkpoint of the current head now",
+)
+def seal(ctx: Context[Empty]) -> SealOut:
+    return SealOut(sealed_seq=ctx.app.seal())

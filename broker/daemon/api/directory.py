@@ -1,0 +1,129 @@
+"""Active Directory: reachability, the snapshot's state, and sync."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from broker.core.errors import UnavailableError
+from broker.daemon.caller import Access
+from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.directory.connection import ping as ping_dcs
+from broker.directory.snapshot import counts
+
+
+class DcOut(Out):
+    uri: str
+    ok: bool
+    detail: str
+    elapsed_ms: float
+
+
+class SnapshotStatus(Out):
+    dc_uri: str
+    dc_name: str
+    highest_usn: int
+    domain_sid: str
+    users: int
+    groups: int
+    last_full_sync: datetime
+    last_change: datetime
+    last_checked: datetime
+
+
+class SyncRequest(Body):
+    full: bool = False
+
+
+class ChangeOut(Out):
+    action: str
+    user: str
+    sid: str
+    group: str | None
+    before: str | None
+    after: str | None
+
+
+class SyncOut(Out):
+    kind: str
+    reason: str
+    dc: str
+    usn: int
+    users: int
+    groups: int
+    rows_written: int
+    elapsed_s: float
+    skipped: list[str]
+    changes: list[ChangeOut]
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/directory/ping",
+    response=list[DcOut],
+    access=Access.OPERATOR,
+    summary="Bind to every configured DC and report who it says the broker is",
+)
+def ping(ctx: Context[Empty]) -> list[DcOut]:
+    return [
+        DcOut(uri=r.uri, ok=r.ok, detail=r.detail, elapsed_ms=round(r.elapsed_ms, 1))
+        for r in ping_dcs(ctx.app.directory_settings())
+    ]
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/directory/status",
+    response=SnapshotStatus,
+    access=Access.OPERATOR,
+    summary="What the snapshot holds and when it was last synced",
+)
+def status(ctx: Context[Empty]) -> SnapshotStatus:
+    state = ctx.app.snapshot(ctx.now).state
+    if state is None:
+        raise UnavailableError("no directory snapshot yet", fix="run `broker sync`")
+    users, groups = counts(ctx.app.ready_store().conn)
+    return SnapshotStatus(
+        dc_uri=state.dc_uri,
+        dc_name=state.dc_name,
+        highest_usn=state.highest_usn,
+        domain_sid=state.domain_sid,
+        users=users,
+        groups=groups,
+        last_full_sync=state.full_at,
+        last_change=state.changed_at,
+        last_checked=state.checked_at,
+    )
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/directory/sync",
+    request=SyncRequest,
+    response=SyncOut,
+    access=Access.OPERATOR,
+    summary="Bring the snapshot up to date (incremental unless full)",
+)
+def sync(ctx: Context[SyncRequest]) -> SyncOut:
+    report = ctx.app.sync_directory(ctx.caller.actor, full=ctx.params.full)
+    return SyncOut(
+        kind=report.kind,
+        reason=report.reason,
+        dc=report.dc,
+        usn=report.usn,
+        users=report.users,
+        groups=report.groups,
+        rows_written=report.rows_written,
+        elapsed_s=round(report.elapsed_s, 3),
+        skipped=report.skipped,
+        changes=[
+            ChangeOut(
+                action=c.action,
+                user=c.user,
+                sid=c.user_sid,
+                group=c.group,
+                before=c.before,
+                after=c.after,
+            )
+            for c in report.changes
+        ],
+    )

@@ -1,0 +1,228 @@
+"""TOTP second factor: enroll, activate, verify, status, and the operator's reset.
+
+Every counter is keyed by the caller's objectSid, whatever name form reached
+the daemon. Codes travel only in request bodies, never in a URL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from broker.core.errors import RefusedError
+from broker.daemon.api.names import AccountName
+from broker.daemon.caller import Access, Caller
+from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.mfa import service
+from broker.mfa.service import MfaIdentity
+
+# The shape is checked by broker.mfa (six ASCII digits, nothing normalised); here only the size.
+CodeText = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class EnrollOut(Out):
+    account: str
+    issuer: str
+    secret: str
+    uri: str
+
+
+class CodeIn(Body):
+    code: CodeText
+
+
+class VerifyIn(Body):
+    code: CodeText | None = None
+    recovery_code: CodeText | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> VerifyIn:
+        if (self.code is None) == (self.recovery_code is None):
+            raise ValueError("give exactly one of code and recovery_code")
+        return self
+
+
+class ActivateOut(Out):
+    account: str
+    recovery_codes: list[str]
+
+
+class VerifyOut(Out):
+    account: str
+    method: Literal["totp", "recovery"]
+    recovery_codes_left: int | None
+
+
+class StatusQuery(Body):
+    user: AccountName | None = None
+
+
+class StatusOut(Out):
+    account: str
+    enrolled: bool
+    pending: bool
+    activated_at: datetime | None
+    last_used_at: datetime | None
+    recovery_codes_left: int
+    locked_until: datetime | None
+    recent_failures: int
+
+
+class ResetIn(Body):
+    user: AccountName
+
+
+class ResetOut(Out):
+    account: str
+    reset: bool
+
+
+def own_identity(caller: Caller) -> MfaIdentity:
+    if caller.account is None:
+        raise RefusedError(
+            f"{caller.display} has no directory account to hold a second factor",
+            fix="MFA belongs to Active Directory accounts",
+        )
+    return MfaIdentity(sid=caller.account.sid, name=caller.account.name)
+
+
+def named_identity(ctx: Context[StatusQuery] | Context[ResetIn], name: str) -> MfaIdentity:
+    account = ctx.app.snapshot(ctx.now).account(name)
+    if account is None:
+        raise RefusedError(
+            f"no account {name!r} in the directory snapshot",
+            fix="check the name (alice, HPC\\alice or alice@REALM)",
+        )
+    return MfaIdentity(sid=account.sid, name=account.name)
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/mfa/enroll",
+    response=EnrollOut,
+    access=Access.USER,
+    summary="Start enrolling a TOTP factor for yourself: a new secret, pending until activated",
+)
+def enroll(ctx: Context[Empty]) -> EnrollOut:
+    ident = own_identity(ctx.caller)
+    rules = ctx.app.mfa_rules()
+    started = service.begin_enrollment(
+        ctx.app.ready_store(),
+        key=ctx.app.mfa_key(),
+        ident=ident,
+        rules=rules,
+        actor=ctx.caller.actor,
+        now=ctx.now,
+    )
+    return EnrollOut(
+        account=ident.name, issuer=rules.issuer, secret=started.secret, uri=started.uri
+    )
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/mfa/activate",
+    request=CodeIn,
+    response=ActivateOut,
+    access=Access.USER,
+    summary="Activate the pending factor with a valid code; returns 10 recovery codes, once",
+)
+def activate(ctx: Context[CodeIn]) -> ActivateOut:
+    ident = own_identity(ctx.caller)
+    codes = service.activate(
+        ctx.app.ready_store(),
+        key=ctx.app.mfa_key(),
+        ident=ident,
+        code=ctx.params.code,
+        rules=ctx.app.mfa_rules(),
+        actor=ctx.caller.actor,
+        now=ctx.now,
+    )
+    return ActivateOut(account=ident.name, recovery_codes=codes)
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/mfa/verify",
+    request=VerifyIn,
+    response=VerifyOut,
+    access=Access.USER,
+    summary="Check a TOTP code (or use a recovery code); replays and lockout apply",
+)
+def verify(ctx: Context[VerifyIn]) -> VerifyOut:
+    ident = own_identity(ctx.caller)
+    store = ctx.app.ready_store()
+    if ctx.params.recovery_code is not None:
+        left = service.use_recovery_code(
+            store,
+            ident=ident,
+            code=ctx.params.recovery_code,
+            rules=ctx.app.mfa_rules(),
+            actor=ctx.caller.actor,
+            now=ctx.now,
+            purpose="check",
+        )
+        return VerifyOut(account=ident.name, method="recovery", recovery_codes_left=left)
+    assert ctx.params.code is not None
+    service.verify(
+        store,
+        key=ctx.app.mfa_key(),
+        ident=ident,
+        code=ctx.params.code,
+        rules=ctx.app.mfa_rules(),
+        actor=ctx.caller.actor,
+        now=ctx.now,
+        purpose="check",
+    )
+    return VerifyOut(account=ident.name, method="totp", recovery_codes_left=None)
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/mfa/status",
+    request=StatusQuery,
+    response=StatusOut,
+    access=Access.SELF_OR_OPERATOR,
+    summary="Enrollment, lockout and recovery codes left (users: self; operators: anyone)",
+)
+def status(ctx: Context[StatusQuery]) -> StatusOut:
+    if ctx.params.user is None:
+        ident = own_identity(ctx.caller)
+    else:
+        ident = named_identity(ctx, ctx.params.user)
+        if not ctx.caller.operator and (
+            ctx.caller.account is None or ctx.caller.account.sid != ident.sid
+        ):
+            raise RefusedError(
+                f"{ctx.caller.display} may only see their own MFA status",
+                fix="ask a broker operator",
+            )
+    state = service.status(
+        ctx.app.ready_store().conn, ident=ident, now=ctx.now, rules=ctx.app.mfa_rules()
+    )
+    return StatusOut(
+        account=ident.name,
+        enrolled=state.enrolled,
+        pending=state.pending,
+        activated_at=state.activated_at,
+        last_used_at=state.last_used_at,
+        recovery_codes_left=state.recovery_codes_left,
+        locked_until=state.locked_until,
+        recent_failures=state.recent_failures,
+    )
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/mfa/reset",
+    request=ResetIn,
+    response=ResetOut,
+    access=Access.OPERATOR,
+    summary="Remove a user's factor, recovery codes and lockout (audited)",
+)
+def reset(ctx: Context[ResetIn]) -> ResetOut:
+    ident = named_identity(ctx, ctx.params.user)
+    done = service.reset(ctx.app.ready_store(), ident=ident, actor=ctx.caller.actor, now=ctx.now)
+    return ResetOut(account=ident.name, reset=done)

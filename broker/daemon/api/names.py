@@ -1,0 +1,48 @@
+"""Allow-listed text types shared by request models: nothing unchecked reaches a lookup."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, StrictStr
+
+# alice, HPC\alice, alice@HPC.TEST: letters, digits and the few marks AD names use.
+# What AD allows in a sAMAccountName (no control characters, none of "/[]:;|=,+*?<>),
+# plus the backslash and @ of the DOMAIN\name and name@REALM forms. Only ever a bound SQL value.
+AccountName = Annotated[
+    str, Field(min_length=1, max_length=256, pattern=r'^[^\x00-\x1f\x7f"/\[\]:;|=,+*?<>]+$')
+]
+GroupName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+RoleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+DurationText = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[0-9a-z]+$")]
+HostlistText = Annotated[
+    str, Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9.,\[\]-]+$")
+]
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("must be printable text (no control or format characters)")
+    return text
+
+
+# Audit filters: a UTC timestamp as the store writes it (the CLI turns `2h` into one).
+UtcTimeText = Annotated[
+    str,
+    Field(
+        min_length=20,
+        max_length=27,
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z$",
+    ),
+]
+# An SQLite GLOB over dotted lower-case action names: `store.*`, `policy.appl?`, `mfa.[a-f]*`.
+ActionGlob = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.*?\[\]^-]+$")]
+# unix:root, unix:1234, krb:alice@HPC.TEST, daemon.
+AuditActor = Annotated[
+    str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._@:/\\$+-]+$")
+]
+# Where a policy text came from (a file name on the caller's side): shown, stored, never opened.
+SourceText = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_printable)]
+# A policy file's text; the daemon's max_body bounds the whole request as well.
+POLICY_TEXT_MAX = 1_048_576
+PolicyText = Annotated[StrictStr, Field(min_length=0, max_length=POLICY_TEXT_MAX)]

@@ -1,0 +1,379 @@
+"""Policy as code: check, plan, apply, show and explain, against the daemon's store.
+
+Policy texts arrive in the request body (the CLI reads the caller's file) with
+the name they came from, which is only ever shown and stored, never opened.
+"""
+
+from __future__ import annotations
+
+from broker.core.durations import format_duration, parse_duration
+from broker.core.errors import BrokerError, RefusedError, UsageError
+from broker.core.hostlist import expand
+from broker.core.identity import ACCOUNT_NAME, normalise_account_name
+from broker.daemon.api.accounts import may_see
+from broker.daemon.api.names import (
+    AccountName,
+    DurationText,
+    HostlistText,
+    PolicyText,
+    RoleName,
+    SourceText,
+)
+from broker.daemon.caller import Access
+from broker.daemon.routing import REGISTRY, Body, Context, Out
+from broker.policy import names
+from broker.policy.check import check_policy
+from broker.policy.evaluate import decide, no_policy, unknown_account
+from broker.policy.load import load_policy
+from broker.policy.model import Policy
+from broker.policy.plan import make_plan
+from broker.policy.rights import directory_groups
+from broker.policy.versions import PolicyVersion, located, refuse_lint_errors
+
+# ---------------------------------------------------------------- models
+
+
+class PolicyFile(Body):
+    """A policy file's text and the name it is reported under (file:line)."""
+
+    text: PolicyText
+    source: SourceText
+
+
+class CountsOut(Out):
+    zones: int
+    nodes: int
+    roles: int
+    bindings: int
+    service_accounts: int
+
+
+class CheckFindingOut(Out):
+    line: int
+    severity: str
+    control: str | None
+    rule: str
+    key: str
+    message: str
+
+
+class CheckOut(Out):
+    file: str
+    valid: bool
+    sha256: str | None
+    errors: int
+    warnings: int
+    notes: int
+    findings: list[CheckFindingOut]
+    groups_checked: bool
+    counts: CountsOut | None  # the policy's size, when it is valid enough to have one
+    note: str | None  # why group names were not checked, when they were not
+
+
+class SettingChangeOut(Out):
+    subject: str
+    what: str
+
+
+class RightOut(Out):
+    holder: str
+    role: str
+    nodes: str
+    count: int
+
+
+class PlanSummaryOut(Out):
+    old_sha256: str | None
+    new_sha256: str | None
+    eligible_accounts: int
+    users_gaining: int
+    users_losing: int
+    groups_gaining: int
+    groups_losing: int
+    changes: list[SettingChangeOut]
+    user_gains: list[RightOut]
+    user_losses: list[RightOut]
+    group_gains: list[RightOut]
+    group_losses: list[RightOut]
+    truncated: bool
+
+
+class PlanOut(PlanSummaryOut):
+    warnings: list[str]  # lint warnings, each `file:line: warning CONTROL: message`
+
+
+class ApplyOut(Out):
+    applied: bool  # False: this text was already the active policy
+    sha256: str
+    version: int
+    previous_sha256: str | None
+    plan: PlanSummaryOut | None
+    warnings: list[str]
+    applied_at: str  # of `version`: now, or when the already active policy was applied
+    actor: str  # who applied `version`
+
+
+class ShowQuery(Body):
+    text: bool = False  # include the active policy's exact text
+
+
+class VersionOut(Out):
+    sha256: str
+    version: int
+    applied_at: str
+    actor: str
+    source: str
+
+
+class ZoneOut(Out):
+    kind: str
+    nodes: str
+    count: int
+
+
+class PolicyRoleOut(Out):
+    zones: list[str]
+    runas: str
+    commands: str
+    default_duration: str
+    max_duration: str
+    mfa: bool
+    record_sessions: bool
+    approvals: int
+    groups: list[str]
+    where: str  # zones and extra nodes, for people
+    approval_groups: list[str]
+
+
+class ShowOut(Out):
+    active: VersionOut | None  # None: no policy has been applied; the rest is then empty
+    zones: dict[str, ZoneOut] | None = None
+    roles: dict[str, PolicyRoleOut] | None = None
+    bindings: int | None = None
+    service_accounts: list[str] | None = None
+    break_glass_group: str | None = None
+    incident_response_group: str | None = None
+    text: str | None = None  # only when asked for
+
+
+class ExplainRequest(Body):
+    user: AccountName
+    node: HostlistText  # must name exactly one node
+    role: RoleName | None = None
+    duration: DurationText | None = None
+    policy_text: PolicyText | None = None  # judge against this text instead of the active policy
+    policy_source: SourceText | None = None
+
+
+class CheckStepOut(Out):
+    rule: str
+    role: str | None
+    outcome: str
+    detail: str
+
+
+class ExplainOut(Out):
+    user: str
+    node: str
+    verdict: str
+    role: str | None
+    allowed_by: list[str]
+    duration: str | None
+    reason: str
+    policy_sha256: str | None
+    checks: list[CheckStepOut]
+
+
+# ---------------------------------------------------------------- routes
+
+
+def _known_groups(ctx: Context[PolicyFile]) -> tuple[frozenset[str] | None, str | None]:
+    """Group names from the snapshot, or why they cannot be checked (never fatal for check)."""
+    try:
+        groups = directory_groups(ctx.app.snapshot(ctx.now))
+    except BrokerError as exc:
+        return None, f"group names not checked against the directory: {exc.one_line()}"
+    if groups is None:
+        return None, "group names not checked: the directory snapshot is empty (sync it first)"
+    return groups, None
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/policy/check",
+    request=PolicyFile,
+    response=CheckOut,
+    access=Access.OPERATOR,
+    summary="Validate a policy text: schema, meaning, groups against the snapshot, lint",
+)
+def check(ctx: Context[PolicyFile]) -> CheckOut:
+    known, note = _known_groups(ctx)
+    report = check_policy(ctx.params.text, ctx.params.source, known)
+    return CheckOut(**report, note=note)
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/policy/plan",
+    request=PolicyFile,
+    response=PlanOut,
+    access=Access.OPERATOR,
+    summary="Who would gain and lose which rights where if this text replaced the active policy",
+)
+def plan(ctx: Context[PolicyFile]) -> PlanOut:
+    snapshot = ctx.app.snapshot(ctx.now)
+    loaded = load_policy(
+        ctx.params.text, ctx.params.source, known_groups=directory_groups(snapshot)
+    )
+    warnings = refuse_lint_errors(loaded)
+    active = ctx.app.active_policy_version()
+    result = make_plan(
+        ctx.app.active_policy(),
+        loaded.policy,
+        snapshot,
+        old_sha256=active.sha256 if active else None,
+        new_sha256=loaded.sha256,
+    )
+    return PlanOut(**result.summary(limit=None), warnings=[located(loaded, f) for f in warnings])
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/policy/apply",
+    request=PolicyFile,
+    response=ApplyOut,
+    access=Access.OPERATOR,
+    summary="Activate a policy text atomically; audited with its sha256 and plan",
+)
+def apply(ctx: Context[PolicyFile]) -> ApplyOut:
+    result = ctx.app.apply_policy(ctx.params.text, ctx.params.source, ctx.caller.actor)
+    version = result.version
+    return ApplyOut(
+        applied=result.applied,
+        sha256=version.sha256,
+        version=version.id,
+        previous_sha256=result.previous.sha256 if result.previous and result.applied else None,
+        plan=None if result.plan is None else PlanSummaryOut(**result.plan.summary(limit=None)),
+        warnings=[w.text() for w in result.warnings],
+        applied_at=version.applied_at,
+        actor=version.actor,
+    )
+
+
+def _version_out(version: PolicyVersion) -> VersionOut:
+    return VersionOut(
+        sha256=version.sha256,
+        version=version.id,
+        applied_at=version.applied_at,
+        actor=version.actor,
+        source=version.source,
+    )
+
+
+def _role_out(policy: Policy, name: str) -> PolicyRoleOut:
+    role = policy.roles[name]
+    return PolicyRoleOut(
+        zones=list(role.zones),
+        runas=role.runas,
+        commands=role.commands_text,
+        default_duration=format_duration(role.default_duration),
+        max_duration=format_duration(role.longest),
+        mfa=role.mfa,
+        record_sessions=role.record_sessions,
+        approvals=role.approvals.count,
+        groups=list(policy.groups_of_role.get(name, ())),
+        where=role.scope_text(),
+        approval_groups=list(role.approvals.groups),
+    )
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/policy",
+    request=ShowQuery,
+    response=ShowOut,
+    access=Access.OPERATOR,
+    summary="The active policy: sha256, when and by whom it was applied, zones, roles",
+)
+def show(ctx: Context[ShowQuery]) -> ShowOut:
+    version = ctx.app.active_policy_version()
+    policy = ctx.app.active_policy()
+    if version is None or policy is None:
+        return ShowOut(active=None)
+    return ShowOut(
+        active=_version_out(version),
+        zones={
+            z.name: ZoneOut(kind=z.kind, nodes=z.hostlist, count=len(z.nodes))
+            for z in policy.zones.values()
+        },
+        roles={name: _role_out(policy, name) for name in policy.roles},
+        bindings=len(policy.bindings),
+        service_accounts=sorted(policy.service_accounts),
+        break_glass_group=policy.break_glass_group,
+        incident_response_group=policy.incident_response_group,
+        text=version.text if ctx.params.text else None,
+    )
+
+
+def _one_node(text: str) -> str:
+    nodes = expand(text)
+    if len(nodes) != 1:
+        raise UsageError(f"{text!r} names {len(nodes)} nodes", fix="explain one node at a time")
+    return nodes[0]
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/policy/explain",
+    request=ExplainRequest,
+    response=ExplainOut,
+    access=Access.SELF_OR_OPERATOR,
+    summary="Every rule that decides whether a user may elevate on a node, and the verdict "
+    "(operators: anyone; users: themselves)",
+)
+def explain(ctx: Context[ExplainRequest]) -> ExplainOut:
+    q = ctx.params
+    name = normalise_account_name(q.user)
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise UsageError(f"bad user name {q.user!r}", fix="give an account name such as alice")
+    node = _one_node(q.node)
+    if q.role is not None and names.policy_name(q.role) is not None:
+        raise UsageError(f"bad role name {q.role!r}", fix="give a role name such as gpu-root")
+    asked = parse_duration(q.duration) if q.duration is not None else None
+    account = ctx.app.snapshot(ctx.now).account(name)
+    if not ctx.caller.operator:
+        if account is None:
+            raise RefusedError(
+                f"{ctx.caller.display} may only ask about their own account, not {name}",
+                fix="ask a broker operator",
+            )
+        may_see(ctx.caller, name, account.sid)
+    sha: str | None
+    policy: Policy | None
+    if q.policy_text is not None:
+        loaded = load_policy(q.policy_text, q.policy_source or "policy text")
+        policy, sha = loaded.policy, loaded.sha256
+    else:
+        policy = ctx.app.active_policy()
+        version = ctx.app.active_policy_version()
+        sha = version.sha256 if version else None
+    if policy is None:
+        decision = no_policy(name, node)
+    elif account is None:
+        decision = unknown_account(name, node)
+    else:
+        decision = decide(policy, account, node, q.role, asked, now=ctx.now)
+    return ExplainOut(
+        user=decision.user,
+        node=decision.node,
+        verdict=decision.verdict,
+        role=decision.role,
+        allowed_by=list(decision.allowed_by),
+        duration=format_duration(decision.duration) if decision.duration else None,
+        reason=decision.reason,
+        policy_sha256=sha,
+        checks=[
+            CheckStepOut(rule=c.rule, role=c.role, outcome=c.outcome, detail=c.detail)
+            for c in decision.checks
+        ],
+    )

@@ -1,0 +1,77 @@
+"""Health, who the daemon thinks you are, and the store's status."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from broker import __version__
+from broker.daemon.caller import Access
+from broker.daemon.routing import REGISTRY, Context, Empty, Out
+from broker.store import migrations
+
+
+class Health(Out):
+    ok: bool
+    version: str
+
+
+class WhoAmI(Out):
+    actor: str
+    unix_name: str | None
+    uid: int | None
+    principal: str | None
+    account: str | None
+    sid: str | None
+    operator: bool
+    directory_user: bool
+    problem: str | None
+
+
+class DbStatus(Out):
+    path: str
+    schema_: int = Field(alias="schema")
+    pending: list[int]
+    journal_mode: str
+    audit_events: int
+
+
+@REGISTRY.add(
+    "GET", "/v1/health", response=Health, access=Access.ANYONE, summary="Is the daemon up"
+)
+def health(ctx: Context[Empty]) -> Health:
+    return Health(ok=True, version=__version__)
+
+
+@REGISTRY.add(
+    "GET", "/v1/whoami", response=WhoAmI, access=Access.ANYONE, summary="The caller as identified"
+)
+def whoami(ctx: Context[Empty]) -> WhoAmI:
+    c = ctx.caller
+    return WhoAmI(
+        actor=c.actor,
+        unix_name=c.unix_name,
+        uid=c.uid,
+        principal=c.principal,
+        account=None if c.account is None else c.account.name,
+        sid=None if c.account is None else c.account.sid,
+        operator=c.operator,
+        directory_user=c.account is not None,
+        problem=c.problem,
+    )
+
+
+@REGISTRY.add(
+    "GET", "/v1/db/status", response=DbStatus, access=Access.OPERATOR, summary="The store"
+)
+def db_status(ctx: Context[Empty]) -> DbStatus:
+    store = ctx.app.store()
+    conn = store.conn
+    done = sorted(migrations.applied_numbers(conn))
+    events = conn.execute("SELECT count(*) FROM audit_events").fetchone()[0] if done else 0
+    return DbStatus(
+        path=str(store.path),
+        schema=done[-1] if done else 0,
+        pending=[m.number for m in migrations.pending(conn)],
+        journal_mode=conn.execute("PRAGMA journal_mode").fetchone()[0],
+        audit_events=events,
+    )

@@ -1,0 +1,219 @@
+"""`broker serve`: bind the socket, run a fixed pool of workers, stop cleanly on SIGTERM.
+
+Each worker thread owns its own App (and so its own SQLite connection): the
+store sees the same concurrency as several CLI processes had before, and no
+connection is ever shared between threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import socketserver
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from broker.app import App
+from broker.config.settings import Settings
+from broker.core.errors import UnavailableError
+from broker.core.timeutil import utcnow
+from broker.daemon import api  # noqa: F401 (registers the routes)
+from broker.daemon.caller import Caller, unix_caller
+from broker.daemon.http import RequestHandler, Service
+from broker.daemon.peer import peer_credentials
+from broker.daemon.routing import REGISTRY, Registry
+
+log = logging.getLogger("broker.daemon")
+
+
+class PooledServer(socketserver.BaseServer):
+    """A socketserver whose requests run on a fixed thread pool instead of a thread each."""
+
+    request_queue_size = 1024
+    allow_reuse_address = True
+    daemon_threads = True
+    service: Service
+    pool: ThreadPoolExecutor
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.pool.submit(self._work, request, client_address)
+
+    def _work(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("connection failed")
+
+
+class UnixServer(PooledServer, socketserver.UnixStreamServer):
+    pass
+
+
+class Workers:
+    """The per-thread Apps, built on first use and closed at shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+        self._apps: list[App] = []
+        self._lock = threading.Lock()
+
+    def app(self) -> App:
+        app: App | None = getattr(self._local, "app", None)
+        if app is None:
+            app = App(self.settings)
+            self._local.app = app
+            with self._lock:
+                self._apps.append(app)
+        return app
+
+    def close(self) -> None:
+        with self._lock:
+            for app in self._apps:
+                app.close()
+            self._apps.clear()
+
+
+def identify_unix(
+    workers: Workers, operator_group: str | None
+) -> Callable[[RequestHandler], Caller]:
+    def identify(handler: RequestHandler) -> Caller:
+        cred = peer_credentials(handler.connection)
+        app = workers.app()
+        now = utcnow()
+        return unix_caller(cred.uid, app.snapshot(now), operator_group, now)
+
+    return identify
+
+
+def _socket_in_use(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise
+    finally:
+        probe.close()
+    return True
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Refuse to start beside a running daemon; remove the socket a dead one left behind."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True)
+        path.parent.chmod(0o755)  # the umask is 077; callers must reach the socket
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise UnavailableError(
+            f"{path} exists and is not a socket", fix="remove it or set daemon.socket elsewhere"
+        )
+    if _socket_in_use(path):
+        raise UnavailableError(
+            f"another broker daemon is already serving on {path}",
+            fix="stop it first (systemctl stop broker)",
+        )
+    path.unlink()
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if there is one."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(message.encode("ascii"), address)
+
+
+@contextlib.contextmanager
+def running(
+    settings: Settings,
+    ready: Callable[[], None] | None = None,
+    registry: Registry = REGISTRY,
+) -> Iterator[UnixServer]:
+    """Start the daemon's listeners in background threads; stop them when the block ends."""
+    boot = App(settings)
+    try:
+        boot.ready_for_daemon(actor="daemon")
+    finally:
+        boot.close()
+    daemon = settings.daemon
+    workers = Workers(settings)
+    pool = ThreadPoolExecutor(max_workers=daemon.workers, thread_name_prefix="broker-worker")
+    prepare_socket_path(daemon.socket)
+    unix = UnixServer(str(daemon.socket), RequestHandler, bind_and_activate=False)
+    unix.pool = pool
+    unix.service = Service(
+        registry,
+        max_body=daemon.max_body,
+        request_timeout=daemon.request_timeout.total_seconds(),
+        identify=identify_unix(workers, daemon.operator_group),
+        app_for_thread=workers.app,
+    )
+    servers: list[socketserver.BaseServer] = [unix]
+    threads: list[threading.Thread] = []
+    try:
+        unix.server_bind()
+        # Any local user may connect; what they may do is decided per request from SO_PEERCRED.
+        os.chmod(daemon.socket, 0o666)  # noqa: S103 (a socket; access is per request)
+        unix.server_activate()
+        if daemon.listen is not None:
+            from broker.daemon.tls import tls_server
+
+            servers.append(tls_server(settings, pool, workers))
+        for server in servers:
+            thread = threading.Thread(target=server.serve_forever, name="broker-listener")
+            thread.start()
+            threads.append(thread)
+        log.info("broker daemon serving on %s", daemon.socket)
+        if ready is not None:
+            ready()
+        yield unix
+    finally:
+        for server in servers:
+            if threads:
+                server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        workers.close()
+        with contextlib.suppress(FileNotFoundError):
+            daemon.socket.unlink()
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with running(settings, ready=lambda: notify_systemd("READY=1")):
+        while not stop.wait(1.0):
+            pass
+        notify_systemd("STOPPING=1")

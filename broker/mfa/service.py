@@ -1,0 +1,206 @@
+"""MFA flows over the store: enroll, activate, verify, recovery codes, reset, status.
+
+Every state change runs in one `Store.transaction()` (BEGIN IMMEDIATE) with
+its audit event, so reading `last_step` and writing the accepted one cannot
+interleave with another process: a code is accepted once, even across
+restarts. Refusals are committed (failure, audit, maybe a lock) before they
+are raised. Secrets and codes never reach audit details, messages or reprs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+import pyotp
+
+from broker.audit import writer
+from broker.core.errors import RefusedError
+from broker.core.timeutil import from_text
+from broker.mfa import attempts, codes, recovery, rows, sealing
+from broker.mfa.attempts import Attempt
+from broker.mfa.model import Enrollment, MfaIdentity, MfaRules, MfaStatus
+from broker.store.db import Store
+
+__all__ = [
+    "Enrollment",
+    "MfaIdentity",
+    "MfaRules",
+    "MfaStatus",
+    "activate",
+    "begin_enrollment",
+    "reset",
+    "status",
+    "use_recovery_code",
+    "verify",
+]
+
+
+def status(
+    conn: sqlite3.Connection, *, ident: MfaIdentity, now: datetime, rules: MfaRules | None = None
+) -> MfaStatus:
+    """What `broker mfa status` shows; reads only."""
+    window = (rules or MfaRules()).failure_window
+    factor = rows.factor(conn, ident.sid)
+    lock = rows.active_lock(conn, ident.sid, now)
+    active = factor is not None and factor.state == "active"
+    return MfaStatus(
+        enrolled=active,
+        pending=factor is not None and factor.state == "pending",
+        activated_at=from_text(factor.activated_at) if factor and factor.activated_at else None,
+        last_used_at=from_text(factor.last_used_at) if factor and factor.last_used_at else None,
+        recovery_codes_left=rows.recovery_left(conn, ident.sid) if active else 0,
+        locked_until=lock.until if lock else None,
+        recent_failures=rows.recent_failures(conn, ident.sid, now, window),
+    )
+
+
+def begin_enrollment(
+    store: Store, *, key: bytes, ident: MfaIdentity, rules: MfaRules, actor: str, now: datetime
+) -> Enrollment:
+    """A new pending secret (replacing an older pending one); refused over an active factor."""
+    secret = str(pyotp.random_base32(32))
+    sealed = sealing.seal(key, secret.encode("ascii"), ident.sid.encode("utf-8"))
+    enrollment = Enrollment(secret, codes.provisioning_uri(secret, ident.name, rules.issuer))
+    attempt = Attempt(ident, rules, actor, now, "mfa.enroll.start")
+
+    def body(conn: sqlite3.Connection) -> Enrollment | RefusedError:
+        factor = rows.factor(conn, ident.sid)
+        if factor is not None and factor.state == "active":
+            error = RefusedError(
+                f"MFA is already enrolled for {ident.name}",
+                fix=f"an operator can reset it with `broker mfa reset {ident.name}`",
+            )
+            return attempts.refuse(conn, attempt, "already enrolled", error, count=False)
+        rows.put_pending(conn, ident.sid, ident.name, sealed, now)
+        writer.record(conn, attempt.audit("ok"), now)
+        return enrollment
+
+    return attempts.committed(store, body)
+
+
+def _plausible_activation(store: Store, ident: MfaIdentity, code: str, now: datetime) -> bool:
+    """A cheap read-only guess whether activation can succeed (worth hashing codes for)."""
+    try:
+        codes.parse_code(code)
+    except RefusedError:
+        return False
+    factor = rows.factor(store.conn, ident.sid)
+    pending = factor is not None and factor.state == "pending"
+    return pending and rows.active_lock(store.conn, ident.sid, now) is None
+
+
+def activate(
+    store: Store,
+    *,
+    key: bytes,
+    ident: MfaIdentity,
+    code: str,
+    rules: MfaRules,
+    actor: str,
+    now: datetime,
+) -> list[str]:
+    """Activate the pending factor with a first code; the 10 recovery codes, shown once."""
+    fresh = recovery.generate()
+    # scrypt takes ~30 ms a code: hash before taking the write lock, when it looks worth it.
+    hashes = (
+        [recovery.hash_code(c) for c in fresh]
+        if _plausible_activation(store, ident, code, now)
+        else None
+    )
+    attempt = Attempt(ident, rules, actor, now, "mfa.enroll.activate")
+
+    def body(conn: sqlite3.Connection) -> list[str] | RefusedError:
+        step = attempts.totp_step(conn, key, code, attempt, "pending")
+        if isinstance(step, RefusedError):
+            return step
+        stored = hashes if hashes is not None else [recovery.hash_code(c) for c in fresh]
+        rows.activate(conn, ident.sid, step, now, stored)
+        writer.record(conn, attempt.audit("ok", recovery_codes=len(stored)), now)
+        return fresh
+
+    return attempts.committed(store, body)
+
+
+def verify(
+    store: Store,
+    *,
+    key: bytes,
+    ident: MfaIdentity,
+    code: str,
+    rules: MfaRules,
+    actor: str,
+    now: datetime,
+    purpose: str,
+) -> int:
+    """Accept a TOTP code once; the accepted time step. Refusals are counted and audited."""
+    attempt = Attempt(ident, rules, actor, now, "mfa.verify", purpose)
+
+    def body(conn: sqlite3.Connection) -> int | RefusedError:
+        step = attempts.totp_step(conn, key, code, attempt, "active")
+        if isinstance(step, RefusedError):
+            return step
+        rows.accept_step(conn, ident.sid, step, now)
+        writer.record(conn, attempt.audit("ok"), now)
+        return step
+
+    return attempts.committed(store, body)
+
+
+def use_recovery_code(
+    store: Store,
+    *,
+    ident: MfaIdentity,
+    code: str,
+    rules: MfaRules,
+    actor: str,
+    now: datetime,
+    purpose: str | None = None,
+) -> int:
+    """Accept one unused recovery code, once; how many are left."""
+    try:
+        canonical: str | None = recovery.normalise(code)
+        malformed: RefusedError | None = None
+    except RefusedError as exc:
+        canonical, malformed = None, exc
+    # scrypt outside the write lock; the UPDATE below re-checks the row is still unused.
+    matched: tuple[int, str] | None = None
+    if canonical is not None:
+        for idx, digest in rows.unused_recovery(store.conn, ident.sid):
+            if recovery.matches(canonical, digest):  # every row is hashed: no early exit
+                matched = (idx, digest)
+    attempt = Attempt(ident, rules, actor, now, "mfa.recovery.use", purpose)
+
+    def body(conn: sqlite3.Connection) -> int | RefusedError:
+        locked = attempts.refuse_if_locked(conn, attempt)
+        if locked is not None:
+            return locked
+        factor = rows.factor(conn, ident.sid)
+        if factor is None or factor.state != "active":
+            missing = RefusedError(
+                f"MFA is not enrolled for {ident.name}", fix="enroll with `broker mfa enroll`"
+            )
+            return attempts.refuse(conn, attempt, "not enrolled", missing, count=False)
+        if malformed is not None:
+            return attempts.refuse(conn, attempt, "malformed recovery code", malformed, count=True)
+        if matched is None or not rows.use_recovery(conn, ident.sid, *matched, now):
+            wrong = RefusedError(
+                "wrong or already used recovery code", fix="each code works once; try another"
+            )
+            return attempts.refuse(conn, attempt, "wrong recovery code", wrong, count=True)
+        left = rows.recovery_left(conn, ident.sid)
+        writer.record(conn, attempt.audit("ok", left=left), now)
+        return left
+
+    return attempts.committed(store, body)
+
+
+def reset(store: Store, *, ident: MfaIdentity, actor: str, now: datetime) -> bool:
+    """Remove the factor, recovery codes, failures and lock (operator); whether any existed."""
+    with store.transaction() as conn:
+        removed = rows.delete_all(conn, ident.sid)
+        event = writer.EventInput(
+            actor, "mfa.reset", ident.name, details={"sid": ident.sid, "removed": removed}
+        )
+        writer.record(conn, event, now)
+    return removed
