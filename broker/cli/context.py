@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from broker.app import App
 from broker.client.client import Client
 from broker.client.transport import Target
 from broker.config.loader import DEFAULT_CONFIG, ENV_VAR, config_path, load_settings
 from broker.config.settings import DaemonSection, Settings
+
+if TYPE_CHECKING:
+    from broker.app import App  # heavy (directory, fleet, policy): only bootstrap commands need it
 
 
 @dataclass
@@ -32,6 +35,8 @@ class CliState:
 
     def app(self) -> App:
         if self._app is None:
+            from broker.app import App
+
             self._app = App(self.settings())
         return self._app
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from broker.app import local_actor
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client, state
 from broker.store import migrations
@@ -18,6 +17,8 @@ def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
     Run as root or the service user on the broker host; idempotent.
     """
+    from broker.app import local_actor
+
     applied = state(ctx).app().migrate(local_actor())
     if json_out:
         output.print_json({"applied": applied, "version": migrations.latest()})

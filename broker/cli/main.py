@@ -14,7 +14,6 @@ from pathlib import Path
 import typer
 
 from broker import __version__
-from broker.app import local_actor
 from broker.cli import (
     accounts_cmds,
     audit_cmds,
@@ -87,6 +86,8 @@ def main(
 @app.command()
 def init(ctx: typer.Context) -> None:
     """Create the state directory, the audit signing key, the SSH key and the schema (idempotent)."""
+    from broker.app import local_actor
+
     result = state(ctx).app().init(local_actor())
     for path in result.created:
         output.say(f"created {path}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import segno
 import typer
 
 from broker.cli import output
@@ -33,6 +32,8 @@ def _prompt(label: str) -> str:
 
 
 def _show_qr(uri: str) -> None:
+    import segno
+
     qr = segno.make(uri, error="m")
     qr.terminal(out=sys.stdout, compact=True)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.core.errors import EXIT_FAILED, EXIT_UNAVAILABLE
 from broker.core.hostlist import expand, fold
-from broker.fleet.probe import NodeProbe
 
 app = typer.Typer(help="Cluster nodes.", no_args_is_help=True)
 
@@ -28,17 +29,17 @@ def ping(
     """
     names = expand(nodes)
     with output.err.status(f"probing {len(names)} nodes through the broker daemon"):
-        probes = [NodeProbe(**p) for p in client(ctx).post("/v1/nodes/ping", {"nodes": nodes})]
+        probes: list[dict[str, Any]] = client(ctx).post("/v1/nodes/ping", {"nodes": nodes})
     if json_out:
-        output.print_json([p.__dict__ for p in probes])
+        output.print_json(probes)
     else:
         output.table(
             None,
             ["node", "reachable", "hostname", "skew (s)", "ms", "problem"],
             [_row(p) for p in probes],
         )
-    down = [p.node for p in probes if not p.reachable]
-    wrong = [p.node for p in probes if p.reachable and not _sane(p)]
+    down = [p["node"] for p in probes if not p["reachable"]]
+    wrong = [p["node"] for p in probes if p["reachable"] and not _sane(p)]
     if down:
         output.fail(f"unreachable: {fold(down)}")
         raise typer.Exit(EXIT_UNAVAILABLE)
@@ -49,22 +50,22 @@ def ping(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _sane(probe: NodeProbe) -> bool:
-    short = (probe.hostname or "").split(".")[0]
+def _sane(probe: dict[str, Any]) -> bool:
+    short = (probe["hostname"] or "").split(".")[0]
     return (
-        probe.skew_s is not None
-        and abs(probe.skew_s) <= MAX_SKEW_S
-        and short == probe.node.split(".")[0]
+        probe["skew_s"] is not None
+        and abs(probe["skew_s"]) <= MAX_SKEW_S
+        and short == probe["node"].split(".")[0]
     )
 
 
-def _row(p: NodeProbe) -> list[object]:
-    skew = "" if p.skew_s is None else f"{p.skew_s:+.3f}"
+def _row(p: dict[str, Any]) -> list[object]:
+    skew = "" if p["skew_s"] is None else f"{p['skew_s']:+.3f}"
     return [
-        p.node,
-        "yes" if p.reachable else "NO",
-        p.hostname or "",
+        p["node"],
+        "yes" if p["reachable"] else "NO",
+        p["hostname"] or "",
         skew,
-        f"{p.elapsed_ms:.0f}",
-        p.error or "",
+        f"{p['elapsed_ms']:.0f}",
+        p["error"] or "",
     ]

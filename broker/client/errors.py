@@ -5,24 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from broker.core.errors import (
+    BadRequestError,
     BrokerError,
     ConfigError,
     FailedError,
     RefusedError,
     UnavailableError,
-    UsageError,
 )
 
 _KINDS: dict[str, type[BrokerError]] = {
-    "usage": UsageError,
+    "usage": BadRequestError,
     "config": ConfigError,
     "refused": RefusedError,
     "unauthorized": RefusedError,
-    "not_found": UsageError,
-    "method": UsageError,
-    "length": UsageError,
-    "too_large": UsageError,
-    "media_type": UsageError,
+    "not_found": BadRequestError,
+    "method": BadRequestError,
+    "length": BadRequestError,
+    "too_large": BadRequestError,
+    "media_type": BadRequestError,
     "failed": FailedError,
     "internal": FailedError,
     "unavailable": UnavailableError,

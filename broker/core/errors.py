@@ -59,3 +59,9 @@ class UnavailableError(BrokerError):
 
 class IntegrityError(RefusedError):
     """Stored state failed an integrity check; the broker refuses to trust it."""
+
+
+class BadRequestError(RefusedError):
+    """The daemon refused a request it could not accept as sent (malformed, oversized,
+    outside an allow-list): refused, exit 1, as the API contract says; the CLI's own
+    argument errors stay UsageError (exit 2)."""

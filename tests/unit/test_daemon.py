@@ -249,15 +249,18 @@ def test_oversized_and_chunked_bodies_are_refused_unread(daemon: Path, settings:
         daemon, "POST", "/v1/directory/sync", big, {"Content-Type": "application/json"}
     )
     assert_error(status, body, 413, "too_large")
-    conn = UnixConnection(daemon, timeout=10)
-    conn.putrequest("POST", "/v1/directory/sync")
-    conn.putheader("Transfer-Encoding", "chunked")
-    conn.putheader("Content-Type", "application/json")
-    conn.endheaders()
-    conn.send(b"2\r\n{}\r\n0\r\n\r\n")
-    response = conn.getresponse()
-    assert_error(response.status, json.loads(response.read()), 411, "length")
-    conn.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(str(daemon))
+        raw.sendall(
+            b"POST /v1/directory/sync HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        )
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 411 ")
+    assert_error(411, json.loads(body), 411, "length")
 
 
 def test_a_client_that_stalls_is_dropped_and_others_are_served(settings: Settings) -> None:

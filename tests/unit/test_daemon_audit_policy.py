@@ -16,7 +16,7 @@ from broker.audit.query import PAGE_MAX
 from broker.client.client import Client
 from broker.client.transport import Target
 from broker.config.loader import load_settings
-from broker.core.errors import RefusedError, UsageError
+from broker.core.errors import BadRequestError, RefusedError, UsageError
 from broker.core.timeutil import utcnow
 from broker.daemon import api  # noqa: F401 (registers the routes)
 from broker.daemon.api import policy as policy_api
@@ -169,17 +169,17 @@ def test_raw_requests_are_refused_and_the_daemon_keeps_serving(daemon: Path) -> 
         {"text": "", "source": "p\u202etoml"},
         {"text": "x", "source": "p.toml", "extra": True},
     ):
-        with pytest.raises(UsageError, match="invalid request"):
+        with pytest.raises(BadRequestError, match="invalid request"):
             c.post("/v1/policy/check", body)
-    with pytest.raises(UsageError, match="exceeds 2097152 bytes"):
+    with pytest.raises(BadRequestError, match="exceeds 2097152 bytes"):
         c.post("/v1/policy/check", {"text": "x" * 2_100_000, "source": "p.toml"})
-    with pytest.raises(UsageError, match="invalid request: text"):
+    with pytest.raises(BadRequestError, match="invalid request: text"):
         c.post("/v1/policy/check", {"text": "x" * 1_100_000, "source": "p.toml"})
-    with pytest.raises(UsageError, match="invalid request: action"):
+    with pytest.raises(BadRequestError, match="invalid request: action"):
         c.get("/v1/audit/events", action="*' OR 1=1")
-    with pytest.raises(UsageError, match="invalid request: since"):
+    with pytest.raises(BadRequestError, match="invalid request: since"):
         c.get("/v1/audit/events", since="yesterday")
-    with pytest.raises(UsageError, match="not allowed"):
+    with pytest.raises(BadRequestError, match="not allowed"):
         c.post("/v1/audit/verify")
     assert c.get("/v1/audit/verify")["ok"] is True
 
