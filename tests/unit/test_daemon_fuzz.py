@@ -11,9 +11,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from broker.config.loader import load_settings
 from broker.daemon.routing import REGISTRY, Route
@@ -59,10 +60,13 @@ def _check(status: int, body: Any) -> None:
         assert 'File "' not in body["error"]["message"]
 
 
-_SAFE = [r for r in REGISTRY.routes if r.path not in ("/v1/directory/sync", "/v1/directory/ping")]
+# Every endpoint. The test config has no [directory] section, so directory calls stop at
+# the daemon's configuration check; a body that would make /v1/nodes/ping really dial
+# SSH (a valid hostlist) is skipped, since tests only ever talk to loopback.
+_DIALS = {"/v1/nodes/ping"}
 
 
-@pytest.mark.parametrize("route", _SAFE, ids=lambda r: f"{r.method} {r.path}")
+@pytest.mark.parametrize("route", REGISTRY.routes, ids=lambda r: f"{r.method} {r.path}")
 @hsettings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -77,6 +81,13 @@ def test_random_input_never_crashes_an_endpoint(
                 segment, quote(data.draw(st.text(min_size=1, max_size=30)), safe="")
             )
     body = data.draw(_body_for(route))
+    if route.path in _DIALS:
+        try:
+            route.request.model_validate(body)
+        except ValidationError:
+            pass
+        else:
+            assume(False)
     if route.method == "GET":
         query = "&".join(
             f"{quote(str(k), safe='')}={quote(json.dumps(v), safe='')}" for k, v in body.items()
