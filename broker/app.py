@@ -121,6 +121,16 @@ class App:
         for path in (self.settings.signing_key,):
             if not path.exists():
                 raise UnavailableError(f"{path} is missing", fix="run `broker init`")
+        copy = self.settings.audit.checkpoint_copy
+        if copy is not None:
+            target = copy if copy.exists() else copy.parent
+            if not os.access(target, os.W_OK):
+                # Under broker.service only /var/lib/broker is writable: a copy elsewhere
+                # would fail at every seal, quietly. Refuse to start instead.
+                raise UnavailableError(
+                    f"audit.checkpoint_copy {copy}: {target} is not writable by the daemon",
+                    fix=f"allow it: `systemctl edit broker`, add ReadWritePaths={copy.parent}",
+                )
         return self.migrate(actor)
 
     def _make_sealer(self) -> writer.Sealer:

@@ -34,17 +34,20 @@ class Client:
         headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        auth = self.target.auth_header()
-        if auth is not None:
-            headers["Authorization"] = auth
+        negotiator = self.target.negotiator()
         conn = self.target.connection(self.timeout)
         try:
             try:
+                if negotiator is not None:
+                    conn.connect()  # the Kerberos token is bound to this TLS channel
+                    headers["Authorization"] = negotiator.header(conn)
                 # The daemon may refuse before reading everything; its answer is still there.
                 with contextlib.suppress(BrokenPipeError):
                     conn.request(method, path, body=payload, headers=headers)
                 response = conn.getresponse()
                 raw = response.read()
+                if negotiator is not None and response.status != 401:
+                    negotiator.confirm(response.getheader("WWW-Authenticate"))
             except ssl.SSLError as exc:
                 raise UnavailableError(
                     f"TLS to the broker at {self.target.describe()} failed: {exc.reason}",

@@ -7,8 +7,10 @@ import http.client
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from broker.core.channel import end_point_binding
 from broker.core.errors import UnavailableError, UsageError
 
 SPNEGO_OID = "1.3.6.1.5.5.2"
@@ -66,18 +68,41 @@ class Target:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=context)
 
-    def auth_header(self) -> str | None:
-        """`Negotiate <token>` from the caller's own Kerberos ticket (TLS targets only)."""
-        if self.url is None:
-            return None
+    def negotiator(self) -> Negotiator | None:
+        """Kerberos for a TLS target (None on the Unix socket, where the kernel vouches)."""
+        return None if self.url is None else Negotiator(self.host)
+
+
+class Negotiator:
+    """One SPNEGO exchange with the caller's own ticket, bound to the TLS channel, and the
+    check that the broker's reply proves it holds the HTTP/ key (mutual authentication)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self._context: Any = None
+
+    def header(self, conn: http.client.HTTPConnection) -> str:
         import gssapi
 
+        sock = conn.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            raise UnavailableError("Kerberos to the broker needs its TLS connection first")
+        cert = sock.getpeercert(binary_form=True)
+        if cert is None:
+            raise UnavailableError("the broker presented no TLS certificate")
         try:
             name = gssapi.Name(f"HTTP@{self.host}", gssapi.NameType.hostbased_service)
-            context = gssapi.SecurityContext(
-                name=name, usage="initiate", mech=gssapi.OID.from_int_seq(SPNEGO_OID)
+            self._context = gssapi.SecurityContext(
+                name=name,
+                usage="initiate",
+                mech=gssapi.OID.from_int_seq(SPNEGO_OID),
+                flags=gssapi.RequirementFlag.mutual_authentication
+                | gssapi.RequirementFlag.out_of_sequence_detection,
+                channel_bindings=gssapi.raw.ChannelBindings(
+                    application_data=end_point_binding(cert)
+                ),
             )
-            token = context.step()
+            token = self._context.step()
         except gssapi.raw.GSSError as exc:
             raise UnavailableError(
                 f"no Kerberos ticket for HTTP/{self.host}: {_gss_text(exc)}",
@@ -86,6 +111,28 @@ class Target:
         if token is None:
             raise UnavailableError("Kerberos produced no token for the broker")
         return "Negotiate " + base64.b64encode(token).decode("ascii")
+
+    def confirm(self, header: str | None) -> None:
+        """Refuse an answer from a server that did not prove it is the broker."""
+        import gssapi
+
+        if header is None or not header.startswith("Negotiate ") or self._context is None:
+            raise UnavailableError(
+                f"the server at {self.host} did not prove it is the broker "
+                "(no Kerberos reply to mutual authentication)",
+                fix="check the URL; this may not be the broker",
+            )
+        try:
+            self._context.step(base64.b64decode(header[len("Negotiate ") :], validate=True))
+        except (gssapi.raw.GSSError, ValueError):
+            raise UnavailableError(
+                f"the server at {self.host} failed Kerberos mutual authentication",
+                fix="check the URL; this may not be the broker",
+            ) from None
+        if not self._context.complete:
+            raise UnavailableError(
+                f"Kerberos mutual authentication with {self.host} did not finish"
+            )
 
 
 def _gss_text(exc: Exception) -> str:

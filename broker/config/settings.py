@@ -242,11 +242,12 @@ class DaemonSection(_Section):
             self.tls_cert,
             self.tls_key,
             self.http_keytab,
+            self.http_principal,
             self.realm,
         ):
             raise ValueError(
-                "daemon.listen needs daemon.tls_cert, daemon.tls_key, daemon.http_keytab "
-                "and daemon.realm"
+                "daemon.listen needs daemon.tls_cert, daemon.tls_key, daemon.http_keytab, "
+                "daemon.http_principal and daemon.realm"
             )
         return self
 

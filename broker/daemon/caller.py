@@ -9,14 +9,21 @@ Kerberos callers are matched by principal within the configured realm.
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
 from broker.core.errors import RefusedError
-from broker.core.identity import Account, Snapshot, normalise_account_name
+from broker.core.identity import Account, Snapshot, fold_name
+
+log = logging.getLogger("broker.daemon")
+
+# A sAMAccountName as it appears in a principal: no instance, escape, realm or control mark.
+_PRINCIPAL_USER = re.compile(r'^[^\x00-\x1f\x7f\\\\@/"\[\]:;|=,+*?<>]{1,256}$')
 
 
 class Access(Enum):
@@ -73,17 +80,20 @@ def unix_name(uid: int) -> str | None:
 
 def in_operator_group(name: str | None, uid: int, group: str | None) -> bool:
     """Root and the daemon's own service user always; otherwise members (primary or
-    supplementary) of the configured group."""
+    supplementary) of the configured group. The name must resolve back to the same uid:
+    when a local and a directory account share a name, neither borrows the other's groups."""
     if uid in (0, os.getuid()):
         return True
     if group is None or name is None:
         return False
     try:
         gid = grp.getgrnam(group).gr_gid
-        primary = pwd.getpwnam(name).pw_gid
+        entry = pwd.getpwnam(name)
     except KeyError:
         return False
-    return gid in os.getgrouplist(name, primary)
+    if entry.pw_uid != uid:
+        return False
+    return gid in os.getgrouplist(name, entry.pw_gid)
 
 
 def directory_account(
@@ -94,7 +104,9 @@ def directory_account(
     if account is None:
         return None, f"no account {name!r} in the directory snapshot"
     if uid is not None and account.uid != uid:
-        return None, f"the local uid {uid} is not the directory's uid for {account.name}"
+        # Said only in the daemon's log: the caller learns no other account's uid.
+        log.info("uid %d uses the name of directory account %s (uid %d)", uid, name, account.uid)
+        return None, "the local account is not the directory account of that name"
     if not account.eligible:
         why = account.problem or account.state
         return None, f"the account {account.name} is {why}"
@@ -131,12 +143,14 @@ def kerberos_caller(principal: str, realm: str, snapshot: Snapshot | None) -> Ca
     user, _, principal_realm = principal.rpartition("@")
     account: Account | None = None
     problem: str | None
-    if principal_realm != realm or not user or "/" in user:
-        problem = f"the principal {principal} is not a user of the realm {realm}"
+    if principal_realm != realm or not _PRINCIPAL_USER.fullmatch(user):
+        # Instances (a/b), escaped characters (a backslash, \@, \t) and enterprise names are
+        # not users: the exact name is compared, never a normalised form of it.
+        problem = f"the principal {principal!r} is not a user of the realm {realm}"
     elif snapshot is None:
         problem = "there is no directory snapshot yet"
     else:
-        account, problem = directory_account(snapshot, normalise_account_name(user), uid=None)
+        account, problem = directory_account(snapshot, fold_name(user), uid=None)
     return Caller(
         actor=f"krb:{principal}",
         unix_name=None,

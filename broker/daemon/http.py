@@ -9,6 +9,7 @@ incident number; the traceback goes to the daemon's log only.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
@@ -114,17 +115,26 @@ class RequestHandler(BaseHTTPRequestHandler):
     server_version = "broker"
     sys_version = ""
 
+    auth_reply: bytes | None = None  # the Kerberos acceptor's reply token (TLS listener)
+
     def setup(self) -> None:
         self.service: Service = getattr(self.server, "service")  # noqa: B009 (set by the server)
         # A client that stalls mid-request is dropped after this long (no slowloris).
         self.request.settimeout(self.service.request_timeout)
         super().setup()
 
+    # Logs never carry the request line or the query string: they could hold a secret.
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address, *args)
+        log.debug("%s %s", getattr(self, "command", "-"), self._where())
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug("%s %s -> %s", getattr(self, "command", "-"), self._where(), code)
 
     def log_error(self, format: str, *args: Any) -> None:
-        log.info("request error: " + format, *args)
+        log.info("malformed HTTP request refused (%s)", self._where() or "no path")
+
+    def _where(self) -> str:
+        return urlsplit(getattr(self, "path", "") or "").path[:200]
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -152,7 +162,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             status, payload = errors.STATUS[kind], errors.body(kind, exc.message, exc.fix)
         except Exception:  # the daemon keeps serving; the client learns only an incident id
             incident = secrets.token_hex(4)
-            log.exception("incident %s: %s %s failed", incident, method, self.path[:200])
+            log.exception("incident %s: %s %s failed", incident, method, self._where())
             status, payload = (
                 500,
                 errors.body(
@@ -173,6 +183,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             if status == 401:
                 self.send_header("WWW-Authenticate", "Negotiate")
+            elif self.auth_reply:
+                reply = base64.b64encode(self.auth_reply).decode("ascii")
+                self.send_header("WWW-Authenticate", f"Negotiate {reply}")
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -225,8 +238,16 @@ class RequestHandler(BaseHTTPRequestHandler):
             if known:
                 raise errors.HttpError("method", f"{method} is not allowed on {split.path[:200]}")
             raise errors.HttpError("not_found", f"no API endpoint {split.path[:200]}")
+        if split.query and method != "GET":
+            raise errors.HttpError(
+                "usage", "parameters of this request go in its JSON body, not in the URL"
+            )
         data = parse_query(split.query) if split.query else {}
         body = self._read_body()
+        # The whole request has arrived: from here the handler's own work sets the pace.
+        deadlines = getattr(self.server, "deadlines", None)
+        if deadlines is not None:
+            deadlines.release()
         if body:
             if data:
                 raise errors.HttpError(

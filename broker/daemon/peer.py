@@ -10,7 +10,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-_UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+_UCRED = struct.Struct("iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; } (ids unsigned)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import socket
 import socketserver
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -27,6 +27,7 @@ from broker.config.settings import Settings
 from broker.core.errors import UnavailableError
 from broker.core.timeutil import utcnow
 from broker.daemon import api  # noqa: F401 (registers the routes)
+from broker.daemon.admission import Admission, Deadlines, refuse_busy
 from broker.daemon.caller import Caller, unix_caller
 from broker.daemon.http import RequestHandler, Service
 from broker.daemon.peer import peer_credentials
@@ -36,23 +37,44 @@ log = logging.getLogger("broker.daemon")
 
 
 class PooledServer(socketserver.BaseServer):
-    """A socketserver whose requests run on a fixed thread pool instead of a thread each."""
+    """A socketserver whose requests run on a fixed thread pool, with admission caps per
+    peer and a deadline for receiving each request (see admission.py)."""
 
     request_queue_size = 1024
     allow_reuse_address = True
     daemon_threads = True
     service: Service
     pool: ThreadPoolExecutor
+    admission: Admission
+    deadlines: Deadlines
+
+    def peer_key(self, request: Any, client_address: Any) -> Hashable:
+        raise NotImplementedError
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self.pool.submit(self._work, request, client_address)
+        try:
+            peer = self.peer_key(request, client_address)
+        except OSError:
+            self.shutdown_request(request)
+            return
+        if not self.admission.enter(peer):
+            refuse_busy(request)
+            return
+        try:
+            self.pool.submit(self._work, request, client_address, peer)
+        except RuntimeError:  # the pool is shutting down
+            self.admission.leave(peer)
+            self.shutdown_request(request)
 
-    def _work(self, request: Any, client_address: Any) -> None:
+    def _work(self, request: Any, client_address: Any, peer: Hashable) -> None:
+        self.deadlines.track(request, self.service.request_timeout)
         try:
             self.finish_request(request, client_address)
         except Exception:
             log.exception("connection failed")
         finally:
+            self.deadlines.release()
+            self.admission.leave(peer)
             self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -60,7 +82,8 @@ class PooledServer(socketserver.BaseServer):
 
 
 class UnixServer(PooledServer, socketserver.UnixStreamServer):
-    pass
+    def peer_key(self, request: Any, client_address: Any) -> Hashable:
+        return ("uid", peer_credentials(request).uid)
 
 
 class Workers:
@@ -160,9 +183,16 @@ def running(
     daemon = settings.daemon
     workers = Workers(settings)
     pool = ThreadPoolExecutor(max_workers=daemon.workers, thread_name_prefix="broker-worker")
+    deadlines = Deadlines()
     prepare_socket_path(daemon.socket)
     unix = UnixServer(str(daemon.socket), RequestHandler, bind_and_activate=False)
     unix.pool = pool
+    unix.deadlines = deadlines
+    unix.admission = Admission(
+        total=daemon.workers * 8,
+        per_peer=max(1, daemon.workers // 4),
+        exempt=frozenset({("uid", 0), ("uid", os.getuid())}),
+    )
     unix.service = Service(
         registry,
         max_body=daemon.max_body,
@@ -180,7 +210,7 @@ def running(
         if daemon.listen is not None:
             from broker.daemon.tls import tls_server
 
-            servers.append(tls_server(settings, pool, workers))
+            servers.append(tls_server(settings, workers, deadlines))
         for server in servers:
             thread = threading.Thread(target=server.serve_forever, name="broker-listener")
             thread.start()
@@ -196,7 +226,12 @@ def running(
             server.server_close()
         for thread in threads:
             thread.join()
+        deadlines.expire_all()  # clients still sending their request are let go now
+        for server in servers:
+            if isinstance(server, PooledServer) and server.pool is not pool:
+                server.pool.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
+        deadlines.close()
         workers.close()
         with contextlib.suppress(FileNotFoundError):
             daemon.socket.unlink()

@@ -14,20 +14,26 @@ import logging
 import socket
 import socketserver
 import ssl
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import gssapi
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from broker.config.settings import Settings
+from broker.core.channel import end_point_binding
 from broker.core.timeutil import utcnow
 from broker.daemon import errors
+from broker.daemon.admission import Admission
 from broker.daemon.caller import Caller, kerberos_caller
 from broker.daemon.http import RequestHandler, Service
 from broker.daemon.routing import REGISTRY
 from broker.daemon.server import PooledServer
 
 if TYPE_CHECKING:
+    from broker.daemon.admission import Deadlines
     from broker.daemon.server import Workers
 
 log = logging.getLogger("broker.daemon")
@@ -36,10 +42,14 @@ MAX_TOKEN = 48 * 1024
 
 
 class TlsServer(PooledServer, socketserver.TCPServer):
-    """TLS is negotiated on the worker thread, so a slow handshake never blocks accept()."""
+    """TLS is negotiated on the worker thread, so a slow handshake never blocks accept();
+    the handshake counts against the request's deadline."""
 
     context: ssl.SSLContext
     handshake_timeout: float
+
+    def peer_key(self, request: Any, client_address: Any) -> Hashable:
+        return ("ip", client_address[0])
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(self.handshake_timeout)
@@ -72,8 +82,17 @@ def acceptor_credentials(settings: Settings) -> gssapi.Credentials:
     return gssapi.Credentials(name=name, usage="accept", store={"keytab": str(daemon.http_keytab)})
 
 
-def negotiate(header: str | None, settings: Settings) -> str:
-    """The initiator's principal from an `Authorization: Negotiate` header, or 401."""
+def certificate_binding(settings: Settings) -> bytes:
+    """The channel-binding data of our own certificate (the first one in tls_cert)."""
+    assert settings.daemon.tls_cert is not None
+    pem = settings.daemon.tls_cert.read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    return end_point_binding(cert.public_bytes(serialization.Encoding.DER))
+
+
+def negotiate(header: str | None, settings: Settings, binding: bytes) -> tuple[str, bytes | None]:
+    """The initiator's principal from an `Authorization: Negotiate` header, bound to our TLS
+    certificate, and the reply token that proves us to the client (mutual authentication)."""
     if header is None or not header.startswith("Negotiate "):
         raise errors.HttpError(
             "unauthorized",
@@ -88,8 +107,12 @@ def negotiate(header: str | None, settings: Settings) -> str:
     except (binascii.Error, ValueError):
         raise errors.HttpError("unauthorized", "the Negotiate token is not base64") from None
     try:
-        context = gssapi.SecurityContext(creds=acceptor_credentials(settings), usage="accept")
-        context.step(token)
+        context = gssapi.SecurityContext(
+            creds=acceptor_credentials(settings),
+            usage="accept",
+            channel_bindings=gssapi.raw.ChannelBindings(application_data=binding),
+        )
+        reply = context.step(token)
     except gssapi.raw.GSSError as exc:
         log.info("Kerberos authentication refused: %s", " ".join(str(exc).split())[:300])
         raise errors.HttpError(
@@ -99,21 +122,23 @@ def negotiate(header: str | None, settings: Settings) -> str:
         ) from None
     if not context.complete:
         raise errors.HttpError("unauthorized", "Kerberos authentication needs more than one step")
-    return str(context.initiator_name)
+    return str(context.initiator_name), reply
 
 
 def identify_kerberos(settings: Settings, workers: Workers) -> Any:
     realm = settings.daemon.realm or ""
+    binding = certificate_binding(settings)
 
     def identify(handler: RequestHandler) -> Caller:
-        principal = negotiate(handler.headers.get("Authorization"), settings)
+        principal, reply = negotiate(handler.headers.get("Authorization"), settings, binding)
+        handler.auth_reply = reply
         now = utcnow()
         return kerberos_caller(principal, realm, workers.app().snapshot(now))
 
     return identify
 
 
-def tls_server(settings: Settings, pool: ThreadPoolExecutor, workers: Workers) -> TlsServer:
+def tls_server(settings: Settings, workers: Workers, deadlines: Deadlines) -> TlsServer:
     daemon = settings.daemon
     assert daemon.listen is not None
     host, _, port = daemon.listen.rpartition(":")
@@ -123,7 +148,11 @@ def tls_server(settings: Settings, pool: ThreadPoolExecutor, workers: Workers) -
     server = TlsServer((host, int(port)), RequestHandler, bind_and_activate=True)
     server.context = server_context(settings)
     server.handshake_timeout = daemon.request_timeout.total_seconds()
-    server.pool = pool
+    # Its own, smaller pool: network clients never take the workers the local socket needs.
+    size = max(2, daemon.workers // 2)
+    server.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="broker-tls")
+    server.deadlines = deadlines
+    server.admission = Admission(total=size * 4, per_peer=4, exempt=frozenset())
     server.service = Service(
         REGISTRY,
         max_body=daemon.max_body,

@@ -10,6 +10,9 @@ are raised. Secrets and codes never reach audit details, messages or reprs.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import pyotp
@@ -147,6 +150,47 @@ def verify(
     return attempts.committed(store, body)
 
 
+# Recovery codes cost ~30 ms of scrypt each, held under the GIL, and an attempt hashes
+# every unused code: bound how many attempts hash at once, so guesses cannot starve the
+# daemon's other requests. One check per sid at a time (a second is refused at once);
+# at most RECOVERY_CHECKS_AT_ONCE in the process (others wait up to RECOVERY_WAIT_S).
+RECOVERY_CHECKS_AT_ONCE = 2
+RECOVERY_WAIT_S = 10.0
+_recovery_hashing = threading.BoundedSemaphore(RECOVERY_CHECKS_AT_ONCE)
+_recovery_sids: set[str] = set()
+_recovery_sids_lock = threading.Lock()
+
+
+@contextmanager
+def _recovery_turn(sid: str) -> Iterator[bool]:
+    """Whether this is the only recovery code check of `sid` in progress; held while inside."""
+    with _recovery_sids_lock:
+        busy = sid in _recovery_sids
+        _recovery_sids.add(sid)
+    try:
+        yield not busy
+    finally:
+        if not busy:
+            with _recovery_sids_lock:
+                _recovery_sids.discard(sid)
+
+
+def _plausible_recovery(store: Store, ident: MfaIdentity, now: datetime) -> bool:
+    """A short read: an active factor and no lock (worth hashing codes for)."""
+    factor = rows.factor(store.conn, ident.sid)
+    active = factor is not None and factor.state == "active"
+    return active and rows.active_lock(store.conn, ident.sid, now) is None
+
+
+def _matching_recovery(store: Store, sid: str, canonical: str) -> tuple[int, str] | None:
+    """The unused code `canonical` is, hashing against every one (no early exit)."""
+    matched: tuple[int, str] | None = None
+    for idx, digest in rows.unused_recovery(store.conn, sid):
+        if recovery.matches(canonical, digest):
+            matched = (idx, digest)
+    return matched
+
+
 def use_recovery_code(
     store: Store,
     *,
@@ -157,19 +201,20 @@ def use_recovery_code(
     now: datetime,
     purpose: str | None = None,
 ) -> int:
-    """Accept one unused recovery code, once; how many are left."""
+    """Accept one unused recovery code, once; how many are left.
+
+    Codes are hashed only for an account that has an active factor and no
+    lock (a locked or unenrolled account is refused without hashing), one
+    check per account at a time and a few per process.
+    """
     try:
         canonical: str | None = recovery.normalise(code)
         malformed: RefusedError | None = None
     except RefusedError as exc:
         canonical, malformed = None, exc
-    # scrypt outside the write lock; the UPDATE below re-checks the row is still unused.
-    matched: tuple[int, str] | None = None
-    if canonical is not None:
-        for idx, digest in rows.unused_recovery(store.conn, ident.sid):
-            if recovery.matches(canonical, digest):  # every row is hashed: no early exit
-                matched = (idx, digest)
     attempt = Attempt(ident, rules, actor, now, "mfa.recovery.use", purpose)
+    plausible = _plausible_recovery(store, ident, now)
+    matched: tuple[int, str] | None = None  # set below, before `body` runs
 
     def body(conn: sqlite3.Connection) -> int | RefusedError:
         locked = attempts.refuse_if_locked(conn, attempt)
@@ -183,6 +228,12 @@ def use_recovery_code(
             return attempts.refuse(conn, attempt, "not enrolled", missing, count=False)
         if malformed is not None:
             return attempts.refuse(conn, attempt, "malformed recovery code", malformed, count=True)
+        if not plausible:
+            # Locked or unenrolled a moment ago, so nothing was hashed: not a guess.
+            changed = RefusedError(
+                f"the MFA state of {ident.name} changed during the check", fix="try again"
+            )
+            return attempts.refuse(conn, attempt, "state changed", changed, count=False)
         if matched is None or not rows.use_recovery(conn, ident.sid, *matched, now):
             wrong = RefusedError(
                 "wrong or already used recovery code", fix="each code works once; try another"
@@ -192,7 +243,33 @@ def use_recovery_code(
         writer.record(conn, attempt.audit("ok", left=left), now)
         return left
 
-    return attempts.committed(store, body)
+    def refused(reason: str, error: RefusedError) -> int:
+        return attempts.committed(
+            store, lambda conn: attempts.refuse(conn, attempt, reason, error, count=False)
+        )
+
+    if not plausible:  # locked or not enrolled: refused (and audited) without hashing
+        return attempts.committed(store, body)
+    with _recovery_turn(ident.sid) as mine:
+        if not mine:
+            busy = RefusedError(
+                f"another recovery code check for {ident.name} is in progress",
+                fix="wait for it to finish, then try again",
+            )
+            return refused("check in progress", busy)
+        if canonical is not None:
+            # scrypt outside the write lock; `body` re-checks the row is still unused.
+            if not _recovery_hashing.acquire(timeout=RECOVERY_WAIT_S):
+                crowded = RefusedError(
+                    "too many recovery code checks are in progress", fix="try again in a minute"
+                )
+                return refused("busy", crowded)
+            try:
+                matched = _matching_recovery(store, ident.sid, canonical)
+            finally:
+                _recovery_hashing.release()
+        # Still this sid's turn: the failure is counted before its next check starts.
+        return attempts.committed(store, body)
 
 
 def reset(store: Store, *, ident: MfaIdentity, actor: str, now: datetime) -> bool:

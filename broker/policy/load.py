@@ -24,6 +24,21 @@ from broker.policy.reader import NO_VALUE, Problems, key_text, value_text
 from broker.policy.sections import Loader
 
 _TOML_AT = re.compile(r"\(at line (\d+), column \d+\)")
+# Arrays and inline tables nested deeper than this are refused before tomllib, which
+# recurses once per level (a few thousand levels raise RecursionError). A policy
+# needs three or four (`approvals = { groups = [...] }` under a role).
+MAX_NESTING = 32
+# What the nesting scan looks at: strings and comments (skipped whole, so brackets
+# in them do not count: hostlists are full of them) and the brackets themselves.
+_NESTING_TOKENS = re.compile(
+    r'"""(?:\\.|[^\\])*?"""{1,3}'  # multi-line basic string (up to 2 quotes before its end)
+    r"|'''.*?'{3,5}"  # multi-line literal string
+    r'|"(?:\\.|[^"\\\n])*"'  # basic string
+    r"|'[^'\n]*'"  # literal string
+    r"|#[^\n]*"  # comment
+    r"|[\[\]{}]",
+    re.DOTALL,
+)
 
 
 @dataclass(frozen=True)
@@ -85,12 +100,22 @@ def parse_policy(
     `known_groups` (lower-cased names from the directory snapshot) turns on
     the unknown-group check; None skips it.
     """
+    deep = _too_deep(text)
+    if deep is not None:
+        message = (
+            f"arrays and inline tables nested too deeply (more than {MAX_NESTING} levels); "
+            "a policy needs only a few"
+        )
+        return None, [Problem(source, deep, "", message)]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = _TOML_AT.search(str(exc))
         line = int(found.group(1)) if found else text.count("\n") + 1
         return None, [Problem(source, line, "", f"not valid TOML: {exc}")]
+    except (RecursionError, MemoryError):
+        # A shape the scan above does not catch; never a crash (a 500 in the daemon).
+        return None, [Problem(source, 1, "", "not valid TOML: nested too deeply to read")]
     problems = Problems()
     policy = Loader(problems, known_groups).policy(data)
     lines = KeyLines.of(text)
@@ -109,6 +134,25 @@ def load_policy(
     if loaded is None:
         raise PolicyError(problems)
     return loaded
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where arrays and inline tables first nest deeper than MAX_NESTING, if any.
+
+    A light scan, not a parser: for valid TOML its depth is exact (table
+    headers `[[x]]` count 2, then 0 again); for invalid TOML it may be off, and
+    tomllib then reports the real mistake.
+    """
+    depth = 0
+    for token in _NESTING_TOKENS.finditer(text):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return text.count("\n", 0, token.start()) + 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return None
 
 
 def _locate(source: str, lines: KeyLines, path: KeyPath, reason: str, value: object) -> Problem:

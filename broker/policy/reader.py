@@ -18,10 +18,18 @@ from typing import Any, Final
 
 from broker.core.durations import format_duration, parse_duration
 from broker.core.errors import UsageError
-from broker.core.hostlist import expand
+from broker.core.hostlist import count, expand, fold_lists
 from broker.policy.positions import Path
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The nodes a key's hostlists name, and their folded form for people."""
+
+    names: set[str]
+    text: str  # folded from the expressions, not from the names (fast for big lists)
 
 
 class _NoValue:
@@ -215,8 +223,12 @@ class Table:
                 good.append((item_path, item))
         return good if len(good) == len(items) else None
 
-    def hostlist(self, key: str, *, required: bool) -> set[str] | None:
-        """Hostlist expressions (one string or an array), expanded and validated."""
+    def hostlist(self, key: str, *, required: bool, expand_names: bool = True) -> Hosts | None:
+        """Hostlist expressions (one string or an array), expanded and validated.
+
+        With `expand_names` False (the policy names too many nodes in all) each
+        expression is only checked and counted, and None is returned.
+        """
         expressions = self.strings(key, required=required, single=True)
         if expressions is None:
             return None
@@ -224,11 +236,16 @@ class Table:
         ok = True
         for item_path, expression in expressions:
             try:
-                nodes.update(expand(expression))
+                if expand_names:
+                    nodes.update(expand(expression))
+                else:
+                    count(expression)
             except UsageError as exc:
                 self.problems.add(item_path, exc.one_line(), expression)
                 ok = False
-        return nodes if ok else None
+        if not ok or not expand_names:
+            return None
+        return Hosts(nodes, fold_lists([e for _, e in expressions]))
 
     def table(self, key: str, *, hint: str) -> dict[str, Any] | None:
         value = self.data.get(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import NamedTuple
 
-from broker.core.hostlist import fold
+from broker.core.hostlist import fold_lists
 from broker.core.identity import Account, Snapshot
 from broker.policy.model import Policy
 
@@ -49,7 +49,10 @@ def elevation_scope(policy: Policy, account: Account) -> dict[str, ElevationScop
     out: dict[str, ElevationScope] = {}
     for name, _via in roles_for(policy, account):
         role = policy.roles[name]
-        out[name] = ElevationScope(fold(sorted(policy.role_nodes(role))), role.longest)
+        # Folded from the zones' and the role's folded lists: the same text as folding
+        # `policy.role_nodes(role)` name by name, without seconds per 100,000 nodes.
+        lists = [policy.zones[zone].hostlist for zone in role.zones] + [role.hostlist]
+        out[name] = ElevationScope(fold_lists(lists), role.longest)
     return out
 
 

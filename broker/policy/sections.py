@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from broker.core.hostlist import fold
+from broker.core.errors import UsageError
+from broker.core.hostlist import count, fold_some
 from broker.policy import names, service_accounts
 from broker.policy.model import (
     ALL_COMMANDS,
@@ -25,11 +26,16 @@ from broker.policy.model import (
     ZoneKind,
 )
 from broker.policy.positions import Path as KeyPath
-from broker.policy.reader import Problems, Table, suggest
+from broker.policy.reader import Hosts, Problems, Table, suggest
 
 FORMAT_VERSION = 1
 MAX_GRANT = timedelta(days=30)
 MAX_APPROVAL_WAIT = timedelta(days=7)
+# Node names all the hostlists of one policy may name, counted before any is expanded:
+# expanding, checking and indexing cost time and memory per name (one list is capped
+# at hostlist.MAX_NODES, but a policy may hold any number of lists).
+MAX_POLICY_NODES = 200_000
+_NODE_SECTIONS = ("zones", "roles", "service_accounts")
 
 _TOP_KEYS = (
     "version",
@@ -69,6 +75,7 @@ class Loader:
         self.role_names: set[str] = set()
         self.zones_ok = True
         self.zone_of: dict[str, str] = {}
+        self.expand_hostlists = True  # False once the policy is known to name too many nodes
 
     def policy(self, data: dict[str, Any]) -> Policy | None:
         top = Table(self.problems, (), data, _TOP_KEYS)
@@ -81,6 +88,7 @@ class Loader:
             )
         break_glass = self.group(top, "break_glass_group")
         incident = self.group(top, "incident_response_group")
+        self._count_nodes(data)
         zones = self._zones(top.table("zones", hint="[zones.NAME] with kind and nodes") or {})
         sets = self._command_sets(
             top.table("command_sets", hint="[command_sets.NAME] with commands") or {}
@@ -144,13 +152,45 @@ class Loader:
         found = [self._known_group(path, name) for path, name in items]
         return [g for g in found if g is not None] if None not in found else None
 
+    def hostlist(self, table: Table, key: str, *, required: bool) -> Hosts | None:
+        """`table`'s hostlists, expanded unless the policy names too many nodes in all."""
+        return table.hostlist(key, required=required, expand_names=self.expand_hostlists)
+
+    def _count_nodes(self, data: Mapping[str, Any]) -> None:
+        """Refuse a policy naming more than MAX_POLICY_NODES in all, before expanding any list.
+
+        The problem is reported at the list that goes over the limit; the other
+        lists are then only checked, not expanded. Lists that are bad on their
+        own are skipped here and reported where they are read.
+        """
+        total = 0
+        over: tuple[KeyPath, str] | None = None
+        for path, expression in _hostlists(data):
+            try:
+                total += count(expression)
+            except UsageError:
+                continue
+            if over is None and total > MAX_POLICY_NODES:
+                over = (path, expression)
+        if over is not None:
+            self.problems.add(
+                over[0],
+                f"the hostlists of this policy name {total} nodes in all, more than "
+                f"{MAX_POLICY_NODES} (counted before expanding; this list goes over the limit)",
+                over[1],
+            )
+            self.expand_hostlists = False
+            self.zones_ok = False
+
     def zoned(self, path: KeyPath, nodes: set[str]) -> bool:
         """Every node must sit in a zone, so its kind (and the lint rules for it) is known."""
         if not self.zones_ok:
             return False
         loose = sorted(n for n in nodes if n not in self.zone_of)
         if loose:
-            self.problems.add(path, f"{fold(loose)} in no zone; add them to a zone's nodes first")
+            self.problems.add(
+                path, f"{fold_some(loose)} in no zone; add them to a zone's nodes first"
+            )
             return False
         return True
 
@@ -162,24 +202,24 @@ class Loader:
         for name, path, raw in self.entries("zones", data, "zone"):
             table = Table(self.problems, path, raw, ("kind", "nodes", "description"))
             kind = table.text("kind", required=True, check=_zone_kind)
-            nodes = table.hostlist("nodes", required=True)
+            hosts = self.hostlist(table, "nodes", required=True)
             description = table.text("description", check=names.description) or ""
-            if kind is None or nodes is None:
+            if kind is None or hosts is None:
                 self.zones_ok = False
                 continue
             clash: dict[str, list[str]] = {}
-            for node in nodes:
+            for node in hosts.names:
                 other = self.zone_of.setdefault(node, name)
                 if other != name:
                     clash.setdefault(other, []).append(node)
             for other, nodes_there in clash.items():
                 self.problems.add(
                     (*path, "nodes"),
-                    f"{fold(nodes_there)} already in zone {other}; a node belongs to exactly "
+                    f"{fold_some(nodes_there)} already in zone {other}; a node belongs to exactly "
                     "one zone",
                 )
             kind_value: ZoneKind = next(k for k in ZONE_KINDS if k == kind)
-            zones[name] = Zone(name, kind_value, frozenset(nodes), fold(sorted(nodes)), description)
+            zones[name] = Zone(name, kind_value, frozenset(hosts.names), hosts.text, description)
         if len(zones) != len(data):
             self.zones_ok = False
         return zones
@@ -204,9 +244,9 @@ class Loader:
 
     def _role(self, name: str, table: Table) -> Role:
         zones = table.strings("zones", check=self._zone_ref) or []
-        nodes = table.hostlist("nodes", required=False)
-        if nodes is not None:
-            self.zoned((*table.path, "nodes"), nodes)
+        hosts = self.hostlist(table, "nodes", required=False)
+        if hosts is not None:
+            self.zoned((*table.path, "nodes"), hosts.names)
         if not table.has("zones") and not table.has("nodes"):
             self.problems.add(table.path, "a role needs zones or nodes (or both)")
         runas = table.text("runas", check=names.posix_name) or "root"
@@ -233,8 +273,8 @@ class Loader:
         role = Role(
             name=name,
             zones=tuple(z for _, z in zones),
-            nodes=frozenset(nodes or ()),
-            hostlist=fold(sorted(nodes)) if nodes else "",
+            nodes=frozenset(hosts.names if hosts else ()),
+            hostlist=hosts.text if hosts else "",
             runas=runas,
             all_commands=all_commands,
             command_sets=command_sets,
@@ -333,6 +373,22 @@ class Loader:
         if name not in self.role_names:
             return f"unknown role; {suggest(name, self.role_names)}"
         return None
+
+
+def _hostlists(data: Mapping[str, Any]) -> Iterable[tuple[KeyPath, str]]:
+    """Every hostlist expression under a `nodes` key of the raw document, with its key path."""
+    for section in _NODE_SECTIONS:
+        entries = data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name, entry in entries.items():
+            value = entry.get("nodes") if isinstance(entry, dict) else None
+            if isinstance(value, str):
+                yield (section, name, "nodes"), value
+            elif isinstance(value, list):
+                for index, item in enumerate(value):
+                    if isinstance(item, str):
+                        yield (section, name, "nodes", index), item
 
 
 def _zone_kind(value: str) -> str | None:

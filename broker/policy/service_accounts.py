@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from broker.core.hostlist import fold
+from broker.core.hostlist import fold_some
 from broker.policy import names
 from broker.policy.model import ServiceAccount
 from broker.policy.reader import Table
@@ -74,7 +74,7 @@ def read(loader: Loader, data: Mapping[str, Any]) -> dict[str, ServiceAccount]:
         if shared:
             loader.problems.add(
                 (*path, "keytab"),
-                f"service_accounts.{other} writes the same keytab on {fold(shared)}; give "
+                f"service_accounts.{other} writes the same keytab on {fold_some(shared)}; give "
                 "each service account its own keytab file",
                 str(service.keytab),
             )
@@ -86,7 +86,8 @@ def _service(loader: Loader, name: str, table: Table) -> ServiceAccount:
     """One account's keys; bad values are recorded in `loader.problems`, defaults stand in."""
     account = table.text("account", check=names.account_name) or name
     principals = table.strings("principals", required=True, check=names.principal)
-    nodes = table.hostlist("nodes", required=True)
+    hosts = loader.hostlist(table, "nodes", required=True)
+    nodes = hosts.names if hosts is not None else None
     if nodes is not None:
         loader.zoned((*table.path, "nodes"), nodes)
     keytab = table.text("keytab", required=True, check=names.absolute_path)

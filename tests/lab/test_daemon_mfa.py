@@ -254,3 +254,51 @@ def test_mfa_enroll_verify_replay_recovery_lockout_and_reset(
         run_broker("audit", "tail", "-n", "1", "--json", config=config_of(synced)).stdout
     )
     assert tail[0]["action"] == "mfa.reset" and tail[0]["actor"] == "unix:root"
+
+
+def test_a_server_that_cannot_answer_kerberos_is_not_believed(
+    synced: dict[str, Any], kerberos_alice: dict[str, str]
+) -> None:
+    """An impostor with a certificate the client trusts (here the broker's own, as a stolen
+    one would be) but without the HTTP/ key cannot complete mutual authentication."""
+    import http.server
+    import ssl
+    import threading
+
+    class Impostor(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"actor": "unix:root", "operator": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    ca = Path(synced["dc"]["ca_file"]).parent
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(ca / "broker.pem"), str(ca / "broker.key"))
+    server = http.server.HTTPServer(("127.0.0.11", 8444), Impostor)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = cli(
+            synced,
+            "--broker",
+            "https://broker.hpc.test:8444",
+            "--ca-file",
+            synced["dc"]["ca_file"],
+            "whoami",
+            "--json",
+            env=kerberos_alice,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert "did not prove it is the broker" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import stat
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -391,3 +393,119 @@ def test_parallel_store_reads_through_many_workers(daemon: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_client_that_drips_bytes_is_dropped_at_the_request_deadline(
+    settings: Settings,
+) -> None:
+    """A per-read timeout alone never fires for a client sending a byte every 0.3 s."""
+    quick = settings.model_copy(
+        update={
+            "daemon": settings.daemon.model_copy(update={"request_timeout": timedelta(seconds=1)})
+        }
+    )
+    with running(quick), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as drip:
+        drip.connect(str(settings.daemon.socket))
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /v1/health HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+            try:
+                drip.send(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            drip.settimeout(0.3)
+            try:
+                if drip.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed
+        assert time.monotonic() - started < 3
+
+
+def test_one_user_cannot_take_every_worker_from_root(daemon: Path) -> None:
+    hog = (
+        "import socket, sys, time\n"
+        "held = []\n"
+        "for _ in range(60):\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        f"    s.connect({str(daemon)!r})\n"
+        "    s.send(b'GET /v1/health HTTP/1.1\\r\\n')\n"
+        "    held.append(s)\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            hog,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        status, body = request(daemon, "GET", "/v1/whoami")
+        assert status == 200 and body["actor"] == "unix:root"
+        assert time.monotonic() - started < 2
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_parameters_of_a_post_in_the_url_are_refused(daemon: Path) -> None:
+    status, body = request(
+        daemon,
+        "POST",
+        "/v1/mfa/verify?code=123456",
+        b"{}",
+        {"Content-Type": "application/json"},
+    )
+    assert_error(status, body, 400, "usage")
+    assert "not in the URL" in body["error"]["message"]
+
+
+def test_serve_refuses_a_checkpoint_copy_it_cannot_write(shared_dir: Path) -> None:
+    locked = shared_dir / "worm"
+    locked.mkdir()
+    config = write_config(shared_dir, f'checkpoint_copy = "{locked / "copy.jsonl"}"')
+    assert run_broker("init", config=config).returncode == 0
+    # root can write anywhere, so test as the broker would run: a user without the right.
+    shared_dir.chmod(0o777)
+    for path in shared_dir.rglob("*"):
+        os.chown(path, 65534, 65534)
+    os.chown(shared_dir, 65534, 65534)
+    for path in (locked, *locked.iterdir()):
+        os.chown(path, 0, 0)
+    locked.chmod(0o755)
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            str(Path(sys.executable).parent / "broker"),
+            "--config",
+            str(config),
+            "serve",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3
+    assert f"audit.checkpoint_copy {locked / 'copy.jsonl'}" in result.stderr
+    assert "ReadWritePaths=" in result.stderr

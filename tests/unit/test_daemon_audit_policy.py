@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,24 @@ def test_explain_checks_its_arguments_again(seeded: App) -> None:
         _explain(seeded, operator, user="alice", node="gpu01", role="GPU-root")
     with pytest.raises(UsageError, match="bad duration"):
         _explain(seeded, operator, user="alice", node="gpu01", duration="90x")
+
+
+def test_only_operators_may_explain_against_a_policy_text(seeded: App) -> None:
+    alice = _user(seeded, "alice")
+    other = LAB_POLICY.replace('zones = ["compute"]\n', 'zones = ["storage"]\n', 1)
+    with pytest.raises(RefusedError) as caught:
+        _explain(seeded, alice, user="alice", node="gpu01", policy_text=other)
+    assert caught.value.message == (
+        "only operators may explain against a policy text; ask about the active policy"
+    )
+    # Refused before the text is read: not even a huge one is parsed for a user.
+    huge = "a=" + "[" * 5000 + "]" * 5000
+    with pytest.raises(RefusedError, match="only operators may explain against a policy text"):
+        _explain(seeded, alice, user="alice", node="gpu01", policy_text=huge)
+    assert _explain(seeded, alice, user="alice", node="gpu01").verdict == "allow"
+    operator = Caller("unix:root", "root", 0, None, None, True, None)
+    judged = _explain(seeded, operator, user="alice", node="gpu01", policy_text=other)
+    assert judged.policy_sha256 == hashlib.sha256(other.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- over the socket

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +36,8 @@ def test_the_account_must_own_the_callers_uid() -> None:
     # A local user called alice with another uid is not the directory's alice.
     found, problem = directory_account(snapshot(), "alice", uid=4242)
     assert found is None
-    assert problem == "the local uid 4242 is not the directory's uid for alice"
+    assert problem == "the local account is not the directory account of that name"
+    assert "10001" not in problem  # the caller learns nothing about the other account
 
 
 def test_disabled_and_unknown_accounts_are_not_directory_users() -> None:
@@ -81,10 +84,22 @@ def test_kerberos_principals_of_the_realm_map_to_accounts(
 
 
 @pytest.mark.parametrize(
-    "principal", ["alice@EVIL.TEST", "HTTP/broker.hpc.test@HPC.TEST", "@HPC.TEST", "alice"]
+    "principal",
+    [
+        "alice@EVIL.TEST",
+        "HTTP/broker.hpc.test@HPC.TEST",
+        "@HPC.TEST",
+        "alice",
+        "x\\tom@HPC.TEST",  # MIT shows an escaped character this way: never "tom"
+        "alice\\@HPC.TEST@HPC.TEST",
+        "al\tice@HPC.TEST",
+    ],
 )
 def test_other_realms_and_service_principals_are_not_users(principal: str) -> None:
-    caller = kerberos_caller(principal, "HPC.TEST", snapshot())
+    tom = dataclasses.replace(account("tom"), uid=10009)
+    caller = kerberos_caller(
+        principal, "HPC.TEST", MemorySnapshot.of([*snapshot().accounts(), tom])
+    )
     assert caller.account is None
     with pytest.raises(RefusedError):
         caller.require(Access.USER)
@@ -116,3 +131,39 @@ def test_the_systemd_units_parse_and_the_daemon_has_no_capabilities() -> None:
         "ExecStart=/usr/bin/broker serve",
     ):
         assert line in text
+
+
+def test_peer_credentials_read_uids_above_two_to_the_31() -> None:
+    """uid_t is unsigned: SSSD's id ranges reach 4294967294."""
+    import socket
+    import tempfile
+
+    from broker.daemon.peer import peer_credentials
+
+    directory = Path(tempfile.mkdtemp(prefix="broker-peer-", dir="/tmp"))
+    directory.chmod(0o755)
+    path = directory / "s"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.settimeout(20)
+        server.bind(str(path))
+        server.listen(1)
+        path.chmod(0o777)
+        child = subprocess.Popen(
+            [
+                "setpriv",
+                "--reuid",
+                "3000000000",
+                "--regid",
+                "3000000000",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                f"import socket,time; s=socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); time.sleep(2)",
+            ],
+        )
+        conn, _ = server.accept()
+        with conn:
+            cred = peer_credentials(conn)
+        child.wait()
+    shutil.rmtree(directory)
+    assert (cred.uid, cred.gid) == (3_000_000_000, 3_000_000_000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from broker.app import App
 from broker.config.loader import load_settings
 from broker.core.errors import IntegrityError, RefusedError
-from broker.mfa import codes, recovery
+from broker.mfa import codes, recovery, service
 from broker.mfa.service import (
     MfaIdentity,
     MfaRules,
@@ -461,3 +462,163 @@ def test_concurrent_verifications_of_one_code_accept_it_once(app: App) -> None:
             thread.join(timeout=60)
         assert sorted(results) == ["ok", "this code was already used; wait for the next one"]
     assert app.verify_audit().ok
+
+
+# ---------------------------------------------------------------- recovery codes: bounded work
+
+
+def lock_out(app: App, secret: str, at: datetime) -> None:
+    """Five wrong TOTP codes (cheap to check): the account is locked from `at`."""
+    for i in range(5):
+        with pytest.raises(RefusedError):
+            check(app, wrong(secret, at), at + timedelta(seconds=i))
+
+
+class Hashing:
+    """Stands in for `recovery.matches`: counts calls, and can hold them until released."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.real = recovery.matches
+        self.calls = 0
+        self.hold = hold
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, code: str, stored: str) -> bool:
+        self.calls += 1
+        self.started.set()
+        if self.hold:
+            assert self.release.wait(timeout=30)
+        return bool(self.real(code, stored))
+
+
+def recover(path: Path, ident: MfaIdentity, text: str, out: list[str]) -> None:
+    """One attempt on its own connection (as a daemon worker thread has), its outcome in `out`."""
+    store = Store.open(path, owner=None)
+    try:
+        left = use_recovery_code(store, ident=ident, code=text, rules=RULES, actor=ACTOR, now=T0)
+        out.append(f"ok {left}")
+    except RefusedError as exc:
+        out.append(exc.message)
+    finally:
+        store.close()
+
+
+def test_a_locked_account_is_refused_without_hashing(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret, shown = enroll(app, at=T0 - timedelta(minutes=5))
+    lock_out(app, secret, T0 - timedelta(minutes=1))
+    hashing = Hashing()
+    monkeypatch.setattr(recovery, "matches", hashing)
+    store = app.ready_store()
+    for text in (shown[0], "abcd-efgh-jkmn"):
+        started = time.perf_counter()
+        with pytest.raises(RefusedError, match=r"^MFA for alice is locked until"):
+            use_recovery_code(store, ident=ALICE, code=text, rules=RULES, actor=ACTOR, now=T0)
+        assert time.perf_counter() - started < 0.05  # ten scrypt hashes would be ~0.3 s
+    assert hashing.calls == 0
+    assert (
+        events(app, "mfa.recovery.use")[-2:]
+        == [("alice", "refused", {"sid": ALICE.sid, "reason": "locked"})] * 2
+    )
+    assert status(store.conn, ident=ALICE, now=T0).recovery_codes_left == 10
+    # An account without MFA is refused without hashing too (and not counted, as before).
+    with pytest.raises(RefusedError, match="MFA is not enrolled for bob"):
+        use_recovery_code(store, ident=BOB, code=shown[1], rules=RULES, actor=ACTOR, now=T0)
+    assert hashing.calls == 0
+
+
+def test_one_recovery_check_per_account_at_a_time(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, shown = enroll(app)
+    hashing = Hashing(hold=True)
+    monkeypatch.setattr(recovery, "matches", hashing)
+    first: list[str] = []
+    worker = threading.Thread(target=recover, args=(app.settings.db_path, ALICE, shown[0], first))
+    worker.start()
+    try:
+        assert hashing.started.wait(timeout=30)
+        calls = hashing.calls
+        store = app.ready_store()
+        started = time.perf_counter()
+        with pytest.raises(RefusedError) as caught:
+            use_recovery_code(store, ident=ALICE, code=shown[1], rules=RULES, actor=ACTOR, now=T0)
+        assert time.perf_counter() - started < 1  # at once, not after the first check
+        assert caught.value.message == "another recovery code check for alice is in progress"
+        assert hashing.calls == calls  # the second attempt hashed nothing
+        assert status(store.conn, ident=ALICE, now=T0).recent_failures == 0  # not a guess
+    finally:
+        hashing.release.set()
+        worker.join(timeout=60)
+    assert first == ["ok 9"]
+    assert [e[1:] for e in events(app, "mfa.recovery.use")] == [
+        ("refused", {"sid": ALICE.sid, "reason": "check in progress"}),
+        ("ok", {"sid": ALICE.sid, "left": 9}),
+    ]
+    # Its turn over, the account's next check runs as before.
+    assert (
+        use_recovery_code(
+            app.ready_store(), ident=ALICE, code=shown[1], rules=RULES, actor=ACTOR, now=T0
+        )
+        == 8
+    )
+
+
+def test_at_most_two_recovery_checks_hash_at_once(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carol = MfaIdentity("S-1-5-21-1111-2222-3333-1106", "carol")
+    shown = {who: enroll(app, who)[1] for who in (ALICE, BOB, carol)}
+    hashing = Hashing(hold=True)
+    monkeypatch.setattr(recovery, "matches", hashing)
+    monkeypatch.setattr(service, "RECOVERY_WAIT_S", 0.2)
+    path = app.settings.db_path
+    results: dict[str, list[str]] = {"alice": [], "bob": []}
+    workers = [
+        threading.Thread(target=recover, args=(path, who, shown[who][0], results[who.name]))
+        for who in (ALICE, BOB)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while service._recovery_sids != {ALICE.sid, BOB.sid} or hashing.calls < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(RefusedError, match="too many recovery code checks are in progress"):
+            use_recovery_code(
+                app.ready_store(),
+                ident=carol,
+                code=shown[carol][0],
+                rules=RULES,
+                actor=ACTOR,
+                now=T0,
+            )
+    finally:
+        hashing.release.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert results == {"alice": ["ok 9"], "bob": ["ok 9"]}
+    assert status(app.ready_store().conn, ident=carol, now=T0).recent_failures == 0
+    assert (
+        use_recovery_code(
+            app.ready_store(), ident=carol, code=shown[carol][0], rules=RULES, actor=ACTOR, now=T0
+        )
+        == 9
+    )
+
+
+def test_a_lock_that_appears_during_the_check_is_not_a_guess(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, shown = enroll(app)
+    # The short read found the account locked (or unenrolled), so nothing was hashed; by
+    # the write transaction that was no longer so. Refused, not counted: no code was judged.
+    monkeypatch.setattr(service, "_plausible_recovery", lambda *_: False)
+    store = app.ready_store()
+    with pytest.raises(RefusedError, match="the MFA state of alice changed during the check"):
+        use_recovery_code(store, ident=ALICE, code=shown[0], rules=RULES, actor=ACTOR, now=T0)
+    assert status(store.conn, ident=ALICE, now=T0).recent_failures == 0
+    assert status(store.conn, ident=ALICE, now=T0).recovery_codes_left == 10

@@ -9,6 +9,7 @@ from pydantic import Field
 from broker.accounts.view import AccountView, account_views, review
 from broker.core.durations import parse_duration
 from broker.core.errors import RefusedError, UsageError
+from broker.core.identity import normalise_account_name
 from broker.daemon.api.names import AccountName, DurationText, GroupName, RoleName
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Out
@@ -130,10 +131,16 @@ def may_see(caller: Caller, name: str, sid: str) -> None:
 )
 def show(ctx: Context[AccountQuery]) -> AccountOut:
     name = ctx.params.name
+    if not ctx.caller.operator:
+        own = ctx.caller.account
+        # Decided before any lookup, with one text, so users cannot probe which names exist.
+        if own is None or normalise_account_name(name) != own.name:
+            raise RefusedError(
+                f"{ctx.caller.display} may only look at their own account",
+                fix="ask a broker operator",
+            )
     account = ctx.app.snapshot(ctx.now).account(name)
     if account is None:
-        if not ctx.caller.operator:
-            raise RefusedError(f"{ctx.caller.display} may only look at their own account")
         raise RefusedError(
             f"no account {name!r} in the directory snapshot",
             fix="check the name, or run `broker sync` if it was created recently",

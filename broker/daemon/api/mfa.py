@@ -1,7 +1,8 @@
 """TOTP second factor: enroll, activate, verify, status, and the operator's reset.
 
 Every counter is keyed by the caller's objectSid, whatever name form reached
-the daemon. Codes travel only in request bodies, never in a URL.
+the daemon. Codes travel only in request bodies: the dispatcher refuses a
+query string on any POST, and logs never carry one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from broker.core.errors import RefusedError
+from broker.core.identity import normalise_account_name
 from broker.daemon.api.names import AccountName
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
@@ -190,15 +192,17 @@ def verify(ctx: Context[VerifyIn]) -> VerifyOut:
 def status(ctx: Context[StatusQuery]) -> StatusOut:
     if ctx.params.user is None:
         ident = own_identity(ctx.caller)
-    else:
+    elif ctx.caller.operator:
         ident = named_identity(ctx, ctx.params.user)
-        if not ctx.caller.operator and (
-            ctx.caller.account is None or ctx.caller.account.sid != ident.sid
-        ):
+    else:
+        # Decided before any lookup, with one text, so users cannot probe which names exist.
+        own = ctx.caller.account
+        if own is None or normalise_account_name(ctx.params.user) != own.name:
             raise RefusedError(
                 f"{ctx.caller.display} may only see their own MFA status",
                 fix="ask a broker operator",
             )
+        ident = own_identity(ctx.caller)
     state = service.status(
         ctx.app.ready_store().conn, ident=ident, now=ctx.now, rules=ctx.app.mfa_rules()
     )

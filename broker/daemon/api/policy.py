@@ -10,7 +10,6 @@ from broker.core.durations import format_duration, parse_duration
 from broker.core.errors import BrokerError, RefusedError, UsageError
 from broker.core.hostlist import expand
 from broker.core.identity import ACCOUNT_NAME, normalise_account_name
-from broker.daemon.api.accounts import may_see
 from broker.daemon.api.names import (
     AccountName,
     DurationText,
@@ -333,6 +332,10 @@ def _one_node(text: str) -> str:
 )
 def explain(ctx: Context[ExplainRequest]) -> ExplainOut:
     q = ctx.params
+    if q.policy_text is not None and not ctx.caller.operator:
+        raise RefusedError(
+            "only operators may explain against a policy text; ask about the active policy"
+        )
     name = normalise_account_name(q.user)
     if not ACCOUNT_NAME.fullmatch(name):
         raise UsageError(f"bad user name {q.user!r}", fix="give an account name such as alice")
@@ -340,14 +343,15 @@ def explain(ctx: Context[ExplainRequest]) -> ExplainOut:
     if q.role is not None and names.policy_name(q.role) is not None:
         raise UsageError(f"bad role name {q.role!r}", fix="give a role name such as gpu-root")
     asked = parse_duration(q.duration) if q.duration is not None else None
-    account = ctx.app.snapshot(ctx.now).account(name)
     if not ctx.caller.operator:
-        if account is None:
+        own = ctx.caller.account
+        # Decided before any lookup, with one text, so users cannot probe which names exist.
+        if own is None or name != own.name:
             raise RefusedError(
                 f"{ctx.caller.display} may only ask about their own account, not {name}",
                 fix="ask a broker operator",
             )
-        may_see(ctx.caller, name, account.sid)
+    account = ctx.app.snapshot(ctx.now).account(name)
     sha: str | None
     policy: Policy | None
     if q.policy_text is not None:
