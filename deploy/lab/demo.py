@@ -88,28 +88,21 @@ def tamper_copy(config: Path, state_dir: Path) -> None:
             daemon.wait(timeout=20)
 
 
-def as_alice(info: dict[str, Any], config: Path, *args: str, stdin: str = "") -> str:
-    """A command run as the lab's alice (uid from the directory); the daemon knows her by uid."""
+def alice_command(
+    info: dict[str, Any], config: Path, *args: str
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment to run `broker ARGS` as the lab's alice (uid from the directory):
+    the daemon knows her by that uid."""
     user = info["users"]["alice"]
     print(f"$ (as alice) broker {' '.join(args)}", flush=True)
     env = dict(os.environ, BROKER_CONFIG=str(config), COLUMNS="120", PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [
-            "setpriv",
-            "--reuid",
-            str(user["uid"]),
-            "--regid",
-            str(user["gid"]),
-            "--clear-groups",
-            str(BROKER),
-            *args,
-        ],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    argv = ["setpriv", "--reuid", str(user["uid"]), "--regid", str(user["gid"]), "--clear-groups"]
+    return [*argv, str(BROKER), *args], env
+
+
+def as_alice(info: dict[str, Any], config: Path, *args: str, stdin: str = "") -> str:
+    argv, env = alice_command(info, config, *args)
+    result = subprocess.run(argv, env=env, input=stdin, capture_output=True, text=True, check=False)
     sys.stdout.write(result.stdout)
     sys.stdout.write(result.stderr)
     return result.stdout + result.stderr
@@ -120,21 +113,9 @@ def mfa_story(info: dict[str, Any], config: Path) -> None:
     import pyotp
 
     broker(config, "mfa", "reset", "alice", "--yes")
-    user = info["users"]["alice"]
-    env = dict(os.environ, BROKER_CONFIG=str(config), COLUMNS="120", PYTHONUNBUFFERED="1")
-    print("$ (as alice) broker mfa enroll", flush=True)
+    argv, env = alice_command(info, config, "mfa", "enroll")
     proc = subprocess.Popen(
-        [
-            "setpriv",
-            "--reuid",
-            str(user["uid"]),
-            "--regid",
-            str(user["gid"]),
-            "--clear-groups",
-            str(BROKER),
-            "mfa",
-            "enroll",
-        ],
+        argv,
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

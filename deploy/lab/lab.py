@@ -460,42 +460,33 @@ def seed_dc(root: Path, bulk: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def export_broker_keytab(root: Path) -> Path:
-    broker = root / "broker"
-    keytab = broker / "broker.keytab"
+def export_keytab(root: Path, principal: str, name: str) -> Path:
+    """The keys of one principal, from the DC's database, into a 0600 keytab under broker/."""
+    keytab = root / "broker" / name
     run(
         [
             "samba-tool",
             "domain",
             "exportkeytab",
             str(keytab),
-            f"--principal=svc-broker@{REALM}",
+            f"--principal={principal}",
             "-s",
             str(root / "dc" / "etc" / "smb.conf"),
         ],
-        step="export the broker keytab",
+        step=f"export the keytab of {principal}",
     )
     keytab.chmod(0o600)
     return keytab
+
+
+def export_broker_keytab(root: Path) -> Path:
+    """svc-broker's own keys: how the broker binds to AD (SASL GSSAPI)."""
+    return export_keytab(root, f"svc-broker@{REALM}", "broker.keytab")
 
 
 def export_http_keytab(root: Path) -> Path:
     """The keys of svc-broker's HTTP/ SPN: what the daemon's TLS listener accepts with."""
-    keytab = root / "broker" / "http.keytab"
-    run(
-        [
-            "samba-tool",
-            "domain",
-            "exportkeytab",
-            str(keytab),
-            f"--principal=HTTP/{BROKER_HOST}@{REALM}",
-            "-s",
-            str(root / "dc" / "etc" / "smb.conf"),
-        ],
-        step="export the HTTP/ keytab",
-    )
-    keytab.chmod(0o600)
-    return keytab
+    return export_keytab(root, f"HTTP/{BROKER_HOST}@{REALM}", "http.keytab")
 
 
 def dc_address(present: bool) -> None:
