@@ -85,7 +85,7 @@ def main(
 
 @app.command()
 def init(ctx: typer.Context) -> None:
-    """Create the state directory, the audit signing key, the SSH key and the schema (idempotent)."""
+    """Create the state directory, the audit signing, SSH and MFA keys and the schema (idempotent)."""
     from broker.app import local_actor
 
     result = state(ctx).app().init(local_actor())
