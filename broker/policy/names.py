@@ -23,7 +23,7 @@ POSIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _COMPONENT = r"[A-Za-z0-9_+@-][A-Za-z0-9._+@-]*"
 ABSOLUTE_PATH = re.compile(rf"(?:/{_COMPONENT})+")
 # Command arguments: no sudoers specials (, : = \ ! " # ( ) * ? [ ]) and no quotes.
-_ARGUMENT = re.compile(r"[A-Za-z0-9_+@%./-]+")
+_ARGUMENT = re.compile(r"[A-Za-z0-9_+@./-]+")
 PRINCIPAL = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?(?:@[A-Z0-9][A-Z0-9.-]*)?"
 )
@@ -136,6 +136,9 @@ def command(text: str) -> str | None:
     """An absolute program path, optionally followed by plain arguments separated by spaces."""
     if len(text) > COMMAND_MAX:
         return f"command longer than {COMMAND_MAX} characters"
+    if text != text.strip(" ") or "  " in text:
+        # "/usr/bin/systemctl " is the bare program to sudo: any arguments at all.
+        return "bad command; no leading, trailing or doubled spaces (sudo would drop them)"
     program, _, rest = text.partition(" ")
     if not ABSOLUTE_PATH.fullmatch(program):
         return (
@@ -155,7 +158,7 @@ def command(text: str) -> str | None:
     if rest and not all(_ARGUMENT.fullmatch(part) for part in rest.split(" ")):
         return (
             "bad command arguments; separate them by single spaces and use only letters, "
-            "digits and _+@%./- (no wildcards, quotes or sudoers special characters)"
+            "digits and _+@./- (no wildcards, quotes or sudoers special characters)"
         )
     return None
 
