@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,13 +25,15 @@ from broker.audit.query import verify_store
 from broker.audit.verify import VerifyReport
 from broker.config.settings import DirectorySection, Settings
 from broker.core.errors import ConfigError, RefusedError, UnavailableError
-from broker.core.identity import AccessChange
+from broker.core.identity import AccessChange, Account
 from broker.core.timeutil import to_text, utcnow
 from broker.directory import sync as directory_sync
 from broker.directory.snapshot import StoreSnapshot
 from broker.directory.sync import SyncReport
+from broker.grants import rows as rows_grants
 from broker.mfa import sealing as mfa_sealing
-from broker.mfa.service import MfaRules
+from broker.mfa import service as mfa_service
+from broker.mfa.service import MfaIdentity, MfaRules
 from broker.policy import versions as policy_versions
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
@@ -39,6 +42,9 @@ from broker.policy.rights import mapped_groups as policy_groups
 from broker.store import migrations
 from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
+
+if TYPE_CHECKING:
+    from broker.grants.service import GrantService
 
 
 def local_actor() -> str:
@@ -67,6 +73,7 @@ class App:
         self._sealer: writer.Sealer | None = None
         self._subscribers: list[Callable[[list[AccessChange]], None]] = []
         self._policy: tuple[str, Policy] | None = None  # (sha256, parsed) of the active policy
+        self._grants: GrantService | None = None  # built on first use (SSH, keys)
         if settings.kerberos.krb5_conf is not None:
             os.environ["KRB5_CONFIG"] = str(settings.kerberos.krb5_conf)
 
@@ -118,7 +125,7 @@ class App:
             raise UnavailableError(
                 f"the broker state directory {state} does not exist", fix="run `broker init`"
             )
-        for path in (self.settings.signing_key,):
+        for path in (self.settings.signing_key, self.settings.grant_key):
             if not path.exists():
                 raise UnavailableError(f"{path} is missing", fix="run `broker init`")
         copy = self.settings.audit.checkpoint_copy
@@ -154,6 +161,9 @@ class App:
         if not self.settings.signing_key.exists():
             create_signing_key(self.settings.signing_key, self.owner)
             created.append(str(self.settings.signing_key))
+        if not self.settings.grant_key.exists():
+            create_signing_key(self.settings.grant_key, self.owner)
+            created.append(str(self.settings.grant_key))
         if not os.path.lexists(self.settings.mfa_key):
             mfa_sealing.create_key(self.settings.mfa_key, self.owner)
             created.append(str(self.settings.mfa_key))
@@ -181,6 +191,78 @@ class App:
 
     def mfa_rules(self) -> MfaRules:
         return MfaRules.from_settings(self.settings.mfa)
+
+    def check_mfa(self, account: Account, code: str | None, purpose: str, actor: str) -> None:
+        """Accept a TOTP code of `account` once, or refuse (counted, audited, maybe locking)."""
+        if code is None:
+            raise RefusedError(
+                f"{purpose} needs a TOTP code from {account.name}",
+                fix="enter the current code of your authenticator (enroll: `broker mfa enroll`)",
+            )
+        mfa_service.verify(
+            self.ready_store(),
+            key=self.mfa_key(),
+            ident=MfaIdentity(sid=account.sid, name=account.name),
+            code=code,
+            rules=self.mfa_rules(),
+            actor=actor,
+            now=utcnow(),
+            purpose=purpose,
+        )
+
+    @cached_property
+    def _grant_key(self) -> Ed25519PrivateKey:
+        try:
+            return load_signing_key(self.settings.grant_key).private
+        except UnavailableError:
+            raise UnavailableError(
+                f"no grant signing key at {self.settings.grant_key}",
+                fix="run `broker init` to create it",
+            ) from None
+
+    def grant_signing_key(self) -> Ed25519PrivateKey:
+        """The key that signs grant files (nodes verify with its public half)."""
+        return self._grant_key
+
+    def grant_public_key_line(self) -> str:
+        """The line `broker node bootstrap` installs as /etc/broker/grant-key.pub."""
+        from broker.grants.grantfile import public_key_line
+
+        return public_key_line(self._grant_key.public_key())
+
+    def active_policy_with_sha(self) -> tuple[str, Policy] | None:
+        version = self.active_policy_version()
+        policy = self.active_policy()
+        if version is None or policy is None:
+            return None
+        return version.sha256, policy
+
+    def recheck_grants(self, *, actor: str, cause: str) -> list[str]:
+        """Revoke active grants that today's directory snapshot and policy no longer allow."""
+        if not rows_grants.grants(self.ready_store().conn, states=("active",), limit=1):
+            return []
+        return self.grants().recheck(actor=actor, cause=cause, now=utcnow())
+
+    def grants(self) -> GrantService:
+        """The grant flows, over this process's store and the daemon's shared SSH pool."""
+        from broker.fleet.pool import shared_pool
+        from broker.grants.service import GrantRules, GrantService
+
+        if self._grants is None:
+            self._grants = GrantService(
+                store=self.ready_store(),
+                pool=shared_pool(self.settings),
+                signing_key=self.grant_signing_key(),
+                rules=GrantRules(
+                    max_skew=self.settings.ssh.max_skew,
+                    iolog_dir=str(self.settings.grants.iolog_dir),
+                    workers=self.settings.ssh.workers,
+                ),
+                policy=self.active_policy_with_sha,
+                snapshot=self.snapshot,
+                mfa=self.check_mfa,
+            )
+        return self._grants
 
     def _create_ssh_key(self, path: Path) -> None:
         key = Ed25519PrivateKey.generate()

@@ -20,6 +20,7 @@ from broker.cli import (
     config_cmds,
     db_cmds,
     directory_cmds,
+    grant_cmds,
     mfa_cmds,
     node_cmds,
     output,
@@ -44,6 +45,12 @@ app.add_typer(accounts_cmds.app, name="accounts")
 app.add_typer(policy_cmds.app, name="policy")
 app.add_typer(mfa_cmds.app, name="mfa")
 app.command("sync")(sync_cmds.sync)
+app.command("elevate")(grant_cmds.elevate)
+app.command("approve")(grant_cmds.approve)
+app.command("deny")(grant_cmds.deny)
+app.command("revoke")(grant_cmds.revoke)
+app.add_typer(grant_cmds.grants_app, name="grants")
+app.add_typer(grant_cmds.requests_app, name="requests")
 
 
 def _version(value: bool) -> None:

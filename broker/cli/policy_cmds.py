@@ -171,6 +171,8 @@ def apply(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_
     if result["plan"] is not None:
         _print_plan(result["plan"])
     output.say(f"applied policy {short} from {file} as version {result['version']}")
+    if result.get("revoked"):
+        output.say(f"revoked grants it no longer allows: {', '.join(result['revoked'])}")
 
 
 @app.command()

@@ -41,3 +41,5 @@ def sync(
             output.say(f"... and {len(changes) - 200} more (see `broker audit tail`)")
     for reason in r["skipped"]:
         output.warn(f"skipped: {reason}")
+    if r.get("revoked"):
+        output.say(f"revoked grants no longer allowed: {', '.join(r['revoked'])}")

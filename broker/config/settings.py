@@ -165,6 +165,19 @@ class SshSection(_Section):
     user: str = "root"
     port: int = Field(default=22, ge=1, le=65535)
     connect_timeout: Duration = timedelta(seconds=10)
+    # key: the broker's key file; gssapi: paramiko GSS-API with the broker's Kerberos
+    # credentials (no delegation, no GSS key exchange).
+    auth: Literal["key", "gssapi"] = "key"
+    # A node whose clock is further off than this is reported (grants carry UTC times).
+    max_skew: Duration = timedelta(seconds=60)
+    # Pooled connections unused this long are closed.
+    pool_idle: Duration = timedelta(seconds=300)
+    # Parallel SSH sessions of one fan-out (bootstrap, status, grant pushes).
+    workers: int = Field(default=32, ge=1, le=512)
+    # The PAM service name of the job launcher on the nodes (Slurm: slurm).
+    joblaunch_service: str = Field(
+        default="slurm", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+    )
 
     @field_validator("user")
     @classmethod
@@ -266,6 +279,15 @@ class MfaSection(_Section):
     lockout: Duration = timedelta(minutes=15)
 
 
+class GrantsSection(_Section):
+    """Grants: the key that signs them, where sudo records elevated sessions, the reaper."""
+
+    signing_key: AbsPath | None = None
+    iolog_dir: AbsPath = Path("/var/log/broker-io")
+    # How often the daemon expires requests and grants and retries removals from nodes.
+    reap_interval: Duration = timedelta(seconds=30)
+
+
 class Settings(_Section):
     """The whole configuration, with derived paths resolved."""
 
@@ -278,6 +300,7 @@ class Settings(_Section):
     policy: PolicySection = PolicySection()
     daemon: DaemonSection = DaemonSection()
     mfa: MfaSection = MfaSection()
+    grants: GrantsSection = GrantsSection()
 
     @property
     def db_path(self) -> Path:
@@ -298,6 +321,10 @@ class Settings(_Section):
     @property
     def known_hosts(self) -> Path:
         return self.ssh.known_hosts or self.broker.state_dir / "known_hosts"
+
+    @property
+    def grant_key(self) -> Path:
+        return self.grants.signing_key or self.broker.state_dir / "keys" / "grant-ed25519.pem"
 
     @property
     def mfa_key(self) -> Path:

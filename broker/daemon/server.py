@@ -32,6 +32,8 @@ from broker.daemon.caller import Caller, unix_caller
 from broker.daemon.http import RequestHandler, Service
 from broker.daemon.peer import peer_credentials
 from broker.daemon.routing import REGISTRY, Registry
+from broker.daemon.scheduler import Scheduler
+from broker.fleet.pool import close_shared_pool
 
 log = logging.getLogger("broker.daemon")
 
@@ -202,6 +204,7 @@ def running(
     )
     servers: list[socketserver.BaseServer] = [unix]
     threads: list[threading.Thread] = []
+    scheduler = Scheduler(settings)
     try:
         unix.server_bind()
         # Any local user may connect; what they may do is decided per request from SO_PEERCRED.
@@ -215,11 +218,14 @@ def running(
             thread = threading.Thread(target=server.serve_forever, name="broker-listener")
             thread.start()
             threads.append(thread)
+        scheduler.start()
         log.info("broker daemon serving on %s", daemon.socket)
         if ready is not None:
             ready()
         yield unix
     finally:
+        if threads:
+            scheduler.stop()
         for server in servers:
             if threads:
                 server.shutdown()
@@ -233,6 +239,7 @@ def running(
         pool.shutdown(wait=True, cancel_futures=True)
         deadlines.close()
         workers.close()
+        close_shared_pool()
         with contextlib.suppress(FileNotFoundError):
             daemon.socket.unlink()
 

@@ -1,24 +1,25 @@
 """SSH to nodes with pinned host keys only: unknown or changed keys are refused, never added.
 
 The broker authenticates with its own key (no agent, no ~/.ssh lookups).
-Commands are given as argv lists and quoted for the remote shell here, so
-no caller ever builds a command line by string concatenation.
+Commands are given as argv lists and quoted for the remote shell in one place
+(pool.py, `SshPool.run`), so no caller ever builds a command line by string
+concatenation.
 """
 
 from __future__ import annotations
 
-import shlex
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
-from broker.core.errors import UnavailableError
+if TYPE_CHECKING:
+    from broker.fleet.pool import SshPool
 
 MAX_OUTPUT = 1 << 20
 
@@ -45,54 +46,29 @@ class CommandResult:
 
 
 class SshRunner:
-    """Runs commands on nodes over SSH, one fresh connection per call (pooling comes with grants)."""
+    """The original one-call face of the fleet, now a thin wrapper over `SshPool`."""
 
     def __init__(self, *, key_path: Path, known_hosts: Path, user: str, timeout: timedelta) -> None:
-        self._key_path = key_path
-        self._known_hosts = known_hosts
-        self._user = user
-        self._timeout = timeout.total_seconds()
+        from broker.fleet.pool import SshOptions, SshPool  # pool builds on this module
 
-    def _client(self, target: NodeTarget) -> paramiko.SSHClient:
-        client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(str(self._known_hosts))
-        except FileNotFoundError:
-            raise UnavailableError(
-                f"no pinned host keys at {self._known_hosts}", fix="pin the node's host key first"
-            ) from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(
-            hostname=target.host,
-            port=target.port,
-            username=self._user,
-            key_filename=str(self._key_path),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=self._timeout,
-            banner_timeout=self._timeout,
-            auth_timeout=self._timeout,
+        self.pool = SshPool(
+            SshOptions(
+                key_path=key_path,
+                known_hosts=known_hosts,
+                user=user,
+                connect_timeout=timeout.total_seconds(),
+            )
         )
-        return client
+
+    @classmethod
+    def over(cls, pool: SshPool) -> SshRunner:
+        """A runner using an existing pool (the daemon's shared one)."""
+        runner = cls.__new__(cls)
+        runner.pool = pool
+        return runner
 
     def run(self, target: NodeTarget, argv: Sequence[str]) -> CommandResult:
-        started = time.monotonic()
-        try:
-            client = self._client(target)
-        except (TimeoutError, paramiko.SSHException, OSError) as exc:
-            return CommandResult(
-                target.name, None, "", "", _explain(target, exc, self._known_hosts), _ms(started)
-            )
-        try:
-            _stdin, stdout, stderr = client.exec_command(shlex.join(argv), timeout=self._timeout)
-            out = stdout.read(MAX_OUTPUT).decode("utf-8", "replace")
-            err = stderr.read(MAX_OUTPUT).decode("utf-8", "replace")
-            status = stdout.channel.recv_exit_status()
-        except (TimeoutError, paramiko.SSHException, OSError) as exc:
-            return CommandResult(target.name, None, "", "", f"{target.name}: {exc}", _ms(started))
-        finally:
-            client.close()
-        return CommandResult(target.name, status, out, err, None, _ms(started))
+        return self.pool.run(target, argv)
 
     def run_many(
         self,
@@ -103,15 +79,13 @@ class SshRunner:
         on_done: Callable[[CommandResult], None] | None = None,
     ) -> list[CommandResult]:
         """Run on every target in parallel; results come back in target order."""
+        from broker.fleet.pool import Job
 
-        def one(target: NodeTarget) -> CommandResult:
-            result = self.run(target, argv)
-            if on_done is not None:
-                on_done(result)
-            return result
+        del workers  # bounded by the pool's own `workers`
+        return self.pool.run_many([Job(t, argv) for t in targets], on_done)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
-            return list(pool.map(one, targets))
+    def close(self) -> None:
+        self.pool.close()
 
 
 def _ms(started: float) -> float:
@@ -121,14 +95,21 @@ def _ms(started: float) -> float:
 def _explain(target: NodeTarget, exc: BaseException, known_hosts: Path) -> str:
     where = f"{target.name} ({target.host}:{target.port})"
     if isinstance(exc, paramiko.BadHostKeyException):
+        from broker.fleet.hostkeys import fingerprint
+
+        seen = fingerprint(exc.key.asbytes())
         return (
-            f"{where}: host key changed (got {exc.key.get_fingerprint().hex()}); refusing. "
-            f"If the node was reinstalled, re-pin its key in {known_hosts}"
+            f"{where}: host key changed (now {seen}); refusing. If the node was reinstalled, "
+            f"check that key on its console and re-pin it: `broker node enroll {target.name} "
+            f"--replace --fingerprint {seen}`"
         )
     if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
-        return f"{where}: host key is not pinned in {known_hosts}; refusing an unknown key"
+        return (
+            f"{where}: host key is not pinned in {known_hosts}; refusing an unknown key "
+            f"(`broker node enroll {target.name}`)"
+        )
     if isinstance(exc, paramiko.AuthenticationException):
-        return f"{where}: the node refused the broker's SSH key; bootstrap the node"
+        return f"{where}: the node refused the broker's SSH key; authorize it for root there"
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"{where}: timed out; check the node is up"
-    return f"{where}: {exc}"
+    return f"{where}: {str(exc) or type(exc).__name__}"

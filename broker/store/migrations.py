@@ -167,6 +167,122 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        5,
+        "nodes, elevation requests, grants, session events",
+        (
+            # The inventory: a node is reachable only after its host key is pinned here
+            # (enroll); known_hosts is written from these rows.
+            """CREATE TABLE nodes (
+                name TEXT PRIMARY KEY,
+                address TEXT NOT NULL,
+                port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+                host_key_type TEXT,
+                host_key TEXT,
+                fingerprint TEXT,
+                added_at TEXT NOT NULL,
+                added_by TEXT NOT NULL,
+                enrolled_at TEXT,
+                enrolled_by TEXT,
+                bootstrapped_at TEXT,
+                hook_version TEXT,
+                sudo_flavour TEXT,
+                sudo_version TEXT,
+                io_logging INTEGER,
+                last_seen_at TEXT,
+                last_skew_s REAL
+            )""",
+            # A request waits for approvals; it never becomes a grant after expires_at.
+            """CREATE TABLE elevation_requests (
+                id TEXT PRIMARY KEY,
+                user TEXT NOT NULL,
+                sid TEXT NOT NULL,
+                nodes TEXT NOT NULL,
+                role TEXT NOT NULL,
+                runas TEXT NOT NULL,
+                commands TEXT NOT NULL,
+                duration_s INTEGER NOT NULL CHECK (duration_s > 0),
+                reason TEXT NOT NULL,
+                policy_sha256 TEXT NOT NULL,
+                approvals_needed INTEGER NOT NULL,
+                approver_groups TEXT NOT NULL,
+                state TEXT NOT NULL
+                    CHECK (state IN ('pending', 'granted', 'denied', 'expired', 'failed')),
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                decided_at TEXT,
+                decided_by TEXT,
+                decision_reason TEXT,
+                grant_id TEXT
+            )""",
+            "CREATE INDEX elevation_requests_state ON elevation_requests (state, expires_at)",
+            """CREATE TABLE approvals (
+                request_id TEXT NOT NULL REFERENCES elevation_requests (id),
+                approver TEXT NOT NULL,
+                approver_sid TEXT NOT NULL,
+                decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+                reason TEXT NOT NULL,
+                at TEXT NOT NULL,
+                PRIMARY KEY (request_id, approver_sid)
+            ) WITHOUT ROWID""",
+            # A grant is signed once per node; `grant_nodes` says where it landed.
+            """CREATE TABLE grants (
+                id TEXT PRIMARY KEY,
+                user TEXT NOT NULL,
+                sid TEXT NOT NULL,
+                role TEXT NOT NULL,
+                runas TEXT NOT NULL,
+                commands TEXT NOT NULL,
+                command_lines TEXT NOT NULL,
+                nodes TEXT NOT NULL,
+                not_before TEXT NOT NULL,
+                not_after TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                approvers TEXT NOT NULL,
+                policy_sha256 TEXT NOT NULL,
+                login INTEGER NOT NULL,
+                workloads INTEGER NOT NULL,
+                max_sessions INTEGER NOT NULL,
+                request_id TEXT,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('active', 'revoked', 'expired')),
+                ended_at TEXT,
+                ended_by TEXT,
+                end_reason TEXT
+            )""",
+            "CREATE INDEX grants_state ON grants (state, not_after)",
+            "CREATE INDEX grants_user ON grants (user)",
+            """CREATE TABLE grant_nodes (
+                grant_id TEXT NOT NULL REFERENCES grants (id),
+                node TEXT NOT NULL,
+                state TEXT NOT NULL
+                    CHECK (state IN ('pending', 'live', 'failed', 'removing', 'removed')),
+                error TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                pushed_at TEXT,
+                removed_at TEXT,
+                PRIMARY KEY (grant_id, node)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX grant_nodes_node ON grant_nodes (node, state)",
+            # Session open/close events collected from the nodes' spools (deduplicated).
+            """CREATE TABLE session_events (
+                id INTEGER PRIMARY KEY,
+                node TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('open', 'close')),
+                grant_id TEXT,
+                user TEXT NOT NULL,
+                runas TEXT NOT NULL,
+                service TEXT NOT NULL,
+                tty TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                UNIQUE (node, event_id)
+            )""",
+        ),
+    ),
 )
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,13 @@ from broker.core.errors import FailedError, RefusedError, UnavailableError, Usag
 from broker.policy import names
 
 GRANT_ID = re.compile(r"g[0-9a-f]{16}")
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "sudoers_templates"
+# In a checkout beside the package; from a wheel under <prefix>/share (pyproject data-files).
+_BESIDE = Path(__file__).resolve().parents[2] / "sudoers_templates"
+TEMPLATES_DIR = (
+    _BESIDE
+    if _BESIDE.is_dir()
+    else Path(sys.prefix) / "share" / "hpc-access-broker" / "sudoers_templates"
+)
 TEMPLATE = "grant.sudoers.j2"
 DEFAULT_IOLOG_DIR = "/var/log/broker-io"
 ALL = "ALL"

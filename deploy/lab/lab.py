@@ -41,6 +41,8 @@ NODE_MOUNTS = (
     "/var/lib/broker",
     "/var/spool/broker",
     "/var/log/broker-io",
+    "/usr/libexec/broker",
+    "/root",
 )
 
 PEOPLE = [
@@ -665,6 +667,8 @@ def prepare_node(root: Path, name: str, address: str, authorized: dict[str, str]
         "/var/lib/broker": 0o700,
         "/var/spool/broker": 0o700,
         "/var/log/broker-io": 0o700,
+        "/usr/libexec/broker": 0o755,
+        "/root": 0o700,
     }
     for mount, mode in modes.items():
         path = node_dir / mount.lstrip("/")
@@ -803,6 +807,62 @@ def start_broker(root: Path, config: Path) -> int:
     raise LabError(f"the broker daemon did not come up: {log.read_text()[-1500:]}")
 
 
+def broker_api(socket_path: Path, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One call to the lab daemon's API as root (an operator), standard library only."""
+    import http.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(300)
+            sock.connect(str(socket_path))
+            self.sock = sock
+
+    conn = UnixConnection("localhost", timeout=300)
+    try:
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        reply = conn.getresponse()
+        payload = json.loads(reply.read() or b"null")
+    finally:
+        conn.close()
+    if reply.status >= 400:
+        raise LabError(f"{method} {path}: {reply.status} {payload}")
+    return payload
+
+
+def enroll_nodes(info: dict[str, Any]) -> None:
+    """What an administrator does first: sync the directory, apply the lab policy, and for
+    each node add it, pin its host key (the fingerprint read off the node's own key file, as
+    one would from the console) and bootstrap it (hook, pam.d blocks, verification key)."""
+    sock = Path(info["broker"]["socket"])
+    broker_api(sock, "POST", "/v1/directory/sync", {"full": True})
+    policy = HERE / "policy.toml"
+    broker_api(
+        sock, "POST", "/v1/policy/apply", {"text": policy.read_text(), "source": str(policy)}
+    )
+    for node in info["nodes"]:
+        broker_api(
+            sock, "POST", "/v1/nodes", {"name": node["name"], "address": node["address"], "port": 22}
+        )
+        broker_api(
+            sock,
+            "POST",
+            "/v1/nodes/enroll",
+            {
+                "name": node["name"],
+                "expected": [{"fingerprint": node["host_key_fingerprint"]}],
+                "confirm": True,
+            },
+        )
+    names = ",".join(n["name"] for n in info["nodes"])
+    results = broker_api(sock, "POST", "/v1/nodes/bootstrap", {"nodes": names})
+    failed = [r for r in results if not r.get("ok")]
+    if failed:
+        raise LabError(f"bootstrap failed: {failed[:3]}")
+
+
 # ---------------------------------------------------------------- broker config and lab.json
 
 
@@ -821,7 +881,10 @@ def broker_config(root: Path, keytab: Path, state_dir: Path) -> Path:
         f'listen = "{BROKER_ADDR}:{BROKER_PORT}"\n'
         f'tls_cert = "{root / "ca" / "broker.pem"}"\ntls_key = "{root / "ca" / "broker.key"}"\n'
         f'http_keytab = "{root / "broker" / "http.keytab"}"\n'
-        f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n'
+        f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n\n'
+        # Tests prove that expiry needs no action of the broker, and run the scheduler's
+        # tick themselves (`broker grants reap`) where they want it.
+        '[grants]\nreap_interval = "1h"\n'
     )
     path.chmod(0o644)
     return path
@@ -923,6 +986,8 @@ def up(
         info["broker"]["url"] = f"https://{BROKER_HOST}:{BROKER_PORT}"
         info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
         save_info(root, info)
+        say("enrolling and bootstrapping the nodes")
+        enroll_nodes(info)
     except (LabError, OSError, subprocess.SubprocessError) as exc:
         save_info(root, info)
         down(root, quiet=True)

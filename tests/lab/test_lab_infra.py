@@ -106,11 +106,15 @@ def test_each_node_has_its_own_sudoers_d(lab: dict[str, Any]) -> None:
 
 
 def test_lab_users_log_in_with_their_key_and_have_no_sudo(lab: dict[str, Any]) -> None:
-    node = lab["nodes"][0]
+    # login01 (zone access) admits any user; the compute nodes are login-gated by the lab
+    # policy (gpu-root has login = true), so alice needs a grant there.
+    node = next(n for n in lab["nodes"] if n["name"] == "login01")
     result = ssh(lab, "alice", node, "id -u; hostname; sudo -n true")
     lines = result.stdout.split()
     assert lines[:2] == [str(lab["users"]["alice"]["uid"]), node["name"]]
     assert result.returncode != 0 and "password is required" in result.stderr
+    gated = ssh(lab, "alice", lab["nodes"][0], "id -u")
+    assert gated.returncode == 255 and gated.stdout == ""
 
 
 def test_lab_exec_enters_the_node(lab_module: ModuleType, lab: dict[str, Any]) -> None:

@@ -471,7 +471,15 @@ def test_json_output_keeps_its_keys(broker_config: Path, lab_file: Path) -> None
     applied = json.loads(
         run_broker("policy", "apply", str(lab_file), "--json", config=broker_config).stdout
     )
-    assert set(applied) == {"applied", "sha256", "version", "previous_sha256", "plan", "warnings"}
+    assert set(applied) == {
+        "applied",
+        "sha256",
+        "version",
+        "previous_sha256",
+        "plan",
+        "warnings",
+        "revoked",
+    }
     assert set(applied["plan"]) == plan_keys
     show = json.loads(run_broker("policy", "show", "--json", config=broker_config).stdout)
     assert set(show) == {

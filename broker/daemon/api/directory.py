@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import Field
+
 from broker.core.errors import UnavailableError
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
@@ -54,6 +56,7 @@ class SyncOut(Out):
     elapsed_s: float
     skipped: list[str]
     changes: list[ChangeOut]
+    revoked: list[str] = Field(default_factory=list)  # grants revoked because of what changed
 
 
 @REGISTRY.add(
@@ -105,7 +108,9 @@ def status(ctx: Context[Empty]) -> SnapshotStatus:
 )
 def sync(ctx: Context[SyncRequest]) -> SyncOut:
     report = ctx.app.sync_directory(ctx.caller.actor, full=ctx.params.full)
+    revoked = ctx.app.recheck_grants(actor="broker", cause="directory")
     return SyncOut(
+        revoked=revoked,
         kind=report.kind,
         reason=report.reason,
         dc=report.dc,

@@ -6,6 +6,8 @@ the name they came from, which is only ever shown and stored, never opened.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from broker.core.durations import format_duration, parse_duration
 from broker.core.errors import BrokerError, RefusedError, UsageError
 from broker.core.hostlist import expand
@@ -110,6 +112,9 @@ class ApplyOut(Out):
     warnings: list[str]
     applied_at: str  # of `version`: now, or when the already active policy was applied
     actor: str  # who applied `version`
+    revoked: list[str] = Field(
+        default_factory=list
+    )  # active grants the new policy no longer allows
 
 
 class ShowQuery(Body):
@@ -246,8 +251,12 @@ def plan(ctx: Context[PolicyFile]) -> PlanOut:
 )
 def apply(ctx: Context[PolicyFile]) -> ApplyOut:
     result = ctx.app.apply_policy(ctx.params.text, ctx.params.source, ctx.caller.actor)
+    revoked = (
+        ctx.app.recheck_grants(actor=ctx.caller.actor, cause="policy") if result.applied else []
+    )
     version = result.version
     return ApplyOut(
+        revoked=revoked,
         applied=result.applied,
         sha256=version.sha256,
         version=version.id,

@@ -1,0 +1,174 @@
+"""Put a grant on its nodes and take it off again, in parallel, over the pooled SSH connections.
+
+Per node, install is one SSH command: the node's signed grant file and the
+rendered drop-in go to `broker-node install-grant` with the broker's clock;
+the node refuses when its own clock differs by more than `ssh.max_skew`
+(naming the skew), checks both files, renames them into place and confirms
+with `sudo -l -U USER` that the rule is live. Removal is
+`broker-node revoke`, which also ends the grant's running sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.fleet import nodeprog
+from broker.fleet.pool import SshPool
+from broker.fleet.ssh import NodeTarget
+from broker.grants.grantfile import GrantFile, encode_signed
+from broker.grants.model import Grant
+from broker.sudoers.render import SudoersGrant, render_grant
+
+log = logging.getLogger("broker.grants")
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    node: str
+    ok: bool
+    error: str | None
+    elapsed_ms: float
+    killed: int = 0  # sessions' processes ended (removal)
+
+
+def drop_in_text(grant: Grant, iolog_dir: str) -> str:
+    """The grant's sudoers drop-in (the same on every node: the host is bound by the grant file)."""
+    return render_grant(
+        SudoersGrant(
+            grant_id=grant.id,
+            user=grant.user,
+            runas=grant.runas,
+            not_before=grant.not_before,
+            not_after=grant.not_after,
+            command_sets=grant.command_sets,
+            iolog_dir=iolog_dir,
+        )
+    )
+
+
+def grant_file_text(grant: Grant, node: str, key: Ed25519PrivateKey, issued_at: datetime) -> str:
+    return encode_signed(
+        GrantFile(
+            id=grant.id,
+            node=node,
+            user=grant.user,
+            runas=grant.runas,
+            commands=grant.commands,
+            not_before=grant.not_before,
+            not_after=grant.not_after,
+            login=grant.login,
+            workloads=grant.workloads,
+            max_sessions=grant.max_sessions,
+            policy_sha256=grant.policy_sha256,
+            approvers=grant.approvers,
+            reason=grant.reason,
+            issued_at=issued_at.replace(microsecond=0),
+        ),
+        key,
+    )
+
+
+def install(
+    pool: SshPool,
+    targets: Sequence[NodeTarget],
+    grant: Grant,
+    key: Ed25519PrivateKey,
+    *,
+    max_skew: timedelta,
+    iolog_dir: str,
+    now: datetime,
+    workers: int,
+    on_done: Callable[[NodeOutcome], None] | None = None,
+) -> list[NodeOutcome]:
+    """Install on every target in parallel; outcomes in target order."""
+    sudoers = drop_in_text(grant, iolog_dir)
+
+    def one(target: NodeTarget) -> NodeOutcome:
+        started = time.monotonic()
+        try:
+            problem = attempt(target)
+        except Exception as exc:  # one node's failure is that node's result, never the grant's
+            log.exception("pushing %s to %s failed", grant.id, target.name)
+            problem = f"{target.name}: {type(exc).__name__}: {exc}"[:500]
+        outcome = NodeOutcome(
+            target.name, problem is None, problem, (time.monotonic() - started) * 1000
+        )
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    def attempt(target: NodeTarget) -> str | None:
+        payload = {
+            "id": grant.id,
+            "user": grant.user,
+            "grant": grant_file_text(grant, target.name, key, now),
+            "sudoers": sudoers,
+            # The node compares its clock with ours before it writes anything.
+            "broker_time": time.time(),
+            "max_skew": max_skew.total_seconds(),
+        }
+        reply = nodeprog.call(pool, target, "install-grant", payload)
+        return _install_problem(target.name, reply)
+
+    return _parallel(one, targets, workers)
+
+
+def _install_problem(node: str, reply: nodeprog.NodeReply) -> str | None:
+    if not reply.ok or reply.data is None:
+        return reply.error or f"{node}: the node program failed"
+    data = reply.data
+    if not data.get("ok"):
+        return f"{node}: {data.get('error') or 'install refused by the node'}"
+    if not data.get("live"):
+        return f"{node}: installed, but `sudo -l` on the node does not show the rule"
+    return None
+
+
+def remove(
+    pool: SshPool,
+    targets: Sequence[NodeTarget],
+    ids_by_node: Mapping[str, Sequence[str]],
+    *,
+    workers: int,
+    on_done: Callable[[NodeOutcome], None] | None = None,
+) -> list[NodeOutcome]:
+    """Remove grants (and end their sessions) on every target in parallel."""
+
+    def one(target: NodeTarget) -> NodeOutcome:
+        started = time.monotonic()
+        reply = nodeprog.call(
+            pool, target, "revoke", {"ids": list(ids_by_node.get(target.name, ()))}
+        )
+        problem: str | None = None
+        killed = 0
+        if not reply.ok or reply.data is None:
+            problem = reply.error or f"{target.name}: the node program failed"
+        else:
+            errors = reply.data.get("errors") or []
+            killed = len(reply.data.get("killed") or [])
+            if errors:
+                problem = f"{target.name}: " + "; ".join(str(e) for e in errors)[:500]
+        outcome = NodeOutcome(
+            target.name, problem is None, problem, (time.monotonic() - started) * 1000, killed
+        )
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    return _parallel(one, targets, workers)
+
+
+def _parallel(
+    one: Callable[[NodeTarget], NodeOutcome], targets: Sequence[NodeTarget], workers: int
+) -> list[NodeOutcome]:
+    if len(targets) == 1:
+        return [one(targets[0])]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
+        return list(pool.map(one, targets))

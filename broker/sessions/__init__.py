@@ -1,0 +1,1 @@
+"""Elevated sessions: events from the nodes' hook spools, collected and stored."""

@@ -1,0 +1,355 @@
+"""Just-in-time elevation end to end: MFA, approval, the grant on the node, sudo over SSH,
+expiry without the broker, revocation of a running sudo, and revocation by the directory.
+
+The lab daemon's scheduler interval is an hour, so nothing here is removed by the broker
+unless the test asks for it (`broker revoke`, `broker sync`, `broker grants reap`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ldap3
+import pyotp
+import pytest
+
+from tests.helpers import BROKER, run_broker
+
+pytestmark = pytest.mark.lab
+
+ADMIN_DN = "CN=Administrator,CN=Users,DC=hpc,DC=test"
+
+
+def config_of(lab: dict[str, Any]) -> Path:
+    return Path(lab["broker"]["config"])
+
+
+def as_user(lab: dict[str, Any], name: str) -> list[str]:
+    user = lab["users"][name]
+    return ["setpriv", "--reuid", str(user["uid"]), "--regid", str(user["gid"]), "--clear-groups"]
+
+
+def cli(
+    lab: dict[str, Any], *args: str, user: str | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "BROKER_CONFIG"}
+    env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    prefix = as_user(lab, user) if user else []
+    return subprocess.run(
+        [*prefix, BROKER, "--config", str(config_of(lab)), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+
+
+def node(lab: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(n for n in lab["nodes"] if n["name"] == name)
+
+
+def ssh(lab: dict[str, Any], user: str, node_name: str, command: str) -> list[str]:
+    return [
+        "ssh",
+        "-i",
+        lab["users"][user]["ssh_key"],
+        "-o",
+        f"UserKnownHostsFile={lab['broker']['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        f"{user}@{node(lab, node_name)['address']}",
+        command,
+    ]
+
+
+def run_ssh(
+    lab: dict[str, Any], user: str, node_name: str, command: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ssh(lab, user, node_name, command),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def in_node(
+    lab: dict[str, Any], node_name: str, argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command inside the node's namespaces (as a console login would run it)."""
+    return subprocess.run(
+        ["nsenter", "--target", str(node(lab, node_name)["pid"]), "--mount", "--uts", "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(env or {})},
+    )
+
+
+def node_path(lab: dict[str, Any], node_name: str, path: str) -> Path:
+    return Path(node(lab, node_name)["dir"]) / path.lstrip("/")
+
+
+class Codes:
+    """TOTP codes for lab users, each step used once (the daemon refuses a replay)."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, str] = {}
+        self.last: dict[str, int] = {}
+
+    def enroll(self, lab: dict[str, Any], user: str) -> None:
+        assert cli(lab, "mfa", "reset", user, "--yes").returncode == 0
+        proc = subprocess.Popen(
+            [*as_user(lab, user), BROKER, "--config", str(config_of(lab)), "mfa", "enroll"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert proc.stdout is not None
+        uri = None
+        for line in proc.stdout:
+            found = re.search(r"(otpauth://totp/\S+)", line)
+            if found:
+                uri = found.group(1)
+                break
+        assert uri is not None
+        totp = pyotp.parse_uri(uri)
+        step = int(time.time()) // 30
+        _out, err = proc.communicate(totp.at(step * 30) + "\n", timeout=60)
+        assert proc.returncode == 0, err
+        self.secrets[user] = totp.secret
+        self.last[user] = step
+
+    def code(self, user: str) -> str:
+        """The next unused step's code, waiting when the +-1 step window is used up."""
+        now_step = int(time.time()) // 30
+        step = max(self.last[user] + 1, now_step - 1)
+        if step > now_step + 1:
+            time.sleep((step - 1) * 30 - time.time() + 0.5)
+        self.last[user] = step
+        return str(pyotp.TOTP(self.secrets[user]).at(step * 30)) + "\n"
+
+
+@pytest.fixture(scope="module")
+def ready(lab: dict[str, Any]) -> dict[str, Any]:
+    """The lab as `lab up` leaves it (policy applied, nodes bootstrapped), synced, and
+    alice, carol (gpu-admins), frank and grace (hpc-approvers) enrolled in MFA."""
+    assert run_broker("sync", "--full", config=config_of(lab)).returncode == 0
+    codes = Codes()
+    for user in ("alice", "carol", "frank", "grace"):
+        codes.enroll(lab, user)
+    return {"lab": lab, "codes": codes}
+
+
+def elevate_approved(
+    ready: dict[str, Any], user: str, approver: str, nodes: str, duration: str
+) -> dict[str, Any]:
+    """USER elevates (gpu-root needs one approval), APPROVER approves; the grant as JSON."""
+    lab, codes = ready["lab"], ready["codes"]
+    asked = cli(
+        lab,
+        "elevate",
+        nodes,
+        "--for",
+        duration,
+        "--reason",
+        "INC-4711 replace NVLink switch",
+        "--json",
+        user=user,
+        stdin=codes.code(user),
+    )
+    assert asked.returncode == 0, asked.stderr
+    request = json.loads(asked.stdout)["request"]
+    assert request["state"] == "pending" and request["approvals_needed"] == 1
+    approved = cli(
+        lab, "approve", request["id"], "--json", user=approver, stdin=codes.code(approver)
+    )
+    assert approved.returncode == 0, approved.stderr + approved.stdout
+    result = json.loads(approved.stdout)
+    assert [r["ok"] for r in result["results"]] == [True] * len(result["results"])
+    grant: dict[str, Any] = result["grant"]
+    assert grant["approvers"] == [approver] and grant["request_id"] == request["id"]
+    return grant
+
+
+def test_a_user_in_no_mapped_group_is_refused_with_the_rule(ready: dict[str, Any]) -> None:
+    lab = ready["lab"]
+    refused = cli(lab, "elevate", "gpu01", "--for", "10m", "--reason", "curious", user="bob")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "broker: error: bob may not elevate on gpu01: bob is in no group bound to any role; "
+        "see `broker policy explain bob gpu01`"
+    )
+    explained = cli(lab, "policy", "explain", "bob", "gpu01", user="bob")
+    assert "bob is in no group bound to any role" in explained.stdout
+
+
+def test_refusals_before_anything_is_pushed(ready: dict[str, Any]) -> None:
+    lab = ready["lab"]
+    before = sorted(p.name for p in node_path(lab, "gpu01", "/etc/sudoers.d").iterdir())
+    too_long = cli(
+        lab, "elevate", "gpu01", "--role", "gpu-root", "--for", "5h", "--reason", "x", user="alice"
+    )
+    assert too_long.returncode == 1 and "5h exceeds the maximum 4h of gpu-root" in too_long.stderr
+    outside = cli(lab, "elevate", "login01", "--reason", "x", user="alice")
+    assert outside.returncode == 1 and "may not elevate on login01" in outside.stderr
+    unknown = cli(lab, "elevate", "gpu77", "--reason", "x", user="alice")
+    assert unknown.returncode == 1 and "gpu77 is in no zone of the policy" in unknown.stderr
+    hostile = cli(lab, "elevate", "gpu01", "--reason", "x\ny", user="alice")
+    assert hostile.returncode == 1 and "reason" in hostile.stderr
+    assert len(hostile.stderr.strip().splitlines()) == 1
+    after = sorted(p.name for p in node_path(lab, "gpu01", "/etc/sudoers.d").iterdir())
+    assert after == before
+
+
+def test_elevation_works_on_its_node_only_and_ends_at_expiry_without_the_broker(
+    ready: dict[str, Any],
+) -> None:
+    lab = ready["lab"]
+    grant = elevate_approved(ready, "alice", "frank", "gpu01", "40s")
+    assert grant["nodes"] == "gpu01" and grant["runas"] == "root"
+    assert [n["state"] for n in grant["node_states"]] == ["live"]
+    drop_in = node_path(lab, "gpu01", f"/etc/sudoers.d/broker_{grant['id']}")
+    grant_file = node_path(lab, "gpu01", f"/var/lib/broker/grants/{grant['id']}")
+    assert drop_in.stat().st_mode & 0o777 == 0o440 and grant_file.stat().st_mode & 0o777 == 0o600
+    text = drop_in.read_text()
+    assert "INC-4711" not in text  # the reason never reaches sudoers
+    assert re.search(
+        r"NOTAFTER=\d{14}Z TIMEOUT=40 NOPASSWD: LOG_INPUT: LOG_OUTPUT: ALL$", text, re.M
+    )
+
+    # One SSH session that outlives the grant: root before expiry, refused after, also in
+    # a time zone 14 hours ahead of UTC.
+    until = int(
+        time.mktime(time.strptime(grant["not_after"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    )
+    script = (
+        "sudo -n id -u; "
+        f"while [ $(date +%s) -lt {until + 2} ]; do sleep 1; done; "
+        "sudo -n id -u 2>&1; echo rc=$?; "
+        "TZ=Pacific/Kiritimati sudo -n id -u 2>&1; echo rc=$?"
+    )
+    session = run_ssh(lab, "alice", "gpu01", script, timeout=180)
+    lines = session.stdout.splitlines()
+    assert lines[0] == "0", session.stdout + session.stderr
+    assert "rc=1" in lines and lines.count("rc=1") == 2, session.stdout
+    assert "0" not in lines[1:]
+    # The broker did nothing: the drop-in and the grant file are still there.
+    assert drop_in.exists() and grant_file.exists()
+
+    # gpu02 is not in the grant: the gated login refuses alice, and sudo there refuses her.
+    other = run_ssh(lab, "alice", "gpu02", "sudo -n id -u")
+    assert other.returncode == 255 and "0" not in other.stdout.split()
+    alice = lab["users"]["alice"]
+    local = in_node(
+        lab,
+        "gpu02",
+        [*as_user(lab, "alice"), "sudo", "-n", "id", "-u"],
+        env={"HOME": "/home/alice", "USER": "alice"},
+    )
+    assert local.returncode == 1 and local.stdout.strip() != "0", (alice, local)
+
+    # The scheduler's tick expires it and cleans the node.
+    reaped = cli(lab, "grants", "reap", "--json")
+    assert reaped.returncode == 0, reaped.stderr
+    assert grant["id"] in json.loads(reaped.stdout)["grants_expired"]
+    assert not drop_in.exists() and not grant_file.exists()
+
+
+def test_revoke_ends_a_running_sudo_and_its_process_tree(ready: dict[str, Any]) -> None:
+    lab = ready["lab"]
+    grant = elevate_approved(ready, "carol", "grace", "gpu01", "10m")
+    marker = f"sleep 3{int(time.time()) % 1000:03d}"
+    running = subprocess.Popen(
+        ssh(lab, "carol", "gpu01", f"sudo -n sh -c '{marker} & {marker}'"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sessions = node_path(lab, "gpu01", f"/var/lib/broker/sessions/{grant['id']}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (sessions.is_dir() and any(sessions.iterdir())):
+        time.sleep(0.2)
+    assert sessions.is_dir() and any(sessions.iterdir()), "the hook recorded no session"
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+    started = time.monotonic()
+    revoked = cli(lab, "revoke", grant["id"], "--reason", "INC-4711 done", "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    result = json.loads(revoked.stdout)
+    assert result["revoked"] == [grant["id"]] and result["pending"] == []
+    assert result["results"][0]["killed"] >= 2
+    running.communicate(timeout=15)
+    assert time.monotonic() - started < 15
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+    assert not node_path(lab, "gpu01", f"/etc/sudoers.d/broker_{grant['id']}").exists()
+    # A revoked grant stays revoked: its file put back by hand is refused by the hook.
+    again = run_ssh(lab, "carol", "gpu01", "sudo -n id -u")
+    assert "0" not in again.stdout.split()
+    shown = json.loads(cli(lab, "grants", "show", grant["id"], "--json").stdout)
+    assert shown["state"] == "revoked" and shown["end_reason"] == "INC-4711 done"
+    assert [n["state"] for n in shown["node_states"]] == ["removed"]
+
+
+@pytest.fixture
+def admin(lab: dict[str, Any]) -> Iterator[ldap3.Connection]:
+    password = Path(lab["dc"]["admin_password_file"]).read_text().strip()
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=lab["dc"]["ca_file"])
+    server = ldap3.Server(lab["dc"]["host"], port=636, use_ssl=True, tls=tls)
+    conn = ldap3.Connection(server, ADMIN_DN, password, auto_bind=True, raise_exceptions=True)
+    yield conn
+    conn.unbind()
+
+
+def test_removing_the_user_from_the_group_in_ad_revokes_at_the_next_sync(
+    ready: dict[str, Any], admin: ldap3.Connection
+) -> None:
+    lab = ready["lab"]
+    grant = elevate_approved(ready, "alice", "frank", "gpu01", "10m")
+    assert run_ssh(lab, "alice", "gpu01", "sudo -n id -u").stdout.strip() == "0"
+    group = f"CN=gpu-admins,OU=Groups,OU=Cluster,{lab['base_dn']}"
+    alice = f"CN=alice,OU=People,OU=Cluster,{lab['base_dn']}"
+    admin.modify(group, {"member": [(ldap3.MODIFY_DELETE, [alice])]})
+    try:
+        synced = cli(lab, "sync", "--json")
+        assert synced.returncode == 0, synced.stderr
+        assert json.loads(synced.stdout)["revoked"] == [grant["id"]]
+        shown = json.loads(cli(lab, "grants", "show", grant["id"], "--json").stdout)
+        assert shown["state"] == "revoked"
+        assert shown["end_reason"].startswith("directory: alice is in none of the groups")
+        assert not node_path(lab, "gpu01", f"/etc/sudoers.d/broker_{grant['id']}").exists()
+        audit = cli(lab, "audit", "tail", "--action", "grant.revoke", "--json")
+        assert grant["id"] in audit.stdout
+    finally:
+        admin.modify(group, {"member": [(ldap3.MODIFY_ADD, [alice])]})
+        assert cli(lab, "sync").returncode == 0
+
+
+def test_users_see_their_own_grants_and_operators_all(ready: dict[str, Any]) -> None:
+    lab = ready["lab"]
+    mine = cli(lab, "grants", "list", "--json", user="carol")
+    assert mine.returncode == 0 and {g["user"] for g in json.loads(mine.stdout)} <= {"carol"}
+    others = cli(lab, "grants", "list", "--user", "alice", user="carol")
+    assert others.returncode == 1 and "only operators" in others.stderr
+    everyone = json.loads(cli(lab, "grants", "list", "--json").stdout)
+    assert {"alice", "carol"} <= {g["user"] for g in everyone}
+    requests = cli(lab, "requests", "list", "--state", "", "--json", user="frank")
+    assert requests.returncode == 0 and json.loads(requests.stdout)
