@@ -977,6 +977,15 @@ def _break_glass(conf: NodeConf | str, user: str, in_group: GroupCheck) -> bool:
     return in_group(user, conf.break_glass_group)
 
 
+def _broken_node(paths: Paths, conf: NodeConf | str) -> str | None:
+    """Why this node's own configuration cannot be trusted (then only root passes, not even
+    break-glass: fail closed), or None."""
+    if isinstance(conf, str):
+        return conf
+    key = load_key(paths)
+    return key if isinstance(key, str) else None
+
+
 def decide_sudo(paths: Paths, ruser: str, now: int, in_group: GroupCheck) -> Decision:
     """sudo auth/account: root, a valid grant with a free session slot, or break-glass.
 
@@ -987,6 +996,9 @@ def decide_sudo(paths: Paths, ruser: str, now: int, in_group: GroupCheck) -> Dec
     if not ruser:
         return False, "no PAM_RUSER: the invoking user is unknown"
     conf = load_conf(paths)
+    broken = _broken_node(paths, conf)
+    if broken is not None:
+        return False, broken
     grants, reason = _grant_state(paths, ruser, now, conf)
     if grants:
         limit = max(grant.max_sessions for grant in grants)
@@ -1005,8 +1017,10 @@ def decide_sshd(paths: Paths, user: str, now: int, in_group: GroupCheck) -> Deci
     if user == "root":
         return True, "root"
     conf = load_conf(paths)
-    if isinstance(conf, str):
-        return False, conf
+    broken = _broken_node(paths, conf)
+    if broken is not None:
+        return False, broken
+    assert isinstance(conf, NodeConf)
     if not conf.login_gated:
         return True, "logins not gated"
     grants, reason = _grant_state(paths, user, now, conf)
@@ -1288,9 +1302,7 @@ def _skew_problem(payload: dict[str, object]) -> str | None:
 
 def _install_grant(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:
     if set(payload) != {"id", "user", "grant", "sudoers", "broker_time", "max_skew"}:
-        raise _Usage(
-            "install-grant takes exactly id, user, grant, sudoers, broker_time, max_skew"
-        )
+        raise _Usage("install-grant takes exactly id, user, grant, sudoers, broker_time, max_skew")
     skew = _skew_problem(payload)
     grant_id = _text_field(payload, "id", 17)
     user = _text_field(payload, "user", 32)
