@@ -1002,7 +1002,8 @@ def decide_sudo(paths: Paths, ruser: str, now: int, in_group: GroupCheck) -> Dec
     grants, reason = _grant_state(paths, ruser, now, conf)
     if grants:
         limit = max(grant.max_sessions for grant in grants)
-        open_now = sum(len(live_sessions(paths, grant.id)) for grant in grants)
+        # A session is recorded under every grant the user held when it opened: count pids.
+        open_now = len({pid for grant in grants for pid in live_sessions(paths, grant.id)})
         if open_now < limit:
             return True, f"grant {grants[0].id}"
         reason = f"max_sessions reached: {open_now} open elevated sessions (limit {limit})"
@@ -1052,14 +1053,16 @@ def open_session(
     grants, _ = _grant_state(paths, ruser, now) if ruser != "root" else ([], "")
     if not grants:
         return True, "no grant: session not recorded"
-    grant = grants[0]
+    # Which of the user's grants sudo matched is not known here: the session belongs to
+    # each of them, so revoking any one of them ends it.
     runas, tty_name = _target_name(user), _tty_name(tty)
-    directory = os.path.join(paths.sessions, grant.id)
-    _ensure_dir(directory)
     record = f"{ruser} {runas} {tty_name} {format_utc(now)}\n"
-    write_atomic(directory, str(pid), record.encode("ascii"))
-    spool_event(paths, "open", grant.id, ruser, runas, service, tty_name, pid, now)
-    return True, f"session {grant.id}/{pid} recorded"
+    for grant in grants:
+        directory = os.path.join(paths.sessions, grant.id)
+        _ensure_dir(directory)
+        write_atomic(directory, str(pid), record.encode("ascii"))
+        spool_event(paths, "open", grant.id, ruser, runas, service, tty_name, pid, now)
+    return True, f"session {','.join(g.id for g in grants)}/{pid} recorded"
 
 
 def close_session(
@@ -1070,6 +1073,7 @@ def close_session(
         ids = [name for name in os.listdir(paths.sessions) if is_grant_id(name)]
     except FileNotFoundError:
         ids = []
+    closed: list[str] = []
     for grant_id in ids:
         path = os.path.join(paths.sessions, grant_id, str(pid))
         if not os.path.lexists(path):
@@ -1079,7 +1083,9 @@ def close_session(
         spool_event(
             paths, "close", grant_id, ruser, _target_name(user), service, _tty_name(tty), pid, now
         )
-        return True, f"session {grant_id}/{pid} closed"
+        closed.append(grant_id)
+    if closed:
+        return True, f"session {','.join(closed)}/{pid} closed"
     return True, "no session record"
 
 
@@ -1241,11 +1247,11 @@ def _status(paths: Paths, now: int) -> dict[str, object]:
             problem = grant
         entry["valid"], entry["problem"] = problem is None, problem
         grants.append(entry)
-    try:
-        with open(os.path.join(paths.pam_d, "sudo"), encoding="utf-8", errors="replace") as file:
-            hooked = "# BEGIN broker" in file.read(65536)
-    except OSError:
-        hooked = False
+    unhooked = _unhooked_services(paths, conf)
+    problems_extra = [
+        f"/etc/pam.d/{name} does not start with the broker block" for name in unhooked
+    ]
+    hooked = not unhooked
     return {
         "node": conf.node if isinstance(conf, NodeConf) else None,
         "hook_version": HOOK_VERSION,
@@ -1256,8 +1262,35 @@ def _status(paths: Paths, now: int) -> dict[str, object]:
         and isinstance(key, GrantKey)
         and os.path.isdir(paths.grants)
         and hooked,
-        "problems": [p for p in (conf, key) if isinstance(p, str)],
+        "problems": [p for p in (conf, key) if isinstance(p, str)] + problems_extra,
     }
+
+
+def _unhooked_services(paths: Paths, conf: NodeConf | str) -> list[str]:
+    """PAM services that exist without the broker block as their first rules: sudo always;
+    sudo-i (Debian's `sudo -i`, which does not include sudo), sshd and the job launcher
+    whenever their file exists. A package upgrade that adds one bare would bypass the hook."""
+    names = ["sudo", "sudo-i", "sshd"]
+    if isinstance(conf, NodeConf) and conf.joblaunch_service:
+        names.append(conf.joblaunch_service)
+    missing: list[str] = []
+    for name in names:
+        try:
+            with open(os.path.join(paths.pam_d, name), encoding="utf-8", errors="replace") as f:
+                text = f.read(65536)
+        except FileNotFoundError:
+            if name == "sudo":
+                missing.append(name)
+            continue
+        except OSError:
+            missing.append(name)
+            continue
+        rules = [
+            ln.strip() for ln in text.split("\n") if ln.strip() and not ln.strip().startswith("#%")
+        ]
+        if not rules or rules[0] != "# BEGIN broker":
+            missing.append(name)
+    return missing
 
 
 def _rule_listed(listing: str, grant: Grant) -> bool:

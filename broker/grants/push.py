@@ -122,13 +122,20 @@ def install(
 
 def _install_problem(node: str, reply: nodeprog.NodeReply) -> str | None:
     if not reply.ok or reply.data is None:
-        return reply.error or f"{node}: the node program failed"
+        return _short(reply.error or f"{node}: the node program failed")
     data = reply.data
-    if not data.get("ok"):
-        return f"{node}: {data.get('error') or 'install refused by the node'}"
-    if not data.get("live"):
+    if data.get("ok") is not True:
+        return f"{node}: {_short(data.get('error') or 'install refused by the node')}"
+    if data.get("live") is not True:
         return f"{node}: installed, but `sudo -l` on the node does not show the rule"
     return None
+
+
+def _short(value: object, limit: int = 300) -> str:
+    """Text from a node, as it may reach the audit chain and a terminal: one printable line,
+    bounded (a node is not trusted to be brief or tidy)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def remove(
@@ -143,24 +150,31 @@ def remove(
 
     def one(target: NodeTarget) -> NodeOutcome:
         started = time.monotonic()
-        reply = nodeprog.call(
-            pool, target, "revoke", {"ids": list(ids_by_node.get(target.name, ()))}
-        )
-        problem: str | None = None
-        killed = 0
-        if not reply.ok or reply.data is None:
-            problem = reply.error or f"{target.name}: the node program failed"
-        else:
-            errors = reply.data.get("errors") or []
-            killed = len(reply.data.get("killed") or [])
-            if errors:
-                problem = f"{target.name}: " + "; ".join(str(e) for e in errors)[:500]
+        try:
+            problem, killed = attempt(target)
+        except Exception as exc:  # one node never aborts the others, nor the scheduler
+            log.exception("removing grants from %s failed", target.name)
+            problem, killed = _short(f"{target.name}: {type(exc).__name__}: {exc}"), 0
         outcome = NodeOutcome(
             target.name, problem is None, problem, (time.monotonic() - started) * 1000, killed
         )
         if on_done is not None:
             on_done(outcome)
         return outcome
+
+    def attempt(target: NodeTarget) -> tuple[str | None, int]:
+        reply = nodeprog.call(
+            pool, target, "revoke", {"ids": list(ids_by_node.get(target.name, ()))}
+        )
+        if not reply.ok or reply.data is None:
+            return _short(reply.error or f"{target.name}: the node program failed"), 0
+        revoked, errors, killed = (reply.data.get(k) for k in ("revoked", "errors", "killed"))
+        if not all(isinstance(v, list) for v in (revoked, errors, killed)):
+            return f"{target.name}: malformed reply from the node program", 0
+        assert isinstance(errors, list) and isinstance(killed, list)
+        if errors:
+            return f"{target.name}: " + _short("; ".join(str(e) for e in errors)), len(killed)
+        return None, len(killed)
 
     return _parallel(one, targets, workers)
 

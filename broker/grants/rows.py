@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -147,12 +147,29 @@ def live_grant_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def pending_removals(conn: sqlite3.Connection, limit: int = 10_000) -> list[tuple[str, str]]:
-    """(grant id, node) pairs still to be removed from nodes."""
+def pending_removals(
+    conn: sqlite3.Connection,
+    *,
+    grant_ids: Sequence[str] | None = None,
+    node: str | None = None,
+    limit: int = 10_000,
+) -> list[tuple[str, str]]:
+    """(grant id, node) pairs still to be removed from nodes, least tried first; filtered
+    before the limit, so a named grant is never crowded out by a backlog."""
+    where: list[str] = ["state = 'removing'"]
+    args: list[object] = []
+    if grant_ids is not None:
+        if not grant_ids:
+            return []
+        where.append(f"grant_id IN ({', '.join('?' * len(grant_ids))})")
+        args.extend(grant_ids)
+    if node is not None:
+        where.append("node = ?")
+        args.append(node)
     rows = conn.execute(
-        "SELECT grant_id, node FROM grant_nodes WHERE state = 'removing'"
-        " ORDER BY grant_id, node LIMIT ?",
-        (limit,),
+        f"SELECT grant_id, node FROM grant_nodes WHERE {' AND '.join(where)}"
+        " ORDER BY attempts, grant_id, node LIMIT ?",
+        (*args, limit),
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 
@@ -276,13 +293,35 @@ def request(conn: sqlite3.Connection, request_id: str) -> Request | None:
 
 
 def requests(
-    conn: sqlite3.Connection, *, states: tuple[str, ...] = (), limit: int = 1000
+    conn: sqlite3.Connection,
+    *,
+    states: tuple[str, ...] = (),
+    limit: int = 1000,
+    visible_to: tuple[str, frozenset[str]] | None = None,
 ) -> list[Request]:
-    clause = f" WHERE state IN ({', '.join('?' * len(states))})" if states else ""
+    """Newest first. `visible_to` (sid, groups): only requests that account made or may
+    decide on, filtered before the limit."""
+    where: list[str] = []
+    args: list[object] = []
+    if states:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        args.extend(states)
+    if visible_to is not None:
+        sid, groups = visible_to
+        mine = "sid = ?"
+        args.append(sid)
+        if groups:
+            mine += (
+                " OR EXISTS (SELECT 1 FROM json_each(approver_groups) WHERE value IN"
+                f" ({', '.join('?' * len(groups))}))"
+            )
+            args.extend(sorted(groups))
+        where.append(f"({mine})")
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = conn.execute(
         f"SELECT {_REQUEST_COLUMNS} FROM elevation_requests{clause}"
         " ORDER BY created_at DESC, id LIMIT ?",
-        (*states, limit),
+        (*args, limit),
     ).fetchall()
     return [_request(conn, r) for r in rows]
 

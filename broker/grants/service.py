@@ -29,8 +29,9 @@ from broker.grants import push, rows
 from broker.grants.grantfile import new_grant_id, validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan, plan_elevation
-from broker.policy.evaluate import decide
+from broker.policy.evaluate import decide, state_at
 from broker.policy.model import Policy
+from broker.policy.names import POSIX_NAME
 from broker.store.db import Store
 
 log = logging.getLogger("broker.grants")
@@ -170,6 +171,7 @@ class GrantService:
         With `push_now` False the grant is issued and the caller pushes it from another
         thread (`push_pending`), so a client can watch the nodes land one by one."""
         reason = validate_reason(reason)
+        _unix_name(account.name, "requester")
         sha, policy = self._require_policy()
         names = expand(nodes)
         plan = plan_elevation(
@@ -279,15 +281,20 @@ class GrantService:
         push.drop_in_text(grant, self._rules.iolog_dir)
         with self._store.transaction() as conn:
             rows.insert_grant(conn, grant, plan.nodes)
-            if request_id is not None:
-                rows.decide_request(
-                    conn,
-                    request_id,
-                    "granted",
-                    by=actor,
-                    reason="approved",
-                    now=now,
-                    grant_id=grant.id,
+            if request_id is not None and not rows.decide_request(
+                conn,
+                request_id,
+                "granted",
+                by=actor,
+                reason="approved",
+                now=now,
+                grant_id=grant.id,
+            ):
+                # Denied, expired or granted by a concurrent approval meanwhile: the
+                # insert above rolls back with this error.
+                raise RefusedError(
+                    f"request {request_id} is no longer pending",
+                    fix="see `broker requests list --state ''`",
                 )
             writer.record(
                 conn,
@@ -335,8 +342,9 @@ class GrantService:
             current = rows.grant(conn, grant.id)
             still_active = current is not None and current.state == "active"
             for outcome in outcomes:
-                if outcome.ok and not still_active:
-                    # Revoked while we pushed: what just landed must come off again.
+                if not still_active:
+                    # Revoked while we pushed: whatever landed (even a push that reported
+                    # failure may have renamed its files) must come off again.
                     rows.set_node_state(
                         conn, grant.id, outcome.node, "removing", error=None, now=now
                     )
@@ -355,7 +363,7 @@ class GrantService:
                     "broker",
                     "grant.push",
                     grant.id,
-                    outcome="ok" if all(o.ok for o in outcomes) else "partial",
+                    outcome="ok" if all(o.ok for o in outcomes) else "failed",
                     details={
                         "live": fold([o.node for o in outcomes if o.ok]),
                         "failed": {o.node: o.error for o in outcomes if not o.ok},
@@ -383,7 +391,12 @@ class GrantService:
                 f"{approver.name} requested {request.id} and may not approve or deny it",
                 fix=f"ask a member of {', '.join(request.approver_groups)}",
             )
-        if not approver.eligible or not (set(request.approver_groups) & approver.groups):
+        _unix_name(approver.name, "approver")
+        if (
+            state_at(approver, now) != "enabled"
+            or not approver.eligible
+            or not (set(request.approver_groups) & approver.groups)
+        ):
             raise RefusedError(
                 f"{approver.name} is not in an approver group of {request.id} "
                 f"({', '.join(request.approver_groups)})",
@@ -479,12 +492,23 @@ class GrantService:
                     now,
                 )
             raise
+        # Count only approvals that still hold: today's role decides how many and from which
+        # groups, and an approver disabled, expired or moved out since does not count.
+        snapshot = self._snapshot(now)
+        wanted = plan.role.approvals
+        holding = tuple(
+            name
+            for name in approvers
+            if _approver_holds(snapshot.account(name), wanted.groups, request.sid, now)
+        )
+        if len(holding) < wanted.count:
+            return ElevationResult(None, request)
         grant = self._issue(
             account,
             plan,
             reason=request.reason,
             sha=sha,
-            approvers=approvers,
+            approvers=holding,
             request_id=request.id,
             actor=actor,
             now=now,
@@ -627,8 +651,10 @@ class GrantService:
                     ),
                     now,
                 )
+        # Every node of each revoked grant, not only `node`: a revoked grant must go
+        # everywhere at once, and what cannot be reached is reported as pending.
         outcomes, pending = self.remove_pending(
-            [g.id for g in chosen.values()], node=node, now=now, progress=progress
+            [g.id for g in chosen.values()], now=now, progress=progress
         )
         return RevokeResult(tuple(g.id for g in active), tuple(outcomes), tuple(pending))
 
@@ -641,12 +667,7 @@ class GrantService:
         progress: Progress | None = None,
     ) -> tuple[list[push.NodeOutcome], list[tuple[str, str]]]:
         """Take ended grants off their nodes; returns outcomes and what is still pending."""
-        pairs = rows.pending_removals(self._store.conn)
-        if grant_ids is not None:
-            wanted = set(grant_ids)
-            pairs = [p for p in pairs if p[0] in wanted]
-        if node is not None:
-            pairs = [p for p in pairs if p[1] == node]
+        pairs = rows.pending_removals(self._store.conn, grant_ids=grant_ids, node=node)
         if not pairs:
             return [], []
         by_node: dict[str, list[str]] = {}
@@ -683,7 +704,7 @@ class GrantService:
                         "broker",
                         "grant.remove",
                         ",".join(sorted({p[0] for p in pairs}))[:200],
-                        outcome="ok" if not pending else "partial",
+                        outcome="ok" if not pending else "failed",
                         details={
                             "removed": fold([o.node for o in outcomes if o.ok]),
                             "killed": sum(o.killed for o in outcomes),
@@ -715,7 +736,7 @@ class GrantService:
                         writer.record(
                             tx,
                             writer.EventInput(
-                                "broker", "grant.request.expire", request_id, outcome="denied"
+                                "broker", "grant.request.expire", request_id, outcome="refused"
                             ),
                             now,
                         )
@@ -771,4 +792,47 @@ def _still_allowed(
         decision = decide(policy, account, node, grant.role, None, now=now)
         if not decision.allowed:
             return decision.reason
+    return _narrower_role(policy, grant)
+
+
+def _narrower_role(policy: Policy, grant: Grant) -> str | None:
+    """Why the grant gives more than its role gives now (after a policy change), or None."""
+    role = policy.roles.get(grant.role)
+    if role is None:
+        return f"role {grant.role} is no longer in the policy"
+    if role.runas != grant.runas:
+        return f"role {role.name} now runs as {role.runas}, not {grant.runas}"
+    if not role.all_commands:
+        held = set(role.command_sets)
+        granted = {n for n, _ in grant.command_sets}
+        if grant.commands == "ALL" or not granted <= held:
+            return f"role {role.name} no longer allows commands {grant.commands}"
+    if grant.not_after - grant.not_before > role.longest:
+        return f"role {role.name} now allows at most {format_duration(role.longest)}"
+    if grant.login and not role.login:
+        return f"role {role.name} no longer allows login"
+    if grant.workloads and not role.workloads:
+        return f"role {role.name} no longer allows workloads"
     return None
+
+
+def _approver_holds(
+    account: Account | None, groups: tuple[str, ...], requester_sid: str, now: datetime
+) -> bool:
+    return (
+        account is not None
+        and account.sid != requester_sid
+        and account.eligible
+        and state_at(account, now) == "enabled"
+        and bool(set(groups) & account.groups)
+    )
+
+
+def _unix_name(name: str, what: str) -> None:
+    """Names reach sudoers and grant files: the POSIX portable allow-list, nothing else."""
+    if not POSIX_NAME.fullmatch(name):
+        raise RefusedError(
+            f"the {what} name {name!r} is not a POSIX user name ([a-z_][a-z0-9_-]*, at most "
+            "32 characters)",
+            fix="rename the account in AD, or have another person act",
+        )

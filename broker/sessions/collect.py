@@ -7,6 +7,7 @@ second delivery a no-op), so a broker crash between the two loses nothing.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
 from broker.store.db import Store
+
+log = logging.getLogger("broker.sessions")
 
 _KINDS = ("open", "close")
 _TEXT_MAX = 256
@@ -70,10 +73,24 @@ def nodes_to_collect(conn: sqlite3.Connection, now: datetime) -> list[str]:
     return [r[0] for r in rows]
 
 
-def store_events(store: Store, events: Sequence[SessionEvent], now: datetime) -> int:
-    """Insert new events with one audit event per session open/close; returns how many."""
+def store_events(
+    store: Store,
+    node: str,
+    events: Sequence[SessionEvent],
+    malformed: Sequence[str],
+    now: datetime,
+) -> int:
+    """Insert new events with one audit event per session open/close; returns how many.
+
+    An event naming a grant the broker never put on this node is kept, its audit event
+    saying `known_grant: false`; malformed ones are audited (by id) before the node may
+    delete them.
+    """
     added = 0
     with store.transaction() as conn:
+        known = {
+            r[0] for r in conn.execute("SELECT grant_id FROM grant_nodes WHERE node = ?", (node,))
+        }
         for e in events:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO session_events (node, event_id, kind, grant_id, user,"
@@ -102,6 +119,8 @@ def store_events(store: Store, events: Sequence[SessionEvent], now: datetime) ->
                         f"session.{e.kind}",
                         e.grant_id or "-",
                         details={
+                            # False: a grant the broker never put on this node.
+                            "known_grant": e.grant_id in known,
                             "user": e.user,
                             "runas": e.runas,
                             "tty": e.tty,
@@ -112,25 +131,58 @@ def store_events(store: Store, events: Sequence[SessionEvent], now: datetime) ->
                     ),
                     now,
                 )
+        if malformed:
+            writer.record(
+                conn,
+                writer.EventInput(
+                    f"node:{node}",
+                    "session.malformed",
+                    node,
+                    outcome="refused",
+                    details={"event_ids": [i[:80] for i in malformed[:100]]},
+                ),
+                now,
+            )
     return added
 
 
 def collect(
     store: Store, pool: SshPool, targets: Sequence[NodeTarget], now: datetime
 ) -> dict[str, int]:
-    """node -> events newly stored; nodes that do not answer are tried next time."""
+    """node -> events newly stored; a node that does not answer, or answers nonsense, is
+    tried next time (and never stops the others)."""
     stored: dict[str, int] = {}
     for target in targets:
-        reply = nodeprog.call(pool, target, "collect", None)
-        if not reply.ok or reply.data is None:
-            continue
-        raw = reply.data.get("events") or []
-        events = [e for e in (parse_event(target.name, r) for r in raw if isinstance(r, dict)) if e]
-        ids = [str(r.get("event_id")) for r in raw if isinstance(r, dict)]
-        stored[target.name] = store_events(store, events, now) if events else 0
-        if ids:
-            nodeprog.call(pool, target, "ack", {"event_ids": ids})
+        try:
+            stored[target.name] = _collect_one(store, pool, target, now)
+        except Exception:  # a node's reply is not trusted to be well-formed
+            log.exception("collecting session events from %s failed", target.name)
     return stored
+
+
+def _collect_one(store: Store, pool: SshPool, target: NodeTarget, now: datetime) -> int:
+    reply = nodeprog.call(pool, target, "collect", None)
+    if not reply.ok or reply.data is None:
+        return 0
+    raw = reply.data.get("events")
+    if not isinstance(raw, list):
+        return 0
+    events: list[SessionEvent] = []
+    malformed: list[str] = []
+    ids: list[str] = []
+    for item in raw[:1000]:
+        if not isinstance(item, dict) or not isinstance(item.get("event_id"), str):
+            continue  # nothing to acknowledge it by: the node keeps it and reports it
+        event = parse_event(target.name, item)
+        ids.append(item["event_id"])
+        if event is None:
+            malformed.append(item["event_id"])
+        else:
+            events.append(event)
+    count = store_events(store, target.name, events, malformed, now) if ids else 0
+    if ids:  # only after the commit above: at-least-once delivery
+        nodeprog.call(pool, target, "ack", {"event_ids": ids})
+    return count
 
 
 def sessions_of_grant(conn: sqlite3.Connection, grant_id: str) -> list[SessionEvent]:
