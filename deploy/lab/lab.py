@@ -807,7 +807,9 @@ def start_broker(root: Path, config: Path) -> int:
     raise LabError(f"the broker daemon did not come up: {log.read_text()[-1500:]}")
 
 
-def broker_api(socket_path: Path, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def broker_api(
+    socket_path: Path, method: str, path: str, body: dict[str, Any] | None = None
+) -> Any:
     """One call to the lab daemon's API as root (an operator), standard library only."""
     import http.client
 
@@ -844,7 +846,10 @@ def enroll_nodes(info: dict[str, Any]) -> None:
     )
     for node in info["nodes"]:
         broker_api(
-            sock, "POST", "/v1/nodes", {"name": node["name"], "address": node["address"], "port": 22}
+            sock,
+            "POST",
+            "/v1/nodes",
+            {"name": node["name"], "address": node["address"], "port": 22},
         )
         broker_api(
             sock,

@@ -18,8 +18,13 @@ BOB = account("bob", "hpc-users")
 
 def test_the_first_role_allowing_every_node_is_chosen_with_its_obligations() -> None:
     plan = plan_elevation(
-        POLICY, ALICE, ["gpu01", "gpu02"], role=None, duration=timedelta(minutes=30),
-        commands=None, now=NOW,
+        POLICY,
+        ALICE,
+        ["gpu01", "gpu02"],
+        role=None,
+        duration=timedelta(minutes=30),
+        commands=None,
+        now=NOW,
     )
     assert plan.role.name == "gpu-root"
     assert plan.duration == timedelta(minutes=30)
@@ -50,8 +55,13 @@ def test_a_node_outside_the_role_or_unknown_is_refused_before_anything_is_pushed
 def test_a_duration_over_the_role_maximum_is_refused() -> None:
     with pytest.raises(RefusedError, match="5h exceeds the maximum 4h of gpu-root"):
         plan_elevation(
-            POLICY, ALICE, ["gpu01"], role="gpu-root", duration=timedelta(hours=5),
-            commands=None, now=NOW,
+            POLICY,
+            ALICE,
+            ["gpu01"],
+            role="gpu-root",
+            duration=timedelta(hours=5),
+            commands=None,
+            now=NOW,
         )
 
 
@@ -63,13 +73,19 @@ def test_nodes_of_two_roles_need_one_role_for_all() -> None:
     assert plan.role.name == "node-diag"
     assert plan.commands_text == "node-diag"
     assert plan.command_sets[0][1] == (
-        "/usr/bin/nvidia-smi -q", "/usr/bin/systemctl --no-pager status slurmd",
+        "/usr/bin/nvidia-smi -q",
+        "/usr/bin/systemctl --no-pager status slurmd",
     )
 
 
 def test_command_sets_only_narrow_what_the_role_allows() -> None:
     narrowed = plan_elevation(
-        POLICY, ALICE, ["gpu01"], role="gpu-root", duration=None, commands=["node-diag"],
+        POLICY,
+        ALICE,
+        ["gpu01"],
+        role="gpu-root",
+        duration=None,
+        commands=["node-diag"],
         now=NOW,
     )
     assert narrowed.commands_text == "node-diag"
