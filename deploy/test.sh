@@ -11,8 +11,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 deploy/install-deps.sh
 echo "== ruff"
-.venv/bin/ruff check broker tests bench deploy
-.venv/bin/ruff format --check broker tests bench deploy
+.venv/bin/ruff check broker tests bench deploy pam
+.venv/bin/ruff format --check broker tests bench deploy pam
 echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== pytest"
