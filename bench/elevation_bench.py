@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.client.transport import UnixConnection
 from broker.core.hostlist import fold
-from tests.lab.test_elevation import Codes, as_user
+from tests.lab.conftest import Codes, as_user
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_POLICY = REPO / "deploy" / "lab" / "policy.toml"

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     GroupCheck = Callable[[str, str], bool]
 
 HOOK_VERSION = "1"
+# Sessions of the break-glass group (no grant) are recorded under this pseudo grant id.
+BREAK_GLASS = "break-glass"
 GRANT_MAGIC = "broker-grant-v1"
 KEY_MAGIC = "broker-grant-key-v1"
 MAX_FILE = 8192
@@ -97,25 +99,7 @@ class _Record:
 class Grant(_Record):
     """A parsed grant file; `signed` is the byte range the signature covers."""
 
-    __slots__ = (  # noqa: RUF023 - the order is the constructor's
-        "id",
-        "node",
-        "user",
-        "runas",
-        "commands",
-        "not_before",
-        "not_after",
-        "login",
-        "workloads",
-        "max_sessions",
-        "policy_sha256",
-        "approvers",
-        "reason",
-        "issued_at",
-        "key_id",
-        "signature",
-        "signed",
-    )
+    __slots__ = (*_GRANT_KEYS, "signed")  # the order is the constructor's
     id: str
     node: str
     user: str
@@ -1047,22 +1031,43 @@ def decide_joblaunch(
 
 
 def open_session(
-    paths: Paths, service: str, ruser: str, user: str, tty: str, pid: int, now: int
+    paths: Paths,
+    service: str,
+    ruser: str,
+    user: str,
+    tty: str,
+    pid: int,
+    now: int,
+    in_group: GroupCheck | None = None,
 ) -> Decision:
-    """Record sessions/<id>/<pid> and spool an `open` event; never refuses."""
+    """Record sessions/<id>/<pid> and spool an `open` event; never refuses.
+
+    A break-glass session (no grant, the user in break_glass_group) is recorded too, under
+    the pseudo-id `break-glass`: the emergency path is the one most worth a record."""
     grants, _ = _grant_state(paths, ruser, now) if ruser != "root" else ([], "")
     if not grants:
+        if ruser and ruser != "root" and in_group is not None:
+            conf = load_conf(paths)
+            if _break_glass(conf, ruser, in_group):
+                _record_session(paths, BREAK_GLASS, service, ruser, user, tty, pid, now)
+                return True, f"break-glass session {pid} recorded"
         return True, "no grant: session not recorded"
     # Which of the user's grants sudo matched is not known here: the session belongs to
     # each of them, so revoking any one of them ends it.
-    runas, tty_name = _target_name(user), _tty_name(tty)
-    record = f"{ruser} {runas} {tty_name} {format_utc(now)}\n"
     for grant in grants:
-        directory = os.path.join(paths.sessions, grant.id)
-        _ensure_dir(directory)
-        write_atomic(directory, str(pid), record.encode("ascii"))
-        spool_event(paths, "open", grant.id, ruser, runas, service, tty_name, pid, now)
+        _record_session(paths, grant.id, service, ruser, user, tty, pid, now)
     return True, f"session {','.join(g.id for g in grants)}/{pid} recorded"
+
+
+def _record_session(
+    paths: Paths, key: str, service: str, ruser: str, user: str, tty: str, pid: int, now: int
+) -> None:
+    runas, tty_name = _target_name(user), _tty_name(tty)
+    directory = os.path.join(paths.sessions, key)
+    _ensure_dir(directory)
+    record = f"{ruser} {runas} {tty_name} {format_utc(now)}\n"
+    write_atomic(directory, str(pid), record.encode("ascii"))
+    spool_event(paths, "open", key, ruser, runas, service, tty_name, pid, now)
 
 
 def close_session(
@@ -1070,7 +1075,9 @@ def close_session(
 ) -> Decision:
     """Remove sessions/*/<pid> and spool a `close` event; never refuses."""
     try:
-        ids = [name for name in os.listdir(paths.sessions) if is_grant_id(name)]
+        ids = [
+            name for name in os.listdir(paths.sessions) if is_grant_id(name) or name == BREAK_GLASS
+        ]
     except FileNotFoundError:
         ids = []
     closed: list[str] = []
@@ -1105,7 +1112,7 @@ def decide(
         if pam_type in ("auth", "account"):
             return decide_sudo(paths, ruser, now, in_group)
         if pam_type == "open_session":
-            return open_session(paths, service, ruser, user, tty, pid, now)
+            return open_session(paths, service, ruser, user, tty, pid, now, in_group)
         if pam_type == "close_session":
             return close_session(paths, service, ruser, user, tty, pid, now)
         return True, "not gated"

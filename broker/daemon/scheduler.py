@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from broker.app import App
@@ -44,8 +45,19 @@ def _busy(app: App) -> bool:
     return bool(row[0])
 
 
-def tick(app: App) -> TickReport:
+# Break-glass sessions happen on nodes without grants (often while the broker is down):
+# every node is asked for its spool this often, nodes with recent grants every tick.
+FULL_COLLECT_EVERY_S = 3600.0
+
+
+def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     report = TickReport()
+    if all_nodes:
+        store = app.ready_store()
+        targets = inventory.targets_known(store, inventory.enrolled_names(store))
+        if targets:
+            stored = collect.collect(store, shared_pool(app.settings), targets, utcnow())
+            report.events = sum(stored.values())
     if not _busy(app):
         return report
     now = utcnow()
@@ -60,7 +72,7 @@ def tick(app: App) -> TickReport:
     if names:
         targets = inventory.targets_known(store, names)
         stored = collect.collect(store, shared_pool(app.settings), targets, now)
-        report.events = sum(stored.values())
+        report.events += sum(stored.values())
     return report
 
 
@@ -81,10 +93,14 @@ class Scheduler:
     def _run(self) -> None:
         interval = self._settings.grants.reap_interval.total_seconds()
         app = App(self._settings)
+        last_full = time.monotonic()
         try:
             while not self._stop.wait(interval):
+                full = time.monotonic() - last_full >= FULL_COLLECT_EVERY_S
+                if full:
+                    last_full = time.monotonic()
                 try:
-                    report = tick(app)
+                    report = tick(app, all_nodes=full)
                 except Exception:  # a tick must never stop the scheduler
                     log.exception("scheduler tick failed")
                     continue

@@ -119,8 +119,10 @@ def store_events(
                         f"session.{e.kind}",
                         e.grant_id or "-",
                         details={
-                            # False: a grant the broker never put on this node.
+                            # False: a grant the broker never put on this node (or none:
+                            # a break-glass session, grant_id "break-glass").
                             "known_grant": e.grant_id in known,
+                            "break_glass": e.grant_id == "break-glass",
                             "user": e.user,
                             "runas": e.runas,
                             "tty": e.tty,

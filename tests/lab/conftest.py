@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import ssl
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import ldap3
+import pyotp
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import BROKER, REPO
+
+ADMIN_DN = "CN=Administrator,CN=Users,DC=hpc,DC=test"
 
 
 def load_lab_module() -> ModuleType:
@@ -53,3 +61,121 @@ def private_daemon_config(text: str, directory: Path) -> Path:
     config = directory / "broker.toml"
     config.write_text(f'{head}\n[daemon]\nsocket = "{directory / "run" / "broker.sock"}"\n')
     return config
+
+
+def config_of(lab: dict[str, Any]) -> Path:
+    return Path(lab["broker"]["config"])
+
+
+def as_user(lab: dict[str, Any], name: str) -> list[str]:
+    """The argv prefix that runs a command as a lab user (the daemon knows callers by uid)."""
+    user = lab["users"][name]
+    return ["setpriv", "--reuid", str(user["uid"]), "--regid", str(user["gid"]), "--clear-groups"]
+
+
+def cli(
+    lab: dict[str, Any],
+    *args: str,
+    user: str | None = None,
+    stdin: str = "",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`broker --config <lab config> ARGS`, as root or as a lab user."""
+    full_env = {k: v for k, v in os.environ.items() if k != "BROKER_CONFIG"}
+    full_env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    full_env.update(env or {})
+    prefix = as_user(lab, user) if user else []
+    return subprocess.run(
+        [*prefix, BROKER, "--config", str(config_of(lab)), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=180,
+        check=False,
+    )
+
+
+def ssh_argv(lab: dict[str, Any], user: str, address: str, command: str) -> list[str]:
+    """OpenSSH as USER (root: the broker's key) to a node, its host key pinned."""
+    key = lab["broker"]["ssh_key"] if user == "root" else lab["users"][user]["ssh_key"]
+    return [
+        "ssh",
+        "-i",
+        key,
+        "-o",
+        f"UserKnownHostsFile={lab['broker']['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        f"{user}@{address}",
+        command,
+    ]
+
+
+def ssh(
+    lab: dict[str, Any], user: str, node: dict[str, Any], command: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ssh_argv(lab, user, node["address"], command),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def admin(lab: dict[str, Any]) -> Iterator[ldap3.Connection]:
+    """An Administrator connection over LDAPS, to change the directory as an AD admin would."""
+    password = Path(lab["dc"]["admin_password_file"]).read_text().strip()
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=lab["dc"]["ca_file"])
+    server = ldap3.Server(lab["dc"]["host"], port=636, use_ssl=True, tls=tls)
+    conn = ldap3.Connection(server, ADMIN_DN, password, auto_bind=True, raise_exceptions=True)
+    yield conn
+    conn.unbind()
+
+
+class Codes:
+    """TOTP codes for lab users, each step used once (the daemon refuses a replay)."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, str] = {}
+        self.last: dict[str, int] = {}
+
+    def enroll(self, lab: dict[str, Any], user: str) -> None:
+        assert cli(lab, "mfa", "reset", user, "--yes").returncode == 0
+        proc = subprocess.Popen(
+            [*as_user(lab, user), BROKER, "--config", str(config_of(lab)), "mfa", "enroll"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert proc.stdout is not None
+        uri = None
+        for line in proc.stdout:
+            found = re.search(r"(otpauth://totp/\S+)", line)
+            if found:
+                uri = found.group(1)
+                break
+        assert uri is not None
+        totp = pyotp.parse_uri(uri)
+        step = int(time.time()) // 30
+        _out, err = proc.communicate(totp.at(step * 30) + "\n", timeout=60)
+        assert proc.returncode == 0, err
+        self.secrets[user] = totp.secret
+        self.last[user] = step
+
+    def code(self, user: str) -> str:
+        """The next unused step's code, waiting when the +-1 step window is used up."""
+        now_step = int(time.time()) // 30
+        step = max(self.last[user] + 1, now_step - 1)
+        if step > now_step + 1:
+            time.sleep((step - 1) * 30 - time.time() + 0.5)
+        self.last[user] = step
+        return str(pyotp.TOTP(self.secrets[user]).at(step * 30)) + "\n"

@@ -20,39 +20,9 @@ import pyotp
 import pytest
 
 from tests.helpers import BROKER, run_broker
+from tests.lab.conftest import as_user, cli, config_of
 
 pytestmark = pytest.mark.lab
-
-
-def config_of(lab: dict[str, Any]) -> Path:
-    return Path(lab["broker"]["config"])
-
-
-def as_user(lab: dict[str, Any], name: str) -> list[str]:
-    user = lab["users"][name]
-    return ["setpriv", "--reuid", str(user["uid"]), "--regid", str(user["gid"]), "--clear-groups"]
-
-
-def cli(
-    lab: dict[str, Any],
-    *args: str,
-    user: str | None = None,
-    stdin: str = "",
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "BROKER_CONFIG"}
-    full_env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    full_env.update(env or {})
-    prefix = as_user(lab, user) if user else []
-    return subprocess.run(
-        [*prefix, BROKER, "--config", str(config_of(lab)), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

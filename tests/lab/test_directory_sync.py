@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import ssl
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +15,9 @@ from broker.app import App
 from broker.config.loader import load_settings
 from broker.core.identity import AccessChange
 from tests.helpers import REPO, run_broker, serving
-from tests.lab.conftest import private_daemon_config
+from tests.lab.conftest import config_of, private_daemon_config
 
 pytestmark = pytest.mark.lab
-
-ADMIN_DN = "CN=Administrator,CN=Users,DC=hpc,DC=test"
-
-
-def config_of(lab: dict[str, Any]) -> Path:
-    return Path(lab["broker"]["config"])
 
 
 def sync(lab: dict[str, Any], *args: str) -> dict[str, Any]:
@@ -54,17 +46,6 @@ def synced(lab: dict[str, Any]) -> dict[str, Any]:
     applied = run_broker("policy", "apply", str(LAB_POLICY), config=config_of(lab))
     assert applied.returncode == 0, applied.stderr
     return report
-
-
-@pytest.fixture
-def admin(lab: dict[str, Any]) -> Iterator[ldap3.Connection]:
-    """An Administrator connection over LDAPS, to change the directory as an AD admin would."""
-    password = Path(lab["dc"]["admin_password_file"]).read_text().strip()
-    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=lab["dc"]["ca_file"])
-    server = ldap3.Server(lab["dc"]["host"], port=636, use_ssl=True, tls=tls)
-    conn = ldap3.Connection(server, ADMIN_DN, password, auto_bind=True, raise_exceptions=True)
-    yield conn
-    conn.unbind()
 
 
 def people(lab: dict[str, Any]) -> str:

@@ -9,49 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
-import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ldap3
-import pyotp
 import pytest
 
 from tests.helpers import BROKER, run_broker
+from tests.lab.conftest import Codes, as_user, cli, config_of, ssh_argv
 
 pytestmark = pytest.mark.lab
-
-ADMIN_DN = "CN=Administrator,CN=Users,DC=hpc,DC=test"
-
-
-def config_of(lab: dict[str, Any]) -> Path:
-    return Path(lab["broker"]["config"])
-
-
-def as_user(lab: dict[str, Any], name: str) -> list[str]:
-    user = lab["users"][name]
-    return ["setpriv", "--reuid", str(user["uid"]), "--regid", str(user["gid"]), "--clear-groups"]
-
-
-def cli(
-    lab: dict[str, Any], *args: str, user: str | None = None, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "BROKER_CONFIG"}
-    env.update({"COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    prefix = as_user(lab, user) if user else []
-    return subprocess.run(
-        [*prefix, BROKER, "--config", str(config_of(lab)), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
 
 
 def node(lab: dict[str, Any], name: str) -> dict[str, Any]:
@@ -59,21 +30,7 @@ def node(lab: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def ssh(lab: dict[str, Any], user: str, node_name: str, command: str) -> list[str]:
-    return [
-        "ssh",
-        "-i",
-        lab["users"][user]["ssh_key"],
-        "-o",
-        f"UserKnownHostsFile={lab['broker']['known_hosts']}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=10",
-        f"{user}@{node(lab, node_name)['address']}",
-        command,
-    ]
+    return ssh_argv(lab, user, node(lab, node_name)["address"], command)
 
 
 def run_ssh(
@@ -104,48 +61,6 @@ def in_node(
 
 def node_path(lab: dict[str, Any], node_name: str, path: str) -> Path:
     return Path(node(lab, node_name)["dir"]) / path.lstrip("/")
-
-
-class Codes:
-    """TOTP codes for lab users, each step used once (the daemon refuses a replay)."""
-
-    def __init__(self) -> None:
-        self.secrets: dict[str, str] = {}
-        self.last: dict[str, int] = {}
-
-    def enroll(self, lab: dict[str, Any], user: str) -> None:
-        assert cli(lab, "mfa", "reset", user, "--yes").returncode == 0
-        proc = subprocess.Popen(
-            [*as_user(lab, user), BROKER, "--config", str(config_of(lab)), "mfa", "enroll"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        assert proc.stdout is not None
-        uri = None
-        for line in proc.stdout:
-            found = re.search(r"(otpauth://totp/\S+)", line)
-            if found:
-                uri = found.group(1)
-                break
-        assert uri is not None
-        totp = pyotp.parse_uri(uri)
-        step = int(time.time()) // 30
-        _out, err = proc.communicate(totp.at(step * 30) + "\n", timeout=60)
-        assert proc.returncode == 0, err
-        self.secrets[user] = totp.secret
-        self.last[user] = step
-
-    def code(self, user: str) -> str:
-        """The next unused step's code, waiting when the +-1 step window is used up."""
-        now_step = int(time.time()) // 30
-        step = max(self.last[user] + 1, now_step - 1)
-        if step > now_step + 1:
-            time.sleep((step - 1) * 30 - time.time() + 0.5)
-        self.last[user] = step
-        return str(pyotp.TOTP(self.secrets[user]).at(step * 30)) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +191,7 @@ def test_elevation_works_on_its_node_only_and_ends_at_expiry_without_the_broker(
 
 def test_revoke_ends_a_running_sudo_and_its_process_tree(ready: dict[str, Any]) -> None:
     lab = ready["lab"]
+    assert cli(lab, "revoke", "--user", "carol", "--reason", "clean slate").returncode == 0
     grant = elevate_approved(ready, "carol", "grace", "gpu01", "10m")
     marker = f"sleep 3{int(time.time()) % 1000:03d}"
     running = subprocess.Popen(
@@ -307,16 +223,6 @@ def test_revoke_ends_a_running_sudo_and_its_process_tree(ready: dict[str, Any]) 
     shown = json.loads(cli(lab, "grants", "show", grant["id"], "--json").stdout)
     assert shown["state"] == "revoked" and shown["end_reason"] == "INC-4711 done"
     assert [n["state"] for n in shown["node_states"]] == ["removed"]
-
-
-@pytest.fixture
-def admin(lab: dict[str, Any]) -> Iterator[ldap3.Connection]:
-    password = Path(lab["dc"]["admin_password_file"]).read_text().strip()
-    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=lab["dc"]["ca_file"])
-    server = ldap3.Server(lab["dc"]["host"], port=636, use_ssl=True, tls=tls)
-    conn = ldap3.Connection(server, ADMIN_DN, password, auto_bind=True, raise_exceptions=True)
-    yield conn
-    conn.unbind()
 
 
 def test_removing_the_user_from_the_group_in_ad_revokes_at_the_next_sync(
@@ -353,3 +259,65 @@ def test_users_see_their_own_grants_and_operators_all(ready: dict[str, Any]) -> 
     assert {"alice", "carol"} <= {g["user"] for g in everyone}
     requests = cli(lab, "requests", "list", "--state", "", "--json", user="frank")
     assert requests.returncode == 0 and json.loads(requests.stdout)
+
+
+def test_on_a_terminal_the_push_is_watched_and_lands_on_every_node(ready: dict[str, Any]) -> None:
+    lab, codes = ready["lab"], ready["codes"]
+    asked = cli(
+        lab,
+        "elevate",
+        "gpu[01-02]",
+        "--for",
+        "5m",
+        "--reason",
+        "INC-4712 two nodes",
+        "--json",
+        user="carol",
+        stdin=codes.code("carol"),
+    )
+    assert asked.returncode == 0, asked.stderr
+    request = json.loads(asked.stdout)["request"]
+    # On a terminal the daemon answers once the grant is issued, and the CLI follows the
+    # push with a progress bar, then prints each node's result.
+    approve = [*as_user(lab, "grace"), BROKER, "--config", str(config_of(lab))]
+    try:
+        status, output = on_a_terminal(
+            [*approve, "approve", request["id"]], answer=codes.code("grace"), prompt=b"(6 digits)"
+        )
+        assert status == 0, output
+        found = re.search(
+            r"grant (g[0-9a-f]{16}): carol may `sudo` as root on gpu\[01-02\]", output
+        )
+        assert found, output
+        assert re.search(r"gpu01\s*│\s*ok", output) and re.search(r"gpu02\s*│\s*ok", output)
+        shown = json.loads(cli(lab, "grants", "show", found.group(1), "--json").stdout)
+        assert [n["state"] for n in shown["node_states"]] == ["live", "live"]
+    finally:  # the grant never outlives the test
+        assert cli(lab, "revoke", "--user", "carol", "--reason", "test done").returncode == 0
+
+
+def on_a_terminal(argv: list[str], *, answer: str, prompt: bytes) -> tuple[int, str]:
+    """Run argv on a pseudo-terminal; type `answer` once `prompt` shows (getpass flushes
+    whatever was typed before it asked). Returns the exit status and everything shown."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once, nothing else
+        os.environ.update({"COLUMNS": "200", "TERM": "xterm"})
+        os.execvp(argv[0], argv)
+    shown = b""
+    answered = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+        if not answered and prompt in shown:
+            time.sleep(0.2)
+            os.write(fd, answer.encode())
+            answered = True
+    os.close(fd)
+    _pid, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode("utf-8", "replace")

@@ -13,6 +13,7 @@ import pytest
 from broker.app import App
 from broker.config.loader import load_settings
 from broker.directory.connection import connect
+from tests.lab.conftest import ssh
 
 pytestmark = pytest.mark.lab
 
@@ -64,33 +65,6 @@ def test_plain_ldap_simple_bind_is_refused_but_ldaps_works(
     secure = simple_bind(lab["dc"]["ldaps_uri"], pw, lab)
     assert secure.returncode == 0, secure.stderr
     assert secure.stdout.strip() == f"dn: {lab['base_dn']}"
-
-
-def ssh(
-    lab: dict[str, Any], user: str, node: dict[str, Any], command: str
-) -> subprocess.CompletedProcess[str]:
-    key = lab["broker"]["ssh_key"] if user == "root" else lab["users"][user]["ssh_key"]
-    return subprocess.run(
-        [
-            "ssh",
-            "-i",
-            key,
-            "-o",
-            f"UserKnownHostsFile={lab['broker']['known_hosts']}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
-            f"{user}@{node['address']}",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_each_node_has_its_own_sudoers_d(lab: dict[str, Any]) -> None:

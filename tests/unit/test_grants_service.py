@@ -262,3 +262,38 @@ def test_a_requester_whose_name_cannot_be_a_unix_name_is_refused_early(world: Wo
             actor="unix:john.smith",
             now=NOW,
         )
+
+
+def test_a_node_whose_sudo_cannot_record_gets_no_grant(world: World) -> None:
+    inventory.record_status(
+        world.store, [inventory.Observation("gpu02", "1", "sudo-rs", "0.2.4", False, 0.0)], "test"
+    )
+    with pytest.raises(RefusedError) as caught:
+        world.service.elevate(
+            ALICE,
+            nodes="gpu[01-02]",
+            duration=None,
+            reason="x",
+            role="gpu-root",
+            commands=None,
+            code="1",
+            actor="unix:alice",
+            now=NOW,
+        )
+    assert caught.value.message == (
+        "no grants on gpu02: gpu02: sudo-rs cannot record sessions (no I/O logging)"
+    )
+    assert rows.requests(world.store.conn) == [] and world.nodes.calls == []
+
+
+def test_a_deferred_push_lands_from_another_thread(world: World) -> None:
+    request_id = world.request(nodes="gpu[01-02]")
+    result = world.service.approve(
+        request_id, FRANK, code="1", actor="unix:frank", now=NOW, push_now=False
+    )
+    assert result.grant is not None and result.outcomes == ()
+    states = {n.state for n in rows.grant_nodes(world.store.conn, result.grant.id)}
+    assert states == {"pending"}
+    outcomes = world.service.push_pending(result.grant.id, now=NOW)
+    assert sorted(o.node for o in outcomes if o.ok) == ["gpu01", "gpu02"]
+    assert world.service.push_pending(result.grant.id, now=NOW) == []

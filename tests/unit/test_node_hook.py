@@ -452,6 +452,25 @@ def test_session_open_and_close_record_and_spool(node: NodeTree) -> None:
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in events)
 
 
+def test_break_glass_sessions_are_recorded_without_a_grant(node: NodeTree) -> None:
+    import json
+
+    def member(user: str, group: str) -> bool:
+        return (user, group) == ("carol", "break-glass")
+
+    pid, now = os.getpid(), bn_now()
+    args = ("sudo", "root", "carol", "/dev/pts/3", pid, now, member)
+    assert bn.decide(node.paths, "open_session", *args)[0]
+    record = node.root / "var/lib/broker/sessions/break-glass" / str(pid)
+    assert record.read_text().split()[:3] == ["carol", "root", "pts/3"]
+    assert bn.decide(node.paths, "close_session", *args)[0] and not record.exists()
+    events = [
+        json.loads(p.read_text()) for p in (node.root / "var/spool/broker/events").glob("*.json")
+    ]
+    assert sorted(e["kind"] for e in events) == ["close", "open"]
+    assert {(e["grant_id"], e["user"]) for e in events} == {("break-glass", "carol")}
+
+
 def test_session_open_without_grant_records_nothing(node: NodeTree) -> None:
     allow, _ = bn.decide(
         node.paths, "open_session", "sudo", "root", "alice", "", 1, bn_now(), nobody

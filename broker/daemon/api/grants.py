@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -27,6 +27,7 @@ from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan
 from broker.grants.push import NodeOutcome
+from broker.grants.service import ElevationResult
 
 log = logging.getLogger("broker.grants")
 
@@ -220,65 +221,42 @@ def _duration(text: str | None) -> timedelta | None:
     return None if text is None else parse_duration(text)
 
 
+OutT = TypeVar("OutT", bound=Out)
+
+
+def _copy(model: type[OutT], source: object, **computed: Any) -> OutT:
+    """A response model from the stored value's attributes of the same names."""
+    fields = {k: getattr(source, k) for k in model.model_fields if k not in computed}
+    return model(**fields, **computed)
+
+
 def grant_out(ctx: Context[Any], grant: Grant) -> GrantOut:
     nodes = rows.grant_nodes(ctx.app.ready_store().conn, grant.id)
-    return GrantOut(
-        id=grant.id,
-        user=grant.user,
-        role=grant.role,
-        runas=grant.runas,
-        commands=grant.commands,
-        nodes=grant.nodes,
-        not_before=grant.not_before,
-        not_after=grant.not_after,
-        reason=grant.reason,
-        approvers=list(grant.approvers),
-        policy_sha256=grant.policy_sha256,
-        state=grant.state,
+    return _copy(
+        GrantOut,
+        grant,
         active=grant.active_at(ctx.now),
-        request_id=grant.request_id,
-        created_by=grant.created_by,
-        ended_at=grant.ended_at,
-        ended_by=grant.ended_by,
-        end_reason=grant.end_reason,
-        node_states=[
-            GrantNodeOut(node=n.node, state=n.state, error=n.error, attempts=n.attempts)
-            for n in nodes
-        ],
+        node_states=[_copy(GrantNodeOut, n) for n in nodes],
     )
 
 
 def request_out(request: Request) -> RequestOut:
-    return RequestOut(
-        id=request.id,
-        user=request.user,
-        nodes=request.nodes,
-        role=request.role,
-        runas=request.runas,
-        commands=request.commands,
-        duration_s=request.duration_s,
-        reason=request.reason,
-        approvals_needed=request.approvals_needed,
-        approver_groups=list(request.approver_groups),
-        state=request.state,
-        created_at=request.created_at,
-        expires_at=request.expires_at,
-        decided_at=request.decided_at,
-        decided_by=request.decided_by,
-        decision_reason=request.decision_reason,
-        grant_id=request.grant_id,
-        approvals=[
-            ApprovalOut(approver=a.approver, decision=a.decision, reason=a.reason, at=a.at)
-            for a in request.approvals
-        ],
-    )
+    return _copy(RequestOut, request, approvals=[_copy(ApprovalOut, a) for a in request.approvals])
 
 
 def _results(outcomes: tuple[NodeOutcome, ...] | list[NodeOutcome]) -> list[NodeResultOut]:
-    return [
-        NodeResultOut(node=o.node, ok=o.ok, error=o.error, elapsed_ms=o.elapsed_ms, killed=o.killed)
-        for o in outcomes
-    ]
+    return [_copy(NodeResultOut, o) for o in outcomes]
+
+
+def elevation_out(ctx: Context[Any], result: ElevationResult, *, wait: bool) -> ElevationOut:
+    """The answer to elevate/approve; a deferred push starts here (the client watches)."""
+    if not wait and result.grant is not None:
+        push_in_background(ctx, result.grant.id)
+    return ElevationOut(
+        grant=None if result.grant is None else grant_out(ctx, result.grant),
+        request=None if result.request is None else request_out(result.request),
+        results=_results(result.outcomes),
+    )
 
 
 def plan_out(account: Account, plan: ElevationPlan) -> PlanOut:
@@ -346,13 +324,7 @@ def elevate(ctx: Context[ElevateIn]) -> ElevationOut:
         now=ctx.now,
         push_now=p.wait,
     )
-    if not p.wait and result.grant is not None:
-        push_in_background(ctx, result.grant.id)
-    return ElevationOut(
-        grant=None if result.grant is None else grant_out(ctx, result.grant),
-        request=None if result.request is None else request_out(result.request),
-        results=_results(result.outcomes),
-    )
+    return elevation_out(ctx, result, wait=p.wait)
 
 
 @REGISTRY.add(
@@ -392,13 +364,7 @@ def approve(ctx: Context[ApproveIn]) -> ElevationOut:
         now=ctx.now,
         push_now=ctx.params.wait,
     )
-    if not ctx.params.wait and result.grant is not None:
-        push_in_background(ctx, result.grant.id)
-    return ElevationOut(
-        grant=None if result.grant is None else grant_out(ctx, result.grant),
-        request=None if result.request is None else request_out(result.request),
-        results=_results(result.outcomes),
-    )
+    return elevation_out(ctx, result, wait=ctx.params.wait)
 
 
 @REGISTRY.add(
@@ -454,10 +420,10 @@ def list_grants(ctx: Context[GrantsQuery]) -> list[GrantOut]:
     request=GrantPath,
     response=GrantOut,
     access=Access.SELF_OR_OPERATOR,
-    summary="One grant with its state on every node",
+    summary="One grant with its state on every node (its holder, its approvers, operators)",
 )
 def show_grant(ctx: Context[GrantPath]) -> GrantOut:
-    grant = _own_grant(ctx, ctx.params.id)
+    grant = _own_grant(ctx, ctx.params.id, approver_may_see=True)
     return grant_out(ctx, grant)
 
 
@@ -507,11 +473,14 @@ def revoke(ctx: Context[RevokeIn]) -> RevokeOut:
     )
 
 
-def _own_grant(ctx: Context[Any], grant_id: str) -> Grant:
+def _own_grant(ctx: Context[Any], grant_id: str, *, approver_may_see: bool = False) -> Grant:
+    """The grant, for an operator or its holder (and, to watch it land, its approvers);
+    anyone else is told it does not exist."""
     grant = ctx.app.grants().grant(grant_id)
     if not ctx.caller.operator:
         account = _account(ctx.caller)
-        if grant.sid != account.sid:
+        approver = approver_may_see and account.name in grant.approvers
+        if grant.sid != account.sid and not approver:
             raise RefusedError(f"no grant {grant_id}", fix="list yours with `broker grants list`")
     return grant
 
