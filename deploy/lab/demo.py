@@ -88,32 +88,49 @@ def tamper_copy(config: Path, state_dir: Path) -> None:
             daemon.wait(timeout=20)
 
 
-def alice_command(
-    info: dict[str, Any], config: Path, *args: str
+def user_command(
+    info: dict[str, Any], config: Path, name: str, *args: str
 ) -> tuple[list[str], dict[str, str]]:
-    """argv and environment to run `broker ARGS` as the lab's alice (uid from the directory):
-    the daemon knows her by that uid."""
-    user = info["users"]["alice"]
-    print(f"$ (as alice) broker {' '.join(args)}", flush=True)
+    """argv and environment to run `broker ARGS` as a lab user (uid from the directory):
+    the daemon knows them by that uid."""
+    user = info["users"][name]
+    print(f"$ (as {name}) broker {' '.join(args)}", flush=True)
     env = dict(os.environ, BROKER_CONFIG=str(config), COLUMNS="120", PYTHONUNBUFFERED="1")
     argv = ["setpriv", "--reuid", str(user["uid"]), "--regid", str(user["gid"]), "--clear-groups"]
     return [*argv, str(BROKER), *args], env
 
 
-def as_alice(info: dict[str, Any], config: Path, *args: str, stdin: str = "") -> str:
-    argv, env = alice_command(info, config, *args)
+def as_user(info: dict[str, Any], config: Path, name: str, *args: str, stdin: str = "") -> str:
+    argv, env = user_command(info, config, name, *args)
     result = subprocess.run(argv, env=env, input=stdin, capture_output=True, text=True, check=False)
     sys.stdout.write(result.stdout)
     sys.stdout.write(result.stderr)
     return result.stdout + result.stderr
 
 
-def mfa_story(info: dict[str, Any], config: Path) -> None:
-    """alice enrolls TOTP (the demo plays her authenticator), a code works once, then not."""
-    import pyotp
+class Authenticator:
+    """What the demo users' phones would show: each TOTP step's code is used once."""
 
-    broker(config, "mfa", "reset", "alice", "--yes")
-    argv, env = alice_command(info, config, "mfa", "enroll")
+    def __init__(self, uri: str, step: int) -> None:
+        import pyotp
+
+        self.totp = pyotp.parse_uri(uri)
+        self.last = step
+
+    def code(self) -> str:
+        now = int(time.time()) // 30
+        step = max(self.last + 1, now - 1)
+        if step > now + 1:
+            print("(waiting for the authenticator's next code)", flush=True)
+            time.sleep((step - 1) * 30 - time.time() + 0.5)
+        self.last = step
+        return str(self.totp.at(step * 30)) + "\n"
+
+
+def enroll(info: dict[str, Any], config: Path, name: str) -> Authenticator:
+    """NAME enrolls TOTP; the demo plays their authenticator app."""
+    broker(config, "mfa", "reset", name, "--yes")
+    argv, env = user_command(info, config, name, "mfa", "enroll")
     proc = subprocess.Popen(
         argv,
         env=env,
@@ -129,17 +146,89 @@ def mfa_story(info: dict[str, Any], config: Path) -> None:
         if "otpauth://" in line:
             uri = line[line.index("otpauth://") :].strip()
             break
-    totp = pyotp.parse_uri(uri)
     step = int(time.time()) // 30
-    out, err = proc.communicate(totp.at(step * 30) + "\n", timeout=60)
+    phone = Authenticator(uri, step)
+    out, err = proc.communicate(phone.totp.at(step * 30) + "\n", timeout=60)
     sys.stdout.write(out + err)
     if proc.returncode != 0:
-        sys.exit("demo: mfa enroll failed")
-    code = totp.at((step + 1) * 30)
-    as_alice(info, config, "mfa", "verify", stdin=code + "\n")
-    if "already used" not in as_alice(info, config, "mfa", "verify", stdin=code + "\n"):
+        sys.exit(f"demo: mfa enroll of {name} failed")
+    return phone
+
+
+def mfa_story(info: dict[str, Any], config: Path) -> Authenticator:
+    """alice enrolls TOTP (the demo plays her authenticator), a code works once, then not."""
+    phone = enroll(info, config, "alice")
+    code = phone.code()
+    as_user(info, config, "alice", "mfa", "verify", stdin=code)
+    if "already used" not in as_user(info, config, "alice", "mfa", "verify", stdin=code):
         sys.exit("demo: a replayed code was not refused")
-    as_alice(info, config, "mfa", "status")
+    as_user(info, config, "alice", "mfa", "status")
+    return phone
+
+
+def ssh_as(info: dict[str, Any], name: str, node: str, command: str) -> str:
+    address = next(n["address"] for n in info["nodes"] if n["name"] == node)
+    print(f"$ ssh {name}@{node} {command!r}", flush=True)
+    result = subprocess.run(
+        [
+            "ssh",
+            "-i",
+            info["users"][name]["ssh_key"],
+            "-o",
+            f"UserKnownHostsFile={info['broker']['known_hosts']}",
+            "-o",
+            "BatchMode=yes",
+            f"{name}@{address}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    sys.stdout.write(result.stdout + result.stderr)
+    return result.stdout
+
+
+def elevation_story(info: dict[str, Any], config: Path, alice: Authenticator) -> None:
+    """bob is refused with the rule; alice asks, frank approves, alice is root on gpu01 only,
+    until the grant is revoked."""
+    import json
+    import re
+
+    as_user(info, config, "bob", "elevate", "gpu01", "--for", "30m", "--reason", "curious")
+    frank = enroll(info, config, "frank")
+    asked = as_user(
+        info,
+        config,
+        "alice",
+        "elevate",
+        "gpu01",
+        "--for",
+        "30m",
+        "--reason",
+        "INC-4711 replace NVLink switch",
+        stdin=alice.code(),
+    )
+    found = re.search(r"request (r[0-9a-f]{16})", asked)
+    if not found:
+        sys.exit("demo: alice's elevation did not open a request")
+    as_user(info, config, "frank", "requests", "list")
+    approved = as_user(info, config, "frank", "approve", found.group(1), stdin=frank.code())
+    grant = re.search(r"grant (g[0-9a-f]{16})", approved)
+    if not grant:
+        sys.exit("demo: the approval did not issue a grant")
+    if ssh_as(info, "alice", "gpu01", "sudo -n id -u").strip() != "0":
+        sys.exit("demo: alice is not root on gpu01")
+    drop_in = Path(next(n["dir"] for n in info["nodes"] if n["name"] == "gpu01"))
+    print(f"$ cat /etc/sudoers.d/broker_{grant.group(1)}   (on gpu01)")
+    print((drop_in / f"etc/sudoers.d/broker_{grant.group(1)}").read_text())
+    ssh_as(info, "alice", "gpu02", "sudo -n id -u")  # login-gated: refused
+    broker(config, "grants", "list", "--active")
+    broker(config, "revoke", grant.group(1), "--reason", "INC-4711 done")
+    if ssh_as(info, "alice", "gpu01", "sudo -n id -u").strip() == "0":
+        sys.exit("demo: the revoked grant still works")
+    shown = json.loads(broker(config, "grants", "show", grant.group(1), "--json"))
+    print(f"grant {shown['id']}: {shown['state']} ({shown['end_reason']})")
 
 
 def main() -> None:
@@ -174,11 +263,13 @@ def main() -> None:
     broker(config, "policy", "explain", "alice", "gpu01")
     broker(config, "policy", "explain", "dora", "gpu01", expect=1)
     step("the daemon knows callers by uid (SO_PEERCRED); alice is an AD user, not an operator")
-    as_alice(info, config, "whoami")
-    if "not a broker operator" not in as_alice(info, config, "accounts", "list"):
+    as_user(info, config, "alice", "whoami")
+    if "not a broker operator" not in as_user(info, config, "alice", "accounts", "list"):
         sys.exit("demo: alice was not refused an operator command")
     step("MFA: alice enrolls a TOTP authenticator; a code is accepted once, never twice")
-    mfa_story(info, config)
+    phone = mfa_story(info, config)
+    step("elevation: refusal with its rule, request, approval, root on one node, revoke")
+    elevation_story(info, config, phone)
     step("AC-2 account review (the lab keeps some findings on purpose)")
     broker(config, "accounts", "review", expect=1)
     step("every node over SSH with pinned host keys")
