@@ -278,48 +278,24 @@ def bench_revoke(lab: dict[str, Any], codes: Codes, runs: int) -> None:
             raise SystemExit(f"revoke incomplete: {result['pending'][:3]}")
     payload = Path("/tmp/broker-bench-payload")
     payload.write_bytes(b"x" * size)
-    clush = str(Path(sys.executable).parent / "clush")
-    ssh_options = (
+    clush = [
+        str(Path(sys.executable).parent / "clush"),
+        "-l",
+        "root",
+        "-o",
         f"-i {lab['broker']['ssh_key']} -oUserKnownHostsFile={lab['broker']['known_hosts']} "
-        "-oStrictHostKeyChecking=yes -oBatchMode=yes"
-    )
+        "-oStrictHostKeyChecking=yes -oBatchMode=yes",
+        "-w",
+        ",".join(n["address"] for n in nodes),
+    ]
     theirs: list[float] = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(
-            [
-                clush,
-                "-l",
-                "root",
-                "-o",
-                ssh_options,
-                "-w",
-                ",".join(n["address"] for n in nodes),
-                "--copy",
-                str(payload),
-                "--dest",
-                "/var/lib/broker/",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        copy = [*clush, "--copy", str(payload), "--dest", "/var/lib/broker/"]
+        subprocess.run(copy, check=True, capture_output=True)
         theirs.append((time.perf_counter() - started) * 1000)
-    subprocess.run(
-        [
-            clush,
-            "-l",
-            "root",
-            "-o",
-            ssh_options,
-            "-w",
-            ",".join(n["address"] for n in nodes),
-            "rm",
-            "-f",
-            f"/var/lib/broker/{payload.name}",
-        ],
-        check=False,
-        capture_output=True,
-    )
+    cleanup = [*clush, "rm", "-f", f"/var/lib/broker/{payload.name}"]
+    subprocess.run(cleanup, check=False, capture_output=True)
     payload.unlink()
     print(f"revoke one grant on {len(nodes)} nodes ({names}), {runs} runs each:")
     show("broker revoke (remove, kill sessions, confirm)", ours)

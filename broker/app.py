@@ -256,7 +256,6 @@ class App:
                 rules=GrantRules(
                     max_skew=self.settings.ssh.max_skew,
                     iolog_dir=str(self.settings.grants.iolog_dir),
-                    workers=self.settings.ssh.workers,
                 ),
                 policy=self.active_policy_with_sha,
                 snapshot=self.snapshot,

@@ -936,13 +936,17 @@ Decision = tuple[bool, str]
 
 
 def _grant_state(
-    paths: Paths, user: str, now: int, conf: NodeConf | str | None = None
+    paths: Paths,
+    user: str,
+    now: int,
+    conf: NodeConf | str | None = None,
+    key: GrantKey | str | None = None,
 ) -> tuple[list[Grant], str]:
     """Valid grants of `user` on this node and, when none, the reason why."""
     conf = load_conf(paths) if conf is None else conf
     if isinstance(conf, str):
         return [], conf
-    key = load_key(paths)
+    key = load_key(paths) if key is None else key
     if isinstance(key, str):
         return [], key
     grants, problems = valid_grants(paths, conf, key, user, now)
@@ -961,13 +965,10 @@ def _break_glass(conf: NodeConf | str, user: str, in_group: GroupCheck) -> bool:
     return in_group(user, conf.break_glass_group)
 
 
-def _broken_node(paths: Paths, conf: NodeConf | str) -> str | None:
-    """Why this node's own configuration cannot be trusted (then only root passes, not even
-    break-glass: fail closed), or None."""
-    if isinstance(conf, str):
-        return conf
-    key = load_key(paths)
-    return key if isinstance(key, str) else None
+def _node_key(paths: Paths, conf: NodeConf | str) -> GrantKey | str:
+    """The verification key, or why this node's own configuration cannot be trusted (then
+    only root passes, not even break-glass: fail closed). Read once per hook run."""
+    return conf if isinstance(conf, str) else load_key(paths)
 
 
 def decide_sudo(paths: Paths, ruser: str, now: int, in_group: GroupCheck) -> Decision:
@@ -980,10 +981,10 @@ def decide_sudo(paths: Paths, ruser: str, now: int, in_group: GroupCheck) -> Dec
     if not ruser:
         return False, "no PAM_RUSER: the invoking user is unknown"
     conf = load_conf(paths)
-    broken = _broken_node(paths, conf)
-    if broken is not None:
-        return False, broken
-    grants, reason = _grant_state(paths, ruser, now, conf)
+    key = _node_key(paths, conf)
+    if isinstance(key, str):
+        return False, key
+    grants, reason = _grant_state(paths, ruser, now, conf, key)
     if grants:
         limit = max(grant.max_sessions for grant in grants)
         # A session is recorded under every grant the user held when it opened: count pids.
@@ -1002,13 +1003,13 @@ def decide_sshd(paths: Paths, user: str, now: int, in_group: GroupCheck) -> Deci
     if user == "root":
         return True, "root"
     conf = load_conf(paths)
-    broken = _broken_node(paths, conf)
-    if broken is not None:
-        return False, broken
+    key = _node_key(paths, conf)
+    if isinstance(key, str):
+        return False, key
     assert isinstance(conf, NodeConf)
     if not conf.login_gated:
         return True, "logins not gated"
-    grants, reason = _grant_state(paths, user, now, conf)
+    grants, reason = _grant_state(paths, user, now, conf, key)
     login = [grant for grant in grants if grant.login]
     if login:
         return True, f"login grant {login[0].id}"

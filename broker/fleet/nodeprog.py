@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.fleet.pool import Job, SshPool
+from broker.fleet.pool import SshPool
 from broker.fleet.ssh import CommandResult, NodeTarget
 
 PYTHON = "/usr/bin/python3"
@@ -120,28 +120,6 @@ def call(
         max_output=MAX_REPLY,
     )
     return parse_reply(result)
-
-
-def call_many(
-    pool: SshPool,
-    targets: Sequence[NodeTarget],
-    command: str,
-    payload: Mapping[str, Any] | None = None,
-    *,
-    payloads: Mapping[str, Mapping[str, Any]] | None = None,
-    on_done: Callable[[NodeReply], None] | None = None,
-    timeout: float = TIMEOUT_S,
-) -> list[NodeReply]:
-    """`call` on every target in parallel (payloads[node] overrides payload); target order."""
-    argv = argv_for(command)
-    jobs = [Job(t, argv, encode_payload((payloads or {}).get(t.name, payload))) for t in targets]
-
-    def done(result: CommandResult) -> None:
-        if on_done is not None:
-            on_done(parse_reply(result))
-
-    results = pool.run_many(jobs, done, timeout=timeout, max_output=MAX_REPLY)
-    return [parse_reply(r) for r in results]
 
 
 def finite(value: object) -> float | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -84,7 +83,6 @@ def install(
     max_skew: timedelta,
     iolog_dir: str,
     now: datetime,
-    workers: int,
     on_done: Callable[[NodeOutcome], None] | None = None,
 ) -> list[NodeOutcome]:
     """Install on every target in parallel; outcomes in target order."""
@@ -117,7 +115,7 @@ def install(
         reply = nodeprog.call(pool, target, "install-grant", payload)
         return _install_problem(target.name, reply)
 
-    return _parallel(one, targets, workers)
+    return list(pool.map(one, targets))
 
 
 def _install_problem(node: str, reply: nodeprog.NodeReply) -> str | None:
@@ -143,7 +141,6 @@ def remove(
     targets: Sequence[NodeTarget],
     ids_by_node: Mapping[str, Sequence[str]],
     *,
-    workers: int,
     on_done: Callable[[NodeOutcome], None] | None = None,
 ) -> list[NodeOutcome]:
     """Remove grants (and end their sessions) on every target in parallel."""
@@ -176,13 +173,4 @@ def remove(
             return f"{target.name}: " + _short("; ".join(str(e) for e in errors)), len(killed)
         return None, len(killed)
 
-    return _parallel(one, targets, workers)
-
-
-def _parallel(
-    one: Callable[[NodeTarget], NodeOutcome], targets: Sequence[NodeTarget], workers: int
-) -> list[NodeOutcome]:
-    if len(targets) == 1:
-        return [one(targets[0])]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
-        return list(pool.map(one, targets))
+    return list(pool.map(one, targets))

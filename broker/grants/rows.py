@@ -138,15 +138,6 @@ def grant_nodes(conn: sqlite3.Connection, grant_id: str) -> list[GrantNode]:
     return [GrantNode(r[0], r[1], r[2], r[3], int(r[4]), _time(r[5]), _time(r[6])) for r in rows]
 
 
-def live_grant_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """node -> how many active grants are live there."""
-    rows = conn.execute(
-        "SELECT n.node, count(*) FROM grant_nodes n JOIN grants g ON g.id = n.grant_id"
-        " WHERE n.state = 'live' AND g.state = 'active' GROUP BY n.node"
-    ).fetchall()
-    return {r[0]: int(r[1]) for r in rows}
-
-
 def pending_removals(
     conn: sqlite3.Connection,
     *,

@@ -45,7 +45,6 @@ Progress = Callable[[push.NodeOutcome], None]
 class GrantRules:
     max_skew: timedelta
     iolog_dir: str
-    workers: int
 
 
 @dataclass(frozen=True)
@@ -335,7 +334,6 @@ class GrantService:
             max_skew=self._rules.max_skew,
             iolog_dir=self._rules.iolog_dir,
             now=now,
-            workers=self._rules.workers,
             on_done=progress,
         )
         with self._store.transaction() as conn:
@@ -675,9 +673,7 @@ class GrantService:
             by_node.setdefault(name, []).append(grant_id)
         known = {t.name: t for t in inventory.targets_known(self._store, list(by_node))}
         targets = [known[n] for n in by_node if n in known]
-        outcomes = push.remove(
-            self._pool, targets, by_node, workers=self._rules.workers, on_done=progress
-        )
+        outcomes = push.remove(self._pool, targets, by_node, on_done=progress)
         pending: list[tuple[str, str]] = []
         with self._store.transaction() as conn:
             for outcome in outcomes:

@@ -185,12 +185,3 @@ def _collect_one(store: Store, pool: SshPool, target: NodeTarget, now: datetime)
     if ids:  # only after the commit above: at-least-once delivery
         nodeprog.call(pool, target, "ack", {"event_ids": ids})
     return count
-
-
-def sessions_of_grant(conn: sqlite3.Connection, grant_id: str) -> list[SessionEvent]:
-    rows = conn.execute(
-        "SELECT node, event_id, kind, grant_id, user, runas, service, tty, pid, at"
-        " FROM session_events WHERE grant_id = ? ORDER BY at, id",
-        (grant_id,),
-    ).fetchall()
-    return [SessionEvent(*r) for r in rows]

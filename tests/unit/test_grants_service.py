@@ -64,6 +64,9 @@ class FakeNodes:
             )
         return CommandResult(target.name, 0, reply + "\n", "", None, 1.0)
 
+    def map(self, work: Any, items: list[Any]) -> list[Any]:
+        return [work(item) for item in items]
+
 
 class World:
     def __init__(self, app: App, tmp: Path) -> None:
@@ -98,9 +101,7 @@ class World:
             store=self.store,
             pool=self.nodes,  # type: ignore[arg-type]
             signing_key=Ed25519PrivateKey.generate(),
-            rules=GrantRules(
-                max_skew=timedelta(seconds=60), iolog_dir="/var/log/broker-io", workers=4
-            ),
+            rules=GrantRules(max_skew=timedelta(seconds=60), iolog_dir="/var/log/broker-io"),
             policy=self.policy,
             snapshot=lambda now: MemorySnapshot.of(self.accounts.values()),
             mfa=lambda account, code, purpose, actor: None,
