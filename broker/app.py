@@ -45,6 +45,12 @@ from broker.store.files import ensure_private_dir, service_ids, write_private_fi
 
 if TYPE_CHECKING:
     from broker.grants.service import GrantService
+    from broker.keytabs.service import KeytabService
+
+
+def realm_of(base_dn: str) -> str:
+    """DC=hpc,DC=example,DC=org -> HPC.EXAMPLE.ORG (the default Kerberos realm)."""
+    return ".".join(part.split("=", 1)[1] for part in base_dn.split(",")).upper()
 
 
 def local_actor() -> str:
@@ -74,6 +80,7 @@ class App:
         self._subscribers: list[Callable[[list[AccessChange]], None]] = []
         self._policy: tuple[str, Policy] | None = None  # (sha256, parsed) of the active policy
         self._grants: GrantService | None = None  # built on first use (SSH, keys)
+        self._keytabs: KeytabService | None = None
         if settings.kerberos.krb5_conf is not None:
             os.environ["KRB5_CONFIG"] = str(settings.kerberos.krb5_conf)
 
@@ -262,6 +269,39 @@ class App:
                 mfa=self.check_mfa,
             )
         return self._grants
+
+    def keytabs(self) -> KeytabService:
+        """Keytab rotation over this process's store, the shared SSH pool and AD."""
+        from broker.fleet.pool import shared_pool
+        from broker.keytabs.ad import LdapDirectory
+        from broker.keytabs.service import KeytabRules, KeytabService, verify_tokens_source
+
+        if self._keytabs is None:
+            directory = self.directory_settings()
+            if (
+                directory.auth != "gssapi"
+                or directory.keytab is None
+                or directory.principal is None
+            ):
+                raise UnavailableError(
+                    "keytab rotation needs the broker's own Kerberos keys",
+                    fix="set directory.auth = 'gssapi' with directory.principal and directory.keytab",
+                )
+            cfg = self.settings.keytabs
+            realm = cfg.realm or realm_of(directory.base_dn)
+            self._keytabs = KeytabService(
+                store=self.ready_store(),
+                pool=shared_pool(self.settings),
+                policy=self.active_policy,
+                directory=lambda: LdapDirectory(directory),
+                tokens=verify_tokens_source(directory.principal, directory.keytab),
+                rules=KeytabRules(
+                    realm=realm,
+                    max_ticket_lifetime=cfg.max_ticket_lifetime,
+                    accounts_ou=cfg.accounts_ou,
+                ),
+            )
+        return self._keytabs
 
     def _create_ssh_key(self, path: Path) -> None:
         key = Ed25519PrivateKey.generate()

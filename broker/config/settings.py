@@ -288,6 +288,34 @@ class GrantsSection(_Section):
     reap_interval: Duration = timedelta(seconds=30)
 
 
+class KeytabsSection(_Section):
+    """Service-account keytab rotation (docs/keytabs.md)."""
+
+    # The realm of the service principals; default: from directory.base_dn (DC=a,DC=b -> A.B).
+    realm: str | None = None
+    # Longest service-ticket lifetime the KDC issues (AD default 10 h): an old key version is
+    # pruned from nodes only this long after AD stopped using it.
+    max_ticket_lifetime: Duration = timedelta(hours=10)
+    # Where `broker keytab create --create-account` creates accounts.
+    accounts_ou: str | None = None
+    # How often the daemon runs `rotate --due` itself; 0 leaves it to the systemd timer.
+    schedule: Duration = timedelta(0)
+
+    @field_validator("realm")
+    @classmethod
+    def _realm(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Z0-9][A-Z0-9.-]{0,254}", value):
+            raise ValueError("expected an upper-case Kerberos realm such as HPC.EXAMPLE.ORG")
+        return value
+
+    @field_validator("max_ticket_lifetime")
+    @classmethod
+    def _lifetime(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=5) <= value <= timedelta(days=7):
+            raise ValueError("expected a lifetime between 5m and 7d")
+        return value
+
+
 class Settings(_Section):
     """The whole configuration, with derived paths resolved."""
 
@@ -301,6 +329,7 @@ class Settings(_Section):
     daemon: DaemonSection = DaemonSection()
     mfa: MfaSection = MfaSection()
     grants: GrantsSection = GrantsSection()
+    keytabs: KeytabsSection = KeytabsSection()
 
     @property
     def db_path(self) -> Path:

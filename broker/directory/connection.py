@@ -64,7 +64,7 @@ def _server(uri: str, cfg: DirectorySection) -> ldap3.Server:
     )
 
 
-def _connection(uri: str, cfg: DirectorySection) -> ldap3.Connection:
+def _connection(uri: str, cfg: DirectorySection, writable: bool = False) -> ldap3.Connection:
     server = _server(uri, cfg)
     timeout = max(1, int(cfg.timeout.total_seconds()))
     if cfg.auth == "gssapi":
@@ -78,7 +78,7 @@ def _connection(uri: str, cfg: DirectorySection) -> ldap3.Connection:
             cred_store={"client_keytab": str(cfg.keytab), "ccache": _ccache_name(cfg)},
             receive_timeout=timeout,
             raise_exceptions=False,
-            read_only=True,
+            read_only=not writable,
             # Ranged retrieval is done by the sync, which checks every range; with auto_range off,
             # ldap3 must not invent empty attributes either (it then drops the ranged one).
             auto_range=False,
@@ -94,7 +94,7 @@ def _connection(uri: str, cfg: DirectorySection) -> ldap3.Connection:
         authentication=ldap3.SIMPLE,
         receive_timeout=timeout,
         raise_exceptions=False,
-        read_only=True,
+        read_only=not writable,
         auto_range=False,
         auto_referrals=False,
         check_names=False,
@@ -126,10 +126,12 @@ def _read_password(cfg: DirectorySection) -> str:
         ) from None
 
 
-def _bind(uri: str, cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo]:
+def _bind(
+    uri: str, cfg: DirectorySection, writable: bool = False
+) -> tuple[ldap3.Connection, BindInfo]:
     started = time.monotonic()
     try:
-        conn = _connection(uri, cfg)
+        conn = _connection(uri, cfg, writable)
     except ldap_errors.LDAPException as exc:  # e.g. an unreadable or invalid CA file
         raise UnavailableError(
             f"{uri}: cannot set up TLS with {cfg.ca_file} ({_short(str(exc))})",
@@ -193,12 +195,13 @@ def bind_to(uri: str, cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo
     return _bind(uri, cfg)
 
 
-def connect(cfg: DirectorySection) -> tuple[ldap3.Connection, BindInfo]:
-    """Bind to the first DC that works; if none does, say why for each."""
+def connect(cfg: DirectorySection, *, writable: bool = False) -> tuple[ldap3.Connection, BindInfo]:
+    """Bind to the first DC that works; if none does, say why for each. `writable` is for
+    keytab rotation only (password resets); everything else reads."""
     failures: list[str] = []
     for uri in cfg.uris:
         try:
-            return _bind(uri, cfg)
+            return _bind(uri, cfg, writable)
         except UnavailableError as exc:
             failures.append(exc.one_line())
     raise UnavailableError("no domain controller could be used: " + " | ".join(failures))

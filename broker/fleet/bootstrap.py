@@ -34,6 +34,7 @@ from broker.store.db import Store
 
 LIBEXEC = "/usr/libexec/broker"
 NODE_PY = f"{LIBEXEC}/broker_node.py"
+KEYTAB_PY = f"{LIBEXEC}/broker_keytab.py"
 NODE_CONF = "/etc/broker/node.conf"
 GRANT_KEY = "/etc/broker/grant-key.pub"
 PAM_D = "/etc/pam.d"
@@ -57,6 +58,8 @@ PROGRAM_FILES: tuple[tuple[str, str, int], ...] = (
     ("broker_node.py", NODE_PY, 0o644),
     ("pam-hook", f"{LIBEXEC}/pam-hook", 0o755),
     ("broker-node", f"{LIBEXEC}/broker-node", 0o755),
+    ("broker_keytab.py", KEYTAB_PY, 0o644),
+    ("broker-keytab", f"{LIBEXEC}/broker-keytab", 0o755),
 )
 # pam/pam.d/<block>.block -> the PAM services that get it ("joblaunch": the configured one).
 PAM_BLOCKS = ("sudo", "sshd", "joblaunch")
@@ -266,7 +269,10 @@ def _compiled(sftp: paramiko.SFTPClient) -> bool:
         names = sftp.listdir(f"{LIBEXEC}/__pycache__")
     except FileNotFoundError:
         return False
-    return any(n.startswith("broker_node.") and n.endswith(".pyc") for n in names)
+    return all(
+        any(n.startswith(f"{stem}.") and n.endswith(".pyc") for n in names)
+        for stem in ("broker_node", "broker_keytab")
+    )
 
 
 def _install_pam(
@@ -317,10 +323,12 @@ def bootstrap_node(
             program_new = False
             for path, data, mode in files:
                 rewritten = _ensure_file(sftp, path, data, mode, changed)
-                program_new = program_new or (rewritten and path == NODE_PY)
+                program_new = program_new or (rewritten and path in (NODE_PY, KEYTAB_PY))
             compile_it = program_new or not _compiled(sftp)
         if compile_it:
-            result = pool.run(target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", NODE_PY])
+            result = pool.run(
+                target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", NODE_PY, KEYTAB_PY]
+            )
             if not result.ok:
                 raise UnavailableError(
                     result.error or f"py_compile failed: {result.stderr.strip()[-200:]}"

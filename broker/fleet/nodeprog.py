@@ -19,7 +19,9 @@ from broker.fleet.ssh import CommandResult, NodeTarget
 
 PYTHON = "/usr/bin/python3"
 NODE_PROGRAM = "/usr/libexec/broker/broker-node"
+KEYTAB_PROGRAM = "/usr/libexec/broker/broker-keytab"  # docs/keytabs.md
 COMMANDS = frozenset({"status", "install-grant", "revoke", "reap", "collect", "ack"})
+KEYTAB_COMMANDS = frozenset({"keytab-install", "keytab-list", "keytab-verify"})
 MAX_REPLY = 4 * 1024 * 1024
 MAX_PAYLOAD = 1024 * 1024  # what the node program reads at most
 TIMEOUT_S = 60.0
@@ -36,6 +38,8 @@ class NodeReply:
 
 def argv_for(command: str) -> list[str]:
     """The node program's command line: isolated Python (-I -S), one allow-listed command."""
+    if command in KEYTAB_COMMANDS:
+        return [PYTHON, "-I", "-S", KEYTAB_PROGRAM, command]
     if command not in COMMANDS:
         raise ValueError(f"unknown node program command {command!r}")
     return [PYTHON, "-I", "-S", NODE_PROGRAM, command]

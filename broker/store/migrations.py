@@ -283,6 +283,57 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        6,
+        "keytab rotation",
+        (
+            # One row per service account the broker has rotated or checked.
+            """CREATE TABLE keytab_accounts (
+                name TEXT PRIMARY KEY,
+                account TEXT NOT NULL,
+                kvno INTEGER,
+                last_rotated_at TEXT,
+                last_verified_at TEXT,
+                last_error TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                retry_after TEXT
+            ) WITHOUT ROWID""",
+            # The rotation state machine (docs/keytabs.md); written ahead of every step.
+            """CREATE TABLE keytab_rotations (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('planned', 'staged', 'ad_pending',
+                    'ad_set', 'done', 'abandoned', 'failed', 'superseded')),
+                from_kvno INTEGER NOT NULL,
+                target_kvno INTEGER NOT NULL,
+                ad_kvno INTEGER,
+                nodes TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                error TEXT
+            )""",
+            """CREATE UNIQUE INDEX keytab_rotations_open ON keytab_rotations (name)
+                WHERE state IN ('planned', 'staged', 'ad_pending', 'ad_set')""",
+            # What each node's keytab held when last seen (versions only, never keys).
+            """CREATE TABLE keytab_nodes (
+                name TEXT NOT NULL,
+                node TEXT NOT NULL,
+                kvnos TEXT NOT NULL DEFAULT '[]',
+                verified_kvno INTEGER,
+                checked_at TEXT,
+                error TEXT,
+                PRIMARY KEY (name, node)
+            ) WITHOUT ROWID""",
+            # When AD stopped issuing tickets under a key version (prune after max lifetime).
+            """CREATE TABLE keytab_retired (
+                name TEXT NOT NULL,
+                kvno INTEGER NOT NULL,
+                retired_at TEXT NOT NULL,
+                PRIMARY KEY (name, kvno)
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
 
 

@@ -1,0 +1,1 @@
+"""Service-account keytabs: rotate in AD, pre-stage on nodes, verify (docs/keytabs.md)."""

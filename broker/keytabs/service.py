@@ -1,0 +1,918 @@
+"""Keytab rotation: the state machine over the store, AD and the nodes (docs/keytabs.md).
+
+One rotation of one service account:
+
+    planned     the intent (from and target key version, nodes) is committed first
+    staged      every node holds the target version's keys beside the current ones
+    ad_pending  committed just before the password goes to AD
+    ad_set      AD took it; its key version is recorded (and re-derived for if it
+                is not the staged one)
+    done        every node accepted a fresh service ticket for every principal
+
+or ends `abandoned` (AD never changed; staged keys removed), `failed` (AD refused
+the password; staged keys removed) or `superseded` (AD changed but the keys are
+lost with a crashed process: a new rotation follows at once). The password lives
+in this process's memory only, so a rotation found open after a crash is never
+continued with its password: plan.resume() decides between discarding, verifying
+what the nodes already hold, and recovering with a new rotation.
+
+Every transition is one store transaction with its audit event; SSH and LDAP
+work happens between transactions. No password or key is ever logged, audited,
+stored, put in an error or on a command line: keys go to nodes on the SSH
+command's stdin.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from broker.audit import writer
+from broker.core.errors import (
+    BrokerError,
+    FailedError,
+    RefusedError,
+    UnavailableError,
+    UsageError,
+)
+from broker.core.hostlist import fold
+from broker.core.timeutil import utcnow
+from broker.fleet import inventory, nodeprog
+from broker.fleet.pool import SshPool
+from broker.fleet.ssh import NodeTarget
+from broker.keytabs import keys, plan, rows
+from broker.keytabs.ad import AdAccount, Directory, PasswordRefused
+from broker.policy.model import Policy, ServiceAccount
+from broker.store.db import Store
+
+log = logging.getLogger("broker.keytabs")
+
+NODE_TIMEOUT_S = 30.0
+TokenSource = Callable[[Sequence[str]], Mapping[str, str | None]]
+
+
+@dataclass(frozen=True)
+class KeytabRules:
+    realm: str
+    max_ticket_lifetime: timedelta
+    accounts_ou: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    node: str
+    ok: bool
+    error: str | None = None
+    kvnos: tuple[int, ...] = ()
+    unreachable: bool = False
+
+
+@dataclass
+class RotationReport:
+    name: str
+    outcome: str  # rotated, verified, resumed, skipped, abandoned, failed
+    from_kvno: int | None = None
+    kvno: int | None = None
+    nodes: list[NodeResult] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node: str
+    kvnos: tuple[int, ...]
+    verified_kvno: int | None
+    checked_at: datetime | None
+    error: str | None
+    stale: bool
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    name: str
+    account: str
+    ad_kvno: int | None
+    ad_error: str | None
+    last_rotated_at: datetime | None
+    next_due_at: datetime | None
+    last_verified_at: datetime | None
+    rotation_state: str | None
+    last_error: str | None
+    retry_after: datetime | None
+    nodes: tuple[NodeStatus, ...]
+
+
+class KeytabService:
+    """Rotation, creation, verification and status for the service accounts of the policy."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        pool: SshPool,
+        policy: Callable[[], Policy | None],
+        directory: Callable[[], Directory],
+        tokens: TokenSource,
+        rules: KeytabRules,
+        salts: Callable[[str, Sequence[int]], dict[int, keys.SaltInfo]] = keys.salt_of,
+        derive: Callable[[keys.Secret, dict[int, keys.SaltInfo]], tuple[keys.Key, ...]] = (
+            keys.derive
+        ),
+        enctype_number: Callable[[str], int] = keys.enctype_number,
+        new_password: Callable[[], keys.Secret] = keys.new_password,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._policy = policy
+        self._directory = directory
+        self._tokens = tokens
+        self._rules = rules
+        self._salts = salts
+        self._derive = derive
+        self._enctype = enctype_number
+        self._new_password = new_password
+        self._clock = clock
+
+    # ------------------------------------------------------------ policy
+
+    def _accounts(self) -> Mapping[str, ServiceAccount]:
+        policy = self._policy()
+        if policy is None:
+            raise RefusedError(
+                "no policy is active: no service accounts are defined",
+                fix="an operator applies one with `broker policy apply FILE`",
+            )
+        return policy.service_accounts
+
+    def service_account(self, name: str) -> ServiceAccount:
+        accounts = self._accounts()
+        if name not in accounts:
+            known = ", ".join(sorted(accounts)[:10]) or "none"
+            raise RefusedError(
+                f"no service account {name[:60]!r} in the active policy (known: {known})"
+            )
+        return accounts[name]
+
+    def principals(self, service: ServiceAccount) -> list[str]:
+        """The keytab's principals: the account's own name, then the policy's SPNs."""
+        realm = self._rules.realm
+        found = [f"{service.account}@{realm}"]
+        for principal in service.principals:
+            name, at, given = principal.partition("@")
+            if at and given != realm:
+                raise RefusedError(
+                    f"principal {principal} of {service.name} is not in realm {realm}"
+                )
+            full = f"{name}@{realm}"
+            if full not in found:
+                found.append(full)
+        return found
+
+    def _targets(self, service: ServiceAccount) -> list[NodeTarget]:
+        if not service.nodes:
+            raise RefusedError(f"service account {service.name} has no nodes")
+        return inventory.targets(self._store, sorted(service.nodes))
+
+    # ------------------------------------------------------------ audit + state
+
+    def _event(
+        self, actor: str, action: str, name: str, outcome: str = "ok", **details: Any
+    ) -> writer.EventInput:
+        return writer.EventInput(actor, action, f"keytab:{name}", outcome, details)
+
+    def _move(
+        self,
+        rotation_id: int,
+        state: str,
+        event: writer.EventInput,
+        *,
+        error: str | None = None,
+        ad_kvno: int | None = None,
+        target_kvno: int | None = None,
+    ) -> None:
+        now = self._clock()
+        with self._store.transaction() as conn:
+            rows.move(
+                conn,
+                rotation_id,
+                state,
+                now,
+                error=error,
+                ad_kvno=ad_kvno,
+                target_kvno=target_kvno,
+            )
+            writer.record(conn, event, now)
+
+    # ------------------------------------------------------------ node calls
+
+    def _call(
+        self, targets: Sequence[NodeTarget], command: str, payloads: Mapping[str, dict[str, Any]]
+    ) -> list[tuple[NodeTarget, nodeprog.NodeReply]]:
+        def one(target: NodeTarget) -> tuple[NodeTarget, nodeprog.NodeReply]:
+            reply = nodeprog.call(
+                self._pool, target, command, payloads[target.name], timeout=NODE_TIMEOUT_S
+            )
+            return target, reply
+
+        results: list[tuple[NodeTarget, nodeprog.NodeReply]] = self._pool.map(one, list(targets))
+        return results
+
+    def _install(
+        self,
+        service: ServiceAccount,
+        targets: Sequence[NodeTarget],
+        principals: Sequence[str],
+        *,
+        current: int,
+        staged: int | None,
+        add: Sequence[keys.Key] = (),
+        add_kvno: int | None = None,
+    ) -> list[NodeResult]:
+        """Merge `add` keys (version `add_kvno`) into each node's keytab and keep what
+        plan.keep_kvnos says; record what each node holds now."""
+        now = self._clock()
+        with self._store.transaction() as conn:
+            views = rows.node_views(conn, service.name)
+            retired = rows.retired(conn, service.name)
+        entries = [
+            {"principal": p, "kvno": add_kvno, "enctype": k.enctype, "key": k.b64()}
+            for p in principals
+            for k in add
+        ]
+        payloads: dict[str, dict[str, Any]] = {}
+        for target in targets:
+            view = views.get(target.name)
+            present = set(view.kvnos) if view is not None else set()
+            keep = plan.keep_kvnos(
+                current=current,
+                staged=staged,
+                retired=retired,
+                present=present,
+                keep_old=service.keep_old_kvnos,
+                max_ticket_lifetime=self._rules.max_ticket_lifetime,
+                now=now,
+            )
+            if add_kvno is not None:
+                keep.add(add_kvno)
+            payloads[target.name] = {
+                "path": str(service.keytab),
+                "owner": service.owner,
+                "group": service.group,
+                "mode": service.mode,
+                "principals": list(principals),
+                "keep": sorted(keep),
+                "add": entries,
+            }
+        results = self._call(targets, "keytab-install", payloads)
+        del entries, payloads
+        return self._record_nodes(service.name, results, principals)
+
+    def _record_nodes(
+        self,
+        name: str,
+        results: Sequence[tuple[NodeTarget, nodeprog.NodeReply]],
+        principals: Sequence[str],
+        *,
+        verified: Mapping[str, int] | None = None,
+    ) -> list[NodeResult]:
+        out: list[NodeResult] = []
+        now = self._clock()
+        with self._store.transaction() as conn:
+            for target, reply in results:
+                result = _node_result(target.name, reply, principals)
+                out.append(result)
+                rows.record_node(
+                    conn,
+                    name,
+                    target.name,
+                    now,
+                    kvnos=result.kvnos if result.ok else None,
+                    verified_kvno=(verified or {}).get(target.name) if result.ok else None,
+                    error=result.error,
+                )
+        return out
+
+    def _refresh(
+        self, service: ServiceAccount, targets: Sequence[NodeTarget], principals: Sequence[str]
+    ) -> list[NodeResult]:
+        """Ask each node which versions it holds (no keys cross the wire)."""
+        payload = {"path": str(service.keytab), "principals": list(principals)}
+        results = self._call(targets, "keytab-list", {t.name: payload for t in targets})
+        return self._record_nodes(service.name, results, principals)
+
+    def _verify_nodes(
+        self,
+        service: ServiceAccount,
+        targets: Sequence[NodeTarget],
+        principals: Sequence[str],
+        kvno: int,
+    ) -> list[NodeResult]:
+        """Fresh service tickets for every principal, accepted with each node's keytab."""
+        tokens = self._tokens(principals)
+        missing = [p for p, t in tokens.items() if t is None]
+        if missing:
+            raise FailedError(
+                f"the KDC issued no service ticket for {', '.join(missing[:5])}",
+                fix="check the account's servicePrincipalName values in AD match the policy",
+            )
+        payload = {
+            "path": str(service.keytab),
+            "tokens": [{"principal": p, "token": tokens[p]} for p in principals],
+        }
+        results = self._call(targets, "keytab-verify", {t.name: payload for t in targets})
+        out: list[NodeResult] = []
+        now = self._clock()
+        with self._store.transaction() as conn:
+            for target, reply in results:
+                if not reply.ok or reply.data is None:
+                    result = NodeResult(
+                        target.name, False, reply.error or "no reply", unreachable=True
+                    )
+                elif not reply.data.get("ok"):
+                    result = NodeResult(target.name, False, _text(reply.data.get("error")))
+                else:
+                    failed = [
+                        f"{_text(r.get('principal'))}: {_text(r.get('error'))}"
+                        for r in reply.data.get("results", [])
+                        if isinstance(r, dict) and not r.get("ok")
+                    ]
+                    accepted = sum(
+                        1
+                        for r in reply.data.get("results", [])
+                        if isinstance(r, dict) and r.get("ok")
+                    )
+                    if failed or accepted != len(principals):
+                        result = NodeResult(
+                            target.name, False, "; ".join(failed)[:300] or "incomplete"
+                        )
+                    else:
+                        result = NodeResult(target.name, True)
+                out.append(result)
+                rows.record_node(
+                    conn,
+                    service.name,
+                    target.name,
+                    now,
+                    verified_kvno=kvno if result.ok else None,
+                    error=result.error,
+                )
+        return out
+
+    # ------------------------------------------------------------ AD
+
+    def _lookup(self, ad: Directory, service: ServiceAccount) -> AdAccount:
+        found = ad.lookup(service.account)
+        if found is None:
+            raise RefusedError(
+                f"AD has no account {service.account} (service account {service.name})",
+                fix=f"create it: broker keytab create {service.name} --create-account",
+            )
+        return found
+
+    def _keys_for(
+        self, service: ServiceAccount, password: keys.Secret
+    ) -> tuple[tuple[keys.Key, ...], dict[int, keys.SaltInfo]]:
+        enctypes = [self._enctype(e) for e in service.enctypes]
+        salts = self._salts(f"{service.account}@{self._rules.realm}", enctypes)
+        return self._derive(password, salts), salts
+
+    # ------------------------------------------------------------ rotate
+
+    def rotate(self, name: str, *, actor: str, force: bool = False) -> RotationReport:
+        """Rotate one account now (resuming a rotation a crash left open first).
+
+        Raises RefusedError/FailedError/UnavailableError with one line; nothing is
+        changed in AD unless every node holds the next keys first."""
+        service = self.service_account(name)
+        targets = self._targets(service)
+        ad = self._directory()
+        try:
+            return self._rotate(service, targets, ad, actor=actor, force=force)
+        finally:
+            ad.close()
+
+    def _rotate(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        ad: Directory,
+        *,
+        actor: str,
+        force: bool,
+    ) -> RotationReport:
+        name = service.name
+        principals = self.principals(service)
+        account = self._lookup(ad, service)  # AD unreachable: raised before anything changes
+        with self._store.transaction() as conn:
+            rows.upsert_account(conn, name, service.account)
+            found = rows.open_rotation(conn, name)
+        if found is not None:
+            resumed = self._resume(service, targets, principals, ad, account, found, actor)
+            if resumed.outcome in ("verified", "waiting") and not force:
+                return resumed
+            account = self._lookup(ad, service)
+        return self._fresh(service, targets, principals, ad, account, actor)
+
+    def _fresh(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        ad: Directory,
+        account: AdAccount,
+        actor: str,
+    ) -> RotationReport:
+        name = service.name
+        current, target_kvno = account.kvno, account.kvno + 1
+        now = self._clock()
+        nodes = [t.name for t in targets]
+        # 1. Write-ahead: the intent is committed before any node or AD is touched.
+        with self._store.transaction() as conn:
+            views = rows.node_views(conn, name)
+            rotation_id = rows.start_rotation(conn, name, current, target_kvno, nodes, actor, now)
+            writer.record(
+                conn,
+                self._event(
+                    actor,
+                    "keytab.plan",
+                    name,
+                    account=service.account,
+                    from_kvno=current,
+                    target_kvno=target_kvno,
+                    nodes=fold(nodes),
+                    principals=principals,
+                ),
+                now,
+            )
+        unknown = [t for t in targets if t.name not in views]
+        if unknown:
+            self._refresh(service, unknown, principals)
+        # 2. A new password, keys derived with the KDC's salt.
+        password = self._new_password()
+        try:
+            derived, salts = self._keys_for(service, password)
+        except BrokerError as exc:
+            self._end(rotation_id, "abandoned", actor, name, exc.one_line())
+            raise
+        # 3. Pre-stage on every node.
+        staged = self._install(
+            service,
+            targets,
+            principals,
+            current=current,
+            staged=target_kvno,
+            add=derived,
+            add_kvno=target_kvno,
+        )
+        bad = [r for r in staged if not r.ok]
+        if bad:
+            self._unstage(service, targets, principals, current)
+            error = _nodes_error("could not stage the next keys", bad)
+            self._end(rotation_id, "abandoned", actor, name, error, retry=True)
+            raise UnavailableError(
+                f"{name}: {error}; nothing was changed in AD",
+                fix="the rotation is retried with backoff once the nodes answer",
+            )
+        self._move(
+            rotation_id,
+            "staged",
+            self._event(actor, "keytab.stage", name, kvno=target_kvno, nodes=fold(nodes)),
+        )
+        # 4. AD: the password change, written ahead.
+        self._move(
+            rotation_id,
+            "ad_pending",
+            self._event(actor, "keytab.ad_pending", name, kvno=target_kvno),
+        )
+        try:
+            ad.set_password(account, password)
+        except PasswordRefused as exc:
+            self._unstage(service, targets, principals, current)
+            self._end(rotation_id, "failed", actor, name, exc.one_line())
+            raise
+        except BrokerError as exc:
+            # Not known whether AD applied it: stays ad_pending; the next run decides.
+            with self._store.transaction() as conn:
+                rows.record_failure(conn, name, exc.one_line(), self._clock() + plan.backoff(1))
+                writer.record(
+                    conn,
+                    self._event(
+                        actor, "keytab.ad_unconfirmed", name, "failed", error=exc.one_line()
+                    ),
+                )
+            raise
+        after = self._lookup(ad, service)
+        now = self._clock()
+        with self._store.transaction() as conn:
+            rows.retire(conn, name, current, now)
+            rows.set_kvno(conn, name, after.kvno)
+            rows.move(conn, rotation_id, "ad_set", now, ad_kvno=after.kvno)
+            writer.record(
+                conn,
+                self._event(
+                    actor,
+                    "keytab.ad_set",
+                    name,
+                    kvno=after.kvno,
+                    expected=target_kvno,
+                ),
+                now,
+            )
+        # 4b. AD's version or salt is not the staged one: derive again and redistribute.
+        real_salts = self._salts(f"{service.account}@{self._rules.realm}", sorted(salts))
+        if after.kvno != target_kvno or _salts_differ(real_salts, salts):
+            derived = self._derive(password, real_salts)
+            again = self._install(
+                service,
+                targets,
+                principals,
+                current=after.kvno,
+                staged=None,
+                add=derived,
+                add_kvno=after.kvno,
+            )
+            self._move(
+                rotation_id,
+                "ad_set",
+                self._event(
+                    actor,
+                    "keytab.redistribute",
+                    name,
+                    "ok" if all(r.ok for r in again) else "failed",
+                    kvno=after.kvno,
+                    staged=target_kvno,
+                    nodes=fold(nodes),
+                ),
+                target_kvno=after.kvno,
+            )
+            target_kvno = after.kvno
+        del password, derived
+        # 5. Verify on every node.
+        report = self._finish(service, targets, principals, rotation_id, target_kvno, actor)
+        report.from_kvno = current
+        if report.outcome == "verified":
+            report.outcome = "rotated"
+        return report
+
+    def _finish(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        rotation_id: int,
+        kvno: int,
+        actor: str,
+    ) -> RotationReport:
+        """Verify on every node; all good: done and prune; else stays open for a retry."""
+        name = service.name
+        results = self._verify_nodes(service, targets, principals, kvno)
+        bad = [r for r in results if not r.ok]
+        now = self._clock()
+        if bad:
+            error = _nodes_error("verification failed", bad)
+            with self._store.transaction() as conn:
+                account = rows.account(conn, name)
+                attempts = (account.attempts if account else 0) + 1
+                rows.record_failure(conn, name, error, now + plan.backoff(attempts))
+                rows.move(conn, rotation_id, "ad_set", now, error=error)
+                writer.record(
+                    conn,
+                    self._event(actor, "keytab.verify", name, "failed", kvno=kvno, error=error),
+                    now,
+                )
+            if all(r.unreachable for r in bad):
+                return RotationReport(name, "waiting", kvno=kvno, nodes=results, message=error)
+            raise FailedError(
+                f"{name}: {error}",
+                fix=f"check the keytab on those nodes; `broker keytab rotate {name} --force` "
+                "starts a new rotation",
+            )
+        with self._store.transaction() as conn:
+            rows.move(conn, rotation_id, "done", now)
+            rows.record_success(conn, name, kvno, now, rotated=True)
+            writer.record(
+                conn,
+                self._event(
+                    actor, "keytab.verify", name, kvno=kvno, nodes=fold([t.name for t in targets])
+                ),
+                now,
+            )
+        # Prune: keep what plan.keep_kvnos says now that the new version is current.
+        self._install(service, targets, principals, current=kvno, staged=None)
+        return RotationReport(name, "verified", kvno=kvno, nodes=results)
+
+    def _unstage(
+        self,
+        service: ServiceAccount,
+        targets: Sequence[NodeTarget],
+        principals: Sequence[str],
+        current: int,
+    ) -> None:
+        """Remove staged keys of a password AD never took (best effort on each node)."""
+        self._install(service, targets, principals, current=current, staged=None)
+
+    def _end(
+        self,
+        rotation_id: int,
+        state: str,
+        actor: str,
+        name: str,
+        error: str,
+        *,
+        retry: bool = False,
+    ) -> None:
+        now = self._clock()
+        with self._store.transaction() as conn:
+            account = rows.account(conn, name)
+            attempts = (account.attempts if account else 0) + 1
+            rows.move(conn, rotation_id, state, now, error=error)
+            rows.record_failure(conn, name, error, now + plan.backoff(attempts) if retry else None)
+            action = {"abandoned": "keytab.abandon", "failed": "keytab.fail"}.get(
+                state, "keytab.supersede"
+            )
+            writer.record(conn, self._event(actor, action, name, "failed", error=error), now)
+
+    def _resume(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        ad: Directory,
+        account: AdAccount,
+        found: rows.Rotation,
+        actor: str,
+    ) -> RotationReport:
+        """A rotation left open by a crash (or a node that did not answer)."""
+        name = service.name
+        decision = plan.resume(
+            plan.Found(found.state, found.from_kvno, found.target_kvno, found.ad_kvno, account.kvno)
+        )
+        log.info("keytab %s: open rotation %s in %s: %s", name, found.id, found.state, decision)
+        if decision == "discard":
+            self._unstage(service, targets, principals, account.kvno)
+            with self._store.transaction() as conn:
+                rows.move(conn, found.id, "abandoned", self._clock(), error="resumed after a crash")
+                writer.record(
+                    conn,
+                    self._event(
+                        actor,
+                        "keytab.abandon",
+                        name,
+                        state=found.state,
+                        kvno=found.target_kvno,
+                        reason="the password was lost before AD changed; staged keys removed",
+                    ),
+                )
+            return RotationReport(name, "abandoned", kvno=account.kvno)
+        if decision == "verify":
+            if found.state == "ad_pending":
+                now = self._clock()
+                with self._store.transaction() as conn:
+                    rows.retire(conn, name, found.from_kvno, now)
+                    rows.set_kvno(conn, name, account.kvno)
+                    rows.move(conn, found.id, "ad_set", now, ad_kvno=account.kvno)
+                    writer.record(
+                        conn,
+                        self._event(actor, "keytab.ad_set", name, kvno=account.kvno, resumed=True),
+                        now,
+                    )
+            try:
+                return self._finish(service, targets, principals, found.id, account.kvno, actor)
+            except FailedError:
+                pass  # reachable nodes reject AD's keys: the password is not ours; recover
+        self._move(
+            found.id,
+            "superseded",
+            self._event(
+                actor,
+                "keytab.supersede",
+                name,
+                "failed",
+                state=found.state,
+                ad_kvno=account.kvno,
+                reason="AD changed but the keys are lost; a new rotation follows",
+            ),
+            error="superseded by a new rotation",
+        )
+        return RotationReport(name, "superseded", kvno=account.kvno)
+
+    def rotate_due(self, *, actor: str, every: bool = False) -> list[RotationReport]:
+        """Every account that is due (or every account): open rotations are resumed first;
+        an account waiting for a retry (backoff) is skipped. One account's failure never
+        stops the others."""
+        now = self._clock()
+        reports: list[RotationReport] = []
+        for name, service in sorted(self._accounts().items()):
+            with self._store.transaction() as conn:
+                row = rows.account(conn, name)
+                open_one = rows.open_rotation(conn, name)
+            if row is not None and row.retry_after is not None and row.retry_after > now:
+                reports.append(
+                    RotationReport(
+                        name, "skipped", message=f"retry after {row.retry_after:%H:%M:%SZ}"
+                    )
+                )
+                continue
+            last = row.last_rotated_at if row is not None else None
+            if not every and open_one is None and not plan.is_due(last, service.rotate_every, now):
+                continue
+            try:
+                reports.append(self.rotate(name, actor=actor))
+            except BrokerError as exc:
+                reports.append(RotationReport(name, "failed", message=exc.one_line()))
+        return reports
+
+    # ------------------------------------------------------------ create, verify, status
+
+    def create(self, name: str, *, actor: str, create_account: bool = False) -> RotationReport:
+        """Make the account's keytab on its nodes; with `create_account`, first create the
+        AD account with its SPNs (in keytabs.accounts_ou)."""
+        service = self.service_account(name)
+        targets = self._targets(service)
+        ad = self._directory()
+        try:
+            if ad.lookup(service.account) is None:
+                if not create_account:
+                    raise RefusedError(
+                        f"AD has no account {service.account}",
+                        fix=f"add --create-account to create it in {self._rules.accounts_ou or 'keytabs.accounts_ou'}",
+                    )
+                if self._rules.accounts_ou is None:
+                    raise UsageError(
+                        "keytabs.accounts_ou is not set",
+                        fix="set it to the OU for service accounts",
+                    )
+                spns = [p.partition("@")[0] for p in self.principals(service)[1:]]
+                created = ad.create(
+                    service.account, spns, self._rules.accounts_ou, self._new_password()
+                )
+                with self._store.transaction() as conn:
+                    writer.record(
+                        conn,
+                        self._event(
+                            actor,
+                            "keytab.account_create",
+                            name,
+                            account=service.account,
+                            dn=created.dn,
+                            spns=spns,
+                        ),
+                    )
+            return self._rotate(service, targets, ad, actor=actor, force=True)
+        finally:
+            ad.close()
+
+    def verify(self, name: str, *, actor: str) -> RotationReport:
+        """Fresh tickets for every principal, accepted on every node; recorded and audited."""
+        service = self.service_account(name)
+        targets = self._targets(service)
+        principals = self.principals(service)
+        ad = self._directory()
+        try:
+            account = self._lookup(ad, service)
+        finally:
+            ad.close()
+        results = self._verify_nodes(service, targets, principals, account.kvno)
+        self._refresh(service, targets, principals)
+        ok = all(r.ok for r in results)
+        now = self._clock()
+        with self._store.transaction() as conn:
+            rows.upsert_account(conn, name, service.account)
+            rows.set_kvno(conn, name, account.kvno)
+            if ok:
+                conn.execute(
+                    "UPDATE keytab_accounts SET last_verified_at = ? WHERE name = ?",
+                    (now.strftime("%Y-%m-%dT%H:%M:%SZ"), name),
+                )
+            writer.record(
+                conn,
+                self._event(
+                    actor,
+                    "keytab.verify",
+                    name,
+                    "ok" if ok else "failed",
+                    kvno=account.kvno,
+                    failed=[r.node for r in results if not r.ok],
+                ),
+                now,
+            )
+        return RotationReport(
+            name, "verified" if ok else "failed", kvno=account.kvno, nodes=results
+        )
+
+    def status(self, *, live: bool = False) -> list[AccountStatus]:
+        """Every service account: AD's version, each node's, age, next due, verification."""
+        accounts = self._accounts()
+        ad_kvnos: dict[str, int | None] = {}
+        ad_error: str | None = None
+        try:
+            ad = self._directory()
+            try:
+                for service in accounts.values():
+                    found = ad.lookup(service.account)
+                    ad_kvnos[service.name] = found.kvno if found else None
+            finally:
+                ad.close()
+        except BrokerError as exc:
+            ad_error = exc.one_line()
+        out = []
+        for name, service in sorted(accounts.items()):
+            if live:
+                try:
+                    self._refresh(service, self._targets(service), self.principals(service))
+                except BrokerError as exc:
+                    ad_error = ad_error or exc.one_line()
+            with self._store.transaction() as conn:
+                row = rows.account(conn, name)
+                views = rows.node_views(conn, name)
+                open_one = rows.open_rotation(conn, name)
+            ad_kvno = ad_kvnos.get(name)
+            last = row.last_rotated_at if row else None
+            nodes = []
+            for node in sorted(service.nodes):
+                view = views.get(node)
+                current = ad_kvno if ad_kvno is not None else (row.kvno if row else None)
+                stale = (
+                    view is None
+                    or view.error is not None
+                    or current is None
+                    or current not in view.kvnos
+                )
+                nodes.append(
+                    NodeStatus(
+                        node,
+                        view.kvnos if view else (),
+                        view.verified_kvno if view else None,
+                        view.checked_at if view else None,
+                        view.error if view else "never seen",
+                        stale,
+                    )
+                )
+            out.append(
+                AccountStatus(
+                    name=name,
+                    account=service.account,
+                    ad_kvno=ad_kvno,
+                    ad_error=ad_error,
+                    last_rotated_at=last,
+                    next_due_at=plan.next_due(last, service.rotate_every),
+                    last_verified_at=row.last_verified_at if row else None,
+                    rotation_state=open_one.state if open_one else None,
+                    last_error=row.last_error if row else None,
+                    retry_after=row.retry_after if row else None,
+                    nodes=tuple(nodes),
+                )
+            )
+        return out
+
+
+def _node_result(node: str, reply: nodeprog.NodeReply, principals: Sequence[str]) -> NodeResult:
+    if not reply.ok or reply.data is None:
+        return NodeResult(node, False, reply.error or "no reply", unreachable=True)
+    data = reply.data
+    if not data.get("ok"):
+        return NodeResult(node, False, f"{node}: {_text(data.get('error'))}")
+    found = data.get("kvnos")
+    if not isinstance(found, dict):
+        return NodeResult(node, False, f"{node}: unreadable reply")
+    versions: set[int] | None = None
+    for principal in principals:
+        listed = found.get(principal)
+        if not isinstance(listed, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) for k in listed
+        ):
+            return NodeResult(node, False, f"{node}: unreadable reply")
+        here = set(listed)
+        versions = here if versions is None else versions & here
+    return NodeResult(node, True, None, tuple(sorted(versions or ())))
+
+
+def _nodes_error(what: str, bad: Sequence[NodeResult]) -> str:
+    detail = "; ".join(r.error or r.node for r in bad[:3])
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    return f"{what} on {fold([r.node for r in bad])}: {detail}{more}"[:500]
+
+
+def _salts_differ(a: Mapping[int, keys.SaltInfo], b: Mapping[int, keys.SaltInfo]) -> bool:
+    return {k: (v.salt, v.params) for k, v in a.items()} != {
+        k: (v.salt, v.params) for k, v in b.items()
+    }
+
+
+def _text(value: object) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:200]
+
+
+def verify_tokens_source(client: str, keytab: Path) -> TokenSource:
+    """The real token source: the broker's own credentials from its keytab."""
+    from broker.keytabs.tickets import tokens_for
+
+    def source(principals: Sequence[str]) -> Mapping[str, str | None]:
+        return tokens_for(principals, client=client, keytab=keytab)
+
+    return source

@@ -1,0 +1,596 @@
+"""Node side of keytab rotation (docs/keytabs.md): merge, prune, list and verify keytabs.
+
+Standard library only, like broker_node.py, and run the same way: the broker
+calls `/usr/bin/python3 -I -S /usr/libexec/broker/broker-keytab CMD` over SSH
+as root with JSON on stdin (keys travel there, never in argv) and reads JSON
+on stdout. Exit 0 when the JSON says what happened (a refusal included), 2 on
+bad usage.
+
+- `keytab-install`: merge new key entries into a keytab and drop versions the
+  broker no longer keeps, writing a temporary file beside the target (owner,
+  group and mode set before the first byte), fsync, rename, fsync the directory.
+- `keytab-list`: the key versions and enctypes per principal, mode and owner;
+  never a key.
+- `keytab-verify`: accept GSS-API (Kerberos) tokens the broker obtained for
+  each principal with the keytab, through the system's MIT libgssapi_krb5 (ctypes).
+
+The keytab format is MIT's (version 0x0502), documented in
+docs/keytabs.md; broker/keytabs/keytabfile.py writes the same bytes and a unit
+test holds the two to each other and to files MIT Kerberos wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import ctypes
+import ctypes.util
+import grp
+import json
+import os
+import pwd
+import re
+import secrets
+import stat
+import struct
+import sys
+from typing import Any, TextIO
+
+VERSION = b"\x05\x02"
+MAX_KEYTAB = 1 << 20
+MAX_INPUT = 1 << 20
+MAX_TOKENS = 64
+_PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/)*[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_REALM = re.compile(r"^[A-Z0-9][A-Z0-9.-]{0,254}$")
+_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_ALLOWED_MODES = (0o600, 0o400, 0o640, 0o440)
+NT_PRINCIPAL = 1
+NT_SRV_HST = 3
+
+
+class Usage(Exception):
+    """Bad input: exit 2."""
+
+
+class Refused(Exception):
+    """Understood, and refused (unsafe path, unknown owner, unreadable keytab)."""
+
+
+# ---------------------------------------------------------------- the keytab format
+
+
+class Entry:
+    """One keytab entry; the key bytes never appear in repr."""
+
+    __slots__ = ("enctype", "key", "kvno", "name_type", "principal", "timestamp")
+
+    def __init__(
+        self,
+        principal: str,
+        kvno: int,
+        enctype: int,
+        key: bytes,
+        timestamp: int = 0,
+        name_type: int = NT_PRINCIPAL,
+    ) -> None:
+        self.principal = principal
+        self.kvno = kvno
+        self.enctype = enctype
+        self.key = key
+        self.timestamp = timestamp
+        self.name_type = name_type
+
+    def ident(self) -> tuple[str, int, int]:
+        return (self.principal, self.kvno, self.enctype)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.principal!r}, kvno={self.kvno}, enctype={self.enctype})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entry) and (
+            self.ident(),
+            self.key,
+            self.timestamp,
+            self.name_type,
+        ) == (other.ident(), other.key, other.timestamp, other.name_type)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def split_principal(principal: str) -> tuple[list[str], str]:
+    """`HTTP/gpu01.hpc.test@HPC.TEST` -> (["HTTP", "gpu01.hpc.test"], "HPC.TEST"), checked."""
+    name, at, realm = principal.rpartition("@")
+    if not at or not _REALM.fullmatch(realm):
+        raise Usage(f"principal {_clean(principal)!r} needs an upper-case @REALM")
+    parts = name.split("/")
+    if not 1 <= len(parts) <= 2 or not all(_COMPONENT.fullmatch(p) for p in parts):
+        raise Usage(f"principal {_clean(principal)!r} is not service/host@REALM or name@REALM")
+    return parts, realm
+
+
+def _counted(data: bytes) -> bytes:
+    if len(data) > 0xFFFF:
+        raise Usage("keytab field too long")
+    return struct.pack(">H", len(data)) + data
+
+
+def serialize(entries: list[Entry]) -> bytes:
+    """A version 0x0502 keytab holding `entries`, in order."""
+    out = bytearray(VERSION)
+    for entry in entries:
+        parts, realm = split_principal(entry.principal)
+        record = bytearray(struct.pack(">H", len(parts)))
+        record += _counted(realm.encode("ascii"))
+        for part in parts:
+            record += _counted(part.encode("ascii"))
+        record += struct.pack(">IIB", entry.name_type, entry.timestamp, entry.kvno & 0xFF)
+        record += struct.pack(">H", entry.enctype) + _counted(entry.key)
+        record += struct.pack(">I", entry.kvno)
+        out += struct.pack(">i", len(record)) + record
+    return bytes(out)
+
+
+def parse(data: bytes) -> list[Entry]:
+    """Entries of a version 0x0502 keytab (holes skipped); anything malformed is refused."""
+    if len(data) < 2 or data[:2] != VERSION:
+        raise Refused("not a version 0x0502 keytab")
+    entries: list[Entry] = []
+    offset = 2
+    try:
+        while offset + 4 <= len(data):
+            (size,) = struct.unpack_from(">i", data, offset)
+            offset += 4
+            if size == 0:
+                break
+            if size < 0:
+                offset += -size
+                continue
+            end = offset + size
+            if end > len(data):
+                raise Refused("truncated keytab entry")
+            entries.append(_entry(data[offset:end]))
+            offset = end
+    except struct.error:
+        raise Refused("truncated keytab entry") from None
+    return entries
+
+
+def _entry(record: bytes) -> Entry:
+    def counted(at: int) -> tuple[bytes, int]:
+        (length,) = struct.unpack_from(">H", record, at)
+        if at + 2 + length > len(record):
+            raise Refused("truncated keytab field")
+        return record[at + 2 : at + 2 + length], at + 2 + length
+
+    (count,) = struct.unpack_from(">H", record, 0)
+    realm, at = counted(2)
+    parts = []
+    for _ in range(count):
+        part, at = counted(at)
+        parts.append(part.decode("utf-8", "replace"))
+    name_type, timestamp, vno8 = struct.unpack_from(">IIB", record, at)
+    at += 9
+    (enctype,) = struct.unpack_from(">H", record, at)
+    key, at = counted(at + 2)
+    kvno = vno8
+    if len(record) - at >= 4:
+        (vno32,) = struct.unpack_from(">I", record, at)
+        kvno = vno32 or vno8
+    principal = "/".join(parts) + "@" + realm.decode("utf-8", "replace")
+    return Entry(principal, kvno, enctype, bytes(key), timestamp, name_type)
+
+
+def merge(
+    existing: list[Entry], managed: set[str], add: list[Entry], keep: set[int]
+) -> list[Entry]:
+    """Entries of other principals stay; a managed principal keeps only the `keep` versions;
+    `add` replaces any entry with the same principal, version and enctype."""
+    adding = {e.ident() for e in add}
+    kept = [
+        e
+        for e in existing
+        if e.ident() not in adding and (e.principal not in managed or e.kvno in keep)
+    ]
+    return kept + list(add)
+
+
+def versions(entries: list[Entry], principals: list[str]) -> dict[str, list[int]]:
+    found: dict[str, set[int]] = {p: set() for p in principals}
+    for entry in entries:
+        if entry.principal in found:
+            found[entry.principal].add(entry.kvno)
+    return {p: sorted(v) for p, v in found.items()}
+
+
+# ---------------------------------------------------------------- files
+
+
+def _clean(text: object, limit: int = 80) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))[:limit]
+
+
+def check_path(path: object) -> str:
+    if not isinstance(path, str) or not _PATH.fullmatch(path) or "/../" in path + "/":
+        raise Usage("path must be a plain absolute path")
+    if "/./" in path or path.endswith("/."):
+        raise Usage("path must be a plain absolute path")
+    return path
+
+
+def _safe_directory(directory: str) -> None:
+    """The keytab's directory exists, is root's and nobody else can write it."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        raise Refused(f"directory {directory} does not exist") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise Refused(f"{directory} is not a directory")
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise Refused(f"{directory} must be owned by root and writable by root only")
+
+
+def read_keytab(path: str) -> tuple[list[Entry], os.stat_result | None]:
+    """The entries of `path` (none when it does not exist); links and oversize refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return [], None
+    except OSError as exc:
+        raise Refused(f"cannot open {path} ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"{path} is not a regular file")
+        if info.st_size > MAX_KEYTAB:
+            raise Refused(f"{path} is larger than {MAX_KEYTAB} bytes")
+        data = b""
+        while len(data) <= MAX_KEYTAB:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if not data:
+        return [], info
+    return parse(data), info
+
+
+def write_keytab(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
+    """Temporary file beside `path` (O_EXCL, no links), owner and mode before any byte,
+    fsync, atomic rename, fsync of the directory."""
+    directory, base = os.path.split(path)
+    temporary = os.path.join(directory, f".broker-tmp-{base}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(temporary, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _ids(owner: object, group: object) -> tuple[int, int]:
+    if not isinstance(owner, str) or not _NAME.fullmatch(owner):
+        raise Usage("owner must be a POSIX user name")
+    if not isinstance(group, str) or not _NAME.fullmatch(group):
+        raise Usage("group must be a POSIX group name")
+    try:
+        uid = pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise Refused(f"user {owner} does not exist on this node") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise Refused(f"group {group} does not exist on this node") from None
+    return uid, gid
+
+
+def _principals(value: object) -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= 64:
+        raise Usage("principals must be a list of 1 to 64 principals")
+    for principal in value:
+        if not isinstance(principal, str):
+            raise Usage("principals must be strings")
+        split_principal(principal)
+    return list(value)
+
+
+def _kvno(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 0xFFFFFFFF:
+        raise Usage("kvno must be an integer from 1 to 4294967295")
+    return value
+
+
+def _describe(path: str, entries: list[Entry], info: os.stat_result | None, principals: list[str]):
+    reply: dict[str, Any] = {
+        "path": path,
+        "exists": info is not None,
+        "kvnos": versions(entries, principals),
+        "enctypes": sorted({e.enctype for e in entries if e.principal in principals}),
+    }
+    if info is not None:
+        reply.update(mode=stat.S_IMODE(info.st_mode), uid=info.st_uid, gid=info.st_gid)
+        try:
+            reply["owner"] = pwd.getpwuid(info.st_uid).pw_name
+        except KeyError:
+            reply["owner"] = str(info.st_uid)
+        try:
+            reply["group"] = grp.getgrgid(info.st_gid).gr_name
+        except KeyError:
+            reply["group"] = str(info.st_gid)
+    return reply
+
+
+def install(payload: dict[str, Any], now: int) -> dict[str, Any]:
+    path = check_path(payload.get("path"))
+    principals = _principals(payload.get("principals"))
+    mode = payload.get("mode")
+    if mode not in _ALLOWED_MODES:
+        raise Usage("mode must be 0600, 0400, 0640 or 0440")
+    uid, gid = _ids(payload.get("owner"), payload.get("group"))
+    keep_raw = payload.get("keep")
+    if not isinstance(keep_raw, list) or len(keep_raw) > 64:
+        raise Usage("keep must be a list of key versions")
+    keep = {_kvno(k) for k in keep_raw}
+    add_raw = payload.get("add", [])
+    if not isinstance(add_raw, list) or len(add_raw) > 512:
+        raise Usage("add must be a list of at most 512 entries")
+    add = []
+    for item in add_raw:
+        if not isinstance(item, dict) or set(item) != {"principal", "kvno", "enctype", "key"}:
+            raise Usage("each added entry has exactly principal, kvno, enctype, key")
+        if item["principal"] not in principals:
+            raise Usage("an added entry's principal must be one of principals")
+        enctype = item["enctype"]
+        if isinstance(enctype, bool) or not isinstance(enctype, int) or not 1 <= enctype <= 0xFFFF:
+            raise Usage("enctype must be an integer")
+        try:
+            key = base64.b64decode(str(item["key"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise Usage("key must be base64") from None
+        if not 8 <= len(key) <= 64:
+            raise Usage("key length out of range")
+        kvno = _kvno(item["kvno"])
+        if kvno not in keep:
+            raise Usage("an added key version must also be kept")
+        split = split_principal(item["principal"])[0]
+        add.append(
+            Entry(
+                item["principal"],
+                kvno,
+                enctype,
+                key,
+                now & 0xFFFFFFFF,
+                NT_SRV_HST if len(split) == 2 else NT_PRINCIPAL,
+            )
+        )
+    directory = os.path.dirname(path)
+    _safe_directory(directory)
+    existing, info = read_keytab(path)
+    merged = merge(existing, set(principals), add, keep)
+    same_content = merged == existing and info is not None
+    same_attrs = (
+        info is not None
+        and info.st_uid == uid
+        and info.st_gid == gid
+        and stat.S_IMODE(info.st_mode) == mode
+        and info.st_nlink == 1
+    )
+    changed = not (same_content and same_attrs)
+    if changed:
+        write_keytab(path, serialize(merged), uid, gid, mode)
+    entries, info = read_keytab(path)
+    reply = _describe(path, entries, info, principals)
+    reply["changed"] = changed
+    return reply
+
+
+def list_keytab(payload: dict[str, Any]) -> dict[str, Any]:
+    path = check_path(payload.get("path"))
+    principals = _principals(payload.get("principals"))
+    entries, info = read_keytab(path)
+    return _describe(path, entries, info, principals)
+
+
+# ---------------------------------------------------------------- GSS-API acceptance
+
+
+class _Buffer(ctypes.Structure):
+    _fields_ = [("length", ctypes.c_size_t), ("value", ctypes.c_void_p)]
+
+
+_GSS: Any = None
+
+
+def _gss() -> Any:
+    global _GSS
+    if _GSS is None:
+        name = ctypes.util.find_library("gssapi_krb5") or "libgssapi_krb5.so.2"
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            raise Refused("libgssapi_krb5 is not installed (Debian: libgssapi-krb5-2)") from None
+        u32p, vp = ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p
+        lib.gss_accept_sec_context.restype = ctypes.c_uint32
+        lib.gss_accept_sec_context.argtypes = [
+            u32p,
+            ctypes.POINTER(vp),
+            vp,
+            ctypes.POINTER(_Buffer),
+            vp,
+            ctypes.POINTER(vp),
+            ctypes.POINTER(vp),
+            ctypes.POINTER(_Buffer),
+            u32p,
+            u32p,
+            ctypes.POINTER(vp),
+        ]
+        lib.gss_delete_sec_context.argtypes = [u32p, ctypes.POINTER(vp), vp]
+        lib.gss_release_buffer.argtypes = [u32p, ctypes.POINTER(_Buffer)]
+        lib.gss_release_name.argtypes = [u32p, ctypes.POINTER(vp)]
+        lib.gss_display_name.argtypes = [u32p, vp, ctypes.POINTER(_Buffer), ctypes.POINTER(vp)]
+        lib.gss_display_status.argtypes = [
+            u32p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            vp,
+            u32p,
+            ctypes.POINTER(_Buffer),
+        ]
+        lib.krb5_gss_register_acceptor_identity.argtypes = [ctypes.c_char_p]
+        _GSS = lib
+    return _GSS
+
+
+def _status_text(lib: Any, code: int, kind: int) -> str:
+    minor, context = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    parts = []
+    for _ in range(4):
+        buffer = _Buffer()
+        lib.gss_display_status(
+            ctypes.byref(minor), code, kind, None, ctypes.byref(context), ctypes.byref(buffer)
+        )
+        if buffer.value:
+            parts.append(ctypes.string_at(buffer.value, buffer.length).decode("utf-8", "replace"))
+        lib.gss_release_buffer(ctypes.byref(minor), ctypes.byref(buffer))
+        if context.value == 0:
+            break
+    return "; ".join(parts)
+
+
+def accept(token: bytes, keytab: str) -> tuple[bool, str]:
+    """Accept one initiator token with the keys in `keytab`: (True, client) or (False, why)."""
+    os.environ["KRB5RCACHETYPE"] = "none"  # verification tokens are fresh; no replay cache file
+    lib = _gss()
+    if lib.krb5_gss_register_acceptor_identity(keytab.encode()) != 0:
+        return False, "cannot use the keytab"
+    minor = ctypes.c_uint32(0)
+    context, name = ctypes.c_void_p(None), ctypes.c_void_p(None)
+    raw = ctypes.create_string_buffer(token, len(token))
+    given = _Buffer(len(token), ctypes.cast(raw, ctypes.c_void_p))
+    output, flags, lifetime = _Buffer(), ctypes.c_uint32(0), ctypes.c_uint32(0)
+    try:
+        major = lib.gss_accept_sec_context(
+            ctypes.byref(minor),
+            ctypes.byref(context),
+            None,
+            ctypes.byref(given),
+            None,
+            ctypes.byref(name),
+            None,
+            ctypes.byref(output),
+            ctypes.byref(flags),
+            ctypes.byref(lifetime),
+            None,
+        )
+        if major & 0xFFFF0000:
+            why = _status_text(lib, minor.value, 2) or _status_text(lib, major, 1)
+            return False, _clean(why, 200)
+        shown, kind = _Buffer(), ctypes.c_void_p(None)
+        client = ""
+        if (
+            lib.gss_display_name(ctypes.byref(minor), name, ctypes.byref(shown), ctypes.byref(kind))
+            == 0
+        ):
+            client = ctypes.string_at(shown.value, shown.length).decode("utf-8", "replace")
+            lib.gss_release_buffer(ctypes.byref(minor), ctypes.byref(shown))
+        return True, _clean(client, 200)
+    finally:
+        lib.gss_release_buffer(ctypes.byref(minor), ctypes.byref(output))
+        if name.value:
+            lib.gss_release_name(ctypes.byref(minor), ctypes.byref(name))
+        if context.value:
+            lib.gss_delete_sec_context(ctypes.byref(minor), ctypes.byref(context), None)
+
+
+def verify(payload: dict[str, Any]) -> dict[str, Any]:
+    path = check_path(payload.get("path"))
+    tokens = payload.get("tokens")
+    if not isinstance(tokens, list) or not 1 <= len(tokens) <= MAX_TOKENS:
+        raise Usage(f"tokens must be a list of 1 to {MAX_TOKENS}")
+    _entries, info = read_keytab(path)  # refuses links and non-files before GSS-API opens it
+    results = []
+    for item in tokens:
+        if not isinstance(item, dict) or set(item) != {"principal", "token"}:
+            raise Usage("each token has exactly principal and token")
+        split_principal(str(item["principal"]))
+        try:
+            token = base64.b64decode(str(item["token"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise Usage("token must be base64") from None
+        if info is None:
+            ok, why = False, f"{path} does not exist"
+        else:
+            ok, why = accept(token, path)
+        results.append(
+            {
+                "principal": item["principal"],
+                "ok": ok,
+                "client": why if ok else "",
+                "error": "" if ok else why,
+            }
+        )
+    return {"path": path, "results": results}
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str], stdin: TextIO, stdout: TextIO, now: int | None = None) -> int:
+    import time
+
+    moment = int(time.time()) if now is None else now
+    try:
+        if len(argv) != 1:
+            raise Usage("usage: broker-keytab keytab-install|keytab-list|keytab-verify")
+        text = stdin.read(MAX_INPUT + 1)
+        if len(text) > MAX_INPUT:
+            raise Usage("input larger than 1 MiB")
+        try:
+            payload = json.loads(text) if text.strip() else {}
+        except ValueError:
+            raise Usage("stdin is not JSON") from None
+        if not isinstance(payload, dict):
+            raise Usage("stdin must be a JSON object")
+        command = argv[0]
+        try:
+            if command == "keytab-install":
+                reply = install(payload, moment)
+            elif command == "keytab-list":
+                reply = list_keytab(payload)
+            elif command == "keytab-verify":
+                reply = verify(payload)
+            else:
+                raise Usage(f"unknown command {_clean(command, 40)!r}")
+            reply["ok"] = True
+        except Refused as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except OSError as exc:
+            reply = {"ok": False, "error": f"{exc.strerror or 'I/O error'}"}
+    except Usage as exc:
+        stdout.write(json.dumps({"error": str(exc)}) + "\n")
+        return 2
+    stdout.write(json.dumps(reply, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], sys.stdin, sys.stdout))
