@@ -21,6 +21,7 @@ from broker.cli import (
     db_cmds,
     directory_cmds,
     grant_cmds,
+    keytab_cmds,
     mfa_cmds,
     node_cmds,
     output,
@@ -51,6 +52,7 @@ app.command("deny")(grant_cmds.deny)
 app.command("revoke")(grant_cmds.revoke)
 app.add_typer(grant_cmds.grants_app, name="grants")
 app.add_typer(grant_cmds.requests_app, name="requests")
+app.add_typer(keytab_cmds.app, name="keytab")
 
 
 def _version(value: bool) -> None:

@@ -76,6 +76,24 @@ def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     return report
 
 
+def rotate_due_keytabs(app: App) -> None:
+    """`broker keytab rotate --due` from the daemon (keytabs.schedule); never raises."""
+    try:
+        reports = app.keytabs().rotate_due(actor="broker")
+    except Exception:  # the schedule must never stop the scheduler
+        log.exception("scheduled keytab rotation failed")
+        return
+    for report in reports:
+        if report.outcome not in ("skipped",):
+            log.info(
+                "keytab %s: %s (kvno %s) %s",
+                report.name,
+                report.outcome,
+                report.kvno,
+                report.message,
+            )
+
+
 class Scheduler:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -93,9 +111,13 @@ class Scheduler:
     def _run(self) -> None:
         interval = self._settings.grants.reap_interval.total_seconds()
         app = App(self._settings)
-        last_full = time.monotonic()
+        last_full = last_keytabs = time.monotonic()
+        keytab_every = self._settings.keytabs.schedule.total_seconds()
         try:
             while not self._stop.wait(interval):
+                if keytab_every and time.monotonic() - last_keytabs >= keytab_every:
+                    last_keytabs = time.monotonic()
+                    rotate_due_keytabs(app)
                 full = time.monotonic() - last_full >= FULL_COLLECT_EVERY_S
                 if full:
                     last_full = time.monotonic()

@@ -25,6 +25,8 @@ command's stdin.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +54,10 @@ from broker.store.db import Store
 log = logging.getLogger("broker.keytabs")
 
 NODE_TIMEOUT_S = 30.0
+# One rotation of an account at a time in this process (API workers, scheduler); across
+# processes the store's unique index on open rotations refuses a second one.
+_RUNNING: set[str] = set()
+_RUNNING_LOCK = threading.Lock()
 TokenSource = Callable[[Sequence[str]], Mapping[str, str | None]]
 
 
@@ -390,11 +396,19 @@ class KeytabService:
         changed in AD unless every node holds the next keys first."""
         service = self.service_account(name)
         targets = self._targets(service)
+        with _RUNNING_LOCK:
+            if name in _RUNNING:
+                raise RefusedError(f"a rotation of {name} is already running")
+            _RUNNING.add(name)
         ad = self._directory()
         try:
             return self._rotate(service, targets, ad, actor=actor, force=force)
+        except sqlite3.IntegrityError:
+            raise RefusedError(f"another process is rotating {name}") from None
         finally:
             ad.close()
+            with _RUNNING_LOCK:
+                _RUNNING.discard(name)
 
     def _rotate(
         self,

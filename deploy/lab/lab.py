@@ -958,6 +958,11 @@ def up(
         }
         save_info(root, info)
         check_broker_kerberos(root, keytab)
+        # Keytab rotation: OU=Keytab Services and svc-broker's delegated rights there.
+        run(
+            ["/usr/bin/python3", str(HERE / "keytab_ad.py"), str(root)],
+            step="delegate keytab rotation to svc-broker",
+        )
         state_dir = root / "broker" / "state"
         info["broker"] = {
             "principal": f"svc-broker@{REALM}",

@@ -129,7 +129,7 @@ def test_install_merges_keeps_prunes_and_leaves_other_principals(tmp_path: Path)
     assert reply["kvnos"] == {P1: [2, 3], P2: [3]}
     info = path.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == 0
-    assert [e.principal for e in bk.parse(path.read_bytes())][0] == other.principal
+    assert bk.parse(path.read_bytes())[0].principal == other.principal
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".broker-tmp")]
     # Same again: nothing to write.
     code, reply = run_node(

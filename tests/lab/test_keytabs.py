@@ -1,0 +1,243 @@
+"""Keytab rotation against the real lab: the DC, three nodes, a Kerberos service on each.
+
+Runs the keytab service layer in a private state directory (tests/lab/keytab_lab.py),
+so it needs neither the lab daemon's database nor its code version. Needs the lab's
+keytab additions: OU=Keytab Services with svc-broker's delegation (deploy/lab/keytab_ad.py,
+applied here too, idempotently) and [service_accounts.kt-web] in deploy/lab/policy.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gssapi
+import pytest
+
+from tests.lab import keytab_lab
+
+pytestmark = pytest.mark.lab
+
+NAME = "kt-web"
+NODES = ("gpu01", "gpu02", "stor01")
+PORT = 7010
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def state(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    os.environ["KRB5_CONFIG"] = lab["krb5_conf"]
+    keytab_lab.prepare_ad(lab)
+    state_dir = tmp_path_factory.mktemp("keytab-lab") / "state"
+    policy = (REPO / "deploy" / "lab" / "policy.toml").read_text()
+    nodes = [n for n in lab["nodes"] if n["name"] in NODES]
+    app = keytab_lab.private_app(lab, state_dir, policy, nodes)
+    keytab_lab.install_node_side(app, list(NODES))
+    app.keytabs().create(NAME, actor="test", create_account=True)
+    app.close()
+    yield state_dir
+
+
+def _app(lab: dict[str, Any], state_dir: Path) -> Any:
+    from broker.app import App
+    from broker.config.loader import load_settings
+
+    return App(load_settings(keytab_lab.private_config(lab, state_dir)))
+
+
+def _consistent(lab: dict[str, Any], state_dir: Path) -> Any:
+    app = _app(lab, state_dir)
+    try:
+        (status,) = [s for s in app.keytabs().status(live=True) if s.name == NAME]
+    finally:
+        app.close()
+    assert status.rotation_state is None, status
+    for node in status.nodes:
+        assert not node.stale and node.verified_kvno == status.ad_kvno, node
+        assert max(node.kvnos) == status.ad_kvno
+    return status
+
+
+def test_rotation_keeps_every_client_working(lab: dict[str, Any], state: Path) -> None:
+    lab_cmd = str(REPO / "deploy" / "lab" / "lab")
+    acceptors = []
+    addresses = {n["name"]: n["address"] for n in lab["nodes"]}
+    for node in NODES:
+        proc = subprocess.Popen(
+            [
+                lab_cmd,
+                "exec",
+                node,
+                "--",
+                "/usr/bin/python3",
+                str(REPO / "tests" / "lab" / "keytab_acceptor.py"),
+                addresses[node],
+                str(PORT),
+                "/etc/broker/kt-web.keytab",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        acceptors.append(proc)
+    failures: list[str] = []
+    successes = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        keytab = lab["broker"]["keytab"]
+        ccache = f"MEMORY:kt-client-{secrets.token_hex(4)}"
+        round_ = 0
+        while not stop.is_set():
+            round_ += 1
+            if round_ % 20 == 0:  # now and then a client without cached tickets
+                ccache = f"MEMORY:kt-client-{secrets.token_hex(4)}"
+            creds = gssapi.Credentials(
+                name=gssapi.Name(lab["broker"]["principal"], gssapi.NameType.kerberos_principal),
+                usage="initiate",
+                store={"client_keytab": keytab, "ccache": ccache},
+            )
+            for node in NODES:
+                try:
+                    ctx = gssapi.SecurityContext(
+                        name=gssapi.Name(
+                            f"HTTP/{node}.hpc.test@HPC.TEST", gssapi.NameType.kerberos_principal
+                        ),
+                        creds=creds,
+                        usage="initiate",
+                        mech=gssapi.MechType.kerberos,
+                    )
+                    token = ctx.step() or b""
+                    with socket.create_connection((addresses[node], PORT), timeout=5) as sock:
+                        sock.sendall(struct.pack(">I", len(token)) + token)
+                        answer = sock.recv(2)
+                    if answer == b"OK":
+                        successes[0] += 1
+                    else:
+                        failures.append(f"{node}: refused")
+                except Exception as exc:
+                    failures.append(f"{node}: {exc}")
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        app = _app(lab, state)
+        try:
+            for _ in range(3):
+                time.sleep(1.0)
+                report = app.keytabs().rotate(NAME, actor="test")
+                assert report.outcome == "rotated", report
+        finally:
+            app.close()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        for proc in acceptors:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+    assert not failures, failures[:5]
+    assert successes[0] > 30
+    _consistent(lab, state)
+
+
+# The kill points: before each state write of a rotation (the intent, staged, ad_pending,
+# ad_set, done) and before the verification.
+KILLER = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from broker.keytabs import rows, service
+from tests.lab import keytab_lab
+import json
+lab = json.load(open(sys.argv[2]))
+state_dir, kill_at = sys.argv[3], int(sys.argv[4])
+count = [0]
+def point(original):
+    def wrapped(*args, **kwargs):
+        count[0] += 1
+        if count[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+    return wrapped
+rows.start_rotation = point(rows.start_rotation)
+rows.move = point(rows.move)
+service.KeytabService._verify_nodes = point(service.KeytabService._verify_nodes)
+from broker.app import App
+from broker.config.loader import load_settings
+from pathlib import Path
+app = App(load_settings(keytab_lab.private_config(lab, Path(state_dir))))
+app.keytabs().rotate("kt-web", actor="test")
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 6])
+def test_kill_9_between_steps_then_a_rerun_completes(
+    lab: dict[str, Any], state: Path, kill_at: int
+) -> None:
+    info = Path(lab["root"]) / "lab.json"
+    env = {**os.environ, "KRB5_CONFIG": lab["krb5_conf"], "PYTHONPATH": str(REPO)}
+    before = _consistent(lab, state).ad_kvno
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(REPO), str(info), str(state), str(kill_at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-500:]
+    app = _app(lab, state)
+    try:
+        report = app.keytabs().rotate(NAME, actor="test")
+        if report.outcome in ("abandoned", "superseded"):
+            report = app.keytabs().rotate(NAME, actor="test")
+    finally:
+        app.close()
+    assert report.outcome in ("rotated", "verified"), report
+    after = _consistent(lab, state)
+    assert after.ad_kvno is not None and before is not None and after.ad_kvno > before
+
+
+def test_keytab_files_are_0600_and_owned_as_the_policy_says(
+    lab: dict[str, Any], state: Path
+) -> None:
+    lab_cmd = str(REPO / "deploy" / "lab" / "lab")
+    for node in NODES:
+        out = subprocess.run(
+            [lab_cmd, "exec", node, "--", "stat", "-c", "%a %U %G", "/etc/broker/kt-web.keytab"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out == ["600", "nobody", "nogroup"], (node, out)
+    app = _app(lab, state)
+    try:
+        audit = (
+            app.ready_store()
+            .conn.execute(
+                "SELECT action, details FROM audit_events WHERE target = ?", (f"keytab:{NAME}",)
+            )
+            .fetchall()
+        )
+    finally:
+        app.close()
+    assert {
+        "keytab.plan",
+        "keytab.stage",
+        "keytab.ad_pending",
+        "keytab.ad_set",
+        "keytab.verify",
+    } <= {a for a, _ in audit}
+    assert all("key" not in json.loads(d) for _a, d in audit)
