@@ -116,6 +116,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     sys_version = ""
 
     auth_reply: bytes | None = None  # the Kerberos acceptor's reply token (TLS listener)
+    _body_read = False  # set once the request body has been (or is being) read
 
     def setup(self) -> None:
         self.service: Service = getattr(self.server, "service")  # noqa: B009 (set by the server)
@@ -153,6 +154,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         self.close_connection = True
+        self._body_read = False
         try:
             status, payload = self._dispatch(method)
         except errors.HttpError as exc:
@@ -171,6 +173,12 @@ class RequestHandler(BaseHTTPRequestHandler):
                     "the daemon's log (journalctl -u broker) has the details",
                 ),
             )
+        if not self._body_read:
+            # Refused before the body was read (bad path, URL parameters, identity): drain
+            # it, so the client finishes sending and reads the answer, not a broken pipe.
+            length = self.headers.get("Content-Length") or ""
+            if length.isascii() and length.isdigit() and len(length) <= 12:
+                self._discard(int(length))
         self._send(status, payload)
 
     def _send(self, status: int, payload: Any) -> None:
@@ -192,6 +200,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             log.debug("client went away before the response was written")
 
     def _read_body(self) -> dict[str, Any]:
+        self._body_read = True
         if self.headers.get("Transfer-Encoding") is not None:
             raise errors.HttpError("length", "chunked bodies are not accepted; send Content-Length")
         length_text = self.headers.get("Content-Length")

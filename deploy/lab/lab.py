@@ -33,6 +33,7 @@ DEFAULT_NODES = "gpu[01-02],stor01,login01"
 REALM, DOMAIN, BASE_DN = "HPC.TEST", "HPC", "DC=hpc,DC=test"
 DC_HOST, DC_ADDR = "dc1.hpc.test", "127.0.0.10"
 BROKER_HOST, BROKER_ADDR, BROKER_PORT = "broker.hpc.test", "127.0.0.11", 8443
+LOGSRVD_PORT, TUNNEL_PORT = 30343, 30344  # sudo_logsrvd (plain, broker host), its stunnel (TLS)
 HOSTS_BEGIN, HOSTS_END = "# broker-lab begin", "# broker-lab end"
 NODE_MOUNTS = (
     "/etc/sudoers.d",
@@ -807,6 +808,86 @@ def start_broker(root: Path, config: Path) -> int:
     raise LabError(f"the broker daemon did not come up: {log.read_text()[-1500:]}")
 
 
+def start_logserver(root: Path, config: Path) -> dict[str, int]:
+    """`broker sessions setup`, then sudo_logsrvd and the stunnel that fronts it, as the
+    units in deploy/systemd/ would; each its own session so tests can stop and start it."""
+    run([broker_command(), "--config", str(config), "sessions", "setup"], step="sessions setup")
+    conf = root / "broker" / "sessions"
+    pids = {}
+    for name, argv in (
+        ("logsrvd", ["/usr/sbin/sudo_logsrvd", "-n", "-f", str(conf / "sudo_logsrvd.conf")]),
+        ("stunnel", ["/usr/bin/stunnel4", str(conf / "stunnel.conf")]),
+    ):
+        with (root / "broker" / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _CHILDREN.append(proc)
+        pids[name] = proc.pid
+    wait_port(BROKER_ADDR, LOGSRVD_PORT, 15, "sudo_logsrvd", root / "broker" / "logsrvd.log")
+    wait_port(BROKER_ADDR, TUNNEL_PORT, 15, "stunnel (log server)", root / "broker" / "stunnel.log")
+    return pids
+
+
+def stop_logserver(root: Path = DEFAULT_ROOT, which: str = "logsrvd") -> None:
+    """Stop the lab's sudo_logsrvd (or its stunnel), to show what sudo does without it."""
+    info = load_info(root)
+    pid = info.get("logsrv", {}).get(which)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+    reap_children()
+
+
+def restart_logserver(root: Path = DEFAULT_ROOT) -> None:
+    info = load_info(root)
+    for which in ("stunnel", "logsrvd"):
+        stop_logserver(root, which)
+    info["logsrv"] = start_logserver(root, Path(info["broker"]["config"]))
+    save_info(root, info)
+
+
+def start_tunnels(info: dict[str, Any]) -> None:
+    """Each node's stunnel client, inside the node (bootstrap wrote its files; systemd would
+    start it on a real node). Its command line names the lab root, so `down` finds it."""
+    for node in info["nodes"]:
+        conf = Path(node["dir"]) / "etc" / "broker" / "logsrv" / "tunnel.conf"
+        with (Path(node["dir"]) / "tunnel.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [
+                    "nsenter",
+                    "--target",
+                    str(node["pid"]),
+                    "--mount",
+                    "--uts",
+                    "--",
+                    "/usr/bin/stunnel4",
+                    str(conf),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _CHILDREN.append(proc)
+        node["tunnel_pid"] = proc.pid
+    for node in info["nodes"]:
+        wait_port(
+            node["address"],
+            LOGSRVD_PORT,
+            15,
+            f"tunnel of {node['name']}",
+            Path(node["dir"]) / "tunnel.log",
+        )
+
+
 def broker_api(
     socket_path: Path, method: str, path: str, body: dict[str, Any] | None = None
 ) -> Any:
@@ -889,7 +970,14 @@ def broker_config(root: Path, keytab: Path, state_dir: Path) -> Path:
         f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n\n'
         # Tests prove that expiry needs no action of the broker, and run the scheduler's
         # tick themselves (`broker grants reap`) where they want it.
-        '[grants]\nreap_interval = "1h"\n'
+        '[grants]\nreap_interval = "1h"\n\n'
+        # Nodes share the host's network stack here, so each node's recording tunnel
+        # listens on the node's own address rather than 127.0.0.1.
+        f'[sessions]\nconf_dir = "{root / "broker" / "sessions"}"\n'
+        f'logsrvd_listen = "{BROKER_ADDR}:{LOGSRVD_PORT}"\n'
+        f'tunnel_listen = "{BROKER_ADDR}:{TUNNEL_PORT}"\n'
+        f'tunnel_connect = "{BROKER_HOST}:{TUNNEL_PORT}"\n'
+        'node_listen = "node-address"\nindex_interval = "1s"\n'
     )
     path.chmod(0o644)
     return path
@@ -991,8 +1079,13 @@ def up(
         info["broker"]["url"] = f"https://{BROKER_HOST}:{BROKER_PORT}"
         info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
         save_info(root, info)
+        say("starting the log server (sudo_logsrvd behind stunnel)")
+        info["logsrv"] = start_logserver(root, Path(info["broker"]["config"]))
+        save_info(root, info)
         say("enrolling and bootstrapping the nodes")
         enroll_nodes(info)
+        start_tunnels(info)
+        save_info(root, info)
     except (LabError, OSError, subprocess.SubprocessError) as exc:
         save_info(root, info)
         down(root, quiet=True)
@@ -1041,6 +1134,8 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
         except (OSError, ValueError):
             info = {}
     pids = [n.get("pid") for n in info.get("nodes", [])]
+    pids += [n.get("tunnel_pid") for n in info.get("nodes", [])]
+    pids += list(info.get("logsrv", {}).values())
     pids += [info.get("dc", {}).get("pid"), info.get("dc_pid"), info.get("broker", {}).get("pid")]
     pids += lab_processes(root)
     targets = sorted({p for p in pids if p and pid_alive(p)})
@@ -1149,6 +1244,8 @@ def main() -> None:
     up_p.add_argument("--bulk-depth", type=int, default=1, help="nesting depth of bulk groups")
     sub.add_parser("down", help="remove the lab and its host changes")
     sub.add_parser("restart-broker", help="restart the lab's broker daemon (after a code change)")
+    sub.add_parser("stop-logsrvd", help="stop the lab's sudo_logsrvd (sudo then refuses)")
+    sub.add_parser("restart-logsrvd", help="start the lab's sudo_logsrvd and its stunnel again")
     st = sub.add_parser("status", help="what is up (exit 0 all, 1 partly, 3 not up)")
     st.add_argument("--json", action="store_true")
     ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
@@ -1170,6 +1267,10 @@ def main() -> None:
             down(DEFAULT_ROOT)
         elif args.command == "restart-broker":
             restart_broker(DEFAULT_ROOT)
+        elif args.command == "stop-logsrvd":
+            stop_logserver(DEFAULT_ROOT)
+        elif args.command == "restart-logsrvd":
+            restart_logserver(DEFAULT_ROOT)
         elif args.command == "status":
             report = status(DEFAULT_ROOT)
             if args.json:

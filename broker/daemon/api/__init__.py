@@ -1,5 +1,25 @@
 """The API's routes, one module per area; importing this package registers them all."""
 
-from broker.daemon.api import accounts, audit, directory, grants, mfa, nodes, policy, system
+from broker.daemon.api import (
+    accounts,
+    audit,
+    directory,
+    grants,
+    mfa,
+    nodes,
+    policy,
+    sessions,
+    system,
+)
 
-__all__ = ["accounts", "audit", "directory", "grants", "mfa", "nodes", "policy", "system"]
+__all__ = [
+    "accounts",
+    "audit",
+    "directory",
+    "grants",
+    "mfa",
+    "nodes",
+    "policy",
+    "sessions",
+    "system",
+]
