@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 import typer
@@ -14,7 +13,7 @@ import typer
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client, state
 from broker.core.errors import FailedError, UsageError
-from broker.core.timeutil import parse_moment, to_text, utcnow
+from broker.core.timeutil import utcnow
 
 app = typer.Typer(
     help="Recorded elevated sessions: list, show, replay, search, verify.", no_args_is_help=True
@@ -33,16 +32,6 @@ def setup(ctx: typer.Context) -> None:
         output.say(line)
     if not changed:
         output.say("the log server's files are already in place")
-
-
-def _moment(text: str | None) -> str | None:
-    return to_text(parse_moment(text, utcnow())) if text else None
-
-
-def _when(stamp: str | None) -> str:
-    if not stamp:
-        return "-"
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _command(row: dict[str, Any]) -> str:
@@ -73,7 +62,7 @@ def list_sessions(
     for key, value in (("user", user), ("node", node), ("grant", grant)):
         if value is not None:
             query[key] = value
-    for key, value in (("since", _moment(since)), ("until", _moment(until))):
+    for key, value in (("since", output.moment(since)), ("until", output.moment(until))):
         if value is not None:
             query[key] = value
     found: list[dict[str, Any]] = client(ctx).get("/v1/sessions", **query)
@@ -86,7 +75,7 @@ def list_sessions(
         [
             [
                 r["id"], r["user"] or "-", r["runas"] or "-", r["node"] or "-", _command(r),
-                _when(r["started_at"]), _when(r["ended_at"]), r["end_reason"] or "-",
+                output.when(r["started_at"]), output.when(r["ended_at"]), r["end_reason"] or "-",
                 r["grant_id"] or "-", _state(r),
             ]
             for r in found
@@ -119,8 +108,8 @@ def show(
         ["grant", s["grant_id"] or "none found"],
         ["reason", g["reason"] if g else "-"],
         ["approvers", ", ".join(g["approvers"]) if g and g["approvers"] else "-"],
-        ["started", _when(s["started_at"])],
-        ["ended", _when(s["ended_at"])],
+        ["started", output.when(s["started_at"])],
+        ["ended", output.when(s["ended_at"])],
         ["end", s["end_reason"] or "-"],
         ["exit", "-" if s["exit_value"] is None else str(s["exit_value"])],
         ["bytes in/out", f"{s['bytes_in']}/{s['bytes_out']}"],
@@ -177,7 +166,7 @@ def search(
         "streams": "input" if input_only else "output" if output_only else "all",
         "limit": limit,
     }
-    for key, value in (("user", user), ("node", node), ("since", _moment(since))):
+    for key, value in (("user", user), ("node", node), ("since", output.moment(since))):
         if value is not None:
             body[key] = value
     hits: list[dict[str, Any]] = client(ctx).post("/v1/sessions/search", body)
@@ -190,7 +179,7 @@ def search(
         [
             [
                 h["session"]["id"], h["session"]["user"] or "-", h["session"]["node"] or "-",
-                _when(h["session"]["started_at"]), h["match"]["stream"],
+                output.when(h["session"]["started_at"]), h["match"]["stream"],
                 h["match"]["excerpt"].encode("unicode_escape").decode("ascii")[:120],
             ]
             for h in hits

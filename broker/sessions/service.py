@@ -3,6 +3,7 @@ purge. Reads go through `iolog`'s descriptor-relative opens only."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import os
@@ -204,7 +205,7 @@ class Recordings:
         except re.error as exc:
             raise UsageError(f"bad regular expression: {exc}", fix="check the pattern") from None
         found = []
-        for row in listing(self._store.conn, Filters(**{**f.__dict__, "limit": 100_000})):
+        for row in listing(self._store.conn, dataclasses.replace(f, limit=100_000)):
             if row["state"] == "quarantined":
                 continue
             match = self._match(row, regex, streams)
@@ -232,10 +233,13 @@ class Recordings:
                     data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else b""
                 finally:
                     os.close(fd)
-                m = regex.search(data)
+                try:
+                    m = regex.search(data)
+                    excerpt = "" if m is None else _excerpt(data, m)
+                finally:
+                    if isinstance(data, mmap.mmap):
+                        data.close()
                 if m is not None:
-                    start, end = max(0, m.start() - EXCERPT), min(len(data), m.end() + EXCERPT)
-                    excerpt = bytes(data[start:end]).decode("utf-8", "replace")
                     return {"stream": stream, "offset": m.start(), "excerpt": excerpt}
         except IologError:
             return None
@@ -286,6 +290,11 @@ class Recordings:
                     now,
                 )
         return purged
+
+
+def _excerpt(data: bytes | mmap.mmap, m: re.Match[bytes]) -> str:
+    start, end = max(0, m.start() - EXCERPT), min(len(data), m.end() + EXCERPT)
+    return bytes(data[start:end]).decode("utf-8", "replace")
 
 
 _ESCAPE = re.compile(rb"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|O.|[@-Z\\-_])")

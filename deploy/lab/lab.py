@@ -696,27 +696,26 @@ def prepare_node(root: Path, name: str, address: str, authorized: dict[str, str]
     }
 
 
-def start_node(node: dict[str, Any]) -> int:
-    node_dir = Path(node["dir"])
-    with (node_dir / "sshd.log").open("ab") as log:
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a lab process in its own session, output appended to LOG; `down` reaps it."""
+    with log.open("ab") as out:
         proc = subprocess.Popen(
-            [
-                "unshare",
-                "--mount",
-                "--uts",
-                "--propagation",
-                "private",
-                "--fork",
-                "--",
-                "/bin/sh",
-                str(node_dir / "boot.sh"),
-            ],
-            stdout=log,
+            argv,
+            stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     _CHILDREN.append(proc)
+    return proc
+
+
+UNSHARE = ["unshare", "--mount", "--uts", "--propagation", "private", "--fork", "--"]
+
+
+def start_node(node: dict[str, Any]) -> int:
+    node_dir = Path(node["dir"])
+    proc = spawn([*UNSHARE, "/bin/sh", str(node_dir / "boot.sh")], node_dir / "sshd.log")
     wait_port(node["address"], 22, 30, f"sshd of {node['name']}", node_dir / "sshd.log")
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     if not children:
@@ -778,25 +777,7 @@ def start_broker(root: Path, config: Path) -> int:
     boot = root / "broker" / "boot.sh"
     boot.write_text(BROKER_BOOT.format(files=root / "nodefiles", broker=broker, config=config))
     log = root / "broker" / "daemon.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                "unshare",
-                "--mount",
-                "--uts",
-                "--propagation",
-                "private",
-                "--fork",
-                "--",
-                "/bin/sh",
-                str(boot),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    _CHILDREN.append(proc)
+    proc = spawn([*UNSHARE, "/bin/sh", str(boot)], log)
     sock = root / "broker" / "run" / "broker.sock"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -818,16 +799,7 @@ def start_logserver(root: Path, config: Path) -> dict[str, int]:
         ("logsrvd", ["/usr/sbin/sudo_logsrvd", "-n", "-f", str(conf / "sudo_logsrvd.conf")]),
         ("stunnel", ["/usr/bin/stunnel4", str(conf / "stunnel.conf")]),
     ):
-        with (root / "broker" / f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        _CHILDREN.append(proc)
-        pids[name] = proc.pid
+        pids[name] = spawn(argv, root / "broker" / f"{name}.log").pid
     wait_port(BROKER_ADDR, LOGSRVD_PORT, 15, "sudo_logsrvd", root / "broker" / "logsrvd.log")
     wait_port(BROKER_ADDR, TUNNEL_PORT, 15, "stunnel (log server)", root / "broker" / "stunnel.log")
     return pids
@@ -836,14 +808,7 @@ def start_logserver(root: Path, config: Path) -> dict[str, int]:
 def stop_logserver(root: Path = DEFAULT_ROOT, which: str = "logsrvd") -> None:
     """Stop the lab's sudo_logsrvd (or its stunnel), to show what sudo does without it."""
     info = load_info(root)
-    pid = info.get("logsrv", {}).get(which)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.1)
-    reap_children()
+    stop_process(info.get("logsrv", {}).get(which))
 
 
 def restart_logserver(root: Path = DEFAULT_ROOT) -> None:
@@ -859,25 +824,9 @@ def start_tunnels(info: dict[str, Any]) -> None:
     start it on a real node). Its command line names the lab root, so `down` finds it."""
     for node in info["nodes"]:
         conf = Path(node["dir"]) / "etc" / "broker" / "logsrv" / "tunnel.conf"
-        with (Path(node["dir"]) / "tunnel.log").open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    "nsenter",
-                    "--target",
-                    str(node["pid"]),
-                    "--mount",
-                    "--uts",
-                    "--",
-                    "/usr/bin/stunnel4",
-                    str(conf),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        _CHILDREN.append(proc)
-        node["tunnel_pid"] = proc.pid
+        argv = ["nsenter", "--target", str(node["pid"]), "--mount", "--uts", "--"]
+        argv += ["/usr/bin/stunnel4", str(conf)]
+        node["tunnel_pid"] = spawn(argv, Path(node["dir"]) / "tunnel.log").pid
     for node in info["nodes"]:
         wait_port(
             node["address"],
@@ -1187,10 +1136,8 @@ def status(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
     }
 
 
-def restart_broker(root: Path = DEFAULT_ROOT) -> None:
-    """Stop the lab's daemon and start it again (after a code change), keeping its state."""
-    info = load_info(root)
-    pid = info.get("broker", {}).get("pid")
+def stop_process(pid: int | None) -> None:
+    """SIGTERM a lab process's session, wait up to 10 s for it, reap it."""
     if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
@@ -1198,6 +1145,12 @@ def restart_broker(root: Path = DEFAULT_ROOT) -> None:
         while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
     reap_children()
+
+
+def restart_broker(root: Path = DEFAULT_ROOT) -> None:
+    """Stop the lab's daemon and start it again (after a code change), keeping its state."""
+    info = load_info(root)
+    stop_process(info.get("broker", {}).get("pid"))
     info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
     save_info(root, info)
 
