@@ -200,8 +200,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             log.debug("client went away before the response was written")
 
     def _read_body(self) -> dict[str, Any]:
-        self._body_read = True
         if self.headers.get("Transfer-Encoding") is not None:
+            self._body_read = True  # a chunked body cannot be drained by length
             raise errors.HttpError("length", "chunked bodies are not accepted; send Content-Length")
         length_text = self.headers.get("Content-Length")
         if length_text is None:
@@ -210,6 +210,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise errors.HttpError("usage", "Content-Length must be a decimal number")
         length = int(length_text)
         if length > self.service.max_body:
+            self._body_read = True
             self._discard(length)
             raise errors.HttpError(
                 "too_large", f"the request body exceeds {self.service.max_body} bytes"
@@ -219,6 +220,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if kind != "application/json":
             raise errors.HttpError("media_type", "send the body as application/json")
+        self._body_read = True
         raw = self.rfile.read(length)
         if len(raw) != length:
             raise errors.HttpError("usage", "the request body is shorter than its Content-Length")
