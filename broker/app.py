@@ -46,6 +46,8 @@ from broker.store.files import ensure_private_dir, service_ids, write_private_fi
 if TYPE_CHECKING:
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
+    from broker.sessions.index import Indexer as SessionIndexer
+    from broker.sessions.service import Recordings
 
 
 def realm_of(base_dn: str) -> str:
@@ -250,6 +252,27 @@ class App:
             return []
         return self.grants().recheck(actor=actor, cause=cause, now=utcnow())
 
+    def session_indexer(self) -> SessionIndexer:
+        """Indexes sudo_logsrvd's store; recordings from relay zones are marked relayed."""
+        from broker.sessions.index import Indexer
+
+        policy = self.active_policy()
+        relay_zones = set(self.settings.sessions.relays)
+        relayed = frozenset(
+            node for node, zone in (policy.zone_of.items() if policy else ()) if zone in relay_zones
+        )
+        return Indexer(
+            self.ready_store(),
+            str(self.settings.session_store),
+            relayed_nodes=relayed,
+            stale_after=self.settings.sessions.stale_after,
+        )
+
+    def recordings(self) -> Recordings:
+        from broker.sessions.service import Recordings
+
+        return Recordings(self.ready_store(), str(self.settings.session_store))
+
     def grants(self) -> GrantService:
         """The grant flows, over this process's store and the daemon's shared SSH pool."""
         from broker.fleet.pool import shared_pool
@@ -262,7 +285,8 @@ class App:
                 signing_key=self.grant_signing_key(),
                 rules=GrantRules(
                     max_skew=self.settings.ssh.max_skew,
-                    iolog_dir=str(self.settings.grants.iolog_dir),
+                    log_listen=self.settings.sessions.node_listen,
+                    log_port=self.settings.sessions.node_port,
                 ),
                 policy=self.active_policy_with_sha,
                 snapshot=self.snapshot,

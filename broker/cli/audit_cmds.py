@@ -21,7 +21,6 @@ from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.client.client import Client
 from broker.core.errors import EXIT_FAILED, FailedError, UsageError
-from broker.core.timeutil import parse_moment, to_text, utcnow
 from broker.store.files import write_private_file
 
 app = typer.Typer(help="The tamper-evident audit chain.", no_args_is_help=True)
@@ -32,11 +31,6 @@ EVENTS = "/v1/audit/events"
 class ExportFormat(StrEnum):
     jsonl = "jsonl"
     cef = "cef"
-
-
-def _moment(text: str | None) -> str | None:
-    """--since/--until as the UTC text the daemon expects (it validates it again)."""
-    return to_text(parse_moment(text, utcnow())) if text else None
 
 
 def event_of(row: Any) -> AuditEvent:
@@ -137,7 +131,7 @@ def tail(
 ) -> None:
     """Show the most recent events, oldest first; with -f, follow new ones."""
     c = client(ctx)
-    recent = newest_events(c, lines, since=_moment(since), action=action, actor=actor)
+    recent = newest_events(c, lines, since=output.moment(since), action=action, actor=actor)
     if follow and json_out:
         for line in to_jsonl(recent):
             typer.echo(line)
@@ -180,7 +174,7 @@ def export(
     """Export events for a SIEM, each with its seq and chain hash."""
     if output_file is not None and output_file.is_dir():
         raise UsageError(f"{output_file} is a directory", fix="give a file name")
-    events = events_after(client(ctx), since=_moment(since), until=_moment(until))
+    events = events_after(client(ctx), since=output.moment(since), until=output.moment(until))
     lines = to_jsonl(events) if fmt is ExportFormat.jsonl else to_cef(events)
     if output_file is None:
         for line in lines:

@@ -10,7 +10,6 @@ was refused or a node failed, 3 when the daemon is down.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -125,7 +124,7 @@ def _show_elevation(result: dict[str, Any], json_out: bool) -> None:
         if not json_out:
             output.say(
                 f"request {request['id']} is waiting for {request['approvals_needed']} approval(s) "
-                f"from {', '.join(request['approver_groups'])} until {_when(request['expires_at'])}"
+                f"from {', '.join(request['approver_groups'])} until {output.when(request['expires_at'])}"
                 f" (approvers: `broker approve {request['id']}`)"
             )
         return
@@ -139,7 +138,7 @@ def _show_elevation(result: dict[str, Any], json_out: bool) -> None:
         if live:
             output.say(
                 f"grant {grant['id']}: {grant['user']} may `sudo` as {grant['runas']} on "
-                f"{fold(live)} until {_when(grant['not_after'])}"
+                f"{fold(live)} until {output.when(grant['not_after'])}"
             )
         if failed:
             output.fail(
@@ -159,11 +158,6 @@ def _results_table(results: list[dict[str, Any]]) -> None:
             for r in results
         ],
     )
-
-
-def _when(stamp: str) -> str:
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 # ---------------------------------------------------------------- requests
@@ -198,7 +192,7 @@ def list_requests(
                 r["reason"],
                 f"{sum(a['decision'] == 'approve' for a in r['approvals'])}/{r['approvals_needed']}",
                 r["state"],
-                _when(r["expires_at"]),
+                output.when(r["expires_at"]),
             ]
             for r in found
         ],
@@ -274,7 +268,7 @@ def list_grants(
                 g["role"],
                 g["nodes"],
                 fold([n["node"] for n in g["node_states"] if n["state"] == "live"]),
-                _when(g["not_after"]),
+                output.when(g["not_after"]),
                 "active" if g["active"] else g["state"] if g["state"] != "active" else "expired",
                 g["reason"],
             ]

@@ -26,6 +26,7 @@ from broker.cli import (
     node_cmds,
     output,
     policy_cmds,
+    session_cmds,
     sync_cmds,
 )
 from broker.cli.context import JSON_OPTION, CliState, state
@@ -53,6 +54,7 @@ app.command("revoke")(grant_cmds.revoke)
 app.add_typer(grant_cmds.grants_app, name="grants")
 app.add_typer(grant_cmds.requests_app, name="requests")
 app.add_typer(keytab_cmds.app, name="keytab")
+app.add_typer(session_cmds.app, name="sessions")
 
 
 def _version(value: bool) -> None:

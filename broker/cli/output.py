@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from broker.core.timeutil import parse_moment, to_text, utcnow
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -52,3 +55,17 @@ def fail(message: str) -> None:
 
 def warn(message: str) -> None:
     err.print(f"broker: warning: {_text(message)}")
+
+
+def moment(text: str | None) -> str | None:
+    """--since/--until (an ISO time or a duration ago) as the UTC text the daemon expects
+    (it validates it again)."""
+    return to_text(parse_moment(text, utcnow())) if text else None
+
+
+def when(stamp: str | None) -> str:
+    """A stored UTC time for a table: `2026-11-23 17:38:45Z`, or `-`."""
+    if not stamp:
+        return "-"
+    value = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%SZ")

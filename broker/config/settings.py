@@ -280,10 +280,9 @@ class MfaSection(_Section):
 
 
 class GrantsSection(_Section):
-    """Grants: the key that signs them, where sudo records elevated sessions, the reaper."""
+    """Grants: the key that signs them, the reaper."""
 
     signing_key: AbsPath | None = None
-    iolog_dir: AbsPath = Path("/var/log/broker-io")
     # How often the daemon expires requests and grants and retries removals from nodes.
     reap_interval: Duration = timedelta(seconds=30)
 
@@ -316,6 +315,62 @@ class KeytabsSection(_Section):
         return value
 
 
+_HOST = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\d{1,3}(?:\.\d{1,3}){3})$"
+)
+
+
+def host_port(value: str, what: str) -> tuple[str, int]:
+    """`host:port` with a DNS name or IPv4 address (the forms sudoers and stunnel take)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be host:port, e.g. broker.example.org:30344")
+    return host, int(port)
+
+
+class SessionsSection(_Section):
+    """Session recording: sudo streams every elevated session to sudo_logsrvd on the broker
+    host, carried by stunnel (mutual TLS) because Debian's sudo has no TLS of its own."""
+
+    # Where sudo_logsrvd stores recordings (its iolog_dir); the daemon indexes it.
+    store_dir: AbsPath | None = None
+    # Server configs, the session CA and the server certificate (`broker sessions setup`).
+    conf_dir: AbsPath = Path("/etc/broker/sessions")
+    # sudo_logsrvd listens here in plain text; only stunnel on this host connects to it.
+    logsrvd_listen: str = "127.0.0.1:30343"
+    # stunnel accepts the nodes' TLS connections here and hands them to sudo_logsrvd.
+    tunnel_listen: str = "0.0.0.0:30344"
+    # What nodes connect to (the name must be in the server certificate).
+    tunnel_connect: str = "broker.example.org:30344"
+    # The node-side tunnel listens on 127.0.0.1:<node_port>, or on the node's inventory
+    # address with node_listen = "node-address" (nodes sharing one network stack: the lab).
+    node_listen: Literal["loopback", "node-address"] = "loopback"
+    node_port: int = Field(default=30343, ge=1, le=65535)
+    # Zones whose nodes send to a relay with store-and-forward instead of the broker:
+    # zone name -> relay host:port (recordings from them are marked "relayed").
+    relays: dict[str, str] = Field(default_factory=dict)
+    index_interval: Duration = timedelta(seconds=2)
+    retention_days: int = Field(default=365, ge=1, le=36500)
+    # A recording never completed (log server restarted, node lost) is closed this long
+    # after its grant ended.
+    stale_after: Duration = timedelta(minutes=5)
+
+    @field_validator("logsrvd_listen", "tunnel_listen", "tunnel_connect")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host_port(value, "this setting")
+        return value
+
+    @field_validator("relays")
+    @classmethod
+    def _relays(cls, value: dict[str, str]) -> dict[str, str]:
+        for zone, address in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", zone):
+                raise ValueError(f"relay zone {zone[:64]!r} is not a zone name")
+            host_port(address, f"sessions.relays.{zone}")
+        return value
+
+
 class Settings(_Section):
     """The whole configuration, with derived paths resolved."""
 
@@ -330,6 +385,7 @@ class Settings(_Section):
     mfa: MfaSection = MfaSection()
     grants: GrantsSection = GrantsSection()
     keytabs: KeytabsSection = KeytabsSection()
+    sessions: SessionsSection = SessionsSection()
 
     @property
     def db_path(self) -> Path:
@@ -354,6 +410,10 @@ class Settings(_Section):
     @property
     def grant_key(self) -> Path:
         return self.grants.signing_key or self.broker.state_dir / "keys" / "grant-ed25519.pem"
+
+    @property
+    def session_store(self) -> Path:
+        return self.sessions.store_dir or self.broker.state_dir / "sessions" / "iolog"
 
     @property
     def mfa_key(self) -> Path:

@@ -116,6 +116,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     sys_version = ""
 
     auth_reply: bytes | None = None  # the Kerberos acceptor's reply token (TLS listener)
+    _body_read = False  # set once the request body has been (or is being) read
 
     def setup(self) -> None:
         self.service: Service = getattr(self.server, "service")  # noqa: B009 (set by the server)
@@ -153,6 +154,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         self.close_connection = True
+        self._body_read = False
         try:
             status, payload = self._dispatch(method)
         except errors.HttpError as exc:
@@ -171,6 +173,12 @@ class RequestHandler(BaseHTTPRequestHandler):
                     "the daemon's log (journalctl -u broker) has the details",
                 ),
             )
+        if not self._body_read:
+            # Refused before the body was read (bad path, URL parameters, identity): drain
+            # it, so the client finishes sending and reads the answer, not a broken pipe.
+            length = self.headers.get("Content-Length") or ""
+            if length.isascii() and length.isdigit() and len(length) <= 12:
+                self._discard(int(length))
         self._send(status, payload)
 
     def _send(self, status: int, payload: Any) -> None:
@@ -193,6 +201,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> dict[str, Any]:
         if self.headers.get("Transfer-Encoding") is not None:
+            self._body_read = True  # a chunked body cannot be drained by length
             raise errors.HttpError("length", "chunked bodies are not accepted; send Content-Length")
         length_text = self.headers.get("Content-Length")
         if length_text is None:
@@ -201,6 +210,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise errors.HttpError("usage", "Content-Length must be a decimal number")
         length = int(length_text)
         if length > self.service.max_body:
+            self._body_read = True
             self._discard(length)
             raise errors.HttpError(
                 "too_large", f"the request body exceeds {self.service.max_body} bytes"
@@ -210,6 +220,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if kind != "application/json":
             raise errors.HttpError("media_type", "send the body as application/json")
+        self._body_read = True
         raw = self.rfile.read(length)
         if len(raw) != length:
             raise errors.HttpError("usage", "the request body is shorter than its Content-Length")

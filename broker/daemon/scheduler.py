@@ -76,6 +76,9 @@ def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     return report
 
 
+PURGE_EVERY_S = 3600.0
+
+
 def rotate_due_keytabs(app: App) -> None:
     """`broker keytab rotate --due` from the daemon (keytabs.schedule); never raises."""
     try:
@@ -99,14 +102,41 @@ class Scheduler:
         self._settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-scheduler", daemon=True)
+        # Indexing has its own thread and pace: a slow SSH tick must not delay recordings.
+        self._indexer = threading.Thread(target=self._index, name="broker-indexer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._indexer.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        for thread in (self._thread, self._indexer):
+            if thread.is_alive():
+                thread.join(timeout=30)
+
+    def _index(self) -> None:
+        interval = self._settings.sessions.index_interval.total_seconds()
+        app = App(self._settings)
+        last_purge = 0.0
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    report = app.session_indexer().run(utcnow())
+                    if report.finished or report.quarantined:
+                        log.info(
+                            "indexed %d finished recording(s), %d quarantined",
+                            len(report.finished),
+                            len(report.quarantined),
+                        )
+                    if time.monotonic() - last_purge >= PURGE_EVERY_S:
+                        last_purge = time.monotonic()
+                        days = self._settings.sessions.retention_days
+                        app.recordings().purge(days, utcnow(), "broker")
+                except Exception:  # never stop indexing for one bad pass
+                    log.exception("session indexing failed")
+        finally:
+            app.close()
 
     def _run(self) -> None:
         interval = self._settings.grants.reap_interval.total_seconds()

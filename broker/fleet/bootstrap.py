@@ -30,6 +30,8 @@ from broker.fleet.pool import SshPool, put_atomic, read_regular, remote_stat
 from broker.fleet.ssh import NodeTarget
 from broker.fleet.status import NodeStatus, parse_status
 from broker.policy.model import Policy
+from broker.sessions import carrier
+from broker.sessions.setup import NodeTunnel
 from broker.store.db import Store
 
 LIBEXEC = "/usr/libexec/broker"
@@ -215,6 +217,33 @@ def pam_services(joblaunch_service: str) -> list[tuple[str, str, bool]]:
 # ---------------------------------------------------------------- one node
 
 
+def _install_tunnel(sftp: paramiko.SFTPClient, tunnel: NodeTunnel, changed: list[str]) -> bool:
+    """The recording carrier's files; a certificate only when the node has no good one.
+    True when anything changed (the tunnel must restart)."""
+    before = len(changed)
+    _ensure_dir(sftp, carrier.NODE_DIR, 0o755, changed)
+    for path, data, mode in tunnel.files:
+        if path == carrier.NODE_UNIT and remote_stat(sftp, "/etc/systemd/system") is None:
+            continue
+        _ensure_file(sftp, path, data, mode, changed)
+    cert = read_regular(sftp, carrier.NODE_CERT, MAX_REMOTE_FILE)
+    if not tunnel.cert_ok(cert) or remote_stat(sftp, carrier.NODE_KEY) is None:
+        leaf = tunnel.issue()
+        put_atomic(sftp, carrier.NODE_KEY, leaf.key_pem, 0o600)
+        put_atomic(sftp, carrier.NODE_CERT, leaf.cert_pem, 0o644)
+        changed.append(f"issued {carrier.NODE_CERT}")
+    return len(changed) != before
+
+
+# systemd on the node starts (or restarts) the tunnel; without it (containers, the lab)
+# whatever supervises the node runs `stunnel4 /etc/broker/logsrv/tunnel.conf`.
+_RESTART_TUNNEL = (
+    "if [ -d /run/systemd/system ]; then systemctl daemon-reload &&"
+    " systemctl enable --quiet broker-logsrv-tunnel.service &&"
+    " systemctl restart broker-logsrv-tunnel.service; fi"
+)
+
+
 def _ensure_dir(sftp: paramiko.SFTPClient, path: str, mode: int, changed: list[str]) -> None:
     attrs = remote_stat(sftp, path)
     if attrs is None:
@@ -306,6 +335,7 @@ def bootstrap_node(
     key_line: str,
     joblaunch_service: str,
     max_skew: float,
+    tunnel: NodeTunnel | None = None,
 ) -> BootstrapResult:
     """Install the node side on one node; errors are reported, never raised."""
     started = time.monotonic()
@@ -325,6 +355,13 @@ def bootstrap_node(
                 rewritten = _ensure_file(sftp, path, data, mode, changed)
                 program_new = program_new or (rewritten and path in (NODE_PY, KEYTAB_PY))
             compile_it = program_new or not _compiled(sftp)
+            restart = tunnel is not None and _install_tunnel(sftp, tunnel, changed)
+        if restart:
+            result = pool.run(target, ["sh", "-c", _RESTART_TUNNEL])
+            if not result.ok:
+                raise UnavailableError(
+                    result.error or f"the recording tunnel did not start: {result.stderr[-200:]}"
+                )
         if compile_it:
             result = pool.run(
                 target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", NODE_PY, KEYTAB_PY]
@@ -385,6 +422,7 @@ def bootstrap(
     actor: str,
     bundle: Bundle | None = None,
     on_done: Callable[[BootstrapResult], None] | None = None,
+    tunnels: Callable[[NodeTarget], NodeTunnel] | None = None,
 ) -> list[BootstrapResult]:
     """Bootstrap enrolled nodes in parallel; audit what changed (node.bootstrap) per node."""
     targets = inventory.targets(store, names)
@@ -401,6 +439,7 @@ def bootstrap(
             key_line=key,
             joblaunch_service=joblaunch_service,
             max_skew=max_skew,
+            tunnel=None if tunnels is None else tunnels(target),
         )
         if on_done is not None:
             on_done(result)

@@ -37,8 +37,13 @@ class NodeOutcome:
     killed: int = 0  # sessions' processes ended (removal)
 
 
-def drop_in_text(grant: Grant, iolog_dir: str) -> str:
-    """The grant's sudoers drop-in (the same on every node: the host is bound by the grant file)."""
+def log_server(listen: str, port: int, target: NodeTarget) -> str:
+    """The node tunnel's address that `log_servers` names (sessions.node_listen)."""
+    return f"{target.host if listen == 'node-address' else '127.0.0.1'}:{port}"
+
+
+def drop_in_text(grant: Grant, log_server: str) -> str:
+    """The grant's sudoers drop-in (the host itself is bound by the grant file)."""
     return render_grant(
         SudoersGrant(
             grant_id=grant.id,
@@ -47,7 +52,7 @@ def drop_in_text(grant: Grant, iolog_dir: str) -> str:
             not_before=grant.not_before,
             not_after=grant.not_after,
             command_sets=grant.command_sets,
-            iolog_dir=iolog_dir,
+            log_server=log_server,
         )
     )
 
@@ -81,12 +86,12 @@ def install(
     key: Ed25519PrivateKey,
     *,
     max_skew: timedelta,
-    iolog_dir: str,
+    log_listen: str,
+    log_port: int,
     now: datetime,
     on_done: Callable[[NodeOutcome], None] | None = None,
 ) -> list[NodeOutcome]:
     """Install on every target in parallel; outcomes in target order."""
-    sudoers = drop_in_text(grant, iolog_dir)
 
     def one(target: NodeTarget) -> NodeOutcome:
         started = time.monotonic()
@@ -107,7 +112,7 @@ def install(
             "id": grant.id,
             "user": grant.user,
             "grant": grant_file_text(grant, target.name, key, now),
-            "sudoers": sudoers,
+            "sudoers": drop_in_text(grant, log_server(log_listen, log_port, target)),
             # The node compares its clock with ours before it writes anything.
             "broker_time": time.time(),
             "max_skew": max_skew.total_seconds(),

@@ -44,7 +44,8 @@ Progress = Callable[[push.NodeOutcome], None]
 @dataclass(frozen=True)
 class GrantRules:
     max_skew: timedelta
-    iolog_dir: str
+    log_listen: str = "loopback"  # sessions.node_listen
+    log_port: int = 30343
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ class GrantService:
         )
         # Rendered (and so validated) before anything is stored: a grant whose drop-in
         # cannot be written never exists.
-        push.drop_in_text(grant, self._rules.iolog_dir)
+        push.drop_in_text(grant, f"127.0.0.1:{self._rules.log_port}")
         with self._store.transaction() as conn:
             rows.insert_grant(conn, grant, plan.nodes)
             if request_id is not None and not rows.decide_request(
@@ -332,7 +333,8 @@ class GrantService:
             grant,
             self._key,
             max_skew=self._rules.max_skew,
-            iolog_dir=self._rules.iolog_dir,
+            log_listen=self._rules.log_listen,
+            log_port=self._rules.log_port,
             now=now,
             on_done=progress,
         )

@@ -285,6 +285,46 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         6,
+        "session recordings",
+        (
+            # One row per sudo_logsrvd recording (`path` is its %{seq} directory). Rows are
+            # never deleted: a purged recording keeps its metadata and digest.
+            """CREATE TABLE recordings (
+                id TEXT PRIMARY KEY,
+                path TEXT NOT NULL UNIQUE,
+                state TEXT NOT NULL
+                    CHECK (state IN ('running', 'complete', 'incomplete', 'quarantined', 'purged')),
+                node TEXT,
+                user TEXT,
+                runas TEXT,
+                command TEXT,
+                argv TEXT,
+                cwd TEXT,
+                tty TEXT,
+                started_at TEXT,
+                ended_at TEXT,
+                exit_value INTEGER,
+                signal TEXT,
+                end_reason TEXT,
+                grant_id TEXT,
+                relayed INTEGER NOT NULL DEFAULT 0,
+                bytes_in INTEGER NOT NULL DEFAULT 0,
+                bytes_out INTEGER NOT NULL DEFAULT 0,
+                sha256 TEXT,
+                files TEXT,
+                error TEXT,
+                first_seen TEXT NOT NULL,
+                indexed_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX recordings_started ON recordings (started_at)",
+            "CREATE INDEX recordings_user ON recordings (user, started_at)",
+            "CREATE INDEX recordings_node ON recordings (node, started_at)",
+            "CREATE INDEX recordings_grant ON recordings (grant_id)",
+            "CREATE INDEX recordings_state ON recordings (state)",
+        ),
+    ),
+    Migration(
+        7,
         "keytab rotation",
         (
             # One row per service account the broker has rotated or checked.

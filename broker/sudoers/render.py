@@ -35,7 +35,11 @@ TEMPLATES_DIR = (
     else Path(sys.prefix) / "share" / "hpc-access-broker" / "sudoers_templates"
 )
 TEMPLATE = "grant.sudoers.j2"
-DEFAULT_IOLOG_DIR = "/var/log/broker-io"
+DEFAULT_LOG_SERVER = "127.0.0.1:30343"
+_LOG_SERVER = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)"
+    r":(?:[1-9][0-9]{0,4})"
+)
 ALL = "ALL"
 # sudo keeps TIMEOUT in a C int and refuses larger values ("timeout value too large").
 TIMEOUT_MAX = 2**31 - 1
@@ -59,7 +63,8 @@ class SudoersGrant:
     not_before: datetime
     not_after: datetime
     command_sets: tuple[tuple[str, tuple[str, ...]], ...]
-    iolog_dir: str = DEFAULT_IOLOG_DIR
+    # Where sudo streams the session recording (the node's tunnel to sudo_logsrvd).
+    log_server: str = DEFAULT_LOG_SERVER
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,9 @@ def render_grant(grant: SudoersGrant, templates_dir: Path | None = None) -> str:
     not_before = _moment("not_before", grant.not_before)
     not_after = _moment("not_after", grant.not_after)
     timeout = _timeout(not_before, not_after)
-    iolog_dir = _plain("iolog_dir", grant.iolog_dir)
-    if (reason := names.absolute_path(iolog_dir)) is not None:
-        _refuse("iolog_dir", iolog_dir, reason)
+    log_server = grant.log_server
+    if not _LOG_SERVER.fullmatch(log_server) or int(log_server.rpartition(":")[2]) > 65535:
+        _refuse("log_server", log_server, "expected host:port, e.g. 127.0.0.1:30343")
     aliases = _aliases(grant_id, grant.command_sets)
     template = _environment(str(templates_dir or TEMPLATES_DIR)).get_template(TEMPLATE)
     return template.render(
@@ -97,7 +102,7 @@ def render_grant(grant: SudoersGrant, templates_dir: Path | None = None) -> str:
         not_before=_generalized(not_before),
         not_after=_generalized(not_after),
         timeout=timeout,
-        iolog_dir=iolog_dir,
+        log_server=log_server,
         aliases=aliases,
         commands=", ".join(alias.name for alias in aliases) if aliases else ALL,
     )

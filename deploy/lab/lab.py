@@ -33,6 +33,7 @@ DEFAULT_NODES = "gpu[01-02],stor01,login01"
 REALM, DOMAIN, BASE_DN = "HPC.TEST", "HPC", "DC=hpc,DC=test"
 DC_HOST, DC_ADDR = "dc1.hpc.test", "127.0.0.10"
 BROKER_HOST, BROKER_ADDR, BROKER_PORT = "broker.hpc.test", "127.0.0.11", 8443
+LOGSRVD_PORT, TUNNEL_PORT = 30343, 30344  # sudo_logsrvd (plain, broker host), its stunnel (TLS)
 HOSTS_BEGIN, HOSTS_END = "# broker-lab begin", "# broker-lab end"
 NODE_MOUNTS = (
     "/etc/sudoers.d",
@@ -695,27 +696,26 @@ def prepare_node(root: Path, name: str, address: str, authorized: dict[str, str]
     }
 
 
-def start_node(node: dict[str, Any]) -> int:
-    node_dir = Path(node["dir"])
-    with (node_dir / "sshd.log").open("ab") as log:
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a lab process in its own session, output appended to LOG; `down` reaps it."""
+    with log.open("ab") as out:
         proc = subprocess.Popen(
-            [
-                "unshare",
-                "--mount",
-                "--uts",
-                "--propagation",
-                "private",
-                "--fork",
-                "--",
-                "/bin/sh",
-                str(node_dir / "boot.sh"),
-            ],
-            stdout=log,
+            argv,
+            stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     _CHILDREN.append(proc)
+    return proc
+
+
+UNSHARE = ["unshare", "--mount", "--uts", "--propagation", "private", "--fork", "--"]
+
+
+def start_node(node: dict[str, Any]) -> int:
+    node_dir = Path(node["dir"])
+    proc = spawn([*UNSHARE, "/bin/sh", str(node_dir / "boot.sh")], node_dir / "sshd.log")
     wait_port(node["address"], 22, 30, f"sshd of {node['name']}", node_dir / "sshd.log")
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     if not children:
@@ -777,25 +777,7 @@ def start_broker(root: Path, config: Path) -> int:
     boot = root / "broker" / "boot.sh"
     boot.write_text(BROKER_BOOT.format(files=root / "nodefiles", broker=broker, config=config))
     log = root / "broker" / "daemon.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                "unshare",
-                "--mount",
-                "--uts",
-                "--propagation",
-                "private",
-                "--fork",
-                "--",
-                "/bin/sh",
-                str(boot),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    _CHILDREN.append(proc)
+    proc = spawn([*UNSHARE, "/bin/sh", str(boot)], log)
     sock = root / "broker" / "run" / "broker.sock"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -805,6 +787,54 @@ def start_broker(root: Path, config: Path) -> int:
             return proc.pid
         time.sleep(0.1)
     raise LabError(f"the broker daemon did not come up: {log.read_text()[-1500:]}")
+
+
+def start_logserver(root: Path, config: Path) -> dict[str, int]:
+    """`broker sessions setup`, then sudo_logsrvd and the stunnel that fronts it, as the
+    units in deploy/systemd/ would; each its own session so tests can stop and start it."""
+    run([broker_command(), "--config", str(config), "sessions", "setup"], step="sessions setup")
+    conf = root / "broker" / "sessions"
+    pids = {}
+    for name, argv in (
+        ("logsrvd", ["/usr/sbin/sudo_logsrvd", "-n", "-f", str(conf / "sudo_logsrvd.conf")]),
+        ("stunnel", ["/usr/bin/stunnel4", str(conf / "stunnel.conf")]),
+    ):
+        pids[name] = spawn(argv, root / "broker" / f"{name}.log").pid
+    wait_port(BROKER_ADDR, LOGSRVD_PORT, 15, "sudo_logsrvd", root / "broker" / "logsrvd.log")
+    wait_port(BROKER_ADDR, TUNNEL_PORT, 15, "stunnel (log server)", root / "broker" / "stunnel.log")
+    return pids
+
+
+def stop_logserver(root: Path = DEFAULT_ROOT, which: str = "logsrvd") -> None:
+    """Stop the lab's sudo_logsrvd (or its stunnel), to show what sudo does without it."""
+    info = load_info(root)
+    stop_process(info.get("logsrv", {}).get(which))
+
+
+def restart_logserver(root: Path = DEFAULT_ROOT) -> None:
+    info = load_info(root)
+    for which in ("stunnel", "logsrvd"):
+        stop_logserver(root, which)
+    info["logsrv"] = start_logserver(root, Path(info["broker"]["config"]))
+    save_info(root, info)
+
+
+def start_tunnels(info: dict[str, Any]) -> None:
+    """Each node's stunnel client, inside the node (bootstrap wrote its files; systemd would
+    start it on a real node). Its command line names the lab root, so `down` finds it."""
+    for node in info["nodes"]:
+        conf = Path(node["dir"]) / "etc" / "broker" / "logsrv" / "tunnel.conf"
+        argv = ["nsenter", "--target", str(node["pid"]), "--mount", "--uts", "--"]
+        argv += ["/usr/bin/stunnel4", str(conf)]
+        node["tunnel_pid"] = spawn(argv, Path(node["dir"]) / "tunnel.log").pid
+    for node in info["nodes"]:
+        wait_port(
+            node["address"],
+            LOGSRVD_PORT,
+            15,
+            f"tunnel of {node['name']}",
+            Path(node["dir"]) / "tunnel.log",
+        )
 
 
 def broker_api(
@@ -889,7 +919,14 @@ def broker_config(root: Path, keytab: Path, state_dir: Path) -> Path:
         f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n\n'
         # Tests prove that expiry needs no action of the broker, and run the scheduler's
         # tick themselves (`broker grants reap`) where they want it.
-        '[grants]\nreap_interval = "1h"\n'
+        '[grants]\nreap_interval = "1h"\n\n'
+        # Nodes share the host's network stack here, so each node's recording tunnel
+        # listens on the node's own address rather than 127.0.0.1.
+        f'[sessions]\nconf_dir = "{root / "broker" / "sessions"}"\n'
+        f'logsrvd_listen = "{BROKER_ADDR}:{LOGSRVD_PORT}"\n'
+        f'tunnel_listen = "{BROKER_ADDR}:{TUNNEL_PORT}"\n'
+        f'tunnel_connect = "{BROKER_HOST}:{TUNNEL_PORT}"\n'
+        'node_listen = "node-address"\nindex_interval = "1s"\n'
     )
     path.chmod(0o644)
     return path
@@ -996,8 +1033,13 @@ def up(
         info["broker"]["url"] = f"https://{BROKER_HOST}:{BROKER_PORT}"
         info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
         save_info(root, info)
+        say("starting the log server (sudo_logsrvd behind stunnel)")
+        info["logsrv"] = start_logserver(root, Path(info["broker"]["config"]))
+        save_info(root, info)
         say("enrolling and bootstrapping the nodes")
         enroll_nodes(info)
+        start_tunnels(info)
+        save_info(root, info)
     except (LabError, OSError, subprocess.SubprocessError) as exc:
         save_info(root, info)
         down(root, quiet=True)
@@ -1046,6 +1088,8 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
         except (OSError, ValueError):
             info = {}
     pids = [n.get("pid") for n in info.get("nodes", [])]
+    pids += [n.get("tunnel_pid") for n in info.get("nodes", [])]
+    pids += list(info.get("logsrv", {}).values())
     pids += [info.get("dc", {}).get("pid"), info.get("dc_pid"), info.get("broker", {}).get("pid")]
     pids += lab_processes(root)
     targets = sorted({p for p in pids if p and pid_alive(p)})
@@ -1097,10 +1141,8 @@ def status(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
     }
 
 
-def restart_broker(root: Path = DEFAULT_ROOT) -> None:
-    """Stop the lab's daemon and start it again (after a code change), keeping its state."""
-    info = load_info(root)
-    pid = info.get("broker", {}).get("pid")
+def stop_process(pid: int | None) -> None:
+    """SIGTERM a lab process's session, wait up to 10 s for it, reap it."""
     if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
@@ -1108,6 +1150,12 @@ def restart_broker(root: Path = DEFAULT_ROOT) -> None:
         while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
     reap_children()
+
+
+def restart_broker(root: Path = DEFAULT_ROOT) -> None:
+    """Stop the lab's daemon and start it again (after a code change), keeping its state."""
+    info = load_info(root)
+    stop_process(info.get("broker", {}).get("pid"))
     info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
     save_info(root, info)
 
@@ -1154,6 +1202,8 @@ def main() -> None:
     up_p.add_argument("--bulk-depth", type=int, default=1, help="nesting depth of bulk groups")
     sub.add_parser("down", help="remove the lab and its host changes")
     sub.add_parser("restart-broker", help="restart the lab's broker daemon (after a code change)")
+    sub.add_parser("stop-logsrvd", help="stop the lab's sudo_logsrvd (sudo then refuses)")
+    sub.add_parser("restart-logsrvd", help="start the lab's sudo_logsrvd and its stunnel again")
     st = sub.add_parser("status", help="what is up (exit 0 all, 1 partly, 3 not up)")
     st.add_argument("--json", action="store_true")
     ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
@@ -1175,6 +1225,10 @@ def main() -> None:
             down(DEFAULT_ROOT)
         elif args.command == "restart-broker":
             restart_broker(DEFAULT_ROOT)
+        elif args.command == "stop-logsrvd":
+            stop_logserver(DEFAULT_ROOT)
+        elif args.command == "restart-logsrvd":
+            restart_logserver(DEFAULT_ROOT)
         elif args.command == "status":
             report = status(DEFAULT_ROOT)
             if args.json:

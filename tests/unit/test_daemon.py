@@ -475,6 +475,37 @@ def test_parameters_of_a_post_in_the_url_are_refused(daemon: Path) -> None:
     assert "not in the URL" in body["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type", "status", "kind"),
+    [
+        ("/v1/directory/sync", "text/plain", 415, "media_type"),
+        ("/v1/mfa/verify?code=1", "application/json", 400, "usage"),
+        ("/v1/no-such-route", "application/json", 404, "not_found"),
+    ],
+)
+def test_a_refused_body_sent_late_still_gets_its_answer(
+    daemon: Path, path: str, content_type: str, status: int, kind: str
+) -> None:
+    """A client that sends its headers, then its body a moment later (as http.client
+    does), reads the refusal instead of a broken pipe: the daemon drains what it refuses."""
+    body = b'{"full": true}'
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(30)
+        conn.connect(str(daemon))
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: broker\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        time.sleep(0.5)
+        conn.sendall(body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode(), head
+    assert json.loads(payload)["error"]["kind"] == kind
+
+
 def test_serve_refuses_a_checkpoint_copy_it_cannot_write(shared_dir: Path) -> None:
     locked = shared_dir / "worm"
     locked.mkdir()

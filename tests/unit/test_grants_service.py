@@ -101,7 +101,7 @@ class World:
             store=self.store,
             pool=self.nodes,  # type: ignore[arg-type]
             signing_key=Ed25519PrivateKey.generate(),
-            rules=GrantRules(max_skew=timedelta(seconds=60), iolog_dir="/var/log/broker-io"),
+            rules=GrantRules(max_skew=timedelta(seconds=60), log_port=30343),
             policy=self.policy,
             snapshot=lambda now: MemorySnapshot.of(self.accounts.values()),
             mfa=lambda account, code, purpose, actor: None,
@@ -139,7 +139,20 @@ def test_one_approval_grants_and_pushes_a_signed_grant(world: World) -> None:
     sent = [p for node, cmd, p in world.nodes.calls if cmd == "install-grant"]
     assert sent[0]["user"] == "alice" and "signature=" in sent[0]["grant"]
     assert "INC-1" not in sent[0]["sudoers"]
+    # sudo on the node streams the session to its own tunnel (sessions.node_listen loopback).
+    assert "log_servers=127.0.0.1:30343, " in sent[0]["sudoers"]
     assert world.service.request(request_id).state == "granted"
+
+
+def test_node_address_listen_names_each_node_in_its_own_drop_in(world: World) -> None:
+    world.service._rules = GrantRules(
+        max_skew=timedelta(seconds=60), log_listen="node-address", log_port=4711
+    )
+    request_id = world.request(nodes="gpu[01-02]")
+    world.service.approve(request_id, FRANK, code="1", actor="unix:frank", now=NOW)
+    sent = {node: p["sudoers"] for node, cmd, p in world.nodes.calls if cmd == "install-grant"}
+    assert "log_servers=10.0.0.1:4711, " in sent["gpu01"]
+    assert "log_servers=10.0.0.2:4711, " in sent["gpu02"]
 
 
 def test_the_requester_and_outsiders_may_not_approve(world: World) -> None:

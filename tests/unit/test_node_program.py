@@ -25,7 +25,8 @@ from tests.unit.test_node_hook import PAM_DIR, NodeTree, bn, bn_now, nobody, now
 
 GOOD_SUDOERS = (
     "# managed by the broker; do not edit\n"
-    "Defaults:{user} use_pty, log_input, log_output, iolog_dir=/var/log/broker-io\n"
+    "Defaults:{user} use_pty, log_input, log_output, !ignore_iolog_errors\n"
+    "Defaults:{user} log_servers=127.0.0.1:30343, log_server_timeout=10, log_server_keepalive\n"
     "{user} ALL = (root) NOTBEFORE={nb} NOTAFTER={na} TIMEOUT=1800 "
     "NOPASSWD: LOG_INPUT: LOG_OUTPUT: ALL\n"
 )

@@ -105,13 +105,18 @@ def test_all_grant_passes_visudo_and_sudo_reads_it_as_rendered() -> None:
         "log_input": True,
         "log_output": True,
     }
-    (defaults,) = rule["defaults"]
-    assert defaults["Binding"] == [{"username": "alice"}]
-    assert defaults["Options"] == [
+    recording, server = rule["defaults"]
+    assert recording["Binding"] == server["Binding"] == [{"username": "alice"}]
+    assert recording["Options"] == [
         {"use_pty": True},
         {"log_input": True},
         {"log_output": True},
-        {"iolog_dir": "/var/log/broker-io"},
+        {"ignore_iolog_errors": False},  # no recording, no command
+    ]
+    assert server["Options"] == [
+        {"operation": "list_assign", "log_servers": ["127.0.0.1:30343"]},
+        {"log_server_timeout": "10"},
+        {"log_server_keepalive": True},
     ]
     assert text.startswith("# Managed by the broker; do not edit.\n")
     assert GRANT_ID in text.splitlines()[1]
@@ -120,12 +125,15 @@ def test_all_grant_passes_visudo_and_sudo_reads_it_as_rendered() -> None:
 
 
 def test_command_set_grant_lists_exactly_its_commands_under_unique_aliases() -> None:
-    text = render_grant(grant(command_sets=(DIAG, GPU), iolog_dir="/srv/io/broker"))
+    text = render_grant(grant(command_sets=(DIAG, GPU), log_server="gpu01.cluster.example:4711"))
     check_with_visudo(text)
     rule = the_rule(text)
     assert rule["commands"] == [*DIAG[1], *GPU[1]]
     assert rule["options"]["notafter"] == "20261123103000Z"  # inherited by every command
-    assert {"iolog_dir": "/srv/io/broker"} in rule["defaults"][0]["Options"]
+    assert rule["defaults"][1]["Options"][0] == {
+        "operation": "list_assign",
+        "log_servers": ["gpu01.cluster.example:4711"],
+    }
     aliases = parsed(text, expand=False)["Command_Aliases"]
     assert aliases == {
         "BROKER_NODE_DIAG_G3F9A0C1D2E4B5A6C": [{"command": c} for c in DIAG[1]],
@@ -323,10 +331,21 @@ def test_bad_grant_id_is_refused_by_render_and_drop_in_name(grant_id: str) -> No
         drop_in_name(grant_id)
 
 
-@pytest.mark.parametrize("iolog_dir", ["var/log", "/var/log/%{user}", "/var/log/", "/a,b", "/x y"])
-def test_bad_iolog_dir_is_refused(iolog_dir: str) -> None:
-    with pytest.raises(UsageError, match="bad iolog_dir"):
-        render_grant(grant(iolog_dir=iolog_dir))
+@pytest.mark.parametrize(
+    "log_server",
+    ["a b:1", "host", "h:0", "h:99999", "h:65536", "h:1,x", "h:1 ", ":1", "h:", "h:01",
+     "-h:1", "h-:1", "h..i:1", "h:1\nalice ALL=(ALL) ALL", "[::1]:1", "h:1:2", "",
+     "h\u0430:1", "/var/log/broker-io"],
+)  # fmt: skip
+def test_bad_log_server_is_refused(log_server: str) -> None:
+    with pytest.raises(UsageError, match="bad log_server"):
+        render_grant(grant(log_server=log_server))
+
+
+@pytest.mark.parametrize("log_server", ["127.0.0.1:30343", "h:1", "h:65535", "logs-1.example:443"])
+def test_good_log_server_is_written_as_given(log_server: str) -> None:
+    text = render_grant(grant(log_server=log_server))
+    assert f"log_servers={log_server}, " in text
 
 
 def test_drop_in_name_has_no_dot_sudo_would_skip() -> None:
@@ -347,7 +366,7 @@ def test_there_is_no_reason_input_at_all() -> None:
     assert "reason" not in used
     assert used == {
         "grant_id", "user", "runas", "valid_from", "expires", "not_before", "not_after",
-        "timeout", "iolog_dir", "aliases", "commands",
+        "timeout", "log_server", "aliases", "commands",
     }  # fmt: skip
 
 
@@ -412,7 +431,7 @@ def refused_or_one_rule(
     event("rendered")
     check_with_visudo(text)
     lines = rules(text)
-    assert len(lines) == len(command_sets) + 2
+    assert len(lines) == len(command_sets) + 3  # aliases, two Defaults lines, the rule
     assert sum(line.startswith(f"{user} ") for line in lines) == 1
     rule = the_rule(text)
     assert rule["users"] == [{"username": user}]

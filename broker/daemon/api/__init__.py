@@ -9,6 +9,7 @@ from broker.daemon.api import (
     mfa,
     nodes,
     policy,
+    sessions,
     system,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "mfa",
     "nodes",
     "policy",
+    "sessions",
     "system",
 ]

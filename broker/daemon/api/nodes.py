@@ -21,7 +21,8 @@ from broker.fleet import status as fleet_status
 from broker.fleet.inventory import NodeRecord
 from broker.fleet.pool import shared_pool
 from broker.fleet.probe import probe_nodes
-from broker.fleet.ssh import SshRunner
+from broker.fleet.ssh import NodeTarget, SshRunner
+from broker.sessions import setup as sessions_setup
 
 NodeName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 AddressText = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")]
@@ -244,6 +245,12 @@ def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
     settings = ctx.app.settings
     policy = ctx.app.require_policy()
     key_line = ctx.app.grant_public_key_line()
+    ca = sessions_setup.load_ca(settings)
+
+    def tunnel(target: NodeTarget) -> sessions_setup.NodeTunnel:
+        zone = policy.zone_of.get(target.name)
+        return sessions_setup.node_tunnel(settings, ca, target.name, target.host, zone, ctx.now)
+
     results = fleet_bootstrap.bootstrap(
         ctx.app.ready_store(),
         shared_pool(settings),
@@ -253,6 +260,7 @@ def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
         joblaunch_service=settings.ssh.joblaunch_service,
         max_skew=settings.ssh.max_skew.total_seconds(),
         actor=ctx.caller.actor,
+        tunnels=tunnel,
     )
     return [
         BootstrapOut(

@@ -1,0 +1,306 @@
+"""Recorded elevated sessions: list, show, replay data, search, verify, index, purge.
+
+Operators only: a recording holds everything root typed and saw on a node.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from broker.daemon.api.names import AccountName, UtcTimeText
+from broker.daemon.caller import Access
+from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.sessions import iolog
+from broker.sessions import service as sessions
+
+RecordingId = Annotated[str, Field(pattern=r"^[0-9A-Z]{6}$")]
+NodeName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+GrantId = Annotated[str, Field(pattern=r"^(?:g[0-9a-f]{16}|break-glass)$")]
+REPLAY_LIMIT = 256 * 1024 * 1024
+
+
+class SessionsQuery(Body):
+    user: AccountName | None = None
+    node: NodeName | None = None
+    grant: GrantId | None = None
+    since: UtcTimeText | None = None
+    until: UtcTimeText | None = None
+    running: bool = False
+    limit: int = Field(default=200, ge=1, le=10_000)
+
+    def filters(self) -> sessions.Filters:
+        return sessions.Filters(
+            user=self.user,
+            node=self.node,
+            grant=self.grant,
+            since=self.since,
+            until=self.until,
+            running=self.running,
+            limit=self.limit,
+        )
+
+
+class SessionOut(Out):
+    id: str
+    path: str
+    state: str
+    node: str | None
+    user: str | None
+    runas: str | None
+    command: str | None
+    argv: list[str]
+    cwd: str | None
+    tty: str | None
+    started_at: str | None
+    ended_at: str | None
+    exit_value: int | None
+    signal: str | None
+    end_reason: str | None
+    grant_id: str | None
+    relayed: bool
+    bytes_in: int
+    bytes_out: int
+    sha256: str | None
+    files: dict[str, str]
+    error: str | None
+    first_seen: str
+    indexed_at: str
+
+
+class GrantContextOut(Out):
+    id: str
+    role: str
+    reason: str
+    not_before: str
+    not_after: str
+    state: str
+    approvers: list[str]
+
+
+class HookEventOut(Out):
+    kind: str
+    at: str
+    tty: str
+    pid: int
+    service: str
+    grant: str | None
+
+
+class CommandOut(Out):
+    offset_s: float
+    text: str
+
+
+class SessionDetailOut(Out):
+    session: SessionOut
+    grant: GrantContextOut | None
+    hook_events: list[HookEventOut]
+    timeline: list[CommandOut]
+
+
+class SessionPath(Body):
+    id: RecordingId
+
+
+class ReplayQuery(Body):
+    id: RecordingId
+    streams: Literal["output", "input", "all"] = "output"
+
+
+class ReplayOut(Out):
+    id: str
+    columns: int
+    lines: int
+    complete: bool
+    # [delay seconds, stream, base64 bytes] in the order sudo wrote them.
+    chunks: list[tuple[float, str, str]]
+
+
+class SearchIn(Body):
+    pattern: str = Field(min_length=1, max_length=sessions.MAX_PATTERN)
+    streams: Literal["input", "output", "all"] = "all"
+    user: AccountName | None = None
+    node: NodeName | None = None
+    since: UtcTimeText | None = None
+    until: UtcTimeText | None = None
+    limit: int = Field(default=100, ge=1, le=10_000)
+
+
+class MatchOut(Out):
+    stream: str
+    offset: int
+    excerpt: str
+
+
+class SearchHitOut(Out):
+    session: SessionOut
+    match: MatchOut
+
+
+class VerifyOut(Out):
+    id: str
+    ok: bool
+    sha256: str
+    indexed_sha256: str | None
+    audited_sha256: str | None
+    changed: list[str]
+
+
+class IndexOut(Out):
+    seen: int
+    new: list[str]
+    finished: list[str]
+    quarantined: list[str]
+    bytes_read: int
+    seconds: float
+
+
+class PurgeOut(Out):
+    purged: list[str]
+
+
+def session_out(row: dict[str, Any]) -> SessionOut:
+    return SessionOut(**row)
+
+
+_STREAMS = {"output": iolog.OUTPUT, "input": iolog.INPUT, "all": iolog.OUTPUT + iolog.INPUT}
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/sessions",
+    request=SessionsQuery,
+    response=list[SessionOut],
+    access=Access.OPERATOR,
+    summary="Recorded elevated sessions, newest first, filtered",
+)
+def list_sessions(ctx: Context[SessionsQuery]) -> list[SessionOut]:
+    rows = sessions.listing(ctx.app.ready_store().conn, ctx.params.filters())
+    return [session_out(r) for r in rows]
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/sessions/{id}",
+    request=SessionPath,
+    response=SessionDetailOut,
+    access=Access.OPERATOR,
+    summary="One session: who, as whom, where, its grant and reason, times, exit, commands",
+)
+def show_session(ctx: Context[SessionPath]) -> SessionDetailOut:
+    conn = ctx.app.ready_store().conn
+    row = sessions.one(conn, ctx.params.id)
+    more = sessions.context(conn, row)
+    timeline: list[CommandOut] = []
+    if row["state"] not in ("quarantined", "purged"):
+        timeline = [
+            CommandOut(offset_s=round(at, 3), text=text)
+            for at, text in sessions.command_lines(
+                ctx.app.recordings().timeline(row["id"], iolog.INPUT, REPLAY_LIMIT)
+            )
+        ]
+    return SessionDetailOut(
+        session=session_out(row),
+        grant=None if more["grant"] is None else GrantContextOut(**more["grant"]),
+        hook_events=[HookEventOut(**e) for e in more["hook_events"]],
+        timeline=timeline,
+    )
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/sessions/{id}/replay",
+    request=ReplayQuery,
+    response=ReplayOut,
+    access=Access.OPERATOR,
+    summary="The recorded bytes with their timing, for `broker sessions replay`",
+)
+def replay(ctx: Context[ReplayQuery]) -> ReplayOut:
+    row = sessions.one(ctx.app.ready_store().conn, ctx.params.id)
+    recordings = ctx.app.recordings()
+    chunks = [
+        (round(delay, 6), stream, base64.b64encode(data).decode("ascii"))
+        for delay, stream, data in recordings.timeline(
+            row["id"], _STREAMS[ctx.params.streams], REPLAY_LIMIT
+        )
+    ]
+    info = recordings.info(row["id"])
+    return ReplayOut(
+        id=row["id"],
+        columns=info.columns,
+        lines=info.lines,
+        complete=row["state"] != "running",
+        chunks=chunks,
+    )
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/sessions/search",
+    request=SearchIn,
+    response=list[SearchHitOut],
+    access=Access.OPERATOR,
+    summary="Sessions whose typed input or printed output matches a regular expression",
+)
+def search(ctx: Context[SearchIn]) -> list[SearchHitOut]:
+    p = ctx.params
+    hits = ctx.app.recordings().search(
+        p.pattern,
+        _STREAMS[p.streams],
+        sessions.Filters(user=p.user, node=p.node, since=p.since, until=p.until, limit=p.limit),
+    )
+    return [
+        SearchHitOut(
+            session=session_out({k: v for k, v in h.items() if k != "match"}),
+            match=MatchOut(**h["match"]),
+        )
+        for h in hits
+    ]
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/sessions/{id}/verify",
+    request=SessionPath,
+    response=VerifyOut,
+    access=Access.OPERATOR,
+    summary="Recompute a recording's SHA-256; compare with the index and the audit chain",
+)
+def verify(ctx: Context[SessionPath]) -> VerifyOut:
+    return VerifyOut(**ctx.app.recordings().verify(ctx.params.id))
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/sessions/index",
+    request=Empty,
+    response=IndexOut,
+    access=Access.OPERATOR,
+    summary="Index the log server's store now (the scheduler does it every few seconds)",
+)
+def index(ctx: Context[Empty]) -> IndexOut:
+    report = ctx.app.session_indexer().run(ctx.now)
+    return IndexOut(
+        seen=report.seen,
+        new=report.new,
+        finished=report.finished,
+        quarantined=report.quarantined,
+        bytes_read=report.bytes_read,
+        seconds=report.seconds,
+    )
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/sessions/purge",
+    request=Empty,
+    response=PurgeOut,
+    access=Access.OPERATOR,
+    summary="Remove recordings older than sessions.retention_days (audited)",
+)
+def purge(ctx: Context[Empty]) -> PurgeOut:
+    days = ctx.app.settings.sessions.retention_days
+    return PurgeOut(purged=ctx.app.recordings().purge(days, ctx.now, ctx.caller.actor))

@@ -1,0 +1,175 @@
+"""Configuration text for the recording carrier: sudo_logsrvd, and stunnel at both ends.
+
+sudo (on the node) -> stunnel client on the node's loopback -> mutual TLS ->
+stunnel server on the broker host -> sudo_logsrvd on the broker host's
+loopback -> the store the daemon indexes. Every value written here comes from
+validated settings or a checked node name; nothing else reaches these files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.config.settings import Settings, host_port
+
+NODE_DIR = "/etc/broker/logsrv"
+NODE_CONF = f"{NODE_DIR}/tunnel.conf"
+NODE_CERT = f"{NODE_DIR}/node.pem"
+NODE_KEY = f"{NODE_DIR}/node.key"
+NODE_CA = f"{NODE_DIR}/ca.pem"
+NODE_UNIT = "/etc/systemd/system/broker-logsrv-tunnel.service"
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
+
+
+def _path(path: Path | str) -> str:
+    text = str(path)
+    if not _SAFE_PATH.fullmatch(text) or "/../" in text + "/":
+        raise ValueError(f"{text[:80]!r} cannot be written into a carrier configuration")
+    return text
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    conf_dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.conf_dir / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.conf_dir / "server.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.conf_dir / "server.key"
+
+    @property
+    def logsrvd_conf(self) -> Path:
+        return self.conf_dir / "sudo_logsrvd.conf"
+
+    @property
+    def stunnel_conf(self) -> Path:
+        return self.conf_dir / "stunnel.conf"
+
+
+def logsrvd_conf(settings: Settings, iolog_user: str, events_log: Path) -> str:
+    """sudo_logsrvd.conf: plain text on loopback only, one flat directory per session.
+
+    `iolog_file = %{seq}` keeps every name node-supplied data could influence (host,
+    user, command) out of the store's paths; the indexer reads them from log.json.
+    """
+    host, port = host_port(settings.sessions.logsrvd_listen, "sessions.logsrvd_listen")
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", iolog_user):
+        raise ValueError("iolog_user must be a POSIX user name")
+    return (
+        "# Written by `broker sessions setup`; changes are overwritten.\n"
+        "[server]\n"
+        f"listen_address = {host}:{port}\n"
+        "server_log = syslog\n"
+        "pid_file =\n"
+        "tcp_keepalive = true\n"
+        "timeout = 30\n"
+        "[iolog]\n"
+        f"iolog_dir = {_path(settings.session_store)}\n"
+        "iolog_file = %{seq}\n"
+        "iolog_compress = false\n"
+        "iolog_flush = true\n"
+        f"iolog_user = {iolog_user}\n"
+        "iolog_mode = 0600\n"
+        # Typed passwords (after a password prompt) are masked in the recording.
+        "log_passwords = false\n"
+        "[eventlog]\n"
+        "log_type = logfile\n"
+        "log_exit = true\n"
+        "log_format = json\n"
+        "[logfile]\n"
+        f"path = {_path(events_log)}\n"
+    )
+
+
+_TLS = "sslVersionMin = TLSv1.2\nciphers = HIGH:!aNULL:!MD5:!RC4:!3DES\n"
+
+
+def stunnel_server_conf(settings: Settings, paths: ServerPaths) -> str:
+    """The broker host's stunnel: only clients with a certificate from the session CA."""
+    listen = host_port(settings.sessions.tunnel_listen, "sessions.tunnel_listen")
+    target = host_port(settings.sessions.logsrvd_listen, "sessions.logsrvd_listen")
+    return (
+        "; Written by `broker sessions setup`; changes are overwritten.\n"
+        "foreground = yes\n"
+        "pid =\n"
+        "syslog = yes\n"
+        "[broker-logsrv]\n"
+        f"accept = {listen[0]}:{listen[1]}\n"
+        f"connect = {target[0]}:{target[1]}\n"
+        f"cert = {_path(paths.cert)}\n"
+        f"key = {_path(paths.key)}\n"
+        f"CAfile = {_path(paths.ca)}\n"
+        "requireCert = yes\n"
+        "verifyChain = yes\n" + _TLS
+    )
+
+
+def node_listen(settings: Settings, node_address: str) -> tuple[str, int]:
+    """Where the node's tunnel listens (and so what the grant's `log_servers` names)."""
+    if settings.sessions.node_listen == "node-address":
+        host_port(f"{node_address}:1", "the node's address")
+        return node_address, settings.sessions.node_port
+    return "127.0.0.1", settings.sessions.node_port
+
+
+def node_connect(settings: Settings, zone: str | None) -> tuple[str, int]:
+    """The broker host, or the zone's relay when the zone opted into store-and-forward."""
+    relay = settings.sessions.relays.get(zone) if zone else None
+    return host_port(relay or settings.sessions.tunnel_connect, "sessions.tunnel_connect")
+
+
+def stunnel_node_conf(listen: tuple[str, int], connect: tuple[str, int]) -> str:
+    """A node's stunnel client: it checks the server's name against the session CA."""
+    check = "checkIP" if re.fullmatch(r"[\d.]+", connect[0]) else "checkHost"
+    return (
+        "; Written by `broker node bootstrap`; changes are overwritten.\n"
+        "foreground = yes\n"
+        "pid =\n"
+        "syslog = yes\n"
+        "[broker-logsrv]\n"
+        "client = yes\n"
+        f"accept = {listen[0]}:{listen[1]}\n"
+        f"connect = {connect[0]}:{connect[1]}\n"
+        f"cert = {NODE_CERT}\n"
+        f"key = {NODE_KEY}\n"
+        f"CAfile = {NODE_CA}\n"
+        "verifyChain = yes\n"
+        f"{check} = {connect[0]}\n" + _TLS
+    )
+
+
+NODE_UNIT_TEXT = """\
+# Written by `broker node bootstrap`: carries sudo's session recordings to the broker.
+[Unit]
+Description=Broker session recording tunnel (stunnel to sudo_logsrvd)
+After=network-online.target
+Wants=network-online.target
+Before=sshd.service
+
+[Service]
+ExecStart=/usr/bin/stunnel4 /etc/broker/logsrv/tunnel.conf
+Restart=always
+RestartSec=2
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+MemoryDenyWriteExecute=yes
+LockPersonality=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
