@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import paramiko
+from paramiko import sftp as sftp_proto
 
 from broker.core.errors import RefusedError, UnavailableError
 from broker.fleet.ssh import MAX_OUTPUT, CommandResult, NodeTarget, _explain
@@ -307,10 +308,16 @@ class SshPool:
             return list(ex.map(work, items))
 
     @contextmanager
-    def sftp(self, target: NodeTarget) -> Iterator[paramiko.SFTPClient]:
-        """An SFTP session on the pooled connection (for bootstrap's file installs)."""
+    def sftp(
+        self, target: NodeTarget, *, timeout: float | None = None
+    ) -> Iterator[paramiko.SFTPClient]:
+        """An SFTP session on the pooled connection (bootstrap's file installs, keytabs).
+        With `timeout`, every request waits at most that long (TimeoutError), so a node
+        that stops answering cannot hold the caller."""
         self.check_known_hosts()
         with self._channel(target) as channel:
+            if timeout is not None:
+                channel.settimeout(timeout)
             channel.invoke_subsystem("sftp")
             client = paramiko.SFTPClient(channel)
             try:
@@ -436,31 +443,88 @@ def remote_stat(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPAttributes
 
 
 def read_regular(sftp: paramiko.SFTPClient, path: str, limit: int) -> bytes | None:
-    """A remote regular file's bytes (None when missing); links and oversize refused."""
+    """A remote regular file's bytes (None when missing); links, other non-files and files
+    over `limit` bytes refused. The open file is checked again (fstat), and the read is
+    bounded, so a file swapped or grown after the lstat is refused too."""
     attrs = remote_stat(sftp, path)
     if attrs is None:
         return None
+    if attrs.st_mode is not None and stat.S_ISLNK(attrs.st_mode):
+        raise RefusedError(
+            f"{path} is a symbolic link", fix="replace it with the file itself, or remove it"
+        )
     if attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
-        raise RefusedError(f"{path} is not a regular file", fix="remove the link or fix it by hand")
+        raise RefusedError(f"{path} is not a regular file", fix="remove it or fix it by hand")
     if (attrs.st_size or 0) > limit:
         raise RefusedError(f"{path} is larger than {limit} bytes")
     with sftp.open(path, "r") as handle:
-        return bytes(handle.read(limit + 1))
+        opened = handle.stat()
+        if opened.st_mode is None or not stat.S_ISREG(opened.st_mode):
+            raise RefusedError(f"{path} is not a regular file", fix="remove it or fix it by hand")
+        data = bytes(handle.read(limit + 1))
+    if len(data) > limit:
+        raise RefusedError(f"{path} is larger than {limit} bytes")
+    return data
 
 
-def put_atomic(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int) -> None:
-    """Write to a new temporary name in the same directory, set root ownership and the final
-    mode before any byte is written, then rename over `path` (posix-rename: atomic)."""
+def _request(sftp: paramiko.SFTPClient, kind: int, *args: Any) -> tuple[int, paramiko.Message]:
+    """paramiko's own request call (what its posix_rename uses): its public API can neither
+    give OPEN the new file's permissions nor send fsync@openssh.com."""
+    send: Callable[..., tuple[int, paramiko.Message]] = sftp._request  # type: ignore[attr-defined]
+    return send(kind, *args)
+
+
+def create_private(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPFile:
+    """Open a new file for writing, O_CREAT|O_EXCL (never through a link, never an existing
+    file), created with mode 0600 in the OPEN request itself. paramiko's `open` sends no
+    permissions, so OpenSSH would create the file 0666 & ~umask: readable by everyone for
+    an instant, and a reader who opened it then keeps reading what is written later."""
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_mode = 0o600
+    flags = sftp_proto.SFTP_FLAG_WRITE | sftp_proto.SFTP_FLAG_CREATE | sftp_proto.SFTP_FLAG_EXCL
+    kind, message = _request(sftp, sftp_proto.CMD_OPEN, path, flags, attrs)
+    if kind != sftp_proto.CMD_HANDLE:
+        raise paramiko.SFTPError("the SFTP server sent no file handle")
+    return paramiko.SFTPFile(sftp, message.get_binary(), "w")
+
+
+def fsync_handle(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile) -> None:
+    """fsync(2) of an open remote file (OpenSSH's fsync@openssh.com, since 6.5)."""
+    handle.flush()
+    _request(sftp, sftp_proto.CMD_EXTENDED, "fsync@openssh.com", handle.handle)
+
+
+def put_atomic(
+    sftp: paramiko.SFTPClient,
+    path: str,
+    data: bytes,
+    mode: int,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    fsync: bool = False,
+) -> None:
+    """Write to a new temporary name in the same directory (created 0600, O_EXCL), set the
+    owner `uid`:`gid` and the final mode before any byte is written, optionally fsync the
+    data, then rename over `path` (posix-rename: atomic). The temporary file is removed on
+    any failure. `uid`/`gid` are numbers as the node knows them; resolving names is the
+    caller's job (the node's NSS, not the broker's)."""
+    if not 0 <= uid < 0xFFFFFFFF or not 0 <= gid < 0xFFFFFFFF:
+        raise ValueError("uid and gid must be 0 to 4294967294")
+    if mode & ~0o7777:
+        raise ValueError(f"mode {mode:o} is not a permission mode")
     directory, base = posixpath.split(path)
     temporary = posixpath.join(directory, f".{base}.broker-{secrets.token_hex(8)}")
     try:
-        with sftp.open(temporary, "wx") as handle:  # O_CREAT|O_EXCL: never through a link
-            handle.chown(0, 0)
+        with create_private(sftp, temporary) as handle:
+            handle.chown(uid, gid)
             handle.chmod(mode)
             handle.write(data)
+            if fsync:
+                fsync_handle(sftp, handle)
         sftp.posix_rename(temporary, path)
     except BaseException:
-        with suppress(OSError):
+        with suppress(OSError, paramiko.SSHException, EOFError):
             sftp.remove(temporary)
         raise
 

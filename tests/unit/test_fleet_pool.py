@@ -1,8 +1,11 @@
-"""The SSH pool without SSH servers: version floor, trust file checks, failures per node."""
+"""The SSH pool without SSH servers: version floor, trust file checks, failures per node; the
+SFTP helpers over a real SFTP conversation with an in-process server (tests/unit/local_sftp.py)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,9 +14,18 @@ import pytest
 from broker.config.loader import load_settings
 from broker.core.errors import RefusedError, UnavailableError
 from broker.fleet import pool as pool_module
-from broker.fleet.pool import Job, SshOptions, SshPool, require_paramiko, version_tuple
+from broker.fleet.pool import (
+    Job,
+    SshOptions,
+    SshPool,
+    put_atomic,
+    read_regular,
+    require_paramiko,
+    version_tuple,
+)
 from broker.fleet.ssh import CommandResult, NodeTarget, SshRunner
 from tests.helpers import write_config
+from tests.unit.local_sftp import local_sftp
 
 
 def closed_port() -> int:
@@ -113,3 +125,81 @@ def test_one_shared_pool_per_configuration(tmp_path: Path) -> None:
         assert pool_module.shared_pool(first).options.known_hosts == first.known_hosts
     finally:
         pool_module.close_shared_pool()
+
+
+# ---------------------------------------------------------------- SFTP helpers, over real SFTP
+
+
+@pytest.fixture
+def node_dir(tmp_path: Path) -> Path:
+    """A directory like /etc/broker on a node: root's, 0755."""
+    directory = tmp_path / "etc-broker"
+    directory.mkdir(mode=0o755)
+    return directory
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another owner needs root")
+def test_put_atomic_sets_owner_and_mode_before_the_first_byte_and_renames(node_dir: Path) -> None:
+    path = str(node_dir / "svc.keytab")
+    (node_dir / "svc.keytab").write_bytes(b"old")
+    with local_sftp() as (sftp, recorder):
+        put_atomic(sftp, path, b"new bytes", 0o640, uid=65534, gid=65533, fsync=True)
+    kinds = recorder.kinds()
+    assert kinds == ["open", "chown", "chmod", "write", "fsync", "rename"]
+    opened, chown, chmod = recorder.events[0], recorder.events[1], recorder.events[2]
+    temporary = opened[1]
+    # Created 0600 by the OPEN request itself: never the server's default (0666 & ~umask).
+    assert opened[2] == 0o600 and temporary.startswith(str(node_dir) + "/.svc.keytab.broker-")
+    assert chown == ("chown", temporary, 65534, 65533) and chmod == ("chmod", temporary, 0o640)
+    assert recorder.events[-1] == ("rename", temporary, path)
+    info = os.stat(path)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65533, 0o640)
+    assert (node_dir / "svc.keytab").read_bytes() == b"new bytes"
+    assert sorted(p.name for p in node_dir.iterdir()) == ["svc.keytab"]
+
+
+def test_put_atomic_defaults_to_root_and_leaves_nothing_behind_on_failure(node_dir: Path) -> None:
+    path = str(node_dir / "grant")
+    with local_sftp() as (sftp, recorder):
+        put_atomic(sftp, path, b"x", 0o440)
+        assert ("chown", recorder.events[0][1], 0, 0) in recorder.events
+        assert "fsync" not in recorder.kinds()  # only when asked for
+        for failing in ("write", "fsync", "rename", "chmod"):
+            recorder.fail_on = failing
+            with pytest.raises(OSError):
+                put_atomic(sftp, path, b"changed", 0o440, fsync=True)
+            assert recorder.kinds()[-1] == "remove", failing
+        recorder.fail_on = None
+        with pytest.raises(ValueError):
+            put_atomic(sftp, path, b"x", 0o100644)
+        with pytest.raises(ValueError):
+            put_atomic(sftp, path, b"x", 0o600, uid=-1)
+    assert (node_dir / "grant").read_bytes() == b"x"
+    assert sorted(p.name for p in node_dir.iterdir()) == ["grant"]
+
+
+def test_put_atomic_never_writes_through_an_existing_temporary_name(
+    node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = node_dir / "victim"
+    victim.write_bytes(b"keep me")
+    monkeypatch.setattr(pool_module.secrets, "token_hex", lambda n: "fixed")
+    (node_dir / ".k.broker-fixed").symlink_to(victim)  # planted where the temporary goes
+    with local_sftp() as (sftp, _recorder), pytest.raises(OSError):
+        put_atomic(sftp, str(node_dir / "k"), b"secret", 0o600)
+    assert victim.read_bytes() == b"keep me" and not (node_dir / "k").exists()
+
+
+def test_read_regular_refuses_links_other_files_and_oversize(node_dir: Path) -> None:
+    (node_dir / "file").write_bytes(b"12345")
+    (node_dir / "link").symlink_to(node_dir / "file")
+    os.mkfifo(node_dir / "fifo")
+    with local_sftp() as (sftp, _recorder):
+        assert read_regular(sftp, str(node_dir / "file"), 5) == b"12345"
+        assert read_regular(sftp, str(node_dir / "missing"), 5) is None
+        with pytest.raises(RefusedError, match="is a symbolic link"):
+            read_regular(sftp, str(node_dir / "link"), 5)
+        with pytest.raises(RefusedError, match="is not a regular file"):
+            read_regular(sftp, str(node_dir / "fifo"), 5)
+        with pytest.raises(RefusedError, match="larger than 4 bytes"):
+            read_regular(sftp, str(node_dir / "file"), 4)
