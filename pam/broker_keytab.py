@@ -133,53 +133,62 @@ def serialize(entries: list[Entry]) -> bytes:
 
 
 def parse(data: bytes) -> list[Entry]:
-    """Entries of a version 0x0502 keytab (holes skipped); anything malformed is refused."""
+    """Entries of a version 0x0502 keytab (holes skipped); anything malformed is refused,
+    by the same rules as broker/keytabs/keytabfile.py."""
+    if len(data) > MAX_KEYTAB:
+        raise Refused(f"keytab larger than {MAX_KEYTAB} bytes")
+    if not data:
+        return []  # an empty file: no entries yet (MIT treats it the same way)
     if len(data) < 2 or data[:2] != VERSION:
         raise Refused("not a version 0x0502 keytab")
     entries: list[Entry] = []
     offset = 2
-    try:
-        while offset + 4 <= len(data):
-            (size,) = struct.unpack_from(">i", data, offset)
-            offset += 4
-            if size == 0:
-                break
-            if size < 0:
-                offset += -size
-                continue
-            end = offset + size
-            if end > len(data):
-                raise Refused("truncated keytab entry")
-            entries.append(_entry(data[offset:end]))
-            offset = end
-    except struct.error:
-        raise Refused("truncated keytab entry") from None
+    while offset < len(data):
+        if len(data) - offset < 4:
+            raise Refused("truncated keytab: stray bytes at the end")
+        (size,) = struct.unpack_from(">i", data, offset)
+        offset += 4
+        if size == 0:
+            if any(data[offset:]):
+                raise Refused("data after the keytab's end marker")
+            break
+        if abs(size) > len(data) - offset:
+            raise Refused("truncated keytab entry")
+        if size > 0:
+            entries.append(_entry(data[offset : offset + size]))
+        offset += abs(size)
     return entries
 
 
 def _entry(record: bytes) -> Entry:
-    def counted(at: int) -> tuple[bytes, int]:
-        (length,) = struct.unpack_from(">H", record, at)
-        if at + 2 + length > len(record):
-            raise Refused("truncated keytab field")
-        return record[at + 2 : at + 2 + length], at + 2 + length
+    at = 0
 
-    (count,) = struct.unpack_from(">H", record, 0)
-    realm, at = counted(2)
-    parts = []
-    for _ in range(count):
-        part, at = counted(at)
-        parts.append(part.decode("utf-8", "replace"))
-    name_type, timestamp, vno8 = struct.unpack_from(">IIB", record, at)
-    at += 9
-    (enctype,) = struct.unpack_from(">H", record, at)
-    key, at = counted(at + 2)
-    kvno = vno8
+    def take(count: int) -> bytes:
+        nonlocal at
+        if count > len(record) - at:
+            raise Refused("truncated keytab field")
+        at += count
+        return record[at - count : at]
+
+    def number(fmt: str) -> int:
+        value: int = struct.unpack(fmt, take(struct.calcsize(fmt)))[0]
+        return value
+
+    def counted() -> bytes:
+        return take(number(">H"))
+
+    count = number(">H")
+    if count == 0:
+        raise Refused("keytab entry without a principal")
+    realm = counted()
+    parts = [counted().decode("utf-8", "replace") for _ in range(count)]
+    name_type, timestamp, kvno = number(">I"), number(">I"), number(">B")
+    enctype = number(">H")
+    key = counted()
     if len(record) - at >= 4:
-        (vno32,) = struct.unpack_from(">I", record, at)
-        kvno = vno32 or vno8
+        kvno = number(">I") or kvno
     principal = "/".join(parts) + "@" + realm.decode("utf-8", "replace")
-    return Entry(principal, kvno, enctype, bytes(key), timestamp, name_type)
+    return Entry(principal, kvno, enctype, key, timestamp, name_type)
 
 
 def merge(
@@ -253,9 +262,10 @@ def read_keytab(path: str) -> tuple[list[Entry], os.stat_result | None]:
             data += chunk
     finally:
         os.close(fd)
-    if not data:
-        return [], info
-    return parse(data), info
+    try:
+        return parse(data), info
+    except Refused as exc:
+        raise Refused(f"{path}: {exc}") from None
 
 
 def write_keytab(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:

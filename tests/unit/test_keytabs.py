@@ -1,5 +1,5 @@
-"""Keytab rotation without servers: the keytab format against MIT Kerberos, the node
-command's merge, prune and file rules, the pure rotation rules, passwords and keys."""
+"""Keytab rotation without servers: the node command's merge, prune and file rules, the
+pure rotation rules, passwords and keys. The keytab format: tests/unit/test_keytabfile.py."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import io
 import json
 import os
 import stat
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
-import krb5
 import pytest
 
 from broker.fleet import nodeprog
@@ -41,49 +39,6 @@ def entry(principal: str, kvno: int, enctype: int = 18, fill: int = 1) -> object
     return bk.Entry(
         principal, kvno, enctype, bytes([fill]) * (32 if enctype == 18 else 16), 1700000000
     )
-
-
-# ---------------------------------------------------------------- format
-
-
-def test_keytab_bytes_are_what_mit_kerberos_reads(tmp_path: Path) -> None:
-    entries = [entry(P1, 3), entry(P2, 3), entry(P1, 4, 17, 2), entry(P1, 300, 18, 3)]
-    path = tmp_path / "k.keytab"
-    path.write_bytes(bk.serialize(entries))
-    shown = subprocess.run(
-        ["klist", "-k", "-e", "-K", str(path)], capture_output=True, text=True, check=True
-    ).stdout
-    assert (
-        "   3 HTTP/web.hpc.test@HPC.TEST (aes256-cts-hmac-sha1-96)  (0x" + "01" * 32 + ")" in shown
-    )
-    assert " 300 HTTP/web.hpc.test@HPC.TEST" in shown  # kvno past 255: the 32-bit field
-    assert "   4 HTTP/web.hpc.test@HPC.TEST (aes128-cts-hmac-sha1-96)" in shown
-    assert bk.parse(path.read_bytes()) == entries
-
-
-def test_keytabs_written_by_mit_kerberos_parse(tmp_path: Path) -> None:
-    ctx = krb5.init_context()
-    path = tmp_path / "mit.keytab"
-    kt = krb5.kt_resolve(ctx, f"FILE:{path}".encode())
-    for kvno, enctype in ((7, 18), (7, 17), (8, 18)):
-        key = krb5.c_string_to_key(ctx, enctype, b"secret", b"HPC.TESTsvc-web")
-        krb5.kt_add_entry(ctx, kt, krb5.parse_name_flags(ctx, P1.encode()), kvno, 0, key)
-    parsed = bk.parse(path.read_bytes())
-    assert [(e.principal, e.kvno, e.enctype) for e in parsed] == [
-        (P1, 7, 18),
-        (P1, 7, 17),
-        (P1, 8, 18),
-    ]
-    derived = keys.derive(keys.Secret("secret"), {18: keys.SaltInfo(18, b"HPC.TESTsvc-web", b"")})
-    assert parsed[0].key == derived[0].data  # MIT's file and our derivation agree
-
-
-def test_malformed_keytabs_are_refused() -> None:
-    good = bk.serialize([entry(P1, 1)])
-    for bad in (b"", b"\x05\x01", good[:-5], good[:2] + b"\x00\x00\x01\x00" + good[6:]):
-        with pytest.raises(bk.Refused):
-            bk.parse(bad)
-    assert "key" not in repr(entry(P1, 1)).lower().replace("keytab", "")
 
 
 # ---------------------------------------------------------------- node command
