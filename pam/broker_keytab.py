@@ -1,37 +1,38 @@
-"""Node side of keytab rotation (docs/keytabs.md): merge, prune, list and verify keytabs.
+"""Node side of keytab rotation (docs/keytabs.md): list, sync and verify keytabs.
 
 Standard library only, like broker_node.py, and run the same way: the broker
 calls `/usr/bin/python3 -I -S /usr/libexec/broker/broker-keytab CMD` over SSH
-as root with JSON on stdin (keys travel there, never in argv) and reads JSON
-on stdout. Exit 0 when the JSON says what happened (a refusal included), 2 on
-bad usage.
+as root with JSON on stdin and reads JSON on stdout. Exit 0 when the JSON says
+what happened (a refusal included), 2 on bad usage. No key ever reaches this
+program: the broker reads and writes the keytab itself over SFTP
+(broker/keytabs/distribute.py) and only asks here what needs the node's own
+view (its NSS, fsync, GSS-API).
 
-- `keytab-install`: merge new key entries into a keytab and drop versions the
-  broker no longer keeps, writing a temporary file beside the target (owner,
-  group and mode set before the first byte), fsync, rename, fsync the directory.
-- `keytab-list`: the key versions and enctypes per principal, mode and owner;
-  never a key.
+- `keytab-list`: the key versions and enctypes per principal, mode, owner and
+  link count of the keytab; with `owner` and `group`, also the uid and gid this
+  node's NSS gives those names (the broker sets them over SFTP); never a key.
+- `keytab-sync`: fsync the keytab and its directory after the broker renamed a
+  new one into place (SFTP has no directory fsync), then list it as above.
 - `keytab-verify`: accept GSS-API (Kerberos) tokens the broker obtained for
   each principal with the keytab, through the system's MIT libgssapi_krb5 (ctypes).
 
-The keytab format is MIT's (version 0x0502), documented in
-docs/keytabs.md; broker/keytabs/keytabfile.py writes the same bytes and a unit
-test holds the two to each other and to files MIT Kerberos wrote.
+The keytab format is MIT's (version 0x0502), documented in docs/keytabs.md;
+broker/keytabs/keytabfile.py reads and writes the same bytes, and
+tests/unit/test_keytabs.py holds this reader to it and to files MIT Kerberos wrote.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import ctypes
 import ctypes.util
+import errno
 import grp
 import json
 import os
 import pwd
 import re
-import secrets
 import stat
 import struct
 import sys
@@ -45,9 +46,7 @@ _PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/)*[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _REALM = re.compile(r"^[A-Z0-9][A-Z0-9.-]{0,254}$")
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_ALLOWED_MODES = (0o600, 0o400, 0o640, 0o440)
 NT_PRINCIPAL = 1
-NT_SRV_HST = 3
 
 
 class Usage(Exception):
@@ -110,28 +109,6 @@ def split_principal(principal: str) -> tuple[list[str], str]:
     return parts, realm
 
 
-def _counted(data: bytes) -> bytes:
-    if len(data) > 0xFFFF:
-        raise Usage("keytab field too long")
-    return struct.pack(">H", len(data)) + data
-
-
-def serialize(entries: list[Entry]) -> bytes:
-    """A version 0x0502 keytab holding `entries`, in order."""
-    out = bytearray(VERSION)
-    for entry in entries:
-        parts, realm = split_principal(entry.principal)
-        record = bytearray(struct.pack(">H", len(parts)))
-        record += _counted(realm.encode("ascii"))
-        for part in parts:
-            record += _counted(part.encode("ascii"))
-        record += struct.pack(">IIB", entry.name_type, entry.timestamp, entry.kvno & 0xFF)
-        record += struct.pack(">H", entry.enctype) + _counted(entry.key)
-        record += struct.pack(">I", entry.kvno)
-        out += struct.pack(">i", len(record)) + record
-    return bytes(out)
-
-
 def parse(data: bytes) -> list[Entry]:
     """Entries of a version 0x0502 keytab (holes skipped); anything malformed is refused,
     by the same rules as broker/keytabs/keytabfile.py."""
@@ -191,20 +168,6 @@ def _entry(record: bytes) -> Entry:
     return Entry(principal, kvno, enctype, key, timestamp, name_type)
 
 
-def merge(
-    existing: list[Entry], managed: set[str], add: list[Entry], keep: set[int]
-) -> list[Entry]:
-    """Entries of other principals stay; a managed principal keeps only the `keep` versions;
-    `add` replaces any entry with the same principal, version and enctype."""
-    adding = {e.ident() for e in add}
-    kept = [
-        e
-        for e in existing
-        if e.ident() not in adding and (e.principal not in managed or e.kvno in keep)
-    ]
-    return kept + list(add)
-
-
 def versions(entries: list[Entry], principals: list[str]) -> dict[str, list[int]]:
     found: dict[str, set[int]] = {p: set() for p in principals}
     for entry in entries:
@@ -240,14 +203,24 @@ def _safe_directory(directory: str) -> None:
         raise Refused(f"{directory} must be owned by root and writable by root only")
 
 
+def _open_no_link(path: str) -> int:
+    """Open for reading, never through a symbolic link (nor block on a FIFO)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused(f"{path} is a symbolic link; replace it with the keytab itself") from None
+        raise Refused(f"cannot open {path} ({exc.strerror})") from None
+
+
 def read_keytab(path: str) -> tuple[list[Entry], os.stat_result | None]:
     """The entries of `path` (none when it does not exist); links and oversize refused."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = _open_no_link(path)
     except FileNotFoundError:
         return [], None
-    except OSError as exc:
-        raise Refused(f"cannot open {path} ({exc.strerror})") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -266,35 +239,6 @@ def read_keytab(path: str) -> tuple[list[Entry], os.stat_result | None]:
         return parse(data), info
     except Refused as exc:
         raise Refused(f"{path}: {exc}") from None
-
-
-def write_keytab(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
-    """Temporary file beside `path` (O_EXCL, no links), owner and mode before any byte,
-    fsync, atomic rename, fsync of the directory."""
-    directory, base = os.path.split(path)
-    temporary = os.path.join(directory, f".broker-tmp-{base}.{secrets.token_hex(4)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.rename(temporary, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _ids(owner: object, group: object) -> tuple[int, int]:
@@ -323,12 +267,6 @@ def _principals(value: object) -> list[str]:
     return list(value)
 
 
-def _kvno(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 0xFFFFFFFF:
-        raise Usage("kvno must be an integer from 1 to 4294967295")
-    return value
-
-
 def _describe(path: str, entries: list[Entry], info: os.stat_result | None, principals: list[str]):
     reply: dict[str, Any] = {
         "path": path,
@@ -337,7 +275,12 @@ def _describe(path: str, entries: list[Entry], info: os.stat_result | None, prin
         "enctypes": sorted({e.enctype for e in entries if e.principal in principals}),
     }
     if info is not None:
-        reply.update(mode=stat.S_IMODE(info.st_mode), uid=info.st_uid, gid=info.st_gid)
+        reply.update(
+            mode=stat.S_IMODE(info.st_mode),
+            uid=info.st_uid,
+            gid=info.st_gid,
+            nlink=info.st_nlink,
+        )
         try:
             reply["owner"] = pwd.getpwuid(info.st_uid).pw_name
         except KeyError:
@@ -349,73 +292,39 @@ def _describe(path: str, entries: list[Entry], info: os.stat_result | None, prin
     return reply
 
 
-def install(payload: dict[str, Any], now: int) -> dict[str, Any]:
-    path = check_path(payload.get("path"))
-    principals = _principals(payload.get("principals"))
-    mode = payload.get("mode")
-    if mode not in _ALLOWED_MODES:
-        raise Usage("mode must be 0600, 0400, 0640 or 0440")
-    uid, gid = _ids(payload.get("owner"), payload.get("group"))
-    keep_raw = payload.get("keep")
-    if not isinstance(keep_raw, list) or len(keep_raw) > 64:
-        raise Usage("keep must be a list of key versions")
-    keep = {_kvno(k) for k in keep_raw}
-    add_raw = payload.get("add", [])
-    if not isinstance(add_raw, list) or len(add_raw) > 512:
-        raise Usage("add must be a list of at most 512 entries")
-    add = []
-    for item in add_raw:
-        if not isinstance(item, dict) or set(item) != {"principal", "kvno", "enctype", "key"}:
-            raise Usage("each added entry has exactly principal, kvno, enctype, key")
-        if item["principal"] not in principals:
-            raise Usage("an added entry's principal must be one of principals")
-        enctype = item["enctype"]
-        if isinstance(enctype, bool) or not isinstance(enctype, int) or not 1 <= enctype <= 0xFFFF:
-            raise Usage("enctype must be an integer")
-        try:
-            key = base64.b64decode(str(item["key"]), validate=True)
-        except (binascii.Error, ValueError):
-            raise Usage("key must be base64") from None
-        if not 8 <= len(key) <= 64:
-            raise Usage("key length out of range")
-        kvno = _kvno(item["kvno"])
-        if kvno not in keep:
-            raise Usage("an added key version must also be kept")
-        split = split_principal(item["principal"])[0]
-        add.append(
-            Entry(
-                item["principal"],
-                kvno,
-                enctype,
-                key,
-                now & 0xFFFFFFFF,
-                NT_SRV_HST if len(split) == 2 else NT_PRINCIPAL,
-            )
-        )
-    directory = os.path.dirname(path)
-    _safe_directory(directory)
-    existing, info = read_keytab(path)
-    merged = merge(existing, set(principals), add, keep)
-    same_content = merged == existing and info is not None
-    same_attrs = (
-        info is not None
-        and info.st_uid == uid
-        and info.st_gid == gid
-        and stat.S_IMODE(info.st_mode) == mode
-        and info.st_nlink == 1
-    )
-    changed = not (same_content and same_attrs)
-    if changed:
-        write_keytab(path, serialize(merged), uid, gid, mode)
-    entries, info = read_keytab(path)
-    reply = _describe(path, entries, info, principals)
-    reply["changed"] = changed
-    return reply
-
-
 def list_keytab(payload: dict[str, Any]) -> dict[str, Any]:
     path = check_path(payload.get("path"))
     principals = _principals(payload.get("principals"))
+    owner, group = payload.get("owner"), payload.get("group")
+    ids = None if owner is None and group is None else _ids(owner, group)
+    entries, info = read_keytab(path)
+    reply = _describe(path, entries, info, principals)
+    if ids is not None:
+        # The owner's numbers on this node (its NSS: local files, SSSD, LDAP), for the
+        # broker's SFTP chown; "owner_uid" so they are never confused with the file's own.
+        reply["owner_uid"], reply["owner_gid"] = ids
+    return reply
+
+
+def sync_keytab(payload: dict[str, Any]) -> dict[str, Any]:
+    """fsync the keytab (again: the broker's fsync@openssh.com came before the rename) and
+    its directory (the rename itself), then list it: what is on disk now."""
+    path = check_path(payload.get("path"))
+    principals = _principals(payload.get("principals"))
+    directory = os.path.dirname(path)
+    _safe_directory(directory)
+    fd = _open_no_link(path)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused(f"{path} is not a regular file")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
     entries, info = read_keytab(path)
     return _describe(path, entries, info, principals)
 
@@ -564,13 +473,10 @@ def verify(payload: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- entry point
 
 
-def main(argv: list[str], stdin: TextIO, stdout: TextIO, now: int | None = None) -> int:
-    import time
-
-    moment = int(time.time()) if now is None else now
+def main(argv: list[str], stdin: TextIO, stdout: TextIO) -> int:
     try:
         if len(argv) != 1:
-            raise Usage("usage: broker-keytab keytab-install|keytab-list|keytab-verify")
+            raise Usage("usage: broker-keytab keytab-list|keytab-sync|keytab-verify")
         text = stdin.read(MAX_INPUT + 1)
         if len(text) > MAX_INPUT:
             raise Usage("input larger than 1 MiB")
@@ -582,10 +488,10 @@ def main(argv: list[str], stdin: TextIO, stdout: TextIO, now: int | None = None)
             raise Usage("stdin must be a JSON object")
         command = argv[0]
         try:
-            if command == "keytab-install":
-                reply = install(payload, moment)
-            elif command == "keytab-list":
+            if command == "keytab-list":
                 reply = list_keytab(payload)
+            elif command == "keytab-sync":
+                reply = sync_keytab(payload)
             elif command == "keytab-verify":
                 reply = verify(payload)
             else:

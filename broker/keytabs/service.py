@@ -18,8 +18,8 @@ what the nodes already hold, and recovering with a new rotation.
 
 Every transition is one store transaction with its audit event; SSH and LDAP
 work happens between transactions. No password or key is ever logged, audited,
-stored, put in an error or on a command line: keys go to nodes on the SSH
-command's stdin.
+stored, put in an error or on a command line: keys reach a node only inside the
+keytab the broker writes there over SFTP (distribute.py), in memory on this side.
 """
 
 from __future__ import annotations
@@ -46,14 +46,15 @@ from broker.core.timeutil import utcnow
 from broker.fleet import inventory, nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
-from broker.keytabs import keys, plan, rows
+from broker.keytabs import distribute, keys, keytabfile, plan, rows
 from broker.keytabs.ad import AdAccount, Directory, PasswordRefused
+from broker.keytabs.distribute import NodeResult, node_result
 from broker.policy.model import Policy, ServiceAccount
 from broker.store.db import Store
 
 log = logging.getLogger("broker.keytabs")
 
-NODE_TIMEOUT_S = 30.0
+NODE_TIMEOUT_S = distribute.NODE_TIMEOUT_S
 # One rotation of an account at a time in this process (API workers, scheduler); across
 # processes the store's unique index on open rotations refuses a second one.
 _RUNNING: set[str] = set()
@@ -66,15 +67,6 @@ class KeytabRules:
     realm: str
     max_ticket_lifetime: timedelta
     accounts_ou: str | None = None
-
-
-@dataclass(frozen=True)
-class NodeResult:
-    node: str
-    ok: bool
-    error: str | None = None
-    kvnos: tuple[int, ...] = ()
-    unreachable: bool = False
 
 
 @dataclass
@@ -179,6 +171,17 @@ class KeytabService:
                 found.append(full)
         return found
 
+    def _spec(self, service: ServiceAccount, principals: Sequence[str]) -> distribute.KeytabSpec:
+        """Where and how the keytab is written; checked before a rotation writes anything,
+        so a policy value no node could take never leaves a rotation open."""
+        return distribute.KeytabSpec(
+            path=str(service.keytab),
+            owner=service.owner,
+            group=service.group,
+            mode=service.mode,
+            principals=tuple(principals),
+        )
+
     def _targets(self, service: ServiceAccount) -> list[NodeTarget]:
         if not service.nodes:
             raise RefusedError(f"service account {service.name} has no nodes")
@@ -240,17 +243,24 @@ class KeytabService:
         add_kvno: int | None = None,
     ) -> list[NodeResult]:
         """Merge `add` keys (version `add_kvno`) into each node's keytab and keep what
-        plan.keep_kvnos says; record what each node holds now."""
+        plan.keep_kvnos says (distribute.py: over SFTP, merged in memory here); record what
+        each node holds now."""
         now = self._clock()
         with self._store.transaction() as conn:
             views = rows.node_views(conn, service.name)
             retired = rows.retired(conn, service.name)
-        entries = [
-            {"principal": p, "kvno": add_kvno, "enctype": k.enctype, "key": k.b64()}
-            for p in principals
-            for k in add
-        ]
-        payloads: dict[str, dict[str, Any]] = {}
+        stamp = int(now.timestamp())
+        entries = (
+            [
+                keytabfile.new_entry(p, add_kvno, k.enctype, k.data, stamp)
+                for p in principals
+                for k in add
+            ]
+            if add_kvno is not None
+            else []
+        )
+        spec = self._spec(service, principals)
+        keeps: dict[str, set[int]] = {}
         for target in targets:
             view = views.get(target.name)
             present = set(view.kvnos) if view is not None else set()
@@ -265,51 +275,38 @@ class KeytabService:
             )
             if add_kvno is not None:
                 keep.add(add_kvno)
-            payloads[target.name] = {
-                "path": str(service.keytab),
-                "owner": service.owner,
-                "group": service.group,
-                "mode": service.mode,
-                "principals": list(principals),
-                "keep": sorted(keep),
-                "add": entries,
-            }
-        results = self._call(targets, "keytab-install", payloads)
-        del entries, payloads
-        return self._record_nodes(service.name, results, principals)
+            keeps[target.name] = keep
+        try:
+            results = distribute.install(
+                self._pool, targets, spec, keep=keeps, add=entries, timeout=NODE_TIMEOUT_S
+            )
+        finally:
+            del entries
+        return self._record_nodes(service.name, results)
 
-    def _record_nodes(
-        self,
-        name: str,
-        results: Sequence[tuple[NodeTarget, nodeprog.NodeReply]],
-        principals: Sequence[str],
-        *,
-        verified: Mapping[str, int] | None = None,
-    ) -> list[NodeResult]:
-        out: list[NodeResult] = []
+    def _record_nodes(self, name: str, results: Sequence[NodeResult]) -> list[NodeResult]:
         now = self._clock()
         with self._store.transaction() as conn:
-            for target, reply in results:
-                result = _node_result(target.name, reply, principals)
-                out.append(result)
+            for result in results:
                 rows.record_node(
                     conn,
                     name,
-                    target.name,
+                    result.node,
                     now,
                     kvnos=result.kvnos if result.ok else None,
-                    verified_kvno=(verified or {}).get(target.name) if result.ok else None,
                     error=result.error,
                 )
-        return out
+        return list(results)
 
     def _refresh(
         self, service: ServiceAccount, targets: Sequence[NodeTarget], principals: Sequence[str]
     ) -> list[NodeResult]:
         """Ask each node which versions it holds (no keys cross the wire)."""
         payload = {"path": str(service.keytab), "principals": list(principals)}
-        results = self._call(targets, "keytab-list", {t.name: payload for t in targets})
-        return self._record_nodes(service.name, results, principals)
+        replies = self._call(targets, "keytab-list", {t.name: payload for t in targets})
+        return self._record_nodes(
+            service.name, [node_result(t.name, r, principals) for t, r in replies]
+        )
 
     def _verify_nodes(
         self,
@@ -421,6 +418,7 @@ class KeytabService:
     ) -> RotationReport:
         name = service.name
         principals = self.principals(service)
+        self._spec(service, principals)  # refused here, before anything is written
         account = self._lookup(ad, service)  # AD unreachable: raised before anything changes
         with self._store.transaction() as conn:
             rows.upsert_account(conn, name, service.account)
@@ -748,6 +746,7 @@ class KeytabService:
         AD account with its SPNs (in keytabs.accounts_ou)."""
         service = self.service_account(name)
         targets = self._targets(service)
+        self._spec(service, self.principals(service))  # before an account is made in AD
         ad = self._directory()
         try:
             if ad.lookup(service.account) is None:
@@ -883,27 +882,6 @@ class KeytabService:
                 )
             )
         return out
-
-
-def _node_result(node: str, reply: nodeprog.NodeReply, principals: Sequence[str]) -> NodeResult:
-    if not reply.ok or reply.data is None:
-        return NodeResult(node, False, reply.error or "no reply", unreachable=True)
-    data = reply.data
-    if not data.get("ok"):
-        return NodeResult(node, False, f"{node}: {_text(data.get('error'))}")
-    found = data.get("kvnos")
-    if not isinstance(found, dict):
-        return NodeResult(node, False, f"{node}: unreadable reply")
-    versions: set[int] | None = None
-    for principal in principals:
-        listed = found.get(principal)
-        if not isinstance(listed, list) or not all(
-            isinstance(k, int) and not isinstance(k, bool) for k in listed
-        ):
-            return NodeResult(node, False, f"{node}: unreadable reply")
-        here = set(listed)
-        versions = here if versions is None else versions & here
-    return NodeResult(node, True, None, tuple(sorted(versions or ())))
 
 
 def _nodes_error(what: str, bad: Sequence[NodeResult]) -> str:

@@ -1,0 +1,275 @@
+"""Keytabs onto nodes over SFTP: read into memory, merge, write back atomically
+(docs/keytabs.md, "On the node").
+
+For one keytab on one node, under this process's lock for that node and path:
+
+1. `keytab-list` (node program, no key crosses): the uid and gid the node's own NSS gives
+   the policy's owner and group (an unknown name is refused there: nothing is written),
+   and the keytab's link count.
+2. SFTP, in memory: the keytab's directory must be root's and writable by root only; the
+   keytab must be a regular file (a symbolic link or anything else is refused) of at most
+   keytabfile.MAX_KEYTAB bytes. keytabfile parses it, adds the new version and prunes to
+   the kept ones. When content, owner, group, mode and link count are already right,
+   nothing is written; otherwise pool.put_atomic writes a temporary file beside it
+   (created 0600 with O_EXCL, owner and mode set before the first byte, fsync'd with
+   fsync@openssh.com) and renames it over the keytab (posix-rename).
+3. `keytab-sync` (node program): fsync of the directory, which SFTP cannot do, so the
+   rename survives a crash; then the versions the node reads back from disk, which are
+   what gets recorded, and which must be the ones written.
+
+The keytab never touches the broker's disk: it is bytes in this process between the read
+and the write. No key is ever in argv (SFTP carries it), a log line, an error or an audit
+event: errors name the node, the path and what was wrong, never content.
+
+One writer per keytab file: the policy gives every keytab path on a node to one service
+account (policy/service_accounts.py), the daemon (the only process that rotates) runs one
+rotation of an account at a time, and the lock here serialises the read-merge-write of
+one file in this process. The broker takes no lock on the node: another program writing
+the same file at the same moment (ktutil by hand; adcli or SSSD renewing a host keytab)
+could lose its change or ours. Ours is caught: step 3 refuses a read-back without the
+versions written. Keep service keys in their own keytab files.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import stat
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import paramiko
+
+from broker.core.errors import BrokerError, RefusedError
+from broker.fleet import nodeprog
+from broker.fleet.pool import SshPool, put_atomic, read_regular, remote_stat
+from broker.fleet.ssh import NodeTarget, _explain
+from broker.keytabs import keytabfile
+from broker.keytabs.keytabfile import Entry, Principal
+
+NODE_TIMEOUT_S = 30.0
+# What the node program accepts as a keytab path (pam/broker_keytab.py: check_path).
+_PATH = re.compile(r"/(?:[A-Za-z0-9._+-]+/)*[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_MODES = (0o600, 0o400, 0o640, 0o440)
+_SSH_TROUBLE = (paramiko.SSHException, EOFError, TimeoutError, ConnectionError)
+
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    node: str
+    ok: bool
+    error: str | None = None
+    kvnos: tuple[int, ...] = ()
+    unreachable: bool = False
+
+
+@dataclass(frozen=True)
+class KeytabSpec:
+    """Where and how one service account's keytab lives on its nodes (from the policy)."""
+
+    path: str
+    owner: str
+    group: str
+    mode: int
+    principals: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        parts = self.path.split("/")
+        if not _PATH.fullmatch(self.path) or any(p in ("", ".", "..") for p in parts[1:]):
+            raise RefusedError(f"keytab path {self.path[:80]!r} is not a plain absolute path")
+        if not _NAME.fullmatch(self.owner) or not _NAME.fullmatch(self.group):
+            raise RefusedError("keytab owner and group must be POSIX names")
+        if self.mode not in _MODES:
+            raise RefusedError(f"keytab mode {self.mode:04o} is not 0600, 0400, 0640 or 0440")
+        if not self.principals:
+            raise RefusedError("a keytab needs at least one principal")
+        for principal in self.principals:
+            try:
+                Principal.parse(principal)
+            except ValueError as exc:
+                raise RefusedError(f"keytab principal {exc}") from None
+
+    @property
+    def managed(self) -> list[Principal]:
+        return [Principal.parse(p) for p in self.principals]
+
+
+@contextmanager
+def _one_writer(node: str, path: str) -> Iterator[None]:
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault((node, path), threading.Lock())
+    with lock:
+        yield
+
+
+# ---------------------------------------------------------------- the SFTP part
+
+
+def check_directory(sftp: paramiko.SFTPClient, directory: str) -> None:
+    """The keytab's directory exists, is a directory (not a link), root's, and writable by
+    root only: nobody else can swap the keytab or our temporary file."""
+    attrs = remote_stat(sftp, directory)
+    if attrs is None:
+        raise RefusedError(f"directory {directory} does not exist", fix="create it (root, 0755)")
+    if attrs.st_mode is None or not stat.S_ISDIR(attrs.st_mode):
+        raise RefusedError(f"{directory} is not a directory")
+    if attrs.st_uid != 0 or attrs.st_mode & 0o022:
+        raise RefusedError(
+            f"{directory} must be owned by root and writable by root only",
+            fix=f"chown root {directory} && chmod go-w {directory}",
+        )
+
+
+def merge_into(
+    sftp: paramiko.SFTPClient,
+    spec: KeytabSpec,
+    *,
+    keep: set[int],
+    add: Sequence[Entry],
+    uid: int,
+    gid: int,
+    single_link: bool = True,
+) -> tuple[bool, list[Entry]]:
+    """Read the node's keytab into memory, merge `add` and keep only the `keep` versions of
+    the managed principals, and write it back when anything differs. Returns whether it
+    was written, and the entries it holds now."""
+    check_directory(sftp, posixpath.dirname(spec.path))
+    attrs = remote_stat(sftp, spec.path)
+    current = read_regular(sftp, spec.path, keytabfile.MAX_KEYTAB)
+    existing = keytabfile.parse(current) if current else []
+    merged = keytabfile.merge(existing, spec.managed, add, keep)
+    content = keytabfile.serialize(merged)
+    unchanged = (
+        current is not None
+        and attrs is not None
+        and content == current
+        and attrs.st_uid == uid
+        and attrs.st_gid == gid
+        and attrs.st_mode is not None
+        and stat.S_IMODE(attrs.st_mode) == spec.mode
+        and single_link
+    )
+    if unchanged:
+        return False, merged
+    put_atomic(sftp, spec.path, content, spec.mode, uid=uid, gid=gid, fsync=True)
+    return True, merged
+
+
+# ---------------------------------------------------------------- one node, all nodes
+
+
+def _owner_ids(data: Mapping[str, object]) -> tuple[int, int]:
+    uid, gid = data.get("owner_uid"), data.get("owner_gid")
+    for value in (uid, gid):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 0xFFFFFFFF:
+            raise RefusedError("the node program sent no usable uid/gid for the keytab's owner")
+    assert isinstance(uid, int) and isinstance(gid, int)
+    return uid, gid
+
+
+def install_one(
+    pool: SshPool,
+    target: NodeTarget,
+    spec: KeytabSpec,
+    *,
+    keep: set[int],
+    add: Sequence[Entry],
+    timeout: float = NODE_TIMEOUT_S,
+) -> NodeResult:
+    """Steps 1-3 of the module docstring on one node; every failure is a result, never
+    raised, so a fan-out reports every node."""
+    node = target.name
+    query = {"path": spec.path, "principals": list(spec.principals)}
+    try:
+        with _one_writer(node, spec.path):
+            listed = nodeprog.call(
+                pool,
+                target,
+                "keytab-list",
+                {**query, "owner": spec.owner, "group": spec.group},
+                timeout=timeout,
+            )
+            if not listed.ok or listed.data is None or not listed.data.get("ok"):
+                return node_result(node, listed, spec.principals)
+            uid, gid = _owner_ids(listed.data)
+            single_link = listed.data.get("nlink") in (None, 1)
+            with pool.sftp(target, timeout=timeout) as sftp:
+                written, merged = merge_into(
+                    sftp, spec, keep=keep, add=add, uid=uid, gid=gid, single_link=single_link
+                )
+            expected = keytabfile.common_versions(merged, spec.managed)
+            if not written:
+                return NodeResult(node, True, None, expected)
+            synced = nodeprog.call(pool, target, "keytab-sync", query, timeout=timeout)
+            result = node_result(node, synced, spec.principals)
+            if result.ok and result.kvnos != expected:
+                return NodeResult(
+                    node,
+                    False,
+                    f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
+                    f"not {list(expected)} (another program changed it?)",
+                )
+            return result
+    except BrokerError as exc:
+        return NodeResult(node, False, f"{node}: {exc.one_line()}")
+    except _SSH_TROUBLE as exc:
+        return NodeResult(node, False, _explain(target, exc, pool.options.known_hosts), (), True)
+    except OSError as exc:  # an SFTP status: permission denied, no space, ...
+        return NodeResult(node, False, f"{node}: {spec.path}: {exc.strerror or type(exc).__name__}")
+
+
+def install(
+    pool: SshPool,
+    targets: Sequence[NodeTarget],
+    spec: KeytabSpec,
+    *,
+    keep: Mapping[str, set[int]],
+    add: Sequence[Entry] = (),
+    timeout: float = NODE_TIMEOUT_S,
+) -> list[NodeResult]:
+    """install_one on every target in parallel (the pool's bounded map); results in order.
+    The pinned host keys are checked once first: that is configuration, raised, not a
+    per-node failure."""
+    pool.check_known_hosts()
+    managed = spec.managed
+    for entry in add:
+        if entry.principal not in managed:
+            raise ValueError(f"added key of {entry.principal}, which this keytab does not manage")
+
+    def one(target: NodeTarget) -> NodeResult:
+        return install_one(pool, target, spec, keep=keep[target.name], add=add, timeout=timeout)
+
+    results: list[NodeResult] = pool.map(one, list(targets))
+    return results
+
+
+def node_result(node: str, reply: nodeprog.NodeReply, principals: Sequence[str]) -> NodeResult:
+    """A `keytab-list`/`keytab-sync` reply as a result: the versions every principal has."""
+    if not reply.ok or reply.data is None:
+        return NodeResult(node, False, reply.error or "no reply", unreachable=True)
+    data = reply.data
+    if not data.get("ok"):
+        return NodeResult(node, False, f"{node}: {_text(data.get('error'))}")
+    found = data.get("kvnos")
+    if not isinstance(found, dict):
+        return NodeResult(node, False, f"{node}: unreadable reply")
+    versions: set[int] | None = None
+    for principal in principals:
+        listed = found.get(principal)
+        if not isinstance(listed, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) for k in listed
+        ):
+            return NodeResult(node, False, f"{node}: unreadable reply")
+        here = set(listed)
+        versions = here if versions is None else versions & here
+    return NodeResult(node, True, None, tuple(sorted(versions or ())))
+
+
+def _text(value: object) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:200]
