@@ -1,6 +1,9 @@
 """Keytab rotation against the real lab: the DC, three nodes, a Kerberos service on each.
 
-Runs the keytab service layer in a private state directory (tests/lab/keytab_lab.py),
+Keytabs reach the nodes over SFTP (the lab's sshd: `Subsystem sftp internal-sftp`, which
+has fsync@openssh.com and posix-rename@openssh.com); the node program only resolves the
+owner (`nobody`/`nogroup` from each node's own /etc/passwd and /etc/group), syncs and
+verifies. Runs the keytab service layer in a private state directory (tests/lab/keytab_lab.py),
 so it needs neither the lab daemon's database nor its code version. Needs the lab's
 keytab additions: OU=Keytab Services with svc-broker's delegation (deploy/lab/keytab_ad.py,
 applied here too, idempotently) and [service_accounts.kt-web] in deploy/lab/policy.toml.
@@ -222,6 +225,15 @@ def test_keytab_files_are_0600_and_owned_as_the_policy_says(
             check=True,
         ).stdout.split()
         assert out == ["600", "nobody", "nogroup"], (node, out)
+        # The broker writes over SFTP (docs/keytabs.md): temporary files beside the keytab,
+        # `.kt-web.keytab.broker-<hex>`, are renamed or removed, never left behind.
+        names = subprocess.run(
+            [lab_cmd, "exec", node, "--", "ls", "-A", "/etc/broker"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert not [n for n in names if n.startswith(".kt-web.keytab.broker-")], (node, names)
     app = _app(lab, state)
     try:
         audit = (
