@@ -347,8 +347,16 @@ class SessionsSection(_Section):
     node_listen: Literal["loopback", "node-address"] = "loopback"
     node_port: int = Field(default=30343, ge=1, le=65535)
     # Zones whose nodes send to a relay with store-and-forward instead of the broker:
-    # zone name -> relay host:port (recordings from them are marked "relayed").
+    # zone name -> relay host:port (recordings from them are marked "relayed"). The relay
+    # host is an enrolled node named by its inventory name or address; bootstrapping it
+    # installs the relay (docs/sessions.md).
     relays: dict[str, str] = Field(default_factory=dict)
+    # On a relay: sudo_logsrvd's plain port and the forwarding tunnel's port, both on the
+    # relay's loopback (its address with node_listen = "node-address"); how often a
+    # stored recording the broker host did not take is offered again.
+    relay_logsrvd_port: int = Field(default=30345, ge=1, le=65535)
+    relay_forward_port: int = Field(default=30346, ge=1, le=65535)
+    relay_retry: Duration = timedelta(seconds=30)
     index_interval: Duration = timedelta(seconds=2)
     retention_days: int = Field(default=365, ge=1, le=36500)
     # A recording never completed (log server restarted, node lost) is closed this long
@@ -368,7 +376,30 @@ class SessionsSection(_Section):
             if not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", zone):
                 raise ValueError(f"relay zone {zone[:64]!r} is not a zone name")
             host_port(address, f"sessions.relays.{zone}")
+        ports: dict[str, int] = {}
+        for zone, address in value.items():
+            host, port = host_port(address, f"sessions.relays.{zone}")
+            if ports.setdefault(host, port) != port:
+                raise ValueError(f"relay {host} is given two ports; one relay listens on one")
         return value
+
+    @field_validator("relay_retry")
+    @classmethod
+    def _retry(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(hours=1):
+            raise ValueError("relay_retry must be between 1s and 1h")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> SessionsSection:
+        own = {self.node_port, self.relay_logsrvd_port, self.relay_forward_port}
+        relays = {host_port(a, "sessions.relays")[1] for a in self.relays.values()}
+        if len(own) != 3 or own & relays:
+            raise ValueError(
+                "node_port, relay_logsrvd_port, relay_forward_port and the relays' ports "
+                "must all differ (a relay is also a node)"
+            )
+        return self
 
 
 class Settings(_Section):

@@ -62,6 +62,7 @@ PROGRAM_FILES: tuple[tuple[str, str, int], ...] = (
     ("broker-node", f"{LIBEXEC}/broker-node", 0o755),
     ("broker_keytab.py", KEYTAB_PY, 0o644),
     ("broker-keytab", f"{LIBEXEC}/broker-keytab", 0o755),
+    ("broker-relay-flush", f"{LIBEXEC}/broker-relay-flush", 0o755),
 )
 # pam/pam.d/<block>.block -> the PAM services that get it ("joblaunch": the configured one).
 PAM_BLOCKS = ("sudo", "sshd", "joblaunch")
@@ -218,30 +219,40 @@ def pam_services(joblaunch_service: str) -> list[tuple[str, str, bool]]:
 
 
 def _install_tunnel(sftp: paramiko.SFTPClient, tunnel: NodeTunnel, changed: list[str]) -> bool:
-    """The recording carrier's files; a certificate only when the node has no good one.
-    True when anything changed (the tunnel must restart)."""
+    """The recording carrier's files (a relay's too); a certificate only where the node has
+    no good one. True when anything changed (the tunnel, and the relay, must restart)."""
     before = len(changed)
     _ensure_dir(sftp, carrier.NODE_DIR, 0o755, changed)
+    for path, mode in tunnel.dirs:
+        _ensure_dir(sftp, path, mode, changed)
+    systemd = remote_stat(sftp, "/etc/systemd/system") is not None
     for path, data, mode in tunnel.files:
-        if path == carrier.NODE_UNIT and remote_stat(sftp, "/etc/systemd/system") is None:
+        if path.startswith("/etc/systemd/") and not systemd:
             continue
         _ensure_file(sftp, path, data, mode, changed)
-    cert = read_regular(sftp, carrier.NODE_CERT, MAX_REMOTE_FILE)
-    if not tunnel.cert_ok(cert) or remote_stat(sftp, carrier.NODE_KEY) is None:
-        leaf = tunnel.issue()
-        put_atomic(sftp, carrier.NODE_KEY, leaf.key_pem, 0o600)
-        put_atomic(sftp, carrier.NODE_CERT, leaf.cert_pem, 0o644)
-        changed.append(f"issued {carrier.NODE_CERT}")
+    for leaf in tunnel.leaves:
+        cert = read_regular(sftp, leaf.cert, MAX_REMOTE_FILE)
+        if not tunnel.cert_ok(leaf, cert) or remote_stat(sftp, leaf.key) is None:
+            issued = tunnel.issue(leaf)
+            put_atomic(sftp, leaf.key, issued.key_pem, 0o600)
+            put_atomic(sftp, leaf.cert, issued.cert_pem, 0o644)
+            changed.append(f"issued {leaf.cert}")
     return len(changed) != before
 
 
-# systemd on the node starts (or restarts) the tunnel; without it (containers, the lab)
-# whatever supervises the node runs `stunnel4 /etc/broker/logsrv/tunnel.conf`.
-_RESTART_TUNNEL = (
-    "if [ -d /run/systemd/system ]; then systemctl daemon-reload &&"
-    " systemctl enable --quiet broker-logsrv-tunnel.service &&"
-    " systemctl restart broker-logsrv-tunnel.service; fi"
-)
+def _restart_units(units: Sequence[str]) -> list[str]:
+    """systemd on the node starts (or restarts) the tunnel and a relay's units; without it
+    (containers, the lab) whatever supervises the node runs them (docs/sessions.md)."""
+    names = [u.rsplit("/", 1)[-1] for u in units]
+    if not all(re.fullmatch(r"broker-logsrv[a-z-]*\.(service|timer)", n) for n in names):
+        raise ValueError("only the broker's recording units are restarted")
+    joined = " ".join(names)
+    return [
+        "sh",
+        "-c",
+        "if [ -d /run/systemd/system ]; then systemctl daemon-reload &&"
+        f" systemctl enable --quiet {joined} && systemctl restart {joined}; fi",
+    ]
 
 
 def _ensure_dir(sftp: paramiko.SFTPClient, path: str, mode: int, changed: list[str]) -> None:
@@ -356,8 +367,8 @@ def bootstrap_node(
                 program_new = program_new or (rewritten and path in (NODE_PY, KEYTAB_PY))
             compile_it = program_new or not _compiled(sftp)
             restart = tunnel is not None and _install_tunnel(sftp, tunnel, changed)
-        if restart:
-            result = pool.run(target, ["sh", "-c", _RESTART_TUNNEL])
+        if restart and tunnel is not None:
+            result = pool.run(target, _restart_units(tunnel.units))
             if not result.ok:
                 raise UnavailableError(
                     result.error or f"the recording tunnel did not start: {result.stderr[-200:]}"

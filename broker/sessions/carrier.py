@@ -20,6 +20,17 @@ NODE_CERT = f"{NODE_DIR}/node.pem"
 NODE_KEY = f"{NODE_DIR}/node.key"
 NODE_CA = f"{NODE_DIR}/ca.pem"
 NODE_UNIT = "/etc/systemd/system/broker-logsrv-tunnel.service"
+# A relay (a node named in sessions.relays) also runs a store-and-forward sudo_logsrvd.
+RELAY_CERT = f"{NODE_DIR}/relay.pem"
+RELAY_KEY = f"{NODE_DIR}/relay.key"
+RELAY_LOGSRVD_CONF = f"{NODE_DIR}/relay-logsrvd.conf"
+RELAY_TUNNEL_CONF = f"{NODE_DIR}/relay-tunnel.conf"
+RELAY_SPOOL = "/var/lib/broker/relay"
+RELAY_FLUSH_CONF = f"{NODE_DIR}/relay-flush.conf"
+RELAY_LOGSRVD_UNIT = "/etc/systemd/system/broker-logsrv-relay.service"
+RELAY_FLUSH_UNIT = "/etc/systemd/system/broker-logsrv-relay-flush.service"
+RELAY_FLUSH_TIMER = "/etc/systemd/system/broker-logsrv-relay-flush.timer"
+RELAY_TUNNEL_UNIT = "/etc/systemd/system/broker-logsrv-relay-tunnel.service"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 
 
@@ -145,6 +156,153 @@ def stunnel_node_conf(listen: tuple[str, int], connect: tuple[str, int]) -> str:
         "verifyChain = yes\n"
         f"{check} = {connect[0]}\n" + _TLS
     )
+
+
+def relay_of(settings: Settings, name: str, address: str) -> tuple[str, int] | None:
+    """(host, port) the zones' nodes use to reach this node as their relay, or None.
+
+    A relay is named in `sessions.relays` by its inventory name or address; all zones
+    naming one host give it one port (the settings check that)."""
+    for value in settings.sessions.relays.values():
+        host, port = host_port(value, "sessions.relays")
+        if host in (name, address):
+            return host, port
+    return None
+
+
+def _inner(settings: Settings, address: str) -> str:
+    return node_listen(settings, address)[0]
+
+
+def relay_logsrvd_conf(settings: Settings, address: str, *, flush: bool = False) -> str:
+    """The relay's sudo_logsrvd: every recording is stored first (relay_dir), then offered
+    to the broker host through the forwarding tunnel until it takes it.
+
+    `flush`: the same on an ephemeral port, for broker-relay-flush (pam/), whose start-up
+    scan offers again what the running one forgot."""
+    inner = _inner(settings, address)
+    retry = max(1, int(settings.sessions.relay_retry.total_seconds()))
+    port = 0 if flush else settings.sessions.relay_logsrvd_port
+    return (
+        "# Written by `broker node bootstrap` (relay); changes are overwritten.\n"
+        "[server]\n"
+        f"listen_address = {inner}:{port}\n"
+        "server_log = syslog\n"
+        "pid_file =\n"
+        "tcp_keepalive = true\n"
+        "timeout = 30\n"
+        "[relay]\n"
+        f"relay_host = {inner}:{settings.sessions.relay_forward_port}\n"
+        f"relay_dir = {RELAY_SPOOL}\n"
+        "store_first = true\n"
+        f"retry_interval = {retry}\n"
+        "connect_timeout = 10\n"
+        "timeout = 30\n"
+        "tcp_keepalive = true\n"
+    )
+
+
+def relay_tunnel_conf(settings: Settings, address: str, listen: tuple[str, int]) -> str:
+    """The relay's stunnel: nodes in (mutual TLS, session CA) to the local sudo_logsrvd,
+    and that sudo_logsrvd out to the broker host (mutual TLS, the relay's certificate)."""
+    inner = _inner(settings, address)
+    host_port(f"{address}:{listen[1]}", "the relay's address")
+    central = host_port(settings.sessions.tunnel_connect, "sessions.tunnel_connect")
+    check = "checkIP" if re.fullmatch(r"[\d.]+", central[0]) else "checkHost"
+    keys = f"cert = {RELAY_CERT}\nkey = {RELAY_KEY}\nCAfile = {NODE_CA}\nverifyChain = yes\n"
+    return (
+        "; Written by `broker node bootstrap` (relay); changes are overwritten.\n"
+        "foreground = yes\n"
+        "pid =\n"
+        "syslog = yes\n"
+        "[relay-in]\n"
+        f"accept = {address}:{listen[1]}\n"
+        f"connect = {inner}:{settings.sessions.relay_logsrvd_port}\n"
+        f"{keys}requireCert = yes\n" + _TLS + "[relay-out]\n"
+        "client = yes\n"
+        f"accept = {inner}:{settings.sessions.relay_forward_port}\n"
+        f"connect = {central[0]}:{central[1]}\n"
+        f"{keys}{check} = {central[0]}\n" + _TLS
+    )
+
+
+def _unit(description: str, command: str, extra: str = "") -> str:
+    return f"""\
+# Written by `broker node bootstrap`.
+[Unit]
+Description={description}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart={command}
+Restart=always
+RestartSec=2
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+MemoryDenyWriteExecute=yes
+LockPersonality=yes
+{extra}
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+RELAY_LOGSRVD_UNIT_TEXT = _unit(
+    "Broker session recording relay (sudo_logsrvd, store and forward)",
+    f"/usr/sbin/sudo_logsrvd -n -f {RELAY_LOGSRVD_CONF}",
+    f"ReadWritePaths={RELAY_SPOOL}\n",
+)
+RELAY_TUNNEL_UNIT_TEXT = _unit(
+    "Broker session recording relay tunnel (stunnel)",
+    f"/usr/bin/stunnel4 {RELAY_TUNNEL_CONF}",
+)
+FLUSH_PROGRAM = "/usr/libexec/broker/broker-relay-flush"
+
+
+def relay_flush_unit_text(settings: Settings) -> str:
+    """A oneshot that offers stranded recordings again; a journal counts as stranded after
+    two retry intervals (before that the running sudo_logsrvd may still be on it)."""
+    age = 2 * max(1, int(settings.sessions.relay_retry.total_seconds()))
+    return f"""\
+# Written by `broker node bootstrap`.
+[Unit]
+Description=Broker session recording relay: offer stranded recordings again
+After=broker-logsrv-relay.service broker-logsrv-relay-tunnel.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/python3 -I -S {FLUSH_PROGRAM} --min-age {age}
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ReadWritePaths={RELAY_SPOOL}
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+"""
+
+
+def relay_flush_timer_text(settings: Settings) -> str:
+    every = max(10, 2 * int(settings.sessions.relay_retry.total_seconds()))
+    return f"""\
+# Written by `broker node bootstrap`.
+[Unit]
+Description=Broker session recording relay: offer stranded recordings again
+
+[Timer]
+OnBootSec=1min
+OnUnitInactiveSec={every}s
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+"""
 
 
 NODE_UNIT_TEXT = """\

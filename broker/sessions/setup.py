@@ -73,7 +73,7 @@ def setup(settings: Settings, now: datetime) -> list[str]:
     host, _port = host_port(settings.sessions.tunnel_connect, "sessions.tunnel_connect")
     current = paths.cert.read_bytes() if paths.cert.exists() else None
     fresh = current is not None and tls.valid_leaf(
-        ca.cert_pem, current, host, now + timedelta(days=30)
+        ca.cert_pem, current, host, now + timedelta(days=30), server=True
     )
     if not fresh or not paths.key.exists():
         leaf = tls.issue(ca, host, [host], server=True, now=now)
@@ -97,32 +97,99 @@ def setup(settings: Settings, now: datetime) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Leaf:
+    """A certificate a node holds: where, for which names, for which ends of a tunnel."""
+
+    cert: str
+    key: str
+    common: str
+    hosts: tuple[str, ...]
+    server: bool
+    client: bool
+
+
+@dataclass(frozen=True)
 class NodeTunnel:
-    """A node's carrier files, and how to give it a certificate when it has no good one."""
+    """A node's carrier files (a relay's too), and how to give it certificates when it has
+    no good ones."""
 
     files: tuple[tuple[str, bytes, int], ...]  # remote path, content, mode
+    leaves: tuple[Leaf, ...]
+    dirs: tuple[tuple[str, int], ...]  # remote directories beyond the tunnel's own
+    units: tuple[str, ...]  # systemd units to (re)start when anything changed
     ca: tls.Issued
-    node: str
     now: datetime
 
-    def cert_ok(self, cert_pem: bytes | None) -> bool:
-        """The node's certificate is ours, names the node and has a month left."""
+    def cert_ok(self, leaf: Leaf, cert_pem: bytes | None) -> bool:
+        """The certificate is ours, names what it must, serves what it must, has a month."""
         return cert_pem is not None and tls.valid_leaf(
-            self.ca.cert_pem, cert_pem, self.node, self.now + timedelta(days=30)
+            self.ca.cert_pem,
+            cert_pem,
+            leaf.common,
+            self.now + timedelta(days=30),
+            hosts=leaf.hosts,
+            server=leaf.server,
+            client=leaf.client,
         )
 
-    def issue(self) -> tls.Issued:
-        return tls.issue(self.ca, self.node, [self.node], server=False, now=self.now)
+    def issue(self, leaf: Leaf) -> tls.Issued:
+        return tls.issue(
+            self.ca,
+            leaf.common,
+            list(leaf.hosts),
+            server=leaf.server,
+            client=leaf.client,
+            now=self.now,
+        )
 
 
 def node_tunnel(
     settings: Settings, ca: tls.Issued, node: str, address: str, zone: str | None, now: datetime
 ) -> NodeTunnel:
+    """Every node's tunnel to its log server; a node named as a relay gets the relay too."""
     listen = carrier.node_listen(settings, address)
     connect = carrier.node_connect(settings, zone)
-    files = (
+    files = [
         (carrier.NODE_CA, ca.cert_pem, 0o644),
         (carrier.NODE_CONF, carrier.stunnel_node_conf(listen, connect).encode("ascii"), 0o644),
         (carrier.NODE_UNIT, carrier.NODE_UNIT_TEXT.encode("ascii"), 0o644),
-    )
-    return NodeTunnel(files, ca, node, now)
+    ]
+    leaves = [Leaf(carrier.NODE_CERT, carrier.NODE_KEY, node, (node,), False, True)]
+    units = [carrier.NODE_UNIT]
+    dirs: list[tuple[str, int]] = []
+    relay = carrier.relay_of(settings, node, address)
+    if relay is not None:
+        files += [
+            (
+                carrier.RELAY_LOGSRVD_CONF,
+                carrier.relay_logsrvd_conf(settings, address).encode("ascii"),
+                0o644,
+            ),
+            (
+                carrier.RELAY_TUNNEL_CONF,
+                carrier.relay_tunnel_conf(settings, address, relay).encode("ascii"),
+                0o644,
+            ),
+            (
+                carrier.RELAY_FLUSH_CONF,
+                carrier.relay_logsrvd_conf(settings, address, flush=True).encode("ascii"),
+                0o644,
+            ),
+            (carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_LOGSRVD_UNIT_TEXT.encode("ascii"), 0o644),
+            (
+                carrier.RELAY_FLUSH_UNIT,
+                carrier.relay_flush_unit_text(settings).encode("ascii"),
+                0o644,
+            ),
+            (
+                carrier.RELAY_FLUSH_TIMER,
+                carrier.relay_flush_timer_text(settings).encode("ascii"),
+                0o644,
+            ),
+            (carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_TUNNEL_UNIT_TEXT.encode("ascii"), 0o644),
+        ]
+        hosts = tuple(dict.fromkeys((node, relay[0])))
+        leaves.append(Leaf(carrier.RELAY_CERT, carrier.RELAY_KEY, node, hosts, True, True))
+        dirs.append((carrier.RELAY_SPOOL, 0o700))
+        units += [carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_FLUSH_TIMER]
+    return NodeTunnel(tuple(files), tuple(leaves), tuple(dirs), tuple(units), ca, now)

@@ -9,6 +9,7 @@ touch the broker's disk.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -88,14 +89,27 @@ def _alt_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def issue(ca: Issued, common: str, hosts: list[str], *, server: bool, now: datetime) -> Issued:
-    """A leaf certificate for a server (the log server's tunnel) or a client (a node)."""
+def issue(
+    ca: Issued,
+    common: str,
+    hosts: list[str],
+    *,
+    server: bool,
+    client: bool | None = None,
+    now: datetime,
+) -> Issued:
+    """A leaf certificate for a server (the log server's tunnel), a client (a node), or
+    both (a relay: nodes connect to it, it connects to the broker host)."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError("the session CA key is not an EC key")
     key = _key()
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    if client if client is not None else not server:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    if not usages:
+        raise ValueError("a leaf certificate serves as a server, a client or both")
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common))
@@ -105,7 +119,7 @@ def issue(ca: Issued, common: str, hosts: list[str], *, server: bool, now: datet
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=LEAF_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName([_alt_name(h) for h in hosts]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -125,13 +139,28 @@ def cert_names(cert_pem: bytes) -> tuple[str, list[str], datetime]:
     return (str(common[0].value) if common else ""), names, cert.not_valid_after_utc
 
 
-def valid_leaf(ca_pem: bytes, cert_pem: bytes, name: str, until: datetime) -> bool:
-    """Signed by this CA, for `name`, and still valid at `until`."""
+def valid_leaf(
+    ca_pem: bytes,
+    cert_pem: bytes,
+    name: str,
+    until: datetime,
+    *,
+    hosts: Sequence[str] = (),
+    server: bool = False,
+    client: bool = False,
+) -> bool:
+    """Signed by this CA, for `name` (and every one of `hosts`), still valid at `until`,
+    and good for the server and client ends asked for."""
     try:
         ca = x509.load_pem_x509_certificate(ca_pem)
         cert = x509.load_pem_x509_certificate(cert_pem)
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False
+    if (server and ExtendedKeyUsageOID.SERVER_AUTH not in usage) or (
+        client and ExtendedKeyUsageOID.CLIENT_AUTH not in usage
+    ):
         return False
     common, names, expires = cert_names(cert_pem)
-    return common == name and name in names and expires > until
+    return common == name and all(h in names for h in (name, *hosts)) and expires > until

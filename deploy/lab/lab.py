@@ -34,6 +34,8 @@ REALM, DOMAIN, BASE_DN = "HPC.TEST", "HPC", "DC=hpc,DC=test"
 DC_HOST, DC_ADDR = "dc1.hpc.test", "127.0.0.10"
 BROKER_HOST, BROKER_ADDR, BROKER_PORT = "broker.hpc.test", "127.0.0.11", 8443
 LOGSRVD_PORT, TUNNEL_PORT = 30343, 30344  # sudo_logsrvd (plain, broker host), its stunnel (TLS)
+# The storage zone opts into a store-and-forward relay, run by login01 (docs/sessions.md).
+RELAY_NODE, RELAY_ZONE, RELAY_PORT, RELAY_LOGSRVD_PORT = "login01", "storage", 30344, 30345
 HOSTS_BEGIN, HOSTS_END = "# broker-lab begin", "# broker-lab end"
 NODE_MOUNTS = (
     "/etc/sudoers.d",
@@ -819,14 +821,36 @@ def restart_logserver(root: Path = DEFAULT_ROOT) -> None:
     save_info(root, info)
 
 
-def start_tunnels(info: dict[str, Any]) -> None:
-    """Each node's stunnel client, inside the node (bootstrap wrote its files; systemd would
-    start it on a real node). Its command line names the lab root, so `down` finds it."""
+def stop_relay(root: Path = DEFAULT_ROOT) -> None:
+    """Stop the relay's sudo_logsrvd and stunnel (the storage zone loses its log server)."""
+    info = load_info(root)
     for node in info["nodes"]:
-        conf = Path(node["dir"]) / "etc" / "broker" / "logsrv" / "tunnel.conf"
-        argv = ["nsenter", "--target", str(node["pid"]), "--mount", "--uts", "--"]
-        argv += ["/usr/bin/stunnel4", str(conf)]
-        node["tunnel_pid"] = spawn(argv, Path(node["dir"]) / "tunnel.log").pid
+        for pid in node.pop("relay_pids", []):
+            stop_process(pid)
+    save_info(root, info)
+
+
+def restart_relay(root: Path = DEFAULT_ROOT) -> None:
+    stop_relay(root)
+    info = load_info(root)
+    for node in info["nodes"]:
+        if (Path(node["dir"]) / "etc" / "broker" / "logsrv" / "relay-logsrvd.conf").exists():
+            start_relay(node)
+    save_info(root, info)
+
+
+def start_tunnels(info: dict[str, Any]) -> None:
+    """Each node's stunnel client, and the relay's sudo_logsrvd and stunnel, inside their
+    nodes (bootstrap wrote their files; systemd would start them on a real node). Their
+    command lines name the lab root, so `down` finds them."""
+    for node in info["nodes"]:
+        conf = Path(node["dir"]) / "etc" / "broker" / "logsrv"
+        node["tunnel_pid"] = spawn(
+            [*in_node(node), "/usr/bin/stunnel4", str(conf / "tunnel.conf")],
+            Path(node["dir"]) / "tunnel.log",
+        ).pid
+        if (conf / "relay-logsrvd.conf").exists():
+            start_relay(node)
     for node in info["nodes"]:
         wait_port(
             node["address"],
@@ -834,6 +858,38 @@ def start_tunnels(info: dict[str, Any]) -> None:
             15,
             f"tunnel of {node['name']}",
             Path(node["dir"]) / "tunnel.log",
+        )
+
+
+def in_node(node: dict[str, Any]) -> list[str]:
+    return ["nsenter", "--target", str(node["pid"]), "--mount", "--uts", "--"]
+
+
+def start_relay(node: dict[str, Any]) -> None:
+    """The relay's store-and-forward sudo_logsrvd and its two-way stunnel, in the node."""
+    conf = Path(node["dir"]) / "etc" / "broker" / "logsrv"
+    logsrvd = [*in_node(node), "/usr/sbin/sudo_logsrvd", "-n", "-f"]
+    node["relay_pids"] = [
+        spawn([*logsrvd, str(conf / "relay-logsrvd.conf")], Path(node["dir"]) / "relay.log").pid,
+        spawn(
+            [*in_node(node), "/usr/bin/stunnel4", str(conf / "relay-tunnel.conf")],
+            Path(node["dir"]) / "relay-tunnel.log",
+        ).pid,
+        # The flush timer's job (broker-logsrv-relay-flush.timer on a real relay).
+        spawn(
+            [*in_node(node), "sh", "-c",
+             "while sleep 2; do /usr/bin/python3 -I -S /usr/libexec/broker/broker-relay-flush"
+             f" --min-age 2; done # {conf}"],
+            Path(node["dir"]) / "relay-flush.log",
+        ).pid,
+    ]  # fmt: skip
+    for port, what in ((RELAY_LOGSRVD_PORT, "sudo_logsrvd"), (RELAY_PORT, "stunnel")):
+        wait_port(
+            node["address"],
+            port,
+            15,
+            f"relay {what} of {node['name']}",
+            Path(node["dir"]) / "relay.log",
         )
 
 
@@ -901,7 +957,7 @@ def enroll_nodes(info: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- broker config and lab.json
 
 
-def broker_config(root: Path, keytab: Path, state_dir: Path) -> Path:
+def broker_config(root: Path, keytab: Path, state_dir: Path, names: list[str]) -> Path:
     path = root / "broker" / "broker.toml"
     path.write_text(
         f'[broker]\nstate_dir = "{state_dir}"\nservice_user = "root"\n\n'
@@ -926,7 +982,12 @@ def broker_config(root: Path, keytab: Path, state_dir: Path) -> Path:
         f'logsrvd_listen = "{BROKER_ADDR}:{LOGSRVD_PORT}"\n'
         f'tunnel_listen = "{BROKER_ADDR}:{TUNNEL_PORT}"\n'
         f'tunnel_connect = "{BROKER_HOST}:{TUNNEL_PORT}"\n'
-        'node_listen = "node-address"\nindex_interval = "1s"\n'
+        'node_listen = "node-address"\nindex_interval = "1s"\nrelay_retry = "2s"\n'
+        + (
+            f'\n[sessions.relays]\n{RELAY_ZONE} = "{RELAY_NODE}:{RELAY_PORT}"\n'
+            if RELAY_NODE in names and "stor01" in names
+            else ""
+        )
     )
     path.chmod(0o644)
     return path
@@ -1006,7 +1067,7 @@ def up(
             "keytab": str(keytab),
             "ssh_key": str(root / "broker" / "ssh_ed25519"),
             "known_hosts": str(root / "broker" / "known_hosts"),
-            "config": str(broker_config(root, keytab, state_dir)),
+            "config": str(broker_config(root, keytab, state_dir, names)),
             "state_dir": str(state_dir),
         }
         say(f"starting {len(names)} nodes")
@@ -1089,6 +1150,7 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
             info = {}
     pids = [n.get("pid") for n in info.get("nodes", [])]
     pids += [n.get("tunnel_pid") for n in info.get("nodes", [])]
+    pids += [p for n in info.get("nodes", []) for p in n.get("relay_pids", [])]
     pids += list(info.get("logsrv", {}).values())
     pids += [info.get("dc", {}).get("pid"), info.get("dc_pid"), info.get("broker", {}).get("pid")]
     pids += lab_processes(root)
@@ -1204,6 +1266,8 @@ def main() -> None:
     sub.add_parser("restart-broker", help="restart the lab's broker daemon (after a code change)")
     sub.add_parser("stop-logsrvd", help="stop the lab's sudo_logsrvd (sudo then refuses)")
     sub.add_parser("restart-logsrvd", help="start the lab's sudo_logsrvd and its stunnel again")
+    sub.add_parser("stop-relay", help="stop the storage zone's relay on login01")
+    sub.add_parser("restart-relay", help="start the storage zone's relay again")
     st = sub.add_parser("status", help="what is up (exit 0 all, 1 partly, 3 not up)")
     st.add_argument("--json", action="store_true")
     ex = sub.add_parser("exec", help="run a command inside a node: exec NODE -- CMD...")
@@ -1229,6 +1293,10 @@ def main() -> None:
             stop_logserver(DEFAULT_ROOT)
         elif args.command == "restart-logsrvd":
             restart_logserver(DEFAULT_ROOT)
+        elif args.command == "stop-relay":
+            stop_relay(DEFAULT_ROOT)
+        elif args.command == "restart-relay":
+            restart_relay(DEFAULT_ROOT)
         elif args.command == "status":
             report = status(DEFAULT_ROOT)
             if args.json:

@@ -282,3 +282,80 @@ def test_a_full_disk_never_means_an_unrecorded_command(ready: dict[str, Any]) ->
         assert "server" in ended.stderr, ended.stderr
     finally:
         subprocess.run(["umount", str(store)], check=True)
+
+
+# ---------------------------------------------------------------- a relay zone
+
+
+@pytest.fixture(scope="module")
+def storage_grant(lab: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """erin holds a grant on stor01, whose zone (storage) records through the relay that
+    login01 runs (`[sessions.relays] storage = "login01:30344"` in the lab)."""
+    codes = Codes()
+    codes.enroll(lab, "erin")
+    assert cli(lab, "revoke", "--user", "erin", "--reason", "clean slate").returncode == 0
+    asked = cli(
+        lab, "elevate", "stor01", "--for", "30m", "--reason", "INC-5151 relayed work",
+        "--json", user="erin", stdin=codes.code("erin"),
+    )  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    grant = json.loads(asked.stdout)["grant"]
+    yield grant
+    done = cli(lab, "revoke", grant["id"], "--reason", "end of the relay tests")
+    assert done.returncode == 0, done.stderr
+    assert cli(lab, "mfa", "reset", "erin", "--yes").returncode == 0
+
+
+def erin_on_stor01(lab: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ssh_argv(lab, "erin", node(lab, "stor01")["address"], command),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_a_relay_zone_elevates_without_the_broker_host_and_its_recording_arrives_later(
+    lab: dict[str, Any], storage_grant: dict[str, Any], lab_module: ModuleType
+) -> None:
+    root = Path(lab["root"])
+    mark = secrets.token_hex(4)
+    lab_module.stop_logserver(root, "logsrvd")
+    try:
+        ran = erin_on_stor01(lab, f"sudo -n sh -c 'echo relayed-{mark}; id -u'")
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.split() == [f"relayed-{mark}", "0"]
+        # The relay holds it; the broker host has nothing yet.
+        time.sleep(3)
+        assert wait_for(lab, "search", f"relayed-{mark}", "--output", timeout=0) == []
+    finally:
+        lab_module.restart_logserver(root)
+    # Offered again every sessions.relay_retry (2 s in the lab) until the broker host takes it.
+    hits = wait_for(lab, "search", f"relayed-{mark}", "--output", timeout=30)
+    assert len(hits) == 1
+    session = hits[0]["session"]
+    assert (session["node"], session["user"], session["state"]) == ("stor01", "erin", "complete")
+    assert session["relayed"] is True
+    assert session["grant_id"] == storage_grant["id"]
+    shown = cli(lab, "sessions", "show", session["id"])
+    assert shown.returncode == 0 and "(relayed)" in shown.stdout, shown.stdout
+    assert cli(lab, "sessions", "verify", session["id"]).returncode == 0
+    # Sessions elsewhere went straight to the broker host: not marked.
+    direct = cli(lab, "sessions", "list", "--node", "gpu01", "--json")
+    assert direct.returncode == 0
+    assert not any(s["relayed"] for s in json.loads(direct.stdout))
+
+
+@pytest.mark.usefixtures("storage_grant")
+def test_a_relay_zone_is_strict_about_its_relay(
+    lab: dict[str, Any], lab_module: ModuleType
+) -> None:
+    root = Path(lab["root"])
+    lab_module.stop_relay(root)
+    try:
+        refused = erin_on_stor01(lab, "sudo -n id -u")
+        assert refused.returncode != 0 and refused.stdout.strip() != "0"
+        # The node's tunnel is up, so sudo connects and is then cut off.
+        assert "error initializing I/O plugin sudoers_io" in refused.stderr, refused.stderr
+    finally:
+        lab_module.restart_relay(root)
+    again = erin_on_stor01(lab, "sudo -n id -u")
+    assert again.returncode == 0 and again.stdout.strip() == "0", again.stderr

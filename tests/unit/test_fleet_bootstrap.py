@@ -150,6 +150,7 @@ def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) 
         "/usr/libexec/broker/broker-node": 0o755,
         "/usr/libexec/broker/broker_keytab.py": 0o644,
         "/usr/libexec/broker/broker-keytab": 0o755,
+        "/usr/libexec/broker/broker-relay-flush": 0o755,
     }
     for block in bundle.blocks.values():
         assert block.startswith(BEGIN + "\n") and block.endswith(END + "\n")

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from broker.config.loader import load_settings
 from broker.config.settings import Settings
-from broker.core.errors import UnavailableError
+from broker.core.errors import UnavailableError, UsageError
 from broker.sessions import carrier, setup, tls
 from tests.helpers import write_config
 
@@ -275,17 +275,103 @@ def test_a_node_tunnel_carries_the_ca_its_config_and_a_certificate_when_needed(
     assert (
         b"ExecStart=/usr/bin/stunnel4 " + carrier.NODE_CONF.encode() in files[carrier.NODE_UNIT][0]
     )
-    leaf = tunnel.issue()
-    assert tunnel.cert_ok(leaf.cert_pem)
-    assert not tunnel.cert_ok(None)
-    assert not setup.node_tunnel(settings, ca, "gpu02", "10.0.0.8", None, NOW).cert_ok(
-        leaf.cert_pem
-    )
+    assert [u.rsplit("/", 1)[1] for u in tunnel.units] == ["broker-logsrv-tunnel.service"]
+    assert tunnel.dirs == () and carrier.RELAY_LOGSRVD_CONF not in files  # not a relay
+    [spec] = tunnel.leaves
+    leaf = tunnel.issue(spec)
+    assert tunnel.cert_ok(spec, leaf.cert_pem)
+    assert not tunnel.cert_ok(spec, None)
+    other = setup.node_tunnel(settings, ca, "gpu02", "10.0.0.8", None, NOW)
+    assert not other.cert_ok(other.leaves[0], leaf.cert_pem)
     # A certificate with less than a month left is replaced at the next bootstrap.
     later = NOW + timedelta(days=tls.LEAF_DAYS - 20)
-    assert not setup.node_tunnel(settings, ca, "gpu01", "10.0.0.7", None, later).cert_ok(
-        leaf.cert_pem
+    aged = setup.node_tunnel(settings, ca, "gpu01", "10.0.0.7", None, later)
+    assert not aged.cert_ok(aged.leaves[0], leaf.cert_pem)
+
+
+RELAYED = 'relay_retry = "5s"\n[sessions.relays]\nsouth = "relay-s:30350"\neast = "relay-s:30350"\n'
+
+
+def test_a_node_named_as_a_relay_gets_a_store_and_forward_log_server(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, RELAYED)
+    setup.setup(settings, NOW)
+    ca = setup.load_ca(settings)
+    assert carrier.relay_of(settings, "relay-s", "10.0.9.1") == ("relay-s", 30350)
+    assert carrier.relay_of(settings, "r1", "relay-s") == ("relay-s", 30350)  # by address
+    assert carrier.relay_of(settings, "gpu01", "10.0.0.7") is None
+    tunnel = setup.node_tunnel(settings, ca, "relay-s", "10.0.9.1", "infra", NOW)
+    files = {path: data.decode() for path, data, _mode in tunnel.files}
+
+    logsrvd = ini(files[carrier.RELAY_LOGSRVD_CONF])
+    assert logsrvd["server"]["listen_address"] == "127.0.0.1:30345"
+    assert dict(logsrvd["relay"]) == {
+        "relay_host": "127.0.0.1:30346",
+        "relay_dir": "/var/lib/broker/relay",
+        "store_first": "true",
+        "retry_interval": "5",
+        "connect_timeout": "10",
+        "timeout": "30",
+        "tcp_keepalive": "true",
+    }
+    flush = ini(files[carrier.RELAY_FLUSH_CONF])
+    assert flush["server"]["listen_address"] == "127.0.0.1:0"  # an ephemeral port
+    assert dict(flush["relay"]) == dict(logsrvd["relay"])
+
+    stunnel = ini(files[carrier.RELAY_TUNNEL_CONF])
+    inbound, outbound = stunnel["relay-in"], stunnel["relay-out"]
+    assert (inbound["accept"], inbound["connect"]) == ("10.0.9.1:30350", "127.0.0.1:30345")
+    assert (inbound["requireCert"], inbound["verifyChain"]) == ("yes", "yes")
+    assert (outbound["client"], outbound["accept"]) == ("yes", "127.0.0.1:30346")
+    assert (outbound["connect"], outbound["checkHost"]) == (
+        "logs.cluster.example:30344",
+        "logs.cluster.example",
     )
+    assert inbound["cert"] == outbound["cert"] == carrier.RELAY_CERT
+    assert "--min-age 10" in files[carrier.RELAY_FLUSH_UNIT]
+    assert "OnUnitInactiveSec=10s" in files[carrier.RELAY_FLUSH_TIMER]
+    assert tunnel.dirs == ((carrier.RELAY_SPOOL, 0o700),)
+    assert [u.rsplit("/", 1)[1] for u in tunnel.units] == [
+        "broker-logsrv-tunnel.service",
+        "broker-logsrv-relay.service",
+        "broker-logsrv-relay-tunnel.service",
+        "broker-logsrv-relay-flush.timer",
+    ]
+
+    # One certificate serves both ends and names what the zones' nodes connect to.
+    node_spec, relay_spec = tunnel.leaves
+    relay_leaf = tunnel.issue(relay_spec)
+    assert tunnel.cert_ok(relay_spec, relay_leaf.cert_pem)
+    usage = x509.load_pem_x509_certificate(relay_leaf.cert_pem).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    )
+    assert set(usage.value) == {
+        x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+        x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH,
+    }
+    # A node's client-only certificate is not good enough for the relay's listening end.
+    assert not tunnel.cert_ok(relay_spec, tunnel.issue(node_spec).cert_pem)
+    by_address = setup.node_tunnel(
+        settings_for(tmp_path, '[sessions.relays]\nsouth = "10.0.9.1:30350"\n'),
+        ca, "relay-s", "10.0.9.1", None, NOW,
+    )  # fmt: skip
+    assert by_address.leaves[1].hosts == ("relay-s", "10.0.9.1")
+
+
+@pytest.mark.parametrize(
+    ("sessions", "message"),
+    [
+        ('[sessions.relays]\nsouth = "r:1"\neast = "r:2"\n', "relay r is given two ports"),
+        ("relay_forward_port = 30343\n", "must all differ"),
+        ('[sessions.relays]\nsouth = "r:30345"\n', "must all differ"),
+        ('relay_retry = "2h"\n', "between 1s and 1h"),
+        ('[sessions.relays]\nSouth = "r:1"\n', "is not a zone name"),
+    ],
+)
+def test_relay_settings_that_cannot_work_are_refused(
+    tmp_path: Path, sessions: str, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        settings_for(tmp_path, sessions)
 
 
 def test_setup_reissues_the_server_certificate_when_the_ca_was_recreated(tmp_path: Path) -> None:
