@@ -25,9 +25,14 @@ sys.path.insert(0, str(REPO))
 
 from tests.lab import keytab_lab  # noqa: E402
 
+LAB_ZONED = {"gpu01", "gpu02", "stor01", "login01", "mgmt01"}  # zones of the lab policy
+
 
 def policy(base: str, accounts: int, nodes: list[str]) -> str:
-    text = base
+    extra = [n for n in nodes if n not in LAB_ZONED]
+    text = base + (
+        f'\n[zones.bench]\nkind = "compute"\nnodes = "{",".join(extra)}"\n' if extra else ""
+    )
     for i in range(1, accounts + 1):
         name = f"kt-b{i:02d}"
         spns = ", ".join(f'"svc{i:02d}/{n}.hpc.test"' for n in nodes)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
+import importlib.util
 import os
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from broker.store.migrations import MIGRATIONS
 
@@ -103,3 +106,13 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen[str], config: Path) -> N
                 probe.close()
         time.sleep(0.05)
     raise AssertionError(f"broker serve did not listen on {path} within 30 s")
+
+
+def load_node_script(name: str, module: str) -> ModuleType:
+    """A node-side program from pam/ as a module (some have no .py name: launchers)."""
+    loader = importlib.machinery.SourceFileLoader(module, str(REPO / "pam" / name))
+    spec = importlib.util.spec_from_loader(module, loader)
+    assert spec is not None
+    loaded = importlib.util.module_from_spec(spec)
+    loader.exec_module(loaded)
+    return loaded

@@ -115,7 +115,7 @@ def status(
                     f"{n['node']}:{max(n['kvnos']) if n['kvnos'] else '-'}" for n in a["nodes"]
                 ),
                 a["last_rotated_at"] or "never",
-                a["next_due_at"] or "now",
+                a["next_due_at"] or "not created",
                 a["last_verified_at"] or "never",
                 a["rotation_state"] or "",
                 ("stale: " + ", ".join(stale) + "; " if stale else "") + (a["last_error"] or ""),

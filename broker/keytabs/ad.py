@@ -45,7 +45,12 @@ class AdAccount:
     disabled: bool
 
 
-class PasswordRefused(RefusedError):
+class PasswordNotSet(RefusedError):
+    """AD answered the password change with an error: it is certainly not applied (unlike
+    a connection lost mid-request, which leaves the outcome unknown)."""
+
+
+class PasswordRefused(PasswordNotSet):
     """AD refused the new password (length, complexity, history, minimum age)."""
 
 
@@ -178,11 +183,11 @@ class LdapDirectory:
                 fix="check the domain's password policy (length, history, minimum age) for the account",
             )
         if code == 50:
-            raise RefusedError(
+            raise PasswordNotSet(
                 f"AD {text}",
                 fix="delegate Reset Password on the account's OU to the broker's account",
             )
-        raise UnavailableError(f"AD {text}")
+        raise PasswordNotSet(f"AD {text}", fix="retried with backoff; see `broker keytab status`")
 
     def create(self, account: str, spns: Sequence[str], ou: str, password: Secret) -> AdAccount:
         """A new, enabled AES-only account with its SPNs and `password`."""

@@ -50,13 +50,15 @@ def keep_kvnos(
 
 
 def next_due(last_rotated: datetime | None, rotate_every: timedelta) -> datetime | None:
-    """When the account is next due; None when it was never rotated (due at once)."""
+    """When the account is next due; None when the broker never made its keytab."""
     return None if last_rotated is None else last_rotated + rotate_every
 
 
 def is_due(last_rotated: datetime | None, rotate_every: timedelta, now: datetime) -> bool:
+    """Only keytabs the broker made (`broker keytab create`) come due: the schedule never
+    resets the password of an account nobody asked it to manage yet."""
     due = next_due(last_rotated, rotate_every)
-    return due is None or due <= now
+    return due is not None and due <= now
 
 
 def backoff(

@@ -47,7 +47,7 @@ from broker.fleet import inventory, nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
 from broker.keytabs import distribute, keys, keytabfile, plan, rows
-from broker.keytabs.ad import AdAccount, Directory, PasswordRefused
+from broker.keytabs.ad import AdAccount, Directory, PasswordNotSet, PasswordRefused
 from broker.keytabs.distribute import NodeResult, node_result
 from broker.policy.model import Policy, ServiceAccount
 from broker.store.db import Store
@@ -503,9 +503,12 @@ class KeytabService:
         )
         try:
             ad.set_password(account, password)
-        except PasswordRefused as exc:
+        except PasswordNotSet as exc:
+            # AD answered: nothing changed there. Refused by policy: fix the policy first;
+            # anything else (no right, busy): retried with backoff.
             self._unstage(service, targets, principals, current)
-            self._end(rotation_id, "failed", actor, name, exc.one_line())
+            retry = not isinstance(exc, PasswordRefused)
+            self._end(rotation_id, "failed", actor, name, exc.one_line(), retry=retry)
             raise
         except BrokerError as exc:
             # Not known whether AD applied it: stays ad_pending; the next run decides.

@@ -226,14 +226,16 @@ def relay_tunnel_conf(settings: Settings, address: str, listen: tuple[str, int])
     )
 
 
-def _unit(description: str, command: str, extra: str = "") -> str:
+def _unit(description: str, command: str, extra: str = "", before: str = "") -> str:
+    """A hardened unit for a carrier process that systemd keeps running."""
+    order = f"Before={before}\n" if before else ""
     return f"""\
 # Written by `broker node bootstrap`.
 [Unit]
 Description={description}
 After=network-online.target
 Wants=network-online.target
-
+{order}
 [Service]
 ExecStart={command}
 Restart=always
@@ -305,29 +307,8 @@ WantedBy=timers.target
 """
 
 
-NODE_UNIT_TEXT = """\
-# Written by `broker node bootstrap`: carries sudo's session recordings to the broker.
-[Unit]
-Description=Broker session recording tunnel (stunnel to sudo_logsrvd)
-After=network-online.target
-Wants=network-online.target
-Before=sshd.service
-
-[Service]
-ExecStart=/usr/bin/stunnel4 /etc/broker/logsrv/tunnel.conf
-Restart=always
-RestartSec=2
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-MemoryDenyWriteExecute=yes
-LockPersonality=yes
-
-[Install]
-WantedBy=multi-user.target
-"""
+NODE_UNIT_TEXT = _unit(
+    "Broker session recording tunnel (stunnel to sudo_logsrvd)",
+    f"/usr/bin/stunnel4 {NODE_CONF}",
+    before="sshd.service",
+)

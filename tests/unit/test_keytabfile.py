@@ -4,11 +4,9 @@ node program's reader; merge and prune rules; malformed files refused with clear
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import struct
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import krb5
 import pytest
@@ -17,23 +15,13 @@ from hypothesis import strategies as st
 
 from broker.keytabs import keytabfile as kf
 from broker.keytabs.keytabfile import Entry, MalformedKeytab, Principal
-from tests.helpers import REPO
+from tests.helpers import load_node_script
 
 P1, P2 = "HTTP/web.hpc.test@HPC.TEST", "svc-web@HPC.TEST"
 HOST = "host/node.hpc.test@HPC.TEST"
 
 
-def _node_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "broker_keytab", REPO / "pam" / "broker_keytab.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bk = _node_module()
+bk = load_node_script("broker_keytab.py", "broker_keytab")
 
 
 def entry(principal: str, kvno: int, enctype: int = 18, fill: int = 1) -> Entry:

@@ -6,7 +6,6 @@ The keytab format itself: tests/unit/test_keytabfile.py."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -17,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,26 +25,16 @@ from broker.app import App
 from broker.core.errors import RefusedError, UnavailableError
 from broker.fleet import nodeprog
 from broker.fleet.ssh import CommandResult, NodeTarget
+from broker.keytabs import ad as ad_module
 from broker.keytabs import distribute, keys, plan
 from broker.keytabs import keytabfile as kf
 from broker.keytabs.ad import AdAccount
 from broker.keytabs.service import KeytabRules, KeytabService
 from broker.policy.model import Policy, ServiceAccount
-from tests.helpers import REPO
+from tests.helpers import REPO, load_node_script
 from tests.unit.local_sftp import Recorder, local_sftp
 
-
-def _node_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "broker_keytab", REPO / "pam" / "broker_keytab.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bk = _node_module()
+bk = load_node_script("broker_keytab.py", "broker_keytab")
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 P1, P2 = "HTTP/web.hpc.test@HPC.TEST", "svc-web@HPC.TEST"
 HOST = "host/node.hpc.test@HPC.TEST"
@@ -500,6 +489,45 @@ def test_a_node_that_cannot_stage_leaves_ad_untouched_and_unstages_the_others(
     assert row[0] == "abandoned" and "gpu02" in row[1]
 
 
+@pytest.mark.parametrize(
+    ("answer", "state", "retried"),
+    [
+        (ad_module.PasswordRefused("AD refused the new password (constraintViolation)"),
+         "failed", False),
+        (ad_module.PasswordNotSet("AD insufficientAccessRights"), "failed", True),
+        (UnavailableError("AD: the password change of svc-web was not confirmed"),
+         "ad_pending", True),
+    ],
+)  # fmt: skip
+def test_an_ad_answer_ends_the_rotation_and_a_lost_connection_leaves_it_open(
+    broker_app: App, node_dir: Path, answer: Exception, state: str, retried: bool
+) -> None:
+    """AD answered with an error: the password is certainly unchanged, so the staged keys
+    are taken back and the rotation ends (a policy refusal waits for a fix, the rest is
+    retried with backoff). A connection lost mid-request: unknown, the next run decides."""
+    path = node_dir / "kt-web.keytab"
+    path.write_bytes(kf.serialize([entry(P2, 1), entry(P1, 1)]))
+    os.chown(path, 65534, 65534)
+    path.chmod(0o640)
+    ad, clock = FakeAD(1), Clock()
+
+    def refuse() -> None:
+        raise answer
+
+    ad.on_set = refuse
+    service, _derived = rotation_service(broker_app, LocalNodes(ad), ad, clock, path, ["gpu01"])
+    with pytest.raises(type(answer)):
+        service.rotate("kt-web", actor="test")
+    assert ad.kvno == 1
+    with broker_app.ready_store().transaction() as conn:
+        (found,) = conn.execute("SELECT state FROM keytab_rotations").fetchall()
+        (retry_after,) = conn.execute("SELECT retry_after FROM keytab_accounts").fetchone()
+    assert found[0] == state
+    assert (retry_after is not None) is retried
+    if state == "failed":
+        assert held_versions(path) == {P2: [1], P1: [1]}  # the staged 2 was taken back
+
+
 # ---------------------------------------------------------------- rules
 
 
@@ -541,7 +569,7 @@ def test_resume_decisions_never_change_the_password_twice() -> None:
 
 
 def test_due_and_backoff() -> None:
-    assert plan.is_due(None, timedelta(days=30), NOW)
+    assert not plan.is_due(None, timedelta(days=30), NOW)  # never created: not scheduled
     assert not plan.is_due(NOW - timedelta(days=29), timedelta(days=30), NOW)
     assert plan.is_due(NOW - timedelta(days=30), timedelta(days=30), NOW)
     assert [plan.backoff(n).total_seconds() for n in (1, 2, 3)] == [60, 120, 240]

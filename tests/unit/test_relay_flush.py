@@ -3,8 +3,6 @@ flush stops once sudo_logsrvd lets go of them."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,18 +12,12 @@ from types import ModuleType
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import load_node_script
 
 
 @pytest.fixture(scope="module")
 def flush() -> ModuleType:
-    path = REPO / "pam" / "broker-relay-flush"
-    loader = importlib.machinery.SourceFileLoader("broker_relay_flush", str(path))
-    spec = importlib.util.spec_from_loader("broker_relay_flush", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_node_script("broker-relay-flush", "broker_relay_flush")
 
 
 def journal(spool: Path, name: str, age: float) -> Path:
