@@ -56,6 +56,13 @@ def matching_step(secret_b32: str, code: str, now: datetime, window: int) -> int
     return found
 
 
+def shown_at(secret_b32: str, code: str, step: int) -> bool:
+    """Whether the secret showed `code` during `step` (a replay of an older code is named
+    as such, not as a wrong one)."""
+    wanted = parse_code(code).encode("ascii")
+    return hmac.compare_digest(code_at(secret_b32, step).encode("ascii"), wanted)
+
+
 def provisioning_uri(secret_b32: str, account_name: str, issuer: str) -> str:
     """The otpauth:// URI an authenticator app imports (shown once, as a QR code)."""
     return str(pyotp.TOTP(secret_b32).provisioning_uri(name=account_name, issuer_name=issuer))

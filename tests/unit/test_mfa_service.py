@@ -202,6 +202,9 @@ def test_a_code_is_accepted_once_also_after_a_restart(app: App) -> None:
         with pytest.raises(RefusedError, match="already used"):
             check(again, code(secret, T0), T0)
         assert status(again.ready_store().conn, ident=ALICE, now=T0).recent_failures == 3
+        # Typed again minutes later, out of the window: still named a replay, not "wrong".
+        with pytest.raises(RefusedError, match="already used"):
+            check(again, code(secret, T0, +1), T0 + timedelta(minutes=3))
     finally:
         again.close()
 
