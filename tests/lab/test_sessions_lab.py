@@ -73,10 +73,15 @@ def ready(lab: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def sudo_over_ssh(
-    lab: dict[str, Any], command: str, timeout: float = 60
+    lab: dict[str, Any],
+    command: str,
+    timeout: float = 60,
+    *,
+    user: str = "alice",
+    on: str = "gpu01",
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ssh_argv(lab, "alice", node(lab, "gpu01")["address"], command),
+        ssh_argv(lab, user, node(lab, on)["address"], command),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -307,10 +312,7 @@ def storage_grant(lab: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def erin_on_stor01(lab: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ssh_argv(lab, "erin", node(lab, "stor01")["address"], command),
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    return sudo_over_ssh(lab, command, user="erin", on="stor01")
 
 
 def test_a_relay_zone_elevates_without_the_broker_host_and_its_recording_arrives_later(
