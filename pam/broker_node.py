@@ -145,6 +145,7 @@ class Paths:
         "node_conf",
         "grant_key",
         "broker_etc",
+        "quarantine",
         "grants",
         "revoked",
         "sessions",
@@ -157,6 +158,7 @@ class Paths:
     node_conf: str
     grant_key: str
     broker_etc: str
+    quarantine: str
     grants: str
     revoked: str
     sessions: str
@@ -174,6 +176,7 @@ class Paths:
             "broker_etc": under("etc/broker"),
             "node_conf": under("etc/broker/node.conf"),
             "grant_key": under("etc/broker/grant-key.pub"),
+            "quarantine": under("etc/broker/quarantine"),
             "grants": under("var/lib/broker/grants"),
             "revoked": under("var/lib/broker/revoked"),
             "sessions": under("var/lib/broker/sessions"),
@@ -901,9 +904,11 @@ def spool_event(
     tty: str,
     pid: int,
     now: int,
+    event_id: str | None = None,
 ) -> str:
     """Write one event file for `collect`; returns its event id."""
-    event_id = f"{time.time_ns()}-{os.getpid()}-{_random_hex()}"
+    if event_id is None:
+        event_id = f"{time.time_ns()}-{os.getpid()}-{_random_hex()}"
     fields = (
         ("event_id", _json_string(event_id)),
         ("kind", _json_string(kind)),
@@ -928,6 +933,166 @@ def _tty_name(tty: str) -> str:
 
 def _target_name(user: str) -> str:
     return user if is_posix_name(user) else "-"
+
+
+DENY_SPOOL_LIMIT = 5000
+
+
+def spool_deny(
+    paths: Paths, service: str, ruser: str, user: str, tty: str, pid: int, now: int
+) -> str | None:
+    """Spool one `deny` event per refused sudo process; its event id, or None when skipped.
+
+    sudo may run the hook in both its auth and account stacks for one attempt (and auth
+    again per password try); the id's last two parts name the sudo process (pid and
+    start time), so a second refusal of the same process finds its event and adds none.
+    Refusals are not spooled past DENY_SPOOL_LIMIT waiting events (a user looping on sudo
+    must not crowd out session events), nor without a spool directory (bootstrap makes
+    it) or when it cannot be written: the refusal itself stands either way.
+    """
+    try:
+        names = os.listdir(paths.events)
+    except OSError:  # missing: not bootstrapped, nothing collects it
+        return None
+    if len(names) >= DENY_SPOOL_LIMIT:
+        return None
+    entry = _proc_table_entry(paths, pid)
+    if entry is None:
+        tag = _random_hex()
+    else:
+        seed = f"deny {pid} {entry[2]} {ruser}".encode("utf-8", "replace")
+        tag = binascii.hexlify(sha256(seed)[:4]).decode("ascii")
+        suffix = f"-{pid}-{tag}.json"
+        if any(name.endswith(suffix) for name in names):
+            return None
+    event_id = f"{time.time_ns()}-{int(pid)}-{tag}"
+    try:
+        return spool_event(
+            paths,
+            "deny",
+            "-",
+            _target_name(ruser),
+            _target_name(user),
+            service,
+            _tty_name(tty),
+            pid,
+            now,
+            event_id=event_id,
+        )
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- quarantine
+
+QUARANTINE_REASON_MAX = 200
+_QUARANTINE_KEYS = ("node", "since", "group", "reason")
+
+
+class Quarantine(_Record):
+    """/etc/broker/quarantine: the node is closed to everyone but root and `group`."""
+
+    __slots__ = _QUARANTINE_KEYS
+    node: str
+    since: int
+    group: str
+    reason: str  # decoded text (the file holds it percent-encoded, like a grant's reason)
+
+
+def _percent_encode(text: str) -> str:
+    """Every UTF-8 byte outside A-Za-z0-9-._~ as %XX: one safe line for any reason text."""
+    return "".join(
+        chr(byte) if chr(byte) in _UNRESERVED else f"%{byte:02X}" for byte in text.encode("utf-8")
+    )
+
+
+def _percent_decode(text: str) -> str | None:
+    """The reverse of `_percent_encode` for canonical input only; None otherwise."""
+    if not _is_reason(text):
+        return None
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "%":
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(text[i]))
+            i += 1
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_group_name(text: str) -> bool:
+    return len(text) <= 64 and all(c in _GROUP_CHARS for c in text)
+
+
+def _is_quarantine_reason(text: str) -> bool:
+    return 0 < len(text) <= QUARANTINE_REASON_MAX and text.isprintable() and bool(text.strip())
+
+
+def parse_quarantine(data: bytes) -> Quarantine | str:
+    """`key=value` lines like node.conf: node, since, group (may be empty), reason."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return "not ASCII"
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in _QUARANTINE_KEYS or key in values:
+            return f"line {number}: unknown or repeated setting"
+        values[key] = value
+    if set(values) != set(_QUARANTINE_KEYS):
+        return "a setting is missing"
+    since = parse_utc(values["since"])
+    reason = _percent_decode(values["reason"])
+    if not is_node_name(values["node"]):
+        return "bad node"
+    if since is None:
+        return "bad since"
+    if not _is_group_name(values["group"]):
+        return "bad group"
+    if reason is None or not _is_quarantine_reason(reason):
+        return "bad reason"
+    return Quarantine(values["node"], since, values["group"], reason)
+
+
+def render_quarantine(marker: Quarantine) -> bytes:
+    return (
+        "# Written by the broker: this node is quarantined (only root and group pass the hook).\n"
+        f"node={marker.node}\nsince={format_utc(marker.since)}\ngroup={marker.group}\n"
+        f"reason={_percent_encode(marker.reason)}\n"
+    ).encode("ascii")
+
+
+def read_quarantine(paths: Paths) -> Quarantine | str | None:
+    """None: no marker. A string: a marker that exists but cannot be trusted (bad owner,
+    mode, link, content); the hook then treats the node as quarantined with nobody exempt."""
+    if not os.path.lexists(paths.quarantine):
+        return None
+    data = read_secure(paths.quarantine, forbidden=0o022)
+    marker = parse_quarantine(data) if isinstance(data, bytes) else data
+    return f"quarantine marker: {marker}" if isinstance(marker, str) else marker
+
+
+def _quarantine_refusal(paths: Paths, user: str, in_group: GroupCheck) -> str | None:
+    """Why a quarantine keeps `user` (not root) out, or None when there is none or the user
+    is in its incident-response group (who then still needs a grant or break-glass)."""
+    marker = read_quarantine(paths)
+    if marker is None:
+        return None
+    if isinstance(marker, str):
+        return f"node quarantined ({marker}): only root may pass"
+    if marker.group and in_group(user, marker.group):
+        return None
+    return f"node quarantined since {format_utc(marker.since)}: {_clean(marker.reason, 200)}"
 
 
 # ---------------------------------------------------------------- the PAM decisions
@@ -974,12 +1139,17 @@ def _node_key(paths: Paths, conf: NodeConf | str) -> GrantKey | str:
 def decide_sudo(paths: Paths, ruser: str, now: int, in_group: GroupCheck) -> Decision:
     """sudo auth/account: root, a valid grant with a free session slot, or break-glass.
 
-    Grants are looked at first: the group lookup may go to the directory (SSSD).
+    On a quarantined node only members of the marker's group get that far (break-glass
+    members outside it are refused too). Grants are looked at before break-glass: the
+    group lookup may go to the directory (SSSD).
     """
     if ruser == "root":
         return True, "root"
     if not ruser:
         return False, "no PAM_RUSER: the invoking user is unknown"
+    quarantined = _quarantine_refusal(paths, ruser, in_group)
+    if quarantined is not None:
+        return False, quarantined
     conf = load_conf(paths)
     key = _node_key(paths, conf)
     if isinstance(key, str):
@@ -999,7 +1169,8 @@ def decide_sudo(paths: Paths, ruser: str, now: int, in_group: GroupCheck) -> Dec
 
 
 def decide_sshd(paths: Paths, user: str, now: int, in_group: GroupCheck) -> Decision:
-    """sshd account: when logins are gated, only root, login=1 grants and break-glass."""
+    """sshd account: when logins are gated, only root, login=1 grants and break-glass
+    (and, on a quarantined node, only those of them in the marker's group)."""
     if user == "root":
         return True, "root"
     conf = load_conf(paths)
@@ -1009,6 +1180,9 @@ def decide_sshd(paths: Paths, user: str, now: int, in_group: GroupCheck) -> Deci
     assert isinstance(conf, NodeConf)
     if not conf.login_gated:
         return True, "logins not gated"
+    quarantined = _quarantine_refusal(paths, user, in_group)
+    if quarantined is not None:
+        return False, f"login gated: {quarantined}"
     grants, reason = _grant_state(paths, user, now, conf, key)
     login = [grant for grant in grants if grant.login]
     if login:
@@ -1111,7 +1285,10 @@ def decide(
     """One row of the hook table in docs/grants.md."""
     if service in SUDO_SERVICES:
         if pam_type in ("auth", "account"):
-            return decide_sudo(paths, ruser, now, in_group)
+            allow, reason = decide_sudo(paths, ruser, now, in_group)
+            if not allow and ruser and ruser != "root":
+                spool_deny(paths, service, ruser, user, tty, pid, now)
+            return allow, reason
         if pam_type == "open_session":
             return open_session(paths, service, ruser, user, tty, pid, now, in_group)
         if pam_type == "close_session":
@@ -1271,6 +1448,22 @@ def _status(paths: Paths, now: int) -> dict[str, object]:
         and os.path.isdir(paths.grants)
         and hooked,
         "problems": [p for p in (conf, key) if isinstance(p, str)] + problems_extra,
+        "quarantined": _quarantine_status(paths),
+    }
+
+
+def _quarantine_status(paths: Paths) -> dict[str, object] | None:
+    """The marker as status shows it; an untrusted marker has since/group null and a problem."""
+    marker = read_quarantine(paths)
+    if marker is None:
+        return None
+    if isinstance(marker, str):
+        return {"since": None, "reason": None, "group": None, "problem": marker}
+    return {
+        "since": format_utc(marker.since),
+        "reason": marker.reason,
+        "group": marker.group or None,
+        "problem": None,
     }
 
 
@@ -1554,8 +1747,11 @@ def _proc_table_entry(paths: Paths, pid: int) -> tuple[int, int, int, str] | Non
     )
 
 
-def _end_sessions(paths: Paths, grant_id: str, now: int) -> tuple[list[int], list[str]]:
-    """Kill every recorded session of the grant with its tree; spool their `close` events.
+def _end_sessions(
+    paths: Paths, grant_id: str, now: int, service: str = "revoke"
+) -> tuple[list[int], list[str]]:
+    """Kill every recorded session of the grant with its tree; spool their `close` events
+    (their `service` says who ended them).
 
     A pid is only trusted while its process started before the session was recorded:
     a pid reused by an unrelated process later is left alone.
@@ -1586,7 +1782,7 @@ def _end_sessions(paths: Paths, grant_id: str, now: int) -> tuple[list[int], lis
             user = user if is_posix_name(user) else "-"
             runas = runas if is_posix_name(runas) else "-"
             spool_event(
-                paths, "close", grant_id, user, runas, "revoke", _tty_name(tty), int(name), now
+                paths, "close", grant_id, user, runas, service, _tty_name(tty), int(name), now
             )
     if not os.listdir(directory):
         os.rmdir(directory)
@@ -1687,6 +1883,412 @@ def _ack(paths: Paths, payload: dict[str, object]) -> dict[str, object]:
     return {"acked": acked, "missing": [e for e in ids if e not in set(acked)]}
 
 
+def _quarantine(paths: Paths, payload: dict[str, object]) -> dict[str, object]:
+    """Place (or replace) the quarantine marker; from then on the hook admits only root and
+    members of `group` (docs/grants.md)."""
+    keys = set(payload)
+    if not {"reason", "since"} <= keys <= {"reason", "since", "group"}:
+        raise _Usage("quarantine takes reason, since and optionally group")
+    reason, since, group = payload["reason"], payload["since"], payload.get("group")
+    if not isinstance(reason, str) or not _is_quarantine_reason(reason):
+        raise _Usage(f"reason must be printable text of 1 to {QUARANTINE_REASON_MAX} characters")
+    when = parse_utc(since) if isinstance(since, str) else None
+    if when is None:
+        raise _Usage("since must be YYYY-MM-DDTHH:MM:SSZ")
+    if group is None:
+        group = ""
+    if not isinstance(group, str) or not _is_group_name(group):
+        raise _Usage("group must be a group name or null")
+
+    def refuse(error: str) -> dict[str, object]:
+        return {"quarantined": False, "node": None, "error": error}
+
+    conf = load_conf(paths)
+    if isinstance(conf, str):
+        return refuse(f"node not bootstrapped: {conf}")
+    data = render_quarantine(Quarantine(conf.node, when, group, reason))
+    try:
+        os.close(_open_dir(paths.broker_etc))
+        write_atomic(paths.broker_etc, os.path.basename(paths.quarantine), data, 0o644)
+    except OSError as exc:
+        return refuse(f"cannot write the marker: {_clean(exc.strerror or exc, 200)}")
+    return {"quarantined": True, "node": conf.node, "error": None}
+
+
+def _release(paths: Paths, payload: dict[str, object]) -> dict[str, object]:
+    """Remove the quarantine marker; `released` is false when there was none."""
+    if payload:
+        raise _Usage("release takes {}")
+    try:
+        released = _unlink(paths.quarantine)
+        if released:
+            _fsync_dir(paths.broker_etc)
+    except OSError as exc:
+        return {"released": False, "error": f"cannot remove the marker: {_clean(exc, 200)}"}
+    return {"released": released, "error": None}
+
+
+def _end_sessions_command(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:
+    """End the running elevated sessions recorded under these grant ids (or `break-glass`),
+    without revoking anything: the response to an alert, not a revocation."""
+    ids = _id_list(payload, "grant_ids", lambda text: is_grant_id(text) or text == BREAK_GLASS)
+    killed: list[int] = []
+    errors: list[str] = []
+    for grant_id in ids:
+        try:
+            ended, problems = _end_sessions(paths, grant_id, now, service="end-sessions")
+        except OSError as exc:
+            errors.append(f"{grant_id}: {_clean(exc, 200)}")
+            continue
+        killed += ended
+        errors += problems
+    return {"killed": sorted(set(killed)), "errors": errors}
+
+
+# ---------------------------------------------------------------- drift-scan
+
+DRIFT_MAX_ENTRIES = 50_000
+DRIFT_MAX_ENTRY_BYTES = 16 << 20  # the entries' share of the reply, JSON-encoded
+DRIFT_MAX_TEXTS = 8 << 20  # the texts' share, JSON-encoded
+DRIFT_MAX_TEXT = 64 << 10
+DRIFT_MAX_HASH = 64 << 20
+DRIFT_MAX_PATH = 4096
+DRIFT_MAX_ERRORS = 100
+DRIFT_SECONDS = 20.0  # then the setuid walk stops (truncated): the broker waits 60 s
+DRIFT_TEXT_CATEGORIES = frozenset({"sudoers", "cron", "authorized_keys", "accounts"})
+# What root can leave behind, walked whole (no symlink followed, no mount point crossed).
+DRIFT_TREES = (
+    ("accounts", "/etc/passwd"),
+    ("accounts", "/etc/group"),
+    ("sudoers", "/etc/sudoers"),
+    ("sudoers", "/etc/sudoers.d"),
+    ("pam", "/etc/pam.d"),
+    ("pam", "/etc/security"),
+    ("polkit", "/etc/polkit-1/rules.d"),
+    ("polkit", "/usr/share/polkit-1/rules.d"),
+    ("polkit", "/etc/polkit-1/localauthority"),
+    ("systemd", "/etc/systemd/system"),
+    ("systemd", "/run/systemd/system"),
+    ("systemd", "/usr/lib/systemd/system"),
+    ("systemd", "/lib/systemd/system"),
+    ("systemd", "/etc/systemd/user"),
+    ("cron", "/etc/crontab"),
+    ("cron", "/etc/cron.d"),
+    ("cron", "/etc/cron.hourly"),
+    ("cron", "/etc/cron.daily"),
+    ("cron", "/etc/cron.weekly"),
+    ("cron", "/etc/cron.monthly"),
+    ("cron", "/var/spool/cron/crontabs"),
+    ("authorized_keys", "/etc/ssh/authorized_keys"),
+)
+# Walked for setuid/setgid regular files only (-xdev from each; a nosuid mount is skipped:
+# the kernel ignores the bits there).
+DRIFT_SETUID_ROOTS = ("/usr", "/bin", "/sbin", "/opt", "/etc", "/var/lib", "/srv", "/root", "/home")
+_AUTHORIZED_KEYS = ("authorized_keys", "authorized_keys2")
+
+
+def _path_text(path: str) -> str:
+    """A node path as printable text: backslash, control and undecodable characters escaped
+    (a file name may hold any byte but `/` and NUL), so the broker can refuse anything else."""
+    if path.isprintable() and "\\" not in path:
+        return path
+    out: list[str] = []
+    for char in path:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char.isprintable():
+            out.append(char)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+class _DriftScan:
+    """One drift-scan: the manifest under construction and its budgets."""
+
+    def __init__(self, paths: Paths) -> None:
+        import hashlib
+        import json.encoder
+
+        self.base = paths.root.rstrip("/")
+        self.sha256 = hashlib.sha256
+        self.encode = json.encoder.encode_basestring_ascii
+        self.entries: dict[str, dict[str, object]] = {}
+        self.texts: dict[str, str] = {}
+        self.entry_bytes = 0
+        self.text_bytes = 0
+        self.truncated = False
+        self.full = False  # no room for more entries: walking on is pointless
+        self.errors: list[str] = []
+        self.dropped_errors = 0
+        self.seen: set[tuple[int, int]] = set()
+        self.deadline = time.monotonic() + DRIFT_SECONDS
+        noatime = getattr(os, "O_NOATIME", 0)
+        self.flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        self.flags_noatime = self.flags | noatime
+
+    def real(self, node_path: str) -> str:
+        return self.base + node_path
+
+    def error(self, node_path: str, problem: object) -> None:
+        if len(self.errors) < DRIFT_MAX_ERRORS:
+            self.errors.append(_clean(f"{_path_text(node_path)}: {problem}", 400))
+        else:
+            self.dropped_errors += 1
+
+    def reply(self) -> dict[str, object]:
+        errors = list(self.errors)
+        if self.dropped_errors:
+            errors.append(f"... and {self.dropped_errors} more errors")
+        return {
+            "entries": self.entries,
+            "texts": self.texts,
+            "truncated": self.truncated,
+            "errors": errors,
+        }
+
+    def add(
+        self,
+        node_path: str,
+        name: str,
+        info: os.stat_result,
+        category: str,
+        dir_fd: int | None = None,
+    ) -> None:
+        """One entry; `name` is opened relative to `dir_fd` (or is the real path)."""
+        key = _path_text(node_path)
+        if key in self.entries:
+            return  # first category wins (a setuid file in /etc/cron.d stays `cron`)
+        if len(key) > DRIFT_MAX_PATH:
+            self.error(node_path[:200], "path too long; not listed")
+            return
+        cost = len(self.encode(key)) + 256
+        if (
+            len(self.entries) >= DRIFT_MAX_ENTRIES
+            or self.entry_bytes + cost > DRIFT_MAX_ENTRY_BYTES
+        ):
+            self.truncated = self.full = True
+            return
+        mode = info.st_mode
+        kind = "f" if stat.S_ISREG(mode) else "d" if stat.S_ISDIR(mode) else "o"
+        target: str | None = None
+        digest: str | None = None
+        data: bytes | None = None
+        if stat.S_ISLNK(mode):
+            kind = "l"
+            try:
+                target = _path_text(os.readlink(name, dir_fd=dir_fd))[:DRIFT_MAX_PATH]
+            except OSError as exc:
+                self.error(node_path, f"readlink: {exc.strerror}")
+        elif kind == "f":
+            want_text = category in DRIFT_TEXT_CATEGORIES and info.st_size <= DRIFT_MAX_TEXT
+            if category == "authorized_keys" and info.st_nlink != 1:
+                want_text = False  # a hard link a user made to someone else's file
+            digest, data = self.read(node_path, name, info, want_text, dir_fd)
+        self.entry_bytes += cost
+        self.entries[key] = {
+            "type": kind,
+            "mode": stat.S_IMODE(mode),
+            "uid": info.st_uid,
+            "gid": info.st_gid,
+            "size": info.st_size,
+            "sha256": digest,
+            "target": target,
+            "category": category,
+        }
+        if data is not None:
+            text = data.decode("utf-8", "replace")
+            cost = len(self.encode(text)) + len(self.encode(key))
+            if self.text_bytes + cost > DRIFT_MAX_TEXTS:
+                self.truncated = True
+            else:
+                self.text_bytes += cost
+                self.texts[key] = text
+
+    def read(
+        self, node_path: str, name: str, info: os.stat_result, want_text: bool, dir_fd: int | None
+    ) -> tuple[str | None, bytes | None]:
+        """sha256 of a regular file (and its bytes when wanted), never blocking on a FIFO or
+        device and never following a link: the file opened must be the one listed."""
+        if info.st_size > DRIFT_MAX_HASH:
+            return None, None
+        try:
+            try:
+                fd = os.open(name, self.flags_noatime, dir_fd=dir_fd)
+            except PermissionError:  # O_NOATIME needs the owner or CAP_FOWNER
+                fd = os.open(name, self.flags, dir_fd=dir_fd)
+        except OSError as exc:
+            self.error(node_path, f"open: {exc.strerror}")
+            return None, None
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
+                info.st_dev,
+                info.st_ino,
+            ):
+                self.error(node_path, "replaced while scanned; not hashed")
+                return None, None
+            digest = self.sha256()
+            chunks: list[bytes] | None = [] if want_text else None
+            total = 0
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > DRIFT_MAX_HASH:
+                    return None, None
+                digest.update(chunk)
+                if chunks is not None:
+                    chunks.append(chunk)
+                    if total > DRIFT_MAX_TEXT:
+                        chunks = None
+            return digest.hexdigest(), b"".join(chunks) if chunks is not None else None
+        except OSError as exc:
+            self.error(node_path, f"read: {exc.strerror}")
+            return None, None
+        finally:
+            os.close(fd)
+
+    def tree(self, category: str, node_top: str, setuid_only: bool = False) -> None:
+        """The top and, when it is a directory seen for the first time, everything below it
+        on its own file system (symlinks listed, never followed)."""
+        real_top = self.real(node_top)
+        try:
+            info = os.lstat(real_top)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            self.error(node_top, exc.strerror)
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            if not setuid_only:
+                self.add(node_top, real_top, info, category)
+            return
+        if (info.st_dev, info.st_ino) in self.seen:
+            return  # /lib/systemd/system is /usr/lib/systemd/system on merged-/usr systems
+        self.seen.add((info.st_dev, info.st_ino))
+        if setuid_only:
+            try:
+                if os.statvfs(real_top).f_flag & os.ST_NOSUID:
+                    return
+            except OSError as exc:
+                self.error(node_top, exc.strerror)
+                return
+        else:
+            self.add(node_top, real_top, info, category)
+        self.walk(category, node_top, real_top, info.st_dev, setuid_only)
+
+    def walk(self, category: str, node_top: str, real_top: str, dev: int, setuid: bool) -> None:
+        stack = [(node_top, real_top)]
+        visited: set[tuple[int, int]] = set()  # a bind mount of the same file system
+        while stack:
+            if self.full:
+                return
+            node_dir, real_dir = stack.pop()
+            if time.monotonic() > self.deadline:
+                self.truncated = True
+                self.error(node_dir, f"scan stopped after {DRIFT_SECONDS:.0f} s")
+                return
+            try:
+                with os.scandir(real_dir) as listing:
+                    items = sorted(listing, key=lambda entry: entry.name)
+            except OSError as exc:
+                self.error(node_dir, exc.strerror)
+                continue
+            below: list[tuple[str, str]] = []
+            prefix = node_dir.rstrip("/") + "/"
+            for item in items:
+                if setuid and item.is_symlink():
+                    continue
+                node_path = prefix + item.name
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except OSError as exc:
+                    self.error(node_path, exc.strerror)
+                    continue
+                mode = info.st_mode
+                inode = (info.st_dev, info.st_ino)
+                if stat.S_ISDIR(mode) and info.st_dev == dev and inode not in visited:
+                    visited.add(inode)
+                    below.append((node_path, item.path))
+                if not setuid or (stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID)):
+                    self.add(node_path, item.path, info, category)
+            stack.extend(reversed(below))
+
+    def homes(self) -> list[str]:
+        """Home directories of the local accounts (/etc/passwd of this tree; not NSS)."""
+        try:
+            with open(self.real("/etc/passwd"), "rb") as file:
+                text = file.read(16 << 20).decode("utf-8", "replace")
+        except OSError as exc:
+            self.error("/etc/passwd", exc.strerror)
+            return []
+        homes: dict[str, None] = {}
+        for line in text.split("\n"):
+            fields = line.split(":")
+            if len(fields) >= 7 and fields[5].startswith("/") and "\0" not in fields[5]:
+                homes[os.path.normpath(fields[5]).replace("//", "/")] = None
+        return list(homes)
+
+    def authorized_keys(self) -> None:
+        """HOME/.ssh/authorized_keys{,2} of every local account. A symlinked ~/.ssh is listed
+        as the link it is and not followed (its files could be anyone's)."""
+        for home in self.homes():
+            ssh = home.rstrip("/") + "/.ssh"
+            real = self.real(ssh)
+            try:
+                info = os.lstat(real)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                self.error(ssh, exc.strerror)
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                self.add(ssh, real, info, "authorized_keys")
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            try:
+                fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                self.error(ssh, exc.strerror)
+                continue
+            try:
+                for name in _AUTHORIZED_KEYS:
+                    try:
+                        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        self.error(f"{ssh}/{name}", exc.strerror)
+                        continue
+                    self.add(f"{ssh}/{name}", name, info, "authorized_keys", dir_fd=fd)
+            finally:
+                os.close(fd)
+
+
+def _drift_scan(paths: Paths, payload: dict[str, object]) -> dict[str, object]:
+    """The manifest of what root can leave behind (docs/grants.md): listed entries with
+    owner, mode and sha256, and the text of account, sudoers, cron and key files."""
+    if payload:
+        raise _Usage("drift-scan takes {}")
+    scan = _DriftScan(paths)
+    for category, node_path in DRIFT_TREES:
+        scan.tree(category, node_path)
+    scan.authorized_keys()
+    for node_path in DRIFT_SETUID_ROOTS:
+        scan.tree("setuid", node_path, setuid_only=True)
+    return scan.reply()
+
+
 def node_main(argv: list[str], stdin: TextIO, stdout: TextIO, paths: Paths | None = None) -> int:
     """`broker-node CMD`: JSON in on stdin, JSON out on stdout; 0 answered, 2 bad usage."""
     import json
@@ -1695,7 +2297,10 @@ def node_main(argv: list[str], stdin: TextIO, stdout: TextIO, paths: Paths | Non
     now = int(time.time())
     try:
         if len(argv) != 1:
-            raise _Usage("usage: broker-node status|install-grant|revoke|reap|collect|ack")
+            raise _Usage(
+                "usage: broker-node status|install-grant|revoke|reap|collect|ack|"
+                "quarantine|release|end-sessions|drift-scan"
+            )
         text = stdin.read((1 << 20) + 1)
         if len(text) > 1 << 20:
             raise _Usage("input larger than 1 MiB")
@@ -1718,6 +2323,14 @@ def node_main(argv: list[str], stdin: TextIO, stdout: TextIO, paths: Paths | Non
             reply = _collect(here)
         elif command == "ack":
             reply = _ack(here, payload)
+        elif command == "quarantine":
+            reply = _quarantine(here, payload)
+        elif command == "release":
+            reply = _release(here, payload)
+        elif command == "end-sessions":
+            reply = _end_sessions_command(here, payload, now)
+        elif command == "drift-scan":
+            reply = _drift_scan(here, payload)
         else:
             raise _Usage(f"unknown command {_clean(command, 40)!r}")
     except _Usage as exc:

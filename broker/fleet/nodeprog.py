@@ -1,7 +1,7 @@
 """Calls to the node program (`broker-node`, docs/grants.md) over the pooled SSH connections.
 
 The node's answer is data from a machine the broker does not control, so it
-is parsed strictly: one JSON object, at most 4 MiB, no NaN or duplicate
+is parsed strictly: one JSON object, at most 4 MiB (drift-scan: 32 MiB), no NaN or duplicate
 keys; anything else is an error naming the node, never an exception that
 would abort a fan-out over many nodes.
 """
@@ -20,9 +20,16 @@ from broker.fleet.ssh import CommandResult, NodeTarget
 PYTHON = "/usr/bin/python3"
 NODE_PROGRAM = "/usr/libexec/broker/broker-node"
 KEYTAB_PROGRAM = "/usr/libexec/broker/broker-keytab"  # docs/keytabs.md
-COMMANDS = frozenset({"status", "install-grant", "revoke", "reap", "collect", "ack"})
+COMMANDS = frozenset(
+    {
+        *("status", "install-grant", "revoke", "reap", "collect", "ack"),
+        *("quarantine", "release", "end-sessions", "drift-scan"),
+    }
+)
 KEYTAB_COMMANDS = frozenset({"keytab-list", "keytab-sync", "keytab-verify"})
 MAX_REPLY = 4 * 1024 * 1024
+# drift-scan lists up to 50,000 entries (16 MiB) and 8 MiB of texts, JSON-encoded.
+MAX_REPLIES = {"drift-scan": 32 * 1024 * 1024}
 MAX_PAYLOAD = 1024 * 1024  # what the node program reads at most
 TIMEOUT_S = 60.0
 
@@ -116,14 +123,15 @@ def call(
     timeout: float = TIMEOUT_S,
 ) -> NodeReply:
     """Run one node program command with `payload` as JSON on stdin."""
+    limit = MAX_REPLIES.get(command, MAX_REPLY)
     result = pool.run(
         target,
         argv_for(command),
         encode_payload(payload),
         timeout=timeout,
-        max_output=MAX_REPLY,
+        max_output=limit,
     )
-    return parse_reply(result)
+    return parse_reply(result, limit)
 
 
 def finite(value: object) -> float | None:

@@ -1,4 +1,5 @@
-"""Collect the PAM hook's session open/close events from node spools, store them, then ack.
+"""Collect the PAM hook's events (session open/close, refused sudo) from node spools, store
+them, then ack.
 
 An event is deleted from a node only after the transaction that stored it
 has committed (at-least-once delivery; `UNIQUE (node, event_id)` makes a
@@ -23,7 +24,9 @@ from broker.store.db import Store
 
 log = logging.getLogger("broker.sessions")
 
-_KINDS = ("open", "close")
+_KINDS = ("open", "close", "deny")
+# A refused sudo has no grant: the hook writes "-" there (the JSON format stays the same).
+_NO_GRANT = "-"
 _TEXT_MAX = 256
 
 
@@ -55,6 +58,8 @@ def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
         return None
     if grant_id is not None and not (isinstance(grant_id, str) and _clean(grant_id)):
         return None
+    if kind == "deny" and grant_id == _NO_GRANT:
+        grant_id = None
     return SessionEvent(node, event_id, kind, grant_id, user, texts[2], texts[3], texts[4], pid, at)
 
 
@@ -80,11 +85,12 @@ def store_events(
     malformed: Sequence[str],
     now: datetime,
 ) -> int:
-    """Insert new events with one audit event per session open/close; returns how many.
+    """Insert new events with one audit event each; returns how many.
 
-    An event naming a grant the broker never put on this node is kept, its audit event
-    saying `known_grant: false`; malformed ones are audited (by id) before the node may
-    delete them.
+    Open/close are `session.open`/`session.close`; a sudo the hook refused is
+    `session.deny` with outcome `refused`. An event naming a grant the broker never put
+    on this node is kept, its audit event saying `known_grant: false`; malformed ones are
+    audited (by id) before the node may delete them.
     """
     added = 0
     with store.transaction() as conn:
@@ -118,6 +124,7 @@ def store_events(
                         f"node:{e.node}",
                         f"session.{e.kind}",
                         e.grant_id or "-",
+                        outcome="refused" if e.kind == "deny" else "ok",
                         details={
                             # False: a grant the broker never put on this node (or none:
                             # a break-glass session, grant_id "break-glass").

@@ -374,6 +374,123 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID""",
         ),
     ),
+    Migration(
+        8,
+        "detection, alerts, quarantine, drift",
+        (
+            # The hook now also spools refused sudo attempts ('deny'): rebuild the table
+            # with the wider CHECK (SQLite cannot alter one), keeping every row and id.
+            """CREATE TABLE session_events_new (
+                id INTEGER PRIMARY KEY,
+                node TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('open', 'close', 'deny')),
+                grant_id TEXT,
+                user TEXT NOT NULL,
+                runas TEXT NOT NULL,
+                service TEXT NOT NULL,
+                tty TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                UNIQUE (node, event_id)
+            )""",
+            "INSERT INTO session_events_new SELECT * FROM session_events",
+            "DROP TABLE session_events",
+            "ALTER TABLE session_events_new RENAME TO session_events",
+            # One row per finding of a detection rule (or of a drift check).
+            """CREATE TABLE alerts (
+                id INTEGER PRIMARY KEY,
+                created_at TEXT NOT NULL,
+                event_at TEXT,
+                rule TEXT NOT NULL,
+                severity TEXT NOT NULL
+                    CHECK (severity IN ('info', 'low', 'medium', 'high', 'critical')),
+                user TEXT,
+                node TEXT,
+                grant_id TEXT,
+                recording_id TEXT,
+                message TEXT NOT NULL,
+                details TEXT NOT NULL DEFAULT '{}',
+                actions TEXT NOT NULL DEFAULT '[]',
+                source TEXT NOT NULL,
+                acked_at TEXT,
+                acked_by TEXT,
+                ack_note TEXT
+            )""",
+            "CREATE INDEX alerts_created ON alerts (created_at)",
+            "CREATE INDEX alerts_open ON alerts (acked_at, severity)",
+            # What a finding asked the broker to do, done by the responder (retried).
+            # Also drift jobs (baseline at grant push, check at session end): no alert_id.
+            """CREATE TABLE alert_actions (
+                id INTEGER PRIMARY KEY,
+                alert_id INTEGER REFERENCES alerts (id),
+                kind TEXT NOT NULL,
+                target TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_at TEXT NOT NULL,
+                result TEXT,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX alert_actions_due ON alert_actions (state, next_at)",
+            # Alerts on their way to syslog and the webhook (retried; never blocks detection).
+            """CREATE TABLE alert_deliveries (
+                alert_id INTEGER NOT NULL REFERENCES alerts (id),
+                channel TEXT NOT NULL CHECK (channel IN ('syslog', 'webhook')),
+                state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_at TEXT NOT NULL,
+                last_error TEXT,
+                sent_at TEXT,
+                PRIMARY KEY (alert_id, channel)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_at)",
+            # The detector's cursor and rule memory (one JSON value per key).
+            """CREATE TABLE detect_state (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            # How far each stream of each recording has been read, and its unfinished line.
+            """CREATE TABLE detect_streams (
+                recording_id TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                offset INTEGER NOT NULL,
+                carry BLOB NOT NULL DEFAULT x'',
+                done INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (recording_id, stream)
+            ) WITHOUT ROWID""",
+            # Nodes under quarantine (a row exists until the release reached the node).
+            """CREATE TABLE quarantines (
+                node TEXT PRIMARY KEY,
+                state TEXT NOT NULL CHECK (state IN ('quarantined', 'releasing')),
+                reason TEXT NOT NULL,
+                since TEXT NOT NULL,
+                by TEXT NOT NULL,
+                marker TEXT NOT NULL CHECK (marker IN ('pending', 'placed')),
+                error TEXT,
+                updated_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            # What root could leave behind on a node, as seen when a grant landed there.
+            """CREATE TABLE drift_baselines (
+                grant_id TEXT NOT NULL,
+                node TEXT NOT NULL,
+                taken_at TEXT NOT NULL,
+                manifest TEXT NOT NULL,
+                PRIMARY KEY (grant_id, node)
+            ) WITHOUT ROWID""",
+            # The drift a finished elevated session left, attached to its recording.
+            """CREATE TABLE session_drift (
+                recording_id TEXT PRIMARY KEY,
+                grant_id TEXT,
+                node TEXT NOT NULL,
+                checked_at TEXT NOT NULL,
+                changes TEXT NOT NULL DEFAULT '[]',
+                unexpected INTEGER NOT NULL DEFAULT 0,
+                error TEXT
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
 
 

@@ -699,3 +699,200 @@ def test_denials_and_break_glass_reach_syslog_authpriv(node: NodeTree, tmp_path:
     assert carol.startswith("0 <85>") and "allow" in carol
     assert "ruser=carol: break-glass: carol is in break-glass" in carol
     assert root == "0 quiet"
+
+
+# ---------------------------------------------------------------- quarantine
+
+
+def quarantine(node: NodeTree, group: str = "ir", reason: str = "INC-9 odd root shell") -> Path:
+    marker = bn.Quarantine(NODE, bn.parse_utc("2026-11-23T10:00:00Z"), group, reason)
+    path = node.root / "etc/broker/quarantine"
+    path.write_bytes(bn.render_quarantine(marker))
+    path.chmod(0o644)
+    return path
+
+
+def members(*pairs: tuple[str, str]) -> Any:
+    def check(user: str, group: str) -> bool:
+        return (user, group) in pairs
+
+    return check
+
+
+def test_quarantine_admits_only_root_and_the_ir_group_under_the_usual_rules(
+    node: NodeTree,
+) -> None:
+    grant = node.grant()
+    node.install(grant)
+    quarantine(node)
+    allow, reason = sudo(node)
+    assert not allow
+    assert reason == "node quarantined since 2026-11-23T10:00:00Z: INC-9 odd root shell"
+    # in the incident-response group: the grant decides as before
+    assert sudo(node, in_group=members(("alice", "ir"))) == (True, f"grant {grant.id}")
+    allow, reason = sudo(node, "bob", members(("bob", "ir")))
+    assert not allow and reason.startswith("no valid grant for bob"), reason
+    # break-glass alone no longer passes; break-glass and incident response does
+    assert sudo(node, "carol", members(("carol", "break-glass")))[0] is False
+    both = members(("carol", "break-glass"), ("carol", "ir"))
+    assert sudo(node, "carol", both)[0] is True
+    assert sudo(node, "root") == (True, "root")
+    (node.root / "etc/broker/quarantine").unlink()
+    assert sudo(node) == (True, f"grant {grant.id}")
+
+
+def test_quarantine_without_a_group_exempts_nobody(node: NodeTree) -> None:
+    node.install()
+    quarantine(node, group="")
+    everyone = members(("alice", ""), ("alice", "ir"), ("alice", "break-glass"))
+    allow, reason = sudo(node, in_group=everyone)
+    assert not allow and reason.startswith("node quarantined since"), reason
+
+
+def _marker_garbage(path: Path) -> None:
+    path.write_text("quarantined, trust me\n")
+
+
+def _marker_unencoded_reason(path: Path) -> None:
+    path.write_text(path.read_text().replace("INC-9%20odd", "INC-9 odd"))
+
+
+def _marker_missing_group_line(path: Path) -> None:
+    path.write_text("\n".join(ln for ln in path.read_text().split("\n") if "group=" not in ln))
+
+
+def _marker_symlink(path: Path) -> None:
+    real = path.with_name("elsewhere")
+    path.rename(real)
+    path.symlink_to(real)
+
+
+UNTRUSTED_MARKERS = [
+    ("garbage", _marker_garbage, "unknown or repeated setting"),
+    ("reason not encoded", _marker_unencoded_reason, "bad reason"),
+    ("group line missing", _marker_missing_group_line, "a setting is missing"),
+    ("world-writable", lambda p: p.chmod(0o666), "too open"),
+    ("not root's", lambda p: os.chown(p, 65534, 65534), "owned by uid 65534"),
+    ("symlink", _marker_symlink, "a symlink"),
+    ("empty", lambda p: p.write_text(""), "a setting is missing"),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "damage", "expected"), UNTRUSTED_MARKERS, ids=[m[0] for m in UNTRUSTED_MARKERS]
+)
+def test_an_untrusted_marker_quarantines_with_nobody_exempt(
+    node: NodeTree, label: str, damage: Any, expected: str
+) -> None:
+    node.install()
+    damage(quarantine(node))
+    allow, reason = sudo(node, in_group=members(("alice", "ir")))
+    assert not allow, label
+    assert reason.startswith("node quarantined (quarantine marker: ") and expected in reason, reason
+    assert sudo(node, "root") == (True, "root")
+
+
+def test_quarantine_gates_sshd_only_where_logins_are_gated(node: NodeTree) -> None:
+    grant = node.grant(login=True)
+    node.install(grant)
+    quarantine(node)
+    allow, reason = sshd(node, "alice")
+    assert not allow and reason.startswith("login gated: node quarantined since"), reason
+    assert sshd(node, "alice", members(("alice", "ir"))) == (True, f"login grant {grant.id}")
+    assert sshd(node, "carol", members(("carol", "break-glass")))[0] is False
+    assert sshd(node, "root") == (True, "root")
+    node.write_conf(gated=False)
+    assert sshd(node, "bob") == (True, "logins not gated")
+
+
+def test_quarantine_reason_round_trips_any_printable_text() -> None:
+    marker = bn.Quarantine(NODE, 1, "ir-team", "Äpfel ✓ 100% sicher; rm -rf /")
+    text = bn.render_quarantine(marker)
+    assert text.isascii() and b"reason=%C3%84pfel%20%E2%9C%93%20100%25" in text
+    assert bn.parse_quarantine(text) == marker
+
+
+# ---------------------------------------------------------------- deny events
+
+
+def spooled(node: NodeTree) -> list[dict[str, Any]]:
+    import json
+
+    events = [
+        json.loads(path.read_text()) for path in (node.root / "var/spool/broker/events").iterdir()
+    ]
+    return sorted(events, key=lambda e: e["event_id"])
+
+
+def attempt(node: NodeTree, pam_type: str, ruser: str, pid: int) -> bool:
+    allow, _ = bn.decide(
+        node.paths, pam_type, "sudo", "root", ruser, "/dev/pts/4", pid, bn_now(), nobody
+    )
+    return bool(allow)
+
+
+def test_a_refused_sudo_spools_one_deny_event_per_sudo_process(node: NodeTree) -> None:
+    from broker.sessions.collect import parse_event
+
+    pid = os.getpid()  # a real process, as the sudo the hook's parent is
+    assert attempt(node, "auth", "alice", pid) is False
+    assert attempt(node, "auth", "alice", pid) is False  # a second password try
+    assert attempt(node, "account", "alice", pid) is False
+    events = spooled(node)
+    assert len(events) == 1, events
+    (event,) = events
+    assert {k: v for k, v in event.items() if k not in ("event_id", "at")} == {
+        "kind": "deny",
+        "grant_id": "-",
+        "user": "alice",
+        "runas": "root",
+        "service": "sudo",
+        "tty": "pts/4",
+        "pid": pid,
+    }
+    assert bn.is_event_id(event["event_id"])
+    parsed = parse_event(NODE, event)
+    assert parsed is not None and (parsed.kind, parsed.grant_id) == ("deny", None)
+    # another sudo process is another attempt
+    other = subprocess.Popen(["sleep", "5"])
+    try:
+        assert attempt(node, "account", "alice", other.pid) is False
+    finally:
+        other.kill()
+        other.wait()
+    assert [e["pid"] for e in spooled(node)] == [pid, other.pid]
+
+
+def test_allowed_root_and_anonymous_attempts_spool_nothing(node: NodeTree) -> None:
+    node.install()
+    pid = os.getpid()
+    assert attempt(node, "account", "alice", pid) is True
+    assert attempt(node, "account", "root", pid) is True
+    assert attempt(node, "account", "", pid) is False
+    assert (
+        bn.decide(node.paths, "account", "sshd", "bob", "", "", pid, bn_now(), nobody)[0] is False
+    )
+    assert spooled(node) == []
+
+
+def test_a_quarantine_refusal_is_spooled_through_pam_main(node: NodeTree) -> None:
+    node.install()
+    quarantine(node)
+    assert bn.pam_main([], pam_env(), node.paths) == 1
+    (event,) = spooled(node)
+    assert (event["kind"], event["user"], event["pid"]) == ("deny", "alice", os.getppid())
+
+
+def test_deny_events_stop_at_the_spool_limit(node: NodeTree) -> None:
+    events = node.root / "var/spool/broker/events"
+    for index in range(bn.DENY_SPOOL_LIMIT):
+        (events / f"{index}-1-0000000{index % 10}.json").write_text("{}")
+    assert attempt(node, "account", "alice", os.getpid()) is False
+    assert len(list(events.iterdir())) == bn.DENY_SPOOL_LIMIT
+
+
+def test_no_spool_directory_no_deny_event(node: NodeTree) -> None:
+    events = node.root / "var/spool/broker/events"
+    events.rmdir()
+    assert attempt(node, "account", "alice", os.getpid()) is False
+    assert not events.exists(), "a node bootstrap has not prepared is left as it is"

@@ -515,3 +515,319 @@ def test_launchers_run_from_the_install_directory() -> None:
     status, root, nobody_line = done.stdout.splitlines()
     assert json.loads(status)["hook_version"] == "1"
     assert (root, nobody_line) == ("root=0", "nobody=1")
+
+
+# ---------------------------------------------------------------- quarantine and release
+
+QUARANTINE = {"reason": "INC-9: odd root shell ✓", "since": "2026-11-23T10:00:00Z", "group": "ir"}
+
+
+def test_quarantine_places_the_marker_status_shows_it_release_removes_it(node: NodeTree) -> None:
+    node.install()
+    assert call(node, "status")[1]["quarantined"] is None
+    code, reply = call(node, "quarantine", QUARANTINE)
+    assert (code, reply) == (0, {"quarantined": True, "node": "gpu01", "error": None})
+    marker = node.root / "etc/broker/quarantine"
+    info = marker.stat()
+    assert (info.st_uid, info.st_mode & 0o7777) == (0, 0o644)
+    assert files(node.root / "etc/broker") == ["grant-key.pub", "node.conf", "quarantine"]
+    assert call(node, "status")[1]["quarantined"] == {
+        "since": "2026-11-23T10:00:00Z",
+        "reason": "INC-9: odd root shell ✓",
+        "group": "ir",
+        "problem": None,
+    }
+    allow, reason = bn.decide(
+        node.paths, "account", "sudo", "root", "alice", "", 1, bn_now(), nobody
+    )
+    assert (
+        not allow
+        and reason == "node quarantined since 2026-11-23T10:00:00Z: INC-9: odd root shell ?"
+    )
+    # placed again (a retry, a new reason): replaced, not refused
+    again = {**QUARANTINE, "reason": "second look", "group": None}
+    assert call(node, "quarantine", again)[1]["quarantined"] is True
+    shown = call(node, "status")[1]["quarantined"]
+    assert (shown["reason"], shown["group"]) == ("second look", None)
+    assert call(node, "release", {}) == (0, {"released": True, "error": None})
+    assert not marker.exists()
+    assert call(node, "release", {}) == (0, {"released": False, "error": None})
+    assert bn.decide(node.paths, "account", "sudo", "root", "alice", "", 1, bn_now(), nobody)[0]
+
+
+def test_status_reports_an_untrusted_marker(node: NodeTree) -> None:
+    marker = node.root / "etc/broker/quarantine"
+    marker.write_text("garbage\n")
+    marker.chmod(0o644)
+    shown = call(node, "status")[1]["quarantined"]
+    assert shown["since"] is None and "quarantine marker: line 1" in shown["problem"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"reason": "x"},
+        {**QUARANTINE, "node": "gpu01"},
+        {**QUARANTINE, "reason": ""},
+        {**QUARANTINE, "reason": "   "},
+        {**QUARANTINE, "reason": "two\nlines"},
+        {**QUARANTINE, "reason": "bell\x07"},
+        {**QUARANTINE, "reason": "x" * 201},
+        {**QUARANTINE, "reason": 7},
+        {**QUARANTINE, "since": "2026-11-23 10:00:00"},
+        {**QUARANTINE, "since": None},
+        {**QUARANTINE, "group": "ir team"},
+        {**QUARANTINE, "group": "../x"},
+        {**QUARANTINE, "group": 0},
+    ],
+)
+def test_quarantine_refuses_bad_input_and_writes_nothing(
+    node: NodeTree, payload: dict[str, Any]
+) -> None:
+    code, reply = call(node, "quarantine", payload)
+    assert code == 2 and "error" in reply
+    assert not (node.root / "etc/broker/quarantine").exists()
+
+
+def test_quarantine_needs_a_bootstrapped_node(node: NodeTree) -> None:
+    (node.root / "etc/broker/node.conf").unlink()
+    code, reply = call(node, "quarantine", QUARANTINE)
+    assert code == 0 and reply["quarantined"] is False and reply["node"] is None
+    assert "node not bootstrapped: node.conf: missing" in reply["error"]
+    assert call(node, "release", {"all": True})[0] == 2
+
+
+# ---------------------------------------------------------------- end-sessions
+
+
+def test_end_sessions_kills_grant_and_break_glass_sessions_without_revoking(
+    node: NodeTree,
+) -> None:
+    grant = node.grant()
+    node.install(grant)
+    processes = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    try:
+        base = node.root / "var/lib/broker/sessions"
+        for key, process in zip((grant.id, "break-glass"), processes, strict=False):
+            (base / key).mkdir(mode=0o700)
+            record_session(base / key, process.pid, bn_now())
+        code, reply = call(node, "end-sessions", {"grant_ids": [grant.id, "break-glass"]})
+        assert code == 0 and reply["errors"] == []
+        assert reply["killed"] == sorted(p.pid for p in processes[:2])
+        for process in processes[:2]:
+            process.wait(timeout=5)
+        assert processes[2].poll() is None, "a process of no recorded session is left alone"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert files(node.root / "var/lib/broker/grants") == [grant.id], "the grant stays"
+    assert files(node.root / "var/lib/broker/revoked") == []
+    events = [json.loads(p.read_text()) for p in (node.root / "var/spool/broker/events").iterdir()]
+    assert sorted((e["kind"], e["grant_id"], e["service"]) for e in events) == [
+        ("close", "break-glass", "end-sessions"),
+        ("close", grant.id, "end-sessions"),
+    ]
+    assert call(node, "end-sessions", {"grant_ids": [grant.id]}) == (
+        0,
+        {"killed": [], "errors": []},
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"grant_ids": "break-glass"}, {"grant_ids": ["../x"]}, {"ids": []}, {"grant_ids": [1]}],
+)
+def test_end_sessions_refuses_bad_ids(node: NodeTree, payload: dict[str, Any]) -> None:
+    assert call(node, "end-sessions", payload)[0] == 2
+
+
+# ---------------------------------------------------------------- drift-scan
+
+ALICE_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHf3qGmX5bqPt0kV7t0mhJ9oRbLyv2cQzAbCdEfGh1jK alice@laptop"
+)
+
+
+def put(root: Path, path: str, text: str | bytes = "", mode: int = 0o644) -> Path:
+    """A file of a node tree (parents 0755), with its mode."""
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        target.write_bytes(text)
+    else:
+        target.write_text(text)
+    target.chmod(mode)
+    return target
+
+
+def drift_tree(root: Path) -> None:
+    """What a small Debian node holds in the places drift-scan looks at."""
+    put(
+        root,
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n"
+        "bob:x:1001:1001::/home/bob:/bin/sh\nodd:x:1002:1002::relative/home:/bin/sh\n",
+    )
+    put(root, "etc/group", "root:x:0:\nsudo:x:27:\n")
+    put(root, "etc/sudoers", "root ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n", 0o440)
+    put(root, "etc/sudoers.d/site", "Defaults use_pty\n", 0o440)
+    (root / "etc/sudoers.d/link").symlink_to("/tmp/elsewhere")
+    put(root, "etc/pam.d/sudo", "@include common-auth\n")
+    put(root, "etc/security/limits.conf", "* hard core 0\n")
+    put(root, "etc/polkit-1/rules.d/49-admin.rules", "polkit.addAdminRule(...);\n")
+    put(root, "etc/crontab", "17 * * * * root cd / && run-parts /etc/cron.hourly\n")
+    put(root, "etc/cron.d/backup", "0 3 * * * root /usr/local/sbin/backup\n")
+    put(root, "etc/cron.d/big", "# " + "x" * 70_000 + "\n")
+    put(root, "etc/cron.daily/logrotate", "#!/bin/sh\nlogrotate /etc/logrotate.conf\n", 0o755)
+    os.mkfifo(root / "etc/cron.d/fifo", 0o644)
+    put(root, "var/spool/cron/crontabs/alice", "@reboot /home/alice/x\n", 0o600)
+    put(root, "usr/lib/systemd/system/ssh.service", "[Service]\nExecStart=/usr/sbin/sshd\n")
+    (root / "lib").symlink_to("usr/lib")  # merged /usr: the same units under two names
+    (root / "bin").symlink_to("usr/bin")
+    put(root, "usr/bin/sudo", b"\x7fELF sudo", 0o4755)
+    put(root, "usr/bin/ls", b"\x7fELF ls", 0o755)
+    put(root, "usr/sbin/unix_chkpwd", b"\x7fELF chkpwd", 0o2755)
+    put(root, "opt/tool/helper", b"\x7fELF helper", 0o4750)
+    put(root, "home/alice/.ssh/authorized_keys", ALICE_KEY + "\n", 0o600)
+    os.mkfifo(root / "home/alice/.ssh/authorized_keys2", 0o600)
+    put(root, "root/.ssh/authorized_keys2", "# no keys\n", 0o600)
+    (root / "home/bob").mkdir(parents=True)
+    (root / "home/bob/.ssh").symlink_to("../../root/.ssh")  # not followed
+
+
+def scan(node: NodeTree) -> dict[str, Any]:
+    code, reply = call(node, "drift-scan", {})
+    assert code == 0, reply
+    return reply
+
+
+def test_drift_scan_lists_what_root_can_leave_behind(node: NodeTree) -> None:
+    import hashlib
+
+    drift_tree(node.root)
+    started = time.monotonic()
+    reply = scan(node)
+    assert time.monotonic() - started < 5
+    assert (reply["truncated"], reply["errors"]) == (False, [])
+    entries, texts = reply["entries"], reply["texts"]
+    assert all(path.startswith("/") and str(node.root) not in path for path in entries)
+    category = {path: entry["category"] for path, entry in entries.items()}
+    assert {p for p, c in category.items() if c == "setuid"} == {
+        "/usr/bin/sudo",
+        "/usr/sbin/unix_chkpwd",
+        "/opt/tool/helper",
+    }
+    assert {p for p, c in category.items() if c == "authorized_keys"} == {
+        "/home/alice/.ssh/authorized_keys",
+        "/home/alice/.ssh/authorized_keys2",
+        "/home/bob/.ssh",
+        "/root/.ssh/authorized_keys2",
+    }
+    assert {p for p, c in category.items() if c == "sudoers"} == {
+        "/etc/sudoers",
+        "/etc/sudoers.d",
+        "/etc/sudoers.d/site",
+        "/etc/sudoers.d/link",
+    }
+    assert category["/etc/pam.d/sudo"] == category["/etc/security/limits.conf"] == "pam"
+    assert category["/etc/polkit-1/rules.d/49-admin.rules"] == "polkit"
+    assert category["/usr/lib/systemd/system/ssh.service"] == "systemd"
+    assert not [p for p in entries if p.startswith(("/lib/", "/bin/"))], "links not followed"
+    assert category["/var/spool/cron/crontabs/alice"] == category["/etc/crontab"] == "cron"
+    assert category["/etc/passwd"] == category["/etc/group"] == "accounts"
+
+    sudo = entries["/usr/bin/sudo"]
+    assert sudo == {
+        "type": "f",
+        "mode": 0o4755,
+        "uid": 0,
+        "gid": 0,
+        "size": 9,
+        "sha256": hashlib.sha256(b"\x7fELF sudo").hexdigest(),
+        "target": None,
+        "category": "setuid",
+    }
+    assert entries["/etc/sudoers.d"]["type"] == "d" and entries["/etc/sudoers.d"]["sha256"] is None
+    assert entries["/etc/sudoers.d/link"]["type"] == "l"
+    assert entries["/etc/sudoers.d/link"]["target"] == "/tmp/elsewhere"
+    assert entries["/home/bob/.ssh"]["target"] == "../../root/.ssh"
+    for fifo in ("/etc/cron.d/fifo", "/home/alice/.ssh/authorized_keys2"):
+        assert (entries[fifo]["type"], entries[fifo]["sha256"]) == ("o", None)
+    assert entries["/etc/cron.d/big"]["sha256"] is not None
+    assert set(texts) == {
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/sudoers",
+        "/etc/sudoers.d/site",
+        "/etc/crontab",
+        "/etc/cron.d/backup",
+        "/etc/cron.daily/logrotate",
+        "/var/spool/cron/crontabs/alice",
+        "/home/alice/.ssh/authorized_keys",
+        "/root/.ssh/authorized_keys2",
+    }, "texts: accounts, sudoers, cron and keys of at most 64 KiB; never a PAM file"
+    assert texts["/home/alice/.ssh/authorized_keys"] == ALICE_KEY + "\n"
+
+
+def test_drift_scan_escapes_file_names_and_reads_through_no_link(node: NodeTree) -> None:
+    drift_tree(node.root)
+    put(node.root, "etc/cron.d/" + os.fsdecode(b"bad\xffname\n"), "x\n")
+    (node.root / "etc/cron.d/back\\slash").write_text("y\n")
+    # a hard link a user made to another file is listed and hashed, never shown
+    os.link(node.root / "etc/sudoers", node.root / "home/alice/.ssh/authorized_keys2.tmp")
+    (node.root / "home/alice/.ssh/authorized_keys2").unlink()
+    (node.root / "home/alice/.ssh/authorized_keys2.tmp").rename(
+        node.root / "home/alice/.ssh/authorized_keys2"
+    )
+    reply = scan(node)
+    assert "/etc/cron.d/bad\\xffname\\x0a" in reply["entries"]
+    assert "/etc/cron.d/back\\\\slash" in reply["entries"]
+    linked = reply["entries"]["/home/alice/.ssh/authorized_keys2"]
+    assert linked["sha256"] == reply["entries"]["/etc/sudoers"]["sha256"]
+    assert "/home/alice/.ssh/authorized_keys2" not in reply["texts"]
+
+
+def test_drift_scan_caps_entries_and_texts(node: NodeTree, monkeypatch: pytest.MonkeyPatch) -> None:
+    drift_tree(node.root)
+    monkeypatch.setattr(bn, "DRIFT_MAX_ENTRIES", 5)
+    reply = scan(node)
+    assert reply["truncated"] is True and len(reply["entries"]) == 5
+    monkeypatch.setattr(bn, "DRIFT_MAX_ENTRIES", 50_000)
+    monkeypatch.setattr(bn, "DRIFT_MAX_TEXTS", 300)
+    reply = scan(node)
+    assert reply["truncated"] is True and 0 < len(reply["texts"]) < 10
+    assert "/usr/bin/sudo" in reply["entries"], "entries go on when texts are full"
+    assert sum(len(json.dumps(t)) + len(json.dumps(p)) for p, t in reply["texts"].items()) <= 300
+
+
+def test_drift_scan_takes_no_input(node: NodeTree) -> None:
+    assert call(node, "drift-scan", {"paths": ["/"]})[0] == 2
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare --mount (root)")
+def test_drift_scan_stays_on_each_file_system_and_skips_nosuid(node: NodeTree) -> None:
+    drift_tree(node.root)
+    script = (
+        'mount -t tmpfs tmpfs "$2/usr/local" && mount -t tmpfs -o nosuid tmpfs "$2/srv" && '
+        'for d in "$2/usr/local" "$2/srv"; do : > "$d/suid" && chmod 4755 "$d/suid"; done && '
+        'exec /usr/bin/python3 -I -S -c "$1" "$3" "$2"'
+    )
+    code = (
+        "import io, sys; sys.path.insert(0, sys.argv[1]); import broker_node as b; "
+        "b.node_main(['drift-scan'], io.StringIO('{}'), sys.stdout, b.Paths(sys.argv[2]))"
+    )
+    for directory in ("usr/local", "srv"):
+        (node.root / directory).mkdir(parents=True)
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", code, str(node.root), str(PAM_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    entries = json.loads(done.stdout)["entries"]
+    assert "/usr/bin/sudo" in entries
+    assert "/usr/local/suid" not in entries, "another file system below /usr"
+    assert "/srv/suid" not in entries, "a nosuid mount: the kernel ignores the bit"
