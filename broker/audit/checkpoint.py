@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.audit.verify import Checkpoint
+from broker.core import syslog
 from broker.core.errors import IntegrityError, UnavailableError
 from broker.store.files import check_private_file, write_private_file
 
 log = logging.getLogger("broker.audit")
-
-SYSLOG_PRI = 10 * 8 + 5  # facility authpriv, severity notice
 
 
 @dataclass(frozen=True)
@@ -188,11 +186,8 @@ def last_sealed_seq(path: Path) -> int:
 
 def send_syslog(socket_path: Path, line: str) -> None:
     """Best effort: a copy in syslog for shipping off the host; never blocks a commit."""
-    message = f"<{SYSLOG_PRI}>broker-audit[{os.getpid()}]: checkpoint {line}".encode("ascii")
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(1.0)
-            sock.sendto(message, str(socket_path))
+        syslog.send(socket_path, "authpriv", "notice", "broker-audit", f"checkpoint {line}")
     except OSError as exc:
         log.warning(
             "audit checkpoint not sent to syslog at %s: %s", socket_path, exc.strerror or exc

@@ -402,6 +402,99 @@ class SessionsSection(_Section):
         return self
 
 
+SyslogFacility = Literal[
+    "auth",
+    "authpriv",
+    "daemon",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+]
+
+
+def _webhook_url_problem(value: str) -> str | None:
+    """Why `value` is no acceptable webhook URL, in words that never repeat the URL itself
+    (it could carry a password or token, and errors end up in logs)."""
+    if not value.isascii() or not value.isprintable() or " " in value:
+        return "webhook_url must be a plain ASCII URL without spaces or control characters"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "webhook_url is not a valid URL (check the host and port)"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "webhook_url must be an http://HOST[:PORT]/PATH or https://HOST[:PORT]/PATH URL"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return (
+            "webhook_url must not carry a user name or password; "
+            "the webhook is authenticated by the HMAC key in webhook_secret_file"
+        )
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return (
+            "webhook_url must not carry a query or fragment (tokens there leak into logs); "
+            "the webhook is authenticated by the HMAC key in webhook_secret_file"
+        )
+    if port == 0:
+        return "webhook_url has port 0"
+    return None
+
+
+class AlertsSection(_Section):
+    """Where detection alerts go: syslog, and optionally a webhook signed with HMAC-SHA256
+    (retried with backoff, never blocking the broker)."""
+
+    syslog: bool = True
+    syslog_socket: AbsPath = Path("/dev/log")
+    syslog_facility: SyslogFacility = "authpriv"
+    webhook_url: str | None = None
+    webhook_secret_file: AbsPath | None = None
+    # Extra CA bundle for an https webhook, on top of the system's CAs.
+    webhook_ca_file: AbsPath | None = None
+    webhook_timeout: Duration = timedelta(seconds=5)
+    webhook_attempts: int = Field(default=12, ge=1, le=1000)
+    # The wait before the first retry; it doubles with every attempt, up to 15 minutes.
+    webhook_backoff: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url(cls, data: object) -> object:
+        # Checked here rather than in a field validator, so that a refused URL (which may
+        # carry a secret) is never echoed in the configuration error.
+        if isinstance(data, dict) and isinstance(data.get("webhook_url"), str):
+            problem = _webhook_url_problem(data["webhook_url"])
+            if problem is not None:
+                raise ValueError(problem)
+        return data
+
+    @field_validator("webhook_timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=5):
+            raise ValueError("webhook_timeout must be between 1s and 5m")
+        return value
+
+    @field_validator("webhook_backoff")
+    @classmethod
+    def _backoff(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=15):
+            raise ValueError("webhook_backoff must be between 1s and 15m")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_needed(self) -> AlertsSection:
+        if self.webhook_url is not None and self.webhook_secret_file is None:
+            raise ValueError(
+                "alerts.webhook_url needs alerts.webhook_secret_file "
+                "(the HMAC key that signs every alert, mode 0600)"
+            )
+        return self
+
+
 class Settings(_Section):
     """The whole configuration, with derived paths resolved."""
 
@@ -417,6 +510,7 @@ class Settings(_Section):
     grants: GrantsSection = GrantsSection()
     keytabs: KeytabsSection = KeytabsSection()
     sessions: SessionsSection = SessionsSection()
+    alerts: AlertsSection = AlertsSection()
 
     @property
     def db_path(self) -> Path:
