@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,8 @@ from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
 
 if TYPE_CHECKING:
+    from broker.detect.quarantine import Quarantines
+    from broker.detect.runner import DetectionRunner, PassReport
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
     from broker.sessions.index import Indexer as SessionIndexer
@@ -83,6 +86,8 @@ class App:
         self._policy: tuple[str, Policy] | None = None  # (sha256, parsed) of the active policy
         self._grants: GrantService | None = None  # built on first use (SSH, keys)
         self._keytabs: KeytabService | None = None
+        self._quarantines: Quarantines | None = None
+        self._detector: DetectionRunner | None = None
         if settings.kerberos.krb5_conf is not None:
             os.environ["KRB5_CONFIG"] = str(settings.kerberos.krb5_conf)
 
@@ -293,6 +298,49 @@ class App:
                 mfa=self.check_mfa,
             )
         return self._grants
+
+    def quarantines(self) -> Quarantines:
+        """Node quarantine over this process's store and the shared SSH pool."""
+        from broker.detect.quarantine import Quarantines
+        from broker.fleet.pool import shared_pool
+
+        if self._quarantines is None:
+            self._quarantines = Quarantines(
+                self.ready_store(),
+                shared_pool(self.settings),
+                self.grants,
+                lambda: p.incident_response_group if (p := self.active_policy()) else None,
+            )
+        return self._quarantines
+
+    def enqueue_alert(self, conn: sqlite3.Connection, alert_id: int, now: datetime) -> None:
+        """Queue an alert for syslog and the webhook (inside the transaction that raised it)."""
+        from broker.detect import notify
+
+        notify.enqueue(conn, alert_id, now, self.settings)
+
+    def incident_responders(self, now: datetime | None = None) -> frozenset[str]:
+        """Members of the policy's incident-response group (exempt from quarantine rules)."""
+        policy = self.active_policy()
+        group = policy.incident_response_group if policy is not None else None
+        if group is None:
+            return frozenset()
+        return frozenset(self.snapshot(now).member_names(group))
+
+    def detect(self, now: datetime) -> PassReport:
+        """One detection pass with the active policy's rules (the built-ins before any)."""
+        from broker.detect.rules import DEFAULT
+        from broker.detect.runner import DetectionRunner
+
+        if self._detector is None:
+            self._detector = DetectionRunner(
+                self.ready_store(),
+                str(self.settings.session_store),
+                enqueue=self.enqueue_alert,
+            )
+        policy = self.active_policy()
+        detection = policy.detection if policy is not None else DEFAULT
+        return self._detector.run_once(detection, now, self.incident_responders(now))
 
     def keytabs(self) -> KeytabService:
         """Keytab rotation over this process's store, the shared SSH pool and AD."""

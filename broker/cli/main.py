@@ -16,6 +16,7 @@ import typer
 from broker import __version__
 from broker.cli import (
     accounts_cmds,
+    alert_cmds,
     audit_cmds,
     config_cmds,
     db_cmds,
@@ -55,6 +56,7 @@ app.add_typer(grant_cmds.grants_app, name="grants")
 app.add_typer(grant_cmds.requests_app, name="requests")
 app.add_typer(keytab_cmds.app, name="keytab")
 app.add_typer(session_cmds.app, name="sessions")
+app.add_typer(alert_cmds.app, name="alerts")
 
 
 def _version(value: bool) -> None:

@@ -353,3 +353,83 @@ def _row(p: dict[str, Any]) -> list[object]:
         f"{p['elapsed_ms']:.0f}",
         p["error"] or "",
     ]
+
+
+# ---------------------------------------------------------------- quarantine (docs/detection.md)
+
+
+@app.command()
+def quarantine(
+    ctx: typer.Context,
+    nodes: str = typer.Argument(..., help="Hostlist expression, e.g. gpu[01-04]."),
+    reason: str = typer.Option(..., "--reason", help='Why, e.g. "INC-4711 suspected intrusion".'),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Quarantine NODES: every grant there revoked, running elevated sessions ended, and the
+    nodes refuse elevation and gated logins to all but the incident-response group until
+    released. Needs your MFA code (operators and incident response only)."""
+    from broker.cli.grant_cmds import CODE_LABEL
+    from broker.cli.mfa_cmds import _prompt
+
+    body = {"nodes": nodes, "reason": reason, "code": _prompt(CODE_LABEL)}
+    with output.err.status(f"quarantining {nodes}"):
+        result = client(ctx).post("/v1/nodes/quarantine", body)
+    if json_out:
+        output.print_json(result)
+    else:
+        output.say(
+            f"quarantined {fold(result['nodes'])}: revoked {len(result['revoked'])} grant(s),"
+            f" ended {result['sessions_ended']} session process(es)"
+        )
+        _marks(result["marks"], "marker placed")
+    _exit_for_marks(result["marks"])
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    nodes: str = typer.Argument(..., help="Hostlist expression of quarantined nodes."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Release quarantined NODES: elevation works again as the policy allows. Needs MFA."""
+    from broker.cli.grant_cmds import CODE_LABEL
+    from broker.cli.mfa_cmds import _prompt
+
+    body = {"nodes": nodes, "code": _prompt(CODE_LABEL)}
+    marks = client(ctx).post("/v1/nodes/release", body)
+    if json_out:
+        output.print_json(marks)
+    else:
+        _marks(marks, "released")
+    _exit_for_marks(marks)
+
+
+@app.command()
+def quarantined(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
+    """Nodes under quarantine: since when, why, by whom, and whether the node has its marker."""
+    found: list[dict[str, Any]] = client(ctx).get("/v1/nodes/quarantined")
+    if json_out:
+        output.print_json(found)
+        return
+    output.table(
+        None,
+        ["node", "state", "since", "by", "reason", "marker", "problem"],
+        [
+            [q["node"], q["state"], output.when(q["since"]), q["by"], q["reason"], q["marker"],
+             q["error"] or ""]
+            for q in found
+        ],
+    )  # fmt: skip
+
+
+def _marks(marks: Sequence[dict[str, Any]], ok_text: str) -> None:
+    for m in marks:
+        if m["ok"]:
+            output.say(f"{m['node']}: {ok_text}")
+        else:
+            output.warn(f"{m['node']}: not reached ({m['error']}); the daemon keeps trying")
+
+
+def _exit_for_marks(marks: Sequence[dict[str, Any]]) -> None:
+    if any(not m["ok"] for m in marks):
+        raise typer.Exit(EXIT_UNAVAILABLE)

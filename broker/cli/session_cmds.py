@@ -115,7 +115,21 @@ def show(
         ["bytes in/out", f"{s['bytes_in']}/{s['bytes_out']}"],
         ["sha256", s["sha256"] or "-"],
     ]
+    drift = d.get("drift")
+    if drift is not None:
+        rows.append(
+            [
+                "drift",
+                drift["error"]
+                or f"{len(drift['changes'])} change(s), "
+                f"{drift['unexpected']} unexpected (checked {output.when(drift['checked_at'])})",
+            ]
+        )
+    if d.get("alerts"):
+        rows.append(["alerts", ", ".join(str(a) for a in d["alerts"])])
     output.table(None, ["", ""], rows)
+    if drift is not None and drift["changes"]:
+        output.table("left behind", ["change"], [[c] for c in drift["changes"]])
     if d["timeline"]:
         output.table(
             "typed", ["+s", "line"], [[f"{c['offset_s']:.1f}", c["text"]] for c in d["timeline"]]

@@ -97,23 +97,90 @@ def rotate_due_keytabs(app: App) -> None:
             )
 
 
+# Detection runs every second; acting on alerts (SSH) and delivering them (HTTP) each
+# have their own thread, so a slow node or webhook never delays the next finding.
+DETECT_EVERY_S = 1.0
+RESPOND_EVERY_S = 1.0
+NOTIFY_EVERY_S = 1.0
+QUARANTINE_RETRY_S = 30.0
+
+
 class Scheduler:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="broker-scheduler", daemon=True)
-        # Indexing has its own thread and pace: a slow SSH tick must not delay recordings.
-        self._indexer = threading.Thread(target=self._index, name="broker-indexer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name="broker-scheduler", daemon=True),
+            # Indexing has its own thread and pace: a slow SSH tick must not delay recordings.
+            threading.Thread(target=self._index, name="broker-indexer", daemon=True),
+            threading.Thread(target=self._detect, name="broker-detector", daemon=True),
+            threading.Thread(target=self._respond, name="broker-responder", daemon=True),
+            threading.Thread(target=self._notify, name="broker-notifier", daemon=True),
+        ]
 
     def start(self) -> None:
-        self._thread.start()
-        self._indexer.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._indexer):
+        for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=30)
+
+    def _detect(self) -> None:
+        from broker.detect.runner import BATCH
+
+        app = App(self._settings)
+        try:
+            wait = DETECT_EVERY_S
+            while not self._stop.wait(wait):
+                wait = DETECT_EVERY_S
+                try:
+                    report = app.detect(utcnow())
+                except Exception:  # never stop detecting for one bad pass
+                    log.exception("detection pass failed")
+                    continue
+                if report.alerts:
+                    log.info("detection raised alert(s) %s", report.alerts)
+                if report.events >= BATCH:
+                    wait = 0.0  # a backlog (after a restart): keep going
+        finally:
+            app.close()
+
+    def _respond(self) -> None:
+        from broker.detect.respond import Responder
+
+        app = App(self._settings)
+        responder = Responder(app, app.enqueue_alert)
+        last_retry = 0.0
+        try:
+            while not self._stop.wait(RESPOND_EVERY_S):
+                try:
+                    report = responder.run_once(utcnow())
+                    if report.done or report.failed:
+                        log.info("responder: done %s, failed %s", report.done, report.failed)
+                    if time.monotonic() - last_retry >= QUARANTINE_RETRY_S:
+                        last_retry = time.monotonic()
+                        app.quarantines().retry(utcnow())
+                except Exception:
+                    log.exception("responder pass failed")
+        finally:
+            app.close()
+
+    def _notify(self) -> None:
+        from broker.detect.notify import Deliverer
+
+        app = App(self._settings)
+        try:
+            deliverer = Deliverer(app.ready_store(), self._settings)
+            while not self._stop.wait(NOTIFY_EVERY_S):
+                try:
+                    deliverer.run_once(utcnow())
+                except Exception:
+                    log.exception("alert delivery pass failed")
+        finally:
+            app.close()
 
     def _index(self) -> None:
         interval = self._settings.sessions.index_interval.total_seconds()

@@ -335,6 +335,15 @@ class StoreSnapshot:
         for row in self._conn.execute(f"{_SELECT_USERS} ORDER BY name"):
             yield self._account(row, member_of.get(str(row[0]), []))
 
+    def member_names(self, group: str) -> list[str]:
+        """Accounts in `group`, nested membership included (one query, no Account built)."""
+        rows = self._conn.execute(
+            "SELECT u.name FROM dir_users u JOIN dir_memberships m ON m.user_guid = u.guid"
+            " JOIN dir_groups g ON g.guid = m.group_guid WHERE g.name = ? COLLATE NOCASE",
+            (group,),
+        )
+        return [str(r[0]) for r in rows]
+
     def _group(self, row: Any) -> Group:
         _guid, sid, name, dn, gid, members = row
         return Group(name, sid, dn, -1 if gid is None else gid, members)

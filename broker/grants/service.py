@@ -123,8 +123,28 @@ class GrantService:
         plan = plan_elevation(
             policy, account, names, role=role, duration=duration, commands=commands, now=now
         )
+        self._not_quarantined(policy, account, names)
         self._targets(names)
         return plan
+
+    def _not_quarantined(self, policy: Policy, account: Account, names: Sequence[str]) -> None:
+        """A quarantined node takes grants only for the incident-response group."""
+        from broker.detect.quarantine import quarantines
+
+        held = {q.node: q for q in quarantines(self._store.conn)}
+        blocked = [n for n in names if n in held]
+        if not blocked:
+            return
+        group = policy.incident_response_group
+        if group is not None and group in account.groups:
+            return
+        first = held[blocked[0]]
+        raise RefusedError(
+            f"{fold(blocked)} {'is' if len(blocked) == 1 else 'are'} quarantined since"
+            f" {first.since[:19]}Z ({first.reason}): only {group or 'incident response'}"
+            " members may elevate there",
+            fix="leave those nodes out, or ask incident response to release them",
+        )
 
     def _targets(self, names: Sequence[str]) -> list[NodeTarget]:
         """Inventory targets, refusing unknown nodes and nodes that cannot record sessions."""
@@ -177,6 +197,7 @@ class GrantService:
         plan = plan_elevation(
             policy, account, names, role=role, duration=duration, commands=commands, now=now
         )
+        self._not_quarantined(policy, account, names)
         targets = self._targets(names)
         if plan.role.mfa:
             self._mfa(account, code, "elevate", actor)
@@ -474,6 +495,7 @@ class GrantService:
                 commands=commands,
                 now=now,
             )
+            self._not_quarantined(policy, account, names)
             targets = self._targets(names)
         except (RefusedError, UsageError) as exc:
             with self._store.transaction() as conn:

@@ -15,6 +15,8 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from broker.core.durations import format_duration
+from broker.detect.rules import DEFAULT as DEFAULT_DETECTION
+from broker.detect.rules import Detection
 from broker.policy.names import STRONG_ENCTYPES, cmnd_alias
 
 ZoneKind = Literal["access", "management", "compute", "storage"]
@@ -142,6 +144,7 @@ class Policy:
     service_accounts: Mapping[str, ServiceAccount]
     break_glass_group: str | None = None
     incident_response_group: str | None = None
+    detection: Detection = DEFAULT_DETECTION
     # Indexes (derived): node -> zone name, group -> role names in policy order,
     # role -> groups bound to it, role -> its position in the file.
     zone_of: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -164,6 +167,7 @@ class Policy:
         service_accounts: Mapping[str, ServiceAccount],
         break_glass_group: str | None = None,
         incident_response_group: str | None = None,
+        detection: Detection = DEFAULT_DETECTION,
     ) -> Policy:
         zone_of = {node: zone.name for zone in zones.values() for node in zone.nodes}
         order = {name: i for i, name in enumerate(roles)}
@@ -182,6 +186,7 @@ class Policy:
             service_accounts=dict(service_accounts),
             break_glass_group=break_glass_group,
             incident_response_group=incident_response_group,
+            detection=detection,
             zone_of=zone_of,
             roles_of_group={
                 g: tuple(sorted(r, key=order.__getitem__)) for g, r in by_group.items()

@@ -13,7 +13,7 @@ from typing import Any
 
 from broker.core.errors import UsageError
 from broker.core.hostlist import count, fold_some
-from broker.policy import names, service_accounts
+from broker.policy import detection, names, service_accounts
 from broker.policy.model import (
     ALL_COMMANDS,
     ZONE_KINDS,
@@ -46,6 +46,7 @@ _TOP_KEYS = (
     "roles",
     "bindings",
     "service_accounts",
+    "detect",
 )
 _ROLE_KEYS = (
     "description",
@@ -98,6 +99,9 @@ class Loader:
         services = service_accounts.read(
             self, top.table("service_accounts", hint="[service_accounts.NAME]") or {}
         )
+        detect = detection.read(
+            self.problems, top.table("detect", hint="[detect.rules.NAME], [detect.drift]") or {}
+        )
         if self.problems.items:
             return None
         return Policy.build(
@@ -108,6 +112,7 @@ class Loader:
             service_accounts=services,
             break_glass_group=break_glass,
             incident_response_group=incident,
+            detection=detect,
         )
 
     # ------------------------------------------------------------ shared

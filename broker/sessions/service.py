@@ -83,8 +83,26 @@ def one(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any]:
 
 
 def context(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
-    """The grant (reason, approvers) and the node's own session open/close events."""
-    out: dict[str, Any] = {"grant": None, "hook_events": []}
+    """The grant (reason, approvers), the node's own session open/close events, the drift the
+    session left and the alerts raised about it."""
+    out: dict[str, Any] = {"grant": None, "hook_events": [], "drift": None, "alerts": []}
+    d = conn.execute(
+        "SELECT checked_at, changes, unexpected, error FROM session_drift WHERE recording_id = ?",
+        (row["id"],),
+    ).fetchone()
+    if d is not None:
+        out["drift"] = {
+            "checked_at": d[0],
+            "changes": [c.get("summary", "?") for c in json.loads(d[1])],
+            "unexpected": d[2],
+            "error": d[3],
+        }
+    out["alerts"] = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM alerts WHERE recording_id = ? ORDER BY id", (row["id"],)
+        )
+    ]
     if row["grant_id"]:
         g = conn.execute(
             "SELECT id, role, reason, not_before, not_after, state, approvers FROM grants"

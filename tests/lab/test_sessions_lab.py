@@ -126,7 +126,7 @@ def test_a_recorded_root_shell_is_found_shown_replayed_and_verified(ready: dict[
         lab,
         [
             f"echo OUT-{mark}",
-            f"echo scp -r /data/checkpoints/{mark} backup@example.org: > /dev/null",
+            f"echo listing /data/checkpoints/{mark} for the audit > /dev/null",
             "echo $((7*191))",
             # Root erases the node's local I/O log directories from inside the session.
             "rm -rf /var/log/broker-io /var/log/sudo-io",
@@ -140,7 +140,7 @@ def test_a_recorded_root_shell_is_found_shown_replayed_and_verified(ready: dict[
     assert len(hits) == 1
     rid = hits[0]["session"]["id"]
     # Found by what was typed, not by what only the output holds (1337 = 7*191).
-    typed = wait_for(lab, "search", f"scp -r /data/checkpoints/{mark}", "--input")
+    typed = wait_for(lab, "search", f"listing /data/checkpoints/{mark}", "--input")
     assert [h["session"]["id"] for h in typed] == [rid]
     assert cli(lab, "sessions", "search", "1337", "--input", "--user", "alice", "--json").stdout
     assert rid not in cli(lab, "sessions", "search", "1337", "--input", "--json").stdout

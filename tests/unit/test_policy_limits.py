@@ -176,7 +176,7 @@ def test_nesting_is_located_and_brackets_in_strings_and_comments_do_not_count() 
         f'f = ["[[", \'{{\', """]"""]\n'
     )
     assert errors(f"[x]\n{strings}") == [
-        "policy.toml:1: x: unknown key; defined: bindings, break_glass_group, command_sets, "
+        "policy.toml:1: x: unknown key; defined: bindings, break_glass_group, command_sets, detect, "
         "incident_response_group, roles, service_accounts, version, zones (see docs/policy.md)"
     ]
     just = "[" * MAX_NESTING + "]" * MAX_NESTING

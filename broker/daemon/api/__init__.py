@@ -2,6 +2,7 @@
 
 from broker.daemon.api import (
     accounts,
+    alerts,
     audit,
     directory,
     grants,
@@ -15,6 +16,7 @@ from broker.daemon.api import (
 
 __all__ = [
     "accounts",
+    "alerts",
     "audit",
     "directory",
     "grants",

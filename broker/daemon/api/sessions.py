@@ -94,11 +94,22 @@ class CommandOut(Out):
     text: str
 
 
+class DriftOut(Out):
+    """What the session left behind on its node, against the baseline taken at grant push."""
+
+    checked_at: str
+    changes: list[str]  # one line each
+    unexpected: int
+    error: str | None
+
+
 class SessionDetailOut(Out):
     session: SessionOut
     grant: GrantContextOut | None
     hook_events: list[HookEventOut]
     timeline: list[CommandOut]
+    drift: DriftOut | None = None
+    alerts: list[int] = Field(default_factory=list)
 
 
 class SessionPath(Body):
@@ -207,6 +218,8 @@ def show_session(ctx: Context[SessionPath]) -> SessionDetailOut:
         grant=None if more["grant"] is None else GrantContextOut(**more["grant"]),
         hook_events=[HookEventOut(**e) for e in more["hook_events"]],
         timeline=timeline,
+        drift=None if more["drift"] is None else DriftOut(**more["drift"]),
+        alerts=more["alerts"],
     )
 
 

@@ -1,0 +1,251 @@
+"""Alerts and node quarantine (docs/detection.md).
+
+Alerts are for operators and the incident-response group. Quarantine and
+release change who may be root on a node, so they need a directory account
+from one of those two, with its MFA code, and are audited by the service.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from broker.core.errors import RefusedError
+from broker.core.identity import Account
+from broker.daemon.api.grants import ReasonText
+from broker.daemon.api.mfa import CodeText
+from broker.daemon.api.names import HostlistText, UtcTimeText
+from broker.daemon.caller import Access
+from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.detect import alerts
+from broker.detect.quarantine import quarantines
+from broker.detect.rules import Severity
+
+NoteText = Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+RuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
+
+
+def _responder(
+    ctx: Context[Any], *, mfa_purpose: str | None = None, code: str | None = None
+) -> None:
+    """Operators and incident-response members only; with a purpose, their own MFA too."""
+    caller = ctx.caller
+    policy = ctx.app.active_policy()
+    group = policy.incident_response_group if policy is not None else None
+    member = caller.account is not None and group is not None and group in caller.account.groups
+    if not (caller.operator or member):
+        raise RefusedError(
+            f"{caller.display} is neither a broker operator nor in the incident-response group",
+            fix=f"ask a member of {group or 'incident_response_group (unset in the policy)'}",
+        )
+    if mfa_purpose is None:
+        return
+    account: Account | None = caller.account
+    if account is None:
+        raise RefusedError(
+            f"{mfa_purpose} needs a directory account's MFA; {caller.display} has none",
+            fix="run it as your own directory account (not as root)",
+        )
+    ctx.app.check_mfa(account, code, mfa_purpose, caller.actor)
+
+
+class AlertsQuery(Body):
+    since: UtcTimeText | None = None
+    severity: Severity | None = None
+    unacked: bool = False
+    rule: RuleName | None = None
+    limit: int = Field(default=200, ge=1, le=10_000)
+
+
+class ActionOut(Out):
+    kind: str
+    target: str
+    state: str
+    result: str | None
+
+
+class AlertOut(Out):
+    id: int
+    created_at: str
+    event_at: str | None
+    rule: str
+    severity: str
+    user: str | None
+    node: str | None
+    grant_id: str | None
+    recording_id: str | None
+    message: str
+    details: dict[str, Any]
+    actions: list[ActionOut]
+    source: str
+    acked_at: str | None
+    acked_by: str | None
+    ack_note: str | None
+
+
+class AlertPath(Body):
+    id: int = Field(ge=1)
+
+
+class AckIn(Body):
+    id: int = Field(ge=1)
+    note: NoteText = ""
+
+
+def alert_out(a: alerts.Alert) -> AlertOut:
+    return AlertOut(
+        id=a.id,
+        created_at=a.created_at,
+        event_at=a.event_at,
+        rule=a.rule,
+        severity=a.severity,
+        user=a.user,
+        node=a.node,
+        grant_id=a.grant_id,
+        recording_id=a.recording_id,
+        message=a.message,
+        details=a.details,
+        actions=[ActionOut(**x) for x in a.actions],
+        source=a.source,
+        acked_at=a.acked_at,
+        acked_by=a.acked_by,
+        ack_note=a.ack_note,
+    )
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/alerts",
+    request=AlertsQuery,
+    response=list[AlertOut],
+    access=Access.SELF_OR_OPERATOR,
+    summary="Alerts, newest first (operators and incident response)",
+)
+def list_alerts(ctx: Context[AlertsQuery]) -> list[AlertOut]:
+    _responder(ctx)
+    p = ctx.params
+    found = alerts.alerts(
+        ctx.app.ready_store().conn,
+        since=None if p.since is None else datetime.fromisoformat(p.since.replace("Z", "+00:00")),
+        severity=p.severity,
+        unacked=p.unacked,
+        rule=p.rule,
+        limit=p.limit,
+    )
+    return [alert_out(a) for a in found]
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/alerts/{id}",
+    request=AlertPath,
+    response=AlertOut,
+    access=Access.SELF_OR_OPERATOR,
+    summary="One alert with what was done about it",
+)
+def show_alert(ctx: Context[AlertPath]) -> AlertOut:
+    _responder(ctx)
+    return alert_out(alerts.alert(ctx.app.ready_store().conn, ctx.params.id))
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/alerts/{id}/ack",
+    request=AckIn,
+    response=AlertOut,
+    access=Access.SELF_OR_OPERATOR,
+    summary="Acknowledge an alert (audited; once)",
+)
+def ack_alert(ctx: Context[AckIn]) -> AlertOut:
+    _responder(ctx)
+    store = ctx.app.ready_store()
+    with store.transaction() as conn:
+        alerts.ack(conn, ctx.params.id, by=ctx.caller.actor, note=ctx.params.note, now=ctx.now)
+    return alert_out(alerts.alert(store.conn, ctx.params.id))
+
+
+# ---------------------------------------------------------------- quarantine
+
+
+class QuarantineIn(Body):
+    nodes: HostlistText
+    reason: ReasonText
+    code: CodeText | None = None
+
+
+class ReleaseIn(Body):
+    nodes: HostlistText
+    code: CodeText | None = None
+
+
+class MarkOut(Out):
+    node: str
+    ok: bool
+    error: str | None
+
+
+class QuarantineOut(Out):
+    nodes: list[str]
+    revoked: list[str]
+    sessions_ended: int
+    marks: list[MarkOut]
+
+
+class QuarantinedOut(Out):
+    node: str
+    state: str
+    reason: str
+    since: str
+    by: str
+    marker: str
+    error: str | None
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/nodes/quarantine",
+    request=QuarantineIn,
+    response=QuarantineOut,
+    access=Access.USER,
+    summary="Quarantine nodes: grants revoked, sessions ended, elevation refused (MFA)",
+)
+def quarantine(ctx: Context[QuarantineIn]) -> QuarantineOut:
+    _responder(ctx, mfa_purpose="quarantine", code=ctx.params.code)
+    result = ctx.app.quarantines().quarantine(
+        ctx.params.nodes, reason=ctx.params.reason, actor=ctx.caller.actor, now=ctx.now
+    )
+    return QuarantineOut(
+        nodes=list(result.nodes),
+        revoked=list(result.revoked),
+        sessions_ended=result.sessions_ended,
+        marks=[MarkOut(node=m.node, ok=m.ok, error=m.error) for m in result.marks],
+    )
+
+
+@REGISTRY.add(
+    "POST",
+    "/v1/nodes/release",
+    request=ReleaseIn,
+    response=list[MarkOut],
+    access=Access.USER,
+    summary="Release quarantined nodes (MFA)",
+)
+def release(ctx: Context[ReleaseIn]) -> list[MarkOut]:
+    _responder(ctx, mfa_purpose="release", code=ctx.params.code)
+    marks = ctx.app.quarantines().release(ctx.params.nodes, actor=ctx.caller.actor, now=ctx.now)
+    return [MarkOut(node=m.node, ok=m.ok, error=m.error) for m in marks]
+
+
+@REGISTRY.add(
+    "GET",
+    "/v1/nodes/quarantined",
+    request=Empty,
+    response=list[QuarantinedOut],
+    access=Access.SELF_OR_OPERATOR,
+    summary="Nodes under quarantine, and whether each node has its marker",
+)
+def list_quarantined(ctx: Context[Empty]) -> list[QuarantinedOut]:
+    _responder(ctx)
+    return [QuarantinedOut(**vars(q)) for q in quarantines(ctx.app.ready_store().conn)]

@@ -1,0 +1,444 @@
+"""The rules at work: audit events and session bytes in, findings out. No I/O.
+
+The detector's memory (recent failures, hours and origins seen per user,
+cool-downs) is a plain JSON-able dict, so the runner stores it in the same
+transaction as the cursor it belongs to: a restart resumes exactly where the
+last committed pass ended, and no event is judged twice.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from broker.core.errors import UsageError
+from broker.core.hostlist import expand
+from broker.detect.rules import Action, Detection, Rule, Severity
+
+# MFA refusals that count towards a lockout (the service's own words).
+COUNTED_MFA = frozenset(
+    {
+        "wrong code",
+        "replayed code",
+        "malformed code",
+        "wrong recovery code",
+        "malformed recovery code",
+    }
+)
+CARRY_MAX = 4096  # an unfinished line kept between passes
+EXCERPT_MAX = 200
+HISTORY_CAP = 256  # nodes and terminal kinds remembered per user
+_TTY_DIGITS = re.compile(r"[0-9]+")
+_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]+")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    seq: int
+    at: float  # epoch seconds
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """The elevated session a stream belongs to (from the recordings index)."""
+
+    id: str
+    node: str
+    user: str
+    grant_id: str | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: Severity
+    actions: tuple[Action, ...]
+    message: str
+    at: float
+    source: str
+    user: str | None = None
+    node: str | None = None
+    grant_id: str | None = None
+    recording_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def new_memory() -> dict[str, Any]:
+    return {"times": {}, "hours": {}, "origins": {}, "cooldown": {}}
+
+
+def _node_of(actor: str) -> str | None:
+    return actor[5:] if actor.startswith("node:") else None
+
+
+def tty_kind(tty: str) -> str:
+    """pts/7 -> pts/N: what kind of terminal, not which one."""
+    return _TTY_DIGITS.sub("N", tty) if tty and tty != "-" else "none"
+
+
+def excerpt(line: bytes) -> str:
+    return _UNPRINTABLE.sub(b" ", line).decode("ascii").strip()[:EXCERPT_MAX]
+
+
+class Detector:
+    """Judges one pass of events; its memory is the caller's to store afterwards."""
+
+    def __init__(
+        self,
+        detection: Detection,
+        memory: dict[str, Any],
+        *,
+        quarantined: Iterable[str] = (),
+        exempt_users: Iterable[str] = (),
+    ) -> None:
+        self.memory = memory
+        for key, value in new_memory().items():
+            memory.setdefault(key, value)
+        self.quarantined = set(quarantined)
+        self.exempt = frozenset(exempt_users)  # the incident-response group
+        self.by_kind: dict[str, list[Rule]] = {}
+        for rule in detection.enabled():
+            self.by_kind.setdefault(rule.kind, []).append(rule)
+        self.stream_rules = {
+            s: [r for r in self.by_kind.get("session_match", ()) if s in r.streams and r.regex]
+            for s in ("command", "input", "output")
+        }
+        self._zones = {
+            r.timezone: zoneinfo.ZoneInfo(r.timezone) for r in self.by_kind.get("off_hours", ())
+        }
+        self._handlers = {
+            "grant.issue": self._grant_issue,
+            "session.open": self._session_open,
+            "session.deny": self._session_deny,
+            "node.quarantine": self._quarantine,
+            "node.release": self._release,
+        }
+
+    # ------------------------------------------------------------ memory helpers
+
+    def _cool(self, key: str, at: float, rule: Rule) -> bool:
+        """True (and start the cool-down) unless this subject alerted for this rule lately."""
+        cooldown = self.memory["cooldown"]
+        until = cooldown.get(key)
+        if until is not None and at < until:
+            return False
+        cooldown[key] = at + rule.cooldown.total_seconds()
+        return True
+
+    def _times(self, kind: str, key: str, at: float, keep: float) -> list[float]:
+        """Append `at` to a subject's recent times, dropping those older than `keep`."""
+        bucket = self.memory["times"].setdefault(kind, {})
+        times: list[float] = bucket.get(key, [])
+        times = [t for t in times if t >= at - keep]
+        times.append(at)
+        bucket[key] = times
+        return times
+
+    def prune(self, now: float) -> None:
+        """Forget cool-downs that ended and windows nobody can reach any more."""
+        self.memory["cooldown"] = {k: v for k, v in self.memory["cooldown"].items() if v > now}
+        longest = max(
+            [r.window.total_seconds() for rules in self.by_kind.values() for r in rules] or [0.0]
+        )
+        for bucket in self.memory["times"].values():
+            # The "nodes" bucket holds [time, node] pairs, the others bare times.
+            for key in [
+                k
+                for k, v in bucket.items()
+                if not v or (v[-1][0] if isinstance(v[-1], list) else v[-1]) < now - longest
+            ]:
+                del bucket[key]
+
+    # ------------------------------------------------------------ audit events
+
+    def audit(self, event: AuditEvent) -> list[Finding]:
+        if event.action.startswith("mfa."):
+            return self._mfa(event)
+        handler = self._handlers.get(event.action)
+        return handler(event) if handler is not None else []
+
+    def _mfa(self, event: AuditEvent) -> list[Finding]:
+        if event.action == "mfa.reset" and event.outcome == "ok":
+            # An operator's reset starts the user's count afresh, as the service's does.
+            self.memory["times"].get("mfa", {}).pop(event.target, None)
+            return []
+        rules = self.by_kind.get("mfa_failures")
+        if not rules or event.outcome != "refused":
+            return []
+        if event.details.get("reason") not in COUNTED_MFA:
+            return []
+        keep = max(r.window.total_seconds() for r in rules)
+        times = self._times("mfa", event.target, event.at, keep)
+        found = []
+        for rule in rules:
+            count = sum(1 for t in times if t >= event.at - rule.window.total_seconds())
+            if count >= rule.threshold and self._cool(
+                f"{rule.name}:{event.target}", event.at, rule
+            ):
+                found.append(
+                    Finding(
+                        rule.name,
+                        rule.severity,
+                        rule.actions,
+                        f"{count} failed MFA codes for {event.target} within {_span(rule)}",
+                        event.at,
+                        f"audit:{event.seq}",
+                        user=event.target,
+                        details={"failures": count, "purpose": event.details.get("purpose")},
+                    )
+                )
+        return found
+
+    def _grant_issue(self, event: AuditEvent) -> list[Finding]:
+        user = str(event.details.get("user", ""))
+        if not user:
+            return []
+        found = self._off_hours(event, user)
+        try:
+            nodes = expand(str(event.details.get("nodes", "")))
+        except UsageError:
+            nodes = []
+        return found + self._spread(event, user, nodes, event.target)
+
+    def _off_hours(self, event: AuditEvent, user: str) -> list[Finding]:
+        found = []
+        for rule in self.by_kind.get("off_hours", ()):
+            hour = datetime.fromtimestamp(event.at, UTC).astimezone(self._zones[rule.timezone]).hour
+            seen: list[int] = (
+                self.memory["hours"].setdefault(rule.name, {}).setdefault(user, [0] * 24)
+            )
+            usual = (
+                rule.usual_hours is not None and rule.usual_hours[0] <= hour < rule.usual_hours[1]
+            )
+            near = seen[hour] + seen[(hour - 1) % 24] + seen[(hour + 1) % 24]
+            if (
+                not usual
+                and sum(seen) >= rule.min_history
+                and near == 0
+                and self._cool(f"{rule.name}:{user}", event.at, rule)
+            ):
+                found.append(
+                    Finding(
+                        rule.name,
+                        rule.severity,
+                        rule.actions,
+                        f"{user} elevated at {hour:02d}:00 ({rule.timezone}), an hour never seen"
+                        f" in their last {sum(seen)} elevations",
+                        event.at,
+                        f"audit:{event.seq}",
+                        user=user,
+                        grant_id=event.target,
+                        details={"hour": hour, "history": sum(seen)},
+                    )
+                )
+            seen[hour] += 1
+        return found
+
+    def _spread(
+        self, event: AuditEvent, user: str, nodes: Sequence[str], grant_id: str | None
+    ) -> list[Finding]:
+        rules = self.by_kind.get("many_nodes")
+        if not rules or not nodes:
+            return []
+        keep = max(r.window.total_seconds() for r in rules)
+        bucket = self.memory["times"].setdefault("nodes", {})
+        pairs: list[list[Any]] = [p for p in bucket.get(user, []) if p[0] >= event.at - keep]
+        pairs.extend([event.at, n] for n in nodes)
+        bucket[user] = pairs[-4096:]
+        found = []
+        for rule in rules:
+            since = event.at - rule.window.total_seconds()
+            distinct = {n for t, n in pairs if t >= since}
+            if len(distinct) >= rule.threshold and self._cool(
+                f"{rule.name}:{user}", event.at, rule
+            ):
+                found.append(
+                    Finding(
+                        rule.name,
+                        rule.severity,
+                        rule.actions,
+                        f"{user} elevated on {len(distinct)} nodes within {_span(rule)}",
+                        event.at,
+                        f"audit:{event.seq}",
+                        user=user,
+                        grant_id=grant_id,
+                        details={"nodes": len(distinct)},
+                    )
+                )
+        return found
+
+    def _session_open(self, event: AuditEvent) -> list[Finding]:
+        node = _node_of(event.actor)
+        user = str(event.details.get("user", ""))
+        if node is None or not user:
+            return []
+        grant = event.target if event.target not in ("-", "break-glass") else None
+        found = self._origin(event, user, node, tty_kind(str(event.details.get("tty", "-"))))
+        if node in self.quarantined and user not in self.exempt:
+            for rule in self.by_kind.get("quarantined_session", ()):
+                if self._cool(
+                    f"{rule.name}:{user}@{node}:{event.details.get('pid')}", event.at, rule
+                ):
+                    found.append(
+                        Finding(
+                            rule.name,
+                            rule.severity,
+                            rule.actions,
+                            f"{user} opened an elevated session on quarantined {node}",
+                            event.at,
+                            f"audit:{event.seq}",
+                            user=user,
+                            node=node,
+                            grant_id=event.target if event.target != "-" else None,
+                            details={"pid": event.details.get("pid")},
+                        )
+                    )
+        if event.details.get("break_glass"):
+            return found
+        return found + self._spread(event, user, [node], grant)
+
+    def _origin(self, event: AuditEvent, user: str, node: str, tty: str) -> list[Finding]:
+        rules = self.by_kind.get("new_origin", ())
+        if not rules:
+            return []
+        seen = self.memory["origins"].setdefault(user, {"n": 0, "nodes": [], "ttys": []})
+        new = [f"node {node}"] if node not in seen["nodes"] else []
+        if tty not in seen["ttys"]:
+            new.append(f"terminal {tty}")
+        found = []
+        for rule in rules:
+            if (
+                new
+                and seen["n"] >= rule.min_history
+                and self._cool(f"{rule.name}:{user}:{node}:{tty}", event.at, rule)
+            ):
+                found.append(
+                    Finding(
+                        rule.name,
+                        rule.severity,
+                        rule.actions,
+                        f"{user} used a grant from {' and '.join(new)}, never seen in their"
+                        f" last {seen['n']} sessions",
+                        event.at,
+                        f"audit:{event.seq}",
+                        user=user,
+                        node=node,
+                        grant_id=event.target if event.target not in ("-", "break-glass") else None,
+                        details={"new": new, "tty": tty},
+                    )
+                )
+        seen["n"] += 1
+        if node not in seen["nodes"]:
+            seen["nodes"] = (seen["nodes"] + [node])[-HISTORY_CAP:]
+        if tty not in seen["ttys"]:
+            seen["ttys"] = (seen["ttys"] + [tty])[-HISTORY_CAP:]
+        return found
+
+    def _session_deny(self, event: AuditEvent) -> list[Finding]:
+        rules = self.by_kind.get("sudo_without_grant")
+        node = _node_of(event.actor)
+        user = str(event.details.get("user", ""))
+        if not rules or node is None or not user:
+            return []
+        keep = max(r.window.total_seconds() for r in rules)
+        times = self._times("deny", f"{user}@{node}", event.at, keep)
+        found = []
+        for rule in rules:
+            count = sum(1 for t in times if t >= event.at - rule.window.total_seconds())
+            if count >= rule.threshold and self._cool(f"{rule.name}:{user}@{node}", event.at, rule):
+                found.append(
+                    Finding(
+                        rule.name,
+                        rule.severity,
+                        rule.actions,
+                        f"{user} tried sudo {count} times without a grant on {node}"
+                        f" within {_span(rule)}",
+                        event.at,
+                        f"audit:{event.seq}",
+                        user=user,
+                        node=node,
+                        details={"attempts": count},
+                    )
+                )
+        return found
+
+    def _quarantine(self, event: AuditEvent) -> list[Finding]:
+        if event.outcome == "ok":
+            self.quarantined.add(event.target)
+        return []
+
+    def _release(self, event: AuditEvent) -> list[Finding]:
+        if event.outcome == "ok":
+            self.quarantined.discard(event.target)
+        return []
+
+    # ------------------------------------------------------------ session content
+
+    def command(self, rec: Recording, text: str, at: float) -> list[Finding]:
+        """The command line sudo logged when the session began."""
+        line = text.encode("utf-8", "replace")
+        return self._match(rec, "command", line, at, 0)
+
+    def stream(
+        self, rec: Recording, kind: str, data: bytes, carry: bytes, at: float, offset: int
+    ) -> tuple[list[Finding], bytes]:
+        """New bytes of an input or output stream; returns findings and the unfinished line.
+
+        Patterns see whole lines (a carriage return ends one, as Enter does on a
+        terminal), so a command typed in pieces across passes is still matched."""
+        text = (carry + data).replace(b"\r", b"\n")
+        cut = text.rfind(b"\n") + 1
+        if len(text) - cut > CARRY_MAX:
+            cut = len(text)  # a runaway line: judge what there is, keep nothing
+        found = self._match(rec, kind, text[:cut], at, offset) if cut else []
+        return found, text[cut:]
+
+    def _match(
+        self, rec: Recording, kind: str, text: bytes, at: float, offset: int
+    ) -> list[Finding]:
+        found = []
+        for rule in self.stream_rules[kind]:
+            assert rule.regex is not None
+            match = rule.regex.search(text)
+            if match is None or not self._cool(f"{rule.name}:{rec.id}", at, rule):
+                continue
+            start = text.rfind(b"\n", 0, match.start()) + 1
+            end = text.find(b"\n", match.end())
+            line = text[start : end if end >= 0 else len(text)]
+            pattern = int((match.lastgroup or "p0")[1:])
+            found.append(
+                Finding(
+                    rule.name,
+                    rule.severity,
+                    rule.actions,
+                    f"{rule.description or rule.name}: {kind} of session {rec.id} of {rec.user}"
+                    f" on {rec.node} matched pattern {pattern + 1}",
+                    at,
+                    f"session:{rec.id}:{kind}:{offset}",
+                    user=rec.user,
+                    node=rec.node,
+                    grant_id=rec.grant_id,
+                    recording_id=rec.id,
+                    details={
+                        "stream": kind,
+                        "pattern": rule.patterns[pattern],
+                        "excerpt": excerpt(line),
+                    },
+                )
+            )
+        return found
+
+
+def _span(rule: Rule) -> str:
+    from broker.core.durations import format_duration
+
+    return format_duration(rule.window)

@@ -1,0 +1,323 @@
+"""The responder: carries out what alerts ask for, and the drift checks, retrying what fails.
+
+Actions are rows (alert_actions) written with their alert, so a restart picks
+up whatever was not done; each is idempotent (locking a locked account,
+revoking a revoked grant, ending sessions already gone are no-ops). Network
+work happens outside store transactions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from broker.audit import writer
+from broker.core.errors import BrokerError
+from broker.core.timeutil import to_text
+from broker.detect import alerts, drift
+from broker.detect.engine import Finding
+from broker.detect.rules import DriftRule
+from broker.fleet import inventory, nodeprog
+from broker.mfa import rows as mfa_rows
+
+if TYPE_CHECKING:
+    from broker.app import App
+
+log = logging.getLogger("broker.detect")
+
+# The broker's own sudoers drop-ins come and go with grants: its doing, not the session's.
+BROKER_DROP_INS = "/etc/sudoers.d/broker_g*"
+MAX_ATTEMPTS = 5
+RETRY_BASE = timedelta(seconds=5)
+BATCH = 50
+
+
+@dataclass
+class RespondReport:
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    alerts: list[int] = field(default_factory=list)
+
+
+class ActionError(Exception):
+    """An action that did not work this time (retried), with a one-line reason."""
+
+
+class Responder:
+    def __init__(self, app: App, enqueue: Callable[..., None] | None = None) -> None:
+        self._app = app
+        self._enqueue = enqueue
+        self._kinds: dict[str, Callable[[int | None, str, datetime], str]] = {
+            "lock_mfa": self._lock_mfa,
+            "revoke_grants": self._revoke_grants,
+            "end_session": self._end_session,
+            "quarantine_node": self._quarantine_node,
+            "drift_baseline": self._drift_baseline,
+            "drift_check": self._drift_check,
+        }
+
+    def run_once(self, now: datetime) -> RespondReport:
+        report = RespondReport()
+        store = self._app.ready_store()
+        due = store.conn.execute(
+            "SELECT id, alert_id, kind, target, attempts FROM alert_actions"
+            " WHERE state = 'pending' AND next_at <= ? ORDER BY id LIMIT ?",
+            (to_text(now), BATCH),
+        ).fetchall()
+        for action_id, alert_id, kind, target, attempts in due:
+            label = f"{kind} {target}"
+            work = self._kinds.get(kind)
+            try:
+                if work is None:
+                    raise ActionError(f"unknown action {kind}")
+                result, state = work(alert_id, target, now), "done"
+                report.done.append(label)
+            except (ActionError, BrokerError, OSError, ValueError) as exc:
+                result = exc.one_line() if isinstance(exc, BrokerError) else str(exc)
+                state = "failed" if attempts + 1 >= MAX_ATTEMPTS or work is None else "pending"
+                (report.failed if state == "failed" else report.retried).append(label)
+                log.warning("action %s (alert %s) failed: %s", label, alert_id, result)
+            later = now + RETRY_BASE * (2**attempts)
+            with store.transaction() as conn:
+                conn.execute(
+                    "UPDATE alert_actions SET state = ?, attempts = attempts + 1, result = ?,"
+                    " next_at = ?, updated_at = ? WHERE id = ?",
+                    (state, result[:500], to_text(later), to_text(now), action_id),
+                )
+                if alert_id is not None and kind not in ("drift_baseline", "drift_check"):
+                    writer.record(
+                        conn,
+                        writer.EventInput(
+                            alerts.DETECTOR,
+                            f"alert.action.{kind}",
+                            target,
+                            "ok" if state == "done" else "failed",
+                            {"alert": alert_id, "result": result[:300]},
+                        ),
+                        now,
+                    )
+        return report
+
+    def _reason(self, alert_id: int | None) -> str:
+        if alert_id is None:
+            return "detection"
+        row = (
+            self._app.ready_store()
+            .conn.execute("SELECT rule FROM alerts WHERE id = ?", (alert_id,))
+            .fetchone()
+        )
+        return f"alert {alert_id}: {row[0] if row else '?'}"
+
+    # ------------------------------------------------------------ alert actions
+
+    def _lock_mfa(self, alert_id: int | None, user: str, now: datetime) -> str:
+        """Lock for the MFA lockout time counted from the finding's event, unless an operator
+        reset the account's MFA since then (a human decision a late lock must not undo)."""
+        account = self._app.snapshot(now).account(user)
+        if account is None:
+            raise ActionError(f"{user} is not in the directory snapshot")
+        store = self._app.ready_store()
+        row = store.conn.execute(
+            "SELECT COALESCE(event_at, created_at) FROM alerts WHERE id = ?", (alert_id,)
+        ).fetchone()
+        since = datetime.fromisoformat(row[0].replace("Z", "+00:00")) if row else now
+        until = since + self._app.mfa_rules().lockout
+        if until <= now:
+            return "the lockout time since the finding has passed: not locked"
+        with store.transaction() as conn:
+            reset = conn.execute(
+                "SELECT 1 FROM audit_events WHERE action = 'mfa.reset' AND target = ? AND ts > ?",
+                (user, to_text(since)),
+            ).fetchone()
+            if reset is not None:
+                return "MFA was reset by an operator since the finding: not locked again"
+            current = mfa_rows.active_lock(conn, account.sid, now)
+            if current is not None and current.until >= until:
+                return f"already locked until {to_text(current.until)}"
+            failures = current.failures if current is not None else 0
+            mfa_rows.set_lock(conn, account.sid, until, failures)
+            writer.record(
+                conn,
+                writer.EventInput(
+                    alerts.DETECTOR,
+                    "mfa.lock",
+                    user,
+                    details={
+                        "sid": account.sid,
+                        "until": to_text(until),
+                        "cause": self._reason(alert_id),
+                    },
+                ),
+                now,
+            )
+        return f"locked until {to_text(until)}"
+
+    def _revoke_grants(self, alert_id: int | None, user: str, now: datetime) -> str:
+        result = self._app.grants().revoke(
+            user=user, actor=alerts.DETECTOR, reason=self._reason(alert_id), now=now
+        )
+        if result.pending:
+            raise ActionError(
+                f"revoked {len(result.revoked)}; still to remove: "
+                + ", ".join(f"{g}@{n}" for g, n in result.pending[:5])
+            )
+        killed = sum(o.killed for o in result.outcomes)
+        return (
+            f"revoked {', '.join(result.revoked) or 'nothing active'}; {killed} process(es) ended"
+        )
+
+    def _end_session(self, alert_id: int | None, target: str, now: datetime) -> str:
+        node, _, grant_id = target.partition(":")
+        found = inventory.targets_known(self._app.ready_store(), [node])
+        if not found:
+            raise ActionError(f"{node} is not an enrolled node")
+        from broker.fleet.pool import shared_pool
+
+        reply = nodeprog.call(
+            shared_pool(self._app.settings), found[0], "end-sessions", {"grant_ids": [grant_id]}
+        )
+        if not reply.ok or reply.data is None:
+            raise ActionError(f"{node}: {reply.error}")
+        killed = reply.data.get("killed") or []
+        return f"ended {len(killed) if isinstance(killed, list) else 0} process(es) on {node}"
+
+    def _quarantine_node(self, alert_id: int | None, node: str, now: datetime) -> str:
+        result = self._app.quarantines().quarantine(
+            [node], reason=self._reason(alert_id), actor=alerts.DETECTOR, now=now
+        )
+        failed = [m for m in result.marks if not m.ok]
+        if failed:
+            raise ActionError(f"{node} quarantined, marker not placed yet: {failed[0].error}")
+        return f"{node} quarantined; revoked {', '.join(result.revoked) or 'nothing'}"
+
+    # ------------------------------------------------------------ drift
+
+    def _scan(self, node: str) -> drift.Manifest:
+        found = inventory.targets_known(self._app.ready_store(), [node])
+        if not found:
+            raise ActionError(f"{node} is not an enrolled node")
+        from broker.fleet.pool import shared_pool
+
+        reply = nodeprog.call(shared_pool(self._app.settings), found[0], "drift-scan", {})
+        if not reply.ok or reply.data is None:
+            raise ActionError(f"{node}: {reply.error}")
+        return drift.parse_scan(reply.data)
+
+    def _drift_baseline(self, alert_id: int | None, target: str, now: datetime) -> str:
+        grant_id, _, node = target.partition("@")
+        manifest = self._scan(node)
+        with self._app.ready_store().transaction() as conn:
+            conn.execute(
+                "INSERT INTO drift_baselines (grant_id, node, taken_at, manifest)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (grant_id, node) DO UPDATE"
+                " SET taken_at = excluded.taken_at, manifest = excluded.manifest",
+                (grant_id, node, to_text(now), manifest.to_json()),
+            )
+        return f"baseline of {len(manifest.entries)} entries"
+
+    def _drift_check(self, alert_id: int | None, recording_id: str, now: datetime) -> str:
+        conn = self._app.ready_store().conn
+        row = conn.execute(
+            "SELECT node, user, grant_id FROM recordings WHERE id = ?", (recording_id,)
+        ).fetchone()
+        if row is None or not row[0] or not row[2]:
+            return "no grant behind this session: nothing to compare"
+        node, user, grant_id = row
+        base = conn.execute(
+            "SELECT manifest FROM drift_baselines WHERE grant_id = ? AND node = ?",
+            (grant_id, node),
+        ).fetchone()
+        rule = self._drift_rule()
+        if base is None:
+            self._attach(recording_id, grant_id, node, now, [], 0, "no baseline was taken")
+            return "no baseline"
+        current = self._scan(node)
+        changes = [
+            c
+            for c in drift.diff(drift.Manifest.from_json(base[0]), current)
+            if not fnmatch.fnmatchcase(c.path, BROKER_DROP_INS)
+        ]
+        odd = drift.unexpected(changes, rule.expected)
+        alert_id = None
+        with self._app.ready_store().transaction() as tx:
+            tx.execute(
+                "UPDATE drift_baselines SET taken_at = ?, manifest = ? WHERE grant_id = ? AND node = ?",
+                (to_text(now), current.to_json(), grant_id, node),
+            )
+            _store_drift(tx, recording_id, grant_id, node, now, changes, len(odd), None)
+            if odd and rule.enabled:
+                finding = Finding(
+                    "drift",
+                    rule.severity,
+                    rule.actions,
+                    f"session {recording_id} of {user} on {node} left {len(odd)} unexpected"
+                    f" change(s): {odd[0].summary()}"[:500],
+                    now.timestamp(),
+                    f"session:{recording_id}:drift",
+                    user=user,
+                    node=node,
+                    grant_id=grant_id,
+                    recording_id=recording_id,
+                    details={"changes": [c.summary() for c in odd[:20]]},
+                )
+                alert_id = alerts.raise_alert(tx, finding, now, self._enqueue)
+        return f"{len(changes)} change(s), {len(odd)} unexpected" + (
+            f"; alert {alert_id}" if alert_id else ""
+        )
+
+    def _drift_rule(self) -> DriftRule:
+        policy = self._app.active_policy()
+        return policy.detection.drift if policy is not None else DriftRule()
+
+    def _attach(
+        self,
+        recording_id: str,
+        grant_id: str,
+        node: str,
+        now: datetime,
+        changes: list[drift.Change],
+        unexpected: int,
+        error: str | None,
+    ) -> None:
+        with self._app.ready_store().transaction() as tx:
+            _store_drift(tx, recording_id, grant_id, node, now, changes, unexpected, error)
+
+
+def _store_drift(
+    conn: Any,
+    recording_id: str,
+    grant_id: str,
+    node: str,
+    now: datetime,
+    changes: list[drift.Change],
+    unexpected: int,
+    error: str | None,
+) -> None:
+    conn.execute(
+        "INSERT INTO session_drift (recording_id, grant_id, node, checked_at, changes, unexpected,"
+        " error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id) DO UPDATE SET"
+        " checked_at = excluded.checked_at, changes = excluded.changes,"
+        " unexpected = excluded.unexpected, error = excluded.error",
+        (
+            recording_id,
+            grant_id,
+            node,
+            to_text(now),
+            json.dumps([_change_json(c) for c in changes], default=str),
+            unexpected,
+            error,
+        ),
+    )
+
+
+def _change_json(change: drift.Change) -> dict[str, Any]:
+    data = dataclasses.asdict(change)
+    data["summary"] = change.summary()
+    return data
