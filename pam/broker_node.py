@@ -1075,8 +1075,12 @@ def render_quarantine(marker: Quarantine) -> bytes:
 def read_quarantine(paths: Paths) -> Quarantine | str | None:
     """None: no marker. A string: a marker that exists but cannot be trusted (bad owner,
     mode, link, content); the hook then treats the node as quarantined with nobody exempt."""
-    if not os.path.lexists(paths.quarantine):
+    try:
+        os.lstat(paths.quarantine)
+    except FileNotFoundError:
         return None
+    except OSError as exc:  # cannot even look: fail closed
+        return f"quarantine marker: {exc.strerror or exc}"
     data = read_secure(paths.quarantine, forbidden=0o022)
     marker = parse_quarantine(data) if isinstance(data, bytes) else data
     return f"quarantine marker: {marker}" if isinstance(marker, str) else marker

@@ -24,9 +24,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_broker(
-    *args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    stdin: str = "",
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script, as an operator would."""
+    """Run the installed console script, as an operator would (STDIN typed into it)."""
     full_env = dict(os.environ)
     full_env.pop("BROKER_CONFIG", None)
     full_env["COLUMNS"] = "200"
@@ -36,7 +40,13 @@ def run_broker(
     if config is not None:
         argv += ["--config", str(config)]
     return subprocess.run(
-        [*argv, *args], capture_output=True, text=True, env=full_env, timeout=timeout, check=False
+        [*argv, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
     )
 
 

@@ -8,6 +8,7 @@ last committed pass ended, and no event is judged twice.
 
 from __future__ import annotations
 
+import logging
 import re
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +19,8 @@ from typing import Any
 from broker.core.errors import UsageError
 from broker.core.hostlist import expand
 from broker.detect.rules import Action, Detection, Rule, Severity
+
+log = logging.getLogger("broker.detect")
 
 # MFA refusals that count towards a lockout (the service's own words).
 COUNTED_MFA = frozenset(
@@ -30,6 +33,7 @@ COUNTED_MFA = frozenset(
     }
 )
 CARRY_MAX = 4096  # an unfinished line kept between passes
+HEAD_KEEP = 1024  # of a longer one, its head (and the rest of CARRY_MAX from its tail)
 EXCERPT_MAX = 200
 HISTORY_CAP = 256  # nodes and terminal kinds remembered per user
 _TTY_DIGITS = re.compile(r"[0-9]+")
@@ -108,9 +112,9 @@ class Detector:
         self.by_kind: dict[str, list[Rule]] = {}
         for rule in detection.enabled():
             self.by_kind.setdefault(rule.kind, []).append(rule)
+        usable = [r for r in self.by_kind.get("session_match", ()) if _compiles(r)]
         self.stream_rules = {
-            s: [r for r in self.by_kind.get("session_match", ()) if s in r.streams and r.regex]
-            for s in ("command", "input", "output")
+            s: [r for r in usable if s in r.streams] for s in ("command", "input", "output")
         }
         self._zones = {
             r.timezone: zoneinfo.ZoneInfo(r.timezone) for r in self.by_kind.get("off_hours", ())
@@ -397,10 +401,14 @@ class Detector:
         terminal), so a command typed in pieces across passes is still matched."""
         text = (carry + data).replace(b"\r", b"\n")
         cut = text.rfind(b"\n") + 1
-        if len(text) - cut > CARRY_MAX:
-            cut = len(text)  # a runaway line: judge what there is, keep nothing
+        rest = text[cut:]
+        if len(rest) > CARRY_MAX:
+            # A runaway line (padding to push a command's head out of view): judge it now
+            # and keep its head and its tail, so what is typed later still meets the head.
+            found = self._match(rec, kind, text, at, offset)
+            return found, rest[:HEAD_KEEP] + b" " + rest[-(CARRY_MAX - HEAD_KEEP - 1) :]
         found = self._match(rec, kind, text[:cut], at, offset) if cut else []
-        return found, text[cut:]
+        return found, rest
 
     def _match(
         self, rec: Recording, kind: str, text: bytes, at: float, offset: int
@@ -436,6 +444,16 @@ class Detector:
                 )
             )
         return found
+
+
+def _compiles(rule: Rule) -> bool:
+    """The policy check refuses patterns that cannot be combined; never let one that slipped
+    through (an older policy) stop the other rules."""
+    try:
+        return rule.regex is not None
+    except re.error:
+        log.error("detection rule %s: its patterns do not compile; rule skipped", rule.name)
+        return False
 
 
 def _span(rule: Rule) -> str:

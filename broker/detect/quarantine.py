@@ -11,6 +11,7 @@ scheduler tries again; the grants' removal is retried by the reaper as always.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from broker.fleet.ssh import NodeTarget
 from broker.grants.grantfile import validate_reason
 from broker.grants.service import GrantService
 from broker.store.db import Store
+
+# The group names a node's quarantine marker carries (pam/broker_node.py _GROUP_CHARS).
+NODE_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,10 @@ class Quarantines:
         """Put each node's marker in the state its row asks for; record how that went."""
         rows = {q.node: q for q in quarantines(self._store.conn)}
         group = self._group()
+        if group is not None and not NODE_GROUP.fullmatch(group):
+            # A name the node's marker cannot carry (a space): nobody is exempt there, which
+            # fails closed; incident response then uses root or the console.
+            group = None
 
         def one(target: NodeTarget) -> NodeMark:
             row = rows.get(target.name)
@@ -160,7 +168,12 @@ class Quarantines:
                 return NodeMark(target.name, True, None)
             if row.state == "releasing":
                 reply = nodeprog.call(self._pool, target, "release", {})
-                done = reply.ok and reply.data is not None and reply.data.get("error") is None
+                done = (
+                    reply.ok
+                    and reply.data is not None
+                    and isinstance(reply.data.get("released"), bool)
+                    and reply.data.get("error") is None
+                )
             else:
                 payload = {"reason": row.reason, "since": _second(row.since), "group": group}
                 reply = nodeprog.call(self._pool, target, "quarantine", payload)

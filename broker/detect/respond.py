@@ -68,7 +68,9 @@ class Responder:
         store = self._app.ready_store()
         due = store.conn.execute(
             "SELECT id, alert_id, kind, target, attempts FROM alert_actions"
-            " WHERE state = 'pending' AND next_at <= ? ORDER BY id LIMIT ?",
+            # An alert's actions before drift jobs: a scan of many nodes must never hold up
+            # the response to a critical finding.
+            " WHERE state = 'pending' AND next_at <= ? ORDER BY (alert_id IS NULL), id LIMIT ?",
             (to_text(now), BATCH),
         ).fetchall()
         for action_id, alert_id, kind, target, attempts in due:
@@ -79,8 +81,10 @@ class Responder:
                     raise ActionError(f"unknown action {kind}")
                 result, state = work(alert_id, target, now), "done"
                 report.done.append(label)
-            except (ActionError, BrokerError, OSError, ValueError) as exc:
-                result = exc.one_line() if isinstance(exc, BrokerError) else str(exc)
+            except Exception as exc:  # one action's failure must never block the others
+                if not isinstance(exc, ActionError | BrokerError | OSError | ValueError):
+                    log.exception("action %s (alert %s) raised", label, alert_id)
+                result = exc.one_line() if isinstance(exc, BrokerError) else str(exc) or repr(exc)
                 state = "failed" if attempts + 1 >= MAX_ATTEMPTS or work is None else "pending"
                 (report.failed if state == "failed" else report.retried).append(label)
                 log.warning("action %s (alert %s) failed: %s", label, alert_id, result)
@@ -185,10 +189,24 @@ class Responder:
         )
         if not reply.ok or reply.data is None:
             raise ActionError(f"{node}: {reply.error}")
-        killed = reply.data.get("killed") or []
-        return f"ended {len(killed) if isinstance(killed, list) else 0} process(es) on {node}"
+        killed, errors = reply.data.get("killed"), reply.data.get("errors")
+        if not isinstance(killed, list) or not all(isinstance(p, int) for p in killed):
+            raise ActionError(f"{node}: an answer without the ended processes")
+        if errors:
+            raise ActionError(f"{node}: {str(errors)[:200]}")
+        return f"ended {len(killed)} process(es) on {node}"
 
     def _quarantine_node(self, alert_id: int | None, node: str, now: datetime) -> str:
+        conn = self._app.ready_store().conn
+        if conn.execute("SELECT 1 FROM quarantines WHERE node = ?", (node,)).fetchone():
+            return f"{node} is already quarantined (its marker is retried by the scheduler)"
+        released = conn.execute(
+            "SELECT 1 FROM audit_events e JOIN alerts a ON a.id = ? WHERE e.action ="
+            " 'node.release' AND e.target = ? AND e.ts > a.created_at",
+            (alert_id, node),
+        ).fetchone()
+        if released is not None:
+            return f"{node} was released by a person since this alert: not quarantined again"
         result = self._app.quarantines().quarantine(
             [node], reason=self._reason(alert_id), actor=alerts.DETECTOR, now=now
         )
@@ -239,6 +257,29 @@ class Responder:
             self._attach(recording_id, grant_id, node, now, [], 0, "no baseline was taken")
             return "no baseline"
         current = self._scan(node)
+        if current.truncated:
+            # Root can force a truncated scan (flooding a scanned directory): never move the
+            # baseline past it, and say so loudly.
+            finding = None
+            if rule.enabled:
+                finding = Finding(
+                    "drift",
+                    rule.severity,
+                    rule.actions,
+                    f"drift check of session {recording_id} of {user} on {node} is incomplete:"
+                    " the node's scan was truncated",
+                    now.timestamp(),
+                    f"session:{recording_id}:drift",
+                    user=user,
+                    node=node,
+                    grant_id=grant_id,
+                    recording_id=recording_id,
+                )
+            with self._app.ready_store().transaction() as tx:
+                _store_drift(tx, recording_id, grant_id, node, now, [], 0, "scan truncated")
+                if finding is not None:
+                    alerts.raise_alert(tx, finding, now, self._enqueue)
+            return "scan truncated: baseline kept"
         changes = [
             c
             for c in drift.diff(drift.Manifest.from_json(base[0]), current)
@@ -258,14 +299,16 @@ class Responder:
                     rule.severity,
                     rule.actions,
                     f"session {recording_id} of {user} on {node} left {len(odd)} unexpected"
-                    f" change(s): {odd[0].summary()}"[:500],
+                    f" change(s): {odd[0].kind} {odd[0].path}"[:500],
                     now.timestamp(),
                     f"session:{recording_id}:drift",
                     user=user,
                     node=node,
                     grant_id=grant_id,
                     recording_id=recording_id,
-                    details={"changes": [c.summary() for c in odd[:20]]},
+                    # Paths only: the lines (a cron entry may hold a token) stay with the
+                    # session's drift record (`broker sessions show`).
+                    details={"changes": [f"{c.kind} {c.path}" for c in odd[:50]]},
                 )
                 alert_id = alerts.raise_alert(tx, finding, now, self._enqueue)
         return f"{len(changes)} change(s), {len(odd)} unexpected" + (

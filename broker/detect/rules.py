@@ -88,10 +88,13 @@ class Rule:
     def regex(self) -> re.Pattern[bytes] | None:
         """All patterns as one alternation over bytes (one pass per chunk, not one per
         pattern); each named group `p<i>` tells which pattern matched."""
-        if not self.patterns:
-            return None
-        parts = [f"(?P<p{i}>{p})" for i, p in enumerate(self.patterns)]
-        return re.compile("|".join(parts).encode("utf-8"), re.MULTILINE)
+        return combined(self.patterns) if self.patterns else None
+
+
+def combined(patterns: tuple[str, ...]) -> re.Pattern[bytes]:
+    """The patterns as one expression (raises re.error when they cannot be combined)."""
+    parts = [f"(?P<p{i}>{p})" for i, p in enumerate(patterns)]
+    return re.compile("|".join(parts).encode("utf-8"), re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,9 @@ class DetectionRunner:
         except OSError:
             return streams
         budget = self._pass_bytes
+        # Each recording gets its share of a pass: one session flooding its output must not
+        # starve the others (a second session of the same attacker included).
+        share = max(4 << 20, self._pass_bytes // len(rows))
         try:
             for rid, path, node, user, grant_id, state, command, argv in rows:
                 rec = Recording(rid, node or "-", user or "-", grant_id)
@@ -196,7 +199,7 @@ class DetectionRunner:
                     known["command"] = _Stream(dirty=True)
                 try:
                     finished, used = _read_recording(
-                        detector, root_fd, rec, path, known, budget, now, findings
+                        detector, root_fd, rec, path, known, min(budget, share), now, findings
                     )
                 except IologError as exc:  # the indexer quarantines it; stop reading it
                     log.warning("detection skips recording %s: %s", rid, exc)

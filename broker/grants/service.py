@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -127,11 +128,18 @@ class GrantService:
         self._targets(names)
         return plan
 
-    def _not_quarantined(self, policy: Policy, account: Account, names: Sequence[str]) -> None:
-        """A quarantined node takes grants only for the incident-response group."""
+    def _not_quarantined(
+        self,
+        policy: Policy,
+        account: Account,
+        names: Sequence[str],
+        conn: sqlite3.Connection | None = None,
+    ) -> None:
+        """A quarantined node takes grants only for the incident-response group (checked
+        again inside the transaction that issues, so a quarantine meanwhile still wins)."""
         from broker.detect.quarantine import quarantines
 
-        held = {q.node: q for q in quarantines(self._store.conn)}
+        held = {q.node: q for q in quarantines(conn or self._store.conn)}
         blocked = [n for n in names if n in held]
         if not blocked:
             return
@@ -301,6 +309,7 @@ class GrantService:
         # cannot be written never exists.
         push.drop_in_text(grant, f"127.0.0.1:{self._rules.log_port}")
         with self._store.transaction() as conn:
+            self._not_quarantined(self._require_policy()[1], account, list(plan.nodes), conn)
             rows.insert_grant(conn, grant, plan.nodes)
             if request_id is not None and not rows.decide_request(
                 conn,

@@ -30,6 +30,7 @@ from broker.detect.rules import (
     Rule,
     Severity,
     Stream,
+    combined,
 )
 from broker.policy import names
 from broker.policy.positions import Path as KeyPath
@@ -42,6 +43,7 @@ _ALL_RULE_KEYS = tuple(
 _DRIFT_KEYS = ("enabled", "severity", "actions", "expected")
 MAX_PATTERNS = 64
 MAX_PATTERN = 500
+_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
 _HOURS = re.compile(r"^([01]?[0-9]|2[0-3])-([01]?[0-9]|2[0-4])$")
 
 
@@ -210,6 +212,15 @@ def _patterns(table: Table, default: tuple[str, ...]) -> tuple[str, ...]:
             table.problems.add(item_path, reason, pattern)
         else:
             good.append(pattern)
+    if len(good) == len(items):
+        try:  # exactly as the detector will: one alternation (Rule.regex)
+            combined(tuple(good))
+        except re.error as exc:
+            table.problems.add(
+                (*table.path, "patterns"),
+                f"the patterns cannot be combined ({exc}); write flags inline as (?i:...)",
+            )
+            return default
     return tuple(good)
 
 
@@ -222,6 +233,8 @@ def _pattern_problem(pattern: str) -> str | None:
         return f"not a valid regular expression: {exc}"
     if compiled.groupindex:
         return "named groups (?P<...>) are not allowed; use (...) or (?:...)"
+    if _BACKREF.search(pattern):
+        return "back-references are not allowed (patterns are combined into one expression)"
     if compiled.search(b""):
         return "matches the empty string, so it would match every line"
     return None
@@ -250,6 +263,10 @@ def _drift(problems: Problems, raw: dict[str, Any]) -> DriftRule:
         actions=_or(_actions(table, base.actions, DRIFT_ACTIONS, "the drift check"), base.actions),
         expected=tuple(g for _, g in expected) if expected is not None else base.expected,
     )
+
+
+def _duration_or(value: timedelta | None, default: timedelta) -> timedelta:
+    return default if value is None else value
 
 
 def _or(value: tuple[Action, ...] | None, default: tuple[Action, ...]) -> tuple[Action, ...]:

