@@ -367,3 +367,18 @@ def test_padding_a_line_does_not_hide_its_head() -> None:
         found.extend(hits)
         assert len(carry) <= 4096
     assert [f.rule for f in found] == ["exfiltration"]
+
+
+def test_a_pass_after_elevations_prunes_its_memory_and_moves_on(app: App) -> None:
+    app.detect(T0)
+    record(app, "grant.issue", "g1", T0, details={"user": "alice", "nodes": "gpu[01-02]"})
+    record(app, "session.open", "g1", T0, actor="node:gpu01",
+           details={"user": "alice", "tty": "pts/1", "pid": 42})  # fmt: skip
+    first = app.detect(T0 + timedelta(seconds=1))
+    assert first.events >= 2
+    # Hours later the windows are pruned; detection goes on from its cursor.
+    record(app, "session.open", "g1", T0 + timedelta(hours=5), actor="node:gpu02",
+           details={"user": "alice", "tty": "pts/2", "pid": 43})  # fmt: skip
+    later = app.detect(T0 + timedelta(hours=5, seconds=1))
+    assert later.events >= 1
+    assert app.detect(T0 + timedelta(hours=5, seconds=2)).events == 0
