@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.core.errors import UsageError
@@ -37,7 +37,7 @@ READ_CHUNK = 1 << 20
 PASS_BYTES = 256 << 20  # session bytes per pass at most
 _INPUT = ("ttyin", "stdin")
 _OUTPUT = ("ttyout", "stdout", "stderr")
-_FINAL = ("complete", "incomplete")
+WATCH_STALE = timedelta(days=1)
 Enqueue = Callable[[sqlite3.Connection, int, datetime], None]
 
 
@@ -164,7 +164,8 @@ class DetectionRunner:
             return streams
         conn = self._store.conn
         rows = conn.execute(
-            "SELECT r.id, r.path, r.node, r.user, r.grant_id, r.state, r.command, r.argv"
+            "SELECT r.id, r.path, r.node, r.user, r.grant_id, r.state, r.command, r.argv,"
+            " r.indexed_at"
             " FROM recordings r WHERE r.first_seen >= ? AND r.state IN"
             " ('running', 'complete', 'incomplete') AND NOT EXISTS (SELECT 1 FROM"
             " detect_streams d WHERE d.recording_id = r.id AND d.stream = '*')"
@@ -182,7 +183,7 @@ class DetectionRunner:
         # starve the others (a second session of the same attacker included).
         share = max(4 << 20, self._pass_bytes // len(rows))
         try:
-            for rid, path, node, user, grant_id, state, command, argv in rows:
+            for rid, path, node, user, grant_id, state, command, argv, indexed_at in rows:
                 rec = Recording(rid, node or "-", user or "-", grant_id)
                 known = {
                     name: _Stream(offset, bytes(carry))
@@ -206,7 +207,10 @@ class DetectionRunner:
                     finished, used = True, 0
                 budget -= used
                 report.bytes += used
-                if finished and state in _FINAL:
+                # `incomplete` may be a session the indexer gave up on while it was idle
+                # (a break-glass shell left open): keep watching it for a day.
+                given_up = state == "incomplete" and indexed_at < to_text(now - WATCH_STALE)
+                if finished and (state == "complete" or given_up):
                     known["*"] = _Stream(dirty=True)
                 streams.update({(rid, name): s for name, s in known.items()})
                 if budget <= 0:

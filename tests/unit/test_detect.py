@@ -382,3 +382,20 @@ def test_a_pass_after_elevations_prunes_its_memory_and_moves_on(app: App) -> Non
     later = app.detect(T0 + timedelta(hours=5, seconds=1))
     assert later.events >= 1
     assert app.detect(T0 + timedelta(hours=5, seconds=2)).events == 0
+
+
+def test_a_session_the_indexer_gave_up_on_is_still_watched(app: App) -> None:
+    app.detect(T0)
+    root = app.settings.session_store
+    path = write_recording(root, "000009", [("ttyin", 0.5, b"ls\r")],
+                           log=log_json(user="dave", node="gpu02"), complete=False)  # fmt: skip
+    store = app.ready_store()
+    Indexer(store, str(root)).run(T0 + timedelta(seconds=1))
+    app.detect(T0 + timedelta(seconds=2))
+    with store.transaction() as conn:  # as the indexer marks an idle break-glass shell
+        conn.execute("UPDATE recordings SET state = 'incomplete' WHERE id = '000009'")
+    app.detect(T0 + timedelta(minutes=10))  # read to its end, but not forgotten
+    with open(path / "ttyin", "ab") as f:
+        f.write(b"tar czf /tmp/m.tgz /models/llama\r")
+    app.detect(T0 + timedelta(minutes=30))
+    assert [r[0] for r in alert_rows(app)] == ["exfiltration"]
