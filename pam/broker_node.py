@@ -705,14 +705,13 @@ def read_grant_file(paths: Paths, name: str) -> Grant | str:
     return grant
 
 
-def load_conf(paths: Paths) -> NodeConf | str:
-    data = read_secure(paths.node_conf, forbidden=0o022)
-    if isinstance(data, str):
-        return f"node.conf: {data}"
+def key_values(data: bytes, known: tuple[str, ...]) -> dict[str, str] | str:
+    """`key=value` lines (blank lines and `#` comments allowed), each known key at most
+    once: node.conf and the quarantine marker."""
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
-        return "node.conf: not ASCII"
+        return "not ASCII"
     values: dict[str, str] = {}
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
@@ -720,10 +719,19 @@ def load_conf(paths: Paths) -> NodeConf | str:
             continue
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
-        known = ("node", "login_gated", "break_glass_group", "joblaunch_service")
         if not sep or key not in known or key in values:
-            return f"node.conf line {number}: unknown or repeated setting"
+            return f"line {number}: unknown or repeated setting"
         values[key] = value
+    return values
+
+
+def load_conf(paths: Paths) -> NodeConf | str:
+    data = read_secure(paths.node_conf, forbidden=0o022)
+    if isinstance(data, str):
+        return f"node.conf: {data}"
+    values = key_values(data, ("node", "login_gated", "break_glass_group", "joblaunch_service"))
+    if isinstance(values, str):
+        return f"node.conf: {values}"
     node, gated = values.get("node", ""), values.get("login_gated", "")
     group, service = values.get("break_glass_group", ""), values.get("joblaunch_service", "")
     if not is_node_name(node):
@@ -1035,20 +1043,9 @@ def _is_quarantine_reason(text: str) -> bool:
 
 def parse_quarantine(data: bytes) -> Quarantine | str:
     """`key=value` lines like node.conf: node, since, group (may be empty), reason."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        return "not ASCII"
-    values: dict[str, str] = {}
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or key not in _QUARANTINE_KEYS or key in values:
-            return f"line {number}: unknown or repeated setting"
-        values[key] = value
+    values = key_values(data, _QUARANTINE_KEYS)
+    if isinstance(values, str):
+        return values
     if set(values) != set(_QUARANTINE_KEYS):
         return "a setting is missing"
     since = parse_utc(values["since"])

@@ -254,7 +254,8 @@ class Responder:
         ).fetchone()
         rule = self._drift_rule()
         if base is None:
-            self._attach(recording_id, grant_id, node, now, [], 0, "no baseline was taken")
+            with self._app.ready_store().transaction() as tx:
+                _store_drift(tx, recording_id, grant_id, node, now, [], 0, "no baseline was taken")
             return "no baseline"
         current = self._scan(node)
         if current.truncated:
@@ -318,19 +319,6 @@ class Responder:
     def _drift_rule(self) -> DriftRule:
         policy = self._app.active_policy()
         return policy.detection.drift if policy is not None else DriftRule()
-
-    def _attach(
-        self,
-        recording_id: str,
-        grant_id: str,
-        node: str,
-        now: datetime,
-        changes: list[drift.Change],
-        unexpected: int,
-        error: str | None,
-    ) -> None:
-        with self._app.ready_store().transaction() as tx:
-            _store_drift(tx, recording_id, grant_id, node, now, changes, unexpected, error)
 
 
 def _store_drift(
