@@ -17,10 +17,27 @@ from broker.detect.engine import Finding
 from broker.detect.rules import SEVERITIES, Severity
 
 DETECTOR = "broker:detect"
-_COLUMNS = (
-    "id, created_at, event_at, rule, severity, user, node, grant_id, recording_id, message,"
-    " details, actions, source, acked_at, acked_by, ack_note"
+# The alerts table's columns, in the order both readers (`alert` here, the notifier's
+# `AlertMessage.from_row`) take them.
+COLUMNS = (
+    "id",
+    "created_at",
+    "event_at",
+    "rule",
+    "severity",
+    "user",
+    "node",
+    "grant_id",
+    "recording_id",
+    "message",
+    "details",
+    "actions",
+    "source",
+    "acked_at",
+    "acked_by",
+    "ack_note",
 )
+_COLUMNS = ", ".join(COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -40,30 +40,12 @@ from broker.config.settings import Settings
 from broker.core import syslog
 from broker.core.errors import BrokerError, RefusedError, UnavailableError
 from broker.core.timeutil import to_text
+from broker.detect.alerts import COLUMNS
 from broker.store.db import Store
 from broker.store.files import check_private_file, service_ids
 
 log = logging.getLogger("broker.detect")
 
-# The alerts columns, in the order `AlertMessage.from_row` reads them.
-COLUMNS: Final = (
-    "id",
-    "created_at",
-    "event_at",
-    "rule",
-    "severity",
-    "user",
-    "node",
-    "grant_id",
-    "recording_id",
-    "message",
-    "details",
-    "actions",
-    "source",
-    "acked_at",
-    "acked_by",
-    "ack_note",
-)
 SELECT_ALERT: Final = f"SELECT {', '.join(COLUMNS)} FROM alerts WHERE id = ?"  # noqa: S608 (fixed columns)
 
 SYSLOG_SEVERITY: Final = {
