@@ -1,0 +1,69 @@
+/* The node's files as docs/grants.md defines them: the grant file (broker-grant-v1), the
+ * verification key, node.conf and the quarantine marker. Parsers only: no I/O, every length
+ * bounded by the buffer they are given, a reason string on every refusal. */
+#ifndef BK_CONTRACT_H
+#define BK_CONTRACT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bk_crypto.h"
+#include "bk_text.h"
+
+#define BK_MAX_FILE 8192
+#define BK_MAX_SESSIONS_LIMIT 16
+#define BK_ERR_MAX 256
+#define BK_GRANT_MAGIC "broker-grant-v1"
+#define BK_KEY_MAGIC "broker-grant-key-v1"
+#define BK_QUARANTINE_REASON_MAX 200
+
+/* A parsed grant; the spans point into the buffer that was parsed. */
+struct bk_grant {
+    char id[BK_GRANT_ID_LEN + 1];
+    char node[BK_NODE_MAX + 1];
+    char user[BK_NAME_MAX + 1];
+    char runas[BK_NAME_MAX + 1];
+    struct bk_span commands; /* "ALL" or set names joined by ',' */
+    int64_t not_before, not_after, issued_at;
+    bool login, workloads;
+    int max_sessions;
+    char policy_sha256[65];
+    struct bk_span approvers; /* names joined by ',' (may be empty) */
+    struct bk_span reason;    /* percent-encoded, never decoded by the node */
+    char key_id[BK_KEY_ID_HEX + 1];
+    unsigned char signature[BK_SIG_LEN];
+    size_t signed_len; /* the signature covers data[0..signed_len) */
+};
+
+struct bk_key {
+    unsigned char raw[BK_PUBKEY_LEN];
+    char key_id[BK_KEY_ID_HEX + 1];
+};
+
+struct bk_conf {
+    char node[BK_NODE_MAX + 1];
+    bool login_gated;
+    char break_glass_group[BK_GROUP_MAX + 1];
+    char joblaunch_service[BK_SERVICE_MAX + 1];
+};
+
+struct bk_quarantine {
+    char node[BK_NODE_MAX + 1];
+    int64_t since;
+    char group[BK_GROUP_MAX + 1];
+    char reason[BK_QUARANTINE_REASON_MAX * 3 + 1]; /* kept percent-encoded */
+};
+
+/* Each returns true when `data[0..len)` is exactly a valid file; else false with `err`. */
+bool bk_parse_grant(const char *data, size_t len, struct bk_grant *out, char err[BK_ERR_MAX]);
+bool bk_parse_key(const char *data, size_t len, struct bk_key *out, char err[BK_ERR_MAX]);
+bool bk_parse_conf(const char *data, size_t len, struct bk_conf *out, char err[BK_ERR_MAX]);
+bool bk_parse_quarantine(const char *data, size_t len, struct bk_quarantine *out,
+                         char err[BK_ERR_MAX]);
+
+/* The signature check of a parsed grant against the node's key: key id, then Ed25519. */
+bool bk_grant_signed_by(const struct bk_grant *grant, const char *data, const struct bk_key *key,
+                        char err[BK_ERR_MAX]);
+
+#endif

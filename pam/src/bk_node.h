@@ -1,0 +1,111 @@
+/* The node's decisions (docs/grants.md, "The PAM module"): which grants a user holds, who
+ * passes sudo, sshd and the job launcher, and the session records and spool events. The
+ * PAM entry points (pam_broker.c) and the grant checker (grant_check.c) are thin callers. */
+#ifndef BK_NODE_H
+#define BK_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "bk_contract.h"
+
+#define BK_BREAK_GLASS "break-glass"
+#define BK_MAX_VALID 64
+#define BK_MSG_MAX 640
+#define BK_DENY_SPOOL_LIMIT 5000
+
+/* Why a node refused (the `reason` of a spooled deny event; docs/grants.md). */
+enum bk_why {
+    BK_WHY_NONE = 0,
+    BK_WHY_NO_GRANT,
+    BK_WHY_EXPIRED,
+    BK_WHY_NOT_YET_VALID,
+    BK_WHY_REVOKED,
+    BK_WHY_BAD_SIGNATURE,
+    BK_WHY_OTHER_NODE,
+    BK_WHY_QUARANTINED,
+    BK_WHY_MAX_SESSIONS,
+    BK_WHY_BAD_FILE,
+    BK_WHY_BAD_CONFIG,
+    BK_WHY_NO_LOGIN,
+    BK_WHY_WORKLOADS,
+    BK_WHY_NO_USER,
+};
+const char *bk_why_code(enum bk_why why);
+
+typedef bool (*bk_group_check)(const char *user, const char *group);
+
+/* Where the node's files are and what time it is; `root` is "/" on a node. */
+struct bk_ctx {
+    const char *root;
+    const char *proc; /* "/proc" */
+    int64_t now;
+    bk_group_check in_group;
+};
+
+struct bk_valid {
+    char id[BK_GRANT_ID_LEN + 1];
+    char runas[BK_NAME_MAX + 1];
+    int64_t not_after;
+    int max_sessions;
+    bool login, workloads;
+};
+
+/* The user's valid grants on this node, or why there are none. */
+struct bk_grants {
+    size_t count;
+    struct bk_valid valid[BK_MAX_VALID];
+    enum bk_why why;            /* when count == 0 */
+    char first_bad[BK_GRANT_ID_LEN + 1];
+    int64_t first_bad_time;     /* expiry or start of the grant named in first_bad */
+    char detail[BK_MSG_MAX];    /* "no valid grant for U on N[: name: problem; ...]" */
+};
+
+struct bk_verdict {
+    bool allow;
+    bool break_glass;
+    enum bk_why why;
+    char log[BK_MSG_MAX]; /* the reason for syslog */
+    char say[BK_MSG_MAX]; /* one line for the person (denies only) */
+};
+
+/* The configuration every decision rests on: node.conf and the verification key. */
+struct bk_config {
+    bool ok;
+    struct bk_conf conf;
+    struct bk_key key;
+    char problem[BK_ERR_MAX];
+};
+void bk_load_config(const struct bk_ctx *ctx, struct bk_config *out);
+
+/* Check a grant file's bytes against the node (the hook's rules): true when valid. The time
+ * window's start is skipped with `any_start` (a grant may be installed before it starts). */
+bool bk_check_grant(const struct bk_ctx *ctx, const struct bk_config *config, int revoked_fd,
+                    const char *data, const struct bk_grant *grant, bool any_start,
+                    enum bk_why *why, char err[BK_ERR_MAX]);
+int bk_open_revoked(const struct bk_ctx *ctx, char err[BK_ERR_MAX]); /* -1 none, -2 untrusted */
+
+void bk_user_grants(const struct bk_ctx *ctx, const struct bk_config *config, const char *user,
+                    struct bk_grants *out);
+
+/* The decisions; `pid` is the process that called PAM (sudo), `tty` may be NULL. */
+void bk_decide_sudo(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                    const char *user, const char *tty, pid_t pid, struct bk_verdict *out);
+void bk_decide_sshd(const struct bk_ctx *ctx, const char *user, struct bk_verdict *out);
+void bk_decide_other(const struct bk_ctx *ctx, const char *service, const char *user,
+                     struct bk_verdict *out);
+
+/* Sessions: records under sessions/<id>/<pid> and `open`/`close` events; never refuse.
+ * Return a short note for the log. */
+void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                     const char *user, const char *tty, pid_t pid, char note[BK_MSG_MAX]);
+void bk_close_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                      const char *user, const char *tty, pid_t pid, char note[BK_MSG_MAX]);
+
+/* One `deny` event per refused sudo process (deduplicated by pid and start time). */
+void bk_spool_deny(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                   const char *user, const char *tty, pid_t pid, enum bk_why why);
+
+#endif

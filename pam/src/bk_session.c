@@ -1,0 +1,443 @@
+/* Session records, the max_sessions lock and the spool of session events. */
+#include "bk_session.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bk_crypto.h"
+#include "bk_files.h"
+
+#define SESSIONS_DIR "var/lib/broker/sessions"
+#define EVENTS_DIR "var/spool/broker/events"
+#define LOCK_NAME ".lock"
+
+const char *bk_target_name(const char *user)
+{
+    return user != NULL && bk_is_posix_name(user, strlen(user)) ? user : "-";
+}
+
+void bk_tty_name(const char *tty, char out[65])
+{
+    bk_copy(out, 65, "-");
+    if (tty == NULL)
+        return;
+    if (strncmp(tty, "/dev/", 5) == 0)
+        tty += 5;
+    size_t n = strnlen(tty, 64);
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        char c = tty[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '/' || c == '.' || c == '_' || c == ':' || c == '-'))
+            return;
+    }
+    memcpy(out, tty, n);
+    out[n] = '\0';
+}
+
+static bool pid_alive(const struct bk_ctx *ctx, const char *pid)
+{
+    char path[96];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", ctx->proc, pid);
+    return stat(path, &st) == 0;
+}
+
+static bool is_pid_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 10)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (name[i] < '0' || name[i] > '9')
+            return false;
+    return true;
+}
+
+/* ------------------------------------------------------------ json */
+
+/* A JSON string of printable ASCII (anything else escaped) appended to `out`. */
+static void json_string(char *out, size_t size, const char *text)
+{
+    char piece[8];
+    bk_append(out, size, "\"");
+    for (const unsigned char *p = (const unsigned char *)text; *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\' || *p < 0x20 || *p > 0x7e)
+            snprintf(piece, sizeof piece, "\\u%04x", *p);
+        else
+            snprintf(piece, sizeof piece, "%c", *p);
+        bk_append(out, size, piece);
+    }
+    bk_append(out, size, "\"");
+}
+
+static void json_field(char *out, size_t size, const char *key, const char *value, bool first)
+{
+    bk_append(out, size, first ? "{\"" : ", \"");
+    bk_append(out, size, key);
+    bk_append(out, size, "\": ");
+    json_string(out, size, value);
+}
+
+bool bk_spool_event(const struct bk_ctx *ctx, const char *event_id, const char *kind,
+                    const char *grant_id, const char *user, const char *runas,
+                    const char *service, const char *tty, pid_t pid, const char *reason)
+{
+    char body[2048] = "", name[160], at[BK_UTC_LEN + 1], number[32], err[BK_ERR_MAX];
+    bk_format_utc(ctx->now, at);
+    json_field(body, sizeof body, "event_id", event_id, true);
+    json_field(body, sizeof body, "kind", kind, false);
+    json_field(body, sizeof body, "grant_id", grant_id, false);
+    json_field(body, sizeof body, "user", user, false);
+    json_field(body, sizeof body, "runas", runas, false);
+    json_field(body, sizeof body, "service", service, false);
+    json_field(body, sizeof body, "tty", tty, false);
+    snprintf(number, sizeof number, ", \"pid\": %ld", (long)pid);
+    bk_append(body, sizeof body, number);
+    json_field(body, sizeof body, "at", at, false);
+    if (reason != NULL)
+        json_field(body, sizeof body, "reason", reason, false);
+    if (!bk_append(body, sizeof body, "}\n"))
+        return false;
+    snprintf(name, sizeof name, "%s.json", event_id);
+    int fd = bk_open_dir(ctx->root, EVENTS_DIR, 0700, err);
+    if (fd < 0)
+        return false;
+    bool ok = bk_write_atomic(fd, name, body, strlen(body), 0600);
+    close(fd);
+    return ok;
+}
+
+static bool new_event_id(char out[96])
+{
+    char tag[9];
+    struct timespec ts;
+    if (!bk_random_hex(4, tag) || clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return false;
+    snprintf(out, 96, "%lld%09ld-%ld-%s", (long long)ts.tv_sec, (long)ts.tv_nsec,
+             (long)getpid(), tag);
+    return true;
+}
+
+/* ------------------------------------------------------------ records */
+
+static void record_text(const struct bk_ctx *ctx, const char *ruser, const char *user,
+                        const char *tty, char out[256])
+{
+    char at[BK_UTC_LEN + 1], tty_name[65];
+    bk_format_utc(ctx->now, at);
+    bk_tty_name(tty, tty_name);
+    snprintf(out, 256, "%s %s %s %s\n", ruser, bk_target_name(user), tty_name, at);
+}
+
+/* Write sessions/<key>/<pid>; true when it was written. */
+static bool write_record(int sessions_fd, const char *key, const char *text, pid_t pid)
+{
+    char err[BK_ERR_MAX], name[24];
+    int fd = bk_open_dir_at(sessions_fd, key, 0700, err);
+    if (fd < 0)
+        return false;
+    snprintf(name, sizeof name, "%ld", (long)pid);
+    bool ok = bk_write_atomic(fd, name, text, strlen(text), 0600);
+    close(fd);
+    return ok;
+}
+
+/* Live pids recorded under `key`, not counting `self`; records of dead pids are removed.
+ * Pids already seen under another grant are not counted twice. */
+static size_t count_live(const struct bk_ctx *ctx, int sessions_fd, const char *key, pid_t self,
+                         long *seen, size_t *seen_count, size_t seen_max)
+{
+    char err[BK_ERR_MAX];
+    size_t live = 0;
+    int fd = bk_open_dir_at(sessions_fd, key, 0, err);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (dir == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (!is_pid_name(entry->d_name))
+            continue;
+        long pid = strtol(entry->d_name, NULL, 10);
+        if (!pid_alive(ctx, entry->d_name)) {
+            unlinkat(dirfd(dir), entry->d_name, 0);
+            continue;
+        }
+        bool counted = pid == (long)self;
+        for (size_t i = 0; i < *seen_count && !counted; i++)
+            counted = seen[i] == pid;
+        if (counted)
+            continue;
+        if (*seen_count < seen_max)
+            seen[(*seen_count)++] = pid;
+        live++;
+    }
+    closedir(dir);
+    return live;
+}
+
+static int lock_sessions(const struct bk_ctx *ctx, int *sessions_fd)
+{
+    char err[BK_ERR_MAX];
+    *sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
+    if (*sessions_fd < 0)
+        return -1;
+    int lock = openat(*sessions_fd, LOCK_NAME,
+                      O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    struct stat st;
+    if (lock < 0 || fstat(lock, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 ||
+        flock(lock, LOCK_EX) != 0) {
+        if (lock >= 0)
+            close(lock);
+        close(*sessions_fd);
+        *sessions_fd = -1;
+        return -1;
+    }
+    return lock;
+}
+
+void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants,
+                        const char *service, const char *ruser, const char *user, const char *tty,
+                        pid_t pid, struct bk_verdict *out)
+{
+    int sessions_fd = -1, limit = 0;
+    long seen[BK_MAX_SESSIONS_LIMIT * 4];
+    size_t seen_count = 0, open_now = 0;
+    char text[256];
+    (void)service;
+    int lock = lock_sessions(ctx, &sessions_fd);
+    if (lock < 0) {
+        out->why = BK_WHY_BAD_FILE;
+        bk_copy(out->log, sizeof out->log, "session records cannot be locked or written");
+        bk_copy(out->say, sizeof out->say,
+                "broker: this node cannot record your session: refused (ask an operator)");
+        return;
+    }
+    for (size_t i = 0; i < grants->count; i++) {
+        if (grants->valid[i].max_sessions > limit)
+            limit = grants->valid[i].max_sessions;
+        open_now += count_live(ctx, sessions_fd, grants->valid[i].id, pid, seen, &seen_count,
+                               sizeof seen / sizeof seen[0]);
+    }
+    if (open_now >= (size_t)limit) {
+        out->why = BK_WHY_MAX_SESSIONS;
+        snprintf(out->log, sizeof out->log,
+                 "max_sessions reached: %zu open elevated sessions (limit %d)", open_now, limit);
+        snprintf(out->say, sizeof out->say,
+                 "broker: you already have %zu elevated session(s) open here (limit %d); close "
+                 "one first",
+                 open_now, limit);
+    } else {
+        /* The slot is taken now, in the same lock: open_session finds the record there. */
+        record_text(ctx, ruser, user, tty, text);
+        bool written = true;
+        for (size_t i = 0; i < grants->count; i++)
+            written = write_record(sessions_fd, grants->valid[i].id, text, pid) && written;
+        if (written) {
+            out->allow = true;
+            out->why = BK_WHY_NONE;
+            snprintf(out->log, sizeof out->log, "grant %s", grants->valid[0].id);
+            out->say[0] = '\0';
+        } else {
+            out->why = BK_WHY_BAD_FILE;
+            bk_copy(out->log, sizeof out->log, "session record could not be written");
+            bk_copy(out->say, sizeof out->say,
+                    "broker: this node cannot record your session: refused (ask an operator)");
+        }
+    }
+    flock(lock, LOCK_UN);
+    close(lock);
+    close(sessions_fd);
+}
+
+/* ------------------------------------------------------------ open and close */
+
+static void record_and_spool(const struct bk_ctx *ctx, int sessions_fd, const char *key,
+                             const char *service, const char *ruser, const char *user,
+                             const char *tty, pid_t pid, const char *text)
+{
+    char event_id[96], tty_name[65];
+    bk_tty_name(tty, tty_name);
+    write_record(sessions_fd, key, text, pid);
+    if (new_event_id(event_id))
+        bk_spool_event(ctx, event_id, "open", key, ruser, bk_target_name(user), service,
+                       tty_name, pid, NULL);
+}
+
+void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                     const char *user, const char *tty, pid_t pid, char note[BK_MSG_MAX])
+{
+    struct bk_config config;
+    char text[256], err[BK_ERR_MAX];
+    bk_copy(note, BK_MSG_MAX, "no grant: session not recorded");
+    if (ruser[0] == '\0' || strcmp(ruser, "root") == 0 || !bk_is_posix_name(ruser, strlen(ruser)))
+        return;
+    bk_load_config(ctx, &config);
+    if (!config.ok)
+        return;
+    struct bk_grants *grants = malloc(sizeof *grants);
+    if (grants == NULL)
+        return;
+    bk_user_grants(ctx, &config, ruser, grants);
+    int sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
+    record_text(ctx, ruser, user, tty, text);
+    if (sessions_fd >= 0 && grants->count > 0) {
+        /* Which grant sudo matched is not known here: the session belongs to each of them,
+         * so revoking any one of them ends it. */
+        for (size_t i = 0; i < grants->count; i++)
+            record_and_spool(ctx, sessions_fd, grants->valid[i].id, service, ruser, user, tty,
+                             pid, text);
+        snprintf(note, BK_MSG_MAX, "session %s/%ld recorded", grants->valid[0].id, (long)pid);
+    } else if (sessions_fd >= 0 && config.conf.break_glass_group[0] != '\0' &&
+               ctx->in_group(ruser, config.conf.break_glass_group)) {
+        record_and_spool(ctx, sessions_fd, BK_BREAK_GLASS, service, ruser, user, tty, pid, text);
+        snprintf(note, BK_MSG_MAX, "break-glass session %ld recorded", (long)pid);
+    }
+    if (sessions_fd >= 0)
+        close(sessions_fd);
+    free(grants);
+}
+
+static bool is_session_key(const char *name)
+{
+    return bk_is_grant_id(name, strlen(name)) || strcmp(name, BK_BREAK_GLASS) == 0;
+}
+
+void bk_close_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                      const char *user, const char *tty, pid_t pid, char note[BK_MSG_MAX])
+{
+    char err[BK_ERR_MAX], name[24], event_id[96], tty_name[65];
+    size_t closed = 0;
+    bk_copy(note, BK_MSG_MAX, "no session record");
+    int sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0, err);
+    DIR *dir = sessions_fd >= 0 ? fdopendir(sessions_fd) : NULL;
+    if (dir == NULL) {
+        if (sessions_fd >= 0)
+            close(sessions_fd);
+        return;
+    }
+    snprintf(name, sizeof name, "%ld", (long)pid);
+    bk_tty_name(tty, tty_name);
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (!is_session_key(entry->d_name))
+            continue;
+        int fd = bk_open_dir_at(dirfd(dir), entry->d_name, 0, err);
+        if (fd < 0)
+            continue;
+        if (unlinkat(fd, name, 0) == 0) {
+            fsync(fd);
+            closed++;
+            if (new_event_id(event_id))
+                bk_spool_event(ctx, event_id, "close", entry->d_name,
+                               bk_target_name(ruser), bk_target_name(user), service, tty_name,
+                               pid, NULL);
+        }
+        close(fd);
+    }
+    closedir(dir);
+    if (closed > 0)
+        snprintf(note, BK_MSG_MAX, "%zu session record(s) of %ld closed", closed, (long)pid);
+}
+
+/* ------------------------------------------------------------ deny events */
+
+/* The start time of `pid` (field 22 of /proc/<pid>/stat), or false. */
+static bool process_start(const struct bk_ctx *ctx, pid_t pid, char out[32])
+{
+    char path[96], buf[1024];
+    snprintf(path, sizeof path, "%s/%ld/stat", ctx->proc, (long)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return false;
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0)
+        return false;
+    buf[got] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (p == NULL)
+        return false;
+    /* after ") " come field 3 (state) ... field 22 (starttime): skip 19 fields */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p + 1, ' ');
+        if (p == NULL)
+            return false;
+    }
+    size_t n = strspn(p + 1, "0123456789");
+    if (n == 0 || n >= 32)
+        return false;
+    memcpy(out, p + 1, n);
+    out[n] = '\0';
+    return true;
+}
+
+static bool already_spooled(int events_fd, const char *suffix, size_t *count)
+{
+    int fd = fcntl(events_fd, F_DUPFD_CLOEXEC, 0);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    bool found = false;
+    size_t suffix_len = strlen(suffix);
+    *count = 0;
+    if (dir == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        size_t n = strlen(entry->d_name);
+        if (entry->d_name[0] == '.')
+            continue;
+        (*count)++;
+        if (n >= suffix_len && strcmp(entry->d_name + n - suffix_len, suffix) == 0)
+            found = true;
+    }
+    closedir(dir);
+    return found;
+}
+
+void bk_spool_deny(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                   const char *user, const char *tty, pid_t pid, enum bk_why why)
+{
+    char err[BK_ERR_MAX], start[32], seed[128], tag[9], suffix[64], event_id[96], tty_name[65];
+    size_t count = 0;
+    struct timespec ts;
+    /* No spool directory: not bootstrapped, nothing would collect it. */
+    int events_fd = bk_open_dir(ctx->root, EVENTS_DIR, 0, err);
+    if (events_fd < 0)
+        return;
+    if (process_start(ctx, pid, start)) {
+        snprintf(seed, sizeof seed, "deny %ld %s %s", (long)pid, start, ruser);
+        if (!bk_sha256_hex(seed, strlen(seed), 4, tag)) {
+            close(events_fd);
+            return;
+        }
+    } else if (!bk_random_hex(4, tag)) {
+        close(events_fd);
+        return;
+    }
+    snprintf(suffix, sizeof suffix, "-%ld-%s.json", (long)pid, tag);
+    bool seen = already_spooled(events_fd, suffix, &count);
+    close(events_fd);
+    /* One event per sudo process; and a user looping on sudo must not crowd out sessions. */
+    if (seen || count >= BK_DENY_SPOOL_LIMIT || clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return;
+    snprintf(event_id, sizeof event_id, "%lld%09ld-%ld-%s", (long long)ts.tv_sec,
+             (long)ts.tv_nsec, (long)pid, tag);
+    bk_tty_name(tty, tty_name);
+    bk_spool_event(ctx, event_id, "deny", "-", bk_target_name(ruser), bk_target_name(user),
+                   service, tty_name, pid, bk_why_code(why));
+}

@@ -1,0 +1,177 @@
+/* pam_broker.so: the broker's decision on every sudo, gated login and job launch, in the
+ * calling process (no fork, no exec, no network). docs/grants.md is the contract. */
+#define PAM_SM_AUTH
+#define PAM_SM_ACCOUNT
+#define PAM_SM_SESSION
+#define PAM_SM_PASSWORD
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <security/pam_ext.h>
+#include <security/pam_modules.h>
+
+#include "bk_node.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define NSS_BUF_MAX (1 << 20)
+
+/* NSS group membership, the primary group included; any lookup failure is "not a member". */
+static bool in_group(const char *user, const char *group)
+{
+    size_t size = 4096;
+    bool member = false, done = false;
+    while (!done && size <= NSS_BUF_MAX) {
+        char *buf = malloc(size);
+        struct group gr, *grp = NULL;
+        struct passwd pw, *pwp = NULL;
+        if (buf == NULL)
+            return false;
+        int rc = getgrnam_r(group, &gr, buf, size, &grp);
+        if (rc == ERANGE) {
+            free(buf);
+            size *= 2;
+            continue;
+        }
+        done = true;
+        if (rc == 0 && grp != NULL) {
+            gid_t gid = grp->gr_gid;
+            for (char **m = grp->gr_mem; m != NULL && *m != NULL && !member; m++)
+                member = strcmp(*m, user) == 0;
+            if (!member && getpwnam_r(user, &pw, buf, size, &pwp) == 0 && pwp != NULL)
+                member = pwp->pw_gid == gid;
+        }
+        free(buf);
+    }
+    return member;
+}
+
+static const char *item(pam_handle_t *pamh, int which)
+{
+    const void *value = NULL;
+    if (pam_get_item(pamh, which, &value) != PAM_SUCCESS || value == NULL)
+        return "";
+    return (const char *)value;
+}
+
+struct call {
+    const char *service, *user, *ruser, *tty, *type;
+    struct bk_ctx ctx;
+};
+
+static void read_call(pam_handle_t *pamh, const char *type, struct call *c)
+{
+    c->service = item(pamh, PAM_SERVICE);
+    c->user = item(pamh, PAM_USER);
+    c->ruser = item(pamh, PAM_RUSER);
+    c->tty = item(pamh, PAM_TTY);
+    c->type = type;
+    c->ctx.root = "/";
+    c->ctx.proc = "/proc";
+    c->ctx.now = (int64_t)time(NULL);
+    c->ctx.in_group = in_group;
+}
+
+static bool is_sudo(const char *service)
+{
+    return strcmp(service, "sudo") == 0 || strcmp(service, "sudo-i") == 0;
+}
+
+static void log_verdict(pam_handle_t *pamh, const struct call *c, const struct bk_verdict *v)
+{
+    char service[48], user[72], ruser[72];
+    bk_clean(c->service, strlen(c->service), service, sizeof service);
+    bk_clean(c->user, strlen(c->user), user, sizeof user);
+    bk_clean(c->ruser, strlen(c->ruser), ruser, sizeof ruser);
+    if (!v->allow)
+        pam_syslog(pamh, LOG_WARNING, "deny service=%s type=%s user=%s ruser=%s: %s (%s)",
+                   service, c->type, user, ruser, v->log, bk_why_code(v->why));
+    else if (v->break_glass)
+        pam_syslog(pamh, LOG_NOTICE, "allow service=%s type=%s user=%s ruser=%s: %s", service,
+                   c->type, user, ruser, v->log);
+}
+
+/* auth and account: one row of the decision table; a refusal is said to the person too.
+ * It is said even under PAM_SILENT: sudo passes that flag by default, and a refusal that
+ * explains nothing sends people to the operators. Nothing is said on an allow. */
+static int gate(pam_handle_t *pamh, const char *type, int refuse)
+{
+    struct call c;
+    struct bk_verdict v;
+    read_call(pamh, type, &c);
+    if (is_sudo(c.service)) {
+        bk_decide_sudo(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), &v);
+        if (!v.allow && c.ruser[0] != '\0' && strcmp(c.ruser, "root") != 0)
+            bk_spool_deny(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), v.why);
+    } else if (strcmp(type, "account") != 0) {
+        return PAM_IGNORE; /* only sudo is gated in auth */
+    } else if (strcmp(c.service, "sshd") == 0) {
+        bk_decide_sshd(&c.ctx, c.user, &v);
+    } else {
+        bk_decide_other(&c.ctx, c.service, c.user, &v);
+    }
+    log_verdict(pamh, &c, &v);
+    if (v.allow)
+        return PAM_SUCCESS;
+    if (v.say[0] != '\0')
+        pam_error(pamh, "%s", v.say);
+    return refuse;
+}
+
+EXPORT int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)flags, (void)argc, (void)argv;
+    return gate(pamh, "auth", PAM_AUTH_ERR);
+}
+
+EXPORT int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh, (void)flags, (void)argc, (void)argv;
+    return PAM_IGNORE;
+}
+
+EXPORT int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)flags, (void)argc, (void)argv;
+    return gate(pamh, "account", PAM_PERM_DENIED);
+}
+
+/* Sessions never refuse: the decision was made in auth/account; a record that cannot be
+ * written is logged. */
+static int session(pam_handle_t *pamh, bool open)
+{
+    struct call c;
+    char note[BK_MSG_MAX];
+    read_call(pamh, open ? "open_session" : "close_session", &c);
+    if (!is_sudo(c.service))
+        return PAM_IGNORE;
+    if (open)
+        bk_open_session(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), note);
+    else
+        bk_close_session(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), note);
+    return PAM_SUCCESS;
+}
+
+EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)flags, (void)argc, (void)argv;
+    return session(pamh, true);
+}
+
+EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)flags, (void)argc, (void)argv;
+    return session(pamh, false);
+}
+
+EXPORT int pam_sm_chauthtok(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh, (void)flags, (void)argc, (void)argv;
+    return PAM_IGNORE;
+}

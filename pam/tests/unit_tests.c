@@ -1,0 +1,644 @@
+/* Unit tests of the node-side C code, built with AddressSanitizer and UBSan (make test).
+ * Grants are signed here with libcrypto, the node's files live in a temporary root. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "bk_contract.h"
+#include "bk_crypto.h"
+#include "bk_files.h"
+#include "bk_node.h"
+#include "bk_session.h"
+#include "check.h"
+
+static const int64_t NOW = 1795000000; /* 2026-11-18 */
+static EVP_PKEY *signing_key, *other_key;
+static char root[64];
+static char key_line[128];
+
+/* ------------------------------------------------------------ helpers */
+
+static void raw_public(EVP_PKEY *key, unsigned char out[32])
+{
+    size_t len = 32;
+    if (EVP_PKEY_get_raw_public_key(key, out, &len) != 1 || len != 32)
+        abort();
+}
+
+static void key_id_of(EVP_PKEY *key, char out[17])
+{
+    unsigned char raw[32];
+    raw_public(key, raw);
+    if (!bk_sha256_hex(raw, 32, 8, out))
+        abort();
+}
+
+/* A signed grant like broker/grants/grantfile.py writes it, into `out`. */
+static size_t make_grant(char *out, size_t size, EVP_PKEY *key, const char *id, const char *node,
+                         const char *user, int64_t start, int64_t end, int login, int workloads,
+                         int max_sessions)
+{
+    char nb[21], na[21], kid[17];
+    unsigned char sig[64];
+    size_t sig_len = sizeof sig;
+    bk_format_utc(start, nb);
+    bk_format_utc(end, na);
+    key_id_of(key, kid);
+    int n = snprintf(out, size,
+                     "broker-grant-v1\nid=%s\nnode=%s\nuser=%s\nrunas=root\ncommands=ALL\n"
+                     "not_before=%s\nnot_after=%s\nlogin=%d\nworkloads=%d\nmax_sessions=%d\n"
+                     "policy_sha256=%064d\napprovers=frank,grace\nreason=INC-4711%%20test\n"
+                     "issued_at=%s\nkey_id=%s\n",
+                     id, node, user, nb, na, login, workloads, max_sessions, 0, nb, kid);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) != 1 ||
+        EVP_DigestSign(ctx, sig, &sig_len, (unsigned char *)out, (size_t)n) != 1)
+        abort();
+    EVP_MD_CTX_free(ctx);
+    n += snprintf(out + n, size - (size_t)n, "signature=");
+    n += EVP_EncodeBlock((unsigned char *)out + n, sig, 64);
+    n += snprintf(out + n, size - (size_t)n, "\n");
+    return (size_t)n;
+}
+
+static void write_file(const char *rel, const char *data, size_t len, mode_t mode)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
+    if (fd < 0 || write(fd, data, len) != (ssize_t)len || fchmod(fd, mode) != 0)
+        abort();
+    close(fd);
+}
+
+static void remove_file(const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    unlink(path);
+}
+
+static void make_dirs(void)
+{
+    const char *dirs[] = {"etc", "etc/broker", "var", "var/lib", "var/lib/broker",
+                          "var/lib/broker/grants", "var/lib/broker/revoked",
+                          "var/lib/broker/sessions", "var/spool", "var/spool/broker",
+                          "var/spool/broker/events", "proc"};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", root, dirs[i]);
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            abort();
+    }
+}
+
+static const char *groups_member = "heidi";
+static bool test_groups(const char *user, const char *group)
+{
+    return strcmp(user, groups_member) == 0 &&
+           (strcmp(group, "break-glass") == 0 || strcmp(group, "ir") == 0);
+}
+
+static struct bk_ctx ctx_at(int64_t now)
+{
+    static char proc[96];
+    snprintf(proc, sizeof proc, "%s/proc", root);
+    struct bk_ctx ctx = {root, proc, now, test_groups};
+    return ctx;
+}
+
+static void install_grant(const char *id, const char *user, int64_t start, int64_t end,
+                          int login, int workloads, int max_sessions, EVP_PKEY *key,
+                          const char *node)
+{
+    char buf[BK_MAX_FILE], rel[128];
+    size_t n = make_grant(buf, sizeof buf, key, id, node, user, start, end, login, workloads,
+                          max_sessions);
+    snprintf(rel, sizeof rel, "var/lib/broker/grants/%s", id);
+    write_file(rel, buf, n, 0600);
+}
+
+static void clear_dir(const char *rel)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/%s' && mkdir -m 0755 '%s/%s'", root, rel, root, rel);
+    if (system(cmd) != 0)
+        abort();
+}
+
+static void reset_node(void)
+{
+    clear_dir("var/lib/broker/grants");
+    clear_dir("var/lib/broker/revoked");
+    clear_dir("var/lib/broker/sessions");
+    clear_dir("var/spool/broker/events");
+    clear_dir("proc");
+    remove_file("etc/broker/quarantine");
+    const char conf[] = "node=gpu01\nlogin_gated=1\nbreak_glass_group=break-glass\n"
+                        "joblaunch_service=slurm\n";
+    write_file("etc/broker/node.conf", conf, sizeof conf - 1, 0644);
+    write_file("etc/broker/grant-key.pub", key_line, strlen(key_line), 0644);
+}
+
+/* ------------------------------------------------------------ text */
+
+static void test_text(void)
+{
+    int64_t t = 0;
+    char out[21];
+    CHECK(bk_parse_utc("1970-01-01T00:00:00Z", 20, &t) && t == 0);
+    CHECK(bk_parse_utc("2026-11-23T10:00:00Z", 20, &t) && t == 1795428000);
+    bk_format_utc(1795428000, out);
+    CHECK_STR(out, "2026-11-23T10:00:00Z");
+    CHECK(bk_parse_utc("2024-02-29T23:59:59Z", 20, &t));
+    CHECK(!bk_parse_utc("2023-02-29T00:00:00Z", 20, &t));
+    CHECK(!bk_parse_utc("1900-02-28T00:00:00Z", 20, &t));
+    CHECK(!bk_parse_utc("2026-11-23T10:00:00+", 20, &t));
+    CHECK(!bk_parse_utc("2026-11-23 10:00:00Z", 20, &t));
+    CHECK(!bk_parse_utc("2026-11-23T24:00:00Z", 20, &t));
+    CHECK(!bk_parse_utc("2026-1a-23T10:00:00Z", 20, &t));
+    for (int64_t e = 0; e < 4102444800; e += 86399 * 37) { /* round trip to 2100 */
+        bk_format_utc(e, out);
+        CHECK(bk_parse_utc(out, 20, &t) && t == e);
+    }
+    CHECK(bk_is_grant_id("g0123456789abcdef", 17));
+    CHECK(!bk_is_grant_id("g0123456789ABCDEF", 17));
+    CHECK(!bk_is_grant_id("x0123456789abcdef", 17));
+    CHECK(bk_is_posix_name("alice", 5) && bk_is_posix_name("_svc-1", 6));
+    CHECK(!bk_is_posix_name("Alice", 5) && !bk_is_posix_name("1abc", 4));
+    CHECK(!bk_is_posix_name("", 0) && !bk_is_posix_name("a%b", 3));
+    CHECK(bk_is_node_name("gpu01", 5) && !bk_is_node_name("-gpu", 4));
+    CHECK(bk_is_reason("INC-4711%20a%2Fb", 16));
+    CHECK(!bk_is_reason("a%41", 4));   /* 'A' must stay literal */
+    CHECK(!bk_is_reason("a%2f", 4));   /* lower-case hex */
+    CHECK(!bk_is_reason("a b", 3) && !bk_is_reason("", 0) && !bk_is_reason("%2", 2));
+    CHECK(bk_is_list("a,b-c", 5, bk_is_set_name, false));
+    CHECK(!bk_is_list("a,,b", 4, bk_is_set_name, false) && !bk_is_list("", 0, bk_is_set_name, false));
+    char clean[8];
+    bk_clean("ab\ncd\x01" "efghij", 12, clean, sizeof clean);
+    CHECK_STR(clean, "ab?c...");
+}
+
+/* ------------------------------------------------------------ crypto */
+
+static void unhex(const char *hex, unsigned char *out)
+{
+    for (size_t i = 0; hex[2 * i] != '\0'; i++) {
+        unsigned int b;
+        sscanf(hex + 2 * i, "%2x", &b);
+        out[i] = (unsigned char)b;
+    }
+}
+
+static void test_crypto(void)
+{
+    /* RFC 8032, section 7.1, TEST 2 (one-byte message 0x72). */
+    unsigned char pub[32], sig[64], msg[1] = {0x72};
+    unhex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", pub);
+    unhex("92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+          "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+          sig);
+    CHECK(bk_ed25519_verify(pub, msg, 1, sig));
+    msg[0] ^= 1;
+    CHECK(!bk_ed25519_verify(pub, msg, 1, sig));
+    msg[0] ^= 1;
+    sig[63] ^= 0x80;
+    CHECK(!bk_ed25519_verify(pub, msg, 1, sig));
+    unsigned char out[64];
+    CHECK(bk_b64_exact("AAECAw==", 8, out, 4) && out[3] == 3);
+    CHECK(!bk_b64_exact("AAECAx==", 8, out, 4)); /* non-zero padding bits: not canonical */
+    CHECK(!bk_b64_exact("AAECAw=", 7, out, 4));
+    CHECK(!bk_b64_exact("AAEC Aw=", 8, out, 4));
+    CHECK(!bk_b64_exact("AAECAwQ=", 8, out, 4)); /* five bytes, not four */
+    char hex[17];
+    CHECK(bk_sha256_hex("abc", 3, 8, hex));
+    CHECK_STR(hex, "ba7816bf8f01cfea");
+}
+
+/* ------------------------------------------------------------ contract */
+
+static void test_grant_parse(void)
+{
+    char buf[BK_MAX_FILE], err[BK_ERR_MAX];
+    struct bk_grant g;
+    struct bk_key key;
+    size_t n = make_grant(buf, sizeof buf, signing_key, "g0123456789abcdef", "gpu01", "alice",
+                          NOW - 60, NOW + 600, 1, 0, 2);
+    CHECK(bk_parse_grant(buf, n, &g, err));
+    CHECK_STR(g.id, "g0123456789abcdef");
+    CHECK_STR(g.user, "alice");
+    CHECK(g.not_after == NOW + 600 && g.login && !g.workloads && g.max_sessions == 2);
+    CHECK(bk_parse_key(key_line, strlen(key_line), &key, err));
+    CHECK(bk_grant_signed_by(&g, buf, &key, err));
+
+    /* Every single-byte change is refused: by the parser or by the signature. */
+    size_t refused = 0;
+    for (size_t i = 0; i < n; i++) {
+        char saved = buf[i];
+        for (int delta = 1; delta < 256; delta += 37) {
+            buf[i] = (char)(saved ^ delta);
+            struct bk_grant h;
+            if (!bk_parse_grant(buf, n, &h, err) || !bk_grant_signed_by(&h, buf, &key, err))
+                refused++;
+        }
+        buf[i] = saved;
+    }
+    CHECK(refused == n * 7);
+
+    /* Signed by another key: its key id differs; claiming ours, the signature fails. */
+    char other[BK_MAX_FILE];
+    size_t m = make_grant(other, sizeof other, other_key, "g0123456789abcdef", "gpu01", "alice",
+                          NOW - 60, NOW + 600, 1, 0, 2);
+    CHECK(bk_parse_grant(other, m, &g, err));
+    CHECK(!bk_grant_signed_by(&g, other, &key, err));
+    CHECK_HAS(err, "signed by key ");
+    bk_copy(g.key_id, sizeof g.key_id, key.key_id);
+    CHECK(!bk_grant_signed_by(&g, other, &key, err));
+    CHECK_STR(err, "bad signature");
+
+    const char *bad[][2] = {
+        {"broker-grant-v2\n", "wrong magic"},
+        {"", "newline"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        CHECK(!bk_parse_grant(bad[i][0], strlen(bad[i][0]), &g, err));
+        CHECK_HAS(err, bad[i][1]);
+    }
+    n = make_grant(buf, sizeof buf, signing_key, "g0123456789abcdef", "gpu01", "alice", NOW + 10,
+                   NOW, 0, 0, 1);
+    CHECK(!bk_parse_grant(buf, n, &g, err));
+    CHECK_STR(err, "not_before is not before not_after");
+    n = make_grant(buf, sizeof buf, signing_key, "g0123456789abcdef", "gpu01", "alice", NOW,
+                   NOW + 10, 0, 0, 17);
+    CHECK(!bk_parse_grant(buf, n, &g, err));
+    CHECK_STR(err, "bad max_sessions");
+    char big[BK_MAX_FILE + 2];
+    memset(big, 'a', sizeof big);
+    CHECK(!bk_parse_grant(big, sizeof big, &g, err));
+    CHECK_HAS(err, "larger than");
+}
+
+static void test_other_files(void)
+{
+    char err[BK_ERR_MAX];
+    struct bk_conf conf;
+    struct bk_key key;
+    struct bk_quarantine q;
+    const char good[] = "# comment\nnode=gpu01\n login_gated = 0\nbreak_glass_group=\n";
+    CHECK(bk_parse_conf(good, sizeof good - 1, &conf, err));
+    CHECK_STR(conf.node, "gpu01");
+    CHECK(!conf.login_gated && conf.break_glass_group[0] == '\0');
+    const char twice[] = "node=gpu01\nnode=gpu02\nlogin_gated=1\n";
+    CHECK(!bk_parse_conf(twice, sizeof twice - 1, &conf, err));
+    CHECK_STR(err, "node.conf: line 2: unknown or repeated setting");
+    const char sudo_launch[] = "node=gpu01\nlogin_gated=1\njoblaunch_service=sudo\n";
+    CHECK(!bk_parse_conf(sudo_launch, sizeof sudo_launch - 1, &conf, err));
+    const char no_gate[] = "node=gpu01\n";
+    CHECK(!bk_parse_conf(no_gate, sizeof no_gate - 1, &conf, err));
+    CHECK_STR(err, "node.conf: login_gated must be 0 or 1");
+
+    char line[128];
+    bk_copy(line, sizeof line, key_line);
+    CHECK(bk_parse_key(line, strlen(line), &key, err));
+    line[strlen(line) - 1] = '\0'; /* no newline */
+    CHECK(!bk_parse_key(line, strlen(line), &key, err));
+    CHECK_STR(err, "not a broker-grant-key-v1 line");
+
+    const char marker[] = "node=gpu01\nsince=2026-11-20T10:00:00Z\ngroup=ir\nreason=INC%201\n";
+    CHECK(bk_parse_quarantine(marker, sizeof marker - 1, &q, err));
+    CHECK_STR(q.group, "ir");
+    const char missing[] = "node=gpu01\nsince=2026-11-20T10:00:00Z\ngroup=ir\n";
+    CHECK(!bk_parse_quarantine(missing, sizeof missing - 1, &q, err));
+    CHECK_STR(err, "a setting is missing");
+    const char control[] = "node=gpu01\nsince=2026-11-20T10:00:00Z\ngroup=\nreason=a%0Ab\n";
+    CHECK(!bk_parse_quarantine(control, sizeof control - 1, &q, err));
+}
+
+/* ------------------------------------------------------------ files */
+
+static void test_files(void)
+{
+    char err[BK_ERR_MAX], buf[64];
+    size_t len = 0;
+    reset_node();
+    int fd = bk_open_dir(root, "etc/broker", 0, err);
+    CHECK(fd >= 0);
+    write_file("etc/broker/loose", "x", 1, 0666);
+    CHECK(bk_read_at(fd, "loose", 022, buf, 32, &len, err) == BK_READ_BAD);
+    CHECK_STR(err, "mode 0666 is too open");
+    CHECK(bk_read_at(fd, "nothing", 022, buf, 32, &len, err) == BK_READ_MISSING);
+    char target[512], link_path[512];
+    snprintf(target, sizeof target, "%s/etc/broker/node.conf", root);
+    snprintf(link_path, sizeof link_path, "%s/etc/broker/link", root);
+    CHECK(symlink(target, link_path) == 0);
+    CHECK(bk_read_at(fd, "link", 022, buf, 32, &len, err) == BK_READ_BAD);
+    CHECK_STR(err, "a symlink");
+    char hard[512];
+    snprintf(hard, sizeof hard, "%s/etc/broker/hard", root);
+    CHECK(link(target, hard) == 0);
+    CHECK(bk_read_at(fd, "node.conf", 022, buf, 63, &len, err) == BK_READ_BAD);
+    CHECK_STR(err, "2 hard links");
+    unlink(hard);
+    CHECK(bk_read_at(fd, "node.conf", 022, buf, 10, &len, err) == BK_READ_BAD);
+    CHECK_STR(err, "larger than 10 bytes");
+    CHECK(bk_write_atomic(fd, "written", "hello", 5, 0640));
+    CHECK(bk_read_at(fd, "written", 0, buf, 32, &len, err) == BK_READ_OK && len == 5);
+    struct stat st;
+    CHECK(fstatat(fd, "written", &st, 0) == 0 && (st.st_mode & 07777) == 0640);
+    unlinkat(fd, "written", 0);
+    unlinkat(fd, "loose", 0);
+    unlinkat(fd, "link", 0);
+    close(fd);
+    /* A directory others can write is not trusted, nor is anything below it. */
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/var/lib/broker", root);
+    chmod(dir, 0777);
+    CHECK(bk_open_dir(root, "var/lib/broker/grants", 0, err) < 0);
+    CHECK_HAS(err, "writable by others");
+    chmod(dir, 0700);
+}
+
+/* ------------------------------------------------------------ decisions */
+
+static void test_sudo_decisions(void)
+{
+    struct bk_ctx ctx = ctx_at(NOW);
+    struct bk_verdict v;
+    reset_node();
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/1", 4242, &v);
+    CHECK(!v.allow && v.why == BK_WHY_NO_GRANT);
+    CHECK_STR(v.log, "no valid grant for alice on gpu01");
+    CHECK_HAS(v.say, "broker: no active grant for alice on gpu01 (request one: broker elevate "
+                     "gpu01 --for 30m");
+
+    install_grant("g00000000000000a1", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+                  "gpu01");
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/1", 4242, &v);
+    CHECK(v.allow);
+    CHECK_STR(v.log, "grant g00000000000000a1");
+    bk_decide_sudo(&ctx, "sudo", "bob", "root", NULL, 4243, &v);
+    CHECK(!v.allow && v.why == BK_WHY_NO_GRANT);
+
+    struct bk_ctx later = ctx_at(NOW + 601);
+    bk_decide_sudo(&later, "sudo", "alice", "root", NULL, 4244, &v);
+    CHECK(!v.allow && v.why == BK_WHY_EXPIRED);
+    CHECK_HAS(v.log, "expired at ");
+    CHECK_HAS(v.say, "expired at");
+
+    write_file("var/lib/broker/revoked/g00000000000000a1", "2099-01-01T00:00:00Z\n", 21, 0600);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4245, &v);
+    CHECK(!v.allow && v.why == BK_WHY_REVOKED);
+    CHECK_HAS(v.say, "was revoked");
+
+    reset_node();
+    install_grant("g00000000000000a2", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+                  "gpu02");
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4246, &v);
+    CHECK(!v.allow && v.why == BK_WHY_OTHER_NODE);
+    CHECK_HAS(v.log, "for node gpu02, this is gpu01");
+
+    reset_node();
+    install_grant("g00000000000000a3", "alice", NOW - 60, NOW + 600, 0, 0, 1, other_key, "gpu01");
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4247, &v);
+    CHECK(!v.allow && v.why == BK_WHY_BAD_SIGNATURE);
+
+    reset_node();
+    install_grant("g00000000000000a4", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+                  "gpu01");
+    char path[512];
+    snprintf(path, sizeof path, "%s/var/lib/broker/grants/g00000000000000a4", root);
+    CHECK(chmod(path, 0640) == 0);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4248, &v);
+    CHECK(!v.allow && v.why == BK_WHY_BAD_FILE);
+    CHECK_HAS(v.log, "mode 0640 is too open");
+
+    /* root passes; break-glass passes without a grant; a broken key stops break-glass too */
+    bk_decide_sudo(&ctx, "sudo", "root", "root", NULL, 4249, &v);
+    CHECK(v.allow);
+    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 4250, &v);
+    CHECK(v.allow && v.break_glass);
+    write_file("etc/broker/grant-key.pub", "broker-grant-key-v1 AAAA\n", 25, 0644);
+    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 4251, &v);
+    CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
+    CHECK_HAS(v.log, "grant-key.pub: not a broker-grant-key-v1 line");
+    remove_file("etc/broker/node.conf");
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4252, &v);
+    CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
+    CHECK_HAS(v.log, "node.conf: ");
+    bk_decide_other(&ctx, "slurm", "alice", &v);
+    CHECK(!v.allow);
+    bk_decide_other(&ctx, "slurm", "root", &v);
+    CHECK(v.allow);
+}
+
+static void test_quarantine_and_login(void)
+{
+    struct bk_ctx ctx = ctx_at(NOW);
+    struct bk_verdict v;
+    reset_node();
+    install_grant("g00000000000000b1", "alice", NOW - 60, NOW + 600, 1, 0, 1, signing_key,
+                  "gpu01");
+    install_grant("g00000000000000b2", "heidi", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+                  "gpu01");
+    bk_decide_sshd(&ctx, "alice", &v);
+    CHECK(v.allow);
+    bk_decide_sshd(&ctx, "bob", &v);
+    CHECK(!v.allow);
+    CHECK_STR(v.log, "login gated: no valid grant for bob on gpu01");
+    const char marker[] = "node=gpu01\nsince=2026-11-20T10:00:00Z\ngroup=ir\nreason=INC%201\n";
+    write_file("etc/broker/quarantine", marker, sizeof marker - 1, 0644);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 5001, &v);
+    CHECK(!v.allow && v.why == BK_WHY_QUARANTINED);
+    CHECK_HAS(v.log, "node quarantined since 2026-11-20T10:00:00Z: INC%201");
+    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 5002, &v); /* in `ir`, holds a grant */
+    CHECK(v.allow);
+    bk_decide_sshd(&ctx, "alice", &v);
+    CHECK(!v.allow);
+    CHECK_HAS(v.log, "login gated: node quarantined");
+    write_file("etc/broker/quarantine", marker, sizeof marker - 1, 0666);
+    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 5003, &v);
+    CHECK(!v.allow);
+    CHECK_HAS(v.log, "only root may pass");
+    bk_decide_sudo(&ctx, "sudo", "root", "root", NULL, 5004, &v);
+    CHECK(v.allow);
+    remove_file("etc/broker/quarantine");
+
+    /* job launch: a root grant without workloads refuses jobs */
+    bk_decide_other(&ctx, "slurm", "alice", &v);
+    CHECK(!v.allow && v.why == BK_WHY_WORKLOADS);
+    bk_decide_other(&ctx, "slurm", "bob", &v);
+    CHECK(v.allow);
+    bk_decide_other(&ctx, "cron", "alice", &v);
+    CHECK(v.allow);
+}
+
+/* ------------------------------------------------------------ sessions */
+
+static void mark_alive(long pid, bool alive)
+{
+    char rel[64];
+    snprintf(rel, sizeof rel, "proc/%ld", pid);
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    if (alive)
+        mkdir(path, 0755);
+    else
+        rmdir(path);
+}
+
+static size_t count_events(const char *kind)
+{
+    char cmd[600], line[64];
+    snprintf(cmd, sizeof cmd, "grep -l '\"kind\": \"%s\"' %s/var/spool/broker/events/*.json "
+             "2>/dev/null | wc -l", kind, root);
+    FILE *p = popen(cmd, "r");
+    size_t n = 0;
+    if (p != NULL && fgets(line, sizeof line, p) != NULL)
+        n = (size_t)strtoul(line, NULL, 10);
+    if (p != NULL)
+        pclose(p);
+    return n;
+}
+
+static void test_sessions(void)
+{
+    struct bk_ctx ctx = ctx_at(NOW);
+    struct bk_verdict v;
+    char note[BK_MSG_MAX], path[512];
+    struct stat st;
+    reset_node();
+    install_grant("g00000000000000c1", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+                  "gpu01");
+    mark_alive(7001, true);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, &v);
+    CHECK(v.allow);
+    snprintf(path, sizeof path, "%s/var/lib/broker/sessions/g00000000000000c1/7001", root);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0600);
+    /* the same process asks again (auth, then account): its own record does not count */
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, &v);
+    CHECK(v.allow);
+    /* another process while 7001 lives: max_sessions=1 refuses */
+    mark_alive(7002, true);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/4", 7002, &v);
+    CHECK(!v.allow && v.why == BK_WHY_MAX_SESSIONS);
+    CHECK_STR(v.log, "max_sessions reached: 1 open elevated sessions (limit 1)");
+    bk_spool_deny(&ctx, "sudo", "alice", "root", "/dev/pts/4", 7002, v.why);
+    bk_spool_deny(&ctx, "sudo", "alice", "root", "/dev/pts/4", 7002, v.why);
+    CHECK(count_events("deny") >= 1);
+    bk_open_session(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, note);
+    CHECK_HAS(note, "recorded");
+    CHECK(count_events("open") == 1);
+    bk_close_session(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, note);
+    CHECK(stat(path, &st) != 0);
+    CHECK(count_events("close") == 1);
+    /* a dead pid's record no longer counts and is removed */
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 7002, &v);
+    CHECK(v.allow);
+    mark_alive(7002, false);
+    mark_alive(7003, true);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 7003, &v);
+    CHECK(v.allow);
+    /* break-glass sessions are recorded under the pseudo id */
+    mark_alive(7004, true);
+    bk_open_session(&ctx, "sudo", "heidi", "root", "/dev/pts/9", 7004, note);
+    snprintf(path, sizeof path, "%s/var/lib/broker/sessions/break-glass/7004", root);
+    CHECK(stat(path, &st) == 0);
+}
+
+/* Two real processes race for the last slot (max_sessions = 1): exactly one passes. */
+static void test_concurrent_max_sessions(void)
+{
+    reset_node();
+    install_grant("g00000000000000d1", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+                  "gpu01");
+    for (int round = 0; round < 20; round++) {
+        int go[2], result[2];
+        if (pipe(go) != 0 || pipe(result) != 0)
+            abort();
+        pid_t kids[2];
+        for (int k = 0; k < 2; k++) {
+            kids[k] = fork();
+            if (kids[k] == 0) {
+                char byte;
+                struct bk_ctx ctx = ctx_at(NOW);
+                struct bk_verdict v;
+                ctx.proc = "/proc"; /* real processes, really alive */
+                close(go[1]);
+                if (read(go[0], &byte, 1) != 1)
+                    _exit(3);
+                bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
+                byte = v.allow ? 'y' : 'n';
+                if (write(result[1], &byte, 1) != 1)
+                    _exit(3);
+                pause(); /* stay alive: the slot stays taken until we are killed */
+                _exit(0);
+            }
+        }
+        close(go[0]);
+        if (write(go[1], "gg", 2) != 2)
+            abort();
+        close(go[1]);
+        int allowed = 0;
+        for (int k = 0; k < 2; k++) {
+            char byte = 0;
+            if (read(result[0], &byte, 1) != 1)
+                abort();
+            allowed += byte == 'y';
+        }
+        CHECK(allowed == 1);
+        for (int k = 0; k < 2; k++) {
+            kill(kids[k], SIGKILL);
+            waitpid(kids[k], NULL, 0);
+        }
+        close(result[0]);
+        close(result[1]);
+    }
+}
+
+int main(void)
+{
+    unsigned char raw[32];
+    char b64[64];
+    if (geteuid() != 0) {
+        fprintf(stderr, "unit_tests: run as root (the node's files must be root-owned)\n");
+        return 2;
+    }
+    signing_key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    other_key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    raw_public(signing_key, raw);
+    EVP_EncodeBlock((unsigned char *)b64, raw, 32);
+    snprintf(key_line, sizeof key_line, "broker-grant-key-v1 %s\n", b64);
+    bk_copy(root, sizeof root, "/tmp/bk-unit-XXXXXX");
+    if (mkdtemp(root) == NULL)
+        return 2;
+    make_dirs();
+
+    test_text();
+    test_crypto();
+    test_grant_parse();
+    test_other_files();
+    test_files();
+    test_sudo_decisions();
+    test_quarantine_and_login();
+    test_sessions();
+    test_concurrent_max_sessions();
+
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", root);
+    EVP_PKEY_free(signing_key);
+    EVP_PKEY_free(other_key);
+    printf("%d passed, %d failed\n", check_count - check_failures, check_failures);
+    return check_failures == 0 ? 0 : 1;
+}
