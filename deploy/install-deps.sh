@@ -39,3 +39,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
   rm -f "$log"
   echo "$want" > "$stamp"
 fi
+
+# The node side in C (pam/Makefile): pam_broker.so and broker-grant-check, which bootstrap
+# installs on nodes. make rebuilds only what changed.
+make -s -C pam all

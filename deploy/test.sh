@@ -15,5 +15,9 @@ echo "== ruff"
 .venv/bin/ruff format --check broker tests bench deploy pam
 echo "== mypy (strict)"
 .venv/bin/mypy
+echo "== C unit tests of the PAM module (AddressSanitizer, UBSan)"
+make -s -C pam test
+echo "== fuzzing the node's parsers (libFuzzer, 4 x 15 s)"
+make -s -C pam fuzz FUZZ_SECONDS=15
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"

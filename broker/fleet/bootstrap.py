@@ -1,12 +1,16 @@
 """`broker node bootstrap`: install the node side (docs/grants.md) over SFTP, idempotently.
 
-Order matters for not locking anyone out: directories, the node program,
-node.conf and the verification key go first; the program is compiled and
-must answer `status` for this node; only then are the PAM blocks put at the
-top of the PAM files (a block calling a hook that is not there would deny
-every sudo and every login). Every file is written under a temporary name
-with root ownership and its final mode, then renamed over the old one. A
-second run finds everything in place and changes nothing.
+Order matters for not locking anyone out: the node's machine and C library
+are checked against the PAM module built here (pam/build/, `make -C pam`)
+before anything is written; directories, the node program, the module and
+its grant checker, node.conf and the verification key go first; the program
+is compiled and must answer `status` for this node, with the module loadable
+by the node's own dynamic linker; only then are the PAM blocks put at the top
+of the PAM files (a block naming a module that cannot load would deny every
+sudo and every login). Every file is written under a temporary name with root
+ownership and its final mode, then renamed over the old one, so a PAM file
+always holds either the old broker block or the new one. A second run finds
+everything in place and changes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from broker.sessions.setup import NodeTunnel
 from broker.store.db import Store
 
 LIBEXEC = "/usr/libexec/broker"
+MODULE_DIR = "/usr/lib/broker"
+MODULE = f"{MODULE_DIR}/pam_broker.so"
+CHECKER = f"{LIBEXEC}/broker-grant-check"
 NODE_PY = f"{LIBEXEC}/broker_node.py"
 KEYTAB_PY = f"{LIBEXEC}/broker_keytab.py"
 NODE_CONF = "/etc/broker/node.conf"
@@ -46,6 +53,7 @@ MAX_REMOTE_FILE = 4 * 1024 * 1024
 # Directories of docs/grants.md, parents first, with their modes (root-owned).
 NODE_DIRS: tuple[tuple[str, int], ...] = (
     (LIBEXEC, 0o755),
+    (MODULE_DIR, 0o755),
     ("/etc/broker", 0o755),
     ("/var/lib/broker", 0o700),
     ("/var/lib/broker/grants", 0o700),
@@ -64,6 +72,14 @@ PROGRAM_FILES: tuple[tuple[str, str, int], ...] = (
     ("broker-keytab", f"{LIBEXEC}/broker-keytab", 0o755),
     ("broker-relay-flush", f"{LIBEXEC}/broker-relay-flush", 0o755),
 )
+# pam/build/ (`make -C pam`) -> where it goes on the node, mode.
+BUILT_FILES: tuple[tuple[str, str, int], ...] = (
+    ("pam_broker.so", MODULE, 0o644),
+    ("broker-grant-check", CHECKER, 0o755),
+)
+COMPAT_FILE = "pam_broker.compat"
+# Left by hook version 1 (pam_exec + Python): removed once the blocks name the module.
+OBSOLETE_FILES = (f"{LIBEXEC}/pam-hook",)
 # pam/pam.d/<block>.block -> the PAM services that get it ("joblaunch": the configured one).
 PAM_BLOCKS = ("sudo", "sshd", "joblaunch")
 _GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -72,11 +88,54 @@ _KEY_LINE = re.compile(r"^broker-grant-key-v1 ([A-Za-z0-9+/]{43}=)\n?$")
 
 
 @dataclass(frozen=True)
+class Compat:
+    """What the built module needs of a node (pam/build/pam_broker.compat, written by make)."""
+
+    machine: str
+    glibc: tuple[int, ...]
+    needs: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Compat:
+        values = dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
+        glibc = _version(values.get("glibc", ""))
+        machine = values.get("machine", "")
+        if not glibc or not re.fullmatch(r"[a-z0-9_]{1,32}", machine):
+            raise UnavailableError(
+                f"{COMPAT_FILE} is unreadable", fix="rebuild the module: make -C pam clean all"
+            )
+        return cls(machine, glibc, tuple(values.get("needs", "").split()))
+
+    def problem(self, machine: str, libc: str) -> str | None:
+        """Why the module cannot run on a node with this `uname -m` and `getconf
+        GNU_LIBC_VERSION` answer (None: it can)."""
+        name, _, number = libc.strip().partition(" ")
+        have = _version(number) if name == "glibc" else ()
+        built = f"built for {self.machine} with glibc >= {'.'.join(map(str, self.glibc))}"
+        if machine.strip() != self.machine or not have or have < self.glibc:
+            shown = "".join(c if c.isprintable() else "?" for c in f"{machine.strip()}, {libc}")
+            return (
+                f"the PAM module was {built}, the node has {shown[:80]}: build it on the node "
+                "(make -C pam install) and run bootstrap again"
+            )
+        return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = text.strip().split(".")
+    if not 1 < len(parts) <= 4 or not all(p.isdigit() and len(p) <= 4 for p in parts):
+        return ()
+    return tuple(int(p) for p in parts)
+
+
+@dataclass(frozen=True)
 class Bundle:
-    """What bootstrap installs from the repository: program files and PAM blocks."""
+    """What bootstrap installs from the repository: program files, the built module and its
+    checker, what they need of a node, and the PAM blocks."""
 
     files: tuple[tuple[str, bytes, int], ...]  # remote path, content, mode
     blocks: Mapping[str, str]  # "sudo" | "sshd" | "joblaunch" -> marked block text
+    compat: Compat | None = None  # None: no built module in this bundle (tests of the program)
 
 
 @dataclass(frozen=True)
@@ -112,13 +171,20 @@ def load_bundle(directory: Path | None = None) -> Bundle:
             f"the node program is incomplete: missing {', '.join(missing)}",
             fix="run the broker from a complete checkout or installation (pam/ beside broker/)",
         )
+    built = source / "build"
+    absent = [n for n in (*(b[0] for b in BUILT_FILES), COMPAT_FILE) if not (built / n).is_file()]
+    if absent:
+        raise UnavailableError(
+            f"the PAM module is not built: missing {', '.join(str(built / n) for n in absent)}",
+            fix=f"build it: make -C {source} (needs a C compiler, libpam0g-dev and libssl-dev)",
+        )
     files = tuple(
         (remote, (source / name).read_bytes(), mode) for name, remote, mode in PROGRAM_FILES
-    )
+    ) + tuple((remote, (built / name).read_bytes(), mode) for name, remote, mode in BUILT_FILES)
     blocks = {
         name: marked((source / "pam.d" / f"{name}.block").read_text("ascii")) for name in PAM_BLOCKS
     }
-    return Bundle(files, blocks)
+    return Bundle(files, blocks, Compat.parse((built / COMPAT_FILE).read_text("ascii")))
 
 
 def marked(block: str) -> str:
@@ -315,6 +381,25 @@ def _compiled(sftp: paramiko.SFTPClient) -> bool:
     )
 
 
+def _check_compat(pool: SshPool, target: NodeTarget, compat: Compat) -> None:
+    """Refuse, before writing anything, a node the built module cannot run on."""
+    machine = pool.run(target, ["uname", "-m"])
+    libc = pool.run(target, ["getconf", "GNU_LIBC_VERSION"])
+    if machine.error is not None:
+        raise UnavailableError(machine.error)
+    problem = compat.problem(machine.stdout if machine.ok else "", libc.stdout if libc.ok else "")
+    if problem is not None:
+        raise RefusedError(problem)
+
+
+def _remove_obsolete(sftp: paramiko.SFTPClient, changed: list[str]) -> None:
+    """Files of an older hook that no PAM block names any more."""
+    for path in OBSOLETE_FILES:
+        if remote_stat(sftp, path) is not None:
+            sftp.remove(path)
+            changed.append(f"removed {path}")
+
+
 def _install_pam(
     sftp: paramiko.SFTPClient, bundle: Bundle, joblaunch_service: str, changed: list[str]
 ) -> None:
@@ -353,6 +438,8 @@ def bootstrap_node(
     changed: list[str] = []
     status: NodeStatus | None = None
     try:
+        if bundle.compat is not None:
+            _check_compat(pool, target, bundle.compat)
         with pool.sftp(target) as sftp:
             for path, mode in NODE_DIRS:
                 _ensure_dir(sftp, path, mode, changed)
@@ -390,8 +477,16 @@ def bootstrap_node(
                 f"the installed node program does not answer ({status.problem}); "
                 "PAM files left untouched"
             )
+        if bundle.compat is not None and status.module_problem is not None:
+            raise RefusedError(
+                f"the PAM module does not load on the node ({status.module_problem}); PAM "
+                "files left untouched",
+                fix="build it on the node (make -C pam install) and run bootstrap again",
+            )
         with pool.sftp(target) as sftp:
             _install_pam(sftp, bundle, joblaunch_service, changed)
+            if bundle.compat is not None:
+                _remove_obsolete(sftp, changed)
         if changed:
             # Renames are durable once their file systems are synced (/etc, /usr, /var).
             pool.run(target, ["sync", "-f", NODE_CONF, NODE_PY, "/var/lib/broker"])

@@ -23,6 +23,8 @@ from broker.store.db import Store
 SUDO_FLAVOURS = frozenset({"sudo", "sudo-rs", "unknown"})
 _VERSION = re.compile(r"^[A-Za-z0-9._+~-]{1,64}$")
 MAX_GRANTS_LISTED = 100_000
+# The node side this broker installs: 1 was the Python hook under pam_exec, 2 is pam_broker.so.
+HOOK_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class NodeStatus:
     can_grant: bool
     problem: str | None
     elapsed_ms: float
+    module_problem: str | None = None  # why pam_broker.so does not load there (None: it does)
 
     def observation(self) -> Observation | None:
         """What to store about the node; None when the program did not answer."""
@@ -119,6 +122,12 @@ def parse_status(
     can_grant = not problems and blocker is None
     if blocker is not None:
         problems.append(blocker)
+    module_problem = _module_problem(data.get("module"))
+    if hook_version is not None and hook_version != HOOK_VERSION:
+        # Still enforced by the older hook: worth a bootstrap, not a refusal of grants.
+        problems.append(f"old hook (version {hook_version}): run `broker node bootstrap {node}`")
+    elif module_problem is not None:
+        problems.append(f"PAM module: {module_problem}")
     return NodeStatus(
         node,
         True,
@@ -132,7 +141,19 @@ def parse_status(
         can_grant,
         "; ".join(problems) or None,
         result.elapsed_ms,
+        module_problem,
     )
+
+
+def _module_problem(module: object) -> str | None:
+    """The node program's word on pam_broker.so: loads, or why not (bounded, printable)."""
+    if not isinstance(module, dict):
+        return "not reported"
+    if module.get("loads") is True:
+        return None
+    error = module.get("error")
+    text = error if isinstance(error, str) else "does not load"
+    return "".join(c if c.isprintable() else "?" for c in text[:200])
 
 
 def probe(pool: SshPool, target: NodeTarget, max_skew: float) -> NodeStatus:

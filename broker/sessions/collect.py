@@ -28,6 +28,13 @@ _KINDS = ("open", "close", "deny")
 # A refused sudo has no grant: the hook writes "-" there (the JSON format stays the same).
 _NO_GRANT = "-"
 _TEXT_MAX = 256
+# Why a node's PAM module refused a sudo (docs/grants.md); anything else is stored as "other".
+DENY_REASONS = frozenset(
+    {
+        "no_grant", "expired", "not_yet_valid", "revoked", "bad_signature", "other_node",
+        "quarantined", "max_sessions", "bad_file", "bad_config", "no_user",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class SessionEvent:
     tty: str
     pid: int
     at: str
+    reason: str | None = None  # deny events of pam_broker.so; the Python hook sent none
 
 
 def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
@@ -60,7 +68,12 @@ def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
         return None
     if kind == "deny" and grant_id == _NO_GRANT:
         grant_id = None
-    return SessionEvent(node, event_id, kind, grant_id, user, texts[2], texts[3], texts[4], pid, at)
+    reason = raw.get("reason") if kind == "deny" else None
+    if reason is not None:
+        reason = reason if isinstance(reason, str) and reason in DENY_REASONS else "other"
+    return SessionEvent(
+        node, event_id, kind, grant_id, user, texts[2], texts[3], texts[4], pid, at, reason
+    )
 
 
 def _clean(text: str) -> bool:
@@ -139,6 +152,7 @@ def store_events(
                             "pid": e.pid,
                             "at": e.at,
                             "service": e.service,
+                            **({"reason": e.reason} if e.reason is not None else {}),
                         },
                     ),
                     now,

@@ -45,6 +45,7 @@ NODE_MOUNTS = (
     "/var/spool/broker",
     "/var/log/broker-io",
     "/usr/libexec/broker",
+    "/usr/lib/broker",
     "/root",
 )
 
@@ -671,6 +672,7 @@ def prepare_node(root: Path, name: str, address: str, authorized: dict[str, str]
         "/var/spool/broker": 0o700,
         "/var/log/broker-io": 0o700,
         "/usr/libexec/broker": 0o755,
+        "/usr/lib/broker": 0o755,
         "/root": 0o700,
     }
     for mount, mode in modes.items():

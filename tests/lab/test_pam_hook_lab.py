@@ -1,5 +1,6 @@
-"""The PAM hook on real lab nodes: every row of the hook table in docs/grants.md, driven
-through the node's own PAM stack (the bootstrapped /etc/pam.d blocks) with pamtester.
+"""The PAM module (pam_broker.so) on real lab nodes: every row of the decision table in
+docs/grants.md, driven through the node's own PAM stack (the bootstrapped /etc/pam.d blocks)
+with pamtester, and real sudo racing for the last session slot.
 
 Only stor01 and login01 and only carol, bob, heidi, dave and erin are used: other tests
 elevate alice and frank on gpu01/gpu02 at the same time. The lab runs no syslog daemon, so
@@ -31,11 +32,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.audit.checkpoint import load_signing_key
 from broker.grants import grantfile
 from tests.helpers import BROKER
+from tests.lab.conftest import ssh_argv
 
 pytestmark = pytest.mark.lab
 
 STOR, LOGIN = "stor01", "login01"
-HOOK = "pam_exec.so quiet seteuid /usr/bin/python3 -I -S /usr/libexec/broker/pam-hook"
+MODULE = "/usr/lib/broker/pam_broker.so"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Runs inside a private copy of the node's mount namespace: /dev becomes our directory
 # (the real device nodes bound into it, plus our `log` socket), then pamtester is exec'd,
@@ -71,10 +73,11 @@ class Pam:
     syslog: list[str]
 
     def hook_lines(self, verdict: str) -> list[str]:
-        """The hook's `allow`/`deny` lines, facility checked (authpriv), without the header."""
+        """The module's `allow`/`deny` lines, facility checked (authpriv), without the header
+        (pam_syslog's `pam_broker(SERVICE:TYPE): `)."""
         found = []
         for line in self.syslog:
-            match = re.match(r"<(\d+)>.*? broker-pam\[\d+\]: (.*)", line)
+            match = re.match(r"<(\d+)>.*? pam_broker\([^)]*\): (.*)", line)
             if match and match.group(2).startswith(f"{verdict} "):
                 assert int(match.group(1)) >> 3 == AUTHPRIV, line
                 found.append(match.group(2))
@@ -124,10 +127,14 @@ def assert_allowed(result: Pam) -> None:
     assert not result.hook_lines("deny"), result.syslog
 
 
-def assert_denied(result: Pam, reason: str) -> None:
-    """Refused by the hook itself (pam_exec: System error), with the reason in syslog."""
+def assert_denied(result: Pam, reason: str, said: str = "broker: ") -> None:
+    """Refused by the module itself with PAM's own error (account: PAM_PERM_DENIED, auth:
+    PAM_AUTH_ERR), one line said to the person, and the reason in syslog."""
     assert result.code == 1, result.output
-    assert "System error" in result.output, result.output
+    assert "System error" not in result.output, result.output
+    assert "Permission denied" in result.output or "Authentication failure" in result.output
+    if said:
+        assert said in result.output, result.output
     denials = result.hook_lines("deny")
     assert any(reason in line for line in denials), (reason, result.syslog)
 
@@ -399,17 +406,34 @@ def test_sudo_account_counts_live_sessions_against_max_sessions(
     limit: int, allowed: bool, grants: Grants, stor: Node
 ) -> None:
     grant_id = grants.install(stor, "carol", max_sessions=limit).name
-    # One pamtester opens an elevated session and, while it is open, asks for another.
-    held = pam(stor, "sudo", "root", "open_session", "acct_mgmt", ruser="carol", tty="/dev/pts/7")
-    record = stor.path(f"/var/lib/broker/sessions/{grant_id}/{held.pid}")
+    # The account check takes the slot for its process (pid = pamtester, as sudo's own).
+    first = pam(stor, "sudo", "root", "acct_mgmt", ruser="carol", tty="/dev/pts/7")
+    assert_allowed(first)
+    record = stor.path(f"/var/lib/broker/sessions/{grant_id}/{first.pid}")
     assert record.read_text().split()[:3] == ["carol", "root", "pts/7"]
-    if allowed:
-        assert_allowed(held)
-    else:
-        assert_denied(held, f"max_sessions reached: 1 open elevated sessions (limit {limit})")
-    # Its process has ended: the record no longer counts and is removed on the next check.
+    # A session held by a process that is still running counts against the limit.
+    with subprocess.Popen(["sleep", "60"]) as holder:
+        try:
+            write_file(
+                stor.path(f"/var/lib/broker/sessions/{grant_id}/{holder.pid}"),
+                b"carol root pts/8 2026-11-23T10:00:00Z\n",
+                0o600,
+            )
+            second = pam(stor, "sudo", "root", "acct_mgmt", ruser="carol")
+            if allowed:
+                assert_allowed(second)
+            else:
+                assert_denied(
+                    second,
+                    f"max_sessions reached: 1 open elevated sessions (limit {limit})",
+                    f"broker: you already have 1 elevated session(s) open here (limit {limit})",
+                )
+        finally:
+            holder.kill()
+    # Their processes have ended: the records no longer count and are removed on the next check.
     assert_allowed(pam(stor, "sudo", "root", "acct_mgmt", ruser="carol"))
     assert not record.exists()
+    assert not stor.path(f"/var/lib/broker/sessions/{grant_id}/{holder.pid}").exists()
 
 
 def test_sudo_auth_passes_a_grant_on_to_the_password_and_stops_others(
@@ -544,6 +568,80 @@ def test_sudo_session_is_recorded_spooled_and_collected(
     assert not [e for e in spool(stor) if e["grant_id"] == grant_id]
 
 
+def _sudo_in_node(lab: dict[str, Any], node: Node, user: str, *argv: str) -> subprocess.Popen[str]:
+    """Real sudo as USER inside the node (its own PAM stack, sudoers and log server)."""
+    return subprocess.Popen(
+        [
+            *("nsenter", "--target", str(node.pid), "--mount", "--uts", "--"),
+            *_as_user(lab, user),
+            *("sudo", "-n", *argv),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_concurrent_sudo_with_max_sessions_1_exactly_one_runs(
+    lab: dict[str, Any], dave_elevated: str, stor: Node
+) -> None:
+    """The slot is taken in the account check, under a lock: two sudo started together
+    cannot both pass (the Python hook counted in one process and recorded in another)."""
+    grant = stor.path(f"/var/lib/broker/grants/{dave_elevated}").read_text()
+    assert "max_sessions=1\n" in grant
+    for _round in range(3):
+        both = [_sudo_in_node(lab, stor, "dave", "sleep", "3") for _ in range(2)]
+        results = [(proc.wait(timeout=60), *proc.communicate()) for proc in both]
+        codes = sorted(code for code, _out, _err in results)
+        assert codes == [0, 1], results
+        refused = next(err for code, _out, err in results if code == 1)
+        assert "broker: you already have 1 elevated session(s) open here (limit 1)" in refused
+    # Both have ended: the next one runs.
+    alone = _sudo_in_node(lab, stor, "dave", "true")
+    assert alone.wait(timeout=60) == 0, alone.communicate()
+
+
+def test_the_person_sees_why_sudo_was_refused_over_ssh_with_a_pty(
+    lab: dict[str, Any], stor: Node
+) -> None:
+    address = next(n["address"] for n in lab["nodes"] if n["name"] == stor.name)
+    argv = ssh_argv(lab, "erin", address, "sudo -i true")
+    argv.insert(1, "-tt")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    shown = done.stdout + done.stderr
+    assert (
+        f"broker: no active grant for erin on {stor.name} (request one: broker elevate "
+        f'{stor.name} --for 30m --reason "...")'
+    ) in shown, shown
+
+
+def test_a_refused_sudo_spools_its_reason(lab: dict[str, Any], grants: Grants, stor: Node) -> None:
+    path = grants.install(stor, "carol")
+    grants.place(stor.path(f"/var/lib/broker/revoked/{path.name}"), "2099-01-01T00:00:00Z\n")
+    refused = pam(stor, "sudo", "root", "acct_mgmt", ruser="carol")
+    assert_denied(refused, ": revoked", f"broker: your grant {path.name} on stor01 was revoked")
+    deadline = time.monotonic() + 30
+    while True:
+        # The broker may collect (and ack) the event at any moment: look in both places.
+        spooled = [e for e in spool(stor) if e["kind"] == "deny" and e["pid"] == refused.pid]
+        if spooled:
+            assert spooled[0]["reason"] == "revoked" and spooled[0]["user"] == "carol"
+            return
+        stored = _broker(
+            lab,
+            *("audit", "tail", "--action", "session.deny", "--actor", f"node:{STOR}", "-n", "200"),
+            "--json",
+        )
+        found = [e for e in json.loads(stored.stdout) if e["details"]["pid"] == refused.pid]
+        if found:
+            assert found[0]["details"]["reason"] == "revoked", found
+            return
+        assert time.monotonic() < deadline, "the deny event went nowhere"
+        time.sleep(1)
+
+
 # ---------------------------------------------------------------- sshd, job launch, others
 
 
@@ -603,7 +701,7 @@ def test_job_launch_account(
 def unknown_service(login: Node) -> Iterator[str]:
     """/etc/pam.d/broker-test on login01: nothing but the hook, for account."""
     path = login.path("/etc/pam.d/broker-test")
-    write_file(path, f"account  requisite  {HOOK}\n".encode(), 0o644)
+    write_file(path, f"account  requisite  {MODULE}\n".encode(), 0o644)
     try:
         yield path.name
     finally:

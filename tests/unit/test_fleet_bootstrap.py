@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -151,10 +152,40 @@ def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) 
         "/usr/libexec/broker/broker_keytab.py": 0o644,
         "/usr/libexec/broker/broker-keytab": 0o755,
         "/usr/libexec/broker/broker-relay-flush": 0o755,
+        "/usr/lib/broker/pam_broker.so": 0o644,
+        "/usr/libexec/broker/broker-grant-check": 0o755,
     }
     for block in bundle.blocks.values():
         assert block.startswith(BEGIN + "\n") and block.endswith(END + "\n")
-        assert "/usr/libexec/broker/pam-hook" in block
+        assert "/usr/lib/broker/pam_broker.so" in block and "pam_exec" not in block
+    assert bundle.compat is not None and bundle.compat.machine == os.uname().machine
+
+
+def test_without_a_built_module_bootstrap_says_how_to_build_it(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "pam", tmp_path / "pam", ignore=shutil.ignore_patterns("build"))
+    with pytest.raises(UnavailableError, match="the PAM module is not built") as info:
+        bootstrap.load_bundle(tmp_path / "pam")
+    assert "make -C" in (info.value.fix or "")
+
+
+@pytest.mark.parametrize(
+    ("machine", "libc", "fits"),
+    [
+        ("x86_64\n", "glibc 2.36\n", True),
+        ("x86_64", "glibc 2.34", True),
+        ("x86_64", "glibc 2.28", False),
+        ("aarch64", "glibc 2.36", False),
+        ("x86_64", "", False),  # musl or no getconf: not glibc
+        ("x86_64", "glibc 2.x", False),
+    ],
+)
+def test_the_module_goes_only_where_it_can_load(machine: str, libc: str, fits: bool) -> None:
+    compat = bootstrap.Compat.parse("machine=x86_64\nglibc=2.34\nneeds=libc.so.6 libpam.so.0\n")
+    assert compat.glibc == (2, 34) and compat.needs == ("libc.so.6", "libpam.so.0")
+    problem = compat.problem(machine, libc)
+    assert (problem is None) == fits
+    if not fits:
+        assert problem is not None and "make -C pam install" in problem
 
 
 def test_pam_services_and_directories_follow_the_contract() -> None:

@@ -54,3 +54,31 @@ def test_parse_event_refuses_unknown_kinds_and_empty_grants() -> None:
     assert parse_event("gpu01", raw("elevate", "1-1-0000000a")) is None
     assert parse_event("gpu01", raw("deny", "1-1-0000000a", grant_id="")) is None
     assert parse_event("gpu01", raw("close", "1-1-0000000a", grant_id="-")) is not None
+
+
+def test_a_deny_keeps_the_nodes_reason_and_anything_unknown_is_other(broker_app: App) -> None:
+    store = broker_app.ready_store()
+    now = datetime(2026, 11, 23, 10, 0, 5, tzinfo=UTC)
+    events = []
+    for number, reason in enumerate(["max_sessions", "quarantined", "made-up", ["x"]]):
+        event = {**raw("deny", f"{number}-4242-0000000a", grant_id="-"), "reason": reason}
+        parsed = parse_event("gpu01", event)
+        assert parsed is not None
+        events.append(parsed)
+    assert [e.reason for e in events] == ["max_sessions", "quarantined", "other", "other"]
+    opened = parse_event("gpu01", {**raw("open", "9-1-0000000b"), "reason": "no_grant"})
+    assert opened is not None and opened.reason is None, "only denies carry a reason"
+    assert store_events(store, "gpu01", [*events, opened], [], now) == 5
+    details = [
+        json.loads(r[0])
+        for r in store.conn.execute(
+            "SELECT details FROM audit_events WHERE action LIKE 'session.%' ORDER BY seq"
+        )
+    ]
+    assert [d.get("reason") for d in details] == [
+        "max_sessions",
+        "quarantined",
+        "other",
+        "other",
+        None,
+    ]
