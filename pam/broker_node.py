@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     GroupCheck = Callable[[str, str], bool]
 
-HOOK_VERSION = "1"
+HOOK_VERSION = "2"  # 1: this file as the hook under pam_exec; 2: pam_broker.so (pam/src)
+MODULE = "usr/lib/broker/pam_broker.so"  # below the root
 # Sessions of the break-glass group (no grant) are recorded under this pseudo grant id.
 BREAK_GLASS = "break-glass"
 GRANT_MAGIC = "broker-grant-v1"
@@ -1440,7 +1441,8 @@ def _status(paths: Paths, now: int) -> dict[str, object]:
     hooked = not unhooked
     return {
         "node": conf.node if isinstance(conf, NodeConf) else None,
-        "hook_version": HOOK_VERSION,
+        "hook_version": _active_hook(paths),
+        "module": _module_info(paths),
         "time": time.time(),
         "sudo": _sudo_info(),
         "grants": grants,
@@ -1451,6 +1453,38 @@ def _status(paths: Paths, now: int) -> dict[str, object]:
         "problems": [p for p in (conf, key) if isinstance(p, str)] + problems_extra,
         "quarantined": _quarantine_status(paths),
     }
+
+
+def _active_hook(paths: Paths) -> str:
+    """Which hook the sudo PAM file's broker block runs: "1" for the pam_exec hook of old,
+    else this program's version (the module, or no block yet)."""
+    try:
+        with open(os.path.join(paths.pam_d, "sudo"), encoding="utf-8", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return HOOK_VERSION
+    block = text.partition("# BEGIN broker")[2].partition("# END broker")[0]
+    return "1" if "pam_exec.so" in block else HOOK_VERSION
+
+
+def _module_info(paths: Paths) -> dict[str, object]:
+    """Whether pam_broker.so loads with this node's dynamic linker (all symbols bound now),
+    as libpam would load it; only a root-owned file no one else can write is loaded."""
+    path = os.path.join(paths.root, MODULE)
+    shown = "/" + MODULE
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return {"path": shown, "loads": False, "error": f"{shown}: {exc.strerror}"}
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        return {"path": shown, "loads": False, "error": f"{shown}: not a root-owned file"}
+    import ctypes
+
+    try:
+        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
+    except OSError as exc:
+        return {"path": shown, "loads": False, "error": _clean(exc, 200)}
+    return {"path": shown, "loads": True, "error": None}
 
 
 def _quarantine_status(paths: Paths) -> dict[str, object] | None:

@@ -2,7 +2,6 @@
 #include "bk_contract.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static const char *const GRANT_KEYS[] = {
@@ -360,30 +359,57 @@ bool bk_parse_conf(const char *data, size_t len, struct bk_conf *out, char err[B
     return true;
 }
 
-/* The decoded reason must be printable UTF-8 text that is not only blanks; the node only
- * checks it is canonical, bounded and decodes to no control byte. */
+static int hex_digit(char c) { return c <= '9' ? c - '0' : c - 'A' + 10; }
+
+/* Length of the UTF-8 sequence starting with `lead` and its smallest code point. */
+static int utf8_length(unsigned char lead, uint32_t *min)
+{
+    if (lead < 0x80) { *min = 0; return 1; }
+    if (lead >= 0xc2 && lead <= 0xdf) { *min = 0x80; return 2; }
+    if (lead >= 0xe0 && lead <= 0xef) { *min = 0x800; return 3; }
+    if (lead >= 0xf0 && lead <= 0xf4) { *min = 0x10000; return 4; }
+    return 0;
+}
+
+/* The reason as the broker writes it (detect/quarantine.py): percent-encoded UTF-8 of 1 to
+ * 200 characters, none of them a control character (C0, DEL, C1), not only blanks. */
 static bool quarantine_reason_ok(struct bk_span s)
 {
-    if (!bk_is_reason(s.p, s.n) || s.n > BK_QUARANTINE_REASON_MAX * 3)
-        return false;
-    size_t decoded = 0;
+    unsigned char bytes[BK_QUARANTINE_REASON_MAX * 4];
+    size_t n = 0, chars = 0;
     bool blank = true;
-    for (size_t i = 0; i < s.n; decoded++) {
-        unsigned char c;
+    if (!bk_is_reason(s.p, s.n))
+        return false;
+    for (size_t i = 0; i < s.n; n++) {
+        if (n == sizeof bytes)
+            return false;
         if (s.p[i] == '%') {
-            char hex[3] = {s.p[i + 1], s.p[i + 2], '\0'};
-            c = (unsigned char)strtoul(hex, NULL, 16);
+            bytes[n] = (unsigned char)(hex_digit(s.p[i + 1]) * 16 + hex_digit(s.p[i + 2]));
             i += 3;
         } else {
-            c = (unsigned char)s.p[i];
-            i++;
+            bytes[n] = (unsigned char)s.p[i++];
         }
-        if (c < 0x20 || c == 0x7f)
-            return false;
-        if (c != ' ')
-            blank = false;
     }
-    return !blank && decoded > 0;
+    for (size_t i = 0; i < n; chars++) {
+        uint32_t min = 0, cp;
+        int len = utf8_length(bytes[i], &min);
+        if (len == 0 || (size_t)len > n - i)
+            return false;
+        cp = len == 1 ? bytes[i] : (uint32_t)(bytes[i] & (0x7f >> len));
+        for (int k = 1; k < len; k++) {
+            if ((bytes[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (bytes[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false; /* overlong, out of range, surrogate */
+        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+            return false;
+        if (cp != ' ')
+            blank = false;
+        i += (size_t)len;
+    }
+    return !blank && chars > 0 && chars <= BK_QUARANTINE_REASON_MAX;
 }
 
 bool bk_parse_quarantine(const char *data, size_t len, struct bk_quarantine *out,

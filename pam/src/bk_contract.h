@@ -52,7 +52,7 @@ struct bk_quarantine {
     char node[BK_NODE_MAX + 1];
     int64_t since;
     char group[BK_GROUP_MAX + 1];
-    char reason[BK_QUARANTINE_REASON_MAX * 3 + 1]; /* kept percent-encoded */
+    char reason[BK_QUARANTINE_REASON_MAX * 4 * 3 + 1]; /* kept percent-encoded */
 };
 
 /* Each returns true when `data[0..len)` is exactly a valid file; else false with `err`. */

@@ -222,5 +222,7 @@ bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len,
 bool bk_exists_at(int dir_fd, const char *name)
 {
     struct stat st;
-    return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+    /* Anything but "no such file" counts as present: a marker we cannot look at is not
+     * proof of its absence. */
+    return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT;
 }

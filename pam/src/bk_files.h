@@ -34,7 +34,8 @@ enum bk_read bk_read_at(int dir_fd, const char *name, mode_t forbidden, char *bu
  * fsynced: a reader sees all of it or nothing. */
 bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len, mode_t mode);
 
-/* Does `name` exist in `dir_fd` (without following a link)? */
+/* Does `name` exist in `dir_fd` (without following a link)? Errors other than ENOENT say
+ * yes: the callers ask about revocation markers. */
 bool bk_exists_at(int dir_fd, const char *name);
 
 #endif

@@ -295,8 +295,9 @@ static void deny_config(const struct bk_config *config, struct bk_verdict *out)
 static void say_no_grant(const struct bk_config *config, const struct bk_grants *grants,
                          const char *user, struct bk_verdict *out)
 {
-    char when[BK_UTC_LEN + 1], ask[160];
+    char when[BK_UTC_LEN + 1], ask[160], who[BK_NAME_MAX + 8];
     const char *node = config->conf.node;
+    bk_clean(user, strlen(user), who, sizeof who);
     snprintf(ask, sizeof ask, ASK, node);
     bk_format_utc(grants->first_bad_time, when);
     out->why = grants->why;
@@ -320,10 +321,10 @@ static void say_no_grant(const struct bk_config *config, const struct bk_grants 
         snprintf(out->say, sizeof out->say,
                  "broker: no grant for %s on %s can be trusted (%s); an operator can check it "
                  "with: broker node status %s",
-                 user, node, bk_why_code(grants->why), node);
+                 who, node, bk_why_code(grants->why), node);
         break;
     default:
-        snprintf(out->say, sizeof out->say, "broker: no active grant for %s on %s (%s)", user,
+        snprintf(out->say, sizeof out->say, "broker: no active grant for %s on %s (%s)", who,
                  node, ask);
     }
 }
@@ -337,7 +338,9 @@ static bool break_glass(const struct bk_ctx *ctx, const struct bk_config *config
     out->allow = true;
     out->break_glass = true;
     out->why = BK_WHY_NONE;
-    snprintf(out->log, sizeof out->log, "break-glass: %s is in %s", user, group);
+    char who[BK_NAME_MAX + 8];
+    bk_clean(user, strlen(user), who, sizeof who);
+    snprintf(out->log, sizeof out->log, "break-glass: %s is in %s", who, group);
     out->say[0] = '\0';
     return true;
 }
@@ -356,19 +359,24 @@ void bk_decide_sudo(const struct bk_ctx *ctx, const char *service, const char *r
     struct bk_config config;
     struct bk_grants *grants;
     memset(out, 0, sizeof *out);
-    if (strcmp(ruser, "root") == 0)
-        { allow(out, "root"); return; }
-    if (ruser[0] == '\0' || !bk_is_posix_name(ruser, strlen(ruser))) {
+    if (strcmp(ruser, "root") == 0) {
+        allow(out, "root");
+        return;
+    }
+    if (ruser[0] == '\0') {
+        /* A name that is not a POSIX name holds no grant, but may be in break-glass. */
         out->why = BK_WHY_NO_USER;
-        bk_copy(out->log, sizeof out->log, "no usable PAM_RUSER: the invoking user is unknown");
+        bk_copy(out->log, sizeof out->log, "no PAM_RUSER: the invoking user is unknown");
         bk_copy(out->say, sizeof out->say, "broker: sudo did not say who is asking: refused");
         return;
     }
     if (quarantined(ctx, ruser, out))
         return;
     bk_load_config(ctx, &config);
-    if (!config.ok)
-        { deny_config(&config, out); return; }
+    if (!config.ok) {
+        deny_config(&config, out);
+        return;
+    }
     grants = malloc(sizeof *grants);
     if (grants == NULL) {
         bk_copy(out->log, sizeof out->log, "out of memory");
@@ -393,13 +401,19 @@ void bk_decide_sshd(const struct bk_ctx *ctx, const char *user, struct bk_verdic
     struct bk_config config;
     struct bk_grants *grants;
     memset(out, 0, sizeof *out);
-    if (strcmp(user, "root") == 0)
-        { allow(out, "root"); return; }
+    if (strcmp(user, "root") == 0) {
+        allow(out, "root");
+        return;
+    }
     bk_load_config(ctx, &config);
-    if (!config.ok)
-        { deny_config(&config, out); return; }
-    if (!config.conf.login_gated)
-        { allow(out, "logins not gated"); return; }
+    if (!config.ok) {
+        deny_config(&config, out);
+        return;
+    }
+    if (!config.conf.login_gated) {
+        allow(out, "logins not gated");
+        return;
+    }
     if (quarantined(ctx, user, out)) {
         char inner[BK_MSG_MAX];
         bk_copy(inner, sizeof inner, out->log);
@@ -417,7 +431,8 @@ void bk_decide_sshd(const struct bk_ctx *ctx, const char *user, struct bk_verdic
             char why[64];
             snprintf(why, sizeof why, "login grant %s", grants->valid[i].id);
             free(grants);
-            { allow(out, why); return; }
+            allow(out, why);
+            return;
         }
     }
     if (break_glass(ctx, &config, user, out)) {
@@ -470,18 +485,23 @@ static void decide_joblaunch(const struct bk_ctx *ctx, const struct bk_config *c
 }
 
 void bk_decide_other(const struct bk_ctx *ctx, const char *service, const char *user,
-                     struct bk_verdict *out)
+                     bool joblaunch, struct bk_verdict *out)
 {
     struct bk_config config;
     memset(out, 0, sizeof *out);
     bk_load_config(ctx, &config);
     if (!config.ok) {
-        if (strcmp(user, "root") == 0)
-            { allow(out, "root"); return; }
-        { deny_config(&config, out); return; } /* the job launcher cannot be told apart: closed */
+        if (strcmp(user, "root") == 0) {
+            allow(out, "root");
+            return;
+        }
+        deny_config(&config, out); /* the job launcher cannot be told apart: closed */
+        return;
     }
-    if (config.conf.joblaunch_service[0] != '\0' &&
-        strcmp(service, config.conf.joblaunch_service) == 0)
-        { decide_joblaunch(ctx, &config, user, out); return; }
+    if (joblaunch || (config.conf.joblaunch_service[0] != '\0' &&
+                      strcmp(service, config.conf.joblaunch_service) == 0)) {
+        decide_joblaunch(ctx, &config, user, out);
+        return;
+    }
     allow(out, "not gated");
 }

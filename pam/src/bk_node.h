@@ -94,8 +94,10 @@ void bk_user_grants(const struct bk_ctx *ctx, const struct bk_config *config, co
 void bk_decide_sudo(const struct bk_ctx *ctx, const char *service, const char *ruser,
                     const char *user, const char *tty, pid_t pid, struct bk_verdict *out);
 void bk_decide_sshd(const struct bk_ctx *ctx, const char *user, struct bk_verdict *out);
+/* Any other service: the job launcher (named in node.conf, or `joblaunch` given to the
+ * module in that service's PAM file) refuses root-grant holders; others pass. */
 void bk_decide_other(const struct bk_ctx *ctx, const char *service, const char *user,
-                     struct bk_verdict *out);
+                     bool joblaunch, struct bk_verdict *out);
 
 /* Sessions: records under sessions/<id>/<pid> and `open`/`close` events; never refuse.
  * Return a short note for the log. */

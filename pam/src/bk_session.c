@@ -17,11 +17,27 @@
 
 #define SESSIONS_DIR "var/lib/broker/sessions"
 #define EVENTS_DIR "var/spool/broker/events"
-#define LOCK_NAME ".lock"
+#define LOCK_PREFIX ".lock-"
+#define LOCK_TRIES 50
+#define LOCK_PAUSE_NS 100000000L /* 50 x 100 ms: then refuse rather than hang sudo */
 
 const char *bk_target_name(const char *user)
 {
     return user != NULL && bk_is_posix_name(user, strlen(user)) ? user : "-";
+}
+
+const char *bk_record_name(const char *user)
+{
+    size_t n = user == NULL ? 0 : strnlen(user, 65);
+    if (n == 0 || n > 64)
+        return "-";
+    for (size_t i = 0; i < n; i++) {
+        char c = user[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-' || c == '@'))
+            return "-";
+    }
+    return user;
 }
 
 void bk_tty_name(const char *tty, char out[65])
@@ -136,7 +152,7 @@ static void record_text(const struct bk_ctx *ctx, const char *ruser, const char 
     char at[BK_UTC_LEN + 1], tty_name[65];
     bk_format_utc(ctx->now, at);
     bk_tty_name(tty, tty_name);
-    snprintf(out, 256, "%s %s %s %s\n", ruser, bk_target_name(user), tty_name, at);
+    snprintf(out, 256, "%s %s %s %s\n", bk_record_name(ruser), bk_target_name(user), tty_name, at);
 }
 
 /* Write sessions/<key>/<pid>; true when it was written. */
@@ -152,26 +168,60 @@ static bool write_record(int sessions_fd, const char *key, const char *text, pid
     return ok;
 }
 
-/* Live pids recorded under `key`, not counting `self`; records of dead pids are removed.
- * Pids already seen under another grant are not counted twice. */
-static size_t count_live(const struct bk_ctx *ctx, int sessions_fd, const char *key, pid_t self,
-                         long *seen, size_t *seen_count, size_t seen_max)
+static bool process_start(const struct bk_ctx *ctx, pid_t pid, char out[32]);
+
+/* When `pid` started, in seconds since the epoch (false when it cannot be told). */
+static bool process_start_epoch(const struct bk_ctx *ctx, pid_t pid, int64_t *out)
+{
+    char ticks[32];
+    struct timespec real, boot;
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0 || !process_start(ctx, pid, ticks) || clock_gettime(CLOCK_REALTIME, &real) != 0 ||
+        clock_gettime(CLOCK_BOOTTIME, &boot) != 0)
+        return false;
+    long long since_boot = strtoll(ticks, NULL, 10) / hz;
+    *out = (int64_t)real.tv_sec - ((int64_t)boot.tv_sec - since_boot);
+    return true;
+}
+
+/* A record of a running process counts only if that process is the one that wrote it: a
+ * process that started well after the record was written has only reused the pid. */
+static bool record_stale(const struct bk_ctx *ctx, int dir_fd, const char *name, long pid)
+{
+    char buf[256], err[BK_ERR_MAX];
+    size_t len = 0;
+    int64_t recorded = 0, started = 0;
+    if (bk_read_at(dir_fd, name, 077, buf, sizeof buf - 1, &len, err) != BK_READ_OK ||
+        len < BK_UTC_LEN + 1)
+        return false; /* unreadable: keep counting it (closed), revoke cleans up */
+    const char *at = buf + len - 1 - BK_UTC_LEN;
+    if (!bk_parse_utc(at, BK_UTC_LEN, &recorded) ||
+        !process_start_epoch(ctx, (pid_t)pid, &started))
+        return false;
+    return started > recorded + 2;
+}
+
+/* Live pids recorded under `key`, not counting `self`, into `*live`; records of dead (or
+ * reused) pids are removed. Pids already seen under another grant are not counted twice.
+ * False when the records could not be read: the caller refuses (closed). */
+static bool count_live(const struct bk_ctx *ctx, int sessions_fd, const char *key, pid_t self,
+                       long *seen, size_t *seen_count, size_t seen_max, size_t *live)
 {
     char err[BK_ERR_MAX];
-    size_t live = 0;
     int fd = bk_open_dir_at(sessions_fd, key, 0, err);
+    int saved = errno;
     DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
     if (dir == NULL) {
         if (fd >= 0)
             close(fd);
-        return 0;
+        return fd < 0 && saved == ENOENT; /* no records yet */
     }
     struct dirent *entry;
     while ((entry = readdir(dir)) != NULL) {
         if (!is_pid_name(entry->d_name))
             continue;
         long pid = strtol(entry->d_name, NULL, 10);
-        if (!pid_alive(ctx, entry->d_name)) {
+        if (!pid_alive(ctx, entry->d_name) || record_stale(ctx, dirfd(dir), entry->d_name, pid)) {
             unlinkat(dirfd(dir), entry->d_name, 0);
             continue;
         }
@@ -182,23 +232,33 @@ static size_t count_live(const struct bk_ctx *ctx, int sessions_fd, const char *
             continue;
         if (*seen_count < seen_max)
             seen[(*seen_count)++] = pid;
-        live++;
+        (*live)++;
     }
     closedir(dir);
-    return live;
+    return true;
 }
 
-static int lock_sessions(const struct bk_ctx *ctx, int *sessions_fd)
+/* The user's own lock (max_sessions is per user): one user who stops a sudo while it holds
+ * the lock delays only themself, and even then gives up after LOCK_TRIES. */
+static int lock_sessions(const struct bk_ctx *ctx, const char *ruser, int *sessions_fd)
 {
-    char err[BK_ERR_MAX];
+    char err[BK_ERR_MAX], name[BK_NAME_MAX + 16];
+    const struct timespec pause_ms = {0, LOCK_PAUSE_NS};
     *sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
     if (*sessions_fd < 0)
         return -1;
-    int lock = openat(*sessions_fd, LOCK_NAME,
-                      O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    snprintf(name, sizeof name, "%s%s", LOCK_PREFIX, ruser);
+    int lock = openat(*sessions_fd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                      0600);
     struct stat st;
-    if (lock < 0 || fstat(lock, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 ||
-        flock(lock, LOCK_EX) != 0) {
+    bool ok = lock >= 0 && fstat(lock, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0;
+    bool held = false;
+    for (int i = 0; ok && !held && i < LOCK_TRIES; i++) {
+        held = flock(lock, LOCK_EX | LOCK_NB) == 0;
+        if (!held)
+            nanosleep(&pause_ms, NULL);
+    }
+    if (!held) {
         if (lock >= 0)
             close(lock);
         close(*sessions_fd);
@@ -217,7 +277,8 @@ void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants
     size_t seen_count = 0, open_now = 0;
     char text[256];
     (void)service;
-    int lock = lock_sessions(ctx, &sessions_fd);
+    int lock = lock_sessions(ctx, ruser, &sessions_fd);
+    bool counted = true;
     if (lock < 0) {
         out->why = BK_WHY_BAD_FILE;
         bk_copy(out->log, sizeof out->log, "session records cannot be locked or written");
@@ -228,10 +289,16 @@ void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants
     for (size_t i = 0; i < grants->count; i++) {
         if (grants->valid[i].max_sessions > limit)
             limit = grants->valid[i].max_sessions;
-        open_now += count_live(ctx, sessions_fd, grants->valid[i].id, pid, seen, &seen_count,
-                               sizeof seen / sizeof seen[0]);
+        counted = count_live(ctx, sessions_fd, grants->valid[i].id, pid, seen, &seen_count,
+                             sizeof seen / sizeof seen[0], &open_now) &&
+                  counted;
     }
-    if (open_now >= (size_t)limit) {
+    if (!counted) {
+        out->why = BK_WHY_BAD_FILE;
+        bk_copy(out->log, sizeof out->log, "open sessions could not be counted");
+        bk_copy(out->say, sizeof out->say,
+                "broker: this node cannot count your open sessions: refused (ask an operator)");
+    } else if (open_now >= (size_t)limit) {
         out->why = BK_WHY_MAX_SESSIONS;
         snprintf(out->log, sizeof out->log,
                  "max_sessions reached: %zu open elevated sessions (limit %d)", open_now, limit);
@@ -272,8 +339,8 @@ static void record_and_spool(const struct bk_ctx *ctx, int sessions_fd, const ch
     bk_tty_name(tty, tty_name);
     write_record(sessions_fd, key, text, pid);
     if (new_event_id(event_id))
-        bk_spool_event(ctx, event_id, "open", key, ruser, bk_target_name(user), service,
-                       tty_name, pid, NULL);
+        bk_spool_event(ctx, event_id, "open", key, bk_record_name(ruser), bk_target_name(user),
+                       service, tty_name, pid, NULL);
 }
 
 void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
@@ -282,7 +349,7 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
     struct bk_config config;
     char text[256], err[BK_ERR_MAX];
     bk_copy(note, BK_MSG_MAX, "no grant: session not recorded");
-    if (ruser[0] == '\0' || strcmp(ruser, "root") == 0 || !bk_is_posix_name(ruser, strlen(ruser)))
+    if (ruser[0] == '\0' || strcmp(ruser, "root") == 0)
         return;
     bk_load_config(ctx, &config);
     if (!config.ok)
@@ -342,7 +409,7 @@ void bk_close_session(const struct bk_ctx *ctx, const char *service, const char 
             closed++;
             if (new_event_id(event_id))
                 bk_spool_event(ctx, event_id, "close", entry->d_name,
-                               bk_target_name(ruser), bk_target_name(user), service, tty_name,
+                               bk_record_name(ruser), bk_target_name(user), service, tty_name,
                                pid, NULL);
         }
         close(fd);
@@ -370,8 +437,9 @@ static bool process_start(const struct bk_ctx *ctx, pid_t pid, char out[32])
     char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
     if (p == NULL)
         return false;
-    /* after ") " come field 3 (state) ... field 22 (starttime): skip 19 fields */
-    for (int field = 3; field < 22; field++) {
+    /* `p` is at ')'; each hop lands on the space before the next field: 20 hops reach the
+     * one before field 22 (starttime) */
+    for (int field = 3; field <= 22; field++) {
         p = strchr(p + 1, ' ');
         if (p == NULL)
             return false;
@@ -438,6 +506,6 @@ void bk_spool_deny(const struct bk_ctx *ctx, const char *service, const char *ru
     snprintf(event_id, sizeof event_id, "%lld%09ld-%ld-%s", (long long)ts.tv_sec,
              (long)ts.tv_nsec, (long)pid, tag);
     bk_tty_name(tty, tty_name);
-    bk_spool_event(ctx, event_id, "deny", "-", bk_target_name(ruser), bk_target_name(user),
+    bk_spool_event(ctx, event_id, "deny", "-", bk_record_name(ruser), bk_target_name(user),
                    service, tty_name, pid, bk_why_code(why));
 }

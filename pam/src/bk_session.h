@@ -13,6 +13,9 @@ void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants
 
 /* A name fit for the records: a POSIX name, or "-". */
 const char *bk_target_name(const char *user);
+/* The invoking user as records show it: a directory name (letters, digits, . _ - @, at most
+ * 64) as it is, anything else "-". */
+const char *bk_record_name(const char *user);
 /* PAM_TTY without /dev/, when it is made of safe characters; else "-". */
 void bk_tty_name(const char *tty, char out[65]);
 

@@ -62,11 +62,32 @@ static const char *item(pam_handle_t *pamh, int which)
 
 struct call {
     const char *service, *user, *ruser, *tty, *type;
+    bool joblaunch; /* `joblaunch` given in this service's PAM file */
     struct bk_ctx ctx;
 };
 
-static void read_call(pam_handle_t *pamh, const char *type, struct call *c)
+/* The only argument: `joblaunch`, marking the job launcher's stack. Anything else is logged
+ * and ignored, so a typo never opens anything (it can only leave the launcher ungated,
+ * which node.conf's joblaunch_service still covers in account). */
+static bool read_args(pam_handle_t *pamh, int argc, const char **argv)
 {
+    bool joblaunch = false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "joblaunch") == 0) {
+            joblaunch = true;
+        } else {
+            char shown[64];
+            bk_clean(argv[i], strlen(argv[i]), shown, sizeof shown);
+            pam_syslog(pamh, LOG_ERR, "unknown argument ignored: %s", shown);
+        }
+    }
+    return joblaunch;
+}
+
+static void read_call(pam_handle_t *pamh, const char *type, int argc, const char **argv,
+                      struct call *c)
+{
+    c->joblaunch = read_args(pamh, argc, argv);
     c->service = item(pamh, PAM_SERVICE);
     c->user = item(pamh, PAM_USER);
     c->ruser = item(pamh, PAM_RUSER);
@@ -100,12 +121,14 @@ static void log_verdict(pam_handle_t *pamh, const struct call *c, const struct b
 /* auth and account: one row of the decision table; a refusal is said to the person too.
  * It is said even under PAM_SILENT: sudo passes that flag by default, and a refusal that
  * explains nothing sends people to the operators. Nothing is said on an allow. */
-static int gate(pam_handle_t *pamh, const char *type, int refuse)
+static int gate(pam_handle_t *pamh, const char *type, int refuse, int argc, const char **argv)
 {
     struct call c;
     struct bk_verdict v;
-    read_call(pamh, type, &c);
-    if (is_sudo(c.service)) {
+    read_call(pamh, type, argc, argv, &c);
+    if (c.joblaunch && strcmp(type, "auth") != 0) {
+        bk_decide_other(&c.ctx, c.service, c.user, true, &v);
+    } else if (is_sudo(c.service)) {
         bk_decide_sudo(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), &v);
         if (!v.allow && c.ruser[0] != '\0' && strcmp(c.ruser, "root") != 0)
             bk_spool_deny(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), v.why);
@@ -114,7 +137,7 @@ static int gate(pam_handle_t *pamh, const char *type, int refuse)
     } else if (strcmp(c.service, "sshd") == 0) {
         bk_decide_sshd(&c.ctx, c.user, &v);
     } else {
-        bk_decide_other(&c.ctx, c.service, c.user, &v);
+        bk_decide_other(&c.ctx, c.service, c.user, false, &v);
     }
     log_verdict(pamh, &c, &v);
     if (v.allow)
@@ -126,8 +149,8 @@ static int gate(pam_handle_t *pamh, const char *type, int refuse)
 
 EXPORT int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
-    (void)flags, (void)argc, (void)argv;
-    return gate(pamh, "auth", PAM_AUTH_ERR);
+    (void)flags;
+    return gate(pamh, "auth", PAM_AUTH_ERR, argc, argv);
 }
 
 EXPORT int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const char **argv)
@@ -138,17 +161,20 @@ EXPORT int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const char **
 
 EXPORT int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
-    (void)flags, (void)argc, (void)argv;
-    return gate(pamh, "account", PAM_PERM_DENIED);
+    (void)flags;
+    return gate(pamh, "account", PAM_PERM_DENIED, argc, argv);
 }
 
-/* Sessions never refuse: the decision was made in auth/account; a record that cannot be
- * written is logged. */
-static int session(pam_handle_t *pamh, bool open)
+/* sudo sessions never refuse (the decision was made in auth/account): they are recorded.
+ * The job launcher's session open is a decision, though: Slurm's slurmstepd calls only
+ * pam_setcred and pam_open_session, never pam_acct_mgmt. */
+static int session(pam_handle_t *pamh, bool open, int argc, const char **argv)
 {
     struct call c;
     char note[BK_MSG_MAX];
-    read_call(pamh, open ? "open_session" : "close_session", &c);
+    read_call(pamh, open ? "open_session" : "close_session", argc, argv, &c);
+    if (c.joblaunch && open)
+        return gate(pamh, "open_session", PAM_PERM_DENIED, argc, argv);
     if (!is_sudo(c.service))
         return PAM_IGNORE;
     if (open)
@@ -160,14 +186,14 @@ static int session(pam_handle_t *pamh, bool open)
 
 EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
-    (void)flags, (void)argc, (void)argv;
-    return session(pamh, true);
+    (void)flags;
+    return session(pamh, true, argc, argv);
 }
 
 EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
-    (void)flags, (void)argc, (void)argv;
-    return session(pamh, false);
+    (void)flags;
+    return session(pamh, false, argc, argv);
 }
 
 EXPORT int pam_sm_chauthtok(pam_handle_t *pamh, int flags, int argc, const char **argv)

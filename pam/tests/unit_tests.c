@@ -102,11 +102,11 @@ static void make_dirs(void)
     }
 }
 
-static const char *groups_member = "heidi";
 static bool test_groups(const char *user, const char *group)
 {
-    return strcmp(user, groups_member) == 0 &&
-           (strcmp(group, "break-glass") == 0 || strcmp(group, "ir") == 0);
+    return (strcmp(user, "heidi") == 0 &&
+            (strcmp(group, "break-glass") == 0 || strcmp(group, "ir") == 0)) ||
+           (strcmp(user, "John.Doe") == 0 && strcmp(group, "break-glass") == 0);
 }
 
 static struct bk_ctx ctx_at(int64_t now)
@@ -322,6 +322,30 @@ static void test_other_files(void)
     CHECK_STR(err, "a setting is missing");
     const char control[] = "node=gpu01\nsince=2026-11-20T10:00:00Z\ngroup=\nreason=a%0Ab\n";
     CHECK(!bk_parse_quarantine(control, sizeof control - 1, &q, err));
+    /* the reason as the broker writes it: up to 200 characters of UTF-8 */
+    char text[4096];
+    const char head[] = "node=gpu01\nsince=2026-11-20T10:00:00Z\ngroup=ir\nreason=";
+    const char *cases[][2] = {
+        {"%C3%A9", "ok"},      /* e-acute */
+        {"%E2%80%9C", "ok"},   /* a curly quote */
+        {"%FF%FE", "no"},      /* not UTF-8 */
+        {"%C0%AF", "no"},      /* overlong */
+        {"%C2%85", "no"},      /* C1 control (NEL) */
+        {"%ED%A0%80", "no"},   /* a surrogate */
+        {"%20%20", "no"},      /* only blanks */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int n = snprintf(text, sizeof text, "%s%s\n", head, cases[c][0]);
+        bool ok = bk_parse_quarantine(text, (size_t)n, &q, err);
+        CHECK(ok == (strcmp(cases[c][1], "ok") == 0));
+    }
+    for (int count = 200; count <= 201; count++) { /* 200 two-byte characters fit, 201 not */
+        int n = snprintf(text, sizeof text, "%s", head);
+        for (int i = 0; i < count; i++)
+            n += snprintf(text + n, sizeof text - (size_t)n, "%%C3%%A9");
+        n += snprintf(text + n, sizeof text - (size_t)n, "\n");
+        CHECK(bk_parse_quarantine(text, (size_t)n, &q, err) == (count == 200));
+    }
 }
 
 /* ------------------------------------------------------------ files */
@@ -435,9 +459,9 @@ static void test_sudo_decisions(void)
     bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4252, &v);
     CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
     CHECK_HAS(v.log, "node.conf: ");
-    bk_decide_other(&ctx, "slurm", "alice", &v);
+    bk_decide_other(&ctx, "slurm", "alice", false, &v);
     CHECK(!v.allow);
-    bk_decide_other(&ctx, "slurm", "root", &v);
+    bk_decide_other(&ctx, "slurm", "root", false, &v);
     CHECK(v.allow);
 }
 
@@ -474,12 +498,24 @@ static void test_quarantine_and_login(void)
     remove_file("etc/broker/quarantine");
 
     /* job launch: a root grant without workloads refuses jobs */
-    bk_decide_other(&ctx, "slurm", "alice", &v);
+    bk_decide_other(&ctx, "slurm", "alice", false, &v);
     CHECK(!v.allow && v.why == BK_WHY_WORKLOADS);
-    bk_decide_other(&ctx, "slurm", "bob", &v);
+    bk_decide_other(&ctx, "slurm", "bob", false, &v);
     CHECK(v.allow);
-    bk_decide_other(&ctx, "cron", "alice", &v);
+    bk_decide_other(&ctx, "cron", "alice", false, &v);
     CHECK(v.allow);
+    /* `joblaunch` in the PAM file marks the launcher whatever node.conf names */
+    bk_decide_other(&ctx, "slurm-prolog", "alice", true, &v);
+    CHECK(!v.allow && v.why == BK_WHY_WORKLOADS);
+    CHECK_HAS(v.say, "broker: no jobs while you hold root grant g00000000000000b1 on gpu01");
+
+    /* a directory name that is not a POSIX name holds no grant but may be break-glass */
+    bk_decide_sudo(&ctx, "sudo", "John.Doe", "root", NULL, 5005, &v);
+    CHECK(v.allow && v.break_glass);
+    bk_decide_sudo(&ctx, "sudo", "Jane.Roe", "root", NULL, 5006, &v);
+    CHECK(!v.allow && v.why == BK_WHY_NO_GRANT);
+    bk_decide_sudo(&ctx, "sudo", "", "root", NULL, 5007, &v);
+    CHECK(!v.allow && v.why == BK_WHY_NO_USER);
 }
 
 /* ------------------------------------------------------------ sessions */
@@ -555,11 +591,82 @@ static void test_sessions(void)
     CHECK(stat(path, &st) == 0);
 }
 
+static void fake_stat(long pid, long long start)
+{
+    char rel[64], text[512];
+    snprintf(rel, sizeof rel, "proc/%ld/stat", pid);
+    /* the command name holds ") (" on purpose: fields are counted from the last ')' */
+    int n = snprintf(text, sizeof text,
+                     "%ld (evil) (name) S 1 %ld %ld 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 "
+                     "%lld 1000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0\n",
+                     pid, pid, pid, start);
+    write_file(rel, text, (size_t)n, 0644);
+}
+
+static void test_deny_events_one_per_process(void)
+{
+    struct bk_ctx ctx = ctx_at(NOW);
+    reset_node();
+    mark_alive(8001, true);
+    fake_stat(8001, 555);
+    bk_spool_deny(&ctx, "sudo", "bob", "root", "/dev/pts/2", 8001, BK_WHY_NO_GRANT);
+    bk_spool_deny(&ctx, "sudo", "bob", "root", "/dev/pts/2", 8001, BK_WHY_NO_GRANT);
+    CHECK(count_events("deny") == 1); /* auth and account of one sudo: one event */
+    fake_stat(8001, 556);             /* the pid reused by a later sudo: a new event */
+    bk_spool_deny(&ctx, "sudo", "bob", "root", "/dev/pts/2", 8001, BK_WHY_NO_GRANT);
+    CHECK(count_events("deny") == 2);
+    char cmd[600], line[64] = "";
+    snprintf(cmd, sizeof cmd, "cat %s/var/spool/broker/events/*.json | grep -c "
+             "'\"reason\": \"no_grant\"'", root);
+    FILE *p = popen(cmd, "r");
+    if (p != NULL && fgets(line, sizeof line, p) == NULL)
+        line[0] = '\0';
+    if (p != NULL)
+        pclose(p);
+    CHECK_STR(line, "2\n");
+}
+
+/* A record left by a process whose pid a newer process took is not a live session. */
+static void test_reused_pid_does_not_hold_a_slot(void)
+{
+    int64_t now = (int64_t)time(NULL);
+    char text[128], rel[96];
+    reset_node();
+    install_grant("g00000000000000e1", "alice", now - 60, now + 600, 0, 0, 1, signing_key,
+                  "gpu01");
+    struct bk_ctx ctx = ctx_at(now);
+    struct bk_verdict v;
+    ctx.proc = "/proc";
+    pid_t sleeper = fork();
+    if (sleeper == 0) {
+        pause();
+        _exit(0);
+    }
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/var/lib/broker/sessions/g00000000000000e1", root);
+    mkdir(dir, 0700);
+    snprintf(rel, sizeof rel, "var/lib/broker/sessions/g00000000000000e1/%ld", (long)sleeper);
+    int n = snprintf(text, sizeof text, "alice root pts/1 2020-01-01T00:00:00Z\n");
+    write_file(rel, text, (size_t)n, 0600);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
+    CHECK(v.allow); /* the sleeper started years after that record: not its session */
+    char now_text[21];
+    bk_format_utc(now, now_text);
+    n = snprintf(text, sizeof text, "alice root pts/1 %s\n", now_text);
+    write_file(rel, text, (size_t)n, 0600);
+    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
+    CHECK(!v.allow && v.why == BK_WHY_MAX_SESSIONS); /* recorded as it started: counts */
+    kill(sleeper, SIGKILL);
+    waitpid(sleeper, NULL, 0);
+}
+
 /* Two real processes race for the last slot (max_sessions = 1): exactly one passes. */
 static void test_concurrent_max_sessions(void)
 {
+    /* Real processes and real time: a record is checked against its process's start. */
+    int64_t now = (int64_t)time(NULL);
     reset_node();
-    install_grant("g00000000000000d1", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+    install_grant("g00000000000000d1", "alice", now - 60, now + 600, 0, 0, 1, signing_key,
                   "gpu01");
     for (int round = 0; round < 20; round++) {
         int go[2], result[2];
@@ -570,7 +677,7 @@ static void test_concurrent_max_sessions(void)
             kids[k] = fork();
             if (kids[k] == 0) {
                 char byte;
-                struct bk_ctx ctx = ctx_at(NOW);
+                struct bk_ctx ctx = ctx_at(now);
                 struct bk_verdict v;
                 ctx.proc = "/proc"; /* real processes, really alive */
                 close(go[1]);
@@ -631,6 +738,8 @@ int main(void)
     test_sudo_decisions();
     test_quarantine_and_login();
     test_sessions();
+    test_deny_events_one_per_process();
+    test_reused_pid_does_not_hold_a_slot();
     test_concurrent_max_sessions();
 
     char cmd[128];

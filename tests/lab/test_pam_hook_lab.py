@@ -690,11 +690,13 @@ def test_job_launch_account(
 ) -> None:
     if grant is not None:
         grants.install(stor, user, **grant)
-    result = pam(stor, "slurm", user, "acct_mgmt")
-    if denial is None:
-        assert_allowed(result)
-    else:
-        assert_denied(result, denial)
+    # Slurm's slurmstepd opens a PAM session without an account check: both are gated.
+    for operation in ("acct_mgmt", "open_session"):
+        result = pam(stor, "slurm", user, operation)
+        if denial is None:
+            assert_allowed(result)
+        else:
+            assert_denied(result, denial, "broker: no jobs while you hold root grant ")
 
 
 @pytest.fixture
