@@ -1105,6 +1105,10 @@ def up(
         save_info(root, info)
     except (LabError, OSError, subprocess.SubprocessError) as exc:
         save_info(root, info)
+        daemon_log = root / "broker" / "daemon.log"
+        if daemon_log.is_file():  # `down` removes it: what the daemon said is the diagnosis
+            tail = daemon_log.read_text(errors="replace").splitlines()[-40:]
+            print("\n".join(f"lab: daemon.log: {line}" for line in tail), file=sys.stderr)
         down(root, quiet=True)
         raise LabError(str(exc)) from None
     say(

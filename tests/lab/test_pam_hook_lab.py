@@ -416,7 +416,7 @@ def test_sudo_account_counts_live_sessions_against_max_sessions(
         try:
             write_file(
                 stor.path(f"/var/lib/broker/sessions/{grant_id}/{holder.pid}"),
-                b"carol root pts/8 2026-11-23T10:00:00Z\n",
+                f"carol root pts/8 {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n".encode(),
                 0o600,
             )
             second = pam(stor, "sudo", "root", "acct_mgmt", ruser="carol")
@@ -591,15 +591,19 @@ def test_two_concurrent_sudo_with_max_sessions_1_exactly_one_runs(
     grant = stor.path(f"/var/lib/broker/grants/{dave_elevated}").read_text()
     assert "max_sessions=1\n" in grant
     for _round in range(3):
-        both = [_sudo_in_node(lab, stor, "dave", "sleep", "3") for _ in range(2)]
-        results = [(proc.wait(timeout=60), *proc.communicate()) for proc in both]
-        codes = sorted(code for code, _out, _err in results)
+        with (
+            _sudo_in_node(lab, stor, "dave", "sleep", "3") as first,
+            _sudo_in_node(lab, stor, "dave", "sleep", "3") as second,
+        ):
+            results = [(*proc.communicate(timeout=60), proc.returncode) for proc in (first, second)]
+        codes = sorted(code for _out, _err, code in results)
         assert codes == [0, 1], results
-        refused = next(err for code, _out, err in results if code == 1)
+        refused = next(err for _out, err, code in results if code == 1)
         assert "broker: you already have 1 elevated session(s) open here (limit 1)" in refused
     # Both have ended: the next one runs.
-    alone = _sudo_in_node(lab, stor, "dave", "true")
-    assert alone.wait(timeout=60) == 0, alone.communicate()
+    with _sudo_in_node(lab, stor, "dave", "true") as alone:
+        out, err = alone.communicate(timeout=60)
+    assert alone.returncode == 0, (out, err)
 
 
 def test_the_person_sees_why_sudo_was_refused_over_ssh_with_a_pty(

@@ -105,6 +105,7 @@ class StatusOut(Out):
     can_grant: bool
     problem: str | None
     elapsed_ms: float
+    module_problem: str | None = None  # why pam_broker.so does not load there (None: it does)
 
 
 class BootstrapOut(Out):
