@@ -73,7 +73,7 @@ class _Record:
     def __init__(self, *values: object) -> None:
         if len(values) != len(self.__slots__):
             raise TypeError(f"{type(self).__name__} takes {len(self.__slots__)} values")
-        for name, value in zip(self.__slots__, values, strict=True):
+        for name, value in zip(self.__slots__, values):  # lengths checked just above
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -495,9 +495,15 @@ def _names(text: str, check: Callable[[str], bool]) -> tuple[str, ...] | None:
 
 
 def _b64decode(text: str, size: int) -> bytes | None:
-    """Standard, padded, canonical base64 of exactly `size` bytes."""
+    """Standard, padded, canonical base64 of exactly `size` bytes.
+
+    The lenient decoder (Python 3.9 has no strict_mode) may skip stray characters, but
+    only the one canonical encoding of the decoded bytes survives the round trip below.
+    """
+    if len(text) != 4 * ((size + 2) // 3):
+        return None
     try:
-        raw = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+        raw = binascii.a2b_base64(text.encode("ascii"))
     except (binascii.Error, UnicodeEncodeError, ValueError):
         return None
     if len(raw) != size or binascii.b2a_base64(raw, newline=False).decode("ascii") != text:
@@ -530,7 +536,7 @@ def parse_grant(data: bytes) -> Grant | str:
     if len(lines) != len(_GRANT_KEYS) + 1 or lines[0] != GRANT_MAGIC:
         return f"not a {GRANT_MAGIC} file (wrong magic or number of lines)"
     values: dict[str, str] = {}
-    for key, line in zip(_GRANT_KEYS, lines[1:], strict=True):
+    for key, line in zip(_GRANT_KEYS, lines[1:]):  # as many lines as keys, checked above
         name, sep, value = line.partition("=")
         if name != key or not sep:
             return f"line {len(values) + 2}: expected {key}="
@@ -1521,9 +1527,9 @@ def _skew_problem(payload: dict[str, object]) -> str | None:
     """The broker sends its clock and the limit; refuse here, before anything is written,
     when this node's clock differs by more (one round trip instead of a separate probe)."""
     sent, limit = payload.get("broker_time"), payload.get("max_skew")
-    if not isinstance(sent, int | float) or isinstance(sent, bool):
+    if not isinstance(sent, (int, float)) or isinstance(sent, bool):
         raise _Usage("broker_time must be seconds since the epoch")
-    if not isinstance(limit, int | float) or isinstance(limit, bool) or not 0 < limit <= 3600:
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit <= 3600:
         raise _Usage("max_skew must be between 0 and 3600 seconds")
     skew = time.time() - float(sent)
     if abs(skew) <= float(limit):
