@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import importlib.util
 import os
+import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,7 +16,7 @@ from broker.core.errors import RefusedError, UnavailableError, UsageError
 from broker.fleet import bootstrap
 from broker.fleet.bootstrap import BEGIN, END, insert_block, render_node_conf
 from broker.policy.load import load_policy
-from tests.helpers import REPO
+from tests.helpers import REPO, load_node_package
 
 DEBIAN_SUDO = Path("/etc/pam.d/sudo").read_text() if Path("/etc/pam.d/sudo").exists() else (
     "#%PAM-1.0\n\nsession    required   pam_limits.so\n\n@include common-auth\n"
@@ -81,16 +80,8 @@ def test_node_conf_from_the_lab_policy() -> None:
     assert "login_gated=0" in render_node_conf(POLICY, "not-in-policy", "slurm")
 
 
-def load_node_program() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("broker_node", REPO / "pam" / "broker_node.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_node_program_reads_the_node_conf_bootstrap_writes(tmp_path: Path) -> None:
-    node_program = load_node_program()
+    node_program = load_node_package()
     etc = tmp_path / "etc" / "broker"
     etc.mkdir(parents=True)
     for directory in (tmp_path, tmp_path / "etc", etc):
@@ -140,12 +131,13 @@ def test_the_grant_key_line_is_checked() -> None:
 def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) -> None:
     with pytest.raises(UnavailableError, match="missing") as info:
         bootstrap.load_bundle(tmp_path)
-    assert "broker_node.py" in str(info.value) and "sudo.block" in str(info.value)
+    assert "broker_node/__init__.py" in str(info.value) and "sudo.block" in str(info.value)
     bundle = bootstrap.load_bundle()
     assert bootstrap.pam_source_dir() == REPO / "pam"
     remote = {path: mode for path, _data, mode in bundle.files}
+    package = REPO / "pam" / "broker_node"
     assert remote == {
-        "/usr/libexec/broker/broker_node.py": 0o644,
+        **{f"/usr/libexec/broker/broker_node/{p.name}": 0o644 for p in package.glob("*.py")},
         "/usr/libexec/broker/pam-hook": 0o755,
         "/usr/libexec/broker/broker-node": 0o755,
         "/usr/libexec/broker/broker_keytab.py": 0o644,
@@ -167,4 +159,18 @@ def test_pam_services_and_directories_follow_the_contract() -> None:
     modes = dict(bootstrap.NODE_DIRS)
     assert modes["/var/lib/broker/grants"] == 0o700 and modes["/etc/broker"] == 0o755
     assert all(m == 0o700 for p, m in modes.items() if p.startswith(("/var/", "/var/log")))
-    assert os.path.dirname(bootstrap.NODE_PY) == bootstrap.LIBEXEC
+    assert os.path.dirname(bootstrap.NODE_PKG) == bootstrap.LIBEXEC
+    assert modes[bootstrap.NODE_PKG] == 0o755
+
+
+def test_every_module_of_the_node_package_is_installed_init_last() -> None:
+    package = REPO / "pam" / "broker_node"
+    assert sorted(bootstrap.NODE_MODULES) == sorted(p.stem for p in package.glob("*.py"))
+    assert bootstrap.NODE_MODULES[-1] == "__init__"
+    installed = [path for _name, path, _mode in bootstrap.PROGRAM_FILES]
+    assert bootstrap.STALE_FILES[0] not in installed
+    assert installed.index(f"{bootstrap.NODE_PKG}/__init__.py") == len(bootstrap.NODE_MODULES) - 1
+    # a wheel ships them too (pyproject's data-files), for bootstrap from an installation
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = data_files["data-files"]["share/hpc-access-broker/pam/broker_node"]
+    assert sorted(shipped) == sorted(f"pam/broker_node/{p.name}" for p in package.glob("*.py"))
