@@ -15,5 +15,7 @@ echo "== ruff"
 .venv/bin/ruff format --check broker tests bench deploy pam
 echo "== mypy (strict)"
 .venv/bin/mypy
+echo "== vermin (pam/ runs on the nodes' /usr/bin/python3: 3.9 on EL9)"
+.venv/bin/vermin --no-tips --violations -t=3.9- --eval-annotations --no-config-file pam/
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
