@@ -205,7 +205,7 @@ class Paths:
 
 
 def hash_module(name: str) -> object:
-    """`_sha512`/`_sha256` (3.11), `_sha2` (3.12+), hashlib only as the slow last resort."""
+    """`_sha512`/`_sha256` (3.9-3.11), `_sha2` (3.12+), hashlib only as the slow last resort."""
     for module in (f"_{name}", "_sha2", "hashlib"):
         try:
             return __import__(module)
@@ -215,6 +215,7 @@ def hash_module(name: str) -> object:
 
 
 def sha256(data: bytes) -> bytes:
+    """SHA-256 (key ids, deny-event tags) from the builtin module, like sha512."""
     module = hash_module("sha256")
     return bytes(module.sha256(data).digest())  # type: ignore[attr-defined]
 

@@ -10,6 +10,7 @@ from .contract import hash_module
 
 
 def sha512(data: bytes) -> bytes:
+    """SHA-512 from the builtin module: importing hashlib would cost start-up time."""
     module = hash_module("sha512")
     return bytes(module.sha512(data).digest())  # type: ignore[attr-defined]
 

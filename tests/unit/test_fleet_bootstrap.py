@@ -7,6 +7,7 @@ import dataclasses
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -174,3 +175,54 @@ def test_every_module_of_the_node_package_is_installed_init_last() -> None:
     data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     shipped = data_files["data-files"]["share/hpc-access-broker/pam/broker_node"]
     assert sorted(shipped) == sorted(f"pam/broker_node/{p.name}" for p in package.glob("*.py"))
+
+
+class FilesOnly:
+    """Just what _compiled and _remove_stale use of an SFTP client, over a set of paths."""
+
+    def __init__(self, paths: set[str]) -> None:
+        self.paths = paths
+
+    def listdir(self, directory: str) -> list[str]:
+        prefix = directory + "/"
+        names = [p[len(prefix) :] for p in self.paths if p.startswith(prefix)]
+        if not names:
+            raise FileNotFoundError(directory)
+        return [name for name in names if "/" not in name]
+
+    def lstat(self, path: str) -> object:
+        if path not in self.paths:
+            raise FileNotFoundError(path)
+        return object()
+
+    def remove(self, path: str) -> None:
+        self.paths.remove(path)
+
+
+def test_an_older_single_file_node_program_goes_and_every_module_is_compiled() -> None:
+    lib, package = bootstrap.LIBEXEC, bootstrap.NODE_PKG
+    node = FilesOnly(
+        {
+            f"{lib}/broker_node.py",
+            f"{lib}/__pycache__/broker_node.cpython-39.pyc",
+            f"{lib}/broker_keytab.py",
+            f"{lib}/__pycache__/broker_keytab.cpython-39.pyc",
+            *(path for _name, path, _mode in bootstrap.PROGRAM_FILES),
+        }
+    )
+    sftp: Any = node
+    changed: list[str] = []
+    bootstrap._remove_stale(sftp, changed)
+    assert changed == [
+        f"removed {lib}/broker_node.py",
+        f"removed {lib}/__pycache__/broker_node.cpython-39.pyc",
+    ]
+    assert f"{lib}/__pycache__/broker_keytab.cpython-39.pyc" in node.paths
+    bootstrap._remove_stale(sftp, changed)
+    assert len(changed) == 2, "a second run finds nothing to remove"
+    assert not bootstrap._compiled(sftp)
+    for name in bootstrap.NODE_MODULES[:-1]:
+        node.paths.add(f"{package}/__pycache__/{name}.cpython-39.pyc")
+    assert not bootstrap._compiled(sftp), "__init__ has no .pyc yet"
+    node.paths.add(f"{package}/__pycache__/__init__.cpython-39.pyc")
+    assert bootstrap._compiled(sftp)

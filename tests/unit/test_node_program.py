@@ -24,7 +24,9 @@ from broker.grants.grantfile import encode_signed
 from tests.helpers import load_node_module
 from tests.unit.test_node_hook import PAM_DIR, NodeTree, bn, bn_now, nobody, now_s
 
-drift, install, spool = (load_node_module(name) for name in ("drift", "install", "spool"))
+drift = load_node_module("drift")
+install = load_node_module("install")
+spool = load_node_module("spool")
 
 GOOD_SUDOERS = (
     "# managed by the broker; do not edit\n"

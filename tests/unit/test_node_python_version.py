@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
+from tests.unit.test_node_hook import PAM_DIR, NodeTree
 
 VERMIN = Path(sys.executable).parent / "vermin"
 # The flags of deploy/test.sh: a violation of "3.9 or older" fails; annotations are read
@@ -92,3 +95,35 @@ def test_no_union_types_at_run_time() -> None:
     assert runtime_unions("x = 1\nbad = isinstance(x, int | float)\n") == [2]
     for path in node_sources():
         assert runtime_unions(path.read_text()) == [], path
+
+
+def python39() -> str | None:
+    """A Python 3.9 interpreter on this machine, if there is one (pyenv's or the system's)."""
+    pyenv = sorted((Path.home() / ".pyenv" / "versions").glob("3.9*/bin/python3.9"))
+    candidates = [*map(str, pyenv), "/usr/bin/python3.9", "/usr/local/bin/python3.9"]
+    return next((c for c in candidates if os.access(c, os.X_OK)), None)
+
+
+@pytest.mark.skipif(python39() is None, reason="no Python 3.9 interpreter on this machine")
+def test_the_hook_and_the_node_program_run_on_python_3_9(tmp_path: Path) -> None:
+    node = NodeTree(tmp_path / "node")
+    grant = node.grant()
+    node.install(grant)
+    code = (
+        "import io, json, sys; sys.path.insert(0, sys.argv[1]); import broker_node as b\n"
+        "paths = b.Paths(sys.argv[2]); out = io.StringIO()\n"
+        "env = dict(PAM_TYPE='account', PAM_SERVICE='sudo', PAM_USER='root', PAM_RUSER='alice')\n"
+        "hook = b.pam_main([], env, paths)\n"
+        "b.node_main(['status'], io.StringIO(''), out, paths)\n"
+        "print(json.dumps([sys.version_info[:2], hook, json.loads(out.getvalue())['grants']]))\n"
+    )
+    done = subprocess.run(
+        [str(python39()), "-I", "-S", "-c", code, str(PAM_DIR), str(node.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    version, hook, grants = json.loads(done.stdout)
+    assert (version, hook) == ([3, 9], 0), "alice's valid grant lets her sudo"
+    assert [(g["id"], g["valid"], g["problem"]) for g in grants] == [(grant.id, True, None)]
