@@ -1,6 +1,6 @@
 """Node side of keytab rotation (docs/keytabs.md): list, sync and verify keytabs.
 
-Standard library only, like broker_node.py, and run the same way: the broker
+Standard library only, like the broker_node package, and run the same way: the broker
 calls `/usr/bin/python3 -I -S /usr/libexec/broker/broker-keytab CMD` over SSH
 as root with JSON on stdin and reads JSON on stdout. Exit 0 when the JSON says
 what happened (a refusal included), 2 on bad usage. No key ever reaches this

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.machinery
 import importlib.util
 import os
@@ -126,3 +127,25 @@ def load_node_script(name: str, module: str) -> ModuleType:
     loaded = importlib.util.module_from_spec(spec)
     loader.exec_module(loaded)
     return loaded
+
+
+def load_node_package() -> ModuleType:
+    """pam/broker_node/ as the package `broker_node`, the way the launchers import it
+    (from its directory, not from the broker's packages); loaded once per test run."""
+    if "broker_node" not in sys.modules:
+        directory = REPO / "pam" / "broker_node"
+        spec = importlib.util.spec_from_file_location(
+            "broker_node", directory / "__init__.py", submodule_search_locations=[str(directory)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["broker_node"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["broker_node"]
+
+
+def load_node_module(name: str) -> ModuleType:
+    """One module of the node package (`drift`, `install`, ...), for what the package does
+    not re-export; the package itself loads the commands' modules only when they run."""
+    load_node_package()
+    return importlib.import_module(f"broker_node.{name}")

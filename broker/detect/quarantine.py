@@ -28,7 +28,7 @@ from broker.grants.grantfile import validate_reason
 from broker.grants.service import GrantService
 from broker.store.db import Store
 
-# The group names a node's quarantine marker carries (pam/broker_node.py _GROUP_CHARS).
+# The group names a node's quarantine marker carries (pam/broker_node/contract.py _GROUP_CHARS).
 NODE_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 

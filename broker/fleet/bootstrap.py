@@ -42,7 +42,27 @@ LIBEXEC = "/usr/libexec/broker"
 MODULE_DIR = "/usr/lib/broker"
 MODULE = f"{MODULE_DIR}/pam_broker.so"
 CHECKER = f"{LIBEXEC}/broker-grant-check"
-NODE_PY = f"{LIBEXEC}/broker_node.py"
+NODE_PKG = f"{LIBEXEC}/broker_node"
+# Its modules (pam/broker_node/). __init__.py goes last: until it is there, a node's older
+# single-file broker_node.py keeps answering, and once it is, every module is in place.
+NODE_MODULES = (
+    "contract",
+    "files",
+    "ed25519",
+    "store",
+    "procs",
+    "spool",
+    "hook",
+    "usage",
+    "drift",
+    "status",
+    "install",
+    "revoke",
+    "commands",
+    "__init__",
+)
+# Left by older versions: shadowed by the package, removed once it is installed.
+STALE_FILES = (f"{LIBEXEC}/broker_node.py",)
 KEYTAB_PY = f"{LIBEXEC}/broker_keytab.py"
 NODE_CONF = "/etc/broker/node.conf"
 GRANT_KEY = "/etc/broker/grant-key.pub"
@@ -54,6 +74,7 @@ MAX_REMOTE_FILE = 4 * 1024 * 1024
 NODE_DIRS: tuple[tuple[str, int], ...] = (
     (LIBEXEC, 0o755),
     (MODULE_DIR, 0o755),
+    (NODE_PKG, 0o755),
     ("/etc/broker", 0o755),
     ("/var/lib/broker", 0o700),
     ("/var/lib/broker/grants", 0o700),
@@ -65,7 +86,7 @@ NODE_DIRS: tuple[tuple[str, int], ...] = (
 )
 # pam/ file -> where it goes on the node, mode.
 PROGRAM_FILES: tuple[tuple[str, str, int], ...] = (
-    ("broker_node.py", NODE_PY, 0o644),
+    *((f"broker_node/{name}.py", f"{NODE_PKG}/{name}.py", 0o644) for name in NODE_MODULES),
     ("pam-hook", f"{LIBEXEC}/pam-hook", 0o755),
     ("broker-node", f"{LIBEXEC}/broker-node", 0o755),
     ("broker_keytab.py", KEYTAB_PY, 0o644),
@@ -370,15 +391,41 @@ def _check_root_dir(sftp: paramiko.SFTPClient, path: str) -> None:
         )
 
 
+def _python_files() -> list[str]:
+    """The installed modules py_compile compiles (launchers are run, not imported)."""
+    return [path for _name, path, _mode in PROGRAM_FILES if path.endswith(".py")]
+
+
 def _compiled(sftp: paramiko.SFTPClient) -> bool:
-    try:
-        names = sftp.listdir(f"{LIBEXEC}/__pycache__")
-    except FileNotFoundError:
-        return False
-    return all(
-        any(n.startswith(f"{stem}.") and n.endswith(".pyc") for n in names)
-        for stem in ("broker_node", "broker_keytab")
-    )
+    """Whether every module has a .pyc in the __pycache__ beside it."""
+    listings: dict[str, list[str]] = {}
+    for path in _python_files():
+        directory, _, name = path.rpartition("/")
+        if directory not in listings:
+            try:
+                listings[directory] = sftp.listdir(f"{directory}/__pycache__")
+            except FileNotFoundError:
+                return False
+        stem = name.removesuffix(".py")
+        if not any(n.startswith(f"{stem}.") and n.endswith(".pyc") for n in listings[directory]):
+            return False
+    return True
+
+
+def _remove_stale(sftp: paramiko.SFTPClient, changed: list[str]) -> None:
+    """Remove what an older version installed and this one replaced (with its .pyc)."""
+    for path in STALE_FILES:
+        directory, _, name = path.rpartition("/")
+        try:
+            cached = sftp.listdir(f"{directory}/__pycache__")
+        except FileNotFoundError:
+            cached = []
+        stem = name.removesuffix(".py")
+        stale = [f"{directory}/__pycache__/{n}" for n in cached if n.startswith(f"{stem}.")]
+        for old in (path, *stale):
+            if remote_stat(sftp, old) is not None:
+                sftp.remove(old)
+                changed.append(f"removed {old}")
 
 
 def _check_compat(pool: SshPool, target: NodeTarget, compat: Compat) -> None:
@@ -451,7 +498,8 @@ def bootstrap_node(
             program_new = False
             for path, data, mode in files:
                 rewritten = _ensure_file(sftp, path, data, mode, changed)
-                program_new = program_new or (rewritten and path in (NODE_PY, KEYTAB_PY))
+                program_new = program_new or (rewritten and path.endswith(".py"))
+            _remove_stale(sftp, changed)
             compile_it = program_new or not _compiled(sftp)
             restart = tunnel is not None and _install_tunnel(sftp, tunnel, changed)
         if restart and tunnel is not None:
@@ -462,13 +510,13 @@ def bootstrap_node(
                 )
         if compile_it:
             result = pool.run(
-                target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", NODE_PY, KEYTAB_PY]
+                target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", *_python_files()]
             )
             if not result.ok:
                 raise UnavailableError(
                     result.error or f"py_compile failed: {result.stderr.strip()[-200:]}"
                 )
-            changed.append(f"compiled {NODE_PY}")
+            changed.append(f"compiled {NODE_PKG} and {KEYTAB_PY}")
         sent = time.time()
         answer = pool.run(target, nodeprog.argv_for("status"), b"{}")
         status = parse_status(answer, sent, time.time(), max_skew)
@@ -489,7 +537,7 @@ def bootstrap_node(
                 _remove_obsolete(sftp, changed)
         if changed:
             # Renames are durable once their file systems are synced (/etc, /usr, /var).
-            pool.run(target, ["sync", "-f", NODE_CONF, NODE_PY, "/var/lib/broker"])
+            pool.run(target, ["sync", "-f", NODE_CONF, NODE_PKG, "/var/lib/broker"])
             sent = time.time()
             answer = pool.run(target, nodeprog.argv_for("status"), b"{}")
             status = parse_status(answer, sent, time.time(), max_skew)

@@ -1,6 +1,6 @@
 """Write and sign `broker-grant-v1` files (docs/grants.md), the broker's half of the contract.
 
-The node side (pam/broker_node.py) parses with plain string methods and
+The node side (pam/broker_node/contract.py) parses with plain string methods and
 refuses anything not byte-for-byte in this form, so every field is checked
 here against the same allow-lists before a file is produced: a grant the
 broker signs is one the node will accept, and nothing else can be signed.

@@ -1,5 +1,5 @@
 """Drift (broker/detect/drift.py): checking a node's drift-scan, comparing two, and what
-the comparison shows. The manifests come from the real node program (pam/broker_node.py)
+the comparison shows. The manifests come from the real node program (pam/broker_node/drift.py)
 run over a node tree, so both halves are tested against each other."""
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import importlib.util
 import os
 import shutil
+import tomllib
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +18,7 @@ from broker.core.errors import RefusedError, UnavailableError, UsageError
 from broker.fleet import bootstrap
 from broker.fleet.bootstrap import BEGIN, END, insert_block, render_node_conf
 from broker.policy.load import load_policy
-from tests.helpers import REPO
+from tests.helpers import REPO, load_node_package
 
 DEBIAN_SUDO = Path("/etc/pam.d/sudo").read_text() if Path("/etc/pam.d/sudo").exists() else (
     "#%PAM-1.0\n\nsession    required   pam_limits.so\n\n@include common-auth\n"
@@ -82,16 +82,8 @@ def test_node_conf_from_the_lab_policy() -> None:
     assert "login_gated=0" in render_node_conf(POLICY, "not-in-policy", "slurm")
 
 
-def load_node_program() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("broker_node", REPO / "pam" / "broker_node.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_node_program_reads_the_node_conf_bootstrap_writes(tmp_path: Path) -> None:
-    node_program = load_node_program()
+    node_program = load_node_package()
     etc = tmp_path / "etc" / "broker"
     etc.mkdir(parents=True)
     for directory in (tmp_path, tmp_path / "etc", etc):
@@ -141,12 +133,13 @@ def test_the_grant_key_line_is_checked() -> None:
 def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) -> None:
     with pytest.raises(UnavailableError, match="missing") as info:
         bootstrap.load_bundle(tmp_path)
-    assert "broker_node.py" in str(info.value) and "sudo.block" in str(info.value)
+    assert "broker_node/__init__.py" in str(info.value) and "sudo.block" in str(info.value)
     bundle = bootstrap.load_bundle()
     assert bootstrap.pam_source_dir() == REPO / "pam"
     remote = {path: mode for path, _data, mode in bundle.files}
+    package = REPO / "pam" / "broker_node"
     assert remote == {
-        "/usr/libexec/broker/broker_node.py": 0o644,
+        **{f"/usr/libexec/broker/broker_node/{p.name}": 0o644 for p in package.glob("*.py")},
         "/usr/libexec/broker/pam-hook": 0o755,
         "/usr/libexec/broker/broker-node": 0o755,
         "/usr/libexec/broker/broker_keytab.py": 0o644,
@@ -198,4 +191,69 @@ def test_pam_services_and_directories_follow_the_contract() -> None:
     modes = dict(bootstrap.NODE_DIRS)
     assert modes["/var/lib/broker/grants"] == 0o700 and modes["/etc/broker"] == 0o755
     assert all(m == 0o700 for p, m in modes.items() if p.startswith(("/var/", "/var/log")))
-    assert os.path.dirname(bootstrap.NODE_PY) == bootstrap.LIBEXEC
+    assert os.path.dirname(bootstrap.NODE_PKG) == bootstrap.LIBEXEC
+    assert modes[bootstrap.NODE_PKG] == 0o755
+
+
+def test_every_module_of_the_node_package_is_installed_init_last() -> None:
+    package = REPO / "pam" / "broker_node"
+    assert sorted(bootstrap.NODE_MODULES) == sorted(p.stem for p in package.glob("*.py"))
+    assert bootstrap.NODE_MODULES[-1] == "__init__"
+    installed = [path for _name, path, _mode in bootstrap.PROGRAM_FILES]
+    assert bootstrap.STALE_FILES[0] not in installed
+    assert installed.index(f"{bootstrap.NODE_PKG}/__init__.py") == len(bootstrap.NODE_MODULES) - 1
+    # a wheel ships them too (pyproject's data-files), for bootstrap from an installation
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = data_files["data-files"]["share/hpc-access-broker/pam/broker_node"]
+    assert sorted(shipped) == sorted(f"pam/broker_node/{p.name}" for p in package.glob("*.py"))
+
+
+class FilesOnly:
+    """Just what _compiled and _remove_stale use of an SFTP client, over a set of paths."""
+
+    def __init__(self, paths: set[str]) -> None:
+        self.paths = paths
+
+    def listdir(self, directory: str) -> list[str]:
+        prefix = directory + "/"
+        names = [p[len(prefix) :] for p in self.paths if p.startswith(prefix)]
+        if not names:
+            raise FileNotFoundError(directory)
+        return [name for name in names if "/" not in name]
+
+    def lstat(self, path: str) -> object:
+        if path not in self.paths:
+            raise FileNotFoundError(path)
+        return object()
+
+    def remove(self, path: str) -> None:
+        self.paths.remove(path)
+
+
+def test_an_older_single_file_node_program_goes_and_every_module_is_compiled() -> None:
+    lib, package = bootstrap.LIBEXEC, bootstrap.NODE_PKG
+    node = FilesOnly(
+        {
+            f"{lib}/broker_node.py",
+            f"{lib}/__pycache__/broker_node.cpython-39.pyc",
+            f"{lib}/broker_keytab.py",
+            f"{lib}/__pycache__/broker_keytab.cpython-39.pyc",
+            *(path for _name, path, _mode in bootstrap.PROGRAM_FILES),
+        }
+    )
+    sftp: Any = node
+    changed: list[str] = []
+    bootstrap._remove_stale(sftp, changed)
+    assert changed == [
+        f"removed {lib}/broker_node.py",
+        f"removed {lib}/__pycache__/broker_node.cpython-39.pyc",
+    ]
+    assert f"{lib}/__pycache__/broker_keytab.cpython-39.pyc" in node.paths
+    bootstrap._remove_stale(sftp, changed)
+    assert len(changed) == 2, "a second run finds nothing to remove"
+    assert not bootstrap._compiled(sftp)
+    for name in bootstrap.NODE_MODULES[:-1]:
+        node.paths.add(f"{package}/__pycache__/{name}.cpython-39.pyc")
+    assert not bootstrap._compiled(sftp), "__init__ has no .pyc yet"
+    node.paths.add(f"{package}/__pycache__/__init__.cpython-39.pyc")
+    assert bootstrap._compiled(sftp)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -28,23 +25,13 @@ from broker.grants.grantfile import (
     public_key_line,
     validate_reason,
 )
+from tests.helpers import load_node_package
 
-PAM_FILE = Path(__file__).resolve().parents[2] / "pam" / "broker_node.py"
 KEY = Ed25519PrivateKey.generate()
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
-def load_broker_node() -> ModuleType:
-    if "broker_node" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("broker_node", PAM_FILE)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["broker_node"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["broker_node"]
-
-
-bn = load_broker_node()
+bn = load_node_package()
 
 
 def make(**changes: Any) -> GrantFile:

@@ -1,4 +1,4 @@
-"""The PAM hook (pam/broker_node.py): Ed25519, grant parsing, and every row of the hook table.
+"""The PAM hook (pam/broker_node/hook.py): Ed25519, grant parsing, and every row of the hook table.
 
 The module is loaded from its file, as nodes run it; grants are written and
 signed by the broker's own writer (broker.grants.grantfile), so both halves
@@ -7,37 +7,25 @@ of docs/grants.md are tested against each other.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.grants.grantfile import GrantFile, encode_signed, public_key_line
+from tests.helpers import load_node_module, load_node_package
 
 PAM_DIR = Path(__file__).resolve().parents[2] / "pam"
 NODE = "gpu01"
 PAM_VARS = {"PAM_TYPE", "PAM_SERVICE", "PAM_USER", "PAM_RUSER", "PAM_TTY"}
 
 
-def load_broker_node() -> ModuleType:
-    """pam/broker_node.py as a module, the way the launchers load it (no package)."""
-    if "broker_node" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("broker_node", PAM_DIR / "broker_node.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["broker_node"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["broker_node"]
-
-
-bn = load_broker_node()
+bn = load_node_package()
+ed25519 = load_node_module("ed25519")
 
 
 def now_s() -> datetime:
@@ -166,16 +154,16 @@ def test_rfc8032_vectors_verify_and_any_change_fails(
 def test_verify_rejects_non_canonical_s_r_and_a() -> None:
     pub, msg, sig = (bytes.fromhex(part) for part in RFC8032[0])
     s = int.from_bytes(sig[32:], "little")
-    assert not bn.ed25519_verify(pub, msg, sig[:32] + (s + bn._L).to_bytes(32, "little"))
+    assert not bn.ed25519_verify(pub, msg, sig[:32] + (s + ed25519._L).to_bytes(32, "little"))
     # y >= p: the non-canonical encoding of a valid y (y + p still fits in 255 bits for y=1)
-    non_canonical = (1 + bn._P).to_bytes(32, "little")
-    assert bn._decode_point((1).to_bytes(32, "little")) is not None
-    assert bn._decode_point(non_canonical) is None
+    non_canonical = (1 + ed25519._P).to_bytes(32, "little")
+    assert ed25519.decode_point((1).to_bytes(32, "little")) is not None
+    assert ed25519.decode_point(non_canonical) is None
     assert not bn.ed25519_verify(non_canonical, msg, sig)
     assert not bn.ed25519_verify(pub, msg, non_canonical + sig[32:])
     # x = 0 with the sign bit set ("negative zero") and a y that is not on the curve
-    assert bn._decode_point(((1 << 255) | 1).to_bytes(32, "little")) is None
-    assert bn._decode_point((2).to_bytes(32, "little")) is None
+    assert ed25519.decode_point(((1 << 255) | 1).to_bytes(32, "little")) is None
+    assert ed25519.decode_point((2).to_bytes(32, "little")) is None
     assert not bn.ed25519_verify(pub[:31], msg, sig)
     assert not bn.ed25519_verify(pub, msg, sig[:63])
 
@@ -611,10 +599,13 @@ def test_time_zone_of_the_process_does_not_matter(node: NodeTree) -> None:
 
 
 def test_import_is_light_and_silent() -> None:
+    # what the hook imports on every sudo: no heavy stdlib, none of the commands' modules
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import broker_node; "
         "heavy = {'json', 're', 'hashlib', 'hmac', 'datetime', 'subprocess', 'logging', "
         "'dataclasses', 'typing', 'inspect', 'contextlib'}; "
+        "commands = {'status', 'install', 'revoke', 'drift', 'usage', 'commands'}; "
+        "heavy |= {f'broker_node.{name}' for name in commands}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     done = subprocess.run(

@@ -21,7 +21,12 @@ from typing import Any
 import pytest
 
 from broker.grants.grantfile import encode_signed
+from tests.helpers import load_node_module
 from tests.unit.test_node_hook import PAM_DIR, NodeTree, bn, bn_now, nobody, now_s
+
+drift = load_node_module("drift")
+install = load_node_module("install")
+spool = load_node_module("spool")
 
 GOOD_SUDOERS = (
     "# managed by the broker; do not edit\n"
@@ -250,10 +255,10 @@ def test_rule_detection_needs_runas_and_both_times() -> None:
         return bn.Grant(*values)
 
     nb, na = bn.parse_utc("2030-01-01T00:00:00Z"), bn.parse_utc("2030-01-01T00:30:00Z")
-    assert bn._rule_listed(listing, fake("root", nb, na))
-    assert not bn._rule_listed(listing, fake("daemon", nb, na))
-    assert not bn._rule_listed(listing, fake("root", nb, na + 1))
-    assert not bn._rule_listed(listing, fake("root", nb - 1, na))
+    assert install._rule_listed(listing, fake("root", nb, na))
+    assert not install._rule_listed(listing, fake("daemon", nb, na))
+    assert not install._rule_listed(listing, fake("root", nb, na + 1))
+    assert not install._rule_listed(listing, fake("root", nb - 1, na))
 
 
 # ---------------------------------------------------------------- revoke
@@ -476,7 +481,7 @@ def test_event_text_is_valid_json_for_any_tty_and_service(node: NodeTree) -> Non
     (event,) = call(node, "collect")[1]["events"]
     assert (event["service"], event["tty"], event["kind"]) == ("sudo-i", "-", "open")
     for text in ('a"\\\n\x00é😀', "plain", "\u202e"):
-        assert json.loads(bn._json_string(text)) == text
+        assert json.loads(spool._json_string(text)) == text
 
 
 # ---------------------------------------------------------------- usage
@@ -498,7 +503,7 @@ def test_launchers_run_from_the_install_directory() -> None:
     # installed as bootstrap does, then run as pam_exec and the broker would run them
     script = (
         "mount -t tmpfs tmpfs /usr/libexec && mkdir -m 0755 /usr/libexec/broker && "
-        'cp "$1/broker_node.py" "$1/pam-hook" "$1/broker-node" /usr/libexec/broker/ && '
+        'cp -r "$1/broker_node" "$1/pam-hook" "$1/broker-node" /usr/libexec/broker/ && '
         "/usr/libexec/broker/broker-node status </dev/null && "
         "PAM_TYPE=account PAM_SERVICE=sudo PAM_RUSER=root /usr/libexec/broker/pam-hook && "
         "echo root=$? && "
@@ -791,11 +796,11 @@ def test_drift_scan_escapes_file_names_and_reads_through_no_link(node: NodeTree)
 
 def test_drift_scan_caps_entries_and_texts(node: NodeTree, monkeypatch: pytest.MonkeyPatch) -> None:
     drift_tree(node.root)
-    monkeypatch.setattr(bn, "DRIFT_MAX_ENTRIES", 5)
+    monkeypatch.setattr(drift, "DRIFT_MAX_ENTRIES", 5)
     reply = scan(node)
     assert reply["truncated"] is True and len(reply["entries"]) == 5
-    monkeypatch.setattr(bn, "DRIFT_MAX_ENTRIES", 50_000)
-    monkeypatch.setattr(bn, "DRIFT_MAX_TEXTS", 300)
+    monkeypatch.setattr(drift, "DRIFT_MAX_ENTRIES", 50_000)
+    monkeypatch.setattr(drift, "DRIFT_MAX_TEXTS", 300)
     reply = scan(node)
     assert reply["truncated"] is True and 0 < len(reply["texts"]) < 10
     assert "/usr/bin/sudo" in reply["entries"], "entries go on when texts are full"

@@ -12,7 +12,7 @@ from broker.sessions.collect import parse_event, store_events
 
 
 def raw(kind: str, event_id: str, grant_id: str = "g" + "1" * 16) -> dict[str, Any]:
-    """An event as the hook writes it (pam/broker_node.py spool_event)."""
+    """An event as the hook writes it (pam/broker_node/spool.py spool_event)."""
     return {
         "event_id": event_id,
         "kind": kind,

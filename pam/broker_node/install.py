@@ -1,0 +1,130 @@
+"""`install-grant`: the grant file and its sudoers drop-in, checked and put in place, then
+whether sudo lists the rule."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .contract import (
+    MAX_FILE,
+    Grant,
+    Paths,
+    clean,
+    format_utc,
+    is_grant_id,
+    is_posix_name,
+    parse_grant,
+)
+from .files import ensure_dir, fsync_dir, open_dir, remove_if_present, write_temp
+from .procs import run_program
+from .store import check_grant, load_conf, load_key
+from .usage import Usage, text_field
+
+
+def install_grant(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:
+    """Install one grant on this node; `live` says whether sudo already lists the rule."""
+    if set(payload) != {"id", "user", "grant", "sudoers", "broker_time", "max_skew"}:
+        raise Usage("install-grant takes exactly id, user, grant, sudoers, broker_time, max_skew")
+    skew = _skew_problem(payload)
+    grant_id = text_field(payload, "id", 17)
+    user = text_field(payload, "user", 32)
+    if not is_grant_id(grant_id) or not is_posix_name(user):
+        raise Usage("bad id or user")
+    grant_text = text_field(payload, "grant", MAX_FILE)
+    sudoers = text_field(payload, "sudoers", 65536)
+    if not sudoers.isascii() or any(c < " " and c not in "\n\t" for c in sudoers):
+        raise Usage("sudoers must be printable ASCII text")
+
+    def refuse(error: str) -> dict[str, object]:
+        return {"ok": False, "live": False, "error": error}
+
+    if skew is not None:
+        return refuse(skew)
+    conf, key = load_conf(paths), load_key(paths)
+    if isinstance(conf, str) or isinstance(key, str):
+        return refuse(f"node not bootstrapped: {conf if isinstance(conf, str) else key}")
+    if not grant_text.isascii():
+        return refuse("grant file: not ASCII")
+    grant = parse_grant(grant_text.encode("ascii"))
+    if isinstance(grant, str):
+        return refuse(f"grant file: {grant}")
+    if grant.id != grant_id or grant.user != user:
+        return refuse("grant file does not match id and user")
+    problem = check_grant(grant, conf, key, now, paths=paths, user=user, check_time=False)
+    if problem is not None:
+        return refuse(f"grant {grant_id}: {problem}")
+    problem = _put_in_place(paths, grant_id, grant_text, sudoers)
+    if problem is not None:
+        return refuse(problem)
+    code, listing = run_program(["sudo", "-n", "-l", "-U", user])
+    live = code == 0 and _rule_listed(listing, grant)
+    error = None if live else f"sudo -l -U {user} does not list the rule"
+    if code != 0:
+        error = f"sudo -l -U {user} failed: {clean(listing.strip(), 300)}"
+    return {"ok": True, "live": live, "error": error}
+
+
+def _put_in_place(paths: Paths, grant_id: str, grant_text: str, sudoers: str) -> str | None:
+    """Write the grant file and the drop-in under temporary names, have visudo check the
+    drop-in, then rename both; None when done, else why not (nothing left behind)."""
+    try:
+        ensure_dir(paths.grants)
+        os.close(open_dir(paths.sudoers))
+    except OSError as exc:
+        return str(exc)
+    drop_in = f"broker_{grant_id}"
+    temps: list[str] = []
+    try:
+        temps.append(write_temp(paths.grants, grant_id, grant_text.encode("ascii"), 0o600))
+        temps.append(write_temp(paths.sudoers, drop_in, sudoers.encode("ascii"), 0o440))
+        code, output = run_program(["visudo", "-cf", temps[1]])
+        if code != 0:
+            lines = [ln for ln in output.split("\n") if ln.strip() and "parsed OK" not in ln]
+            message = clean(" ".join(lines).replace(temps[1], drop_in), 400)
+            return f"visudo refused the drop-in: {message}"
+        os.rename(temps[0], os.path.join(paths.grants, grant_id))
+        temps[0] = os.path.join(paths.grants, grant_id)
+        os.rename(temps[1], os.path.join(paths.sudoers, drop_in))
+        temps.clear()
+        fsync_dir(paths.grants)
+        fsync_dir(paths.sudoers)
+    except OSError as exc:
+        return f"cannot install: {exc.strerror or exc}"
+    finally:
+        for path in temps:
+            remove_if_present(path)
+    return None
+
+
+def _skew_problem(payload: dict[str, object]) -> str | None:
+    """The broker sends its clock and the limit; refuse here, before anything is written,
+    when this node's clock differs by more (one round trip instead of a separate probe)."""
+    sent, limit = payload.get("broker_time"), payload.get("max_skew")
+    if not isinstance(sent, (int, float)) or isinstance(sent, bool):
+        raise Usage("broker_time must be seconds since the epoch")
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit <= 3600:
+        raise Usage("max_skew must be between 0 and 3600 seconds")
+    skew = time.time() - float(sent)
+    if abs(skew) <= float(limit):
+        return None
+    way = "ahead of" if skew > 0 else "behind"
+    return (
+        f"clock is {abs(skew):.1f} s {way} the broker's (limit {float(limit):.0f} s); "
+        "fix time sync (chrony/NTP) on the node"
+    )
+
+
+def _rule_listed(listing: str, grant: Grant) -> bool:
+    """Whether `sudo -l` output shows a rule with the grant's runas and time window."""
+    want = {f"NOTBEFORE={format_utc(grant.not_before, True)}"}
+    want.add(f"NOTAFTER={format_utc(grant.not_after, True)}")
+    entries: list[str] = []
+    for line in listing.split("\n"):
+        if line.startswith("    (") and not line.startswith("     "):
+            entries.append(line.strip())
+        elif line.startswith("        ") and entries:
+            entries[-1] += " " + line.strip()
+    return any(
+        entry.startswith(f"({grant.runas})") and want <= set(entry.split()) for entry in entries
+    )
