@@ -196,7 +196,8 @@ static bool write_all(int fd, const char *data, size_t len)
     return true;
 }
 
-bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len, mode_t mode)
+bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len, mode_t mode,
+                     bool durable)
 {
     char tag[9], temp[256];
     if (!bk_random_hex(4, tag))
@@ -207,7 +208,7 @@ bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len,
     int fd = openat(dir_fd, temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     if (fd < 0)
         return false;
-    bool ok = fchmod(fd, mode) == 0 && write_all(fd, data, len) && fsync(fd) == 0;
+    bool ok = fchmod(fd, mode) == 0 && write_all(fd, data, len) && (!durable || fsync(fd) == 0);
     ok = close(fd) == 0 && ok;
     ok = ok && renameat(dir_fd, temp, dir_fd, name) == 0;
     if (!ok) {
@@ -216,7 +217,7 @@ bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len,
         errno = saved;
         return false;
     }
-    return fsync(dir_fd) == 0;
+    return !durable || fsync(dir_fd) == 0;
 }
 
 bool bk_exists_at(int dir_fd, const char *name)

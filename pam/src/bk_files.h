@@ -30,9 +30,12 @@ int bk_open_dir(const char *root, const char *rel, mode_t create_mode, char err[
 enum bk_read bk_read_at(int dir_fd, const char *name, mode_t forbidden, char *buf, size_t limit,
                         size_t *len, char err[BK_ERR_MAX]);
 
-/* Temporary file with its final mode, written, fsynced, renamed over `name`, directory
- * fsynced: a reader sees all of it or nothing. */
-bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len, mode_t mode);
+/* Temporary file with its final mode, written, renamed over `name`: a reader sees all of it
+ * or nothing. `durable`: the file is fsynced before the rename and the directory after it,
+ * so it survives a crash too (spool events); without, it costs no disk flush (session
+ * records, which describe running processes: after a crash none of them runs). */
+bool bk_write_atomic(int dir_fd, const char *name, const char *data, size_t len, mode_t mode,
+                     bool durable);
 
 /* Does `name` exist in `dir_fd` (without following a link)? Errors other than ENOENT say
  * yes: the callers ask about revocation markers. */

@@ -128,7 +128,7 @@ bool bk_spool_event(const struct bk_ctx *ctx, const char *event_id, const char *
     int fd = bk_open_dir(ctx->root, EVENTS_DIR, 0700, err);
     if (fd < 0)
         return false;
-    bool ok = bk_write_atomic(fd, name, body, strlen(body), 0600);
+    bool ok = bk_write_atomic(fd, name, body, strlen(body), 0600, true);
     close(fd);
     return ok;
 }
@@ -155,7 +155,10 @@ static void record_text(const struct bk_ctx *ctx, const char *ruser, const char 
     snprintf(out, 256, "%s %s %s %s\n", bk_record_name(ruser), bk_target_name(user), tty_name, at);
 }
 
-/* Write sessions/<key>/<pid>; true when it was written. */
+/* Write sessions/<key>/<pid>; true when it was written. Not fsynced: a record names a
+ * running process, and after a crash no process it names runs (a stale record is removed
+ * when next counted). Written at the account check (the slot) and again at session open,
+ * where sudo has set PAM_USER to the target user. */
 static bool write_record(int sessions_fd, const char *key, const char *text, pid_t pid)
 {
     char err[BK_ERR_MAX], name[24];
@@ -163,7 +166,7 @@ static bool write_record(int sessions_fd, const char *key, const char *text, pid
     if (fd < 0)
         return false;
     snprintf(name, sizeof name, "%ld", (long)pid);
-    bool ok = bk_write_atomic(fd, name, text, strlen(text), 0600);
+    bool ok = bk_write_atomic(fd, name, text, strlen(text), 0600, false);
     close(fd);
     return ok;
 }
@@ -405,7 +408,6 @@ void bk_close_session(const struct bk_ctx *ctx, const char *service, const char 
         if (fd < 0)
             continue;
         if (unlinkat(fd, name, 0) == 0) {
-            fsync(fd);
             closed++;
             if (new_event_id(event_id))
                 bk_spool_event(ctx, event_id, "close", entry->d_name,

@@ -375,7 +375,7 @@ static void test_files(void)
     unlink(hard);
     CHECK(bk_read_at(fd, "node.conf", 022, buf, 10, &len, err) == BK_READ_BAD);
     CHECK_STR(err, "larger than 10 bytes");
-    CHECK(bk_write_atomic(fd, "written", "hello", 5, 0640));
+    CHECK(bk_write_atomic(fd, "written", "hello", 5, 0640, true));
     CHECK(bk_read_at(fd, "written", 0, buf, 32, &len, err) == BK_READ_OK && len == 5);
     struct stat st;
     CHECK(fstatat(fd, "written", &st, 0) == 0 && (st.st_mode & 07777) == 0640);
