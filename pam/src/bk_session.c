@@ -15,7 +15,9 @@
 #include "bk_crypto.h"
 #include "bk_files.h"
 
-#define SESSIONS_DIR "var/lib/broker/sessions"
+/* Runtime state (FHS /run, tmpfs): records name running processes, none survives a boot,
+ * and writing them never waits on a disk journal. */
+#define SESSIONS_DIR "run/broker-sessions"
 #define EVENTS_DIR "var/spool/broker/events"
 #define LOCK_PREFIX ".lock-"
 #define LOCK_TRIES 50

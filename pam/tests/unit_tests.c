@@ -92,7 +92,7 @@ static void make_dirs(void)
 {
     const char *dirs[] = {"etc", "etc/broker", "var", "var/lib", "var/lib/broker",
                           "var/lib/broker/grants", "var/lib/broker/revoked",
-                          "var/lib/broker/sessions", "var/spool", "var/spool/broker",
+                          "run", "run/broker-sessions", "var/spool", "var/spool/broker",
                           "var/spool/broker/events", "proc"};
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
         char path[512];
@@ -140,7 +140,7 @@ static void reset_node(void)
 {
     clear_dir("var/lib/broker/grants");
     clear_dir("var/lib/broker/revoked");
-    clear_dir("var/lib/broker/sessions");
+    clear_dir("run/broker-sessions");
     clear_dir("var/spool/broker/events");
     clear_dir("proc");
     remove_file("etc/broker/quarantine");
@@ -558,7 +558,7 @@ static void test_sessions(void)
     mark_alive(7001, true);
     bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, &v);
     CHECK(v.allow);
-    snprintf(path, sizeof path, "%s/var/lib/broker/sessions/g00000000000000c1/7001", root);
+    snprintf(path, sizeof path, "%s/run/broker-sessions/g00000000000000c1/7001", root);
     CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0600);
     /* the same process asks again (auth, then account): its own record does not count */
     bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, &v);
@@ -587,7 +587,7 @@ static void test_sessions(void)
     /* break-glass sessions are recorded under the pseudo id */
     mark_alive(7004, true);
     bk_open_session(&ctx, "sudo", "heidi", "root", "/dev/pts/9", 7004, note);
-    snprintf(path, sizeof path, "%s/var/lib/broker/sessions/break-glass/7004", root);
+    snprintf(path, sizeof path, "%s/run/broker-sessions/break-glass/7004", root);
     CHECK(stat(path, &st) == 0);
 }
 
@@ -643,9 +643,9 @@ static void test_reused_pid_does_not_hold_a_slot(void)
         _exit(0);
     }
     char dir[512];
-    snprintf(dir, sizeof dir, "%s/var/lib/broker/sessions/g00000000000000e1", root);
+    snprintf(dir, sizeof dir, "%s/run/broker-sessions/g00000000000000e1", root);
     mkdir(dir, 0700);
-    snprintf(rel, sizeof rel, "var/lib/broker/sessions/g00000000000000e1/%ld", (long)sleeper);
+    snprintf(rel, sizeof rel, "run/broker-sessions/g00000000000000e1/%ld", (long)sleeper);
     int n = snprintf(text, sizeof text, "alice root pts/1 2020-01-01T00:00:00Z\n");
     write_file(rel, text, (size_t)n, 0600);
     bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);

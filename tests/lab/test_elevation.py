@@ -60,6 +60,10 @@ def in_node(
 
 
 def node_path(lab: dict[str, Any], node_name: str, path: str) -> Path:
+    """A node's file as the host sees it: its own directories, or its private /run through
+    the namespace's root."""
+    if path.startswith("/run/"):
+        return Path(f"/proc/{node(lab, node_name)['pid']}/root{path}")
     return Path(node(lab, node_name)["dir"]) / path.lstrip("/")
 
 
@@ -200,7 +204,7 @@ def test_revoke_ends_a_running_sudo_and_its_process_tree(ready: dict[str, Any]) 
         stderr=subprocess.PIPE,
         text=True,
     )
-    sessions = node_path(lab, "gpu01", f"/var/lib/broker/sessions/{grant['id']}")
+    sessions = node_path(lab, "gpu01", f"/run/broker-sessions/{grant['id']}")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (sessions.is_dir() and any(sessions.iterdir())):
         time.sleep(0.2)

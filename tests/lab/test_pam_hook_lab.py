@@ -60,6 +60,9 @@ class Node:
     root: Path  # the node's files as the host sees them
 
     def path(self, inside: str) -> Path:
+        """The node's file as the host sees it; its private /run through the namespace."""
+        if inside.startswith("/run/"):
+            return Path(f"/proc/{self.pid}/root{inside}")
         return self.root / inside.lstrip("/")
 
 
@@ -243,7 +246,7 @@ class Grants:
                 for inside in ("grants", "revoked"):
                     with contextlib.suppress(FileNotFoundError):
                         node.path(f"/var/lib/broker/{inside}/{grant_id}").unlink()
-                remove_tree(node.path(f"/var/lib/broker/sessions/{grant_id}"))
+                remove_tree(node.path(f"/run/broker-sessions/{grant_id}"))
             for event in spool(node):
                 if event["grant_id"] in self.ids:
                     with contextlib.suppress(FileNotFoundError):
@@ -409,13 +412,13 @@ def test_sudo_account_counts_live_sessions_against_max_sessions(
     # The account check takes the slot for its process (pid = pamtester, as sudo's own).
     first = pam(stor, "sudo", "root", "acct_mgmt", ruser="carol", tty="/dev/pts/7")
     assert_allowed(first)
-    record = stor.path(f"/var/lib/broker/sessions/{grant_id}/{first.pid}")
+    record = stor.path(f"/run/broker-sessions/{grant_id}/{first.pid}")
     assert record.read_text().split()[:3] == ["carol", "root", "pts/7"]
     # A session held by a process that is still running counts against the limit.
     with subprocess.Popen(["sleep", "60"]) as holder:
         try:
             write_file(
-                stor.path(f"/var/lib/broker/sessions/{grant_id}/{holder.pid}"),
+                stor.path(f"/run/broker-sessions/{grant_id}/{holder.pid}"),
                 f"carol root pts/8 {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n".encode(),
                 0o600,
             )
@@ -433,7 +436,7 @@ def test_sudo_account_counts_live_sessions_against_max_sessions(
     # Their processes have ended: the records no longer count and are removed on the next check.
     assert_allowed(pam(stor, "sudo", "root", "acct_mgmt", ruser="carol"))
     assert not record.exists()
-    assert not stor.path(f"/var/lib/broker/sessions/{grant_id}/{holder.pid}").exists()
+    assert not stor.path(f"/run/broker-sessions/{grant_id}/{holder.pid}").exists()
 
 
 def test_sudo_auth_passes_a_grant_on_to_the_password_and_stops_others(
@@ -530,7 +533,7 @@ def dave_elevated(lab: dict[str, Any], stor: Node) -> Iterator[str]:
             _broker(lab, "revoke", grant_id, "--reason", "pamtester session test done")
             with contextlib.suppress(FileNotFoundError):
                 stor.path(f"/var/lib/broker/revoked/{grant_id}").unlink()
-            remove_tree(stor.path(f"/var/lib/broker/sessions/{grant_id}"))
+            remove_tree(stor.path(f"/run/broker-sessions/{grant_id}"))
         _broker(lab, "mfa", "reset", "dave", "--yes")
 
 
@@ -542,7 +545,7 @@ def test_sudo_session_is_recorded_spooled_and_collected(
         stor, "sudo", "root", "open_session", "close_session", ruser="dave", tty="/dev/pts/4"
     )
     assert_allowed(session)
-    assert not stor.path(f"/var/lib/broker/sessions/{grant_id}/{session.pid}").exists()
+    assert not stor.path(f"/run/broker-sessions/{grant_id}/{session.pid}").exists()
     spooled = [e for e in spool(stor) if e["grant_id"] == grant_id]
     assert [e["kind"] for e in spooled] == ["open", "close"]
     for event in spooled:
