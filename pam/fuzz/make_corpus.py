@@ -8,7 +8,7 @@ Run from the repository: `.venv/bin/python pam/fuzz/make_corpus.py`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,7 +20,7 @@ RFC8032_TEST2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624d
 
 
 def grants(key: Ed25519PrivateKey) -> dict[str, str]:
-    start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    start = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
     shapes = {
         "root-all": {},
         "command-sets": {"commands": "gpu-reset,nvidia-smi", "runas": "svc-gpu"},
