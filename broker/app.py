@@ -45,8 +45,8 @@ from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
 
 if TYPE_CHECKING:
-    from broker.detect.quarantine import Quarantines
     from broker.detect.runner import DetectionRunner, PassReport
+    from broker.grants.quarantine import Quarantines
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
     from broker.sessions.index import Indexer as SessionIndexer
@@ -301,8 +301,8 @@ class App:
 
     def quarantines(self) -> Quarantines:
         """Node quarantine over this process's store and the shared SSH pool."""
-        from broker.detect.quarantine import Quarantines
         from broker.fleet.pool import shared_pool
+        from broker.grants.quarantine import Quarantines
 
         if self._quarantines is None:
             self._quarantines = Quarantines(
@@ -329,8 +329,8 @@ class App:
 
     def detect(self, now: datetime) -> PassReport:
         """One detection pass with the active policy's rules (the built-ins before any)."""
-        from broker.detect.rules import DEFAULT
         from broker.detect.runner import DetectionRunner
+        from broker.policy.detection_rules import DEFAULT
 
         if self._detector is None:
             self._detector = DetectionRunner(

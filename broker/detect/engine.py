@@ -18,7 +18,7 @@ from typing import Any
 
 from broker.core.errors import UsageError
 from broker.core.hostlist import expand
-from broker.detect.rules import Action, Detection, Rule, Severity
+from broker.policy.detection_rules import Action, Detection, Rule, Severity
 
 log = logging.getLogger("broker.detect")
 

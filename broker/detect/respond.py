@@ -22,9 +22,9 @@ from broker.core.errors import BrokerError
 from broker.core.timeutil import to_text
 from broker.detect import alerts, drift
 from broker.detect.engine import Finding
-from broker.detect.rules import DriftRule
-from broker.fleet import inventory, nodeprog
+from broker.fleet import inventory, nodeprog, quarantine
 from broker.mfa import rows as mfa_rows
+from broker.policy.detection_rules import DriftRule
 
 if TYPE_CHECKING:
     from broker.app import App
@@ -198,7 +198,7 @@ class Responder:
 
     def _quarantine_node(self, alert_id: int | None, node: str, now: datetime) -> str:
         conn = self._app.ready_store().conn
-        if conn.execute("SELECT 1 FROM quarantines WHERE node = ?", (node,)).fetchone():
+        if quarantine.held(conn, node):
             return f"{node} is already quarantined (its marker is retried by the scheduler)"
         released = conn.execute(
             "SELECT 1 FROM audit_events e JOIN alerts a ON a.id = ? WHERE e.action ="

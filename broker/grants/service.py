@@ -25,6 +25,7 @@ from broker.core.hostlist import expand, fold
 from broker.core.identity import Account, Snapshot
 from broker.fleet import inventory
 from broker.fleet.pool import SshPool
+from broker.fleet.quarantine import quarantines
 from broker.fleet.ssh import NodeTarget
 from broker.grants import push, rows
 from broker.grants.grantfile import new_grant_id, validate_reason
@@ -137,8 +138,6 @@ class GrantService:
     ) -> None:
         """A quarantined node takes grants only for the incident-response group (checked
         again inside the transaction that issues, so a quarantine meanwhile still wins)."""
-        from broker.detect.quarantine import quarantines
-
         held = {q.node: q for q in quarantines(conn or self._store.conn)}
         blocked = [n for n in names if n in held]
         if not blocked:
