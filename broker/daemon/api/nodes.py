@@ -15,13 +15,13 @@ from broker.core.hostlist import expand
 from broker.daemon.api.names import HostlistText
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
-from broker.fleet import bootstrap as fleet_bootstrap
 from broker.fleet import hostkeys, inventory
 from broker.fleet import status as fleet_status
 from broker.fleet.inventory import NodeRecord
 from broker.fleet.pool import shared_pool
 from broker.fleet.probe import probe_nodes
 from broker.fleet.ssh import NodeTarget, SshRunner
+from broker.provision import bootstrap as provision
 from broker.sessions import setup as sessions_setup
 
 NodeName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
@@ -251,7 +251,7 @@ def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
         zone = policy.zone_of.get(target.name)
         return sessions_setup.node_tunnel(settings, ca, target.name, target.host, zone, ctx.now)
 
-    results = fleet_bootstrap.bootstrap(
+    results = provision.bootstrap(
         ctx.app.ready_store(),
         shared_pool(settings),
         expand(ctx.params.nodes),
