@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian 12 machine, as root:
-# install dependencies, lint, type-check, then unit tests and lab tests
+# install dependencies, lint, type-check, check the import contracts, then unit tests and lab tests
 # (the lab - a real Samba AD DC and namespaced nodes - is brought up once and torn down).
 # Extra arguments go to pytest, e.g.  deploy/test.sh -m "not lab"
 set -euo pipefail
@@ -15,5 +15,7 @@ echo "== ruff"
 .venv/bin/ruff format --check broker tests bench deploy pam
 echo "== mypy (strict)"
 .venv/bin/mypy
+echo "== import contracts (the package graph points one way)"
+.venv/bin/lint-imports --no-cache
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
