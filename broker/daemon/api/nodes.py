@@ -17,10 +17,12 @@ from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
 from broker.fleet import hostkeys, inventory
 from broker.fleet import status as fleet_status
+from broker.fleet.enroll import enroll as enroll_node
 from broker.fleet.inventory import NodeRecord
 from broker.fleet.pool import shared_pool
 from broker.fleet.probe import probe_nodes
-from broker.fleet.ssh import NodeTarget, SshRunner
+from broker.fleet.runner import SshRunner
+from broker.fleet.ssh import NodeTarget
 from broker.provision import bootstrap as provision
 from broker.sessions import setup as sessions_setup
 
@@ -205,7 +207,7 @@ def remove(ctx: Context[NameRequest]) -> NodeOut:
 def enroll(ctx: Context[EnrollRequest]) -> EnrollOut:
     settings = ctx.app.settings
     params = ctx.params
-    result = hostkeys.enroll(
+    result = enroll_node(
         ctx.app.ready_store(),
         params.name,
         expected=[hostkeys.Expected(e.fingerprint, e.key_type) for e in params.expected],
