@@ -23,7 +23,8 @@ from broker.core.timeutil import to_text
 from broker.detect import alerts, drift
 from broker.detect.engine import Finding
 from broker.fleet import inventory, nodeprog, quarantine
-from broker.mfa import rows as mfa_rows
+from broker.mfa import service as mfa_service
+from broker.mfa.model import MfaIdentity
 from broker.policy.detection_rules import DriftRule
 
 if TYPE_CHECKING:
@@ -135,33 +136,15 @@ class Responder:
         until = since + self._app.mfa_rules().lockout
         if until <= now:
             return "the lockout time since the finding has passed: not locked"
-        with store.transaction() as conn:
-            reset = conn.execute(
-                "SELECT 1 FROM audit_events WHERE action = 'mfa.reset' AND target = ? AND ts > ?",
-                (user, to_text(since)),
-            ).fetchone()
-            if reset is not None:
-                return "MFA was reset by an operator since the finding: not locked again"
-            current = mfa_rows.active_lock(conn, account.sid, now)
-            if current is not None and current.until >= until:
-                return f"already locked until {to_text(current.until)}"
-            failures = current.failures if current is not None else 0
-            mfa_rows.set_lock(conn, account.sid, until, failures)
-            writer.record(
-                conn,
-                writer.EventInput(
-                    alerts.DETECTOR,
-                    "mfa.lock",
-                    user,
-                    details={
-                        "sid": account.sid,
-                        "until": to_text(until),
-                        "cause": self._reason(alert_id),
-                    },
-                ),
-                now,
-            )
-        return f"locked until {to_text(until)}"
+        return mfa_service.lock_after_finding(
+            store,
+            ident=MfaIdentity(sid=account.sid, name=user),
+            since=since,
+            until=until,
+            actor=alerts.DETECTOR,
+            cause=self._reason(alert_id),
+            now=now,
+        )
 
     def _revoke_grants(self, alert_id: int | None, user: str, now: datetime) -> str:
         result = self._app.grants().revoke(
