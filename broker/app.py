@@ -31,7 +31,7 @@ from broker.core.timeutil import to_text, utcnow
 from broker.directory import sync as directory_sync
 from broker.directory.snapshot import StoreSnapshot
 from broker.directory.sync import SyncReport
-from broker.grants import rows as rows_grants
+from broker.grants.reader import GrantReader
 from broker.mfa import sealing as mfa_sealing
 from broker.mfa import service as mfa_service
 from broker.mfa.service import MfaIdentity, MfaRules
@@ -253,7 +253,7 @@ class App:
 
     def recheck_grants(self, *, actor: str, cause: str) -> list[str]:
         """Revoke active grants that today's directory snapshot and policy no longer allow."""
-        if not rows_grants.grants(self.ready_store().conn, states=("active",), limit=1):
+        if not self.grant_reader().any_active():
             return []
         return self.grants().recheck(actor=actor, cause=cause, now=utcnow())
 
@@ -277,6 +277,10 @@ class App:
         from broker.sessions.service import Recordings
 
         return Recordings(self.ready_store(), str(self.settings.session_store))
+
+    def grant_reader(self) -> GrantReader:
+        """Grants and requests to list and show (the store only: no SSH, no signing key)."""
+        return GrantReader(self.ready_store())
 
     def grants(self) -> GrantService:
         """The grant flows, over this process's store and the daemon's shared SSH pool."""

@@ -31,6 +31,7 @@ from broker.grants import push, rows
 from broker.grants.grantfile import new_grant_id, validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan, plan_elevation
+from broker.grants.reader import GrantReader
 from broker.policy.evaluate import decide, state_at
 from broker.policy.model import Policy
 from broker.policy.names import POSIX_NAME
@@ -602,20 +603,10 @@ class GrantService:
         return self.request(request_id)
 
     def request(self, request_id: str) -> Request:
-        found = rows.request(self._store.conn, request_id)
-        if found is None:
-            raise RefusedError(
-                f"no request {request_id}", fix="list them with `broker requests list`"
-            )
-        return found
-
-    # ------------------------------------------------------------ reading
+        return GrantReader(self._store).request(request_id)
 
     def grant(self, grant_id: str) -> Grant:
-        found = rows.grant(self._store.conn, grant_id)
-        if found is None:
-            raise RefusedError(f"no grant {grant_id}", fix="list them with `broker grants list`")
-        return found
+        return GrantReader(self._store).grant(grant_id)
 
     # ------------------------------------------------------------ retry, revoke, expire
 

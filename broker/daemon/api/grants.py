@@ -22,7 +22,6 @@ from broker.daemon.api.mfa import CodeText
 from broker.daemon.api.names import AccountName, DurationText, HostlistText, RoleName
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
-from broker.grants import rows
 from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan
@@ -231,7 +230,7 @@ def _copy(model: type[OutT], source: object, **computed: Any) -> OutT:
 
 
 def grant_out(ctx: Context[Any], grant: Grant) -> GrantOut:
-    nodes = rows.grant_nodes(ctx.app.ready_store().conn, grant.id)
+    nodes = ctx.app.grant_reader().nodes_of(grant.id)
     return _copy(
         GrantOut,
         grant,
@@ -336,14 +335,15 @@ def elevate(ctx: Context[ElevateIn]) -> ElevationOut:
     summary="Elevation requests: operators and approvers see all, others their own",
 )
 def list_requests(ctx: Context[RequestsQuery]) -> list[RequestOut]:
-    conn = ctx.app.ready_store().conn
     states = (ctx.params.state,) if ctx.params.state else ()
     account = ctx.caller.account
     visible = None
     if not ctx.caller.operator:
         assert account is not None  # SELF_OR_OPERATOR: a non-operator has an account
         visible = (account.sid, account.groups)
-    found = rows.requests(conn, states=states, limit=ctx.params.limit, visible_to=visible)
+    found = ctx.app.grant_reader().requests(
+        states=states, limit=ctx.params.limit, visible_to=visible
+    )
     return [request_out(r) for r in found]
 
 
@@ -405,9 +405,8 @@ def list_grants(ctx: Context[GrantsQuery]) -> list[GrantOut]:
                 "only operators may list other users' grants", fix="leave out --user"
             )
         user = account.name
-    conn = ctx.app.ready_store().conn
-    found = rows.grants(
-        conn, user=user, node=p.node, states=("active",) if p.active else (), limit=p.limit
+    found = ctx.app.grant_reader().grants(
+        user=user, node=p.node, states=("active",) if p.active else (), limit=p.limit
     )
     if p.active:
         found = [g for g in found if g.active_at(ctx.now)]
@@ -476,7 +475,7 @@ def revoke(ctx: Context[RevokeIn]) -> RevokeOut:
 def _own_grant(ctx: Context[Any], grant_id: str, *, approver_may_see: bool = False) -> Grant:
     """The grant, for an operator or its holder (and, to watch it land, its approvers);
     anyone else is told it does not exist."""
-    grant = ctx.app.grants().grant(grant_id)
+    grant = ctx.app.grant_reader().grant(grant_id)
     if not ctx.caller.operator:
         account = _account(ctx.caller)
         approver = approver_may_see and account.name in grant.approvers
