@@ -49,8 +49,10 @@ if TYPE_CHECKING:
     from broker.grants.quarantine import Quarantines
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
+    from broker.provision.nodes import NodeService
     from broker.sessions.index import Indexer as SessionIndexer
     from broker.sessions.service import Recordings
+    from broker.sessions.spools import SpoolCollector
 
 
 def realm_of(base_dn: str) -> str:
@@ -66,6 +68,13 @@ def local_actor() -> str:
     except KeyError:
         name = str(uid)
     return f"unix:{name}"
+
+
+def close_shared() -> None:
+    """Close what every App of the process shares (the SSH pools), at daemon shutdown."""
+    from broker.fleet.pool import close_shared_pool
+
+    close_shared_pool()
 
 
 @dataclass(frozen=True)
@@ -277,6 +286,27 @@ class App:
         from broker.sessions.service import Recordings
 
         return Recordings(self.ready_store(), str(self.settings.session_store))
+
+    def nodes(self) -> NodeService:
+        """The node inventory and the work on nodes, over the shared SSH pool."""
+        from broker.fleet.pool import shared_pool
+        from broker.provision.nodes import NodeService
+
+        return NodeService(
+            store=self.ready_store(),
+            pool=shared_pool(self.settings),
+            settings=self.settings,
+            owner=self.owner,
+            policy=self.require_policy,
+            grant_key_line=self.grant_public_key_line,
+        )
+
+    def spool_collector(self) -> SpoolCollector:
+        """Session events from node spools, over the shared SSH pool."""
+        from broker.fleet.pool import shared_pool
+        from broker.sessions.spools import SpoolCollector
+
+        return SpoolCollector(self.ready_store(), shared_pool(self.settings))
 
     def grant_reader(self) -> GrantReader:
         """Grants and requests to list and show (the store only: no SSH, no signing key)."""

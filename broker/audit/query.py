@@ -29,6 +29,10 @@ class EventFilter:
     newest_first: bool = False
 
 
+def count_events(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM audit_events").fetchone()[0])
+
+
 def happened_since(conn: sqlite3.Connection, action: str, target: str, since: str) -> bool:
     """Whether an `action` event on `target` was recorded after `since` (UTC text)."""
     row = conn.execute(

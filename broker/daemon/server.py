@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from broker.app import App
+from broker.app import App, close_shared
 from broker.config.settings import Settings
 from broker.core.errors import UnavailableError
 from broker.core.timeutil import utcnow
@@ -34,7 +34,6 @@ from broker.daemon.peer import peer_credentials
 from broker.daemon.pooled import PooledServer
 from broker.daemon.routing import REGISTRY, Registry
 from broker.daemon.scheduler import Scheduler
-from broker.fleet.pool import close_shared_pool
 
 log = logging.getLogger("broker.daemon")
 
@@ -196,7 +195,7 @@ def running(
         pool.shutdown(wait=True, cancel_futures=True)
         deadlines.close()
         workers.close()
-        close_shared_pool()
+        close_shared()
         with contextlib.suppress(FileNotFoundError):
             daemon.socket.unlink()
 

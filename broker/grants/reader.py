@@ -57,3 +57,7 @@ class GrantReader:
 
     def any_active(self) -> bool:
         return bool(rows.grants(self._store.conn, states=("active",), limit=1))
+
+    def work_to_reap(self) -> bool:
+        """Anything for a scheduler tick to do (keeps an idle daemon from building the pool)."""
+        return rows.work_to_reap(self._store.conn)
