@@ -1,8 +1,10 @@
 """The composition root: settings in, wired services out. Nothing else builds adapters.
 
-The CLI (and, later, the daemon) asks this object for the store, the
-sealer and the keys, so every entry point shares one wiring and one set of
-file-safety rules.
+The CLI and the daemon ask this object for the store, the sealer, the keys and
+the services, so every entry point shares one wiring and one set of file-safety
+rules. Services are imported inside their builders: `broker init` and
+`broker db migrate` build an App and should not load SSH, Kerberos and the
+detection engine for it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from broker.mfa import sealing as mfa_sealing
 from broker.mfa import service as mfa_service
 from broker.mfa.service import MfaIdentity, MfaRules
 from broker.policy import versions as policy_versions
+from broker.policy.detection_rules import DEFAULT
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
 from broker.policy.rights import directory_groups
@@ -72,7 +75,7 @@ def local_actor() -> str:
 
 def close_shared() -> None:
     """Close what every App of the process shares (the SSH pools), at daemon shutdown."""
-    from broker.fleet.pool import close_shared_pool
+    from broker.fleet.pool import close_shared_pool  # lazy: start-up (module doc)
 
     close_shared_pool()
 
@@ -249,7 +252,7 @@ class App:
 
     def grant_public_key_line(self) -> str:
         """The line `broker node bootstrap` installs as /etc/broker/grant-key.pub."""
-        from broker.grants.grantfile import public_key_line
+        from broker.grants.grantfile import public_key_line  # lazy: start-up (module doc)
 
         return public_key_line(self._grant_key.public_key())
 
@@ -268,7 +271,7 @@ class App:
 
     def session_indexer(self) -> SessionIndexer:
         """Indexes sudo_logsrvd's store; recordings from relay zones are marked relayed."""
-        from broker.sessions.index import Indexer
+        from broker.sessions.index import Indexer  # lazy: start-up (module doc)
 
         policy = self.active_policy()
         relay_zones = set(self.settings.sessions.relays)
@@ -283,14 +286,14 @@ class App:
         )
 
     def recordings(self) -> Recordings:
-        from broker.sessions.service import Recordings
+        from broker.sessions.service import Recordings  # lazy: start-up (module doc)
 
         return Recordings(self.ready_store(), str(self.settings.session_store))
 
     def nodes(self) -> NodeService:
         """The node inventory and the work on nodes, over the shared SSH pool."""
-        from broker.fleet.pool import shared_pool
-        from broker.provision.nodes import NodeService
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.provision.nodes import NodeService  # lazy: start-up (module doc)
 
         return NodeService(
             store=self.ready_store(),
@@ -303,8 +306,8 @@ class App:
 
     def spool_collector(self) -> SpoolCollector:
         """Session events from node spools, over the shared SSH pool."""
-        from broker.fleet.pool import shared_pool
-        from broker.sessions.spools import SpoolCollector
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.sessions.spools import SpoolCollector  # lazy: start-up (module doc)
 
         return SpoolCollector(self.ready_store(), shared_pool(self.settings))
 
@@ -314,8 +317,8 @@ class App:
 
     def grants(self) -> GrantService:
         """The grant flows, over this process's store and the daemon's shared SSH pool."""
-        from broker.fleet.pool import shared_pool
-        from broker.grants.service import GrantRules, GrantService
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.grants.service import GrantRules, GrantService  # lazy: start-up (module doc)
 
         if self._grants is None:
             self._grants = GrantService(
@@ -335,8 +338,8 @@ class App:
 
     def quarantines(self) -> Quarantines:
         """Node quarantine over this process's store and the shared SSH pool."""
-        from broker.fleet.pool import shared_pool
-        from broker.grants.quarantine import Quarantines
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.grants.quarantine import Quarantines  # lazy: start-up (module doc)
 
         if self._quarantines is None:
             self._quarantines = Quarantines(
@@ -349,7 +352,7 @@ class App:
 
     def enqueue_alert(self, conn: sqlite3.Connection, alert_id: int, now: datetime) -> None:
         """Queue an alert for syslog and the webhook (inside the transaction that raised it)."""
-        from broker.detect import notify
+        from broker.detect import notify  # lazy: start-up (module doc)
 
         notify.enqueue(conn, alert_id, now, self.settings)
 
@@ -363,8 +366,7 @@ class App:
 
     def detect(self, now: datetime) -> PassReport:
         """One detection pass with the active policy's rules (the built-ins before any)."""
-        from broker.detect.runner import DetectionRunner
-        from broker.policy.detection_rules import DEFAULT
+        from broker.detect.runner import DetectionRunner  # lazy: start-up (module doc)
 
         if self._detector is None:
             self._detector = DetectionRunner(
@@ -378,9 +380,13 @@ class App:
 
     def keytabs(self) -> KeytabService:
         """Keytab rotation over this process's store, the shared SSH pool and AD."""
-        from broker.fleet.pool import shared_pool
-        from broker.keytabs.ad import LdapDirectory
-        from broker.keytabs.service import KeytabRules, KeytabService, verify_tokens_source
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.keytabs.ad import LdapDirectory  # lazy: start-up (module doc)
+        from broker.keytabs.service import (  # lazy: start-up (module doc)
+            KeytabRules,
+            KeytabService,
+            verify_tokens_source,
+        )
 
         if self._keytabs is None:
             directory = self.directory_settings()

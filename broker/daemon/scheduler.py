@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from broker.app import App
 from broker.config.settings import Settings
 from broker.core.timeutil import utcnow
+from broker.detect.notify import Deliverer
+from broker.detect.respond import Responder
+from broker.detect.runner import BATCH
 
 log = logging.getLogger("broker.scheduler")
 
@@ -104,8 +107,6 @@ class Scheduler:
                 thread.join(timeout=30)
 
     def _detect(self) -> None:
-        from broker.detect.runner import BATCH
-
         app = App(self._settings)
         try:
             wait = DETECT_EVERY_S
@@ -124,8 +125,6 @@ class Scheduler:
             app.close()
 
     def _respond(self) -> None:
-        from broker.detect.respond import Responder
-
         app = App(self._settings)
         responder = Responder(app, app.enqueue_alert)
         last_retry = 0.0
@@ -144,8 +143,6 @@ class Scheduler:
             app.close()
 
     def _notify(self) -> None:
-        from broker.detect.notify import Deliverer
-
         app = App(self._settings)
         try:
             deliverer = Deliverer(app.ready_store(), self._settings)

@@ -14,14 +14,17 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, model_validator
 
+from broker.app import App
 from broker.core.durations import parse_duration
 from broker.core.errors import RefusedError, UsageError
+from broker.core.hostlist import fold
 from broker.core.identity import Account
 from broker.core.timeutil import utcnow
 from broker.daemon.api.mfa import CodeText
 from broker.daemon.api.names import AccountName, DurationText, HostlistText, RoleName
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.scheduler import tick
 from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan
@@ -191,8 +194,6 @@ _PUSHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-push")
 def push_in_background(ctx: Context[Any], grant_id: str) -> None:
     """Push an issued grant from a pusher thread with its own App (its own store
     connection); outcomes land in grant_nodes, where the client watches them."""
-    from broker.app import App
-
     settings = ctx.app.settings
 
     def work() -> None:
@@ -259,8 +260,6 @@ def elevation_out(ctx: Context[Any], result: ElevationResult, *, wait: bool) -> 
 
 
 def plan_out(account: Account, plan: ElevationPlan) -> PlanOut:
-    from broker.core.hostlist import fold
-
     return PlanOut(
         user=account.name,
         role=plan.role.name,
@@ -501,7 +500,5 @@ class ReapOut(Out):
     summary="Run the scheduler's tick now: expire, retry removals, re-check, collect sessions",
 )
 def reap(ctx: Context[Empty]) -> ReapOut:
-    from broker.daemon.scheduler import tick
-
     report = tick(ctx.app)
     return ReapOut(**report.__dict__)
