@@ -48,6 +48,7 @@ from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
 
 if TYPE_CHECKING:
+    from broker.detect.respond import Responder
     from broker.detect.runner import DetectionRunner, PassReport
     from broker.grants.quarantine import Quarantines
     from broker.grants.service import GrantService
@@ -349,6 +350,22 @@ class App:
                 lambda: p.incident_response_group if (p := self.active_policy()) else None,
             )
         return self._quarantines
+
+    def responder(self) -> Responder:
+        """Carries out alerts' actions and drift jobs through the owning services."""
+        from broker.detect.respond import Responder, ResponderParts  # lazy: start-up (module doc)
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+
+        parts = ResponderParts(
+            store=self.ready_store,
+            pool=lambda: shared_pool(self.settings),
+            snapshot=self.snapshot,
+            mfa_lockout=self.mfa_rules().lockout,
+            grants=self.grants,
+            quarantines=self.quarantines,
+            policy=self.active_policy,
+        )
+        return Responder(parts, self.enqueue_alert)
 
     def enqueue_alert(self, conn: sqlite3.Connection, alert_id: int, now: datetime) -> None:
         """Queue an alert for syslog and the webhook (inside the transaction that raised it)."""

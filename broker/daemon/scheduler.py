@@ -16,7 +16,6 @@ from broker.app import App
 from broker.config.settings import Settings
 from broker.core.timeutil import utcnow
 from broker.detect.notify import Deliverer
-from broker.detect.respond import Responder
 from broker.detect.runner import BATCH
 
 log = logging.getLogger("broker.scheduler")
@@ -126,7 +125,7 @@ class Scheduler:
 
     def _respond(self) -> None:
         app = App(self._settings)
-        responder = Responder(app, app.enqueue_alert)
+        responder = app.responder()
         last_retry = 0.0
         try:
             while not self._stop.wait(RESPOND_EVERY_S):
