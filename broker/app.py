@@ -319,7 +319,8 @@ class App:
     def grants(self) -> GrantService:
         """The grant flows, over this process's store and the daemon's shared SSH pool."""
         from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
-        from broker.grants.service import GrantRules, GrantService  # lazy: start-up (module doc)
+        from broker.grants.delivery import GrantRules  # lazy: start-up (module doc)
+        from broker.grants.service import GrantService  # lazy: start-up (module doc)
 
         if self._grants is None:
             self._grants = GrantService(
