@@ -1,8 +1,10 @@
 """The composition root: settings in, wired services out. Nothing else builds adapters.
 
-The CLI (and, later, the daemon) asks this object for the store, the
-sealer and the keys, so every entry point shares one wiring and one set of
-file-safety rules.
+The CLI and the daemon ask this object for the store, the sealer, the keys and
+the services, so every entry point shares one wiring and one set of file-safety
+rules. Services are imported inside their builders: `broker init` and
+`broker db migrate` build an App and should not load SSH, Kerberos and the
+detection engine for it.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from broker.core.timeutil import to_text, utcnow
 from broker.directory import sync as directory_sync
 from broker.directory.snapshot import StoreSnapshot
 from broker.directory.sync import SyncReport
-from broker.grants import rows as rows_grants
+from broker.grants.reader import GrantReader
 from broker.mfa import sealing as mfa_sealing
 from broker.mfa import service as mfa_service
 from broker.mfa.service import MfaIdentity, MfaRules
 from broker.policy import versions as policy_versions
+from broker.policy.detection_rules import DEFAULT
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
 from broker.policy.rights import directory_groups
@@ -45,12 +48,15 @@ from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
 
 if TYPE_CHECKING:
-    from broker.detect.quarantine import Quarantines
+    from broker.detect.respond import Responder
     from broker.detect.runner import DetectionRunner, PassReport
+    from broker.grants.quarantine import Quarantines
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
+    from broker.provision.nodes import NodeService
     from broker.sessions.index import Indexer as SessionIndexer
     from broker.sessions.service import Recordings
+    from broker.sessions.spools import SpoolCollector
 
 
 def realm_of(base_dn: str) -> str:
@@ -66,6 +72,13 @@ def local_actor() -> str:
     except KeyError:
         name = str(uid)
     return f"unix:{name}"
+
+
+def close_shared() -> None:
+    """Close what every App of the process shares (the SSH pools), at daemon shutdown."""
+    from broker.fleet.pool import close_shared_pool  # lazy: start-up (module doc)
+
+    close_shared_pool()
 
 
 @dataclass(frozen=True)
@@ -240,7 +253,7 @@ class App:
 
     def grant_public_key_line(self) -> str:
         """The line `broker node bootstrap` installs as /etc/broker/grant-key.pub."""
-        from broker.grants.grantfile import public_key_line
+        from broker.grants.grantfile import public_key_line  # lazy: start-up (module doc)
 
         return public_key_line(self._grant_key.public_key())
 
@@ -253,13 +266,13 @@ class App:
 
     def recheck_grants(self, *, actor: str, cause: str) -> list[str]:
         """Revoke active grants that today's directory snapshot and policy no longer allow."""
-        if not rows_grants.grants(self.ready_store().conn, states=("active",), limit=1):
+        if not self.grant_reader().any_active():
             return []
         return self.grants().recheck(actor=actor, cause=cause, now=utcnow())
 
     def session_indexer(self) -> SessionIndexer:
         """Indexes sudo_logsrvd's store; recordings from relay zones are marked relayed."""
-        from broker.sessions.index import Indexer
+        from broker.sessions.index import Indexer  # lazy: start-up (module doc)
 
         policy = self.active_policy()
         relay_zones = set(self.settings.sessions.relays)
@@ -274,14 +287,40 @@ class App:
         )
 
     def recordings(self) -> Recordings:
-        from broker.sessions.service import Recordings
+        from broker.sessions.service import Recordings  # lazy: start-up (module doc)
 
         return Recordings(self.ready_store(), str(self.settings.session_store))
 
+    def nodes(self) -> NodeService:
+        """The node inventory and the work on nodes, over the shared SSH pool."""
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.provision.nodes import NodeService  # lazy: start-up (module doc)
+
+        return NodeService(
+            store=self.ready_store(),
+            pool=shared_pool(self.settings),
+            settings=self.settings,
+            owner=self.owner,
+            policy=self.require_policy,
+            grant_key_line=self.grant_public_key_line,
+        )
+
+    def spool_collector(self) -> SpoolCollector:
+        """Session events from node spools, over the shared SSH pool."""
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.sessions.spools import SpoolCollector  # lazy: start-up (module doc)
+
+        return SpoolCollector(self.ready_store(), shared_pool(self.settings))
+
+    def grant_reader(self) -> GrantReader:
+        """Grants and requests to list and show (the store only: no SSH, no signing key)."""
+        return GrantReader(self.ready_store())
+
     def grants(self) -> GrantService:
         """The grant flows, over this process's store and the daemon's shared SSH pool."""
-        from broker.fleet.pool import shared_pool
-        from broker.grants.service import GrantRules, GrantService
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.grants.delivery import GrantRules  # lazy: start-up (module doc)
+        from broker.grants.service import GrantService  # lazy: start-up (module doc)
 
         if self._grants is None:
             self._grants = GrantService(
@@ -301,8 +340,8 @@ class App:
 
     def quarantines(self) -> Quarantines:
         """Node quarantine over this process's store and the shared SSH pool."""
-        from broker.detect.quarantine import Quarantines
-        from broker.fleet.pool import shared_pool
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.grants.quarantine import Quarantines  # lazy: start-up (module doc)
 
         if self._quarantines is None:
             self._quarantines = Quarantines(
@@ -313,9 +352,25 @@ class App:
             )
         return self._quarantines
 
+    def responder(self) -> Responder:
+        """Carries out alerts' actions and drift jobs through the owning services."""
+        from broker.detect.respond import Responder, ResponderParts  # lazy: start-up (module doc)
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+
+        parts = ResponderParts(
+            store=self.ready_store,
+            pool=lambda: shared_pool(self.settings),
+            snapshot=self.snapshot,
+            mfa_lockout=self.mfa_rules().lockout,
+            grants=self.grants,
+            quarantines=self.quarantines,
+            policy=self.active_policy,
+        )
+        return Responder(parts, self.enqueue_alert)
+
     def enqueue_alert(self, conn: sqlite3.Connection, alert_id: int, now: datetime) -> None:
         """Queue an alert for syslog and the webhook (inside the transaction that raised it)."""
-        from broker.detect import notify
+        from broker.detect import notify  # lazy: start-up (module doc)
 
         notify.enqueue(conn, alert_id, now, self.settings)
 
@@ -329,8 +384,7 @@ class App:
 
     def detect(self, now: datetime) -> PassReport:
         """One detection pass with the active policy's rules (the built-ins before any)."""
-        from broker.detect.rules import DEFAULT
-        from broker.detect.runner import DetectionRunner
+        from broker.detect.runner import DetectionRunner  # lazy: start-up (module doc)
 
         if self._detector is None:
             self._detector = DetectionRunner(
@@ -344,9 +398,13 @@ class App:
 
     def keytabs(self) -> KeytabService:
         """Keytab rotation over this process's store, the shared SSH pool and AD."""
-        from broker.fleet.pool import shared_pool
-        from broker.keytabs.ad import LdapDirectory
-        from broker.keytabs.service import KeytabRules, KeytabService, verify_tokens_source
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.keytabs.ad import LdapDirectory  # lazy: start-up (module doc)
+        from broker.keytabs.service import (  # lazy: start-up (module doc)
+            KeytabRules,
+            KeytabService,
+            verify_tokens_source,
+        )
 
         if self._keytabs is None:
             directory = self.directory_settings()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian 12 machine, as root:
-# install dependencies, lint, type-check, then unit tests and lab tests
+# install dependencies, lint, type-check, check the import contracts, then unit tests and lab tests
 # (the lab - a real Samba AD DC and namespaced nodes - is brought up once and torn down).
 # Extra arguments go to pytest, e.g.  deploy/test.sh -m "not lab"
 set -euo pipefail
@@ -21,5 +21,7 @@ echo "== fuzzing the node's parsers (libFuzzer, 4 x 15 s)"
 make -s -C pam fuzz FUZZ_SECONDS=15
 echo "== vermin (pam/ runs on the nodes' /usr/bin/python3: 3.9 on EL9)"
 .venv/bin/vermin --no-tips --violations -t=3.9- --eval-annotations --no-config-file pam/
+echo "== import contracts (the package graph points one way)"
+.venv/bin/lint-imports --no-cache
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"

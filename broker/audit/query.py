@@ -29,6 +29,19 @@ class EventFilter:
     newest_first: bool = False
 
 
+def count_events(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM audit_events").fetchone()[0])
+
+
+def happened_since(conn: sqlite3.Connection, action: str, target: str, since: str) -> bool:
+    """Whether an `action` event on `target` was recorded after `since` (UTC text)."""
+    row = conn.execute(
+        "SELECT 1 FROM audit_events WHERE action = ? AND target = ? AND ts > ?",
+        (action, target, since),
+    ).fetchone()
+    return row is not None
+
+
 def iter_events(conn: sqlite3.Connection, filt: EventFilter) -> Iterator[AuditEvent]:
     clauses: list[str] = ["seq > ?"]
     params: list[int | str] = [filt.after_seq]

@@ -8,7 +8,7 @@ import typer
 
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
-from broker.detect.rules import SEVERITIES
+from broker.policy.detection_rules import SEVERITIES
 
 app = typer.Typer(help="Alerts raised by detection rules and drift checks.", no_args_is_help=True)
 

@@ -35,7 +35,7 @@ class CliState:
 
     def app(self) -> App:
         if self._app is None:
-            from broker.app import App
+            from broker.app import App  # lazy: CLI start-up (only bootstrap commands need it)
 
             self._app = App(self.settings())
         return self._app

@@ -17,7 +17,7 @@ def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
     Run as root or the service user on the broker host; idempotent.
     """
-    from broker.app import local_actor
+    from broker.app import local_actor  # lazy: CLI start-up (the whole App)
 
     applied = state(ctx).app().migrate(local_actor())
     if json_out:

@@ -99,7 +99,7 @@ def main(
 @app.command()
 def init(ctx: typer.Context) -> None:
     """Create the state directory, the audit signing, SSH and MFA keys and the schema (idempotent)."""
-    from broker.app import local_actor
+    from broker.app import local_actor  # lazy: CLI start-up (the whole App)
 
     result = state(ctx).app().init(local_actor())
     for path in result.created:
@@ -124,7 +124,7 @@ def whoami(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 @app.command("api-schema", hidden=False)
 def api_schema() -> None:
     """Print the daemon API's OpenAPI 3.1 description (docs/openapi.json is this output)."""
-    from broker.daemon.openapi import render
+    from broker.daemon.openapi import render  # lazy: CLI start-up (every route's models)
 
     sys.stdout.write(render())
 
@@ -139,7 +139,7 @@ def serve(
     It migrates the store, listens on daemon.socket (and daemon.listen with TLS when set)
     and serves until SIGTERM. Needs `broker init` first.
     """
-    from broker.daemon.server import serve as serve_forever
+    from broker.daemon.server import serve as serve_forever  # lazy: CLI start-up (the daemon)
 
     logging.getLogger("broker").setLevel(logging.DEBUG if verbose else logging.INFO)
     serve_forever(state(ctx).settings())

@@ -17,6 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
+from broker.cli.grant_cmds import CODE_LABEL
+from broker.cli.mfa_cmds import _prompt
 from broker.client.client import Client
 from broker.core.errors import (
     EXIT_FAILED,
@@ -57,7 +59,7 @@ def add(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Add a node to the inventory. Pin its host key next with `broker node enroll`."""
-    from broker.fleet.inventory import split_host_port
+    from broker.fleet.inventory import split_host_port  # lazy: CLI start-up (store, audit)
 
     host, port = split_host_port(address, None)
     body: dict[str, Any] = {"name": name, "address": host}
@@ -139,7 +141,7 @@ def enroll(
     The broker fetches the key without trusting it and pins it when it matches
     --fingerprint or --known-hosts, or when you confirm it.
     """
-    from broker.fleet import hostkeys
+    from broker.fleet import hostkeys  # lazy: CLI start-up (paramiko)
 
     api = client(ctx)
     expected: list[dict[str, Any]] = []
@@ -368,8 +370,6 @@ def quarantine(
     """Quarantine NODES: every grant there revoked, running elevated sessions ended, and the
     nodes refuse elevation and gated logins to all but the incident-response group until
     released. Needs your MFA code (operators and incident response only)."""
-    from broker.cli.grant_cmds import CODE_LABEL
-    from broker.cli.mfa_cmds import _prompt
 
     body = {"nodes": nodes, "reason": reason, "code": _prompt(CODE_LABEL)}
     with output.err.status(f"quarantining {nodes}"):
@@ -392,8 +392,6 @@ def release(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Release quarantined NODES: elevation works again as the policy allows. Needs MFA."""
-    from broker.cli.grant_cmds import CODE_LABEL
-    from broker.cli.mfa_cmds import _prompt
 
     body = {"nodes": nodes, "code": _prompt(CODE_LABEL)}
     marks = client(ctx).post("/v1/nodes/release", body)

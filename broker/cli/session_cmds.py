@@ -25,7 +25,7 @@ def setup(ctx: typer.Context) -> None:
     """On the broker host, as root: the session CA, the log server's certificate, the store
     and the sudo_logsrvd and stunnel configurations (idempotent). Then start
     broker-logsrvd.service and broker-logsrv-tunnel.service."""
-    from broker.sessions.setup import setup as run_setup
+    from broker.sessions.setup import setup as run_setup  # lazy: CLI start-up (cryptography)
 
     changed = run_setup(state(ctx).settings(), utcnow())
     for line in changed:

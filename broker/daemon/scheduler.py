@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from broker.app import App
 from broker.config.settings import Settings
 from broker.core.timeutil import utcnow
-from broker.fleet import inventory
-from broker.fleet.pool import shared_pool
-from broker.sessions import collect
+from broker.detect.notify import Deliverer
+from broker.detect.runner import BATCH
 
 log = logging.getLogger("broker.scheduler")
 
@@ -32,19 +31,6 @@ class TickReport:
     events: int = 0
 
 
-def _busy(app: App) -> bool:
-    """Anything for a tick to do? (Keeps an idle daemon from building the SSH pool.)"""
-    conn = app.ready_store().conn
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM grants WHERE state = 'active')"
-        " OR EXISTS (SELECT 1 FROM grant_nodes WHERE state = 'removing')"
-        " OR EXISTS (SELECT 1 FROM elevation_requests WHERE state = 'pending')"
-        " OR EXISTS (SELECT 1 FROM grants WHERE ended_at > strftime('%Y-%m-%dT%H:%M:%fZ',"
-        " 'now', '-1 day'))"
-    ).fetchone()
-    return bool(row[0])
-
-
 # Break-glass sessions happen on nodes without grants (often while the broker is down):
 # every node is asked for its spool this often, nodes with recent grants every tick.
 FULL_COLLECT_EVERY_S = 3600.0
@@ -53,12 +39,8 @@ FULL_COLLECT_EVERY_S = 3600.0
 def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     report = TickReport()
     if all_nodes:
-        store = app.ready_store()
-        targets = inventory.targets_known(store, inventory.enrolled_names(store))
-        if targets:
-            stored = collect.collect(store, shared_pool(app.settings), targets, utcnow())
-            report.events = sum(stored.values())
-    if not _busy(app):
+        report.events = app.spool_collector().collect_all(utcnow())
+    if not app.grant_reader().work_to_reap():
         return report
     now = utcnow()
     reaped = app.grants().reap(now)
@@ -67,12 +49,7 @@ def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     report.removed = [f"{g}@{n}" for g, n in reaped.removed]
     report.still_pending = [f"{g}@{n}" for g, n in reaped.still_pending]
     report.grants_revoked = app.recheck_grants(actor="broker", cause="recheck")
-    store = app.ready_store()
-    names = collect.nodes_to_collect(store.conn, now)
-    if names:
-        targets = inventory.targets_known(store, names)
-        stored = collect.collect(store, shared_pool(app.settings), targets, now)
-        report.events += sum(stored.values())
+    report.events += app.spool_collector().collect_recent(now)
     return report
 
 
@@ -129,8 +106,6 @@ class Scheduler:
                 thread.join(timeout=30)
 
     def _detect(self) -> None:
-        from broker.detect.runner import BATCH
-
         app = App(self._settings)
         try:
             wait = DETECT_EVERY_S
@@ -149,10 +124,8 @@ class Scheduler:
             app.close()
 
     def _respond(self) -> None:
-        from broker.detect.respond import Responder
-
         app = App(self._settings)
-        responder = Responder(app, app.enqueue_alert)
+        responder = app.responder()
         last_retry = 0.0
         try:
             while not self._stop.wait(RESPOND_EVERY_S):
@@ -169,8 +142,6 @@ class Scheduler:
             app.close()
 
     def _notify(self) -> None:
-        from broker.detect.notify import Deliverer
-
         app = App(self._settings)
         try:
             deliverer = Deliverer(app.ready_store(), self._settings)

@@ -22,65 +22,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from broker.app import App
+from broker.app import App, close_shared
 from broker.config.settings import Settings
 from broker.core.errors import UnavailableError
 from broker.core.timeutil import utcnow
 from broker.daemon import api  # noqa: F401 (registers the routes)
-from broker.daemon.admission import Admission, Deadlines, refuse_busy
+from broker.daemon.admission import Admission, Deadlines
 from broker.daemon.caller import Caller, unix_caller
 from broker.daemon.http import RequestHandler, Service
 from broker.daemon.peer import peer_credentials
+from broker.daemon.pooled import PooledServer
 from broker.daemon.routing import REGISTRY, Registry
 from broker.daemon.scheduler import Scheduler
-from broker.fleet.pool import close_shared_pool
 
 log = logging.getLogger("broker.daemon")
-
-
-class PooledServer(socketserver.BaseServer):
-    """A socketserver whose requests run on a fixed thread pool, with admission caps per
-    peer and a deadline for receiving each request (see admission.py)."""
-
-    request_queue_size = 1024
-    allow_reuse_address = True
-    daemon_threads = True
-    service: Service
-    pool: ThreadPoolExecutor
-    admission: Admission
-    deadlines: Deadlines
-
-    def peer_key(self, request: Any, client_address: Any) -> Hashable:
-        raise NotImplementedError
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        try:
-            peer = self.peer_key(request, client_address)
-        except OSError:
-            self.shutdown_request(request)
-            return
-        if not self.admission.enter(peer):
-            refuse_busy(request)
-            return
-        try:
-            self.pool.submit(self._work, request, client_address, peer)
-        except RuntimeError:  # the pool is shutting down
-            self.admission.leave(peer)
-            self.shutdown_request(request)
-
-    def _work(self, request: Any, client_address: Any, peer: Hashable) -> None:
-        self.deadlines.track(request, self.service.request_timeout)
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            log.exception("connection failed")
-        finally:
-            self.deadlines.release()
-            self.admission.leave(peer)
-            self.shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("connection failed")
 
 
 class UnixServer(PooledServer, socketserver.UnixStreamServer):
@@ -211,6 +166,7 @@ def running(
         os.chmod(daemon.socket, 0o666)  # noqa: S103 (a socket; access is per request)
         unix.server_activate()
         if daemon.listen is not None:
+            # Imported here so gssapi and x509 load only when the TLS listener is configured.
             from broker.daemon.tls import tls_server
 
             servers.append(tls_server(settings, workers, deadlines))
@@ -239,7 +195,7 @@ def running(
         pool.shutdown(wait=True, cancel_futures=True)
         deadlines.close()
         workers.close()
-        close_shared_pool()
+        close_shared()
         with contextlib.suppress(FileNotFoundError):
             daemon.socket.unlink()
 

@@ -29,8 +29,8 @@ from broker.daemon import errors
 from broker.daemon.admission import Admission
 from broker.daemon.caller import Caller, kerberos_caller
 from broker.daemon.http import RequestHandler, Service
+from broker.daemon.pooled import PooledServer
 from broker.daemon.routing import REGISTRY
-from broker.daemon.server import PooledServer
 
 if TYPE_CHECKING:
     from broker.daemon.admission import Deadlines

@@ -14,7 +14,7 @@ from broker.audit import writer
 from broker.core.errors import RefusedError
 from broker.core.timeutil import to_text
 from broker.detect.engine import Finding
-from broker.detect.rules import SEVERITIES, Severity
+from broker.policy.detection_rules import SEVERITIES, Severity
 
 DETECTOR = "broker:detect"
 # The alerts table's columns, in the order both readers (`alert` here, the notifier's

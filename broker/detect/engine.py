@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from broker.core.durations import format_duration
 from broker.core.errors import UsageError
 from broker.core.hostlist import expand
-from broker.detect.rules import Action, Detection, Rule, Severity
+from broker.policy.detection_rules import Action, Detection, Rule, Severity
 
 log = logging.getLogger("broker.detect")
 
@@ -457,6 +458,4 @@ def _compiles(rule: Rule) -> bool:
 
 
 def _span(rule: Rule) -> str:
-    from broker.core.durations import format_duration
-
     return format_duration(rule.window)

@@ -15,19 +15,23 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.audit import writer
 from broker.core.errors import BrokerError
+from broker.core.identity import Snapshot
 from broker.core.timeutil import to_text
 from broker.detect import alerts, drift
 from broker.detect.engine import Finding
-from broker.detect.rules import DriftRule
-from broker.fleet import inventory, nodeprog
-from broker.mfa import rows as mfa_rows
-
-if TYPE_CHECKING:
-    from broker.app import App
+from broker.fleet import inventory, nodeprog, quarantine
+from broker.fleet.pool import SshPool
+from broker.grants.quarantine import Quarantines
+from broker.grants.service import GrantService
+from broker.mfa import service as mfa_service
+from broker.mfa.model import MfaIdentity
+from broker.policy.detection_rules import DriftRule
+from broker.policy.model import Policy
+from broker.store.db import Store
 
 log = logging.getLogger("broker.detect")
 
@@ -50,9 +54,23 @@ class ActionError(Exception):
     """An action that did not work this time (retried), with a one-line reason."""
 
 
+@dataclass(frozen=True)
+class ResponderParts:
+    """What the responder acts through; the composition root (app.py) fills it in.
+    Services are built on first use, as they are needed only when an action asks."""
+
+    store: Callable[[], Store]
+    pool: Callable[[], SshPool]
+    snapshot: Callable[[datetime], Snapshot]
+    mfa_lockout: timedelta
+    grants: Callable[[], GrantService]
+    quarantines: Callable[[], Quarantines]
+    policy: Callable[[], Policy | None]
+
+
 class Responder:
-    def __init__(self, app: App, enqueue: Callable[..., None] | None = None) -> None:
-        self._app = app
+    def __init__(self, parts: ResponderParts, enqueue: Callable[..., None] | None = None) -> None:
+        self._parts = parts
         self._enqueue = enqueue
         self._kinds: dict[str, Callable[[int | None, str, datetime], str]] = {
             "lock_mfa": self._lock_mfa,
@@ -65,7 +83,7 @@ class Responder:
 
     def run_once(self, now: datetime) -> RespondReport:
         report = RespondReport()
-        store = self._app.ready_store()
+        store = self._parts.store()
         due = store.conn.execute(
             "SELECT id, alert_id, kind, target, attempts FROM alert_actions"
             # An alert's actions before drift jobs: a scan of many nodes must never hold up
@@ -113,7 +131,7 @@ class Responder:
         if alert_id is None:
             return "detection"
         row = (
-            self._app.ready_store()
+            self._parts.store()
             .conn.execute("SELECT rule FROM alerts WHERE id = ?", (alert_id,))
             .fetchone()
         )
@@ -124,47 +142,29 @@ class Responder:
     def _lock_mfa(self, alert_id: int | None, user: str, now: datetime) -> str:
         """Lock for the MFA lockout time counted from the finding's event, unless an operator
         reset the account's MFA since then (a human decision a late lock must not undo)."""
-        account = self._app.snapshot(now).account(user)
+        account = self._parts.snapshot(now).account(user)
         if account is None:
             raise ActionError(f"{user} is not in the directory snapshot")
-        store = self._app.ready_store()
+        store = self._parts.store()
         row = store.conn.execute(
             "SELECT COALESCE(event_at, created_at) FROM alerts WHERE id = ?", (alert_id,)
         ).fetchone()
         since = datetime.fromisoformat(row[0].replace("Z", "+00:00")) if row else now
-        until = since + self._app.mfa_rules().lockout
+        until = since + self._parts.mfa_lockout
         if until <= now:
             return "the lockout time since the finding has passed: not locked"
-        with store.transaction() as conn:
-            reset = conn.execute(
-                "SELECT 1 FROM audit_events WHERE action = 'mfa.reset' AND target = ? AND ts > ?",
-                (user, to_text(since)),
-            ).fetchone()
-            if reset is not None:
-                return "MFA was reset by an operator since the finding: not locked again"
-            current = mfa_rows.active_lock(conn, account.sid, now)
-            if current is not None and current.until >= until:
-                return f"already locked until {to_text(current.until)}"
-            failures = current.failures if current is not None else 0
-            mfa_rows.set_lock(conn, account.sid, until, failures)
-            writer.record(
-                conn,
-                writer.EventInput(
-                    alerts.DETECTOR,
-                    "mfa.lock",
-                    user,
-                    details={
-                        "sid": account.sid,
-                        "until": to_text(until),
-                        "cause": self._reason(alert_id),
-                    },
-                ),
-                now,
-            )
-        return f"locked until {to_text(until)}"
+        return mfa_service.lock_after_finding(
+            store,
+            ident=MfaIdentity(sid=account.sid, name=user),
+            since=since,
+            until=until,
+            actor=alerts.DETECTOR,
+            cause=self._reason(alert_id),
+            now=now,
+        )
 
     def _revoke_grants(self, alert_id: int | None, user: str, now: datetime) -> str:
-        result = self._app.grants().revoke(
+        result = self._parts.grants().revoke(
             user=user, actor=alerts.DETECTOR, reason=self._reason(alert_id), now=now
         )
         if result.pending:
@@ -179,13 +179,11 @@ class Responder:
 
     def _end_session(self, alert_id: int | None, target: str, now: datetime) -> str:
         node, _, grant_id = target.partition(":")
-        found = inventory.targets_known(self._app.ready_store(), [node])
+        found = inventory.targets_known(self._parts.store(), [node])
         if not found:
             raise ActionError(f"{node} is not an enrolled node")
-        from broker.fleet.pool import shared_pool
-
         reply = nodeprog.call(
-            shared_pool(self._app.settings), found[0], "end-sessions", {"grant_ids": [grant_id]}
+            self._parts.pool(), found[0], "end-sessions", {"grant_ids": [grant_id]}
         )
         if not reply.ok or reply.data is None:
             raise ActionError(f"{node}: {reply.error}")
@@ -197,8 +195,8 @@ class Responder:
         return f"ended {len(killed)} process(es) on {node}"
 
     def _quarantine_node(self, alert_id: int | None, node: str, now: datetime) -> str:
-        conn = self._app.ready_store().conn
-        if conn.execute("SELECT 1 FROM quarantines WHERE node = ?", (node,)).fetchone():
+        conn = self._parts.store().conn
+        if quarantine.held(conn, node):
             return f"{node} is already quarantined (its marker is retried by the scheduler)"
         released = conn.execute(
             "SELECT 1 FROM audit_events e JOIN alerts a ON a.id = ? WHERE e.action ="
@@ -207,7 +205,7 @@ class Responder:
         ).fetchone()
         if released is not None:
             return f"{node} was released by a person since this alert: not quarantined again"
-        result = self._app.quarantines().quarantine(
+        result = self._parts.quarantines().quarantine(
             [node], reason=self._reason(alert_id), actor=alerts.DETECTOR, now=now
         )
         failed = [m for m in result.marks if not m.ok]
@@ -218,12 +216,10 @@ class Responder:
     # ------------------------------------------------------------ drift
 
     def _scan(self, node: str) -> drift.Manifest:
-        found = inventory.targets_known(self._app.ready_store(), [node])
+        found = inventory.targets_known(self._parts.store(), [node])
         if not found:
             raise ActionError(f"{node} is not an enrolled node")
-        from broker.fleet.pool import shared_pool
-
-        reply = nodeprog.call(shared_pool(self._app.settings), found[0], "drift-scan", {})
+        reply = nodeprog.call(self._parts.pool(), found[0], "drift-scan", {})
         if not reply.ok or reply.data is None:
             raise ActionError(f"{node}: {reply.error}")
         return drift.parse_scan(reply.data)
@@ -231,7 +227,7 @@ class Responder:
     def _drift_baseline(self, alert_id: int | None, target: str, now: datetime) -> str:
         grant_id, _, node = target.partition("@")
         manifest = self._scan(node)
-        with self._app.ready_store().transaction() as conn:
+        with self._parts.store().transaction() as conn:
             conn.execute(
                 "INSERT INTO drift_baselines (grant_id, node, taken_at, manifest)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (grant_id, node) DO UPDATE"
@@ -241,7 +237,7 @@ class Responder:
         return f"baseline of {len(manifest.entries)} entries"
 
     def _drift_check(self, alert_id: int | None, recording_id: str, now: datetime) -> str:
-        conn = self._app.ready_store().conn
+        conn = self._parts.store().conn
         row = conn.execute(
             "SELECT node, user, grant_id FROM recordings WHERE id = ?", (recording_id,)
         ).fetchone()
@@ -254,7 +250,7 @@ class Responder:
         ).fetchone()
         rule = self._drift_rule()
         if base is None:
-            with self._app.ready_store().transaction() as tx:
+            with self._parts.store().transaction() as tx:
                 _store_drift(tx, recording_id, grant_id, node, now, [], 0, "no baseline was taken")
             return "no baseline"
         current = self._scan(node)
@@ -276,7 +272,7 @@ class Responder:
                     grant_id=grant_id,
                     recording_id=recording_id,
                 )
-            with self._app.ready_store().transaction() as tx:
+            with self._parts.store().transaction() as tx:
                 _store_drift(tx, recording_id, grant_id, node, now, [], 0, "scan truncated")
                 if finding is not None:
                     alerts.raise_alert(tx, finding, now, self._enqueue)
@@ -288,7 +284,7 @@ class Responder:
         ]
         odd = drift.unexpected(changes, rule.expected)
         alert_id = None
-        with self._app.ready_store().transaction() as tx:
+        with self._parts.store().transaction() as tx:
             tx.execute(
                 "UPDATE drift_baselines SET taken_at = ?, manifest = ? WHERE grant_id = ? AND node = ?",
                 (to_text(now), current.to_json(), grant_id, node),
@@ -317,7 +313,7 @@ class Responder:
         )
 
     def _drift_rule(self) -> DriftRule:
-        policy = self._app.active_policy()
+        policy = self._parts.policy()
         return policy.detection.drift if policy is not None else DriftRule()
 
 

@@ -25,7 +25,8 @@ from broker.core.hostlist import expand
 from broker.core.timeutil import to_text
 from broker.detect import alerts
 from broker.detect.engine import AuditEvent, Detector, Finding, Recording, new_memory
-from broker.detect.rules import Detection
+from broker.fleet import quarantine
+from broker.policy.detection_rules import Detection
 from broker.sessions import iolog
 from broker.sessions.iolog import IologError
 from broker.store.db import Store
@@ -75,10 +76,6 @@ def save_state(conn: sqlite3.Connection, state: dict[str, Any]) -> None:
     )
 
 
-def quarantined_nodes(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT node FROM quarantines WHERE state = 'quarantined'")}
-
-
 class DetectionRunner:
     """Runs passes over one store; the caller supplies the rules in force each pass."""
 
@@ -108,7 +105,7 @@ class DetectionRunner:
         detector = Detector(
             detection,
             state["memory"],
-            quarantined=quarantined_nodes(conn),
+            quarantined=quarantine.in_force(conn),
             exempt_users=exempt_users,
         )
         findings: list[Finding] = []

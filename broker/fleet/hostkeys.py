@@ -18,16 +18,11 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import paramiko
 
 from broker.core.errors import RefusedError, UnavailableError, UsageError
-
-if TYPE_CHECKING:
-    from broker.fleet.inventory import NodeRecord
-    from broker.store.db import Store
 
 # Plain host key types (no certificates); the algorithms that may present each.
 KEY_ALGORITHMS: dict[str, tuple[str, ...]] = {
@@ -240,17 +235,6 @@ def fetch(
 Action = Literal["show", "pin", "same"]
 
 
-@dataclass(frozen=True)
-class EnrollResult:
-    node: str
-    address: str
-    port: int
-    seen: HostKey
-    pinned: bool  # the node is pinned to `seen` now
-    changed: bool  # this call pinned it
-    previous: str | None  # the fingerprint it was pinned to before, if any
-
-
 def decide(
     name: str,
     pinned_fingerprint: str | None,
@@ -285,46 +269,3 @@ def decide(
             fix="send it back as expected (the CLI does this after your yes)",
         )
     return "pin"
-
-
-def enroll(
-    store: Store,
-    name: str,
-    *,
-    expected: Sequence[Expected],
-    confirm: bool,
-    replace: bool,
-    actor: str,
-    known_hosts: Path,
-    owner: tuple[int, int] | None,
-    timeout: float,
-) -> EnrollResult:
-    """Fetch the node's key and pin it when `decide` says so (inventory.pin audits it)."""
-    from broker.fleet import inventory  # inventory uses this module's key checks
-
-    record: NodeRecord = inventory.require(store, name)
-    types = [e.key_type for e in expected]
-    key_types = None if not types or None in types else [t for t in types if t is not None]
-    seen = fetch(record.address, record.port, timeout=timeout, key_types=key_types)
-    action = decide(name, record.fingerprint, seen, expected, confirm=confirm, replace=replace)
-    if action == "pin":
-        inventory.pin(
-            store,
-            name,
-            seen.key_type,
-            seen.key_b64,
-            seen.fingerprint,
-            actor,
-            known_hosts=known_hosts,
-            owner=owner,
-            expect_previous=record.fingerprint,
-        )
-    return EnrollResult(
-        name,
-        record.address,
-        record.port,
-        seen,
-        pinned=action != "show",
-        changed=action == "pin",
-        previous=record.fingerprint,
-    )

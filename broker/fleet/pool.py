@@ -32,7 +32,7 @@ import paramiko
 from paramiko import sftp as sftp_proto
 
 from broker.core.errors import RefusedError, UnavailableError
-from broker.fleet.ssh import MAX_OUTPUT, CommandResult, NodeTarget, _explain
+from broker.fleet.ssh import MAX_OUTPUT, CommandResult, NodeTarget, explain
 from broker.store.files import check_private_file
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ class SshPool:
         except UnavailableError as exc:
             return _failed(target, f"{target.name}: {exc.one_line()}", started)
         except _SSH_ERRORS as exc:
-            return _failed(target, _explain(target, exc, self.options.known_hosts), started)
+            return _failed(target, explain(target, exc, self.options.known_hosts), started)
 
     def run_many(
         self,

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from broker.fleet.ssh import CommandResult, NodeTarget, SshRunner
+from broker.fleet.runner import SshRunner
+from broker.fleet.ssh import CommandResult, NodeTarget
 
 PROBE = ["sh", "-c", 'printf "%s %s\\n" "$(hostname)" "$(date +%s.%N)"']
 

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import paramiko
 
-if TYPE_CHECKING:
-    from broker.fleet.pool import SshPool
+from broker.fleet.hostkeys import fingerprint
 
 MAX_OUTPUT = 1 << 20
 
@@ -45,58 +41,13 @@ class CommandResult:
         return self.error is None and self.exit_status == 0
 
 
-class SshRunner:
-    """The original one-call face of the fleet, now a thin wrapper over `SshPool`."""
-
-    def __init__(self, *, key_path: Path, known_hosts: Path, user: str, timeout: timedelta) -> None:
-        from broker.fleet.pool import SshOptions, SshPool  # pool builds on this module
-
-        self.pool = SshPool(
-            SshOptions(
-                key_path=key_path,
-                known_hosts=known_hosts,
-                user=user,
-                connect_timeout=timeout.total_seconds(),
-            )
-        )
-
-    @classmethod
-    def over(cls, pool: SshPool) -> SshRunner:
-        """A runner using an existing pool (the daemon's shared one)."""
-        runner = cls.__new__(cls)
-        runner.pool = pool
-        return runner
-
-    def run(self, target: NodeTarget, argv: Sequence[str]) -> CommandResult:
-        return self.pool.run(target, argv)
-
-    def run_many(
-        self,
-        targets: Sequence[NodeTarget],
-        argv: Sequence[str],
-        *,
-        workers: int = 32,
-        on_done: Callable[[CommandResult], None] | None = None,
-    ) -> list[CommandResult]:
-        """Run on every target in parallel; results come back in target order."""
-        from broker.fleet.pool import Job
-
-        del workers  # bounded by the pool's own `workers`
-        return self.pool.run_many([Job(t, argv) for t in targets], on_done)
-
-    def close(self) -> None:
-        self.pool.close()
-
-
 def _ms(started: float) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def _explain(target: NodeTarget, exc: BaseException, known_hosts: Path) -> str:
+def explain(target: NodeTarget, exc: BaseException, known_hosts: Path) -> str:
     where = f"{target.name} ({target.host}:{target.port})"
     if isinstance(exc, paramiko.BadHostKeyException):
-        from broker.fleet.hostkeys import fingerprint
-
         seen = fingerprint(exc.key.asbytes())
         return (
             f"{where}: host key changed (now {seen}); refusing. If the node was reinstalled, "

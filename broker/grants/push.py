@@ -79,6 +79,10 @@ def grant_file_text(grant: Grant, node: str, key: Ed25519PrivateKey, issued_at: 
     )
 
 
+# Called as each node's outcome arrives (the CLI's progress bar).
+Progress = Callable[[NodeOutcome], None]
+
+
 def install(
     pool: SshPool,
     targets: Sequence[NodeTarget],

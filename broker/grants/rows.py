@@ -129,6 +129,19 @@ def due_to_expire(conn: sqlite3.Connection, now: datetime) -> list[Grant]:
     return [_grant(r) for r in rows]
 
 
+def work_to_reap(conn: sqlite3.Connection) -> bool:
+    """Anything for the reaper: active grants, removals, pending requests, or a grant ended
+    in the last day (its node's spool is still collected)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM grants WHERE state = 'active')"
+        " OR EXISTS (SELECT 1 FROM grant_nodes WHERE state = 'removing')"
+        " OR EXISTS (SELECT 1 FROM elevation_requests WHERE state = 'pending')"
+        " OR EXISTS (SELECT 1 FROM grants WHERE ended_at > strftime('%Y-%m-%dT%H:%M:%fZ',"
+        " 'now', '-1 day'))"
+    ).fetchone()
+    return bool(row[0])
+
+
 def grant_nodes(conn: sqlite3.Connection, grant_id: str) -> list[GrantNode]:
     rows = conn.execute(
         "SELECT grant_id, node, state, error, attempts, pushed_at, removed_at"

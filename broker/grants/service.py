@@ -13,7 +13,7 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,28 +25,24 @@ from broker.core.hostlist import expand, fold
 from broker.core.identity import Account, Snapshot
 from broker.fleet import inventory
 from broker.fleet.pool import SshPool
+from broker.fleet.quarantine import quarantines
 from broker.fleet.ssh import NodeTarget
 from broker.grants import push, rows
+from broker.grants.delivery import Delivery, GrantRules
 from broker.grants.grantfile import new_grant_id, validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan, plan_elevation
-from broker.policy.evaluate import decide, state_at
+from broker.grants.reader import GrantReader
+from broker.grants.revocation import ReapReport, Revocation, RevokeResult
+from broker.policy.evaluate import state_at
 from broker.policy.model import Policy
-from broker.policy.names import POSIX_NAME
+from broker.policy.names import require_unix_name
 from broker.store.db import Store
 
 log = logging.getLogger("broker.grants")
 
 # Called with (account, code, purpose, actor); raises RefusedError unless the code is accepted.
 MfaCheck = Callable[[Account, str | None, str, str], None]
-Progress = Callable[[push.NodeOutcome], None]
-
-
-@dataclass(frozen=True)
-class GrantRules:
-    max_skew: timedelta
-    log_listen: str = "loopback"  # sessions.node_listen
-    log_port: int = 30343
 
 
 @dataclass(frozen=True)
@@ -54,21 +50,6 @@ class ElevationResult:
     grant: Grant | None
     request: Request | None
     outcomes: tuple[push.NodeOutcome, ...] = ()
-
-
-@dataclass(frozen=True)
-class RevokeResult:
-    revoked: tuple[str, ...]
-    outcomes: tuple[push.NodeOutcome, ...]
-    pending: tuple[tuple[str, str], ...]  # (grant, node) still to be removed
-
-
-@dataclass
-class ReapReport:
-    requests_expired: list[str] = field(default_factory=list)
-    grants_expired: list[str] = field(default_factory=list)
-    removed: list[tuple[str, str]] = field(default_factory=list)
-    still_pending: list[tuple[str, str]] = field(default_factory=list)
 
 
 def new_request_id() -> str:
@@ -96,6 +77,8 @@ class GrantService:
         self._policy = policy
         self._snapshot = snapshot
         self._mfa = mfa
+        self._delivery = Delivery(store=store, pool=pool, signing_key=signing_key, rules=rules)
+        self._ending = Revocation(store=store, pool=pool, policy=policy, snapshot=snapshot)
 
     # ------------------------------------------------------------ elevate
 
@@ -137,8 +120,6 @@ class GrantService:
     ) -> None:
         """A quarantined node takes grants only for the incident-response group (checked
         again inside the transaction that issues, so a quarantine meanwhile still wins)."""
-        from broker.detect.quarantine import quarantines
-
         held = {q.node: q for q in quarantines(conn or self._store.conn)}
         blocked = [n for n in names if n in held]
         if not blocked:
@@ -191,7 +172,7 @@ class GrantService:
         code: str | None,
         actor: str,
         now: datetime,
-        progress: Progress | None = None,
+        progress: push.Progress | None = None,
         push_now: bool = True,
     ) -> ElevationResult:
         """Check everything, then grant and push, or open a request that waits for approvals.
@@ -199,7 +180,7 @@ class GrantService:
         With `push_now` False the grant is issued and the caller pushes it from another
         thread (`push_pending`), so a client can watch the nodes land one by one."""
         reason = validate_reason(reason)
-        _unix_name(account.name, "requester")
+        require_unix_name(account.name, "requester")
         sha, policy = self._require_policy()
         names = expand(nodes)
         plan = plan_elevation(
@@ -265,7 +246,7 @@ class GrantService:
         )
         if not push_now:
             return ElevationResult(self.grant(grant.id), None)
-        outcomes = self._push(grant, targets, now, progress)
+        outcomes = self._delivery.push(grant, targets, now, progress)
         return ElevationResult(self.grant(grant.id), None, tuple(outcomes))
 
     def _issue(
@@ -350,59 +331,6 @@ class GrantService:
             )
         return grant
 
-    def _push(
-        self,
-        grant: Grant,
-        targets: Sequence[NodeTarget],
-        now: datetime,
-        progress: Progress | None,
-    ) -> list[push.NodeOutcome]:
-        outcomes = push.install(
-            self._pool,
-            targets,
-            grant,
-            self._key,
-            max_skew=self._rules.max_skew,
-            log_listen=self._rules.log_listen,
-            log_port=self._rules.log_port,
-            now=now,
-            on_done=progress,
-        )
-        with self._store.transaction() as conn:
-            current = rows.grant(conn, grant.id)
-            still_active = current is not None and current.state == "active"
-            for outcome in outcomes:
-                if not still_active:
-                    # Revoked while we pushed: whatever landed (even a push that reported
-                    # failure may have renamed its files) must come off again.
-                    rows.set_node_state(
-                        conn, grant.id, outcome.node, "removing", error=None, now=now
-                    )
-                else:
-                    rows.set_node_state(
-                        conn,
-                        grant.id,
-                        outcome.node,
-                        "live" if outcome.ok else "failed",
-                        error=outcome.error,
-                        now=now,
-                    )
-            writer.record(
-                conn,
-                writer.EventInput(
-                    "broker",
-                    "grant.push",
-                    grant.id,
-                    outcome="ok" if all(o.ok for o in outcomes) else "failed",
-                    details={
-                        "live": fold([o.node for o in outcomes if o.ok]),
-                        "failed": {o.node: o.error for o in outcomes if not o.ok},
-                    },
-                ),
-                now,
-            )
-        return outcomes
-
     # ------------------------------------------------------------ approvals
 
     def _approver_check(self, request: Request, approver: Account, now: datetime) -> None:
@@ -421,7 +349,7 @@ class GrantService:
                 f"{approver.name} requested {request.id} and may not approve or deny it",
                 fix=f"ask a member of {', '.join(request.approver_groups)}",
             )
-        _unix_name(approver.name, "approver")
+        require_unix_name(approver.name, "approver")
         if (
             state_at(approver, now) != "enabled"
             or not approver.eligible
@@ -441,7 +369,7 @@ class GrantService:
         code: str | None,
         actor: str,
         now: datetime,
-        progress: Progress | None = None,
+        progress: push.Progress | None = None,
         push_now: bool = True,
     ) -> ElevationResult:
         """Record an approval; with enough of them, issue the grant and push it."""
@@ -484,7 +412,7 @@ class GrantService:
         approvers: tuple[str, ...],
         actor: str,
         now: datetime,
-        progress: Progress | None,
+        progress: push.Progress | None,
         push_now: bool = True,
     ) -> ElevationResult:
         """Re-check the request against today's directory and policy, then issue it."""
@@ -546,7 +474,7 @@ class GrantService:
         )
         if not push_now:
             return ElevationResult(self.grant(grant.id), self.request(request.id))
-        outcomes = self._push(grant, targets, now, progress)
+        outcomes = self._delivery.push(grant, targets, now, progress)
         return ElevationResult(self.grant(grant.id), self.request(request.id), tuple(outcomes))
 
     def push_pending(self, grant_id: str, *, now: datetime) -> list[push.NodeOutcome]:
@@ -560,7 +488,7 @@ class GrantService:
         ]
         if not todo:
             return []
-        return self._push(grant, inventory.targets_known(self._store, todo), now, None)
+        return self._delivery.push(grant, inventory.targets_known(self._store, todo), now, None)
 
     def deny(
         self,
@@ -603,25 +531,15 @@ class GrantService:
         return self.request(request_id)
 
     def request(self, request_id: str) -> Request:
-        found = rows.request(self._store.conn, request_id)
-        if found is None:
-            raise RefusedError(
-                f"no request {request_id}", fix="list them with `broker requests list`"
-            )
-        return found
-
-    # ------------------------------------------------------------ reading
+        return GrantReader(self._store).request(request_id)
 
     def grant(self, grant_id: str) -> Grant:
-        found = rows.grant(self._store.conn, grant_id)
-        if found is None:
-            raise RefusedError(f"no grant {grant_id}", fix="list them with `broker grants list`")
-        return found
+        return GrantReader(self._store).grant(grant_id)
 
     # ------------------------------------------------------------ retry, revoke, expire
 
     def retry(
-        self, grant_id: str, *, actor: str, now: datetime, progress: Progress | None = None
+        self, grant_id: str, *, actor: str, now: datetime, progress: push.Progress | None = None
     ) -> list[push.NodeOutcome]:
         """Push again to the nodes where the grant has not landed."""
         grant = self.grant(grant_id)
@@ -643,7 +561,9 @@ class GrantService:
                 writer.EventInput(actor, "grant.retry", grant_id, details={"nodes": fold(todo)}),
                 now,
             )
-        return self._push(grant, self._targets(todo), now, progress)
+        return self._delivery.push(grant, self._targets(todo), now, progress)
+
+    # Ending grants is its own job (revocation.py); these keep the service's one face.
 
     def revoke(
         self,
@@ -654,195 +574,17 @@ class GrantService:
         actor: str,
         reason: str,
         now: datetime,
-        progress: Progress | None = None,
+        progress: push.Progress | None = None,
     ) -> RevokeResult:
-        """End grants at once: marked revoked first (so nothing re-pushes them), then removed
-        from their nodes with their running sessions."""
-        conn = self._store.conn
-        chosen: dict[str, Grant] = {}
-        for grant_id in ids:
-            chosen[grant_id] = self.grant(grant_id)
-        if user is not None:
-            for g in rows.grants(conn, user=user, states=("active",)):
-                chosen[g.id] = g
-        if node is not None:
-            for g in rows.grants(conn, node=node, states=("active",)):
-                chosen[g.id] = g
-        active = [g for g in chosen.values() if g.state == "active"]
-        with self._store.transaction() as tx:
-            for g in active:
-                rows.end_grant(tx, g.id, "revoked", by=actor, reason=reason, now=now)
-                writer.record(
-                    tx,
-                    writer.EventInput(
-                        actor,
-                        "grant.revoke",
-                        g.id,
-                        details={"user": g.user, "nodes": g.nodes, "reason": reason},
-                    ),
-                    now,
-                )
-        # Every node of each revoked grant, not only `node`: a revoked grant must go
-        # everywhere at once, and what cannot be reached is reported as pending.
-        outcomes, pending = self.remove_pending(
-            [g.id for g in chosen.values()], now=now, progress=progress
+        return self._ending.revoke(
+            ids=ids, user=user, node=node, actor=actor, reason=reason, now=now, progress=progress
         )
-        return RevokeResult(tuple(g.id for g in active), tuple(outcomes), tuple(pending))
-
-    def remove_pending(
-        self,
-        grant_ids: Sequence[str] | None,
-        *,
-        node: str | None = None,
-        now: datetime,
-        progress: Progress | None = None,
-    ) -> tuple[list[push.NodeOutcome], list[tuple[str, str]]]:
-        """Take ended grants off their nodes; returns outcomes and what is still pending."""
-        pairs = rows.pending_removals(self._store.conn, grant_ids=grant_ids, node=node)
-        if not pairs:
-            return [], []
-        by_node: dict[str, list[str]] = {}
-        for grant_id, name in pairs:
-            by_node.setdefault(name, []).append(grant_id)
-        known = {t.name: t for t in inventory.targets_known(self._store, list(by_node))}
-        targets = [known[n] for n in by_node if n in known]
-        outcomes = push.remove(self._pool, targets, by_node, on_done=progress)
-        pending: list[tuple[str, str]] = []
-        with self._store.transaction() as conn:
-            for outcome in outcomes:
-                for grant_id in by_node[outcome.node]:
-                    if outcome.ok:
-                        rows.set_node_state(
-                            conn, grant_id, outcome.node, "removed", error=None, now=now
-                        )
-                    else:
-                        rows.set_node_state(
-                            conn, grant_id, outcome.node, "removing", error=outcome.error, now=now
-                        )
-                        pending.append((grant_id, outcome.node))
-            for name in by_node:
-                if name not in known:  # removed from the inventory: nothing left to reach
-                    for grant_id in by_node[name]:
-                        rows.set_node_state(
-                            conn, grant_id, name, "removed", error="node not in inventory", now=now
-                        )
-            if any(o.ok for o in outcomes) or pending:
-                writer.record(
-                    conn,
-                    writer.EventInput(
-                        "broker",
-                        "grant.remove",
-                        ",".join(sorted({p[0] for p in pairs}))[:200],
-                        outcome="ok" if not pending else "failed",
-                        details={
-                            "removed": fold([o.node for o in outcomes if o.ok]),
-                            "killed": sum(o.killed for o in outcomes),
-                            "pending": {f"{g}@{n}": "" for g, n in pending},
-                        },
-                    ),
-                    now,
-                )
-        return outcomes, pending
 
     def reap(self, now: datetime) -> ReapReport:
-        """Expire overdue requests and grants, and retry removals from nodes that were down."""
-        report = ReapReport()
-        conn = self._store.conn
-        overdue = rows.overdue_requests(conn, now)
-        expiring = rows.due_to_expire(conn, now)
-        if overdue or expiring:
-            with self._store.transaction() as tx:
-                for request_id in overdue:
-                    if rows.decide_request(
-                        tx,
-                        request_id,
-                        "expired",
-                        by="broker",
-                        reason="not approved in time",
-                        now=now,
-                    ):
-                        report.requests_expired.append(request_id)
-                        writer.record(
-                            tx,
-                            writer.EventInput(
-                                "broker", "grant.request.expire", request_id, outcome="refused"
-                            ),
-                            now,
-                        )
-                for g in expiring:
-                    if rows.end_grant(tx, g.id, "expired", by="broker", reason="expired", now=now):
-                        report.grants_expired.append(g.id)
-                        writer.record(
-                            tx,
-                            writer.EventInput(
-                                "broker", "grant.expire", g.id, details={"user": g.user}
-                            ),
-                            now,
-                        )
-        before = set(rows.pending_removals(conn))
-        _outcomes, pending = self.remove_pending(None, now=now)
-        report.still_pending = sorted(pending)
-        report.removed = sorted(before - set(pending))
-        if pending:
-            log.info("grant removals still pending on %d node(s)", len({n for _, n in pending}))
-        return report
-
-    # ------------------------------------------------------------ automatic revocation
+        return self._ending.reap(now)
 
     def recheck(self, *, actor: str, cause: str, now: datetime) -> list[str]:
-        """Revoke every active grant the directory and policy of `now` would not issue:
-        the user left the group, was disabled, expired or locked, or the policy changed."""
-        revoked: list[str] = []
-        active = self._policy()
-        snapshot = self._snapshot(now)
-        for g in rows.grants(self._store.conn, states=("active",), limit=1_000_000):
-            if g.not_after <= now:
-                continue  # the reaper expires it
-            why = _still_allowed(active, snapshot.account(g.user), g, now)
-            if why is not None:
-                log.info("revoking %s of %s: %s: %s", g.id, g.user, cause, why)
-                result = self.revoke(ids=[g.id], actor=actor, reason=f"{cause}: {why}", now=now)
-                revoked.extend(result.revoked)
-        return revoked
-
-
-def _still_allowed(
-    active: tuple[str, Policy] | None, account: Account | None, grant: Grant, now: datetime
-) -> str | None:
-    """None when the grant's user may still hold it on all its nodes; otherwise why not."""
-    if active is None:
-        return "no policy is active"
-    if account is None:
-        return f"{grant.user} is no longer in the directory"
-    if account.sid != grant.sid:
-        return f"{grant.user} is now another directory account"
-    _sha, policy = active
-    for node in expand(grant.nodes):
-        decision = decide(policy, account, node, grant.role, None, now=now)
-        if not decision.allowed:
-            return decision.reason
-    return _narrower_role(policy, grant)
-
-
-def _narrower_role(policy: Policy, grant: Grant) -> str | None:
-    """Why the grant gives more than its role gives now (after a policy change), or None."""
-    role = policy.roles.get(grant.role)
-    if role is None:
-        return f"role {grant.role} is no longer in the policy"
-    if role.runas != grant.runas:
-        return f"role {role.name} now runs as {role.runas}, not {grant.runas}"
-    if not role.all_commands:
-        held = set(role.command_sets)
-        granted = {n for n, _ in grant.command_sets}
-        if grant.commands == "ALL" or not granted <= held:
-            return f"role {role.name} no longer allows commands {grant.commands}"
-    if grant.not_after - grant.not_before > role.longest:
-        return f"role {role.name} now allows at most {format_duration(role.longest)}"
-    if grant.login and not role.login:
-        return f"role {role.name} no longer allows login"
-    if grant.workloads and not role.workloads:
-        return f"role {role.name} no longer allows workloads"
-    return None
+        return self._ending.recheck(actor=actor, cause=cause, now=now)
 
 
 def _approver_holds(
@@ -855,13 +597,3 @@ def _approver_holds(
         and state_at(account, now) == "enabled"
         and bool(set(groups) & account.groups)
     )
-
-
-def _unix_name(name: str, what: str) -> None:
-    """Names reach sudoers and grant files: the POSIX portable allow-list, nothing else."""
-    if not POSIX_NAME.fullmatch(name):
-        raise RefusedError(
-            f"the {what} name {name!r} is not a POSIX user name ([a-z_][a-z0-9_-]*, at most "
-            "32 characters)",
-            fix="rename the account in AD, or have another person act",
-        )

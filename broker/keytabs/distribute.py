@@ -45,7 +45,7 @@ import paramiko
 from broker.core.errors import BrokerError, RefusedError
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool, put_atomic, read_regular, remote_stat
-from broker.fleet.ssh import NodeTarget, _explain
+from broker.fleet.ssh import NodeTarget, explain
 from broker.keytabs import keytabfile
 from broker.keytabs.keytabfile import Entry, Principal
 
@@ -219,7 +219,7 @@ def install_one(
     except BrokerError as exc:
         return NodeResult(node, False, f"{node}: {exc.one_line()}")
     except _SSH_TROUBLE as exc:
-        return NodeResult(node, False, _explain(target, exc, pool.options.known_hosts), (), True)
+        return NodeResult(node, False, explain(target, exc, pool.options.known_hosts), (), True)
     except OSError as exc:  # an SFTP status: permission denied, no space, ...
         return NodeResult(node, False, f"{node}: {spec.path}: {exc.strerror or type(exc).__name__}")
 

@@ -49,6 +49,7 @@ from broker.fleet.ssh import NodeTarget
 from broker.keytabs import distribute, keys, keytabfile, plan, rows
 from broker.keytabs.ad import AdAccount, Directory, PasswordNotSet, PasswordRefused
 from broker.keytabs.distribute import NodeResult, node_result
+from broker.keytabs.tickets import tokens_for
 from broker.policy.model import Policy, ServiceAccount
 from broker.store.db import Store
 
@@ -905,7 +906,6 @@ def _text(value: object) -> str:
 
 def verify_tokens_source(client: str, keytab: Path) -> TokenSource:
     """The real token source: the broker's own credentials from its keytab."""
-    from broker.keytabs.tickets import tokens_for
 
     def source(principals: Sequence[str]) -> Mapping[str, str | None]:
         return tokens_for(principals, client=client, keytab=keytab)

@@ -18,8 +18,9 @@ from datetime import datetime
 import pyotp
 
 from broker.audit import writer
+from broker.audit.query import happened_since
 from broker.core.errors import RefusedError
-from broker.core.timeutil import from_text
+from broker.core.timeutil import from_text, to_text
 from broker.mfa import attempts, codes, recovery, rows, sealing
 from broker.mfa.attempts import Attempt
 from broker.mfa.model import Enrollment, MfaIdentity, MfaRules, MfaStatus
@@ -32,6 +33,7 @@ __all__ = [
     "MfaStatus",
     "activate",
     "begin_enrollment",
+    "lock_after_finding",
     "reset",
     "status",
     "use_recovery_code",
@@ -281,3 +283,31 @@ def reset(store: Store, *, ident: MfaIdentity, actor: str, now: datetime) -> boo
         )
         writer.record(conn, event, now)
     return removed
+
+
+def lock_after_finding(
+    store: Store,
+    *,
+    ident: MfaIdentity,
+    since: datetime,
+    until: datetime,
+    actor: str,
+    cause: str,
+    now: datetime,
+) -> str:
+    """Lock `ident` until `until` for a detection finding made at `since`; what was done.
+
+    An operator's reset since the finding is a human decision a late lock must not undo,
+    and a longer lock already in place stays.
+    """
+    with store.transaction() as conn:
+        if happened_since(conn, "mfa.reset", ident.name, to_text(since)):
+            return "MFA was reset by an operator since the finding: not locked again"
+        current = rows.active_lock(conn, ident.sid, now)
+        if current is not None and current.until >= until:
+            return f"already locked until {to_text(current.until)}"
+        failures = current.failures if current is not None else 0
+        rows.set_lock(conn, ident.sid, until, failures)
+        details = {"sid": ident.sid, "until": to_text(until), "cause": cause}
+        writer.record(conn, writer.EventInput(actor, "mfa.lock", ident.name, details=details), now)
+    return f"locked until {to_text(until)}"

@@ -15,7 +15,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
 
-from broker.detect.rules import (
+from broker.policy import names
+from broker.policy.detection_rules import (
     ACTIONS,
     BUILTIN,
     DRIFT_ACTIONS,
@@ -32,7 +33,6 @@ from broker.detect.rules import (
     Stream,
     combined,
 )
-from broker.policy import names
 from broker.policy.positions import Path as KeyPath
 from broker.policy.reader import Problems, Table
 

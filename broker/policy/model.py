@@ -15,8 +15,8 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from broker.core.durations import format_duration
-from broker.detect.rules import DEFAULT as DEFAULT_DETECTION
-from broker.detect.rules import Detection
+from broker.policy.detection_rules import DEFAULT as DEFAULT_DETECTION
+from broker.policy.detection_rules import Detection
 from broker.policy.names import STRONG_ENCTYPES, cmnd_alias
 
 ZoneKind = Literal["access", "management", "compute", "storage"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from broker.core.errors import RefusedError
 from broker.core.identity import ACCOUNT_NAME, GROUP_NAME
 
 # Zones, roles, command sets, service accounts: lower-case words joined by single
@@ -177,3 +178,13 @@ def principal(text: str) -> str | None:
 def cmnd_alias(name: str) -> str:
     """The sudoers Cmnd_Alias for a command set: `node-diag` -> `BROKER_NODE_DIAG`."""
     return "BROKER_" + name.upper().replace("-", "_")
+
+
+def require_unix_name(name: str, what: str) -> None:
+    """Names reach sudoers and grant files: the POSIX portable allow-list, nothing else."""
+    if not POSIX_NAME.fullmatch(name):
+        raise RefusedError(
+            f"the {what} name {name!r} is not a POSIX user name ([a-z_][a-z0-9_-]*, at most "
+            "32 characters)",
+            fix="rename the account in AD, or have another person act",
+        )

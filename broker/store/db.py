@@ -75,5 +75,8 @@ class Store:
         for callback in self._after_commit:
             callback()
 
+    def journal_mode(self) -> str:
+        return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])
+
     def close(self) -> None:
         self.conn.close()

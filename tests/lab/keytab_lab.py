@@ -15,8 +15,9 @@ from typing import Any
 
 from broker.app import App
 from broker.config.loader import load_settings
-from broker.fleet import bootstrap, inventory
+from broker.fleet import inventory
 from broker.fleet.pool import SshOptions, SshPool, put_atomic
+from broker.provision import bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNTS_OU = "OU=Keytab Services,OU=Cluster,DC=hpc,DC=test"

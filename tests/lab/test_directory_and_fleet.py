@@ -14,7 +14,8 @@ from broker.config.loader import load_settings
 from broker.config.settings import DirectorySection
 from broker.core.errors import UnavailableError
 from broker.directory.connection import connect
-from broker.fleet.ssh import NodeTarget, SshRunner
+from broker.fleet.runner import SshRunner
+from broker.fleet.ssh import NodeTarget
 from tests.helpers import run_broker
 
 pytestmark = pytest.mark.lab

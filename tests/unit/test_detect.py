@@ -18,7 +18,7 @@ from broker.audit import writer
 from broker.config.loader import load_settings
 from broker.core.timeutil import to_text
 from broker.detect.engine import AuditEvent, Detector, Recording, new_memory
-from broker.detect.rules import DEFAULT, Detection
+from broker.policy.detection_rules import DEFAULT, Detection
 from broker.policy.load import parse_policy
 from broker.sessions.index import Indexer
 from tests.unit.test_sessions_iolog import log_json, write_recording

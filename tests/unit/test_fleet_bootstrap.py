@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.core.errors import RefusedError, UnavailableError, UsageError
-from broker.fleet import bootstrap
-from broker.fleet.bootstrap import BEGIN, END, insert_block, render_node_conf
 from broker.policy.load import load_policy
+from broker.provision import bootstrap
+from broker.provision.bootstrap import BEGIN, END, insert_block, render_node_conf
 from tests.helpers import REPO, load_node_package
 
 DEBIAN_SUDO = Path("/etc/pam.d/sudo").read_text() if Path("/etc/pam.d/sudo").exists() else (

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from broker.fleet import nodeprog
-from broker.fleet.bootstrap import GRANT_KEY, NODE_CONF, insert_block, render_node_conf
 from broker.fleet.ssh import CommandResult
 from broker.fleet.status import grant_blocker, parse_status
+from broker.provision.bootstrap import GRANT_KEY, NODE_CONF, insert_block, render_node_conf
 from tests.helpers import REPO
 from tests.unit.test_fleet_bootstrap import BLOCK, POLICY, key_line
 

@@ -23,7 +23,8 @@ from broker.fleet.pool import (
     require_paramiko,
     version_tuple,
 )
-from broker.fleet.ssh import CommandResult, NodeTarget, SshRunner
+from broker.fleet.runner import SshRunner
+from broker.fleet.ssh import CommandResult, NodeTarget
 from tests.helpers import write_config
 from tests.unit.local_sftp import local_sftp
 

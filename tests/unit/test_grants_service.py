@@ -23,7 +23,8 @@ from broker.core.identity import Account, MemorySnapshot
 from broker.fleet import hostkeys, inventory
 from broker.fleet.ssh import CommandResult, NodeTarget
 from broker.grants import rows
-from broker.grants.service import GrantRules, GrantService
+from broker.grants.delivery import GrantRules
+from broker.grants.service import GrantService
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
 from tests.unit.policy_samples import LAB_POLICY, NOW, account
@@ -97,11 +98,14 @@ class World:
                 [inventory.Observation(name, "1", "sudo", "1.9.13p3", True, 0.0)],
                 "test",
             )
-        self.service = GrantService(
+        self.service = self.build(GrantRules(max_skew=timedelta(seconds=60), log_port=30343))
+
+    def build(self, rules: GrantRules) -> GrantService:
+        return GrantService(
             store=self.store,
             pool=self.nodes,  # type: ignore[arg-type]
             signing_key=Ed25519PrivateKey.generate(),
-            rules=GrantRules(max_skew=timedelta(seconds=60), log_port=30343),
+            rules=rules,
             policy=self.policy,
             snapshot=lambda now: MemorySnapshot.of(self.accounts.values()),
             mfa=lambda account, code, purpose, actor: None,
@@ -145,8 +149,8 @@ def test_one_approval_grants_and_pushes_a_signed_grant(world: World) -> None:
 
 
 def test_node_address_listen_names_each_node_in_its_own_drop_in(world: World) -> None:
-    world.service._rules = GrantRules(
-        max_skew=timedelta(seconds=60), log_listen="node-address", log_port=4711
+    world.service = world.build(
+        GrantRules(max_skew=timedelta(seconds=60), log_listen="node-address", log_port=4711)
     )
     request_id = world.request(nodes="gpu[01-02]")
     world.service.approve(request_id, FRANK, code="1", actor="unix:frank", now=NOW)

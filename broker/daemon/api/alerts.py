@@ -20,8 +20,7 @@ from broker.daemon.api.names import HostlistText, UtcTimeText
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
 from broker.detect import alerts
-from broker.detect.quarantine import quarantines
-from broker.detect.rules import Severity
+from broker.policy.detection_rules import Severity
 
 NoteText = Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 RuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
@@ -248,4 +247,4 @@ def release(ctx: Context[ReleaseIn]) -> list[MarkOut]:
 )
 def list_quarantined(ctx: Context[Empty]) -> list[QuarantinedOut]:
     _responder(ctx)
-    return [QuarantinedOut(**vars(q)) for q in quarantines(ctx.app.ready_store().conn)]
+    return [QuarantinedOut(**vars(q)) for q in ctx.app.quarantines().listed()]

@@ -14,15 +14,17 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, model_validator
 
+from broker.app import App
 from broker.core.durations import parse_duration
 from broker.core.errors import RefusedError, UsageError
+from broker.core.hostlist import fold
 from broker.core.identity import Account
 from broker.core.timeutil import utcnow
 from broker.daemon.api.mfa import CodeText
 from broker.daemon.api.names import AccountName, DurationText, HostlistText, RoleName
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
-from broker.grants import rows
+from broker.daemon.scheduler import tick
 from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan
@@ -192,8 +194,6 @@ _PUSHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-push")
 def push_in_background(ctx: Context[Any], grant_id: str) -> None:
     """Push an issued grant from a pusher thread with its own App (its own store
     connection); outcomes land in grant_nodes, where the client watches them."""
-    from broker.app import App
-
     settings = ctx.app.settings
 
     def work() -> None:
@@ -231,7 +231,7 @@ def _copy(model: type[OutT], source: object, **computed: Any) -> OutT:
 
 
 def grant_out(ctx: Context[Any], grant: Grant) -> GrantOut:
-    nodes = rows.grant_nodes(ctx.app.ready_store().conn, grant.id)
+    nodes = ctx.app.grant_reader().nodes_of(grant.id)
     return _copy(
         GrantOut,
         grant,
@@ -260,8 +260,6 @@ def elevation_out(ctx: Context[Any], result: ElevationResult, *, wait: bool) -> 
 
 
 def plan_out(account: Account, plan: ElevationPlan) -> PlanOut:
-    from broker.core.hostlist import fold
-
     return PlanOut(
         user=account.name,
         role=plan.role.name,
@@ -336,14 +334,15 @@ def elevate(ctx: Context[ElevateIn]) -> ElevationOut:
     summary="Elevation requests: operators and approvers see all, others their own",
 )
 def list_requests(ctx: Context[RequestsQuery]) -> list[RequestOut]:
-    conn = ctx.app.ready_store().conn
     states = (ctx.params.state,) if ctx.params.state else ()
     account = ctx.caller.account
     visible = None
     if not ctx.caller.operator:
         assert account is not None  # SELF_OR_OPERATOR: a non-operator has an account
         visible = (account.sid, account.groups)
-    found = rows.requests(conn, states=states, limit=ctx.params.limit, visible_to=visible)
+    found = ctx.app.grant_reader().requests(
+        states=states, limit=ctx.params.limit, visible_to=visible
+    )
     return [request_out(r) for r in found]
 
 
@@ -405,9 +404,8 @@ def list_grants(ctx: Context[GrantsQuery]) -> list[GrantOut]:
                 "only operators may list other users' grants", fix="leave out --user"
             )
         user = account.name
-    conn = ctx.app.ready_store().conn
-    found = rows.grants(
-        conn, user=user, node=p.node, states=("active",) if p.active else (), limit=p.limit
+    found = ctx.app.grant_reader().grants(
+        user=user, node=p.node, states=("active",) if p.active else (), limit=p.limit
     )
     if p.active:
         found = [g for g in found if g.active_at(ctx.now)]
@@ -476,7 +474,7 @@ def revoke(ctx: Context[RevokeIn]) -> RevokeOut:
 def _own_grant(ctx: Context[Any], grant_id: str, *, approver_may_see: bool = False) -> Grant:
     """The grant, for an operator or its holder (and, to watch it land, its approvers);
     anyone else is told it does not exist."""
-    grant = ctx.app.grants().grant(grant_id)
+    grant = ctx.app.grant_reader().grant(grant_id)
     if not ctx.caller.operator:
         account = _account(ctx.caller)
         approver = approver_may_see and account.name in grant.approvers
@@ -502,7 +500,5 @@ class ReapOut(Out):
     summary="Run the scheduler's tick now: expire, retry removals, re-check, collect sessions",
 )
 def reap(ctx: Context[Empty]) -> ReapOut:
-    from broker.daemon.scheduler import tick
-
     report = tick(ctx.app)
     return ReapOut(**report.__dict__)

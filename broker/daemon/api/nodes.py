@@ -1,8 +1,7 @@
 """Nodes: the inventory, host-key enrollment, bootstrap, status and ping (operators only).
 
-SSH work goes through the daemon's one shared pool, so connections stay warm
-across requests and worker threads; a re-pinned or removed node's pooled
-connection is dropped at once.
+Every handler calls the node service (provision/nodes.py), which holds the daemon's one
+shared SSH pool, so connections stay warm across requests and worker threads.
 """
 
 from __future__ import annotations
@@ -11,18 +10,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from broker.core.hostlist import expand
 from broker.daemon.api.names import HostlistText
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
-from broker.fleet import bootstrap as fleet_bootstrap
-from broker.fleet import hostkeys, inventory
+from broker.fleet import hostkeys
 from broker.fleet import status as fleet_status
 from broker.fleet.inventory import NodeRecord
-from broker.fleet.pool import shared_pool
-from broker.fleet.probe import probe_nodes
-from broker.fleet.ssh import NodeTarget, SshRunner
-from broker.sessions import setup as sessions_setup
 
 NodeName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 AddressText = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")]
@@ -154,12 +147,8 @@ def _status_out(status: fleet_status.NodeStatus) -> StatusOut:
     summary="Add a node to the inventory (reachable once its host key is enrolled)",
 )
 def add(ctx: Context[AddRequest]) -> NodeOut:
-    settings = ctx.app.settings
-    port = ctx.params.port if ctx.params.port is not None else settings.ssh.port
-    record = inventory.add(
-        ctx.app.ready_store(), ctx.params.name, ctx.params.address, port, ctx.caller.actor
-    )
-    return _node_out(record)
+    p = ctx.params
+    return _node_out(ctx.app.nodes().add(p.name, p.address, p.port, ctx.caller.actor))
 
 
 @REGISTRY.add(
@@ -171,7 +160,7 @@ def add(ctx: Context[AddRequest]) -> NodeOut:
     summary="The node inventory: address, pinned key, bootstrap, last status",
 )
 def list_nodes(ctx: Context[Empty]) -> list[NodeOut]:
-    return [_node_out(r) for r in inventory.list_nodes(ctx.app.ready_store())]
+    return [_node_out(r) for r in ctx.app.nodes().listed()]
 
 
 @REGISTRY.add(
@@ -183,16 +172,7 @@ def list_nodes(ctx: Context[Empty]) -> list[NodeOut]:
     summary="Remove a node and its pinned key (refused while a grant may be on it)",
 )
 def remove(ctx: Context[NameRequest]) -> NodeOut:
-    settings = ctx.app.settings
-    record = inventory.remove(
-        ctx.app.ready_store(),
-        ctx.params.name,
-        ctx.caller.actor,
-        known_hosts=settings.known_hosts,
-        owner=ctx.app.owner,
-    )
-    shared_pool(settings).forget(record.name)
-    return _node_out(record)
+    return _node_out(ctx.app.nodes().remove(ctx.params.name, ctx.caller.actor))
 
 
 @REGISTRY.add(
@@ -204,21 +184,14 @@ def remove(ctx: Context[NameRequest]) -> NodeOut:
     summary="Fetch a node's host key; pin it when it matches the expected fingerprint",
 )
 def enroll(ctx: Context[EnrollRequest]) -> EnrollOut:
-    settings = ctx.app.settings
     params = ctx.params
-    result = hostkeys.enroll(
-        ctx.app.ready_store(),
+    result = ctx.app.nodes().enroll(
         params.name,
-        expected=[hostkeys.Expected(e.fingerprint, e.key_type) for e in params.expected],
+        [hostkeys.Expected(e.fingerprint, e.key_type) for e in params.expected],
         confirm=params.confirm,
         replace=params.replace,
         actor=ctx.caller.actor,
-        known_hosts=settings.known_hosts,
-        owner=ctx.app.owner,
-        timeout=settings.ssh.connect_timeout.total_seconds(),
     )
-    if result.changed:
-        shared_pool(settings).forget(result.node)
     return EnrollOut(
         node=result.node,
         address=result.address,
@@ -243,26 +216,7 @@ def enroll(ctx: Context[EnrollRequest]) -> EnrollOut:
     summary="Install the node program, node.conf, the grant key and the PAM blocks",
 )
 def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
-    settings = ctx.app.settings
-    policy = ctx.app.require_policy()
-    key_line = ctx.app.grant_public_key_line()
-    ca = sessions_setup.load_ca(settings)
-
-    def tunnel(target: NodeTarget) -> sessions_setup.NodeTunnel:
-        zone = policy.zone_of.get(target.name)
-        return sessions_setup.node_tunnel(settings, ca, target.name, target.host, zone, ctx.now)
-
-    results = fleet_bootstrap.bootstrap(
-        ctx.app.ready_store(),
-        shared_pool(settings),
-        expand(ctx.params.nodes),
-        policy=policy,
-        key_line=key_line,
-        joblaunch_service=settings.ssh.joblaunch_service,
-        max_skew=settings.ssh.max_skew.total_seconds(),
-        actor=ctx.caller.actor,
-        tunnels=tunnel,
-    )
+    results = ctx.app.nodes().bootstrap(ctx.params.nodes, actor=ctx.caller.actor, now=ctx.now)
     return [
         BootstrapOut(
             node=r.node,
@@ -285,15 +239,7 @@ def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
     summary="Ask each node's program: hook version, sudo, I/O logging, grants, clock skew",
 )
 def status(ctx: Context[StatusRequest]) -> list[StatusOut]:
-    settings = ctx.app.settings
-    names = None if ctx.params.nodes is None else expand(ctx.params.nodes)
-    statuses = fleet_status.check(
-        ctx.app.ready_store(),
-        shared_pool(settings),
-        names,
-        max_skew=settings.ssh.max_skew.total_seconds(),
-        actor=ctx.caller.actor,
-    )
+    statuses = ctx.app.nodes().status(ctx.params.nodes, actor=ctx.caller.actor)
     return [_status_out(s) for s in statuses]
 
 
@@ -306,7 +252,4 @@ def status(ctx: Context[StatusRequest]) -> list[StatusOut]:
     summary="SSH to each enrolled node: reachable, reported hostname, clock skew",
 )
 def ping(ctx: Context[NodesRequest]) -> list[ProbeOut]:
-    settings = ctx.app.settings
-    targets = inventory.targets(ctx.app.ready_store(), expand(ctx.params.nodes))
-    runner = SshRunner.over(shared_pool(settings))
-    return [ProbeOut(**p.__dict__) for p in probe_nodes(runner, targets)]
+    return [ProbeOut(**p.__dict__) for p in ctx.app.nodes().ping(ctx.params.nodes)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from broker import __version__
+from broker.audit.query import count_events
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Context, Empty, Out
 from broker.store import migrations
@@ -67,11 +68,11 @@ def db_status(ctx: Context[Empty]) -> DbStatus:
     store = ctx.app.store()
     conn = store.conn
     done = sorted(migrations.applied_numbers(conn))
-    events = conn.execute("SELECT count(*) FROM audit_events").fetchone()[0] if done else 0
+    events = count_events(conn) if done else 0
     return DbStatus(
         path=str(store.path),
         schema=done[-1] if done else 0,
         pending=[m.number for m in migrations.pending(conn)],
-        journal_mode=conn.execute("PRAGMA journal_mode").fetchone()[0],
+        journal_mode=store.journal_mode(),
         audit_events=events,
     )

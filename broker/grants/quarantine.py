@@ -12,7 +12,6 @@ scheduler tries again; the grants' removal is retried by the reaper as always.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +19,8 @@ from datetime import datetime
 from broker.audit import writer
 from broker.core.errors import RefusedError, UsageError
 from broker.core.hostlist import expand
-from broker.core.timeutil import to_text
 from broker.fleet import inventory, nodeprog
+from broker.fleet import quarantine as state
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
 from broker.grants.grantfile import validate_reason
@@ -30,17 +29,6 @@ from broker.store.db import Store
 
 # The group names a node's quarantine marker carries (pam/broker_node/contract.py _GROUP_CHARS).
 NODE_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    node: str
-    state: str  # quarantined | releasing
-    reason: str
-    since: str
-    by: str
-    marker: str  # pending | placed
-    error: str | None
 
 
 @dataclass(frozen=True)
@@ -58,21 +46,6 @@ class QuarantineResult:
     marks: tuple[NodeMark, ...]
 
 
-def quarantines(conn: sqlite3.Connection) -> list[Quarantine]:
-    return [
-        Quarantine(*r)
-        for r in conn.execute(
-            "SELECT node, state, reason, since, by, marker, error FROM quarantines ORDER BY node"
-        )
-    ]
-
-
-def quarantined(conn: sqlite3.Connection, nodes: Sequence[str]) -> list[str]:
-    """Which of `nodes` are under quarantine now (a release not yet landed still counts)."""
-    found = {q.node for q in quarantines(conn)}
-    return [n for n in nodes if n in found]
-
-
 class Quarantines:
     def __init__(
         self,
@@ -85,6 +58,10 @@ class Quarantines:
         self._pool = pool
         self._grants = grants
         self._group = group  # the incident-response group of the active policy
+
+    def listed(self) -> list[state.Quarantine]:
+        """Every node under quarantine or being released, with its marker's state."""
+        return state.quarantines(self._store.conn)
 
     def _targets(self, nodes: str | Sequence[str]) -> tuple[list[str], list[NodeTarget]]:
         names = expand(nodes) if isinstance(nodes, str) else list(nodes)
@@ -104,13 +81,7 @@ class Quarantines:
         names, targets = self._targets(nodes)
         with self._store.transaction() as conn:
             for name in names:
-                conn.execute(
-                    "INSERT INTO quarantines (node, state, reason, since, by, marker, updated_at)"
-                    " VALUES (?, 'quarantined', ?, ?, ?, 'pending', ?) ON CONFLICT (node) DO UPDATE"
-                    " SET state = 'quarantined', reason = excluded.reason, by = excluded.by,"
-                    " marker = 'pending', error = NULL, updated_at = excluded.updated_at",
-                    (name, reason, to_text(now), actor, to_text(now)),
-                )
+                state.hold(conn, name, reason=reason, actor=actor, now=now)
                 writer.record(
                     conn,
                     writer.EventInput(actor, "node.quarantine", name, details={"reason": reason}),
@@ -130,7 +101,7 @@ class Quarantines:
 
     def release(self, nodes: str | Sequence[str], *, actor: str, now: datetime) -> list[NodeMark]:
         names, targets = self._targets(nodes)
-        current = {q.node for q in quarantines(self._store.conn)}
+        current = {q.node for q in state.quarantines(self._store.conn)}
         missing = [n for n in names if n not in current]
         if missing:
             raise RefusedError(
@@ -138,24 +109,20 @@ class Quarantines:
             )
         with self._store.transaction() as conn:
             for name in names:
-                conn.execute(
-                    "UPDATE quarantines SET state = 'releasing', marker = 'pending', error = NULL,"
-                    " updated_at = ? WHERE node = ?",
-                    (to_text(now), name),
-                )
+                state.start_release(conn, name, now)
                 writer.record(conn, writer.EventInput(actor, "node.release", name), now)
         return self._place(targets, now)
 
     def retry(self, now: datetime) -> list[NodeMark]:
         """Markers (or their removal) that have not reached their node yet."""
-        pending = [q.node for q in quarantines(self._store.conn) if q.marker == "pending"]
+        pending = [q.node for q in state.quarantines(self._store.conn) if q.marker == "pending"]
         if not pending:
             return []
         return self._place(inventory.targets_known(self._store, pending), now)
 
     def _place(self, targets: Sequence[NodeTarget], now: datetime) -> list[NodeMark]:
         """Put each node's marker in the state its row asks for; record how that went."""
-        rows = {q.node: q for q in quarantines(self._store.conn)}
+        rows = {q.node: q for q in state.quarantines(self._store.conn)}
         group = self._group()
         if group is not None and not NODE_GROUP.fullmatch(group):
             # A name the node's marker cannot carry (a space): nobody is exempt there, which
@@ -190,21 +157,10 @@ class Quarantines:
                 if row is None:
                     continue
                 if mark.ok and row.state == "releasing":
-                    conn.execute(
-                        "DELETE FROM quarantines WHERE node = ? AND state = 'releasing'",
-                        (mark.node,),
-                    )
+                    state.released(conn, mark.node)
                 else:
-                    conn.execute(
-                        "UPDATE quarantines SET marker = ?, error = ?, updated_at = ?"
-                        " WHERE node = ? AND state = ?",
-                        (
-                            "placed" if mark.ok else "pending",
-                            mark.error,
-                            to_text(now),
-                            mark.node,
-                            row.state,
-                        ),
+                    state.record_marker(
+                        conn, mark.node, row.state, placed=mark.ok, error=mark.error, now=now
                     )
         return marks
 
