@@ -79,7 +79,6 @@ NODE_DIRS: tuple[tuple[str, int], ...] = (
     ("/var/lib/broker", 0o700),
     ("/var/lib/broker/grants", 0o700),
     ("/var/lib/broker/revoked", 0o700),
-    ("/var/lib/broker/sessions", 0o700),
     ("/var/spool/broker", 0o700),
     ("/var/spool/broker/events", 0o700),
     ("/var/log/broker-io", 0o700),

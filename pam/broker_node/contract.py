@@ -185,7 +185,7 @@ class Paths:
             "quarantine": under("etc/broker/quarantine"),
             "grants": under("var/lib/broker/grants"),
             "revoked": under("var/lib/broker/revoked"),
-            "sessions": under("var/lib/broker/sessions"),
+            "sessions": under("run/broker-sessions"),  # tmpfs: the module's records
             "events": under("var/spool/broker/events"),
             "sudoers": under("etc/sudoers.d"),
             "pam_d": under("etc/pam.d"),

@@ -337,7 +337,7 @@ def test_revoke_kills_the_session_tree_and_blocks_replay(node: NodeTree) -> None
     sudo = subprocess.Popen(["sh", "-c", command])
     victims: set[int] = set()
     try:
-        sessions = node.root / "var/lib/broker/sessions" / grant.id
+        sessions = node.root / "run/broker-sessions" / grant.id
         sessions.mkdir(mode=0o700)
         record_session(sessions, sudo.pid, bn_now())
         assert _wait_for(lambda: _sleeps(_tree(sudo.pid)) == {"60", "61", "62"})
@@ -374,7 +374,7 @@ def test_revoke_kills_the_session_tree_and_blocks_replay(node: NodeTree) -> None
 def test_revoke_leaves_a_reused_pid_alone(node: NodeTree) -> None:
     grant = node.grant()
     node.install(grant)
-    sessions = node.root / "var/lib/broker/sessions" / grant.id
+    sessions = node.root / "run/broker-sessions" / grant.id
     sessions.mkdir(mode=0o700)
     bystander = subprocess.Popen(["sleep", "60"])
     try:
@@ -613,7 +613,7 @@ def test_end_sessions_kills_grant_and_break_glass_sessions_without_revoking(
     node.install(grant)
     processes = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
     try:
-        base = node.root / "var/lib/broker/sessions"
+        base = node.root / "run/broker-sessions"
         for key, process in zip((grant.id, "break-glass"), processes, strict=False):
             (base / key).mkdir(mode=0o700)
             record_session(base / key, process.pid, bn_now())
