@@ -338,7 +338,7 @@ def test_revoke_kills_the_session_tree_and_blocks_replay(node: NodeTree) -> None
     victims: set[int] = set()
     try:
         sessions = node.root / "run/broker-sessions" / grant.id
-        sessions.mkdir(mode=0o700)
+        sessions.mkdir(mode=0o700, parents=True)
         record_session(sessions, sudo.pid, bn_now())
         assert _wait_for(lambda: _sleeps(_tree(sudo.pid)) == {"60", "61", "62"})
         victims = _tree(sudo.pid)
@@ -375,7 +375,7 @@ def test_revoke_leaves_a_reused_pid_alone(node: NodeTree) -> None:
     grant = node.grant()
     node.install(grant)
     sessions = node.root / "run/broker-sessions" / grant.id
-    sessions.mkdir(mode=0o700)
+    sessions.mkdir(mode=0o700, parents=True)
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         # recorded an hour ago: the process now holding that pid started later
@@ -615,7 +615,7 @@ def test_end_sessions_kills_grant_and_break_glass_sessions_without_revoking(
     try:
         base = node.root / "run/broker-sessions"
         for key, process in zip((grant.id, "break-glass"), processes, strict=False):
-            (base / key).mkdir(mode=0o700)
+            (base / key).mkdir(mode=0o700, parents=True)
             record_session(base / key, process.pid, bn_now())
         code, reply = call(node, "end-sessions", {"grant_ids": [grant.id, "break-glass"]})
         assert code == 0 and reply["errors"] == []
