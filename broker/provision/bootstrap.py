@@ -48,11 +48,10 @@ NODE_PKG = f"{LIBEXEC}/broker_node"
 NODE_MODULES = (
     "contract",
     "files",
-    "ed25519",
     "store",
+    "grants",
     "procs",
     "spool",
-    "hook",
     "usage",
     "drift",
     "status",
@@ -86,7 +85,6 @@ NODE_DIRS: tuple[tuple[str, int], ...] = (
 # pam/ file -> where it goes on the node, mode.
 PROGRAM_FILES: tuple[tuple[str, str, int], ...] = (
     *((f"broker_node/{name}.py", f"{NODE_PKG}/{name}.py", 0o644) for name in NODE_MODULES),
-    ("pam-hook", f"{LIBEXEC}/pam-hook", 0o755),
     ("broker-node", f"{LIBEXEC}/broker-node", 0o755),
     ("broker_keytab.py", KEYTAB_PY, 0o644),
     ("broker-keytab", f"{LIBEXEC}/broker-keytab", 0o755),
@@ -99,7 +97,7 @@ BUILT_FILES: tuple[tuple[str, str, int], ...] = (
 )
 COMPAT_FILE = "pam_broker.compat"
 # Left by hook version 1 (pam_exec + Python): removed once the blocks name the module.
-OBSOLETE_FILES = (f"{LIBEXEC}/pam-hook",)
+OBSOLETE_FILES = (f"{LIBEXEC}/pam-hook", f"{NODE_PKG}/hook.py", f"{NODE_PKG}/ed25519.py")
 # pam/pam.d/<block>.block -> the PAM services that get it ("joblaunch": the configured one).
 PAM_BLOCKS = ("sudo", "sshd", "joblaunch")
 _GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -414,17 +412,24 @@ def _compiled(sftp: paramiko.SFTPClient) -> bool:
 def _remove_stale(sftp: paramiko.SFTPClient, changed: list[str]) -> None:
     """Remove what an older version installed and this one replaced (with its .pyc)."""
     for path in STALE_FILES:
-        directory, _, name = path.rpartition("/")
+        _remove_with_pyc(sftp, path, changed)
+
+
+def _remove_with_pyc(sftp: paramiko.SFTPClient, path: str, changed: list[str]) -> None:
+    """Remove a file and, for a module, the .pyc files in the __pycache__ beside it."""
+    directory, _, name = path.rpartition("/")
+    cached: list[str] = []
+    if name.endswith(".py"):
         try:
             cached = sftp.listdir(f"{directory}/__pycache__")
         except FileNotFoundError:
             cached = []
-        stem = name.removesuffix(".py")
-        stale = [f"{directory}/__pycache__/{n}" for n in cached if n.startswith(f"{stem}.")]
-        for old in (path, *stale):
-            if remote_stat(sftp, old) is not None:
-                sftp.remove(old)
-                changed.append(f"removed {old}")
+    stem = name.removesuffix(".py")
+    stale = [f"{directory}/__pycache__/{n}" for n in cached if n.startswith(f"{stem}.")]
+    for old in (path, *stale):
+        if remote_stat(sftp, old) is not None:
+            sftp.remove(old)
+            changed.append(f"removed {old}")
 
 
 def _check_compat(pool: SshPool, target: NodeTarget, compat: Compat) -> None:
@@ -439,11 +444,9 @@ def _check_compat(pool: SshPool, target: NodeTarget, compat: Compat) -> None:
 
 
 def _remove_obsolete(sftp: paramiko.SFTPClient, changed: list[str]) -> None:
-    """Files of an older hook that no PAM block names any more."""
+    """Files of an older hook that no PAM block names any more (with their .pyc)."""
     for path in OBSOLETE_FILES:
-        if remote_stat(sftp, path) is not None:
-            sftp.remove(path)
-            changed.append(f"removed {path}")
+        _remove_with_pyc(sftp, path, changed)
 
 
 def _install_pam(

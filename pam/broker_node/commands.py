@@ -110,7 +110,7 @@ def ack(paths: Paths, payload: dict[str, object]) -> dict[str, object]:
 
 
 def quarantine(paths: Paths, payload: dict[str, object]) -> dict[str, object]:
-    """Place (or replace) the quarantine marker; from then on the hook admits only root and
+    """Place (or replace) the quarantine marker; from then on the module admits only root and
     members of `group` (docs/grants.md)."""
     keys = set(payload)
     if not {"reason", "since"} <= keys <= {"reason", "since", "group"}:

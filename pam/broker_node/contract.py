@@ -1,26 +1,18 @@
-"""The node's file formats (docs/grants.md): grant file, key line, node.conf, quarantine
-marker; the allow-lists their values must pass; UTC time text; where the files live.
+"""The node's own file formats (docs/grants.md): node.conf and the quarantine marker; the
+allow-lists values must pass; UTC time text; where the files live. Grant files and the key
+are broker-grant-check's to parse (grants.py): one implementation of the contract, in C.
 
 Parsing only, no file I/O: store.py reads the files, files.py does the safe reads.
 """
 
 from __future__ import annotations
 
-import binascii
 import os
 
-TYPE_CHECKING = False  # never import typing at run time: it costs start-up time
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-
-HOOK_VERSION = "1"
+HOOK_VERSION = "2"  # 1: the hook of old (status.py tells it by its PAM block); 2: pam_broker.so
 # Sessions of the break-glass group (no grant) are recorded under this pseudo grant id.
 BREAK_GLASS = "break-glass"
-GRANT_MAGIC = "broker-grant-v1"
-KEY_MAGIC = "broker-grant-key-v1"
 MAX_FILE = 8192
-MAX_SESSIONS_LIMIT = 16
 SUDO_SERVICES = ("sudo", "sudo-i")
 TMP_PREFIX = ".broker-tmp-"
 QUARANTINE_REASON_MAX = 200
@@ -33,28 +25,9 @@ _UNRESERVED = frozenset(_LOWER + _LOWER.upper() + _DIGITS + "-._~")
 _NAME_FIRST = frozenset(_LOWER + "_")
 _NAME_REST = frozenset(_LOWER + _DIGITS + "_-")
 _NODE_CHARS = frozenset(_LOWER + _DIGITS + "-")
-_SET_REST = frozenset(_LOWER + _DIGITS + "-")
 _GROUP_CHARS = frozenset(_LOWER + _LOWER.upper() + _DIGITS + "_.-")
 _SERVICE_CHARS = frozenset(_LOWER + _DIGITS + "_.-")
 TTY_CHARS = frozenset(_LOWER + _LOWER.upper() + _DIGITS + "/._:-")
-_GRANT_KEYS = (
-    "id",
-    "node",
-    "user",
-    "runas",
-    "commands",
-    "not_before",
-    "not_after",
-    "login",
-    "workloads",
-    "max_sessions",
-    "policy_sha256",
-    "approvers",
-    "reason",
-    "issued_at",
-    "key_id",
-    "signature",
-)
 _QUARANTINE_KEYS = ("node", "since", "group", "reason")
 
 
@@ -62,7 +35,7 @@ _QUARANTINE_KEYS = ("node", "since", "group", "reason")
 
 
 class _Record:
-    """An immutable record: dataclasses would cost ~12 ms of imports on every sudo."""
+    """An immutable record, small and without dataclasses' import cost."""
 
     __slots__: tuple[str, ...] = ()
 
@@ -92,29 +65,6 @@ class _Record:
         return f"{type(self).__name__}({fields})"
 
 
-class Grant(_Record):
-    """A parsed grant file; `signed` is the byte range the signature covers."""
-
-    __slots__ = (*_GRANT_KEYS, "signed")  # the order is the constructor's
-    id: str
-    node: str
-    user: str
-    runas: str
-    commands: tuple[str, ...]
-    not_before: int
-    not_after: int
-    login: bool
-    workloads: bool
-    max_sessions: int
-    policy_sha256: str
-    approvers: tuple[str, ...]
-    reason: str
-    issued_at: int
-    key_id: str
-    signature: bytes
-    signed: bytes
-
-
 class NodeConf(_Record):
     """/etc/broker/node.conf."""
 
@@ -123,14 +73,6 @@ class NodeConf(_Record):
     login_gated: bool
     break_glass_group: str
     joblaunch_service: str
-
-
-class GrantKey(_Record):
-    """The broker's verification key: 32 raw bytes and its 16-hex id."""
-
-    __slots__ = ("raw", "key_id")  # noqa: RUF023 - the order is the constructor's
-    raw: bytes
-    key_id: str
 
 
 class Quarantine(_Record):
@@ -144,7 +86,8 @@ class Quarantine(_Record):
 
 
 class Paths:
-    """Where the node's files live; `root` only moves the tree for tests (never from env)."""
+    """Where the node's files live; `root` only moves the tree for tests (never from env), as
+    `checker` (broker-grant-check) does: a test runs the one `make -C pam` built."""
 
     __slots__ = (  # noqa: RUF023 - the order is the constructor's
         "root",
@@ -159,6 +102,7 @@ class Paths:
         "sudoers",
         "pam_d",
         "proc",
+        "checker",
     )
     root: str
     node_conf: str
@@ -172,8 +116,9 @@ class Paths:
     sudoers: str
     pam_d: str
     proc: str
+    checker: str
 
-    def __init__(self, root: str = "/") -> None:
+    def __init__(self, root: str = "/", checker: str | None = None) -> None:
         def under(path: str) -> str:
             return os.path.join(root, path)
 
@@ -190,6 +135,7 @@ class Paths:
             "sudoers": under("etc/sudoers.d"),
             "pam_d": under("etc/pam.d"),
             "proc": "/proc",  # processes are real even when the tree is not
+            "checker": checker or under("usr/libexec/broker/broker-grant-check"),
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -199,25 +145,6 @@ class Paths:
 
     def __repr__(self) -> str:
         return f"Paths(root={self.root!r})"
-
-
-# ---------------------------------------------------------------- hashes (builtins only)
-
-
-def hash_module(name: str) -> object:
-    """`_sha512`/`_sha256` (3.9-3.11), `_sha2` (3.12+), hashlib only as the slow last resort."""
-    for module in (f"_{name}", "_sha2", "hashlib"):
-        try:
-            return __import__(module)
-        except ImportError:
-            continue
-    raise ImportError(f"no {name} implementation")
-
-
-def sha256(data: bytes) -> bytes:
-    """SHA-256 (key ids, deny-event tags) from the builtin module, like sha512."""
-    module = hash_module("sha256")
-    return bytes(module.sha256(data).digest())  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- UTC time without time zones
@@ -293,10 +220,6 @@ def is_node_name(text: str) -> bool:
     return 0 < len(text) <= 63 and text[0] != "-" and all(c in _NODE_CHARS for c in text)
 
 
-def _is_set_name(text: str) -> bool:
-    return 0 < len(text) <= 48 and text[0] in _LOWER and all(c in _SET_REST for c in text[1:])
-
-
 def is_hex(text: str, length: int) -> bool:
     return len(text) == length and all(c in _HEX for c in text)
 
@@ -330,136 +253,13 @@ def is_quarantine_reason(text: str) -> bool:
     return 0 < len(text) <= QUARANTINE_REASON_MAX and text.isprintable() and bool(text.strip())
 
 
-def _names(text: str, check: Callable[[str], bool]) -> tuple[str, ...] | None:
-    if text == "":
-        return ()
-    items = tuple(text.split(","))
-    return items if all(check(item) for item in items) else None
-
-
-def _b64decode(text: str, size: int) -> bytes | None:
-    """Standard, padded, canonical base64 of exactly `size` bytes.
-
-    The lenient decoder (Python 3.9 has no strict_mode) may skip stray characters, but
-    only the one canonical encoding of the decoded bytes survives the round trip below.
-    """
-    if len(text) != 4 * ((size + 2) // 3):
-        return None
-    try:
-        raw = binascii.a2b_base64(text.encode("ascii"))
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        return None
-    if len(raw) != size or binascii.b2a_base64(raw, newline=False).decode("ascii") != text:
-        return None
-    return raw
-
-
 def clean(text: object, limit: int = 300) -> str:
     """A value fit for a log line: printable ASCII only, bounded."""
     out = "".join(c if " " <= c <= "~" else "?" for c in str(text))
     return out if len(out) <= limit else out[:limit] + "..."
 
 
-# ---------------------------------------------------------------- the grant file
-
-
-def parse_grant(data: bytes) -> Grant | str:
-    """Parse a `broker-grant-v1` file exactly as docs/grants.md says; a problem string if not."""
-    if len(data) > MAX_FILE:
-        return f"larger than {MAX_FILE} bytes"
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        return "not ASCII"
-    if not text.endswith("\n"):
-        return "does not end with a newline"
-    if any(not " " <= c <= "~" for c in text.replace("\n", "")):
-        return "control character in the file"
-    lines = text[:-1].split("\n")
-    if len(lines) != len(_GRANT_KEYS) + 1 or lines[0] != GRANT_MAGIC:
-        return f"not a {GRANT_MAGIC} file (wrong magic or number of lines)"
-    values: dict[str, str] = {}
-    for key, line in zip(_GRANT_KEYS, lines[1:]):  # as many lines as keys, checked above
-        name, sep, value = line.partition("=")
-        if name != key or not sep:
-            return f"line {len(values) + 2}: expected {key}="
-        values[key] = value
-    return _grant_from_values(values, data[: len(data) - len(lines[-1]) - 1])
-
-
-def _grant_from_values(v: dict[str, str], signed: bytes) -> Grant | str:
-    if not is_grant_id(v["id"]):
-        return "bad id"
-    if not is_node_name(v["node"]):
-        return "bad node"
-    for key in ("user", "runas"):
-        if not is_posix_name(v[key]):
-            return f"bad {key}"
-    commands = ("ALL",) if v["commands"] == "ALL" else _names(v["commands"], _is_set_name)
-    if not commands:
-        return "bad commands"
-    times = _grant_times(v)
-    if isinstance(times, str):
-        return times
-    not_before, not_after, issued_at = times
-    for key in ("login", "workloads"):
-        if v[key] not in ("0", "1"):
-            return f"bad {key}"
-    sessions = v["max_sessions"]
-    if not (sessions.isdigit() and sessions.isascii() and sessions[0] != "0"):
-        return "bad max_sessions"
-    if not 1 <= int(sessions) <= MAX_SESSIONS_LIMIT:
-        return "bad max_sessions"
-    if not is_hex(v["policy_sha256"], 64):
-        return "bad policy_sha256"
-    approvers = _names(v["approvers"], is_posix_name)
-    if approvers is None:
-        return "bad approvers"
-    if not _is_reason(v["reason"]):
-        return "bad reason"
-    if not is_hex(v["key_id"], 16):
-        return "bad key_id"
-    signature = _b64decode(v["signature"], 64)
-    if signature is None:
-        return "bad signature encoding"
-    return Grant(
-        v["id"],
-        v["node"],
-        v["user"],
-        v["runas"],
-        commands,
-        not_before,
-        not_after,
-        v["login"] == "1",
-        v["workloads"] == "1",
-        int(sessions),
-        v["policy_sha256"],
-        approvers,
-        v["reason"],
-        issued_at,
-        v["key_id"],
-        signature,
-        signed,
-    )
-
-
-def _grant_times(v: dict[str, str]) -> tuple[int, int, int] | str:
-    """not_before, not_after and issued_at in epoch seconds, or what is wrong with them."""
-    times = {key: parse_utc(v[key]) for key in ("not_before", "not_after", "issued_at")}
-    for key, value in times.items():
-        if value is None:
-            return f"bad {key}"
-    not_before, not_after, issued_at = (
-        times["not_before"] or 0,
-        times["not_after"] or 0,
-        times["issued_at"] or 0,
-    )
-    if not_before >= not_after:
-        return "not_before is not before not_after"
-    return not_before, not_after, issued_at
-
-
-# ---------------------------------------------------------------- node.conf and the key line
+# ---------------------------------------------------------------- node.conf
 
 
 def key_values(data: bytes, known: tuple[str, ...]) -> dict[str, str] | str:
@@ -502,18 +302,6 @@ def parse_conf(data: bytes) -> NodeConf | str:
     ):
         return "bad joblaunch_service"
     return NodeConf(node, gated == "1", group, service)
-
-
-def parse_key_line(data: bytes) -> bytes | str:
-    """The 32 raw bytes of a `broker-grant-key-v1 <base64>` line, or what is wrong with it;
-    whether they are a point on the curve is the verifier's to say (store.load_key)."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        return "not ASCII"
-    magic, _, encoded = text.removesuffix("\n").partition(" ")
-    raw = _b64decode(encoded, 32) if magic == KEY_MAGIC and text.endswith("\n") else None
-    return "not a broker-grant-key-v1 line" if raw is None else raw
 
 
 # ---------------------------------------------------------------- the quarantine marker

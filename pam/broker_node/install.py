@@ -6,24 +6,16 @@ from __future__ import annotations
 import os
 import time
 
-from .contract import (
-    MAX_FILE,
-    Grant,
-    Paths,
-    clean,
-    format_utc,
-    is_grant_id,
-    is_posix_name,
-    parse_grant,
-)
+from .contract import MAX_FILE, Paths, clean, format_utc, is_grant_id, is_posix_name
 from .files import ensure_dir, fsync_dir, open_dir, remove_if_present, write_temp
+from .grants import CheckedGrant, check_text
 from .procs import run_program
-from .store import check_grant, load_conf, load_key
 from .usage import Usage, text_field
 
 
 def install_grant(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:
-    """Install one grant on this node; `live` says whether sudo already lists the rule."""
+    """Install one grant on this node, checked by broker-grant-check (a grant not valid yet
+    may be installed); `live` says whether sudo already lists the rule."""
     if set(payload) != {"id", "user", "grant", "sudoers", "broker_time", "max_skew"}:
         raise Usage("install-grant takes exactly id, user, grant, sudoers, broker_time, max_skew")
     skew = _skew_problem(payload)
@@ -41,19 +33,20 @@ def install_grant(paths: Paths, payload: dict[str, object], now: int) -> dict[st
 
     if skew is not None:
         return refuse(skew)
-    conf, key = load_conf(paths), load_key(paths)
-    if isinstance(conf, str) or isinstance(key, str):
-        return refuse(f"node not bootstrapped: {conf if isinstance(conf, str) else key}")
     if not grant_text.isascii():
         return refuse("grant file: not ASCII")
-    grant = parse_grant(grant_text.encode("ascii"))
-    if isinstance(grant, str):
-        return refuse(f"grant file: {grant}")
+    checked = check_text(paths, now, grant_text.encode("ascii"), any_start=True)
+    grant = checked.grants[0]
+    if checked.unavailable is not None:
+        return refuse(checked.unavailable)
+    if checked.config_problem is not None:
+        return refuse(f"node not bootstrapped: {checked.config_problem}")
+    if grant.id is None:
+        return refuse(f"grant file: {grant.problem}")
     if grant.id != grant_id or grant.user != user:
         return refuse("grant file does not match id and user")
-    problem = check_grant(grant, conf, key, now, paths=paths, user=user, check_time=False)
-    if problem is not None:
-        return refuse(f"grant {grant_id}: {problem}")
+    if not grant.valid:
+        return refuse(f"grant {grant_id}: {grant.problem}")
     problem = _put_in_place(paths, grant_id, grant_text, sudoers)
     if problem is not None:
         return refuse(problem)
@@ -115,7 +108,7 @@ def _skew_problem(payload: dict[str, object]) -> str | None:
     )
 
 
-def _rule_listed(listing: str, grant: Grant) -> bool:
+def _rule_listed(listing: str, grant: CheckedGrant) -> bool:
     """Whether `sudo -l` output shows a rule with the grant's runas and time window."""
     want = {f"NOTBEFORE={format_utc(grant.not_before, True)}"}
     want.add(f"NOTAFTER={format_utc(grant.not_after, True)}")

@@ -8,7 +8,6 @@ import os
 from .contract import (
     BREAK_GLASS,
     TMP_PREFIX,
-    Grant,
     Paths,
     clean,
     format_utc,
@@ -24,22 +23,25 @@ from .files import (
     sorted_names,
     write_atomic,
 )
+from .grants import check_all
 from .procs import kill_trees, process_started
 from .spool import spool_event, tty_name
-from .store import grant_ids, read_grant_file
 from .usage import id_list
 
 
 def revoke(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:
-    """Mark the grants revoked, remove their files and end their sessions."""
+    """Mark the grants revoked, remove their files and end their sessions. The marker lasts
+    until the grant's not_after as broker-grant-check parsed it (a year when it could not)."""
     ids = id_list(payload, "ids", is_grant_id)
     revoked: list[str] = []
     killed: list[int] = []
     errors: list[str] = []
+    ends = (
+        {g.name: g.not_after for g in check_all(paths, now).grants if g.id == g.name} if ids else {}
+    )
     for grant_id in ids:
         try:
-            grant = read_grant_file(paths, grant_id)
-            not_after = grant.not_after if isinstance(grant, Grant) else now + 366 * 86400
+            not_after = ends.get(grant_id, now + 366 * 86400)
             ensure_dir(paths.revoked)
             marker = format_utc(max(not_after, now)) + "\n"
             write_atomic(paths.revoked, grant_id, marker.encode("ascii"))
@@ -117,16 +119,16 @@ def end_sessions(
 
 
 def reap(paths: Paths, now: int) -> dict[str, object]:
-    """Drop expired grants, drop-ins without a grant, spent markers, stale temporary files."""
+    """Drop expired grants (not_after as broker-grant-check parsed it; a file it could not
+    parse stays and is reported), drop-ins without a grant, spent markers, stale temp files."""
     removed: dict[str, list[str]] = {"grants": [], "drop_ins": [], "markers": [], "temp": []}
     errors: list[str] = []
-    for name in grant_ids(paths):
-        grant = read_grant_file(paths, name) if is_grant_id(name) else "not a grant id"
-        if isinstance(grant, str):
-            errors.append(f"{clean(name, 40)}: {grant}")
-        elif grant.not_after <= now and remove_if_present(os.path.join(paths.grants, name)):
-            removed["grants"].append(name)
-    present = set(grant_ids(paths))
+    for grant in check_all(paths, now).grants:
+        if grant.id is None or grant.id != grant.name:
+            errors.append(f"{clean(grant.name, 40)}: {grant.problem}")
+        elif grant.not_after <= now and remove_if_present(os.path.join(paths.grants, grant.name)):
+            removed["grants"].append(grant.name)
+    present = {n for n in sorted_names(paths.grants) if not n.startswith(TMP_PREFIX)}
     for name in sorted_names(paths.sudoers):
         if not (name.startswith("broker_") and is_grant_id(name[7:])) or name[7:] in present:
             continue

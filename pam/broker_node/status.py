@@ -3,57 +3,81 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 
-from .contract import (
-    HOOK_VERSION,
-    Grant,
-    GrantKey,
-    NodeConf,
-    Paths,
-    clean,
-    format_utc,
-    is_grant_id,
-)
+from .contract import HOOK_VERSION, NodeConf, Paths, clean, format_utc
+from .grants import check_all
 from .procs import run_program
-from .store import check_grant, grant_ids, load_conf, load_key, read_grant_file, read_quarantine
+from .store import load_conf, read_quarantine
+
+MODULE = "usr/lib/broker/pam_broker.so"  # below the root
 
 
 def node_status(paths: Paths, now: int) -> dict[str, object]:
-    """This node as the broker sees it: config, grants, PAM hooks, sudo, quarantine."""
-    conf, key = load_conf(paths), load_key(paths)
+    """This node as the broker sees it: config, grants (broker-grant-check's verdicts), PAM
+    blocks, the module, sudo, quarantine."""
+    conf, checked = load_conf(paths), check_all(paths, now)
     grants: list[dict[str, object]] = []
-    for name in grant_ids(paths):
-        entry: dict[str, object] = {"id": clean(name, 40), "user": None, "not_after": None}
-        grant = read_grant_file(paths, name) if is_grant_id(name) else "not a grant id"
-        if isinstance(grant, Grant):
+    for grant in checked.grants:
+        entry: dict[str, object] = {"id": clean(grant.name, 40), "user": None, "not_after": None}
+        if grant.id is not None:
             entry["user"], entry["not_after"] = grant.user, format_utc(grant.not_after)
-            if isinstance(conf, str) or isinstance(key, str):
-                problem: str | None = conf if isinstance(conf, str) else str(key)
-            else:
-                problem = check_grant(grant, conf, key, now, paths=paths)
-        else:
-            problem = grant
-        entry["valid"], entry["problem"] = problem is None, problem
+        entry["valid"], entry["problem"] = grant.valid, grant.problem
         grants.append(entry)
+    problems = [conf] if isinstance(conf, str) else []
+    for problem in (checked.config_problem, checked.unavailable):
+        if problem is not None and problem not in problems:
+            problems.append(problem)
     unhooked = _unhooked_services(paths, conf)
-    problems_extra = [
-        f"/etc/pam.d/{name} does not start with the broker block" for name in unhooked
-    ]
-    hooked = not unhooked
+    problems += [f"/etc/pam.d/{name} does not start with the broker block" for name in unhooked]
     return {
         "node": conf.node if isinstance(conf, NodeConf) else None,
-        "hook_version": HOOK_VERSION,
+        "hook_version": _active_hook(paths),
+        "module": _module_info(paths),
         "time": time.time(),
         "sudo": _sudo_info(),
         "grants": grants,
         "bootstrapped": isinstance(conf, NodeConf)
-        and isinstance(key, GrantKey)
+        and checked.config_problem is None
+        and checked.unavailable is None
         and os.path.isdir(paths.grants)
-        and hooked,
-        "problems": [p for p in (conf, key) if isinstance(p, str)] + problems_extra,
+        and not unhooked,
+        "problems": problems,
         "quarantined": _quarantine_status(paths),
     }
+
+
+def _active_hook(paths: Paths) -> str:
+    """Which hook the sudo PAM file's broker block runs: "1" for the pam_exec hook of old,
+    else this program's version (the module, or no block yet)."""
+    try:
+        with open(os.path.join(paths.pam_d, "sudo"), encoding="utf-8", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return HOOK_VERSION
+    block = text.partition("# BEGIN broker")[2].partition("# END broker")[0]
+    return "1" if "pam_exec.so" in block else HOOK_VERSION
+
+
+def _module_info(paths: Paths) -> dict[str, object]:
+    """Whether pam_broker.so loads with this node's dynamic linker (all symbols bound now),
+    as libpam would load it; only a root-owned file no one else can write is loaded."""
+    path = os.path.join(paths.root, MODULE)
+    shown = "/" + MODULE
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return {"path": shown, "loads": False, "error": f"{shown}: {exc.strerror}"}
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        return {"path": shown, "loads": False, "error": f"{shown}: not a root-owned file"}
+    import ctypes
+
+    try:
+        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
+    except OSError as exc:
+        return {"path": shown, "loads": False, "error": clean(exc, 200)}
+    return {"path": shown, "loads": True, "error": None}
 
 
 def _sudo_info() -> dict[str, object]:

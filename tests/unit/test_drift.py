@@ -16,7 +16,7 @@ import pytest
 from broker.core.errors import IntegrityError
 from broker.detect import drift
 from broker.detect.drift import Change, Manifest, diff, mask_key_line, parse_scan, unexpected
-from tests.unit.test_node_hook import NodeTree
+from tests.node_tree import NodeTree
 from tests.unit.test_node_program import ALICE_KEY, drift_tree, put, scan
 
 KEY_BODY = ALICE_KEY.split()[1]

@@ -24,7 +24,7 @@ DEBIAN_SUDO = Path("/etc/pam.d/sudo").read_text() if Path("/etc/pam.d/sudo").exi
     "#%PAM-1.0\n\nsession    required   pam_limits.so\n\n@include common-auth\n"
     "@include common-account\n@include common-session-noninteractive\n"
 )  # fmt: skip
-BLOCK = "account  requisite  pam_exec.so quiet seteuid /usr/bin/python3 -I -S /x/pam-hook\n"
+BLOCK = "account  requisite  /usr/lib/broker/pam_broker.so\n"
 POLICY = load_policy((REPO / "tests" / "data" / "lab-policy.toml").read_text(), "lab").policy
 
 
@@ -140,7 +140,6 @@ def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) 
     package = REPO / "pam" / "broker_node"
     assert remote == {
         **{f"/usr/libexec/broker/broker_node/{p.name}": 0o644 for p in package.glob("*.py")},
-        "/usr/libexec/broker/pam-hook": 0o755,
         "/usr/libexec/broker/broker-node": 0o755,
         "/usr/libexec/broker/broker_keytab.py": 0o644,
         "/usr/libexec/broker/broker-keytab": 0o755,
@@ -257,3 +256,26 @@ def test_an_older_single_file_node_program_goes_and_every_module_is_compiled() -
     assert not bootstrap._compiled(sftp), "__init__ has no .pyc yet"
     node.paths.add(f"{package}/__pycache__/__init__.cpython-39.pyc")
     assert bootstrap._compiled(sftp)
+
+
+def test_the_python_hook_goes_once_the_blocks_name_the_module() -> None:
+    lib, package = bootstrap.LIBEXEC, bootstrap.NODE_PKG
+    left = {
+        f"{lib}/pam-hook",
+        f"{package}/hook.py",
+        f"{package}/ed25519.py",
+        f"{package}/__pycache__/hook.cpython-39.pyc",
+        f"{package}/__pycache__/ed25519.cpython-39.pyc",
+        f"{package}/__pycache__/ed25519.cpython-39.opt-1.pyc",
+    }
+    kept = {f"{package}/grants.py", f"{package}/__pycache__/grants.cpython-39.pyc"}
+    node = FilesOnly(left | kept)
+    sftp: Any = node
+    changed: list[str] = []
+    bootstrap._remove_obsolete(sftp, changed)
+    assert sorted(changed) == sorted(f"removed {path}" for path in left)
+    assert node.paths == kept
+    bootstrap._remove_obsolete(sftp, changed)
+    assert len(changed) == len(left), "a second run finds nothing to remove"
+    assert not {"hook", "ed25519"} & set(bootstrap.NODE_MODULES)
+    assert all("pam-hook" not in name for name, _path, _mode in bootstrap.PROGRAM_FILES)

@@ -16,6 +16,7 @@ from broker.fleet.ssh import CommandResult
 from broker.fleet.status import grant_blocker, parse_status
 from broker.provision.bootstrap import GRANT_KEY, NODE_CONF, insert_block, render_node_conf
 from tests.helpers import REPO
+from tests.node_tree import checker
 from tests.unit.test_fleet_bootstrap import BLOCK, POLICY, key_line
 
 
@@ -103,11 +104,11 @@ def run_status(root: Path) -> tuple[CommandResult, float, float]:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import broker_node; "
         "sys.exit(broker_node.node_main(['status'], sys.stdin, sys.stdout, "
-        "broker_node.Paths(sys.argv[2])))"
+        "broker_node.Paths(sys.argv[2], sys.argv[3])))"
     )
     sent = time.time()
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, str(REPO / "pam"), str(root)],
+        [sys.executable, "-I", "-S", "-c", code, str(REPO / "pam"), str(root), checker()],
         input="{}", capture_output=True, text=True, check=False,
     )  # fmt: skip
     received = time.time()
@@ -121,12 +122,15 @@ def run_status(root: Path) -> tuple[CommandResult, float, float]:
 def test_status_of_a_bootstrapped_node_from_the_real_program(tmp_path: Path) -> None:
     answer, sent, received = run_status(node_tree(tmp_path, bootstrapped=True))
     status = parse_status(answer, sent, received, max_skew=60)
-    assert status.reachable and status.bootstrapped and status.hook_version
+    assert status.reachable and status.bootstrapped and status.hook_version == "2"
     assert status.skew_s is not None and abs(status.skew_s) < 5
     assert status.active_grants == 0
     expected_block = grant_blocker(status.sudo_flavour, status.io_logging)
     assert status.can_grant == (expected_block is None)
-    assert status.problem == expected_block
+    # the tree has no pam_broker.so: a problem to fix, not a reason to refuse grants
+    missing = "/usr/lib/broker/pam_broker.so: No such file or directory"
+    assert status.module_problem == missing
+    assert status.problem == "; ".join(p for p in (expected_block, f"PAM module: {missing}") if p)
 
 
 def test_status_of_an_empty_node_says_bootstrap(tmp_path: Path) -> None:
@@ -140,7 +144,8 @@ def test_status_of_an_empty_node_says_bootstrap(tmp_path: Path) -> None:
 def reply(**changes: Any) -> CommandResult:
     data: dict[str, Any] = {
         "node": "gpu01",
-        "hook_version": "1",
+        "hook_version": "2",
+        "module": {"path": "/usr/lib/broker/pam_broker.so", "loads": True, "error": None},
         "time": 1000.5,
         "sudo": {"flavour": "sudo", "version": "1.9.15p5", "io_logging": True},
         "grants": [{"id": "g1", "valid": True}, {"id": "g2", "valid": False}],

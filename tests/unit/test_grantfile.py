@@ -1,4 +1,5 @@
-"""The broker's grant file writer, checked against the node's parser (one contract, two sides)."""
+"""The broker's grant file writer, checked against the node's checker (pam/src through
+broker-grant-check, as the node program runs it): one contract, two sides."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import base64
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -25,13 +25,10 @@ from broker.grants.grantfile import (
     public_key_line,
     validate_reason,
 )
-from tests.helpers import load_node_package
+from tests.node_tree import NodeTree, bn
 
 KEY = Ed25519PrivateKey.generate()
 START = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-
-
-bn = load_node_package()
 
 
 def make(**changes: Any) -> GrantFile:
@@ -89,39 +86,49 @@ def test_key_id_and_public_key_line_match_the_node() -> None:
     assert line == f"broker-grant-key-v1 {base64.b64encode(raw).decode()}\n"
 
 
-def test_node_verifies_what_the_broker_signs(tmp_path: Path) -> None:
-    keyfile = tmp_path / "etc/broker/grant-key.pub"
-    keyfile.parent.mkdir(parents=True)
-    keyfile.write_text(public_key_line(KEY.public_key()))
-    node_key = bn.load_key(bn.Paths(str(tmp_path)))
-    assert node_key.key_id == key_id(KEY.public_key())
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> NodeTree:
+    """A node (gpu01) that trusts KEY."""
+    tree = NodeTree(tmp_path_factory.mktemp("grantfile") / "node")
+    (tree.root / "etc/broker/grant-key.pub").write_text(public_key_line(KEY.public_key()))
+    return tree
+
+
+def node_check(node: NodeTree, text: str) -> Any:
+    """The node program's verdict on a grant file, ten minutes into its window."""
+    now = int((START + timedelta(minutes=10)).timestamp())
+    checked = bn.check_text(node.paths, now, text.encode())
+    assert checked.config_problem is None and checked.unavailable is None, checked
+    return checked.grants[0]
+
+
+def test_node_verifies_what_the_broker_signs(node: NodeTree) -> None:
     grant = make(commands="gpu-reset,nvlink", approvers=(), max_sessions=16, workloads=True)
-    parsed = bn.parse_grant(encode_signed(grant, KEY).encode())
-    assert isinstance(parsed, bn.Grant)
-    assert bn.ed25519_verify(node_key.raw, parsed.signed, parsed.signature)
-    assert (parsed.commands, parsed.approvers, parsed.max_sessions) == (
-        ("gpu-reset", "nvlink"),
-        (),
-        16,
+    parsed = node_check(node, encode_signed(grant, KEY))
+    assert parsed.valid is True and parsed.problem is None, parsed
+    assert (parsed.id, parsed.node, parsed.user, parsed.runas) == (
+        "g3f9a0c1d2e4b5a6c",
+        "gpu01",
+        "alice",
+        "root",
     )
+    assert (parsed.commands, parsed.max_sessions) == (("gpu-reset", "nvlink"), 16)
     assert (parsed.login, parsed.workloads) == (True, True)
     assert parsed.not_after - parsed.not_before == 1800
-    other = Ed25519PrivateKey.generate()
-    forged = bn.parse_grant(encode_signed(grant, other).encode())
-    assert not bn.ed25519_verify(node_key.raw, forged.signed, forged.signature)
+    forged = node_check(node, encode_signed(grant, Ed25519PrivateKey.generate()))
+    assert (forged.valid, forged.reason) == (False, "bad_signature"), forged
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(min_size=1, max_size=200))
-def test_any_accepted_reason_round_trips_through_the_node(text: str) -> None:
+def test_any_accepted_reason_round_trips_through_the_node(node: NodeTree, text: str) -> None:
     try:
         reason = validate_reason(text)
     except UsageError:
         return
-    parsed = bn.parse_grant(encode_signed(make(reason=reason), KEY).encode())
-    assert isinstance(parsed, bn.Grant), parsed
-    assert unquote_to_bytes(parsed.reason).decode("utf-8") == reason
-    assert encode_reason(reason) == parsed.reason
+    parsed = node_check(node, encode_signed(make(reason=reason), KEY))
+    assert parsed.valid is True, parsed
+    assert unquote_to_bytes(encode_reason(reason)).decode("utf-8") == reason
 
 
 def test_reason_is_percent_encoded_byte_by_byte() -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from broker.grants.grantfile import encode_signed
 from tests.helpers import load_node_module
-from tests.unit.test_node_hook import PAM_DIR, NodeTree, bn, bn_now, nobody, now_s
+from tests.node_tree import PAM_DIR, NodeTree, bn, bn_now, checker, now_s
 
 drift = load_node_module("drift")
 install = load_node_module("install")
@@ -83,7 +83,7 @@ def test_status_reports_node_sudo_and_grants(node: NodeTree) -> None:
     node.install(expired)
     code, status = call(node, "status")
     assert code == 0
-    assert (status["node"], status["hook_version"]) == ("gpu01", "1")
+    assert (status["node"], status["hook_version"]) == ("gpu01", "2")
     assert abs(status["time"] - time.time()) < 5
     assert status["sudo"]["flavour"] == "sudo" and status["sudo"]["version"].startswith("1.")
     assert status["sudo"]["io_logging"] is True
@@ -113,7 +113,7 @@ def test_install_grant_writes_both_files_with_final_modes(node: NodeTree) -> Non
     assert drop_in.stat().st_mode & 0o7777 == 0o440
     assert files(node.root / "var/lib/broker/grants") == [grant.id]
     assert files(node.root / "etc/sudoers.d") == [f"broker_{grant.id}"]
-    assert bn.decide(node.paths, "account", "sudo", "root", "alice", "", 1, bn_now(), nobody)[0]
+    assert node.status_of(grant.id)["valid"] is True
 
 
 def test_install_grant_refuses_a_bad_drop_in_and_leaves_nothing(node: NodeTree) -> None:
@@ -140,7 +140,7 @@ def test_install_grant_refuses_a_bad_drop_in_and_leaves_nothing(node: NodeTree) 
         (lambda n, p: (n.root / "etc/broker/node.conf").unlink(), "not bootstrapped"),
     ],
 )
-def test_install_grant_verifies_the_grant_like_the_hook(
+def test_install_grant_verifies_the_grant_like_the_module(
     node: NodeTree, damage: Any, expected: str
 ) -> None:
     payload, _ = install_payload(node)
@@ -213,7 +213,8 @@ def test_install_grant_reports_live_when_sudo_lists_the_rule(node: NodeTree) -> 
     script = (
         "import io, json, sys; sys.path.insert(0, sys.argv[1]); import broker_node as b; "
         "out = io.StringIO(); "
-        "b.node_main(['install-grant'], io.StringIO(sys.stdin.read()), out, b.Paths(sys.argv[2])); "
+        "paths = b.Paths(sys.argv[2], sys.argv[3]); "
+        "b.node_main(['install-grant'], io.StringIO(sys.stdin.read()), out, paths); "
         "print(out.getvalue())"
     )
     # sudo reads /etc/sudoers -> @includedir /etc/sudoers.d: bind the test's directory
@@ -224,12 +225,13 @@ def test_install_grant_reports_live_when_sudo_lists_the_rule(node: NodeTree) -> 
             "--mount",
             "sh",
             "-c",
-            'mount --bind "$1" /etc/sudoers.d && exec /usr/bin/python3 -I -S -c "$2" "$3" "$4"',
+            'mount --bind "$1" /etc/sudoers.d && exec /usr/bin/python3 -I -S -c "$2" "$3" "$4" "$5"',
             "sh",
             str(sudoers_dir),
             script,
             str(PAM_DIR),
             str(node.root),
+            checker(),
         ],
         input=json.dumps(payload),
         capture_output=True,
@@ -250,9 +252,9 @@ def test_rule_detection_needs_runas_and_both_times() -> None:
     )
 
     def fake(runas: str, nb: int, na: int) -> Any:
-        values = [None] * 17
-        values[3], values[5], values[6] = runas, nb, na
-        return bn.Grant(*values)
+        values: list[Any] = [None] * 14
+        values[4], values[6], values[7] = runas, nb, na
+        return bn.CheckedGrant(*values)
 
     nb, na = bn.parse_utc("2030-01-01T00:00:00Z"), bn.parse_utc("2030-01-01T00:30:00Z")
     assert install._rule_listed(listing, fake("root", nb, na))
@@ -265,7 +267,7 @@ def test_rule_detection_needs_runas_and_both_times() -> None:
 
 
 def record_session(directory: Path, pid: int, started: int) -> None:
-    """A session record as the hook writes it at open_session."""
+    """A session record as pam_broker.so writes it at open_session."""
     path = directory / str(pid)
     path.write_text(f"alice root pts/4 {bn.format_utc(started)}\n")
     path.chmod(0o600)
@@ -362,12 +364,15 @@ def test_revoke_kills_the_session_tree_and_blocks_replay(node: NodeTree) -> None
     assert marker.read_text() == grant.not_after.strftime("%Y-%m-%dT%H:%M:%SZ\n")
     events = [json.loads(p.read_text()) for p in (node.root / "var/spool/broker/events").iterdir()]
     assert [(e["kind"], e["pid"], e["grant_id"]) for e in events] == [("close", sudo.pid, grant.id)]
-    # the same signed file put back (replay) is refused by the hook and by install-grant
+    # the same signed file put back (replay) is refused by the checker and by install-grant
     node.install(grant, text=payload["grant"])
-    allow, reason = bn.decide(
-        node.paths, "account", "sudo", "root", "alice", "", 1, bn_now(), nobody
-    )
-    assert not allow and "revoked" in reason
+    assert node.status_of(grant.id) == {
+        "id": grant.id,
+        "user": "alice",
+        "not_after": grant.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "valid": False,
+        "problem": "revoked",
+    }
     assert "revoked" in call(node, "install-grant", payload)[1]["error"]
 
 
@@ -474,10 +479,8 @@ def test_collect_stops_at_1000_and_reports_bad_files(node: NodeTree) -> None:
 
 def test_event_text_is_valid_json_for_any_tty_and_service(node: NodeTree) -> None:
     grant = node.grant()
-    node.install(grant)
-    bn.decide(
-        node.paths, "open_session", "sudo-i", "root", "alice", 'pts/"1\n', 7, bn_now(), nobody
-    )
+    tty = spool.tty_name('pts/"1\n')
+    bn.spool_event(node.paths, "open", grant.id, "alice", "root", "sudo-i", tty, 7, bn_now())
     (event,) = call(node, "collect")[1]["events"]
     assert (event["service"], event["tty"], event["kind"]) == ("sudo-i", "-", "open")
     for text in ('a"\\\n\x00é😀', "plain", "\u202e"):
@@ -500,26 +503,25 @@ def test_bad_usage_exits_2_with_a_json_error(node: NodeTree, argv: list[str], st
 @pytest.mark.skipif(not _unshare_works(), reason="needs unshare --mount (root)")
 def test_launchers_run_from_the_install_directory() -> None:
     # /usr/libexec replaced by an empty tmpfs in a private mount namespace, the files
-    # installed as bootstrap does, then run as pam_exec and the broker would run them
+    # installed as bootstrap does, then run as the broker would run them: the program
+    # finds broker-grant-check where bootstrap puts it
     script = (
         "mount -t tmpfs tmpfs /usr/libexec && mkdir -m 0755 /usr/libexec/broker && "
-        'cp -r "$1/broker_node" "$1/pam-hook" "$1/broker-node" /usr/libexec/broker/ && '
+        'cp -r "$1/broker_node" "$1/broker-node" "$2" /usr/libexec/broker/ && '
         "/usr/libexec/broker/broker-node status </dev/null && "
-        "PAM_TYPE=account PAM_SERVICE=sudo PAM_RUSER=root /usr/libexec/broker/pam-hook && "
-        "echo root=$? && "
-        "{ PAM_TYPE=account PAM_SERVICE=sudo PAM_RUSER=nobody "
-        "/usr/bin/python3 -I -S /usr/libexec/broker/pam-hook; echo nobody=$?; }"
+        "/usr/libexec/broker/broker-grant-check --version"
     )
     done = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script, "sh", str(PAM_DIR)],
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(PAM_DIR), checker()],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    status, root, nobody_line = done.stdout.splitlines()
-    assert json.loads(status)["hook_version"] == "1"
-    assert (root, nobody_line) == ("root=0", "nobody=1")
+    status, version = done.stdout.splitlines()
+    assert json.loads(status)["hook_version"] == "2"
+    assert not [p for p in json.loads(status)["problems"] if "broker-grant-check" in p]
+    assert version == "broker-grant-check 2"
 
 
 # ---------------------------------------------------------------- quarantine and release
@@ -542,13 +544,6 @@ def test_quarantine_places_the_marker_status_shows_it_release_removes_it(node: N
         "group": "ir",
         "problem": None,
     }
-    allow, reason = bn.decide(
-        node.paths, "account", "sudo", "root", "alice", "", 1, bn_now(), nobody
-    )
-    assert (
-        not allow
-        and reason == "node quarantined since 2026-11-23T10:00:00Z: INC-9: odd root shell ?"
-    )
     # placed again (a retry, a new reason): replaced, not refused
     again = {**QUARANTINE, "reason": "second look", "group": None}
     assert call(node, "quarantine", again)[1]["quarantined"] is True
@@ -557,7 +552,6 @@ def test_quarantine_places_the_marker_status_shows_it_release_removes_it(node: N
     assert call(node, "release", {}) == (0, {"released": True, "error": None})
     assert not marker.exists()
     assert call(node, "release", {}) == (0, {"released": False, "error": None})
-    assert bn.decide(node.paths, "account", "sudo", "root", "alice", "", 1, bn_now(), nobody)[0]
 
 
 def test_status_reports_an_untrusted_marker(node: NodeTree) -> None:

@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tests.unit.test_node_hook import PAM_DIR, NodeTree
+from tests.node_tree import PAM_DIR, NodeTree, checker
 
 VERMIN = Path(sys.executable).parent / "vermin"
 # The flags of deploy/test.sh: a violation of "3.9 or older" fails; annotations are read
 # as if evaluated (stricter than `from __future__ import annotations` needs).
+# pam/fuzz/ makes seed corpora on the build machine and never goes to a node.
 FLAGS = ["--no-tips", "--violations", "-t=3.9-", "--eval-annotations", "--no-config-file"]
-LAUNCHERS = ("pam-hook", "broker-node", "broker-keytab", "broker-relay-flush")
+FLAGS += ["--exclude-regex", "/pam/fuzz/"]
+LAUNCHERS = ("broker-node", "broker-keytab", "broker-relay-flush")
 
 
 def node_sources() -> list[Path]:
@@ -105,25 +107,23 @@ def python39() -> str | None:
 
 
 @pytest.mark.skipif(python39() is None, reason="no Python 3.9 interpreter on this machine")
-def test_the_hook_and_the_node_program_run_on_python_3_9(tmp_path: Path) -> None:
+def test_the_node_program_runs_on_python_3_9(tmp_path: Path) -> None:
     node = NodeTree(tmp_path / "node")
     grant = node.grant()
     node.install(grant)
     code = (
         "import io, json, sys; sys.path.insert(0, sys.argv[1]); import broker_node as b\n"
-        "paths = b.Paths(sys.argv[2]); out = io.StringIO()\n"
-        "env = dict(PAM_TYPE='account', PAM_SERVICE='sudo', PAM_USER='root', PAM_RUSER='alice')\n"
-        "hook = b.pam_main([], env, paths)\n"
+        "paths = b.Paths(sys.argv[2], sys.argv[3]); out = io.StringIO()\n"
         "b.node_main(['status'], io.StringIO(''), out, paths)\n"
-        "print(json.dumps([sys.version_info[:2], hook, json.loads(out.getvalue())['grants']]))\n"
+        "print(json.dumps([sys.version_info[:2], json.loads(out.getvalue())['grants']]))\n"
     )
     done = subprocess.run(
-        [str(python39()), "-I", "-S", "-c", code, str(PAM_DIR), str(node.root)],
+        [str(python39()), "-I", "-S", "-c", code, str(PAM_DIR), str(node.root), checker()],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    version, hook, grants = json.loads(done.stdout)
-    assert (version, hook) == ([3, 9], 0), "alice's valid grant lets her sudo"
+    version, grants = json.loads(done.stdout)
+    assert version == [3, 9]
     assert [(g["id"], g["valid"], g["problem"]) for g in grants] == [(grant.id, True, None)]
