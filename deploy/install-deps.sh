@@ -9,7 +9,7 @@ PACKAGES=(
   openssh-server openssh-client sudo pamtester stunnel4
   python3 python3-venv python3-dev libkrb5-dev gcc
   util-linux iproute2 openssl sqlite3 curl tzdata
-  make clang libclang-rt-14-dev binutils libpam0g-dev libssl-dev
+  make clang libclang-rt-14-dev binutils libpam0g-dev libsodium-dev
 )
 
 missing=()

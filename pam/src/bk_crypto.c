@@ -1,10 +1,16 @@
-/* Thin wrappers over libcrypto: no curve arithmetic, no hash of ours. */
+/* Thin wrappers over libsodium: no curve arithmetic, no hash of ours. */
 #include "bk_crypto.h"
 
 #include <string.h>
 #include <sys/random.h>
 
-#include <openssl/evp.h>
+#include <sodium.h>
+
+/* sodium_init is idempotent and thread-safe; a failure (no entropy source) is "no". */
+static bool ready(void)
+{
+    return sodium_init() >= 0;
+}
 
 static void to_hex(const unsigned char *raw, size_t n, char *out)
 {
@@ -19,17 +25,19 @@ static void to_hex(const unsigned char *raw, size_t n, char *out)
 bool bk_b64_exact(const char *text, size_t n, unsigned char *out, size_t want)
 {
     /* Both buffers fit the largest thing decoded here (a 64-byte signature). */
-    unsigned char decoded[96];
-    unsigned char again[132];
-    size_t encoded_len = 4 * ((want + 2) / 3);
-    if (want > 64 || n != encoded_len)
+    unsigned char decoded[64];
+    char again[96];
+    size_t got = 0;
+    const char *end = NULL;
+    if (want > sizeof decoded || n != 4 * ((want + 2) / 3) || !ready())
         return false;
-    int got = EVP_DecodeBlock(decoded, (const unsigned char *)text, (int)n);
-    if (got < 0 || (size_t)got < want)
+    if (sodium_base642bin(decoded, sizeof decoded, text, n, NULL, &got, &end,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        got != want || end != text + n)
         return false;
     /* Canonical form only: encoding the bytes again must give back the very same text. */
-    int back = EVP_EncodeBlock(again, decoded, (int)want);
-    if (back < 0 || (size_t)back != n || memcmp(again, text, n) != 0)
+    sodium_bin2base64(again, sizeof again, decoded, want, sodium_base64_VARIANT_ORIGINAL);
+    if (strlen(again) != n || memcmp(again, text, n) != 0)
         return false;
     memcpy(out, decoded, want);
     return true;
@@ -38,29 +46,21 @@ bool bk_b64_exact(const char *text, size_t n, unsigned char *out, size_t want)
 bool bk_ed25519_verify(const unsigned char pub[BK_PUBKEY_LEN], const unsigned char *msg,
                        size_t len, const unsigned char sig[BK_SIG_LEN])
 {
-    bool ok = false;
-    EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, BK_PUBKEY_LEN);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (key != NULL && ctx != NULL && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, key) == 1)
-        ok = EVP_DigestVerify(ctx, sig, BK_SIG_LEN, msg, len) == 1;
-    EVP_MD_CTX_free(ctx);
-    EVP_PKEY_free(key);
-    return ok;
+    /* libsodium's verification is strict: non-canonical signatures and small-order keys
+     * are refused. */
+    return ready() && crypto_sign_verify_detached(sig, msg, len, pub) == 0;
 }
 
 bool bk_ed25519_key_ok(const unsigned char pub[BK_PUBKEY_LEN])
 {
-    EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, BK_PUBKEY_LEN);
-    bool ok = key != NULL;
-    EVP_PKEY_free(key);
-    return ok;
+    return ready() && crypto_core_ed25519_is_valid_point(pub) == 1;
 }
 
 bool bk_sha256_hex(const void *data, size_t len, size_t bytes, char *out)
 {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int got = 0;
-    if (bytes > 32 || EVP_Digest(data, len, digest, &got, EVP_sha256(), NULL) != 1 || got < bytes)
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    if (bytes > sizeof digest || !ready() ||
+        crypto_hash_sha256(digest, (const unsigned char *)data, len) != 0)
         return false;
     to_hex(digest, bytes, out);
     return true;

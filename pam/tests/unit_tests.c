@@ -1,5 +1,5 @@
 /* Unit tests of the node-side C code, built with AddressSanitizer and UBSan (make test).
- * Grants are signed here with libcrypto, the node's files live in a temporary root. */
+ * Grants are signed here with libsodium, the node's files live in a temporary root. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
+#include <sodium.h>
 
 #include "bk_contract.h"
 #include "bk_crypto.h"
@@ -21,35 +21,30 @@
 #include "check.h"
 
 static const int64_t NOW = 1795000000; /* 2026-11-18 */
-static EVP_PKEY *signing_key, *other_key;
+struct test_key {
+    unsigned char pk[crypto_sign_PUBLICKEYBYTES];
+    unsigned char sk[crypto_sign_SECRETKEYBYTES];
+};
+static struct test_key signing_key_store, other_key_store;
+static struct test_key *signing_key = &signing_key_store, *other_key = &other_key_store;
 static char root[64];
 static char key_line[128];
 
 /* ------------------------------------------------------------ helpers */
 
-static void raw_public(EVP_PKEY *key, unsigned char out[32])
+static void key_id_of(const struct test_key *key, char out[17])
 {
-    size_t len = 32;
-    if (EVP_PKEY_get_raw_public_key(key, out, &len) != 1 || len != 32)
-        abort();
-}
-
-static void key_id_of(EVP_PKEY *key, char out[17])
-{
-    unsigned char raw[32];
-    raw_public(key, raw);
-    if (!bk_sha256_hex(raw, 32, 8, out))
+    if (!bk_sha256_hex(key->pk, 32, 8, out))
         abort();
 }
 
 /* A signed grant like broker/grants/grantfile.py writes it, into `out`. */
-static size_t make_grant(char *out, size_t size, EVP_PKEY *key, const char *id, const char *node,
-                         const char *user, int64_t start, int64_t end, int login, int workloads,
-                         int max_sessions)
+static size_t make_grant(char *out, size_t size, const struct test_key *key, const char *id,
+                         const char *node, const char *user, int64_t start, int64_t end,
+                         int login, int workloads, int max_sessions)
 {
-    char nb[21], na[21], kid[17];
+    char nb[21], na[21], kid[17], b64[100];
     unsigned char sig[64];
-    size_t sig_len = sizeof sig;
     bk_format_utc(start, nb);
     bk_format_utc(end, na);
     key_id_of(key, kid);
@@ -59,14 +54,9 @@ static size_t make_grant(char *out, size_t size, EVP_PKEY *key, const char *id, 
                      "policy_sha256=%064d\napprovers=frank,grace\nreason=INC-4711%%20test\n"
                      "issued_at=%s\nkey_id=%s\n",
                      id, node, user, nb, na, login, workloads, max_sessions, 0, nb, kid);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) != 1 ||
-        EVP_DigestSign(ctx, sig, &sig_len, (unsigned char *)out, (size_t)n) != 1)
-        abort();
-    EVP_MD_CTX_free(ctx);
-    n += snprintf(out + n, size - (size_t)n, "signature=");
-    n += EVP_EncodeBlock((unsigned char *)out + n, sig, 64);
-    n += snprintf(out + n, size - (size_t)n, "\n");
+    crypto_sign_detached(sig, NULL, (const unsigned char *)out, (size_t)n, key->sk);
+    sodium_bin2base64(b64, sizeof b64, sig, 64, sodium_base64_VARIANT_ORIGINAL);
+    n += snprintf(out + n, size - (size_t)n, "signature=%s\n", b64);
     return (size_t)n;
 }
 
@@ -118,8 +108,8 @@ static struct bk_ctx ctx_at(int64_t now)
 }
 
 static void install_grant(const char *id, const char *user, int64_t start, int64_t end,
-                          int login, int workloads, int max_sessions, EVP_PKEY *key,
-                          const char *node)
+                          int login, int workloads, int max_sessions,
+                          const struct test_key *key, const char *node)
 {
     char buf[BK_MAX_FILE], rel[128];
     size_t n = make_grant(buf, sizeof buf, key, id, node, user, start, end, login, workloads,
@@ -220,6 +210,14 @@ static void test_crypto(void)
     CHECK(!bk_b64_exact("AAECAw=", 7, out, 4));
     CHECK(!bk_b64_exact("AAEC Aw=", 8, out, 4));
     CHECK(!bk_b64_exact("AAECAwQ=", 8, out, 4)); /* five bytes, not four */
+    /* keys that are no point, or a point of small order (the identity), are refused */
+    unsigned char bad[32];
+    memset(bad, 0xff, sizeof bad);
+    CHECK(!bk_ed25519_key_ok(bad));
+    memset(bad, 0, sizeof bad);
+    bad[0] = 1;
+    CHECK(!bk_ed25519_key_ok(bad));
+    CHECK(bk_ed25519_key_ok(pub));
     char hex[17];
     CHECK(bk_sha256_hex("abc", 3, 8, hex));
     CHECK_STR(hex, "ba7816bf8f01cfea");
@@ -714,16 +712,16 @@ static void test_concurrent_max_sessions(void)
 
 int main(void)
 {
-    unsigned char raw[32];
     char b64[64];
     if (geteuid() != 0) {
         fprintf(stderr, "unit_tests: run as root (the node's files must be root-owned)\n");
         return 2;
     }
-    signing_key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-    other_key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-    raw_public(signing_key, raw);
-    EVP_EncodeBlock((unsigned char *)b64, raw, 32);
+    if (sodium_init() < 0)
+        return 2;
+    crypto_sign_keypair(signing_key->pk, signing_key->sk);
+    crypto_sign_keypair(other_key->pk, other_key->sk);
+    sodium_bin2base64(b64, sizeof b64, signing_key->pk, 32, sodium_base64_VARIANT_ORIGINAL);
     snprintf(key_line, sizeof key_line, "broker-grant-key-v1 %s\n", b64);
     bk_copy(root, sizeof root, "/tmp/bk-unit-XXXXXX");
     if (mkdtemp(root) == NULL)
@@ -746,8 +744,6 @@ int main(void)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", root);
-    EVP_PKEY_free(signing_key);
-    EVP_PKEY_free(other_key);
     printf("%d passed, %d failed\n", check_count - check_failures, check_failures);
     return check_failures == 0 ? 0 : 1;
 }
