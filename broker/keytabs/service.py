@@ -42,7 +42,7 @@ from broker.core.errors import (
     UsageError,
 )
 from broker.core.hostlist import fold
-from broker.core.timeutil import utcnow
+from broker.core.timeutil import to_second_text, utcnow
 from broker.fleet import inventory, nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
@@ -804,7 +804,7 @@ class KeytabService:
             if ok:
                 conn.execute(
                     "UPDATE keytab_accounts SET last_verified_at = ? WHERE name = ?",
-                    (now.strftime("%Y-%m-%dT%H:%M:%SZ"), name),
+                    (to_second_text(now), name),
                 )
             writer.record(
                 conn,

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from broker.core.errors import UsageError
+from broker.core.timeutil import to_second_text
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
 from broker.keytabs.service import AccountStatus, RotationReport
@@ -17,7 +18,7 @@ ServiceName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za
 
 
 def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else to_second_text(value)
 
 
 class KeytabPath(Body):
