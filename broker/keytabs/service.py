@@ -43,19 +43,20 @@ from broker.core.errors import (
 )
 from broker.core.hostlist import fold
 from broker.core.timeutil import to_second_text, utcnow
-from broker.fleet import inventory, nodeprog
+from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
-from broker.keytabs import distribute, keys, keytabfile, plan, rows
+from broker.keytabs import keys, plan, rows
 from broker.keytabs.ad import AdAccount, Directory, PasswordNotSet, PasswordRefused
-from broker.keytabs.distribute import NodeResult, node_result
+from broker.keytabs.distribute import NodeResult
+from broker.keytabs.nodes import KeytabNodes, keytab_spec
+from broker.keytabs.status import AccountStatus, account_status
 from broker.keytabs.tickets import tokens_for
 from broker.policy.model import Policy, ServiceAccount
 from broker.store.db import Store
 
 log = logging.getLogger("broker.keytabs")
 
-NODE_TIMEOUT_S = distribute.NODE_TIMEOUT_S
 # One rotation of an account at a time in this process (API workers, scheduler); across
 # processes the store's unique index on open rotations refuses a second one.
 _RUNNING: set[str] = set()
@@ -78,31 +79,6 @@ class RotationReport:
     kvno: int | None = None
     nodes: list[NodeResult] = field(default_factory=list)
     message: str = ""
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    node: str
-    kvnos: tuple[int, ...]
-    verified_kvno: int | None
-    checked_at: datetime | None
-    error: str | None
-    stale: bool
-
-
-@dataclass(frozen=True)
-class AccountStatus:
-    name: str
-    account: str
-    ad_kvno: int | None
-    ad_error: str | None
-    last_rotated_at: datetime | None
-    next_due_at: datetime | None
-    last_verified_at: datetime | None
-    rotation_state: str | None
-    last_error: str | None
-    retry_after: datetime | None
-    nodes: tuple[NodeStatus, ...]
 
 
 class KeytabService:
@@ -136,6 +112,9 @@ class KeytabService:
         self._enctype = enctype_number
         self._new_password = new_password
         self._clock = clock
+        self._nodes = KeytabNodes(
+            store=store, pool=pool, clock=clock, max_ticket_lifetime=rules.max_ticket_lifetime
+        )
 
     # ------------------------------------------------------------ policy
 
@@ -172,17 +151,6 @@ class KeytabService:
                 found.append(full)
         return found
 
-    def _spec(self, service: ServiceAccount, principals: Sequence[str]) -> distribute.KeytabSpec:
-        """Where and how the keytab is written; checked before a rotation writes anything,
-        so a policy value no node could take never leaves a rotation open."""
-        return distribute.KeytabSpec(
-            path=str(service.keytab),
-            owner=service.owner,
-            group=service.group,
-            mode=service.mode,
-            principals=tuple(principals),
-        )
-
     def _targets(self, service: ServiceAccount) -> list[NodeTarget]:
         if not service.nodes:
             raise RefusedError(f"service account {service.name} has no nodes")
@@ -218,96 +186,7 @@ class KeytabService:
             )
             writer.record(conn, event, now)
 
-    # ------------------------------------------------------------ node calls
-
-    def _call(
-        self, targets: Sequence[NodeTarget], command: str, payloads: Mapping[str, dict[str, Any]]
-    ) -> list[tuple[NodeTarget, nodeprog.NodeReply]]:
-        def one(target: NodeTarget) -> tuple[NodeTarget, nodeprog.NodeReply]:
-            reply = nodeprog.call(
-                self._pool, target, command, payloads[target.name], timeout=NODE_TIMEOUT_S
-            )
-            return target, reply
-
-        results: list[tuple[NodeTarget, nodeprog.NodeReply]] = self._pool.map(one, list(targets))
-        return results
-
-    def _install(
-        self,
-        service: ServiceAccount,
-        targets: Sequence[NodeTarget],
-        principals: Sequence[str],
-        *,
-        current: int,
-        staged: int | None,
-        add: Sequence[keys.Key] = (),
-        add_kvno: int | None = None,
-    ) -> list[NodeResult]:
-        """Merge `add` keys (version `add_kvno`) into each node's keytab and keep what
-        plan.keep_kvnos says (distribute.py: over SFTP, merged in memory here); record what
-        each node holds now."""
-        now = self._clock()
-        with self._store.transaction() as conn:
-            views = rows.node_views(conn, service.name)
-            retired = rows.retired(conn, service.name)
-        stamp = int(now.timestamp())
-        entries = (
-            [
-                keytabfile.new_entry(p, add_kvno, k.enctype, k.data, stamp)
-                for p in principals
-                for k in add
-            ]
-            if add_kvno is not None
-            else []
-        )
-        spec = self._spec(service, principals)
-        keeps: dict[str, set[int]] = {}
-        for target in targets:
-            view = views.get(target.name)
-            present = set(view.kvnos) if view is not None else set()
-            keep = plan.keep_kvnos(
-                current=current,
-                staged=staged,
-                retired=retired,
-                present=present,
-                keep_old=service.keep_old_kvnos,
-                max_ticket_lifetime=self._rules.max_ticket_lifetime,
-                now=now,
-            )
-            if add_kvno is not None:
-                keep.add(add_kvno)
-            keeps[target.name] = keep
-        try:
-            results = distribute.install(
-                self._pool, targets, spec, keep=keeps, add=entries, timeout=NODE_TIMEOUT_S
-            )
-        finally:
-            del entries
-        return self._record_nodes(service.name, results)
-
-    def _record_nodes(self, name: str, results: Sequence[NodeResult]) -> list[NodeResult]:
-        now = self._clock()
-        with self._store.transaction() as conn:
-            for result in results:
-                rows.record_node(
-                    conn,
-                    name,
-                    result.node,
-                    now,
-                    kvnos=result.kvnos if result.ok else None,
-                    error=result.error,
-                )
-        return list(results)
-
-    def _refresh(
-        self, service: ServiceAccount, targets: Sequence[NodeTarget], principals: Sequence[str]
-    ) -> list[NodeResult]:
-        """Ask each node which versions it holds (no keys cross the wire)."""
-        payload = {"path": str(service.keytab), "principals": list(principals)}
-        replies = self._call(targets, "keytab-list", {t.name: payload for t in targets})
-        return self._record_nodes(
-            service.name, [node_result(t.name, r, principals) for t, r in replies]
-        )
+    # ------------------------------------------------------------ node calls (nodes.py)
 
     def _verify_nodes(
         self,
@@ -328,44 +207,8 @@ class KeytabService:
             "path": str(service.keytab),
             "tokens": [{"principal": p, "token": tokens[p]} for p in principals],
         }
-        results = self._call(targets, "keytab-verify", {t.name: payload for t in targets})
-        out: list[NodeResult] = []
-        now = self._clock()
-        with self._store.transaction() as conn:
-            for target, reply in results:
-                if not reply.ok or reply.data is None:
-                    result = NodeResult(
-                        target.name, False, reply.error or "no reply", unreachable=True
-                    )
-                elif not reply.data.get("ok"):
-                    result = NodeResult(target.name, False, _text(reply.data.get("error")))
-                else:
-                    failed = [
-                        f"{_text(r.get('principal'))}: {_text(r.get('error'))}"
-                        for r in reply.data.get("results", [])
-                        if isinstance(r, dict) and not r.get("ok")
-                    ]
-                    accepted = sum(
-                        1
-                        for r in reply.data.get("results", [])
-                        if isinstance(r, dict) and r.get("ok")
-                    )
-                    if failed or accepted != len(principals):
-                        result = NodeResult(
-                            target.name, False, "; ".join(failed)[:300] or "incomplete"
-                        )
-                    else:
-                        result = NodeResult(target.name, True)
-                out.append(result)
-                rows.record_node(
-                    conn,
-                    service.name,
-                    target.name,
-                    now,
-                    verified_kvno=kvno if result.ok else None,
-                    error=result.error,
-                )
-        return out
+        replies = self._nodes.call(targets, "keytab-verify", {t.name: payload for t in targets})
+        return self._nodes.record_verification(service.name, principals, kvno, replies)
 
     # ------------------------------------------------------------ AD
 
@@ -419,7 +262,7 @@ class KeytabService:
     ) -> RotationReport:
         name = service.name
         principals = self.principals(service)
-        self._spec(service, principals)  # refused here, before anything is written
+        keytab_spec(service, principals)  # refused here, before anything is written
         account = self._lookup(ad, service)  # AD unreachable: raised before anything changes
         with self._store.transaction() as conn:
             rows.upsert_account(conn, name, service.account)
@@ -464,7 +307,7 @@ class KeytabService:
             )
         unknown = [t for t in targets if t.name not in views]
         if unknown:
-            self._refresh(service, unknown, principals)
+            self._nodes.refresh(service, unknown, principals)
         # 2. A new password, keys derived with the KDC's salt.
         password = self._new_password()
         try:
@@ -473,7 +316,7 @@ class KeytabService:
             self._end(rotation_id, "abandoned", actor, name, exc.one_line())
             raise
         # 3. Pre-stage on every node.
-        staged = self._install(
+        staged = self._nodes.install(
             service,
             targets,
             principals,
@@ -543,7 +386,7 @@ class KeytabService:
         real_salts = self._salts(f"{service.account}@{self._rules.realm}", sorted(salts))
         if after.kvno != target_kvno or _salts_differ(real_salts, salts):
             derived = self._derive(password, real_salts)
-            again = self._install(
+            again = self._nodes.install(
                 service,
                 targets,
                 principals,
@@ -619,7 +462,7 @@ class KeytabService:
                 now,
             )
         # Prune: keep what plan.keep_kvnos says now that the new version is current.
-        self._install(service, targets, principals, current=kvno, staged=None)
+        self._nodes.install(service, targets, principals, current=kvno, staged=None)
         return RotationReport(name, "verified", kvno=kvno, nodes=results)
 
     def _unstage(
@@ -630,7 +473,7 @@ class KeytabService:
         current: int,
     ) -> None:
         """Remove staged keys of a password AD never took (best effort on each node)."""
-        self._install(service, targets, principals, current=current, staged=None)
+        self._nodes.install(service, targets, principals, current=current, staged=None)
 
     def _end(
         self,
@@ -750,7 +593,7 @@ class KeytabService:
         AD account with its SPNs (in keytabs.accounts_ou)."""
         service = self.service_account(name)
         targets = self._targets(service)
-        self._spec(service, self.principals(service))  # before an account is made in AD
+        keytab_spec(service, self.principals(service))  # before an account is made in AD
         ad = self._directory()
         try:
             if ad.lookup(service.account) is None:
@@ -795,7 +638,7 @@ class KeytabService:
         finally:
             ad.close()
         results = self._verify_nodes(service, targets, principals, account.kvno)
-        self._refresh(service, targets, principals)
+        self._nodes.refresh(service, targets, principals)
         ok = all(r.ok for r in results)
         now = self._clock()
         with self._store.transaction() as conn:
@@ -841,49 +684,15 @@ class KeytabService:
         for name, service in sorted(accounts.items()):
             if live:
                 try:
-                    self._refresh(service, self._targets(service), self.principals(service))
+                    self._nodes.refresh(service, self._targets(service), self.principals(service))
                 except BrokerError as exc:
                     ad_error = ad_error or exc.one_line()
             with self._store.transaction() as conn:
                 row = rows.account(conn, name)
                 views = rows.node_views(conn, name)
                 open_one = rows.open_rotation(conn, name)
-            ad_kvno = ad_kvnos.get(name)
-            last = row.last_rotated_at if row else None
-            nodes = []
-            for node in sorted(service.nodes):
-                view = views.get(node)
-                current = ad_kvno if ad_kvno is not None else (row.kvno if row else None)
-                stale = (
-                    view is None
-                    or view.error is not None
-                    or current is None
-                    or current not in view.kvnos
-                )
-                nodes.append(
-                    NodeStatus(
-                        node,
-                        view.kvnos if view else (),
-                        view.verified_kvno if view else None,
-                        view.checked_at if view else None,
-                        view.error if view else "never seen",
-                        stale,
-                    )
-                )
             out.append(
-                AccountStatus(
-                    name=name,
-                    account=service.account,
-                    ad_kvno=ad_kvno,
-                    ad_error=ad_error,
-                    last_rotated_at=last,
-                    next_due_at=plan.next_due(last, service.rotate_every),
-                    last_verified_at=row.last_verified_at if row else None,
-                    rotation_state=open_one.state if open_one else None,
-                    last_error=row.last_error if row else None,
-                    retry_after=row.retry_after if row else None,
-                    nodes=tuple(nodes),
-                )
+                account_status(name, service, row, views, open_one, ad_kvnos.get(name), ad_error)
             )
         return out
 
@@ -898,10 +707,6 @@ def _salts_differ(a: Mapping[int, keys.SaltInfo], b: Mapping[int, keys.SaltInfo]
     return {k: (v.salt, v.params) for k, v in a.items()} != {
         k: (v.salt, v.params) for k, v in b.items()
     }
-
-
-def _text(value: object) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:200]
 
 
 def verify_tokens_source(client: str, keytab: Path) -> TokenSource:
