@@ -52,7 +52,7 @@ class Client:
                 raise UnavailableError(
                     f"TLS to the broker at {self.target.describe()} failed: {exc.reason}",
                     fix="check the URL and --ca-file",
-                ) from None
+                ) from exc
             except http.client.RemoteDisconnected:
                 raise UnavailableError(
                     f"the broker daemon at {self.target.describe()} closed the connection "
@@ -77,11 +77,11 @@ class Client:
                 if exc.errno in (errno.ECONNRESET, errno.EPIPE):
                     raise UnavailableError(
                         f"the broker daemon at {self.target.describe()} closed the connection"
-                    ) from None
+                    ) from exc
                 raise UnavailableError(
                     f"cannot reach the broker daemon at {self.target.describe()}: {exc.strerror}",
                     fix=START_HINT,
-                ) from None
+                ) from exc
         finally:
             conn.close()
         try:

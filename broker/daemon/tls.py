@@ -119,7 +119,7 @@ def negotiate(header: str | None, settings: Settings, binding: bytes) -> tuple[s
             "unauthorized",
             "Kerberos authentication failed",
             fix="renew your ticket with `kinit` and check the URL's host name",
-        ) from None
+        ) from exc
     if not context.complete:
         raise errors.HttpError("unauthorized", "Kerberos authentication needs more than one step")
     return str(context.initiator_name), reply
