@@ -298,7 +298,7 @@ class App:
 
         return NodeService(
             store=self.ready_store(),
-            pool=shared_pool(self.settings),
+            pool=lambda: shared_pool(self.settings),
             settings=self.settings,
             owner=self.owner,
             policy=self.require_policy,
@@ -310,7 +310,7 @@ class App:
         from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
         from broker.sessions.spools import SpoolCollector  # lazy: start-up (module doc)
 
-        return SpoolCollector(self.ready_store(), shared_pool(self.settings))
+        return SpoolCollector(self.ready_store(), lambda: shared_pool(self.settings))
 
     def grant_reader(self) -> GrantReader:
         """Grants and requests to list and show (the store only: no SSH, no signing key)."""
@@ -346,7 +346,7 @@ class App:
         if self._quarantines is None:
             self._quarantines = Quarantines(
                 self.ready_store(),
-                shared_pool(self.settings),
+                lambda: shared_pool(self.settings),
                 self.grants,
                 lambda: p.incident_response_group if (p := self.active_policy()) else None,
             )
