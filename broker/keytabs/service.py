@@ -42,7 +42,7 @@ from broker.core.errors import (
     UsageError,
 )
 from broker.core.hostlist import fold
-from broker.core.timeutil import to_second_text, utcnow
+from broker.core.timeutil import utcnow
 from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
@@ -645,10 +645,7 @@ class KeytabService:
             rows.upsert_account(conn, name, service.account)
             rows.set_kvno(conn, name, account.kvno)
             if ok:
-                conn.execute(
-                    "UPDATE keytab_accounts SET last_verified_at = ? WHERE name = ?",
-                    (to_second_text(now), name),
-                )
+                rows.mark_verified(conn, name, now)
             writer.record(
                 conn,
                 self._event(
