@@ -34,6 +34,7 @@ from broker.daemon.peer import peer_credentials
 from broker.daemon.pooled import PooledServer
 from broker.daemon.routing import REGISTRY, Registry
 from broker.daemon.scheduler import Scheduler
+from broker.daemon.workers import Workers
 
 log = logging.getLogger("broker.daemon")
 
@@ -41,31 +42,6 @@ log = logging.getLogger("broker.daemon")
 class UnixServer(PooledServer, socketserver.UnixStreamServer):
     def peer_key(self, request: Any, client_address: Any) -> Hashable:
         return ("uid", peer_credentials(request).uid)
-
-
-class Workers:
-    """The per-thread Apps, built on first use and closed at shutdown."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._local = threading.local()
-        self._apps: list[App] = []
-        self._lock = threading.Lock()
-
-    def app(self) -> App:
-        app: App | None = getattr(self._local, "app", None)
-        if app is None:
-            app = App(self.settings)
-            self._local.app = app
-            with self._lock:
-                self._apps.append(app)
-        return app
-
-    def close(self) -> None:
-        with self._lock:
-            for app in self._apps:
-                app.close()
-            self._apps.clear()
 
 
 def identify_unix(

@@ -34,7 +34,7 @@ from broker.daemon.routing import REGISTRY
 
 if TYPE_CHECKING:
     from broker.daemon.admission import Deadlines
-    from broker.daemon.server import Workers
+    from broker.daemon.workers import Workers
 
 log = logging.getLogger("broker.daemon")
 
