@@ -285,9 +285,50 @@ class KeytabService:
     ) -> RotationReport:
         name = service.name
         current, target_kvno = account.kvno, account.kvno + 1
+        # 1. Write-ahead: the intent is committed before any node or AD is touched.
+        rotation_id = self._plan(service, targets, principals, current, target_kvno, actor)
+        # 2. A new password, keys derived with the KDC's salt.
+        password = self._new_password()
+        try:
+            derived, salts = self._keys_for(service, password)
+        except BrokerError as exc:
+            self._end(rotation_id, "abandoned", actor, name, exc.one_line())
+            raise
+        # 3. Pre-stage on every node.
+        self._stage(service, targets, principals, rotation_id, current, target_kvno, derived, actor)
+        # 4. AD: the password change, written ahead.
+        after = self._set_in_ad(
+            service, targets, principals, ad, account, password, rotation_id, current, actor
+        )
+        # 4b. AD's version or salt is not the staged one: derive again and redistribute.
+        real_salts = self._salts(f"{service.account}@{self._rules.realm}", sorted(salts))
+        if after.kvno != target_kvno or _salts_differ(real_salts, salts):
+            derived = self._derive(password, real_salts)
+            self._redistribute(
+                service, targets, principals, rotation_id, after.kvno, target_kvno, derived, actor
+            )
+            target_kvno = after.kvno
+        del password, derived
+        # 5. Verify on every node.
+        report = self._finish(service, targets, principals, rotation_id, target_kvno, actor)
+        report.from_kvno = current
+        if report.outcome == "verified":
+            report.outcome = "rotated"
+        return report
+
+    def _plan(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        current: int,
+        target_kvno: int,
+        actor: str,
+    ) -> int:
+        """Commit the rotation's intent and audit it; learn what unseen nodes hold."""
+        name = service.name
         now = self._clock()
         nodes = [t.name for t in targets]
-        # 1. Write-ahead: the intent is committed before any node or AD is touched.
         with self._store.transaction() as conn:
             views = rows.node_views(conn, name)
             rotation_id = rows.start_rotation(conn, name, current, target_kvno, nodes, actor, now)
@@ -308,14 +349,22 @@ class KeytabService:
         unknown = [t for t in targets if t.name not in views]
         if unknown:
             self._nodes.refresh(service, unknown, principals)
-        # 2. A new password, keys derived with the KDC's salt.
-        password = self._new_password()
-        try:
-            derived, salts = self._keys_for(service, password)
-        except BrokerError as exc:
-            self._end(rotation_id, "abandoned", actor, name, exc.one_line())
-            raise
-        # 3. Pre-stage on every node.
+        return rotation_id
+
+    def _stage(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        rotation_id: int,
+        current: int,
+        target_kvno: int,
+        derived: Sequence[keys.Key],
+        actor: str,
+    ) -> None:
+        """Every node holds the next version's keys beside the current ones, or nothing
+        changes anywhere (staged keys removed, the rotation abandoned and retried later)."""
+        name = service.name
         staged = self._nodes.install(
             service,
             targets,
@@ -334,12 +383,29 @@ class KeytabService:
                 f"{name}: {error}; nothing was changed in AD",
                 fix="the rotation is retried with backoff once the nodes answer",
             )
+        nodes = fold([t.name for t in targets])
         self._move(
             rotation_id,
             "staged",
-            self._event(actor, "keytab.stage", name, kvno=target_kvno, nodes=fold(nodes)),
+            self._event(actor, "keytab.stage", name, kvno=target_kvno, nodes=nodes),
         )
-        # 4. AD: the password change, written ahead.
+
+    def _set_in_ad(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        ad: Directory,
+        account: AdAccount,
+        password: keys.Secret,
+        rotation_id: int,
+        current: int,
+        actor: str,
+    ) -> AdAccount:
+        """The password change in AD, written ahead (ad_pending) and recorded (ad_set) with
+        the version AD gave it; what AD says afterwards about the account."""
+        name = service.name
+        target_kvno = current + 1
         self._move(
             rotation_id,
             "ad_pending",
@@ -382,41 +448,43 @@ class KeytabService:
                 ),
                 now,
             )
-        # 4b. AD's version or salt is not the staged one: derive again and redistribute.
-        real_salts = self._salts(f"{service.account}@{self._rules.realm}", sorted(salts))
-        if after.kvno != target_kvno or _salts_differ(real_salts, salts):
-            derived = self._derive(password, real_salts)
-            again = self._nodes.install(
-                service,
-                targets,
-                principals,
-                current=after.kvno,
-                staged=None,
-                add=derived,
-                add_kvno=after.kvno,
-            )
-            self._move(
-                rotation_id,
-                "ad_set",
-                self._event(
-                    actor,
-                    "keytab.redistribute",
-                    name,
-                    "ok" if all(r.ok for r in again) else "failed",
-                    kvno=after.kvno,
-                    staged=target_kvno,
-                    nodes=fold(nodes),
-                ),
-                target_kvno=after.kvno,
-            )
-            target_kvno = after.kvno
-        del password, derived
-        # 5. Verify on every node.
-        report = self._finish(service, targets, principals, rotation_id, target_kvno, actor)
-        report.from_kvno = current
-        if report.outcome == "verified":
-            report.outcome = "rotated"
-        return report
+        return after
+
+    def _redistribute(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        rotation_id: int,
+        kvno: int,
+        staged: int,
+        derived: Sequence[keys.Key],
+        actor: str,
+    ) -> None:
+        """Keys derived again for the version (or salt) AD actually used, to every node."""
+        again = self._nodes.install(
+            service,
+            targets,
+            principals,
+            current=kvno,
+            staged=None,
+            add=derived,
+            add_kvno=kvno,
+        )
+        self._move(
+            rotation_id,
+            "ad_set",
+            self._event(
+                actor,
+                "keytab.redistribute",
+                service.name,
+                "ok" if all(r.ok for r in again) else "failed",
+                kvno=kvno,
+                staged=staged,
+                nodes=fold([t.name for t in targets]),
+            ),
+            target_kvno=kvno,
+        )
 
     def _finish(
         self,
