@@ -400,11 +400,8 @@ class App:
         """Keytab rotation over this process's store, the shared SSH pool and AD."""
         from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
         from broker.keytabs.ad import LdapDirectory  # lazy: start-up (module doc)
-        from broker.keytabs.service import (  # lazy: start-up (module doc)
-            KeytabRules,
-            KeytabService,
-            verify_tokens_source,
-        )
+        from broker.keytabs.service import KeytabRules, KeytabService  # lazy: start-up (module doc)
+        from broker.keytabs.tickets import verify_tokens_source  # lazy: start-up (module doc)
 
         if self._keytabs is None:
             directory = self.directory_settings()

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from broker.core.errors import RefusedError
+from broker.core.hostlist import fold
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
@@ -32,6 +34,25 @@ def keytab_spec(service: ServiceAccount, principals: Sequence[str]) -> distribut
         mode=service.mode,
         principals=tuple(principals),
     )
+
+
+def keytab_principals(service: ServiceAccount, realm: str) -> list[str]:
+    """The keytab's principals: the account's own name, then the policy's SPNs."""
+    found = [f"{service.account}@{realm}"]
+    for principal in service.principals:
+        name, at, given = principal.partition("@")
+        if at and given != realm:
+            raise RefusedError(f"principal {principal} of {service.name} is not in realm {realm}")
+        full = f"{name}@{realm}"
+        if full not in found:
+            found.append(full)
+    return found
+
+
+def nodes_error(what: str, bad: Sequence[NodeResult]) -> str:
+    detail = "; ".join(r.error or r.node for r in bad[:3])
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    return f"{what} on {fold([r.node for r in bad])}: {detail}{more}"[:500]
 
 
 class KeytabNodes:
@@ -112,6 +133,16 @@ class KeytabNodes:
         finally:
             del entries
         return self.record(service.name, results)
+
+    def unstage(
+        self,
+        service: ServiceAccount,
+        targets: Sequence[NodeTarget],
+        principals: Sequence[str],
+        current: int,
+    ) -> None:
+        """Remove staged keys of a password AD never took (best effort on each node)."""
+        self.install(service, targets, principals, current=current, staged=None)
 
     def record(self, name: str, results: Sequence[NodeResult]) -> list[NodeResult]:
         now = self._clock()
