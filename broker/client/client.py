@@ -34,6 +34,22 @@ class Client:
         headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
+        status, raw = self._exchange(method, path, payload, headers)
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw else None
+        except (UnicodeDecodeError, ValueError):
+            raise FailedError(
+                f"the broker daemon answered HTTP {status} with a body that is not JSON"
+            ) from None
+        if status != 200:
+            raise from_response(status, data)
+        return data
+
+    def _exchange(
+        self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One request on a fresh connection: the answer's status and body, or our error
+        saying why the daemon could not be reached."""
         negotiator = self.target.negotiator()
         conn = self.target.connection(self.timeout)
         try:
@@ -84,15 +100,7 @@ class Client:
                 ) from exc
         finally:
             conn.close()
-        try:
-            data = json.loads(raw.decode("utf-8")) if raw else None
-        except (UnicodeDecodeError, ValueError):
-            raise FailedError(
-                f"the broker daemon answered HTTP {response.status} with a body that is not JSON"
-            ) from None
-        if response.status != 200:
-            raise from_response(response.status, data)
-        return data
+        return response.status, raw
 
 
 def _query_value(value: Any) -> str:
