@@ -28,15 +28,15 @@ from broker.audit.query import verify_store
 from broker.audit.verify import VerifyReport
 from broker.config.settings import DirectorySection, Settings
 from broker.core.errors import ConfigError, RefusedError, UnavailableError
-from broker.core.identity import AccessChange, Account
+from broker.core.identity import AccessChange
 from broker.core.timeutil import to_text, utcnow
 from broker.directory import sync as directory_sync
 from broker.directory.snapshot import StoreSnapshot
 from broker.directory.sync import SyncReport
 from broker.grants.reader import GrantReader
 from broker.mfa import sealing as mfa_sealing
-from broker.mfa import service as mfa_service
-from broker.mfa.service import MfaIdentity, MfaRules
+from broker.mfa.gate import MfaService
+from broker.mfa.model import MfaRules
 from broker.policy import versions as policy_versions
 from broker.policy.detection_rules import DEFAULT
 from broker.policy.load import load_policy
@@ -219,23 +219,9 @@ class App:
     def mfa_rules(self) -> MfaRules:
         return MfaRules.from_settings(self.settings.mfa)
 
-    def check_mfa(self, account: Account, code: str | None, purpose: str, actor: str) -> None:
-        """Accept a TOTP code of `account` once, or refuse (counted, audited, maybe locking)."""
-        if code is None:
-            raise RefusedError(
-                f"{purpose} needs a TOTP code from {account.name}",
-                fix="enter the current code of your authenticator (enroll: `broker mfa enroll`)",
-            )
-        mfa_service.verify(
-            self.ready_store(),
-            key=self.mfa_key(),
-            ident=MfaIdentity(sid=account.sid, name=account.name),
-            code=code,
-            rules=self.mfa_rules(),
-            actor=actor,
-            now=utcnow(),
-            purpose=purpose,
-        )
+    def mfa(self) -> MfaService:
+        """The MFA flows over this process's store, the sealing key and the configured rules."""
+        return MfaService(self.ready_store(), self.mfa_key, self.mfa_rules())
 
     @cached_property
     def _grant_key(self) -> Ed25519PrivateKey:
@@ -334,7 +320,7 @@ class App:
                 ),
                 policy=self.active_policy_with_sha,
                 snapshot=self.snapshot,
-                mfa=self.check_mfa,
+                mfa=self.mfa().require,
             )
         return self._grants
 
