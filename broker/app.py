@@ -38,7 +38,6 @@ from broker.mfa import sealing as mfa_sealing
 from broker.mfa.gate import MfaService
 from broker.mfa.model import MfaRules
 from broker.policy import versions as policy_versions
-from broker.policy.detection_rules import DEFAULT
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
 from broker.policy.rights import directory_groups
@@ -48,8 +47,8 @@ from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
 
 if TYPE_CHECKING:
+    from broker.detect.passes import DetectionPasses
     from broker.detect.respond import Responder
-    from broker.detect.runner import DetectionRunner, PassReport
     from broker.grants.quarantine import Quarantines
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
@@ -100,7 +99,7 @@ class App:
         self._grants: GrantService | None = None  # built on first use (SSH, keys)
         self._keytabs: KeytabService | None = None
         self._quarantines: Quarantines | None = None
-        self._detector: DetectionRunner | None = None
+        self._detection: DetectionPasses | None = None
         if settings.kerberos.krb5_conf is not None:
             os.environ["KRB5_CONFIG"] = str(settings.kerberos.krb5_conf)
 
@@ -360,27 +359,19 @@ class App:
 
         notify.enqueue(conn, alert_id, now, self.settings)
 
-    def incident_responders(self, now: datetime | None = None) -> frozenset[str]:
-        """Members of the policy's incident-response group (exempt from quarantine rules)."""
-        policy = self.active_policy()
-        group = policy.incident_response_group if policy is not None else None
-        if group is None:
-            return frozenset()
-        return frozenset(self.snapshot(now).member_names(group))
-
-    def detect(self, now: datetime) -> PassReport:
-        """One detection pass with the active policy's rules (the built-ins before any)."""
+    def detection(self) -> DetectionPasses:
+        """Detection passes over this process's store, one runner (and its memory) per App."""
+        from broker.detect.passes import DetectionPasses  # lazy: start-up (module doc)
         from broker.detect.runner import DetectionRunner  # lazy: start-up (module doc)
 
-        if self._detector is None:
-            self._detector = DetectionRunner(
+        if self._detection is None:
+            runner = DetectionRunner(
                 self.ready_store(),
                 str(self.settings.session_store),
                 enqueue=self.enqueue_alert,
             )
-        policy = self.active_policy()
-        detection = policy.detection if policy is not None else DEFAULT
-        return self._detector.run_once(detection, now, self.incident_responders(now))
+            self._detection = DetectionPasses(runner, self.active_policy, self.snapshot)
+        return self._detection
 
     def keytabs(self) -> KeytabService:
         """Keytab rotation over this process's store, the shared SSH pool and AD."""
