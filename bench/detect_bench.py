@@ -320,7 +320,7 @@ def build_audit_state(base: Path, n: int) -> tuple[Path, Plan, int]:
     step = SPAN.total_seconds() / n
     app = fresh_app(state, base / "no-iolog")
     # Detection watches from its first pass on: begin before the history is written.
-    app.detect(datetime.fromtimestamp(start, UTC))
+    app.detection().run(datetime.fromtimestamp(start, UTC))
     with app.ready_store().transaction() as conn:
         stamp = to_text(datetime.fromtimestamp(start, UTC))
         conn.execute(
@@ -366,7 +366,7 @@ def audit_run(state: Path) -> AuditRun:
         ).fetchone()
         now = from_text(row[0])  # the time of the last event this pass reads
         began = time.perf_counter()
-        report = app.detect(now)
+        report = app.detection().run(now)
         passes.append(time.perf_counter() - began)
         judged += report.events
         jobs += report.jobs
@@ -625,7 +625,7 @@ def session_rate(
     with StallProbe() as probe:
         began = time.perf_counter()
         while True:
-            report = app.detect(utcnow())
+            report = app.detection().run(utcnow())
             passes += 1
             total += report.bytes
             if report.bytes == 0 and report.recordings == 0:
@@ -680,7 +680,7 @@ def bench_sessions(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     per = int(args.gb * 1e9 / args.recordings)
     state = base / "sessions-state"
     app = fresh_app(state, store)
-    app.detect(utcnow())  # detection begins; then the recordings arrive
+    app.detection().run(utcnow())  # detection begins; then the recordings arrive
     began = time.perf_counter()
     written, expected = 0, set()
     for n in range(1, args.recordings + 1):
@@ -802,7 +802,7 @@ class Daemonish:
             while not self.stop.wait(wait):
                 began = time.perf_counter()
                 try:
-                    report = app.detect(utcnow())
+                    report = app.detection().run(utcnow())
                 except Exception as exc:  # noqa: BLE001 (the daemon logs it and goes on)
                     self.errors.append(f"detect: {exc!r}")
                     continue

@@ -28,17 +28,16 @@ from broker.audit.query import verify_store
 from broker.audit.verify import VerifyReport
 from broker.config.settings import DirectorySection, Settings
 from broker.core.errors import ConfigError, RefusedError, UnavailableError
-from broker.core.identity import AccessChange, Account
+from broker.core.identity import AccessChange
 from broker.core.timeutil import to_text, utcnow
 from broker.directory import sync as directory_sync
 from broker.directory.snapshot import StoreSnapshot
 from broker.directory.sync import SyncReport
 from broker.grants.reader import GrantReader
 from broker.mfa import sealing as mfa_sealing
-from broker.mfa import service as mfa_service
-from broker.mfa.service import MfaIdentity, MfaRules
+from broker.mfa.gate import MfaService
+from broker.mfa.model import MfaRules
 from broker.policy import versions as policy_versions
-from broker.policy.detection_rules import DEFAULT
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
 from broker.policy.rights import directory_groups
@@ -48,8 +47,8 @@ from broker.store.db import Store
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
 
 if TYPE_CHECKING:
+    from broker.detect.passes import DetectionPasses
     from broker.detect.respond import Responder
-    from broker.detect.runner import DetectionRunner, PassReport
     from broker.grants.quarantine import Quarantines
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
@@ -100,7 +99,7 @@ class App:
         self._grants: GrantService | None = None  # built on first use (SSH, keys)
         self._keytabs: KeytabService | None = None
         self._quarantines: Quarantines | None = None
-        self._detector: DetectionRunner | None = None
+        self._detection: DetectionPasses | None = None
         if settings.kerberos.krb5_conf is not None:
             os.environ["KRB5_CONFIG"] = str(settings.kerberos.krb5_conf)
 
@@ -219,23 +218,9 @@ class App:
     def mfa_rules(self) -> MfaRules:
         return MfaRules.from_settings(self.settings.mfa)
 
-    def check_mfa(self, account: Account, code: str | None, purpose: str, actor: str) -> None:
-        """Accept a TOTP code of `account` once, or refuse (counted, audited, maybe locking)."""
-        if code is None:
-            raise RefusedError(
-                f"{purpose} needs a TOTP code from {account.name}",
-                fix="enter the current code of your authenticator (enroll: `broker mfa enroll`)",
-            )
-        mfa_service.verify(
-            self.ready_store(),
-            key=self.mfa_key(),
-            ident=MfaIdentity(sid=account.sid, name=account.name),
-            code=code,
-            rules=self.mfa_rules(),
-            actor=actor,
-            now=utcnow(),
-            purpose=purpose,
-        )
+    def mfa(self) -> MfaService:
+        """The MFA flows over this process's store, the sealing key and the configured rules."""
+        return MfaService(self.ready_store(), self.mfa_key, self.mfa_rules())
 
     @cached_property
     def _grant_key(self) -> Ed25519PrivateKey:
@@ -298,7 +283,7 @@ class App:
 
         return NodeService(
             store=self.ready_store(),
-            pool=shared_pool(self.settings),
+            pool=lambda: shared_pool(self.settings),
             settings=self.settings,
             owner=self.owner,
             policy=self.require_policy,
@@ -310,7 +295,7 @@ class App:
         from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
         from broker.sessions.spools import SpoolCollector  # lazy: start-up (module doc)
 
-        return SpoolCollector(self.ready_store(), shared_pool(self.settings))
+        return SpoolCollector(self.ready_store(), lambda: shared_pool(self.settings))
 
     def grant_reader(self) -> GrantReader:
         """Grants and requests to list and show (the store only: no SSH, no signing key)."""
@@ -334,7 +319,7 @@ class App:
                 ),
                 policy=self.active_policy_with_sha,
                 snapshot=self.snapshot,
-                mfa=self.check_mfa,
+                mfa=self.mfa().require,
             )
         return self._grants
 
@@ -346,7 +331,7 @@ class App:
         if self._quarantines is None:
             self._quarantines = Quarantines(
                 self.ready_store(),
-                shared_pool(self.settings),
+                lambda: shared_pool(self.settings),
                 self.grants,
                 lambda: p.incident_response_group if (p := self.active_policy()) else None,
             )
@@ -374,37 +359,26 @@ class App:
 
         notify.enqueue(conn, alert_id, now, self.settings)
 
-    def incident_responders(self, now: datetime | None = None) -> frozenset[str]:
-        """Members of the policy's incident-response group (exempt from quarantine rules)."""
-        policy = self.active_policy()
-        group = policy.incident_response_group if policy is not None else None
-        if group is None:
-            return frozenset()
-        return frozenset(self.snapshot(now).member_names(group))
-
-    def detect(self, now: datetime) -> PassReport:
-        """One detection pass with the active policy's rules (the built-ins before any)."""
+    def detection(self) -> DetectionPasses:
+        """Detection passes over this process's store, one runner (and its memory) per App."""
+        from broker.detect.passes import DetectionPasses  # lazy: start-up (module doc)
         from broker.detect.runner import DetectionRunner  # lazy: start-up (module doc)
 
-        if self._detector is None:
-            self._detector = DetectionRunner(
+        if self._detection is None:
+            runner = DetectionRunner(
                 self.ready_store(),
                 str(self.settings.session_store),
                 enqueue=self.enqueue_alert,
             )
-        policy = self.active_policy()
-        detection = policy.detection if policy is not None else DEFAULT
-        return self._detector.run_once(detection, now, self.incident_responders(now))
+            self._detection = DetectionPasses(runner, self.active_policy, self.snapshot)
+        return self._detection
 
     def keytabs(self) -> KeytabService:
         """Keytab rotation over this process's store, the shared SSH pool and AD."""
         from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
         from broker.keytabs.ad import LdapDirectory  # lazy: start-up (module doc)
-        from broker.keytabs.service import (  # lazy: start-up (module doc)
-            KeytabRules,
-            KeytabService,
-            verify_tokens_source,
-        )
+        from broker.keytabs.service import KeytabRules, KeytabService  # lazy: start-up (module doc)
+        from broker.keytabs.tickets import verify_tokens_source  # lazy: start-up (module doc)
 
         if self._keytabs is None:
             directory = self.directory_settings()

@@ -73,6 +73,17 @@ def review(
     snapshot: Snapshot, policy: Policy, now: datetime, stale_after: timedelta
 ) -> list[Finding]:
     """AC-2 review: who holds roles but should not, what the policy names that AD lacks."""
+    return [
+        *_holders(snapshot, policy, now, stale_after),
+        *_bound_groups(snapshot, policy),
+        *_service_owners(snapshot, policy),
+    ]
+
+
+def _holders(
+    snapshot: Snapshot, policy: Policy, now: datetime, stale_after: timedelta
+) -> list[Finding]:
+    """Accounts that hold roles but are disabled, expired, locked or stale."""
     findings: list[Finding] = []
     for view in account_views(snapshot.accounts(), policy):
         account = view.account
@@ -98,6 +109,12 @@ def review(
                     f"holds roles {held} but has not logged on in {format_duration(stale_after)}",
                 )
             )
+    return findings
+
+
+def _bound_groups(snapshot: Snapshot, policy: Policy) -> list[Finding]:
+    """Groups the policy binds that AD lacks or that have no members."""
+    findings: list[Finding] = []
     for group in sorted({b.group for b in policy.bindings}, key=str.lower):
         found = snapshot.group(group)
         if found is None:
@@ -108,6 +125,12 @@ def review(
             findings.append(
                 Finding("AC-2", "group-empty", group, "bound in the policy but has no members")
             )
+    return findings
+
+
+def _service_owners(snapshot: Snapshot, policy: Policy) -> list[Finding]:
+    """Service accounts without an owner group with members, or missing from AD."""
+    findings: list[Finding] = []
     for name, service in sorted(policy.service_accounts.items()):
         if service.managed_by is None:
             findings.append(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from broker.core.timeutil import parse_moment, to_text, utcnow
+from broker.core.timeutil import from_text, parse_moment, to_display, to_text, utcnow
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -67,5 +66,4 @@ def when(stamp: str | None) -> str:
     """A stored UTC time for a table: `2026-11-23 17:38:45Z`, or `-`."""
     if not stamp:
         return "-"
-    value = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%SZ")
+    return to_display(from_text(stamp))

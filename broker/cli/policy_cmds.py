@@ -81,7 +81,7 @@ def check(
             hint = "or check without the daemon: `broker policy check --offline`"
             raise UnavailableError(
                 exc.message, fix=f"{exc.fix}; {hint}" if exc.fix else hint
-            ) from None
+            ) from exc
         note = report.get("note")
     if json_out:
         output.print_json(_without(report, "counts", "note"))

@@ -34,6 +34,22 @@ class Client:
         headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
+        status, raw = self._exchange(method, path, payload, headers)
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw else None
+        except (UnicodeDecodeError, ValueError):
+            raise FailedError(
+                f"the broker daemon answered HTTP {status} with a body that is not JSON"
+            ) from None
+        if status != 200:
+            raise from_response(status, data)
+        return data
+
+    def _exchange(
+        self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One request on a fresh connection: the answer's status and body, or our error
+        saying why the daemon could not be reached."""
         negotiator = self.target.negotiator()
         conn = self.target.connection(self.timeout)
         try:
@@ -52,7 +68,7 @@ class Client:
                 raise UnavailableError(
                     f"TLS to the broker at {self.target.describe()} failed: {exc.reason}",
                     fix="check the URL and --ca-file",
-                ) from None
+                ) from exc
             except http.client.RemoteDisconnected:
                 raise UnavailableError(
                     f"the broker daemon at {self.target.describe()} closed the connection "
@@ -77,22 +93,14 @@ class Client:
                 if exc.errno in (errno.ECONNRESET, errno.EPIPE):
                     raise UnavailableError(
                         f"the broker daemon at {self.target.describe()} closed the connection"
-                    ) from None
+                    ) from exc
                 raise UnavailableError(
                     f"cannot reach the broker daemon at {self.target.describe()}: {exc.strerror}",
                     fix=START_HINT,
-                ) from None
+                ) from exc
         finally:
             conn.close()
-        try:
-            data = json.loads(raw.decode("utf-8")) if raw else None
-        except (UnicodeDecodeError, ValueError):
-            raise FailedError(
-                f"the broker daemon answered HTTP {response.status} with a body that is not JSON"
-            ) from None
-        if response.status != 200:
-            raise from_response(response.status, data)
-        return data
+        return response.status, raw
 
 
 def _query_value(value: Any) -> str:

@@ -107,7 +107,7 @@ class Negotiator:
             raise UnavailableError(
                 f"no Kerberos ticket for HTTP/{self.host}: {_gss_text(exc)}",
                 fix="run `kinit` first, and check that the broker's HTTP/ principal exists",
-            ) from None
+            ) from exc
         if token is None:
             raise UnavailableError("Kerberos produced no token for the broker")
         return "Negotiate " + base64.b64encode(token).decode("ascii")

@@ -34,11 +34,11 @@ def load_settings(path: Path) -> Settings:
             fix="copy deploy/examples/broker.toml there, or pass --config FILE or set BROKER_CONFIG",
         ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     return settings_from_dict(data, source=str(path))
 
 
@@ -48,7 +48,7 @@ def settings_from_dict(data: dict[str, Any], *, source: str) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         lines = [f"{source}: {_describe(err)}" for err in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError("\n".join(lines)) from exc
 
 
 def _describe(err: Any) -> str:

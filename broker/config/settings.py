@@ -30,7 +30,7 @@ def _duration(value: object) -> timedelta:
     try:
         return parse_duration(value)
     except UsageError as exc:
-        raise ValueError(exc.one_line()) from None
+        raise ValueError(exc.one_line()) from exc
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]

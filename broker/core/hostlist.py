@@ -83,7 +83,7 @@ def expand(expression: str) -> list[str]:
     try:
         nodes = NodeSet(expression, resolver=RESOLVER_NOGROUP)
     except NodeSetException as exc:
-        raise UsageError(f"bad node list {expression!r}: {exc}", fix=_FIX) from None
+        raise UsageError(f"bad node list {expression!r}: {exc}", fix=_FIX) from exc
     names = list(nodes)
     for name in names:
         if not NODE_NAME.fullmatch(name):

@@ -78,7 +78,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         detail = str(exc) if isinstance(exc, _JsonError) else "malformed JSON"
-        raise errors.HttpError("usage", f"the request body is not valid JSON ({detail})") from None
+        raise errors.HttpError("usage", f"the request body is not valid JSON ({detail})") from exc
     if not isinstance(value, dict):
         raise errors.HttpError("usage", "the request body must be a JSON object")
     return value
@@ -277,7 +277,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         try:
             params = route.request.model_validate(data)
         except ValidationError as exc:
-            raise errors.HttpError("usage", errors.describe_validation(exc)) from None
+            raise errors.HttpError("usage", errors.describe_validation(exc)) from exc
         caller.require(route.access)
         context = Context(
             caller=caller, app=self.service.app_for_thread(), params=params, now=utcnow()

@@ -112,7 +112,7 @@ class Scheduler:
             while not self._stop.wait(wait):
                 wait = DETECT_EVERY_S
                 try:
-                    report = app.detect(utcnow())
+                    report = app.detection().run(utcnow())
                 except Exception:  # never stop detecting for one bad pass
                     log.exception("detection pass failed")
                     continue

@@ -34,6 +34,7 @@ from broker.daemon.peer import peer_credentials
 from broker.daemon.pooled import PooledServer
 from broker.daemon.routing import REGISTRY, Registry
 from broker.daemon.scheduler import Scheduler
+from broker.daemon.workers import Workers
 
 log = logging.getLogger("broker.daemon")
 
@@ -41,31 +42,6 @@ log = logging.getLogger("broker.daemon")
 class UnixServer(PooledServer, socketserver.UnixStreamServer):
     def peer_key(self, request: Any, client_address: Any) -> Hashable:
         return ("uid", peer_credentials(request).uid)
-
-
-class Workers:
-    """The per-thread Apps, built on first use and closed at shutdown."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._local = threading.local()
-        self._apps: list[App] = []
-        self._lock = threading.Lock()
-
-    def app(self) -> App:
-        app: App | None = getattr(self._local, "app", None)
-        if app is None:
-            app = App(self.settings)
-            self._local.app = app
-            with self._lock:
-                self._apps.append(app)
-        return app
-
-    def close(self) -> None:
-        with self._lock:
-            for app in self._apps:
-                app.close()
-            self._apps.clear()
 
 
 def identify_unix(
@@ -125,6 +101,34 @@ def notify_systemd(message: str) -> None:
         sock.sendto(message.encode("ascii"), address)
 
 
+def unix_server(
+    settings: Settings,
+    registry: Registry,
+    workers: Workers,
+    pool: ThreadPoolExecutor,
+    deadlines: Deadlines,
+) -> UnixServer:
+    """The Unix-socket listener, not yet bound: any local user may connect, the admission
+    caps exempt root and the daemon's own user."""
+    daemon = settings.daemon
+    unix = UnixServer(str(daemon.socket), RequestHandler, bind_and_activate=False)
+    unix.pool = pool
+    unix.deadlines = deadlines
+    unix.admission = Admission(
+        total=daemon.workers * 8,
+        per_peer=max(1, daemon.workers // 4),
+        exempt=frozenset({("uid", 0), ("uid", os.getuid())}),
+    )
+    unix.service = Service(
+        registry,
+        max_body=daemon.max_body,
+        request_timeout=daemon.request_timeout.total_seconds(),
+        identify=identify_unix(workers, daemon.operator_group),
+        app_for_thread=workers.app,
+    )
+    return unix
+
+
 @contextlib.contextmanager
 def running(
     settings: Settings,
@@ -142,21 +146,7 @@ def running(
     pool = ThreadPoolExecutor(max_workers=daemon.workers, thread_name_prefix="broker-worker")
     deadlines = Deadlines()
     prepare_socket_path(daemon.socket)
-    unix = UnixServer(str(daemon.socket), RequestHandler, bind_and_activate=False)
-    unix.pool = pool
-    unix.deadlines = deadlines
-    unix.admission = Admission(
-        total=daemon.workers * 8,
-        per_peer=max(1, daemon.workers // 4),
-        exempt=frozenset({("uid", 0), ("uid", os.getuid())}),
-    )
-    unix.service = Service(
-        registry,
-        max_body=daemon.max_body,
-        request_timeout=daemon.request_timeout.total_seconds(),
-        identify=identify_unix(workers, daemon.operator_group),
-        app_for_thread=workers.app,
-    )
+    unix = unix_server(settings, registry, workers, pool, deadlines)
     servers: list[socketserver.BaseServer] = [unix]
     threads: list[threading.Thread] = []
     scheduler = Scheduler(settings)

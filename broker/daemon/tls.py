@@ -34,7 +34,7 @@ from broker.daemon.routing import REGISTRY
 
 if TYPE_CHECKING:
     from broker.daemon.admission import Deadlines
-    from broker.daemon.server import Workers
+    from broker.daemon.workers import Workers
 
 log = logging.getLogger("broker.daemon")
 
@@ -119,7 +119,7 @@ def negotiate(header: str | None, settings: Settings, binding: bytes) -> tuple[s
             "unauthorized",
             "Kerberos authentication failed",
             fix="renew your ticket with `kinit` and check the URL's host name",
-        ) from None
+        ) from exc
     if not context.complete:
         raise errors.HttpError("unauthorized", "Kerberos authentication needs more than one step")
     return str(context.initiator_name), reply

@@ -111,7 +111,7 @@ class Manifest:
         try:
             data = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            raise IntegrityError(f"stored drift manifest is not JSON: {exc}") from None
+            raise IntegrityError(f"stored drift manifest is not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise IntegrityError("stored drift manifest is not a JSON object")
         return parse_scan(data)

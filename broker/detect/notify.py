@@ -212,7 +212,7 @@ def load_secret(path: Path, *, service_user: str) -> bytes:
     except OSError as exc:
         raise UnavailableError(
             f"cannot read the webhook secret file {path} ({exc.strerror or type(exc).__name__})"
-        ) from None
+        ) from exc
     try:
         info = os.fstat(fd)
         if stat.S_IMODE(info.st_mode) & 0o077 or not stat.S_ISREG(info.st_mode):
@@ -381,7 +381,7 @@ class Deliverer:
         try:
             alert = load_alert(self._store.conn, item.alert_id)
         except ValueError as exc:
-            raise _Permanent(f"alert row unreadable: {exc}") from None
+            raise _Permanent(f"alert row unreadable: {exc}") from exc
         if alert is None:
             raise _Permanent("alert row not found")
         wanted = channels(self._settings)

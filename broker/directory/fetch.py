@@ -121,7 +121,7 @@ class Reader:
             raise UnavailableError(
                 f"{self._uri}: search under {base} failed ({exc})",
                 fix="check the DC is up; the snapshot was left unchanged",
-            ) from None
+            ) from exc
         result = self._conn.result
         if result.get("result") != 0:
             raise UnavailableError(

@@ -168,7 +168,7 @@ def sync(
             f"the store {store.path} could not be written: {exc}",
             fix="check the disk and that no other process holds the database; the last good"
             " snapshot is unchanged",
-        ) from None
+        ) from exc
     _publish(publish, changes)
     return SyncReport(
         kind,

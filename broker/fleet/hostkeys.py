@@ -177,7 +177,7 @@ def read_known_hosts(path: str, name: str, address: str, port: int) -> list[Expe
         with open(path, "rb") as handle:
             data = handle.read(MAX_KNOWN_HOSTS + 1)
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
     if len(data) > MAX_KNOWN_HOSTS:
         raise UsageError(f"{path} is larger than {MAX_KNOWN_HOSTS} bytes")
     pinned, revoked = known_keys(data.decode("utf-8", "replace"), name, address, port)
@@ -207,7 +207,7 @@ def fetch(
     except OSError as exc:
         raise UnavailableError(
             f"cannot connect to {where}: {exc.strerror or exc}", fix="check the node is up"
-        ) from None
+        ) from exc
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = timeout
@@ -221,11 +221,11 @@ def fetch(
             raise RefusedError(
                 f"{where} offers no host key of the type expected ({', '.join(key_types or ())})",
                 fix="the node's keys differ from the known_hosts file; check them on its console",
-            ) from None
+            ) from exc
         raise UnavailableError(
             f"SSH key exchange with {where} failed: {exc}",
             fix="check the node runs sshd and offers an ed25519, ecdsa or rsa host key",
-        ) from None
+        ) from exc
     finally:
         transport.close()
 

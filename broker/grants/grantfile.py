@@ -14,12 +14,13 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.core.errors import UsageError
+from broker.core.timeutil import to_second_text
 from broker.policy.names import POSIX_NAME
 
 MAGIC = "broker-grant-v1"
@@ -143,22 +144,18 @@ class GrantFile:
             ("user", self.user),
             ("runas", self.runas),
             ("commands", self.commands),
-            ("not_before", _utc_text(self.not_before)),
-            ("not_after", _utc_text(self.not_after)),
+            ("not_before", to_second_text(self.not_before)),
+            ("not_after", to_second_text(self.not_after)),
             ("login", "1" if self.login else "0"),
             ("workloads", "1" if self.workloads else "0"),
             ("max_sessions", str(self.max_sessions)),
             ("policy_sha256", self.policy_sha256),
             ("approvers", ",".join(self.approvers)),
             ("reason", encode_reason(self.reason)),
-            ("issued_at", _utc_text(self.issued_at)),
+            ("issued_at", to_second_text(self.issued_at)),
             ("key_id", signing_key_id),
         )
         return MAGIC + "\n" + "".join(f"{key}={value}\n" for key, value in fields)
-
-
-def _utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _raw(public: Ed25519PublicKey) -> bytes:

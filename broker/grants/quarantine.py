@@ -50,12 +50,12 @@ class Quarantines:
     def __init__(
         self,
         store: Store,
-        pool: SshPool,
+        pool: Callable[[], SshPool],
         grants: Callable[[], GrantService],
         group: Callable[[], str | None],
     ) -> None:
         self._store = store
-        self._pool = pool
+        self._pool = pool  # built on first use: listing needs no SSH
         self._grants = grants
         self._group = group  # the incident-response group of the active policy
 
@@ -134,7 +134,7 @@ class Quarantines:
             if row is None:
                 return NodeMark(target.name, True, None)
             if row.state == "releasing":
-                reply = nodeprog.call(self._pool, target, "release", {})
+                reply = nodeprog.call(self._pool(), target, "release", {})
                 done = (
                     reply.ok
                     and reply.data is not None
@@ -143,14 +143,14 @@ class Quarantines:
                 )
             else:
                 payload = {"reason": row.reason, "since": _second(row.since), "group": group}
-                reply = nodeprog.call(self._pool, target, "quarantine", payload)
+                reply = nodeprog.call(self._pool(), target, "quarantine", payload)
                 done = reply.ok and reply.data is not None and reply.data.get("quarantined") is True
             if done:
                 return NodeMark(target.name, True, None)
             said = reply.data.get("error") if reply.data is not None else None
             return NodeMark(target.name, False, str(said or reply.error or "no answer")[:300])
 
-        marks: list[NodeMark] = self._pool.map(one, list(targets))
+        marks: list[NodeMark] = self._pool().map(one, list(targets))
         with self._store.transaction() as conn:
             for mark in marks:
                 row = rows.get(mark.node)

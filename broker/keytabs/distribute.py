@@ -93,7 +93,7 @@ class KeytabSpec:
             try:
                 Principal.parse(principal)
             except ValueError as exc:
-                raise RefusedError(f"keytab principal {exc}") from None
+                raise RefusedError(f"keytab principal {exc}") from exc
 
     @property
     def managed(self) -> list[Principal]:

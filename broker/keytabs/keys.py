@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import krb5
@@ -157,3 +157,9 @@ def derive(password: Secret, salts: dict[int, SaltInfo]) -> tuple[Key, ...]:
             ) from None
         keys.append(Key(enctype, bytes(block.data)))
     return tuple(keys)
+
+
+def salts_differ(a: Mapping[int, SaltInfo], b: Mapping[int, SaltInfo]) -> bool:
+    return {k: (v.salt, v.params) for k, v in a.items()} != {
+        k: (v.salt, v.params) for k, v in b.items()
+    }

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from broker.core.timeutil import from_text, to_text
+from broker.core.timeutil import from_text, to_second_text, to_text
 from broker.keytabs.plan import OPEN_STATES
 
 
@@ -94,6 +94,14 @@ def record_failure(
         "UPDATE keytab_accounts SET last_error = ?, attempts = attempts + 1, retry_after = ?"
         " WHERE name = ?",
         (error, None if retry_after is None else to_text(retry_after), name),
+    )
+
+
+def mark_verified(conn: sqlite3.Connection, name: str, now: datetime) -> None:
+    """Every node accepted fresh tickets now (whole seconds, as `broker keytab verify` writes)."""
+    conn.execute(
+        "UPDATE keytab_accounts SET last_verified_at = ? WHERE name = ?",
+        (to_second_text(now), name),
     )
 
 

@@ -30,10 +30,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
 
-from broker.audit import writer
 from broker.core.errors import (
     BrokerError,
     FailedError,
@@ -43,24 +40,25 @@ from broker.core.errors import (
 )
 from broker.core.hostlist import fold
 from broker.core.timeutil import utcnow
-from broker.fleet import inventory, nodeprog
+from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
-from broker.keytabs import distribute, keys, keytabfile, plan, rows
+from broker.keytabs import keys, plan, rows
 from broker.keytabs.ad import AdAccount, Directory, PasswordNotSet, PasswordRefused
-from broker.keytabs.distribute import NodeResult, node_result
-from broker.keytabs.tickets import tokens_for
+from broker.keytabs.distribute import NodeResult
+from broker.keytabs.journal import RotationJournal, event
+from broker.keytabs.nodes import KeytabNodes, keytab_principals, keytab_spec, nodes_error
+from broker.keytabs.status import AccountStatus, account_status
+from broker.keytabs.tickets import TokenSource
 from broker.policy.model import Policy, ServiceAccount
 from broker.store.db import Store
 
 log = logging.getLogger("broker.keytabs")
 
-NODE_TIMEOUT_S = distribute.NODE_TIMEOUT_S
 # One rotation of an account at a time in this process (API workers, scheduler); across
 # processes the store's unique index on open rotations refuses a second one.
 _RUNNING: set[str] = set()
 _RUNNING_LOCK = threading.Lock()
-TokenSource = Callable[[Sequence[str]], Mapping[str, str | None]]
 
 
 @dataclass(frozen=True)
@@ -78,31 +76,6 @@ class RotationReport:
     kvno: int | None = None
     nodes: list[NodeResult] = field(default_factory=list)
     message: str = ""
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    node: str
-    kvnos: tuple[int, ...]
-    verified_kvno: int | None
-    checked_at: datetime | None
-    error: str | None
-    stale: bool
-
-
-@dataclass(frozen=True)
-class AccountStatus:
-    name: str
-    account: str
-    ad_kvno: int | None
-    ad_error: str | None
-    last_rotated_at: datetime | None
-    next_due_at: datetime | None
-    last_verified_at: datetime | None
-    rotation_state: str | None
-    last_error: str | None
-    retry_after: datetime | None
-    nodes: tuple[NodeStatus, ...]
 
 
 class KeytabService:
@@ -136,6 +109,10 @@ class KeytabService:
         self._enctype = enctype_number
         self._new_password = new_password
         self._clock = clock
+        self._journal = RotationJournal(store, clock)
+        self._nodes = KeytabNodes(
+            store=store, pool=pool, clock=clock, max_ticket_lifetime=rules.max_ticket_lifetime
+        )
 
     # ------------------------------------------------------------ policy
 
@@ -157,157 +134,12 @@ class KeytabService:
             )
         return accounts[name]
 
-    def principals(self, service: ServiceAccount) -> list[str]:
-        """The keytab's principals: the account's own name, then the policy's SPNs."""
-        realm = self._rules.realm
-        found = [f"{service.account}@{realm}"]
-        for principal in service.principals:
-            name, at, given = principal.partition("@")
-            if at and given != realm:
-                raise RefusedError(
-                    f"principal {principal} of {service.name} is not in realm {realm}"
-                )
-            full = f"{name}@{realm}"
-            if full not in found:
-                found.append(full)
-        return found
-
-    def _spec(self, service: ServiceAccount, principals: Sequence[str]) -> distribute.KeytabSpec:
-        """Where and how the keytab is written; checked before a rotation writes anything,
-        so a policy value no node could take never leaves a rotation open."""
-        return distribute.KeytabSpec(
-            path=str(service.keytab),
-            owner=service.owner,
-            group=service.group,
-            mode=service.mode,
-            principals=tuple(principals),
-        )
-
     def _targets(self, service: ServiceAccount) -> list[NodeTarget]:
         if not service.nodes:
             raise RefusedError(f"service account {service.name} has no nodes")
         return inventory.targets(self._store, sorted(service.nodes))
 
-    # ------------------------------------------------------------ audit + state
-
-    def _event(
-        self, actor: str, action: str, name: str, outcome: str = "ok", **details: Any
-    ) -> writer.EventInput:
-        return writer.EventInput(actor, action, f"keytab:{name}", outcome, details)
-
-    def _move(
-        self,
-        rotation_id: int,
-        state: str,
-        event: writer.EventInput,
-        *,
-        error: str | None = None,
-        ad_kvno: int | None = None,
-        target_kvno: int | None = None,
-    ) -> None:
-        now = self._clock()
-        with self._store.transaction() as conn:
-            rows.move(
-                conn,
-                rotation_id,
-                state,
-                now,
-                error=error,
-                ad_kvno=ad_kvno,
-                target_kvno=target_kvno,
-            )
-            writer.record(conn, event, now)
-
-    # ------------------------------------------------------------ node calls
-
-    def _call(
-        self, targets: Sequence[NodeTarget], command: str, payloads: Mapping[str, dict[str, Any]]
-    ) -> list[tuple[NodeTarget, nodeprog.NodeReply]]:
-        def one(target: NodeTarget) -> tuple[NodeTarget, nodeprog.NodeReply]:
-            reply = nodeprog.call(
-                self._pool, target, command, payloads[target.name], timeout=NODE_TIMEOUT_S
-            )
-            return target, reply
-
-        results: list[tuple[NodeTarget, nodeprog.NodeReply]] = self._pool.map(one, list(targets))
-        return results
-
-    def _install(
-        self,
-        service: ServiceAccount,
-        targets: Sequence[NodeTarget],
-        principals: Sequence[str],
-        *,
-        current: int,
-        staged: int | None,
-        add: Sequence[keys.Key] = (),
-        add_kvno: int | None = None,
-    ) -> list[NodeResult]:
-        """Merge `add` keys (version `add_kvno`) into each node's keytab and keep what
-        plan.keep_kvnos says (distribute.py: over SFTP, merged in memory here); record what
-        each node holds now."""
-        now = self._clock()
-        with self._store.transaction() as conn:
-            views = rows.node_views(conn, service.name)
-            retired = rows.retired(conn, service.name)
-        stamp = int(now.timestamp())
-        entries = (
-            [
-                keytabfile.new_entry(p, add_kvno, k.enctype, k.data, stamp)
-                for p in principals
-                for k in add
-            ]
-            if add_kvno is not None
-            else []
-        )
-        spec = self._spec(service, principals)
-        keeps: dict[str, set[int]] = {}
-        for target in targets:
-            view = views.get(target.name)
-            present = set(view.kvnos) if view is not None else set()
-            keep = plan.keep_kvnos(
-                current=current,
-                staged=staged,
-                retired=retired,
-                present=present,
-                keep_old=service.keep_old_kvnos,
-                max_ticket_lifetime=self._rules.max_ticket_lifetime,
-                now=now,
-            )
-            if add_kvno is not None:
-                keep.add(add_kvno)
-            keeps[target.name] = keep
-        try:
-            results = distribute.install(
-                self._pool, targets, spec, keep=keeps, add=entries, timeout=NODE_TIMEOUT_S
-            )
-        finally:
-            del entries
-        return self._record_nodes(service.name, results)
-
-    def _record_nodes(self, name: str, results: Sequence[NodeResult]) -> list[NodeResult]:
-        now = self._clock()
-        with self._store.transaction() as conn:
-            for result in results:
-                rows.record_node(
-                    conn,
-                    name,
-                    result.node,
-                    now,
-                    kvnos=result.kvnos if result.ok else None,
-                    error=result.error,
-                )
-        return list(results)
-
-    def _refresh(
-        self, service: ServiceAccount, targets: Sequence[NodeTarget], principals: Sequence[str]
-    ) -> list[NodeResult]:
-        """Ask each node which versions it holds (no keys cross the wire)."""
-        payload = {"path": str(service.keytab), "principals": list(principals)}
-        replies = self._call(targets, "keytab-list", {t.name: payload for t in targets})
-        return self._record_nodes(
-            service.name, [node_result(t.name, r, principals) for t, r in replies]
-        )
+    # ------------------------------------------------------------ node calls (nodes.py)
 
     def _verify_nodes(
         self,
@@ -328,44 +160,8 @@ class KeytabService:
             "path": str(service.keytab),
             "tokens": [{"principal": p, "token": tokens[p]} for p in principals],
         }
-        results = self._call(targets, "keytab-verify", {t.name: payload for t in targets})
-        out: list[NodeResult] = []
-        now = self._clock()
-        with self._store.transaction() as conn:
-            for target, reply in results:
-                if not reply.ok or reply.data is None:
-                    result = NodeResult(
-                        target.name, False, reply.error or "no reply", unreachable=True
-                    )
-                elif not reply.data.get("ok"):
-                    result = NodeResult(target.name, False, _text(reply.data.get("error")))
-                else:
-                    failed = [
-                        f"{_text(r.get('principal'))}: {_text(r.get('error'))}"
-                        for r in reply.data.get("results", [])
-                        if isinstance(r, dict) and not r.get("ok")
-                    ]
-                    accepted = sum(
-                        1
-                        for r in reply.data.get("results", [])
-                        if isinstance(r, dict) and r.get("ok")
-                    )
-                    if failed or accepted != len(principals):
-                        result = NodeResult(
-                            target.name, False, "; ".join(failed)[:300] or "incomplete"
-                        )
-                    else:
-                        result = NodeResult(target.name, True)
-                out.append(result)
-                rows.record_node(
-                    conn,
-                    service.name,
-                    target.name,
-                    now,
-                    verified_kvno=kvno if result.ok else None,
-                    error=result.error,
-                )
-        return out
+        replies = self._nodes.call(targets, "keytab-verify", {t.name: payload for t in targets})
+        return self._nodes.record_verification(service.name, principals, kvno, replies)
 
     # ------------------------------------------------------------ AD
 
@@ -418,12 +214,10 @@ class KeytabService:
         force: bool,
     ) -> RotationReport:
         name = service.name
-        principals = self.principals(service)
-        self._spec(service, principals)  # refused here, before anything is written
+        principals = keytab_principals(service, self._rules.realm)
+        keytab_spec(service, principals)  # refused here, before anything is written
         account = self._lookup(ad, service)  # AD unreachable: raised before anything changes
-        with self._store.transaction() as conn:
-            rows.upsert_account(conn, name, service.account)
-            found = rows.open_rotation(conn, name)
+        found = self._journal.open_rotation(name, service.account)
         if found is not None:
             resumed = self._resume(service, targets, principals, ad, account, found, actor)
             if resumed.outcome in ("verified", "waiting") and not force:
@@ -442,38 +236,71 @@ class KeytabService:
     ) -> RotationReport:
         name = service.name
         current, target_kvno = account.kvno, account.kvno + 1
-        now = self._clock()
-        nodes = [t.name for t in targets]
         # 1. Write-ahead: the intent is committed before any node or AD is touched.
-        with self._store.transaction() as conn:
-            views = rows.node_views(conn, name)
-            rotation_id = rows.start_rotation(conn, name, current, target_kvno, nodes, actor, now)
-            writer.record(
-                conn,
-                self._event(
-                    actor,
-                    "keytab.plan",
-                    name,
-                    account=service.account,
-                    from_kvno=current,
-                    target_kvno=target_kvno,
-                    nodes=fold(nodes),
-                    principals=principals,
-                ),
-                now,
-            )
-        unknown = [t for t in targets if t.name not in views]
-        if unknown:
-            self._refresh(service, unknown, principals)
+        rotation_id = self._plan(service, targets, principals, current, target_kvno, actor)
         # 2. A new password, keys derived with the KDC's salt.
         password = self._new_password()
         try:
             derived, salts = self._keys_for(service, password)
         except BrokerError as exc:
-            self._end(rotation_id, "abandoned", actor, name, exc.one_line())
+            self._journal.end(rotation_id, "abandoned", actor, name, exc.one_line())
             raise
         # 3. Pre-stage on every node.
-        staged = self._install(
+        self._stage(service, targets, principals, rotation_id, current, target_kvno, derived, actor)
+        # 4. AD: the password change, written ahead.
+        after = self._set_in_ad(
+            service, targets, principals, ad, account, password, rotation_id, current, actor
+        )
+        # 4b. AD's version or salt is not the staged one: derive again and redistribute.
+        real_salts = self._salts(f"{service.account}@{self._rules.realm}", sorted(salts))
+        if after.kvno != target_kvno or keys.salts_differ(real_salts, salts):
+            derived = self._derive(password, real_salts)
+            self._redistribute(
+                service, targets, principals, rotation_id, after.kvno, target_kvno, derived, actor
+            )
+            target_kvno = after.kvno
+        del password, derived
+        # 5. Verify on every node.
+        report = self._finish(service, targets, principals, rotation_id, target_kvno, actor)
+        report.from_kvno = current
+        if report.outcome == "verified":
+            report.outcome = "rotated"
+        return report
+
+    def _plan(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        current: int,
+        target_kvno: int,
+        actor: str,
+    ) -> int:
+        """Commit the rotation's intent and audit it; learn what unseen nodes hold."""
+        nodes = [t.name for t in targets]
+        rotation_id, views = self._journal.start(
+            service.name, service.account, current, target_kvno, nodes, principals, actor
+        )
+        unknown = [t for t in targets if t.name not in views]
+        if unknown:
+            self._nodes.refresh(service, unknown, principals)
+        return rotation_id
+
+    def _stage(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        rotation_id: int,
+        current: int,
+        target_kvno: int,
+        derived: Sequence[keys.Key],
+        actor: str,
+    ) -> None:
+        """Every node holds the next version's keys beside the current ones, or nothing
+        changes anywhere (staged keys removed, the rotation abandoned and retried later)."""
+        name = service.name
+        staged = self._nodes.install(
             service,
             targets,
             principals,
@@ -484,96 +311,93 @@ class KeytabService:
         )
         bad = [r for r in staged if not r.ok]
         if bad:
-            self._unstage(service, targets, principals, current)
-            error = _nodes_error("could not stage the next keys", bad)
-            self._end(rotation_id, "abandoned", actor, name, error, retry=True)
+            self._nodes.unstage(service, targets, principals, current)
+            error = nodes_error("could not stage the next keys", bad)
+            self._journal.end(rotation_id, "abandoned", actor, name, error, retry=True)
             raise UnavailableError(
                 f"{name}: {error}; nothing was changed in AD",
                 fix="the rotation is retried with backoff once the nodes answer",
             )
-        self._move(
+        nodes = fold([t.name for t in targets])
+        self._journal.move(
             rotation_id,
             "staged",
-            self._event(actor, "keytab.stage", name, kvno=target_kvno, nodes=fold(nodes)),
+            event(actor, "keytab.stage", name, kvno=target_kvno, nodes=nodes),
         )
-        # 4. AD: the password change, written ahead.
-        self._move(
+
+    def _set_in_ad(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        ad: Directory,
+        account: AdAccount,
+        password: keys.Secret,
+        rotation_id: int,
+        current: int,
+        actor: str,
+    ) -> AdAccount:
+        """The password change in AD, written ahead (ad_pending) and recorded (ad_set) with
+        the version AD gave it; what AD says afterwards about the account."""
+        name = service.name
+        target_kvno = current + 1
+        self._journal.move(
             rotation_id,
             "ad_pending",
-            self._event(actor, "keytab.ad_pending", name, kvno=target_kvno),
+            event(actor, "keytab.ad_pending", name, kvno=target_kvno),
         )
         try:
             ad.set_password(account, password)
         except PasswordNotSet as exc:
             # AD answered: nothing changed there. Refused by policy: fix the policy first;
             # anything else (no right, busy): retried with backoff.
-            self._unstage(service, targets, principals, current)
+            self._nodes.unstage(service, targets, principals, current)
             retry = not isinstance(exc, PasswordRefused)
-            self._end(rotation_id, "failed", actor, name, exc.one_line(), retry=retry)
+            self._journal.end(rotation_id, "failed", actor, name, exc.one_line(), retry=retry)
             raise
         except BrokerError as exc:
             # Not known whether AD applied it: stays ad_pending; the next run decides.
-            with self._store.transaction() as conn:
-                rows.record_failure(conn, name, exc.one_line(), self._clock() + plan.backoff(1))
-                writer.record(
-                    conn,
-                    self._event(
-                        actor, "keytab.ad_unconfirmed", name, "failed", error=exc.one_line()
-                    ),
-                )
+            self._journal.ad_unconfirmed(name, actor, exc.one_line())
             raise
         after = self._lookup(ad, service)
-        now = self._clock()
-        with self._store.transaction() as conn:
-            rows.retire(conn, name, current, now)
-            rows.set_kvno(conn, name, after.kvno)
-            rows.move(conn, rotation_id, "ad_set", now, ad_kvno=after.kvno)
-            writer.record(
-                conn,
-                self._event(
-                    actor,
-                    "keytab.ad_set",
-                    name,
-                    kvno=after.kvno,
-                    expected=target_kvno,
-                ),
-                now,
-            )
-        # 4b. AD's version or salt is not the staged one: derive again and redistribute.
-        real_salts = self._salts(f"{service.account}@{self._rules.realm}", sorted(salts))
-        if after.kvno != target_kvno or _salts_differ(real_salts, salts):
-            derived = self._derive(password, real_salts)
-            again = self._install(
-                service,
-                targets,
-                principals,
-                current=after.kvno,
-                staged=None,
-                add=derived,
-                add_kvno=after.kvno,
-            )
-            self._move(
-                rotation_id,
-                "ad_set",
-                self._event(
-                    actor,
-                    "keytab.redistribute",
-                    name,
-                    "ok" if all(r.ok for r in again) else "failed",
-                    kvno=after.kvno,
-                    staged=target_kvno,
-                    nodes=fold(nodes),
-                ),
-                target_kvno=after.kvno,
-            )
-            target_kvno = after.kvno
-        del password, derived
-        # 5. Verify on every node.
-        report = self._finish(service, targets, principals, rotation_id, target_kvno, actor)
-        report.from_kvno = current
-        if report.outcome == "verified":
-            report.outcome = "rotated"
-        return report
+        self._journal.ad_set(name, rotation_id, current, after.kvno, actor, expected=target_kvno)
+        return after
+
+    def _redistribute(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        principals: list[str],
+        rotation_id: int,
+        kvno: int,
+        staged: int,
+        derived: Sequence[keys.Key],
+        actor: str,
+    ) -> None:
+        """Keys derived again for the version (or salt) AD actually used, to every node."""
+        again = self._nodes.install(
+            service,
+            targets,
+            principals,
+            current=kvno,
+            staged=None,
+            add=derived,
+            add_kvno=kvno,
+        )
+        self._journal.move(
+            rotation_id,
+            "ad_set",
+            event(
+                actor,
+                "keytab.redistribute",
+                service.name,
+                "ok" if all(r.ok for r in again) else "failed",
+                kvno=kvno,
+                staged=staged,
+                nodes=fold([t.name for t in targets]),
+            ),
+            target_kvno=kvno,
+        )
 
     def _finish(
         self,
@@ -590,17 +414,8 @@ class KeytabService:
         bad = [r for r in results if not r.ok]
         now = self._clock()
         if bad:
-            error = _nodes_error("verification failed", bad)
-            with self._store.transaction() as conn:
-                account = rows.account(conn, name)
-                attempts = (account.attempts if account else 0) + 1
-                rows.record_failure(conn, name, error, now + plan.backoff(attempts))
-                rows.move(conn, rotation_id, "ad_set", now, error=error)
-                writer.record(
-                    conn,
-                    self._event(actor, "keytab.verify", name, "failed", kvno=kvno, error=error),
-                    now,
-                )
+            error = nodes_error("verification failed", bad)
+            self._journal.verify_failed(name, rotation_id, kvno, error, actor, now)
             if all(r.unreachable for r in bad):
                 return RotationReport(name, "waiting", kvno=kvno, nodes=results, message=error)
             raise FailedError(
@@ -608,50 +423,10 @@ class KeytabService:
                 fix=f"check the keytab on those nodes; `broker keytab rotate {name} --force` "
                 "starts a new rotation",
             )
-        with self._store.transaction() as conn:
-            rows.move(conn, rotation_id, "done", now)
-            rows.record_success(conn, name, kvno, now, rotated=True)
-            writer.record(
-                conn,
-                self._event(
-                    actor, "keytab.verify", name, kvno=kvno, nodes=fold([t.name for t in targets])
-                ),
-                now,
-            )
+        self._journal.done(name, rotation_id, kvno, [t.name for t in targets], actor, now)
         # Prune: keep what plan.keep_kvnos says now that the new version is current.
-        self._install(service, targets, principals, current=kvno, staged=None)
+        self._nodes.install(service, targets, principals, current=kvno, staged=None)
         return RotationReport(name, "verified", kvno=kvno, nodes=results)
-
-    def _unstage(
-        self,
-        service: ServiceAccount,
-        targets: Sequence[NodeTarget],
-        principals: Sequence[str],
-        current: int,
-    ) -> None:
-        """Remove staged keys of a password AD never took (best effort on each node)."""
-        self._install(service, targets, principals, current=current, staged=None)
-
-    def _end(
-        self,
-        rotation_id: int,
-        state: str,
-        actor: str,
-        name: str,
-        error: str,
-        *,
-        retry: bool = False,
-    ) -> None:
-        now = self._clock()
-        with self._store.transaction() as conn:
-            account = rows.account(conn, name)
-            attempts = (account.attempts if account else 0) + 1
-            rows.move(conn, rotation_id, state, now, error=error)
-            rows.record_failure(conn, name, error, now + plan.backoff(attempts) if retry else None)
-            action = {"abandoned": "keytab.abandon", "failed": "keytab.fail"}.get(
-                state, "keytab.supersede"
-            )
-            writer.record(conn, self._event(actor, action, name, "failed", error=error), now)
 
     def _resume(
         self,
@@ -670,41 +445,24 @@ class KeytabService:
         )
         log.info("keytab %s: open rotation %s in %s: %s", name, found.id, found.state, decision)
         if decision == "discard":
-            self._unstage(service, targets, principals, account.kvno)
-            with self._store.transaction() as conn:
-                rows.move(conn, found.id, "abandoned", self._clock(), error="resumed after a crash")
-                writer.record(
-                    conn,
-                    self._event(
-                        actor,
-                        "keytab.abandon",
-                        name,
-                        state=found.state,
-                        kvno=found.target_kvno,
-                        reason="the password was lost before AD changed; staged keys removed",
-                    ),
-                )
+            self._nodes.unstage(service, targets, principals, account.kvno)
+            self._journal.abandoned_after_crash(
+                name, found.id, found.state, found.target_kvno, actor
+            )
             return RotationReport(name, "abandoned", kvno=account.kvno)
         if decision == "verify":
             if found.state == "ad_pending":
-                now = self._clock()
-                with self._store.transaction() as conn:
-                    rows.retire(conn, name, found.from_kvno, now)
-                    rows.set_kvno(conn, name, account.kvno)
-                    rows.move(conn, found.id, "ad_set", now, ad_kvno=account.kvno)
-                    writer.record(
-                        conn,
-                        self._event(actor, "keytab.ad_set", name, kvno=account.kvno, resumed=True),
-                        now,
-                    )
+                self._journal.ad_set(
+                    name, found.id, found.from_kvno, account.kvno, actor, resumed=True
+                )
             try:
                 return self._finish(service, targets, principals, found.id, account.kvno, actor)
             except FailedError:
                 pass  # reachable nodes reject AD's keys: the password is not ours; recover
-        self._move(
+        self._journal.move(
             found.id,
             "superseded",
-            self._event(
+            event(
                 actor,
                 "keytab.supersede",
                 name,
@@ -750,7 +508,9 @@ class KeytabService:
         AD account with its SPNs (in keytabs.accounts_ou)."""
         service = self.service_account(name)
         targets = self._targets(service)
-        self._spec(service, self.principals(service))  # before an account is made in AD
+        keytab_spec(
+            service, keytab_principals(service, self._rules.realm)
+        )  # before an account is made in AD
         ad = self._directory()
         try:
             if ad.lookup(service.account) is None:
@@ -764,22 +524,15 @@ class KeytabService:
                         "keytabs.accounts_ou is not set",
                         fix="set it to the OU for service accounts",
                     )
-                spns = [p.partition("@")[0] for p in self.principals(service)[1:]]
+                spns = [
+                    p.partition("@")[0] for p in keytab_principals(service, self._rules.realm)[1:]
+                ]
                 created = ad.create(
                     service.account, spns, self._rules.accounts_ou, self._new_password()
                 )
-                with self._store.transaction() as conn:
-                    writer.record(
-                        conn,
-                        self._event(
-                            actor,
-                            "keytab.account_create",
-                            name,
-                            account=service.account,
-                            dn=created.dn,
-                            spns=spns,
-                        ),
-                    )
+                self._journal.account_created(
+                    name, actor, account=service.account, dn=created.dn, spns=spns
+                )
             return self._rotate(service, targets, ad, actor=actor, force=True)
         finally:
             ad.close()
@@ -788,36 +541,17 @@ class KeytabService:
         """Fresh tickets for every principal, accepted on every node; recorded and audited."""
         service = self.service_account(name)
         targets = self._targets(service)
-        principals = self.principals(service)
+        principals = keytab_principals(service, self._rules.realm)
         ad = self._directory()
         try:
             account = self._lookup(ad, service)
         finally:
             ad.close()
         results = self._verify_nodes(service, targets, principals, account.kvno)
-        self._refresh(service, targets, principals)
+        self._nodes.refresh(service, targets, principals)
         ok = all(r.ok for r in results)
-        now = self._clock()
-        with self._store.transaction() as conn:
-            rows.upsert_account(conn, name, service.account)
-            rows.set_kvno(conn, name, account.kvno)
-            if ok:
-                conn.execute(
-                    "UPDATE keytab_accounts SET last_verified_at = ? WHERE name = ?",
-                    (now.strftime("%Y-%m-%dT%H:%M:%SZ"), name),
-                )
-            writer.record(
-                conn,
-                self._event(
-                    actor,
-                    "keytab.verify",
-                    name,
-                    "ok" if ok else "failed",
-                    kvno=account.kvno,
-                    failed=[r.node for r in results if not r.ok],
-                ),
-                now,
-            )
+        failed = [r.node for r in results if not r.ok]
+        self._journal.verified(name, service.account, account.kvno, ok, failed, actor)
         return RotationReport(
             name, "verified" if ok else "failed", kvno=account.kvno, nodes=results
         )
@@ -841,73 +575,18 @@ class KeytabService:
         for name, service in sorted(accounts.items()):
             if live:
                 try:
-                    self._refresh(service, self._targets(service), self.principals(service))
+                    self._nodes.refresh(
+                        service,
+                        self._targets(service),
+                        keytab_principals(service, self._rules.realm),
+                    )
                 except BrokerError as exc:
                     ad_error = ad_error or exc.one_line()
             with self._store.transaction() as conn:
                 row = rows.account(conn, name)
                 views = rows.node_views(conn, name)
                 open_one = rows.open_rotation(conn, name)
-            ad_kvno = ad_kvnos.get(name)
-            last = row.last_rotated_at if row else None
-            nodes = []
-            for node in sorted(service.nodes):
-                view = views.get(node)
-                current = ad_kvno if ad_kvno is not None else (row.kvno if row else None)
-                stale = (
-                    view is None
-                    or view.error is not None
-                    or current is None
-                    or current not in view.kvnos
-                )
-                nodes.append(
-                    NodeStatus(
-                        node,
-                        view.kvnos if view else (),
-                        view.verified_kvno if view else None,
-                        view.checked_at if view else None,
-                        view.error if view else "never seen",
-                        stale,
-                    )
-                )
             out.append(
-                AccountStatus(
-                    name=name,
-                    account=service.account,
-                    ad_kvno=ad_kvno,
-                    ad_error=ad_error,
-                    last_rotated_at=last,
-                    next_due_at=plan.next_due(last, service.rotate_every),
-                    last_verified_at=row.last_verified_at if row else None,
-                    rotation_state=open_one.state if open_one else None,
-                    last_error=row.last_error if row else None,
-                    retry_after=row.retry_after if row else None,
-                    nodes=tuple(nodes),
-                )
+                account_status(name, service, row, views, open_one, ad_kvnos.get(name), ad_error)
             )
         return out
-
-
-def _nodes_error(what: str, bad: Sequence[NodeResult]) -> str:
-    detail = "; ".join(r.error or r.node for r in bad[:3])
-    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-    return f"{what} on {fold([r.node for r in bad])}: {detail}{more}"[:500]
-
-
-def _salts_differ(a: Mapping[int, keys.SaltInfo], b: Mapping[int, keys.SaltInfo]) -> bool:
-    return {k: (v.salt, v.params) for k, v in a.items()} != {
-        k: (v.salt, v.params) for k, v in b.items()
-    }
-
-
-def _text(value: object) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:200]
-
-
-def verify_tokens_source(client: str, keytab: Path) -> TokenSource:
-    """The real token source: the broker's own credentials from its keytab."""
-
-    def source(principals: Sequence[str]) -> Mapping[str, str | None]:
-        return tokens_for(principals, client=client, keytab=keytab)
-
-    return source

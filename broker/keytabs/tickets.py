@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import gssapi
@@ -53,3 +53,16 @@ def tokens_for(principals: Sequence[str], *, client: str, keytab: Path) -> dict[
 
 def _text(exc: gssapi.raw.GSSError) -> str:
     return " ".join(exc.gen_message().split())[:200]
+
+
+# principals -> a base64 GSS-API token for each (None: the KDC issued none)
+TokenSource = Callable[[Sequence[str]], Mapping[str, str | None]]
+
+
+def verify_tokens_source(client: str, keytab: Path) -> TokenSource:
+    """The real token source: the broker's own credentials from its keytab."""
+
+    def source(principals: Sequence[str]) -> Mapping[str, str | None]:
+        return tokens_for(principals, client=client, keytab=keytab)
+
+    return source

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from broker.audit import writer
 from broker.core.errors import IntegrityError, RefusedError
-from broker.core.timeutil import to_text
+from broker.core.timeutil import to_sentence, to_text
 from broker.mfa import codes, rows, sealing
 from broker.mfa.model import MfaIdentity, MfaRules
 from broker.store.db import Store
@@ -53,7 +53,7 @@ def committed(store: Store, body: Callable[[sqlite3.Connection], T | RefusedErro
 
 def when(moment: datetime) -> str:
     """A lock's end as people read it, in UTC like every broker time."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return to_sentence(moment)
 
 
 def lock_error(name: str, lock: rows.Lock, message: str | None = None) -> RefusedError:

@@ -83,9 +83,9 @@ def read_policy_file(path: Path) -> str:
             fix="give the path of a policy file; see deploy/examples/policy.toml",
         ) from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def sha256_of(text: str) -> str:

@@ -8,18 +8,34 @@ keytab on one node, and DES/RC4 keys need an explicit opt-in.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from broker.core.hostlist import fold_some
 from broker.policy import names
 from broker.policy.model import ServiceAccount
-from broker.policy.reader import Table
+from broker.policy.positions import Path as KeyPath
+from broker.policy.reader import Hosts, Problems, Table
 
-if TYPE_CHECKING:
-    from broker.policy.sections import Loader
+
+class Loader(Protocol):
+    """What reading service accounts needs of the policy loader (sections.py), which calls
+    this module: named as a protocol so neither module imports the other's type."""
+
+    problems: Problems
+
+    def entries(
+        self, section: str, data: Mapping[str, Any], what: str
+    ) -> Iterable[tuple[str, KeyPath, dict[str, Any]]]: ...
+
+    def hostlist(self, table: Table, key: str, *, required: bool) -> Hosts | None: ...
+
+    def zoned(self, path: KeyPath, nodes: set[str]) -> bool: ...
+
+    def group(self, table: Table, key: str, *, required: bool = False) -> str | None: ...
+
 
 _SERVICE_KEYS = (
     "description",

@@ -96,7 +96,7 @@ def parse_version(version: PolicyVersion) -> LoadedPolicy:
         raise RefusedError(
             f"the active policy {version.short} no longer validates: {exc.problems[0]}",
             fix="fix the policy file and apply it again",
-        ) from None
+        ) from exc
 
 
 def located(loaded: LoadedPolicy, finding: Finding) -> str:

@@ -31,14 +31,14 @@ class NodeService:
         self,
         *,
         store: Store,
-        pool: SshPool,
+        pool: Callable[[], SshPool],
         settings: Settings,
         owner: tuple[int, int] | None,
         policy: Callable[[], Policy],
         grant_key_line: Callable[[], str],
     ) -> None:
         self._store = store
-        self._pool = pool
+        self._pool = pool  # built on first use: listing and adding need no SSH
         self._settings = settings
         self._owner = owner
         self._policy = policy  # the active one, refusing when there is none
@@ -55,7 +55,7 @@ class NodeService:
         record = inventory.remove(
             self._store, name, actor, known_hosts=self._settings.known_hosts, owner=self._owner
         )
-        self._pool.forget(record.name)
+        self._pool().forget(record.name)
         return record
 
     def enroll(
@@ -79,7 +79,7 @@ class NodeService:
             timeout=self._settings.ssh.connect_timeout.total_seconds(),
         )
         if result.changed:
-            self._pool.forget(result.node)
+            self._pool().forget(result.node)
         return result
 
     def bootstrap(
@@ -97,7 +97,7 @@ class NodeService:
 
         return bootstrap.bootstrap(
             self._store,
-            self._pool,
+            self._pool(),
             expand(nodes),
             policy=policy,
             key_line=key_line,
@@ -111,7 +111,7 @@ class NodeService:
         """Each node's program asked (every enrolled node when `nodes` is None), recorded."""
         return fleet_status.check(
             self._store,
-            self._pool,
+            self._pool(),
             None if nodes is None else expand(nodes),
             max_skew=self._settings.ssh.max_skew.total_seconds(),
             actor=actor,
@@ -119,4 +119,4 @@ class NodeService:
 
     def ping(self, nodes: str) -> list[NodeProbe]:
         targets = inventory.targets(self._store, expand(nodes))
-        return probe_nodes(SshRunner.over(self._pool), targets)
+        return probe_nodes(SshRunner.over(self._pool()), targets)

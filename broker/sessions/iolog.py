@@ -124,7 +124,7 @@ def open_recording(root_fd: int, path: str) -> int:
     except OSError as exc:
         for o in opened:
             os.close(o)
-        raise IologError(f"{path}: {exc.strerror or exc}") from None
+        raise IologError(f"{path}: {exc.strerror or exc}") from exc
     for o in opened[:-1]:
         os.close(o)
     return opened[-1]
@@ -137,7 +137,7 @@ def open_file(dir_fd: int, name: str) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise IologError(f"{name}: {exc.strerror or exc}") from None
+        raise IologError(f"{name}: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise IologError(f"{name} is not a regular file")

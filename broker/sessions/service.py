@@ -142,14 +142,14 @@ class Recordings:
         try:
             root_fd = iolog.open_store(self._root)
         except OSError as exc:
-            raise FailedError(f"the session store {self._root} cannot be read: {exc}") from None
+            raise FailedError(f"the session store {self._root} cannot be read: {exc}") from exc
         try:
             return iolog.open_recording(root_fd, row["path"])
         except IologError as exc:
             raise FailedError(
                 f"session {row['id']} is gone from the store ({exc})",
                 fix="the recording was removed outside the broker; see the audit chain",
-            ) from None
+            ) from exc
         finally:
             os.close(root_fd)
 
@@ -163,7 +163,7 @@ class Recordings:
         try:
             yield from iolog.chunks(dir_fd, streams, limit)
         except IologError as exc:
-            raise FailedError(f"session {recording_id}: {exc}") from None
+            raise FailedError(f"session {recording_id}: {exc}") from exc
         finally:
             os.close(dir_fd)
 
@@ -176,7 +176,7 @@ class Recordings:
                 raise FailedError(f"session {recording_id}: log.json is missing")
             return iolog.parse_log_json(raw)
         except IologError as exc:
-            raise FailedError(f"session {recording_id}: {exc}") from None
+            raise FailedError(f"session {recording_id}: {exc}") from exc
         finally:
             os.close(dir_fd)
 
@@ -221,7 +221,7 @@ class Recordings:
         try:
             regex = re.compile(pattern.encode("utf-8"))
         except re.error as exc:
-            raise UsageError(f"bad regular expression: {exc}", fix="check the pattern") from None
+            raise UsageError(f"bad regular expression: {exc}", fix="check the pattern") from exc
         found = []
         for row in listing(self._store.conn, dataclasses.replace(f, limit=100_000)):
             if row["state"] == "quarantined":

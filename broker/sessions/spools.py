@@ -6,6 +6,7 @@ here and in collect.py, never in the daemon.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from broker.fleet import inventory
@@ -15,9 +16,9 @@ from broker.store.db import Store
 
 
 class SpoolCollector:
-    def __init__(self, store: Store, pool: SshPool) -> None:
+    def __init__(self, store: Store, pool: Callable[[], SshPool]) -> None:
         self._store = store
-        self._pool = pool
+        self._pool = pool  # built only when there is a node to ask
 
     def collect_all(self, now: datetime) -> int:
         """Every enrolled node (break-glass sessions happen on nodes without grants)."""
@@ -34,4 +35,4 @@ class SpoolCollector:
         targets = inventory.targets_known(self._store, names)
         if not targets:
             return 0
-        return sum(collect.collect(self._store, self._pool, targets, now).values())
+        return sum(collect.collect(self._store, self._pool(), targets, now).values())

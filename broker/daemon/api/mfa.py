@@ -17,8 +17,7 @@ from broker.core.identity import normalise_account_name
 from broker.daemon.api.names import AccountName
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
-from broker.mfa import service
-from broker.mfa.service import MfaIdentity
+from broker.mfa.model import MfaIdentity
 
 # The shape is checked by broker.mfa (six ASCII digits, nothing normalised); here only the size.
 CodeText = Annotated[str, Field(min_length=1, max_length=64)]
@@ -109,17 +108,10 @@ def named_identity(ctx: Context[StatusQuery] | Context[ResetIn], name: str) -> M
 )
 def enroll(ctx: Context[Empty]) -> EnrollOut:
     ident = own_identity(ctx.caller)
-    rules = ctx.app.mfa_rules()
-    started = service.begin_enrollment(
-        ctx.app.ready_store(),
-        key=ctx.app.mfa_key(),
-        ident=ident,
-        rules=rules,
-        actor=ctx.caller.actor,
-        now=ctx.now,
-    )
+    mfa = ctx.app.mfa()
+    started = mfa.begin_enrollment(ident, actor=ctx.caller.actor, now=ctx.now)
     return EnrollOut(
-        account=ident.name, issuer=rules.issuer, secret=started.secret, uri=started.uri
+        account=ident.name, issuer=mfa.rules.issuer, secret=started.secret, uri=started.uri
     )
 
 
@@ -133,15 +125,7 @@ def enroll(ctx: Context[Empty]) -> EnrollOut:
 )
 def activate(ctx: Context[CodeIn]) -> ActivateOut:
     ident = own_identity(ctx.caller)
-    codes = service.activate(
-        ctx.app.ready_store(),
-        key=ctx.app.mfa_key(),
-        ident=ident,
-        code=ctx.params.code,
-        rules=ctx.app.mfa_rules(),
-        actor=ctx.caller.actor,
-        now=ctx.now,
-    )
+    codes = ctx.app.mfa().activate(ident, ctx.params.code, actor=ctx.caller.actor, now=ctx.now)
     return ActivateOut(account=ident.name, recovery_codes=codes)
 
 
@@ -155,29 +139,14 @@ def activate(ctx: Context[CodeIn]) -> ActivateOut:
 )
 def verify(ctx: Context[VerifyIn]) -> VerifyOut:
     ident = own_identity(ctx.caller)
-    store = ctx.app.ready_store()
+    mfa = ctx.app.mfa()
     if ctx.params.recovery_code is not None:
-        left = service.use_recovery_code(
-            store,
-            ident=ident,
-            code=ctx.params.recovery_code,
-            rules=ctx.app.mfa_rules(),
-            actor=ctx.caller.actor,
-            now=ctx.now,
-            purpose="check",
+        left = mfa.use_recovery_code(
+            ident, ctx.params.recovery_code, actor=ctx.caller.actor, now=ctx.now, purpose="check"
         )
         return VerifyOut(account=ident.name, method="recovery", recovery_codes_left=left)
     assert ctx.params.code is not None
-    service.verify(
-        store,
-        key=ctx.app.mfa_key(),
-        ident=ident,
-        code=ctx.params.code,
-        rules=ctx.app.mfa_rules(),
-        actor=ctx.caller.actor,
-        now=ctx.now,
-        purpose="check",
-    )
+    mfa.verify(ident, ctx.params.code, actor=ctx.caller.actor, now=ctx.now, purpose="check")
     return VerifyOut(account=ident.name, method="totp", recovery_codes_left=None)
 
 
@@ -203,9 +172,7 @@ def status(ctx: Context[StatusQuery]) -> StatusOut:
                 fix="ask a broker operator",
             )
         ident = own_identity(ctx.caller)
-    state = service.status(
-        ctx.app.ready_store().conn, ident=ident, now=ctx.now, rules=ctx.app.mfa_rules()
-    )
+    state = ctx.app.mfa().status(ident, ctx.now)
     return StatusOut(
         account=ident.name,
         enrolled=state.enrolled,
@@ -228,5 +195,5 @@ def status(ctx: Context[StatusQuery]) -> StatusOut:
 )
 def reset(ctx: Context[ResetIn]) -> ResetOut:
     ident = named_identity(ctx, ctx.params.user)
-    done = service.reset(ctx.app.ready_store(), ident=ident, actor=ctx.caller.actor, now=ctx.now)
+    done = ctx.app.mfa().reset(ident, actor=ctx.caller.actor, now=ctx.now)
     return ResetOut(account=ident.name, reset=done)

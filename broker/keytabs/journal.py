@@ -1,0 +1,195 @@
+"""A rotation's record: every state change of a keytab rotation, committed in one store
+transaction with its audit event (keytab_rotations, keytab_accounts, the chain).
+
+The state machine (service.py) decides; this module writes down what it decided, so the
+write-ahead rule (the intent is committed before a node or AD is touched) is kept in one
+place and the service holds no transactions of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from broker.audit import writer
+from broker.core.hostlist import fold
+from broker.keytabs import plan, rows
+from broker.store.db import Store
+
+
+def event(
+    actor: str, action: str, name: str, outcome: str = "ok", **details: Any
+) -> writer.EventInput:
+    return writer.EventInput(actor, action, f"keytab:{name}", outcome, details)
+
+
+class RotationJournal:
+    def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._clock = clock
+
+    def open_rotation(self, name: str, account: str) -> rows.Rotation | None:
+        """The account's row kept current; a rotation a crash (or a node) left open, if any."""
+        with self._store.transaction() as conn:
+            rows.upsert_account(conn, name, account)
+            return rows.open_rotation(conn, name)
+
+    def start(
+        self,
+        name: str,
+        account: str,
+        current: int,
+        target_kvno: int,
+        nodes: Sequence[str],
+        principals: Sequence[str],
+        actor: str,
+    ) -> tuple[int, dict[str, rows.NodeView]]:
+        """Commit the intent before anything is touched; what each node was last seen to hold."""
+        now = self._clock()
+        with self._store.transaction() as conn:
+            views = rows.node_views(conn, name)
+            rotation_id = rows.start_rotation(
+                conn, name, current, target_kvno, list(nodes), actor, now
+            )
+            details: dict[str, Any] = {
+                "account": account,
+                "from_kvno": current,
+                "target_kvno": target_kvno,
+                "nodes": fold(list(nodes)),
+                "principals": principals,
+            }
+            writer.record(conn, event(actor, "keytab.plan", name, **details), now)
+        return rotation_id, views
+
+    def move(
+        self,
+        rotation_id: int,
+        state: str,
+        entry: writer.EventInput,
+        *,
+        error: str | None = None,
+        ad_kvno: int | None = None,
+        target_kvno: int | None = None,
+    ) -> None:
+        now = self._clock()
+        with self._store.transaction() as conn:
+            rows.move(
+                conn,
+                rotation_id,
+                state,
+                now,
+                error=error,
+                ad_kvno=ad_kvno,
+                target_kvno=target_kvno,
+            )
+            writer.record(conn, entry, now)
+
+    def end(
+        self,
+        rotation_id: int,
+        state: str,
+        actor: str,
+        name: str,
+        error: str,
+        *,
+        retry: bool = False,
+    ) -> None:
+        """Abandoned, failed or superseded; with `retry`, the account waits out a backoff."""
+        now = self._clock()
+        with self._store.transaction() as conn:
+            account = rows.account(conn, name)
+            attempts = (account.attempts if account else 0) + 1
+            rows.move(conn, rotation_id, state, now, error=error)
+            rows.record_failure(conn, name, error, now + plan.backoff(attempts) if retry else None)
+            action = {"abandoned": "keytab.abandon", "failed": "keytab.fail"}.get(
+                state, "keytab.supersede"
+            )
+            writer.record(conn, event(actor, action, name, "failed", error=error), now)
+
+    def ad_unconfirmed(self, name: str, actor: str, error: str) -> None:
+        """Not known whether AD applied the password: the rotation stays ad_pending."""
+        with self._store.transaction() as conn:
+            rows.record_failure(conn, name, error, self._clock() + plan.backoff(1))
+            writer.record(conn, event(actor, "keytab.ad_unconfirmed", name, "failed", error=error))
+
+    def ad_set(
+        self, name: str, rotation_id: int, retired: int, kvno: int, actor: str, **details: Any
+    ) -> None:
+        """AD took the password: its version is current, the one before it retired."""
+        now = self._clock()
+        with self._store.transaction() as conn:
+            rows.retire(conn, name, retired, now)
+            rows.set_kvno(conn, name, kvno)
+            rows.move(conn, rotation_id, "ad_set", now, ad_kvno=kvno)
+            writer.record(conn, event(actor, "keytab.ad_set", name, kvno=kvno, **details), now)
+
+    def verify_failed(
+        self, name: str, rotation_id: int, kvno: int, error: str, actor: str, now: datetime
+    ) -> None:
+        """Some node rejected the new keys: the rotation stays open, retried after a backoff."""
+        with self._store.transaction() as conn:
+            account = rows.account(conn, name)
+            attempts = (account.attempts if account else 0) + 1
+            rows.record_failure(conn, name, error, now + plan.backoff(attempts))
+            rows.move(conn, rotation_id, "ad_set", now, error=error)
+            writer.record(
+                conn,
+                event(actor, "keytab.verify", name, "failed", kvno=kvno, error=error),
+                now,
+            )
+
+    def done(
+        self,
+        name: str,
+        rotation_id: int,
+        kvno: int,
+        nodes: Sequence[str],
+        actor: str,
+        now: datetime,
+    ) -> None:
+        with self._store.transaction() as conn:
+            rows.move(conn, rotation_id, "done", now)
+            rows.record_success(conn, name, kvno, now, rotated=True)
+            writer.record(
+                conn, event(actor, "keytab.verify", name, kvno=kvno, nodes=fold(list(nodes))), now
+            )
+
+    def abandoned_after_crash(
+        self, name: str, rotation_id: int, state: str, kvno: int, actor: str
+    ) -> None:
+        with self._store.transaction() as conn:
+            rows.move(conn, rotation_id, "abandoned", self._clock(), error="resumed after a crash")
+            writer.record(
+                conn,
+                event(
+                    actor,
+                    "keytab.abandon",
+                    name,
+                    state=state,
+                    kvno=kvno,
+                    reason="the password was lost before AD changed; staged keys removed",
+                ),
+            )
+
+    def account_created(self, name: str, actor: str, **details: Any) -> None:
+        with self._store.transaction() as conn:
+            writer.record(conn, event(actor, "keytab.account_create", name, **details))
+
+    def verified(
+        self, name: str, account: str, kvno: int, ok: bool, failed: list[str], actor: str
+    ) -> None:
+        """`broker keytab verify`: AD's version recorded, the stamp set when every node passed."""
+        now = self._clock()
+        with self._store.transaction() as conn:
+            rows.upsert_account(conn, name, account)
+            rows.set_kvno(conn, name, kvno)
+            if ok:
+                rows.mark_verified(conn, name, now)
+            writer.record(
+                conn,
+                event(
+                    actor, "keytab.verify", name, "ok" if ok else "failed", kvno=kvno, failed=failed
+                ),
+                now,
+            )
