@@ -17,7 +17,7 @@ from broker.app import App
 from broker.config.loader import load_settings
 from broker.fleet import inventory
 from broker.fleet.pool import SshOptions, SshPool, put_atomic
-from broker.provision import bootstrap
+from broker.provision import bundle
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNTS_OU = "OU=Keytab Services,OU=Cluster,DC=hpc,DC=test"
@@ -84,10 +84,10 @@ def _host_key(lab: dict[str, Any], node: dict[str, Any]) -> tuple[str, str]:
 
 def install_node_side(app: App, names: list[str]) -> None:
     """broker_keytab.py and broker-keytab into /usr/libexec/broker on each node."""
-    source = bootstrap.pam_source_dir()
+    source = bundle.pam_source_dir()
     files = [
-        (source / "broker_keytab.py", bootstrap.KEYTAB_PY, 0o644),
-        (source / "broker-keytab", f"{bootstrap.LIBEXEC}/broker-keytab", 0o755),
+        (source / "broker_keytab.py", bundle.KEYTAB_PY, 0o644),
+        (source / "broker-keytab", f"{bundle.LIBEXEC}/broker-keytab", 0o755),
     ]
     pool = SshPool(SshOptions.from_settings(app.settings))
     try:

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.core.errors import RefusedError, UnavailableError, UsageError
 from broker.policy.load import load_policy
-from broker.provision import bootstrap
-from broker.provision.bootstrap import BEGIN, END, insert_block, render_node_conf
+from broker.provision import bootstrap, bundle
+from broker.provision.bundle import BEGIN, END, insert_block, render_node_conf
 from tests.helpers import REPO, load_node_package
 
 DEBIAN_SUDO = Path("/etc/pam.d/sudo").read_text() if Path("/etc/pam.d/sudo").exists() else (
@@ -123,20 +123,20 @@ def key_line() -> str:
 
 def test_the_grant_key_line_is_checked() -> None:
     line = key_line()
-    assert bootstrap.check_key_line(line) == line
-    assert bootstrap.check_key_line(line.rstrip("\n")) == line
+    assert bundle.check_key_line(line) == line
+    assert bundle.check_key_line(line.rstrip("\n")) == line
     for bad in ("", line.replace("v1", "v2"), line[:-3] + "\n", line + "extra\n", "x " + line):
         with pytest.raises(UsageError):
-            bootstrap.check_key_line(bad)
+            bundle.check_key_line(bad)
 
 
 def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) -> None:
     with pytest.raises(UnavailableError, match="missing") as info:
-        bootstrap.load_bundle(tmp_path)
+        bundle.load_bundle(tmp_path)
     assert "broker_node/__init__.py" in str(info.value) and "sudo.block" in str(info.value)
-    bundle = bootstrap.load_bundle()
-    assert bootstrap.pam_source_dir() == REPO / "pam"
-    remote = {path: mode for path, _data, mode in bundle.files}
+    loaded = bundle.load_bundle()
+    assert bundle.pam_source_dir() == REPO / "pam"
+    remote = {path: mode for path, _data, mode in loaded.files}
     package = REPO / "pam" / "broker_node"
     assert remote == {
         **{f"/usr/libexec/broker/broker_node/{p.name}": 0o644 for p in package.glob("*.py")},
@@ -147,16 +147,16 @@ def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) 
         "/usr/lib/broker/pam_broker.so": 0o644,
         "/usr/libexec/broker/broker-grant-check": 0o755,
     }
-    for block in bundle.blocks.values():
+    for block in loaded.blocks.values():
         assert block.startswith(BEGIN + "\n") and block.endswith(END + "\n")
         assert "/usr/lib/broker/pam_broker.so" in block and "pam_exec" not in block
-    assert bundle.compat is not None and bundle.compat.machine == os.uname().machine
+    assert loaded.compat is not None and loaded.compat.machine == os.uname().machine
 
 
 def test_without_a_built_module_bootstrap_says_how_to_build_it(tmp_path: Path) -> None:
     shutil.copytree(REPO / "pam", tmp_path / "pam", ignore=shutil.ignore_patterns("build"))
     with pytest.raises(UnavailableError, match="the PAM module is not built") as info:
-        bootstrap.load_bundle(tmp_path / "pam")
+        bundle.load_bundle(tmp_path / "pam")
     assert "make -C" in (info.value.fix or "")
 
 
@@ -172,7 +172,7 @@ def test_without_a_built_module_bootstrap_says_how_to_build_it(tmp_path: Path) -
     ],
 )
 def test_the_module_goes_only_where_it_can_load(machine: str, libc: str, fits: bool) -> None:
-    compat = bootstrap.Compat.parse("machine=x86_64\nglibc=2.34\nneeds=libc.so.6 libpam.so.0\n")
+    compat = bundle.Compat.parse("machine=x86_64\nglibc=2.34\nneeds=libc.so.6 libpam.so.0\n")
     assert compat.glibc == (2, 34) and compat.needs == ("libc.so.6", "libpam.so.0")
     problem = compat.problem(machine, libc)
     assert (problem is None) == fits
@@ -181,26 +181,26 @@ def test_the_module_goes_only_where_it_can_load(machine: str, libc: str, fits: b
 
 
 def test_pam_services_and_directories_follow_the_contract() -> None:
-    assert bootstrap.pam_services("slurm") == [
+    assert bundle.pam_services("slurm") == [
         ("sudo", "sudo", True),
         ("sudo-i", "sudo", False),
         ("sshd", "sshd", True),
         ("slurm", "joblaunch", False),
     ]
-    modes = dict(bootstrap.NODE_DIRS)
+    modes = dict(bundle.NODE_DIRS)
     assert modes["/var/lib/broker/grants"] == 0o700 and modes["/etc/broker"] == 0o755
     assert all(m == 0o700 for p, m in modes.items() if p.startswith(("/var/", "/var/log")))
-    assert os.path.dirname(bootstrap.NODE_PKG) == bootstrap.LIBEXEC
-    assert modes[bootstrap.NODE_PKG] == 0o755
+    assert os.path.dirname(bundle.NODE_PKG) == bundle.LIBEXEC
+    assert modes[bundle.NODE_PKG] == 0o755
 
 
 def test_every_module_of_the_node_package_is_installed_init_last() -> None:
     package = REPO / "pam" / "broker_node"
-    assert sorted(bootstrap.NODE_MODULES) == sorted(p.stem for p in package.glob("*.py"))
-    assert bootstrap.NODE_MODULES[-1] == "__init__"
-    installed = [path for _name, path, _mode in bootstrap.PROGRAM_FILES]
-    assert bootstrap.STALE_FILES[0] not in installed
-    assert installed.index(f"{bootstrap.NODE_PKG}/__init__.py") == len(bootstrap.NODE_MODULES) - 1
+    assert sorted(bundle.NODE_MODULES) == sorted(p.stem for p in package.glob("*.py"))
+    assert bundle.NODE_MODULES[-1] == "__init__"
+    installed = [path for _name, path, _mode in bundle.PROGRAM_FILES]
+    assert bundle.STALE_FILES[0] not in installed
+    assert installed.index(f"{bundle.NODE_PKG}/__init__.py") == len(bundle.NODE_MODULES) - 1
     # a wheel ships them too (pyproject's data-files), for bootstrap from an installation
     data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     shipped = data_files["data-files"]["share/hpc-access-broker/pam/broker_node"]
@@ -230,14 +230,14 @@ class FilesOnly:
 
 
 def test_an_older_single_file_node_program_goes_and_every_module_is_compiled() -> None:
-    lib, package = bootstrap.LIBEXEC, bootstrap.NODE_PKG
+    lib, package = bundle.LIBEXEC, bundle.NODE_PKG
     node = FilesOnly(
         {
             f"{lib}/broker_node.py",
             f"{lib}/__pycache__/broker_node.cpython-39.pyc",
             f"{lib}/broker_keytab.py",
             f"{lib}/__pycache__/broker_keytab.cpython-39.pyc",
-            *(path for _name, path, _mode in bootstrap.PROGRAM_FILES),
+            *(path for _name, path, _mode in bundle.PROGRAM_FILES),
         }
     )
     sftp: Any = node
@@ -251,7 +251,7 @@ def test_an_older_single_file_node_program_goes_and_every_module_is_compiled() -
     bootstrap._remove_stale(sftp, changed)
     assert len(changed) == 2, "a second run finds nothing to remove"
     assert not bootstrap._compiled(sftp)
-    for name in bootstrap.NODE_MODULES[:-1]:
+    for name in bundle.NODE_MODULES[:-1]:
         node.paths.add(f"{package}/__pycache__/{name}.cpython-39.pyc")
     assert not bootstrap._compiled(sftp), "__init__ has no .pyc yet"
     node.paths.add(f"{package}/__pycache__/__init__.cpython-39.pyc")
@@ -259,7 +259,7 @@ def test_an_older_single_file_node_program_goes_and_every_module_is_compiled() -
 
 
 def test_the_python_hook_goes_once_the_blocks_name_the_module() -> None:
-    lib, package = bootstrap.LIBEXEC, bootstrap.NODE_PKG
+    lib, package = bundle.LIBEXEC, bundle.NODE_PKG
     left = {
         f"{lib}/pam-hook",
         f"{package}/hook.py",
@@ -277,5 +277,5 @@ def test_the_python_hook_goes_once_the_blocks_name_the_module() -> None:
     assert node.paths == kept
     bootstrap._remove_obsolete(sftp, changed)
     assert len(changed) == len(left), "a second run finds nothing to remove"
-    assert not {"hook", "ed25519"} & set(bootstrap.NODE_MODULES)
-    assert all("pam-hook" not in name for name, _path, _mode in bootstrap.PROGRAM_FILES)
+    assert not {"hook", "ed25519"} & set(bundle.NODE_MODULES)
+    assert all("pam-hook" not in name for name, _path, _mode in bundle.PROGRAM_FILES)
