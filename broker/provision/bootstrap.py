@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import paramiko
@@ -30,9 +30,11 @@ from broker.fleet.ssh import NodeTarget
 from broker.fleet.status import NodeStatus, parse_status
 from broker.policy.model import Policy
 from broker.provision.bundle import (
+    CHECKER,
     GRANT_KEY,
     KEYTAB_PY,
     MAX_REMOTE_FILE,
+    MODULE,
     NEW_PAM_TAIL,
     NODE_CONF,
     NODE_DIRS,
@@ -128,7 +130,7 @@ def _ensure_file(
     """Make `path` hold exactly `data`, root-owned with `mode`; True when it was rewritten."""
     current = read_regular(sftp, path, MAX_REMOTE_FILE)
     if current != data:
-        put_atomic(sftp, path, data, mode)
+        put_atomic(sftp, path, data, mode, fsync=True)
         changed.append(f"{'updated' if current is not None else 'installed'} {path}")
         return True
     attrs = sftp.lstat(path)
@@ -197,6 +199,64 @@ def _remove_with_pyc(sftp: paramiko.SFTPClient, path: str, changed: list[str]) -
             changed.append(f"removed {old}")
 
 
+# How each built file proves it runs on the node, given its staged path: the module loads
+# with every symbol bound (as libpam loads it), the checker answers --version.
+_PROBES: dict[str, Callable[[str], list[str]]] = {
+    MODULE: lambda staged: [
+        "/usr/bin/python3",
+        "-I",
+        "-S",
+        "-c",
+        "import ctypes, os, sys; ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW)",
+        staged,
+    ],
+    CHECKER: lambda staged: [staged, "--version"],
+}
+BUILT_PATHS = frozenset(_PROBES)
+
+
+def install_built(
+    pool: SshPool,
+    target: NodeTarget,
+    built: Sequence[tuple[str, bytes, int]],
+    changed: list[str],
+    probes: Mapping[str, Callable[[str], list[str]]] = _PROBES,
+) -> None:
+    """The module and its checker, replaced only once they are proven to run on the node.
+
+    A file that differs is written beside the live one (`.NAME.new`, fsynced), run there
+    (`_PROBES`), and only then renamed over it: a node missing a library the build needs
+    (libsodium) keeps the module it had, and the PAM files that name it keep working."""
+    staged: list[tuple[str, str]] = []
+    with pool.sftp(target) as sftp:
+        for path, data, mode in built:
+            _ensure_dir(sftp, path.rsplit("/", 1)[0], 0o755, changed)
+            if read_regular(sftp, path, MAX_REMOTE_FILE) == data:
+                continue
+            directory, _, name = path.rpartition("/")
+            put_atomic(sftp, f"{directory}/.{name}.new", data, mode, fsync=True)
+            staged.append((path, f"{directory}/.{name}.new"))
+    failed = None
+    for path, temp in staged:
+        result = pool.run(target, probes[path](temp))
+        if not result.ok and failed is None:
+            said = (result.error or result.stderr).strip().splitlines()
+            failed = (path, said[-1][-200:] if said else "no answer")
+    with pool.sftp(target) as sftp:
+        for path, temp in staged:
+            if failed is None:
+                sftp.posix_rename(temp, path)
+                changed.append(f"installed {path}")
+            elif remote_stat(sftp, temp) is not None:
+                sftp.remove(temp)
+    if failed is not None:
+        raise RefusedError(
+            f"{failed[0]} does not run on the node ({failed[1]}); nothing was replaced",
+            fix="install what it needs there (libsodium), or build it on the node "
+            "(make -C pam install), then run bootstrap again",
+        )
+
+
 def _check_compat(pool: SshPool, target: NodeTarget, compat: Compat) -> None:
     """Refuse, before writing anything, a node the built module cannot run on."""
     machine = pool.run(target, ["uname", "-m"])
@@ -232,7 +292,7 @@ def _install_pam(
         except RefusedError as exc:
             raise RefusedError(f"{path}: {exc.message}", fix="fix the markers by hand") from None
         if text != old:
-            put_atomic(sftp, path, text.encode("utf-8", "surrogateescape"), 0o644)
+            put_atomic(sftp, path, text.encode("utf-8", "surrogateescape"), 0o644, fsync=True)
             changed.append(f"{'updated' if old is not None else 'created'} {path}")
 
 
@@ -254,6 +314,8 @@ def bootstrap_node(
     try:
         if bundle.compat is not None:
             _check_compat(pool, target, bundle.compat)
+            built = [f for f in bundle.files if f[0] in BUILT_PATHS]
+            install_built(pool, target, built, changed)
         with pool.sftp(target) as sftp:
             for path, mode in NODE_DIRS:
                 _ensure_dir(sftp, path, mode, changed)

@@ -163,7 +163,7 @@ def load_bundle(directory: Path | None = None) -> Bundle:
     if absent:
         raise UnavailableError(
             f"the PAM module is not built: missing {', '.join(str(built / n) for n in absent)}",
-            fix=f"build it: make -C {source} (needs a C compiler, libpam0g-dev and libssl-dev)",
+            fix=f"build it: make -C {source} (needs a C compiler, libpam0g-dev and libsodium-dev)",
         )
     files = tuple(
         (remote, (source / name).read_bytes(), mode) for name, remote, mode in PROGRAM_FILES

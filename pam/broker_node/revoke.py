@@ -24,7 +24,7 @@ from .files import (
     write_atomic,
 )
 from .grants import check_all
-from .procs import kill_trees, process_started
+from .procs import kill_trees, proc_table_entry, process_started
 from .spool import spool_event, tty_name
 from .usage import id_list
 
@@ -82,8 +82,10 @@ def end_sessions(
     """Kill every recorded session of the grant with its tree; spool their `close` events
     (their `service` says who ended them).
 
-    A pid is only trusted while its process started before the session was recorded:
-    a pid reused by an unrelated process later is left alone.
+    A pid is only trusted while it is the process that was recorded (the record ends with
+    its start time in clock ticks since boot, which no clock step changes): a pid reused
+    by an unrelated process later is left alone, and its stale record goes. A record that
+    cannot be read is kept and reported: nothing is said to have closed that was not ended.
     """
     directory = os.path.join(paths.sessions, grant_id)
     try:
@@ -93,21 +95,25 @@ def end_sessions(
     records: dict[str, list[str]] = {}
     roots: list[int] = []
     errors: list[str] = []
+    kept: set[str] = set()
     for name in names:
         data = read_secure(os.path.join(directory, name))
         fields = data.decode("ascii", "replace").split() if isinstance(data, bytes) else []
-        records[name] = [*fields, "-", "-", "-", "-"][:4]
-        recorded = parse_utc(records[name][3])
-        started = process_started(paths, int(name))
-        if started is None:
-            continue  # already gone
-        if recorded is None or started > recorded + 2:
+        records[name] = [*fields, "-", "-", "-", "-", "-"][:5]
+        entry = proc_table_entry(paths, int(name))
+        if entry is None:
+            continue  # already gone: its record goes, with its close event
+        mine = _recorded_process(paths, int(name), records[name], entry[2])
+        if mine is None:
+            kept.add(name)
+            errors.append(f"{grant_id}: pid {name} runs but its record cannot be read; kept")
+        elif not mine:
             errors.append(f"{grant_id}: pid {name} is not the recorded session; not killed")
-            continue
-        roots.append(int(name))
+        else:
+            roots.append(int(name))
     killed = kill_trees(paths, roots) if roots else []
-    for name, (user, runas, tty, _started) in records.items():
-        if remove_if_present(os.path.join(directory, name)):
+    for name, (user, runas, tty, _started, _ticks) in records.items():
+        if name not in kept and remove_if_present(os.path.join(directory, name)):
             user = user if is_posix_name(user) else "-"
             runas = runas if is_posix_name(runas) else "-"
             spool_event(
@@ -116,6 +122,20 @@ def end_sessions(
     if not os.listdir(directory):
         os.rmdir(directory)
     return killed, errors
+
+
+def _recorded_process(paths: Paths, pid: int, record: list[str], ticks: int) -> bool | None:
+    """Is the running `pid` the process its record names? None: the record cannot say.
+
+    pam_broker.so writes `user runas tty started ticks`; a record without ticks (written
+    before they were) falls back to its time, as then: started no later than recorded."""
+    if record[4].isdigit():
+        return int(record[4]) == ticks
+    recorded = parse_utc(record[3])
+    started = process_started(paths, pid)
+    if recorded is None or started is None:
+        return None
+    return started <= recorded + 2
 
 
 def reap(paths: Paths, now: int) -> dict[str, object]:
@@ -138,7 +158,14 @@ def reap(paths: Paths, now: int) -> dict[str, object]:
         path = os.path.join(paths.revoked, name)
         if is_grant_id(name) and _marker_expired(path, now) and remove_if_present(path):
             removed["markers"].append(name)
-    for directory in (paths.grants, paths.sudoers, paths.revoked, paths.events):
+    # The module's session records: a sudo killed between writing and renaming one leaves
+    # its temporary file in the grant's record directory.
+    record_dirs = [
+        os.path.join(paths.sessions, n)
+        for n in sorted_names(paths.sessions)
+        if is_grant_id(n) or n == BREAK_GLASS
+    ]
+    for directory in (paths.grants, paths.sudoers, paths.revoked, paths.events, *record_dirs):
         for name in sorted_names(directory):
             path = os.path.join(directory, name)
             old = name.startswith(TMP_PREFIX) and now - os.lstat(path).st_mtime > 600

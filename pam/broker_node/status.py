@@ -7,6 +7,7 @@ import stat
 import time
 
 from .contract import HOOK_VERSION, NodeConf, Paths, clean, format_utc
+from .files import open_dir
 from .grants import check_all
 from .procs import run_program
 from .store import load_conf, read_quarantine
@@ -62,22 +63,48 @@ def _active_hook(paths: Paths) -> str:
 
 def _module_info(paths: Paths) -> dict[str, object]:
     """Whether pam_broker.so loads with this node's dynamic linker (all symbols bound now),
-    as libpam would load it; only a root-owned file no one else can write is loaded."""
-    path = os.path.join(paths.root, MODULE)
+    as libpam would load it. Only a root-owned file no one else can write, below
+    directories no one else can write, is loaded, and through the descriptor that was
+    checked (no name is looked up twice)."""
     shown = "/" + MODULE
+    directory, name = os.path.split(os.path.join(paths.root, MODULE))
     try:
-        info = os.lstat(path)
+        for parent in _parents(paths.root, directory):
+            os.close(open_dir(parent))
+        dir_fd = open_dir(directory)
+    except OSError as exc:  # missing: strerror; not trusted: open_dir's own sentence
+        error = clean(exc.strerror or exc, 160)
+        return {"path": shown, "loads": False, "error": f"{shown}: {error}"}
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
         return {"path": shown, "loads": False, "error": f"{shown}: {exc.strerror}"}
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-        return {"path": shown, "loads": False, "error": f"{shown}: not a root-owned file"}
-    import ctypes
-
+    finally:
+        os.close(dir_fd)
     try:
-        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
-    except OSError as exc:
-        return {"path": shown, "loads": False, "error": clean(exc, 200)}
-    return {"path": shown, "loads": True, "error": None}
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+            return {"path": shown, "loads": False, "error": f"{shown}: not a root-owned file"}
+        import ctypes
+
+        try:
+            ctypes.CDLL(f"/proc/self/fd/{fd}", mode=os.RTLD_NOW | os.RTLD_LOCAL)
+        except OSError as exc:
+            return {"path": shown, "loads": False, "error": clean(exc, 200)}
+        return {"path": shown, "loads": True, "error": None}
+    finally:
+        os.close(fd)
+
+
+def _parents(root: str, directory: str) -> list[str]:
+    """The directories from `root` down to `directory`'s parent (root / -> /, /usr,
+    /usr/lib): each must be root's and closed to others, like the directory itself."""
+    out: list[str] = []
+    top = os.path.normpath(root)
+    while directory != top and directory != os.path.dirname(directory):
+        directory = os.path.dirname(directory)
+        out.append(directory)
+    return out[::-1]
 
 
 def _sudo_info() -> dict[str, object]:

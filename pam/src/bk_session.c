@@ -148,13 +148,20 @@ static bool new_event_id(char out[96])
 
 /* ------------------------------------------------------------ records */
 
+static bool process_start(const struct bk_ctx *ctx, pid_t pid, char out[32]);
+
+/* `user runas tty started ticks`: ticks is the recorded process's start time (clock ticks
+ * since boot), "-" when /proc does not say. */
 static void record_text(const struct bk_ctx *ctx, const char *ruser, const char *user,
-                        const char *tty, char out[256])
+                        const char *tty, pid_t pid, char out[256])
 {
-    char at[BK_UTC_LEN + 1], tty_name[65];
+    char at[BK_UTC_LEN + 1], tty_name[65], ticks[32];
     bk_format_utc(ctx->now, at);
     bk_tty_name(tty, tty_name);
-    snprintf(out, 256, "%s %s %s %s\n", bk_record_name(ruser), bk_target_name(user), tty_name, at);
+    if (!process_start(ctx, pid, ticks))
+        bk_copy(ticks, sizeof ticks, "-");
+    snprintf(out, 256, "%s %s %s %s %s\n", bk_record_name(ruser), bk_target_name(user), tty_name,
+             at, ticks);
 }
 
 /* Write sessions/<key>/<pid>; true when it was written. Not fsynced: a record names a
@@ -173,37 +180,23 @@ static bool write_record(int sessions_fd, const char *key, const char *text, pid
     return ok;
 }
 
-static bool process_start(const struct bk_ctx *ctx, pid_t pid, char out[32]);
-
-/* When `pid` started, in seconds since the epoch (false when it cannot be told). */
-static bool process_start_epoch(const struct bk_ctx *ctx, pid_t pid, int64_t *out)
-{
-    char ticks[32];
-    struct timespec real, boot;
-    long hz = sysconf(_SC_CLK_TCK);
-    if (hz <= 0 || !process_start(ctx, pid, ticks) || clock_gettime(CLOCK_REALTIME, &real) != 0 ||
-        clock_gettime(CLOCK_BOOTTIME, &boot) != 0)
-        return false;
-    long long since_boot = strtoll(ticks, NULL, 10) / hz;
-    *out = (int64_t)real.tv_sec - ((int64_t)boot.tv_sec - since_boot);
-    return true;
-}
-
-/* A record of a running process counts only if that process is the one that wrote it: a
- * process that started well after the record was written has only reused the pid. */
+/* A record of a running process counts only if that process is the one that wrote it: the
+ * record ends with its process's start time (clock ticks since boot, /proc/<pid>/stat field
+ * 22), and a process with another start time has only reused the pid. Ticks, not the wall
+ * clock: a clock stepped by NTP changes neither side. */
 static bool record_stale(const struct bk_ctx *ctx, int dir_fd, const char *name, long pid)
 {
-    char buf[256], err[BK_ERR_MAX];
+    char buf[256], err[BK_ERR_MAX], now_ticks[32];
     size_t len = 0;
-    int64_t recorded = 0, started = 0;
-    if (bk_read_at(dir_fd, name, 077, buf, sizeof buf - 1, &len, err) != BK_READ_OK ||
-        len < BK_UTC_LEN + 1)
+    if (bk_read_at(dir_fd, name, 077, buf, sizeof buf - 1, &len, err) != BK_READ_OK || len < 2 ||
+        buf[len - 1] != '\n')
         return false; /* unreadable: keep counting it (closed), revoke cleans up */
-    const char *at = buf + len - 1 - BK_UTC_LEN;
-    if (!bk_parse_utc(at, BK_UTC_LEN, &recorded) ||
-        !process_start_epoch(ctx, (pid_t)pid, &started))
-        return false;
-    return started > recorded + 2;
+    buf[len - 1] = '\0';
+    const char *ticks = strrchr(buf, ' ');
+    if (ticks == NULL || strspn(ticks + 1, "0123456789") != strlen(ticks + 1) ||
+        strlen(ticks + 1) == 0 || !process_start(ctx, (pid_t)pid, now_ticks))
+        return false; /* a record without ticks, or no start time to compare: counts */
+    return strcmp(ticks + 1, now_ticks) != 0;
 }
 
 /* Live pids recorded under `key`, not counting `self`, into `*live`; records of dead (or
@@ -245,6 +238,31 @@ static bool count_live(const struct bk_ctx *ctx, int sessions_fd, const char *ke
 
 /* The user's own lock (max_sessions is per user): one user who stops a sudo while it holds
  * the lock delays only themself, and even then gives up after LOCK_TRIES. */
+/* The first of `grants` that has a revocation marker now (or whose markers cannot be read). */
+static const char *revoked_since(const struct bk_ctx *ctx, const struct bk_grants *grants)
+{
+    char err[BK_ERR_MAX];
+    int fd = bk_open_revoked(ctx, err);
+    const char *found = NULL;
+    for (size_t i = 0; i < grants->count && found == NULL; i++)
+        if (fd == -2 || (fd >= 0 && bk_exists_at(fd, grants->valid[i].id)))
+            found = grants->valid[i].id;
+    if (fd >= 0)
+        close(fd);
+    return found;
+}
+
+static void remove_record(int sessions_fd, const char *key, pid_t pid)
+{
+    char err[BK_ERR_MAX], name[24];
+    int fd = bk_open_dir_at(sessions_fd, key, 0, err);
+    if (fd < 0)
+        return;
+    snprintf(name, sizeof name, "%ld", (long)pid);
+    unlinkat(fd, name, 0);
+    close(fd);
+}
+
 static int lock_sessions(const struct bk_ctx *ctx, const char *ruser, int *sessions_fd)
 {
     char err[BK_ERR_MAX], name[BK_NAME_MAX + 16];
@@ -313,11 +331,21 @@ void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants
                  open_now, limit);
     } else {
         /* The slot is taken now, in the same lock: open_session finds the record there. */
-        record_text(ctx, ruser, user, tty, text);
+        record_text(ctx, ruser, user, tty, pid, text);
         bool written = true;
         for (size_t i = 0; i < grants->count; i++)
             written = write_record(sessions_fd, grants->valid[i].id, text, pid) && written;
-        if (written) {
+        /* A revoke may have run between the grant check and the record: it writes its
+         * marker before it lists records, so one of the two always sees the other. */
+        const char *revoked = written ? revoked_since(ctx, grants) : NULL;
+        if (revoked != NULL) {
+            for (size_t i = 0; i < grants->count; i++)
+                remove_record(sessions_fd, grants->valid[i].id, pid);
+            out->why = BK_WHY_REVOKED;
+            snprintf(out->log, sizeof out->log, "grant %s revoked while checking", revoked);
+            snprintf(out->say, sizeof out->say, "broker: your grant %s was revoked just now",
+                     revoked);
+        } else if (written) {
             out->allow = true;
             out->why = BK_WHY_NONE;
             snprintf(out->log, sizeof out->log, "grant %s", grants->valid[0].id);
@@ -364,7 +392,7 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
         return;
     bk_user_grants(ctx, &config, ruser, grants);
     int sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
-    record_text(ctx, ruser, user, tty, text);
+    record_text(ctx, ruser, user, tty, pid, text);
     if (sessions_fd >= 0 && grants->count > 0) {
         /* Which grant sudo matched is not known here: the session belongs to each of them,
          * so revoking any one of them ends it. */

@@ -68,7 +68,7 @@ struct call {
 
 /* The only argument: `joblaunch`, marking the job launcher's stack. Anything else is logged
  * and ignored, so a typo never opens anything (it can only leave the launcher ungated,
- * which node.conf's joblaunch_service still covers in account). */
+ * which node.conf's joblaunch_service still covers, in account and session open). */
 static bool read_args(pam_handle_t *pamh, int argc, const char **argv)
 {
     bool joblaunch = false;
@@ -84,6 +84,8 @@ static bool read_args(pam_handle_t *pamh, int argc, const char **argv)
     return joblaunch;
 }
 
+static bool is_sudo(const char *service);
+
 static void read_call(pam_handle_t *pamh, const char *type, int argc, const char **argv,
                       struct call *c)
 {
@@ -97,6 +99,13 @@ static void read_call(pam_handle_t *pamh, const char *type, int argc, const char
     c->ctx.proc = "/proc";
     c->ctx.now = (int64_t)time(NULL);
     c->ctx.in_group = in_group;
+    /* `joblaunch` on sudo's or sshd's lines would swap their rules for the launcher's: the
+     * services the module knows keep their own. */
+    if (c->joblaunch && (is_sudo(c->service) || strcmp(c->service, "sshd") == 0)) {
+        pam_syslog(pamh, LOG_ERR, "argument joblaunch ignored on the %s service",
+                   is_sudo(c->service) ? "sudo" : "sshd");
+        c->joblaunch = false;
+    }
 }
 
 static bool is_sudo(const char *service)
@@ -165,6 +174,18 @@ EXPORT int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const char 
     return gate(pamh, "account", PAM_PERM_DENIED, argc, argv);
 }
 
+/* node.conf's joblaunch_service: gated at session open too. A node.conf that cannot be read
+ * answers "no" here; the account stack, where it runs, refuses then. */
+static bool is_joblaunch_service(const struct bk_ctx *ctx, const char *service)
+{
+    struct bk_config config;
+    if (is_sudo(service) || strcmp(service, "sshd") == 0)
+        return false;
+    bk_load_config(ctx, &config);
+    return config.ok && config.conf.joblaunch_service[0] != '\0' &&
+           strcmp(service, config.conf.joblaunch_service) == 0;
+}
+
 /* sudo sessions never refuse (the decision was made in auth/account): they are recorded.
  * The job launcher's session open is a decision, though: Slurm's slurmstepd calls only
  * pam_setcred and pam_open_session, never pam_acct_mgmt. */
@@ -173,7 +194,7 @@ static int session(pam_handle_t *pamh, bool open, int argc, const char **argv)
     struct call c;
     char note[BK_MSG_MAX];
     read_call(pamh, open ? "open_session" : "close_session", argc, argv, &c);
-    if (c.joblaunch && open)
+    if (open && (c.joblaunch || is_joblaunch_service(&c.ctx, c.service)))
         return gate(pamh, "open_session", PAM_PERM_DENIED, argc, argv);
     if (!is_sudo(c.service))
         return PAM_IGNORE;

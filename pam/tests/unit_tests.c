@@ -624,11 +624,29 @@ static void test_deny_events_one_per_process(void)
     CHECK_STR(line, "2\n");
 }
 
-/* A record left by a process whose pid a newer process took is not a live session. */
+/* The start time (clock ticks since boot) of a real process, from /proc/<pid>/stat. */
+static void real_start_ticks(pid_t pid, char out[32])
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f != NULL ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f != NULL)
+        fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    for (int field = 3; p != NULL && field <= 22; field++)
+        p = strchr(p + 1, ' ');
+    snprintf(out, 32, "%.*s", p != NULL ? (int)strspn(p + 1, "0123456789") : 0,
+             p != NULL ? p + 1 : "");
+}
+
+/* A record left by a process whose pid a newer process took is not a live session; nor does a
+ * clock step change that (the record carries the process's start in ticks, not a time). */
 static void test_reused_pid_does_not_hold_a_slot(void)
 {
     int64_t now = (int64_t)time(NULL);
-    char text[128], rel[96];
+    char text[128], rel[96], ticks[32];
     reset_node();
     install_grant("g00000000000000e1", "alice", now - 60, now + 600, 0, 0, 1, signing_key,
                   "gpu01");
@@ -644,18 +662,43 @@ static void test_reused_pid_does_not_hold_a_slot(void)
     snprintf(dir, sizeof dir, "%s/run/broker-sessions/g00000000000000e1", root);
     mkdir(dir, 0700);
     snprintf(rel, sizeof rel, "run/broker-sessions/g00000000000000e1/%ld", (long)sleeper);
-    int n = snprintf(text, sizeof text, "alice root pts/1 2020-01-01T00:00:00Z\n");
+    int n = snprintf(text, sizeof text, "alice root pts/1 2020-01-01T00:00:00Z 1\n");
     write_file(rel, text, (size_t)n, 0600);
     bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
-    CHECK(v.allow); /* the sleeper started years after that record: not its session */
-    char now_text[21];
-    bk_format_utc(now, now_text);
-    n = snprintf(text, sizeof text, "alice root pts/1 %s\n", now_text);
+    CHECK(v.allow); /* written by a process that started at tick 1: not the sleeper's */
+    real_start_ticks(sleeper, ticks);
+    CHECK(ticks[0] != '\0');
+    n = snprintf(text, sizeof text, "alice root pts/1 2020-01-01T00:00:00Z %s\n", ticks);
     write_file(rel, text, (size_t)n, 0600);
     bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
-    CHECK(!v.allow && v.why == BK_WHY_MAX_SESSIONS); /* recorded as it started: counts */
+    CHECK(!v.allow && v.why == BK_WHY_MAX_SESSIONS); /* the sleeper's own: counts, any date */
     kill(sleeper, SIGKILL);
     waitpid(sleeper, NULL, 0);
+}
+
+/* A revoke that lands between the grant check and the session record wins. */
+static void test_revoke_during_the_check_wins(void)
+{
+    int64_t now = (int64_t)time(NULL);
+    struct bk_grants grants;
+    struct bk_verdict v;
+    reset_node();
+    struct bk_ctx ctx = ctx_at(now);
+    ctx.proc = "/proc";
+    memset(&grants, 0, sizeof grants);
+    grants.count = 1;
+    bk_copy(grants.valid[0].id, sizeof grants.valid[0].id, "g00000000000000f1");
+    grants.valid[0].max_sessions = 1;
+    /* the grant was valid when read; its marker appears before the record is written */
+    write_file("var/lib/broker/revoked/g00000000000000f1", "2099-01-01T00:00:00Z\n", 21, 0600);
+    memset(&v, 0, sizeof v);
+    bk_reserve_session(&ctx, &grants, "sudo", "alice", "root", NULL, getpid(), &v);
+    CHECK(!v.allow && v.why == BK_WHY_REVOKED);
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/run/broker-sessions/g00000000000000f1/%ld", root,
+             (long)getpid());
+    CHECK(stat(path, &st) != 0); /* and its record is gone again */
 }
 
 /* Two real processes race for the last slot (max_sessions = 1): exactly one passes. */
@@ -738,6 +781,7 @@ int main(void)
     test_sessions();
     test_deny_events_one_per_process();
     test_reused_pid_does_not_hold_a_slot();
+    test_revoke_during_the_check_wins();
     test_concurrent_max_sessions();
 
     char cmd[128];

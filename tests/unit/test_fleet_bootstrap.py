@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import os
 import shutil
+import stat
+import subprocess
+import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,6 +25,7 @@ from broker.policy.load import load_policy
 from broker.provision import bootstrap, bundle
 from broker.provision.bundle import BEGIN, END, insert_block, render_node_conf
 from tests.helpers import REPO, load_node_package
+from tests.unit.local_sftp import local_sftp
 
 DEBIAN_SUDO = Path("/etc/pam.d/sudo").read_text() if Path("/etc/pam.d/sudo").exists() else (
     "#%PAM-1.0\n\nsession    required   pam_limits.so\n\n@include common-auth\n"
@@ -279,3 +286,55 @@ def test_the_python_hook_goes_once_the_blocks_name_the_module() -> None:
     assert len(changed) == len(left), "a second run finds nothing to remove"
     assert not {"hook", "ed25519"} & set(bundle.NODE_MODULES)
     assert all("pam-hook" not in name for name, _path, _mode in bundle.PROGRAM_FILES)
+
+
+class LocalNode:
+    """The pool's two doors onto a node, served locally: a real SFTP conversation over this
+    machine's files (tests/unit/local_sftp.py) and commands run here as argv lists."""
+
+    @contextlib.contextmanager
+    def sftp(self, target: object) -> Iterator[paramiko.SFTPClient]:
+        with local_sftp() as (client, _recorder):
+            yield client
+
+    def run(self, target: object, argv: list[str]) -> Any:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        return dataclasses.make_dataclass("Ran", ["ok", "error", "stderr"])(
+            done.returncode == 0, None, done.stderr
+        )
+
+
+def _dlopen_probe(staged: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import ctypes, os, sys; ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW)",
+        staged,
+    ]
+
+
+def test_a_module_that_cannot_load_on_the_node_never_replaces_the_live_one(
+    tmp_path: Path,
+) -> None:
+    tmp_path.chmod(0o755)  # as /usr/lib/broker is: bootstrap leaves it alone
+    live = tmp_path / "pam_broker.so"
+    working = (REPO / "pam" / "build" / "pam_broker.so").read_bytes()
+    live.write_bytes(working)
+    probes = {str(live): _dlopen_probe}
+    pool: Any = LocalNode()
+    changed: list[str] = []
+    with pytest.raises(RefusedError, match="does not run on the node") as info:
+        bootstrap.install_built(
+            pool, None, [(str(live), b"not an ELF file", 0o644)], changed, probes
+        )
+    assert "nothing was replaced" in info.value.message and "libsodium" in (info.value.fix or "")
+    assert live.read_bytes() == working and changed == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pam_broker.so"], "staged file removed"
+    # a build that loads goes in, through its staged name
+    live.write_bytes(b"an older module")
+    bootstrap.install_built(pool, None, [(str(live), working, 0o644)], changed, probes)
+    assert live.read_bytes() == working and changed == [f"installed {live}"]
+    assert stat.S_IMODE(live.stat().st_mode) == 0o644
+    # nothing to do the second time
+    bootstrap.install_built(pool, None, [(str(live), working, 0o644)], changed, probes)
+    assert changed == [f"installed {live}"]

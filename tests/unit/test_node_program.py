@@ -266,11 +266,17 @@ def test_rule_detection_needs_runas_and_both_times() -> None:
 # ---------------------------------------------------------------- revoke
 
 
-def record_session(directory: Path, pid: int, started: int) -> None:
-    """A session record as pam_broker.so writes it at open_session."""
+def record_session(directory: Path, pid: int, started: int, ticks: int | None = None) -> None:
+    """A session record as pam_broker.so writes it (`ticks`: the process's start in clock
+    ticks since boot), or without ticks as records before them were."""
     path = directory / str(pid)
-    path.write_text(f"alice root pts/4 {bn.format_utc(started)}\n")
+    tail = "" if ticks is None else f" {ticks}"
+    path.write_text(f"alice root pts/4 {bn.format_utc(started)}{tail}\n")
     path.chmod(0o600)
+
+
+def start_ticks(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -394,6 +400,58 @@ def test_revoke_leaves_a_reused_pid_alone(node: NodeTree) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_revoke_trusts_the_recorded_start_ticks_not_the_clock(node: NodeTree) -> None:
+    grant = node.grant()
+    node.install(grant)
+    sessions = node.root / "run/broker-sessions" / grant.id
+    sessions.mkdir(mode=0o700, parents=True)
+    session = subprocess.Popen(["sleep", "60"])
+    bystander = subprocess.Popen(["sleep", "61"])
+    try:
+        # the clock was stepped an hour: the recorded time is off, the ticks are right
+        record_session(sessions, session.pid, bn_now() - 3600, start_ticks(session.pid))
+        # the pid now belongs to a process that started at another tick: not the session
+        record_session(sessions, bystander.pid, bn_now(), start_ticks(bystander.pid) + 1)
+        code, reply = call(node, "revoke", {"ids": [grant.id]})
+        assert code == 0 and session.pid in reply["killed"]
+        assert reply["errors"] == [
+            f"{grant.id}: pid {bystander.pid} is not the recorded session; not killed"
+        ]
+        assert session.wait(timeout=10) is not None and bystander.poll() is None
+    finally:
+        for process in (session, bystander):
+            process.kill()
+            process.wait()
+
+
+def test_a_live_session_with_an_unreadable_record_is_kept_not_called_closed(
+    node: NodeTree,
+) -> None:
+    grant = node.grant()
+    node.install(grant)
+    sessions = node.root / "run/broker-sessions" / grant.id
+    sessions.mkdir(mode=0o700, parents=True)
+    session = subprocess.Popen(["sleep", "60"])
+    try:
+        record = sessions / str(session.pid)
+        record.write_text("garbage\n")
+        record.chmod(0o644)  # too open: read_secure refuses it
+        code, reply = call(node, "end-sessions", {"grant_ids": [grant.id]})
+        assert code == 0 and reply["killed"] == []
+        assert reply["errors"] == [
+            f"{grant.id}: pid {session.pid} runs but its record cannot be read; kept"
+        ]
+        assert record.exists() and session.poll() is None
+        events = [
+            json.loads(p.read_text())
+            for p in (node.root / "var/spool/broker/events").glob("*.json")
+        ]
+        assert not [e for e in events if e["kind"] == "close" and e["pid"] == session.pid]
+    finally:
+        session.kill()
+        session.wait()
 
 
 def test_revoke_refuses_bad_ids_before_touching_anything(node: NodeTree) -> None:
