@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from broker.detect.passes import DetectionPasses
     from broker.detect.respond import Responder
     from broker.grants.quarantine import Quarantines
+    from broker.grants.revocation import Revocation
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
     from broker.provision.nodes import NodeService
@@ -249,11 +250,18 @@ class App:
             return None
         return version.sha256, policy
 
-    def recheck_grants(self, *, actor: str, cause: str) -> list[str]:
-        """Revoke active grants that today's directory snapshot and policy no longer allow."""
-        if not self.grant_reader().any_active():
-            return []
-        return self.grants().recheck(actor=actor, cause=cause, now=utcnow())
+    def revocation(self) -> Revocation:
+        """Ending grants (revoke, reap, re-check): the store and the shared pool, built on
+        first use; no signing key and no MFA needed."""
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.grants.revocation import Revocation  # lazy: start-up (module doc)
+
+        return Revocation(
+            store=self.ready_store(),
+            pool=lambda: shared_pool(self.settings),
+            policy=self.active_policy_with_sha,
+            snapshot=self.snapshot,
+        )
 
     def session_indexer(self) -> SessionIndexer:
         """Indexes sudo_logsrvd's store; recordings from relay zones are marked relayed."""

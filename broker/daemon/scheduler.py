@@ -48,7 +48,7 @@ def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     report.grants_expired = reaped.grants_expired
     report.removed = [f"{g}@{n}" for g, n in reaped.removed]
     report.still_pending = [f"{g}@{n}" for g, n in reaped.still_pending]
-    report.grants_revoked = app.recheck_grants(actor="broker", cause="recheck")
+    report.grants_revoked = app.revocation().recheck(actor="broker", cause="recheck", now=utcnow())
     report.events += app.spool_collector().collect_recent(now)
     return report
 

@@ -48,12 +48,12 @@ class Revocation:
         self,
         *,
         store: Store,
-        pool: SshPool,
+        pool: Callable[[], SshPool],
         policy: Callable[[], tuple[str, Policy] | None],
         snapshot: Callable[[datetime], Snapshot],
     ) -> None:
         self._store = store
-        self._pool = pool
+        self._pool = pool  # built on first use: re-checking with nothing to revoke needs no SSH
         self._policy = policy
         self._snapshot = snapshot
 
@@ -118,7 +118,7 @@ class Revocation:
             by_node.setdefault(name, []).append(grant_id)
         known = {t.name: t for t in inventory.targets_known(self._store, list(by_node))}
         targets = [known[n] for n in by_node if n in known]
-        outcomes = push.remove(self._pool, targets, by_node, on_done=progress)
+        outcomes = push.remove(self._pool(), targets, by_node, on_done=progress)
         pending: list[tuple[str, str]] = []
         with self._store.transaction() as conn:
             for outcome in outcomes:
@@ -201,11 +201,15 @@ class Revocation:
 
     def recheck(self, *, actor: str, cause: str, now: datetime) -> list[str]:
         """Revoke every active grant the directory and policy of `now` would not issue:
-        the user left the group, was disabled, expired or locked, or the policy changed."""
+        the user left the group, was disabled, expired or locked, or the policy changed.
+        With no active grant, neither the policy nor the snapshot is read."""
         revoked: list[str] = []
+        current = rows.grants(self._store.conn, states=("active",), limit=1_000_000)
+        if not current:
+            return revoked
         active = self._policy()
         snapshot = self._snapshot(now)
-        for g in rows.grants(self._store.conn, states=("active",), limit=1_000_000):
+        for g in current:
             if g.not_after <= now:
                 continue  # the reaper expires it
             why = _still_allowed(active, snapshot.account(g.user), g, now)

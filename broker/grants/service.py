@@ -78,7 +78,7 @@ class GrantService:
         self._snapshot = snapshot
         self._mfa = mfa
         self._delivery = Delivery(store=store, pool=pool, signing_key=signing_key, rules=rules)
-        self._ending = Revocation(store=store, pool=pool, policy=policy, snapshot=snapshot)
+        self._ending = Revocation(store=store, pool=lambda: pool, policy=policy, snapshot=snapshot)
 
     # ------------------------------------------------------------ elevate
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from broker.core.errors import UnavailableError
+from broker.core.timeutil import utcnow
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
 from broker.directory.connection import ping as ping_dcs
@@ -108,7 +109,7 @@ def status(ctx: Context[Empty]) -> SnapshotStatus:
 )
 def sync(ctx: Context[SyncRequest]) -> SyncOut:
     report = ctx.app.sync_directory(ctx.caller.actor, full=ctx.params.full)
-    revoked = ctx.app.recheck_grants(actor="broker", cause="directory")
+    revoked = ctx.app.revocation().recheck(actor="broker", cause="directory", now=utcnow())
     return SyncOut(
         revoked=revoked,
         kind=report.kind,

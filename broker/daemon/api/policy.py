@@ -12,6 +12,7 @@ from broker.core.durations import format_duration, parse_duration
 from broker.core.errors import BrokerError, RefusedError, UsageError
 from broker.core.hostlist import expand
 from broker.core.identity import ACCOUNT_NAME, normalise_account_name
+from broker.core.timeutil import utcnow
 from broker.daemon.api.names import (
     AccountName,
     DurationText,
@@ -252,7 +253,9 @@ def plan(ctx: Context[PolicyFile]) -> PlanOut:
 def apply(ctx: Context[PolicyFile]) -> ApplyOut:
     result = ctx.app.apply_policy(ctx.params.text, ctx.params.source, ctx.caller.actor)
     revoked = (
-        ctx.app.recheck_grants(actor=ctx.caller.actor, cause="policy") if result.applied else []
+        ctx.app.revocation().recheck(actor=ctx.caller.actor, cause="policy", now=utcnow())
+        if result.applied
+        else []
     )
     version = result.version
     return ApplyOut(
