@@ -353,8 +353,8 @@ static void allow(struct bk_verdict *out, const char *why)
     out->say[0] = '\0';
 }
 
-void bk_decide_sudo(const struct bk_ctx *ctx, const char *service, const char *ruser,
-                    const char *user, const char *tty, pid_t pid, struct bk_verdict *out)
+void bk_decide_sudo(const struct bk_ctx *ctx, const char *ruser, const char *user,
+                    const char *tty, pid_t pid, struct bk_verdict *out)
 {
     struct bk_config config;
     struct bk_grants *grants;
@@ -384,7 +384,7 @@ void bk_decide_sudo(const struct bk_ctx *ctx, const char *service, const char *r
     }
     bk_user_grants(ctx, &config, ruser, grants);
     if (grants->count > 0) {
-        bk_reserve_session(ctx, grants, service, ruser, user, tty, pid, out);
+        bk_reserve_session(ctx, grants, ruser, user, tty, pid, out);
         if (out->allow) {
             free(grants);
             return;

@@ -63,12 +63,21 @@ struct bk_grants {
     char detail[BK_MSG_MAX];    /* "no valid grant for U on N[: name: problem; ...]" */
 };
 
+/* The grants a sudo was allowed under, and its session recorded under (by the account
+ * check): session open records under the same ones without reading them all again. */
+struct bk_granted {
+    char ruser[BK_NAME_MAX + 1];
+    size_t count;
+    char ids[BK_MAX_VALID][BK_GRANT_ID_LEN + 1];
+};
+
 struct bk_verdict {
     bool allow;
     bool break_glass;
     enum bk_why why;
     char log[BK_MSG_MAX]; /* the reason for syslog */
     char say[BK_MSG_MAX]; /* one line for the person (denies only) */
+    struct bk_granted granted; /* allowed under grants: which (count 0 otherwise) */
 };
 
 /* The configuration every decision rests on: node.conf and the verification key. */
@@ -91,8 +100,8 @@ void bk_user_grants(const struct bk_ctx *ctx, const struct bk_config *config, co
                     struct bk_grants *out);
 
 /* The decisions; `pid` is the process that called PAM (sudo), `tty` may be NULL. */
-void bk_decide_sudo(const struct bk_ctx *ctx, const char *service, const char *ruser,
-                    const char *user, const char *tty, pid_t pid, struct bk_verdict *out);
+void bk_decide_sudo(const struct bk_ctx *ctx, const char *ruser, const char *user,
+                    const char *tty, pid_t pid, struct bk_verdict *out);
 void bk_decide_sshd(const struct bk_ctx *ctx, const char *user, struct bk_verdict *out);
 /* Any other service: the job launcher (named in node.conf, or `joblaunch` given to the
  * module in that service's PAM file) refuses root-grant holders; others pass. */
@@ -100,9 +109,11 @@ void bk_decide_other(const struct bk_ctx *ctx, const char *service, const char *
                      bool joblaunch, struct bk_verdict *out);
 
 /* Sessions: records under sessions/<id>/<pid> and `open`/`close` events; never refuse.
- * Return a short note for the log. */
+ * `granted` (may be NULL): what this process's account check allowed it under; without it
+ * the user's grants are read and checked again. Return a short note for the log. */
 void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
-                     const char *user, const char *tty, pid_t pid, char note[BK_MSG_MAX]);
+                     const char *user, const char *tty, pid_t pid,
+                     const struct bk_granted *granted, char note[BK_MSG_MAX]);
 void bk_close_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
                       const char *user, const char *tty, pid_t pid, char note[BK_MSG_MAX]);
 

@@ -292,14 +292,13 @@ static int lock_sessions(const struct bk_ctx *ctx, const char *ruser, int *sessi
 }
 
 void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants,
-                        const char *service, const char *ruser, const char *user, const char *tty,
-                        pid_t pid, struct bk_verdict *out)
+                        const char *ruser, const char *user, const char *tty, pid_t pid,
+                        struct bk_verdict *out)
 {
     int sessions_fd = -1, limit = 0;
     long seen[BK_MAX_SESSIONS_LIMIT * 4];
     size_t seen_count = 0, open_now = 0;
     char text[256];
-    (void)service;
     int lock = lock_sessions(ctx, ruser, &sessions_fd);
     bool counted = true;
     if (lock < 0) {
@@ -347,6 +346,10 @@ void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants
                      revoked);
         } else if (written) {
             out->allow = true;
+            bk_copy(out->granted.ruser, sizeof out->granted.ruser, ruser);
+            out->granted.count = grants->count;
+            for (size_t i = 0; i < grants->count; i++)
+                bk_copy(out->granted.ids[i], sizeof out->granted.ids[i], grants->valid[i].id);
             out->why = BK_WHY_NONE;
             snprintf(out->log, sizeof out->log, "grant %s", grants->valid[0].id);
             out->say[0] = '\0';
@@ -376,13 +379,35 @@ static void record_and_spool(const struct bk_ctx *ctx, int sessions_fd, const ch
                        service, tty_name, pid, NULL);
 }
 
+/* Record and spool under the grants the account check allowed this process under. */
+static bool open_granted(const struct bk_ctx *ctx, const char *service, const char *ruser,
+                         const char *user, const char *tty, pid_t pid,
+                         const struct bk_granted *granted, char note[BK_MSG_MAX])
+{
+    char text[256], err[BK_ERR_MAX];
+    if (granted == NULL || granted->count == 0 || strcmp(granted->ruser, ruser) != 0)
+        return false;
+    int sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
+    if (sessions_fd < 0)
+        return false;
+    record_text(ctx, ruser, user, tty, pid, text);
+    for (size_t i = 0; i < granted->count; i++)
+        record_and_spool(ctx, sessions_fd, granted->ids[i], service, ruser, user, tty, pid, text);
+    close(sessions_fd);
+    snprintf(note, BK_MSG_MAX, "session %s/%ld recorded", granted->ids[0], (long)pid);
+    return true;
+}
+
 void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *ruser,
-                     const char *user, const char *tty, pid_t pid, char note[BK_MSG_MAX])
+                     const char *user, const char *tty, pid_t pid,
+                     const struct bk_granted *granted, char note[BK_MSG_MAX])
 {
     struct bk_config config;
     char text[256], err[BK_ERR_MAX];
     bk_copy(note, BK_MSG_MAX, "no grant: session not recorded");
     if (ruser[0] == '\0' || strcmp(ruser, "root") == 0)
+        return;
+    if (open_granted(ctx, service, ruser, user, tty, pid, granted, note))
         return;
     bk_load_config(ctx, &config);
     if (!config.ok)

@@ -8,8 +8,8 @@
  * `pid`) over `grants`, and when a slot is free record `pid` under each grant and allow.
  * So two sudo racing for the last slot cannot both pass (docs/grants.md). */
 void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants,
-                        const char *service, const char *ruser, const char *user, const char *tty,
-                        pid_t pid, struct bk_verdict *out);
+                        const char *ruser, const char *user, const char *tty, pid_t pid,
+                        struct bk_verdict *out);
 
 /* A name fit for the records: a POSIX name, or "-". */
 const char *bk_target_name(const char *user);

@@ -127,6 +127,34 @@ static void log_verdict(pam_handle_t *pamh, const struct call *c, const struct b
                    c->type, user, ruser, v->log);
 }
 
+#define GRANTED_DATA "pam_broker_granted"
+
+static void free_granted(pam_handle_t *pamh, void *data, int status)
+{
+    (void)pamh, (void)status;
+    free(data);
+}
+
+/* The grants this handle's sudo was allowed under, for its session open (pam_set_data lives
+ * as long as the PAM handle): no second read of node.conf, the key and every grant file. */
+static void keep_granted(pam_handle_t *pamh, const struct bk_granted *granted)
+{
+    struct bk_granted *copy = malloc(sizeof *copy);
+    if (copy == NULL)
+        return; /* session open then reads the grants again */
+    *copy = *granted;
+    if (pam_set_data(pamh, GRANTED_DATA, copy, free_granted) != PAM_SUCCESS)
+        free(copy);
+}
+
+static const struct bk_granted *kept_granted(pam_handle_t *pamh)
+{
+    const void *data = NULL;
+    if (pam_get_data(pamh, GRANTED_DATA, &data) != PAM_SUCCESS)
+        return NULL;
+    return (const struct bk_granted *)data;
+}
+
 /* auth and account: one row of the decision table; a refusal is said to the person too.
  * It is said even under PAM_SILENT: sudo passes that flag by default, and a refusal that
  * explains nothing sends people to the operators. Nothing is said on an allow. */
@@ -138,7 +166,7 @@ static int gate(pam_handle_t *pamh, const char *type, int refuse, int argc, cons
     if (c.joblaunch && strcmp(type, "auth") != 0) {
         bk_decide_other(&c.ctx, c.service, c.user, true, &v);
     } else if (is_sudo(c.service)) {
-        bk_decide_sudo(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), &v);
+        bk_decide_sudo(&c.ctx, c.ruser, c.user, c.tty, getpid(), &v);
         if (!v.allow && c.ruser[0] != '\0' && strcmp(c.ruser, "root") != 0)
             bk_spool_deny(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), v.why);
     } else if (strcmp(type, "account") != 0) {
@@ -149,6 +177,8 @@ static int gate(pam_handle_t *pamh, const char *type, int refuse, int argc, cons
         bk_decide_other(&c.ctx, c.service, c.user, false, &v);
     }
     log_verdict(pamh, &c, &v);
+    if (v.allow && v.granted.count > 0)
+        keep_granted(pamh, &v.granted);
     if (v.allow)
         return PAM_SUCCESS;
     if (v.say[0] != '\0')
@@ -199,7 +229,8 @@ static int session(pam_handle_t *pamh, bool open, int argc, const char **argv)
     if (!is_sudo(c.service))
         return PAM_IGNORE;
     if (open)
-        bk_open_session(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), note);
+        bk_open_session(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(),
+                        kept_granted(pamh), note);
     else
         bk_close_session(&c.ctx, c.service, c.ruser, c.user, c.tty, getpid(), note);
     return PAM_SUCCESS;

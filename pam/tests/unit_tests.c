@@ -397,7 +397,7 @@ static void test_sudo_decisions(void)
     struct bk_ctx ctx = ctx_at(NOW);
     struct bk_verdict v;
     reset_node();
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/1", 4242, &v);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/1", 4242, &v);
     CHECK(!v.allow && v.why == BK_WHY_NO_GRANT);
     CHECK_STR(v.log, "no valid grant for alice on gpu01");
     CHECK_HAS(v.say, "broker: no active grant for alice on gpu01 (request one: broker elevate "
@@ -405,33 +405,33 @@ static void test_sudo_decisions(void)
 
     install_grant("g00000000000000a1", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
                   "gpu01");
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/1", 4242, &v);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/1", 4242, &v);
     CHECK(v.allow);
     CHECK_STR(v.log, "grant g00000000000000a1");
-    bk_decide_sudo(&ctx, "sudo", "bob", "root", NULL, 4243, &v);
+    bk_decide_sudo(&ctx, "bob", "root", NULL, 4243, &v);
     CHECK(!v.allow && v.why == BK_WHY_NO_GRANT);
 
     struct bk_ctx later = ctx_at(NOW + 601);
-    bk_decide_sudo(&later, "sudo", "alice", "root", NULL, 4244, &v);
+    bk_decide_sudo(&later, "alice", "root", NULL, 4244, &v);
     CHECK(!v.allow && v.why == BK_WHY_EXPIRED);
     CHECK_HAS(v.log, "expired at ");
     CHECK_HAS(v.say, "expired at");
 
     write_file("var/lib/broker/revoked/g00000000000000a1", "2099-01-01T00:00:00Z\n", 21, 0600);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4245, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 4245, &v);
     CHECK(!v.allow && v.why == BK_WHY_REVOKED);
     CHECK_HAS(v.say, "was revoked");
 
     reset_node();
     install_grant("g00000000000000a2", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
                   "gpu02");
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4246, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 4246, &v);
     CHECK(!v.allow && v.why == BK_WHY_OTHER_NODE);
     CHECK_HAS(v.log, "for node gpu02, this is gpu01");
 
     reset_node();
     install_grant("g00000000000000a3", "alice", NOW - 60, NOW + 600, 0, 0, 1, other_key, "gpu01");
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4247, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 4247, &v);
     CHECK(!v.allow && v.why == BK_WHY_BAD_SIGNATURE);
 
     reset_node();
@@ -440,21 +440,21 @@ static void test_sudo_decisions(void)
     char path[512];
     snprintf(path, sizeof path, "%s/var/lib/broker/grants/g00000000000000a4", root);
     CHECK(chmod(path, 0640) == 0);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4248, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 4248, &v);
     CHECK(!v.allow && v.why == BK_WHY_BAD_FILE);
     CHECK_HAS(v.log, "mode 0640 is too open");
 
     /* root passes; break-glass passes without a grant; a broken key stops break-glass too */
-    bk_decide_sudo(&ctx, "sudo", "root", "root", NULL, 4249, &v);
+    bk_decide_sudo(&ctx, "root", "root", NULL, 4249, &v);
     CHECK(v.allow);
-    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 4250, &v);
+    bk_decide_sudo(&ctx, "heidi", "root", NULL, 4250, &v);
     CHECK(v.allow && v.break_glass);
     write_file("etc/broker/grant-key.pub", "broker-grant-key-v1 AAAA\n", 25, 0644);
-    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 4251, &v);
+    bk_decide_sudo(&ctx, "heidi", "root", NULL, 4251, &v);
     CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
     CHECK_HAS(v.log, "grant-key.pub: not a broker-grant-key-v1 line");
     remove_file("etc/broker/node.conf");
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 4252, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 4252, &v);
     CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
     CHECK_HAS(v.log, "node.conf: ");
     bk_decide_other(&ctx, "slurm", "alice", false, &v);
@@ -479,19 +479,19 @@ static void test_quarantine_and_login(void)
     CHECK_STR(v.log, "login gated: no valid grant for bob on gpu01");
     const char marker[] = "node=gpu01\nsince=2026-11-20T10:00:00Z\ngroup=ir\nreason=INC%201\n";
     write_file("etc/broker/quarantine", marker, sizeof marker - 1, 0644);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 5001, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 5001, &v);
     CHECK(!v.allow && v.why == BK_WHY_QUARANTINED);
     CHECK_HAS(v.log, "node quarantined since 2026-11-20T10:00:00Z: INC%201");
-    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 5002, &v); /* in `ir`, holds a grant */
+    bk_decide_sudo(&ctx, "heidi", "root", NULL, 5002, &v); /* in `ir`, holds a grant */
     CHECK(v.allow);
     bk_decide_sshd(&ctx, "alice", &v);
     CHECK(!v.allow);
     CHECK_HAS(v.log, "login gated: node quarantined");
     write_file("etc/broker/quarantine", marker, sizeof marker - 1, 0666);
-    bk_decide_sudo(&ctx, "sudo", "heidi", "root", NULL, 5003, &v);
+    bk_decide_sudo(&ctx, "heidi", "root", NULL, 5003, &v);
     CHECK(!v.allow);
     CHECK_HAS(v.log, "only root may pass");
-    bk_decide_sudo(&ctx, "sudo", "root", "root", NULL, 5004, &v);
+    bk_decide_sudo(&ctx, "root", "root", NULL, 5004, &v);
     CHECK(v.allow);
     remove_file("etc/broker/quarantine");
 
@@ -508,11 +508,11 @@ static void test_quarantine_and_login(void)
     CHECK_HAS(v.say, "broker: no jobs while you hold root grant g00000000000000b1 on gpu01");
 
     /* a directory name that is not a POSIX name holds no grant but may be break-glass */
-    bk_decide_sudo(&ctx, "sudo", "John.Doe", "root", NULL, 5005, &v);
+    bk_decide_sudo(&ctx, "John.Doe", "root", NULL, 5005, &v);
     CHECK(v.allow && v.break_glass);
-    bk_decide_sudo(&ctx, "sudo", "Jane.Roe", "root", NULL, 5006, &v);
+    bk_decide_sudo(&ctx, "Jane.Roe", "root", NULL, 5006, &v);
     CHECK(!v.allow && v.why == BK_WHY_NO_GRANT);
-    bk_decide_sudo(&ctx, "sudo", "", "root", NULL, 5007, &v);
+    bk_decide_sudo(&ctx, "", "root", NULL, 5007, &v);
     CHECK(!v.allow && v.why == BK_WHY_NO_USER);
 }
 
@@ -554,37 +554,52 @@ static void test_sessions(void)
     install_grant("g00000000000000c1", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
                   "gpu01");
     mark_alive(7001, true);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, &v);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/3", 7001, &v);
     CHECK(v.allow);
     snprintf(path, sizeof path, "%s/run/broker-sessions/g00000000000000c1/7001", root);
     CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0600);
     /* the same process asks again (auth, then account): its own record does not count */
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, &v);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/3", 7001, &v);
     CHECK(v.allow);
     /* another process while 7001 lives: max_sessions=1 refuses */
     mark_alive(7002, true);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", "/dev/pts/4", 7002, &v);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/4", 7002, &v);
     CHECK(!v.allow && v.why == BK_WHY_MAX_SESSIONS);
     CHECK_STR(v.log, "max_sessions reached: 1 open elevated sessions (limit 1)");
     bk_spool_deny(&ctx, "sudo", "alice", "root", "/dev/pts/4", 7002, v.why);
     bk_spool_deny(&ctx, "sudo", "alice", "root", "/dev/pts/4", 7002, v.why);
     CHECK(count_events("deny") >= 1);
-    bk_open_session(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, note);
+    bk_open_session(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, NULL, note);
     CHECK_HAS(note, "recorded");
     CHECK(count_events("open") == 1);
     bk_close_session(&ctx, "sudo", "alice", "root", "/dev/pts/3", 7001, note);
     CHECK(stat(path, &st) != 0);
     CHECK(count_events("close") == 1);
     /* a dead pid's record no longer counts and is removed */
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 7002, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 7002, &v);
     CHECK(v.allow);
     mark_alive(7002, false);
     mark_alive(7003, true);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, 7003, &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 7003, &v);
     CHECK(v.allow);
+    /* session open records under what the account check allowed, without reading the
+     * grants again: here the grant file is gone by then, and the session is still recorded */
+    mark_alive(7003, false); /* its slot is free again */
+    mark_alive(7005, true);
+    bk_decide_sudo(&ctx, "alice", "alice", "/dev/pts/5", 7005, &v);
+    CHECK(v.allow && v.granted.count == 1);
+    CHECK_STR(v.granted.ids[0], "g00000000000000c1");
+    remove_file("var/lib/broker/grants/g00000000000000c1");
+    bk_open_session(&ctx, "sudo", "alice", "root", "/dev/pts/5", 7005, &v.granted, note);
+    CHECK_STR(note, "session g00000000000000c1/7005 recorded");
+    snprintf(path, sizeof path, "%s/run/broker-sessions/g00000000000000c1/7005", root);
+    CHECK(stat(path, &st) == 0);
+    /* kept for another user it is not used: the grants are read (none left) */
+    bk_open_session(&ctx, "sudo", "bob", "root", "/dev/pts/5", 7005, &v.granted, note);
+    CHECK_STR(note, "no grant: session not recorded");
     /* break-glass sessions are recorded under the pseudo id */
     mark_alive(7004, true);
-    bk_open_session(&ctx, "sudo", "heidi", "root", "/dev/pts/9", 7004, note);
+    bk_open_session(&ctx, "sudo", "heidi", "root", "/dev/pts/9", 7004, NULL, note);
     snprintf(path, sizeof path, "%s/run/broker-sessions/break-glass/7004", root);
     CHECK(stat(path, &st) == 0);
 }
@@ -664,13 +679,13 @@ static void test_reused_pid_does_not_hold_a_slot(void)
     snprintf(rel, sizeof rel, "run/broker-sessions/g00000000000000e1/%ld", (long)sleeper);
     int n = snprintf(text, sizeof text, "alice root pts/1 2020-01-01T00:00:00Z 1\n");
     write_file(rel, text, (size_t)n, 0600);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, getpid(), &v);
     CHECK(v.allow); /* written by a process that started at tick 1: not the sleeper's */
     real_start_ticks(sleeper, ticks);
     CHECK(ticks[0] != '\0');
     n = snprintf(text, sizeof text, "alice root pts/1 2020-01-01T00:00:00Z %s\n", ticks);
     write_file(rel, text, (size_t)n, 0600);
-    bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, getpid(), &v);
     CHECK(!v.allow && v.why == BK_WHY_MAX_SESSIONS); /* the sleeper's own: counts, any date */
     kill(sleeper, SIGKILL);
     waitpid(sleeper, NULL, 0);
@@ -692,7 +707,7 @@ static void test_revoke_during_the_check_wins(void)
     /* the grant was valid when read; its marker appears before the record is written */
     write_file("var/lib/broker/revoked/g00000000000000f1", "2099-01-01T00:00:00Z\n", 21, 0600);
     memset(&v, 0, sizeof v);
-    bk_reserve_session(&ctx, &grants, "sudo", "alice", "root", NULL, getpid(), &v);
+    bk_reserve_session(&ctx, &grants, "alice", "root", NULL, getpid(), &v);
     CHECK(!v.allow && v.why == BK_WHY_REVOKED);
     char path[512];
     struct stat st;
@@ -724,7 +739,7 @@ static void test_concurrent_max_sessions(void)
                 close(go[1]);
                 if (read(go[0], &byte, 1) != 1)
                     _exit(3);
-                bk_decide_sudo(&ctx, "sudo", "alice", "root", NULL, getpid(), &v);
+                bk_decide_sudo(&ctx, "alice", "root", NULL, getpid(), &v);
                 byte = v.allow ? 'y' : 'n';
                 if (write(result[1], &byte, 1) != 1)
                     _exit(3);
