@@ -1,5 +1,6 @@
-/* Containment: the account check puts the sudo process in a cgroup of its own below the
- * subtree `broker-node watch` was delegated, so that setsid, nohup, double forks and
+/* Containment: the account check puts the sudo process in a cgroup of its own directly below
+ * the subtree `broker-node watch` was delegated (flat, so the controllers the watcher enables
+ * there reach every session), so that setsid, nohup, double forks and
  * daemons stay inside and revoke, expiry and quarantine end them all with cgroup.kill. */
 #include "bk_cgroup.h"
 
@@ -66,8 +67,7 @@ enum bk_contain bk_contain(const char *root, int sessions_fd, const char *key, p
     if (!bk_parse_cgroup_root(buf, len, path, err))
         return BK_CONTAIN_FAILED;
     char name[BK_CGROUP_REL_MAX];
-    int n = ticks_ok(ticks) ? snprintf(name, sizeof name, "%s/%ld-%s", key, (long)pid, ticks)
-                            : snprintf(name, sizeof name, "%s/%ld", key, (long)pid);
+    int n = snprintf(name, sizeof name, "%s-%ld-%s", key, (long)pid, ticks_ok(ticks) ? ticks : "0");
     if (n < 0 || (size_t)n >= sizeof name) {
         bk_copy(err, BK_ERR_MAX, "session cgroup name too long");
         return BK_CONTAIN_FAILED;
