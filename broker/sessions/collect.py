@@ -9,17 +9,16 @@ second delivery a no-op), so a broker crash between the two loses nothing.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from broker.audit import writer
-from broker.core.timeutil import to_text
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
+from broker.sessions import rows
+from broker.sessions.rows import SessionEvent
 from broker.store.db import Store
 
 log = logging.getLogger("broker.sessions")
@@ -35,21 +34,6 @@ DENY_REASONS = frozenset(
         "quarantined", "max_sessions", "bad_file", "bad_config", "no_user",
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SessionEvent:
-    node: str
-    event_id: str
-    kind: str
-    grant_id: str | None
-    user: str
-    runas: str
-    service: str
-    tty: str
-    pid: int
-    at: str
-    reason: str | None = None  # deny events of pam_broker.so; the Python hook sent none
 
 
 def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
@@ -80,20 +64,6 @@ def _clean(text: str) -> bool:
     return 0 < len(text) <= _TEXT_MAX and text.isprintable()
 
 
-def nodes_to_collect(conn: sqlite3.Connection, now: datetime) -> list[str]:
-    """Nodes that held a grant in the last day (only they can have elevated sessions) and
-    quarantined nodes."""
-    since = to_text(now - timedelta(days=1))
-    rows = conn.execute(
-        "SELECT DISTINCT n.node FROM grant_nodes n JOIN grants g ON g.id = n.grant_id"
-        " WHERE g.not_after > ? OR n.state IN ('live', 'removing')"
-        # Quarantined nodes too: who tries sudo there is what incident response watches.
-        " UNION SELECT node FROM quarantines ORDER BY 1",
-        (since,),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def store_events(
     store: Store,
     node: str,
@@ -110,53 +80,11 @@ def store_events(
     """
     added = 0
     with store.transaction() as conn:
-        known = {
-            r[0] for r in conn.execute("SELECT grant_id FROM grant_nodes WHERE node = ?", (node,))
-        }
+        known = rows.grants_on_node(conn, node)
         for e in events:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO session_events (node, event_id, kind, grant_id, user,"
-                " runas, service, tty, pid, at, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    e.node,
-                    e.event_id,
-                    e.kind,
-                    e.grant_id,
-                    e.user,
-                    e.runas,
-                    e.service,
-                    e.tty,
-                    e.pid,
-                    e.at,
-                    to_text(now),
-                ),
-            )
-            if cur.rowcount:
+            if rows.insert_event(conn, e, now):
                 added += 1
-                writer.record(
-                    conn,
-                    writer.EventInput(
-                        f"node:{e.node}",
-                        f"session.{e.kind}",
-                        e.grant_id or "-",
-                        outcome="refused" if e.kind == "deny" else "ok",
-                        details={
-                            # False: a grant the broker never put on this node (or none:
-                            # a break-glass session, grant_id "break-glass").
-                            "known_grant": e.grant_id in known,
-                            "break_glass": e.grant_id == "break-glass",
-                            "user": e.user,
-                            "runas": e.runas,
-                            "tty": e.tty,
-                            "pid": e.pid,
-                            "at": e.at,
-                            "service": e.service,
-                            **({"reason": e.reason} if e.reason is not None else {}),
-                        },
-                    ),
-                    now,
-                )
+                writer.record(conn, _event_audit(e, known), now)
         if malformed:
             writer.record(
                 conn,
@@ -170,6 +98,29 @@ def store_events(
                 now,
             )
     return added
+
+
+def _event_audit(e: SessionEvent, known: set[str]) -> writer.EventInput:
+    """The audit event of one newly stored hook event."""
+    return writer.EventInput(
+        f"node:{e.node}",
+        f"session.{e.kind}",
+        e.grant_id or "-",
+        outcome="refused" if e.kind == "deny" else "ok",
+        details={
+            # False: a grant the broker never put on this node (or none:
+            # a break-glass session, grant_id "break-glass").
+            "known_grant": e.grant_id in known,
+            "break_glass": e.grant_id == "break-glass",
+            "user": e.user,
+            "runas": e.runas,
+            "tty": e.tty,
+            "pid": e.pid,
+            "at": e.at,
+            "service": e.service,
+            **({"reason": e.reason} if e.reason is not None else {}),
+        },
+    )
 
 
 def collect(
