@@ -9,6 +9,7 @@ second delivery a no-op), so a broker crash between the two loses nothing.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,9 @@ from broker.store.db import Store
 
 log = logging.getLogger("broker.sessions")
 
-_KINDS = ("open", "close", "deny")
+_KINDS = ("open", "close", "deny", "usage", "escape")
+ENDED_BY = frozenset({"exit", "revoke", "expiry", "quarantine", "end-session"})
+_COUNT_MAX = 1 << 62
 # A refused sudo has no grant: the hook writes "-" there (the JSON format stays the same).
 _NO_GRANT = "-"
 _TEXT_MAX = 256
@@ -31,7 +34,7 @@ _TEXT_MAX = 256
 DENY_REASONS = frozenset(
     {
         "no_grant", "expired", "not_yet_valid", "revoked", "bad_signature", "other_node",
-        "quarantined", "max_sessions", "bad_file", "bad_config", "no_user",
+        "quarantined", "max_sessions", "bad_file", "bad_config", "no_user", "uncontained",
     }
 )  # fmt: skip
 
@@ -56,8 +59,47 @@ def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
     if reason is not None:
         reason = reason if isinstance(reason, str) and reason in DENY_REASONS else "other"
     return SessionEvent(
-        node, event_id, kind, grant_id, user, texts[2], texts[3], texts[4], pid, at, reason
-    )
+        node, event_id, kind, grant_id, user, texts[2], texts[3], texts[4], pid, at, reason,
+        **_containment(kind, raw),
+    )  # fmt: skip
+
+
+def _containment(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of close, usage and escape events, each checked; what fails a check is
+    left out (None), never stored as the node said it."""
+    if kind not in ("close", "usage", "escape"):
+        return {}
+    ended_by = raw.get("ended_by")
+    contained = raw.get("contained")
+    detail = None
+    if kind == "escape":
+        how, group = raw.get("how"), raw.get("cgroup")
+        if isinstance(how, str) and _clean(how) and len(how) <= 80:
+            detail = how
+            if isinstance(group, str) and _CGROUP.fullmatch(group):
+                detail += f" (cgroup {group})"
+    elif kind == "usage" and isinstance(raw.get("cgroup"), str):
+        detail = raw["cgroup"] if _CGROUP.fullmatch(raw["cgroup"]) else None
+    return {
+        "ended_by": ended_by if ended_by in ENDED_BY else None,
+        "killed": _count(raw.get("killed")),
+        "contained": contained if isinstance(contained, bool) else None,
+        "cpu_usec": _count(raw.get("cpu_usec")),
+        "memory_peak": _count(raw.get("memory_peak")),
+        "pids_peak": _count(raw.get("pids_peak")),
+        "session_pid": _count(raw.get("session_pid")),
+        "detail": detail,
+    }
+
+
+# A session cgroup's name on the node: <grant or break-glass>-<pid>-<ticks>.
+_CGROUP = re.compile(r"(g[0-9a-f]{16}|break-glass)-[0-9]{1,10}-[0-9]{1,20}")
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _COUNT_MAX:
+        return value
+    return None
 
 
 def _clean(text: str) -> bool:
@@ -106,7 +148,8 @@ def _event_audit(e: SessionEvent, known: set[str]) -> writer.EventInput:
         f"node:{e.node}",
         f"session.{e.kind}",
         e.grant_id or "-",
-        outcome="refused" if e.kind == "deny" else "ok",
+        # An escape is containment that failed: the detector turns it into an alert.
+        outcome={"deny": "refused", "escape": "failed"}.get(e.kind, "ok"),
         details={
             # False: a grant the broker never put on this node (or none:
             # a break-glass session, grant_id "break-glass").
@@ -119,8 +162,26 @@ def _event_audit(e: SessionEvent, known: set[str]) -> writer.EventInput:
             "at": e.at,
             "service": e.service,
             **({"reason": e.reason} if e.reason is not None else {}),
+            **_containment_details(e),
         },
     )
+
+
+def _containment_details(e: SessionEvent) -> dict[str, Any]:
+    """How a session ended and what it used, when the node said (docs/elevation.md)."""
+    if e.kind == "escape":
+        return {"session_pid": e.session_pid, "how": e.detail}
+    if e.kind not in ("close", "usage"):
+        return {}
+    found = {
+        "ended_by": e.ended_by or ("exit" if e.kind == "close" else None),
+        "killed": e.killed,
+        "contained": e.contained,
+        "cpu_usec": e.cpu_usec,
+        "memory_peak": e.memory_peak,
+        "pids_peak": e.pids_peak,
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def collect(

@@ -47,6 +47,15 @@ class SessionEvent:
     pid: int
     at: str
     reason: str | None = None  # deny events of pam_broker.so; the Python hook sent none
+    # close and usage events of contained sessions (docs/elevation.md, "What is contained"):
+    ended_by: str | None = None  # exit, revoke, expiry, quarantine, end-session
+    killed: int | None = None  # processes killed when it was ended
+    contained: bool | None = None  # ended through its cgroup (False: by process tree)
+    cpu_usec: int | None = None
+    memory_peak: int | None = None
+    pids_peak: int | None = None
+    session_pid: int | None = None  # escape: the session the process left
+    detail: str | None = None  # escape: how it was seen leaving; usage: the cgroup
 
 
 @dataclass(frozen=True)
@@ -198,19 +207,39 @@ def grant_summary(conn: sqlite3.Connection, grant_id: str) -> dict[str, Any] | N
     }  # fmt: skip
 
 
+_HOOK_KEYS = (
+    "kind", "at", "tty", "pid", "service", "grant", "ended_by", "killed", "contained",
+    "cpu_usec", "memory_peak", "pids_peak", "detail",
+)  # fmt: skip
+_HOOK_SELECT = (
+    "SELECT kind, at, tty, pid, service, grant_id, ended_by, killed, contained, cpu_usec,"
+    " memory_peak, pids_peak, detail FROM session_events"
+)
+
+
 def hook_events(
     conn: sqlite3.Connection, node: str, user: str, since: datetime, until: str
 ) -> list[dict[str, Any]]:
-    """The node's own open/close events of the user in that window, at most 50."""
+    """The node's own events of the user's sessions in that window (at most 50), and the
+    usage events of those sessions, which come when their cgroup ended, maybe much later."""
     events = conn.execute(
-        "SELECT kind, at, tty, pid, service, grant_id FROM session_events"
-        " WHERE node = ? AND user = ? AND at >= ? AND at <= ? ORDER BY at, id LIMIT 50",
+        f"{_HOOK_SELECT} WHERE node = ? AND user = ? AND kind != 'usage' AND at >= ?"
+        " AND at <= ? ORDER BY at, id LIMIT 50",
         (node, user, to_text(since), until),
     ).fetchall()
-    return [
-        {"kind": e[0], "at": e[1], "tty": e[2], "pid": e[3], "service": e[4], "grant": e[5]}
-        for e in events
-    ]
+    found = [dict(zip(_HOOK_KEYS, e, strict=True)) for e in events]
+    pids = sorted({e["pid"] for e in found if e["kind"] in ("open", "close")})
+    if pids:
+        marks = ", ".join("?" * len(pids))
+        usage = conn.execute(
+            f"{_HOOK_SELECT} WHERE node = ? AND kind = 'usage' AND at >= ? AND pid IN ({marks})"
+            " ORDER BY at, id LIMIT 50",
+            (node, to_text(since), *pids),
+        ).fetchall()
+        found += [dict(zip(_HOOK_KEYS, e, strict=True)) for e in usage]
+    for e in found:
+        e["contained"] = None if e["contained"] is None else bool(e["contained"])
+    return found
 
 
 # --- grants, as the indexer and the collector see them ------------------------------------
@@ -254,11 +283,14 @@ def insert_event(conn: sqlite3.Connection, e: SessionEvent, now: datetime) -> bo
     """Store one event; False when the node had delivered it before (at-least-once)."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO session_events (node, event_id, kind, grant_id, user,"
-        " runas, service, tty, pid, at, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " runas, service, tty, pid, at, received_at, ended_by, killed, contained, cpu_usec,"
+        " memory_peak, pids_peak, session_pid, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             e.node, e.event_id, e.kind, e.grant_id, e.user,
             e.runas, e.service, e.tty, e.pid, e.at, to_text(now),
+            e.ended_by, e.killed, None if e.contained is None else int(e.contained),
+            e.cpu_usec, e.memory_peak, e.pids_peak, e.session_pid, e.detail,
         ),
     )  # fmt: skip
     return bool(cur.rowcount)

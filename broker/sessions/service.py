@@ -52,7 +52,9 @@ def one(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any]:
 def context(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
     """The grant (reason, approvers), the node's own session open/close events, the drift the
     session left and the alerts raised about it."""
-    out: dict[str, Any] = {"grant": None, "hook_events": [], "drift": None, "alerts": []}
+    out: dict[str, Any] = {
+        "grant": None, "hook_events": [], "drift": None, "alerts": [], "ending": None
+    }  # fmt: skip
     out["drift"] = rows.drift(conn, row["id"])
     out["alerts"] = rows.alert_ids(conn, row["id"])
     if row["grant_id"]:
@@ -63,7 +65,35 @@ def context(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
         out["hook_events"] = rows.hook_events(
             conn, row["node"], row["user"], start - timedelta(seconds=10), end
         )
+        out["ending"] = ending(out["hook_events"], row["started_at"])
     return out
+
+
+def ending(events: list[dict[str, Any]], started_at: str) -> dict[str, Any] | None:
+    """How the recorded session ended and what it used, from the node's events: the open
+    event nearest before the recording's start names the sudo (its pid); its close says how
+    the sudo ended, the usage event of its cgroup how the cgroup ended (an exit, or a kill
+    of what the session left running) and what it used. None: the node said nothing."""
+    opens = [e for e in events if e["kind"] == "open" and e["at"] <= started_at]
+    if not opens:
+        return None
+    pid = opens[-1]["pid"]
+    close = next((e for e in events if e["kind"] == "close" and e["pid"] == pid), None)
+    usage = next((e for e in events if e["kind"] == "usage" and e["pid"] == pid), None)
+    if close is None and usage is None:
+        return None
+    closed_by = (close or {}).get("ended_by") or ("exit" if close else None)
+    cpu = (usage or {}).get("cpu_usec")
+    return {
+        "pid": pid,
+        "closed_by": closed_by,
+        "ended_by": (usage or {}).get("ended_by") or closed_by,
+        "killed": ((close or {}).get("killed") or 0) + ((usage or {}).get("killed") or 0),
+        "contained": True if usage is not None else (close or {}).get("contained"),
+        "cpu_seconds": None if cpu is None else round(cpu / 1e6, 3),
+        "memory_peak": (usage or {}).get("memory_peak"),
+        "pids_peak": (usage or {}).get("pids_peak"),
+    }
 
 
 class Recordings:

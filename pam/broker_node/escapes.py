@@ -83,7 +83,7 @@ def find_escapes(paths: Paths, root: str, mount: str, memory: Memory, now: int) 
         while todo:
             current = todo.pop()
             todo += children.get(current, [])
-            now_in = cgroup_of(paths, current)
+            now_in = cgroup_of(paths, current) if table[current][3] != "Z" else None
             if now_in is not None and not within(now_in, group):
                 how = "its sudo left the cgroup" if current == pid else "a child left the cgroup"
                 suspects[(current, table[current][2])] = (key, group, pid, how)
@@ -91,12 +91,14 @@ def find_escapes(paths: Paths, root: str, mount: str, memory: Memory, now: int) 
             suspects.setdefault(other, (key, group, pid, "same audit session, outside"))
     for (pid, ticks), group in list(memory.inside.items()):
         seen = table.get(pid)
-        now_in = cgroup_of(paths, pid) if seen is not None and seen[2] == ticks else None
+        alive = seen is not None and seen[2] == ticks and seen[3] != "Z"  # a zombie is in none
+        now_in = cgroup_of(paths, pid) if alive else None
         if now_in is None:
             del memory.inside[(pid, ticks)]
         elif not within(now_in, group):
             key, session_pid, _ = split_session(group.rpartition("/")[2]) or ("-", 0, 0)
             suspects.setdefault((pid, ticks), (key, group, session_pid, "moved out after start"))
+    memory.reported = {(p, s) for p, s in memory.reported if p in table and table[p][2] == s}
     for (pid, ticks), (key, group, session_pid, how) in sorted(suspects.items()):
         if (pid, ticks) in memory.reported:
             continue

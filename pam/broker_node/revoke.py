@@ -34,10 +34,10 @@ from .usage import Usage, id_list
 def revoke(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:
     """Mark the grants revoked, remove their files and end their sessions. The marker lasts
     until the grant's not_after as broker-grant-check parsed it (a year when it could not)."""
-    ids = id_list(payload, "ids", is_grant_id)
     ended_by = payload.get("ended_by", "revoke")
     if ended_by not in ("revoke", "quarantine"):
         raise Usage("ended_by must be revoke or quarantine")
+    ids = id_list({k: v for k, v in payload.items() if k != "ended_by"}, "ids", is_grant_id)
     revoked: list[str] = []
     killed: list[int] = []
     errors: list[str] = []

@@ -108,8 +108,9 @@ def _enable_controllers(path: str) -> None:
 
 def watch_pass(paths: Paths, now: int, memory: Memory) -> dict[str, object]:
     """One pass: expiry, emptied cgroups, escapes. Returns what it did (for the log)."""
-    ended = _end_what_ended(paths, now)
+    # Files first: from here on no new sudo starts under an expired grant; then its sessions.
     removed = reap(paths, now)
+    ended = _end_what_ended(paths, now)
     root = session_root(paths)
     closed = _remove_emptied(paths, root, now) if root is not None else 0
     escapes = 0
@@ -217,7 +218,7 @@ def watch_main(paths: Paths, interval: int, say: object) -> int:
                 done = watch_pass(paths, int(time.time()), memory)
             except OSError as exc:
                 done = {"error": clean(exc, 200)}
-            if any(done.values()):
+            if _did_something(done):
                 _say(say, f"broker-node watch: {done}")
             for _ in range(interval * 10):
                 if stop:
@@ -227,6 +228,13 @@ def watch_main(paths: Paths, interval: int, say: object) -> int:
         withdraw_root(paths)
         remove_if_present(os.path.join(paths.sessions, WATCH_FILE))
     return 0
+
+
+def _did_something(done: dict[str, object]) -> bool:
+    reaped = done.get("reaped")
+    lists = reaped.values() if isinstance(reaped, dict) else ()
+    others = (v for k, v in done.items() if k != "reaped")
+    return any(others) or any(lists)
 
 
 def _say(out: object, text: str) -> None:

@@ -87,6 +87,14 @@ class HookEventOut(Out):
     pid: int
     service: str
     grant: str | None
+    # close, usage and escape events of contained sessions (docs/elevation.md)
+    ended_by: str | None = None
+    killed: int | None = None
+    contained: bool | None = None
+    cpu_usec: int | None = None
+    memory_peak: int | None = None
+    pids_peak: int | None = None
+    detail: str | None = None
 
 
 class CommandOut(Out):
@@ -103,6 +111,19 @@ class DriftOut(Out):
     error: str | None
 
 
+class EndingOut(Out):
+    """How an elevated session ended and what its cgroup used (docs/elevation.md)."""
+
+    pid: int
+    closed_by: str | None  # the sudo: exit, revoke, expiry, quarantine, end-session
+    ended_by: str | None  # the session's cgroup: the same, or a later kill of what it left
+    killed: int  # processes killed when it was ended
+    contained: bool | None  # in a cgroup of its own (False: ended by process tree)
+    cpu_seconds: float | None
+    memory_peak: int | None  # bytes; None where the memory controller was not delegated
+    pids_peak: int | None
+
+
 class SessionDetailOut(Out):
     session: SessionOut
     grant: GrantContextOut | None
@@ -110,6 +131,7 @@ class SessionDetailOut(Out):
     timeline: list[CommandOut]
     drift: DriftOut | None = None
     alerts: list[int] = Field(default_factory=list)
+    ending: EndingOut | None = None
 
 
 class SessionPath(Body):
@@ -220,6 +242,7 @@ def show_session(ctx: Context[SessionPath]) -> SessionDetailOut:
         timeline=timeline,
         drift=None if more["drift"] is None else DriftOut(**more["drift"]),
         alerts=more["alerts"],
+        ending=None if more["ending"] is None else EndingOut(**more["ending"]),
     )
 
 
