@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.core.timeutil import to_text
+from broker.core.timeutil import to_second_text, to_text
 
 FINAL = ("complete", "incomplete", "quarantined", "purged")
 COLUMNS = (
@@ -218,14 +218,18 @@ _HOOK_SELECT = (
 
 
 def hook_events(
-    conn: sqlite3.Connection, node: str, user: str, since: datetime, until: str
+    conn: sqlite3.Connection, node: str, user: str, since: datetime, until: datetime
 ) -> list[dict[str, Any]]:
     """The node's own events of the user's sessions in that window (at most 50), and the
-    usage events of those sessions, which come when their cgroup ended, maybe much later."""
+    usage events of those sessions, which come when their cgroup ended, maybe much later.
+    Nodes write whole seconds (`...:SSZ`): the bounds are compared in that form, the end
+    rounded up, or an event in the last second would sort after it."""
+    start = to_second_text(since)
+    end = to_second_text(until + timedelta(seconds=1))
     events = conn.execute(
         f"{_HOOK_SELECT} WHERE node = ? AND user = ? AND kind != 'usage' AND at >= ?"
         " AND at <= ? ORDER BY at, id LIMIT 50",
-        (node, user, to_text(since), until),
+        (node, user, start, end),
     ).fetchall()
     found = [dict(zip(_HOOK_KEYS, e, strict=True)) for e in events]
     pids = sorted({e["pid"] for e in found if e["kind"] in ("open", "close")})
@@ -234,7 +238,7 @@ def hook_events(
         usage = conn.execute(
             f"{_HOOK_SELECT} WHERE node = ? AND kind = 'usage' AND at >= ? AND pid IN ({marks})"
             " ORDER BY at, id LIMIT 50",
-            (node, to_text(since), *pids),
+            (node, start, *pids),
         ).fetchall()
         found += [dict(zip(_HOOK_KEYS, e, strict=True)) for e in usage]
     for e in found:

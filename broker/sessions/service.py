@@ -15,7 +15,7 @@ from typing import Any
 
 from broker.audit import writer
 from broker.core.errors import FailedError, RefusedError, UsageError
-from broker.core.timeutil import from_text, to_text
+from broker.core.timeutil import from_text
 from broker.sessions import iolog, rows
 from broker.sessions.iolog import IologError
 from broker.sessions.rows import Filters
@@ -61,20 +61,21 @@ def context(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
         out["grant"] = rows.grant_summary(conn, row["grant_id"])
     if row["started_at"] and row["node"]:
         start = from_text(row["started_at"])
-        end = row["ended_at"] or to_text(start + timedelta(days=1))
+        end = from_text(row["ended_at"]) if row["ended_at"] else start + timedelta(days=1)
         out["hook_events"] = rows.hook_events(
             conn, row["node"], row["user"], start - timedelta(seconds=10), end
         )
-        out["ending"] = ending(out["hook_events"], row["started_at"])
+        out["ending"] = ending(out["hook_events"], start)
     return out
 
 
-def ending(events: list[dict[str, Any]], started_at: str) -> dict[str, Any] | None:
+def ending(events: list[dict[str, Any]], started: datetime) -> dict[str, Any] | None:
     """How the recorded session ended and what it used, from the node's events: the open
     event nearest before the recording's start names the sudo (its pid); its close says how
     the sudo ended, the usage event of its cgroup how the cgroup ended (an exit, or a kill
     of what the session left running) and what it used. None: the node said nothing."""
-    opens = [e for e in events if e["kind"] == "open" and e["at"] <= started_at]
+    # Node times are whole seconds: an open in the recording's own second comes before it.
+    opens = [e for e in events if e["kind"] == "open" and from_text(e["at"]) <= started]
     if not opens:
         return None
     pid = opens[-1]["pid"]

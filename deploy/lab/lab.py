@@ -866,8 +866,6 @@ def start_tunnels(info: dict[str, Any]) -> None:
         )
 
 
-# Nodes whose watcher gets no cgroup subtree: they show the fallback (process-tree ends).
-UNDELEGATED = ("login01",)
 WATCH_INTERVAL = 2  # seconds; 5 on a real node
 
 
@@ -892,31 +890,39 @@ def lab_cgroup(root: Path) -> Path | None:
 
 def start_watchers(info: dict[str, Any]) -> None:
     """Each node's `broker-node watch`, started in `<lab cgroup>/<node>` the way systemd
-    starts broker-node-watch.service in its delegated cgroup (UNDELEGATED nodes: in the
-    host's cgroup, so they run without containment)."""
+    starts broker-node-watch.service in its delegated cgroup."""
     base = lab_cgroup(Path(info["root"]))
     if base is not None:
         base.mkdir(mode=0o755, exist_ok=True)
         info["cgroup"] = str(base)
     for node in info["nodes"]:
-        enter = ""
-        if base is not None and node["name"] not in UNDELEGATED:
-            group = base / node["name"]
-            group.mkdir(mode=0o755, exist_ok=True)
-            enter = f"echo $$ > {group}/cgroup.procs && "
-        node["watch_pid"] = spawn(
-            [*in_node(node), "sh", "-c",
-             f"{enter}exec /usr/bin/python3 -I -S /usr/libexec/broker/broker-node watch"
-             f" --interval {WATCH_INTERVAL}"],
-            Path(node["dir"]) / "watch.log",
-        ).pid  # fmt: skip
+        start_watcher(info, node, delegated=base is not None)
+
+
+def start_watcher(info: dict[str, Any], node: dict[str, Any], *, delegated: bool = True) -> int:
+    """(Re)start one node's watcher; `delegated=False` starts it in the host's own cgroup,
+    as on a node where systemd delegated nothing: it runs without containment."""
+    stop_process(node.get("watch_pid"))
+    sessions = Path(f"/proc/{node['pid']}/root/run/broker-sessions")
+    with contextlib.suppress(FileNotFoundError):
+        (sessions / ".watch").unlink()
+    enter = ""
+    if delegated and info.get("cgroup"):
+        group = Path(info["cgroup"]) / node["name"]
+        group.mkdir(mode=0o755, exist_ok=True)
+        enter = f"echo $$ > {group}/cgroup.procs && "
+    node["watch_pid"] = spawn(
+        [*in_node(node), "sh", "-c",
+         f"{enter}exec /usr/bin/python3 -I -S /usr/libexec/broker/broker-node watch"
+         f" --interval {WATCH_INTERVAL}"],
+        Path(node["dir"]) / "watch.log",
+    ).pid  # fmt: skip
     deadline = time.monotonic() + 15
-    for node in info["nodes"]:
-        sessions = Path(f"/proc/{node['pid']}/root/run/broker-sessions")
-        while not (sessions / ".watch").exists():
-            if time.monotonic() > deadline:
-                raise LabError(f"broker-node watch of {node['name']} did not start")
-            time.sleep(0.1)
+    while not (sessions / ".watch").exists():
+        if time.monotonic() > deadline:
+            raise LabError(f"broker-node watch of {node['name']} did not start")
+        time.sleep(0.1)
+    return int(node["watch_pid"])
 
 
 def remove_lab_cgroup(path: str | None) -> None:

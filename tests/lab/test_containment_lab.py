@@ -3,8 +3,8 @@ in a cgroup of its own on the node, ended as a whole by revoke, quarantine and e
 last with the broker stopped; what a session used and how it ended in `sessions show`; a root
 process that leaves its cgroup raises an alert; a node without a delegated subtree says so.
 
-Each lab node runs `broker-node watch` every 2 s in a cgroup subtree of its own (login01 in
-none: it shows the fallback).
+Each lab node runs `broker-node watch` every 2 s in a cgroup subtree of its own, as
+broker-node-watch.service (Delegate=yes) does on a real node.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def test_expiry_ends_a_sudo_i_with_the_broker_stopped(
 def newest_session(lab: dict[str, Any], user: str, where: str, mark: str) -> dict[str, Any]:
     def found() -> Any:
         listed = cli(lab, "sessions", "list", "--user", user, "--node", where, "--json")
-        rows = [s for s in json.loads(listed.stdout) if mark in (s.get("command") or "")]
+        rows = [s for s in json.loads(listed.stdout) if mark in " ".join(s["argv"])]
         return rows[0] if rows and rows[0]["state"] != "running" else None
 
     row = until(found, 20, 0.5)
@@ -213,7 +213,7 @@ def test_quarantine_ends_sessions_and_show_has_what_they_used(ready: dict[str, A
         assert ending["contained"] is True
         assert ending["cpu_seconds"] is not None and ending["cpu_seconds"] > 0, ending
         plain = cli(lab, "sessions", "show", row["id"])
-        assert "ended by quarantine" in plain.stdout and "CPU" in plain.stdout, plain.stdout
+        assert "quarantine" in plain.stdout and "CPU" in plain.stdout, plain.stdout
     finally:
         released = cli(lab, "node", "release", "gpu02", user="ivan", stdin=codes.code("ivan"))
         assert released.returncode == 0, released.stderr
@@ -253,12 +253,32 @@ def test_a_root_process_that_leaves_its_cgroup_raises_an_alert(ready: dict[str, 
             os.kill(pid, signal.SIGKILL)
 
 
-def test_node_status_says_which_nodes_contain_sessions(ready: dict[str, Any]) -> None:
+def test_a_node_without_a_delegated_subtree_says_so_and_still_ends_sessions(
+    ready: dict[str, Any], lab_module: ModuleType
+) -> None:
     lab = ready["lab"]
+    info = lab_module.load_info(Path(lab["root"]))
+    login = next(n for n in info["nodes"] if n["name"] == "login01")
     status = cli(lab, "node", "status", "gpu01,login01", "--json")
     assert status.returncode == 0, status.stderr
-    by_node = {n["node"]: n for n in json.loads(status.stdout)}
-    assert by_node["gpu01"]["containment"] == "cgroup"
-    assert by_node["login01"]["containment"] == "process-tree"
-    assert "not contained" in by_node["login01"]["problem"]
-    assert "double fork" in by_node["login01"]["problem"]
+    assert {n["containment"] for n in json.loads(status.stdout)} == {"cgroup"}
+    # systemd delegated nothing on login01: the watcher runs, says why, contains nothing
+    lab_module.start_watcher(info, login, delegated=False)
+    try:
+        assert not node_path(lab, "login01", "/run/broker-sessions/.cgroup").exists()
+        weak = cli(lab, "node", "status", "login01", "--json")
+        assert weak.returncode == 1, weak.stdout  # a problem, said on the node's row
+        [row] = json.loads(weak.stdout)
+        assert row["containment"] == "process-tree" and row["can_grant"] is True
+        assert "not contained" in row["problem"] and "double fork" in row["problem"]
+        log = (Path(login["dir"]) / "watch.log").read_text()
+        assert "containment off: the watcher runs in the root cgroup" in log
+        # the watcher stopped altogether: said too
+        lab_module.stop_process(login["watch_pid"])
+        gone = json.loads(cli(lab, "node", "status", "login01", "--json").stdout)
+        assert "broker-node watch is not running" in gone[0]["problem"]
+    finally:
+        lab_module.start_watcher(info, login, delegated=True)
+        lab_module.save_info(Path(lab["root"]), info)
+    again = json.loads(cli(lab, "node", "status", "login01", "--json").stdout)
+    assert again[0]["containment"] == "cgroup" and again[0]["problem"] is None
