@@ -12,6 +12,7 @@ from broker.audit import writer
 from broker.core.durations import format_duration
 from broker.core.hostlist import fold
 from broker.core.identity import Account
+from broker.core.timeutil import to_text
 from broker.grants.grantfile import new_grant_id
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan
@@ -61,7 +62,7 @@ def request_event(actor: str, request: Request, plan: ElevationPlan) -> writer.E
             "duration": format_duration(plan.duration),
             "reason": request.reason,
             "approvals_needed": request.approvals_needed,
-            "expires_at": request.expires_at.isoformat(),
+            "expires_at": to_text(request.expires_at),
         },
     )
 
@@ -116,8 +117,8 @@ def issue_event(actor: str, grant: Grant) -> writer.EventInput:
             "role": grant.role,
             "runas": grant.runas,
             "commands": grant.commands,
-            "not_before": grant.not_before.isoformat(),
-            "not_after": grant.not_after.isoformat(),
+            "not_before": to_text(grant.not_before),
+            "not_after": to_text(grant.not_after),
             "reason": grant.reason,
             "approvers": list(grant.approvers),
             "request": grant.request_id,
