@@ -65,10 +65,7 @@ def verify_chain(
     if conflict is not None:
         report.problem = conflict
         return report
-    pending = iter(by_seq)
-    next_cp = next(pending, None)
-    next_cp_seq = next_cp.seq if next_cp is not None else -1
-    last_matched = 0
+    seals = _Seals(by_seq)
     prev_seq, prev_hash = 0, GENESIS_HASH
     count = 0
     for seq, ts, actor, action, target, outcome, details, stored_prev, stored_hash in rows:
@@ -85,19 +82,8 @@ def verify_chain(
             )
         if problem is None and stored_prev != prev_hash:
             problem = _broken_link(seq, prev_seq)
-        while problem is None and next_cp is not None and next_cp_seq <= seq:
-            if next_cp_seq == seq and next_cp.hash != stored_hash:
-                start = last_matched + 1
-                problem = Finding(
-                    "rewritten",
-                    start,
-                    f"events {start}..{seq} do not match the signed checkpoint at seq {seq} "
-                    f"({next_cp.source}): the chain was rewritten",
-                )
-            elif next_cp_seq == seq:
-                last_matched = seq
-            next_cp = next(pending, None)
-            next_cp_seq = next_cp.seq if next_cp is not None else -1
+        if problem is None and seals.next_seq <= seq:
+            problem = seals.passed(seq, stored_hash)
         if problem is not None:
             report.count = count
             report.problem = problem
@@ -106,13 +92,48 @@ def verify_chain(
         prev_seq, prev_hash = seq, stored_hash
     report.count = count
     report.head_seq, report.head_hash = prev_seq, prev_hash
+    return _against_newest(report, by_seq)
+
+
+class _Seals:
+    """The signed checkpoints in seq order, consumed as the walk passes them."""
+
+    def __init__(self, by_seq: Sequence[Checkpoint]) -> None:
+        self._pending = iter(by_seq)
+        self._next = next(self._pending, None)
+        self.next_seq = self._next.seq if self._next is not None else -1
+        self._last_matched = 0
+
+    def passed(self, seq: int, stored_hash: str) -> Finding | None:
+        """Check every checkpoint at or before `seq`; a mismatch at `seq` means every event
+        since the last matching checkpoint was rewritten."""
+        while self._next is not None and self.next_seq <= seq:
+            if self.next_seq == seq and self._next.hash != stored_hash:
+                start = self._last_matched + 1
+                return Finding(
+                    "rewritten",
+                    start,
+                    f"events {start}..{seq} do not match the signed checkpoint at seq {seq} "
+                    f"({self._next.source}): the chain was rewritten",
+                )
+            if self.next_seq == seq:
+                self._last_matched = seq
+            self._next = next(self._pending, None)
+            self.next_seq = self._next.seq if self._next is not None else -1
+        return None
+
+
+def _against_newest(report: VerifyReport, by_seq: Sequence[Checkpoint]) -> VerifyReport:
+    """A chain that ends before the newest checkpoint was truncated; events after it are
+    not sealed yet (a warning, not a problem)."""
     if by_seq:
         newest = by_seq[-1]
-        if newest.seq > prev_seq:
+        if newest.seq > report.head_seq:
+            start = report.head_seq + 1
             report.problem = Finding(
                 "truncated",
-                prev_seq + 1,
-                f"events {prev_seq + 1}..{newest.seq} are missing: the signed checkpoint at seq "
+                start,
+                f"events {start}..{newest.seq} are missing: the signed checkpoint at seq "
                 f"{newest.seq} ({newest.source}) is newer than the last stored event",
             )
             return report

@@ -119,56 +119,15 @@ def sync(
             # Members of a renamed or moved OU change DN without any USN of theirs moving.
             kind, reason = "full", "an OU or container changed since the last sync"
         since = None if kind == "full" or previous is None else previous.highest_usn
-
-        def open_reader() -> tuple[Reader, Callable[[], None]]:
-            # The same DC, whose USN was read above: USNs mean nothing on another, and a
-            # load-balanced name may land elsewhere, so each connection checks.
-            extra, _info = bind_to(dc.uri, cfg)
-            extra_reader = Reader(extra, dc.uri, cfg.base_dn, cfg.page_size)
-            if extra_reader.dc_state().name != dc.name:
-                discard(extra)
-                raise UnavailableError(
-                    f"{dc.uri}: a second connection reached another DC",
-                    fix="list each DC by its own name in directory.uris, not a load-balanced one",
-                )
-            return extra_reader, lambda: discard(extra)
-
-        fetched = fetch(open_reader, since, dc.highest_usn, cfg.search_connections, reader)
+        fetched = fetch(
+            _same_dc_reader(dc, cfg), since, dc.highest_usn, cfg.search_connections, reader
+        )
     finally:
         discard(conn)
-
-    ranges = id_range(cfg)
-    # Everything below reads and writes inside one write transaction: a concurrent sync
-    # (the timer and an operator) either committed before we read, or waits for us.
-    try:
-        with store.transaction() as db:
-            current = snapshot.load_state(db)
-            if current != previous:
-                kind, reason = "unchanged", "another sync committed while this one was reading"
-                changes: list[AccessChange] = []
-                written = 0
-                users, groups = snapshot.counts(db)
-            else:
-                changes, written, users, groups = _commit(
-                    db,
-                    kind,
-                    reason,
-                    fetched,
-                    dc,
-                    domain,
-                    ranges,
-                    actor,
-                    mapped_groups,
-                    now,
-                    current,
-                    cfg.min_id,
-                )
-    except sqlite3.Error as exc:
-        raise UnavailableError(
-            f"the store {store.path} could not be written: {exc}",
-            fix="check the disk and that no other process holds the database; the last good"
-            " snapshot is unchanged",
-        ) from exc
+    read = _Read(kind, reason, fetched, dc, domain)
+    kind, reason, changes, written, users, groups = _write(
+        store, cfg, read, previous, actor, mapped_groups, now
+    )
     _publish(publish, changes)
     return SyncReport(
         kind,
@@ -184,13 +143,73 @@ def sync(
     )
 
 
+def _same_dc_reader(
+    dc: DcState, cfg: DirectorySection
+) -> Callable[[], tuple[Reader, Callable[[], None]]]:
+    """Extra connections for parallel searches, each to the DC whose USN was read."""
+
+    def open_reader() -> tuple[Reader, Callable[[], None]]:
+        # The same DC, whose USN was read above: USNs mean nothing on another, and a
+        # load-balanced name may land elsewhere, so each connection checks.
+        extra, _info = bind_to(dc.uri, cfg)
+        extra_reader = Reader(extra, dc.uri, cfg.base_dn, cfg.page_size)
+        if extra_reader.dc_state().name != dc.name:
+            discard(extra)
+            raise UnavailableError(
+                f"{dc.uri}: a second connection reached another DC",
+                fix="list each DC by its own name in directory.uris, not a load-balanced one",
+            )
+        return extra_reader, lambda: discard(extra)
+
+    return open_reader
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What one sync read from the DC, before anything is written."""
+
+    kind: SyncKind
+    reason: str
+    fetched: Fetched
+    dc: DcState
+    domain: DomainInfo
+
+
+def _write(
+    store: Store,
+    cfg: DirectorySection,
+    read: _Read,
+    previous: snapshot.SyncState | None,
+    actor: str,
+    mapped_groups: frozenset[str] | None,
+    now: datetime,
+) -> tuple[SyncKind, str, list[AccessChange], int, int, int]:
+    """Kind, reason, changes, rows written, users, groups. Everything here reads and writes
+    inside one write transaction: a concurrent sync (the timer and an operator) either
+    committed before we read, or waits for us."""
+    ranges = id_range(cfg)
+    try:
+        with store.transaction() as db:
+            current = snapshot.load_state(db)
+            if current != previous:
+                users, groups = snapshot.counts(db)
+                why = "another sync committed while this one was reading"
+                return "unchanged", why, [], 0, users, groups
+            changes, written, users, groups = _commit(
+                db, read, ranges, actor, mapped_groups, now, current, cfg.min_id
+            )
+            return read.kind, read.reason, changes, written, users, groups
+    except sqlite3.Error as exc:
+        raise UnavailableError(
+            f"the store {store.path} could not be written: {exc}",
+            fix="check the disk and that no other process holds the database; the last good"
+            " snapshot is unchanged",
+        ) from exc
+
+
 def _commit(
     db: sqlite3.Connection,
-    kind: SyncKind,
-    reason: str,
-    fetched: Fetched,
-    dc: DcState,
-    domain: DomainInfo,
+    read: _Read,
     ranges: IdRange,
     actor: str,
     mapped_groups: frozenset[str] | None,
@@ -199,29 +218,13 @@ def _commit(
     min_id: int,
 ) -> tuple[list[AccessChange], int, int, int]:
     """Compute the new snapshot against the stored one and write the difference."""
+    kind, fetched, dc, domain = read.kind, read.fetched, read.dc, read.domain
     old_stored = snapshot.load_users(db)
     old_groups = snapshot.load_groups(db)
     old_members = snapshot.load_memberships(db)
-    user_records: dict[str, UserRecord]
-    group_records: dict[str, GroupRecord]
-    if kind == "full":
-        user_records = {u.guid: u for u in fetched.users if u.guid not in fetched.unreadable}
-        group_records = {g.guid: g for g in fetched.groups if g.guid not in fetched.unreadable}
-    else:
-        if fetched.present is None:  # never guess: absence here would delete everyone
-            raise RuntimeError("an incremental read must say which objects exist")
-        old_users = {g: u.record for g, u in old_stored.items()}
-        present = fetched.present
-        gone = {g for g in (*old_users, *old_groups) if g not in present} | fetched.unreadable
-        user_records = build.merge(old_users, fetched.users, gone)
-        group_records = build.merge(old_groups, fetched.groups, gone)
-        # A renamed or moved member changes the groups' member values but not their USN,
-        # and a deleted one's DN must not stay behind for a new object to inherit.
-        everything_old: list[UserRecord | GroupRecord] = [*old_users.values(), *old_groups.values()]
-        group_records = build.follow_moves(group_records, everything_old, fetched)
-        group_records = build.drop_members(
-            group_records, [r for r in everything_old if r.guid in gone]
-        )
+    user_records, group_records = _records(
+        kind, fetched, {g: u.record for g, u in old_stored.items()}, old_groups
+    )
     new_stored = _stored(user_records, domain, ranges, now, min_id)
     new_members = build.memberships(user_records.values(), group_records.values(), domain.sid)
     new_groups = {g: (r, build.group_gid(r, ranges)) for g, r in group_records.items()}
@@ -254,27 +257,56 @@ def _commit(
     )
     events = [_change_event(actor, c) for c in changes]
     if written or kind == "full":
-        events.append(
-            writer.EventInput(
-                actor,
-                "directory.sync",
-                _audit_target("dc", dc.uri),
-                details={
-                    "kind": kind,
-                    "reason": reason,
-                    "dc": dc.name,
-                    "usn": dc.highest_usn,
-                    "users": len(new_stored),
-                    "groups": len(new_groups),
-                    "rows_written": written,
-                    "changes": len(changes),
-                    "skipped": fetched.skipped[:20],
-                    "baseline": previous is None,
-                },
-            )
-        )
+        counts = {"users": len(new_stored), "groups": len(new_groups), "rows_written": written}
+        events.append(_sync_event(actor, read, counts, len(changes), previous is None))
     writer.record_many(db, events, now)
     return changes, written, len(new_stored), len(new_groups)
+
+
+def _records(
+    kind: SyncKind,
+    fetched: Fetched,
+    old_users: dict[str, UserRecord],
+    old_groups: dict[str, GroupRecord],
+) -> tuple[dict[str, UserRecord], dict[str, GroupRecord]]:
+    """The directory's users and groups now: what a full read found, or the stored ones
+    with an incremental read's changes and deletions applied."""
+    if kind == "full":
+        users = {u.guid: u for u in fetched.users if u.guid not in fetched.unreadable}
+        groups = {g.guid: g for g in fetched.groups if g.guid not in fetched.unreadable}
+        return users, groups
+    if fetched.present is None:  # never guess: absence here would delete everyone
+        raise RuntimeError("an incremental read must say which objects exist")
+    present = fetched.present
+    gone = {g for g in (*old_users, *old_groups) if g not in present} | fetched.unreadable
+    users = build.merge(old_users, fetched.users, gone)
+    groups = build.merge(old_groups, fetched.groups, gone)
+    # A renamed or moved member changes the groups' member values but not their USN,
+    # and a deleted one's DN must not stay behind for a new object to inherit.
+    everything_old: list[UserRecord | GroupRecord] = [*old_users.values(), *old_groups.values()]
+    groups = build.follow_moves(groups, everything_old, fetched)
+    groups = build.drop_members(groups, [r for r in everything_old if r.guid in gone])
+    return users, groups
+
+
+def _sync_event(
+    actor: str, read: _Read, counts: dict[str, int], changes: int, baseline: bool
+) -> writer.EventInput:
+    return writer.EventInput(
+        actor,
+        "directory.sync",
+        _audit_target("dc", read.dc.uri),
+        details={
+            "kind": read.kind,
+            "reason": read.reason,
+            "dc": read.dc.name,
+            "usn": read.dc.highest_usn,
+            **counts,
+            "changes": changes,
+            "skipped": read.fetched.skipped[:20],
+            "baseline": baseline,
+        },
+    )
 
 
 def _stored(

@@ -10,7 +10,6 @@ and the reaper retries it until the node answers.
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from datetime import datetime, timedelta
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit import writer
-from broker.core.durations import format_duration
 from broker.core.errors import RefusedError, UsageError
 from broker.core.hostlist import expand, fold
 from broker.core.identity import Account, Snapshot
@@ -27,9 +25,9 @@ from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.fleet.quarantine import quarantines
 from broker.fleet.ssh import NodeTarget
-from broker.grants import push, rows
+from broker.grants import push, records, rows
 from broker.grants.delivery import Delivery, GrantRules
-from broker.grants.grantfile import new_grant_id, validate_reason
+from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan, plan_elevation
 from broker.grants.reader import GrantReader
@@ -50,10 +48,6 @@ class ElevationResult:
     grant: Grant | None
     request: Request | None
     outcomes: tuple[push.NodeOutcome, ...] = ()
-
-
-def new_request_id() -> str:
-    return "r" + secrets.token_hex(8)
 
 
 class GrantService:
@@ -190,49 +184,11 @@ class GrantService:
         targets = self._targets(names)
         if plan.role.mfa:
             self._mfa(account, code, "elevate", actor)
-        approvals = plan.role.approvals
-        if approvals.required:
-            request = Request(
-                id=new_request_id(),
-                user=account.name,
-                sid=account.sid,
-                nodes=fold(list(plan.nodes)),
-                role=plan.role.name,
-                runas=plan.role.runas,
-                commands=plan.commands_text,
-                duration_s=int(plan.duration.total_seconds()),
-                reason=reason,
-                policy_sha256=sha,
-                approvals_needed=approvals.count,
-                approver_groups=approvals.groups,
-                state="pending",
-                created_at=now,
-                expires_at=now + approvals.expires_after,
-                decided_at=None,
-                decided_by=None,
-                decision_reason=None,
-                grant_id=None,
-            )
+        if plan.role.approvals.required:
+            request = records.new_request(account, plan, reason=reason, sha=sha, now=now)
             with self._store.transaction() as conn:
                 rows.insert_request(conn, request)
-                writer.record(
-                    conn,
-                    writer.EventInput(
-                        actor,
-                        "grant.request",
-                        request.id,
-                        details={
-                            "user": request.user,
-                            "nodes": request.nodes,
-                            "role": request.role,
-                            "duration": format_duration(plan.duration),
-                            "reason": reason,
-                            "approvals_needed": approvals.count,
-                            "expires_at": request.expires_at.isoformat(),
-                        },
-                    ),
-                    now,
-                )
+                writer.record(conn, records.request_event(actor, request, plan), now)
             return ElevationResult(None, request)
         grant = self._issue(
             account,
@@ -261,31 +217,12 @@ class GrantService:
         actor: str,
         now: datetime,
     ) -> Grant:
-        # Whole seconds: sudoers and the grant file carry no fractions, and a grant must
-        # not outlast what the node will enforce.
-        start = now.replace(microsecond=0)
-        grant = Grant(
-            id=new_grant_id(),
-            user=account.name,
-            sid=account.sid,
-            role=plan.role.name,
-            runas=plan.role.runas,
-            commands=plan.commands_text,
-            command_sets=plan.command_sets,
-            nodes=fold(list(plan.nodes)),
-            not_before=start,
-            not_after=start + plan.duration,
-            reason=reason,
-            approvers=approvers,
-            policy_sha256=sha,
-            login=plan.role.login,
-            workloads=plan.role.workloads,
-            max_sessions=plan.role.max_sessions_per_node,
-            request_id=request_id,
-            created_at=now,
-            created_by=actor,
-            state="active",
-        )
+        """Store the grant the plan becomes, with its audit event; the request it answers
+        (if any) is marked granted in the same transaction."""
+        grant = records.new_grant(
+            account, plan, reason=reason, sha=sha, approvers=approvers,
+            request_id=request_id, actor=actor, now=now,
+        )  # fmt: skip
         # Rendered (and so validated) before anything is stored: a grant whose drop-in
         # cannot be written never exists.
         push.drop_in_text(grant, f"127.0.0.1:{self._rules.log_port}")
@@ -307,28 +244,7 @@ class GrantService:
                     f"request {request_id} is no longer pending",
                     fix="see `broker requests list --state ''`",
                 )
-            writer.record(
-                conn,
-                writer.EventInput(
-                    actor,
-                    "grant.issue",
-                    grant.id,
-                    details={
-                        "user": grant.user,
-                        "nodes": grant.nodes,
-                        "role": grant.role,
-                        "runas": grant.runas,
-                        "commands": grant.commands,
-                        "not_before": grant.not_before.isoformat(),
-                        "not_after": grant.not_after.isoformat(),
-                        "reason": reason,
-                        "approvers": list(approvers),
-                        "request": request_id,
-                        "policy_sha256": sha,
-                    },
-                ),
-                now,
-            )
+            writer.record(conn, records.issue_event(actor, grant), now)
         return grant
 
     # ------------------------------------------------------------ approvals
@@ -416,41 +332,7 @@ class GrantService:
         push_now: bool = True,
     ) -> ElevationResult:
         """Re-check the request against today's directory and policy, then issue it."""
-        try:
-            sha, policy = self._require_policy()
-            account = self._snapshot(now).account(request.user)
-            if account is None or account.sid != request.sid:
-                raise RefusedError(f"{request.user} is no longer in the directory snapshot")
-            commands = None if request.commands == "ALL" else request.commands.split(",")
-            names = expand(request.nodes)
-            plan = plan_elevation(
-                policy,
-                account,
-                names,
-                role=request.role,
-                duration=timedelta(seconds=request.duration_s),
-                commands=commands,
-                now=now,
-            )
-            self._not_quarantined(policy, account, names)
-            targets = self._targets(names)
-        except (RefusedError, UsageError) as exc:
-            with self._store.transaction() as conn:
-                rows.decide_request(
-                    conn, request.id, "failed", by=actor, reason=exc.one_line(), now=now
-                )
-                writer.record(
-                    conn,
-                    writer.EventInput(
-                        actor,
-                        "grant.request.fail",
-                        request.id,
-                        outcome="refused",
-                        details={"reason": exc.one_line()},
-                    ),
-                    now,
-                )
-            raise
+        sha, account, plan, targets = self._replan(request, actor, now)
         # Count only approvals that still hold: today's role decides how many and from which
         # groups, and an approver disabled, expired or moved out since does not count.
         snapshot = self._snapshot(now)
@@ -476,6 +358,38 @@ class GrantService:
             return ElevationResult(self.grant(grant.id), self.request(request.id))
         outcomes = self._delivery.push(grant, targets, now, progress)
         return ElevationResult(self.grant(grant.id), self.request(request.id), tuple(outcomes))
+
+    def _replan(
+        self, request: Request, actor: str, now: datetime
+    ) -> tuple[str, Account, ElevationPlan, list[NodeTarget]]:
+        """The request planned again as if asked now; a refusal fails the request (audited)."""
+        try:
+            sha, policy = self._require_policy()
+            account = self._snapshot(now).account(request.user)
+            if account is None or account.sid != request.sid:
+                raise RefusedError(f"{request.user} is no longer in the directory snapshot")
+            commands = None if request.commands == "ALL" else request.commands.split(",")
+            names = expand(request.nodes)
+            duration = timedelta(seconds=request.duration_s)
+            plan = plan_elevation(
+                policy, account, names, role=request.role, duration=duration,
+                commands=commands, now=now,
+            )  # fmt: skip
+            self._not_quarantined(policy, account, names)
+            return sha, account, plan, self._targets(names)
+        except (RefusedError, UsageError) as exc:
+            with self._store.transaction() as conn:
+                why = exc.one_line()
+                rows.decide_request(conn, request.id, "failed", by=actor, reason=why, now=now)
+                writer.record(
+                    conn,
+                    writer.EventInput(
+                        actor, "grant.request.fail", request.id, outcome="refused",
+                        details={"reason": why},
+                    ),
+                    now,
+                )  # fmt: skip
+            raise
 
     def push_pending(self, grant_id: str, *, now: datetime) -> list[push.NodeOutcome]:
         """Push a just-issued grant to its nodes still `pending` (the deferred half of

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
 import pyotp
@@ -215,10 +216,43 @@ def use_recovery_code(
     except RefusedError as exc:
         canonical, malformed = None, exc
     attempt = Attempt(ident, rules, actor, now, "mfa.recovery.use", purpose)
-    plausible = _plausible_recovery(store, ident, now)
-    matched: tuple[int, str] | None = None  # set below, before `body` runs
+    check = _RecoveryCheck(attempt, malformed, _plausible_recovery(store, ident, now))
+    if not check.plausible:  # locked or not enrolled: refused (and audited) without hashing
+        return attempts.committed(store, check.judge)
+    with _recovery_turn(ident.sid) as mine:
+        if not mine:
+            busy = RefusedError(
+                f"another recovery code check for {ident.name} is in progress",
+                fix="wait for it to finish, then try again",
+            )
+            return _refused_at_once(store, attempt, "check in progress", busy)
+        if canonical is not None:
+            # scrypt outside the write lock; `judge` re-checks the row is still unused.
+            if not _recovery_hashing.acquire(timeout=RECOVERY_WAIT_S):
+                crowded = RefusedError(
+                    "too many recovery code checks are in progress", fix="try again in a minute"
+                )
+                return _refused_at_once(store, attempt, "busy", crowded)
+            try:
+                check.matched = _matching_recovery(store, ident.sid, canonical)
+            finally:
+                _recovery_hashing.release()
+        # Still this sid's turn: the failure is counted before its next check starts.
+        return attempts.committed(store, check.judge)
 
-    def body(conn: sqlite3.Connection) -> int | RefusedError:
+
+@dataclass
+class _RecoveryCheck:
+    """One recovery code attempt, judged inside the write transaction."""
+
+    attempt: Attempt
+    malformed: RefusedError | None
+    plausible: bool  # active factor, no lock, before hashing
+    matched: tuple[int, str] | None = None  # (index, hash) of the code it matched, if any
+
+    def judge(self, conn: sqlite3.Connection) -> int | RefusedError:
+        """Codes left, or the refusal (recorded, counted as a failure where it is a guess)."""
+        attempt, ident, now = self.attempt, self.attempt.ident, self.attempt.now
         locked = attempts.refuse_if_locked(conn, attempt)
         if locked is not None:
             return locked
@@ -228,15 +262,17 @@ def use_recovery_code(
                 f"MFA is not enrolled for {ident.name}", fix="enroll with `broker mfa enroll`"
             )
             return attempts.refuse(conn, attempt, "not enrolled", missing, count=False)
-        if malformed is not None:
-            return attempts.refuse(conn, attempt, "malformed recovery code", malformed, count=True)
-        if not plausible:
+        if self.malformed is not None:
+            return attempts.refuse(
+                conn, attempt, "malformed recovery code", self.malformed, count=True
+            )
+        if not self.plausible:
             # Locked or unenrolled a moment ago, so nothing was hashed: not a guess.
             changed = RefusedError(
                 f"the MFA state of {ident.name} changed during the check", fix="try again"
             )
             return attempts.refuse(conn, attempt, "state changed", changed, count=False)
-        if matched is None or not rows.use_recovery(conn, ident.sid, *matched, now):
+        if self.matched is None or not rows.use_recovery(conn, ident.sid, *self.matched, now):
             wrong = RefusedError(
                 "wrong or already used recovery code", fix="each code works once; try another"
             )
@@ -245,33 +281,12 @@ def use_recovery_code(
         writer.record(conn, attempt.audit("ok", left=left), now)
         return left
 
-    def refused(reason: str, error: RefusedError) -> int:
-        return attempts.committed(
-            store, lambda conn: attempts.refuse(conn, attempt, reason, error, count=False)
-        )
 
-    if not plausible:  # locked or not enrolled: refused (and audited) without hashing
-        return attempts.committed(store, body)
-    with _recovery_turn(ident.sid) as mine:
-        if not mine:
-            busy = RefusedError(
-                f"another recovery code check for {ident.name} is in progress",
-                fix="wait for it to finish, then try again",
-            )
-            return refused("check in progress", busy)
-        if canonical is not None:
-            # scrypt outside the write lock; `body` re-checks the row is still unused.
-            if not _recovery_hashing.acquire(timeout=RECOVERY_WAIT_S):
-                crowded = RefusedError(
-                    "too many recovery code checks are in progress", fix="try again in a minute"
-                )
-                return refused("busy", crowded)
-            try:
-                matched = _matching_recovery(store, ident.sid, canonical)
-            finally:
-                _recovery_hashing.release()
-        # Still this sid's turn: the failure is counted before its next check starts.
-        return attempts.committed(store, body)
+def _refused_at_once(store: Store, attempt: Attempt, reason: str, error: RefusedError) -> int:
+    """Refuse (audited, not counted as a failure) before any code was checked."""
+    return attempts.committed(
+        store, lambda conn: attempts.refuse(conn, attempt, reason, error, count=False)
+    )
 
 
 def reset(store: Store, *, ident: MfaIdentity, actor: str, now: datetime) -> bool:

@@ -147,68 +147,66 @@ def _judge_role(
     duration: timedelta | None,
     checks: list[Check],
 ) -> timedelta | None:
-    """Append the role's checks; return the grant length if the role allows it."""
+    """Append the role's checks (binding, scope, duration); return the grant length if the
+    role allows it."""
+    judged = [
+        _binding_check(policy, role, via, account),
+        _scope_check(policy, role, node),
+        _duration_check(role, duration),
+    ]
+    checks.extend(judged)
+    granted = role.default_duration if duration is None else duration
+    return granted if all(c.outcome == "pass" for c in judged) else None
+
+
+def _binding_check(policy: Policy, role: Role, via: list[str], account: Account) -> Check:
     name = role.name
-    ok = bool(via)
     if via:
         groups = ", ".join(via)
-        checks.append(
-            Check("binding", "pass", f"{account.name} is in {groups}, bound to {name}", name)
-        )
-    else:
-        bound = ", ".join(policy.groups_of_role.get(name, ())) or "no group"
-        checks.append(
-            Check(
-                "binding",
-                "fail",
-                f"{account.name} is in none of the groups bound to {name} ({bound})",
-                name,
-            )
-        )
+        return Check("binding", "pass", f"{account.name} is in {groups}, bound to {name}", name)
+    bound = ", ".join(policy.groups_of_role.get(name, ())) or "no group"
+    return Check(
+        "binding",
+        "fail",
+        f"{account.name} is in none of the groups bound to {name} ({bound})",
+        name,
+    )
+
+
+def _scope_check(policy: Policy, role: Role, node: str) -> Check:
+    name = role.name
     if policy.covers(role, node):
         zone = policy.zone_of.get(node)
         how = f"zone {zone}" if zone in role.zones else "its nodes"
-        checks.append(Check("scope", "pass", f"{name} covers {node} through {how}", name))
-    else:
-        checks.append(
-            Check("scope", "fail", f"{name} does not cover {node} ({role.scope_text()})", name)
-        )
-        ok = False
-    longest = role.longest
+        return Check("scope", "pass", f"{name} covers {node} through {how}", name)
+    return Check("scope", "fail", f"{name} does not cover {node} ({role.scope_text()})", name)
+
+
+def _duration_check(role: Role, duration: timedelta | None) -> Check:
+    """No duration asked takes the role's default; one asked must be within its maximum."""
+    name, longest = role.name, role.longest
     if duration is None:
-        granted = role.default_duration
-        checks.append(
-            Check(
-                "duration",
-                "pass",
-                f"no duration asked: the default {format_duration(granted)} applies "
-                f"(at most {format_duration(longest)})",
-                name,
-            )
+        return Check(
+            "duration",
+            "pass",
+            f"no duration asked: the default {format_duration(role.default_duration)} applies "
+            f"(at most {format_duration(longest)})",
+            name,
         )
-    elif timedelta(0) < duration <= longest:
-        granted = duration
-        checks.append(
-            Check(
-                "duration",
-                "pass",
-                f"{format_duration(duration)} is within the maximum {format_duration(longest)}",
-                name,
-            )
+    if timedelta(0) < duration <= longest:
+        return Check(
+            "duration",
+            "pass",
+            f"{format_duration(duration)} is within the maximum {format_duration(longest)}",
+            name,
         )
-    else:
-        granted = duration
-        shown = format_duration(duration) if duration > timedelta(0) else "a non-positive time"
-        checks.append(
-            Check(
-                "duration",
-                "fail",
-                f"{shown} exceeds the maximum {format_duration(longest)} of {name}",
-                name,
-            )
-        )
-        ok = False
-    return granted if ok else None
+    shown = format_duration(duration) if duration > timedelta(0) else "a non-positive time"
+    return Check(
+        "duration",
+        "fail",
+        f"{shown} exceeds the maximum {format_duration(longest)} of {name}",
+        name,
+    )
 
 
 def _obligations(role: Role, user: str, node: str) -> list[Check]:

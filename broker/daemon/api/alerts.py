@@ -7,13 +7,13 @@ from one of those two, with its MFA code, and are audited by the service.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from broker.core.errors import RefusedError
 from broker.core.identity import Account
+from broker.core.timeutil import from_text
 from broker.daemon.api.grants import ReasonText
 from broker.daemon.api.mfa import CodeText
 from broker.daemon.api.names import HostlistText, UtcTimeText
@@ -127,7 +127,7 @@ def list_alerts(ctx: Context[AlertsQuery]) -> list[AlertOut]:
     p = ctx.params
     found = alerts.alerts(
         ctx.app.ready_store().conn,
-        since=None if p.since is None else datetime.fromisoformat(p.since.replace("Z", "+00:00")),
+        since=None if p.since is None else from_text(p.since),
         severity=p.severity,
         unacked=p.unacked,
         rule=p.rule,
