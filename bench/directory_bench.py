@@ -33,6 +33,7 @@ from typing import Any
 import ldap3
 
 from broker.app import App
+from broker.config.kerberos import use_krb5_conf
 from broker.config.loader import load_settings
 from broker.directory import build
 from broker.directory.connection import bind_to, connect
@@ -93,7 +94,9 @@ def fresh_app(info: dict[str, Any], where: Path) -> App:
     text = Path(info["broker"]["config"]).read_text()
     config = where / "broker.toml"
     config.write_text(text.replace(info["broker"]["state_dir"], str(where / "state")))
-    app = App(load_settings(config))
+    settings = load_settings(config)
+    use_krb5_conf(settings.kerberos)  # the lab's realm, as every broker entry point does
+    app = App(settings)
     app.init("unix:bench")
     return app
 

@@ -101,8 +101,6 @@ class App:
         self._keytabs: KeytabService | None = None
         self._quarantines: Quarantines | None = None
         self._detection: DetectionPasses | None = None
-        if settings.kerberos.krb5_conf is not None:
-            os.environ["KRB5_CONFIG"] = str(settings.kerberos.krb5_conf)
 
     @cached_property
     def owner(self) -> tuple[int, int] | None:
