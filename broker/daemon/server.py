@@ -52,7 +52,7 @@ def identify_unix(
         cred = peer_credentials(handler.connection)
         app = workers.app()
         now = utcnow()
-        return unix_caller(cred.uid, app.snapshot(now), operator_group, now)
+        return unix_caller(cred.uid, app.directory().snapshot(now), operator_group, now)
 
     return identify
 
@@ -140,7 +140,7 @@ def running(
     use_krb5_conf(settings.kerberos)  # before any thread binds to AD or accepts SPNEGO
     boot = App(settings)
     try:
-        boot.ready_for_daemon(actor="daemon")
+        boot.setup().ready_for_daemon(actor="daemon")
     finally:
         boot.close()
     daemon = settings.daemon

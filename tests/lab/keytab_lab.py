@@ -54,7 +54,7 @@ def private_app(
     settings = load_settings(private_config(lab, state_dir))
     use_krb5_conf(settings.kerberos)
     app = App(settings)
-    app.init("test")
+    app.setup().init("test")
     store = app.ready_store()
     for node in nodes:
         if inventory.get(store.conn, node["name"]) is None:
@@ -72,8 +72,8 @@ def private_app(
                 known_hosts=app.settings.known_hosts,
                 owner=None,
             )
-    app.sync_directory("test")
-    app.apply_policy(policy_text, "policy.toml", "test")
+    app.directory().sync("test")
+    app.policy().apply(policy_text, "policy.toml", "test")
     return app
 
 
