@@ -31,7 +31,7 @@ def make_app(root: Path) -> App:
         source="bench",
     )
     app = App(settings)
-    app.init("unix:bench")
+    app.setup().init("unix:bench")
     return app
 
 
@@ -115,7 +115,7 @@ def bench_batched(app: App, plain: sqlite3.Connection, n: int) -> tuple[float, f
 
 def fill(app: App, total: int) -> None:
     store = app.ready_store()
-    have = app.verify_audit().count
+    have = app.audit().verify().count
     for start in range(have, total, 10_000):
         with store.transaction() as conn:
             writer.record_many(conn, [event(i) for i in range(start, min(total, start + 10_000))])
@@ -125,7 +125,7 @@ def bench_verify(app: App, plain: sqlite3.Connection, total: int) -> tuple[float
     report_holder: list[int] = []
 
     def ours() -> None:
-        report = app.verify_audit()
+        report = app.audit().verify()
         assert report.ok, report.problem
         report_holder.append(report.count)
 
@@ -168,7 +168,7 @@ def main() -> None:
             (plain_row(i) for i in range(args.events)),
         )
         plain.execute("COMMIT")
-        total = app.verify_audit().count
+        total = app.audit().verify().count
         for _ in range(args.repeat):
             results["verify"].append(bench_verify(app, plain, total))
         app.close()

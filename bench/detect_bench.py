@@ -88,7 +88,7 @@ def make_settings(state: Path, iolog_dir: Path) -> Any:
 
 def fresh_app(state: Path, iolog_dir: Path) -> App:
     app = App(make_settings(state, iolog_dir))
-    app.init("unix:bench")
+    app.setup().init("unix:bench")
     return app
 
 

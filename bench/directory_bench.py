@@ -33,6 +33,7 @@ from typing import Any
 import ldap3
 
 from broker.app import App
+from broker.config.kerberos import use_krb5_conf
 from broker.config.loader import load_settings
 from broker.directory import build
 from broker.directory.connection import bind_to, connect
@@ -93,14 +94,16 @@ def fresh_app(info: dict[str, Any], where: Path) -> App:
     text = Path(info["broker"]["config"]).read_text()
     config = where / "broker.toml"
     config.write_text(text.replace(info["broker"]["state_dir"], str(where / "state")))
-    app = App(load_settings(config))
-    app.init("unix:bench")
+    settings = load_settings(config)
+    use_krb5_conf(settings.kerberos)  # the lab's realm, as every broker entry point does
+    app = App(settings)
+    app.setup().init("unix:bench")
     return app
 
 
 def membership_strategies(app: App, sample: int) -> dict[str, float]:
     """Seconds for the whole population, by each way of getting transitive membership."""
-    cfg = app.directory_settings()
+    cfg = app.directory().settings()
     conn, bind = connect(cfg)
     try:
         reader = Reader(conn, bind.uri, cfg.base_dn, cfg.page_size)
@@ -161,22 +164,22 @@ def main() -> None:
         def full_into_empty() -> float:
             app = fresh_app(info, work / "empty")
             try:
-                return timed(lambda: app.sync_directory("unix:bench", full=True))
+                return timed(lambda: app.directory().sync("unix:bench", full=True))
             finally:
                 app.close()
 
         empty = median_of(args.repeat, full_into_empty, "full sync, empty store")
         app = fresh_app(info, work / "populated")
-        first = app.sync_directory("unix:bench", full=True)
+        first = app.directory().sync("unix:bench", full=True)
         populated = median_of(
             args.repeat,
-            lambda: timed(lambda: app.sync_directory("unix:bench", full=True)),
+            lambda: timed(lambda: app.directory().sync("unix:bench", full=True)),
             "full sync, populated store",
         )
         unchanged = median_of(
-            args.repeat, lambda: timed(lambda: app.sync_directory("unix:bench")), "no-change sync"
+            args.repeat, lambda: timed(lambda: app.directory().sync("unix:bench")), "no-change sync"
         )
-        kind = app.sync_directory("unix:bench").kind
+        kind = app.directory().sync("unix:bench").kind
         config = work / "populated" / "broker.toml"
         broker = str(REPO / ".venv" / "bin" / "broker")
         command = median_of(

@@ -73,7 +73,7 @@ def ingest(args: argparse.Namespace) -> None:
                 }
             )
             app = App(settings)
-            app.init("bench")
+            app.setup().init("bench")
             indexer = Indexer(app.ready_store(), str(store))
             started = time.perf_counter()
             report = indexer.run(datetime.now(UTC))

@@ -29,6 +29,6 @@ def daemon(broker_config: Path) -> Iterator[Path]:
 @pytest.fixture
 def broker_app(broker_config: Path) -> Iterator[App]:
     app = App(load_settings(broker_config))
-    app.migrate(local_actor())
+    app.setup().migrate(local_actor())
     yield app
     app.close()

@@ -15,6 +15,7 @@ import typer
 
 from broker.client.client import Client
 from broker.client.transport import Target
+from broker.config.kerberos import use_krb5_conf
 from broker.config.loader import DEFAULT_CONFIG, ENV_VAR, config_path, load_settings
 from broker.config.settings import DaemonSection, Settings
 
@@ -37,7 +38,9 @@ class CliState:
         if self._app is None:
             from broker.app import App  # lazy: CLI start-up (only bootstrap commands need it)
 
-            self._app = App(self.settings())
+            settings = self.settings()
+            use_krb5_conf(settings.kerberos)  # this process's Kerberos, before the App runs
+            self._app = App(settings)
         return self._app
 
     def client(self) -> Client:

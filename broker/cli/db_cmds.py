@@ -19,7 +19,7 @@ def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """
     from broker.app import local_actor  # lazy: CLI start-up (the whole App)
 
-    applied = state(ctx).app().migrate(local_actor())
+    applied = state(ctx).app().setup().migrate(local_actor())
     if json_out:
         output.print_json({"applied": applied, "version": migrations.latest()})
     elif applied:

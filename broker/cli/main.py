@@ -101,7 +101,7 @@ def init(ctx: typer.Context) -> None:
     """Create the state directory, the audit signing, SSH and MFA keys and the schema (idempotent)."""
     from broker.app import local_actor  # lazy: CLI start-up (the whole App)
 
-    result = state(ctx).app().init(local_actor())
+    result = state(ctx).app().setup().init(local_actor())
     for path in result.created:
         output.say(f"created {path}")
     for name in result.migrations:

@@ -521,6 +521,12 @@ class Settings(_Section):
         return self.audit.checkpoint_log or self.broker.state_dir / "audit" / "checkpoints.jsonl"
 
     @property
+    def checkpoint_paths(self) -> list[Path]:
+        """Every checkpoint log verification reads: the primary and the optional copy."""
+        copy = self.audit.checkpoint_copy
+        return [self.checkpoint_log] if copy is None else [self.checkpoint_log, copy]
+
+    @property
     def signing_key(self) -> Path:
         return self.audit.signing_key or self.broker.state_dir / "keys" / "audit-ed25519.pem"
 

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from broker.app import App, close_shared
+from broker.config.kerberos import use_krb5_conf
 from broker.config.settings import Settings
 from broker.core.errors import UnavailableError
 from broker.core.timeutil import utcnow
@@ -51,7 +52,7 @@ def identify_unix(
         cred = peer_credentials(handler.connection)
         app = workers.app()
         now = utcnow()
-        return unix_caller(cred.uid, app.snapshot(now), operator_group, now)
+        return unix_caller(cred.uid, app.directory().snapshot(now), operator_group, now)
 
     return identify
 
@@ -136,9 +137,10 @@ def running(
     registry: Registry = REGISTRY,
 ) -> Iterator[UnixServer]:
     """Start the daemon's listeners in background threads; stop them when the block ends."""
+    use_krb5_conf(settings.kerberos)  # before any thread binds to AD or accepts SPNEGO
     boot = App(settings)
     try:
-        boot.ready_for_daemon(actor="daemon")
+        boot.setup().ready_for_daemon(actor="daemon")
     finally:
         boot.close()
     daemon = settings.daemon

@@ -133,7 +133,7 @@ def identify_kerberos(settings: Settings, workers: Workers) -> Any:
         principal, reply = negotiate(handler.headers.get("Authorization"), settings, binding)
         handler.auth_reply = reply
         now = utcnow()
-        return kerberos_caller(principal, realm, workers.app().snapshot(now))
+        return kerberos_caller(principal, realm, workers.app().directory().snapshot(now))
 
     return identify
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from broker.core.errors import UnavailableError
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -553,6 +555,16 @@ def applied_numbers(conn: sqlite3.Connection) -> set[int]:
 def pending(conn: sqlite3.Connection) -> list[Migration]:
     done = applied_numbers(conn)
     return [m for m in MIGRATIONS if m.number not in done]
+
+
+def require_current(conn: sqlite3.Connection) -> None:
+    """Refuse to work on a schema older than this code expects (the daemon migrates at start)."""
+    waiting = pending(conn)
+    if waiting:
+        raise UnavailableError(
+            f"the store schema is missing migrations {[m.number for m in waiting]}",
+            fix="run `broker db migrate`",
+        )
 
 
 def latest() -> int:

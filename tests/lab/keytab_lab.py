@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.app import App
+from broker.config.kerberos import use_krb5_conf
 from broker.config.loader import load_settings
 from broker.fleet import inventory
 from broker.fleet.pool import SshOptions, SshPool, put_atomic
@@ -50,8 +51,10 @@ def private_app(
     lab: dict[str, Any], state_dir: Path, policy_text: str, nodes: list[dict[str, Any]]
 ) -> App:
     """Init the private state, pin `nodes`, sync the directory and apply `policy_text`."""
-    app = App(load_settings(private_config(lab, state_dir)))
-    app.init("test")
+    settings = load_settings(private_config(lab, state_dir))
+    use_krb5_conf(settings.kerberos)
+    app = App(settings)
+    app.setup().init("test")
     store = app.ready_store()
     for node in nodes:
         if inventory.get(store.conn, node["name"]) is None:
@@ -69,8 +72,8 @@ def private_app(
                 known_hosts=app.settings.known_hosts,
                 owner=None,
             )
-    app.sync_directory("test")
-    app.apply_policy(policy_text, "policy.toml", "test")
+    app.directory().sync("test")
+    app.policy().apply(policy_text, "policy.toml", "test")
     return app
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker.app import App
+from broker.config.kerberos import use_krb5_conf
 from broker.config.loader import load_settings
 from broker.config.settings import DirectorySection
 from broker.core.errors import UnavailableError
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.lab
 
 def directory_of(lab: dict[str, Any], **changes: Any) -> DirectorySection:
     settings = load_settings(Path(lab["broker"]["config"]))
-    App(settings)  # applies kerberos.krb5_conf, as every broker entry point does
+    use_krb5_conf(settings.kerberos)  # as every broker entry point does
     assert settings.directory is not None
     return settings.directory.model_copy(update=changes)
 

@@ -12,6 +12,7 @@ import ldap3
 import pytest
 
 from broker.app import App
+from broker.config.kerberos import use_krb5_conf
 from broker.config.loader import load_settings
 from broker.core.identity import AccessChange
 from tests.helpers import REPO, run_broker, serving
@@ -153,9 +154,11 @@ def test_incremental_sync_sees_access_changes_and_matches_a_full_sync(
         admin.modify(group_dn(lab, "storage-admins"), {"member": [(ldap3.MODIFY_ADD, [target])]})
     try:
         sync(lab)
-        app = App(load_settings(config_of(lab)))
+        settings = load_settings(config_of(lab))
+        use_krb5_conf(settings.kerberos)
+        app = App(settings)
         published: list[AccessChange] = []
-        app.subscribe(published.extend)
+        app.directory().subscribe(published.extend)
         # The joiner is disabled and loses storage-admins; the leaver is deleted.
         admin.modify(dn["tmp-joiner"], {"userAccountControl": [(ldap3.MODIFY_REPLACE, [514])]})
         admin.modify(
@@ -163,7 +166,7 @@ def test_incremental_sync_sees_access_changes_and_matches_a_full_sync(
             {"member": [(ldap3.MODIFY_DELETE, [dn["tmp-joiner"]])]},
         )
         admin.delete(dn["tmp-leaver"])
-        report = app.sync_directory("unix:test")
+        report = app.directory().sync("unix:test")
         app.close()
         assert report.kind == "incremental"
         seen = {(c.action, c.user, c.group, c.after) for c in published}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from broker.app import App
+from broker.config.kerberos import use_krb5_conf
 from broker.config.loader import load_settings
 from broker.directory.connection import connect
 from tests.lab.conftest import ssh
@@ -105,7 +105,7 @@ def test_lab_exec_enters_the_node(lab_module: ModuleType, lab: dict[str, Any]) -
 
 def test_directory_is_seeded_with_nested_groups_and_special_accounts(lab: dict[str, Any]) -> None:
     settings = load_settings(Path(lab["broker"]["config"]))
-    App(settings)
+    use_krb5_conf(settings.kerberos)
     assert settings.directory is not None
     conn, _info = connect(settings.directory)
     try:

@@ -102,7 +102,7 @@ def test_routes_and_who_may_call_them() -> None:
 
 
 def _user(app: App, name: str) -> Caller:
-    account = app.snapshot().account(name)
+    account = app.directory().snapshot().account(name)
     assert account is not None
     return Caller(f"unix:{name}", name, account.uid, None, account, False, None)
 
@@ -117,7 +117,7 @@ def _explain(app: App, caller: Caller, **params: Any) -> policy_api.ExplainOut:
 def seeded(broker_config: Path) -> Iterator[App]:
     seed_directory(broker_config)
     app = App(load_settings(broker_config))
-    app.apply_policy(LAB_POLICY, "policy.toml", "unix:root")
+    app.policy().apply(LAB_POLICY, "policy.toml", "unix:root")
     yield app
     app.close()
 

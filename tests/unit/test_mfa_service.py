@@ -39,7 +39,7 @@ ACTOR = "unix:test"
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[App]:
     app = App(load_settings(write_config(tmp_path)))
-    app.init(ACTOR)
+    app.setup().init(ACTOR)
     yield app
     app.close()
 
@@ -87,7 +87,7 @@ def test_init_creates_a_private_key_once(app: App) -> None:
     path = app.settings.mfa_key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(app.mfa_key()) == 32
     assert app.mfa_key() is app.mfa_key()
-    assert app.init(ACTOR).created == [] and path.read_bytes() == app.mfa_key()
+    assert app.setup().init(ACTOR).created == [] and path.read_bytes() == app.mfa_key()
     path.chmod(0o644)
     fresh = App(app.settings)
     with pytest.raises(RefusedError, match="mode 0644"):
@@ -401,7 +401,7 @@ def test_reset_is_audited_and_clears_the_lock(app: App) -> None:
     assert new_secret != secret
     later = T0 + timedelta(minutes=1)
     assert check(app, code(new_secret, later), later)
-    assert app.verify_audit().ok
+    assert app.audit().verify().ok
 
 
 def test_the_audit_chain_verifies_after_every_flow(app: App) -> None:
@@ -415,7 +415,7 @@ def test_the_audit_chain_verifies_after_every_flow(app: App) -> None:
             app.ready_store(), ident=ALICE, code=shown[0], rules=RULES, actor=ACTOR, now=T0
         )
     reset(app.ready_store(), ident=ALICE, actor="unix:root", now=T0)
-    report = app.verify_audit()
+    report = app.audit().verify()
     assert report.ok and report.count > 10
     actions = [
         e.split(".")[0]
@@ -464,7 +464,7 @@ def test_concurrent_verifications_of_one_code_accept_it_once(app: App) -> None:
         for thread in threads:
             thread.join(timeout=60)
         assert sorted(results) == ["ok", "this code was already used; wait for the next one"]
-    assert app.verify_audit().ok
+    assert app.audit().verify().ok
 
 
 # ---------------------------------------------------------------- recovery codes: bounded work

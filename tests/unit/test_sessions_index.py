@@ -103,7 +103,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     app = App(load_settings(write_config(tmp_path)))
-    app.init(local_actor())
+    app.setup().init(local_actor())
     yield World(app)
     app.close()
 
@@ -165,7 +165,7 @@ def test_a_complete_recording_is_indexed_once_with_its_digest_and_one_audit_even
     assert world.ids() == ["000001"]
     assert world.row("000001") == row  # not even indexed_at moved
     assert len(world.events("session.recorded")) == 1
-    assert world.app.verify_audit().problem is None
+    assert world.app.audit().verify().problem is None
 
 
 def test_no_store_yet_is_nothing_to_index(world: World) -> None:
@@ -454,7 +454,7 @@ def test_purge_removes_old_finished_recordings_marks_them_and_audits_once(world:
     assert len(world.events("session.purged")) == 1
     world.index(NOW + timedelta(minutes=1))
     assert world.row("000001")["state"] == "purged"
-    assert world.app.verify_audit().problem is None
+    assert world.app.audit().verify().problem is None
 
 
 # --- what ended the session, and under which grant ---------------------------------------------

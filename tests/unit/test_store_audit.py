@@ -45,13 +45,13 @@ def append(app: App, n: int, target: str = "t") -> None:
 def test_state_change_and_its_event_commit_or_roll_back_together(broker_app: App) -> None:
     store = broker_app.ready_store()
     store.conn.execute("CREATE TABLE IF NOT EXISTS things (name TEXT)")
-    before = broker_app.verify_audit().count
+    before = broker_app.audit().verify().count
     with pytest.raises(ZeroDivisionError), store.transaction() as conn:
         conn.execute("INSERT INTO things VALUES ('x')")
         writer.record(conn, writer.EventInput("unix:test", "thing.add", "x"))
         _ = 1 / 0
     assert store.conn.execute("SELECT count(*) FROM things").fetchone()[0] == 0
-    assert broker_app.verify_audit().count == before
+    assert broker_app.audit().verify().count == before
 
 
 def test_events_outside_a_transaction_are_refused(broker_app: App) -> None:
@@ -85,7 +85,7 @@ def test_concurrent_writers_never_fork_the_chain(broker_config: Path) -> None:
         seqs += [int(x) for x in out.split()]
     assert len(set(seqs)) == 600  # every committed append got its own seq
     app = App(load_settings(broker_config))
-    report = app.verify_audit()
+    report = app.audit().verify()
     app.close()
     assert report.ok, report.problem
     assert report.count == 600 + INIT_EVENTS
@@ -105,7 +105,7 @@ def test_kill_9_during_writes_loses_no_committed_event(broker_config: Path) -> N
             rest = proc.stdout.read().split()
         committed += [int(x) for x in rest]
         app = App(load_settings(broker_config))
-        report = app.verify_audit()
+        report = app.audit().verify()
         app.close()
         assert report.ok, report.problem
         assert report.head_seq >= max(committed)
@@ -122,7 +122,7 @@ def test_store_and_wal_files_are_private(broker_app: App) -> None:
 def test_a_world_readable_store_is_refused_with_the_fix(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     app = App(load_settings(config))
-    app.init("unix:test")
+    app.setup().init("unix:test")
     app.close()
     db = tmp_path / "state" / "broker.db"
     db.chmod(0o644)
@@ -152,7 +152,7 @@ def test_every_commit_is_sealed_to_the_log_the_copy_and_syslog(tmp_path: Path) -
         )
     )
     app = App(load_settings(config))
-    app.init("unix:test")
+    app.setup().init("unix:test")
     append(app, 2)
     primary = app.settings.checkpoint_log.read_text().splitlines()
     copy = (tmp_path / "copy" / "cp.jsonl").read_text().splitlines()
@@ -166,13 +166,13 @@ def test_every_commit_is_sealed_to_the_log_the_copy_and_syslog(tmp_path: Path) -
 def test_deleting_newest_rows_is_caught_even_without_the_primary_log(tmp_path: Path) -> None:
     config = write_config(tmp_path, f'checkpoint_copy = "{tmp_path / "copy.jsonl"}"')
     app = App(load_settings(config))
-    app.init("unix:test")
+    app.setup().init("unix:test")
     append(app, 5)
     conn = app.ready_store().conn
     conn.execute("DROP TRIGGER audit_events_no_delete")
     conn.execute("DELETE FROM audit_events WHERE seq > 4")
     app.settings.checkpoint_log.unlink()
-    report = app.verify_audit()
+    report = app.audit().verify()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.seq) == ("truncated", 5)
 
@@ -183,18 +183,18 @@ def test_an_edited_checkpoint_log_is_refused(broker_app: App) -> None:
     text = log.read_text()
     log.write_text(text.replace('"seq":3', '"seq":2', 1))
     with pytest.raises(IntegrityError, match="bad signature"):
-        broker_app.verify_audit()
+        broker_app.audit().verify()
 
 
 def test_interval_sealing_defers_then_seal_catches_up(tmp_path: Path) -> None:
     config = write_config(tmp_path, 'checkpoint_interval = "1h"')
     app = App(load_settings(config))
-    app.init("unix:test")
+    app.setup().init("unix:test")
     append(app, 3)
-    report = app.verify_audit()
+    report = app.audit().verify()
     assert report.ok and report.sealed_seq < report.head_seq and report.warnings
-    assert app.seal() == report.head_seq
-    assert not app.verify_audit().warnings
+    assert app.audit().seal() == report.head_seq
+    assert not app.audit().verify().warnings
 
 
 def test_checkpoint_key_is_private_and_public_half_is_readable(broker_app: App) -> None:

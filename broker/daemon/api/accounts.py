@@ -107,7 +107,7 @@ def _stale_after(ctx: Context[ListQuery] | Context[ReviewQuery], text: str | Non
     if text is not None:
         parse_duration(text)
         return text
-    return f"{int(ctx.app.directory_settings().stale_after.total_seconds())}s"
+    return f"{int(ctx.app.directory().settings().stale_after.total_seconds())}s"
 
 
 def may_see(caller: Caller, name: str, sid: str) -> None:
@@ -139,15 +139,15 @@ def show(ctx: Context[AccountQuery]) -> AccountOut:
                 f"{ctx.caller.display} may only look at their own account",
                 fix="ask a broker operator",
             )
-    account = ctx.app.snapshot(ctx.now).account(name)
+    account = ctx.app.directory().snapshot(ctx.now).account(name)
     if account is None:
         raise RefusedError(
             f"no account {name!r} in the directory snapshot",
             fix="check the name, or run `broker sync` if it was created recently",
         )
     may_see(ctx.caller, name, account.sid)
-    [view] = account_views([account], ctx.app.active_policy())
-    return account_out(view, account.stale(ctx.now, ctx.app.directory_settings().stale_after))
+    [view] = account_views([account], ctx.app.policy().active())
+    return account_out(view, account.stale(ctx.now, ctx.app.directory().settings().stale_after))
 
 
 @REGISTRY.add(
@@ -162,12 +162,12 @@ def list_accounts(ctx: Context[ListQuery]) -> AccountList:
     q = ctx.params
     after_text = _stale_after(ctx, q.stale_after)
     after = parse_duration(after_text)
-    policy = ctx.app.active_policy()
+    policy = ctx.app.policy().active()
     if q.role is not None and policy is None:
         raise UsageError(
             "--role needs an active policy", fix="apply one with `broker policy apply`"
         )
-    snapshot = ctx.app.snapshot(ctx.now)
+    snapshot = ctx.app.directory().snapshot(ctx.now)
     if q.group is not None and snapshot.group(q.group) is None:
         raise RefusedError(f"no group {q.group!r} in the directory snapshot", fix="check the name")
     result = []
@@ -196,5 +196,7 @@ def list_accounts(ctx: Context[ListQuery]) -> AccountList:
 )
 def review_accounts(ctx: Context[ReviewQuery]) -> list[FindingOut]:
     after = parse_duration(_stale_after(ctx, ctx.params.stale_after))
-    findings = review(ctx.app.snapshot(ctx.now), ctx.app.require_policy(), ctx.now, after)
+    findings = review(
+        ctx.app.directory().snapshot(ctx.now), ctx.app.policy().require(), ctx.now, after
+    )
     return [FindingOut(**f.as_dict()) for f in findings]

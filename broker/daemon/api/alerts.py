@@ -31,7 +31,7 @@ def _responder(
 ) -> None:
     """Operators and incident-response members only; with a purpose, their own MFA too."""
     caller = ctx.caller
-    policy = ctx.app.active_policy()
+    policy = ctx.app.policy().active()
     group = policy.incident_response_group if policy is not None else None
     member = caller.account is not None and group is not None and group in caller.account.groups
     if not (caller.operator or member):

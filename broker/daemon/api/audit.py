@@ -82,7 +82,7 @@ class SealOut(Out):
     summary="Check every hash and link, and the chain against the signed checkpoints",
 )
 def verify(ctx: Context[Empty]) -> VerifyOut:
-    report = ctx.app.verify_audit()
+    report = ctx.app.audit().verify()
     problem = report.problem
     return VerifyOut(
         ok=report.ok,
@@ -129,4 +129,4 @@ def events(ctx: Context[EventsQuery]) -> list[EventOut]:
     summary="Write a signed checkpoint of the current head now",
 )
 def seal(ctx: Context[Empty]) -> SealOut:
-    return SealOut(sealed_seq=ctx.app.seal())
+    return SealOut(sealed_seq=ctx.app.audit().seal())

@@ -70,7 +70,7 @@ class SyncOut(Out):
 def ping(ctx: Context[Empty]) -> list[DcOut]:
     return [
         DcOut(uri=r.uri, ok=r.ok, detail=r.detail, elapsed_ms=round(r.elapsed_ms, 1))
-        for r in ping_dcs(ctx.app.directory_settings())
+        for r in ping_dcs(ctx.app.directory().settings())
     ]
 
 
@@ -82,7 +82,7 @@ def ping(ctx: Context[Empty]) -> list[DcOut]:
     summary="What the snapshot holds and when it was last synced",
 )
 def status(ctx: Context[Empty]) -> SnapshotStatus:
-    state = ctx.app.snapshot(ctx.now).state
+    state = ctx.app.directory().snapshot(ctx.now).state
     if state is None:
         raise UnavailableError("no directory snapshot yet", fix="run `broker sync`")
     users, groups = counts(ctx.app.ready_store().conn)
@@ -108,7 +108,7 @@ def status(ctx: Context[Empty]) -> SnapshotStatus:
     summary="Bring the snapshot up to date (incremental unless full)",
 )
 def sync(ctx: Context[SyncRequest]) -> SyncOut:
-    report = ctx.app.sync_directory(ctx.caller.actor, full=ctx.params.full)
+    report = ctx.app.directory().sync(ctx.caller.actor, full=ctx.params.full)
     revoked = ctx.app.revocation().recheck(actor="broker", cause="directory", now=utcnow())
     return SyncOut(
         revoked=revoked,

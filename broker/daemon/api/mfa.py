@@ -90,7 +90,7 @@ def own_identity(caller: Caller) -> MfaIdentity:
 
 
 def named_identity(ctx: Context[StatusQuery] | Context[ResetIn], name: str) -> MfaIdentity:
-    account = ctx.app.snapshot(ctx.now).account(name)
+    account = ctx.app.directory().snapshot(ctx.now).account(name)
     if account is None:
         raise RefusedError(
             f"no account {name!r} in the directory snapshot",

@@ -195,7 +195,7 @@ class ExplainOut(Out):
 def _known_groups(ctx: Context[PolicyFile]) -> tuple[frozenset[str] | None, str | None]:
     """Group names from the snapshot, or why they cannot be checked (never fatal for check)."""
     try:
-        groups = directory_groups(ctx.app.snapshot(ctx.now))
+        groups = directory_groups(ctx.app.directory().snapshot(ctx.now))
     except BrokerError as exc:
         return None, f"group names not checked against the directory: {exc.one_line()}"
     if groups is None:
@@ -226,14 +226,14 @@ def check(ctx: Context[PolicyFile]) -> CheckOut:
     summary="Who would gain and lose which rights where if this text replaced the active policy",
 )
 def plan(ctx: Context[PolicyFile]) -> PlanOut:
-    snapshot = ctx.app.snapshot(ctx.now)
+    snapshot = ctx.app.directory().snapshot(ctx.now)
     loaded = load_policy(
         ctx.params.text, ctx.params.source, known_groups=directory_groups(snapshot)
     )
     warnings = refuse_lint_errors(loaded)
-    active = ctx.app.active_policy_version()
+    active = ctx.app.policy().version()
     result = make_plan(
-        ctx.app.active_policy(),
+        ctx.app.policy().active(),
         loaded.policy,
         snapshot,
         old_sha256=active.sha256 if active else None,
@@ -251,7 +251,7 @@ def plan(ctx: Context[PolicyFile]) -> PlanOut:
     summary="Activate a policy text atomically; audited with its sha256 and plan",
 )
 def apply(ctx: Context[PolicyFile]) -> ApplyOut:
-    result = ctx.app.apply_policy(ctx.params.text, ctx.params.source, ctx.caller.actor)
+    result = ctx.app.policy().apply(ctx.params.text, ctx.params.source, ctx.caller.actor)
     revoked = (
         ctx.app.revocation().recheck(actor=ctx.caller.actor, cause="policy", now=utcnow())
         if result.applied
@@ -307,8 +307,8 @@ def _role_out(policy: Policy, name: str) -> PolicyRoleOut:
     summary="The active policy: sha256, when and by whom it was applied, zones, roles",
 )
 def show(ctx: Context[ShowQuery]) -> ShowOut:
-    version = ctx.app.active_policy_version()
-    policy = ctx.app.active_policy()
+    version = ctx.app.policy().version()
+    policy = ctx.app.policy().active()
     if version is None or policy is None:
         return ShowOut(active=None)
     return ShowOut(
@@ -363,15 +363,15 @@ def explain(ctx: Context[ExplainRequest]) -> ExplainOut:
                 f"{ctx.caller.display} may only ask about their own account, not {name}",
                 fix="ask a broker operator",
             )
-    account = ctx.app.snapshot(ctx.now).account(name)
+    account = ctx.app.directory().snapshot(ctx.now).account(name)
     sha: str | None
     policy: Policy | None
     if q.policy_text is not None:
         loaded = load_policy(q.policy_text, q.policy_source or "policy text")
         policy, sha = loaded.policy, loaded.sha256
     else:
-        policy = ctx.app.active_policy()
-        version = ctx.app.active_policy_version()
+        policy = ctx.app.policy().active()
+        version = ctx.app.policy().version()
         sha = version.sha256 if version else None
     if policy is None:
         decision = no_policy(name, node)

@@ -1,0 +1,68 @@
+"""The directory as a service: the configured section, the stored snapshot, the sync.
+
+Who is told about access changes after a sync (grants revoke on them) subscribes
+here, so the sync's callers never pass the subscribers themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from broker.config.settings import DirectorySection
+from broker.core.errors import ConfigError
+from broker.core.identity import AccessChange
+from broker.core.timeutil import utcnow
+from broker.directory import sync as directory_sync
+from broker.directory.snapshot import StoreSnapshot
+from broker.directory.sync import SyncReport
+from broker.store.db import Store
+
+Subscriber = Callable[[list[AccessChange]], None]
+
+
+class DirectoryService:
+    """AD for one store; `mapped_groups` says which groups' membership changes to audit."""
+
+    def __init__(
+        self,
+        store: Callable[[], Store],
+        section: DirectorySection | None,
+        mapped_groups: Callable[[], frozenset[str] | None],
+    ) -> None:
+        self._store = store
+        self._section = section
+        self._mapped_groups = mapped_groups
+        self._subscribers: list[Subscriber] = []
+
+    def settings(self) -> DirectorySection:
+        """The [directory] section; refuses when the configuration has none."""
+        if self._section is None:
+            raise ConfigError(
+                "no [directory] section in the configuration",
+                fix="add one (see deploy/examples/broker.toml)",
+            )
+        return self._section
+
+    def snapshot(self, now: datetime | None = None) -> StoreSnapshot:
+        """The last committed directory snapshot, evaluated at `now`."""
+        return StoreSnapshot(self._store().conn, now or utcnow())
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Be told, after each committed sync, what changed for access (grants revoke on it)."""
+        self._subscribers.append(callback)
+
+    def _publish(self, changes: list[AccessChange]) -> None:
+        for callback in self._subscribers:
+            callback(changes)
+
+    def sync(self, actor: str, *, full: bool = False) -> SyncReport:
+        """Bring the directory snapshot up to date (one transaction; unchanged on failure)."""
+        return directory_sync.sync(
+            self._store(),
+            self.settings(),
+            actor,
+            full=full,
+            mapped_groups=self._mapped_groups(),
+            publish=self._publish,
+        )
