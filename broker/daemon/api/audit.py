@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, field_validator
 
 from broker.audit.query import PAGE_MAX, EventFilter, iter_events
 from broker.core.timeutil import from_text, to_text
 from broker.daemon.api.names import ActionGlob, AuditActor, UtcTimeText
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
+from broker.wire.audit import (
+    EventOut,
+    ProblemOut,
+    SealOut,
+    VerifyOut,
+)
 
 SEQ_MAX = 2**62  # far beyond any chain, and inside SQLite's INTEGER range
-
-
-class ProblemOut(Out):
-    kind: str
-    seq: int
-    message: str
-
-
-class VerifyOut(Out):
-    ok: bool
-    count: int
-    head_seq: int
-    head_hash: str
-    sealed_seq: int
-    checkpoints: int
-    problem: ProblemOut | None
-    warnings: list[str]
-
-
-class EventOut(Out):
-    """One event as stored; `details` is the parsed form of the hashed canonical JSON text."""
-
-    seq: int
-    ts: str
-    actor: str
-    action: str
-    target: str
-    outcome: str
-    details: dict[str, Any]
-    prev_hash: str
-    hash: str
 
 
 class EventsQuery(Body):
@@ -68,10 +41,6 @@ class EventsQuery(Body):
             return to_text(from_text(value))
         except ValueError:
             raise ValueError("not a valid UTC time") from None
-
-
-class SealOut(Out):
-    sealed_seq: int | None  # None: nothing new since the last checkpoint
 
 
 @REGISTRY.add(

@@ -2,62 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from pydantic import Field
-
 from broker.core.errors import UnavailableError
 from broker.core.timeutil import utcnow
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.directory.connection import ping as ping_dcs
 from broker.directory.snapshot import counts
-
-
-class DcOut(Out):
-    uri: str
-    ok: bool
-    detail: str
-    elapsed_ms: float
-
-
-class SnapshotStatus(Out):
-    dc_uri: str
-    dc_name: str
-    highest_usn: int
-    domain_sid: str
-    users: int
-    groups: int
-    last_full_sync: datetime
-    last_change: datetime
-    last_checked: datetime
+from broker.wire.directory import (
+    ChangeOut,
+    DcOut,
+    SnapshotStatus,
+    SyncOut,
+)
 
 
 class SyncRequest(Body):
     full: bool = False
-
-
-class ChangeOut(Out):
-    action: str
-    user: str
-    sid: str
-    group: str | None
-    before: str | None
-    after: str | None
-
-
-class SyncOut(Out):
-    kind: str
-    reason: str
-    dc: str
-    usn: int
-    users: int
-    groups: int
-    rows_written: int
-    elapsed_s: float
-    skipped: list[str]
-    changes: list[ChangeOut]
-    revoked: list[str] = Field(default_factory=list)  # grants revoked because of what changed
 
 
 @REGISTRY.add(

@@ -12,9 +12,23 @@ from pydantic import Field
 
 from broker.daemon.api.names import AccountName, UtcTimeText
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.sessions import iolog
 from broker.sessions import service as sessions
+from broker.wire.sessions import (
+    CommandOut,
+    DriftOut,
+    GrantContextOut,
+    HookEventOut,
+    IndexOut,
+    MatchOut,
+    PurgeOut,
+    ReplayOut,
+    SearchHitOut,
+    SessionDetailOut,
+    SessionOut,
+    VerifyOut,
+)
 
 RecordingId = Annotated[str, Field(pattern=r"^[0-9A-Z]{6}$")]
 NodeName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -43,75 +57,6 @@ class SessionsQuery(Body):
         )
 
 
-class SessionOut(Out):
-    id: str
-    path: str
-    state: str
-    node: str | None
-    user: str | None
-    runas: str | None
-    command: str | None
-    argv: list[str]
-    cwd: str | None
-    tty: str | None
-    started_at: str | None
-    ended_at: str | None
-    exit_value: int | None
-    signal: str | None
-    end_reason: str | None
-    grant_id: str | None
-    relayed: bool
-    bytes_in: int
-    bytes_out: int
-    sha256: str | None
-    files: dict[str, str]
-    error: str | None
-    first_seen: str
-    indexed_at: str
-
-
-class GrantContextOut(Out):
-    id: str
-    role: str
-    reason: str
-    not_before: str
-    not_after: str
-    state: str
-    approvers: list[str]
-
-
-class HookEventOut(Out):
-    kind: str
-    at: str
-    tty: str
-    pid: int
-    service: str
-    grant: str | None
-
-
-class CommandOut(Out):
-    offset_s: float
-    text: str
-
-
-class DriftOut(Out):
-    """What the session left behind on its node, against the baseline taken at grant push."""
-
-    checked_at: str
-    changes: list[str]  # one line each
-    unexpected: int
-    error: str | None
-
-
-class SessionDetailOut(Out):
-    session: SessionOut
-    grant: GrantContextOut | None
-    hook_events: list[HookEventOut]
-    timeline: list[CommandOut]
-    drift: DriftOut | None = None
-    alerts: list[int] = Field(default_factory=list)
-
-
 class SessionPath(Body):
     id: RecordingId
 
@@ -119,15 +64,6 @@ class SessionPath(Body):
 class ReplayQuery(Body):
     id: RecordingId
     streams: Literal["output", "input", "all"] = "output"
-
-
-class ReplayOut(Out):
-    id: str
-    columns: int
-    lines: int
-    complete: bool
-    # [delay seconds, stream, base64 bytes] in the order sudo wrote them.
-    chunks: list[tuple[float, str, str]]
 
 
 class SearchIn(Body):
@@ -138,39 +74,6 @@ class SearchIn(Body):
     since: UtcTimeText | None = None
     until: UtcTimeText | None = None
     limit: int = Field(default=100, ge=1, le=10_000)
-
-
-class MatchOut(Out):
-    stream: str
-    offset: int
-    excerpt: str
-
-
-class SearchHitOut(Out):
-    session: SessionOut
-    match: MatchOut
-
-
-class VerifyOut(Out):
-    id: str
-    ok: bool
-    sha256: str
-    indexed_sha256: str | None
-    audited_sha256: str | None
-    changed: list[str]
-
-
-class IndexOut(Out):
-    seen: int
-    new: list[str]
-    finished: list[str]
-    quarantined: list[str]
-    bytes_read: int
-    seconds: float
-
-
-class PurgeOut(Out):
-    purged: list[str]
 
 
 def session_out(row: dict[str, Any]) -> SessionOut:
