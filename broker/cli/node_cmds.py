@@ -38,7 +38,7 @@ BOOTSTRAP_REQUESTS = 4  # requests in flight (the daemon's per-user cap is worke
 
 def _node(api: Client, name: str) -> dict[str, Any]:
     for record in api.get("/v1/nodes"):
-        if record["name"] == name:
+        if record.name == name:
             return dict(record)
     raise RefusedError(
         f"node {name} is not in the inventory",
@@ -69,8 +69,8 @@ def add(
     if json_out:
         output.print_json(record)
         return
-    output.say(f"added {record['name']} ({record['address']} port {record['port']})")
-    output.say(f"next: broker node enroll {record['name']}")
+    output.say(f"added {record.name} ({record.address} port {record.port})")
+    output.say(f"next: broker node enroll {record.name}")
 
 
 @app.command("list")
@@ -86,16 +86,16 @@ def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
          "last seen", "problem"],
         [
             [
-                r["name"],
-                r["address"],
-                r["port"],
-                r["fingerprint"] or "not pinned",
-                (r["bootstrapped_at"] or "no")[:19],
-                " ".join(x for x in (r["sudo_flavour"], r["sudo_version"]) if x),
-                _yes_no(r["io_logging"]),
-                "" if r["last_skew_s"] is None else f"{r['last_skew_s']:+.2f}",
-                (r["last_seen_at"] or "")[:19],
-                r["problem"] or "",
+                r.name,
+                r.address,
+                r.port,
+                r.fingerprint or "not pinned",
+                (r.bootstrapped_at or "no")[:19],
+                " ".join(x for x in (r.sudo_flavour, r.sudo_version) if x),
+                _yes_no(r.io_logging),
+                "" if r.last_skew_s is None else f"{r.last_skew_s:+.2f}",
+                (r.last_seen_at or "")[:19],
+                r.problem or "",
             ]
             for r in records
         ],
@@ -106,7 +106,7 @@ def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 def remove(ctx: typer.Context, name: str = typer.Argument(..., help="The node to forget.")) -> None:
     """Remove a node and its pinned host key (refused while a grant may be on it)."""
     record = client(ctx).post("/v1/nodes/remove", {"name": name})
-    output.say(f"removed {record['name']} ({record['address']} port {record['port']})")
+    output.say(f"removed {record.name} ({record.address} port {record.port})")
 
 
 @app.command()
@@ -151,7 +151,7 @@ def enroll(
         expected = [{"fingerprint": hostkeys.check_fingerprint(fingerprint)}]
     elif known_hosts is not None:
         node = _node(api, name)
-        keys = hostkeys.read_known_hosts(str(known_hosts), name, node["address"], node["port"])
+        keys = hostkeys.read_known_hosts(str(known_hosts), name, node.address, node.port)
         expected = [{"fingerprint": k.fingerprint, "key_type": k.key_type} for k in keys]
     body: dict[str, Any] = {"name": name, "replace": replace}
     if expected:
@@ -159,11 +159,11 @@ def enroll(
         _say_enrolled(result)
         return
     seen = api.post("/v1/nodes/enroll", {**body, "confirm": False})
-    if seen["pinned"]:
+    if seen.pinned:
         _say_enrolled(seen)
         return
-    where = f"{seen['node']} ({seen['address']} port {seen['port']})"
-    output.say(f"{where} presents {seen['key_type']} {seen['fingerprint']}")
+    where = f"{seen.node} ({seen.address} port {seen.port})"
+    output.say(f"{where} presents {seen.key_type} {seen.fingerprint}")
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(
@@ -174,19 +174,19 @@ def enroll(
         if not typer.confirm("Pin this key?", default=False, err=True):
             output.fail("not pinned")
             raise typer.Exit(EXIT_FAILED)
-    accepted = [{"fingerprint": seen["fingerprint"], "key_type": seen["key_type"]}]
+    accepted = [{"fingerprint": seen.fingerprint, "key_type": seen.key_type}]
     result = api.post("/v1/nodes/enroll", {**body, "expected": accepted, "confirm": True})
     _say_enrolled(result)
 
 
 def _say_enrolled(result: dict[str, Any]) -> None:
-    key = f"{result['key_type']} {result['fingerprint']}"
-    if not result["changed"]:
-        output.say(f"{result['node']}: already pinned to {key}")
-    elif result["previous"]:
-        output.say(f"{result['node']}: re-pinned to {key} (was {result['previous']})")
+    key = f"{result.key_type} {result.fingerprint}"
+    if not result.changed:
+        output.say(f"{result.node}: already pinned to {key}")
+    elif result.previous:
+        output.say(f"{result.node}: re-pinned to {key} (was {result.previous})")
     else:
-        output.say(f"{result['node']}: pinned {key}")
+        output.say(f"{result.node}: pinned {key}")
 
 
 # ---------------------------------------------------------------- on the nodes
@@ -224,7 +224,7 @@ def bootstrap(
                 errors.append(exc)
             progress.advance(task, len(futures[future]))
     order = {name: i for i, name in enumerate(names)}
-    results.sort(key=lambda r: order.get(r["node"], len(order)))
+    results.sort(key=lambda r: order.get(r.node, len(order)))
     if json_out:
         output.print_json(results)
     elif results:
@@ -233,20 +233,20 @@ def bootstrap(
         )
     if errors:
         raise errors[0]
-    failed = [r["node"] for r in results if not r["ok"]]
+    failed = [r.node for r in results if not r.ok]
     if failed:
         output.fail(f"bootstrap failed on {fold(failed)}")
         raise typer.Exit(EXIT_FAILED)
 
 
 def _boot_row(r: dict[str, Any]) -> list[object]:
-    changes = r["changed"]
+    changes = r.changed
     result = "changed" if changes else "unchanged"
-    if not r["ok"]:
+    if not r.ok:
         result = "FAILED"
     shown = "; ".join(changes[:6]) + (f"; +{len(changes) - 6} more" if len(changes) > 6 else "")
-    problem = r["error"] or ((r["status"] or {}).get("problem") or "")
-    return [r["node"], result, shown, problem]
+    problem = r.error or ((r.status or {}).get("problem") or "")
+    return [r.node, result, shown, problem]
 
 
 @app.command()
@@ -276,20 +276,20 @@ def status(
 
 def _status_row(s: dict[str, Any]) -> list[object]:
     return [
-        s["node"],
-        "yes" if s["reachable"] else "NO",
-        "" if s["skew_s"] is None else f"{s['skew_s']:+.3f}",
-        s["hook_version"] or "",
-        " ".join(x for x in (s["sudo_flavour"], s["sudo_version"]) if x),
-        _yes_no(s["io_logging"]),
-        "" if s["active_grants"] is None else s["active_grants"],
-        s["problem"] or "",
+        s.node,
+        "yes" if s.reachable else "NO",
+        "" if s.skew_s is None else f"{s.skew_s:+.3f}",
+        s.hook_version or "",
+        " ".join(x for x in (s.sudo_flavour, s.sudo_version) if x),
+        _yes_no(s.io_logging),
+        "" if s.active_grants is None else s.active_grants,
+        s.problem or "",
     ]
 
 
 def _exit_for(statuses: Sequence[dict[str, Any]]) -> None:
-    down = [s["node"] for s in statuses if not s["reachable"]]
-    troubled = [s["node"] for s in statuses if s["reachable"] and s["problem"]]
+    down = [s.node for s in statuses if not s.reachable]
+    troubled = [s.node for s in statuses if s.reachable and s.problem]
     if down:
         output.fail(f"unreachable: {fold(down)}")
         raise typer.Exit(EXIT_UNAVAILABLE)
@@ -324,8 +324,8 @@ def ping(
             ["node", "reachable", "hostname", "skew (s)", "ms", "problem"],
             [_row(p) for p in probes],
         )
-    down = [p["node"] for p in probes if not p["reachable"]]
-    wrong = [p["node"] for p in probes if p["reachable"] and not _sane(p)]
+    down = [p.node for p in probes if not p.reachable]
+    wrong = [p.node for p in probes if p.reachable and not _sane(p)]
     if down:
         output.fail(f"unreachable: {fold(down)}")
         raise typer.Exit(EXIT_UNAVAILABLE)
@@ -337,23 +337,23 @@ def ping(
 
 
 def _sane(probe: dict[str, Any]) -> bool:
-    short = (probe["hostname"] or "").split(".")[0]
+    short = (probe.hostname or "").split(".")[0]
     return (
-        probe["skew_s"] is not None
-        and abs(probe["skew_s"]) <= MAX_SKEW_S
-        and short == probe["node"].split(".")[0]
+        probe.skew_s is not None
+        and abs(probe.skew_s) <= MAX_SKEW_S
+        and short == probe.node.split(".")[0]
     )
 
 
 def _row(p: dict[str, Any]) -> list[object]:
-    skew = "" if p["skew_s"] is None else f"{p['skew_s']:+.3f}"
+    skew = "" if p.skew_s is None else f"{p.skew_s:+.3f}"
     return [
-        p["node"],
-        "yes" if p["reachable"] else "NO",
-        p["hostname"] or "",
+        p.node,
+        "yes" if p.reachable else "NO",
+        p.hostname or "",
         skew,
-        f"{p['elapsed_ms']:.0f}",
-        p["error"] or "",
+        f"{p.elapsed_ms:.0f}",
+        p.error or "",
     ]
 
 
@@ -378,11 +378,11 @@ def quarantine(
         output.print_json(result)
     else:
         output.say(
-            f"quarantined {fold(result['nodes'])}: revoked {len(result['revoked'])} grant(s),"
-            f" ended {result['sessions_ended']} session process(es)"
+            f"quarantined {fold(result.nodes)}: revoked {len(result.revoked)} grant(s),"
+            f" ended {result.sessions_ended} session process(es)"
         )
-        _marks(result["marks"], "marker placed")
-    _exit_for_marks(result["marks"])
+        _marks(result.marks, "marker placed")
+    _exit_for_marks(result.marks)
 
 
 @app.command()
@@ -413,8 +413,8 @@ def quarantined(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
         None,
         ["node", "state", "since", "by", "reason", "marker", "problem"],
         [
-            [q["node"], q["state"], output.when(q["since"]), q["by"], q["reason"], q["marker"],
-             q["error"] or ""]
+            [q.node, q.state, output.when(q.since), q.by, q.reason, q.marker,
+             q.error or ""]
             for q in found
         ],
     )  # fmt: skip
@@ -422,12 +422,12 @@ def quarantined(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
 def _marks(marks: Sequence[dict[str, Any]], ok_text: str) -> None:
     for m in marks:
-        if m["ok"]:
-            output.say(f"{m['node']}: {ok_text}")
+        if m.ok:
+            output.say(f"{m.node}: {ok_text}")
         else:
-            output.warn(f"{m['node']}: not reached ({m['error']}); the daemon keeps trying")
+            output.warn(f"{m.node}: not reached ({m.error}); the daemon keeps trying")
 
 
 def _exit_for_marks(marks: Sequence[dict[str, Any]]) -> None:
-    if any(not m["ok"] for m in marks):
+    if any(not m.ok for m in marks):
         raise typer.Exit(EXIT_UNAVAILABLE)

@@ -86,17 +86,17 @@ def check(
     if json_out:
         output.print_json(_without(report, "counts", "note"))
     else:
-        for row in report["findings"]:
-            label = row["severity"] + (f" {row['control']}" if row["control"] else "")
-            output.say(f"{path}:{row['line']}: {label}: {row['message']}")
+        for row in report.findings:
+            label = row.severity + (f" {row.control}" if row.control else "")
+            output.say(f"{path}:{row.line}: {label}: {row.message}")
         if note:
             output.say(f"note: {note}")
-        verdict = "INVALID" if report["errors"] else "valid"
-        summary = _counts(report["errors"], report["warnings"], report["notes"])
-        if report["counts"] is not None:
-            summary = f"{_sizes(report['counts'])}; {summary}"
+        verdict = "INVALID" if report.errors else "valid"
+        summary = _counts(report.errors, report.warnings, report.notes)
+        if report.counts is not None:
+            summary = f"{_sizes(report.counts)}; {summary}"
         output.say(f"{path}: {verdict}: {summary}")
-    if report["errors"]:
+    if report.errors:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -111,9 +111,9 @@ def plan(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_O
     if json_out:
         output.print_json(result)
         return
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         output.warn(warning)
-    old, new = result["old_sha256"], result["new_sha256"]
+    old, new = result.old_sha256, result.new_sha256
     against = f"the active policy {old[:12]}" if old else "no active policy"
     output.say(f"plan: {file} (sha256 {new[:12]}) against {against}")
     if old is not None and old == new:
@@ -123,10 +123,10 @@ def plan(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_O
 
 
 def _print_plan(result: dict[str, Any]) -> None:
-    changes = result["changes"]
+    changes = result.changes
     if changes:
         output.table(
-            "settings", ["subject", "change"], [[c["subject"], c["what"]] for c in changes]
+            "settings", ["subject", "change"], [[c.subject, c.what] for c in changes]
         )
     for title, key, who in (
         ("gained by group", "group_gains", "group"),
@@ -138,16 +138,16 @@ def _print_plan(result: dict[str, Any]) -> None:
             output.table(
                 title,
                 [who, "role", "nodes", "count"],
-                [[c["holder"], c["role"], c["nodes"], c["count"]] for c in result[key]],
+                [[c.holder, c.role, c.nodes, c.count] for c in result[key]],
             )
-    if result["eligible_accounts"] == 0:
+    if result.eligible_accounts == 0:
         output.say(
             "note: the directory snapshot holds no account that may elevate, so no user "
             "gains or loses anything yet; the group tables show what the bindings give"
         )
     output.say(
-        f"{result['users_gaining']} users gain rights, {result['users_losing']} lose rights; "
-        f"{result['groups_gaining']} groups gain, {result['groups_losing']} lose; "
+        f"{result.users_gaining} users gain rights, {result.users_losing} lose rights; "
+        f"{result.groups_gaining} groups gain, {result.groups_losing} lose; "
         f"{len(changes)} settings change"
     )
 
@@ -159,20 +159,20 @@ def apply(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_
     if json_out:
         output.print_json(_without(result, "applied_at", "actor"))
         return
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         output.warn(warning)
-    short = result["sha256"][:12]
-    if not result["applied"]:
+    short = result.sha256[:12]
+    if not result.applied:
         output.say(
-            f"policy {short} is already active (applied {result['applied_at']} by "
-            f"{result['actor']}): nothing to do"
+            f"policy {short} is already active (applied {result.applied_at} by "
+            f"{result.actor}): nothing to do"
         )
         return
-    if result["plan"] is not None:
-        _print_plan(result["plan"])
-    output.say(f"applied policy {short} from {file} as version {result['version']}")
+    if result.plan is not None:
+        _print_plan(result.plan)
+    output.say(f"applied policy {short} from {file} as version {result.version}")
     if result.get("revoked"):
-        output.say(f"revoked grants it no longer allows: {', '.join(result['revoked'])}")
+        output.say(f"revoked grants it no longer allows: {', '.join(result.revoked)}")
 
 
 @app.command()
@@ -183,7 +183,7 @@ def show(
 ) -> None:
     """The active policy: sha256, when and by whom it was applied, its zones and roles."""
     data = client(ctx).get("/v1/policy", text=text)
-    version = data["active"]
+    version = data.active
     if version is None:
         if json_out:
             output.print_json({"active": None})
@@ -191,32 +191,32 @@ def show(
             output.say("no policy is active; apply one with `broker policy apply FILE`")
         return
     if text:
-        typer.echo(data["text"], nl=False)
+        typer.echo(data.text, nl=False)
         return
-    zones, roles = data["zones"], data["roles"]
+    zones, roles = data.zones, data.roles
     if json_out:
         shown = _without(data, "text")
-        shown["roles"] = {
+        shown.roles = {
             name: _without(role, "where", "approval_groups") for name, role in roles.items()
         }
         output.print_json(shown)
         return
     sizes = {
         "zones": len(zones),
-        "nodes": sum(z["count"] for z in zones.values()),
+        "nodes": sum(z.count for z in zones.values()),
         "roles": len(roles),
-        "bindings": data["bindings"],
-        "service_accounts": len(data["service_accounts"]),
+        "bindings": data.bindings,
+        "service_accounts": len(data.service_accounts),
     }
     output.say(
-        f"active policy {version['sha256']}\napplied {version['applied_at']} by "
-        f"{version['actor']} from {version['source']} (version {version['version']})\n"
+        f"active policy {version.sha256}\napplied {version.applied_at} by "
+        f"{version.actor} from {version.source} (version {version.version})\n"
         f"{_sizes(sizes)}"
     )
     output.table(
         "zones",
         ["zone", "kind", "nodes", "count"],
-        [[name, z["kind"], z["nodes"], z["count"]] for name, z in zones.items()],
+        [[name, z.kind, z.nodes, z.count] for name, z in zones.items()],
     )
     output.table(
         "roles",
@@ -224,14 +224,14 @@ def show(
         [
             [
                 name,
-                r["where"],
-                r["runas"],
-                r["commands"],
-                r["default_duration"],
-                r["max_duration"],
-                "yes" if r["mfa"] else "NO",
-                f"{r['approvals']} of {', '.join(r['approval_groups'])}" if r["approvals"] else "-",
-                ", ".join(r["groups"]) or "-",
+                r.where,
+                r.runas,
+                r.commands,
+                r.default_duration,
+                r.max_duration,
+                "yes" if r.mfa else "NO",
+                f"{r.approvals} of {', '.join(r.approval_groups)}" if r.approvals else "-",
+                ", ".join(r.groups) or "-",
             ]
             for name, r in roles.items()
         ],
@@ -282,7 +282,7 @@ def explain(
         "/v1/policy/explain", {k: v for k, v in body.items() if v is not None}
     )
     _print_decision(decision, json_out)
-    if decision["verdict"] != "allow":
+    if decision.verdict != "allow":
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -290,13 +290,13 @@ def _print_decision(decision: dict[str, Any], json_out: bool) -> None:
     if json_out:
         output.print_json(decision)
         return
-    sha = decision["policy_sha256"]
+    sha = decision.policy_sha256
     output.table(
-        f"{decision['user']} on {decision['node']}" + (f" (policy {sha[:12]})" if sha else ""),
+        f"{decision.user} on {decision.node}" + (f" (policy {sha[:12]})" if sha else ""),
         ["#", "rule", "role", "outcome", "detail"],
         [
-            [i, c["rule"], c["role"] or "-", c["outcome"], c["detail"]]
-            for i, c in enumerate(decision["checks"], 1)
+            [i, c.rule, c.role or "-", c.outcome, c.detail]
+            for i, c in enumerate(decision.checks, 1)
         ],
     )
-    output.say(f"verdict: {decision['verdict'].upper()}: {decision['reason']}")
+    output.say(f"verdict: {decision.verdict.upper()}: {decision.reason}")

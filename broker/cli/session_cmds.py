@@ -35,12 +35,12 @@ def setup(ctx: typer.Context) -> None:
 
 
 def _command(row: dict[str, Any]) -> str:
-    text = str(" ".join(row["argv"]) or row["command"] or "-")
+    text = str(" ".join(row.argv) or row.command or "-")
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _state(row: dict[str, Any]) -> str:
-    return f"{row['state']}{' (relayed)' if row['relayed'] else ''}"
+    return f"{row.state}{' (relayed)' if row.relayed else ''}"
 
 
 @app.command("list")
@@ -74,9 +74,9 @@ def list_sessions(
         ["id", "user", "as", "node", "command", "started", "ended", "end", "grant", "state"],
         [
             [
-                r["id"], r["user"] or "-", r["runas"] or "-", r["node"] or "-", _command(r),
-                output.when(r["started_at"]), output.when(r["ended_at"]), r["end_reason"] or "-",
-                r["grant_id"] or "-", _state(r),
+                r.id, r.user or "-", r.runas or "-", r.node or "-", _command(r),
+                output.when(r.started_at), output.when(r.ended_at), r.end_reason or "-",
+                r.grant_id or "-", _state(r),
             ]
             for r in found
         ],
@@ -95,44 +95,44 @@ def show(
     if json_out:
         output.print_json(d)
         return
-    s, g = d["session"], d["grant"]
+    s, g = d.session, d.grant
     rows = [
-        ["session", s["id"]],
-        ["state", _state(s) + (f": {s['error']}" if s["error"] else "")],
-        ["user", s["user"] or "-"],
-        ["as", s["runas"] or "-"],
-        ["node", s["node"] or "-"],
-        ["tty", s["tty"] or "-"],
-        ["command", " ".join(s["argv"]) or s["command"] or "-"],
-        ["cwd", s["cwd"] or "-"],
-        ["grant", s["grant_id"] or "none found"],
-        ["reason", g["reason"] if g else "-"],
-        ["approvers", ", ".join(g["approvers"]) if g and g["approvers"] else "-"],
-        ["started", output.when(s["started_at"])],
-        ["ended", output.when(s["ended_at"])],
-        ["end", s["end_reason"] or "-"],
-        ["exit", "-" if s["exit_value"] is None else str(s["exit_value"])],
-        ["bytes in/out", f"{s['bytes_in']}/{s['bytes_out']}"],
-        ["sha256", s["sha256"] or "-"],
+        ["session", s.id],
+        ["state", _state(s) + (f": {s.error}" if s.error else "")],
+        ["user", s.user or "-"],
+        ["as", s.runas or "-"],
+        ["node", s.node or "-"],
+        ["tty", s.tty or "-"],
+        ["command", " ".join(s.argv) or s.command or "-"],
+        ["cwd", s.cwd or "-"],
+        ["grant", s.grant_id or "none found"],
+        ["reason", g.reason if g else "-"],
+        ["approvers", ", ".join(g.approvers) if g and g.approvers else "-"],
+        ["started", output.when(s.started_at)],
+        ["ended", output.when(s.ended_at)],
+        ["end", s.end_reason or "-"],
+        ["exit", "-" if s.exit_value is None else str(s.exit_value)],
+        ["bytes in/out", f"{s.bytes_in}/{s.bytes_out}"],
+        ["sha256", s.sha256 or "-"],
     ]
     drift = d.get("drift")
     if drift is not None:
         rows.append(
             [
                 "drift",
-                drift["error"]
-                or f"{len(drift['changes'])} change(s), "
-                f"{drift['unexpected']} unexpected (checked {output.when(drift['checked_at'])})",
+                drift.error
+                or f"{len(drift.changes)} change(s), "
+                f"{drift.unexpected} unexpected (checked {output.when(drift.checked_at)})",
             ]
         )
     if d.get("alerts"):
-        rows.append(["alerts", ", ".join(str(a) for a in d["alerts"])])
+        rows.append(["alerts", ", ".join(str(a) for a in d.alerts)])
     output.table(None, ["", ""], rows)
-    if drift is not None and drift["changes"]:
-        output.table("left behind", ["change"], [[c] for c in drift["changes"]])
-    if d["timeline"]:
+    if drift is not None and drift.changes:
+        output.table("left behind", ["change"], [[c] for c in drift.changes])
+    if d.timeline:
         output.table(
-            "typed", ["+s", "line"], [[f"{c['offset_s']:.1f}", c["text"]] for c in d["timeline"]]
+            "typed", ["+s", "line"], [[f"{c.offset_s:.1f}", c.text] for c in d.timeline]
         )
 
 
@@ -149,7 +149,7 @@ def replay(
     (scaled by --speed). `sudoreplay -d STORE ID` works on the central copy too."""
     data = client(ctx).get(f"/v1/sessions/{session_id}/replay", streams="output")
     out = sys.stdout.buffer
-    for delay, _stream, b64 in data["chunks"]:
+    for delay, _stream, b64 in data.chunks:
         pause = delay / speed if speed > 0 else 0.0
         if max_wait > 0:
             pause = min(pause, max_wait)
@@ -192,9 +192,9 @@ def search(
         ["id", "user", "node", "started", "stream", "match"],
         [
             [
-                h["session"]["id"], h["session"]["user"] or "-", h["session"]["node"] or "-",
-                output.when(h["session"]["started_at"]), h["match"]["stream"],
-                h["match"]["excerpt"].encode("unicode_escape").decode("ascii")[:120],
+                h.session["id"], h.session["user"] or "-", h.session["node"] or "-",
+                output.when(h.session["started_at"]), h.match["stream"],
+                h.match["excerpt"].encode("unicode_escape").decode("ascii")[:120],
             ]
             for h in hits
         ],
@@ -212,12 +212,12 @@ def verify(
     r = client(ctx).post(f"/v1/sessions/{session_id}/verify", {})
     if json_out:
         output.print_json(r)
-    elif r["ok"]:
-        output.say(f"session {r['id']}: intact (sha256 {r['sha256']})")
-    if not r["ok"]:
-        changed = ", ".join(r["changed"]) or "the recording"
+    elif r.ok:
+        output.say(f"session {r.id}: intact (sha256 {r.sha256})")
+    if not r.ok:
+        changed = ", ".join(r.changed) or "the recording"
         raise FailedError(
-            f"session {r['id']}: the stored recording changed since it was indexed ({changed})",
+            f"session {r.id}: the stored recording changed since it was indexed ({changed})",
             fix="treat it as tampered; the audit chain holds the original digest",
         )
 
@@ -230,8 +230,8 @@ def index(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
         output.print_json(r)
         return
     output.say(
-        f"{r['seen']} recordings seen: {len(r['new'])} new, {len(r['finished'])} finished, "
-        f"{len(r['quarantined'])} quarantined ({r['bytes_read']} bytes in {r['seconds']:.2f}s)"
+        f"{r.seen} recordings seen: {len(r.new)} new, {len(r.finished)} finished, "
+        f"{len(r.quarantined)} quarantined ({r.bytes_read} bytes in {r.seconds:.2f}s)"
     )
 
 
@@ -242,4 +242,4 @@ def purge(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     if json_out:
         output.print_json(r)
         return
-    output.say(f"purged {len(r['purged'])} recording(s)")
+    output.say(f"purged {len(r.purged)} recording(s)")

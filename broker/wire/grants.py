@@ -33,6 +33,15 @@ class GrantNodeOut(Out):
     error: str | None
     attempts: int
 
+    def as_result(self) -> NodeResultOut:
+        """Where a push stands, as a push result (a client watching a deferred push)."""
+        return NodeResultOut(
+            node=self.node,
+            ok=self.state == "live",
+            error=self.error if self.state != "pending" else "still being pushed",
+            elapsed_ms=0.0,
+        )
+
 
 class GrantOut(Out):
     id: str
@@ -54,6 +63,18 @@ class GrantOut(Out):
     ended_by: str | None
     end_reason: str | None
     node_states: list[GrantNodeOut]
+
+    @property
+    def live_on(self) -> list[str]:
+        return [n.node for n in self.node_states if n.state == "live"]
+
+    @property
+    def shown_state(self) -> str:
+        """`active` only while in force (`active` says so); a stored `active` past its
+        window is `expired` until the reaper records it."""
+        if self.active:
+            return "active"
+        return "expired" if self.state == "active" else self.state
 
 
 class ApprovalOut(Out):
@@ -82,6 +103,10 @@ class RequestOut(Out):
     decision_reason: str | None
     grant_id: str | None
     approvals: list[ApprovalOut]
+
+    @property
+    def approved(self) -> int:
+        return sum(a.decision == "approve" for a in self.approvals)
 
 
 class ElevationOut(Out):

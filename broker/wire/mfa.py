@@ -36,6 +36,11 @@ class StatusOut(Out):
     locked_until: datetime | None
     recent_failures: int
 
+    @property
+    def shown_state(self) -> str:
+        """One word for a person: active, pending (enrolled, not yet activated), not enrolled."""
+        return "active" if self.enrolled else ("pending" if self.pending else "not enrolled")
+
 
 class ResetOut(Out):
     account: str
