@@ -56,10 +56,7 @@ def show(
         ],
         [
             "may elevate",
-            "; ".join(
-                f"{s.role} on {s.nodes} for up to {s.max_duration}"
-                for s in a.may_elevate
-            )
+            "; ".join(f"{s.role} on {s.nodes} for up to {s.max_duration}" for s in a.may_elevate)
             or "nowhere",
         ],
     ]

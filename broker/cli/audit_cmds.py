@@ -35,9 +35,7 @@ class ExportFormat(StrEnum):
 
 def event_of(row: EventOut) -> AuditEvent:
     """An event from the daemon, rebuilt as stored (`details` back to its canonical text)."""
-    return AuditEvent(
-        **row.model_dump(exclude={"details"}), details=canonical_details(row.details)
-    )
+    return AuditEvent(**row.model_dump(exclude={"details"}), details=canonical_details(row.details))
 
 
 def events_after(c: Client, after_seq: int = 0, **filters: str | None) -> Iterator[AuditEvent]:
@@ -88,9 +86,7 @@ def verify(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
                 f"sealed up to seq {report.sealed_seq} by {report.checkpoints} checkpoints"
             )
         else:
-            output.fail(
-                f"audit chain BAD at seq {problem.seq} ({problem.kind}): {problem.message}"
-            )
+            output.fail(f"audit chain BAD at seq {problem.seq} ({problem.kind}): {problem.message}")
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 

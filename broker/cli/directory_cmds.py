@@ -25,10 +25,7 @@ def ping(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
         output.table(
             None,
             ["DC", "ok", "detail", "ms"],
-            [
-                [r.uri, "yes" if r.ok else "NO", r.detail, f"{r.elapsed_ms:.0f}"]
-                for r in results
-            ],
+            [[r.uri, "yes" if r.ok else "NO", r.detail, f"{r.elapsed_ms:.0f}"] for r in results],
         )
     if not any(r.ok for r in results):
         raise typer.Exit(EXIT_UNAVAILABLE)

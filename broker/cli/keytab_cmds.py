@@ -114,9 +114,7 @@ def status(
             [
                 a.name,
                 a.ad_kvno if a.ad_kvno is not None else "?",
-                ", ".join(
-                    f"{n.node}:{max(n.kvnos) if n.kvnos else '-'}" for n in a.nodes
-                ),
+                ", ".join(f"{n.node}:{max(n.kvnos) if n.kvnos else '-'}" for n in a.nodes),
                 a.last_rotated_at or "never",
                 a.next_due_at or "not created",
                 a.last_verified_at or "never",

@@ -14,6 +14,15 @@ from broker.cli import output
 from broker.cli.context import JSON_OPTION, client, state
 from broker.core.errors import FailedError, UsageError
 from broker.core.timeutil import utcnow
+from broker.wire.sessions import (
+    IndexOut,
+    PurgeOut,
+    ReplayOut,
+    SearchHitOut,
+    SessionDetailOut,
+    SessionOut,
+    VerifyOut,
+)
 
 app = typer.Typer(
     help="Recorded elevated sessions: list, show, replay, search, verify.", no_args_is_help=True
@@ -34,12 +43,12 @@ def setup(ctx: typer.Context) -> None:
         output.say("the log server's files are already in place")
 
 
-def _command(row: dict[str, Any]) -> str:
+def _command(row: SessionOut) -> str:
     text = str(" ".join(row.argv) or row.command or "-")
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _state(row: dict[str, Any]) -> str:
+def _state(row: SessionOut) -> str:
     return f"{row.state}{' (relayed)' if row.relayed else ''}"
 
 
@@ -65,7 +74,7 @@ def list_sessions(
     for key, value in (("since", output.moment(since)), ("until", output.moment(until))):
         if value is not None:
             query[key] = value
-    found: list[dict[str, Any]] = client(ctx).get("/v1/sessions", **query)
+    found = client(ctx).get_list("/v1/sessions", SessionOut, **query)
     if json_out:
         output.print_json(found)
         return
@@ -91,12 +100,12 @@ def show(
 ) -> None:
     """One session: who, as whom, where, which grant and reason, start, end, exit status,
     and the command lines typed in it, with when."""
-    d = client(ctx).get(f"/v1/sessions/{session_id}")
+    d = client(ctx).get(f"/v1/sessions/{session_id}", SessionDetailOut)
     if json_out:
         output.print_json(d)
         return
     s, g = d.session, d.grant
-    rows = [
+    rows: list[list[str]] = [
         ["session", s.id],
         ["state", _state(s) + (f": {s.error}" if s.error else "")],
         ["user", s.user or "-"],
@@ -115,7 +124,7 @@ def show(
         ["bytes in/out", f"{s.bytes_in}/{s.bytes_out}"],
         ["sha256", s.sha256 or "-"],
     ]
-    drift = d.get("drift")
+    drift = d.drift
     if drift is not None:
         rows.append(
             [
@@ -125,15 +134,13 @@ def show(
                 f"{drift.unexpected} unexpected (checked {output.when(drift.checked_at)})",
             ]
         )
-    if d.get("alerts"):
+    if d.alerts:
         rows.append(["alerts", ", ".join(str(a) for a in d.alerts)])
     output.table(None, ["", ""], rows)
     if drift is not None and drift.changes:
         output.table("left behind", ["change"], [[c] for c in drift.changes])
     if d.timeline:
-        output.table(
-            "typed", ["+s", "line"], [[f"{c.offset_s:.1f}", c.text] for c in d.timeline]
-        )
+        output.table("typed", ["+s", "line"], [[f"{c.offset_s:.1f}", c.text] for c in d.timeline])
 
 
 @app.command("replay")
@@ -147,7 +154,7 @@ def replay(
 ) -> None:
     """Play the session's output as the user saw it: the same bytes, the same pauses
     (scaled by --speed). `sudoreplay -d STORE ID` works on the central copy too."""
-    data = client(ctx).get(f"/v1/sessions/{session_id}/replay", streams="output")
+    data = client(ctx).get(f"/v1/sessions/{session_id}/replay", ReplayOut, streams="output")
     out = sys.stdout.buffer
     for delay, _stream, b64 in data.chunks:
         pause = delay / speed if speed > 0 else 0.0
@@ -183,7 +190,7 @@ def search(
     for key, value in (("user", user), ("node", node), ("since", output.moment(since))):
         if value is not None:
             body[key] = value
-    hits: list[dict[str, Any]] = client(ctx).post("/v1/sessions/search", body)
+    hits = client(ctx).post_list("/v1/sessions/search", body, SearchHitOut)
     if json_out:
         output.print_json(hits)
         return
@@ -192,9 +199,9 @@ def search(
         ["id", "user", "node", "started", "stream", "match"],
         [
             [
-                h.session["id"], h.session["user"] or "-", h.session["node"] or "-",
-                output.when(h.session["started_at"]), h.match["stream"],
-                h.match["excerpt"].encode("unicode_escape").decode("ascii")[:120],
+                h.session.id, h.session.user or "-", h.session.node or "-",
+                output.when(h.session.started_at), h.match.stream,
+                h.match.excerpt.encode("unicode_escape").decode("ascii")[:120],
             ]
             for h in hits
         ],
@@ -209,7 +216,7 @@ def verify(
 ) -> None:
     """Recompute the recording's SHA-256 and compare it with the audit chain's copy;
     exit 1 when anything changed."""
-    r = client(ctx).post(f"/v1/sessions/{session_id}/verify", {})
+    r = client(ctx).post(f"/v1/sessions/{session_id}/verify", {}, VerifyOut)
     if json_out:
         output.print_json(r)
     elif r.ok:
@@ -225,7 +232,7 @@ def verify(
 @app.command("index")
 def index(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Index the log server's store now (the daemon does it every sessions.index_interval)."""
-    r = client(ctx).post("/v1/sessions/index", {})
+    r = client(ctx).post("/v1/sessions/index", {}, IndexOut)
     if json_out:
         output.print_json(r)
         return
@@ -238,7 +245,7 @@ def index(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 @app.command("purge")
 def purge(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Remove recordings older than sessions.retention_days now (audited)."""
-    r = client(ctx).post("/v1/sessions/purge", {})
+    r = client(ctx).post("/v1/sessions/purge", {}, PurgeOut)
     if json_out:
         output.print_json(r)
         return
