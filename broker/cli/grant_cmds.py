@@ -293,11 +293,12 @@ def show_grant(
     if json_out:
         output.print_json(g)
         return
+    shown = g.model_dump(mode="json")  # times as the daemon states them
     output.table(
         None,
         ["", ""],
         [
-            [k, getattr(g, k)]
+            [k, shown[k]]
             for k in (
                 "id",
                 "user",

@@ -28,6 +28,8 @@ from broker.core.errors import (
     UsageError,
 )
 from broker.core.hostlist import expand, fold
+from broker.wire.alerts import MarkOut, QuarantinedOut, QuarantineOut
+from broker.wire.nodes import BootstrapOut, EnrollOut, NodeOut, ProbeOut, StatusOut
 
 app = typer.Typer(help="Cluster nodes.", no_args_is_help=True)
 
@@ -36,10 +38,10 @@ BOOTSTRAP_CHUNK = 16  # nodes per bootstrap request: progress moves as each retu
 BOOTSTRAP_REQUESTS = 4  # requests in flight (the daemon's per-user cap is workers / 4)
 
 
-def _node(api: Client, name: str) -> dict[str, Any]:
-    for record in api.get("/v1/nodes"):
+def _node(api: Client, name: str) -> NodeOut:
+    for record in api.get_list("/v1/nodes", NodeOut):
         if record.name == name:
-            return dict(record)
+            return record
     raise RefusedError(
         f"node {name} is not in the inventory",
         fix=f"add it with `broker node add {name} --address HOST`",
@@ -65,7 +67,7 @@ def add(
     body: dict[str, Any] = {"name": name, "address": host}
     if port is not None:
         body["port"] = port
-    record = client(ctx).post("/v1/nodes", body)
+    record = client(ctx).post("/v1/nodes", body, NodeOut)
     if json_out:
         output.print_json(record)
         return
@@ -76,7 +78,7 @@ def add(
 @app.command("list")
 def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """The inventory: address, pinned key, bootstrap, what the last status saw."""
-    records: list[dict[str, Any]] = client(ctx).get("/v1/nodes")
+    records = client(ctx).get_list("/v1/nodes", NodeOut)
     if json_out:
         output.print_json(records)
         return
@@ -105,7 +107,7 @@ def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 @app.command()
 def remove(ctx: typer.Context, name: str = typer.Argument(..., help="The node to forget.")) -> None:
     """Remove a node and its pinned host key (refused while a grant may be on it)."""
-    record = client(ctx).post("/v1/nodes/remove", {"name": name})
+    record = client(ctx).post("/v1/nodes/remove", {"name": name}, NodeOut)
     output.say(f"removed {record.name} ({record.address} port {record.port})")
 
 
@@ -141,45 +143,58 @@ def enroll(
     The broker fetches the key without trusting it and pins it when it matches
     --fingerprint or --known-hosts, or when you confirm it.
     """
-    from broker.fleet import hostkeys  # lazy: CLI start-up (paramiko)
-
     api = client(ctx)
-    expected: list[dict[str, Any]] = []
-    if fingerprint is not None and known_hosts is not None:
-        raise UsageError("give --fingerprint or --known-hosts, not both")
-    if fingerprint is not None:
-        expected = [{"fingerprint": hostkeys.check_fingerprint(fingerprint)}]
-    elif known_hosts is not None:
-        node = _node(api, name)
-        keys = hostkeys.read_known_hosts(str(known_hosts), name, node.address, node.port)
-        expected = [{"fingerprint": k.fingerprint, "key_type": k.key_type} for k in keys]
+    expected = _expected_keys(api, name, fingerprint, known_hosts)
     body: dict[str, Any] = {"name": name, "replace": replace}
     if expected:
-        result = api.post("/v1/nodes/enroll", {**body, "expected": expected, "confirm": True})
-        _say_enrolled(result)
+        body |= {"expected": expected, "confirm": True}
+        _say_enrolled(api.post("/v1/nodes/enroll", body, EnrollOut))
         return
-    seen = api.post("/v1/nodes/enroll", {**body, "confirm": False})
+    seen = api.post("/v1/nodes/enroll", {**body, "confirm": False}, EnrollOut)
     if seen.pinned:
         _say_enrolled(seen)
         return
+    _confirm_presented(seen, yes)
+    accepted = [{"fingerprint": seen.fingerprint, "key_type": seen.key_type}]
+    body |= {"expected": accepted, "confirm": True}
+    _say_enrolled(api.post("/v1/nodes/enroll", body, EnrollOut))
+
+
+def _expected_keys(
+    api: Client, name: str, fingerprint: str | None, known_hosts: Path | None
+) -> list[dict[str, str | None]]:
+    """The keys the caller vouches for (--fingerprint or --known-hosts); none: ask."""
+    from broker.fleet import hostkeys  # lazy: CLI start-up (paramiko)
+
+    if fingerprint is not None and known_hosts is not None:
+        raise UsageError("give --fingerprint or --known-hosts, not both")
+    if fingerprint is not None:
+        return [{"fingerprint": hostkeys.check_fingerprint(fingerprint)}]
+    if known_hosts is None:
+        return []
+    node = _node(api, name)
+    keys = hostkeys.read_known_hosts(str(known_hosts), name, node.address, node.port)
+    return [{"fingerprint": k.fingerprint, "key_type": k.key_type} for k in keys]
+
+
+def _confirm_presented(seen: EnrollOut, yes: bool) -> None:
+    """Show the key the node presents; pin it only on --yes or a person's confirmation."""
     where = f"{seen.node} ({seen.address} port {seen.port})"
     output.say(f"{where} presents {seen.key_type} {seen.fingerprint}")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError(
-                "not pinning a host key nobody checked (no terminal to ask on)",
-                fix="give --fingerprint SHA256:... or --known-hosts FILE (or --yes to trust it)",
-            )
-        output.say("Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the node.")
-        if not typer.confirm("Pin this key?", default=False, err=True):
-            output.fail("not pinned")
-            raise typer.Exit(EXIT_FAILED)
-    accepted = [{"fingerprint": seen.fingerprint, "key_type": seen.key_type}]
-    result = api.post("/v1/nodes/enroll", {**body, "expected": accepted, "confirm": True})
-    _say_enrolled(result)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "not pinning a host key nobody checked (no terminal to ask on)",
+            fix="give --fingerprint SHA256:... or --known-hosts FILE (or --yes to trust it)",
+        )
+    output.say("Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the node.")
+    if not typer.confirm("Pin this key?", default=False, err=True):
+        output.fail("not pinned")
+        raise typer.Exit(EXIT_FAILED)
 
 
-def _say_enrolled(result: dict[str, Any]) -> None:
+def _say_enrolled(result: EnrollOut) -> None:
     key = f"{result.key_type} {result.fingerprint}"
     if not result.changed:
         output.say(f"{result.node}: already pinned to {key}")
@@ -205,7 +220,7 @@ def bootstrap(
     names = expand(nodes)
     chunks = [names[i : i + BOOTSTRAP_CHUNK] for i in range(0, len(names), BOOTSTRAP_CHUNK)]
     api = client(ctx)
-    results: list[dict[str, Any]] = []
+    results: list[BootstrapOut] = []
     errors: list[BrokerError] = []
     columns = (TextColumn("bootstrap"), BarColumn(), MofNCompleteColumn())
     with (
@@ -214,7 +229,9 @@ def bootstrap(
     ):
         task = progress.add_task("bootstrap", total=len(names))
         futures = {
-            pool.submit(api.post, "/v1/nodes/bootstrap", {"nodes": fold(chunk)}): chunk
+            pool.submit(
+                api.post_list, "/v1/nodes/bootstrap", {"nodes": fold(chunk)}, BootstrapOut
+            ): chunk
             for chunk in chunks
         }
         for future in as_completed(futures):
@@ -239,13 +256,13 @@ def bootstrap(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _boot_row(r: dict[str, Any]) -> list[object]:
+def _boot_row(r: BootstrapOut) -> list[object]:
     changes = r.changed
     result = "changed" if changes else "unchanged"
     if not r.ok:
         result = "FAILED"
     shown = "; ".join(changes[:6]) + (f"; +{len(changes) - 6} more" if len(changes) > 6 else "")
-    problem = r.error or ((r.status or {}).get("problem") or "")
+    problem = r.error or (r.status.problem if r.status is not None else None) or ""
     return [r.node, result, shown, problem]
 
 
@@ -262,7 +279,7 @@ def status(
     body: dict[str, Any] = {} if nodes is None else {"nodes": nodes}
     count = "every enrolled node" if nodes is None else f"{len(expand(nodes))} nodes"
     with output.err.status(f"asking {count} through the broker daemon"):
-        statuses: list[dict[str, Any]] = client(ctx).post("/v1/nodes/status", body)
+        statuses = client(ctx).post_list("/v1/nodes/status", body, StatusOut)
     if json_out:
         output.print_json(statuses)
     else:
@@ -274,7 +291,7 @@ def status(
     _exit_for(statuses)
 
 
-def _status_row(s: dict[str, Any]) -> list[object]:
+def _status_row(s: StatusOut) -> list[object]:
     return [
         s.node,
         "yes" if s.reachable else "NO",
@@ -287,7 +304,7 @@ def _status_row(s: dict[str, Any]) -> list[object]:
     ]
 
 
-def _exit_for(statuses: Sequence[dict[str, Any]]) -> None:
+def _exit_for(statuses: Sequence[StatusOut]) -> None:
     down = [s.node for s in statuses if not s.reachable]
     troubled = [s.node for s in statuses if s.reachable and s.problem]
     if down:
@@ -315,7 +332,7 @@ def ping(
     """
     names = expand(nodes)
     with output.err.status(f"probing {len(names)} nodes through the broker daemon"):
-        probes: list[dict[str, Any]] = client(ctx).post("/v1/nodes/ping", {"nodes": nodes})
+        probes = client(ctx).post_list("/v1/nodes/ping", {"nodes": nodes}, ProbeOut)
     if json_out:
         output.print_json(probes)
     else:
@@ -336,7 +353,7 @@ def ping(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _sane(probe: dict[str, Any]) -> bool:
+def _sane(probe: ProbeOut) -> bool:
     short = (probe.hostname or "").split(".")[0]
     return (
         probe.skew_s is not None
@@ -345,7 +362,7 @@ def _sane(probe: dict[str, Any]) -> bool:
     )
 
 
-def _row(p: dict[str, Any]) -> list[object]:
+def _row(p: ProbeOut) -> list[object]:
     skew = "" if p.skew_s is None else f"{p.skew_s:+.3f}"
     return [
         p.node,
@@ -373,7 +390,7 @@ def quarantine(
 
     body = {"nodes": nodes, "reason": reason, "code": _prompt(CODE_LABEL)}
     with output.err.status(f"quarantining {nodes}"):
-        result = client(ctx).post("/v1/nodes/quarantine", body)
+        result = client(ctx).post("/v1/nodes/quarantine", body, QuarantineOut)
     if json_out:
         output.print_json(result)
     else:
@@ -394,7 +411,7 @@ def release(
     """Release quarantined NODES: elevation works again as the policy allows. Needs MFA."""
 
     body = {"nodes": nodes, "code": _prompt(CODE_LABEL)}
-    marks = client(ctx).post("/v1/nodes/release", body)
+    marks = client(ctx).post_list("/v1/nodes/release", body, MarkOut)
     if json_out:
         output.print_json(marks)
     else:
@@ -405,7 +422,7 @@ def release(
 @app.command()
 def quarantined(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Nodes under quarantine: since when, why, by whom, and whether the node has its marker."""
-    found: list[dict[str, Any]] = client(ctx).get("/v1/nodes/quarantined")
+    found = client(ctx).get_list("/v1/nodes/quarantined", QuarantinedOut)
     if json_out:
         output.print_json(found)
         return
@@ -420,7 +437,7 @@ def quarantined(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     )  # fmt: skip
 
 
-def _marks(marks: Sequence[dict[str, Any]], ok_text: str) -> None:
+def _marks(marks: Sequence[MarkOut], ok_text: str) -> None:
     for m in marks:
         if m.ok:
             output.say(f"{m.node}: {ok_text}")
@@ -428,6 +445,6 @@ def _marks(marks: Sequence[dict[str, Any]], ok_text: str) -> None:
             output.warn(f"{m.node}: not reached ({m.error}); the daemon keeps trying")
 
 
-def _exit_for_marks(marks: Sequence[dict[str, Any]]) -> None:
+def _exit_for_marks(marks: Sequence[MarkOut]) -> None:
     if any(not m.ok for m in marks):
         raise typer.Exit(EXIT_UNAVAILABLE)

@@ -125,7 +125,7 @@ def plan(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_O
         output.warn(warning)
     old, new = result.old_sha256, result.new_sha256
     against = f"the active policy {old[:12]}" if old else "no active policy"
-    output.say(f"plan: {file} (sha256 {(new or "-")[:12]}) against {against}")
+    output.say(f"plan: {file} (sha256 {(new or '-')[:12]}) against {against}")
     if old is not None and old == new:
         output.say("this file is the active policy: applying it would change nothing")
         return
