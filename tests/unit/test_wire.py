@@ -10,9 +10,11 @@ import pytest
 from pydantic import BaseModel
 
 from broker.accounts.view import RoleRef, Scope
-from broker.core.identity import Account
+from broker.audit.verify import Finding, VerifyReport
+from broker.core.identity import AccessChange, Account
 from broker.daemon.scheduler import TickReport
 from broker.detect.alerts import Alert
+from broker.directory.sync import SyncReport
 from broker.fleet import status as fleet_status
 from broker.fleet.inventory import NodeRecord
 from broker.fleet.probe import NodeProbe
@@ -22,7 +24,9 @@ from broker.grants.push import NodeOutcome
 from broker.grants.quarantine import NodeMark
 from broker.keytabs import status as keytab_status
 from broker.keytabs.service import RotationReport
-from broker.wire import accounts, alerts, grants, keytabs, nodes
+from broker.mfa.model import MfaStatus
+from broker.policy.versions import PolicyVersion
+from broker.wire import accounts, alerts, audit, directory, grants, keytabs, mfa, nodes, policy
 from broker.wire.base import from_domain
 
 # (record, the domain type it is read from, the fields only the server computes)
@@ -45,6 +49,12 @@ PAIRS: list[tuple[type[BaseModel], type, set[str]]] = [
     (accounts.AccountOut, Account, {"stale", "roles", "may_elevate", "no_roles_reason"}),
     (accounts.RoleOut, RoleRef, set()),
     (accounts.ScopeOut, Scope, set()),
+    (audit.VerifyOut, VerifyReport, set()),
+    (audit.ProblemOut, Finding, set()),
+    (mfa.StatusOut, MfaStatus, {"account"}),
+    (directory.SyncOut, SyncReport, {"revoked"}),
+    (directory.ChangeOut, AccessChange, {"sid"}),
+    (policy.VersionOut, PolicyVersion, {"version"}),
 ]
 
 

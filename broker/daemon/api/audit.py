@@ -11,10 +11,10 @@ from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.wire.audit import (
     EventOut,
-    ProblemOut,
     SealOut,
     VerifyOut,
 )
+from broker.wire.base import from_domain
 
 SEQ_MAX = 2**62  # far beyond any chain, and inside SQLite's INTEGER range
 
@@ -51,20 +51,7 @@ class EventsQuery(Body):
     summary="Check every hash and link, and the chain against the signed checkpoints",
 )
 def verify(ctx: Context[Empty]) -> VerifyOut:
-    report = ctx.app.verify_audit()
-    problem = report.problem
-    return VerifyOut(
-        ok=report.ok,
-        count=report.count,
-        head_seq=report.head_seq,
-        head_hash=report.head_hash,
-        sealed_seq=report.sealed_seq,
-        checkpoints=report.checkpoints,
-        problem=None
-        if problem is None
-        else ProblemOut(kind=problem.kind, seq=problem.seq, message=problem.message),
-        warnings=list(report.warnings),
-    )
+    return from_domain(VerifyOut, ctx.app.verify_audit())
 
 
 @REGISTRY.add(

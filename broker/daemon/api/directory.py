@@ -8,6 +8,7 @@ from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.directory.connection import ping as ping_dcs
 from broker.directory.snapshot import counts
+from broker.wire.base import from_domain
 from broker.wire.directory import (
     ChangeOut,
     DcOut,
@@ -70,26 +71,10 @@ def status(ctx: Context[Empty]) -> SnapshotStatus:
 def sync(ctx: Context[SyncRequest]) -> SyncOut:
     report = ctx.app.sync_directory(ctx.caller.actor, full=ctx.params.full)
     revoked = ctx.app.revocation().recheck(actor="broker", cause="directory", now=utcnow())
-    return SyncOut(
+    return from_domain(
+        SyncOut,
+        report,
         revoked=revoked,
-        kind=report.kind,
-        reason=report.reason,
-        dc=report.dc,
-        usn=report.usn,
-        users=report.users,
-        groups=report.groups,
-        rows_written=report.rows_written,
         elapsed_s=round(report.elapsed_s, 3),
-        skipped=report.skipped,
-        changes=[
-            ChangeOut(
-                action=c.action,
-                user=c.user,
-                sid=c.user_sid,
-                group=c.group,
-                before=c.before,
-                after=c.after,
-            )
-            for c in report.changes
-        ],
+        changes=[from_domain(ChangeOut, c, sid=c.user_sid) for c in report.changes],
     )

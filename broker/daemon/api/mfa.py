@@ -17,6 +17,7 @@ from broker.daemon.api.names import AccountName
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.mfa.model import MfaIdentity
+from broker.wire.base import from_domain
 from broker.wire.mfa import (
     ActivateOut,
     EnrollOut,
@@ -145,16 +146,7 @@ def status(ctx: Context[StatusQuery]) -> StatusOut:
             )
         ident = own_identity(ctx.caller)
     state = ctx.app.mfa().status(ident, ctx.now)
-    return StatusOut(
-        account=ident.name,
-        enrolled=state.enrolled,
-        pending=state.pending,
-        activated_at=state.activated_at,
-        last_used_at=state.last_used_at,
-        recovery_codes_left=state.recovery_codes_left,
-        locked_until=state.locked_until,
-        recent_failures=state.recent_failures,
-    )
+    return from_domain(StatusOut, state, account=ident.name)
 
 
 @REGISTRY.add(

@@ -29,6 +29,7 @@ from broker.policy.model import Policy
 from broker.policy.plan import make_plan
 from broker.policy.rights import directory_groups
 from broker.policy.versions import PolicyVersion, located, refuse_lint_errors
+from broker.wire.base import from_domain
 from broker.wire.policy import (
     ApplyOut,
     CheckOut,
@@ -148,13 +149,7 @@ def apply(ctx: Context[PolicyFile]) -> ApplyOut:
 
 
 def _version_out(version: PolicyVersion) -> VersionOut:
-    return VersionOut(
-        sha256=version.sha256,
-        version=version.id,
-        applied_at=version.applied_at,
-        actor=version.actor,
-        source=version.source,
-    )
+    return from_domain(VersionOut, version, version=version.id)
 
 
 def _role_out(policy: Policy, name: str) -> PolicyRoleOut:
