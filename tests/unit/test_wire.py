@@ -16,16 +16,18 @@ from broker.daemon.scheduler import TickReport
 from broker.detect.alerts import Alert
 from broker.directory.sync import SyncReport
 from broker.fleet import status as fleet_status
+from broker.fleet.enroll import EnrollResult
 from broker.fleet.inventory import NodeRecord
 from broker.fleet.probe import NodeProbe
 from broker.fleet.quarantine import Quarantine
 from broker.grants.model import Approval, Grant, GrantNode, Request
 from broker.grants.push import NodeOutcome
-from broker.grants.quarantine import NodeMark
+from broker.grants.quarantine import NodeMark, QuarantineResult
 from broker.keytabs import status as keytab_status
 from broker.keytabs.service import RotationReport
 from broker.mfa.model import MfaStatus
 from broker.policy.versions import PolicyVersion
+from broker.provision.bootstrap import BootstrapResult
 from broker.wire import accounts, alerts, audit, directory, grants, keytabs, mfa, nodes, policy
 from broker.wire.base import from_domain
 
@@ -40,6 +42,9 @@ PAIRS: list[tuple[type[BaseModel], type, set[str]]] = [
     (nodes.NodeOut, NodeRecord, {"problem"}),
     (nodes.StatusOut, fleet_status.NodeStatus, set()),
     (nodes.ProbeOut, NodeProbe, set()),
+    (nodes.EnrollOut, EnrollResult, {"key_type", "fingerprint"}),
+    (nodes.BootstrapOut, BootstrapResult, set()),
+    (alerts.QuarantineOut, QuarantineResult, set()),
     (alerts.AlertOut, Alert, set()),
     (alerts.MarkOut, NodeMark, set()),
     (alerts.QuarantinedOut, Quarantine, set()),

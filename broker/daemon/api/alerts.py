@@ -156,12 +156,7 @@ def quarantine(ctx: Context[QuarantineIn]) -> QuarantineOut:
     result = ctx.app.quarantines().quarantine(
         ctx.params.nodes, reason=ctx.params.reason, actor=ctx.caller.actor, now=ctx.now
     )
-    return QuarantineOut(
-        nodes=list(result.nodes),
-        revoked=list(result.revoked),
-        sessions_ended=result.sessions_ended,
-        marks=[from_domain(MarkOut, m) for m in result.marks],
-    )
+    return from_domain(QuarantineOut, result)
 
 
 @REGISTRY.add(

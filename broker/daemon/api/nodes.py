@@ -139,15 +139,8 @@ def enroll(ctx: Context[EnrollRequest]) -> EnrollOut:
         replace=params.replace,
         actor=ctx.caller.actor,
     )
-    return EnrollOut(
-        node=result.node,
-        address=result.address,
-        port=result.port,
-        key_type=result.seen.key_type,
-        fingerprint=result.seen.fingerprint,
-        pinned=result.pinned,
-        changed=result.changed,
-        previous=result.previous,
+    return from_domain(
+        EnrollOut, result, key_type=result.seen.key_type, fingerprint=result.seen.fingerprint
     )
 
 
@@ -164,17 +157,7 @@ def enroll(ctx: Context[EnrollRequest]) -> EnrollOut:
 )
 def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
     results = ctx.app.nodes().bootstrap(ctx.params.nodes, actor=ctx.caller.actor, now=ctx.now)
-    return [
-        BootstrapOut(
-            node=r.node,
-            ok=r.ok,
-            changed=r.changed,
-            error=r.error,
-            status=None if r.status is None else _status_out(r.status),
-            elapsed_ms=r.elapsed_ms,
-        )
-        for r in results
-    ]
+    return [from_domain(BootstrapOut, r) for r in results]
 
 
 @REGISTRY.add(
