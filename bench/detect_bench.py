@@ -61,7 +61,8 @@ from broker.audit.chain import make_event
 from broker.config.loader import settings_from_dict
 from broker.core.timeutil import from_text, to_text, utcnow
 from broker.daemon.scheduler import DETECT_EVERY_S
-from broker.detect.runner import BATCH, load_state
+from broker.detect.alerts import load_state
+from broker.detect.runner import BATCH
 from broker.policy.detection_rules import DEFAULT
 from broker.sessions import iolog
 

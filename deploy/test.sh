@@ -17,7 +17,7 @@ echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== C unit tests of the PAM module (AddressSanitizer, UBSan)"
 make -s -C pam test
-echo "== fuzzing the node's parsers (libFuzzer, 4 x 15 s)"
+echo "== fuzzing the node's parsers (libFuzzer, 5 x 15 s)"
 make -s -C pam fuzz FUZZ_SECONDS=15
 echo "== vermin (pam/ runs on the nodes' /usr/bin/python3: 3.9 on EL9)"
 .venv/bin/vermin --no-tips --violations -t=3.9- --eval-annotations --no-config-file \

@@ -15,6 +15,7 @@ from broker.cli.context import JSON_OPTION, client, state
 from broker.core.errors import FailedError, UsageError
 from broker.core.timeutil import utcnow
 from broker.wire.sessions import (
+    EndingOut,
     IndexOut,
     PurgeOut,
     ReplayOut,
@@ -134,6 +135,8 @@ def show(
                 f"{drift.unexpected} unexpected (checked {output.when(drift.checked_at)})",
             ]
         )
+    if d.ending is not None:
+        rows += ending_rows(d.ending)
     if d.alerts:
         rows.append(["alerts", ", ".join(str(a) for a in d.alerts)])
     output.table(None, ["", ""], rows)
@@ -141,6 +144,22 @@ def show(
         output.table("left behind", ["change"], [[c] for c in drift.changes])
     if d.timeline:
         output.table("typed", ["+s", "line"], [[f"{c.offset_s:.1f}", c.text] for c in d.timeline])
+
+
+def ending_rows(e: EndingOut) -> list[list[str]]:
+    """How the session ended on its node and what its cgroup used (docs/elevation.md)."""
+    how = e.ended_by or "-"
+    if e.closed_by and e.closed_by != e.ended_by:
+        how = f"{e.closed_by}; what it left running: {e.ended_by}"
+    if e.killed:
+        how += f" ({e.killed} process(es) killed)"
+    kept = {True: "own cgroup", False: "process tree only (weaker)", None: "-"}
+    used = [f"CPU {e.cpu_seconds:.2f} s" if e.cpu_seconds is not None else "CPU -"]
+    if e.memory_peak is not None:
+        used.append(f"peak memory {e.memory_peak / 1048576:.1f} MiB")
+    if e.pids_peak is not None:
+        used.append(f"peak {e.pids_peak} process(es)")
+    return [["ended by", how], ["contained", kept[e.contained]], ["used", ", ".join(used)]]
 
 
 @app.command("replay")

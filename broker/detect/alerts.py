@@ -1,19 +1,25 @@
-"""Alerts in the store: a finding becomes one row, its audit event, its deliveries and the
-actions it asks for, all in the caller's transaction (nothing half-raised)."""
+"""Detection's storage: every SQL statement of detect/, run on the caller's connection.
+
+A finding becomes one alert row, its audit event, its deliveries and the actions it asks
+for, all in the caller's transaction (nothing half-raised). Here too: the detector's
+cursor and memory, the stream offsets, the responder's action queue, the drift baselines
+and results, and the notifier's deliveries. Reads of other packages' tables (audit events,
+recordings) are detection's own questions of them. Values are always bound.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from broker.audit import writer
 from broker.core.errors import RefusedError
-from broker.core.timeutil import to_text
-from broker.detect.engine import Finding
+from broker.core.timeutil import from_text, to_text
+from broker.detect.engine import AuditEvent, Finding
 from broker.policy.detection_rules import SEVERITIES, Severity
 
 DETECTOR = "broker:detect"
@@ -79,6 +85,15 @@ def raise_alert(
 ) -> int:
     """Store one finding as an alert; `enqueue(conn, alert_id, now)` queues its deliveries
     when the rule's actions include `alert`."""
+    alert_id = _insert_alert(conn, finding, now)
+    _queue_actions(conn, alert_id, finding, now)
+    if "alert" in finding.actions and enqueue is not None:
+        enqueue(conn, alert_id, now)
+    writer.record(conn, _raise_event(alert_id, finding), now)
+    return alert_id
+
+
+def _insert_alert(conn: sqlite3.Connection, finding: Finding, now: datetime) -> int:
     cur = conn.execute(
         "INSERT INTO alerts (created_at, event_at, rule, severity, user, node, grant_id,"
         " recording_id, message, details, actions, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -97,7 +112,13 @@ def raise_alert(
             finding.source,
         ),
     )
-    alert_id = int(cur.lastrowid or 0)
+    return int(cur.lastrowid or 0)
+
+
+def _queue_actions(
+    conn: sqlite3.Connection, alert_id: int, finding: Finding, now: datetime
+) -> None:
+    """One responder row per action but `alert`; one with nothing to act on is failed at once."""
     for kind in finding.actions:
         if kind == "alert":
             continue
@@ -115,27 +136,23 @@ def raise_alert(
                 to_text(now),
             ),
         )
-    if "alert" in finding.actions and enqueue is not None:
-        enqueue(conn, alert_id, now)
-    writer.record(
-        conn,
-        writer.EventInput(
-            DETECTOR,
-            "alert.raise",
-            str(alert_id),
-            details={
-                "rule": finding.rule,
-                "severity": finding.severity,
-                "user": finding.user,
-                "node": finding.node,
-                "grant": finding.grant_id,
-                "session": finding.recording_id,
-                "actions": list(finding.actions),
-            },
-        ),
-        now,
+
+
+def _raise_event(alert_id: int, finding: Finding) -> writer.EventInput:
+    return writer.EventInput(
+        DETECTOR,
+        "alert.raise",
+        str(alert_id),
+        details={
+            "rule": finding.rule,
+            "severity": finding.severity,
+            "user": finding.user,
+            "node": finding.node,
+            "grant": finding.grant_id,
+            "session": finding.recording_id,
+            "actions": list(finding.actions),
+        },
     )
-    return alert_id
 
 
 def queue_job(conn: sqlite3.Connection, kind: str, target: str, now: datetime) -> None:
@@ -231,4 +248,285 @@ def ack(conn: sqlite3.Connection, alert_id: int, *, by: str, note: str, now: dat
         conn,
         writer.EventInput(by, "alert.ack", str(alert_id), details={"note": note}),
         now,
+    )
+
+
+def alert_row(conn: sqlite3.Connection, alert_id: int) -> tuple[Any, ...] | None:
+    """The alert's columns in `COLUMNS` order, as the notifier sends them."""
+    sql = f"SELECT {_COLUMNS} FROM alerts WHERE id = ?"  # noqa: S608 (fixed columns)
+    row = conn.execute(sql, (alert_id,)).fetchone()
+    return None if row is None else tuple(row)
+
+
+def alert_rule(conn: sqlite3.Connection, alert_id: int) -> str | None:
+    row = conn.execute("SELECT rule FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def alert_moment(conn: sqlite3.Connection, alert_id: int | None) -> datetime | None:
+    """When the alert's finding happened (its event, else when it was raised)."""
+    row = conn.execute(
+        "SELECT COALESCE(event_at, created_at) FROM alerts WHERE id = ?", (alert_id,)
+    ).fetchone()
+    return None if row is None else from_text(row[0])
+
+
+def released_since(conn: sqlite3.Connection, alert_id: int | None, node: str) -> bool:
+    """Whether a person released the node after the alert was raised."""
+    row = conn.execute(
+        "SELECT 1 FROM audit_events e JOIN alerts a ON a.id = ? WHERE e.action ="
+        " 'node.release' AND e.target = ? AND e.ts > a.created_at",
+        (alert_id, node),
+    ).fetchone()
+    return row is not None
+
+
+# --- the detector's cursor, memory and stream offsets ---------------------------------------
+
+
+def load_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    row = conn.execute("SELECT value FROM detect_state WHERE key = 'detector'").fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def save_state(conn: sqlite3.Connection, state: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO detect_state (key, value) VALUES ('detector', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (json.dumps(state, separators=(",", ":")),),
+    )
+
+
+def last_audit_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0])
+
+
+def audit_after(conn: sqlite3.Connection, cursor: int, limit: int) -> Iterator[AuditEvent]:
+    """Audit events after `cursor`, oldest first, as the engine reads them."""
+    for row in conn.execute(
+        "SELECT seq, ts, actor, action, target, outcome, details FROM audit_events"
+        " WHERE seq > ? ORDER BY seq LIMIT ?",
+        (cursor, limit),
+    ):
+        at = from_text(row[1]).timestamp()
+        yield AuditEvent(row[0], at, row[2], row[3], row[4], row[5], json.loads(row[6]))
+
+
+@dataclass(frozen=True)
+class Unread:
+    """A recording with streams not yet read to their end."""
+
+    id: str
+    path: str
+    node: str | None
+    user: str | None
+    grant_id: str | None
+    state: str
+    command: str | None
+    argv: str | None
+    indexed_at: str
+
+
+def recordings_to_read(conn: sqlite3.Connection, since: str) -> list[Unread]:
+    """Recordings first seen since `since` that are live or finished and not read through."""
+    rows = conn.execute(
+        "SELECT r.id, r.path, r.node, r.user, r.grant_id, r.state, r.command, r.argv,"
+        " r.indexed_at"
+        " FROM recordings r WHERE r.first_seen >= ? AND r.state IN"
+        " ('running', 'complete', 'incomplete') AND NOT EXISTS (SELECT 1 FROM"
+        " detect_streams d WHERE d.recording_id = r.id AND d.stream = '*')"
+        " ORDER BY r.first_seen",
+        (since,),
+    ).fetchall()
+    return [Unread(*row) for row in rows]
+
+
+def stream_offsets(conn: sqlite3.Connection, recording_id: str) -> list[tuple[str, int, bytes]]:
+    """(stream, offset, carry) of each stream of the recording read so far."""
+    return [
+        (str(name), int(offset), bytes(carry))
+        for name, offset, carry in conn.execute(
+            "SELECT stream, offset, carry FROM detect_streams WHERE recording_id = ?",
+            (recording_id,),
+        )
+    ]
+
+
+def save_stream(
+    conn: sqlite3.Connection, recording_id: str, stream: str, offset: int, carry: bytes
+) -> None:
+    """Where reading a stream got to; the stream `*` marks the recording read through."""
+    conn.execute(
+        "INSERT INTO detect_streams (recording_id, stream, offset, carry, done)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (recording_id, stream) DO UPDATE"
+        " SET offset = excluded.offset, carry = excluded.carry,"
+        " done = excluded.done",
+        (recording_id, stream, offset, carry, int(stream == "*")),
+    )
+
+
+# --- the responder's queue -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueAction:
+    id: int
+    alert_id: int | None
+    kind: str
+    target: str
+    attempts: int
+
+
+def due_actions(conn: sqlite3.Connection, now: datetime, limit: int) -> list[DueAction]:
+    rows = conn.execute(
+        "SELECT id, alert_id, kind, target, attempts FROM alert_actions"
+        # An alert's actions before drift jobs: a scan of many nodes must never hold up
+        # the response to a critical finding.
+        " WHERE state = 'pending' AND next_at <= ? ORDER BY (alert_id IS NULL), id LIMIT ?",
+        (to_text(now), limit),
+    ).fetchall()
+    return [DueAction(*row) for row in rows]
+
+
+def action_tried(
+    conn: sqlite3.Connection, action_id: int, state: str, result: str, later: datetime,
+    now: datetime,
+) -> None:  # fmt: skip
+    """One more attempt of the action, its outcome and when it is due again."""
+    conn.execute(
+        "UPDATE alert_actions SET state = ?, attempts = attempts + 1, result = ?,"
+        " next_at = ?, updated_at = ? WHERE id = ?",
+        (state, result, to_text(later), to_text(now), action_id),
+    )
+
+
+# --- drift --------------------------------------------------------------------------------------
+
+
+def session_subject(
+    conn: sqlite3.Connection, recording_id: str
+) -> tuple[str | None, str | None, str | None] | None:
+    """(node, user, grant_id) of a recording."""
+    row = conn.execute(
+        "SELECT node, user, grant_id FROM recordings WHERE id = ?", (recording_id,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def baseline(conn: sqlite3.Connection, grant_id: str, node: str) -> str | None:
+    """The manifest (JSON) taken when the grant landed on the node, or moved on since."""
+    row = conn.execute(
+        "SELECT manifest FROM drift_baselines WHERE grant_id = ? AND node = ?",
+        (grant_id, node),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def put_baseline(
+    conn: sqlite3.Connection, grant_id: str, node: str, now: datetime, manifest: str
+) -> None:
+    conn.execute(
+        "INSERT INTO drift_baselines (grant_id, node, taken_at, manifest)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (grant_id, node) DO UPDATE"
+        " SET taken_at = excluded.taken_at, manifest = excluded.manifest",
+        (grant_id, node, to_text(now), manifest),
+    )
+
+
+def move_baseline(
+    conn: sqlite3.Connection, grant_id: str, node: str, now: datetime, manifest: str
+) -> None:
+    conn.execute(
+        "UPDATE drift_baselines SET taken_at = ?, manifest = ? WHERE grant_id = ? AND node = ?",
+        (to_text(now), manifest, grant_id, node),
+    )
+
+
+def put_session_drift(
+    conn: sqlite3.Connection, recording_id: str, grant_id: str, node: str, now: datetime,
+    changes: list[dict[str, Any]], unexpected: int, error: str | None,
+) -> None:  # fmt: skip
+    """What a session left on its node (replacing an earlier check of it)."""
+    conn.execute(
+        "INSERT INTO session_drift (recording_id, grant_id, node, checked_at, changes, unexpected,"
+        " error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id) DO UPDATE SET"
+        " checked_at = excluded.checked_at, changes = excluded.changes,"
+        " unexpected = excluded.unexpected, error = excluded.error",
+        (
+            recording_id,
+            grant_id,
+            node,
+            to_text(now),
+            json.dumps(changes, default=str),
+            unexpected,
+            error,
+        ),
+    )
+
+
+# --- the notifier's deliveries ----------------------------------------------------------------
+
+
+def queue_deliveries(
+    conn: sqlite3.Connection, alert_id: int, channels: Sequence[str], now: datetime
+) -> None:
+    conn.executemany(
+        "INSERT INTO alert_deliveries (alert_id, channel, state, attempts, next_at)"
+        " VALUES (?, ?, 'pending', 0, ?)",
+        [(alert_id, channel, to_text(now)) for channel in channels],
+    )
+
+
+def due_deliveries(
+    conn: sqlite3.Connection, now: datetime, limit: int
+) -> list[tuple[int, str, int]]:
+    """(alert_id, channel, attempts) of pending deliveries due now, oldest first."""
+    rows = conn.execute(
+        "SELECT alert_id, channel, attempts FROM alert_deliveries"
+        " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, alert_id, channel"
+        " LIMIT ?",
+        (to_text(now), limit),
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+# Each outcome below applies only to the try it answers (same attempts, still pending):
+# False when another deliverer recorded that try first.
+
+
+def delivery_sent(
+    conn: sqlite3.Connection, alert_id: int, channel: str, attempts: int, now: datetime
+) -> bool:
+    return bool(
+        conn.execute(
+            "UPDATE alert_deliveries SET state = 'sent', attempts = ?, sent_at = ?,"
+            " last_error = NULL"
+            " WHERE alert_id = ? AND channel = ? AND attempts = ? AND state = 'pending'",
+            (attempts + 1, to_text(now), alert_id, channel, attempts),
+        ).rowcount
+    )
+
+
+def delivery_failed(
+    conn: sqlite3.Connection, alert_id: int, channel: str, attempts: int, error: str
+) -> bool:
+    return bool(
+        conn.execute(
+            "UPDATE alert_deliveries SET state = 'failed', attempts = ?, last_error = ?"
+            " WHERE alert_id = ? AND channel = ? AND attempts = ? AND state = 'pending'",
+            (attempts + 1, error, alert_id, channel, attempts),
+        ).rowcount
+    )
+
+
+def delivery_retry(
+    conn: sqlite3.Connection, alert_id: int, channel: str, attempts: int, error: str,
+    next_at: datetime,
+) -> bool:  # fmt: skip
+    return bool(
+        conn.execute(
+            "UPDATE alert_deliveries SET attempts = ?, next_at = ?, last_error = ?"
+            " WHERE alert_id = ? AND channel = ? AND attempts = ? AND state = 'pending'",
+            (attempts + 1, to_text(next_at), error, alert_id, channel, attempts),
+        ).rowcount
     )

@@ -124,6 +124,7 @@ class Detector:
             "grant.issue": self._grant_issue,
             "session.open": self._session_open,
             "session.deny": self._session_deny,
+            "session.escape": self._session_escape,
             "node.quarantine": self._quarantine,
             "node.release": self._release,
         }
@@ -347,6 +348,32 @@ class Detector:
         if tty not in seen["ttys"]:
             seen["ttys"] = (seen["ttys"] + [tty])[-HISTORY_CAP:]
         return found
+
+    def _session_escape(self, event: AuditEvent) -> list[Finding]:
+        """A node saw a root process leave its session's cgroup (docs/elevation.md)."""
+        node = _node_of(event.actor)
+        if node is None:
+            return []
+        user = str(event.details.get("user", "-"))
+        pid = event.details.get("pid")
+        grant = event.target if event.target not in ("-", "break-glass") else None
+        return [
+            Finding(
+                rule.name,
+                rule.severity,
+                rule.actions,
+                f"process {pid} left the elevated session {event.details.get('session_pid')}"
+                f" of {user} on {node} ({event.details.get('how') or 'seen outside'})",
+                event.at,
+                f"audit:{event.seq}",
+                user=user if user != "-" else None,
+                node=node,
+                grant_id=grant,
+                details={"pid": pid, "session_pid": event.details.get("session_pid")},
+            )
+            for rule in self.by_kind.get("session_escape", ())
+            if self._cool(f"{rule.name}:{node}:{pid}", event.at, rule)
+        ]
 
     def _session_deny(self, event: AuditEvent) -> list[Finding]:
         rules = self.by_kind.get("sudo_without_grant")

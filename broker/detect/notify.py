@@ -39,14 +39,12 @@ from broker.audit import writer
 from broker.config.settings import Settings
 from broker.core import syslog
 from broker.core.errors import BrokerError, RefusedError, UnavailableError
-from broker.core.timeutil import to_text
+from broker.detect import alerts
 from broker.detect.alerts import COLUMNS
 from broker.store.db import Store
 from broker.store.files import check_private_file, service_ids
 
 log = logging.getLogger("broker.detect")
-
-SELECT_ALERT: Final = f"SELECT {', '.join(COLUMNS)} FROM alerts WHERE id = ?"  # noqa: S608 (fixed columns)
 
 SYSLOG_SEVERITY: Final = {
     "critical": "crit",
@@ -87,7 +85,7 @@ class AlertMessage:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> AlertMessage:
-        """Build from a row selected as `SELECT_ALERT` does (columns in `COLUMNS` order).
+        """Build from a row as `alerts.alert_row` reads it (columns in `COLUMNS` order).
 
         Positional, so a plain tuple (the store's default) and an `sqlite3.Row` both work.
         A row that does not hold what migration 8 allows raises ValueError.
@@ -127,7 +125,7 @@ def _strict_json(text: object) -> object:
 
 def load_alert(conn: sqlite3.Connection, alert_id: int) -> AlertMessage | None:
     """The alert as stored now, or None when there is no such row."""
-    row = conn.execute(SELECT_ALERT, (alert_id,)).fetchone()
+    row = alerts.alert_row(conn, alert_id)
     return None if row is None else AlertMessage.from_row(row)
 
 
@@ -283,11 +281,7 @@ def enqueue(
     if not conn.in_transaction:
         raise RuntimeError("alert deliveries must be queued inside Store.transaction()")
     queued = channels(settings)
-    conn.executemany(
-        "INSERT INTO alert_deliveries (alert_id, channel, state, attempts, next_at)"
-        " VALUES (?, ?, 'pending', 0, ?)",
-        [(alert_id, channel, to_text(now)) for channel in queued],
-    )
+    alerts.queue_deliveries(conn, alert_id, queued, now)
     return queued
 
 
@@ -369,13 +363,7 @@ class Deliverer:
         return DeliveryReport(sent=sent, retried=retried, failed=failed, deferred=deferred)
 
     def _due(self, now: datetime) -> list[_Due]:
-        rows = self._store.conn.execute(
-            "SELECT alert_id, channel, attempts FROM alert_deliveries"
-            " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, alert_id, channel"
-            " LIMIT ?",
-            (to_text(now), self._batch),
-        ).fetchall()
-        return [_Due(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+        return [_Due(*row) for row in alerts.due_deliveries(self._store.conn, now, self._batch)]
 
     def _alert(self, item: _Due) -> AlertMessage:
         try:
@@ -438,68 +426,55 @@ class Deliverer:
 
     def _record(self, item: _Due, error: str | None, permanent: bool, now: datetime) -> str:
         """Store the outcome of one try; returns the delivery's new state."""
-        cfg = self._settings.alerts
         tries = item.attempts + 1
         key = (item.alert_id, item.channel, item.attempts)
         with self._store.transaction() as conn:
             if error is None:
                 state = "sent"
-                changed = conn.execute(
-                    "UPDATE alert_deliveries SET state = 'sent', attempts = ?, sent_at = ?,"
-                    " last_error = NULL"
-                    " WHERE alert_id = ? AND channel = ? AND attempts = ? AND state = 'pending'",
-                    (tries, to_text(now), *key),
-                ).rowcount
-            elif permanent or tries >= cfg.webhook_attempts:
+                changed = alerts.delivery_sent(conn, *key, now)
+            elif permanent or tries >= self._settings.alerts.webhook_attempts:
                 state = "failed"
-                changed = conn.execute(
-                    "UPDATE alert_deliveries SET state = 'failed', attempts = ?, last_error = ?"
-                    " WHERE alert_id = ? AND channel = ? AND attempts = ? AND state = 'pending'",
-                    (tries, error, *key),
-                ).rowcount
+                changed = alerts.delivery_failed(conn, *key, error)
                 if changed:
-                    writer.record(
-                        conn,
-                        writer.EventInput(
-                            "broker",
-                            "alert.delivery.failed",
-                            f"alert:{item.alert_id}",
-                            "failed",
-                            {
-                                "alert_id": item.alert_id,
-                                "channel": item.channel,
-                                "attempts": tries,
-                                "error": error,
-                            },
-                        ),
-                        now,
-                    )
+                    writer.record(conn, _failed_event(item, tries, error), now)
             else:
                 state = "pending"
-                changed = conn.execute(
-                    "UPDATE alert_deliveries SET attempts = ?, next_at = ?, last_error = ?"
-                    " WHERE alert_id = ? AND channel = ? AND attempts = ? AND state = 'pending'",
-                    (tries, to_text(now + backoff(self._settings, item.attempts)), error, *key),
-                ).rowcount
+                retry_at = now + backoff(self._settings, item.attempts)
+                changed = alerts.delivery_retry(conn, *key, error, retry_at)
         if not changed:  # another deliverer recorded this try first
             return "raced"
-        if state == "failed":
-            log.error(
-                "alert %d: %s delivery failed for good after %d tries: %s",
-                item.alert_id,
-                item.channel,
-                tries,
-                error,
-            )
-        elif state == "pending":
-            log.warning(
-                "alert %d: %s delivery failed (try %d), will retry: %s",
-                item.alert_id,
-                item.channel,
-                tries,
-                error,
-            )
+        _log_outcome(item, state, tries, error)
         return state
+
+
+def _failed_event(item: _Due, tries: int, error: str) -> writer.EventInput:
+    """The audit event of a delivery given up for good."""
+    return writer.EventInput(
+        "broker",
+        "alert.delivery.failed",
+        f"alert:{item.alert_id}",
+        "failed",
+        {"alert_id": item.alert_id, "channel": item.channel, "attempts": tries, "error": error},
+    )
+
+
+def _log_outcome(item: _Due, state: str, tries: int, error: str | None) -> None:
+    if state == "failed":
+        log.error(
+            "alert %d: %s delivery failed for good after %d tries: %s",
+            item.alert_id,
+            item.channel,
+            tries,
+            error,
+        )
+    elif state == "pending":
+        log.warning(
+            "alert %d: %s delivery failed (try %d), will retry: %s",
+            item.alert_id,
+            item.channel,
+            tries,
+            error,
+        )
 
 
 def post(

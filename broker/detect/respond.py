@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +20,6 @@ from typing import Any
 from broker.audit import writer
 from broker.core.errors import BrokerError
 from broker.core.identity import Snapshot
-from broker.core.timeutil import to_text
 from broker.detect import alerts, drift
 from broker.detect.engine import Finding
 from broker.fleet import inventory, nodeprog, quarantine
@@ -84,14 +83,8 @@ class Responder:
     def run_once(self, now: datetime) -> RespondReport:
         report = RespondReport()
         store = self._parts.store()
-        due = store.conn.execute(
-            "SELECT id, alert_id, kind, target, attempts FROM alert_actions"
-            # An alert's actions before drift jobs: a scan of many nodes must never hold up
-            # the response to a critical finding.
-            " WHERE state = 'pending' AND next_at <= ? ORDER BY (alert_id IS NULL), id LIMIT ?",
-            (to_text(now), BATCH),
-        ).fetchall()
-        for action_id, alert_id, kind, target, attempts in due:
+        for due in alerts.due_actions(store.conn, now, BATCH):
+            alert_id, kind, target = due.alert_id, due.kind, due.target
             label = f"{kind} {target}"
             work = self._kinds.get(kind)
             try:
@@ -103,16 +96,12 @@ class Responder:
                 if not isinstance(exc, ActionError | BrokerError | OSError | ValueError):
                     log.exception("action %s (alert %s) raised", label, alert_id)
                 result = exc.one_line() if isinstance(exc, BrokerError) else str(exc) or repr(exc)
-                state = "failed" if attempts + 1 >= MAX_ATTEMPTS or work is None else "pending"
+                state = "failed" if due.attempts + 1 >= MAX_ATTEMPTS or work is None else "pending"
                 (report.failed if state == "failed" else report.retried).append(label)
                 log.warning("action %s (alert %s) failed: %s", label, alert_id, result)
-            later = now + RETRY_BASE * (2**attempts)
+            later = now + RETRY_BASE * (2**due.attempts)
             with store.transaction() as conn:
-                conn.execute(
-                    "UPDATE alert_actions SET state = ?, attempts = attempts + 1, result = ?,"
-                    " next_at = ?, updated_at = ? WHERE id = ?",
-                    (state, result[:500], to_text(later), to_text(now), action_id),
-                )
+                alerts.action_tried(conn, due.id, state, result[:500], later, now)
                 if alert_id is not None and kind not in ("drift_baseline", "drift_check"):
                     writer.record(
                         conn,
@@ -130,12 +119,8 @@ class Responder:
     def _reason(self, alert_id: int | None) -> str:
         if alert_id is None:
             return "detection"
-        row = (
-            self._parts.store()
-            .conn.execute("SELECT rule FROM alerts WHERE id = ?", (alert_id,))
-            .fetchone()
-        )
-        return f"alert {alert_id}: {row[0] if row else '?'}"
+        rule = alerts.alert_rule(self._parts.store().conn, alert_id)
+        return f"alert {alert_id}: {rule or '?'}"
 
     # ------------------------------------------------------------ alert actions
 
@@ -146,10 +131,7 @@ class Responder:
         if account is None:
             raise ActionError(f"{user} is not in the directory snapshot")
         store = self._parts.store()
-        row = store.conn.execute(
-            "SELECT COALESCE(event_at, created_at) FROM alerts WHERE id = ?", (alert_id,)
-        ).fetchone()
-        since = datetime.fromisoformat(row[0].replace("Z", "+00:00")) if row else now
+        since = alerts.alert_moment(store.conn, alert_id) or now
         until = since + self._parts.mfa_lockout
         if until <= now:
             return "the lockout time since the finding has passed: not locked"
@@ -198,12 +180,7 @@ class Responder:
         conn = self._parts.store().conn
         if quarantine.held(conn, node):
             return f"{node} is already quarantined (its marker is retried by the scheduler)"
-        released = conn.execute(
-            "SELECT 1 FROM audit_events e JOIN alerts a ON a.id = ? WHERE e.action ="
-            " 'node.release' AND e.target = ? AND e.ts > a.created_at",
-            (alert_id, node),
-        ).fetchone()
-        if released is not None:
+        if alerts.released_since(conn, alert_id, node):
             return f"{node} was released by a person since this alert: not quarantined again"
         result = self._parts.quarantines().quarantine(
             [node], reason=self._reason(alert_id), actor=alerts.DETECTOR, now=now
@@ -228,84 +205,68 @@ class Responder:
         grant_id, _, node = target.partition("@")
         manifest = self._scan(node)
         with self._parts.store().transaction() as conn:
-            conn.execute(
-                "INSERT INTO drift_baselines (grant_id, node, taken_at, manifest)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (grant_id, node) DO UPDATE"
-                " SET taken_at = excluded.taken_at, manifest = excluded.manifest",
-                (grant_id, node, to_text(now), manifest.to_json()),
-            )
+            alerts.put_baseline(conn, grant_id, node, now, manifest.to_json())
         return f"baseline of {len(manifest.entries)} entries"
 
     def _drift_check(self, alert_id: int | None, recording_id: str, now: datetime) -> str:
+        """Compare the node with the baseline its grant's push left; the scan becomes the
+        next baseline, and what the rule does not expect is a finding."""
         conn = self._parts.store().conn
-        row = conn.execute(
-            "SELECT node, user, grant_id FROM recordings WHERE id = ?", (recording_id,)
-        ).fetchone()
-        if row is None or not row[0] or not row[2]:
+        node, user, grant_id = alerts.session_subject(conn, recording_id) or (None, None, None)
+        if not node or not grant_id:
             return "no grant behind this session: nothing to compare"
-        node, user, grant_id = row
-        base = conn.execute(
-            "SELECT manifest FROM drift_baselines WHERE grant_id = ? AND node = ?",
-            (grant_id, node),
-        ).fetchone()
-        rule = self._drift_rule()
+        base = alerts.baseline(conn, grant_id, node)
         if base is None:
             with self._parts.store().transaction() as tx:
                 _store_drift(tx, recording_id, grant_id, node, now, [], 0, "no baseline was taken")
             return "no baseline"
         current = self._scan(node)
+        session = _Session(recording_id, user, node, grant_id)
         if current.truncated:
-            # Root can force a truncated scan (flooding a scanned directory): never move the
-            # baseline past it, and say so loudly.
-            finding = None
-            if rule.enabled:
-                finding = Finding(
-                    "drift",
-                    rule.severity,
-                    rule.actions,
-                    f"drift check of session {recording_id} of {user} on {node} is incomplete:"
-                    " the node's scan was truncated",
-                    now.timestamp(),
-                    f"session:{recording_id}:drift",
-                    user=user,
-                    node=node,
-                    grant_id=grant_id,
-                    recording_id=recording_id,
-                )
-            with self._parts.store().transaction() as tx:
-                _store_drift(tx, recording_id, grant_id, node, now, [], 0, "scan truncated")
-                if finding is not None:
-                    alerts.raise_alert(tx, finding, now, self._enqueue)
-            return "scan truncated: baseline kept"
+            return self._drift_truncated(session, now)
+        return self._drift_compare(session, drift.Manifest.from_json(base), current, now)
+
+    def _drift_truncated(self, session: _Session, now: datetime) -> str:
+        """Root can force a truncated scan (flooding a scanned directory): never move the
+        baseline past it, and say so loudly."""
+        rule = self._drift_rule()
+        finding = None
+        if rule.enabled:
+            finding = _drift_finding(
+                rule,
+                session,
+                f"drift check of session {session.recording_id} of {session.user} on"
+                f" {session.node} is incomplete: the node's scan was truncated",
+                now,
+            )
+        with self._parts.store().transaction() as tx:
+            _store_drift(tx, *session.keys(), now, [], 0, "scan truncated")
+            if finding is not None:
+                alerts.raise_alert(tx, finding, now, self._enqueue)
+        return "scan truncated: baseline kept"
+
+    def _drift_compare(
+        self, session: _Session, base: drift.Manifest, current: drift.Manifest, now: datetime
+    ) -> str:
+        rule = self._drift_rule()
         changes = [
-            c
-            for c in drift.diff(drift.Manifest.from_json(base[0]), current)
-            if not fnmatch.fnmatchcase(c.path, BROKER_DROP_INS)
+            c for c in drift.diff(base, current) if not fnmatch.fnmatchcase(c.path, BROKER_DROP_INS)
         ]
         odd = drift.unexpected(changes, rule.expected)
         alert_id = None
         with self._parts.store().transaction() as tx:
-            tx.execute(
-                "UPDATE drift_baselines SET taken_at = ?, manifest = ? WHERE grant_id = ? AND node = ?",
-                (to_text(now), current.to_json(), grant_id, node),
-            )
-            _store_drift(tx, recording_id, grant_id, node, now, changes, len(odd), None)
+            alerts.move_baseline(tx, session.grant_id, session.node, now, current.to_json())
+            _store_drift(tx, *session.keys(), now, changes, len(odd), None)
             if odd and rule.enabled:
-                finding = Finding(
-                    "drift",
-                    rule.severity,
-                    rule.actions,
-                    f"session {recording_id} of {user} on {node} left {len(odd)} unexpected"
-                    f" change(s): {odd[0].kind} {odd[0].path}"[:500],
-                    now.timestamp(),
-                    f"session:{recording_id}:drift",
-                    user=user,
-                    node=node,
-                    grant_id=grant_id,
-                    recording_id=recording_id,
+                finding = _drift_finding(
+                    rule,
+                    session,
+                    f"session {session.recording_id} of {session.user} on {session.node} left"
+                    f" {len(odd)} unexpected change(s): {odd[0].kind} {odd[0].path}"[:500],
+                    now,
                     # Paths only: the lines (a cron entry may hold a token) stay with the
                     # session's drift record (`broker sessions show`).
-                    details={"changes": [f"{c.kind} {c.path}" for c in odd[:50]]},
+                    {"changes": [f"{c.kind} {c.path}" for c in odd[:50]]},
                 )
                 alert_id = alerts.raise_alert(tx, finding, now, self._enqueue)
         return f"{len(changes)} change(s), {len(odd)} unexpected" + (
@@ -317,8 +278,43 @@ class Responder:
         return policy.detection.drift if policy is not None else DriftRule()
 
 
+@dataclass(frozen=True)
+class _Session:
+    """The elevated session a drift check is about."""
+
+    recording_id: str
+    user: str | None
+    node: str
+    grant_id: str
+
+    def keys(self) -> tuple[str, str, str]:
+        return self.recording_id, self.grant_id, self.node
+
+
+def _drift_finding(
+    rule: DriftRule,
+    session: _Session,
+    message: str,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> Finding:
+    return Finding(
+        "drift",
+        rule.severity,
+        rule.actions,
+        message,
+        now.timestamp(),
+        f"session:{session.recording_id}:drift",
+        user=session.user,
+        node=session.node,
+        grant_id=session.grant_id,
+        recording_id=session.recording_id,
+        details=details or {},
+    )
+
+
 def _store_drift(
-    conn: Any,
+    conn: sqlite3.Connection,
     recording_id: str,
     grant_id: str,
     node: str,
@@ -327,21 +323,10 @@ def _store_drift(
     unexpected: int,
     error: str | None,
 ) -> None:
-    conn.execute(
-        "INSERT INTO session_drift (recording_id, grant_id, node, checked_at, changes, unexpected,"
-        " error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id) DO UPDATE SET"
-        " checked_at = excluded.checked_at, changes = excluded.changes,"
-        " unexpected = excluded.unexpected, error = excluded.error",
-        (
-            recording_id,
-            grant_id,
-            node,
-            to_text(now),
-            json.dumps([_change_json(c) for c in changes], default=str),
-            unexpected,
-            error,
-        ),
-    )
+    alerts.put_session_drift(
+        conn, recording_id, grant_id, node, now, [_change_json(c) for c in changes],
+        unexpected, error,
+    )  # fmt: skip
 
 
 def _change_json(change: drift.Change) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from broker.core.errors import UsageError
 from broker.core.hostlist import expand
@@ -59,23 +58,6 @@ class _Stream:
     dirty: bool = False
 
 
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def load_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    row = conn.execute("SELECT value FROM detect_state WHERE key = 'detector'").fetchone()
-    return None if row is None else dict(json.loads(row[0]))
-
-
-def save_state(conn: sqlite3.Connection, state: dict[str, Any]) -> None:
-    conn.execute(
-        "INSERT INTO detect_state (key, value) VALUES ('detector', ?)"
-        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (json.dumps(state, separators=(",", ":")),),
-    )
-
-
 class DetectionRunner:
     """Runs passes over one store; the caller supplies the rules in force each pass."""
 
@@ -98,10 +80,10 @@ class DetectionRunner:
         started = time.monotonic()
         report = PassReport()
         conn = self._store.conn
-        state = load_state(conn)
+        state = alerts.load_state(conn)
         if state is None:  # the first pass: watch from now on
-            top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0]
-            state = {"cursor": int(top), "since": to_text(now), "memory": new_memory()}
+            top = alerts.last_audit_seq(conn)
+            state = {"cursor": top, "since": to_text(now), "memory": new_memory()}
         detector = Detector(
             detection,
             state["memory"],
@@ -111,14 +93,7 @@ class DetectionRunner:
         findings: list[Finding] = []
         jobs: list[tuple[str, str]] = []
         cursor = int(state["cursor"])
-        for row in conn.execute(
-            "SELECT seq, ts, actor, action, target, outcome, details FROM audit_events"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (cursor, BATCH),
-        ):
-            event = AuditEvent(
-                row[0], _epoch(row[1]), row[2], row[3], row[4], row[5], json.loads(row[6])
-            )
+        for event in alerts.audit_after(conn, cursor, BATCH):
             findings.extend(detector.audit(event))
             jobs.extend(drift_jobs(event))
             cursor = event.seq
@@ -132,16 +107,10 @@ class DetectionRunner:
             for kind, target in jobs:
                 alerts.queue_job(tx, kind, target, now)
             report.jobs = len(jobs)
-            save_state(tx, state)
+            alerts.save_state(tx, state)
             for (rid, name), stream in streams.items():
                 if stream.dirty:
-                    tx.execute(
-                        "INSERT INTO detect_streams (recording_id, stream, offset, carry, done)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (recording_id, stream) DO UPDATE"
-                        " SET offset = excluded.offset, carry = excluded.carry,"
-                        " done = excluded.done",
-                        (rid, name, stream.offset, stream.carry, int(name == "*")),
-                    )
+                    alerts.save_stream(tx, rid, name, stream.offset, stream.carry)
         report.seconds = time.monotonic() - started
         return report
 
@@ -159,17 +128,8 @@ class DetectionRunner:
         streams: dict[tuple[str, str], _Stream] = {}
         if self._root is None:
             return streams
-        conn = self._store.conn
-        rows = conn.execute(
-            "SELECT r.id, r.path, r.node, r.user, r.grant_id, r.state, r.command, r.argv,"
-            " r.indexed_at"
-            " FROM recordings r WHERE r.first_seen >= ? AND r.state IN"
-            " ('running', 'complete', 'incomplete') AND NOT EXISTS (SELECT 1 FROM"
-            " detect_streams d WHERE d.recording_id = r.id AND d.stream = '*')"
-            " ORDER BY r.first_seen",
-            (since,),
-        ).fetchall()
-        if not rows:
+        unread = alerts.recordings_to_read(self._store.conn, since)
+        if not unread:
             return streams
         try:
             root_fd = iolog.open_store(self._root)
@@ -178,43 +138,55 @@ class DetectionRunner:
         budget = self._pass_bytes
         # Each recording gets its share of a pass: one session flooding its output must not
         # starve the others (a second session of the same attacker included).
-        share = max(4 << 20, self._pass_bytes // len(rows))
+        share = max(4 << 20, self._pass_bytes // len(unread))
         try:
-            for rid, path, node, user, grant_id, state, command, argv, indexed_at in rows:
-                rec = Recording(rid, node or "-", user or "-", grant_id)
-                known = {
-                    name: _Stream(offset, bytes(carry))
-                    for name, offset, carry in conn.execute(
-                        "SELECT stream, offset, carry FROM detect_streams WHERE recording_id = ?",
-                        (rid,),
-                    )
-                }
-                report.recordings += 1
-                if "command" not in known:
-                    findings.extend(
-                        detector.command(rec, _command_text(command, argv), now.timestamp())
-                    )
-                    known["command"] = _Stream(dirty=True)
-                try:
-                    finished, used = _read_recording(
-                        detector, root_fd, rec, path, known, min(budget, share), now, findings
-                    )
-                except IologError as exc:  # the indexer quarantines it; stop reading it
-                    log.warning("detection skips recording %s: %s", rid, exc)
-                    finished, used = True, 0
+            for row in unread:
+                known, used = self._scan_one(
+                    detector, root_fd, row, min(budget, share), now, findings
+                )
                 budget -= used
+                report.recordings += 1
                 report.bytes += used
-                # `incomplete` may be a session the indexer gave up on while it was idle
-                # (a break-glass shell left open): keep watching it for a day.
-                given_up = state == "incomplete" and indexed_at < to_text(now - WATCH_STALE)
-                if finished and (state == "complete" or given_up):
-                    known["*"] = _Stream(dirty=True)
-                streams.update({(rid, name): s for name, s in known.items()})
+                streams.update({(row.id, name): s for name, s in known.items()})
                 if budget <= 0:
                     break
         finally:
             os.close(root_fd)
         return streams
+
+    def _scan_one(
+        self,
+        detector: Detector,
+        root_fd: int,
+        row: alerts.Unread,
+        budget: int,
+        now: datetime,
+        findings: list[Finding],
+    ) -> tuple[dict[str, _Stream], int]:
+        """One recording: its command once, then each stream from where the last pass left
+        it. Returns its streams (`*` once it is read through) and the bytes read."""
+        rec = Recording(row.id, row.node or "-", row.user or "-", row.grant_id)
+        known = {
+            name: _Stream(offset, carry)
+            for name, offset, carry in alerts.stream_offsets(self._store.conn, row.id)
+        }
+        if "command" not in known:
+            text = _command_text(row.command, row.argv)
+            findings.extend(detector.command(rec, text, now.timestamp()))
+            known["command"] = _Stream(dirty=True)
+        try:
+            finished, used = _read_recording(
+                detector, root_fd, rec, row.path, known, budget, now, findings
+            )
+        except IologError as exc:  # the indexer quarantines it; stop reading it
+            log.warning("detection skips recording %s: %s", row.id, exc)
+            finished, used = True, 0
+        # `incomplete` may be a session the indexer gave up on while it was idle
+        # (a break-glass shell left open): keep watching it for a day.
+        given_up = row.state == "incomplete" and row.indexed_at < to_text(now - WATCH_STALE)
+        if finished and (row.state == "complete" or given_up):
+            known["*"] = _Stream(dirty=True)
+        return known, used
 
 
 def _read_recording(

@@ -42,6 +42,9 @@ class NodeStatus:
     problem: str | None
     elapsed_ms: float
     module_problem: str | None = None  # why pam_broker.so does not load there (None: it does)
+    # How elevated sessions end there: "cgroup" (contained), "process-tree" (weaker), None
+    # (a node program from before containment, or no answer).
+    containment: str | None = None
 
     def observation(self) -> Observation | None:
         """What to store about the node; None when the program did not answer."""
@@ -101,16 +104,10 @@ def parse_status(
         way = "ahead of" if skew > 0 else "behind"
         problems.append(f"clock {abs(skew):.1f} s {way} the broker's (limit {max_skew:.0f} s)")
     hook_version = _text(data.get("hook_version"))
-    sudo: Any = data.get("sudo")
-    sudo = sudo if isinstance(sudo, dict) else {}
-    flavour = sudo.get("flavour") if sudo.get("flavour") in SUDO_FLAVOURS else None
-    version = _text(sudo.get("version"))
-    io_logging = sudo.get("io_logging") if isinstance(sudo.get("io_logging"), bool) else None
+    flavour, version, io_logging = _sudo_fields(data)
     bootstrapped = data.get("bootstrapped") if isinstance(data.get("bootstrapped"), bool) else None
     if not bootstrapped:
-        said = data.get("problems")
-        why = said[0] if isinstance(said, list) and said and isinstance(said[0], str) else ""
-        why = "".join(c if c.isprintable() else "?" for c in why[:160])
+        why = _first_problem(data)
         problems.append(
             f"not bootstrapped{f' ({why})' if why else ''}: run `broker node bootstrap {node}`"
         )
@@ -128,21 +125,39 @@ def parse_status(
         problems.append(f"old hook (version {hook_version}): run `broker node bootstrap {node}`")
     elif module_problem is not None:
         problems.append(f"PAM module: {module_problem}")
+    containment = data.get("containment") if data.get("containment") in _CONTAINMENT else None
+    if containment == "process-tree" and bootstrapped:
+        # Weaker, not a refusal: grants still end on time, but a double fork outlives a kill.
+        problems.append(
+            _first_problem(data, "broker-node watch", "sessions are not")
+            or "sessions not contained"
+        )
     return NodeStatus(
-        node,
-        True,
-        skew,
-        hook_version,
-        flavour,
-        version,
-        io_logging,
-        bootstrapped,
-        active,
-        can_grant,
-        "; ".join(problems) or None,
-        result.elapsed_ms,
-        module_problem,
-    )
+        node, True, skew, hook_version, flavour, version, io_logging, bootstrapped, active,
+        can_grant, "; ".join(problems) or None, result.elapsed_ms, module_problem, containment,
+    )  # fmt: skip
+
+
+_CONTAINMENT = ("cgroup", "process-tree")
+
+
+def _sudo_fields(data: dict[str, Any]) -> tuple[str | None, str | None, bool | None]:
+    """(flavour, version, io_logging) of the node's sudo, each checked."""
+    sudo: Any = data.get("sudo")
+    sudo = sudo if isinstance(sudo, dict) else {}
+    flavour = sudo.get("flavour") if sudo.get("flavour") in SUDO_FLAVOURS else None
+    io_logging = sudo.get("io_logging") if isinstance(sudo.get("io_logging"), bool) else None
+    return flavour, _text(sudo.get("version")), io_logging
+
+
+def _first_problem(data: dict[str, Any], *starting: str) -> str:
+    """The node's first problem sentence (of those starting with one of `starting`, when
+    given), printable and at most 200 characters, or ""."""
+    said = data.get("problems")
+    for item in said if isinstance(said, list) else []:
+        if isinstance(item, str) and (not starting or item.startswith(starting)):
+            return "".join(c if c.isprintable() else "?" for c in item[:200])
+    return ""
 
 
 def _module_problem(module: object) -> str | None:

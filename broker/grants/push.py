@@ -151,8 +151,11 @@ def remove(
     ids_by_node: Mapping[str, Sequence[str]],
     *,
     on_done: Callable[[NodeOutcome], None] | None = None,
+    ended_by: str = "revoke",
 ) -> list[NodeOutcome]:
-    """Remove grants (and end their sessions) on every target in parallel."""
+    """Remove grants (and end their sessions) on every target in parallel; `ended_by`
+    (revoke or quarantine) is what the sessions' close events will say."""
+    payload_extra = {} if ended_by == "revoke" else {"ended_by": ended_by}
 
     def one(target: NodeTarget) -> NodeOutcome:
         started = time.monotonic()
@@ -169,9 +172,8 @@ def remove(
         return outcome
 
     def attempt(target: NodeTarget) -> tuple[str | None, int]:
-        reply = nodeprog.call(
-            pool, target, "revoke", {"ids": list(ids_by_node.get(target.name, ()))}
-        )
+        payload = {"ids": list(ids_by_node.get(target.name, ())), **payload_extra}
+        reply = nodeprog.call(pool, target, "revoke", payload)
         if not reply.ok or reply.data is None:
             return _short(reply.error or f"{target.name}: the node program failed"), 0
         revoked, errors, killed = (reply.data.get(k) for k in ("revoked", "errors", "killed"))

@@ -92,8 +92,9 @@ class Quarantines:
         grants = self._grants()
         for name in names:
             result = grants.revoke(
-                node=name, actor=actor, reason=f"node {name} quarantined: {reason}"[:200], now=now
-            )
+                node=name, actor=actor, reason=f"node {name} quarantined: {reason}"[:200],
+                now=now, ended_by="quarantine",
+            )  # fmt: skip
             revoked.extend(result.revoked)
             ended += sum(o.killed for o in result.outcomes)
         marks = self._place(targets, now)

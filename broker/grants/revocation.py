@@ -67,9 +67,11 @@ class Revocation:
         reason: str,
         now: datetime,
         progress: push.Progress | None = None,
+        ended_by: str = "revoke",
     ) -> RevokeResult:
         """End grants at once: marked revoked first (so nothing re-pushes them), then removed
-        from their nodes with their running sessions."""
+        from their nodes with their running sessions (whose close events say `ended_by`:
+        revoke, or quarantine)."""
         conn = self._store.conn
         chosen: dict[str, Grant] = {}
         for grant_id in ids:
@@ -97,7 +99,7 @@ class Revocation:
         # Every node of each revoked grant, not only `node`: a revoked grant must go
         # everywhere at once, and what cannot be reached is reported as pending.
         outcomes, pending = self.remove_pending(
-            [g.id for g in chosen.values()], now=now, progress=progress
+            [g.id for g in chosen.values()], now=now, progress=progress, ended_by=ended_by
         )
         return RevokeResult(tuple(g.id for g in active), tuple(outcomes), tuple(pending))
 
@@ -108,6 +110,7 @@ class Revocation:
         node: str | None = None,
         now: datetime,
         progress: push.Progress | None = None,
+        ended_by: str = "revoke",
     ) -> tuple[list[push.NodeOutcome], list[tuple[str, str]]]:
         """Take ended grants off their nodes; returns outcomes and what is still pending."""
         pairs = rows.pending_removals(self._store.conn, grant_ids=grant_ids, node=node)
@@ -118,7 +121,7 @@ class Revocation:
             by_node.setdefault(name, []).append(grant_id)
         known = {t.name: t for t in inventory.targets_known(self._store, list(by_node))}
         targets = [known[n] for n in by_node if n in known]
-        outcomes = push.remove(self._pool(), targets, by_node, on_done=progress)
+        outcomes = push.remove(self._pool(), targets, by_node, on_done=progress, ended_by=ended_by)
         pending: list[tuple[str, str]] = []
         with self._store.transaction() as conn:
             for outcome in outcomes:

@@ -575,10 +575,12 @@ class GrantService:
         reason: str,
         now: datetime,
         progress: push.Progress | None = None,
+        ended_by: str = "revoke",
     ) -> RevokeResult:
         return self._ending.revoke(
-            ids=ids, user=user, node=node, actor=actor, reason=reason, now=now, progress=progress
-        )
+            ids=ids, user=user, node=node, actor=actor, reason=reason, now=now,
+            progress=progress, ended_by=ended_by,
+        )  # fmt: skip
 
     def reap(self, now: datetime) -> ReapReport:
         return self._ending.reap(now)

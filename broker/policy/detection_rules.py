@@ -33,6 +33,7 @@ Kind = Literal[
     "session_match",
     "sudo_without_grant",
     "quarantined_session",
+    "session_escape",
 ]
 Stream = Literal["command", "input", "output"]
 STREAMS: tuple[Stream, ...] = ("command", "input", "output")
@@ -48,6 +49,7 @@ KIND_ACTIONS: Mapping[Kind, tuple[Action, ...]] = {
     "session_match": ACTIONS,
     "sudo_without_grant": (*_USER_ACTIONS, "quarantine_node"),
     "quarantined_session": (*_USER_ACTIONS, "end_session"),
+    "session_escape": ACTIONS,
 }
 DRIFT_ACTIONS: tuple[Action, ...] = (*_USER_ACTIONS, "quarantine_node")
 # Which keys a kind reads (the policy loader refuses the others for that kind).
@@ -59,6 +61,7 @@ KIND_KEYS: Mapping[Kind, tuple[str, ...]] = {
     "session_match": ("patterns", "streams"),
     "sudo_without_grant": ("threshold", "window"),
     "quarantined_session": (),
+    "session_escape": (),
 }
 
 
@@ -184,6 +187,13 @@ BUILTIN: Mapping[str, Rule] = {
             threshold=3,
             window=timedelta(minutes=10),
             description="sudo tried again and again without a grant",
+        ),
+        Rule(
+            "session-escape",
+            "session_escape",
+            "high",
+            ("alert",),
+            description="a root process left its elevated session's cgroup",
         ),
         Rule(
             "quarantined-session",

@@ -43,6 +43,7 @@ from broker.provision.bundle import (
     PAM_D,
     PROGRAM_FILES,
     STALE_FILES,
+    WATCH_UNIT,
     Bundle,
     Compat,
     check_key_line,
@@ -91,12 +92,54 @@ def _install_tunnel(sftp: paramiko.SFTPClient, tunnel: NodeTunnel, changed: list
     return len(changed) != before
 
 
+def _install_program(
+    pool: SshPool,
+    target: NodeTarget,
+    bundle: Bundle,
+    node_conf: str,
+    key_line: str,
+    tunnel: NodeTunnel | None,
+    changed: list[str],
+) -> tuple[bool, bool, bool]:
+    """The node's directories, program, configuration and tunnel files. Returns (python
+    to compile, tunnel to restart, watcher unit rewritten); systemd units only go where the
+    node runs systemd."""
+    with pool.sftp(target) as sftp:
+        for path, mode in NODE_DIRS:
+            _ensure_dir(sftp, path, mode, changed)
+        systemd = remote_stat(sftp, "/etc/systemd/system") is not None
+        files = (
+            *bundle.files,
+            (NODE_CONF, node_conf.encode("ascii"), 0o644),
+            (GRANT_KEY, check_key_line(key_line).encode("ascii"), 0o644),
+        )
+        program_new = watch_new = False
+        for path, data, mode in files:
+            if path.startswith("/etc/systemd/") and not systemd:
+                continue
+            rewritten = _ensure_file(sftp, path, data, mode, changed)
+            program_new = program_new or (rewritten and path.endswith(".py"))
+            watch_new = watch_new or (rewritten and path.endswith(WATCH_UNIT))
+        _remove_stale(sftp, changed)
+        compile_it = program_new or not _compiled(sftp)
+        restart = tunnel is not None and _install_tunnel(sftp, tunnel, changed)
+    return compile_it, restart, watch_new
+
+
+def _run_or_fail(pool: SshPool, target: NodeTarget, argv: list[str], what: str) -> None:
+    result = pool.run(target, argv)
+    if not result.ok:
+        raise UnavailableError(result.error or f"{what} failed: {result.stderr.strip()[-200:]}")
+
+
 def _restart_units(units: Sequence[str]) -> list[str]:
-    """systemd on the node starts (or restarts) the tunnel and a relay's units; without it
-    (containers, the lab) whatever supervises the node runs them (docs/sessions.md)."""
+    """systemd on the node starts (or restarts) the tunnel, a relay's units and the watcher;
+    without it (containers, the lab) whatever supervises the node runs them
+    (docs/sessions.md, docs/grants.md)."""
     names = [u.rsplit("/", 1)[-1] for u in units]
-    if not all(re.fullmatch(r"broker-logsrv[a-z-]*\.(service|timer)", n) for n in names):
-        raise ValueError("only the broker's recording units are restarted")
+    pattern = r"broker-(logsrv[a-z-]*|node-watch)\.(service|timer)"
+    if not all(re.fullmatch(pattern, n) for n in names):
+        raise ValueError("only the broker's own node units are restarted")
     joined = " ".join(names)
     return [
         "sh",
@@ -316,36 +359,20 @@ def bootstrap_node(
             _check_compat(pool, target, bundle.compat)
             built = [f for f in bundle.files if f[0] in BUILT_PATHS]
             install_built(pool, target, built, changed)
-        with pool.sftp(target) as sftp:
-            for path, mode in NODE_DIRS:
-                _ensure_dir(sftp, path, mode, changed)
-            files = (
-                *bundle.files,
-                (NODE_CONF, node_conf.encode("ascii"), 0o644),
-                (GRANT_KEY, check_key_line(key_line).encode("ascii"), 0o644),
-            )
-            program_new = False
-            for path, data, mode in files:
-                rewritten = _ensure_file(sftp, path, data, mode, changed)
-                program_new = program_new or (rewritten and path.endswith(".py"))
-            _remove_stale(sftp, changed)
-            compile_it = program_new or not _compiled(sftp)
-            restart = tunnel is not None and _install_tunnel(sftp, tunnel, changed)
+        compile_it, restart, watch_new = _install_program(
+            pool, target, bundle, node_conf, key_line, tunnel, changed
+        )
         if restart and tunnel is not None:
-            result = pool.run(target, _restart_units(tunnel.units))
-            if not result.ok:
-                raise UnavailableError(
-                    result.error or f"the recording tunnel did not start: {result.stderr[-200:]}"
-                )
+            _run_or_fail(pool, target, _restart_units(tunnel.units), "the recording tunnel")
         if compile_it:
-            result = pool.run(
-                target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", *_python_files()]
-            )
-            if not result.ok:
-                raise UnavailableError(
-                    result.error or f"py_compile failed: {result.stderr.strip()[-200:]}"
-                )
+            _run_or_fail(
+                pool, target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", *_python_files()],
+                "py_compile",
+            )  # fmt: skip
             changed.append(f"compiled {NODE_PKG} and {KEYTAB_PY}")
+        if compile_it or watch_new:
+            # The watcher runs the node program: a new program means a new watcher.
+            _run_or_fail(pool, target, _restart_units([WATCH_UNIT]), "broker-node-watch")
         sent = time.time()
         answer = pool.run(target, nodeprog.argv_for("status"), b"{}")
         status = parse_status(answer, sent, time.time(), max_skew)

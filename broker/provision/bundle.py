@@ -33,9 +33,12 @@ NODE_MODULES = (
     "spool",
     "usage",
     "drift",
+    "cgroups",
+    "revoke",
+    "escapes",
+    "watch",
     "status",
     "install",
-    "revoke",
     "commands",
     "__init__",
 )
@@ -68,7 +71,9 @@ PROGRAM_FILES: tuple[tuple[str, str, int], ...] = (
     ("broker_keytab.py", KEYTAB_PY, 0o644),
     ("broker-keytab", f"{LIBEXEC}/broker-keytab", 0o755),
     ("broker-relay-flush", f"{LIBEXEC}/broker-relay-flush", 0o755),
+    ("systemd/broker-node-watch.service", "/etc/systemd/system/broker-node-watch.service", 0o644),
 )
+WATCH_UNIT = "broker-node-watch.service"
 # pam/build/ (`make -C pam`) -> where it goes on the node, mode.
 BUILT_FILES: tuple[tuple[str, str, int], ...] = (
     ("pam_broker.so", MODULE, 0o644),

@@ -9,22 +9,24 @@ second delivery a no-op), so a broker crash between the two loses nothing.
 from __future__ import annotations
 
 import logging
-import sqlite3
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from broker.audit import writer
-from broker.core.timeutil import to_text
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
+from broker.sessions import rows
+from broker.sessions.rows import SessionEvent
 from broker.store.db import Store
 
 log = logging.getLogger("broker.sessions")
 
-_KINDS = ("open", "close", "deny")
+_KINDS = ("open", "close", "deny", "usage", "escape")
+ENDED_BY = frozenset({"exit", "revoke", "expiry", "quarantine", "end-session"})
+_COUNT_MAX = 1 << 62
 # A refused sudo has no grant: the hook writes "-" there (the JSON format stays the same).
 _NO_GRANT = "-"
 _TEXT_MAX = 256
@@ -32,24 +34,9 @@ _TEXT_MAX = 256
 DENY_REASONS = frozenset(
     {
         "no_grant", "expired", "not_yet_valid", "revoked", "bad_signature", "other_node",
-        "quarantined", "max_sessions", "bad_file", "bad_config", "no_user",
+        "quarantined", "max_sessions", "bad_file", "bad_config", "no_user", "uncontained",
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SessionEvent:
-    node: str
-    event_id: str
-    kind: str
-    grant_id: str | None
-    user: str
-    runas: str
-    service: str
-    tty: str
-    pid: int
-    at: str
-    reason: str | None = None  # deny events of pam_broker.so; the Python hook sent none
 
 
 def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
@@ -72,26 +59,51 @@ def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
     if reason is not None:
         reason = reason if isinstance(reason, str) and reason in DENY_REASONS else "other"
     return SessionEvent(
-        node, event_id, kind, grant_id, user, texts[2], texts[3], texts[4], pid, at, reason
-    )
+        node, event_id, kind, grant_id, user, texts[2], texts[3], texts[4], pid, at, reason,
+        **_containment(kind, raw),
+    )  # fmt: skip
+
+
+def _containment(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of close, usage and escape events, each checked; what fails a check is
+    left out (None), never stored as the node said it."""
+    if kind not in ("close", "usage", "escape"):
+        return {}
+    ended_by = raw.get("ended_by")
+    contained = raw.get("contained")
+    detail = None
+    if kind == "escape":
+        how, group = raw.get("how"), raw.get("cgroup")
+        if isinstance(how, str) and _clean(how) and len(how) <= 80:
+            detail = how
+            if isinstance(group, str) and _CGROUP.fullmatch(group):
+                detail += f" (cgroup {group})"
+    elif kind == "usage" and isinstance(raw.get("cgroup"), str):
+        detail = raw["cgroup"] if _CGROUP.fullmatch(raw["cgroup"]) else None
+    return {
+        "ended_by": ended_by if ended_by in ENDED_BY else None,
+        "killed": _count(raw.get("killed")),
+        "contained": contained if isinstance(contained, bool) else None,
+        "cpu_usec": _count(raw.get("cpu_usec")),
+        "memory_peak": _count(raw.get("memory_peak")),
+        "pids_peak": _count(raw.get("pids_peak")),
+        "session_pid": _count(raw.get("session_pid")),
+        "detail": detail,
+    }
+
+
+# A session cgroup's name on the node: <grant or break-glass>-<pid>-<ticks>.
+_CGROUP = re.compile(r"(g[0-9a-f]{16}|break-glass)-[0-9]{1,10}-[0-9]{1,20}")
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _COUNT_MAX:
+        return value
+    return None
 
 
 def _clean(text: str) -> bool:
     return 0 < len(text) <= _TEXT_MAX and text.isprintable()
-
-
-def nodes_to_collect(conn: sqlite3.Connection, now: datetime) -> list[str]:
-    """Nodes that held a grant in the last day (only they can have elevated sessions) and
-    quarantined nodes."""
-    since = to_text(now - timedelta(days=1))
-    rows = conn.execute(
-        "SELECT DISTINCT n.node FROM grant_nodes n JOIN grants g ON g.id = n.grant_id"
-        " WHERE g.not_after > ? OR n.state IN ('live', 'removing')"
-        # Quarantined nodes too: who tries sudo there is what incident response watches.
-        " UNION SELECT node FROM quarantines ORDER BY 1",
-        (since,),
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def store_events(
@@ -110,53 +122,11 @@ def store_events(
     """
     added = 0
     with store.transaction() as conn:
-        known = {
-            r[0] for r in conn.execute("SELECT grant_id FROM grant_nodes WHERE node = ?", (node,))
-        }
+        known = rows.grants_on_node(conn, node)
         for e in events:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO session_events (node, event_id, kind, grant_id, user,"
-                " runas, service, tty, pid, at, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    e.node,
-                    e.event_id,
-                    e.kind,
-                    e.grant_id,
-                    e.user,
-                    e.runas,
-                    e.service,
-                    e.tty,
-                    e.pid,
-                    e.at,
-                    to_text(now),
-                ),
-            )
-            if cur.rowcount:
+            if rows.insert_event(conn, e, now):
                 added += 1
-                writer.record(
-                    conn,
-                    writer.EventInput(
-                        f"node:{e.node}",
-                        f"session.{e.kind}",
-                        e.grant_id or "-",
-                        outcome="refused" if e.kind == "deny" else "ok",
-                        details={
-                            # False: a grant the broker never put on this node (or none:
-                            # a break-glass session, grant_id "break-glass").
-                            "known_grant": e.grant_id in known,
-                            "break_glass": e.grant_id == "break-glass",
-                            "user": e.user,
-                            "runas": e.runas,
-                            "tty": e.tty,
-                            "pid": e.pid,
-                            "at": e.at,
-                            "service": e.service,
-                            **({"reason": e.reason} if e.reason is not None else {}),
-                        },
-                    ),
-                    now,
-                )
+                writer.record(conn, _event_audit(e, known), now)
         if malformed:
             writer.record(
                 conn,
@@ -170,6 +140,48 @@ def store_events(
                 now,
             )
     return added
+
+
+def _event_audit(e: SessionEvent, known: set[str]) -> writer.EventInput:
+    """The audit event of one newly stored hook event."""
+    return writer.EventInput(
+        f"node:{e.node}",
+        f"session.{e.kind}",
+        e.grant_id or "-",
+        # An escape is containment that failed: the detector turns it into an alert.
+        outcome={"deny": "refused", "escape": "failed"}.get(e.kind, "ok"),
+        details={
+            # False: a grant the broker never put on this node (or none:
+            # a break-glass session, grant_id "break-glass").
+            "known_grant": e.grant_id in known,
+            "break_glass": e.grant_id == "break-glass",
+            "user": e.user,
+            "runas": e.runas,
+            "tty": e.tty,
+            "pid": e.pid,
+            "at": e.at,
+            "service": e.service,
+            **({"reason": e.reason} if e.reason is not None else {}),
+            **_containment_details(e),
+        },
+    )
+
+
+def _containment_details(e: SessionEvent) -> dict[str, Any]:
+    """How a session ended and what it used, when the node said (docs/elevation.md)."""
+    if e.kind == "escape":
+        return {"session_pid": e.session_pid, "how": e.detail}
+    if e.kind not in ("close", "usage"):
+        return {}
+    found = {
+        "ended_by": e.ended_by or ("exit" if e.kind == "close" else None),
+        "killed": e.killed,
+        "contained": e.contained,
+        "cpu_usec": e.cpu_usec,
+        "memory_peak": e.memory_peak,
+        "pids_peak": e.pids_peak,
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def collect(

@@ -22,13 +22,13 @@ from datetime import UTC, datetime, timedelta
 
 from broker.audit import writer
 from broker.core.timeutil import to_text
-from broker.sessions import iolog
+from broker.sessions import iolog, rows
 from broker.sessions.iolog import IologError, LogInfo
+from broker.sessions.rows import FINAL, GrantWindow
 from broker.store.db import Store
 
 log = logging.getLogger("broker.sessions")
 
-FINAL = ("complete", "incomplete", "quarantined", "purged")
 # A directory sudo_logsrvd has only just created may not have its log.json yet.
 SETTLE_S = 30.0
 # Within this much of the grant's end, an ending counts as the grant's doing.
@@ -45,15 +45,6 @@ class IndexReport:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class GrantWindow:
-    id: str
-    not_before: str
-    not_after: str
-    state: str
-    ended_at: str | None
-
-
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -61,15 +52,7 @@ def _utc(epoch: float) -> datetime:
 def find_grant(conn: sqlite3.Connection, info: LogInfo) -> GrantWindow | None:
     """The grant under which sudo ran this: the user's grant on that node whose window
     holds the start (sudo itself refuses outside NOTBEFORE/NOTAFTER); the newest wins."""
-    at = to_text(_utc(info.started))
-    row = conn.execute(
-        "SELECT g.id, g.not_before, g.not_after, g.state, g.ended_at FROM grants g"
-        " JOIN grant_nodes n ON n.grant_id = g.id"
-        " WHERE g.user = ? AND n.node = ? AND g.not_before <= ? AND g.not_after >= ?"
-        " ORDER BY g.created_at DESC LIMIT 1",
-        (info.user, info.node, at, at),
-    ).fetchone()
-    return None if row is None else GrantWindow(*row)
+    return rows.grant_window(conn, info.user, info.node, to_text(_utc(info.started)))
 
 
 def end_reason(info: LogInfo, grant: GrantWindow | None, ended: datetime | None) -> str:
@@ -109,12 +92,7 @@ class Indexer:
         except FileNotFoundError:
             return report
         try:
-            done = {
-                r[0]
-                for r in self._store.conn.execute(
-                    "SELECT path FROM recordings WHERE state IN (?, ?, ?, ?)", FINAL
-                )
-            }
+            done = rows.finished_paths(self._store.conn)
             for path in iolog.walk(root_fd):
                 report.seen += 1
                 if path in done:
@@ -216,27 +194,6 @@ class Indexer:
             "relayed": int(info.node in self._relayed),
         }
 
-    def _upsert(self, conn: sqlite3.Connection, rid: str, path: str, now: datetime,
-                values: dict[str, object]) -> bool:  # fmt: skip
-        """Insert or update the row; True when it is new."""
-        existing = conn.execute("SELECT state FROM recordings WHERE id = ?", (rid,)).fetchone()
-        values = {**values, "indexed_at": to_text(now)}
-        columns = list(values)
-        if existing is None:
-            names = ", ".join(["id", "path", "first_seen", *columns])
-            marks = ", ".join("?" * (len(columns) + 3))
-            conn.execute(
-                f"INSERT INTO recordings ({names}) VALUES ({marks})",  # noqa: S608
-                (rid, path, to_text(now), *values.values()),
-            )
-            return True
-        sets = ", ".join(f"{c} = ?" for c in columns)
-        conn.execute(
-            f"UPDATE recordings SET {sets} WHERE id = ?",  # noqa: S608
-            (*values.values(), rid),
-        )
-        return False
-
     def _running(self, path: str, rid: str, info: LogInfo, grant: GrantWindow | None,
                  now: datetime, report: IndexReport, bytes_in: int, bytes_out: int) -> None:  # fmt: skip
         values = {
@@ -246,7 +203,7 @@ class Indexer:
             "bytes_out": bytes_out,
         }
         with self._store.transaction() as conn:
-            if self._upsert(conn, rid, path, now, values):
+            if rows.upsert(conn, rid, path, now, values):
                 report.new.append(rid)
 
     def _finish(self, path: str, rid: str, info: LogInfo, grant: GrantWindow | None,
@@ -267,10 +224,9 @@ class Indexer:
             "error": None,
         }
         with self._store.transaction() as conn:
-            current = conn.execute("SELECT state FROM recordings WHERE id = ?", (rid,)).fetchone()
-            if current is not None and current[0] in FINAL:
+            if rows.state(conn, rid) in FINAL:
                 return  # another pass finished it first
-            if self._upsert(conn, rid, path, now, values):
+            if rows.upsert(conn, rid, path, now, values):
                 report.new.append(rid)
             writer.record(
                 conn,
@@ -296,10 +252,9 @@ class Indexer:
         rid = iolog.seq_id(path)
         error = error[:300]
         with self._store.transaction() as conn:
-            current = conn.execute("SELECT state FROM recordings WHERE id = ?", (rid,)).fetchone()
-            if current is not None and current[0] in FINAL:
+            if rows.state(conn, rid) in FINAL:
                 return
-            self._upsert(conn, rid, path, now, {"state": "quarantined", "error": error})
+            rows.upsert(conn, rid, path, now, {"state": "quarantined", "error": error})
             writer.record(
                 conn,
                 writer.EventInput("broker", "session.quarantined", rid, "failed", {"error": error}),

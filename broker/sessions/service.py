@@ -4,129 +4,97 @@ purge. Reads go through `iolog`'s descriptor-relative opens only."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import mmap
 import os
 import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from broker.audit import writer
 from broker.core.errors import FailedError, RefusedError, UsageError
-from broker.core.timeutil import to_text
-from broker.sessions import iolog
+from broker.core.timeutil import from_text
+from broker.sessions import iolog, rows
 from broker.sessions.iolog import IologError
+from broker.sessions.rows import Filters
 from broker.store.db import Store
 
-COLUMNS = (
-    "id", "path", "state", "node", "user", "runas", "command", "argv", "cwd", "tty",
-    "started_at", "ended_at", "exit_value", "signal", "end_reason", "grant_id", "relayed",
-    "bytes_in", "bytes_out", "sha256", "files", "error", "first_seen", "indexed_at",
-)  # fmt: skip
+__all__ = [
+    "EXCERPT",
+    "MAX_PATTERN",
+    "Filters",
+    "Recordings",
+    "command_lines",
+    "context",
+    "listing",
+    "one",
+]
+
 MAX_PATTERN = 1000
 EXCERPT = 60
 
 
-@dataclass(frozen=True)
-class Filters:
-    user: str | None = None
-    node: str | None = None
-    grant: str | None = None
-    since: str | None = None
-    until: str | None = None
-    running: bool = False
-    limit: int = 200
-
-
-def _row(raw: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
-    row = dict(zip(COLUMNS, raw, strict=True))
-    row["argv"] = json.loads(row["argv"]) if row["argv"] else []
-    row["files"] = json.loads(row["files"]) if row["files"] else {}
-    row["relayed"] = bool(row["relayed"])
-    return row
-
-
 def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
-    where, args = ["state != 'purged'"], []
-    for column, value in (("user", f.user), ("node", f.node), ("grant_id", f.grant)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if f.since is not None:
-        where.append("COALESCE(ended_at, '9999') >= ?")
-        args.append(f.since)
-    if f.until is not None:
-        where.append("started_at <= ?")
-        args.append(f.until)
-    if f.running:
-        where.append("state = 'running'")
-    sql = (
-        f"SELECT {', '.join(COLUMNS)} FROM recordings WHERE {' AND '.join(where)}"  # noqa: S608
-        " ORDER BY COALESCE(started_at, first_seen) DESC, id DESC LIMIT ?"
-    )
-    return [_row(r) for r in conn.execute(sql, (*args, f.limit))]
+    """Recordings not purged, newest first, filtered."""
+    return rows.listing(conn, f)
 
 
 def one(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any]:
     iolog.seq_path(recording_id)  # validates the id
-    raw = conn.execute(
-        f"SELECT {', '.join(COLUMNS)} FROM recordings WHERE id = ?",  # noqa: S608
-        (recording_id,),
-    ).fetchone()
-    if raw is None:
+    row = rows.recording(conn, recording_id)
+    if row is None:
         raise RefusedError(f"no recorded session {recording_id}", fix="see `broker sessions list`")
-    return _row(raw)
+    return row
 
 
 def context(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
     """The grant (reason, approvers), the node's own session open/close events, the drift the
     session left and the alerts raised about it."""
-    out: dict[str, Any] = {"grant": None, "hook_events": [], "drift": None, "alerts": []}
-    d = conn.execute(
-        "SELECT checked_at, changes, unexpected, error FROM session_drift WHERE recording_id = ?",
-        (row["id"],),
-    ).fetchone()
-    if d is not None:
-        out["drift"] = {
-            "checked_at": d[0],
-            "changes": [c.get("summary", "?") for c in json.loads(d[1])],
-            "unexpected": d[2],
-            "error": d[3],
-        }
-    out["alerts"] = [
-        r[0]
-        for r in conn.execute(
-            "SELECT id FROM alerts WHERE recording_id = ? ORDER BY id", (row["id"],)
-        )
-    ]
+    out: dict[str, Any] = {
+        "grant": None, "hook_events": [], "drift": None, "alerts": [], "ending": None
+    }  # fmt: skip
+    out["drift"] = rows.drift(conn, row["id"])
+    out["alerts"] = rows.alert_ids(conn, row["id"])
     if row["grant_id"]:
-        g = conn.execute(
-            "SELECT id, role, reason, not_before, not_after, state, approvers FROM grants"
-            " WHERE id = ?",
-            (row["grant_id"],),
-        ).fetchone()
-        if g is not None:
-            out["grant"] = {
-                "id": g[0], "role": g[1], "reason": g[2], "not_before": g[3],
-                "not_after": g[4], "state": g[5], "approvers": json.loads(g[6] or "[]"),
-            }  # fmt: skip
+        out["grant"] = rows.grant_summary(conn, row["grant_id"])
     if row["started_at"] and row["node"]:
-        start = datetime.fromisoformat(row["started_at"].replace("Z", "+00:00"))
-        end = row["ended_at"] or to_text(start + timedelta(days=1))
-        events = conn.execute(
-            "SELECT kind, at, tty, pid, service, grant_id FROM session_events"
-            " WHERE node = ? AND user = ? AND at >= ? AND at <= ? ORDER BY at, id LIMIT 50",
-            (row["node"], row["user"], to_text(start - timedelta(seconds=10)), end),
-        ).fetchall()
-        out["hook_events"] = [
-            {"kind": e[0], "at": e[1], "tty": e[2], "pid": e[3], "service": e[4], "grant": e[5]}
-            for e in events
-        ]
+        start = from_text(row["started_at"])
+        end = from_text(row["ended_at"]) if row["ended_at"] else start + timedelta(days=1)
+        out["hook_events"] = rows.hook_events(
+            conn, row["node"], row["user"], start - timedelta(seconds=10), end
+        )
+        out["ending"] = ending(out["hook_events"], start)
     return out
+
+
+def ending(events: list[dict[str, Any]], started: datetime) -> dict[str, Any] | None:
+    """How the recorded session ended and what it used, from the node's events: the open
+    event nearest before the recording's start names the sudo (its pid); its close says how
+    the sudo ended, the usage event of its cgroup how the cgroup ended (an exit, or a kill
+    of what the session left running) and what it used. None: the node said nothing."""
+    # Node times are whole seconds: an open in the recording's own second comes before it.
+    opens = [e for e in events if e["kind"] == "open" and from_text(e["at"]) <= started]
+    if not opens:
+        return None
+    pid = opens[-1]["pid"]
+    close = next((e for e in events if e["kind"] == "close" and e["pid"] == pid), None)
+    usage = next((e for e in events if e["kind"] == "usage" and e["pid"] == pid), None)
+    if close is None and usage is None:
+        return None
+    closed_by = (close or {}).get("ended_by") or ("exit" if close else None)
+    cpu = (usage or {}).get("cpu_usec")
+    return {
+        "pid": pid,
+        "closed_by": closed_by,
+        "ended_by": (usage or {}).get("ended_by") or closed_by,
+        "killed": ((close or {}).get("killed") or 0) + ((usage or {}).get("killed") or 0),
+        "contained": True if usage is not None else (close or {}).get("contained"),
+        "cpu_seconds": None if cpu is None else round(cpu / 1e6, 3),
+        "memory_peak": (usage or {}).get("memory_peak"),
+        "pids_peak": (usage or {}).get("pids_peak"),
+    }
 
 
 class Recordings:
@@ -189,12 +157,7 @@ class Recordings:
                 f"session {recording_id} has no digest yet ({row['state']})",
                 fix="a running session is hashed when it ends",
             )
-        event = conn.execute(
-            "SELECT details FROM audit_events WHERE action = 'session.recorded' AND target = ?"
-            " ORDER BY seq DESC LIMIT 1",
-            (recording_id,),
-        ).fetchone()
-        audited = json.loads(event[0]) if event else {}
+        audited = rows.audited_recording(conn, recording_id)
         dir_fd = self._open(row)
         try:
             sha, files = iolog.digest(dir_fd)
@@ -267,13 +230,7 @@ class Recordings:
 
     def purge(self, retention_days: int, now: datetime, actor: str) -> list[str]:
         """Remove finished recordings older than the retention; rows stay, marked purged."""
-        cutoff = to_text(now - timedelta(days=retention_days))
-        conn = self._store.conn
-        old = conn.execute(
-            "SELECT id, path FROM recordings WHERE state IN ('complete', 'incomplete',"
-            " 'quarantined') AND COALESCE(ended_at, first_seen) < ? ORDER BY id",
-            (cutoff,),
-        ).fetchall()
+        old = rows.purgeable(self._store.conn, now - timedelta(days=retention_days))
         purged = []
         for rid, path in old:
             if not iolog.RECORDING_PATH.fullmatch(path):
@@ -292,10 +249,7 @@ class Recordings:
                 purged.append(rid)
         if purged:
             with self._store.transaction() as tx:
-                tx.executemany(
-                    "UPDATE recordings SET state = 'purged', indexed_at = ? WHERE id = ?",
-                    [(to_text(now), rid) for rid in purged],
-                )
+                rows.mark_purged(tx, purged, now)
                 writer.record(
                     tx,
                     writer.EventInput(

@@ -1,7 +1,7 @@
 """Collecting the hook's session events from node spools, as a service over one pool.
 
 The scheduler asks for a collection; which nodes, and over which SSH pool, is decided
-here and in collect.py, never in the daemon.
+here, in collect.py and rows.py, never in the daemon.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import datetime
 
 from broker.fleet import inventory
 from broker.fleet.pool import SshPool
-from broker.sessions import collect
+from broker.sessions import collect, rows
 from broker.store.db import Store
 
 
@@ -26,7 +26,7 @@ class SpoolCollector:
 
     def collect_recent(self, now: datetime) -> int:
         """Nodes that held a grant in the last day, and quarantined nodes."""
-        return self._collect(collect.nodes_to_collect(self._store.conn, now), now)
+        return self._collect(rows.nodes_to_collect(self._store.conn, now), now)
 
     def _collect(self, names: list[str], now: datetime) -> int:
         """Events newly stored."""

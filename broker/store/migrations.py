@@ -491,6 +491,46 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID""",
         ),
     ),
+    Migration(
+        9,
+        "contained sessions: how they ended, what they used, escapes",
+        (
+            # Node events now also say what a session's cgroup used ('usage') and when a
+            # process left it ('escape'); close events say how the session ended. Rebuilt for
+            # the wider CHECK, every row and id kept.
+            """CREATE TABLE session_events_new (
+                id INTEGER PRIMARY KEY,
+                node TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                kind TEXT NOT NULL
+                    CHECK (kind IN ('open', 'close', 'deny', 'usage', 'escape')),
+                grant_id TEXT,
+                user TEXT NOT NULL,
+                runas TEXT NOT NULL,
+                service TEXT NOT NULL,
+                tty TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                at TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                ended_by TEXT CHECK (ended_by IN
+                    ('exit', 'revoke', 'expiry', 'quarantine', 'end-session')),
+                killed INTEGER,
+                contained INTEGER,
+                cpu_usec INTEGER,
+                memory_peak INTEGER,
+                pids_peak INTEGER,
+                session_pid INTEGER,
+                detail TEXT,
+                UNIQUE (node, event_id)
+            )""",
+            "INSERT INTO session_events_new (id, node, event_id, kind, grant_id, user, runas,"
+            " service, tty, pid, at, received_at) SELECT id, node, event_id, kind, grant_id,"
+            " user, runas, service, tty, pid, at, received_at FROM session_events",
+            "DROP TABLE session_events",
+            "ALTER TABLE session_events_new RENAME TO session_events",
+            "CREATE INDEX session_events_session ON session_events (node, pid, kind)",
+        ),
+    ),
 )
 
 

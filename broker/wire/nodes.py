@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from broker.wire.base import Out
 
 
@@ -46,6 +48,8 @@ class StatusOut(Out):
     problem: str | None
     elapsed_ms: float
     module_problem: str | None = None  # why pam_broker.so does not load there (None: it does)
+    # How elevated sessions end there: cgroup (contained) or process-tree (weaker)
+    containment: Literal["cgroup", "process-tree"] | None = None
 
 
 class BootstrapOut(Out):

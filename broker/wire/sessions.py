@@ -51,6 +51,14 @@ class HookEventOut(Out):
     pid: int
     service: str
     grant: str | None
+    # close, usage and escape events of contained sessions (docs/elevation.md)
+    ended_by: str | None = None
+    killed: int | None = None
+    contained: bool | None = None
+    cpu_usec: int | None = None
+    memory_peak: int | None = None
+    pids_peak: int | None = None
+    detail: str | None = None
 
 
 class CommandOut(Out):
@@ -67,6 +75,19 @@ class DriftOut(Out):
     error: str | None
 
 
+class EndingOut(Out):
+    """How an elevated session ended and what its cgroup used (docs/elevation.md)."""
+
+    pid: int
+    closed_by: str | None  # the sudo: exit, revoke, expiry, quarantine, end-session
+    ended_by: str | None  # the session's cgroup: the same, or a later kill of what it left
+    killed: int  # processes killed when it was ended
+    contained: bool | None  # in a cgroup of its own (False: ended by process tree)
+    cpu_seconds: float | None
+    memory_peak: int | None  # bytes; None where the memory controller was not delegated
+    pids_peak: int | None
+
+
 class SessionDetailOut(Out):
     session: SessionOut
     grant: GrantContextOut | None
@@ -74,6 +95,7 @@ class SessionDetailOut(Out):
     timeline: list[CommandOut]
     drift: DriftOut | None = None
     alerts: list[int] = Field(default_factory=list)
+    ending: EndingOut | None = None
 
 
 class ReplayOut(Out):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -39,6 +40,7 @@ RELAY_NODE, RELAY_ZONE, RELAY_PORT, RELAY_LOGSRVD_PORT = "login01", "storage", 3
 HOSTS_BEGIN, HOSTS_END = "# broker-lab begin", "# broker-lab end"
 NODE_MOUNTS = (
     "/etc/sudoers.d",
+    "/etc/systemd/system",  # bootstrap writes the node's units here: never the host's
     "/etc/pam.d",
     "/etc/broker",
     "/var/lib/broker",
@@ -667,6 +669,7 @@ def prepare_node(root: Path, name: str, address: str, authorized: dict[str, str]
     shutil.copytree("/etc/pam.d", node_dir / "etc" / "pam.d", symlinks=True)
     modes = {
         "/etc/sudoers.d": 0o750,
+        "/etc/systemd/system": 0o755,
         "/etc/broker": 0o755,
         "/var/lib/broker": 0o700,
         "/var/spool/broker": 0o700,
@@ -861,6 +864,83 @@ def start_tunnels(info: dict[str, Any]) -> None:
             f"tunnel of {node['name']}",
             Path(node["dir"]) / "tunnel.log",
         )
+
+
+WATCH_INTERVAL = 2  # seconds; 5 on a real node
+
+
+def cgroup2_mount() -> Path | None:
+    """Where cgroup v2 is mounted on this host (/sys/fs/cgroup, or .../unified if hybrid)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if " - cgroup2 " in line and len(fields) > 4:
+            return Path(fields[4])
+    return None
+
+
+def lab_cgroup(root: Path) -> Path | None:
+    """The lab's own cgroup subtree (one per lab root), as systemd would delegate one per
+    node with broker-node-watch.service's Delegate=yes."""
+    mount = cgroup2_mount()
+    if mount is None or not (mount / "cgroup.procs").exists():
+        return None
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return mount / f"broker-lab-{tag}"
+
+
+def start_watchers(info: dict[str, Any]) -> None:
+    """Each node's `broker-node watch`, started in `<lab cgroup>/<node>` the way systemd
+    starts broker-node-watch.service in its delegated cgroup."""
+    base = lab_cgroup(Path(info["root"]))
+    if base is not None:
+        base.mkdir(mode=0o755, exist_ok=True)
+        info["cgroup"] = str(base)
+    for node in info["nodes"]:
+        start_watcher(info, node, delegated=base is not None)
+
+
+def start_watcher(info: dict[str, Any], node: dict[str, Any], *, delegated: bool = True) -> int:
+    """(Re)start one node's watcher; `delegated=False` starts it in the host's own cgroup,
+    as on a node where systemd delegated nothing: it runs without containment."""
+    stop_process(node.get("watch_pid"))
+    sessions = Path(f"/proc/{node['pid']}/root/run/broker-sessions")
+    with contextlib.suppress(FileNotFoundError):
+        (sessions / ".watch").unlink()
+    enter = ""
+    if delegated and info.get("cgroup"):
+        group = Path(info["cgroup"]) / node["name"]
+        group.mkdir(mode=0o755, exist_ok=True)
+        enter = f"echo $$ > {group}/cgroup.procs && "
+    node["watch_pid"] = spawn(
+        [*in_node(node), "sh", "-c",
+         f"{enter}exec /usr/bin/python3 -I -S /usr/libexec/broker/broker-node watch"
+         f" --interval {WATCH_INTERVAL}"],
+        Path(node["dir"]) / "watch.log",
+    ).pid  # fmt: skip
+    deadline = time.monotonic() + 15
+    while not (sessions / ".watch").exists():
+        if time.monotonic() > deadline:
+            raise LabError(f"broker-node watch of {node['name']} did not start")
+        time.sleep(0.1)
+    return int(node["watch_pid"])
+
+
+def remove_lab_cgroup(path: str | None) -> None:
+    """Kill whatever is left in the lab's cgroup subtree and remove it, deepest first."""
+    if not path or not Path(path).is_dir():
+        return
+    group = Path(path)
+    with contextlib.suppress(OSError):
+        (group / "cgroup.kill").write_text("1")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "populated 1" in (group / "cgroup.events").read_text():
+        time.sleep(0.05)
+    for top, dirs, _files in os.walk(group, topdown=False):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(top, name))
+    with contextlib.suppress(OSError):
+        group.rmdir()
 
 
 def in_node(node: dict[str, Any]) -> list[str]:
@@ -1103,6 +1183,9 @@ def up(
         enroll_nodes(info)
         start_tunnels(info)
         save_info(root, info)
+        say("starting each node's broker-node watch (its own cgroup subtree)")
+        start_watchers(info)
+        save_info(root, info)
     except (LabError, OSError, subprocess.SubprocessError) as exc:
         save_info(root, info)
         daemon_log = root / "broker" / "daemon.log"
@@ -1156,6 +1239,7 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
             info = {}
     pids = [n.get("pid") for n in info.get("nodes", [])]
     pids += [n.get("tunnel_pid") for n in info.get("nodes", [])]
+    pids += [n.get("watch_pid") for n in info.get("nodes", [])]
     pids += [p for n in info.get("nodes", []) for p in n.get("relay_pids", [])]
     pids += list(info.get("logsrv", {}).values())
     pids += [info.get("dc", {}).get("pid"), info.get("dc_pid"), info.get("broker", {}).get("pid")]
@@ -1172,6 +1256,7 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
         targets = [p for p in targets + lab_processes(root) if pid_alive(p)]
         if not targets:
             break
+    remove_lab_cgroup(info.get("cgroup"))
     reap_children()
     set_hosts_block(None)
     dc_address(False)

@@ -24,6 +24,7 @@ from .spool import event_names, is_event_id
 from .status import node_status
 from .store import load_conf
 from .usage import Usage, id_list
+from .watch import watch_main
 
 TYPE_CHECKING = False  # never import typing at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -36,11 +37,13 @@ def node_main(argv: list[str], stdin: TextIO, stdout: TextIO, paths: Paths | Non
 
     here = paths if paths is not None else Paths()
     now = int(time.time())
+    if argv[:1] == ["watch"]:
+        return _watch(here, argv[1:], stdout)
     try:
         if len(argv) != 1:
             raise Usage(
                 "usage: broker-node status|install-grant|revoke|reap|collect|ack|"
-                "quarantine|release|end-sessions|drift-scan"
+                "quarantine|release|end-sessions|drift-scan, or broker-node watch [--interval S]"
             )
         text = stdin.read((1 << 20) + 1)
         if len(text) > 1 << 20:
@@ -79,6 +82,17 @@ def node_main(argv: list[str], stdin: TextIO, stdout: TextIO, paths: Paths | Non
         return 2
     stdout.write(json.dumps(reply, sort_keys=True) + "\n")
     return 0
+
+
+def _watch(paths: Paths, args: list[str], stdout: TextIO) -> int:
+    """`watch [--interval S]` (1 to 60 s, default 5): the node's enforcement loop."""
+    interval = 5
+    if len(args) == 2 and args[0] == "--interval" and args[1].isdigit() and 1 <= int(args[1]) <= 60:
+        interval = int(args[1])
+    elif args:
+        stdout.write("usage: broker-node watch [--interval SECONDS (1-60)]\n")
+        return 2
+    return watch_main(paths, interval, stdout)
 
 
 def collect(paths: Paths) -> dict[str, object]:

@@ -29,7 +29,7 @@ def proc_table_entry(paths: Paths, pid: int) -> tuple[int, int, int, str] | None
     )
 
 
-def _proc_table(paths: Paths) -> dict[int, tuple[int, int, int, str]]:
+def proc_table(paths: Paths) -> dict[int, tuple[int, int, int, str]]:
     """pid -> (ppid, session id, start time, state) from /proc/*/stat."""
     table: dict[int, tuple[int, int, int, str]] = {}
     for name in os.listdir(paths.proc):
@@ -59,7 +59,7 @@ def _process_tree(paths: Paths, roots: list[int], known: Iterable[int] = ()) -> 
     `known` pids (found earlier) are walked too. The roots' own session (the user's login
     shell), this program and its ancestors are never included.
     """
-    table = _proc_table(paths)
+    table = proc_table(paths)
     protected = {0, 1, 2, os.getpid()}
     pid = os.getpid()
     while pid in table and pid not in (0, 1):
@@ -84,7 +84,7 @@ def _process_tree(paths: Paths, roots: list[int], known: Iterable[int] = ()) -> 
 
 def _signal_all(paths: Paths, targets: dict[int, int], signal: int) -> set[int]:
     """Signal the targets that are still the same processes (start time) and not zombies."""
-    table = _proc_table(paths)
+    table = proc_table(paths)
     hit: set[int] = set()
     for pid, start in targets.items():
         entry = table.get(pid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from .cgroups import Usage as CgroupUsage
+from .cgroups import kill, session_cgroups, session_root, split_session
 from .contract import (
     BREAK_GLASS,
     TMP_PREFIX,
@@ -26,13 +28,16 @@ from .files import (
 from .grants import check_all
 from .procs import kill_trees, proc_table_entry, process_started
 from .spool import spool_event, tty_name
-from .usage import id_list
+from .usage import Usage, id_list
 
 
 def revoke(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:
     """Mark the grants revoked, remove their files and end their sessions. The marker lasts
     until the grant's not_after as broker-grant-check parsed it (a year when it could not)."""
-    ids = id_list(payload, "ids", is_grant_id)
+    ended_by = payload.get("ended_by", "revoke")
+    if ended_by not in ("revoke", "quarantine"):
+        raise Usage("ended_by must be revoke or quarantine")
+    ids = id_list({k: v for k, v in payload.items() if k != "ended_by"}, "ids", is_grant_id)
     revoked: list[str] = []
     killed: list[int] = []
     errors: list[str] = []
@@ -51,7 +56,7 @@ def revoke(paths: Paths, payload: dict[str, object], now: int) -> dict[str, obje
                 if os.path.isdir(directory):
                     fsync_dir(directory)
             revoked.append(grant_id)
-            ended, problems = end_sessions(paths, grant_id, now)
+            ended, problems = end_sessions(paths, grant_id, now, str(ended_by))
             killed += ended
             errors += problems
         except OSError as exc:
@@ -67,7 +72,7 @@ def end_sessions_command(paths: Paths, payload: dict[str, object], now: int) -> 
     errors: list[str] = []
     for grant_id in ids:
         try:
-            ended, problems = end_sessions(paths, grant_id, now, service="end-sessions")
+            ended, problems = end_sessions(paths, grant_id, now, "end-session")
         except OSError as exc:
             errors.append(f"{grant_id}: {clean(exc, 200)}")
             continue
@@ -76,22 +81,77 @@ def end_sessions_command(paths: Paths, payload: dict[str, object], now: int) -> 
     return {"killed": sorted(set(killed)), "errors": errors}
 
 
+ENDED_BY = ("revoke", "end-session", "quarantine", "expiry")
+
+
 def end_sessions(
-    paths: Paths, grant_id: str, now: int, service: str = "revoke"
+    paths: Paths, grant_id: str, now: int, ended_by: str = "revoke"
 ) -> tuple[list[int], list[str]]:
-    """Kill every recorded session of the grant with its tree; spool their `close` events
-    (their `service` says who ended them).
+    """End every session of the grant: its session cgroups as a whole (`cgroup.kill`: what
+    the session started stays inside, setsid, nohup and daemons too), or, on a node without
+    a delegated cgroup subtree, each recorded sudo with its process tree (weaker: a double
+    fork escapes it). Spools a `close` event per record (how it ended, how many processes
+    were killed) and a `usage` event per cgroup (what it used).
 
     A pid is only trusted while it is the process that was recorded (the record ends with
     its start time in clock ticks since boot, which no clock step changes): a pid reused
     by an unrelated process later is left alone, and its stale record goes. A record that
     cannot be read is kept and reported: nothing is said to have closed that was not ended.
     """
+    root = session_root(paths)
+    records, roots, kept, errors = _read_records(paths, grant_id)
+    groups: dict[str, list[str]] = {}
+    for name, fields in records.items():
+        rel = fields[5]
+        if root is not None and split_session(rel) and os.path.isdir(os.path.join(root, rel)):
+            groups.setdefault(rel, []).append(name)
+    for path in session_cgroups(root, grant_id) if root is not None else []:
+        groups.setdefault(os.path.basename(path), [])
+    killed: list[int] = []
+    counts: dict[str, int] = {}
+    for rel in sorted(groups):
+        pids, used, emptied = kill(os.path.join(root or "", rel))
+        killed += pids
+        for name in groups[rel]:
+            counts[name] = len(pids)
+        if not emptied:
+            errors.append(f"{grant_id}: cgroup {rel} still holds processes after cgroup.kill")
+        _spool_usage(paths, rel, records, groups[rel], ended_by, len(pids), used, now)
+    tree_roots = [pid for pid in roots if str(pid) not in counts]
+    tree = kill_trees(paths, tree_roots) if tree_roots else []
+    killed += tree
+    directory = os.path.join(paths.sessions, grant_id)
+    for name, (user, runas, tty, _started, _ticks, _rel) in records.items():
+        if name not in kept and remove_if_present(os.path.join(directory, name)):
+            contained = name in counts
+            extra = {
+                "ended_by": ended_by,
+                "killed": counts[name] if contained else len(tree),
+                "contained": contained,
+            }
+            spool_event(
+                paths, "close", grant_id, _name(user), _name(runas), ended_by,
+                tty_name(tty), int(name), now, extra=extra,
+            )  # fmt: skip
+    if os.path.isdir(directory) and not os.listdir(directory):
+        os.rmdir(directory)
+    return sorted(set(killed)), errors
+
+
+def _name(user: str) -> str:
+    return user if is_posix_name(user) else "-"
+
+
+def _read_records(
+    paths: Paths, grant_id: str
+) -> tuple[dict[str, list[str]], list[int], set[str], list[str]]:
+    """The grant's session records (six fields, `-` where absent), the live recorded pids
+    that are what their record says, the records kept (unreadable), and the problems."""
     directory = os.path.join(paths.sessions, grant_id)
     try:
         names = [n for n in os.listdir(directory) if n.isascii() and n.isdigit() and len(n) <= 10]
     except FileNotFoundError:
-        return [], []
+        return {}, [], set(), []
     records: dict[str, list[str]] = {}
     roots: list[int] = []
     errors: list[str] = []
@@ -99,7 +159,7 @@ def end_sessions(
     for name in names:
         data = read_secure(os.path.join(directory, name))
         fields = data.decode("ascii", "replace").split() if isinstance(data, bytes) else []
-        records[name] = [*fields, "-", "-", "-", "-", "-"][:5]
+        records[name] = [*fields, "-", "-", "-", "-", "-", "-"][:6]
         entry = proc_table_entry(paths, int(name))
         if entry is None:
             continue  # already gone: its record goes, with its close event
@@ -111,17 +171,28 @@ def end_sessions(
             errors.append(f"{grant_id}: pid {name} is not the recorded session; not killed")
         else:
             roots.append(int(name))
-    killed = kill_trees(paths, roots) if roots else []
-    for name, (user, runas, tty, _started, _ticks) in records.items():
-        if name not in kept and remove_if_present(os.path.join(directory, name)):
-            user = user if is_posix_name(user) else "-"
-            runas = runas if is_posix_name(runas) else "-"
-            spool_event(
-                paths, "close", grant_id, user, runas, service, tty_name(tty), int(name), now
-            )
-    if not os.listdir(directory):
-        os.rmdir(directory)
-    return killed, errors
+    return records, roots, kept, errors
+
+
+def _spool_usage(
+    paths: Paths,
+    rel: str,
+    records: dict[str, list[str]],
+    names: list[str],
+    ended_by: str,
+    killed: int,
+    used: CgroupUsage,
+    now: int,
+) -> None:
+    """One `usage` event for an ended session cgroup: what it used, how it ended."""
+    key, pid, _ticks = split_session(rel) or ("-", 0, 0)
+    fields = records[names[0]] if names else ["-"] * 6
+    extra: dict[str, object] = {"ended_by": ended_by, "killed": killed, "cgroup": rel}
+    extra.update(used.fields())
+    spool_event(
+        paths, "usage", key, _name(fields[0]), _name(fields[1]), "sudo",
+        tty_name(fields[2]), pid, now, extra=extra,
+    )  # fmt: skip
 
 
 def _recorded_process(paths: Paths, pid: int, record: list[str], ticks: int) -> bool | None:

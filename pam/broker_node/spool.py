@@ -40,8 +40,10 @@ def spool_event(
     pid: int,
     now: int,
     event_id: str | None = None,
+    extra: dict[str, object] | None = None,
 ) -> str:
-    """Write one event file for `collect`; returns its event id."""
+    """Write one event file for `collect`; returns its event id. `extra`: more fields, each
+    a number, a boolean, null or allow-listed text (how a session ended, what it used)."""
     if event_id is None:
         event_id = f"{time.time_ns()}-{os.getpid()}-{random_hex()}"
     fields = (
@@ -54,11 +56,20 @@ def spool_event(
         ("tty", _json_string(tty)),
         ("pid", str(int(pid))),
         ("at", _json_string(format_utc(now))),
+        *((key, _json_value(value)) for key, value in (extra or {}).items()),
     )
     body = "{" + ", ".join(f'"{key}": {value}' for key, value in fields) + "}\n"
     ensure_dir(paths.events)
     write_atomic(paths.events, f"{event_id}.json", body.encode("ascii"))
     return event_id
+
+
+def _json_value(value: object) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(int(value))
+    return _json_string(str(value))
 
 
 def tty_name(tty: str) -> str:

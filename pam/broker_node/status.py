@@ -11,6 +11,7 @@ from .files import open_dir
 from .grants import check_all
 from .procs import run_program
 from .store import load_conf, read_quarantine
+from .watch import watcher_state
 
 MODULE = "usr/lib/broker/pam_broker.so"  # below the root
 
@@ -32,7 +33,20 @@ def node_status(paths: Paths, now: int) -> dict[str, object]:
             problems.append(problem)
     unhooked = _unhooked_services(paths, conf)
     problems += [f"/etc/pam.d/{name} does not start with the broker block" for name in unhooked]
+    watcher = watcher_state(paths, time.time())
+    if not watcher["running"]:
+        problems.append(
+            "broker-node watch is not running: expiry is not enforced on the node while the"
+            " broker is away, and sessions are not contained"
+        )
+    elif not watcher["contained"]:
+        problems.append(
+            "sessions are not contained (no cgroup v2 subtree delegated to broker-node watch):"
+            " they are ended by process tree, which a double fork escapes (weaker)"
+        )
     return {
+        "containment": "cgroup" if watcher["contained"] else "process-tree",
+        "watcher": watcher["running"],
         "node": conf.node if isinstance(conf, NodeConf) else None,
         "hook_version": _active_hook(paths),
         "module": _module_info(paths),

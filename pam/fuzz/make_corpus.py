@@ -72,6 +72,11 @@ def main() -> None:
             "since=2026-11-20T10:00:00Z\ngroup=incident-response\nreason=INC-9%20exfil%20seen\n",
             "no-group": "node=gpu02\nsince=2026-11-20T10:00:00Z\ngroup=\nreason=drift\n",
         },
+        # `.cgroup` as `broker-node watch` writes it (systemd's delegation, and the lab's).
+        "cgroup": {
+            "systemd": "/sys/fs/cgroup/system.slice/broker-node-watch.service/sessions\n",
+            "hybrid": "/sys/fs/cgroup/unified/broker-lab/gpu01/sessions\n",
+        },
     }
     for kind, entries in files.items():
         (HERE / kind).mkdir(parents=True, exist_ok=True)

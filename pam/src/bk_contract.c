@@ -359,6 +359,47 @@ bool bk_parse_conf(const char *data, size_t len, struct bk_conf *out, char err[B
     return true;
 }
 
+static bool cgroup_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '@' || c == '-';
+}
+
+bool bk_parse_cgroup_root(const char *data, size_t len, char out[BK_CGROUP_PATH_MAX + 1],
+                          char err[BK_ERR_MAX])
+{
+    size_t prefix = strlen(BK_CGROUP_PREFIX);
+    out[0] = '\0';
+    if (len < 2 || data[len - 1] != '\n' || len - 1 > BK_CGROUP_PATH_MAX) {
+        fail(err, ".cgroup: not one line of at most 200 characters");
+        return false;
+    }
+    size_t n = len - 1;
+    if (n <= prefix || memcmp(data, BK_CGROUP_PREFIX, prefix) != 0) {
+        fail(err, ".cgroup: not a directory below " BK_CGROUP_PREFIX);
+        return false;
+    }
+    for (size_t i = prefix, start = prefix; i <= n; i++) {
+        if (i < n && data[i] != '/') {
+            if (!cgroup_char(data[i])) {
+                fail(err, ".cgroup: a character outside [A-Za-z0-9._@-]");
+                return false;
+            }
+            continue;
+        }
+        size_t part = i - start;
+        if (part == 0 || (part == 1 && data[start] == '.') ||
+            (part == 2 && data[start] == '.' && data[start + 1] == '.')) {
+            fail(err, ".cgroup: an empty, `.` or `..` path component");
+            return false;
+        }
+        start = i + 1;
+    }
+    memcpy(out, data, n);
+    out[n] = '\0';
+    return true;
+}
+
 static int hex_digit(char c) { return c <= '9' ? c - '0' : c - 'A' + 10; }
 
 /* Length of the UTF-8 sequence starting with `lead` and its smallest code point. */

@@ -17,6 +17,8 @@
 #define BK_GRANT_MAGIC "broker-grant-v1"
 #define BK_KEY_MAGIC "broker-grant-key-v1"
 #define BK_QUARANTINE_REASON_MAX 200
+#define BK_CGROUP_PREFIX "/sys/fs/cgroup/"
+#define BK_CGROUP_PATH_MAX 200
 
 /* A parsed grant; the spans point into the buffer that was parsed. */
 struct bk_grant {
@@ -61,6 +63,12 @@ bool bk_parse_key(const char *data, size_t len, struct bk_key *out, char err[BK_
 bool bk_parse_conf(const char *data, size_t len, struct bk_conf *out, char err[BK_ERR_MAX]);
 bool bk_parse_quarantine(const char *data, size_t len, struct bk_quarantine *out,
                          char err[BK_ERR_MAX]);
+
+/* `.cgroup` beside the session records (written by `broker-node watch`): the cgroup v2
+ * directory sessions are contained under, an absolute path below /sys/fs/cgroup/ made of
+ * components of [A-Za-z0-9._@-] (none `.` or `..`), then one "\n". */
+bool bk_parse_cgroup_root(const char *data, size_t len, char out[BK_CGROUP_PATH_MAX + 1],
+                          char err[BK_ERR_MAX]);
 
 /* The signature check of a parsed grant against the node's key: key id, then Ed25519. */
 bool bk_grant_signed_by(const struct bk_grant *grant, const char *data, const struct bk_key *key,

@@ -34,6 +34,7 @@ const char *bk_why_code(enum bk_why why)
     case BK_WHY_NO_LOGIN: return "no_login";
     case BK_WHY_WORKLOADS: return "workloads";
     case BK_WHY_NO_USER: return "no_user";
+    case BK_WHY_UNCONTAINED: return "uncontained";
     }
     return "unknown";
 }

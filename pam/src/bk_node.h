@@ -32,6 +32,7 @@ enum bk_why {
     BK_WHY_NO_LOGIN,
     BK_WHY_WORKLOADS,
     BK_WHY_NO_USER,
+    BK_WHY_UNCONTAINED,
 };
 const char *bk_why_code(enum bk_why why);
 
@@ -69,6 +70,7 @@ struct bk_granted {
     char ruser[BK_NAME_MAX + 1];
     size_t count;
     char ids[BK_MAX_VALID][BK_GRANT_ID_LEN + 1];
+    char cgroup[64]; /* the session's cgroup below the node's root ("-": not contained) */
 };
 
 struct bk_verdict {

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bk_cgroup.h"
 #include "bk_crypto.h"
 #include "bk_files.h"
 
@@ -150,18 +151,39 @@ static bool new_event_id(char out[96])
 
 static bool process_start(const struct bk_ctx *ctx, pid_t pid, char out[32]);
 
-/* `user runas tty started ticks`: ticks is the recorded process's start time (clock ticks
- * since boot), "-" when /proc does not say. */
+/* `user runas tty started ticks cgroup`: ticks is the recorded process's start time (clock
+ * ticks since boot), "-" when /proc does not say; cgroup the session's cgroup below the
+ * node's root ("-": not contained). */
 static void record_text(const struct bk_ctx *ctx, const char *ruser, const char *user,
-                        const char *tty, pid_t pid, char out[256])
+                        const char *tty, pid_t pid, const char *cgroup, char out[256])
 {
     char at[BK_UTC_LEN + 1], tty_name[65], ticks[32];
     bk_format_utc(ctx->now, at);
     bk_tty_name(tty, tty_name);
     if (!process_start(ctx, pid, ticks))
         bk_copy(ticks, sizeof ticks, "-");
-    snprintf(out, 256, "%s %s %s %s %s\n", bk_record_name(ruser), bk_target_name(user), tty_name,
-             at, ticks);
+    snprintf(out, 256, "%s %s %s %s %s %s\n", bk_record_name(ruser), bk_target_name(user),
+             tty_name, at, ticks, cgroup);
+}
+
+/* The grant whose session cgroup the process goes in: the one that ends first, so that
+ * what a session leaves behind ends no later than any grant it ran under. */
+static const char *first_to_end(const struct bk_grants *grants)
+{
+    size_t first = 0;
+    for (size_t i = 1; i < grants->count; i++)
+        if (grants->valid[i].not_after < grants->valid[first].not_after)
+            first = i;
+    return grants->valid[first].id;
+}
+
+static enum bk_contain contain(const struct bk_ctx *ctx, int sessions_fd, const char *key,
+                               pid_t pid, char rel[BK_CGROUP_REL_MAX], char err[BK_ERR_MAX])
+{
+    char ticks[32];
+    if (!process_start(ctx, pid, ticks))
+        bk_copy(ticks, sizeof ticks, "-");
+    return bk_contain(ctx->root, sessions_fd, key, pid, ticks, rel, err);
 }
 
 /* Write sessions/<key>/<pid>; true when it was written. Not fsynced: a record names a
@@ -192,11 +214,16 @@ static bool record_stale(const struct bk_ctx *ctx, int dir_fd, const char *name,
         buf[len - 1] != '\n')
         return false; /* unreadable: keep counting it (closed), revoke cleans up */
     buf[len - 1] = '\0';
-    const char *ticks = strrchr(buf, ' ');
-    if (ticks == NULL || strspn(ticks + 1, "0123456789") != strlen(ticks + 1) ||
-        strlen(ticks + 1) == 0 || !process_start(ctx, (pid_t)pid, now_ticks))
+    /* The fifth field; records written before containment end with it. */
+    const char *ticks = buf;
+    for (int field = 0; field < 4 && ticks != NULL; field++) {
+        ticks = strchr(ticks, ' ');
+        ticks = ticks != NULL ? ticks + 1 : NULL;
+    }
+    size_t n = ticks != NULL ? strcspn(ticks, " ") : 0;
+    if (n == 0 || strspn(ticks, "0123456789") != n || !process_start(ctx, (pid_t)pid, now_ticks))
         return false; /* a record without ticks, or no start time to compare: counts */
-    return strcmp(ticks + 1, now_ticks) != 0;
+    return strlen(now_ticks) != n || strncmp(ticks, now_ticks, n) != 0;
 }
 
 /* Live pids recorded under `key`, not counting `self`, into `*live`; records of dead (or
@@ -291,6 +318,10 @@ static int lock_sessions(const struct bk_ctx *ctx, const char *ruser, int *sessi
     return lock;
 }
 
+static void reserve_slot(const struct bk_ctx *ctx, int sessions_fd, const struct bk_grants *grants,
+                         const char *ruser, const char *user, const char *tty, pid_t pid,
+                         struct bk_verdict *out);
+
 void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants,
                         const char *ruser, const char *user, const char *tty, pid_t pid,
                         struct bk_verdict *out)
@@ -298,7 +329,6 @@ void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants
     int sessions_fd = -1, limit = 0;
     long seen[BK_MAX_SESSIONS_LIMIT * 4];
     size_t seen_count = 0, open_now = 0;
-    char text[256];
     int lock = lock_sessions(ctx, ruser, &sessions_fd);
     bool counted = true;
     if (lock < 0) {
@@ -329,40 +359,58 @@ void bk_reserve_session(const struct bk_ctx *ctx, const struct bk_grants *grants
                  "one first",
                  open_now, limit);
     } else {
-        /* The slot is taken now, in the same lock: open_session finds the record there. */
-        record_text(ctx, ruser, user, tty, pid, text);
-        bool written = true;
-        for (size_t i = 0; i < grants->count; i++)
-            written = write_record(sessions_fd, grants->valid[i].id, text, pid) && written;
-        /* A revoke may have run between the grant check and the record: it writes its
-         * marker before it lists records, so one of the two always sees the other. */
-        const char *revoked = written ? revoked_since(ctx, grants) : NULL;
-        if (revoked != NULL) {
-            for (size_t i = 0; i < grants->count; i++)
-                remove_record(sessions_fd, grants->valid[i].id, pid);
-            out->why = BK_WHY_REVOKED;
-            snprintf(out->log, sizeof out->log, "grant %s revoked while checking", revoked);
-            snprintf(out->say, sizeof out->say, "broker: your grant %s was revoked just now",
-                     revoked);
-        } else if (written) {
-            out->allow = true;
-            bk_copy(out->granted.ruser, sizeof out->granted.ruser, ruser);
-            out->granted.count = grants->count;
-            for (size_t i = 0; i < grants->count; i++)
-                bk_copy(out->granted.ids[i], sizeof out->granted.ids[i], grants->valid[i].id);
-            out->why = BK_WHY_NONE;
-            snprintf(out->log, sizeof out->log, "grant %s", grants->valid[0].id);
-            out->say[0] = '\0';
-        } else {
-            out->why = BK_WHY_BAD_FILE;
-            bk_copy(out->log, sizeof out->log, "session record could not be written");
-            bk_copy(out->say, sizeof out->say,
-                    "broker: this node cannot record your session: refused (ask an operator)");
-        }
+        reserve_slot(ctx, sessions_fd, grants, ruser, user, tty, pid, out);
     }
     flock(lock, LOCK_UN);
     close(lock);
     close(sessions_fd);
+}
+
+/* The slot is free: contain the process, record it under each grant, allow. */
+static void reserve_slot(const struct bk_ctx *ctx, int sessions_fd, const struct bk_grants *grants,
+                         const char *ruser, const char *user, const char *tty, pid_t pid,
+                         struct bk_verdict *out)
+{
+    char text[256], rel[BK_CGROUP_REL_MAX], err[BK_ERR_MAX];
+    if (contain(ctx, sessions_fd, first_to_end(grants), pid, rel, err) == BK_CONTAIN_FAILED) {
+        out->why = BK_WHY_UNCONTAINED;
+        snprintf(out->log, sizeof out->log, "session cannot be contained: %s", err);
+        bk_copy(out->say, sizeof out->say,
+                "broker: this node cannot contain your session (cgroup): refused (ask an "
+                "operator)");
+        return;
+    }
+    /* The slot is taken now, in the same lock: open_session finds the record there. */
+    record_text(ctx, ruser, user, tty, pid, rel, text);
+    bool written = true;
+    for (size_t i = 0; i < grants->count; i++)
+        written = write_record(sessions_fd, grants->valid[i].id, text, pid) && written;
+    /* A revoke may have run between the grant check and the record: it writes its
+     * marker before it lists records, so one of the two always sees the other. */
+    const char *revoked = written ? revoked_since(ctx, grants) : NULL;
+    if (revoked != NULL) {
+        for (size_t i = 0; i < grants->count; i++)
+            remove_record(sessions_fd, grants->valid[i].id, pid);
+        out->why = BK_WHY_REVOKED;
+        snprintf(out->log, sizeof out->log, "grant %s revoked while checking", revoked);
+        snprintf(out->say, sizeof out->say, "broker: your grant %s was revoked just now",
+                 revoked);
+    } else if (written) {
+        out->allow = true;
+        bk_copy(out->granted.ruser, sizeof out->granted.ruser, ruser);
+        out->granted.count = grants->count;
+        bk_copy(out->granted.cgroup, sizeof out->granted.cgroup, rel);
+        for (size_t i = 0; i < grants->count; i++)
+            bk_copy(out->granted.ids[i], sizeof out->granted.ids[i], grants->valid[i].id);
+        out->why = BK_WHY_NONE;
+        snprintf(out->log, sizeof out->log, "grant %s", grants->valid[0].id);
+        out->say[0] = '\0';
+    } else {
+        out->why = BK_WHY_BAD_FILE;
+        bk_copy(out->log, sizeof out->log, "session record could not be written");
+        bk_copy(out->say, sizeof out->say,
+                "broker: this node cannot record your session: refused (ask an operator)");
+    }
 }
 
 /* ------------------------------------------------------------ open and close */
@@ -390,7 +438,7 @@ static bool open_granted(const struct bk_ctx *ctx, const char *service, const ch
     int sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
     if (sessions_fd < 0)
         return false;
-    record_text(ctx, ruser, user, tty, pid, text);
+    record_text(ctx, ruser, user, tty, pid, granted->cgroup, text);
     for (size_t i = 0; i < granted->count; i++)
         record_and_spool(ctx, sessions_fd, granted->ids[i], service, ruser, user, tty, pid, text);
     close(sessions_fd);
@@ -403,7 +451,7 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
                      const struct bk_granted *granted, char note[BK_MSG_MAX])
 {
     struct bk_config config;
-    char text[256], err[BK_ERR_MAX];
+    char text[256], err[BK_ERR_MAX], rel[BK_CGROUP_REL_MAX] = "-";
     bk_copy(note, BK_MSG_MAX, "no grant: session not recorded");
     if (ruser[0] == '\0' || strcmp(ruser, "root") == 0)
         return;
@@ -417,8 +465,10 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
         return;
     bk_user_grants(ctx, &config, ruser, grants);
     int sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
-    record_text(ctx, ruser, user, tty, pid, text);
     if (sessions_fd >= 0 && grants->count > 0) {
+        /* The account check contained it already (same name): this only finds the name. */
+        contain(ctx, sessions_fd, first_to_end(grants), pid, rel, err);
+        record_text(ctx, ruser, user, tty, pid, rel, text);
         /* Which grant sudo matched is not known here: the session belongs to each of them,
          * so revoking any one of them ends it. */
         for (size_t i = 0; i < grants->count; i++)
@@ -427,6 +477,9 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
         snprintf(note, BK_MSG_MAX, "session %s/%ld recorded", grants->valid[0].id, (long)pid);
     } else if (sessions_fd >= 0 && config.conf.break_glass_group[0] != '\0' &&
                ctx->in_group(ruser, config.conf.break_glass_group)) {
+        /* Break-glass is for when things are broken: contained when possible, never refused. */
+        contain(ctx, sessions_fd, BK_BREAK_GLASS, pid, rel, err);
+        record_text(ctx, ruser, user, tty, pid, rel, text);
         record_and_spool(ctx, sessions_fd, BK_BREAK_GLASS, service, ruser, user, tty, pid, text);
         snprintf(note, BK_MSG_MAX, "break-glass session %ld recorded", (long)pid);
     }

@@ -604,6 +604,95 @@ static void test_sessions(void)
     CHECK(stat(path, &st) == 0);
 }
 
+static void read_rel(const char *rel, char *out, size_t size)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    out[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return;
+    size_t n = fread(out, 1, size - 1, f);
+    out[n] = '\0';
+    fclose(f);
+}
+
+static void test_cgroup_root_parse(void)
+{
+    char out[BK_CGROUP_PATH_MAX + 1], err[BK_ERR_MAX], long_path[260];
+    const char good[] = "/sys/fs/cgroup/system.slice/broker-node.service/sessions\n";
+    CHECK(bk_parse_cgroup_root(good, sizeof good - 1, out, err));
+    CHECK_STR(out, "/sys/fs/cgroup/system.slice/broker-node.service/sessions");
+    const char *bad[] = {
+        "/sys/fs/cgroup/a",                 /* no newline */
+        "/sys/fs/cgroup/\n",               /* the mount point itself */
+        "/sys/fs/cgroupx/a\n",             /* not below it */
+        "/tmp/a\n",
+        "/sys/fs/cgroup/a/../../..\n",     /* climbs out */
+        "/sys/fs/cgroup/a/./b\n",
+        "/sys/fs/cgroup/a//b\n",
+        "/sys/fs/cgroup/a/\n",             /* trailing slash */
+        "/sys/fs/cgroup/a b\n",
+        "/sys/fs/cgroup/a\\x2d\n",
+        "/sys/fs/cgroup/a\n\n",
+        "/sys/fs/cgroup/a\nb\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(!bk_parse_cgroup_root(bad[i], strlen(bad[i]), out, err) && out[0] == '\0');
+    memset(long_path, 'a', sizeof long_path);
+    memcpy(long_path, "/sys/fs/cgroup/", 15);
+    long_path[201] = '\n';
+    CHECK(!bk_parse_cgroup_root(long_path, 202, out, err));
+    long_path[200] = '\n';
+    CHECK(bk_parse_cgroup_root(long_path, 201, out, err) && strlen(out) == 200);
+}
+
+/* A node whose .cgroup names no cgroup v2 directory refuses sudo under a grant (closed) and
+ * records nothing; without .cgroup the session is recorded as not contained; break-glass is
+ * recorded either way. The placement itself is shown on real cgroups by the lab tests. */
+static void test_containment_fails_closed(void)
+{
+    struct bk_ctx ctx = ctx_at(NOW);
+    struct bk_verdict v;
+    char note[BK_MSG_MAX], text[256], path[512];
+    struct stat st;
+    reset_node();
+    install_grant("g00000000000000d1", "alice", NOW - 60, NOW + 600, 0, 0, 2, signing_key,
+                  "gpu01");
+    mark_alive(7101, true);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/3", 7101, &v);
+    CHECK(v.allow);
+    CHECK_STR(v.granted.cgroup, "-");
+    read_rel("run/broker-sessions/g00000000000000d1/7101", text, sizeof text);
+    CHECK(strlen(text) > 3 && strcmp(text + strlen(text) - 3, " -\n") == 0);
+    const char missing[] = "/sys/fs/cgroup/broker/sessions\n";
+    write_file("run/broker-sessions/.cgroup", missing, sizeof missing - 1, 0644);
+    mark_alive(7102, true);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/4", 7102, &v);
+    CHECK(!v.allow && v.why == BK_WHY_UNCONTAINED);
+    CHECK_STR(bk_why_code(v.why), "uncontained");
+    CHECK_HAS(v.say, "cannot contain your session");
+    snprintf(path, sizeof path, "%s/run/broker-sessions/g00000000000000d1/7102", root);
+    CHECK(stat(path, &st) != 0);
+    /* a plain directory is not a cgroup: refused too */
+    clear_dir("sys");
+    snprintf(path, sizeof path, "mkdir -p -m 0755 '%s/sys/fs/cgroup/broker/sessions'", root);
+    CHECK(system(path) == 0);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/4", 7102, &v);
+    CHECK(!v.allow && v.why == BK_WHY_UNCONTAINED);
+    CHECK_HAS(v.log, "not a cgroup v2 directory");
+    /* a .cgroup others may write is not trusted */
+    write_file("run/broker-sessions/.cgroup", missing, sizeof missing - 1, 0666);
+    bk_decide_sudo(&ctx, "alice", "root", "/dev/pts/4", 7102, &v);
+    CHECK(!v.allow && v.why == BK_WHY_UNCONTAINED);
+    /* break-glass is never refused at session open */
+    mark_alive(7103, true);
+    bk_open_session(&ctx, "sudo", "heidi", "root", "/dev/pts/9", 7103, NULL, note);
+    CHECK_STR(note, "break-glass session 7103 recorded");
+    clear_dir("sys");
+    remove_file("run/broker-sessions/.cgroup");
+}
+
 static void fake_stat(long pid, long long start)
 {
     char rel[64], text[512];
@@ -794,6 +883,8 @@ int main(void)
     test_sudo_decisions();
     test_quarantine_and_login();
     test_sessions();
+    test_cgroup_root_parse();
+    test_containment_fails_closed();
     test_deny_events_one_per_process();
     test_reused_pid_does_not_hold_a_slot();
     test_revoke_during_the_check_wins();

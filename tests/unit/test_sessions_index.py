@@ -20,8 +20,9 @@ from broker.config.loader import load_settings
 from broker.core.errors import FailedError, RefusedError, UsageError
 from broker.core.timeutil import to_text
 from broker.sessions import iolog, service
-from broker.sessions.index import GrantWindow, Indexer, IndexReport, end_reason
+from broker.sessions.index import Indexer, IndexReport, end_reason
 from broker.sessions.iolog import LogInfo
+from broker.sessions.rows import GrantWindow
 from broker.sessions.service import Filters, Recordings, command_lines
 from tests.helpers import write_config
 from tests.unit.test_sessions_iolog import START, Event, log_json, touch, write_recording

@@ -18,6 +18,7 @@ from broker.sessions import service as sessions
 from broker.wire.sessions import (
     CommandOut,
     DriftOut,
+    EndingOut,
     GrantContextOut,
     HookEventOut,
     IndexOut,
@@ -123,6 +124,7 @@ def show_session(ctx: Context[SessionPath]) -> SessionDetailOut:
         timeline=timeline,
         drift=None if more["drift"] is None else DriftOut(**more["drift"]),
         alerts=more["alerts"],
+        ending=None if more["ending"] is None else EndingOut(**more["ending"]),
     )
 
 
