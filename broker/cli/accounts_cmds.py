@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 import typer
@@ -11,13 +10,14 @@ from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.core.durations import format_duration, parse_duration
 from broker.core.errors import EXIT_FAILED
+from broker.wire.accounts import AccountList, AccountOut, FindingOut
 
 app = typer.Typer(help="Cluster accounts from the directory snapshot.", no_args_is_help=True)
 
 
-def _when(account: dict[str, Any]) -> str:
-    seen = account.get("last_logon")
-    return "never" if seen is None else str(seen)[:16].replace("T", " ")
+def _when(account: AccountOut) -> str:
+    seen = account.last_logon
+    return "never" if seen is None else seen.strftime("%Y-%m-%d %H:%M")
 
 
 @app.command("show")
@@ -30,40 +30,37 @@ def show(
 
     Operators may look at any account; a directory user at their own.
     """
-    a = client(ctx).get(f"/v1/accounts/{_path_part(name)}")
+    a = client(ctx).get(f"/v1/accounts/{_path_part(name)}", AccountOut)
     if json_out:
         output.print_json(a)
         return
-    ids = f"{a['uid']}/{a['gid']}" if a["uid"] is not None else "unmapped"
-    state_text = a["state"] + ("" if a["eligible"] else " (not eligible)")
-    if a["problem"]:
-        state_text += f": {a['problem']}"
-    direct = set(a["direct_groups"])
+    ids = f"{a.uid}/{a.gid}" if a.uid is not None else "unmapped"
+    state_text = a.state + ("" if a.eligible else " (not eligible)")
+    if a.problem:
+        state_text += f": {a.problem}"
+    direct = set(a.direct_groups)
     rows = [
-        ["account", f"{a['name']} ({a['upn'] or 'no UPN'})"],
-        ["state", state_text + (", stale" if a["stale"] else "")],
+        ["account", f"{a.name} ({a.upn or 'no UPN'})"],
+        ["state", state_text + (", stale" if a.stale else "")],
         ["uid/gid", ids],
-        ["sid", a["sid"]],
-        ["dn", a["dn"]],
+        ["sid", a.sid],
+        ["dn", a.dn],
         ["last logon", _when(a)],
         [
             "groups",
-            ", ".join(g + ("" if g in direct else " (nested)") for g in a["groups"]) or "none",
+            ", ".join(g + ("" if g in direct else " (nested)") for g in a.groups) or "none",
         ],
         [
             "roles",
-            ", ".join(f"{r['role']} (via {r['via']})" for r in a["roles"]) or a["no_roles_reason"],
+            ", ".join(f"{r.role} (via {r.via})" for r in a.roles) or a.no_roles_reason,
         ],
         [
             "may elevate",
-            "; ".join(
-                f"{s['role']} on {s['nodes']} for up to {s['max_duration']}"
-                for s in a["may_elevate"]
-            )
+            "; ".join(f"{s.role} on {s.nodes} for up to {s.max_duration}" for s in a.may_elevate)
             or "nowhere",
         ],
     ]
-    output.table(None, ["", a["name"]], rows)
+    output.table(None, ["", a.name], rows)
 
 
 def _path_part(name: str) -> str:
@@ -91,29 +88,30 @@ def list_accounts(
         parse_duration(stale_after)
     data = client(ctx).get(
         "/v1/accounts",
+        AccountList,
         group=group,
         role=role,
         disabled=disabled,
         stale=stale,
         stale_after=stale_after,
     )
-    rows = data["accounts"]
+    rows = data.accounts
     if json_out:
         output.print_json(rows)
         return
-    after = format_duration(parse_duration(data["stale_after"]))
+    after = format_duration(parse_duration(data.stale_after))
     output.table(
         f"{len(rows)} accounts" + (f" (stale: no logon in {after})" if stale else ""),
         ["account", "state", "uid", "gid", "roles", "last logon", "groups"],
         [
             [
-                a["name"],
-                a["state"] + (" (stale)" if a["stale"] else ""),
-                a["uid"] if a["uid"] is not None else "-",
-                a["gid"] if a["gid"] is not None else "-",
-                ",".join(r["role"] for r in a["roles"]),
+                a.name,
+                a.state + (" (stale)" if a.stale else ""),
+                a.uid if a.uid is not None else "-",
+                a.gid if a.gid is not None else "-",
+                ",".join(r.role for r in a.roles),
                 _when(a),
-                len(a["groups"]),
+                len(a.groups),
             ]
             for a in rows
         ],
@@ -135,14 +133,14 @@ def review_cmd(
     """
     if stale_after is not None:
         parse_duration(stale_after)
-    findings = client(ctx).get("/v1/reviews/accounts", stale_after=stale_after)
+    findings = client(ctx).get_list("/v1/reviews/accounts", FindingOut, stale_after=stale_after)
     if json_out:
         output.print_json(findings)
     elif findings:
         output.table(
             f"{len(findings)} findings",
             ["control", "kind", "subject", "finding"],
-            [[f["control"], f["kind"], f["subject"], f["message"]] for f in findings],
+            [[f.control, f.kind, f.subject, f.message] for f in findings],
         )
     else:
         output.say("account review: nothing to report")

@@ -9,12 +9,13 @@ import typer
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.policy.detection_rules import SEVERITIES
+from broker.wire.alerts import AlertOut
 
 app = typer.Typer(help="Alerts raised by detection rules and drift checks.", no_args_is_help=True)
 
 
-def _actions(a: dict[str, Any]) -> str:
-    done = [f"{x['kind']}:{x['state']}" for x in a["actions"]]
+def _actions(a: AlertOut) -> str:
+    done = [f"{x.kind}:{x.state}" for x in a.actions]
     return ", ".join(done) or "-"
 
 
@@ -42,7 +43,7 @@ def list_alerts(
         params["severity"] = severity
     if rule:
         params["rule"] = rule
-    found: list[dict[str, Any]] = client(ctx).get("/v1/alerts", **params)
+    found = client(ctx).get_list("/v1/alerts", AlertOut, **params)
     if json_out:
         output.print_json(found)
         return
@@ -50,8 +51,8 @@ def list_alerts(
         None,
         ["id", "when", "severity", "rule", "user", "node", "message", "actions", "acked"],
         [
-            [a["id"], output.when(a["created_at"]), a["severity"], a["rule"], a["user"] or "-",
-             a["node"] or "-", a["message"], _actions(a), a["acked_by"] or "-"]
+            [a.id, output.when(a.created_at), a.severity, a.rule, a.user or "-",
+             a.node or "-", a.message, _actions(a), a.acked_by or "-"]
             for a in found
         ],
     )  # fmt: skip
@@ -64,32 +65,32 @@ def show(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """One alert: the finding, its subject, what it matched, and each action's outcome."""
-    a = client(ctx).get(f"/v1/alerts/{alert_id}")
+    a = client(ctx).get(f"/v1/alerts/{alert_id}", AlertOut)
     if json_out:
         output.print_json(a)
         return
-    rows = [
-        ["alert", a["id"]],
-        ["raised", output.when(a["created_at"])],
-        ["event at", output.when(a["event_at"])],
-        ["rule", a["rule"]],
-        ["severity", a["severity"]],
-        ["user", a["user"] or "-"],
-        ["node", a["node"] or "-"],
-        ["grant", a["grant_id"] or "-"],
-        ["session", a["recording_id"] or "-"],
-        ["message", a["message"]],
-        ["source", a["source"]],
-        ["acknowledged", f"{a['acked_by']} {output.when(a['acked_at'])} {a['ack_note'] or ''}"
-         if a["acked_at"] else "no"],
+    rows: list[list[object]] = [
+        ["alert", a.id],
+        ["raised", output.when(a.created_at)],
+        ["event at", output.when(a.event_at)],
+        ["rule", a.rule],
+        ["severity", a.severity],
+        ["user", a.user or "-"],
+        ["node", a.node or "-"],
+        ["grant", a.grant_id or "-"],
+        ["session", a.recording_id or "-"],
+        ["message", a.message],
+        ["source", a.source],
+        ["acknowledged", f"{a.acked_by} {output.when(a.acked_at)} {a.ack_note or ''}"
+         if a.acked_at else "no"],
     ]  # fmt: skip
-    rows += [[f"detail {k}", v] for k, v in sorted(a["details"].items())]
+    rows += [[f"detail {k}", v] for k, v in sorted(a.details.items())]
     output.table(None, ["", ""], rows)
-    if a["actions"]:
+    if a.actions:
         output.table(
             "actions",
             ["action", "target", "state", "result"],
-            [[x["kind"], x["target"], x["state"], x["result"] or ""] for x in a["actions"]],
+            [[x.kind, x.target, x.state, x.result or ""] for x in a.actions],
         )
 
 
@@ -100,5 +101,5 @@ def ack(
     note: str = typer.Option("", "--note", help="What was found or done (one line)."),
 ) -> None:
     """Acknowledge an alert: it stays listed, marked with who handled it (audited)."""
-    a = client(ctx).post(f"/v1/alerts/{alert_id}/ack", {"note": note})
-    output.say(f"alert {a['id']} acknowledged by {a['acked_by']}")
+    a = client(ctx).post(f"/v1/alerts/{alert_id}/ack", {"note": note}, AlertOut)
+    output.say(f"alert {a.id} acknowledged by {a.acked_by}")

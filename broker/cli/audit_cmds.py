@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -20,8 +19,9 @@ from broker.audit.query import PAGE_MAX
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.client.client import Client
-from broker.core.errors import EXIT_FAILED, FailedError, UsageError
+from broker.core.errors import EXIT_FAILED, UsageError
 from broker.store.files import write_private_file
+from broker.wire.audit import EventOut, SealOut, VerifyOut
 
 app = typer.Typer(help="The tamper-evident audit chain.", no_args_is_help=True)
 
@@ -33,28 +33,15 @@ class ExportFormat(StrEnum):
     cef = "cef"
 
 
-def event_of(row: Any) -> AuditEvent:
+def event_of(row: EventOut) -> AuditEvent:
     """An event from the daemon, rebuilt as stored (`details` back to its canonical text)."""
-    try:
-        return AuditEvent(
-            seq=int(row["seq"]),
-            ts=str(row["ts"]),
-            actor=str(row["actor"]),
-            action=str(row["action"]),
-            target=str(row["target"]),
-            outcome=str(row["outcome"]),
-            details=canonical_details(row["details"]),
-            prev_hash=str(row["prev_hash"]),
-            hash=str(row["hash"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise FailedError("the broker daemon sent an audit event this CLI cannot read") from None
+    return AuditEvent(**row.model_dump(exclude={"details"}), details=canonical_details(row.details))
 
 
 def events_after(c: Client, after_seq: int = 0, **filters: str | None) -> Iterator[AuditEvent]:
     """Every matching event after `after_seq`, oldest first, fetched a page at a time."""
     while True:
-        page = c.get(EVENTS, after_seq=after_seq, limit=PAGE_MAX, **filters)
+        page = c.get_list(EVENTS, EventOut, after_seq=after_seq, limit=PAGE_MAX, **filters)
         for row in page:
             event = event_of(row)
             after_seq = event.seq
@@ -69,7 +56,9 @@ def newest_events(c: Client, count: int, **filters: str | None) -> list[AuditEve
     before: int | None = None
     while len(found) < count:
         want = min(PAGE_MAX, count - len(found))
-        page = c.get(EVENTS, limit=want, newest_first=True, before_seq=before, **filters)
+        page = c.get_list(
+            EVENTS, EventOut, limit=want, newest_first=True, before_seq=before, **filters
+        )
         found += [event_of(row) for row in page]
         if len(page) < want:
             break
@@ -84,23 +73,21 @@ def verify(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
     Exit 0 when the chain is intact, 1 with the first bad seq and why.
     """
-    report = client(ctx).get("/v1/audit/verify")
-    problem = report["problem"]
+    report = client(ctx).get("/v1/audit/verify", VerifyOut)
+    problem = report.problem
     if json_out:
         output.print_json(report)
     else:
-        for warning in report["warnings"]:
+        for warning in report.warnings:
             output.warn(warning)
         if problem is None:
             output.say(
-                f"audit chain OK: {report['count']} events, head seq {report['head_seq']}, "
-                f"sealed up to seq {report['sealed_seq']} by {report['checkpoints']} checkpoints"
+                f"audit chain OK: {report.count} events, head seq {report.head_seq}, "
+                f"sealed up to seq {report.sealed_seq} by {report.checkpoints} checkpoints"
             )
         else:
-            output.fail(
-                f"audit chain BAD at seq {problem['seq']} ({problem['kind']}): {problem['message']}"
-            )
-    if not report["ok"]:
+            output.fail(f"audit chain BAD at seq {problem.seq} ({problem.kind}): {problem.message}")
+    if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -188,7 +175,7 @@ def export(
 @app.command()
 def seal(ctx: typer.Context) -> None:
     """Write a signed checkpoint of the current head now (to every configured copy)."""
-    sealed = client(ctx).post("/v1/audit/seal")["sealed_seq"]
+    sealed = client(ctx).post("/v1/audit/seal", None, SealOut).sealed_seq
     output.say(
         f"sealed up to seq {sealed}"
         if sealed

@@ -7,6 +7,7 @@ import typer
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client, state
 from broker.store import migrations
+from broker.wire.system import DbStatus
 
 app = typer.Typer(help="The broker's SQLite store.", no_args_is_help=True)
 
@@ -32,8 +33,8 @@ def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 @app.command()
 def status(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Where the store is, its schema version, pending migrations and event count."""
-    info = client(ctx).get("/v1/db/status")
+    info = client(ctx).get("/v1/db/status", DbStatus)
     if json_out:
         output.print_json(info)
     else:
-        output.table(None, ["key", "value"], [[k, v] for k, v in info.items()])
+        output.table(None, ["key", "value"], output.fields(info))

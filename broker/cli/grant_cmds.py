@@ -17,9 +17,19 @@ import typer
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.cli.mfa_cmds import _prompt
+from broker.client.client import Client
 from broker.core.durations import format_duration
 from broker.core.errors import EXIT_FAILED
 from broker.core.hostlist import expand, fold
+from broker.wire.grants import (
+    ElevationOut,
+    GrantOut,
+    NodeResultOut,
+    PlanOut,
+    ReapOut,
+    RequestOut,
+    RevokeOut,
+)
 
 CODE_LABEL = "Code from the authenticator (6 digits)"
 WATCH_LIMIT_S = 900.0
@@ -53,38 +63,41 @@ def elevate(
     if commands is not None:
         body["commands"] = [c.strip() for c in commands.split(",") if c.strip()]
     api = client(ctx)
-    plan = api.post("/v1/elevate/preview", body)
+    plan = api.post("/v1/elevate/preview", body, PlanOut)
     if not json_out:
-        output.say(
-            f"{plan['user']}: {plan['role']} on {plan['nodes']} as {plan['runas']} for "
-            f"{format_duration_s(plan['duration_s'])}, commands {plan['commands']}"
-            + (
-                f"; needs {plan['approvals_needed']} approval(s) from "
-                f"{', '.join(plan['approver_groups'])}"
-                if plan["approvals_needed"]
-                else ""
-            )
-        )
-    if plan["mfa"]:
+        _say_plan(plan)
+    if plan.mfa:
         body["code"] = _prompt(CODE_LABEL)
-    watch = not json_out and output.err.is_terminal and len(expand(plan["nodes"])) > 1
+    watch = not json_out and output.err.is_terminal and len(expand(plan.nodes)) > 1
     body["wait"] = not watch
-    with output.err.status(f"elevating on {plan['nodes']}"):
-        result = api.post("/v1/elevate", body)
-    if watch and result["grant"] is not None:
-        result["results"] = _watch(api, result["grant"])
+    with output.err.status(f"elevating on {plan.nodes}"):
+        result = api.post("/v1/elevate", body, ElevationOut)
+    if watch and result.grant is not None:
+        result = result.model_copy(update={"results": _watch(api, result.grant)})
     _show_elevation(result, json_out)
 
 
-def _watch(api: Any, grant: dict[str, Any]) -> list[dict[str, Any]]:
+def _say_plan(plan: PlanOut) -> None:
+    output.say(
+        f"{plan.user}: {plan.role} on {plan.nodes} as {plan.runas} for "
+        f"{format_duration_s(plan.duration_s)}, commands {plan.commands}"
+        + (
+            f"; needs {plan.approvals_needed} approval(s) from {', '.join(plan.approver_groups)}"
+            if plan.approvals_needed
+            else ""
+        )
+    )
+
+
+def _watch(api: Client, grant: GrantOut) -> list[NodeResultOut]:
     """A progress bar while the daemon pushes the grant; then each node's outcome."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    total = len(grant["node_states"])
+    total = len(grant.node_states)
     deadline = time.monotonic() + WATCH_LIMIT_S
-    states = grant["node_states"]
+    states = grant.node_states
     with Progress(
-        TextColumn(f"pushing {grant['id']}"),
+        TextColumn(f"pushing {grant.id}"),
         BarColumn(),
         MofNCompleteColumn(),
         console=output.err,
@@ -92,22 +105,13 @@ def _watch(api: Any, grant: dict[str, Any]) -> list[dict[str, Any]]:
     ) as bar:
         task = bar.add_task("push", total=total)
         while time.monotonic() < deadline:
-            states = api.get(f"/v1/grants/{grant['id']}")["node_states"]
-            settled = sum(n["state"] != "pending" for n in states)
+            states = api.get(f"/v1/grants/{grant.id}", GrantOut).node_states
+            settled = sum(n.state != "pending" for n in states)
             bar.update(task, completed=settled)
             if settled == total:
                 break
             time.sleep(0.25)
-    return [
-        {
-            "node": n["node"],
-            "ok": n["state"] == "live",
-            "error": n["error"] if n["state"] != "pending" else "still being pushed",
-            "elapsed_ms": 0.0,
-            "killed": 0,
-        }
-        for n in states
-    ]
+    return [n.as_result() for n in states]
 
 
 def format_duration_s(seconds: int) -> str:
@@ -116,45 +120,45 @@ def format_duration_s(seconds: int) -> str:
     return format_duration(timedelta(seconds=seconds))
 
 
-def _show_elevation(result: dict[str, Any], json_out: bool) -> None:
+def _show_elevation(result: ElevationOut, json_out: bool) -> None:
     if json_out:
         output.print_json(result)
-    grant, request, results = result["grant"], result["request"], result["results"]
+    grant, request, results = result.grant, result.request, result.results
     if grant is None and request is not None:
         if not json_out:
             output.say(
-                f"request {request['id']} is waiting for {request['approvals_needed']} approval(s) "
-                f"from {', '.join(request['approver_groups'])} until {output.when(request['expires_at'])}"
-                f" (approvers: `broker approve {request['id']}`)"
+                f"request {request.id} is waiting for {request.approvals_needed} approval(s) "
+                f"from {', '.join(request.approver_groups)} until {output.when(request.expires_at)}"
+                f" (approvers: `broker approve {request.id}`)"
             )
         return
     if grant is None:
         return
     if not json_out:
         _results_table(results)
-    failed = [r["node"] for r in results if not r["ok"]]
-    live = [r["node"] for r in results if r["ok"]]
+    failed = [r.node for r in results if not r.ok]
+    live = [r.node for r in results if r.ok]
     if not json_out:
         if live:
             output.say(
-                f"grant {grant['id']}: {grant['user']} may `sudo` as {grant['runas']} on "
-                f"{fold(live)} until {output.when(grant['not_after'])}"
+                f"grant {grant.id}: {grant.user} may `sudo` as {grant.runas} on "
+                f"{fold(live)} until {output.when(grant.not_after)}"
             )
         if failed:
             output.fail(
-                f"grant {grant['id']} did not land on {fold(failed)}; "
-                f"retry with `broker grants retry {grant['id']}`"
+                f"grant {grant.id} did not land on {fold(failed)}; "
+                f"retry with `broker grants retry {grant.id}`"
             )
     if failed:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _results_table(results: list[dict[str, Any]]) -> None:
+def _results_table(results: list[NodeResultOut]) -> None:
     output.table(
         None,
         ["node", "result", "ms", "problem"],
         [
-            [r["node"], "ok" if r["ok"] else "FAILED", f"{r['elapsed_ms']:.0f}", r["error"] or ""]
+            [r.node, "ok" if r.ok else "FAILED", f"{r.elapsed_ms:.0f}", r.error or ""]
             for r in results
         ],
     )
@@ -175,7 +179,7 @@ def list_requests(
     query: dict[str, Any] = {}
     if state:
         query["state"] = state
-    found: list[dict[str, Any]] = client(ctx).get("/v1/requests", **query)
+    found = client(ctx).get_list("/v1/requests", RequestOut, **query)
     if json_out:
         output.print_json(found)
         return
@@ -184,15 +188,15 @@ def list_requests(
         ["id", "user", "role", "nodes", "for", "reason", "approvals", "state", "expires"],
         [
             [
-                r["id"],
-                r["user"],
-                r["role"],
-                r["nodes"],
-                format_duration_s(r["duration_s"]),
-                r["reason"],
-                f"{sum(a['decision'] == 'approve' for a in r['approvals'])}/{r['approvals_needed']}",
-                r["state"],
-                output.when(r["expires_at"]),
+                r.id,
+                r.user,
+                r.role,
+                r.nodes,
+                format_duration_s(r.duration_s),
+                r.reason,
+                f"{r.approved}/{r.approvals_needed}",
+                r.state,
+                output.when(r.expires_at),
             ]
             for r in found
         ],
@@ -209,15 +213,14 @@ def approve(
     api = client(ctx)
     watch = not json_out and output.err.is_terminal
     with output.err.status(f"approving {request_id}"):
-        result = api.post(f"/v1/requests/{request_id}/approve", {"code": code, "wait": not watch})
-    if watch and result["grant"] is not None:
-        result["results"] = _watch(api, result["grant"])
-    if result["grant"] is None and result["request"] is not None and not json_out:
-        request = result["request"]
-        got = sum(a["decision"] == "approve" for a in request["approvals"])
-        output.say(f"approved: {got} of {request['approvals_needed']} approval(s)")
-        if json_out:
-            output.print_json(result)
+        result = api.post(
+            f"/v1/requests/{request_id}/approve", {"code": code, "wait": not watch}, ElevationOut
+        )
+    if watch and result.grant is not None:
+        result = result.model_copy(update={"results": _watch(api, result.grant)})
+    if result.grant is None and result.request is not None and not json_out:
+        request = result.request
+        output.say(f"approved: {request.approved} of {request.approvals_needed} approval(s)")
         return
     _show_elevation(result, json_out)
 
@@ -230,11 +233,13 @@ def deny(
 ) -> None:
     """Deny a request (approver groups only, not the requester)."""
     code = _prompt(CODE_LABEL)
-    result = client(ctx).post(f"/v1/requests/{request_id}/deny", {"reason": reason, "code": code})
+    result = client(ctx).post(
+        f"/v1/requests/{request_id}/deny", {"reason": reason, "code": code}, RequestOut
+    )
     if json_out:
         output.print_json(result)
         return
-    output.say(f"request {result['id']} of {result['user']} denied")
+    output.say(f"request {result.id} of {result.user} denied")
 
 
 # ---------------------------------------------------------------- grants
@@ -254,7 +259,7 @@ def list_grants(
         query["user"] = user
     if node is not None:
         query["node"] = node
-    found: list[dict[str, Any]] = client(ctx).get("/v1/grants", **query)
+    found = client(ctx).get_list("/v1/grants", GrantOut, **query)
     if json_out:
         output.print_json(found)
         return
@@ -263,14 +268,14 @@ def list_grants(
         ["id", "user", "role", "nodes", "live on", "until", "state", "reason"],
         [
             [
-                g["id"],
-                g["user"],
-                g["role"],
-                g["nodes"],
-                fold([n["node"] for n in g["node_states"] if n["state"] == "live"]),
-                output.when(g["not_after"]),
-                "active" if g["active"] else g["state"] if g["state"] != "active" else "expired",
-                g["reason"],
+                g.id,
+                g.user,
+                g.role,
+                g.nodes,
+                fold(g.live_on),
+                output.when(g.not_after),
+                g.shown_state,
+                g.reason,
             ]
             for g in found
         ],
@@ -284,15 +289,16 @@ def show_grant(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """One grant and its state on every node."""
-    g = client(ctx).get(f"/v1/grants/{grant_id}")
+    g = client(ctx).get(f"/v1/grants/{grant_id}", GrantOut)
     if json_out:
         output.print_json(g)
         return
+    shown = g.model_dump(mode="json")  # times as the daemon states them
     output.table(
         None,
         ["", ""],
         [
-            [k, g[k]]
+            [k, shown[k]]
             for k in (
                 "id",
                 "user",
@@ -313,7 +319,7 @@ def show_grant(
     output.table(
         None,
         ["node", "state", "attempts", "problem"],
-        [[n["node"], n["state"], n["attempts"], n["error"] or ""] for n in g["node_states"]],
+        [[n.node, n.state, n.attempts, n.error or ""] for n in g.node_states],
     )
 
 
@@ -325,14 +331,14 @@ def retry(
 ) -> None:
     """Push a grant again to the nodes where it did not land."""
     with output.err.status(f"pushing {grant_id} again"):
-        results: list[dict[str, Any]] = client(ctx).post(f"/v1/grants/{grant_id}/retry", {})
+        results = client(ctx).post_list(f"/v1/grants/{grant_id}/retry", {}, NodeResultOut)
     if json_out:
         output.print_json(results)
     elif not results:
         output.say(f"grant {grant_id} is already live on all its nodes")
     else:
         _results_table(results)
-    if any(not r["ok"] for r in results):
+    if any(not r.ok for r in results):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -355,27 +361,31 @@ def revoke(
     if not body["ids"] and user is None and node is None:
         raise typer.BadParameter("name grant ids, --user or --node")
     with output.err.status("revoking"):
-        result = client(ctx).post("/v1/revoke", body)
+        result = client(ctx).post("/v1/revoke", body, RevokeOut)
     if json_out:
         output.print_json(result)
     else:
-        if result["results"]:
-            _results_table(result["results"])
-        output.say(
-            f"revoked: {', '.join(result['revoked']) or 'nothing active'}"
-            + (
-                f"; sessions ended: {sum(r['killed'] for r in result['results'])} process(es)"
-                if result["results"]
-                else ""
-            )
-        )
-        if result["pending"]:
-            output.fail(
-                f"not yet removed from {', '.join(result['pending'])} (unreachable); "
-                "the daemon retries until those nodes answer"
-            )
-    if result["pending"]:
+        _say_revoked(result)
+    if result.pending:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _say_revoked(result: RevokeOut) -> None:
+    if result.results:
+        _results_table(result.results)
+    output.say(
+        f"revoked: {', '.join(result.revoked) or 'nothing active'}"
+        + (
+            f"; sessions ended: {sum(r.killed for r in result.results)} process(es)"
+            if result.results
+            else ""
+        )
+    )
+    if result.pending:
+        output.fail(
+            f"not yet removed from {', '.join(result.pending)} (unreachable); "
+            "the daemon retries until those nodes answer"
+        )
 
 
 @grants_app.command("reap")
@@ -383,15 +393,15 @@ def reap(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Run the daemon's scheduler tick now (operators): expire requests and grants, retry
     removals from nodes that were down, re-check grants, collect session events."""
     with output.err.status("reaping"):
-        report = client(ctx).post("/v1/grants/reap", {})
+        report = client(ctx).post("/v1/grants/reap", {}, ReapOut)
     if json_out:
         output.print_json(report)
         return
     output.say(
-        f"expired {len(report['grants_expired'])} grant(s) and "
-        f"{len(report['requests_expired'])} request(s); revoked {len(report['grants_revoked'])}; "
-        f"removed {len(report['removed'])} from nodes; {report['events']} session event(s)"
+        f"expired {len(report.grants_expired)} grant(s) and "
+        f"{len(report.requests_expired)} request(s); revoked {len(report.grants_revoked)}; "
+        f"removed {len(report.removed)} from nodes; {report.events} session event(s)"
     )
-    if report["still_pending"]:
-        output.fail(f"still to remove (nodes unreachable): {', '.join(report['still_pending'])}")
+    if report.still_pending:
+        output.fail(f"still to remove (nodes unreachable): {', '.join(report.still_pending)}")
         raise typer.Exit(EXIT_FAILED)

@@ -14,6 +14,7 @@ import typer
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.core.errors import EXIT_FAILED, EXIT_USAGE
+from broker.wire.keytabs import AccountStatusOut, RotationOut
 
 app = typer.Typer(
     help="Service-account keytabs: create, rotate without outage, status, verify.",
@@ -23,7 +24,7 @@ app = typer.Typer(
 _OK = {"rotated", "verified", "abandoned", "superseded", "waiting"}
 
 
-def _show_rotations(reports: list[dict[str, Any]], json_out: bool) -> None:
+def _show_rotations(reports: list[RotationOut], json_out: bool) -> None:
     if json_out:
         output.print_json(reports)
     else:
@@ -32,16 +33,16 @@ def _show_rotations(reports: list[dict[str, Any]], json_out: bool) -> None:
             ["account", "outcome", "kvno", "nodes", "message"],
             [
                 [
-                    r["name"],
-                    r["outcome"],
-                    f"{r['from_kvno']} -> {r['kvno']}" if r["from_kvno"] is not None else r["kvno"],
-                    ", ".join(f"{n['node']}:{'ok' if n['ok'] else 'FAILED'}" for n in r["nodes"]),
-                    r["message"] or "; ".join(n["error"] or "" for n in r["nodes"] if not n["ok"]),
+                    r.name,
+                    r.outcome,
+                    f"{r.from_kvno} -> {r.kvno}" if r.from_kvno is not None else r.kvno,
+                    ", ".join(f"{n.node}:{'ok' if n.ok else 'FAILED'}" for n in r.nodes),
+                    r.message or "; ".join(n.error or "" for n in r.nodes if not n.ok),
                 ]
                 for r in reports
             ],
         )
-    if any(r["outcome"] not in _OK and r["outcome"] != "skipped" for r in reports):
+    if any(r.outcome not in _OK and r.outcome != "skipped" for r in reports):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -55,7 +56,9 @@ def create(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Make NAME's keytab on its nodes (a first rotation: new password, keys staged, verified)."""
-    report = client(ctx).post(f"/v1/keytabs/{name}/create", {"create_account": create_account})
+    report = client(ctx).post(
+        f"/v1/keytabs/{name}/create", {"create_account": create_account}, RotationOut
+    )
     _show_rotations([report], json_out)
 
 
@@ -78,7 +81,7 @@ def rotate(
     body: dict[str, Any] = {"due": due, "all": every, "force": force}
     if name is not None:
         body["name"] = name
-    reports = client(ctx).post("/v1/keytabs/rotate", body)
+    reports = client(ctx).post_list("/v1/keytabs/rotate", body, RotationOut)
     _show_rotations(reports, json_out)
 
 
@@ -89,7 +92,7 @@ def verify(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Get a fresh service ticket for every principal and check each node's keytab accepts it."""
-    report = client(ctx).post(f"/v1/keytabs/{name}/verify", {})
+    report = client(ctx).post(f"/v1/keytabs/{name}/verify", {}, RotationOut)
     _show_rotations([report], json_out)
 
 
@@ -100,25 +103,23 @@ def status(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """For each service account: kvno in AD and on each node, age, next due, last verification."""
-    found: list[dict[str, Any]] = client(ctx).post("/v1/keytabs/status", {"live": live})
+    found = client(ctx).post_list("/v1/keytabs/status", {"live": live}, AccountStatusOut)
     if json_out:
         output.print_json(found)
         return
     rows = []
     for a in found:
-        stale = [n["node"] for n in a["nodes"] if n["stale"]]
+        stale = [n.node for n in a.nodes if n.stale]
         rows.append(
             [
-                a["name"],
-                a["ad_kvno"] if a["ad_kvno"] is not None else "?",
-                ", ".join(
-                    f"{n['node']}:{max(n['kvnos']) if n['kvnos'] else '-'}" for n in a["nodes"]
-                ),
-                a["last_rotated_at"] or "never",
-                a["next_due_at"] or "not created",
-                a["last_verified_at"] or "never",
-                a["rotation_state"] or "",
-                ("stale: " + ", ".join(stale) + "; " if stale else "") + (a["last_error"] or ""),
+                a.name,
+                a.ad_kvno if a.ad_kvno is not None else "?",
+                ", ".join(f"{n.node}:{max(n.kvnos) if n.kvnos else '-'}" for n in a.nodes),
+                a.last_rotated_at or "never",
+                a.next_due_at or "not created",
+                a.last_verified_at or "never",
+                a.rotation_state or "",
+                ("stale: " + ", ".join(stale) + "; " if stale else "") + (a.last_error or ""),
             ]
         )
     output.table(
@@ -126,5 +127,5 @@ def status(
         ["account", "AD kvno", "node kvnos", "rotated", "next due", "verified", "open", "problems"],
         rows,
     )
-    if found and found[0]["ad_error"]:
-        output.say(f"AD: {found[0]['ad_error']}")
+    if found and found[0].ad_error:
+        output.say(f"AD: {found[0].ad_error}")

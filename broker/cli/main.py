@@ -32,6 +32,7 @@ from broker.cli import (
 )
 from broker.cli.context import JSON_OPTION, CliState, state
 from broker.core.errors import BrokerError
+from broker.wire.system import WhoAmI
 
 app = typer.Typer(
     name="broker",
@@ -114,11 +115,11 @@ def init(ctx: typer.Context) -> None:
 def whoami(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Who the daemon says you are: Unix user or Kerberos principal, directory account,
     operator or not."""
-    data = state(ctx).client().get("/v1/whoami")
+    data = state(ctx).client().get("/v1/whoami", WhoAmI)
     if json_out:
         output.print_json(data)
         return
-    output.table(None, ["", "caller"], [[k, v] for k, v in data.items()])
+    output.table(None, ["", "caller"], output.fields(data))
 
 
 @app.command("api-schema", hidden=False)

@@ -7,13 +7,13 @@ where `ps` and shell history would keep them.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import typer
 
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
 from broker.core.errors import RefusedError
+from broker.wire.mfa import ActivateOut, EnrollOut, ResetOut, StatusOut, VerifyOut
 
 app = typer.Typer(help="TOTP multi-factor authentication.", no_args_is_help=True)
 
@@ -44,26 +44,24 @@ def enroll(ctx: typer.Context) -> None:
     activate it. Prints 10 one-time recovery codes, once: store them offline.
     """
     api = client(ctx)
-    started = api.post("/v1/mfa/enroll")
-    output.say(
-        f"Scan this with your authenticator app ({started['issuer']}: {started['account']}):"
-    )
-    _show_qr(started["uri"])
-    output.say(f"or add it by hand: {started['uri']}")
-    result: dict[str, Any] | None = None
+    started = api.post("/v1/mfa/enroll", None, EnrollOut)
+    output.say(f"Scan this with your authenticator app ({started.issuer}: {started.account}):")
+    _show_qr(started.uri)
+    output.say(f"or add it by hand: {started.uri}")
+    result: ActivateOut | None = None
     for attempt in range(1, ATTEMPTS + 1):
         code = _prompt("Code from the authenticator (6 digits)")
         try:
-            result = api.post("/v1/mfa/activate", {"code": code})
+            result = api.post("/v1/mfa/activate", {"code": code}, ActivateOut)
             break
         except RefusedError as exc:
             if attempt == ATTEMPTS or "locked" in exc.message:
                 raise
             output.warn(f"{exc.message}; try again")
     assert result is not None
-    output.say(f"MFA is active for {result['account']}.")
+    output.say(f"MFA is active for {result.account}.")
     output.say("Recovery codes (each works once; they are not shown again):")
-    for code in result["recovery_codes"]:
+    for code in result.recovery_codes:
         output.say(f"  {code}")
 
 
@@ -80,14 +78,14 @@ def verify(
     """
     if recovery:
         code = _prompt("Recovery code")
-        result = client(ctx).post("/v1/mfa/verify", {"recovery_code": code})
+        result = client(ctx).post("/v1/mfa/verify", {"recovery_code": code}, VerifyOut)
         output.say(
-            f"recovery code accepted for {result['account']}; {result['recovery_codes_left']} left"
+            f"recovery code accepted for {result.account}; {result.recovery_codes_left} left"
         )
         return
     code = _prompt("Code from the authenticator (6 digits)")
-    result = client(ctx).post("/v1/mfa/verify", {"code": code})
-    output.say(f"code accepted for {result['account']}")
+    result = client(ctx).post("/v1/mfa/verify", {"code": code}, VerifyOut)
+    output.say(f"code accepted for {result.account}")
 
 
 @app.command()
@@ -97,19 +95,18 @@ def status(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Whether MFA is enrolled, when it was last used, lockout, recovery codes left."""
-    data = client(ctx).get("/v1/mfa/status", user=user)
+    data = client(ctx).get("/v1/mfa/status", StatusOut, user=user)
     if json_out:
         output.print_json(data)
         return
-    state = "active" if data["enrolled"] else ("pending" if data["pending"] else "not enrolled")
-    rows = [
-        ["account", data["account"]],
-        ["mfa", state],
-        ["activated", data["activated_at"] or "-"],
-        ["last used", data["last_used_at"] or "-"],
-        ["recovery codes left", data["recovery_codes_left"]],
-        ["failures (window)", data["recent_failures"]],
-        ["locked until", data["locked_until"] or "-"],
+    rows: list[list[object]] = [
+        ["account", data.account],
+        ["mfa", data.shown_state],
+        ["activated", output.when(data.activated_at)],
+        ["last used", output.when(data.last_used_at)],
+        ["recovery codes left", data.recovery_codes_left],
+        ["failures (window)", data.recent_failures],
+        ["locked until", output.when(data.locked_until)],
     ]
     output.table(None, ["", "MFA"], rows)
 
@@ -125,8 +122,8 @@ def reset(
     """
     if not yes and not typer.confirm(f"Reset MFA for {user}?", err=True):
         raise typer.Exit(1)
-    result = client(ctx).post("/v1/mfa/reset", {"user": user})
-    if result["reset"]:
-        output.say(f"MFA reset for {result['account']}; they must run `broker mfa enroll`")
+    result = client(ctx).post("/v1/mfa/reset", {"user": user}, ResetOut)
+    if result.reset:
+        output.say(f"MFA reset for {result.account}; they must run `broker mfa enroll`")
     else:
-        output.say(f"{result['account']} had no MFA enrolled; nothing to reset")
+        output.say(f"{result.account} had no MFA enrolled; nothing to reset")

@@ -28,6 +28,8 @@ from broker.core.errors import (
     UsageError,
 )
 from broker.core.hostlist import expand, fold
+from broker.wire.alerts import MarkOut, QuarantinedOut, QuarantineOut
+from broker.wire.nodes import BootstrapOut, EnrollOut, NodeOut, ProbeOut, StatusOut
 
 app = typer.Typer(help="Cluster nodes.", no_args_is_help=True)
 
@@ -36,10 +38,10 @@ BOOTSTRAP_CHUNK = 16  # nodes per bootstrap request: progress moves as each retu
 BOOTSTRAP_REQUESTS = 4  # requests in flight (the daemon's per-user cap is workers / 4)
 
 
-def _node(api: Client, name: str) -> dict[str, Any]:
-    for record in api.get("/v1/nodes"):
-        if record["name"] == name:
-            return dict(record)
+def _node(api: Client, name: str) -> NodeOut:
+    for record in api.get_list("/v1/nodes", NodeOut):
+        if record.name == name:
+            return record
     raise RefusedError(
         f"node {name} is not in the inventory",
         fix=f"add it with `broker node add {name} --address HOST`",
@@ -65,18 +67,18 @@ def add(
     body: dict[str, Any] = {"name": name, "address": host}
     if port is not None:
         body["port"] = port
-    record = client(ctx).post("/v1/nodes", body)
+    record = client(ctx).post("/v1/nodes", body, NodeOut)
     if json_out:
         output.print_json(record)
         return
-    output.say(f"added {record['name']} ({record['address']} port {record['port']})")
-    output.say(f"next: broker node enroll {record['name']}")
+    output.say(f"added {record.name} ({record.address} port {record.port})")
+    output.say(f"next: broker node enroll {record.name}")
 
 
 @app.command("list")
 def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """The inventory: address, pinned key, bootstrap, what the last status saw."""
-    records: list[dict[str, Any]] = client(ctx).get("/v1/nodes")
+    records = client(ctx).get_list("/v1/nodes", NodeOut)
     if json_out:
         output.print_json(records)
         return
@@ -86,16 +88,16 @@ def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
          "last seen", "problem"],
         [
             [
-                r["name"],
-                r["address"],
-                r["port"],
-                r["fingerprint"] or "not pinned",
-                (r["bootstrapped_at"] or "no")[:19],
-                " ".join(x for x in (r["sudo_flavour"], r["sudo_version"]) if x),
-                _yes_no(r["io_logging"]),
-                "" if r["last_skew_s"] is None else f"{r['last_skew_s']:+.2f}",
-                (r["last_seen_at"] or "")[:19],
-                r["problem"] or "",
+                r.name,
+                r.address,
+                r.port,
+                r.fingerprint or "not pinned",
+                (r.bootstrapped_at or "no")[:19],
+                " ".join(x for x in (r.sudo_flavour, r.sudo_version) if x),
+                _yes_no(r.io_logging),
+                "" if r.last_skew_s is None else f"{r.last_skew_s:+.2f}",
+                (r.last_seen_at or "")[:19],
+                r.problem or "",
             ]
             for r in records
         ],
@@ -105,8 +107,8 @@ def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 @app.command()
 def remove(ctx: typer.Context, name: str = typer.Argument(..., help="The node to forget.")) -> None:
     """Remove a node and its pinned host key (refused while a grant may be on it)."""
-    record = client(ctx).post("/v1/nodes/remove", {"name": name})
-    output.say(f"removed {record['name']} ({record['address']} port {record['port']})")
+    record = client(ctx).post("/v1/nodes/remove", {"name": name}, NodeOut)
+    output.say(f"removed {record.name} ({record.address} port {record.port})")
 
 
 @app.command()
@@ -141,52 +143,65 @@ def enroll(
     The broker fetches the key without trusting it and pins it when it matches
     --fingerprint or --known-hosts, or when you confirm it.
     """
+    api = client(ctx)
+    expected = _expected_keys(api, name, fingerprint, known_hosts)
+    body: dict[str, Any] = {"name": name, "replace": replace}
+    if expected:
+        body |= {"expected": expected, "confirm": True}
+        _say_enrolled(api.post("/v1/nodes/enroll", body, EnrollOut))
+        return
+    seen = api.post("/v1/nodes/enroll", {**body, "confirm": False}, EnrollOut)
+    if seen.pinned:
+        _say_enrolled(seen)
+        return
+    _confirm_presented(seen, yes)
+    accepted = [{"fingerprint": seen.fingerprint, "key_type": seen.key_type}]
+    body |= {"expected": accepted, "confirm": True}
+    _say_enrolled(api.post("/v1/nodes/enroll", body, EnrollOut))
+
+
+def _expected_keys(
+    api: Client, name: str, fingerprint: str | None, known_hosts: Path | None
+) -> list[dict[str, str | None]]:
+    """The keys the caller vouches for (--fingerprint or --known-hosts); none: ask."""
     from broker.fleet import hostkeys  # lazy: CLI start-up (paramiko)
 
-    api = client(ctx)
-    expected: list[dict[str, Any]] = []
     if fingerprint is not None and known_hosts is not None:
         raise UsageError("give --fingerprint or --known-hosts, not both")
     if fingerprint is not None:
-        expected = [{"fingerprint": hostkeys.check_fingerprint(fingerprint)}]
-    elif known_hosts is not None:
-        node = _node(api, name)
-        keys = hostkeys.read_known_hosts(str(known_hosts), name, node["address"], node["port"])
-        expected = [{"fingerprint": k.fingerprint, "key_type": k.key_type} for k in keys]
-    body: dict[str, Any] = {"name": name, "replace": replace}
-    if expected:
-        result = api.post("/v1/nodes/enroll", {**body, "expected": expected, "confirm": True})
-        _say_enrolled(result)
-        return
-    seen = api.post("/v1/nodes/enroll", {**body, "confirm": False})
-    if seen["pinned"]:
-        _say_enrolled(seen)
-        return
-    where = f"{seen['node']} ({seen['address']} port {seen['port']})"
-    output.say(f"{where} presents {seen['key_type']} {seen['fingerprint']}")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError(
-                "not pinning a host key nobody checked (no terminal to ask on)",
-                fix="give --fingerprint SHA256:... or --known-hosts FILE (or --yes to trust it)",
-            )
-        output.say("Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the node.")
-        if not typer.confirm("Pin this key?", default=False, err=True):
-            output.fail("not pinned")
-            raise typer.Exit(EXIT_FAILED)
-    accepted = [{"fingerprint": seen["fingerprint"], "key_type": seen["key_type"]}]
-    result = api.post("/v1/nodes/enroll", {**body, "expected": accepted, "confirm": True})
-    _say_enrolled(result)
+        return [{"fingerprint": hostkeys.check_fingerprint(fingerprint)}]
+    if known_hosts is None:
+        return []
+    node = _node(api, name)
+    keys = hostkeys.read_known_hosts(str(known_hosts), name, node.address, node.port)
+    return [{"fingerprint": k.fingerprint, "key_type": k.key_type} for k in keys]
 
 
-def _say_enrolled(result: dict[str, Any]) -> None:
-    key = f"{result['key_type']} {result['fingerprint']}"
-    if not result["changed"]:
-        output.say(f"{result['node']}: already pinned to {key}")
-    elif result["previous"]:
-        output.say(f"{result['node']}: re-pinned to {key} (was {result['previous']})")
+def _confirm_presented(seen: EnrollOut, yes: bool) -> None:
+    """Show the key the node presents; pin it only on --yes or a person's confirmation."""
+    where = f"{seen.node} ({seen.address} port {seen.port})"
+    output.say(f"{where} presents {seen.key_type} {seen.fingerprint}")
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "not pinning a host key nobody checked (no terminal to ask on)",
+            fix="give --fingerprint SHA256:... or --known-hosts FILE (or --yes to trust it)",
+        )
+    output.say("Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the node.")
+    if not typer.confirm("Pin this key?", default=False, err=True):
+        output.fail("not pinned")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _say_enrolled(result: EnrollOut) -> None:
+    key = f"{result.key_type} {result.fingerprint}"
+    if not result.changed:
+        output.say(f"{result.node}: already pinned to {key}")
+    elif result.previous:
+        output.say(f"{result.node}: re-pinned to {key} (was {result.previous})")
     else:
-        output.say(f"{result['node']}: pinned {key}")
+        output.say(f"{result.node}: pinned {key}")
 
 
 # ---------------------------------------------------------------- on the nodes
@@ -205,7 +220,7 @@ def bootstrap(
     names = expand(nodes)
     chunks = [names[i : i + BOOTSTRAP_CHUNK] for i in range(0, len(names), BOOTSTRAP_CHUNK)]
     api = client(ctx)
-    results: list[dict[str, Any]] = []
+    results: list[BootstrapOut] = []
     errors: list[BrokerError] = []
     columns = (TextColumn("bootstrap"), BarColumn(), MofNCompleteColumn())
     with (
@@ -214,7 +229,9 @@ def bootstrap(
     ):
         task = progress.add_task("bootstrap", total=len(names))
         futures = {
-            pool.submit(api.post, "/v1/nodes/bootstrap", {"nodes": fold(chunk)}): chunk
+            pool.submit(
+                api.post_list, "/v1/nodes/bootstrap", {"nodes": fold(chunk)}, BootstrapOut
+            ): chunk
             for chunk in chunks
         }
         for future in as_completed(futures):
@@ -224,7 +241,7 @@ def bootstrap(
                 errors.append(exc)
             progress.advance(task, len(futures[future]))
     order = {name: i for i, name in enumerate(names)}
-    results.sort(key=lambda r: order.get(r["node"], len(order)))
+    results.sort(key=lambda r: order.get(r.node, len(order)))
     if json_out:
         output.print_json(results)
     elif results:
@@ -233,20 +250,20 @@ def bootstrap(
         )
     if errors:
         raise errors[0]
-    failed = [r["node"] for r in results if not r["ok"]]
+    failed = [r.node for r in results if not r.ok]
     if failed:
         output.fail(f"bootstrap failed on {fold(failed)}")
         raise typer.Exit(EXIT_FAILED)
 
 
-def _boot_row(r: dict[str, Any]) -> list[object]:
-    changes = r["changed"]
+def _boot_row(r: BootstrapOut) -> list[object]:
+    changes = r.changed
     result = "changed" if changes else "unchanged"
-    if not r["ok"]:
+    if not r.ok:
         result = "FAILED"
     shown = "; ".join(changes[:6]) + (f"; +{len(changes) - 6} more" if len(changes) > 6 else "")
-    problem = r["error"] or ((r["status"] or {}).get("problem") or "")
-    return [r["node"], result, shown, problem]
+    problem = r.error or (r.status.problem if r.status is not None else None) or ""
+    return [r.node, result, shown, problem]
 
 
 @app.command()
@@ -262,7 +279,7 @@ def status(
     body: dict[str, Any] = {} if nodes is None else {"nodes": nodes}
     count = "every enrolled node" if nodes is None else f"{len(expand(nodes))} nodes"
     with output.err.status(f"asking {count} through the broker daemon"):
-        statuses: list[dict[str, Any]] = client(ctx).post("/v1/nodes/status", body)
+        statuses = client(ctx).post_list("/v1/nodes/status", body, StatusOut)
     if json_out:
         output.print_json(statuses)
     else:
@@ -274,22 +291,22 @@ def status(
     _exit_for(statuses)
 
 
-def _status_row(s: dict[str, Any]) -> list[object]:
+def _status_row(s: StatusOut) -> list[object]:
     return [
-        s["node"],
-        "yes" if s["reachable"] else "NO",
-        "" if s["skew_s"] is None else f"{s['skew_s']:+.3f}",
-        s["hook_version"] or "",
-        " ".join(x for x in (s["sudo_flavour"], s["sudo_version"]) if x),
-        _yes_no(s["io_logging"]),
-        "" if s["active_grants"] is None else s["active_grants"],
-        s["problem"] or "",
+        s.node,
+        "yes" if s.reachable else "NO",
+        "" if s.skew_s is None else f"{s.skew_s:+.3f}",
+        s.hook_version or "",
+        " ".join(x for x in (s.sudo_flavour, s.sudo_version) if x),
+        _yes_no(s.io_logging),
+        "" if s.active_grants is None else s.active_grants,
+        s.problem or "",
     ]
 
 
-def _exit_for(statuses: Sequence[dict[str, Any]]) -> None:
-    down = [s["node"] for s in statuses if not s["reachable"]]
-    troubled = [s["node"] for s in statuses if s["reachable"] and s["problem"]]
+def _exit_for(statuses: Sequence[StatusOut]) -> None:
+    down = [s.node for s in statuses if not s.reachable]
+    troubled = [s.node for s in statuses if s.reachable and s.problem]
     if down:
         output.fail(f"unreachable: {fold(down)}")
         raise typer.Exit(EXIT_UNAVAILABLE)
@@ -315,7 +332,7 @@ def ping(
     """
     names = expand(nodes)
     with output.err.status(f"probing {len(names)} nodes through the broker daemon"):
-        probes: list[dict[str, Any]] = client(ctx).post("/v1/nodes/ping", {"nodes": nodes})
+        probes = client(ctx).post_list("/v1/nodes/ping", {"nodes": nodes}, ProbeOut)
     if json_out:
         output.print_json(probes)
     else:
@@ -324,8 +341,8 @@ def ping(
             ["node", "reachable", "hostname", "skew (s)", "ms", "problem"],
             [_row(p) for p in probes],
         )
-    down = [p["node"] for p in probes if not p["reachable"]]
-    wrong = [p["node"] for p in probes if p["reachable"] and not _sane(p)]
+    down = [p.node for p in probes if not p.reachable]
+    wrong = [p.node for p in probes if p.reachable and not _sane(p)]
     if down:
         output.fail(f"unreachable: {fold(down)}")
         raise typer.Exit(EXIT_UNAVAILABLE)
@@ -336,24 +353,24 @@ def ping(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _sane(probe: dict[str, Any]) -> bool:
-    short = (probe["hostname"] or "").split(".")[0]
+def _sane(probe: ProbeOut) -> bool:
+    short = (probe.hostname or "").split(".")[0]
     return (
-        probe["skew_s"] is not None
-        and abs(probe["skew_s"]) <= MAX_SKEW_S
-        and short == probe["node"].split(".")[0]
+        probe.skew_s is not None
+        and abs(probe.skew_s) <= MAX_SKEW_S
+        and short == probe.node.split(".")[0]
     )
 
 
-def _row(p: dict[str, Any]) -> list[object]:
-    skew = "" if p["skew_s"] is None else f"{p['skew_s']:+.3f}"
+def _row(p: ProbeOut) -> list[object]:
+    skew = "" if p.skew_s is None else f"{p.skew_s:+.3f}"
     return [
-        p["node"],
-        "yes" if p["reachable"] else "NO",
-        p["hostname"] or "",
+        p.node,
+        "yes" if p.reachable else "NO",
+        p.hostname or "",
         skew,
-        f"{p['elapsed_ms']:.0f}",
-        p["error"] or "",
+        f"{p.elapsed_ms:.0f}",
+        p.error or "",
     ]
 
 
@@ -373,16 +390,16 @@ def quarantine(
 
     body = {"nodes": nodes, "reason": reason, "code": _prompt(CODE_LABEL)}
     with output.err.status(f"quarantining {nodes}"):
-        result = client(ctx).post("/v1/nodes/quarantine", body)
+        result = client(ctx).post("/v1/nodes/quarantine", body, QuarantineOut)
     if json_out:
         output.print_json(result)
     else:
         output.say(
-            f"quarantined {fold(result['nodes'])}: revoked {len(result['revoked'])} grant(s),"
-            f" ended {result['sessions_ended']} session process(es)"
+            f"quarantined {fold(result.nodes)}: revoked {len(result.revoked)} grant(s),"
+            f" ended {result.sessions_ended} session process(es)"
         )
-        _marks(result["marks"], "marker placed")
-    _exit_for_marks(result["marks"])
+        _marks(result.marks, "marker placed")
+    _exit_for_marks(result.marks)
 
 
 @app.command()
@@ -394,7 +411,7 @@ def release(
     """Release quarantined NODES: elevation works again as the policy allows. Needs MFA."""
 
     body = {"nodes": nodes, "code": _prompt(CODE_LABEL)}
-    marks = client(ctx).post("/v1/nodes/release", body)
+    marks = client(ctx).post_list("/v1/nodes/release", body, MarkOut)
     if json_out:
         output.print_json(marks)
     else:
@@ -405,7 +422,7 @@ def release(
 @app.command()
 def quarantined(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Nodes under quarantine: since when, why, by whom, and whether the node has its marker."""
-    found: list[dict[str, Any]] = client(ctx).get("/v1/nodes/quarantined")
+    found = client(ctx).get_list("/v1/nodes/quarantined", QuarantinedOut)
     if json_out:
         output.print_json(found)
         return
@@ -413,21 +430,21 @@ def quarantined(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
         None,
         ["node", "state", "since", "by", "reason", "marker", "problem"],
         [
-            [q["node"], q["state"], output.when(q["since"]), q["by"], q["reason"], q["marker"],
-             q["error"] or ""]
+            [q.node, q.state, output.when(q.since), q.by, q.reason, q.marker,
+             q.error or ""]
             for q in found
         ],
     )  # fmt: skip
 
 
-def _marks(marks: Sequence[dict[str, Any]], ok_text: str) -> None:
+def _marks(marks: Sequence[MarkOut], ok_text: str) -> None:
     for m in marks:
-        if m["ok"]:
-            output.say(f"{m['node']}: {ok_text}")
+        if m.ok:
+            output.say(f"{m.node}: {ok_text}")
         else:
-            output.warn(f"{m['node']}: not reached ({m['error']}); the daemon keeps trying")
+            output.warn(f"{m.node}: not reached ({m.error}); the daemon keeps trying")
 
 
-def _exit_for_marks(marks: Sequence[dict[str, Any]]) -> None:
-    if any(not m["ok"] for m in marks):
+def _exit_for_marks(marks: Sequence[MarkOut]) -> None:
+    if any(not m.ok for m in marks):
         raise typer.Exit(EXIT_UNAVAILABLE)

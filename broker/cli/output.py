@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -18,9 +20,22 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
-    """Stable JSON on stdout (sorted keys), nothing else."""
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Stable JSON on stdout (sorted keys), nothing else; a record as the daemon sent it."""
+    sys.stdout.write(json.dumps(_plain(data), indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json", by_alias=True)
+    if isinstance(data, list | tuple):
+        return [_plain(item) for item in data]
+    return data
+
+
+def fields(record: BaseModel) -> list[list[Any]]:
+    """A record's fields as key/value rows, valued as in its JSON."""
+    return [[k, v] for k, v in record.model_dump(mode="json", by_alias=True).items()]
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -62,8 +77,8 @@ def moment(text: str | None) -> str | None:
     return to_text(parse_moment(text, utcnow())) if text else None
 
 
-def when(stamp: str | None) -> str:
+def when(stamp: str | datetime | None) -> str:
     """A stored UTC time for a table: `2026-11-23 17:38:45Z`, or `-`."""
     if not stamp:
         return "-"
-    return to_display(from_text(stamp))
+    return to_display(stamp if isinstance(stamp, datetime) else from_text(stamp))

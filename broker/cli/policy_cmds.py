@@ -26,6 +26,15 @@ from broker.core.identity import ACCOUNT_NAME, normalise_account_name
 from broker.policy import names
 from broker.policy.check import check_policy
 from broker.policy.load import read_policy_file
+from broker.wire.policy import (
+    ApplyOut,
+    CheckOut,
+    CountsOut,
+    ExplainOut,
+    PlanOut,
+    PlanSummaryOut,
+    ShowOut,
+)
 
 app = typer.Typer(
     help="The access policy: zones, roles, bindings, service accounts.", no_args_is_help=True
@@ -35,9 +44,10 @@ FILE_ARGUMENT = typer.Argument(..., help="The policy file (TOML).", dir_okay=Fal
 OFFLINE_NOTE = "group names not checked against the directory (--offline)"
 
 
-def _without(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+def _without(record: ShowOut | CheckOut | ApplyOut, exclude: Any) -> dict[str, Any]:
     """The JSON `--json` has always printed: the daemon's answer minus its display-only keys."""
-    return {k: v for k, v in data.items() if k not in keys}
+    shown: dict[str, Any] = record.model_dump(mode="json", by_alias=True, exclude=exclude)
+    return shown
 
 
 def _counts(errors: int, warnings: int, notes: int) -> str:
@@ -47,10 +57,10 @@ def _counts(errors: int, warnings: int, notes: int) -> str:
     return f"{n(errors, 'error')}, {n(warnings, 'warning')}, {n(notes, 'note')}"
 
 
-def _sizes(counts: dict[str, int]) -> str:
+def _sizes(counts: CountsOut) -> str:
     return (
-        f"{counts['zones']} zones ({counts['nodes']} nodes), {counts['roles']} roles, "
-        f"{counts['bindings']} bindings, {counts['service_accounts']} service accounts"
+        f"{counts.zones} zones ({counts.nodes} nodes), {counts.roles} roles, "
+        f"{counts.bindings} bindings, {counts.service_accounts} service accounts"
     )
 
 
@@ -72,31 +82,31 @@ def check(
     path = file or state(ctx).settings().policy.path
     text = read_policy_file(path)
     if offline:
-        report = check_policy(text, str(path), known_groups=None)
-        note: str | None = OFFLINE_NOTE
+        report = CheckOut(**check_policy(text, str(path), known_groups=None), note=OFFLINE_NOTE)
     else:
         try:
-            report = client(ctx).post("/v1/policy/check", {"text": text, "source": str(path)})
+            body = {"text": text, "source": str(path)}
+            report = client(ctx).post("/v1/policy/check", body, CheckOut)
         except UnavailableError as exc:
             hint = "or check without the daemon: `broker policy check --offline`"
             raise UnavailableError(
                 exc.message, fix=f"{exc.fix}; {hint}" if exc.fix else hint
             ) from exc
-        note = report.get("note")
+    note = report.note
     if json_out:
-        output.print_json(_without(report, "counts", "note"))
+        output.print_json(_without(report, {"counts", "note"}))
     else:
-        for row in report["findings"]:
-            label = row["severity"] + (f" {row['control']}" if row["control"] else "")
-            output.say(f"{path}:{row['line']}: {label}: {row['message']}")
+        for row in report.findings:
+            label = row.severity + (f" {row.control}" if row.control else "")
+            output.say(f"{path}:{row.line}: {label}: {row.message}")
         if note:
             output.say(f"note: {note}")
-        verdict = "INVALID" if report["errors"] else "valid"
-        summary = _counts(report["errors"], report["warnings"], report["notes"])
-        if report["counts"] is not None:
-            summary = f"{_sizes(report['counts'])}; {summary}"
+        verdict = "INVALID" if report.errors else "valid"
+        summary = _counts(report.errors, report.warnings, report.notes)
+        if report.counts is not None:
+            summary = f"{_sizes(report.counts)}; {summary}"
         output.say(f"{path}: {verdict}: {summary}")
-    if report["errors"]:
+    if report.errors:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -107,47 +117,45 @@ def _policy_file(path: Path, source: str) -> dict[str, str]:
 @app.command()
 def plan(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_OPTION) -> None:
     """Who would gain and who would lose which rights where, against the active policy."""
-    result = client(ctx).post("/v1/policy/plan", _policy_file(file, str(file)))
+    result = client(ctx).post("/v1/policy/plan", _policy_file(file, str(file)), PlanOut)
     if json_out:
         output.print_json(result)
         return
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         output.warn(warning)
-    old, new = result["old_sha256"], result["new_sha256"]
+    old, new = result.old_sha256, result.new_sha256
     against = f"the active policy {old[:12]}" if old else "no active policy"
-    output.say(f"plan: {file} (sha256 {new[:12]}) against {against}")
+    output.say(f"plan: {file} (sha256 {(new or '-')[:12]}) against {against}")
     if old is not None and old == new:
         output.say("this file is the active policy: applying it would change nothing")
         return
     _print_plan(result)
 
 
-def _print_plan(result: dict[str, Any]) -> None:
-    changes = result["changes"]
+def _print_plan(result: PlanSummaryOut) -> None:
+    changes = result.changes
     if changes:
-        output.table(
-            "settings", ["subject", "change"], [[c["subject"], c["what"]] for c in changes]
-        )
-    for title, key, who in (
-        ("gained by group", "group_gains", "group"),
-        ("lost by group", "group_losses", "group"),
-        ("gained by user", "user_gains", "user"),
-        ("lost by user", "user_losses", "user"),
+        output.table("settings", ["subject", "change"], [[c.subject, c.what] for c in changes])
+    for title, rights, who in (
+        ("gained by group", result.group_gains, "group"),
+        ("lost by group", result.group_losses, "group"),
+        ("gained by user", result.user_gains, "user"),
+        ("lost by user", result.user_losses, "user"),
     ):
-        if result[key]:
+        if rights:
             output.table(
                 title,
                 [who, "role", "nodes", "count"],
-                [[c["holder"], c["role"], c["nodes"], c["count"]] for c in result[key]],
+                [[c.holder, c.role, c.nodes, c.count] for c in rights],
             )
-    if result["eligible_accounts"] == 0:
+    if result.eligible_accounts == 0:
         output.say(
             "note: the directory snapshot holds no account that may elevate, so no user "
             "gains or loses anything yet; the group tables show what the bindings give"
         )
     output.say(
-        f"{result['users_gaining']} users gain rights, {result['users_losing']} lose rights; "
-        f"{result['groups_gaining']} groups gain, {result['groups_losing']} lose; "
+        f"{result.users_gaining} users gain rights, {result.users_losing} lose rights; "
+        f"{result.groups_gaining} groups gain, {result.groups_losing} lose; "
         f"{len(changes)} settings change"
     )
 
@@ -155,24 +163,25 @@ def _print_plan(result: dict[str, Any]) -> None:
 @app.command()
 def apply(ctx: typer.Context, file: Path = FILE_ARGUMENT, json_out: bool = JSON_OPTION) -> None:
     """Activate a policy file atomically; the audit event records its sha256 and the plan."""
-    result = client(ctx).post("/v1/policy/apply", _policy_file(file, str(file.absolute())))
+    body = _policy_file(file, str(file.absolute()))
+    result = client(ctx).post("/v1/policy/apply", body, ApplyOut)
     if json_out:
-        output.print_json(_without(result, "applied_at", "actor"))
+        output.print_json(_without(result, {"applied_at", "actor"}))
         return
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         output.warn(warning)
-    short = result["sha256"][:12]
-    if not result["applied"]:
+    short = result.sha256[:12]
+    if not result.applied:
         output.say(
-            f"policy {short} is already active (applied {result['applied_at']} by "
-            f"{result['actor']}): nothing to do"
+            f"policy {short} is already active (applied {result.applied_at} by "
+            f"{result.actor}): nothing to do"
         )
         return
-    if result["plan"] is not None:
-        _print_plan(result["plan"])
-    output.say(f"applied policy {short} from {file} as version {result['version']}")
-    if result.get("revoked"):
-        output.say(f"revoked grants it no longer allows: {', '.join(result['revoked'])}")
+    if result.plan is not None:
+        _print_plan(result.plan)
+    output.say(f"applied policy {short} from {file} as version {result.version}")
+    if result.revoked:
+        output.say(f"revoked grants it no longer allows: {', '.join(result.revoked)}")
 
 
 @app.command()
@@ -182,8 +191,8 @@ def show(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """The active policy: sha256, when and by whom it was applied, its zones and roles."""
-    data = client(ctx).get("/v1/policy", text=text)
-    version = data["active"]
+    data = client(ctx).get("/v1/policy", ShowOut, text=text)
+    version = data.active
     if version is None:
         if json_out:
             output.print_json({"active": None})
@@ -191,32 +200,30 @@ def show(
             output.say("no policy is active; apply one with `broker policy apply FILE`")
         return
     if text:
-        typer.echo(data["text"], nl=False)
+        typer.echo(data.text, nl=False)
         return
-    zones, roles = data["zones"], data["roles"]
     if json_out:
-        shown = _without(data, "text")
-        shown["roles"] = {
-            name: _without(role, "where", "approval_groups") for name, role in roles.items()
-        }
-        output.print_json(shown)
+        output.print_json(
+            _without(data, {"text": True, "roles": {"__all__": {"where", "approval_groups"}}})
+        )
         return
-    sizes = {
-        "zones": len(zones),
-        "nodes": sum(z["count"] for z in zones.values()),
-        "roles": len(roles),
-        "bindings": data["bindings"],
-        "service_accounts": len(data["service_accounts"]),
-    }
+    zones, roles = data.zones or {}, data.roles or {}
+    sizes = CountsOut(
+        zones=len(zones),
+        nodes=sum(z.count for z in zones.values()),
+        roles=len(roles),
+        bindings=data.bindings or 0,
+        service_accounts=len(data.service_accounts or []),
+    )
     output.say(
-        f"active policy {version['sha256']}\napplied {version['applied_at']} by "
-        f"{version['actor']} from {version['source']} (version {version['version']})\n"
+        f"active policy {version.sha256}\napplied {version.applied_at} by "
+        f"{version.actor} from {version.source} (version {version.version})\n"
         f"{_sizes(sizes)}"
     )
     output.table(
         "zones",
         ["zone", "kind", "nodes", "count"],
-        [[name, z["kind"], z["nodes"], z["count"]] for name, z in zones.items()],
+        [[name, z.kind, z.nodes, z.count] for name, z in zones.items()],
     )
     output.table(
         "roles",
@@ -224,14 +231,14 @@ def show(
         [
             [
                 name,
-                r["where"],
-                r["runas"],
-                r["commands"],
-                r["default_duration"],
-                r["max_duration"],
-                "yes" if r["mfa"] else "NO",
-                f"{r['approvals']} of {', '.join(r['approval_groups'])}" if r["approvals"] else "-",
-                ", ".join(r["groups"]) or "-",
+                r.where,
+                r.runas,
+                r.commands,
+                r.default_duration,
+                r.max_duration,
+                "yes" if r.mfa else "NO",
+                f"{r.approvals} of {', '.join(r.approval_groups)}" if r.approvals else "-",
+                ", ".join(r.groups) or "-",
             ]
             for name, r in roles.items()
         ],
@@ -279,24 +286,21 @@ def explain(
         body["policy_text"] = read_policy_file(policy_file)
         body["policy_source"] = str(policy_file)
     decision = client(ctx).post(
-        "/v1/policy/explain", {k: v for k, v in body.items() if v is not None}
+        "/v1/policy/explain", {k: v for k, v in body.items() if v is not None}, ExplainOut
     )
     _print_decision(decision, json_out)
-    if decision["verdict"] != "allow":
+    if decision.verdict != "allow":
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_decision(decision: dict[str, Any], json_out: bool) -> None:
+def _print_decision(decision: ExplainOut, json_out: bool) -> None:
     if json_out:
         output.print_json(decision)
         return
-    sha = decision["policy_sha256"]
+    sha = decision.policy_sha256
     output.table(
-        f"{decision['user']} on {decision['node']}" + (f" (policy {sha[:12]})" if sha else ""),
+        f"{decision.user} on {decision.node}" + (f" (policy {sha[:12]})" if sha else ""),
         ["#", "rule", "role", "outcome", "detail"],
-        [
-            [i, c["rule"], c["role"] or "-", c["outcome"], c["detail"]]
-            for i, c in enumerate(decision["checks"], 1)
-        ],
+        [[i, c.rule, c.role or "-", c.outcome, c.detail] for i, c in enumerate(decision.checks, 1)],
     )
-    output.say(f"verdict: {decision['verdict'].upper()}: {decision['reason']}")
+    output.say(f"verdict: {decision.verdict.upper()}: {decision.reason}")

@@ -14,6 +14,16 @@ from broker.cli import output
 from broker.cli.context import JSON_OPTION, client, state
 from broker.core.errors import FailedError, UsageError
 from broker.core.timeutil import utcnow
+from broker.wire.sessions import (
+    EndingOut,
+    IndexOut,
+    PurgeOut,
+    ReplayOut,
+    SearchHitOut,
+    SessionDetailOut,
+    SessionOut,
+    VerifyOut,
+)
 
 app = typer.Typer(
     help="Recorded elevated sessions: list, show, replay, search, verify.", no_args_is_help=True
@@ -34,13 +44,13 @@ def setup(ctx: typer.Context) -> None:
         output.say("the log server's files are already in place")
 
 
-def _command(row: dict[str, Any]) -> str:
-    text = str(" ".join(row["argv"]) or row["command"] or "-")
+def _command(row: SessionOut) -> str:
+    text = str(" ".join(row.argv) or row.command or "-")
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _state(row: dict[str, Any]) -> str:
-    return f"{row['state']}{' (relayed)' if row['relayed'] else ''}"
+def _state(row: SessionOut) -> str:
+    return f"{row.state}{' (relayed)' if row.relayed else ''}"
 
 
 @app.command("list")
@@ -65,7 +75,7 @@ def list_sessions(
     for key, value in (("since", output.moment(since)), ("until", output.moment(until))):
         if value is not None:
             query[key] = value
-    found: list[dict[str, Any]] = client(ctx).get("/v1/sessions", **query)
+    found = client(ctx).get_list("/v1/sessions", SessionOut, **query)
     if json_out:
         output.print_json(found)
         return
@@ -74,9 +84,9 @@ def list_sessions(
         ["id", "user", "as", "node", "command", "started", "ended", "end", "grant", "state"],
         [
             [
-                r["id"], r["user"] or "-", r["runas"] or "-", r["node"] or "-", _command(r),
-                output.when(r["started_at"]), output.when(r["ended_at"]), r["end_reason"] or "-",
-                r["grant_id"] or "-", _state(r),
+                r.id, r.user or "-", r.runas or "-", r.node or "-", _command(r),
+                output.when(r.started_at), output.when(r.ended_at), r.end_reason or "-",
+                r.grant_id or "-", _state(r),
             ]
             for r in found
         ],
@@ -91,67 +101,65 @@ def show(
 ) -> None:
     """One session: who, as whom, where, which grant and reason, start, end, exit status,
     and the command lines typed in it, with when."""
-    d = client(ctx).get(f"/v1/sessions/{session_id}")
+    d = client(ctx).get(f"/v1/sessions/{session_id}", SessionDetailOut)
     if json_out:
         output.print_json(d)
         return
-    s, g = d["session"], d["grant"]
-    rows = [
-        ["session", s["id"]],
-        ["state", _state(s) + (f": {s['error']}" if s["error"] else "")],
-        ["user", s["user"] or "-"],
-        ["as", s["runas"] or "-"],
-        ["node", s["node"] or "-"],
-        ["tty", s["tty"] or "-"],
-        ["command", " ".join(s["argv"]) or s["command"] or "-"],
-        ["cwd", s["cwd"] or "-"],
-        ["grant", s["grant_id"] or "none found"],
-        ["reason", g["reason"] if g else "-"],
-        ["approvers", ", ".join(g["approvers"]) if g and g["approvers"] else "-"],
-        ["started", output.when(s["started_at"])],
-        ["ended", output.when(s["ended_at"])],
-        ["end", s["end_reason"] or "-"],
-        ["exit", "-" if s["exit_value"] is None else str(s["exit_value"])],
-        ["bytes in/out", f"{s['bytes_in']}/{s['bytes_out']}"],
-        ["sha256", s["sha256"] or "-"],
+    s, g = d.session, d.grant
+    rows: list[list[str]] = [
+        ["session", s.id],
+        ["state", _state(s) + (f": {s.error}" if s.error else "")],
+        ["user", s.user or "-"],
+        ["as", s.runas or "-"],
+        ["node", s.node or "-"],
+        ["tty", s.tty or "-"],
+        ["command", " ".join(s.argv) or s.command or "-"],
+        ["cwd", s.cwd or "-"],
+        ["grant", s.grant_id or "none found"],
+        ["reason", g.reason if g else "-"],
+        ["approvers", ", ".join(g.approvers) if g and g.approvers else "-"],
+        ["started", output.when(s.started_at)],
+        ["ended", output.when(s.ended_at)],
+        ["end", s.end_reason or "-"],
+        ["exit", "-" if s.exit_value is None else str(s.exit_value)],
+        ["bytes in/out", f"{s.bytes_in}/{s.bytes_out}"],
+        ["sha256", s.sha256 or "-"],
     ]
-    drift = d.get("drift")
+    drift = d.drift
     if drift is not None:
         rows.append(
             [
                 "drift",
-                drift["error"]
-                or f"{len(drift['changes'])} change(s), "
-                f"{drift['unexpected']} unexpected (checked {output.when(drift['checked_at'])})",
+                drift.error
+                or f"{len(drift.changes)} change(s), "
+                f"{drift.unexpected} unexpected (checked {output.when(drift.checked_at)})",
             ]
         )
-    if d.get("ending"):
-        rows += ending_rows(d["ending"])
-    if d.get("alerts"):
-        rows.append(["alerts", ", ".join(str(a) for a in d["alerts"])])
+    if d.ending is not None:
+        rows += ending_rows(d.ending)
+    if d.alerts:
+        rows.append(["alerts", ", ".join(str(a) for a in d.alerts)])
     output.table(None, ["", ""], rows)
-    if drift is not None and drift["changes"]:
-        output.table("left behind", ["change"], [[c] for c in drift["changes"]])
-    if d["timeline"]:
-        output.table(
-            "typed", ["+s", "line"], [[f"{c['offset_s']:.1f}", c["text"]] for c in d["timeline"]]
-        )
+    if drift is not None and drift.changes:
+        output.table("left behind", ["change"], [[c] for c in drift.changes])
+    if d.timeline:
+        output.table("typed", ["+s", "line"], [[f"{c.offset_s:.1f}", c.text] for c in d.timeline])
 
 
-def ending_rows(e: dict[str, Any]) -> list[list[str]]:
+def ending_rows(e: EndingOut) -> list[list[str]]:
     """How the session ended on its node and what its cgroup used (docs/elevation.md)."""
-    how = e["ended_by"] or "-"
-    if e["closed_by"] and e["closed_by"] != e["ended_by"]:
-        how = f"{e['closed_by']}; what it left running: {e['ended_by']}"
-    if e["killed"]:
-        how += f" ({e['killed']} process(es) killed)"
+    how = e.ended_by or "-"
+    if e.closed_by and e.closed_by != e.ended_by:
+        how = f"{e.closed_by}; what it left running: {e.ended_by}"
+    if e.killed:
+        how += f" ({e.killed} process(es) killed)"
     kept = {True: "own cgroup", False: "process tree only (weaker)", None: "-"}
-    used = [f"CPU {e['cpu_seconds']:.2f} s" if e["cpu_seconds"] is not None else "CPU -"]
-    if e["memory_peak"] is not None:
-        used.append(f"peak memory {e['memory_peak'] / 1048576:.1f} MiB")
-    if e["pids_peak"] is not None:
-        used.append(f"peak {e['pids_peak']} process(es)")
-    return [["ended by", how], ["contained", kept[e["contained"]]], ["used", ", ".join(used)]]
+    used = [f"CPU {e.cpu_seconds:.2f} s" if e.cpu_seconds is not None else "CPU -"]
+    if e.memory_peak is not None:
+        used.append(f"peak memory {e.memory_peak / 1048576:.1f} MiB")
+    if e.pids_peak is not None:
+        used.append(f"peak {e.pids_peak} process(es)")
+    return [["ended by", how], ["contained", kept[e.contained]], ["used", ", ".join(used)]]
 
 
 @app.command("replay")
@@ -165,9 +173,9 @@ def replay(
 ) -> None:
     """Play the session's output as the user saw it: the same bytes, the same pauses
     (scaled by --speed). `sudoreplay -d STORE ID` works on the central copy too."""
-    data = client(ctx).get(f"/v1/sessions/{session_id}/replay", streams="output")
+    data = client(ctx).get(f"/v1/sessions/{session_id}/replay", ReplayOut, streams="output")
     out = sys.stdout.buffer
-    for delay, _stream, b64 in data["chunks"]:
+    for delay, _stream, b64 in data.chunks:
         pause = delay / speed if speed > 0 else 0.0
         if max_wait > 0:
             pause = min(pause, max_wait)
@@ -201,7 +209,7 @@ def search(
     for key, value in (("user", user), ("node", node), ("since", output.moment(since))):
         if value is not None:
             body[key] = value
-    hits: list[dict[str, Any]] = client(ctx).post("/v1/sessions/search", body)
+    hits = client(ctx).post_list("/v1/sessions/search", body, SearchHitOut)
     if json_out:
         output.print_json(hits)
         return
@@ -210,9 +218,9 @@ def search(
         ["id", "user", "node", "started", "stream", "match"],
         [
             [
-                h["session"]["id"], h["session"]["user"] or "-", h["session"]["node"] or "-",
-                output.when(h["session"]["started_at"]), h["match"]["stream"],
-                h["match"]["excerpt"].encode("unicode_escape").decode("ascii")[:120],
+                h.session.id, h.session.user or "-", h.session.node or "-",
+                output.when(h.session.started_at), h.match.stream,
+                h.match.excerpt.encode("unicode_escape").decode("ascii")[:120],
             ]
             for h in hits
         ],
@@ -227,15 +235,15 @@ def verify(
 ) -> None:
     """Recompute the recording's SHA-256 and compare it with the audit chain's copy;
     exit 1 when anything changed."""
-    r = client(ctx).post(f"/v1/sessions/{session_id}/verify", {})
+    r = client(ctx).post(f"/v1/sessions/{session_id}/verify", {}, VerifyOut)
     if json_out:
         output.print_json(r)
-    elif r["ok"]:
-        output.say(f"session {r['id']}: intact (sha256 {r['sha256']})")
-    if not r["ok"]:
-        changed = ", ".join(r["changed"]) or "the recording"
+    elif r.ok:
+        output.say(f"session {r.id}: intact (sha256 {r.sha256})")
+    if not r.ok:
+        changed = ", ".join(r.changed) or "the recording"
         raise FailedError(
-            f"session {r['id']}: the stored recording changed since it was indexed ({changed})",
+            f"session {r.id}: the stored recording changed since it was indexed ({changed})",
             fix="treat it as tampered; the audit chain holds the original digest",
         )
 
@@ -243,21 +251,21 @@ def verify(
 @app.command("index")
 def index(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Index the log server's store now (the daemon does it every sessions.index_interval)."""
-    r = client(ctx).post("/v1/sessions/index", {})
+    r = client(ctx).post("/v1/sessions/index", {}, IndexOut)
     if json_out:
         output.print_json(r)
         return
     output.say(
-        f"{r['seen']} recordings seen: {len(r['new'])} new, {len(r['finished'])} finished, "
-        f"{len(r['quarantined'])} quarantined ({r['bytes_read']} bytes in {r['seconds']:.2f}s)"
+        f"{r.seen} recordings seen: {len(r.new)} new, {len(r.finished)} finished, "
+        f"{len(r.quarantined)} quarantined ({r.bytes_read} bytes in {r.seconds:.2f}s)"
     )
 
 
 @app.command("purge")
 def purge(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Remove recordings older than sessions.retention_days now (audited)."""
-    r = client(ctx).post("/v1/sessions/purge", {})
+    r = client(ctx).post("/v1/sessions/purge", {}, PurgeOut)
     if json_out:
         output.print_json(r)
         return
-    output.say(f"purged {len(r['purged'])} recording(s)")
+    output.say(f"purged {len(r.purged)} recording(s)")

@@ -7,8 +7,10 @@ import errno
 import http.client
 import json
 import ssl
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from broker.client.errors import from_response
 from broker.client.transport import Target
@@ -16,17 +18,33 @@ from broker.core.errors import FailedError, UnavailableError
 
 START_HINT = "start it with `systemctl start broker` (or `broker serve` in a terminal)"
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
 
 class Client:
     def __init__(self, target: Target, timeout: float = 600.0) -> None:
         self.target = target
         self.timeout = timeout
 
-    def get(self, path: str, **query: Any) -> Any:
+    def get(self, path: str, answer: type[ModelT], **query: Any) -> ModelT:
+        """GET, the answer validated into the record the route returns (broker.wire)."""
+        return _typed(answer, self.get_raw(path, **query), path)
+
+    def get_list(self, path: str, item: type[ModelT], **query: Any) -> list[ModelT]:
+        return _typed_list(item, self.get_raw(path, **query), path)
+
+    def post(self, path: str, body: dict[str, Any] | None, answer: type[ModelT]) -> ModelT:
+        return _typed(answer, self.post_raw(path, body), path)
+
+    def post_list(self, path: str, body: dict[str, Any] | None, item: type[ModelT]) -> list[ModelT]:
+        return _typed_list(item, self.post_raw(path, body), path)
+
+    def get_raw(self, path: str, **query: Any) -> Any:
+        """GET, the answer as parsed JSON (tests that probe the daemon's refusals)."""
         items = {k: _query_value(v) for k, v in query.items() if v is not None and v is not False}
         return self.call("GET", path + ("?" + urlencode(items) if items else ""), None)
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+    def post_raw(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.call("POST", path, {} if body is None else body)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
@@ -101,6 +119,30 @@ class Client:
         finally:
             conn.close()
         return response.status, raw
+
+
+def _typed(answer: type[ModelT], data: Any, path: str) -> ModelT:
+    try:
+        return answer.model_validate(data)
+    except ValidationError as exc:
+        raise _mismatch(path, exc) from exc
+
+
+def _typed_list(item: type[ModelT], data: Any, path: str) -> list[ModelT]:
+    try:
+        return TypeAdapter(list[item]).validate_python(data)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise _mismatch(path, exc) from exc
+
+
+def _mismatch(path: str, exc: ValidationError) -> FailedError:
+    """A daemon of another version answers in a shape this client does not know."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "the answer"
+    return FailedError(
+        f"the broker daemon's answer to {path} does not match this client: {where}: {first['msg']}",
+        fix="run the CLI of the daemon's version",
+    )
 
 
 def _query_value(value: Any) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict
 
 from broker.daemon.caller import Access, Caller
+from broker.wire.base import Out
 
 if TYPE_CHECKING:
     from broker.app import App
@@ -30,12 +31,6 @@ class Body(BaseModel):
 
 class Empty(Body):
     """No parameters."""
-
-
-class Out(BaseModel):
-    """Base of every response model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 RequestT = TypeVar("RequestT", bound=Body)

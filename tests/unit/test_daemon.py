@@ -24,8 +24,9 @@ from broker.config.loader import load_settings
 from broker.config.settings import Settings
 from broker.core.errors import UnavailableError
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Context, Empty, Out, Registry
+from broker.daemon.routing import REGISTRY, Context, Empty, Registry
 from broker.daemon.server import running
+from broker.wire.base import Out
 from tests.helpers import REPO, run_broker, write_config
 
 

@@ -25,6 +25,8 @@ from broker.daemon.api.audit import EventsQuery
 from broker.daemon.api.names import POLICY_TEXT_MAX
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Context
+from broker.wire.audit import VerifyOut
+from broker.wire.policy import ExplainOut
 from tests.helpers import INIT_EVENTS, daemon_socket_of, run_broker
 from tests.unit.policy_samples import LAB_POLICY
 from tests.unit.test_policy_cli import seed_directory
@@ -107,7 +109,7 @@ def _user(app: App, name: str) -> Caller:
     return Caller(f"unix:{name}", name, account.uid, None, account, False, None)
 
 
-def _explain(app: App, caller: Caller, **params: Any) -> policy_api.ExplainOut:
+def _explain(app: App, caller: Caller, **params: Any) -> ExplainOut:
     request = policy_api.ExplainRequest.model_validate(params)
     caller.require(Access.SELF_OR_OPERATOR)
     return policy_api.explain(Context(caller, app, request, utcnow()))
@@ -189,18 +191,18 @@ def test_raw_requests_are_refused_and_the_daemon_keeps_serving(daemon: Path) -> 
         {"text": "x", "source": "p.toml", "extra": True},
     ):
         with pytest.raises(BadRequestError, match="invalid request"):
-            c.post("/v1/policy/check", body)
+            c.post_raw("/v1/policy/check", body)
     with pytest.raises(BadRequestError, match="exceeds 2097152 bytes"):
-        c.post("/v1/policy/check", {"text": "x" * 2_100_000, "source": "p.toml"})
+        c.post_raw("/v1/policy/check", {"text": "x" * 2_100_000, "source": "p.toml"})
     with pytest.raises(BadRequestError, match="invalid request: text"):
-        c.post("/v1/policy/check", {"text": "x" * 1_100_000, "source": "p.toml"})
+        c.post_raw("/v1/policy/check", {"text": "x" * 1_100_000, "source": "p.toml"})
     with pytest.raises(BadRequestError, match="invalid request: action"):
-        c.get("/v1/audit/events", action="*' OR 1=1")
+        c.get_raw("/v1/audit/events", action="*' OR 1=1")
     with pytest.raises(BadRequestError, match="invalid request: since"):
-        c.get("/v1/audit/events", since="yesterday")
+        c.get_raw("/v1/audit/events", since="yesterday")
     with pytest.raises(BadRequestError, match="not allowed"):
-        c.post("/v1/audit/verify")
-    assert c.get("/v1/audit/verify")["ok"] is True
+        c.post_raw("/v1/audit/verify")
+    assert c.get("/v1/audit/verify", VerifyOut).ok is True
 
 
 def test_tail_and_export_page_through_long_chains(daemon: Path, tmp_path: Path) -> None:

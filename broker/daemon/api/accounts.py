@@ -2,57 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from pydantic import Field
-
 from broker.accounts.view import AccountView, account_views, review
 from broker.core.durations import parse_duration
 from broker.core.errors import RefusedError, UsageError
 from broker.core.identity import normalise_account_name
 from broker.daemon.api.names import AccountName, DurationText, GroupName, RoleName
 from broker.daemon.caller import Access, Caller
-from broker.daemon.routing import REGISTRY, Body, Context, Out
-
-
-class RoleOut(Out):
-    role: str
-    via: str
-
-
-class ScopeOut(Out):
-    role: str
-    nodes: str
-    max_duration: str
-
-
-class AccountOut(Out):
-    name: str
-    upn: str | None
-    sid: str
-    dn: str
-    uid: int | None
-    gid: int | None
-    state: str
-    eligible: bool
-    problem: str | None
-    stale: bool
-    last_logon: datetime | None
-    expires_at: datetime | None
-    locked_until: datetime | None
-    groups: list[str]
-    direct_groups: list[str]
-    service_principals: list[str]
-    roles: list[RoleOut]
-    may_elevate: list[ScopeOut]
-    no_roles_reason: str
-
-
-class FindingOut(Out):
-    control: str
-    kind: str
-    subject: str
-    message: str
+from broker.daemon.routing import REGISTRY, Body, Context
+from broker.wire.accounts import (
+    AccountList,
+    AccountOut,
+    FindingOut,
+)
+from broker.wire.base import from_domain
 
 
 class AccountQuery(Body):
@@ -71,34 +33,19 @@ class ReviewQuery(Body):
     stale_after: DurationText | None = None
 
 
-class AccountList(Out):
-    stale_after: str
-    accounts: list[AccountOut] = Field(default_factory=list)
-
-
 def account_out(view: AccountView, stale: bool) -> AccountOut:
+    """The account's own fields, with what the view joins from the policy beside them."""
     a = view.account
-    return AccountOut(
-        name=a.name,
-        upn=a.upn,
-        sid=a.sid,
-        dn=a.dn,
+    return from_domain(
+        AccountOut,
+        a,
         uid=a.uid if a.uid >= 0 else None,
         gid=a.gid if a.gid >= 0 else None,
-        state=a.state,
-        eligible=a.eligible,
-        problem=a.problem,
         stale=stale,
-        last_logon=a.last_logon,
-        expires_at=a.expires_at,
-        locked_until=a.locked_until,
         groups=sorted(a.groups),
         direct_groups=sorted(a.direct_groups),
-        service_principals=list(a.service_principals),
-        roles=[RoleOut(role=r.role, via=r.via) for r in view.roles],
-        may_elevate=[
-            ScopeOut(role=s.role, nodes=s.nodes, max_duration=s.max_duration) for s in view.scope
-        ],
+        roles=view.roles,
+        may_elevate=view.scope,
         no_roles_reason=view.no_roles_reason,
     )
 

@@ -18,9 +18,16 @@ from broker.daemon.api.grants import ReasonText
 from broker.daemon.api.mfa import CodeText
 from broker.daemon.api.names import HostlistText, UtcTimeText
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.detect import alerts
 from broker.policy.detection_rules import Severity
+from broker.wire.alerts import (
+    AlertOut,
+    MarkOut,
+    QuarantinedOut,
+    QuarantineOut,
+)
+from broker.wire.base import from_domain
 
 NoteText = Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 RuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
@@ -58,32 +65,6 @@ class AlertsQuery(Body):
     limit: int = Field(default=200, ge=1, le=10_000)
 
 
-class ActionOut(Out):
-    kind: str
-    target: str
-    state: str
-    result: str | None
-
-
-class AlertOut(Out):
-    id: int
-    created_at: str
-    event_at: str | None
-    rule: str
-    severity: str
-    user: str | None
-    node: str | None
-    grant_id: str | None
-    recording_id: str | None
-    message: str
-    details: dict[str, Any]
-    actions: list[ActionOut]
-    source: str
-    acked_at: str | None
-    acked_by: str | None
-    ack_note: str | None
-
-
 class AlertPath(Body):
     id: int = Field(ge=1)
 
@@ -94,24 +75,7 @@ class AckIn(Body):
 
 
 def alert_out(a: alerts.Alert) -> AlertOut:
-    return AlertOut(
-        id=a.id,
-        created_at=a.created_at,
-        event_at=a.event_at,
-        rule=a.rule,
-        severity=a.severity,
-        user=a.user,
-        node=a.node,
-        grant_id=a.grant_id,
-        recording_id=a.recording_id,
-        message=a.message,
-        details=a.details,
-        actions=[ActionOut(**x) for x in a.actions],
-        source=a.source,
-        acked_at=a.acked_at,
-        acked_by=a.acked_by,
-        ack_note=a.ack_note,
-    )
+    return from_domain(AlertOut, a)
 
 
 @REGISTRY.add(
@@ -179,29 +143,6 @@ class ReleaseIn(Body):
     code: CodeText | None = None
 
 
-class MarkOut(Out):
-    node: str
-    ok: bool
-    error: str | None
-
-
-class QuarantineOut(Out):
-    nodes: list[str]
-    revoked: list[str]
-    sessions_ended: int
-    marks: list[MarkOut]
-
-
-class QuarantinedOut(Out):
-    node: str
-    state: str
-    reason: str
-    since: str
-    by: str
-    marker: str
-    error: str | None
-
-
 @REGISTRY.add(
     "POST",
     "/v1/nodes/quarantine",
@@ -215,12 +156,7 @@ def quarantine(ctx: Context[QuarantineIn]) -> QuarantineOut:
     result = ctx.app.quarantines().quarantine(
         ctx.params.nodes, reason=ctx.params.reason, actor=ctx.caller.actor, now=ctx.now
     )
-    return QuarantineOut(
-        nodes=list(result.nodes),
-        revoked=list(result.revoked),
-        sessions_ended=result.sessions_ended,
-        marks=[MarkOut(node=m.node, ok=m.ok, error=m.error) for m in result.marks],
-    )
+    return from_domain(QuarantineOut, result)
 
 
 @REGISTRY.add(
@@ -234,7 +170,7 @@ def quarantine(ctx: Context[QuarantineIn]) -> QuarantineOut:
 def release(ctx: Context[ReleaseIn]) -> list[MarkOut]:
     _responder(ctx, mfa_purpose="release", code=ctx.params.code)
     marks = ctx.app.quarantines().release(ctx.params.nodes, actor=ctx.caller.actor, now=ctx.now)
-    return [MarkOut(node=m.node, ok=m.ok, error=m.error) for m in marks]
+    return [from_domain(MarkOut, m) for m in marks]
 
 
 @REGISTRY.add(
@@ -247,4 +183,4 @@ def release(ctx: Context[ReleaseIn]) -> list[MarkOut]:
 )
 def list_quarantined(ctx: Context[Empty]) -> list[QuarantinedOut]:
     _responder(ctx)
-    return [QuarantinedOut(**vars(q)) for q in ctx.app.quarantines().listed()]
+    return [from_domain(QuarantinedOut, q) for q in ctx.app.quarantines().listed()]

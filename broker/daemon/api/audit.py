@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, field_validator
 
 from broker.audit.query import PAGE_MAX, EventFilter, iter_events
 from broker.core.timeutil import from_text, to_text
 from broker.daemon.api.names import ActionGlob, AuditActor, UtcTimeText
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
+from broker.wire.audit import (
+    EventOut,
+    SealOut,
+    VerifyOut,
+)
+from broker.wire.base import from_domain
 
 SEQ_MAX = 2**62  # far beyond any chain, and inside SQLite's INTEGER range
-
-
-class ProblemOut(Out):
-    kind: str
-    seq: int
-    message: str
-
-
-class VerifyOut(Out):
-    ok: bool
-    count: int
-    head_seq: int
-    head_hash: str
-    sealed_seq: int
-    checkpoints: int
-    problem: ProblemOut | None
-    warnings: list[str]
-
-
-class EventOut(Out):
-    """One event as stored; `details` is the parsed form of the hashed canonical JSON text."""
-
-    seq: int
-    ts: str
-    actor: str
-    action: str
-    target: str
-    outcome: str
-    details: dict[str, Any]
-    prev_hash: str
-    hash: str
 
 
 class EventsQuery(Body):
@@ -70,10 +43,6 @@ class EventsQuery(Body):
             raise ValueError("not a valid UTC time") from None
 
 
-class SealOut(Out):
-    sealed_seq: int | None  # None: nothing new since the last checkpoint
-
-
 @REGISTRY.add(
     "GET",
     "/v1/audit/verify",
@@ -82,20 +51,7 @@ class SealOut(Out):
     summary="Check every hash and link, and the chain against the signed checkpoints",
 )
 def verify(ctx: Context[Empty]) -> VerifyOut:
-    report = ctx.app.audit().verify()
-    problem = report.problem
-    return VerifyOut(
-        ok=report.ok,
-        count=report.count,
-        head_seq=report.head_seq,
-        head_hash=report.head_hash,
-        sealed_seq=report.sealed_seq,
-        checkpoints=report.checkpoints,
-        problem=None
-        if problem is None
-        else ProblemOut(kind=problem.kind, seq=problem.seq, message=problem.message),
-        warnings=list(report.warnings),
-    )
+    return from_domain(VerifyOut, ctx.app.audit().verify())
 
 
 @REGISTRY.add(

@@ -2,62 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from pydantic import Field
-
 from broker.core.errors import UnavailableError
 from broker.core.timeutil import utcnow
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.directory.connection import ping as ping_dcs
 from broker.directory.snapshot import counts
-
-
-class DcOut(Out):
-    uri: str
-    ok: bool
-    detail: str
-    elapsed_ms: float
-
-
-class SnapshotStatus(Out):
-    dc_uri: str
-    dc_name: str
-    highest_usn: int
-    domain_sid: str
-    users: int
-    groups: int
-    last_full_sync: datetime
-    last_change: datetime
-    last_checked: datetime
+from broker.wire.base import from_domain
+from broker.wire.directory import (
+    ChangeOut,
+    DcOut,
+    SnapshotStatus,
+    SyncOut,
+)
 
 
 class SyncRequest(Body):
     full: bool = False
-
-
-class ChangeOut(Out):
-    action: str
-    user: str
-    sid: str
-    group: str | None
-    before: str | None
-    after: str | None
-
-
-class SyncOut(Out):
-    kind: str
-    reason: str
-    dc: str
-    usn: int
-    users: int
-    groups: int
-    rows_written: int
-    elapsed_s: float
-    skipped: list[str]
-    changes: list[ChangeOut]
-    revoked: list[str] = Field(default_factory=list)  # grants revoked because of what changed
 
 
 @REGISTRY.add(
@@ -110,26 +71,10 @@ def status(ctx: Context[Empty]) -> SnapshotStatus:
 def sync(ctx: Context[SyncRequest]) -> SyncOut:
     report = ctx.app.directory().sync(ctx.caller.actor, full=ctx.params.full)
     revoked = ctx.app.revocation().recheck(actor="broker", cause="directory", now=utcnow())
-    return SyncOut(
+    return from_domain(
+        SyncOut,
+        report,
         revoked=revoked,
-        kind=report.kind,
-        reason=report.reason,
-        dc=report.dc,
-        usn=report.usn,
-        users=report.users,
-        groups=report.groups,
-        rows_written=report.rows_written,
         elapsed_s=round(report.elapsed_s, 3),
-        skipped=report.skipped,
-        changes=[
-            ChangeOut(
-                action=c.action,
-                user=c.user,
-                sid=c.user_sid,
-                group=c.group,
-                before=c.before,
-                after=c.after,
-            )
-            for c in report.changes
-        ],
+        changes=[from_domain(ChangeOut, c, sid=c.user_sid) for c in report.changes],
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -23,13 +23,23 @@ from broker.core.timeutil import utcnow
 from broker.daemon.api.mfa import CodeText
 from broker.daemon.api.names import AccountName, DurationText, HostlistText, RoleName
 from broker.daemon.caller import Access, Caller
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.daemon.scheduler import tick
 from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
 from broker.grants.plan import ElevationPlan
 from broker.grants.push import NodeOutcome
 from broker.grants.service import ElevationResult
+from broker.wire.base import from_domain
+from broker.wire.grants import (
+    ElevationOut,
+    GrantOut,
+    NodeResultOut,
+    PlanOut,
+    ReapOut,
+    RequestOut,
+    RevokeOut,
+)
 
 log = logging.getLogger("broker.grants")
 
@@ -56,89 +66,6 @@ class ElevateIn(Body):
     # False: answer once the grant is issued and push it in the background; the client
     # watches GET /v1/grants/{id} (a progress bar over many nodes).
     wait: bool = True
-
-
-class PlanOut(Out):
-    user: str
-    role: str
-    nodes: str
-    runas: str
-    commands: str
-    duration_s: int
-    mfa: bool
-    approvals_needed: int
-    approver_groups: list[str]
-
-
-class NodeResultOut(Out):
-    node: str
-    ok: bool
-    error: str | None
-    elapsed_ms: float
-    killed: int = 0
-
-
-class GrantNodeOut(Out):
-    node: str
-    state: str
-    error: str | None
-    attempts: int
-
-
-class GrantOut(Out):
-    id: str
-    user: str
-    role: str
-    runas: str
-    commands: str
-    nodes: str
-    not_before: datetime
-    not_after: datetime
-    reason: str
-    approvers: list[str]
-    policy_sha256: str
-    state: str
-    active: bool
-    request_id: str | None
-    created_by: str
-    ended_at: datetime | None
-    ended_by: str | None
-    end_reason: str | None
-    node_states: list[GrantNodeOut]
-
-
-class ApprovalOut(Out):
-    approver: str
-    decision: str
-    reason: str
-    at: datetime
-
-
-class RequestOut(Out):
-    id: str
-    user: str
-    nodes: str
-    role: str
-    runas: str
-    commands: str
-    duration_s: int
-    reason: str
-    approvals_needed: int
-    approver_groups: list[str]
-    state: str
-    created_at: datetime
-    expires_at: datetime
-    decided_at: datetime | None
-    decided_by: str | None
-    decision_reason: str | None
-    grant_id: str | None
-    approvals: list[ApprovalOut]
-
-
-class ElevationOut(Out):
-    grant: GrantOut | None
-    request: RequestOut | None
-    results: list[NodeResultOut]
 
 
 class GrantsQuery(Body):
@@ -182,12 +109,6 @@ class RevokeIn(Body):
         return self
 
 
-class RevokeOut(Out):
-    revoked: list[str]
-    results: list[NodeResultOut]
-    pending: list[str]  # grant@node still to be removed (the reaper retries)
-
-
 _PUSHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-push")
 
 
@@ -221,31 +142,22 @@ def _duration(text: str | None) -> timedelta | None:
     return None if text is None else parse_duration(text)
 
 
-OutT = TypeVar("OutT", bound=Out)
-
-
-def _copy(model: type[OutT], source: object, **computed: Any) -> OutT:
-    """A response model from the stored value's attributes of the same names."""
-    fields = {k: getattr(source, k) for k in model.model_fields if k not in computed}
-    return model(**fields, **computed)
-
-
 def grant_out(ctx: Context[Any], grant: Grant) -> GrantOut:
     nodes = ctx.app.grant_reader().nodes_of(grant.id)
-    return _copy(
+    return from_domain(
         GrantOut,
         grant,
         active=grant.active_at(ctx.now),
-        node_states=[_copy(GrantNodeOut, n) for n in nodes],
+        node_states=nodes,
     )
 
 
 def request_out(request: Request) -> RequestOut:
-    return _copy(RequestOut, request, approvals=[_copy(ApprovalOut, a) for a in request.approvals])
+    return from_domain(RequestOut, request)
 
 
 def _results(outcomes: tuple[NodeOutcome, ...] | list[NodeOutcome]) -> list[NodeResultOut]:
-    return [_copy(NodeResultOut, o) for o in outcomes]
+    return [from_domain(NodeResultOut, o) for o in outcomes]
 
 
 def elevation_out(ctx: Context[Any], result: ElevationResult, *, wait: bool) -> ElevationOut:
@@ -483,15 +395,6 @@ def _own_grant(ctx: Context[Any], grant_id: str, *, approver_may_see: bool = Fal
     return grant
 
 
-class ReapOut(Out):
-    requests_expired: list[str]
-    grants_expired: list[str]
-    grants_revoked: list[str]
-    removed: list[str]
-    still_pending: list[str]
-    events: int
-
-
 @REGISTRY.add(
     "POST",
     "/v1/grants/reap",
@@ -501,4 +404,4 @@ class ReapOut(Out):
 )
 def reap(ctx: Context[Empty]) -> ReapOut:
     report = tick(ctx.app)
-    return ReapOut(**report.__dict__)
+    return from_domain(ReapOut, report)

@@ -10,9 +10,15 @@ from pydantic import Field, model_validator
 from broker.core.errors import UsageError
 from broker.core.timeutil import to_second_text
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.keytabs.service import RotationReport
 from broker.keytabs.status import AccountStatus
+from broker.wire.base import from_domain
+from broker.wire.keytabs import (
+    AccountStatusOut,
+    KeytabNodeStatusOut,
+    RotationOut,
+)
 
 # A service account's name in the policy (the policy's allow-list for table keys).
 ServiceName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -48,81 +54,21 @@ class StatusIn(Body):
     live: bool = False
 
 
-class KeytabNodeOut(Out):
-    node: str
-    ok: bool
-    error: str | None
-    kvnos: list[int]
-
-
-class RotationOut(Out):
-    name: str
-    outcome: str
-    from_kvno: int | None
-    kvno: int | None
-    message: str
-    nodes: list[KeytabNodeOut]
-
-
-class KeytabNodeStatusOut(Out):
-    node: str
-    kvnos: list[int]
-    verified_kvno: int | None
-    checked_at: str | None
-    error: str | None
-    stale: bool
-
-
-class AccountStatusOut(Out):
-    name: str
-    account: str
-    ad_kvno: int | None
-    ad_error: str | None
-    last_rotated_at: str | None
-    next_due_at: str | None
-    last_verified_at: str | None
-    rotation_state: str | None
-    last_error: str | None
-    retry_after: str | None
-    nodes: list[KeytabNodeStatusOut]
-
-
 def rotation_out(report: RotationReport) -> RotationOut:
-    return RotationOut(
-        name=report.name,
-        outcome=report.outcome,
-        from_kvno=report.from_kvno,
-        kvno=report.kvno,
-        message=report.message,
-        nodes=[
-            KeytabNodeOut(node=n.node, ok=n.ok, error=n.error, kvnos=list(n.kvnos))
-            for n in report.nodes
-        ],
-    )
+    return from_domain(RotationOut, report)
 
 
 def status_out(item: AccountStatus) -> AccountStatusOut:
-    return AccountStatusOut(
-        name=item.name,
-        account=item.account,
-        ad_kvno=item.ad_kvno,
-        ad_error=item.ad_error,
+    """Times as second-precision UTC text, as the status view has always shown them."""
+    return from_domain(
+        AccountStatusOut,
+        item,
         last_rotated_at=_time(item.last_rotated_at),
         next_due_at=_time(item.next_due_at),
         last_verified_at=_time(item.last_verified_at),
-        rotation_state=item.rotation_state,
-        last_error=item.last_error,
         retry_after=_time(item.retry_after),
         nodes=[
-            KeytabNodeStatusOut(
-                node=n.node,
-                kvnos=list(n.kvnos),
-                verified_kvno=n.verified_kvno,
-                checked_at=_time(n.checked_at),
-                error=n.error,
-                stale=n.stale,
-            )
-            for n in item.nodes
+            from_domain(KeytabNodeStatusOut, n, checked_at=_time(n.checked_at)) for n in item.nodes
         ],
     )
 

@@ -7,8 +7,7 @@ query string on any POST, and logs never carry one.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
@@ -16,18 +15,19 @@ from broker.core.errors import RefusedError
 from broker.core.identity import normalise_account_name
 from broker.daemon.api.names import AccountName
 from broker.daemon.caller import Access, Caller
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.mfa.model import MfaIdentity
+from broker.wire.base import from_domain
+from broker.wire.mfa import (
+    ActivateOut,
+    EnrollOut,
+    ResetOut,
+    StatusOut,
+    VerifyOut,
+)
 
 # The shape is checked by broker.mfa (six ASCII digits, nothing normalised); here only the size.
 CodeText = Annotated[str, Field(min_length=1, max_length=64)]
-
-
-class EnrollOut(Out):
-    account: str
-    issuer: str
-    secret: str
-    uri: str
 
 
 class CodeIn(Body):
@@ -45,39 +45,12 @@ class VerifyIn(Body):
         return self
 
 
-class ActivateOut(Out):
-    account: str
-    recovery_codes: list[str]
-
-
-class VerifyOut(Out):
-    account: str
-    method: Literal["totp", "recovery"]
-    recovery_codes_left: int | None
-
-
 class StatusQuery(Body):
     user: AccountName | None = None
 
 
-class StatusOut(Out):
-    account: str
-    enrolled: bool
-    pending: bool
-    activated_at: datetime | None
-    last_used_at: datetime | None
-    recovery_codes_left: int
-    locked_until: datetime | None
-    recent_failures: int
-
-
 class ResetIn(Body):
     user: AccountName
-
-
-class ResetOut(Out):
-    account: str
-    reset: bool
 
 
 def own_identity(caller: Caller) -> MfaIdentity:
@@ -173,16 +146,7 @@ def status(ctx: Context[StatusQuery]) -> StatusOut:
             )
         ident = own_identity(ctx.caller)
     state = ctx.app.mfa().status(ident, ctx.now)
-    return StatusOut(
-        account=ident.name,
-        enrolled=state.enrolled,
-        pending=state.pending,
-        activated_at=state.activated_at,
-        last_used_at=state.last_used_at,
-        recovery_codes_left=state.recovery_codes_left,
-        locked_until=state.locked_until,
-        recent_failures=state.recent_failures,
-    )
+    return from_domain(StatusOut, state, account=ident.name)
 
 
 @REGISTRY.add(

@@ -12,10 +12,18 @@ from pydantic import Field
 
 from broker.daemon.api.names import HostlistText
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.fleet import hostkeys
 from broker.fleet import status as fleet_status
 from broker.fleet.inventory import NodeRecord
+from broker.wire.base import from_domain
+from broker.wire.nodes import (
+    BootstrapOut,
+    EnrollOut,
+    NodeOut,
+    ProbeOut,
+    StatusOut,
+)
 
 NodeName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 AddressText = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")]
@@ -38,22 +46,6 @@ class NameRequest(Body):
     name: NodeName
 
 
-class NodeOut(Out):
-    name: str
-    address: str
-    port: int
-    fingerprint: str | None
-    enrolled_at: str | None
-    bootstrapped_at: str | None
-    hook_version: str | None
-    sudo_flavour: str | None
-    sudo_version: str | None
-    io_logging: bool | None
-    last_seen_at: str | None
-    last_skew_s: float | None
-    problem: str | None  # from what the inventory knows: not enrolled, not bootstrapped, sudo
-
-
 class ExpectedKey(Body):
     fingerprint: FingerprintText
     key_type: KeyType | None = None  # when known (a known_hosts line): fetch that type
@@ -66,59 +58,12 @@ class EnrollRequest(Body):
     replace: bool = False  # allow replacing a different pinned key
 
 
-class EnrollOut(Out):
-    node: str
-    address: str
-    port: int
-    key_type: str
-    fingerprint: str  # what the node presented now
-    pinned: bool  # the node is pinned to this key now
-    changed: bool  # this request pinned it
-    previous: str | None  # the fingerprint pinned before this request
-
-
 class NodesRequest(Body):
     nodes: HostlistText
 
 
 class StatusRequest(Body):
     nodes: HostlistText | None = None  # None: every enrolled node
-
-
-class StatusOut(Out):
-    node: str
-    reachable: bool
-    skew_s: float | None
-    hook_version: str | None
-    sudo_flavour: str | None
-    sudo_version: str | None
-    io_logging: bool | None
-    bootstrapped: bool | None
-    active_grants: int | None
-    can_grant: bool
-    problem: str | None
-    elapsed_ms: float
-    module_problem: str | None = None  # why pam_broker.so does not load there (None: it does)
-    # How elevated sessions end there: cgroup (contained) or process-tree (weaker)
-    containment: Literal["cgroup", "process-tree"] | None = None
-
-
-class BootstrapOut(Out):
-    node: str
-    ok: bool
-    changed: list[str]
-    error: str | None
-    status: StatusOut | None  # the node program's answer after installing
-    elapsed_ms: float
-
-
-class ProbeOut(Out):
-    node: str
-    reachable: bool
-    hostname: str | None
-    skew_s: float | None
-    elapsed_ms: float
-    error: str | None
 
 
 def _node_out(record: NodeRecord) -> NodeOut:
@@ -130,11 +75,11 @@ def _node_out(record: NodeRecord) -> NodeOut:
         problem = f"not checked yet: `broker node status {record.name}`"
     else:
         problem = fleet_status.grant_blocker(record.sudo_flavour, record.io_logging)
-    return NodeOut(**record.__dict__, problem=problem)
+    return from_domain(NodeOut, record, problem=problem)
 
 
 def _status_out(status: fleet_status.NodeStatus) -> StatusOut:
-    return StatusOut(**status.__dict__)
+    return from_domain(StatusOut, status)
 
 
 # ---------------------------------------------------------------- inventory
@@ -194,15 +139,8 @@ def enroll(ctx: Context[EnrollRequest]) -> EnrollOut:
         replace=params.replace,
         actor=ctx.caller.actor,
     )
-    return EnrollOut(
-        node=result.node,
-        address=result.address,
-        port=result.port,
-        key_type=result.seen.key_type,
-        fingerprint=result.seen.fingerprint,
-        pinned=result.pinned,
-        changed=result.changed,
-        previous=result.previous,
+    return from_domain(
+        EnrollOut, result, key_type=result.seen.key_type, fingerprint=result.seen.fingerprint
     )
 
 
@@ -219,17 +157,7 @@ def enroll(ctx: Context[EnrollRequest]) -> EnrollOut:
 )
 def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
     results = ctx.app.nodes().bootstrap(ctx.params.nodes, actor=ctx.caller.actor, now=ctx.now)
-    return [
-        BootstrapOut(
-            node=r.node,
-            ok=r.ok,
-            changed=r.changed,
-            error=r.error,
-            status=None if r.status is None else _status_out(r.status),
-            elapsed_ms=r.elapsed_ms,
-        )
-        for r in results
-    ]
+    return [from_domain(BootstrapOut, r) for r in results]
 
 
 @REGISTRY.add(
@@ -254,4 +182,4 @@ def status(ctx: Context[StatusRequest]) -> list[StatusOut]:
     summary="SSH to each enrolled node: reachable, reported hostname, clock skew",
 )
 def ping(ctx: Context[NodesRequest]) -> list[ProbeOut]:
-    return [ProbeOut(**p.__dict__) for p in ctx.app.nodes().ping(ctx.params.nodes)]
+    return [from_domain(ProbeOut, p) for p in ctx.app.nodes().ping(ctx.params.nodes)]

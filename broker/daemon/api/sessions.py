@@ -12,9 +12,24 @@ from pydantic import Field
 
 from broker.daemon.api.names import AccountName, UtcTimeText
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Body, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.sessions import iolog
 from broker.sessions import service as sessions
+from broker.wire.sessions import (
+    CommandOut,
+    DriftOut,
+    EndingOut,
+    GrantContextOut,
+    HookEventOut,
+    IndexOut,
+    MatchOut,
+    PurgeOut,
+    ReplayOut,
+    SearchHitOut,
+    SessionDetailOut,
+    SessionOut,
+    VerifyOut,
+)
 
 RecordingId = Annotated[str, Field(pattern=r"^[0-9A-Z]{6}$")]
 NodeName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -43,97 +58,6 @@ class SessionsQuery(Body):
         )
 
 
-class SessionOut(Out):
-    id: str
-    path: str
-    state: str
-    node: str | None
-    user: str | None
-    runas: str | None
-    command: str | None
-    argv: list[str]
-    cwd: str | None
-    tty: str | None
-    started_at: str | None
-    ended_at: str | None
-    exit_value: int | None
-    signal: str | None
-    end_reason: str | None
-    grant_id: str | None
-    relayed: bool
-    bytes_in: int
-    bytes_out: int
-    sha256: str | None
-    files: dict[str, str]
-    error: str | None
-    first_seen: str
-    indexed_at: str
-
-
-class GrantContextOut(Out):
-    id: str
-    role: str
-    reason: str
-    not_before: str
-    not_after: str
-    state: str
-    approvers: list[str]
-
-
-class HookEventOut(Out):
-    kind: str
-    at: str
-    tty: str
-    pid: int
-    service: str
-    grant: str | None
-    # close, usage and escape events of contained sessions (docs/elevation.md)
-    ended_by: str | None = None
-    killed: int | None = None
-    contained: bool | None = None
-    cpu_usec: int | None = None
-    memory_peak: int | None = None
-    pids_peak: int | None = None
-    detail: str | None = None
-
-
-class CommandOut(Out):
-    offset_s: float
-    text: str
-
-
-class DriftOut(Out):
-    """What the session left behind on its node, against the baseline taken at grant push."""
-
-    checked_at: str
-    changes: list[str]  # one line each
-    unexpected: int
-    error: str | None
-
-
-class EndingOut(Out):
-    """How an elevated session ended and what its cgroup used (docs/elevation.md)."""
-
-    pid: int
-    closed_by: str | None  # the sudo: exit, revoke, expiry, quarantine, end-session
-    ended_by: str | None  # the session's cgroup: the same, or a later kill of what it left
-    killed: int  # processes killed when it was ended
-    contained: bool | None  # in a cgroup of its own (False: ended by process tree)
-    cpu_seconds: float | None
-    memory_peak: int | None  # bytes; None where the memory controller was not delegated
-    pids_peak: int | None
-
-
-class SessionDetailOut(Out):
-    session: SessionOut
-    grant: GrantContextOut | None
-    hook_events: list[HookEventOut]
-    timeline: list[CommandOut]
-    drift: DriftOut | None = None
-    alerts: list[int] = Field(default_factory=list)
-    ending: EndingOut | None = None
-
-
 class SessionPath(Body):
     id: RecordingId
 
@@ -141,15 +65,6 @@ class SessionPath(Body):
 class ReplayQuery(Body):
     id: RecordingId
     streams: Literal["output", "input", "all"] = "output"
-
-
-class ReplayOut(Out):
-    id: str
-    columns: int
-    lines: int
-    complete: bool
-    # [delay seconds, stream, base64 bytes] in the order sudo wrote them.
-    chunks: list[tuple[float, str, str]]
 
 
 class SearchIn(Body):
@@ -160,39 +75,6 @@ class SearchIn(Body):
     since: UtcTimeText | None = None
     until: UtcTimeText | None = None
     limit: int = Field(default=100, ge=1, le=10_000)
-
-
-class MatchOut(Out):
-    stream: str
-    offset: int
-    excerpt: str
-
-
-class SearchHitOut(Out):
-    session: SessionOut
-    match: MatchOut
-
-
-class VerifyOut(Out):
-    id: str
-    ok: bool
-    sha256: str
-    indexed_sha256: str | None
-    audited_sha256: str | None
-    changed: list[str]
-
-
-class IndexOut(Out):
-    seen: int
-    new: list[str]
-    finished: list[str]
-    quarantined: list[str]
-    bytes_read: int
-    seconds: float
-
-
-class PurgeOut(Out):
-    purged: list[str]
 
 
 def session_out(row: dict[str, Any]) -> SessionOut:

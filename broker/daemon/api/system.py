@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from broker import __version__
 from broker.audit.query import count_events
 from broker.daemon.caller import Access
-from broker.daemon.routing import REGISTRY, Context, Empty, Out
+from broker.daemon.routing import REGISTRY, Context, Empty
 from broker.store import migrations
-
-
-class Health(Out):
-    ok: bool
-    version: str
-
-
-class WhoAmI(Out):
-    actor: str
-    unix_name: str | None
-    uid: int | None
-    principal: str | None
-    account: str | None
-    sid: str | None
-    operator: bool
-    directory_user: bool
-    problem: str | None
-
-
-class DbStatus(Out):
-    path: str
-    schema_: int = Field(alias="schema")
-    pending: list[int]
-    journal_mode: str
-    audit_events: int
+from broker.wire.system import (
+    DbStatus,
+    Health,
+    WhoAmI,
+)
 
 
 @REGISTRY.add(
