@@ -101,3 +101,15 @@ def test_random_input_never_crashes_an_endpoint(
         )
     _check(status, reply)
     assert request(sock, "GET", "/v1/health")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/alerts/9223372036854775808", "/v1/alerts/99999999999999999999"]
+)
+def test_an_id_past_sqlites_integer_range_is_a_usage_error(sock: Path, path: str) -> None:
+    # found by the property test above: the id reached SQLite and overflowed into a 500
+    status, reply = request(sock, "GET", path)
+    assert status == 400, reply
+    assert "id" in reply["error"]["message"]
+    status, reply = request(sock, "GET", "/v1/alerts/9223372036854775807")
+    assert status != 500 and reply["error"]["message"] == "no alert 9223372036854775807"

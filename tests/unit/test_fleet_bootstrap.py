@@ -153,6 +153,7 @@ def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) 
         "/usr/libexec/broker/broker-relay-flush": 0o755,
         "/usr/lib/broker/pam_broker.so": 0o644,
         "/usr/libexec/broker/broker-grant-check": 0o755,
+        "/etc/systemd/system/broker-node-watch.service": 0o644,
     }
     for block in loaded.blocks.values():
         assert block.startswith(BEGIN + "\n") and block.endswith(END + "\n")

@@ -130,7 +130,15 @@ def test_status_of_a_bootstrapped_node_from_the_real_program(tmp_path: Path) -> 
     # the tree has no pam_broker.so: a problem to fix, not a reason to refuse grants
     missing = "/usr/lib/broker/pam_broker.so: No such file or directory"
     assert status.module_problem == missing
-    assert status.problem == "; ".join(p for p in (expected_block, f"PAM module: {missing}") if p)
+    # nor is a watcher that is not running (the tree has no heartbeat): the node says so
+    watcher = (
+        "broker-node watch is not running: expiry is not enforced on the node while the broker"
+        " is away, and sessions are not contained"
+    )
+    assert status.containment == "process-tree"
+    assert status.problem == "; ".join(
+        p for p in (expected_block, f"PAM module: {missing}", watcher) if p
+    )
 
 
 def test_status_of_an_empty_node_says_bootstrap(tmp_path: Path) -> None:

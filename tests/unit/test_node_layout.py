@@ -53,5 +53,6 @@ def test_only_grants_runs_the_checker() -> None:
         "install",
         "revoke",
         "status",
+        "watch",  # reaps expired grants between broker visits, through the same checker
     ]
     assert users["grants"] == {"contract"}

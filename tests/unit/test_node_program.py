@@ -683,9 +683,10 @@ def test_end_sessions_kills_grant_and_break_glass_sessions_without_revoking(
     assert files(node.root / "var/lib/broker/revoked") == []
     events = [json.loads(p.read_text()) for p in (node.root / "var/spool/broker/events").iterdir()]
     assert sorted((e["kind"], e["grant_id"], e["service"]) for e in events) == [
-        ("close", "break-glass", "end-sessions"),
-        ("close", grant.id, "end-sessions"),
+        ("close", "break-glass", "end-session"),
+        ("close", grant.id, "end-session"),
     ]
+    assert {e["ended_by"] for e in events} == {"end-session"}
     assert call(node, "end-sessions", {"grant_ids": [grant.id]}) == (
         0,
         {"killed": [], "errors": []},

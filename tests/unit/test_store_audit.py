@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,14 +152,22 @@ def test_every_commit_is_sealed_to_the_log_the_copy_and_syslog(tmp_path: Path) -
             f'syslog = true\nsyslog_socket = "{sock_path}"\ncheckpoint_copy = "{tmp_path / "copy" / "cp.jsonl"}"',
         )
     )
+    n = INIT_EVENTS + 2  # migrations, init, 2 appends: each commit sealed
+    # read while the broker writes, as syslog does: the host's datagram queue may be
+    # shorter than the number of commits (net.unix.max_dgram_qlen is 10 by default)
+    messages: list[str] = []
+    reader = threading.Thread(
+        target=lambda: messages.extend(listener.recv(4096).decode() for _ in range(n))
+    )
+    reader.start()
     app = App(load_settings(config))
     app.setup().init("unix:test")
     append(app, 2)
+    reader.join(timeout=10)
     primary = app.settings.checkpoint_log.read_text().splitlines()
     copy = (tmp_path / "copy" / "cp.jsonl").read_text().splitlines()
-    n = INIT_EVENTS + 2  # migrations, init, 2 appends: each commit sealed
     assert primary == copy and len(primary) == n
-    messages = [listener.recv(4096).decode() for _ in range(n)]
+    assert len(messages) == n
     assert messages[-1].startswith("<85>broker-audit[") and f'"seq":{n}' in messages[-1]
     listener.close()
 

@@ -65,12 +65,15 @@ class AlertsQuery(Body):
     limit: int = Field(default=200, ge=1, le=10_000)
 
 
+ALERT_ID_MAX = 2**63 - 1  # SQLite's INTEGER range: a larger id is a usage error, not a 500
+
+
 class AlertPath(Body):
-    id: int = Field(ge=1)
+    id: int = Field(ge=1, le=ALERT_ID_MAX)
 
 
 class AckIn(Body):
-    id: int = Field(ge=1)
+    id: int = Field(ge=1, le=ALERT_ID_MAX)
     note: NoteText = ""
 
 
