@@ -75,6 +75,20 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and _VERSION.fullmatch(value) else None
 
 
+def _skew(
+    data: dict[str, Any], sent: float, received: float, max_skew: float, problems: list[str]
+) -> float | None:
+    """The node's clock minus the midpoint of send and receive; a problem if unread or off."""
+    moment = nodeprog.finite(data.get("time"))
+    skew = None if moment is None else moment - (sent + received) / 2
+    if skew is None:
+        problems.append("no clock reading")
+    elif abs(skew) > max_skew:
+        way = "ahead of" if skew > 0 else "behind"
+        problems.append(f"clock {abs(skew):.1f} s {way} the broker's (limit {max_skew:.0f} s)")
+    return skew
+
+
 def parse_status(
     result: CommandResult, sent: float, received: float, max_skew: float
 ) -> NodeStatus:
@@ -96,13 +110,7 @@ def parse_status(
         problems.append(
             f"node.conf names {shown[:64]!r}, not {node}" if shown else "no valid node.conf"
         )
-    moment = nodeprog.finite(data.get("time"))
-    skew = None if moment is None else moment - (sent + received) / 2
-    if skew is None:
-        problems.append("no clock reading")
-    elif abs(skew) > max_skew:
-        way = "ahead of" if skew > 0 else "behind"
-        problems.append(f"clock {abs(skew):.1f} s {way} the broker's (limit {max_skew:.0f} s)")
+    skew = _skew(data, sent, received, max_skew, problems)
     hook_version = _text(data.get("hook_version"))
     flavour, version, io_logging = _sudo_fields(data)
     bootstrapped = data.get("bootstrapped") if isinstance(data.get("bootstrapped"), bool) else None

@@ -339,6 +339,51 @@ def _install_pam(
             changed.append(f"{'updated' if old is not None else 'created'} {path}")
 
 
+def _activate_program(
+    pool: SshPool,
+    target: NodeTarget,
+    tunnel: NodeTunnel | None,
+    changed: list[str],
+    restart: bool,
+    compile_it: bool,
+    watch_new: bool,
+) -> None:
+    """Restart what runs the new files: the recording tunnel, the byte code, the watcher."""
+    if restart and tunnel is not None:
+        _run_or_fail(pool, target, _restart_units(tunnel.units), "the recording tunnel")
+    if compile_it:
+        _run_or_fail(
+            pool, target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", *_python_files()],
+            "py_compile",
+        )  # fmt: skip
+        changed.append(f"compiled {NODE_PKG} and {KEYTAB_PY}")
+    if compile_it or watch_new:
+        # The watcher runs the node program: a new program means a new watcher.
+        _run_or_fail(pool, target, _restart_units([WATCH_UNIT]), "broker-node-watch")
+
+
+def _answering_status(
+    pool: SshPool, target: NodeTarget, bundle: Bundle, max_skew: float
+) -> NodeStatus:
+    """The installed program's status; refused (PAM files untouched) if it does not answer
+    or the PAM module it reports does not load."""
+    sent = time.time()
+    answer = pool.run(target, nodeprog.argv_for("status"), b"{}")
+    status = parse_status(answer, sent, time.time(), max_skew)
+    if answer.error is not None or status.hook_version is None:
+        raise RefusedError(
+            f"the installed node program does not answer ({status.problem}); "
+            "PAM files left untouched"
+        )
+    if bundle.compat is not None and status.module_problem is not None:
+        raise RefusedError(
+            f"the PAM module does not load on the node ({status.module_problem}); PAM "
+            "files left untouched",
+            fix="build it on the node (make -C pam install) and run bootstrap again",
+        )
+    return status
+
+
 def bootstrap_node(
     pool: SshPool,
     target: NodeTarget,
@@ -362,31 +407,8 @@ def bootstrap_node(
         compile_it, restart, watch_new = _install_program(
             pool, target, bundle, node_conf, key_line, tunnel, changed
         )
-        if restart and tunnel is not None:
-            _run_or_fail(pool, target, _restart_units(tunnel.units), "the recording tunnel")
-        if compile_it:
-            _run_or_fail(
-                pool, target, ["/usr/bin/python3", "-I", "-S", "-m", "py_compile", *_python_files()],
-                "py_compile",
-            )  # fmt: skip
-            changed.append(f"compiled {NODE_PKG} and {KEYTAB_PY}")
-        if compile_it or watch_new:
-            # The watcher runs the node program: a new program means a new watcher.
-            _run_or_fail(pool, target, _restart_units([WATCH_UNIT]), "broker-node-watch")
-        sent = time.time()
-        answer = pool.run(target, nodeprog.argv_for("status"), b"{}")
-        status = parse_status(answer, sent, time.time(), max_skew)
-        if answer.error is not None or status.hook_version is None:
-            raise RefusedError(
-                f"the installed node program does not answer ({status.problem}); "
-                "PAM files left untouched"
-            )
-        if bundle.compat is not None and status.module_problem is not None:
-            raise RefusedError(
-                f"the PAM module does not load on the node ({status.module_problem}); PAM "
-                "files left untouched",
-                fix="build it on the node (make -C pam install) and run bootstrap again",
-            )
+        _activate_program(pool, target, tunnel, changed, restart, compile_it, watch_new)
+        status = _answering_status(pool, target, bundle, max_skew)
         with pool.sftp(target) as sftp:
             _install_pam(sftp, bundle, joblaunch_service, changed)
             if bundle.compat is not None:

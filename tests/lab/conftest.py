@@ -5,9 +5,11 @@ BROKER_LAB_KEEP=1 reuses a lab that is already up and leaves it up afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -52,6 +54,21 @@ def lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
     if not keep:
         lab_module.down(root)
         lab_module.assert_host_clean(root)
+
+
+@contextlib.contextmanager
+def watchers_paused(lab: dict[str, Any], lab_module: ModuleType, *names: str) -> Iterator[None]:
+    """Stop (SIGSTOP) the named nodes' `broker-node watch` while a test places files the
+    watcher would act on (an expired grant it would reap); continue it afterwards."""
+    info = lab_module.load_info(Path(lab["root"]))
+    pids = [int(n["watch_pid"]) for n in info["nodes"] if n["name"] in names and n.get("watch_pid")]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 def private_daemon_config(text: str, directory: Path) -> Path:
