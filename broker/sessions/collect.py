@@ -30,6 +30,9 @@ _COUNT_MAX = 1 << 62
 # A refused sudo has no grant: the hook writes "-" there (the JSON format stays the same).
 _NO_GRANT = "-"
 _TEXT_MAX = 256
+_PID_MAX = 2**22  # the kernel's largest pid_max
+# The node's time of the event: UTC, whole seconds (contract.format_utc, bk_format_utc)
+_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 # Why a node's PAM module refused a sudo (docs/grants.md); anything else is stored as "other".
 DENY_REASONS = frozenset(
     {
@@ -44,12 +47,16 @@ def parse_event(node: str, raw: Mapping[str, Any]) -> SessionEvent | None:
     try:
         event_id, kind, user = str(raw["event_id"]), str(raw["kind"]), str(raw["user"])
         grant_id = raw.get("grant_id")
-        pid = int(raw["pid"])
+        pid = raw["pid"]
         at = str(raw["at"])
         texts = [event_id, user, str(raw["runas"]), str(raw["service"]), str(raw["tty"]), at]
     except (KeyError, TypeError, ValueError):
         return None
-    if kind not in _KINDS or pid <= 0 or not all(_clean(t) for t in texts):
+    # A pid is a JSON integer within the kernel's pid_max (2^22): not a float, a bool or a
+    # number SQLite cannot store (one such event must not stall a node's whole spool).
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid <= _PID_MAX):
+        return None
+    if kind not in _KINDS or not _AT.fullmatch(at) or not all(_clean(t) for t in texts):
         return None
     if grant_id is not None and not (isinstance(grant_id, str) and _clean(grant_id)):
         return None

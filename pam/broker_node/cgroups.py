@@ -16,6 +16,9 @@ from .contract import BREAK_GLASS, Paths, is_grant_id
 from .files import read_secure, remove_if_present, write_atomic
 
 CGROUP_FILE = ".cgroup"  # in the session records' directory; read by pam_broker.so
+# The root last published, kept when the watcher stops (`.cgroup` is withdrawn then): a
+# revoke or an expiry while no watcher runs still kills the sessions' cgroups as a whole.
+LAST_FILE = ".cgroup-last"
 PREFIX = "/sys/fs/cgroup/"
 PATH_MAX = 200
 _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-")
@@ -65,21 +68,25 @@ def split_session(text: str) -> tuple[str, int, int] | None:
     return key, int(pid), int(ticks)
 
 
-def session_root(paths: Paths) -> str | None:
+def session_root(paths: Paths, last: bool = False) -> str | None:
     """The sessions' cgroup root below `paths.root`, or None when this node has none (no
-    watcher delegated one: sessions are then ended by process tree, the weaker way)."""
-    data = read_secure(os.path.join(paths.sessions, CGROUP_FILE), forbidden=0o022)
-    if not isinstance(data, bytes):
-        return None
-    text = data.decode("ascii", "replace")
-    if not text.endswith("\n") or not is_root_path(text[:-1]):
-        return None
-    return os.path.join(paths.root, text[:-1].lstrip("/"))
+    watcher delegated one: sessions are then ended by process tree, the weaker way).
+    `last`: when no watcher publishes one now, the root the last one published."""
+    for name in (CGROUP_FILE, LAST_FILE) if last else (CGROUP_FILE,):
+        data = read_secure(os.path.join(paths.sessions, name), forbidden=0o022)
+        if not isinstance(data, bytes):
+            continue
+        text = data.decode("ascii", "replace")
+        if text.endswith("\n") and is_root_path(text[:-1]):
+            return os.path.join(paths.root, text[:-1].lstrip("/"))
+    return None
 
 
 def publish_root(paths: Paths, root: str) -> None:
     """Tell the module where to place sessions (root-owned, 0644, atomic)."""
-    write_atomic(paths.sessions, CGROUP_FILE, (root + "\n").encode("ascii"), 0o644)
+    line = (root + "\n").encode("ascii")
+    write_atomic(paths.sessions, LAST_FILE, line, 0o644)
+    write_atomic(paths.sessions, CGROUP_FILE, line, 0o644)
 
 
 def withdraw_root(paths: Paths) -> None:
@@ -154,9 +161,12 @@ def kill(path: str, wait: float = 2.0) -> tuple[list[int], Usage, bool]:
     forks included), wait for it to empty, read what it used, remove it.
     Returns (pids it held, usage, emptied)."""
     pids = processes(path)
-    if pids:
-        with open(os.path.join(path, "cgroup.kill"), "w", encoding="ascii") as file:
-            file.write("1")
+    if pids or populated(path):  # cgroup.procs may be unreadable (threaded): kill anyway
+        try:
+            with open(os.path.join(path, "cgroup.kill"), "w", encoding="ascii") as file:
+                file.write("1")
+        except FileNotFoundError:
+            return pids, Usage(None, None, None), True  # emptied and removed meanwhile
     deadline = time.monotonic() + wait
     while populated(path) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -202,3 +212,17 @@ def mount_point(paths: Paths) -> str | None:
 def within(group: str | None, ancestor: str) -> bool:
     """Is cgroup path `group` `ancestor` or below it?"""
     return group is not None and (group == ancestor or group.startswith(ancestor + "/"))
+
+
+def release_controllers(unit: str) -> None:
+    """Disable the controllers the watcher enabled (sessions/ first, then the unit's own
+    cgroup), so systemd can start the next watcher in the unit's cgroup while sessions
+    still run below it (the kernel refuses a process in a cgroup that hands domain
+    controllers to its children). Live sessions' peak figures restart from here."""
+    for group in (os.path.join(unit, "sessions"), unit):
+        for name in reversed(CONTROLLERS):
+            try:
+                with open(os.path.join(group, "cgroup.subtree_control"), "w") as file:
+                    file.write(f"-{name}")
+            except OSError:
+                pass

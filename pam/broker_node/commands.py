@@ -24,7 +24,7 @@ from .spool import event_names, is_event_id
 from .status import node_status
 from .store import load_conf
 from .usage import Usage, id_list
-from .watch import watch_main
+from .watch import release_main, watch_main
 
 TYPE_CHECKING = False  # never import typing at run time: it costs start-up time
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def node_main(argv: list[str], stdin: TextIO, stdout: TextIO, paths: Paths | Non
         if len(argv) != 1:
             raise Usage(
                 "usage: broker-node status|install-grant|revoke|reap|collect|ack|"
-                "quarantine|release|end-sessions|drift-scan, or broker-node watch [--interval S]"
+                "quarantine|release|end-sessions|drift-scan, or broker-node watch [--interval S | --release]"
             )
         text = stdin.read((1 << 20) + 1)
         if len(text) > 1 << 20:
@@ -85,12 +85,15 @@ def node_main(argv: list[str], stdin: TextIO, stdout: TextIO, paths: Paths | Non
 
 
 def _watch(paths: Paths, args: list[str], stdout: TextIO) -> int:
-    """`watch [--interval S]` (1 to 60 s, default 5): the node's enforcement loop."""
+    """`watch [--interval S]` (1 to 60 s, default 5): the node's enforcement loop;
+    `watch --release` (the unit's ExecStopPost=): free its cgroup for the next watcher."""
     interval = 5
+    if args == ["--release"]:
+        return release_main(paths)
     if len(args) == 2 and args[0] == "--interval" and args[1].isdigit() and 1 <= int(args[1]) <= 60:
         interval = int(args[1])
     elif args:
-        stdout.write("usage: broker-node watch [--interval SECONDS (1-60)]\n")
+        stdout.write("usage: broker-node watch [--interval SECONDS (1-60) | --release]\n")
         return 2
     return watch_main(paths, interval, stdout)
 

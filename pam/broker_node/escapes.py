@@ -7,7 +7,10 @@
 - a process of the same audit session (`/proc/<pid>/sessionid`, when the kernel keeps one)
   whose real uid is root, started after the sudo, outside every session cgroup and not one
   of the sudo's ancestors (this catches a double fork that moved itself out before the
-  pass could see it inside).
+  pass could see it inside);
+- a live recorded sudo whose cgroup (named in its record) is no longer there: emptied by
+  moving out and removed between two passes (cgroup v2 refuses to rename one);
+- any process in a cgroup under the sessions' root with a name the module never gives.
 
 Each escaped process is reported once, as a spooled `escape` event the broker turns into an
 alert; it is not killed (a process outside the cgroup may be anything by now).
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 
 from .cgroups import cgroup_of, processes, session_cgroups, split_session, within
-from .contract import Paths
+from .contract import BREAK_GLASS, Paths, is_grant_id
 from .procs import proc_table
 from .spool import spool_event, tty_name
 
@@ -77,7 +80,7 @@ def find_escapes(paths: Paths, root: str, mount: str, memory: Memory, now: int) 
                 memory.inside[(inside, table[inside][2])] = group
         if pid in table and table[pid][2] == ticks:
             sessions.append((key, group, pid, ticks))
-    suspects: dict[tuple[int, int], tuple[str, str, int, str]] = {}
+    suspects = _lost_cgroups(paths, root, base, table)
     for key, group, pid, ticks in sessions:
         todo = [pid]
         while todo:
@@ -112,6 +115,43 @@ def find_escapes(paths: Paths, root: str, mount: str, memory: Memory, now: int) 
         )  # fmt: skip
         found += 1
     return found
+
+
+def _lost_cgroups(
+    paths: Paths, root: str, base: str, table: dict[int, tuple[int, int, int, str]]
+) -> dict[tuple[int, int], tuple[str, str, int, str]]:
+    """Live recorded sudos whose cgroup (named in their record) is gone from the sessions'
+    root (emptied and removed from inside), and populated cgroups there under a name the
+    module never gives."""
+    out: dict[tuple[int, int], tuple[str, str, int, str]] = {}
+    for key in _names(paths.sessions):
+        if not (is_grant_id(key) or key == BREAK_GLASS):
+            continue
+        for name in _names(os.path.join(paths.sessions, key)):
+            if not (name.isascii() and name.isdigit() and int(name) in table):
+                continue
+            pid, fields = int(name), _record(paths, key, int(name))
+            parts = split_session(fields[5])
+            if parts is None or not fields[4].isdigit() or table[pid][2] != int(fields[4]):
+                continue  # uncontained, or not the recorded process
+            if not os.path.isdir(os.path.join(root, fields[5])):
+                how = "its session cgroup was removed"  # cgroup v2 refuses renames
+                out[(pid, table[pid][2])] = (key, f"{base}/{fields[5]}", pid, how)
+    for name in _names(root):
+        path = os.path.join(root, name)
+        if split_session(name) is None and os.path.isdir(path):
+            for inside in processes(path):
+                if inside in table:
+                    how = "in a cgroup the module did not make"
+                    out.setdefault((inside, table[inside][2]), ("-", f"{base}/{name}", 0, how))
+    return out
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:
+        return []
 
 
 def _same_audit_session(

@@ -98,7 +98,7 @@ def end_sessions(
     by an unrelated process later is left alone, and its stale record goes. A record that
     cannot be read is kept and reported: nothing is said to have closed that was not ended.
     """
-    root = session_root(paths)
+    root = session_root(paths, last=True)  # a stopped watcher's sessions are still killed
     records, roots, kept, errors = _read_records(paths, grant_id)
     groups: dict[str, list[str]] = {}
     for name, fields in records.items():
@@ -117,7 +117,9 @@ def end_sessions(
         if not emptied:
             errors.append(f"{grant_id}: cgroup {rel} still holds processes after cgroup.kill")
         _spool_usage(paths, rel, records, groups[rel], ended_by, len(pids), used, now)
-    tree_roots = [pid for pid in roots if str(pid) not in counts]
+    # Uncontained sessions, and a recorded sudo that left its cgroup (cgroup.kill missed
+    # it; it is still the recorded process): by process tree.
+    tree_roots = [pid for pid in roots if str(pid) not in counts or _still(paths, pid, records)]
     tree = kill_trees(paths, tree_roots) if tree_roots else []
     killed += tree
     directory = os.path.join(paths.sessions, grant_id)
@@ -136,6 +138,13 @@ def end_sessions(
     if os.path.isdir(directory) and not os.listdir(directory):
         os.rmdir(directory)
     return sorted(set(killed)), errors
+
+
+def _still(paths: Paths, pid: int, records: dict[str, list[str]]) -> bool:
+    """Does the recorded process still run (same start ticks) after its cgroup's kill?"""
+    entry = proc_table_entry(paths, pid)
+    ticks = records.get(str(pid), ["-"] * 6)[4]
+    return entry is not None and ticks.isdigit() and entry[2] == int(ticks) and entry[3] != "Z"
 
 
 def _name(user: str) -> str:
@@ -239,7 +248,10 @@ def reap(paths: Paths, now: int) -> dict[str, object]:
     for directory in (paths.grants, paths.sudoers, paths.revoked, paths.events, *record_dirs):
         for name in sorted_names(directory):
             path = os.path.join(directory, name)
-            old = name.startswith(TMP_PREFIX) and now - os.lstat(path).st_mtime > 600
+            try:  # the module may rename or remove its temp file meanwhile
+                old = name.startswith(TMP_PREFIX) and now - os.lstat(path).st_mtime > 600
+            except FileNotFoundError:
+                continue
             if old and remove_if_present(path):
                 removed["temp"].append(name)
     for directory in (paths.grants, paths.sudoers, paths.revoked):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 from .cgroups import (
     CONTROLLERS,
@@ -28,6 +29,7 @@ from .cgroups import (
     populated,
     processes,
     publish_root,
+    release_controllers,
     remove,
     session_cgroups,
     session_root,
@@ -107,18 +109,34 @@ def _enable_controllers(path: str) -> None:
 
 
 def watch_pass(paths: Paths, now: int, memory: Memory) -> dict[str, object]:
-    """One pass: expiry, emptied cgroups, escapes. Returns what it did (for the log)."""
-    # Files first: from here on no new sudo starts under an expired grant; then its sessions.
-    removed = reap(paths, now)
-    ended = _end_what_ended(paths, now)
+    """One pass: expiry, escapes, emptied cgroups. Returns what it did (for the log).
+
+    Each stage runs on its own: one that fails (a file that vanished under it, a cgroup
+    removed meanwhile) is reported and does not keep the others from running."""
+    done: dict[str, object] = {}
+    errors: list[str] = []
+
+    def stage(name: str, step: Callable[[], object]) -> None:
+        try:
+            done[name] = step()
+        except Exception as exc:  # noqa: BLE001 - one stage's failure must not stop expiry
+            errors.append(f"{name}: {clean(exc, 160)}")
+
+    # Files first (from then on no new sudo starts under an expired grant), then sessions.
+    stage("reaped", lambda: reap(paths, now))
+    stage("ended", lambda: _end_what_ended(paths, now))
     root = session_root(paths)
-    closed = _remove_emptied(paths, root, now) if root is not None else 0
-    escapes = 0
     mount = mount_point(paths)
     if root is not None and mount is not None:
-        real_mount = os.path.join(paths.root, mount.lstrip("/"))
-        escapes = find_escapes(paths, root, real_mount.rstrip("/"), memory, now)
-    return {"ended": ended, "reaped": removed, "emptied": closed, "escapes": escapes}
+        # Before emptied cgroups are removed: an emptied one whose sudo still runs is an
+        # escape, and a removed one cannot say so.
+        real_mount = os.path.join(paths.root, mount.lstrip("/")).rstrip("/")
+        stage("escapes", lambda: find_escapes(paths, root, real_mount, memory, now))
+    if root is not None:
+        stage("emptied", lambda: _remove_emptied(paths, root, now))
+    if errors:
+        done["errors"] = errors
+    return done
 
 
 def _end_what_ended(paths: Paths, now: int) -> dict[str, int]:
@@ -216,7 +234,7 @@ def watch_main(paths: Paths, interval: int, say: object) -> int:
             write_atomic(paths.sessions, WATCH_FILE, line, 0o644)
             try:
                 done = watch_pass(paths, int(time.time()), memory)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - the watcher outlives any one pass
                 done = {"error": clean(exc, 200)}
             if _did_something(done):
                 _say(say, f"broker-node watch: {done}")
@@ -227,6 +245,18 @@ def watch_main(paths: Paths, interval: int, say: object) -> int:
     finally:
         withdraw_root(paths)
         remove_if_present(os.path.join(paths.sessions, WATCH_FILE))
+        if root is not None:
+            release_controllers(os.path.dirname(root))
+    return 0
+
+
+def release_main(paths: Paths) -> int:
+    """`broker-node watch --release` (the unit's ExecStopPost=, run also after a crash):
+    free the unit's cgroup for the next watcher; sessions stay where they are."""
+    root = session_root(paths, last=True)
+    if root is not None:
+        release_controllers(os.path.dirname(root))
+    withdraw_root(paths)
     return 0
 
 

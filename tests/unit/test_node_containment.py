@@ -265,3 +265,115 @@ def test_a_quarantine_revoke_says_so_in_what_it_ends(node: NodeTree) -> None:
     bad = io.StringIO()
     wrong = {"ids": [grant.id], "ended_by": "expiry"}
     assert bn.node_main(["revoke"], io.StringIO(json.dumps(wrong)), bad, node.paths) == 2
+
+
+def record(node: NodeTree, grant_id: str, pid: int, group: Path) -> None:
+    """The session record pam_broker.so writes at the account check."""
+    records = node.root / "run/broker-sessions" / grant_id
+    records.mkdir(mode=0o700, exist_ok=True)
+    (records / str(pid)).write_text(
+        f"alice root pts/4 {bn.format_utc(bn_now())} {ticks_of(pid)} {group.name}\n"
+    )
+    (records / str(pid)).chmod(0o600)
+
+
+def test_a_removed_session_cgroup_is_an_escape_and_revoke_still_ends_its_sudo(
+    node: NodeTree,
+) -> None:
+    grant = node.grant()
+    node.install(grant)
+    mark = f"{secrets.randbelow(9000) + 1000}"
+    sudo = subprocess.Popen(["sleep", f"9{mark}"])
+    try:
+        group = session_group(node, grant.id, sudo.pid, ticks_of(sudo.pid))
+        (group / "cgroup.procs").write_text(str(sudo.pid))
+        record(node, grant.id, sudo.pid, group)
+        root = cgroups.session_root(node.paths)
+        mount = str(node.root / MOUNT.relative_to("/"))  # type: ignore[union-attr]
+        memory = escapes.Memory()
+        assert escapes.find_escapes(node.paths, root, mount, memory, bn_now()) == 0
+        # root inside leaves and removes its emptied cgroup between two passes (cgroup v2
+        # refuses a rename: the other way to make the session's name point nowhere)
+        with pytest.raises(PermissionError):
+            group.rename(group.parent / "x")
+        (group.parent.parent / "cgroup.procs").write_text(str(sudo.pid))
+        group.rmdir()
+        fresh = escapes.Memory()  # a watcher that never saw it inside (restarted meanwhile)
+        assert escapes.find_escapes(node.paths, root, mount, fresh, bn_now()) == 1
+        [event] = [e for e in spooled(node) if e["kind"] == "escape"]
+        assert event["pid"] == sudo.pid and "cgroup was removed" in event["how"]
+        # the revoke cannot kill the cgroup by its name: the recorded sudo goes by its tree
+        ended, _errors = load_node_module("revoke").end_sessions(
+            node.paths, grant.id, bn_now(), "revoke"
+        )
+        assert sudo.pid in ended
+        sudo.wait(timeout=5)
+    finally:
+        sudo.kill()
+        sudo.wait(timeout=5)
+
+
+def test_a_revoke_while_no_watcher_runs_still_kills_the_session_cgroups(node: NodeTree) -> None:
+    grant = node.grant()
+    node.install(grant)
+    root = cgroups.session_root(node.paths)
+    assert root is not None
+    cgroups.publish_root(node.paths, root[len(str(node.root)) :])  # as the watcher did
+    mark = f"{secrets.randbelow(9000) + 1000}"
+    leave_behind(session_group(node, grant.id, 4646, 1), mark).wait(timeout=5)
+    assert wait_for(lambda: len(pgrep(f"sleep 7{mark}")) == 4)
+    cgroups.withdraw_root(node.paths)  # the watcher stopped: new sessions are not contained
+    assert cgroups.session_root(node.paths) is None
+    out = io.StringIO()
+    payload = io.StringIO(json.dumps({"ids": [grant.id]}))
+    assert bn.node_main(["revoke"], payload, out, node.paths) == 0
+    assert pgrep(f"sleep 7{mark}") == [], "the double fork survived a revoke"
+    assert len(json.loads(out.getvalue())["killed"]) >= 4
+
+
+def test_one_failing_stage_does_not_stop_expiry(
+    node: NodeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = node.grant(
+        not_before=now_s() - timedelta(minutes=10), not_after=now_s() - timedelta(seconds=1)
+    )
+    node.install(grant)
+    mark = f"{secrets.randbelow(9000) + 1000}"
+    leave_behind(session_group(node, grant.id, 4747, 1), mark).wait(timeout=5)
+    assert wait_for(lambda: len(pgrep(f"sleep 7{mark}")) == 4)
+
+    def vanished(*_args: object) -> None:
+        raise FileNotFoundError(2, "No such file or directory", ".broker-tmp-1")
+
+    monkeypatch.setattr(watch, "reap", vanished)
+    done = watch.watch_pass(node.paths, bn_now(), escapes.Memory())
+    assert done["ended"] == {grant.id: 4} and pgrep(f"sleep 7{mark}") == []
+    assert done["errors"] == ["reaped: [Errno 2] No such file or directory: '.broker-tmp-1'"]
+
+
+def test_released_controllers_let_the_next_watcher_start_beside_live_sessions(
+    node: NodeTree,
+) -> None:
+    root = cgroups.session_root(node.paths)
+    assert root is not None
+    unit = Path(root).parent
+    offered = (unit / "cgroup.controllers").read_text().split()
+    if "pids" not in offered and "memory" not in offered:
+        pytest.skip("no domain controller offered to a test cgroup on this machine")
+    (unit / "supervisor").mkdir()
+    watch._enable_controllers(str(unit))
+    watch._enable_controllers(root)
+    sleeper = start_in(session_group(node, "g" + "5" * 16, 4848, 1), "sleep 60")
+    newcomer = subprocess.Popen(["sleep", "60"])
+    try:
+        assert wait_for(lambda: "populated 1" in (unit / "cgroup.events").read_text())
+        # what systemd does to start the next watcher: its process into the unit's cgroup
+        with pytest.raises(OSError, match="Device or resource busy"):
+            (unit / "cgroup.procs").write_text(str(newcomer.pid))
+        cgroups.release_controllers(str(unit))
+        (unit / "cgroup.procs").write_text(str(newcomer.pid))
+        assert sleeper.poll() is None, "the session still runs"
+    finally:
+        for process in (sleeper, newcomer):
+            process.kill()
+            process.wait(timeout=5)

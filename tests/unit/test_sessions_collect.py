@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from broker.app import App
 from broker.sessions.collect import parse_event, store_events
 
@@ -54,6 +56,35 @@ def test_parse_event_refuses_unknown_kinds_and_empty_grants() -> None:
     assert parse_event("gpu01", raw("elevate", "1-1-0000000a")) is None
     assert parse_event("gpu01", raw("deny", "1-1-0000000a", grant_id="")) is None
     assert parse_event("gpu01", raw("close", "1-1-0000000a", grant_id="-")) is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pid", 1e30),  # SQLite cannot store it: the whole batch used to roll back
+        ("pid", json.loads("1e400")),  # inf: int() raised OverflowError
+        ("pid", 2**63),
+        ("pid", True),
+        ("pid", "4242"),
+        ("pid", 0),
+        ("at", "yesterday"),
+        ("at", "2026-11-23 10:00:00"),
+    ],
+)
+def test_a_forged_number_or_time_is_malformed_and_the_rest_of_the_spool_is_stored(
+    broker_app: App, field: str, value: object
+) -> None:
+    bad = {**raw("open", "1-4242-0000000a"), field: value}
+    assert parse_event("gpu01", bad) is None
+    good = parse_event("gpu01", raw("open", "2-4243-0000000b"))
+    assert good is not None
+    store = broker_app.ready_store()
+    now = datetime(2026, 11, 23, 10, 0, 5, tzinfo=UTC)
+    assert store_events(store, "gpu01", [good], ["1-4242-0000000a"], now) == 1
+    malformed = store.conn.execute(
+        "SELECT details FROM audit_events WHERE action = 'session.malformed'"
+    ).fetchone()
+    assert json.loads(malformed[0])["event_ids"] == ["1-4242-0000000a"]
 
 
 def test_a_deny_keeps_the_nodes_reason_and_anything_unknown_is_other(broker_app: App) -> None:
