@@ -339,6 +339,10 @@ static bool break_glass(const struct bk_ctx *ctx, const struct bk_config *config
     out->allow = true;
     out->break_glass = true;
     out->why = BK_WHY_NONE;
+    /* Not under a grant, even when the user holds one the session could not use: the session
+     * open records it as break-glass. */
+    memset(&out->granted, 0, sizeof out->granted);
+    out->granted.break_glass = bk_copy(out->granted.ruser, sizeof out->granted.ruser, user);
     char who[BK_NAME_MAX + 8];
     bk_clean(user, strlen(user), who, sizeof who);
     snprintf(out->log, sizeof out->log, "break-glass: %s is in %s", who, group);

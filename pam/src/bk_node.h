@@ -71,6 +71,7 @@ struct bk_granted {
     size_t count;
     char ids[BK_MAX_VALID][BK_GRANT_ID_LEN + 1];
     char cgroup[64]; /* the session's cgroup below the node's root ("-": not contained) */
+    bool break_glass; /* allowed as break-glass (count 0): recorded as break-glass at open */
 };
 
 struct bk_verdict {

@@ -457,6 +457,9 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
         return;
     if (open_granted(ctx, service, ruser, user, tty, pid, granted, note))
         return;
+    /* The account check let it through as break-glass (a grant it holds could not take the
+     * session): a break-glass session, not one of that grant's. */
+    bool as_glass = granted != NULL && granted->break_glass && strcmp(granted->ruser, ruser) == 0;
     bk_load_config(ctx, &config);
     if (!config.ok)
         return;
@@ -465,7 +468,7 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
         return;
     bk_user_grants(ctx, &config, ruser, grants);
     int sessions_fd = bk_open_dir(ctx->root, SESSIONS_DIR, 0700, err);
-    if (sessions_fd >= 0 && grants->count > 0) {
+    if (sessions_fd >= 0 && grants->count > 0 && !as_glass) {
         /* The account check contained it already (same name): this only finds the name. */
         contain(ctx, sessions_fd, first_to_end(grants), pid, rel, err);
         record_text(ctx, ruser, user, tty, pid, rel, text);
@@ -475,8 +478,9 @@ void bk_open_session(const struct bk_ctx *ctx, const char *service, const char *
             record_and_spool(ctx, sessions_fd, grants->valid[i].id, service, ruser, user, tty,
                              pid, text);
         snprintf(note, BK_MSG_MAX, "session %s/%ld recorded", grants->valid[0].id, (long)pid);
-    } else if (sessions_fd >= 0 && config.conf.break_glass_group[0] != '\0' &&
-               ctx->in_group(ruser, config.conf.break_glass_group)) {
+    } else if (sessions_fd >= 0 &&
+               (as_glass || (config.conf.break_glass_group[0] != '\0' &&
+                             ctx->in_group(ruser, config.conf.break_glass_group)))) {
         /* Break-glass is for when things are broken: contained when possible, never refused. */
         contain(ctx, sessions_fd, BK_BREAK_GLASS, pid, rel, err);
         record_text(ctx, ruser, user, tty, pid, rel, text);

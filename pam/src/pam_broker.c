@@ -177,7 +177,7 @@ static int gate(pam_handle_t *pamh, const char *type, int refuse, int argc, cons
         bk_decide_other(&c.ctx, c.service, c.user, false, &v);
     }
     log_verdict(pamh, &c, &v);
-    if (v.allow && v.granted.count > 0)
+    if (v.allow && (v.granted.count > 0 || v.granted.break_glass))
         keep_granted(pamh, &v.granted);
     if (v.allow)
         return PAM_SUCCESS;

@@ -689,6 +689,19 @@ static void test_containment_fails_closed(void)
     mark_alive(7103, true);
     bk_open_session(&ctx, "sudo", "heidi", "root", "/dev/pts/9", 7103, NULL, note);
     CHECK_STR(note, "break-glass session 7103 recorded");
+    /* heidi holds a grant that cannot take the session (uncontained) and passes as
+     * break-glass: her session is recorded as break-glass, not as one of the grant's */
+    install_grant("g00000000000000d2", "heidi", NOW - 60, NOW + 600, 0, 0, 2, signing_key,
+                  "gpu01");
+    mark_alive(7104, true);
+    bk_decide_sudo(&ctx, "heidi", "root", "/dev/pts/9", 7104, &v);
+    CHECK(v.allow && v.break_glass && v.granted.count == 0 && v.granted.break_glass);
+    bk_open_session(&ctx, "sudo", "heidi", "root", "/dev/pts/9", 7104, &v.granted, note);
+    CHECK_STR(note, "break-glass session 7104 recorded");
+    snprintf(path, sizeof path, "%s/run/broker-sessions/g00000000000000d2/7104", root);
+    CHECK(stat(path, &st) != 0);
+    snprintf(path, sizeof path, "%s/run/broker-sessions/break-glass/7104", root);
+    CHECK(stat(path, &st) == 0);
     clear_dir("sys");
     remove_file("run/broker-sessions/.cgroup");
 }
