@@ -115,8 +115,11 @@ def end_sessions(
         for name in groups[rel]:
             counts[name] = len(pids)
         if not emptied:
+            # stuck in the kernel (D state on a hung file system): killed again next pass,
+            # its usage spooled once, when it has emptied
             errors.append(f"{grant_id}: cgroup {rel} still holds processes after cgroup.kill")
-        _spool_usage(paths, rel, records, groups[rel], ended_by, len(pids), used, now)
+        else:
+            _spool_usage(paths, rel, records, groups[rel], ended_by, len(pids), used, now)
     # Uncontained sessions, and a recorded sudo that left its cgroup (cgroup.kill missed
     # it; it is still the recorded process): by process tree.
     tree_roots = [pid for pid in roots if str(pid) not in counts or _still(paths, pid, records)]
