@@ -139,6 +139,35 @@ def test_revoke_ends_every_process_the_session_left_behind(ready: dict[str, Any]
     assert not (mount / group.lstrip("/")).exists()
 
 
+def test_a_revoke_while_the_watcher_is_stopped_still_ends_the_whole_session(
+    ready: dict[str, Any], lab_module: ModuleType
+) -> None:
+    lab = ready["lab"]
+    grant = elevate(ready, "carol", "grace", "gpu01", "10m")
+    mark = f"{secrets.randbelow(9000) + 1000}"
+    done = subprocess.run(
+        ssh(lab, "carol", "gpu01", leave_behind(mark)), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "started" in done.stdout, done.stderr
+    assert until(lambda: len(pids_of(f"sleep 1{mark}")) >= 4, 10)
+    info = lab_module.load_info(Path(lab["root"]))
+    gpu01 = next(n for n in info["nodes"] if n["name"] == "gpu01")
+    lab_module.stop_process(gpu01["watch_pid"])  # SIGTERM: `.cgroup` withdrawn
+    try:
+        assert until(
+            lambda: not node_path(lab, "gpu01", "/run/broker-sessions/.cgroup").exists(), 10
+        )
+        revoked = cli(lab, "revoke", grant["id"], "--reason", "INC-7001 done", "--json")
+        assert revoked.returncode == 0, revoked.stderr
+        assert json.loads(revoked.stdout)["results"][0]["killed"] >= 4, revoked.stdout
+        # the double fork and the daemon too: the cgroup was killed, not a process tree
+        assert until(lambda: not pids_of(f"sleep 1{mark}"), 2, 0.05) is True
+    finally:
+        lab_module.start_watcher(info, gpu01, delegated=True)
+        lab_module.save_info(Path(lab["root"]), info)
+    assert until(lambda: node_path(lab, "gpu01", "/run/broker-sessions/.cgroup").exists(), 10)
+
+
 def test_expiry_ends_a_sudo_i_with_the_broker_stopped(
     ready: dict[str, Any], lab_module: ModuleType
 ) -> None:
