@@ -93,7 +93,7 @@ def _grant(grant_id: str, user: str, sid: str) -> Grant:
         runas="root",
         commands="ALL",
         command_sets=(),
-        nodes="",
+        nodes="gpu01",  # folded for people; on no node in grant_nodes
         not_before=now - timedelta(minutes=5),
         not_after=now + timedelta(hours=1),
         reason="INC-1",
