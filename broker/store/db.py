@@ -29,7 +29,7 @@ MIB = 1024 * 1024
 # cannot be used right now, with what to say and what to do about it.
 _UNAVAILABLE = {
     sqlite3.SQLITE_FULL: (
-        "is full (its file system has no space left, or it reached store.max_size_mib)",
+        "is full: no space left on its file system, or store.max_size_mib reached",
         "free space on its file system or raise store.max_size_mib, then retry",
     ),
     sqlite3.SQLITE_READONLY: (
@@ -65,7 +65,7 @@ def store_unavailable(exc: sqlite3.Error, path: Path | str) -> UnavailableError 
     what, fix = _UNAVAILABLE[code & 0xFF]
     name = getattr(exc, "sqlite_errorname", None) or "SQLite error"
     return UnavailableError(
-        f"the broker's audit store {path} {what} ({name}); nothing was done",
+        f"the broker's audit store is unavailable: {path} {what} ({name}); nothing was done",
         fix=fix.replace("PATH", str(path)),
     )
 

@@ -62,7 +62,7 @@ def test_a_full_store_refuses_in_one_line_and_rolls_back(app: App) -> None:
             _event(conn, n)
     assert caught.value.exit_code == EXIT_UNAVAILABLE
     line = caught.value.one_line()
-    assert line.startswith(f"the broker's audit store {store.path} is full")
+    assert line.startswith(f"the broker's audit store is unavailable: {store.path} is full: ")
     assert "(SQLITE_FULL); nothing was done; free space" in line
     assert count_events(store.conn) == before
     assert not store.conn.in_transaction
@@ -110,7 +110,8 @@ def test_other_sqlite_errors_stay_bugs_not_unavailable(app: App) -> None:
     found = store_unavailable(failed, "/x/broker.db")
     assert found is not None
     assert found.one_line() == (
-        "the broker's audit store /x/broker.db had an I/O error (SQLITE_IOERR_WRITE);"
+        "the broker's audit store is unavailable: /x/broker.db had an I/O error"
+        " (SQLITE_IOERR_WRITE);"
         " nothing was done; check the disk and the kernel log (journalctl -k), then retry"
     )
     assert store_unavailable(sqlite3.OperationalError("no such table: x"), "/x") is None
@@ -159,7 +160,9 @@ def test_a_full_store_refuses_writes_through_the_daemon_exit_3(tmp_path: Path) -
     policy.write_text(LAB_POLICY)
     with serving(config):
         result = run_broker("policy", "apply", str(policy), config=config)
-        _one_line_exit_3(result, "audit store", "is full", "nothing was done", "max_size_mib")
+        _one_line_exit_3(
+            result, "audit store is unavailable", "is full", "nothing was done", "max_size_mib"
+        )
         assert _events(config) == events  # nothing written, the chain still verifies
         shown = run_broker("policy", "show", config=config)
         assert shown.stdout.startswith("no policy is active"), shown.stdout
@@ -185,7 +188,9 @@ def test_a_locked_store_refuses_writes_through_the_daemon_exit_3(tmp_path: Path)
             holder.execute("ROLLBACK")
             holder.close()
         for result in refused:
-            _one_line_exit_3(result, "audit store", "stayed locked", "nothing was done", "fuser")
+            _one_line_exit_3(
+                result, "audit store is unavailable", "stayed locked", "nothing was done", "fuser"
+            )
         assert _events(config) == events
         assert _grant_ids(config, "--active") == ["g" + "a" * 16]  # not half-revoked
         applied = run_broker("policy", "apply", str(policy), config=config)
