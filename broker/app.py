@@ -94,7 +94,13 @@ class App:
                     f"the broker state directory {path.parent} does not exist",
                     fix="run `broker init`",
                 )
-            self._store = Store.open(path, owner=self.owner)
+            cfg = self.settings.store
+            self._store = Store.open(
+                path,
+                owner=self.owner,
+                busy_timeout=cfg.busy_timeout,
+                max_size_mib=cfg.max_size_mib,
+            )
             if self.settings.signing_key.exists():
                 self._sealer = self._make_sealer()
                 self._store.on_commit(self._seal_after_commit)

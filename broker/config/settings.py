@@ -70,6 +70,18 @@ class StoreSection(_Section):
     """The SQLite database."""
 
     path: AbsPath | None = None
+    # How long a write waits for another writer before it is refused (exit 3, store busy).
+    busy_timeout: Duration = timedelta(seconds=30)
+    # Refuse writes once the database reaches this size (exit 3, store full), before its
+    # file system fills; unset: only the file system's space limits it.
+    max_size_mib: int | None = Field(default=None, ge=1, le=16 * 1024 * 1024)
+
+    @field_validator("busy_timeout")
+    @classmethod
+    def _busy_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=10):
+            raise ValueError("expected a duration from 1s to 10m")
+        return value
 
 
 class AuditSection(_Section):

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from broker.core.timeutil import utcnow
 from broker.daemon import errors
 from broker.daemon.caller import Caller
 from broker.daemon.routing import Context, Registry, path_value
+from broker.store.db import store_unavailable
 
 if TYPE_CHECKING:
     from broker.app import App
@@ -160,19 +162,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         except errors.HttpError as exc:
             status, payload = errors.STATUS[exc.kind], errors.body(exc.kind, exc.message, exc.fix)
         except BrokerError as exc:
-            kind = errors.kind_of(exc)
-            status, payload = errors.STATUS[kind], errors.body(kind, exc.message, exc.fix)
-        except Exception:  # the daemon keeps serving; the client learns only an incident id
-            incident = secrets.token_hex(4)
-            log.exception("incident %s: %s %s failed", incident, method, self._where())
-            status, payload = (
-                500,
-                errors.body(
-                    "internal",
-                    f"internal error in the broker daemon (incident {incident})",
-                    "the daemon's log (journalctl -u broker) has the details",
-                ),
-            )
+            status, payload = self._refusal(exc)
+        except sqlite3.Error as exc:
+            status, payload = self._store_failure(exc, method)
+        # The daemon keeps serving; the client learns only an incident id (logged there).
+        except Exception:  # noqa: BLE001
+            status, payload = self._incident(method)
         if not self._body_read:
             # Refused before the body was read (bad path, URL parameters, identity): drain
             # it, so the client finishes sending and reads the answer, not a broken pipe.
@@ -180,6 +175,30 @@ class RequestHandler(BaseHTTPRequestHandler):
             if length.isascii() and length.isdigit() and len(length) <= 12:
                 self._discard(int(length))
         self._send(status, payload)
+
+    @staticmethod
+    def _refusal(exc: BrokerError) -> tuple[int, Any]:
+        kind = errors.kind_of(exc)
+        return errors.STATUS[kind], errors.body(kind, exc.message, exc.fix)
+
+    def _store_failure(self, exc: sqlite3.Error, method: str) -> tuple[int, Any]:
+        """A store that is full, read-only, locked or failing outside a transaction (a read)
+        is a 503 with one line, like one inside it; any other SQLite error is a bug."""
+        unavailable = store_unavailable(exc, self.service.app_for_thread().settings.db_path)
+        if unavailable is None:
+            return self._incident(method)
+        log.error("%s %s: %s", method, self._where(), unavailable.one_line())
+        return self._refusal(unavailable)
+
+    def _incident(self, method: str) -> tuple[int, Any]:
+        """Called from an except block: the traceback goes to the log under a fresh id."""
+        incident = secrets.token_hex(4)
+        log.exception("incident %s: %s %s failed", incident, method, self._where())
+        return 500, errors.body(
+            "internal",
+            f"internal error in the broker daemon (incident {incident})",
+            "the daemon's log (journalctl -u broker) has the details",
+        )
 
     def _send(self, status: int, payload: Any) -> None:
         data = encode(payload)

@@ -20,6 +20,7 @@ from typing import Any
 from broker.audit import writer
 from broker.core.errors import BrokerError
 from broker.core.identity import Snapshot
+from broker.core.users import NamedUser
 from broker.detect import alerts, drift
 from broker.detect.engine import Finding
 from broker.fleet import inventory, nodeprog, quarantine
@@ -146,8 +147,11 @@ class Responder:
         )
 
     def _revoke_grants(self, alert_id: int | None, user: str, now: datetime) -> str:
+        # The grants of the account (by objectSid) and any recorded under the event's name.
+        account = self._parts.snapshot(now).account(user)
+        who = NamedUser(user, None if account is None else account.sid)
         result = self._parts.grants().revoke(
-            user=user, actor=alerts.DETECTOR, reason=self._reason(alert_id), now=now
+            user=who, actor=alerts.DETECTOR, reason=self._reason(alert_id), now=now
         )
         if result.pending:
             raise ActionError(

@@ -13,6 +13,7 @@ from broker.config.settings import DirectorySection
 from broker.core.errors import ConfigError
 from broker.core.identity import AccessChange
 from broker.core.timeutil import utcnow
+from broker.core.users import NamedUser, resolve_user
 from broker.directory import sync as directory_sync
 from broker.directory.snapshot import StoreSnapshot
 from broker.directory.sync import SyncReport
@@ -47,6 +48,13 @@ class DirectoryService:
     def snapshot(self, now: datetime | None = None) -> StoreSnapshot:
         """The last committed directory snapshot, evaluated at `now`."""
         return StoreSnapshot(self._store().conn, now or utcnow())
+
+    def resolve_user(
+        self, text: str, now: datetime, recorded: Callable[[str], bool] | None = None
+    ) -> NamedUser:
+        """The user an operator named, by the snapshot (broker.core.users has the rule);
+        `recorded` finds users who have left the directory in the caller's own records."""
+        return resolve_user(text, self.snapshot(now), recorded)
 
     def subscribe(self, callback: Subscriber) -> None:
         """Be told, after each committed sync, what changed for access (grants revoke on it)."""

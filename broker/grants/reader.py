@@ -7,6 +7,7 @@ grant signing key.
 from __future__ import annotations
 
 from broker.core.errors import RefusedError
+from broker.core.users import NamedUser
 from broker.grants import rows
 from broker.grants.model import Grant, GrantNode, Request
 from broker.store.db import Store
@@ -33,12 +34,12 @@ class GrantReader:
     def grants(
         self,
         *,
-        user: str | None = None,
+        user: NamedUser | None = None,
         node: str | None = None,
         states: tuple[str, ...] = (),
         limit: int = 1000,
     ) -> list[Grant]:
-        """Newest first."""
+        """Newest first; `user` as broker.core.users resolved it (its objectSid and name)."""
         return rows.grants(self._store.conn, user=user, node=node, states=states, limit=limit)
 
     def requests(
@@ -54,6 +55,11 @@ class GrantReader:
     def nodes_of(self, grant_id: str) -> list[GrantNode]:
         """The grant's state on each of its nodes."""
         return rows.grant_nodes(self._store.conn, grant_id)
+
+    def has_user(self, name: str) -> bool:
+        """Whether a grant was ever issued to this exact account name: how a user who has
+        left the directory is still found (broker.core.users)."""
+        return rows.has_user(self._store.conn, name)
 
     def any_active(self) -> bool:
         return bool(rows.grants(self._store.conn, states=("active",), limit=1))

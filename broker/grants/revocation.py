@@ -16,6 +16,7 @@ from broker.audit import writer
 from broker.core.durations import format_duration
 from broker.core.hostlist import expand, fold
 from broker.core.identity import Account, Snapshot
+from broker.core.users import NamedUser
 from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.grants import push, rows
@@ -61,7 +62,7 @@ class Revocation:
         self,
         *,
         ids: Iterable[str] = (),
-        user: str | None = None,
+        user: NamedUser | None = None,
         node: str | None = None,
         actor: str,
         reason: str,

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.core.timeutil import from_text, to_text
+from broker.core.users import NamedUser
 from broker.grants.model import Approval, Grant, GrantNode, NodeState, Request, RequestState
 
 _GRANT_COLUMNS = (
@@ -97,16 +98,21 @@ def grant(conn: sqlite3.Connection, grant_id: str) -> Grant | None:
 def grants(
     conn: sqlite3.Connection,
     *,
-    user: str | None = None,
+    user: NamedUser | None = None,
     node: str | None = None,
     states: tuple[str, ...] = (),
     limit: int = 1000,
 ) -> list[Grant]:
-    """Newest first."""
-    where, args = [], []
-    if user is not None:
+    """Newest first; a user's grants are those of their objectSid, whatever name they were
+    issued under, and any recorded under their name."""
+    where: list[str] = []
+    args: list[str] = []
+    if user is not None and user.sid is not None:
+        where.append("(sid = ? OR user = ?)")
+        args.extend((user.sid, user.name))
+    elif user is not None:
         where.append("user = ?")
-        args.append(user)
+        args.append(user.name)
     if node is not None:
         where.append("id IN (SELECT grant_id FROM grant_nodes WHERE node = ?)")
         args.append(node)
@@ -119,6 +125,12 @@ def grants(
         (*args, limit),
     ).fetchall()
     return [_grant(r) for r in rows]
+
+
+def has_user(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether any grant was issued to exactly this account name."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM grants WHERE user = ?)", (name,)).fetchone()
+    return bool(row[0])
 
 
 def due_to_expire(conn: sqlite3.Connection, now: datetime) -> list[Grant]:

@@ -21,6 +21,7 @@ from broker.audit import writer
 from broker.core.errors import RefusedError, UsageError
 from broker.core.hostlist import expand, fold
 from broker.core.identity import Account, Snapshot
+from broker.core.users import NamedUser
 from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.fleet.quarantine import quarantines
@@ -483,7 +484,7 @@ class GrantService:
         self,
         *,
         ids: Iterable[str] = (),
-        user: str | None = None,
+        user: NamedUser | None = None,
         node: str | None = None,
         actor: str,
         reason: str,

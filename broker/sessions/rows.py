@@ -102,6 +102,16 @@ def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
     return [_row(r) for r in conn.execute(sql, (*args, f.limit))]
 
 
+def has_user(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether a recording or a node's session event names exactly this user."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM recordings WHERE user = ?)"
+        " OR EXISTS (SELECT 1 FROM session_events WHERE user = ?)",
+        (name, name),
+    ).fetchone()
+    return bool(row[0])
+
+
 def recording(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any] | None:
     raw = conn.execute(f"{_SELECT} WHERE id = ?", (recording_id,)).fetchone()
     return None if raw is None else _row(raw)

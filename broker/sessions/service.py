@@ -30,6 +30,7 @@ __all__ = [
     "context",
     "listing",
     "one",
+    "recorded_user",
 ]
 
 MAX_PATTERN = 1000
@@ -39,6 +40,12 @@ EXCERPT = 60
 def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
     """Recordings not purged, newest first, filtered."""
     return rows.listing(conn, f)
+
+
+def recorded_user(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the sessions index knows this exact user: how a user who has left the
+    directory is still found for `broker sessions list --user` (broker.core.users)."""
+    return rows.has_user(conn, name)
 
 
 def one(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any]:

@@ -3,13 +3,18 @@
 Every state change runs inside `Store.transaction()`, which takes SQLite's
 write lock up front (BEGIN IMMEDIATE). The audit chain reads its head inside
 that lock, so two concurrent requests can never fork the chain.
+
+When the store itself fails (full, read-only, locked past the busy timeout, an I/O
+error) the transaction is rolled back and the caller gets one line saying so, exit 3
+(unavailable): nothing that needs the audit chain happens unrecorded.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -17,7 +22,52 @@ import sqlite_utils
 from broker.core.errors import UnavailableError
 from broker.store.files import ensure_private_file
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT = timedelta(seconds=30)
+MIB = 1024 * 1024
+
+# SQLite's primary result codes (the low byte of an extended code) that mean the store
+# cannot be used right now, with what to say and what to do about it.
+_UNAVAILABLE = {
+    sqlite3.SQLITE_FULL: (
+        "is full: no space left on its file system, or store.max_size_mib reached",
+        "free space on its file system or raise store.max_size_mib, then retry",
+    ),
+    sqlite3.SQLITE_READONLY: (
+        "is read-only",
+        "make the database, its -wal and -shm files and its directory writable by the"
+        " broker's user, on a file system mounted read-write",
+    ),
+    sqlite3.SQLITE_BUSY: (
+        "stayed locked by another process past the busy timeout",
+        "retry; if it persists, find what holds the database open (fuser -v PATH)",
+    ),
+    sqlite3.SQLITE_LOCKED: (
+        "stayed locked by another process past the busy timeout",
+        "retry; if it persists, find what holds the database open (fuser -v PATH)",
+    ),
+    sqlite3.SQLITE_IOERR: (
+        "had an I/O error",
+        "check the disk and the kernel log (journalctl -k), then retry",
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "cannot be opened",
+        "check that the database file and its directory exist and the broker may open them",
+    ),
+}
+
+
+def store_unavailable(exc: sqlite3.Error, path: Path | str) -> UnavailableError | None:
+    """The one-line refusal for a store failure that is no fault of the request (None for
+    any other SQLite error, which stays a bug to investigate)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int) or code & 0xFF not in _UNAVAILABLE:
+        return None
+    what, fix = _UNAVAILABLE[code & 0xFF]
+    name = getattr(exc, "sqlite_errorname", None) or "SQLite error"
+    return UnavailableError(
+        f"the broker's audit store is unavailable: {path} {what} ({name}); nothing was done",
+        fix=fix.replace("PATH", str(path)),
+    )
 
 
 class Store:
@@ -30,17 +80,28 @@ class Store:
         self._in_transaction = False
 
     @classmethod
-    def open(cls, path: Path, *, owner: tuple[int, int] | None) -> Store:
-        """Open (creating 0600 if needed) and set the pragmas every connection needs."""
+    def open(
+        cls,
+        path: Path,
+        *,
+        owner: tuple[int, int] | None,
+        busy_timeout: timedelta = BUSY_TIMEOUT,
+        max_size_mib: int | None = None,
+    ) -> Store:
+        """Open (creating 0600 if needed) and set the pragmas every connection needs;
+        `max_size_mib` caps the database so writes are refused before its file system fills."""
         ensure_private_file(path, owner)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout.total_seconds() * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             # 64 MiB page cache: the index pages of a long chain stay hot.
             conn.execute("PRAGMA cache_size = -65536")
+            if max_size_mib is not None:
+                page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                conn.execute(f"PRAGMA max_page_count = {max_size_mib * MIB // page}")
         except sqlite3.Error as exc:
             raise UnavailableError(f"cannot open the store {path}: {exc}") from exc
         if mode != "wal":
@@ -61,19 +122,31 @@ class Store:
         """A write transaction holding the database write lock for its whole length."""
         if self._in_transaction:
             raise RuntimeError("nested write transaction")
-        self.conn.execute("BEGIN IMMEDIATE")
         self._in_transaction = True
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as exc:
+            unavailable = store_unavailable(exc, self.path)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
         finally:
             self._in_transaction = False
         for callback in self._after_commit:
             callback()
+
+    def _rollback(self) -> None:
+        """Roll back what is left: after SQLITE_FULL or an I/O error SQLite may have rolled
+        the transaction back itself, and a second ROLLBACK must not hide the first error."""
+        if self.conn.in_transaction:
+            with suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
     def journal_mode(self) -> str:
         return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])

@@ -233,6 +233,45 @@ def test_revoke_ends_a_running_sudo_and_its_process_tree(ready: dict[str, Any]) 
     assert [n["state"] for n in shown["node_states"]] == ["removed"]
 
 
+@pytest.mark.parametrize("spelling", ["ALICE", "HPC\\alice", "alice@HPC.TEST"])
+def test_revoke_by_any_spelling_of_the_user_cuts_them_off(
+    ready: dict[str, Any], spelling: str
+) -> None:
+    """Issue 20, item 3: `revoke --user ALICE` once answered "nothing active" and alice
+    kept root; every spelling `accounts show` takes now names her account."""
+    lab = ready["lab"]
+    assert cli(lab, "revoke", "--user", "alice", "--reason", "clean slate").returncode == 0
+    grant = elevate_approved(ready, "alice", "frank", "gpu01", "10m")
+    assert run_ssh(lab, "alice", "gpu01", "sudo -n id -u").stdout.strip() == "0"
+    listed = cli(lab, "grants", "list", "--user", spelling, "--active", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [g["id"] for g in json.loads(listed.stdout)] == [grant["id"]]
+    revoked = cli(lab, "revoke", "--user", spelling, "--reason", "INC-4713 cut off", "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    result = json.loads(revoked.stdout)
+    assert result["revoked"] == [grant["id"]] and result["pending"] == []
+    assert not node_path(lab, "gpu01", f"/etc/sudoers.d/broker_{grant['id']}").exists()
+    again = run_ssh(lab, "alice", "gpu01", "sudo -n id -u")
+    assert "0" not in again.stdout.split()
+    left = cli(lab, "grants", "list", "--user", spelling, "--active", "--json")
+    assert left.returncode == 0 and json.loads(left.stdout) == []
+
+
+def test_a_user_not_in_the_directory_is_an_error_never_nothing(ready: dict[str, Any]) -> None:
+    lab = ready["lab"]
+    for args in (
+        ("revoke", "--user", "alicia"),
+        ("grants", "list", "--user", "HPC\\alicia"),
+        ("sessions", "list", "--user", "alicia@HPC.TEST"),
+        ("mfa", "status", "ALICIA"),
+    ):
+        result = cli(lab, *args)
+        assert result.returncode == 1, (args, result.stdout)
+        [line] = result.stderr.strip().splitlines()
+        assert "no user" in line and "in the directory snapshot" in line, line
+        assert "broker accounts list" in line
+
+
 def test_removing_the_user_from_the_group_in_ad_revokes_at_the_next_sync(
     ready: dict[str, Any], admin: ldap3.Connection
 ) -> None:

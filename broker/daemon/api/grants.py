@@ -18,10 +18,11 @@ from broker.app import App
 from broker.core.durations import parse_duration
 from broker.core.errors import RefusedError, UsageError
 from broker.core.hostlist import fold
-from broker.core.identity import Account
+from broker.core.identity import Account, normalise_account_name
 from broker.core.timeutil import utcnow
+from broker.core.users import NamedUser
 from broker.daemon.api.mfa import CodeText
-from broker.daemon.api.names import AccountName, DurationText, HostlistText, RoleName
+from broker.daemon.api.names import DurationText, HostlistText, RoleName, UserText
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.daemon.scheduler import tick
@@ -69,7 +70,7 @@ class ElevateIn(Body):
 
 
 class GrantsQuery(Body):
-    user: AccountName | None = None
+    user: UserText | None = None
     node: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.-]+$")] | None = None
     active: bool = False
     limit: int = Field(default=200, ge=1, le=10_000)
@@ -98,7 +99,7 @@ class DenyIn(Body):
 
 class RevokeIn(Body):
     ids: list[GrantId] = Field(default_factory=list, max_length=1000)
-    user: AccountName | None = None
+    user: UserText | None = None
     node: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.-]+$")] | None = None
     reason: ReasonText = "revoked by an operator"
 
@@ -308,14 +309,16 @@ def deny(ctx: Context[DenyIn]) -> RequestOut:
 )
 def list_grants(ctx: Context[GrantsQuery]) -> list[GrantOut]:
     p = ctx.params
-    user = p.user
-    if not ctx.caller.operator:
+    if ctx.caller.operator:
+        user = None if p.user is None else named_user(ctx, p.user)
+    else:
         account = _account(ctx.caller)
-        if user is not None and user != account.name:
+        # Decided on the folded text, before any lookup, so users cannot probe names.
+        if p.user is not None and normalise_account_name(p.user) != account.name:
             raise RefusedError(
                 "only operators may list other users' grants", fix="leave out --user"
             )
-        user = account.name
+        user = NamedUser(account.name, account.sid)
     found = ctx.app.grant_reader().grants(
         user=user, node=p.node, states=("active",) if p.active else (), limit=p.limit
     )
@@ -370,7 +373,7 @@ def revoke(ctx: Context[RevokeIn]) -> RevokeOut:
         del account
     result = ctx.app.grants().revoke(
         ids=p.ids,
-        user=p.user,
+        user=None if p.user is None else named_user(ctx, p.user),
         node=p.node,
         actor=ctx.caller.actor,
         reason=p.reason,
@@ -381,6 +384,12 @@ def revoke(ctx: Context[RevokeIn]) -> RevokeOut:
         results=_results(result.outcomes),
         pending=[f"{g}@{n}" for g, n in result.pending],
     )
+
+
+def named_user(ctx: Context[Any], text: str) -> NamedUser:
+    """The user an operator named, resolved on the daemon by the directory snapshot; a user
+    who has left it is found by their exact name in the grants; anyone else is an error."""
+    return ctx.app.directory().resolve_user(text, ctx.now, ctx.app.grant_reader().has_user)
 
 
 def _own_grant(ctx: Context[Any], grant_id: str, *, approver_may_see: bool = False) -> Grant:

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from broker.core.errors import RefusedError
 from broker.core.identity import normalise_account_name
-from broker.daemon.api.names import AccountName
+from broker.daemon.api.names import UserText
 from broker.daemon.caller import Access, Caller
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.mfa.model import MfaIdentity
@@ -46,11 +46,11 @@ class VerifyIn(Body):
 
 
 class StatusQuery(Body):
-    user: AccountName | None = None
+    user: UserText | None = None
 
 
 class ResetIn(Body):
-    user: AccountName
+    user: UserText
 
 
 def own_identity(caller: Caller) -> MfaIdentity:
@@ -63,13 +63,10 @@ def own_identity(caller: Caller) -> MfaIdentity:
 
 
 def named_identity(ctx: Context[StatusQuery] | Context[ResetIn], name: str) -> MfaIdentity:
-    account = ctx.app.directory().snapshot(ctx.now).account(name)
-    if account is None:
-        raise RefusedError(
-            f"no account {name!r} in the directory snapshot",
-            fix="check the name (alice, HPC\\alice or alice@REALM)",
-        )
-    return MfaIdentity(sid=account.sid, name=account.name)
+    """A factor belongs to a directory account: resolved by the snapshot only."""
+    user = ctx.app.directory().resolve_user(name, ctx.now)
+    assert user.sid is not None  # no records fallback: a resolved user is a directory account
+    return MfaIdentity(sid=user.sid, name=user.name)
 
 
 @REGISTRY.add(

@@ -6,11 +6,18 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StrictStr
 
+from broker.core.users import USER_SPELLING, USER_SPELLING_MAX
+
 # alice, HPC\alice, alice@HPC.TEST: letters, digits and the few marks AD names use.
 # What AD allows in a sAMAccountName (no control characters, none of "/[]:;|=,+*?<>),
 # plus the backslash and @ of the DOMAIN\name and name@REALM forms. Only ever a bound SQL value.
 AccountName = Annotated[
     str, Field(min_length=1, max_length=256, pattern=r'^[^\x00-\x1f\x7f"/\[\]:;|=,+*?<>]+$')
+]
+# A user on the paths that resolve one (revoke, grants, sessions, MFA): the allow-list of
+# broker.core.users, checked again there; the daemon resolves it against the snapshot.
+UserText = Annotated[
+    str, Field(min_length=1, max_length=USER_SPELLING_MAX, pattern=f"^{USER_SPELLING.pattern}$")
 ]
 GroupName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 RoleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from broker.daemon.api.names import AccountName, UtcTimeText
+from broker.daemon.api.names import UserText, UtcTimeText
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
 from broker.sessions import iolog
@@ -38,7 +38,7 @@ REPLAY_LIMIT = 256 * 1024 * 1024
 
 
 class SessionsQuery(Body):
-    user: AccountName | None = None
+    user: UserText | None = None
     node: NodeName | None = None
     grant: GrantId | None = None
     since: UtcTimeText | None = None
@@ -46,9 +46,9 @@ class SessionsQuery(Body):
     running: bool = False
     limit: int = Field(default=200, ge=1, le=10_000)
 
-    def filters(self) -> sessions.Filters:
+    def filters(self, user: str | None) -> sessions.Filters:
         return sessions.Filters(
-            user=self.user,
+            user=user,
             node=self.node,
             grant=self.grant,
             since=self.since,
@@ -70,7 +70,7 @@ class ReplayQuery(Body):
 class SearchIn(Body):
     pattern: str = Field(min_length=1, max_length=sessions.MAX_PATTERN)
     streams: Literal["input", "output", "all"] = "all"
-    user: AccountName | None = None
+    user: UserText | None = None
     node: NodeName | None = None
     since: UtcTimeText | None = None
     until: UtcTimeText | None = None
@@ -79,6 +79,20 @@ class SearchIn(Body):
 
 def session_out(row: dict[str, Any]) -> SessionOut:
     return SessionOut(**row)
+
+
+def _user(ctx: Context[Any], text: str | None) -> str | None:
+    """The account name sessions are recorded under, for any spelling the snapshot knows;
+    a user who has left the directory by their exact name in the sessions or the grants."""
+    if text is None:
+        return None
+    conn = ctx.app.ready_store().conn
+    grants = ctx.app.grant_reader()
+
+    def recorded(name: str) -> bool:
+        return sessions.recorded_user(conn, name) or grants.has_user(name)
+
+    return ctx.app.directory().resolve_user(text, ctx.now, recorded).name
 
 
 _STREAMS = {"output": iolog.OUTPUT, "input": iolog.INPUT, "all": iolog.OUTPUT + iolog.INPUT}
@@ -93,7 +107,8 @@ _STREAMS = {"output": iolog.OUTPUT, "input": iolog.INPUT, "all": iolog.OUTPUT + 
     summary="Recorded elevated sessions, newest first, filtered",
 )
 def list_sessions(ctx: Context[SessionsQuery]) -> list[SessionOut]:
-    rows = sessions.listing(ctx.app.ready_store().conn, ctx.params.filters())
+    user = _user(ctx, ctx.params.user)
+    rows = sessions.listing(ctx.app.ready_store().conn, ctx.params.filters(user))
     return [session_out(r) for r in rows]
 
 
@@ -168,7 +183,9 @@ def search(ctx: Context[SearchIn]) -> list[SearchHitOut]:
     hits = ctx.app.recordings().search(
         p.pattern,
         _STREAMS[p.streams],
-        sessions.Filters(user=p.user, node=p.node, since=p.since, until=p.until, limit=p.limit),
+        sessions.Filters(
+            user=_user(ctx, p.user), node=p.node, since=p.since, until=p.until, limit=p.limit
+        ),
     )
     return [
         SearchHitOut(
