@@ -127,7 +127,8 @@ class GrantService:
         try:
             require_unix_name(account.name, "requester")
             sha, policy = self._require_policy()
-            if role is not None and role in policy.roles and policy.roles[role].approvals.required:
+            named = policy.roles.get(role or "")
+            if named is not None and named.approvals.required:
                 action = "request.refused"
             names = expand(nodes)
             plan = plan_elevation(
@@ -137,10 +138,11 @@ class GrantService:
             self._not_quarantined(policy, account, names)
             return sha, plan, self._targets(names)
         except RefusedError as exc:
-            asked: dict[str, Any] = {"user": account.name, "role": role, "preview": preview}
-            if duration is not None:
-                asked["duration_s"] = int(duration.total_seconds())
-            self._refused(exc, action, actor, nodes, now, **asked)
+            self._refused(
+                exc, action, actor, nodes, now, user=account.name, role=role,
+                duration_s=None if duration is None else int(duration.total_seconds()),
+                step="preview" if preview else "elevate",
+            )  # fmt: skip
             raise
 
     def _refused(
@@ -379,13 +381,10 @@ class GrantService:
                     f"{approver.name} already decided on {request.id}",
                     fix="another approver must approve it",
                 )
-            writer.record(
-                conn,
-                writer.EventInput(
-                    actor, "grant.approve", request.id, details={"requester": request.user}
-                ),
-                now,
+            event = writer.EventInput(
+                actor, "grant.approve", request.id, details={"requester": request.user}
             )
+            writer.record(conn, event, now)
 
     @contextmanager
     def _approval_refusals(
