@@ -21,11 +21,16 @@ from broker.audit.query import EventFilter, iter_events
 from broker.audit.refusals import LIMIT, WINDOW, RefusalLimiter, RefusalRecorder
 from broker.config.loader import load_settings
 from broker.core.errors import RefusedError
+from broker.core.timeutil import utcnow
+from broker.daemon.api import grants as grants_api
+from broker.daemon.caller import Caller
+from broker.daemon.routing import Context
 from broker.fleet import quarantine
 from tests.helpers import BROKER, daemon_socket_of, run_broker, serving, write_config
-from tests.unit.policy_samples import NOW, account
+from tests.unit.policy_samples import LAB_POLICY, NOW, account
 from tests.unit.test_daemon import post_json
 from tests.unit.test_grants_service import ALICE, CAROL, World, world  # noqa: F401 (fixture)
+from tests.unit.test_policy_cli import seed_directory
 
 BOB = account("bob")
 
@@ -244,6 +249,25 @@ def test_a_caller_refused_at_the_door_is_audited_and_a_loop_is_capped(
             if e.actor == "unix:root"
         ]
         assert len(found) == LIMIT + 1 and found[-1]["suppressed"] == 100 - LIMIT
+        assert app.audit().verify().ok
+    finally:
+        app.close()
+
+
+def test_the_daemon_handlers_audit_through_the_app_wiring(broker_config: Path) -> None:
+    seed_directory(broker_config)
+    app = App(load_settings(broker_config))
+    try:
+        app.policy().apply(LAB_POLICY, "policy.toml", "unix:root")
+        bob = app.directory().snapshot().account("bob")
+        assert bob is not None
+        caller = Caller("unix:bob", "bob", bob.uid, None, bob, False, None)
+        params = grants_api.ElevateIn.model_validate({"nodes": "gpu01"})
+        with pytest.raises(RefusedError, match="bob may not elevate on gpu01"):
+            grants_api.preview(Context(caller, app, params, utcnow()))
+        (event,) = iter_events(app.store().conn, EventFilter(action="grant.refused"))
+        assert event.actor == "unix:bob" and event.outcome == "refused"
+        assert event.details_obj()["step"] == "preview"
         assert app.audit().verify().ok
     finally:
         app.close()
