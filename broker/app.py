@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from broker.audit import writer
 from broker.audit.checkpoint import create_signing_key, load_signing_key
+from broker.audit.refusals import RefusalRecorder, shared_limiter
 from broker.audit.service import AuditService
 from broker.audit.setup import KeyFile, StateFiles, StateSetup
 from broker.config.settings import Settings
@@ -253,6 +254,11 @@ class App:
 
         return SpoolCollector(self.ready_store(), lambda: shared_pool(self.settings))
 
+    def refusals(self) -> RefusalRecorder:
+        """Refusals into the audit chain, rate-limited per caller across the process's threads."""
+        store = self.ready_store()
+        return RefusalRecorder(store, shared_limiter(str(self.settings.db_path)))
+
     def grant_reader(self) -> GrantReader:
         """Grants and requests to list and show (the store only: no SSH, no signing key)."""
         return GrantReader(self.ready_store())
@@ -276,6 +282,7 @@ class App:
                 policy=self.policy().active_with_sha,
                 snapshot=self.directory().snapshot,
                 mfa=self.mfa().require,
+                refusals=self.refusals(),
             )
         return self._grants
 

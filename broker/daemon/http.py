@@ -21,11 +21,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ValidationError
 
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, RefusedError
 from broker.core.timeutil import utcnow
 from broker.daemon import errors
 from broker.daemon.caller import Caller
-from broker.daemon.routing import Context, Registry, path_value
+from broker.daemon.routing import Context, Registry, Route, path_value
 from broker.store.db import store_unavailable
 
 if TYPE_CHECKING:
@@ -258,6 +258,26 @@ class RequestHandler(BaseHTTPRequestHandler):
         except (TimeoutError, OSError):
             return
 
+    def _audit_refusal(
+        self, caller: Caller, route: Route, params: BaseModel, exc: RefusedError
+    ) -> None:
+        """A caller refused at the door of an audited route (elevate, approve): the refusal
+        goes into the chain as the handler's own refusals do (audit/refusals.py)."""
+        target = getattr(params, "nodes", None) or getattr(params, "id", None) or "-"
+        try:
+            recorder = self.service.app_for_thread().refusals()
+        except BrokerError as error:  # no usable store: the refusal still answers
+            log.error("refusal of %s not audited: %s", caller.actor, error)
+            return
+        recorder.record(
+            actor=caller.actor,
+            action=route.refusal or "-",
+            target=str(target),
+            reason=exc.one_line(),
+            now=utcnow(),
+            details={"route": f"{route.method} {route.path}"},
+        )
+
     def _dispatch(self, method: str) -> tuple[int, Any]:
         if len(self.path) > 2048:
             raise errors.HttpError("usage", "the request path is too long")
@@ -297,7 +317,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             params = route.request.model_validate(data)
         except ValidationError as exc:
             raise errors.HttpError("usage", errors.describe_validation(exc)) from exc
-        caller.require(route.access)
+        try:
+            caller.require(route.access)
+        except RefusedError as exc:
+            if route.refusal is not None:
+                self._audit_refusal(caller, route, params, exc)
+            raise
         context = Context(
             caller=caller, app=self.service.app_for_thread(), params=params, now=utcnow()
         )

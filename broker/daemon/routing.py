@@ -61,6 +61,9 @@ class Route:
     access: Access
     summary: str
     mutating: bool
+    # The audit action of a caller refused at the door (not a directory user): the routes
+    # whose refusals are audited (audit/refusals.py); None for the others.
+    refusal: str | None = None
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         template = self.path.strip("/").split("/")
@@ -95,6 +98,7 @@ class Registry:
         response: Any,
         access: Access,
         summary: str,
+        refusal: str | None = None,
     ) -> Callable[[Callable[[Context[Any]], Any]], Callable[[Context[Any]], Any]]:
         segments = path.strip("/").split("/")
         if not all(_SEGMENT.fullmatch(s) for s in segments):
@@ -111,6 +115,7 @@ class Registry:
                     access,
                     summary,
                     mutating=method != "GET",
+                    refusal=refusal,
                 )
             )
             return handler

@@ -38,6 +38,8 @@ FULL_COLLECT_EVERY_S = 3600.0
 
 def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     report = TickReport()
+    # Rate-limited refusals of windows that closed are summed up now, not at the next one.
+    app.refusals().flush(utcnow())
     if all_nodes:
         report.events = app.spool_collector().collect_all(utcnow())
     if not app.grant_reader().work_to_reap():

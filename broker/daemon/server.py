@@ -25,7 +25,7 @@ from typing import Any
 from broker.app import App, close_shared
 from broker.config.kerberos import use_krb5_conf
 from broker.config.settings import Settings
-from broker.core.errors import UnavailableError
+from broker.core.errors import BrokerError, UnavailableError
 from broker.core.timeutil import utcnow
 from broker.daemon import api  # noqa: F401 (registers the routes)
 from broker.daemon.admission import Admission, Deadlines
@@ -186,10 +186,20 @@ def running(
                 server.pool.shutdown(wait=True, cancel_futures=True)
         pool.shutdown(wait=True, cancel_futures=True)
         deadlines.close()
+        if threads:
+            _flush_refusals(workers)
         workers.close()
         close_shared()
         with contextlib.suppress(FileNotFoundError):
             daemon.socket.unlink()
+
+
+def _flush_refusals(workers: Workers) -> None:
+    """At shutdown, the refusals counted but not yet summed up go into the chain."""
+    try:
+        workers.app().refusals().flush(utcnow(), everything=True)
+    except BrokerError as exc:
+        log.error("rate-limited refusals not summed up at shutdown: %s", exc)
 
 
 def serve(settings: Settings) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from broker.audit.refusals import REFUSAL_ACTIONS
 from broker.core.durations import format_duration
 from broker.core.errors import UsageError
 from broker.core.hostlist import expand
@@ -127,6 +128,7 @@ class Detector:
             "session.escape": self._session_escape,
             "node.quarantine": self._quarantine,
             "node.release": self._release,
+            **dict.fromkeys(REFUSAL_ACTIONS, self._refused),
         }
 
     # ------------------------------------------------------------ memory helpers
@@ -399,6 +401,40 @@ class Detector:
                         user=user,
                         node=node,
                         details={"attempts": count},
+                    )
+                )
+        return found
+
+    def _refused(self, event: AuditEvent) -> list[Finding]:
+        """Refusals of one caller (grant/request/approve.refused); a rate-limit summary
+        counts as the refusals it stands for, so a capped loop still adds up."""
+        rules = self.by_kind.get("refusals")
+        if not rules or event.outcome != "refused":
+            return []
+        weight = event.details.get("suppressed", 1)
+        weight = weight if isinstance(weight, int) and weight > 0 else 1
+        keep = max(r.window.total_seconds() for r in rules)
+        bucket = self.memory["times"].setdefault("refused", {})
+        pairs: list[list[Any]] = [p for p in bucket.get(event.actor, []) if p[0] >= event.at - keep]
+        pairs.append([event.at, weight])
+        bucket[event.actor] = pairs[-HISTORY_CAP:]
+        # The account behind the caller, when the refusal names one (lock_mfa, revoke_grants).
+        who = event.details.get("user") or event.details.get("approver")
+        found = []
+        for rule in rules:
+            count = sum(w for t, w in pairs if t >= event.at - rule.window.total_seconds())
+            if count >= rule.threshold and self._cool(f"{rule.name}:{event.actor}", event.at, rule):
+                found.append(
+                    Finding(
+                        rule.name,
+                        rule.severity,
+                        rule.actions,
+                        f"{event.actor} was refused {count} times within {_span(rule)}"
+                        f" (last: {event.action} {event.target})",
+                        event.at,
+                        f"audit:{event.seq}",
+                        user=str(who) if who else None,
+                        details={"refusals": count, "actor": event.actor},
                     )
                 )
         return found

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit import writer
+from broker.audit.refusals import RefusalRecorder
 from broker.core.errors import RefusedError, UsageError
 from broker.core.hostlist import expand, fold
 from broker.core.identity import Account, Snapshot
@@ -64,8 +67,10 @@ class GrantService:
         policy: Callable[[], tuple[str, Policy] | None],
         snapshot: Callable[[datetime], Snapshot],
         mfa: MfaCheck,
+        refusals: RefusalRecorder,
     ) -> None:
         self._store = store
+        self._refusals = refusals
         self._pool = pool
         self._key = signing_key
         self._rules = rules
@@ -94,17 +99,61 @@ class GrantService:
         duration: timedelta | None,
         role: str | None,
         commands: Sequence[str] | None,
+        actor: str,
         now: datetime,
     ) -> ElevationPlan:
-        """What `elevate` would grant, refused exactly as it would be (no code needed)."""
-        _sha, policy = self._require_policy()
-        names = expand(nodes)
-        plan = plan_elevation(
-            policy, account, names, role=role, duration=duration, commands=commands, now=now
-        )
-        self._not_quarantined(policy, account, names)
-        self._targets(names)
+        """What `elevate` would grant, refused exactly as it would be (no code needed), and
+        audited as it would be: probing where one may elevate leaves a trace too."""
+        _sha, plan, _targets = self._checked(
+            account, nodes=nodes, duration=duration, role=role, commands=commands,
+            actor=actor, now=now, preview=True,
+        )  # fmt: skip
         return plan
+
+    def _checked(
+        self,
+        account: Account,
+        *,
+        nodes: str,
+        duration: timedelta | None,
+        role: str | None,
+        commands: Sequence[str] | None,
+        actor: str,
+        now: datetime,
+        preview: bool = False,
+    ) -> tuple[str, ElevationPlan, list[NodeTarget]]:
+        """Policy, quarantine and node checks of an elevation; a refusal is audited as
+        `request.refused` when the role waits for approvals, else `grant.refused`."""
+        action = "grant.refused"
+        try:
+            require_unix_name(account.name, "requester")
+            sha, policy = self._require_policy()
+            named = policy.roles.get(role or "")
+            if named is not None and named.approvals.required:
+                action = "request.refused"
+            names = expand(nodes)
+            plan = plan_elevation(
+                policy, account, names, role=role, duration=duration, commands=commands, now=now
+            )
+            action = "request.refused" if plan.role.approvals.required else "grant.refused"
+            self._not_quarantined(policy, account, names)
+            return sha, plan, self._targets(names)
+        except RefusedError as exc:
+            self._refused(
+                exc, action, actor, nodes, now, user=account.name, role=role,
+                duration_s=None if duration is None else int(duration.total_seconds()),
+                step="preview" if preview else "elevate",
+            )  # fmt: skip
+            raise
+
+    def _refused(
+        self, exc: RefusedError, action: str, actor: str, target: str, now: datetime, **more: Any
+    ) -> None:
+        """Audit a refusal in its own transaction (rate-limited per caller: audit/refusals)."""
+        self._refusals.record(
+            actor=actor, action=action, target=target, reason=exc.one_line(), now=now,
+            details=more,
+        )  # fmt: skip
 
     def _not_quarantined(
         self,
@@ -175,14 +224,10 @@ class GrantService:
         With `push_now` False the grant is issued and the caller pushes it from another
         thread (`push_pending`), so a client can watch the nodes land one by one."""
         reason = validate_reason(reason)
-        require_unix_name(account.name, "requester")
-        sha, policy = self._require_policy()
-        names = expand(nodes)
-        plan = plan_elevation(
-            policy, account, names, role=role, duration=duration, commands=commands, now=now
-        )
-        self._not_quarantined(policy, account, names)
-        targets = self._targets(names)
+        sha, plan, targets = self._checked(
+            account, nodes=nodes, duration=duration, role=role, commands=commands,
+            actor=actor, now=now,
+        )  # fmt: skip
         if plan.role.mfa:
             self._mfa(account, code, "elevate", actor)
         if plan.role.approvals.required:
@@ -227,6 +272,22 @@ class GrantService:
         # Rendered (and so validated) before anything is stored: a grant whose drop-in
         # cannot be written never exists.
         push.drop_in_text(grant, f"127.0.0.1:{self._rules.log_port}")
+        try:
+            self._store_grant(grant, account, plan, request_id, actor, now)
+        except RefusedError as exc:  # rolled back: quarantined or decided meanwhile
+            self._refused(exc, "grant.refused", actor, grant.nodes, now, request=request_id)
+            raise
+        return grant
+
+    def _store_grant(
+        self,
+        grant: Grant,
+        account: Account,
+        plan: ElevationPlan,
+        request_id: str | None,
+        actor: str,
+        now: datetime,
+    ) -> None:
         with self._store.transaction() as conn:
             self._not_quarantined(self._require_policy()[1], account, list(plan.nodes), conn)
             rows.insert_grant(conn, grant, plan.nodes)
@@ -246,7 +307,6 @@ class GrantService:
                     fix="see `broker requests list --state ''`",
                 )
             writer.record(conn, records.issue_event(actor, grant), now)
-        return grant
 
     # ------------------------------------------------------------ approvals
 
@@ -290,16 +350,28 @@ class GrantService:
         push_now: bool = True,
     ) -> ElevationResult:
         """Record an approval; with enough of them, issue the grant and push it."""
-        request = self.request(request_id)
-        self._approver_check(request, approver, now)
+        with self._approval_refusals(request_id, approver, "approve", actor, now):
+            request = self.request(request_id)
+            self._approver_check(request, approver, now)
         self._mfa(approver, code, "approve", actor)
+        with self._approval_refusals(request_id, approver, "approve", actor, now):
+            self._store_approval(request, approver, actor, now)
+        request = self.request(request_id)
+        approvers = tuple(a.approver for a in request.approvals if a.decision == "approve")
+        if len(approvers) < request.approvals_needed:
+            return ElevationResult(None, request)
+        return self._grant_request(request, approvers, actor, now, progress, push_now)
+
+    def _store_approval(
+        self, request: Request, approver: Account, actor: str, now: datetime
+    ) -> None:
         with self._store.transaction() as conn:
-            current = rows.request(conn, request_id)
+            current = rows.request(conn, request.id)
             if current is None or current.state != "pending":
-                raise RefusedError(f"request {request_id} is no longer pending")
+                raise RefusedError(f"request {request.id} is no longer pending")
             if not rows.add_approval(
                 conn,
-                request_id,
+                request.id,
                 approver=approver.name,
                 approver_sid=approver.sid,
                 decision="approve",
@@ -307,21 +379,28 @@ class GrantService:
                 now=now,
             ):
                 raise RefusedError(
-                    f"{approver.name} already decided on {request_id}",
+                    f"{approver.name} already decided on {request.id}",
                     fix="another approver must approve it",
                 )
-            writer.record(
-                conn,
-                writer.EventInput(
-                    actor, "grant.approve", request_id, details={"requester": request.user}
-                ),
-                now,
+            event = writer.EventInput(
+                actor, "grant.approve", request.id, details={"requester": request.user}
             )
-        request = self.request(request_id)
-        approvers = tuple(a.approver for a in request.approvals if a.decision == "approve")
-        if len(approvers) < request.approvals_needed:
-            return ElevationResult(None, request)
-        return self._grant_request(request, approvers, actor, now, progress, push_now)
+            writer.record(conn, event, now)
+
+    @contextmanager
+    def _approval_refusals(
+        self, request_id: str, approver: Account, decision: str, actor: str, now: datetime
+    ) -> Iterator[None]:
+        """Audit a refused approval or denial (self-approval, not an approver, wrong state,
+        no such request) as `approve.refused`, after its transaction rolled back."""
+        try:
+            yield
+        except RefusedError as exc:
+            self._refused(
+                exc, "approve.refused", actor, request_id, now,
+                approver=approver.name, decision=decision,
+            )  # fmt: skip
+            raise
 
     def _grant_request(
         self,
@@ -416,10 +495,14 @@ class GrantService:
         now: datetime,
     ) -> Request:
         reason = validate_reason(reason)
-        request = self.request(request_id)
-        self._approver_check(request, approver, now)
+        with self._approval_refusals(request_id, approver, "deny", actor, now):
+            request = self.request(request_id)
+            self._approver_check(request, approver, now)
         self._mfa(approver, code, "deny", actor)
-        with self._store.transaction() as conn:
+        with (
+            self._approval_refusals(request_id, approver, "deny", actor, now),
+            self._store.transaction() as conn,
+        ):
             rows.add_approval(
                 conn,
                 request_id,

@@ -34,6 +34,7 @@ Kind = Literal[
     "sudo_without_grant",
     "quarantined_session",
     "session_escape",
+    "refusals",
 ]
 Stream = Literal["command", "input", "output"]
 STREAMS: tuple[Stream, ...] = ("command", "input", "output")
@@ -50,6 +51,7 @@ KIND_ACTIONS: Mapping[Kind, tuple[Action, ...]] = {
     "sudo_without_grant": (*_USER_ACTIONS, "quarantine_node"),
     "quarantined_session": (*_USER_ACTIONS, "end_session"),
     "session_escape": ACTIONS,
+    "refusals": _USER_ACTIONS,
 }
 DRIFT_ACTIONS: tuple[Action, ...] = (*_USER_ACTIONS, "quarantine_node")
 # Which keys a kind reads (the policy loader refuses the others for that kind).
@@ -62,6 +64,7 @@ KIND_KEYS: Mapping[Kind, tuple[str, ...]] = {
     "sudo_without_grant": ("threshold", "window"),
     "quarantined_session": (),
     "session_escape": (),
+    "refusals": ("threshold", "window"),
 }
 
 
@@ -187,6 +190,15 @@ BUILTIN: Mapping[str, Rule] = {
             threshold=3,
             window=timedelta(minutes=10),
             description="sudo tried again and again without a grant",
+        ),
+        Rule(
+            "repeated-refusals",
+            "refusals",
+            "medium",
+            ("alert",),
+            threshold=5,
+            window=timedelta(minutes=10),
+            description="one caller refused again and again: probing what it may reach",
         ),
         Rule(
             "session-escape",

@@ -399,3 +399,36 @@ def test_a_session_the_indexer_gave_up_on_is_still_watched(app: App) -> None:
         f.write(b"tar czf /tmp/m.tgz /models/llama\r")
     app.detection().run(T0 + timedelta(minutes=30))
     assert [r[0] for r in alert_rows(app)] == ["exfiltration"]
+
+
+def test_repeated_refusals_of_one_caller_alert_and_summaries_count() -> None:
+    feed = Feed()
+    hits = [
+        feed.event("grant.refused", "gpu01", T0 + timedelta(seconds=i), actor="unix:bob",
+                   outcome="refused", reason="bob may not elevate", user="bob")
+        for i in range(6)
+    ]  # fmt: skip
+    assert hits == [[], [], [], [], ["repeated-refusals"], []]  # once, then cooling down
+    finding = feed.detector.audit(
+        AuditEvent(99, (T0 + timedelta(minutes=11)).timestamp(), "unix:bob", "approve.refused",
+                   "r0123456789abcdef", "refused", {"approver": "bob"})
+    )  # fmt: skip
+    assert finding == []  # the window moved on: one refusal
+    # A rate-limit summary stands for the refusals it counted.
+    other = Feed()
+    summary = other.event("request.refused", "-", T0, actor="krb:eve@HPC.TEST",
+                          outcome="refused", suppressed=40)  # fmt: skip
+    assert summary == ["repeated-refusals"]
+    assert other.event("grant.issue", "g1", T0, outcome="ok", user="eve", nodes="gpu01") == []
+    tuned = Feed(
+        detection(
+            '[detect.rules.repeated-refusals]\nthreshold = 2\nactions = ["alert", "lock_mfa"]\n'
+        )
+    )
+    tuned.event("grant.refused", "gpu01", T0, actor="unix:bob", outcome="refused", user="bob")
+    (found,) = tuned.detector.audit(
+        AuditEvent(2, T0.timestamp(), "unix:bob", "grant.refused", "gpu01", "refused",
+                   {"user": "bob"})
+    )  # fmt: skip
+    assert found.user == "bob" and found.actions == ("alert", "lock_mfa")
+    assert problems_of('[detect.rules.repeated-refusals]\nactions = ["end_session"]\n')

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.app import App
+from broker.audit.refusals import RefusalLimiter, RefusalRecorder
 from broker.core.errors import RefusedError
 from broker.core.identity import Account, MemorySnapshot
 from broker.fleet import hostkeys, inventory
@@ -109,6 +110,7 @@ class World:
             policy=self.policy,
             snapshot=lambda now: MemorySnapshot.of(self.accounts.values()),
             mfa=lambda account, code, purpose, actor: None,
+            refusals=RefusalRecorder(self.store, RefusalLimiter()),
         )
 
     def policy(self) -> tuple[str, Policy]:

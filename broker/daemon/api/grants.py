@@ -193,6 +193,7 @@ def plan_out(account: Account, plan: ElevationPlan) -> PlanOut:
     response=PlanOut,
     access=Access.USER,
     summary="What elevating would grant you (or the rule that refuses it); needs no code",
+    refusal="grant.refused",
 )
 def preview(ctx: Context[ElevateIn]) -> PlanOut:
     account = _account(ctx.caller)
@@ -205,6 +206,7 @@ def preview(ctx: Context[ElevateIn]) -> PlanOut:
         duration=_duration(p.duration),
         role=p.role,
         commands=p.commands,
+        actor=ctx.caller.actor,
         now=ctx.now,
     )
     return plan_out(account, plan)
@@ -217,6 +219,7 @@ def preview(ctx: Context[ElevateIn]) -> PlanOut:
     response=ElevationOut,
     access=Access.USER,
     summary="Elevate on nodes: a grant pushed to them, or a request waiting for approvals",
+    refusal="grant.refused",
 )
 def elevate(ctx: Context[ElevateIn]) -> ElevationOut:
     account = _account(ctx.caller)
@@ -266,6 +269,7 @@ def list_requests(ctx: Context[RequestsQuery]) -> list[RequestOut]:
     response=ElevationOut,
     access=Access.USER,
     summary="Approve a request (approver group, not the requester, MFA); enough approvals grant it",
+    refusal="approve.refused",
 )
 def approve(ctx: Context[ApproveIn]) -> ElevationOut:
     result = ctx.app.grants().approve(
@@ -286,6 +290,7 @@ def approve(ctx: Context[ApproveIn]) -> ElevationOut:
     response=RequestOut,
     access=Access.USER,
     summary="Deny a request (approver group, not the requester, MFA)",
+    refusal="approve.refused",
 )
 def deny(ctx: Context[DenyIn]) -> RequestOut:
     request = ctx.app.grants().deny(
