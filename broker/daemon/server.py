@@ -130,6 +130,16 @@ def unix_server(
     return unix
 
 
+def _check_store(settings: Settings) -> None:
+    """Kerberos configured and the store ready (migrated, sealed) before anything listens."""
+    use_krb5_conf(settings.kerberos)  # before any thread binds to AD or accepts SPNEGO
+    boot = App(settings)
+    try:
+        boot.setup().ready_for_daemon(actor="daemon")
+    finally:
+        boot.close()
+
+
 @contextlib.contextmanager
 def running(
     settings: Settings,
@@ -137,12 +147,7 @@ def running(
     registry: Registry = REGISTRY,
 ) -> Iterator[UnixServer]:
     """Start the daemon's listeners in background threads; stop them when the block ends."""
-    use_krb5_conf(settings.kerberos)  # before any thread binds to AD or accepts SPNEGO
-    boot = App(settings)
-    try:
-        boot.setup().ready_for_daemon(actor="daemon")
-    finally:
-        boot.close()
+    _check_store(settings)
     daemon = settings.daemon
     workers = Workers(settings)
     pool = ThreadPoolExecutor(max_workers=daemon.workers, thread_name_prefix="broker-worker")
