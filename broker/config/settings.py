@@ -101,6 +101,11 @@ class KerberosSection(_Section):
     krb5_conf: AbsPath | None = None
 
 
+# The period of deploy/systemd/broker-sync.timer: a snapshot may never be required to be
+# younger than one sync.
+SYNC_PERIOD = timedelta(minutes=1)
+
+
 class DirectorySection(_Section):
     """How to reach Active Directory. Plain LDAP without StartTLS is never allowed."""
 
@@ -118,6 +123,8 @@ class DirectorySection(_Section):
     search_connections: int = Field(default=2, ge=1, le=8)
     min_id: int = Field(default=1000, ge=1)
     full_sync_interval: Duration = timedelta(hours=24)
+    # Elevation and approval stop when the last successful sync is older (docs/directory.md).
+    max_snapshot_age: Duration = timedelta(minutes=15)
     stale_after: Duration = timedelta(days=90)
     idmap_range_min: int = Field(default=200_000, ge=1000)
     idmap_range_max: int = Field(default=2_000_200_000, le=4_294_967_294)
@@ -165,6 +172,11 @@ class DirectorySection(_Section):
         if self.idmap_range_max - self.idmap_range_min < self.idmap_range_size:
             raise ValueError(
                 "idmap_range_max - idmap_range_min must hold at least one idmap_range_size"
+            )
+        if self.max_snapshot_age <= max(SYNC_PERIOD, self.timeout):
+            raise ValueError(
+                "max_snapshot_age must be longer than 1m (the sync timer's period) and than"
+                " directory.timeout, or elevation is refused between two good syncs"
             )
         return self
 

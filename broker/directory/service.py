@@ -10,12 +10,13 @@ from collections.abc import Callable
 from datetime import datetime
 
 from broker.config.settings import DirectorySection
-from broker.core.errors import ConfigError
+from broker.core.errors import BrokerError, ConfigError
 from broker.core.identity import AccessChange
 from broker.core.timeutil import utcnow
 from broker.core.users import NamedUser, resolve_user
 from broker.directory import sync as directory_sync
-from broker.directory.snapshot import StoreSnapshot
+from broker.directory.freshness import require_fresh
+from broker.directory.snapshot import StoreSnapshot, load_state
 from broker.directory.sync import SyncReport
 from broker.store.db import Store
 
@@ -35,6 +36,7 @@ class DirectoryService:
         self._section = section
         self._mapped_groups = mapped_groups
         self._subscribers: list[Subscriber] = []
+        self._last_error: str | None = None  # the last failed sync's line, until one succeeds
 
     def settings(self) -> DirectorySection:
         """The [directory] section; refuses when the configuration has none."""
@@ -48,6 +50,15 @@ class DirectoryService:
     def snapshot(self, now: datetime | None = None) -> StoreSnapshot:
         """The last committed directory snapshot, evaluated at `now`."""
         return StoreSnapshot(self._store().conn, now or utcnow())
+
+    def require_fresh(self, now: datetime) -> None:
+        """Refuse (unavailable) when the snapshot is older than `max_snapshot_age`: decisions
+        that grant access by AD membership must not outlive AD. Without a [directory] section
+        nothing syncs, so there is no age to bound."""
+        if self._section is None:
+            return
+        state = load_state(self._store().conn)
+        require_fresh(state, self._section.max_snapshot_age, now, self._last_error)
 
     def resolve_user(
         self, text: str, now: datetime, recorded: Callable[[str], bool] | None = None
@@ -65,12 +76,19 @@ class DirectoryService:
             callback(changes)
 
     def sync(self, actor: str, *, full: bool = False) -> SyncReport:
-        """Bring the directory snapshot up to date (one transaction; unchanged on failure)."""
-        return directory_sync.sync(
-            self._store(),
-            self.settings(),
-            actor,
-            full=full,
-            mapped_groups=self._mapped_groups(),
-            publish=self._publish,
-        )
+        """Bring the directory snapshot up to date (one transaction; unchanged on failure);
+        a failure's line is kept for the refusal `require_fresh` gives once the snapshot ages."""
+        try:
+            report = directory_sync.sync(
+                self._store(),
+                self.settings(),
+                actor,
+                full=full,
+                mapped_groups=self._mapped_groups(),
+                publish=self._publish,
+            )
+        except BrokerError as exc:
+            self._last_error = " ".join(exc.message.split())
+            raise
+        self._last_error = None
+        return report

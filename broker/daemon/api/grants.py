@@ -196,6 +196,7 @@ def plan_out(account: Account, plan: ElevationPlan) -> PlanOut:
     refusal="grant.refused",
 )
 def preview(ctx: Context[ElevateIn]) -> PlanOut:
+    ctx.app.directory().require_fresh(ctx.now)
     account = _account(ctx.caller)
     p = ctx.params
     if p.reason is not None:
@@ -222,6 +223,7 @@ def preview(ctx: Context[ElevateIn]) -> PlanOut:
     refusal="grant.refused",
 )
 def elevate(ctx: Context[ElevateIn]) -> ElevationOut:
+    ctx.app.directory().require_fresh(ctx.now)
     account = _account(ctx.caller)
     p = ctx.params
     if p.reason is None:
@@ -272,6 +274,7 @@ def list_requests(ctx: Context[RequestsQuery]) -> list[RequestOut]:
     refusal="approve.refused",
 )
 def approve(ctx: Context[ApproveIn]) -> ElevationOut:
+    ctx.app.directory().require_fresh(ctx.now)
     result = ctx.app.grants().approve(
         ctx.params.id,
         _account(ctx.caller),
@@ -354,6 +357,7 @@ def show_grant(ctx: Context[GrantPath]) -> GrantOut:
     summary="Push a grant again to the nodes where it has not landed",
 )
 def retry(ctx: Context[GrantPath]) -> list[NodeResultOut]:
+    ctx.app.directory().require_fresh(ctx.now)
     grant = _own_grant(ctx, ctx.params.id)
     outcomes = ctx.app.grants().retry(grant.id, actor=ctx.caller.actor, now=ctx.now)
     return _results(outcomes)
