@@ -33,7 +33,8 @@ from broker.grants import push, records, rows
 from broker.grants.delivery import Delivery, GrantRules
 from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
-from broker.grants.plan import ElevationPlan, plan_elevation
+from broker.grants.plan import ElevationPlan
+from broker.grants.precheck import planned
 from broker.grants.reader import GrantReader
 from broker.grants.revocation import ReapReport, Revocation, RevokeResult
 from broker.policy.evaluate import state_at
@@ -132,7 +133,7 @@ class GrantService:
             if named is not None and named.approvals.required:
                 action = "request.refused"
             names = expand(nodes)
-            plan = plan_elevation(
+            plan = planned(
                 policy, account, names, role=role, duration=duration, commands=commands, now=now
             )
             action = "request.refused" if plan.role.approvals.required else "grant.refused"
@@ -451,7 +452,7 @@ class GrantService:
             commands = None if request.commands == "ALL" else request.commands.split(",")
             names = expand(request.nodes)
             duration = timedelta(seconds=request.duration_s)
-            plan = plan_elevation(
+            plan = planned(
                 policy, account, names, role=request.role, duration=duration,
                 commands=commands, now=now,
             )  # fmt: skip
