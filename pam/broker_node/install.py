@@ -51,11 +51,25 @@ def install_grant(paths: Paths, payload: dict[str, object], now: int) -> dict[st
     if problem is not None:
         return refuse(problem)
     code, listing = run_program(["sudo", "-n", "-l", "-U", user])
-    live = code == 0 and _rule_listed(listing, grant)
-    error = None if live else f"sudo -l -U {user} does not list the rule"
+    if code == 0 and _rule_listed(listing, grant):
+        return {"ok": True, "live": True, "error": None}
+    error = f"sudo -l -U {user} does not list the rule"
     if code != 0:
         error = f"sudo -l -U {user} failed: {clean(listing.strip(), 300)}"
-    return {"ok": True, "live": live, "error": error}
+    return refuse(f"{error}; {_take_back(paths, grant_id)}")
+
+
+def _take_back(paths: Paths, grant_id: str) -> str:
+    """A rule sudo does not list is not a grant: remove both files again, so that nothing
+    the broker records as failed stays installed (a retry writes them anew)."""
+    try:
+        remove_if_present(os.path.join(paths.sudoers, f"broker_{grant_id}"))
+        remove_if_present(os.path.join(paths.grants, grant_id))
+        fsync_dir(paths.sudoers)
+        fsync_dir(paths.grants)
+    except OSError as exc:
+        return f"its files could not be removed: {exc.strerror or exc}"
+    return "its files were removed again"
 
 
 def _put_in_place(paths: Paths, grant_id: str, grant_text: str, sudoers: str) -> str | None:

@@ -71,6 +71,22 @@ def files(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 
 
+def sudo_lists_the_rule(monkeypatch: pytest.MonkeyPatch, grant: Any) -> None:
+    """This tree's grants are not in the real /etc/sudoers.d: let `sudo -l` answer as a node
+    whose sudo reads them would (visudo still runs for real)."""
+    real = bn.install.run_program
+    stamp = "%Y%m%d%H%M%SZ"
+    rule = (
+        f"    ({grant.runas}) NOTBEFORE={grant.not_before.strftime(stamp)}"
+        f" NOTAFTER={grant.not_after.strftime(stamp)} TIMEOUT=1800 NOPASSWD: ALL\n"
+    )
+
+    def run(argv: list[str], timeout: float = 30) -> tuple[int, str]:
+        return (0, rule) if argv[0] == "sudo" else real(argv, timeout)
+
+    monkeypatch.setattr(bn.install, "run_program", run)
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -99,12 +115,13 @@ def test_status_reports_node_sudo_and_grants(node: NodeTree) -> None:
 # ---------------------------------------------------------------- install-grant
 
 
-def test_install_grant_writes_both_files_with_final_modes(node: NodeTree) -> None:
+def test_install_grant_writes_both_files_with_final_modes(
+    node: NodeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
     payload, grant = install_payload(node)
+    sudo_lists_the_rule(monkeypatch, grant)
     code, reply = call(node, "install-grant", payload)
-    assert code == 0 and reply["ok"] is True, reply
-    # sudo reads the real /etc/sudoers.d, not this tree: installed, but not live here
-    assert reply["live"] is False and "sudo -l" in reply["error"]
+    assert code == 0 and reply == {"ok": True, "live": True, "error": None}, reply
     grant_file = node.root / "var/lib/broker/grants" / grant.id
     drop_in = node.root / "etc/sudoers.d" / f"broker_{grant.id}"
     assert grant_file.read_text() == payload["grant"]
@@ -114,6 +131,20 @@ def test_install_grant_writes_both_files_with_final_modes(node: NodeTree) -> Non
     assert files(node.root / "var/lib/broker/grants") == [grant.id]
     assert files(node.root / "etc/sudoers.d") == [f"broker_{grant.id}"]
     assert node.status_of(grant.id)["valid"] is True
+
+
+def test_a_rule_sudo_does_not_list_is_taken_off_again(node: NodeTree) -> None:
+    # sudo reads the real /etc/sudoers.d and knows no alice here: a node where the user is
+    # unknown. The broker records the push as failed; nothing of it may stay installed.
+    payload, grant = install_payload(node)
+    code, reply = call(node, "install-grant", payload)
+    assert code == 0 and reply["ok"] is False and reply["live"] is False, reply
+    assert reply["error"].startswith("sudo -l -U alice ")
+    assert reply["error"].endswith("; its files were removed again")
+    assert files(node.root / "var/lib/broker/grants") == []
+    assert files(node.root / "etc/sudoers.d") == []
+    # Not marked revoked: `broker grants retry` may install it there once the user exists.
+    assert not (node.root / "var/lib/broker/revoked" / grant.id).exists()
 
 
 def test_install_grant_refuses_a_bad_drop_in_and_leaves_nothing(node: NodeTree) -> None:
@@ -151,10 +182,13 @@ def test_install_grant_verifies_the_grant_like_the_module(
     assert files(node.root / "etc/sudoers.d") == []
 
 
-def test_install_grant_accepts_a_future_grant_but_not_an_expired_one(node: NodeTree) -> None:
-    payload, _ = install_payload(
+def test_install_grant_accepts_a_future_grant_but_not_an_expired_one(
+    node: NodeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload, grant = install_payload(
         node, not_before=now_s() + timedelta(hours=1), not_after=now_s() + timedelta(hours=2)
     )
+    sudo_lists_the_rule(monkeypatch, grant)
     assert call(node, "install-grant", payload)[1]["ok"] is True
     payload, _ = install_payload(
         node, not_before=now_s() - timedelta(hours=2), not_after=now_s() - timedelta(hours=1)
@@ -336,8 +370,11 @@ def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
     return predicate()
 
 
-def test_revoke_kills_the_session_tree_and_blocks_replay(node: NodeTree) -> None:
+def test_revoke_kills_the_session_tree_and_blocks_replay(
+    node: NodeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
     payload, grant = install_payload(node)
+    sudo_lists_the_rule(monkeypatch, grant)
     assert call(node, "install-grant", payload)[1]["ok"]
     # a "sudo" with a background child, and a command in its own session whose
     # orphan (parent gone, reparented away) is found by its session id
