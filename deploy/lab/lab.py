@@ -1039,6 +1039,9 @@ def enroll_nodes(info: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- broker config and lab.json
 
 
+LAB_SNAPSHOT_AGE = "12h"
+
+
 def broker_config(root: Path, keytab: Path, state_dir: Path, names: list[str]) -> Path:
     path = root / "broker" / "broker.toml"
     path.write_text(
@@ -1047,7 +1050,11 @@ def broker_config(root: Path, keytab: Path, state_dir: Path, names: list[str]) -
         f'[kerberos]\nkrb5_conf = "{root / "krb5.conf"}"\n\n'
         f'[directory]\nuris = ["ldaps://{DC_HOST}:636"]\nbase_dn = "{BASE_DN}"\n'
         f'ca_file = "{root / "ca" / "ca.pem"}"\nauth = "gssapi"\nprincipal = "svc-broker@{REALM}"\n'
-        f'keytab = "{keytab}"\n\n'
+        f'keytab = "{keytab}"\n'
+        # The lab syncs when a test asks, not every minute as broker-sync.timer does on a
+        # broker host: a limit of hours keeps a long test run from aging out of its snapshot.
+        # tests/lab/test_directory_sync.py shows the default's behaviour with a short one.
+        f'max_snapshot_age = "{LAB_SNAPSHOT_AGE}"\n\n'
         f'[ssh]\nkey = "{root / "broker" / "ssh_ed25519"}"\nknown_hosts = "{root / "broker" / "known_hosts"}"\n'
         'user = "root"\n\n'
         f'[daemon]\nsocket = "{root / "broker" / "run" / "broker.sock"}"\n'

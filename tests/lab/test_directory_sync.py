@@ -315,7 +315,9 @@ def test_elevation_fails_closed_once_an_unreachable_dc_lets_the_snapshot_age(
     private = Path(tempfile.mkdtemp(prefix="broker-stale-", dir="/tmp"))
     private.chmod(0o755)  # dave reaches the private daemon's socket under it
     text = config_of(lab).read_text().replace("ldaps://dc1.hpc.test:636", "ldaps://127.0.0.9:636")
-    text = text.replace("\n[directory]\n", '\n[directory]\nmax_snapshot_age = "1m5s"\n', 1)
+    lab_limit = 'max_snapshot_age = "12h"'  # the lab's (deploy/lab/lab.py, LAB_SNAPSHOT_AGE)
+    assert lab_limit in text
+    text = text.replace(lab_limit, 'max_snapshot_age = "1m5s"', 1)
     config = private_daemon_config(text, private)
     config.chmod(0o644)
     sync(lab)  # the snapshot is fresh now
