@@ -27,8 +27,10 @@ log = logging.getLogger("broker.audit")
 LIMIT = 10  # refusal events per caller per window, written one by one
 WINDOW = timedelta(minutes=1)
 # Callers tracked at once (authenticated callers with a refusal in the last window); past
-# this, a new caller's refusals are written without a limit rather than dropped.
+# this, new callers share one window (OVERFLOW) with the same limit, so many principals
+# (machine accounts, a trusted realm) cannot write without bound either.
 MAX_CALLERS = 10_000
+OVERFLOW = "daemon:refusals-of-many-callers"
 REFUSAL_ACTIONS = ("grant.refused", "request.refused", "approve.refused")
 
 
@@ -80,9 +82,10 @@ class RefusalLimiter:
         with self._lock:
             due = self._closed(now)
             current = self._windows.get(actor)
+            if current is None and len(self._windows) >= MAX_CALLERS:
+                actor = OVERFLOW  # one shared window for every caller past the table's size
+                current = self._windows.get(actor)
             if current is None:
-                if len(self._windows) >= MAX_CALLERS:
-                    return True, due
                 current = self._windows[actor] = _Window(now)
             if current.written < self.limit:
                 current.written += 1

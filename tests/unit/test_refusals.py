@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from broker.app import App
+from broker.audit import refusals as refusal_limits
 from broker.audit.query import EventFilter, iter_events
 from broker.audit.refusals import LIMIT, WINDOW, RefusalLimiter, RefusalRecorder
 from broker.config.loader import load_settings
@@ -158,6 +159,21 @@ def test_callers_are_limited_apart_and_flush_sums_up_closed_windows(tmp_path: Pa
     closed = limiter.due(NOW + timedelta(seconds=60))
     assert sorted((s.actor, s.count) for s in closed) == [("unix:a", 1), ("unix:b", 1)]
     assert limiter.tracked() == 0  # nothing kept once summed up
+
+
+def test_callers_past_the_tables_size_share_one_limited_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found in review: past MAX_CALLERS every new caller was written without a limit, so
+    # many principals (machine accounts, a trusted realm) could grow the chain at will.
+    monkeypatch.setattr(refusal_limits, "MAX_CALLERS", 3)
+    limiter = RefusalLimiter(limit=2, window=timedelta(seconds=60))
+    for actor in ("krb:a@X", "krb:b@X", "krb:c@X"):
+        assert limiter.admit(actor, "grant.refused", NOW)[0]
+    newcomers = [limiter.admit(f"krb:m{i}@X", "grant.refused", NOW)[0] for i in range(50)]
+    assert newcomers.count(True) == 2  # the shared window's limit, not 50
+    closed = limiter.due(NOW + timedelta(seconds=60))
+    assert (refusal_limits.OVERFLOW, 48) in {(s.actor, s.count) for s in closed}
 
 
 def test_the_limiter_counts_exactly_across_threads() -> None:
