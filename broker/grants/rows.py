@@ -103,16 +103,20 @@ def grants(
     states: tuple[str, ...] = (),
     limit: int = 1000,
 ) -> list[Grant]:
-    """Newest first; a user's grants are those of their objectSid, whatever name they were
-    issued under, and any recorded under their name."""
+    """Newest first; a directory user's grants are those of their objectSid, whatever name
+    they were issued under; a departed user's, those recorded under the name or its SIDs."""
     where: list[str] = []
     args: list[str] = []
     if user is not None and user.sid is not None:
-        where.append("(sid = ? OR user = ?)")
-        args.extend((user.sid, user.name))
+        # The account's objectSid only: a new account that reuses a departed user's name
+        # is not that user (review finding), and a renamed account keeps its grants.
+        where.append("sid = ?")
+        args.append(user.sid)
     elif user is not None:
-        where.append("user = ?")
-        args.append(user.name)
+        # A departed user: the name as recorded, and every SID ever recorded under it (the
+        # grants they held under an earlier name too).
+        where.append("(user = ? OR sid IN (SELECT sid FROM grants WHERE user = ?))")
+        args.extend((user.name, user.name))
     if node is not None:
         where.append("id IN (SELECT grant_id FROM grant_nodes WHERE node = ?)")
         args.append(node)

@@ -156,6 +156,25 @@ def test_a_user_deleted_from_ad_can_still_be_revoked_by_name(people: Path) -> No
     assert _grant_ids(people, "--active") == ["g" + "a" * 16]
 
 
+def test_a_name_reused_by_a_new_account_is_not_the_departed_user(daemon: Path) -> None:
+    # Review finding: matching grants by name too made a new `alice` the owner of a
+    # departed alice's grants (listing them, revoked with hers) and a departed user's grants
+    # under an earlier name were missed.
+    seed_directory(daemon)
+    departed = "S-1-5-21-1-2-3-8888"
+    seed_grants(
+        daemon,
+        _grant("g" + "c" * 16, "alice", departed),  # an earlier alice, gone from AD
+        _grant("g" + "d" * 16, "zed", ZED_SID),  # zed, gone, once known as ...
+        _grant("g" + "e" * 16, "zed-old", ZED_SID),  # ... zed-old
+    )
+    assert _grant_ids(daemon, "--user", "alice") == []  # the current alice holds none
+    assert sorted(_grant_ids(daemon, "--user", "zed")) == ["g" + "d" * 16, "g" + "e" * 16]
+    result = run_broker("revoke", "--user", "zed", config=daemon)
+    assert result.returncode == 0, result.stderr
+    assert _grant_ids(daemon, "--active") == ["g" + "c" * 16]
+
+
 @pytest.mark.parametrize(
     "args",
     [
