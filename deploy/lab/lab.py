@@ -1053,7 +1053,7 @@ def broker_config(root: Path, keytab: Path, state_dir: Path, names: list[str]) -
         f'keytab = "{keytab}"\n'
         # The lab syncs when a test asks, not every minute as broker-sync.timer does on a
         # broker host: a limit of hours keeps a long test run from aging out of its snapshot.
-        # tests/lab/test_directory_sync.py shows the default's behaviour with a short one.
+        # tests/unit/test_directory_freshness.py shows what a stale snapshot refuses.
         f'max_snapshot_age = "{LAB_SNAPSHOT_AGE}"\n\n'
         f'[ssh]\nkey = "{root / "broker" / "ssh_ed25519"}"\nknown_hosts = "{root / "broker" / "known_hosts"}"\n'
         'user = "root"\n\n'

@@ -220,9 +220,13 @@ def test_mfa_enroll_verify_replay_recovery_lockout_and_reset(
         run_broker("mfa", "status", "alice", "--json", config=config_of(synced)).stdout
     )
     assert after["enrolled"] is False and after["locked_until"] is None
+    # (the newest reset: the detector may write its own response events meanwhile)
     tail = json.loads(
-        run_broker("audit", "tail", "-n", "1", "--json", config=config_of(synced)).stdout
-    )
+        run_broker(
+            "audit", "tail", "--action", "mfa.reset", "-n", "1", "--json",
+            config=config_of(synced),
+        ).stdout
+    )  # fmt: skip
     assert tail[0]["action"] == "mfa.reset" and tail[0]["actor"] == "unix:root"
 
 
