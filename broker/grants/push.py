@@ -42,13 +42,15 @@ def log_server(listen: str, port: int, target: NodeTarget) -> str:
     return f"{target.host if listen == 'node-address' else '127.0.0.1'}:{port}"
 
 
-def drop_in_text(grant: Grant, log_server: str) -> str:
-    """The grant's sudoers drop-in (the host itself is bound by the grant file)."""
+def drop_in_text(grant: Grant, node: str, log_server: str) -> str:
+    """The grant's sudoers drop-in for `node`: its rule names the node as the host, as the
+    signed grant file names it for the PAM module."""
     return render_grant(
         SudoersGrant(
             grant_id=grant.id,
             user=grant.user,
             runas=grant.runas,
+            host=node,
             not_before=grant.not_before,
             not_after=grant.not_after,
             command_sets=grant.command_sets,
@@ -116,7 +118,7 @@ def install(
             "id": grant.id,
             "user": grant.user,
             "grant": grant_file_text(grant, target.name, key, now),
-            "sudoers": drop_in_text(grant, log_server(log_listen, log_port, target)),
+            "sudoers": drop_in_text(grant, target.name, log_server(log_listen, log_port, target)),
             # The node compares its clock with ours before it writes anything.
             "broker_time": time.time(),
             "max_skew": max_skew.total_seconds(),

@@ -270,9 +270,9 @@ class GrantService:
             account, plan, reason=reason, sha=sha, approvers=approvers,
             request_id=request_id, actor=actor, now=now,
         )  # fmt: skip
-        # Rendered (and so validated) before anything is stored: a grant whose drop-in
-        # cannot be written never exists.
-        push.drop_in_text(grant, f"127.0.0.1:{self._rules.log_port}")
+        # Rendered (validated) before anything is stored: a grant whose drop-in cannot be
+        for node in plan.nodes:  # written never exists.
+            push.drop_in_text(grant, node, f"127.0.0.1:{self._rules.log_port}")
         try:
             self._store_grant(grant, account, plan, request_id, actor, now)
         except RefusedError as exc:  # rolled back: quarantined or decided meanwhile

@@ -24,6 +24,7 @@ from typing import NoReturn
 import jinja2
 
 from broker.core.errors import FailedError, RefusedError, UnavailableError, UsageError
+from broker.core.hostlist import NODE_NAME
 from broker.core.timeutil import to_generalized, to_second_text
 from broker.policy import names
 
@@ -42,6 +43,7 @@ _LOG_SERVER = re.compile(
     r":(?:[1-9][0-9]{0,4})"
 )
 ALL = "ALL"
+HOST_MAX = 253
 # sudo keeps TIMEOUT in a C int and refuses larger values ("timeout value too large").
 TIMEOUT_MAX = 2**31 - 1
 # Characters the sudoers parser gives a meaning to, and line breaks. The allow-lists
@@ -64,6 +66,9 @@ class SudoersGrant:
     not_before: datetime
     not_after: datetime
     command_sets: tuple[tuple[str, tuple[str, ...]], ...]
+    # The node this copy is for: the rule's host field, so the file grants nothing on a
+    # node whose hostname differs (a copied drop-in is inert even before PAM decides).
+    host: str
     # Where sudo streams the session recording (the node's tunnel to sudo_logsrvd).
     log_server: str = DEFAULT_LOG_SERVER
 
@@ -89,6 +94,7 @@ def render_grant(grant: SudoersGrant, templates_dir: Path | None = None) -> str:
     not_before = _moment("not_before", grant.not_before)
     not_after = _moment("not_after", grant.not_after)
     timeout = _timeout(not_before, not_after)
+    host = _host(grant.host)
     log_server = grant.log_server
     if not _LOG_SERVER.fullmatch(log_server) or int(log_server.rpartition(":")[2]) > 65535:
         _refuse("log_server", log_server, "expected host:port, e.g. 127.0.0.1:30343")
@@ -97,6 +103,7 @@ def render_grant(grant: SudoersGrant, templates_dir: Path | None = None) -> str:
     return template.render(
         grant_id=grant_id,
         user=user,
+        host=host,
         runas=runas,
         valid_from=to_second_text(not_before),
         expires=to_second_text(not_after),
@@ -212,6 +219,15 @@ def _account(field: str, value: object) -> str:
         _refuse(field, text, "name one user; %, + and # start a group, netgroup or uid")
     if (reason := names.posix_name(text)) is not None:
         _refuse(field, text, reason)
+    return text
+
+
+def _host(value: object) -> str:
+    """The node's inventory name, as sudo matches it against the host's name: a lower-case
+    hostname (never ALL, an alias, a netgroup, an address pattern or a wildcard)."""
+    text = _plain("host", value)
+    if not NODE_NAME.fullmatch(text) or len(text) > HOST_MAX:
+        _refuse("host", text, "a node name: lower-case hostname labels joined by dots")
     return text
 
 

@@ -359,3 +359,17 @@ def render_quarantine(marker: Quarantine) -> bytes:
         f"node={marker.node}\nsince={format_utc(marker.since)}\ngroup={marker.group}\n"
         f"reason={_percent_encode(marker.reason)}\n"
     ).encode("ascii")
+
+
+def host_mismatch(node: str, hostname: str) -> str | None:
+    """Why sudo here would not apply a drop-in whose host field is `node` (None: it would).
+    sudo compares a host name without a dot with the short host name, one with a dot with
+    the whole name, ignoring case (sudoers(5), without the `fqdn` option)."""
+    seen = hostname if "." in node else hostname.split(".", 1)[0]
+    if seen.lower() == node.lower():
+        return None
+    return (
+        f"this host is named {clean(hostname, 64)!r} but node.conf says node={node}: sudo will"
+        " not apply its grants (each drop-in names the node as its host); set the hostname"
+        " or enrol the node under that name"
+    )

@@ -4,12 +4,23 @@ whether sudo lists the rule."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 
-from .contract import MAX_FILE, Paths, clean, format_utc, is_grant_id, is_posix_name
+from .contract import (
+    MAX_FILE,
+    NodeConf,
+    Paths,
+    clean,
+    format_utc,
+    host_mismatch,
+    is_grant_id,
+    is_posix_name,
+)
 from .files import ensure_dir, fsync_dir, open_dir, remove_if_present, write_temp
 from .grants import CheckedGrant, check_text
 from .procs import run_program
+from .store import load_conf
 from .usage import Usage, text_field
 
 
@@ -54,9 +65,17 @@ def install_grant(paths: Paths, payload: dict[str, object], now: int) -> dict[st
     if code == 0 and _rule_listed(listing, grant):
         return {"ok": True, "live": True, "error": None}
     error = f"sudo -l -U {user} does not list the rule"
+    mismatch = _host_mismatch(paths)
+    if mismatch is not None:
+        error = f"{error}: {mismatch}"
     if code != 0:
         error = f"sudo -l -U {user} failed: {clean(listing.strip(), 300)}"
     return refuse(f"{error}; {_take_back(paths, grant_id)}")
+
+
+def _host_mismatch(paths: Paths) -> str | None:
+    conf = load_conf(paths)
+    return host_mismatch(conf.node, socket.gethostname()) if isinstance(conf, NodeConf) else None
 
 
 def _take_back(paths: Paths, grant_id: str) -> str:

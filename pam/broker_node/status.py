@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import time
 
-from .contract import HOOK_VERSION, NodeConf, Paths, clean, format_utc
+from .contract import HOOK_VERSION, NodeConf, Paths, clean, format_utc, host_mismatch
 from .files import open_dir
 from .grants import check_all
 from .procs import run_program
@@ -44,6 +45,8 @@ def node_status(paths: Paths, now: int) -> dict[str, object]:
             "sessions are not contained (no cgroup v2 subtree delegated to broker-node watch):"
             " they are ended by process tree, which a double fork escapes (weaker)"
         )
+    if isinstance(conf, NodeConf) and (mismatch := host_mismatch(conf.node, socket.gethostname())):
+        problems.append(mismatch)
     return {
         "containment": "cgroup" if watcher["contained"] else "process-tree",
         "watcher": watcher["running"],

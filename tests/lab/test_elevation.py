@@ -154,6 +154,8 @@ def test_elevation_works_on_its_node_only_and_ends_at_expiry_without_the_broker(
     assert re.search(
         r"NOTAFTER=\d{14}Z TIMEOUT=40 NOPASSWD: LOG_INPUT: LOG_OUTPUT: ALL$", text, re.M
     )
+    assert re.search(r"^alice gpu01 = \(root\) NOTBEFORE=", text, re.M)  # this node only
+    copied_rule_grants_nothing_elsewhere(lab, text)
 
     # One SSH session that outlives the grant: root before expiry, refused after, also in
     # a time zone 14 hours ahead of UTC.
@@ -195,6 +197,24 @@ def test_elevation_works_on_its_node_only_and_ends_at_expiry_without_the_broker(
     assert reaped.returncode == 0, reaped.stderr
     assert grant["id"] in json.loads(reaped.stdout)["grants_expired"]
     assert not drop_in.exists() and not grant_file.exists()
+
+
+def copied_rule_grants_nothing_elsewhere(lab: dict[str, Any], text: str) -> None:
+    """gpu01's drop-in copied to gpu02 by its root: sudo there does not list the rule (its
+    host field names gpu01), so the copy grants nothing even before the PAM module decides."""
+    listed = in_node(lab, "gpu01", ["sudo", "-n", "-l", "-U", "alice"])
+    assert "NOPASSWD: LOG_INPUT: LOG_OUTPUT: ALL" in listed.stdout, listed.stdout
+    copy = node_path(lab, "gpu02", "/etc/sudoers.d/copied-from-gpu01")
+    copy.write_text(text)
+    copy.chmod(0o440)
+    try:
+        checked = in_node(lab, "gpu02", ["visudo", "-c"])
+        assert checked.returncode == 0, checked.stdout + checked.stderr  # sudo reads the file
+        listed = in_node(lab, "gpu02", ["sudo", "-n", "-l", "-U", "alice"])
+        assert "NOTBEFORE=" not in listed.stdout, listed.stdout
+        assert "alice is not allowed to run sudo on gpu02" in listed.stdout, listed.stdout
+    finally:
+        copy.unlink()
 
 
 def test_revoke_ends_a_running_sudo_and_its_process_tree(ready: dict[str, Any]) -> None:

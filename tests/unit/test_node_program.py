@@ -22,7 +22,7 @@ import pytest
 
 from broker.grants.grantfile import encode_signed
 from tests.helpers import load_node_module
-from tests.node_tree import PAM_DIR, NodeTree, bn, bn_now, checker, now_s
+from tests.node_tree import NODE, PAM_DIR, NodeTree, bn, bn_now, checker, now_s
 
 drift = load_node_module("drift")
 install = load_node_module("install")
@@ -926,3 +926,40 @@ def test_drift_scan_stays_on_each_file_system_and_skips_nosuid(node: NodeTree) -
     assert "/usr/bin/sudo" in entries
     assert "/usr/local/suid" not in entries, "another file system below /usr"
     assert "/srv/suid" not in entries, "a nosuid mount: the kernel ignores the bit"
+
+
+@pytest.mark.parametrize(
+    ("node_name", "hostname", "applies"),
+    [
+        ("gpu01", "gpu01", True),
+        ("gpu01", "GPU01", True),  # sudo ignores case
+        ("gpu01", "gpu01.hpc.test", True),  # a name without a dot meets the short name
+        ("gpu01.hpc.test", "gpu01.hpc.test", True),
+        ("gpu01.hpc.test", "gpu01", False),  # a name with a dot meets the whole name
+        ("gpu01", "gpu02", False),
+        ("gpu01", "gpu011", False),
+    ],
+)
+def test_sudo_applies_a_drop_in_only_where_the_host_is_named_so(
+    node_name: str, hostname: str, applies: bool
+) -> None:
+    contract = load_node_module("contract")
+    problem = contract.host_mismatch(node_name, hostname)
+    assert (problem is None) is applies
+    if problem is not None:
+        assert f"node={node_name}" in problem and "set the hostname" in problem
+
+
+def test_status_and_install_name_a_host_that_is_not_the_node(
+    node: NodeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drop-ins name the node as their host: on a host named otherwise, sudo would list
+    no rule, and the node says why."""
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "not-this-node")
+    _, status = call(node, "status")
+    assert any("named 'not-this-node'" in p for p in status["problems"])
+    monkeypatch.setattr(socket, "gethostname", lambda: NODE)
+    _, status = call(node, "status")
+    assert not any("named" in p for p in status["problems"])

@@ -38,6 +38,7 @@ def grant(**changes: Any) -> SudoersGrant:
         "not_before": START,
         "not_after": START + timedelta(minutes=30),
         "command_sets": (),
+        "host": "gpu01",
     }
     values.update(changes)
     return SudoersGrant(**values)
@@ -76,7 +77,7 @@ def the_rule(text: str) -> dict[str, Any]:
     tree = parsed(text)
     (user_spec,) = tree["User_Specs"]
     (cmnd_spec,) = user_spec["Cmnd_Specs"]
-    assert user_spec["Host_List"] == [{"hostname": "ALL"}]
+    assert user_spec["Host_List"] == [{"hostname": "gpu01"}]  # this node only
     return {
         "users": user_spec["User_List"],
         "runas": cmnd_spec["runasusers"],
@@ -255,6 +256,24 @@ def test_bad_user_or_runas_is_refused_naming_field_and_value(field: str, value: 
     assert info.value.fix
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["ALL", "all ", "GPU01", "+nodes", "10.0.0.0/8", "gpu*", "gpu01,gpu02", "!gpu01", "-gpu", "",
+     "gpu01\nalice ALL=(ALL) ALL", "g" * 254],
+)  # fmt: skip
+def test_a_host_that_is_not_one_node_name_is_refused(host: str) -> None:
+    with pytest.raises(UsageError) as info:
+        render_grant(grant(host=host))
+    assert "bad host " in info.value.one_line()
+
+
+def test_each_node_gets_a_rule_for_itself_only() -> None:
+    one, other = render_grant(grant(host="gpu01")), render_grant(grant(host="stor01.hpc.test"))
+    check_with_visudo(other)
+    assert "alice gpu01 = (root) " in one and "alice stor01.hpc.test = (root) " in other
+    assert parsed(other)["User_Specs"][0]["Host_List"] == [{"hostname": "stor01.hpc.test"}]
+
+
 BAD_COMMANDS = [
     "/usr/bin/id\nalice ALL=(ALL) NOPASSWD: ALL",
     '/usr/bin/echo "x"',
@@ -359,13 +378,20 @@ def test_there_is_no_reason_input_at_all() -> None:
     assert "reason" not in {f.name for f in dataclasses.fields(SudoersGrant)}
     with pytest.raises(TypeError):
         SudoersGrant(  # type: ignore[call-arg]
-            GRANT_ID, "alice", "root", START, START + timedelta(hours=1), (), reason="INC-1"
+            GRANT_ID,
+            "alice",
+            "root",
+            START,
+            START + timedelta(hours=1),
+            (),
+            "gpu01",
+            reason="INC-1",
         )
     source = (TEMPLATES_DIR / TEMPLATE).read_text(encoding="utf-8")
     used = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(source))
     assert "reason" not in used
     assert used == {
-        "grant_id", "user", "runas", "valid_from", "expires", "not_before", "not_after",
+        "grant_id", "user", "host", "runas", "valid_from", "expires", "not_before", "not_after",
         "timeout", "log_server", "aliases", "commands",
     }  # fmt: skip
 
