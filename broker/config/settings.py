@@ -125,6 +125,8 @@ class DirectorySection(_Section):
     full_sync_interval: Duration = timedelta(hours=24)
     # Elevation and approval stop when the last successful sync is older (docs/directory.md).
     max_snapshot_age: Duration = timedelta(minutes=15)
+    # The NetBIOS domain a `DOMAIN\\user` spelling must name; default: the realm's first label.
+    netbios_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
     stale_after: Duration = timedelta(days=90)
     idmap_range_min: int = Field(default=200_000, ge=1000)
     idmap_range_max: int = Field(default=2_000_200_000, le=4_294_967_294)

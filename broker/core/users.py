@@ -10,7 +10,9 @@ The rule:
 
 1. The text must pass an allow-list (`USER_SPELLING`) before anything reads it.
 2. Case, a `DOMAIN\\` prefix and an `@REALM` suffix are folded (`normalise_account_name`),
-   so `ALICE`, `HPC\\alice` and `alice@HPC.TEST` all name `alice`.
+   so `ALICE`, `HPC\\alice` and `alice@HPC.TEST` all name `alice`; a prefix or suffix
+   naming another domain (`LAB\\alice`, `alice@OTHER.ORG`) is refused, since folding it
+   away would answer for this domain's alice.
 3. An account in the directory snapshot wins: the user is that account (its objectSid and
    its cluster account name), whatever name its old grants were issued under.
 4. Otherwise, where the path allows it, a user who has left the directory is found by the
@@ -41,6 +43,27 @@ USER_SPELLING_MAX = 64 + 32 + 254
 
 
 @dataclass(frozen=True)
+class Domain:
+    """The directory's own names, which a `DOMAIN\\` prefix and an `@REALM` suffix must
+    match (ignoring case)."""
+
+    netbios: str  # HPC
+    realm: str  # HPC.TEST
+
+    def require_own(self, text: str) -> None:
+        """Refuse a spelling whose prefix or suffix names another domain."""
+        prefix, _, rest = text.rpartition("\\")
+        suffix = rest.partition("@")[2]
+        for given, own in ((prefix, self.netbios), (suffix, self.realm)):
+            if given and given.upper() != own.upper():
+                raise RefusedError(
+                    f"{text[:100]!r} names an account of domain {given[:64]!r}; this broker's directory"
+                    f" is {self.netbios} ({self.realm})",
+                    fix=f"name the user as alice, {self.netbios}\\alice or alice@{self.realm}",
+                )
+
+
+@dataclass(frozen=True)
 class NamedUser:
     """The user an operator named: a directory account, or a departed user's recorded name."""
 
@@ -63,11 +86,17 @@ def check_spelling(text: str) -> str:
 
 
 def resolve_user(
-    text: str, snapshot: Snapshot, recorded: Callable[[str], bool] | None = None
+    text: str,
+    snapshot: Snapshot,
+    recorded: Callable[[str], bool] | None = None,
+    domain: Domain | None = None,
 ) -> NamedUser:
     """The account `text` names (see the module's rule); `recorded` says whether the broker's
     own records hold a name, for users who have left the directory (None: directory only)."""
-    name = normalise_account_name(check_spelling(text))
+    check_spelling(text)
+    if domain is not None:
+        domain.require_own(text)
+    name = normalise_account_name(text)
     account = snapshot.account(name)
     if account is not None:
         return NamedUser(account.name, account.sid)

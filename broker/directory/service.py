@@ -13,7 +13,7 @@ from broker.config.settings import DirectorySection
 from broker.core.errors import BrokerError, ConfigError
 from broker.core.identity import AccessChange
 from broker.core.timeutil import utcnow
-from broker.core.users import NamedUser, resolve_user
+from broker.core.users import Domain, NamedUser, resolve_user
 from broker.directory import sync as directory_sync
 from broker.directory.freshness import require_fresh
 from broker.directory.snapshot import StoreSnapshot, load_state
@@ -65,7 +65,27 @@ class DirectoryService:
     ) -> NamedUser:
         """The user an operator named, by the snapshot (broker.core.users has the rule);
         `recorded` finds users who have left the directory in the caller's own records."""
-        return resolve_user(text, self.snapshot(now), recorded)
+        return resolve_user(text, self.snapshot(now), recorded, self._domain())
+
+    def require_own_domain(self, text: str) -> None:
+        """Refuse a spelling whose DOMAIN\\ prefix or @REALM suffix names another domain."""
+        domain = self._domain()
+        if domain is not None:
+            domain.require_own(text)  # any text: accounts show names non-POSIX accounts too
+
+    def _domain(self) -> Domain | None:
+        """The names a spelling's DOMAIN\\ prefix and @REALM suffix must match."""
+        if self._section is None:
+            return None
+        labels = [
+            part.split("=", 1)[1]
+            for part in self._section.base_dn.split(",")
+            if part.strip().upper().startswith("DC=")
+        ]
+        if not labels:
+            return None
+        realm = ".".join(labels).upper()
+        return Domain(self._section.netbios_domain or labels[0].upper(), realm)
 
     def subscribe(self, callback: Subscriber) -> None:
         """Be told, after each committed sync, what changed for access (grants revoke on it)."""

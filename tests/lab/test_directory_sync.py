@@ -62,6 +62,8 @@ def test_full_sync_reads_users_nested_groups_and_account_state(
 ) -> None:
     assert synced["kind"] == "full" and synced["skipped"] == []
     alice = show(lab, "HPC\\Alice")
+    other = run_broker("accounts", "show", "LAB\\alice", config=config_of(lab))
+    assert other.returncode == 1 and "names an account of domain 'LAB'" in other.stderr
     assert alice["name"] == "alice" and alice["uid"] == lab["users"]["alice"]["uid"]
     assert {"gpu-admins", "hpc-admins", "hpc-users"} <= set(alice["groups"])
     assert "hpc-admins" not in alice["direct_groups"]  # only through gpu-admins

@@ -18,7 +18,7 @@ from broker.app import App
 from broker.config.loader import load_settings
 from broker.core.errors import BadRequestError, RefusedError
 from broker.core.timeutil import utcnow
-from broker.core.users import NamedUser, resolve_user
+from broker.core.users import Domain, NamedUser, resolve_user
 from broker.grants import rows
 from broker.grants.model import Grant
 from tests.helpers import run_broker
@@ -214,3 +214,18 @@ def test_sessions_and_mfa_accept_every_spelling(people: Path) -> None:
         assert json.loads(status.stdout)["account"] == "alice"
     departed = run_broker("sessions", "list", "--user", "zed", "--json", config=people)
     assert departed.returncode == 0, departed.stderr  # known from its grant
+
+
+@pytest.mark.parametrize(
+    "text", ["LAB\\alice", "alice@OTHER.ORG", "hpc2\\alice", "alice@HPC.TEST.EVIL"]
+)
+def test_a_spelling_naming_another_domain_is_refused_not_folded(text: str) -> None:
+    """`LAB\\alice` is somebody else's alice: answering for this domain's would revoke or
+    list the wrong person."""
+    domain = Domain("HPC", "HPC.TEST")
+    with pytest.raises(RefusedError) as caught:
+        resolve_user(text, lab_snapshot(), lambda _name: False, domain)
+    assert "names an account of domain" in caught.value.one_line()
+    assert "this broker's directory is HPC (HPC.TEST)" in caught.value.one_line()
+    for own in SPELLINGS:
+        assert resolve_user(own, lab_snapshot(), None, domain).name == "alice"

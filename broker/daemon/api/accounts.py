@@ -86,7 +86,9 @@ def show(ctx: Context[AccountQuery]) -> AccountOut:
                 f"{ctx.caller.display} may only look at their own account",
                 fix="ask a broker operator",
             )
-    account = ctx.app.directory().snapshot(ctx.now).account(name)
+    directory = ctx.app.directory()
+    directory.require_own_domain(name)  # LAB\\alice is not this domain's alice
+    account = directory.snapshot(ctx.now).account(name)
     if account is None:
         raise RefusedError(
             f"no account {name!r} in the directory snapshot",
