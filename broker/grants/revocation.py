@@ -78,10 +78,10 @@ class Revocation:
         for grant_id in ids:
             chosen[grant_id] = GrantReader(self._store).grant(grant_id)
         if user is not None:
-            for g in rows.grants(conn, user=user, states=("active",)):
+            for g in rows.grants(conn, user=user, states=("active",), limit=-1):
                 chosen[g.id] = g
         if node is not None:
-            for g in rows.grants(conn, node=node, states=("active",)):
+            for g in rows.grants(conn, node=node, states=("active",), limit=-1):
                 chosen[g.id] = g
         active = [g for g in chosen.values() if g.state == "active"]
         with self._store.transaction() as tx:

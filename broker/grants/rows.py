@@ -103,7 +103,7 @@ def grants(
     states: tuple[str, ...] = (),
     limit: int = 1000,
 ) -> list[Grant]:
-    """Newest first; a directory user's grants are those of their objectSid, whatever name
+    """Newest first, at most `limit` (-1: all, as revoking by user or node must see); a directory user's grants are those of their objectSid, whatever name
     they were issued under; a departed user's, those recorded under the name or its SIDs."""
     where: list[str] = []
     args: list[str] = []

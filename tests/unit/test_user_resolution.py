@@ -229,3 +229,17 @@ def test_a_spelling_naming_another_domain_is_refused_not_folded(text: str) -> No
     assert "this broker's directory is HPC (HPC.TEST)" in caught.value.one_line()
     for own in SPELLINGS:
         assert resolve_user(own, lab_snapshot(), None, domain).name == "alice"
+
+
+def test_revoke_by_user_ends_every_active_grant_not_only_the_first_thousand(
+    daemon: Path,
+) -> None:
+    """Review finding: revoking by user read at most 1000 grants, so a user holding more
+    kept the rest."""
+    seed_directory(daemon)
+    seed_grants(daemon, *(_grant(f"g{n:016x}", "alice", ALICE_SID) for n in range(1005)))
+    result = run_broker("revoke", "--user", "alice", config=daemon, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) == 1 + 1005, result.stdout[:200]  # "revoked:" and ids
+    still = run_broker("grants", "list", "--active", "--json", config=daemon)
+    assert json.loads(still.stdout) == []
