@@ -111,6 +111,10 @@ class App:
         if self._sealer is not None and self._store is not None:
             self._sealer.seal(self._store.conn)
 
+    def commits(self) -> int:
+        """Write transactions committed so far (0 before the store is opened)."""
+        return 0 if self._store is None else self._store.commits
+
     def ready_store(self) -> Store:
         """The store, refusing to work on a schema older than this code expects."""
         store = self.store()

@@ -26,7 +26,7 @@ from broker.core.timeutil import utcnow
 from broker.daemon import errors
 from broker.daemon.caller import Caller
 from broker.daemon.routing import Context, Registry, Route, path_value
-from broker.store.db import store_unavailable
+from broker.store.db import StoreUnavailableError, store_unavailable
 
 if TYPE_CHECKING:
     from broker.app import App
@@ -157,14 +157,18 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         self.close_connection = True
         self._body_read = False
+        commits = self._commits()
         try:
             status, payload = self._dispatch(method)
         except errors.HttpError as exc:
             status, payload = errors.STATUS[exc.kind], errors.body(exc.kind, exc.message, exc.fix)
+        except StoreUnavailableError as exc:
+            done = self._commits() > commits
+            status, payload = self._refusal(exc.partly_done() if done else exc)
         except BrokerError as exc:
             status, payload = self._refusal(exc)
         except sqlite3.Error as exc:
-            status, payload = self._store_failure(exc, method)
+            status, payload = self._store_failure(exc, method, self._commits() > commits)
         # The daemon keeps serving; the client learns only an incident id (logged there).
         except Exception:  # noqa: BLE001
             status, payload = self._incident(method)
@@ -181,12 +185,20 @@ class RequestHandler(BaseHTTPRequestHandler):
         kind = errors.kind_of(exc)
         return errors.STATUS[kind], errors.body(kind, exc.message, exc.fix)
 
-    def _store_failure(self, exc: sqlite3.Error, method: str) -> tuple[int, Any]:
+    def _commits(self) -> int:
+        try:
+            return self.service.app_for_thread().commits()
+        except Exception:  # noqa: BLE001 - a count for a message, never a reason to fail
+            return 0
+
+    def _store_failure(self, exc: sqlite3.Error, method: str, done: bool) -> tuple[int, Any]:
         """A store that is full, read-only, locked or failing outside a transaction (a read)
         is a 503 with one line, like one inside it; any other SQLite error is a bug."""
         unavailable = store_unavailable(exc, self.service.app_for_thread().settings.db_path)
         if unavailable is None:
             return self._incident(method)
+        if done:
+            unavailable = unavailable.partly_done()
         log.error("%s %s: %s", method, self._where(), unavailable.one_line())
         return self._refusal(unavailable)
 

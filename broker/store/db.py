@@ -56,7 +56,21 @@ _UNAVAILABLE = {
 }
 
 
-def store_unavailable(exc: sqlite3.Error, path: Path | str) -> UnavailableError | None:
+NOTHING_DONE = "nothing was done"
+# When a request had already committed earlier steps (a grant stored before its push
+# could be recorded), "nothing was done" would be false: the chain has those steps.
+PARTLY_DONE = "its earlier steps were recorded (see `broker audit list`), this one was not"
+
+
+class StoreUnavailableError(UnavailableError):
+    """The store refused a write or read for a reason that is no fault of the request."""
+
+    def partly_done(self) -> StoreUnavailableError:
+        """The same refusal for a request that committed something before it failed."""
+        return StoreUnavailableError(self.message.replace(NOTHING_DONE, PARTLY_DONE), fix=self.fix)
+
+
+def store_unavailable(exc: sqlite3.Error, path: Path | str) -> StoreUnavailableError | None:
     """The one-line refusal for a store failure that is no fault of the request (None for
     any other SQLite error, which stays a bug to investigate)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -64,8 +78,8 @@ def store_unavailable(exc: sqlite3.Error, path: Path | str) -> UnavailableError 
         return None
     what, fix = _UNAVAILABLE[code & 0xFF]
     name = getattr(exc, "sqlite_errorname", None) or "SQLite error"
-    return UnavailableError(
-        f"the broker's audit store is unavailable: {path} {what} ({name}); nothing was done",
+    return StoreUnavailableError(
+        f"the broker's audit store is unavailable: {path} {what} ({name}); {NOTHING_DONE}",
         fix=fix.replace("PATH", str(path)),
     )
 
@@ -78,6 +92,8 @@ class Store:
         self.path = path
         self._after_commit: list[Callable[[], None]] = []
         self._in_transaction = False
+        # Write transactions committed on this connection (a request compares before/after).
+        self.commits = 0
 
     @classmethod
     def open(
@@ -128,6 +144,7 @@ class Store:
             try:
                 yield self.conn
                 self.conn.execute("COMMIT")
+                self.commits += 1
             except BaseException:
                 self._rollback()
                 raise

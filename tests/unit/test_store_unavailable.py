@@ -24,7 +24,7 @@ from broker.audit import writer
 from broker.audit.query import count_events
 from broker.config.loader import load_settings
 from broker.core.errors import EXIT_UNAVAILABLE, UnavailableError
-from broker.store.db import Store, store_unavailable
+from broker.store.db import Store, StoreUnavailableError, store_unavailable
 from tests.helpers import run_broker, serving, write_config
 from tests.unit.policy_samples import LAB_POLICY
 from tests.unit.test_policy_cli import seed_directory
@@ -195,3 +195,24 @@ def test_a_locked_store_refuses_writes_through_the_daemon_exit_3(tmp_path: Path)
         assert _grant_ids(config, "--active") == ["g" + "a" * 16]  # not half-revoked
         applied = run_broker("policy", "apply", str(policy), config=config)
         assert applied.returncode == 0, applied.stderr  # once the lock is gone, it works
+
+
+def test_a_request_that_already_committed_does_not_claim_nothing_was_done(app: App) -> None:
+    """Review finding: a store failure after an earlier step of the same request had been
+    committed (a grant stored, then its push record refused) said "nothing was done"."""
+    store = app.ready_store()
+    before = app.commits()
+    with store.transaction() as tx:
+        _event(tx, 1)
+    assert app.commits() == before + 1
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StoreUnavailableError) as caught, store.transaction() as tx:
+        for n in range(2, 2000):
+            _event(tx, n)
+    assert app.commits() == before + 1  # the refused one is not counted
+    assert "nothing was done" in caught.value.one_line()
+    partly = caught.value.partly_done().one_line()
+    assert "nothing was done" not in partly
+    assert "its earlier steps were recorded (see `broker audit list`), this one was not" in partly
+    assert partly.endswith(caught.value.fix or "")
