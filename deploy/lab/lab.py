@@ -1209,11 +1209,14 @@ def up(
     return info
 
 
-def reap_children() -> None:
-    """Collect the exit status of children this process started and `down` has stopped."""
+def reap_children(wait_s: float = 5.0) -> None:
+    """Collect the exit status of children this process started and `down` has stopped,
+    waiting at most `wait_s` in all (not per child: restarting one daemon of a lab brought
+    up in this process must not wait on every node that is still running)."""
+    deadline = time.monotonic() + wait_s
     for proc in list(_CHILDREN):
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             continue
         _CHILDREN.remove(proc)
@@ -1309,7 +1312,7 @@ def stop_process(pid: int | None) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
-    reap_children()
+    reap_children(wait_s=1.0)
 
 
 def restart_broker(root: Path = DEFAULT_ROOT) -> None:
