@@ -69,9 +69,9 @@ def _describe(fd: int, report: dict[str, object]) -> dict[str, object]:
     if len(data) <= MAX_DROP_IN:
         report["sha256"] = hashlib.sha256(data).hexdigest()
     problem = sudo_ignores(info.st_uid, info.st_gid, mode)
+    report["honoured"] = problem is None
     if problem is None and len(data) > MAX_DROP_IN:
         problem = f"drop-in larger than {MAX_DROP_IN} bytes"
-    report["honoured"] = sudo_ignores(info.st_uid, info.st_gid, mode) is None
     report["problem"] = problem
     return report
 
