@@ -306,3 +306,33 @@ def test_a_revoked_grant_is_not_checked_nor_repaired(nodes_world: NodeWorld) -> 
     check = nodes_world.check()
     assert check.sweep(NOW) == [] and check.repair(NOW) == []
     assert not [c for c in nodes_world.nodes.calls if c[1] == "status"]
+
+
+def test_grants_retry_pushes_a_broken_drop_in_again_under_alert_only(
+    nodes_world: NodeWorld,
+) -> None:
+    nodes_world.answer(present=False, kind="missing", honoured=False, sha256=None, mode=None)
+    nodes_world.check("alert").sweep(NOW)
+    assert nodes_world.node_state() == ("broken", "drop-in missing: sudo has no rule")
+    outcomes = nodes_world.service.retry(nodes_world.grant_id, actor="t", now=NOW)
+    assert [(o.node, o.ok) for o in outcomes] == [("gpu01", True)]
+    assert nodes_world.node_state() == ("live", None)
+
+
+def test_the_setting_is_an_allow_list_and_the_interval_has_a_floor() -> None:
+    from broker.config.loader import settings_from_dict
+    from broker.core.errors import ConfigError
+
+    settings = settings_from_dict({}, source="x")
+    assert settings.grants.drop_in_integrity == "repair"
+    assert settings.grants.drop_in_check_interval == timedelta(minutes=5)
+    assert (
+        settings_from_dict(
+            {"grants": {"drop_in_integrity": "alert"}}, source="x"
+        ).grants.drop_in_integrity
+        == "alert"
+    )
+    for bad in ({"drop_in_integrity": "ignore"}, {"drop_in_check_interval": "5s"}):
+        with pytest.raises(ConfigError) as info:
+            settings_from_dict({"grants": bad}, source="broker.toml")
+        assert info.value.message.startswith(f"broker.toml: grants.{next(iter(bad))}")
