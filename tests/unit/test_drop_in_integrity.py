@@ -336,3 +336,30 @@ def test_the_setting_is_an_allow_list_and_the_interval_has_a_floor() -> None:
         with pytest.raises(ConfigError) as info:
             settings_from_dict({"grants": bad}, source="broker.toml")
         assert info.value.message.startswith(f"broker.toml: grants.{next(iter(bad))}")
+
+
+def test_the_daemon_and_the_cli_show_a_broken_drop_in_as_not_live(daemon: Path) -> None:
+    from broker.config.loader import load_settings
+    from tests.helpers import run_broker
+    from tests.unit.test_user_resolution import ALICE_SID, _grant
+
+    grant = _grant("g" + "c" * 16, "alice", ALICE_SID)
+    app = App(load_settings(daemon))
+    with app.ready_store().transaction() as conn:
+        rows.insert_grant(conn, grant, ["gpu01", "gpu02"])
+        for name in ("gpu01", "gpu02"):
+            rows.set_node_state(conn, grant.id, name, "live", error=None, now=NOW)
+            rows.record_drop_in(conn, grant.id, name, SHA)
+        [row] = [n for n in rows.grant_nodes(conn, grant.id) if n.node == "gpu01"]
+        rows.set_drop_in_problem(conn, row, "drop-in mode 0666: sudo ignores it", NOW)
+    app.close()
+    shown = run_broker("grants", "show", grant.id, "--json", config=daemon)
+    assert shown.returncode == 0, shown.stderr
+    states = {n["node"]: n for n in json.loads(shown.stdout)["node_states"]}
+    assert (states["gpu01"]["state"], states["gpu01"]["drop_in_problem"]) == (
+        "broken",
+        "drop-in mode 0666: sudo ignores it",
+    )
+    assert (states["gpu02"]["state"], states["gpu02"]["drop_in_problem"]) == ("live", None)
+    table = run_broker("grants", "show", grant.id, config=daemon).stdout
+    assert "broken" in table and "drop-in mode 0666: sudo ignores it" in table
