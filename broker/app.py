@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from broker.detect.passes import DetectionPasses
     from broker.detect.respond import Responder
     from broker.detect.runner import Enqueue
+    from broker.grants.integrity import DropInCheck
     from broker.grants.quarantine import Quarantines
     from broker.grants.revocation import Revocation
     from broker.grants.service import GrantService
@@ -237,6 +238,33 @@ class App:
 
         return Recordings(self.ready_store(), str(self.settings.session_store))
 
+    def drop_ins(self) -> DropInCheck:
+        """Drop-in integrity (grants.drop_in_integrity): the store, the shared pool, and a
+        delivery built only when a repair pushes (it needs the grant signing key)."""
+        from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
+        from broker.grants.delivery import Delivery, GrantRules  # lazy: start-up (module doc)
+        from broker.grants.integrity import DropInCheck  # lazy: start-up (module doc)
+
+        def delivery() -> Delivery:
+            return Delivery(
+                store=self.ready_store(),
+                pool=shared_pool(self.settings),
+                signing_key=self._grant_key,
+                rules=GrantRules(
+                    max_skew=self.settings.ssh.max_skew,
+                    log_listen=self.settings.sessions.node_listen,
+                    log_port=self.settings.sessions.node_port,
+                ),
+            )
+
+        return DropInCheck(
+            store=self.ready_store(),
+            pool=lambda: shared_pool(self.settings),
+            delivery=delivery,
+            policy=self.settings.grants.drop_in_integrity,
+            max_skew=self.settings.ssh.max_skew,
+        )
+
     def nodes(self) -> NodeService:
         """The node inventory and the work on nodes, over the shared SSH pool."""
         from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
@@ -249,6 +277,7 @@ class App:
             owner=self.owner,
             policy=self.policy().require,
             grant_key_line=self._grant_key_line,
+            drop_ins=self.drop_ins,
         )
 
     def spool_collector(self) -> SpoolCollector:

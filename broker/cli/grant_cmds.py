@@ -319,7 +319,7 @@ def show_grant(
     output.table(
         None,
         ["node", "state", "attempts", "problem"],
-        [[n.node, n.state, n.attempts, n.error or ""] for n in g.node_states],
+        [[n.node, n.state, n.attempts, n.drop_in_problem or n.error or ""] for n in g.node_states],
     )
 
 

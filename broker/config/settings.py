@@ -311,6 +311,21 @@ class GrantsSection(_Section):
     signing_key: AbsPath | None = None
     # How often the daemon expires requests and grants and retries removals from nodes.
     reap_interval: Duration = timedelta(seconds=30)
+    # Drop-in integrity (docs/grants.md): what the broker does when a node's
+    # /etc/sudoers.d/broker_<id> is missing, changed or ignored by sudo (e.g. chmod 666).
+    # Both raise the `drop-in-tampered` alert and mark the grant broken there; "repair"
+    # also pushes the grant to that node again at the next scheduler tick.
+    drop_in_integrity: Literal["repair", "alert"] = "repair"
+    # How often the daemon asks every node holding live grants for its drop-ins (also
+    # done by `broker node status`); at least 10 s.
+    drop_in_check_interval: Duration = timedelta(minutes=5)
+
+    @field_validator("drop_in_check_interval")
+    @classmethod
+    def _check_interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=10):
+            raise ValueError("must be at least 10s (a check asks every node holding grants)")
+        return value
 
 
 class KeytabsSection(_Section):

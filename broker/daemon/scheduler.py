@@ -1,5 +1,6 @@
 """The daemon's scheduler: expire requests and grants, retry removals, re-check grants
-against the directory and policy, collect session events. One thread, its own App.
+against the directory and policy, repair broken drop-ins, collect session events; check
+the drop-ins of live grants every `grants.drop_in_check_interval`. One thread, its own App.
 
 Each tick is also reachable as `POST /v1/grants/reap` (`broker grants reap`), so an
 operator (or a test) need not wait for the interval.
@@ -29,6 +30,7 @@ class TickReport:
     removed: list[str] = field(default_factory=list)  # grant@node
     still_pending: list[str] = field(default_factory=list)
     events: int = 0
+    drop_ins_repaired: list[str] = field(default_factory=list)  # grant@node
 
 
 # Break-glass sessions happen on nodes without grants (often while the broker is down):
@@ -51,11 +53,25 @@ def tick(app: App, *, all_nodes: bool = False) -> TickReport:
     report.removed = [f"{g}@{n}" for g, n in reaped.removed]
     report.still_pending = [f"{g}@{n}" for g, n in reaped.still_pending]
     report.grants_revoked = app.revocation().recheck(actor="broker", cause="recheck", now=utcnow())
+    # Broken drop-ins found by a check are pushed again here (grants.drop_in_integrity).
+    report.drop_ins_repaired = app.drop_ins().repair(utcnow())
     report.events += app.spool_collector().collect_recent(now)
     return report
 
 
 PURGE_EVERY_S = 3600.0
+
+
+def check_drop_ins(app: App) -> None:
+    """The periodic drop-in integrity check (docs/grants.md); never raises."""
+    try:
+        statuses = app.drop_ins().sweep(utcnow())
+    except Exception:  # the check must never stop the scheduler
+        log.exception("drop-in integrity check failed")
+        return
+    broken = [p for s in statuses for p in s.drop_in_problems]
+    if broken:
+        log.warning("drop-in integrity: %s", "; ".join(broken)[:2000])
 
 
 def rotate_due_keytabs(app: App) -> None:
@@ -181,13 +197,17 @@ class Scheduler:
     def _run(self) -> None:
         interval = self._settings.grants.reap_interval.total_seconds()
         app = App(self._settings)
-        last_full = last_keytabs = time.monotonic()
+        last_full = last_keytabs = last_drop_ins = time.monotonic()
         keytab_every = self._settings.keytabs.schedule.total_seconds()
+        drop_in_every = self._settings.grants.drop_in_check_interval.total_seconds()
         try:
             while not self._stop.wait(interval):
                 if keytab_every and time.monotonic() - last_keytabs >= keytab_every:
                     last_keytabs = time.monotonic()
                     rotate_due_keytabs(app)
+                if time.monotonic() - last_drop_ins >= drop_in_every:
+                    last_drop_ins = time.monotonic()
+                    check_drop_ins(app)
                 full = time.monotonic() - last_full >= FULL_COLLECT_EVERY_S
                 if full:
                     last_full = time.monotonic()

@@ -126,6 +126,7 @@ class Detector:
             "session.open": self._session_open,
             "session.deny": self._session_deny,
             "session.escape": self._session_escape,
+            "grant.drop_in": self._drop_in,
             "node.quarantine": self._quarantine,
             "node.release": self._release,
             **dict.fromkeys(REFUSAL_ACTIONS, self._refused),
@@ -375,6 +376,31 @@ class Detector:
             )
             for rule in self.by_kind.get("session_escape", ())
             if self._cool(f"{rule.name}:{node}:{pid}", event.at, rule)
+        ]
+
+    def _drop_in(self, event: AuditEvent) -> list[Finding]:
+        """The broker found a live grant's drop-in missing, changed or ignored by sudo
+        (grants/integrity.py writes `grant.drop_in`, failed, once per new verdict)."""
+        node, problem = event.details.get("node"), event.details.get("problem")
+        if event.outcome != "failed" or not isinstance(node, str) or not problem:
+            return []
+        response = event.details.get("response")
+        then = "it is pushed again" if response == "repair" else "left as found"
+        return [
+            Finding(
+                rule.name,
+                rule.severity,
+                rule.actions,
+                f"grant {event.target} on {node}: {problem} ({then})",
+                event.at,
+                f"audit:{event.seq}",
+                user=str(event.details["user"]) if event.details.get("user") else None,
+                node=node,
+                grant_id=event.target,
+                details={"problem": str(problem)[:200], "response": response},
+            )
+            for rule in self.by_kind.get("drop_in", ())
+            if self._cool(f"{rule.name}:{event.target}@{node}:{problem}", event.at, rule)
         ]
 
     def _session_deny(self, event: AuditEvent) -> list[Finding]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.fleet import inventory, nodeprog
+from broker.fleet.dropins import DropInReport, parse_report
 from broker.fleet.inventory import Observation
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import CommandResult, NodeTarget
@@ -45,6 +46,10 @@ class NodeStatus:
     # How elevated sessions end there: "cgroup" (contained), "process-tree" (weaker), None
     # (a node program from before containment, or no answer).
     containment: str | None = None
+    # Each held grant's drop-in as the node saw it (fleet/dropins.py); compared with what the
+    # broker pushed by grants/integrity.py, which fills `drop_in_problems` (grant: why).
+    drop_ins: DropInReport = None
+    drop_in_problems: tuple[str, ...] = ()
 
     def observation(self) -> Observation | None:
         """What to store about the node; None when the program did not answer."""
@@ -143,6 +148,7 @@ def parse_status(
     return NodeStatus(
         node, True, skew, hook_version, flavour, version, io_logging, bootstrapped, active,
         can_grant, "; ".join(problems) or None, result.elapsed_ms, module_problem, containment,
+        parse_report(data),
     )  # fmt: skip
 
 

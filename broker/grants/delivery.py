@@ -76,6 +76,8 @@ class Delivery:
                         error=outcome.error,
                         now=now,
                     )
+                    if outcome.ok and outcome.drop_in_sha256 is not None:
+                        rows.record_drop_in(conn, grant.id, outcome.node, outcome.drop_in_sha256)
             writer.record(
                 conn,
                 writer.EventInput(

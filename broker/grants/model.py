@@ -50,6 +50,13 @@ class GrantNode:
     attempts: int
     pushed_at: datetime | None
     removed_at: datetime | None
+    drop_in_sha256: str | None = None  # what the last successful push sent
+    drop_in_problem: str | None = None  # why the node's drop-in is not that (None: fine)
+
+    @property
+    def shown_state(self) -> str:
+        """`broken` for a live row whose drop-in sudo does not read as pushed: not live."""
+        return "broken" if self.state == "live" and self.drop_in_problem else self.state
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ with `sudo -l -U USER` that the rule is live. Removal is
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ class NodeOutcome:
     error: str | None
     elapsed_ms: float
     killed: int = 0  # sessions' processes ended (removal)
+    drop_in_sha256: str | None = None  # of the drop-in text sent (install that landed)
 
 
 def log_server(listen: str, port: int, target: NodeTarget) -> str:
@@ -101,24 +103,29 @@ def install(
 
     def one(target: NodeTarget) -> NodeOutcome:
         started = time.monotonic()
+        sent: list[str] = []  # the drop-in's sha256, once rendered
         try:
-            problem = attempt(target)
+            problem = attempt(target, sent)
         except Exception as exc:  # one node's failure is that node's result, never the grant's
             log.exception("pushing %s to %s failed", grant.id, target.name)
             problem = f"{target.name}: {type(exc).__name__}: {exc}"[:500]
         outcome = NodeOutcome(
-            target.name, problem is None, problem, (time.monotonic() - started) * 1000
-        )
+            target.name, problem is None, problem, (time.monotonic() - started) * 1000,
+            drop_in_sha256=sent[0] if sent and problem is None else None,
+        )  # fmt: skip
         if on_done is not None:
             on_done(outcome)
         return outcome
 
-    def attempt(target: NodeTarget) -> str | None:
+    def attempt(target: NodeTarget, sent: list[str]) -> str | None:
+        sudoers = drop_in_text(grant, target.name, log_server(log_listen, log_port, target))
+        # What the node must hold from now on: drop-in integrity compares against it.
+        sent.append(hashlib.sha256(sudoers.encode("ascii")).hexdigest())
         payload = {
             "id": grant.id,
             "user": grant.user,
             "grant": grant_file_text(grant, target.name, key, now),
-            "sudoers": drop_in_text(grant, target.name, log_server(log_listen, log_port, target)),
+            "sudoers": sudoers,
             # The node compares its clock with ours before it writes anything.
             "broker_time": time.time(),
             "max_skew": max_skew.total_seconds(),

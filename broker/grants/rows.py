@@ -158,13 +158,63 @@ def work_to_reap(conn: sqlite3.Connection) -> bool:
     return bool(row[0])
 
 
+_NODE_COLUMNS = (
+    "grant_id, node, state, error, attempts, pushed_at, removed_at, drop_in_sha256, drop_in_problem"
+)
+
+
+def _grant_node(r: Any) -> GrantNode:
+    return GrantNode(r[0], r[1], r[2], r[3], int(r[4]), _time(r[5]), _time(r[6]), r[7], r[8])
+
+
 def grant_nodes(conn: sqlite3.Connection, grant_id: str) -> list[GrantNode]:
     rows = conn.execute(
-        "SELECT grant_id, node, state, error, attempts, pushed_at, removed_at"
-        " FROM grant_nodes WHERE grant_id = ? ORDER BY node",
+        f"SELECT {_NODE_COLUMNS} FROM grant_nodes WHERE grant_id = ? ORDER BY node",
         (grant_id,),
     ).fetchall()
-    return [GrantNode(r[0], r[1], r[2], r[3], int(r[4]), _time(r[5]), _time(r[6])) for r in rows]
+    return [_grant_node(r) for r in rows]
+
+
+def live_grant_nodes(
+    conn: sqlite3.Connection, *, nodes: Sequence[str] | None, until: datetime
+) -> list[GrantNode]:
+    """Rows `live` for active grants that stay in force past `until` (on `nodes`, or
+    everywhere): what should be on the node now, drop-in included."""
+    where, args = "", [to_text(until)]
+    if nodes is not None:
+        if not nodes:
+            return []
+        where = f" AND n.node IN ({', '.join('?' * len(nodes))})"
+        args.extend(nodes)
+    columns = ", ".join(f"n.{c.strip()}" for c in _NODE_COLUMNS.split(","))
+    rows = conn.execute(
+        f"SELECT {columns} FROM grant_nodes n JOIN grants g ON g.id = n.grant_id"
+        f" WHERE n.state = 'live' AND g.state = 'active' AND g.not_after > ?{where}"
+        " ORDER BY n.node, n.grant_id",
+        args,
+    ).fetchall()
+    return [_grant_node(r) for r in rows]
+
+
+def set_drop_in_problem(
+    conn: sqlite3.Connection, row: GrantNode, problem: str | None, now: datetime
+) -> None:
+    """What the last check found of the drop-in (None: as pushed and read by sudo); not
+    stored when the row changed since it was read (a push landed meanwhile)."""
+    conn.execute(
+        "UPDATE grant_nodes SET drop_in_problem = ?, drop_in_checked_at = ?"
+        " WHERE grant_id = ? AND node = ? AND state = 'live' AND drop_in_sha256 IS ?",
+        (problem, to_text(now), row.grant_id, row.node, row.drop_in_sha256),
+    )
+
+
+def record_drop_in(conn: sqlite3.Connection, grant_id: str, node: str, sha256: str) -> None:
+    """A push landed: this is the drop-in the node holds now (no problem known)."""
+    conn.execute(
+        "UPDATE grant_nodes SET drop_in_sha256 = ?, drop_in_problem = NULL,"
+        " drop_in_checked_at = NULL WHERE grant_id = ? AND node = ?",
+        (sha256, grant_id, node),
+    )
 
 
 def pending_removals(

@@ -540,7 +540,7 @@ class GrantService:
     def retry(
         self, grant_id: str, *, actor: str, now: datetime, progress: push.Progress | None = None
     ) -> list[push.NodeOutcome]:
-        """Push again to the nodes where the grant has not landed."""
+        """Push again to the nodes where the grant has not landed, or its drop-in broke."""
         grant = self.grant(grant_id)
         if not grant.active_at(now):
             raise RefusedError(
@@ -550,7 +550,7 @@ class GrantService:
         todo = [
             n.node
             for n in rows.grant_nodes(self._store.conn, grant_id)
-            if n.state in ("pending", "failed")
+            if n.shown_state in ("pending", "failed", "broken")
         ]
         if not todo:
             return []

@@ -35,6 +35,7 @@ Kind = Literal[
     "quarantined_session",
     "session_escape",
     "refusals",
+    "drop_in",
 ]
 Stream = Literal["command", "input", "output"]
 STREAMS: tuple[Stream, ...] = ("command", "input", "output")
@@ -52,6 +53,7 @@ KIND_ACTIONS: Mapping[Kind, tuple[Action, ...]] = {
     "quarantined_session": (*_USER_ACTIONS, "end_session"),
     "session_escape": ACTIONS,
     "refusals": _USER_ACTIONS,
+    "drop_in": (*_USER_ACTIONS, "quarantine_node"),
 }
 DRIFT_ACTIONS: tuple[Action, ...] = (*_USER_ACTIONS, "quarantine_node")
 # Which keys a kind reads (the policy loader refuses the others for that kind).
@@ -65,6 +67,7 @@ KIND_KEYS: Mapping[Kind, tuple[str, ...]] = {
     "quarantined_session": (),
     "session_escape": (),
     "refusals": ("threshold", "window"),
+    "drop_in": (),
 }
 
 
@@ -206,6 +209,13 @@ BUILTIN: Mapping[str, Rule] = {
             "high",
             ("alert",),
             description="a root process left its elevated session's cgroup",
+        ),
+        Rule(
+            "drop-in-tampered",
+            "drop_in",
+            "high",
+            ("alert",),
+            description="a grant's sudoers drop-in on a node is missing, changed or ignored by sudo",
         ),
         Rule(
             "quarantined-session",

@@ -37,6 +37,7 @@ NODE_MODULES = (
     "revoke",
     "escapes",
     "watch",
+    "dropins",
     "status",
     "install",
     "commands",

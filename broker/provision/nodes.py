@@ -20,6 +20,7 @@ from broker.fleet.pool import SshPool
 from broker.fleet.probe import NodeProbe, probe_nodes
 from broker.fleet.runner import SshRunner
 from broker.fleet.ssh import NodeTarget
+from broker.grants.integrity import DropInCheck
 from broker.policy.model import Policy
 from broker.provision import bootstrap
 from broker.sessions import setup as sessions_setup
@@ -36,6 +37,7 @@ class NodeService:
         owner: tuple[int, int] | None,
         policy: Callable[[], Policy],
         grant_key_line: Callable[[], str],
+        drop_ins: Callable[[], DropInCheck],
     ) -> None:
         self._store = store
         self._pool = pool  # built on first use: listing and adding need no SSH
@@ -43,6 +45,7 @@ class NodeService:
         self._owner = owner
         self._policy = policy  # the active one, refusing when there is none
         self._grant_key_line = grant_key_line
+        self._drop_ins = drop_ins
 
     def add(self, name: str, address: str, port: int | None, actor: str) -> NodeRecord:
         port = port if port is not None else self._settings.ssh.port
@@ -107,15 +110,19 @@ class NodeService:
             tunnels=tunnel,
         )
 
-    def status(self, nodes: str | None, *, actor: str) -> list[fleet_status.NodeStatus]:
-        """Each node's program asked (every enrolled node when `nodes` is None), recorded."""
-        return fleet_status.check(
+    def status(
+        self, nodes: str | None, *, actor: str, now: datetime
+    ) -> list[fleet_status.NodeStatus]:
+        """Each node's program asked (every enrolled node when `nodes` is None), recorded;
+        the drop-ins of the live grants there checked against what was pushed."""
+        statuses = fleet_status.check(
             self._store,
             self._pool(),
             None if nodes is None else expand(nodes),
             max_skew=self._settings.ssh.max_skew.total_seconds(),
             actor=actor,
         )
+        return self._drop_ins().observe(statuses, actor=actor, now=now)
 
     def ping(self, nodes: str) -> list[NodeProbe]:
         targets = inventory.targets(self._store, expand(nodes))

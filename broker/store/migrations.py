@@ -533,6 +533,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX session_events_session ON session_events (node, pid, kind)",
         ),
     ),
+    Migration(
+        10,
+        "drop-in integrity: what was pushed per grant and node, and what the node shows",
+        (
+            # The sha256 of the drop-in text sent with the last successful push; NULL for a
+            # grant pushed before this migration (then only owner and mode are checked).
+            "ALTER TABLE grant_nodes ADD COLUMN drop_in_sha256 TEXT",
+            # Why the drop-in on the node is not what sudo should read (missing, changed,
+            # ignored by sudo); NULL while it is fine. A live row with a problem is not live.
+            "ALTER TABLE grant_nodes ADD COLUMN drop_in_problem TEXT",
+            "ALTER TABLE grant_nodes ADD COLUMN drop_in_checked_at TEXT",
+        ),
+    ),
 )
 
 

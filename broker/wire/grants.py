@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import Field
+
 from broker.wire.base import Out
 
 
@@ -29,16 +31,20 @@ class NodeResultOut(Out):
 
 class GrantNodeOut(Out):
     node: str
-    state: str
+    state: str  # pending, live, broken (live, but its drop-in is not what sudo should read),
+    # failed, removing, removed
     error: str | None
     attempts: int
+    drop_in_problem: str | None = None  # why broken: "drop-in mode 0666: sudo ignores it"
 
     def as_result(self) -> NodeResultOut:
         """Where a push stands, as a push result (a client watching a deferred push)."""
         return NodeResultOut(
             node=self.node,
             ok=self.state == "live",
-            error=self.error if self.state != "pending" else "still being pushed",
+            error=(self.drop_in_problem or self.error)
+            if self.state != "pending"
+            else "still being pushed",
             elapsed_ms=0.0,
         )
 
@@ -128,3 +134,5 @@ class ReapOut(Out):
     removed: list[str]
     still_pending: list[str]
     events: int
+    # grant@node pushed again (grants.drop_in_integrity)
+    drop_ins_repaired: list[str] = Field(default_factory=list)

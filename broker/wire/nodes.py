@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from broker.wire.base import Out
 
 
@@ -50,6 +52,8 @@ class StatusOut(Out):
     module_problem: str | None = None  # why pam_broker.so does not load there (None: it does)
     # How elevated sessions end there: cgroup (contained) or process-tree (weaker)
     containment: Literal["cgroup", "process-tree"] | None = None
+    # Grants whose drop-in is missing, changed or ignored by sudo there: "g...: why"
+    drop_in_problems: list[str] = Field(default_factory=list)
 
 
 class BootstrapOut(Out):

@@ -7,7 +7,16 @@ import socket
 import stat
 import time
 
-from .contract import HOOK_VERSION, NodeConf, Paths, clean, format_utc, host_mismatch
+from .contract import (
+    HOOK_VERSION,
+    NodeConf,
+    Paths,
+    clean,
+    format_utc,
+    host_mismatch,
+    is_grant_id,
+)
+from .dropins import drop_in_report
 from .files import open_dir
 from .grants import check_all
 from .procs import run_program
@@ -18,8 +27,8 @@ MODULE = "usr/lib/broker/pam_broker.so"  # below the root
 
 
 def node_status(paths: Paths, now: int) -> dict[str, object]:
-    """This node as the broker sees it: config, grants (broker-grant-check's verdicts), PAM
-    blocks, the module, sudo, quarantine."""
+    """This node as the broker sees it: config, grants (broker-grant-check's verdicts, and
+    each one's drop-in as sudo would see it), PAM blocks, the module, sudo, quarantine."""
     conf, checked = load_conf(paths), check_all(paths, now)
     grants: list[dict[str, object]] = []
     for grant in checked.grants:
@@ -27,6 +36,8 @@ def node_status(paths: Paths, now: int) -> dict[str, object]:
         if grant.id is not None:
             entry["user"], entry["not_after"] = grant.user, format_utc(grant.not_after)
         entry["valid"], entry["problem"] = grant.valid, grant.problem
+        # The rule sudo reads: a grant file the hook accepts is no grant without it.
+        entry["drop_in"] = drop_in_report(paths, grant.name) if is_grant_id(grant.name) else None
         grants.append(entry)
     problems = [conf] if isinstance(conf, str) else []
     for problem in (checked.config_problem, checked.unavailable):
@@ -45,6 +56,10 @@ def node_status(paths: Paths, now: int) -> dict[str, object]:
             "sessions are not contained (no cgroup v2 subtree delegated to broker-node watch):"
             " they are ended by process tree, which a double fork escapes (weaker)"
         )
+    for entry in grants:
+        drop_in = entry["drop_in"]
+        if isinstance(drop_in, dict) and drop_in["problem"] is not None:
+            problems.append(f"grant {entry['id']}: {drop_in['problem']}")
     if isinstance(conf, NodeConf) and (mismatch := host_mismatch(conf.node, socket.gethostname())):
         problems.append(mismatch)
     return {

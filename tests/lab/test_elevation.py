@@ -388,3 +388,62 @@ def on_a_terminal(argv: list[str], *, answer: str, prompt: bytes) -> tuple[int, 
     os.close(fd)
     _pid, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), shown.decode("utf-8", "replace")
+
+
+def _broken_shown(lab: dict[str, Any], grant_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`broker node status gpu01` (which checks the drop-ins) and `grants show`, as JSON."""
+    status = cli(lab, "node", "status", "gpu01", "--json")
+    assert status.returncode == 1, status.stdout + status.stderr  # a problem: exit 1
+    [node_status] = json.loads(status.stdout)
+    shown = json.loads(cli(lab, "grants", "show", grant_id, "--json").stdout)
+    return node_status, shown["node_states"][0]
+
+
+def _repaired(lab: dict[str, Any], grant_id: str) -> None:
+    """`broker grants reap` (the scheduler's tick) pushes it again (drop_in_integrity=repair)."""
+    reaped = cli(lab, "grants", "reap", "--json")
+    assert reaped.returncode == 0, reaped.stderr
+    assert json.loads(reaped.stdout)["drop_ins_repaired"] == [f"{grant_id}@gpu01"]
+    shown = json.loads(cli(lab, "grants", "show", grant_id, "--json").stdout)
+    assert [(n["state"], n["drop_in_problem"]) for n in shown["node_states"]] == [("live", None)]
+
+
+def test_a_tampered_drop_in_is_not_live_is_alerted_and_repaired(ready: dict[str, Any]) -> None:
+    lab = ready["lab"]
+    assert cli(lab, "revoke", "--user", "alice", "--reason", "clean slate").returncode == 0
+    grant = elevate_approved(ready, "alice", "frank", "gpu01", "10m")
+    name = f"/etc/sudoers.d/broker_{grant['id']}"
+    pushed = node_path(lab, "gpu01", name).read_text()
+    assert in_node(lab, "gpu01", ["chmod", "666", name]).returncode == 0
+    # sudo itself now ignores the rule (that is the danger: nothing said so before)
+    assert f"({grant['runas']})" not in run_ssh(lab, "alice", "gpu01", "sudo -n -l").stdout
+
+    node_status, row = _broken_shown(lab, grant["id"])
+    why = "drop-in mode 0666: sudo ignores it"
+    assert node_status["drop_in_problems"] == [f"{grant['id']}: {why}"]
+    assert why in node_status["problem"]
+    assert (row["state"], row["drop_in_problem"]) == ("broken", why)
+
+    def alerted() -> list[dict[str, Any]]:
+        listed = cli(lab, "alerts", "list", "--rule", "drop-in-tampered", "--json")
+        return [a for a in json.loads(listed.stdout) if a["grant_id"] == grant["id"]]
+
+    deadline = time.monotonic() + 30
+    while not alerted() and time.monotonic() < deadline:
+        time.sleep(1)
+    [alert] = alerted()
+    assert (alert["node"], alert["severity"], alert["user"]) == ("gpu01", "high", "alice")
+    assert why in alert["message"]
+
+    _repaired(lab, grant["id"])
+    drop_in = node_path(lab, "gpu01", name)
+    assert drop_in.stat().st_mode & 0o777 == 0o440 and drop_in.read_text() == pushed
+    assert f"({grant['runas']})" in run_ssh(lab, "alice", "gpu01", "sudo -n -l").stdout
+
+    # Changed content, mode kept: found by its sha256, and put back.
+    drop_in.write_text(pushed + "alice ALL = (ALL) NOPASSWD: ALL\n")
+    node_status, row = _broken_shown(lab, grant["id"])
+    assert row["state"] == "broken" and row["drop_in_problem"].startswith("drop-in changed")
+    _repaired(lab, grant["id"])
+    assert drop_in.read_text() == pushed
+    assert cli(lab, "revoke", grant["id"], "--reason", "done").returncode == 0

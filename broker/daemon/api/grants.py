@@ -34,6 +34,7 @@ from broker.grants.service import ElevationResult
 from broker.wire.base import from_domain
 from broker.wire.grants import (
     ElevationOut,
+    GrantNodeOut,
     GrantOut,
     NodeResultOut,
     PlanOut,
@@ -149,7 +150,8 @@ def grant_out(ctx: Context[Any], grant: Grant) -> GrantOut:
         GrantOut,
         grant,
         active=grant.active_at(ctx.now),
-        node_states=nodes,
+        # A live row whose drop-in sudo does not read as pushed is shown `broken`, not live.
+        node_states=[from_domain(GrantNodeOut, n, state=n.shown_state) for n in nodes],
     )
 
 

@@ -166,10 +166,11 @@ def bootstrap(ctx: Context[NodesRequest]) -> list[BootstrapOut]:
     request=StatusRequest,
     response=list[StatusOut],
     access=Access.OPERATOR,
-    summary="Ask each node's program: hook version, sudo, I/O logging, grants, clock skew",
+    summary="Ask each node's program: hook version, sudo, I/O logging, grants and their"
+    " drop-ins (checked against what was pushed), clock skew",
 )
 def status(ctx: Context[StatusRequest]) -> list[StatusOut]:
-    statuses = ctx.app.nodes().status(ctx.params.nodes, actor=ctx.caller.actor)
+    statuses = ctx.app.nodes().status(ctx.params.nodes, actor=ctx.caller.actor, now=ctx.now)
     return [_status_out(s) for s in statuses]
 
 
