@@ -533,6 +533,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX session_events_session ON session_events (node, pid, kind)",
         ),
     ),
+    Migration(
+        10,
+        "recording tunnel certificates: serials issued to nodes, revocations",
+        (
+            # Serials are up to 159 bits: kept as lower-case hex text, not INTEGER.
+            """CREATE TABLE tunnel_certs (
+                serial TEXT PRIMARY KEY CHECK (serial GLOB '[0-9a-f]*' AND length(serial) <= 40),
+                node TEXT NOT NULL,
+                path TEXT NOT NULL,
+                issued_at TEXT,
+                not_after TEXT,
+                revoked_at TEXT,
+                revoked_by TEXT,
+                reason TEXT CHECK (reason IN ('node-removed', 'superseded'))
+            ) WITHOUT ROWID""",
+            "CREATE INDEX tunnel_certs_node ON tunnel_certs (node)",
+        ),
+    ),
 )
 
 
