@@ -537,9 +537,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         10,
         "recording tunnel certificates: serials issued to nodes, revocations",
         (
-            # Serials are up to 159 bits: kept as lower-case hex text, not INTEGER.
             """CREATE TABLE tunnel_certs (
-                serial TEXT PRIMARY KEY CHECK (serial GLOB '[0-9a-f]*' AND length(serial) <= 40),
+                serial TEXT PRIMARY KEY
+                    CHECK (serial NOT GLOB '*[^0-9a-f]*' AND length(serial) BETWEEN 1 AND 40),
                 node TEXT NOT NULL,
                 path TEXT NOT NULL,
                 issued_at TEXT,
