@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
     from broker.provision.nodes import NodeService
+    from broker.sessions.certs import TunnelCerts
     from broker.sessions.index import Indexer as SessionIndexer
     from broker.sessions.service import Recordings
     from broker.sessions.spools import SpoolCollector
@@ -279,6 +280,12 @@ class App:
             grant_key_line=self._grant_key_line,
             drop_ins=self.drop_ins,
         )
+
+    def tunnel_certs(self) -> TunnelCerts:
+        """The session CA's CRL of revoked node certificates (the scheduler keeps it fresh)."""
+        from broker.sessions.certs import TunnelCerts  # lazy: start-up (module doc)
+
+        return TunnelCerts(self.settings, self.ready_store())
 
     def spool_collector(self) -> SpoolCollector:
         """Session events from node spools, over the shared SSH pool."""

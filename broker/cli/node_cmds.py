@@ -29,7 +29,7 @@ from broker.core.errors import (
 )
 from broker.core.hostlist import expand, fold
 from broker.wire.alerts import MarkOut, QuarantinedOut, QuarantineOut
-from broker.wire.nodes import BootstrapOut, EnrollOut, NodeOut, ProbeOut, StatusOut
+from broker.wire.nodes import BootstrapOut, EnrollOut, NodeOut, ProbeOut, RemovedOut, StatusOut
 
 app = typer.Typer(help="Cluster nodes.", no_args_is_help=True)
 
@@ -106,9 +106,12 @@ def list_nodes(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
 @app.command()
 def remove(ctx: typer.Context, name: str = typer.Argument(..., help="The node to forget.")) -> None:
-    """Remove a node and its pinned host key (refused while a grant may be on it)."""
-    record = client(ctx).post("/v1/nodes/remove", {"name": name}, NodeOut)
+    """Remove a node and its pinned host key, and revoke its recording tunnel certificates
+    (refused while a grant may be on it)."""
+    record = client(ctx).post("/v1/nodes/remove", {"name": name}, RemovedOut)
     output.say(f"removed {record.name} ({record.address} port {record.port})")
+    for serial in record.revoked_serials:
+        output.say(f"revoked its tunnel certificate, serial {serial} (on the session CA's CRL)")
 
 
 @app.command()

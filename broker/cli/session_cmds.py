@@ -34,7 +34,7 @@ app = typer.Typer(
 def setup(ctx: typer.Context) -> None:
     """On the broker host, as root: the session CA, the log server's certificate, the store
     and the sudo_logsrvd and stunnel configurations (idempotent). Then start
-    broker-logsrvd.service and broker-logsrv-tunnel.service."""
+    broker-logsrvd.service, broker-logsrv-tunnel.service and broker-logsrv-crl.path."""
     from broker.sessions.setup import setup as run_setup  # lazy: CLI start-up (cryptography)
 
     changed = run_setup(state(ctx).settings(), utcnow())

@@ -60,6 +60,9 @@ def tick(app: App, *, all_nodes: bool = False) -> TickReport:
 
 
 PURGE_EVERY_S = 3600.0
+# The CRL is checked against the store this often (written when it differs or is a day
+# old), so a CRL that could not be written at `node remove` is there within a minute.
+CRL_CHECK_EVERY_S = 60.0
 
 
 def check_drop_ins(app: App) -> None:
@@ -90,6 +93,14 @@ def rotate_due_keytabs(app: App) -> None:
                 report.kvno,
                 report.message,
             )
+
+
+def refresh_crl(app: App) -> None:
+    """Keep the session CA's CRL current (an expired one shuts every node out); never raises."""
+    try:
+        app.tunnel_certs().refresh_crl(utcnow())
+    except Exception:  # the indexer must keep running
+        log.exception("the session CA's CRL could not be refreshed")
 
 
 # Detection runs every second; acting on alerts (SSH) and delivering them (HTTP) each
@@ -174,9 +185,12 @@ class Scheduler:
     def _index(self) -> None:
         interval = self._settings.sessions.index_interval.total_seconds()
         app = App(self._settings)
-        last_purge = 0.0
+        last_purge = last_crl = 0.0
         try:
             while not self._stop.wait(interval):
+                if time.monotonic() - last_crl >= CRL_CHECK_EVERY_S:
+                    last_crl = time.monotonic()
+                    refresh_crl(app)
                 try:
                     report = app.session_indexer().run(utcnow())
                     if report.finished or report.quarantined:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -263,8 +263,10 @@ def remove(
     known_hosts: Path,
     owner: tuple[int, int] | None,
     now: datetime | None = None,
+    also: Callable[[sqlite3.Connection], None] | None = None,
 ) -> NodeRecord:
-    """Forget a node and its pinned key; refused while a grant may still be on it."""
+    """Forget a node and its pinned key; refused while a grant may still be on it. `also`
+    runs in the same transaction (the node's tunnel certificates revoked with it)."""
     with store.transaction() as conn:
         record = require(conn, name)
         marks = ",".join("?" for _ in _LIVE_STATES)
@@ -291,6 +293,8 @@ def remove(
             ),
             now,
         )
+        if also is not None:
+            also(conn)
         write_known_hosts(conn, known_hosts, owner)
     return record
 

@@ -85,7 +85,7 @@ def _install_tunnel(sftp: paramiko.SFTPClient, tunnel: NodeTunnel, changed: list
     for leaf in tunnel.leaves:
         cert = read_regular(sftp, leaf.cert, MAX_REMOTE_FILE)
         if not tunnel.cert_ok(leaf, cert) or remote_stat(sftp, leaf.key) is None:
-            issued = tunnel.issue(leaf)
+            issued = tunnel.replace(leaf, cert)
             put_atomic(sftp, leaf.key, issued.key_pem, 0o600)
             put_atomic(sftp, leaf.cert, issued.cert_pem, 0o644)
             changed.append(f"issued {leaf.cert}")

@@ -7,10 +7,16 @@ the process's shared pool.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
+from broker.audit import writer
 from broker.config.settings import Settings
+from broker.core.errors import BrokerError, UnavailableError
 from broker.core.hostlist import expand
 from broker.fleet import hostkeys, inventory
 from broker.fleet import status as fleet_status
@@ -23,8 +29,19 @@ from broker.fleet.ssh import NodeTarget
 from broker.grants.integrity import DropInCheck
 from broker.policy.model import Policy
 from broker.provision import bootstrap
+from broker.sessions import certs
 from broker.sessions import setup as sessions_setup
 from broker.store.db import Store
+
+log = logging.getLogger("broker.nodes")
+
+
+@dataclass(frozen=True)
+class Removed:
+    """A removed node, and the serials of the tunnel certificates revoked with it."""
+
+    record: NodeRecord
+    revoked: list[str]
 
 
 class NodeService:
@@ -54,12 +71,46 @@ class NodeService:
     def listed(self) -> list[NodeRecord]:
         return inventory.list_nodes(self._store)
 
-    def remove(self, name: str, actor: str) -> NodeRecord:
+    def remove(self, name: str, actor: str, now: datetime) -> Removed:
+        """Forget a node and revoke its tunnel certificates in one transaction, then write
+        the CRL the log server's stunnel reads (docs/sessions.md: it reloads on change)."""
+        revoked: list[str] = []
+
+        def revoke(conn: sqlite3.Connection) -> None:
+            revoked.extend(certs.revoke_node(conn, name, actor, now))
+
         record = inventory.remove(
-            self._store, name, actor, known_hosts=self._settings.known_hosts, owner=self._owner
+            self._store,
+            name,
+            actor,
+            known_hosts=self._settings.known_hosts,
+            owner=self._owner,
+            now=now,
+            also=revoke,
         )
         self._pool().forget(record.name)
-        return record
+        if revoked:
+            self._write_crl(record.name, revoked, actor, now)
+        return Removed(record, revoked)
+
+    def _write_crl(self, node: str, revoked: list[str], actor: str, now: datetime) -> None:
+        """The revocation is committed; a CRL that cannot be written is said and audited
+        (the daemon's scheduler writes it again within a minute)."""
+        try:
+            certs.write_crl(self._settings, self._store, now)
+        except (BrokerError, OSError, ValueError) as exc:
+            reason = exc.one_line() if isinstance(exc, BrokerError) else str(exc)
+            with self._store.transaction() as conn:
+                event = writer.EventInput(
+                    actor, "session.crl.write", f"node:{node}", "failed",
+                    {"serials": revoked, "error": reason[:300]},
+                )  # fmt: skip
+                writer.record(conn, event, now)
+            raise UnavailableError(
+                f"node {node} is removed and its certificates {', '.join(revoked)} are revoked "
+                f"in the store, but the CRL could not be written: {reason}",
+                fix="the daemon retries every minute; check the state directory's keys/",
+            ) from None
 
     def enroll(
         self,
@@ -94,11 +145,14 @@ class NodeService:
         key_line = self._grant_key_line()
         ca = sessions_setup.load_ca(settings)
 
+        lock = threading.Lock()  # nodes are bootstrapped in parallel over one connection
+
         def tunnel(target: NodeTarget) -> sessions_setup.NodeTunnel:
             zone = policy.zone_of.get(target.name)
-            return sessions_setup.node_tunnel(settings, ca, target.name, target.host, zone, now)
+            base = sessions_setup.node_tunnel(settings, ca, target.name, target.host, zone, now)
+            return self._with_store(base, target.name, lock, actor, now)
 
-        return bootstrap.bootstrap(
+        results = bootstrap.bootstrap(
             self._store,
             self._pool(),
             expand(nodes),
@@ -109,6 +163,35 @@ class NodeService:
             actor=actor,
             tunnels=tunnel,
         )
+        try:  # certificates bootstrap replaced were revoked: the CRL says so now
+            certs.TunnelCerts(settings, self._store).refresh_crl(now)
+        except (BrokerError, OSError, ValueError):
+            log.exception("the CRL could not be written after bootstrap; the scheduler retries")
+        return results
+
+    def _with_store(
+        self,
+        tunnel: sessions_setup.NodeTunnel,
+        node: str,
+        lock: threading.Lock,
+        actor: str,
+        now: datetime,
+    ) -> sessions_setup.NodeTunnel:
+        """The serials `node` may keep; a new certificate's serial stored (and audited)
+        before the node receives it, one it replaces revoked."""
+        store = self._store
+
+        def record(leaf: sessions_setup.Leaf, cert_pem: bytes) -> None:
+            with lock, store.transaction() as conn:
+                certs.record_issued(conn, node, leaf.cert, cert_pem, actor, now)
+
+        def revoke(leaf: sessions_setup.Leaf, serial: int) -> None:
+            with lock, store.transaction() as conn:
+                certs.revoke_replaced(conn, node, leaf.cert, serial, actor, now)
+
+        with lock:
+            current = certs.current(store.conn, node)
+        return sessions_setup.with_store(tunnel, current, record, revoke)
 
     def status(
         self, nodes: str | None, *, actor: str, now: datetime

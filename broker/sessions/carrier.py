@@ -104,8 +104,9 @@ def logsrvd_conf(settings: Settings, iolog_user: str, events_log: Path) -> str:
 _TLS = "sslVersionMin = TLSv1.2\nciphers = HIGH:!aNULL:!MD5:!RC4:!3DES\n"
 
 
-def stunnel_server_conf(settings: Settings, paths: ServerPaths) -> str:
-    """The broker host's stunnel: only clients with a certificate from the session CA."""
+def stunnel_server_conf(settings: Settings, paths: ServerPaths, crl: Path) -> str:
+    """The broker host's stunnel: only clients with a certificate from the session CA that
+    its CRL does not list (a removed node's); SIGHUP makes it read the CRL again."""
     listen = host_port(settings.sessions.tunnel_listen, "sessions.tunnel_listen")
     target = host_port(settings.sessions.logsrvd_listen, "sessions.logsrvd_listen")
     return (
@@ -119,6 +120,7 @@ def stunnel_server_conf(settings: Settings, paths: ServerPaths) -> str:
         f"cert = {_path(paths.cert)}\n"
         f"key = {_path(paths.key)}\n"
         f"CAfile = {_path(paths.ca)}\n"
+        f"CRLfile = {_path(crl)}\n"
         "requireCert = yes\n"
         "verifyChain = yes\n" + _TLS
     )

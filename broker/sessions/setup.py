@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +24,12 @@ from broker.store.files import ensure_private_dir, service_ids, write_private_fi
 def ca_paths(settings: Settings) -> tuple[Path, Path]:
     keys = settings.broker.state_dir / "keys"
     return keys / "session-ca.pem", keys / "session-ca.key"
+
+
+def crl_path(settings: Settings) -> Path:
+    """The session CA's CRL: written by the daemon (the service user owns the directory),
+    read by the log server's stunnel (`CRLfile`)."""
+    return settings.broker.state_dir / "keys" / "session-ca.crl"
 
 
 def load_ca(settings: Settings) -> tls.Issued:
@@ -65,6 +72,11 @@ def setup(settings: Settings, now: datetime) -> list[str]:
         write_private_file(ca_cert, ca.cert_pem, owner, 0o644)
         changed.append(f"created the session CA {ca_cert}")
     ca = load_ca(settings)
+    if not crl_path(settings).exists():
+        # stunnel will not start without its CRLfile; the daemon rewrites this from the
+        # store's revocations within a minute of starting (sessions/certs.py).
+        write_private_file(crl_path(settings), tls.build_crl(ca, [], now), owner, 0o644)
+        changed.append(f"wrote an empty CRL {crl_path(settings)}")
     paths = carrier.ServerPaths(settings.sessions.conf_dir)
     root = (0, 0) if os.geteuid() == 0 else None
     settings.sessions.conf_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -88,7 +100,7 @@ def setup(settings: Settings, now: datetime) -> list[str]:
             paths.logsrvd_conf,
             carrier.logsrvd_conf(settings, user, settings.session_store.parent / "events.json"),
         ),
-        (paths.stunnel_conf, carrier.stunnel_server_conf(settings, paths)),
+        (paths.stunnel_conf, carrier.stunnel_server_conf(settings, paths, crl_path(settings))),
     )
     for path, text in confs:
         if _write_if_changed(path, text.encode("ascii"), root, 0o644):
@@ -108,6 +120,14 @@ class Leaf:
     client: bool
 
 
+def _no_record(_leaf: Leaf, _cert_pem: bytes) -> None:
+    return None
+
+
+def _no_revoke(_leaf: Leaf, _serial: int) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class NodeTunnel:
     """A node's carrier files (a relay's too), and how to give it certificates when it has
@@ -119,10 +139,20 @@ class NodeTunnel:
     units: tuple[str, ...]  # systemd units to (re)start when anything changed
     ca: tls.Issued
     now: datetime
+    # Serials on record for this node and not revoked; None: not checked (no store).
+    current: frozenset[int] | None = None
+    # Store a new certificate's serial before the node gets it; revoke one it replaces.
+    record: Callable[[Leaf, bytes], None] = _no_record
+    revoke: Callable[[Leaf, int], None] = _no_revoke
 
     def cert_ok(self, leaf: Leaf, cert_pem: bytes | None) -> bool:
-        """The certificate is ours, names what it must, serves what it must, has a month."""
-        return cert_pem is not None and tls.valid_leaf(
+        """The certificate is ours, on record and not revoked, names what it must, serves
+        what it must, has a month."""
+        if cert_pem is None:
+            return False
+        if self.current is not None and not self._on_record(cert_pem):
+            return False
+        return tls.valid_leaf(
             self.ca.cert_pem,
             cert_pem,
             leaf.common,
@@ -132,8 +162,18 @@ class NodeTunnel:
             client=leaf.client,
         )
 
-    def issue(self, leaf: Leaf) -> tls.Issued:
-        return tls.issue(
+    def _on_record(self, cert_pem: bytes) -> bool:
+        try:
+            return tls.serial_of(cert_pem) in (self.current or frozenset())
+        except ValueError:
+            return False
+
+    def replace(self, leaf: Leaf, old_pem: bytes | None) -> tls.Issued:
+        """A new certificate, its serial stored first; the one it replaces, if this CA
+        signed it, revoked (the node keeps the old file until the new one is renamed over)."""
+        if old_pem is not None and tls.issued_by(self.ca.cert_pem, old_pem):
+            self.revoke(leaf, tls.serial_of(old_pem))
+        issued = tls.issue(
             self.ca,
             leaf.common,
             list(leaf.hosts),
@@ -141,6 +181,19 @@ class NodeTunnel:
             client=leaf.client,
             now=self.now,
         )
+        self.record(leaf, issued.cert_pem)
+        return issued
+
+
+def with_store(
+    tunnel: NodeTunnel,
+    current: frozenset[int],
+    record: Callable[[Leaf, bytes], None],
+    revoke: Callable[[Leaf, int], None],
+) -> NodeTunnel:
+    """The tunnel with the store's view: which serials the node may keep, and how to
+    record and revoke (bootstrap runs nodes in parallel; the callables serialise)."""
+    return replace(tunnel, current=current, record=record, revoke=revoke)
 
 
 def node_tunnel(

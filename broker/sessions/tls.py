@@ -164,3 +164,65 @@ def valid_leaf(
         return False
     common, names, expires = cert_names(cert_pem)
     return common == name and all(h in names for h in (name, *hosts)) and expires > until
+
+
+CRL_DAYS = 7  # nextUpdate: a CRL past it makes stunnel refuse every node, so it is renewed daily
+
+
+def serial_of(cert_pem: bytes) -> int:
+    """The serial number the CRL names a certificate by."""
+    return x509.load_pem_x509_certificate(cert_pem).serial_number
+
+
+def issued_by(ca_pem: bytes, cert_pem: bytes) -> bool:
+    """Whether a certificate (a node's, so untrusted bytes) carries this CA's signature."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        x509.load_pem_x509_certificate(cert_pem).verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def build_crl(ca: Issued, revoked: Sequence[tuple[int, datetime]], now: datetime) -> bytes:
+    """A PEM CRL signed by the session CA listing `revoked` (serial, when), valid CRL_DAYS.
+
+    The CRL number is the issue time in seconds, so a later CRL always has a higher number
+    without keeping a counter."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the session CA key is not an EC key")
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=CRL_DAYS))
+        .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class CrlView:
+    serials: frozenset[int]
+    next_update: datetime
+
+
+def read_crl(ca_pem: bytes, crl_pem: bytes) -> CrlView | None:
+    """The serials and nextUpdate of a CRL this CA signed; None for anything else."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError:
+        return None
+    if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        return None
+    if crl.next_update_utc is None:
+        return None
+    return CrlView(frozenset(r.serial_number for r in crl), crl.next_update_utc)

@@ -546,6 +546,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE grant_nodes ADD COLUMN drop_in_checked_at TEXT",
         ),
     ),
+    Migration(
+        11,
+        "recording tunnel certificates: serials issued to nodes, revocations",
+        (
+            """CREATE TABLE tunnel_certs (
+                serial TEXT PRIMARY KEY
+                    CHECK (serial NOT GLOB '*[^0-9a-f]*' AND length(serial) BETWEEN 1 AND 40),
+                node TEXT NOT NULL,
+                path TEXT NOT NULL,
+                issued_at TEXT,
+                not_after TEXT,
+                revoked_at TEXT,
+                revoked_by TEXT,
+                reason TEXT CHECK (reason IN ('node-removed', 'superseded'))
+            ) WITHOUT ROWID""",
+            "CREATE INDEX tunnel_certs_node ON tunnel_certs (node)",
+        ),
+    ),
 )
 
 

@@ -25,6 +25,10 @@ class NodeOut(Out):
     problem: str | None  # from what the inventory knows: not enrolled, not bootstrapped, sudo
 
 
+class RemovedOut(NodeOut):
+    revoked_serials: list[str]  # the node's tunnel certificates now on the session CA's CRL
+
+
 class EnrollOut(Out):
     node: str
     address: str

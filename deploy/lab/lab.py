@@ -809,7 +809,34 @@ def start_logserver(root: Path, config: Path) -> dict[str, int]:
         pids[name] = spawn(argv, root / "broker" / f"{name}.log").pid
     wait_port(BROKER_ADDR, LOGSRVD_PORT, 15, "sudo_logsrvd", root / "broker" / "logsrvd.log")
     wait_port(BROKER_ADDR, TUNNEL_PORT, 15, "stunnel (log server)", root / "broker" / "stunnel.log")
+    crl = root / "broker" / "state" / "keys" / "session-ca.crl"
+    pids["crl-reload"] = spawn(
+        [sys.executable, "-I", "-c", CRL_RELOAD, str(crl), str(pids["stunnel"])],
+        root / "broker" / "crl-reload.log",
+    ).pid
     return pids
+
+
+# What deploy/systemd/broker-logsrv-crl.path does on a real host: the daemon rewrites the
+# CRL (`broker node remove`, daily), the log server's stunnel is sent SIGHUP to read it.
+CRL_RELOAD = """
+import os, signal, sys, time
+path, pid = sys.argv[1], int(sys.argv[2])
+def seen():
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+last = seen()
+while True:
+    time.sleep(0.2)
+    now = seen()
+    if now != last:
+        last = now
+        os.kill(pid, signal.SIGHUP)
+        print("reloaded stunnel for", path, flush=True)
+"""
 
 
 def stop_logserver(root: Path = DEFAULT_ROOT, which: str = "logsrvd") -> None:
@@ -820,7 +847,7 @@ def stop_logserver(root: Path = DEFAULT_ROOT, which: str = "logsrvd") -> None:
 
 def restart_logserver(root: Path = DEFAULT_ROOT) -> None:
     info = load_info(root)
-    for which in ("stunnel", "logsrvd"):
+    for which in ("crl-reload", "stunnel", "logsrvd"):
         stop_logserver(root, which)
     info["logsrv"] = start_logserver(root, Path(info["broker"]["config"]))
     save_info(root, info)
@@ -864,6 +891,21 @@ def start_tunnels(info: dict[str, Any]) -> None:
             f"tunnel of {node['name']}",
             Path(node["dir"]) / "tunnel.log",
         )
+
+
+def restart_tunnel(root: Path, name: str) -> None:
+    """Restart one node's stunnel client (bootstrap gave it a new certificate; systemd would
+    restart broker-logsrv-tunnel.service on a real node)."""
+    info = load_info(root)
+    node = next(n for n in info["nodes"] if n["name"] == name)
+    stop_process(node.get("tunnel_pid"))
+    conf = Path(node["dir"]) / "etc" / "broker" / "logsrv"
+    log = Path(node["dir"]) / "tunnel.log"
+    node["tunnel_pid"] = spawn(
+        [*in_node(node), "/usr/bin/stunnel4", str(conf / "tunnel.conf")], log
+    ).pid
+    wait_port(node["address"], LOGSRVD_PORT, 15, f"tunnel of {name}", log)
+    save_info(root, info)
 
 
 WATCH_INTERVAL = 2  # seconds; 5 on a real node

@@ -88,10 +88,12 @@ def test_the_server_tunnel_admits_only_clients_with_a_certificate_from_the_sessi
 ) -> None:
     settings = settings_for(tmp_path, 'tunnel_listen = "10.0.0.1:30344"\n')
     paths = carrier.ServerPaths(tmp_path / "etc-sessions")
-    service = ini(carrier.stunnel_server_conf(settings, paths))["broker-logsrv"]
+    crl = tmp_path / "state" / "keys" / "session-ca.crl"
+    service = ini(carrier.stunnel_server_conf(settings, paths, crl))["broker-logsrv"]
     assert service["requireCert"] == "yes"
     assert service["verifyChain"] == "yes"
     assert service["CAfile"] == str(paths.ca)
+    assert service["CRLfile"] == str(crl)
     assert (service["cert"], service["key"]) == (str(paths.cert), str(paths.key))
     assert service["accept"] == "10.0.0.1:30344"
     assert service["connect"] == "127.0.0.1:30343"
@@ -278,7 +280,7 @@ def test_a_node_tunnel_carries_the_ca_its_config_and_a_certificate_when_needed(
     assert [u.rsplit("/", 1)[1] for u in tunnel.units] == ["broker-logsrv-tunnel.service"]
     assert tunnel.dirs == () and carrier.RELAY_LOGSRVD_CONF not in files  # not a relay
     [spec] = tunnel.leaves
-    leaf = tunnel.issue(spec)
+    leaf = tunnel.replace(spec, None)
     assert tunnel.cert_ok(spec, leaf.cert_pem)
     assert not tunnel.cert_ok(spec, None)
     other = setup.node_tunnel(settings, ca, "gpu02", "10.0.0.8", None, NOW)
@@ -339,7 +341,7 @@ def test_a_node_named_as_a_relay_gets_a_store_and_forward_log_server(tmp_path: P
 
     # One certificate serves both ends and names what the zones' nodes connect to.
     node_spec, relay_spec = tunnel.leaves
-    relay_leaf = tunnel.issue(relay_spec)
+    relay_leaf = tunnel.replace(relay_spec, None)
     assert tunnel.cert_ok(relay_spec, relay_leaf.cert_pem)
     usage = x509.load_pem_x509_certificate(relay_leaf.cert_pem).extensions.get_extension_for_class(
         x509.ExtendedKeyUsage
@@ -349,7 +351,7 @@ def test_a_node_named_as_a_relay_gets_a_store_and_forward_log_server(tmp_path: P
         x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH,
     }
     # A node's client-only certificate is not good enough for the relay's listening end.
-    assert not tunnel.cert_ok(relay_spec, tunnel.issue(node_spec).cert_pem)
+    assert not tunnel.cert_ok(relay_spec, tunnel.replace(node_spec, None).cert_pem)
     by_address = setup.node_tunnel(
         settings_for(tmp_path, '[sessions.relays]\nsouth = "10.0.9.1:30350"\n'),
         ca, "relay-s", "10.0.9.1", None, NOW,

@@ -40,6 +40,7 @@ PAIRS: list[tuple[type[BaseModel], type, set[str]]] = [
     (grants.NodeResultOut, NodeOutcome, set()),
     (grants.ReapOut, TickReport, set()),
     (nodes.NodeOut, NodeRecord, {"problem"}),
+    (nodes.RemovedOut, NodeRecord, {"problem", "revoked_serials"}),
     (nodes.StatusOut, fleet_status.NodeStatus, set()),
     (nodes.ProbeOut, NodeProbe, set()),
     (nodes.EnrollOut, EnrollResult, {"key_type", "fingerprint"}),

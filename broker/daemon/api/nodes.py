@@ -22,6 +22,7 @@ from broker.wire.nodes import (
     EnrollOut,
     NodeOut,
     ProbeOut,
+    RemovedOut,
     StatusOut,
 )
 
@@ -114,12 +115,15 @@ def list_nodes(ctx: Context[Empty]) -> list[NodeOut]:
     "POST",
     "/v1/nodes/remove",
     request=NameRequest,
-    response=NodeOut,
+    response=RemovedOut,
     access=Access.OPERATOR,
-    summary="Remove a node and its pinned key (refused while a grant may be on it)",
+    summary="Remove a node and its pinned key, revoke its recording tunnel certificates "
+    "(refused while a grant may be on it)",
 )
-def remove(ctx: Context[NameRequest]) -> NodeOut:
-    return _node_out(ctx.app.nodes().remove(ctx.params.name, ctx.caller.actor))
+def remove(ctx: Context[NameRequest]) -> RemovedOut:
+    removed = ctx.app.nodes().remove(ctx.params.name, ctx.caller.actor, ctx.now)
+    node = _node_out(removed.record)
+    return RemovedOut(**node.model_dump(), revoked_serials=removed.revoked)
 
 
 @REGISTRY.add(
