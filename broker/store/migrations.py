@@ -533,6 +533,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX session_events_session ON session_events (node, pid, kind)",
         ),
     ),
+    Migration(
+        10,
+        "hook events by node, user and time: what corroborates a recording",
+        (
+            # Every listed recording asks for its user's open events on its node near its
+            # start (sessions/provenance.py); without this a busy node's events are scanned.
+            "CREATE INDEX session_events_user ON session_events (node, user, kind, at)",
+        ),
+    ),
 )
 
 
