@@ -220,3 +220,24 @@ def test_an_uncorroborated_session_is_never_drift_checked(two_sessions: World) -
     error = w.store.conn.execute("SELECT error FROM session_drift").fetchone()[0]
     assert error.startswith("not compared: the recording is uncorroborated")
     assert alerts.baseline(w.store.conn, GID, "gpu01") == '{"entries": []}'  # not moved
+
+
+def test_alerts_list_says_withheld_for_an_action_kept_from_acting() -> None:
+    from broker.cli.alert_cmds import _actions
+    from broker.wire.alerts import AlertOut
+
+    alert = AlertOut.model_validate(
+        {
+            "id": 1, "created_at": "x", "event_at": None, "rule": "exfiltration",
+            "severity": "critical", "user": "alice", "node": "gpu01", "grant_id": None,
+            "recording_id": "000002", "message": "m", "details": {}, "source": "session:000002",
+            "acked_at": None, "acked_by": None, "ack_note": None,
+            "actions": [
+                {"kind": "revoke_grants", "target": "alice", "state": "failed",
+                 "result": "withheld: session 000002 is uncorroborated (no grant)"},
+                {"kind": "end_session", "target": "gpu01:-", "state": "failed",
+                 "result": "gpu01: unreachable"},
+            ],
+        }
+    )  # fmt: skip
+    assert _actions(alert) == "revoke_grants:withheld, end_session:failed"
