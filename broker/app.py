@@ -364,6 +364,7 @@ class App:
             grants=self.grants,
             quarantines=self.quarantines,
             policy=self.policy().active,
+            spools=self.spool_collector,
         )
         return Responder(parts, self._alert_queue())
 

@@ -15,7 +15,12 @@ app = typer.Typer(help="Alerts raised by detection rules and drift checks.", no_
 
 
 def _actions(a: AlertOut) -> str:
-    done = [f"{x.kind}:{x.state}" for x in a.actions]
+    """Each action and its state; one withheld for want of corroborated evidence
+    (docs/detection.md, "What counts as evidence") reads `withheld`, not `failed`."""
+    done = [
+        f"{x.kind}:{'withheld' if (x.result or '').startswith('withheld:') else x.state}"
+        for x in a.actions
+    ]
     return ", ".join(done) or "-"
 
 

@@ -53,6 +53,12 @@ def _state(row: SessionOut) -> str:
     return f"{row.state}{' (relayed)' if row.relayed else ''}"
 
 
+def _evidence(row: SessionOut) -> str:
+    """User and node corroborated, or only the sending node's word (shouted: alerts on such
+    a session take no action against the user or node it names)."""
+    return "corroborated" if row.provenance == "corroborated" else "UNCORROBORATED"
+
+
 @app.command("list")
 def list_sessions(
     ctx: typer.Context,
@@ -81,12 +87,13 @@ def list_sessions(
         return
     output.table(
         None,
-        ["id", "user", "as", "node", "command", "started", "ended", "end", "grant", "state"],
+        ["id", "user", "as", "node", "command", "started", "ended", "end", "grant", "state",
+         "evidence"],
         [
             [
                 r.id, r.user or "-", r.runas or "-", r.node or "-", _command(r),
                 output.when(r.started_at), output.when(r.ended_at), r.end_reason or "-",
-                r.grant_id or "-", _state(r),
+                r.grant_id or "-", _state(r), _evidence(r),
             ]
             for r in found
         ],
@@ -109,6 +116,7 @@ def show(
     rows: list[list[str]] = [
         ["session", s.id],
         ["state", _state(s) + (f": {s.error}" if s.error else "")],
+        ["evidence", f"{_evidence(s)}: {s.provenance_reason}"],
         ["user", s.user or "-"],
         ["as", s.runas or "-"],
         ["node", s.node or "-"],

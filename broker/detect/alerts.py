@@ -263,6 +263,39 @@ def alert_rule(conn: sqlite3.Connection, alert_id: int) -> str | None:
     return None if row is None else str(row[0])
 
 
+@dataclass(frozen=True)
+class Origin:
+    """What an alert was raised on: its source, and for an audit source that event."""
+
+    source: str
+    recording_id: str | None
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    details: dict[str, Any] | None = None
+    at: str | None = None
+
+
+def alert_origin(conn: sqlite3.Connection, alert_id: int) -> Origin | None:
+    row = conn.execute(
+        "SELECT source, recording_id FROM alerts WHERE id = ?", (alert_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    source, recording_id = str(row[0]), row[1]
+    if not source.startswith("audit:") or not source[6:].isdigit():
+        return Origin(source, recording_id)
+    event = conn.execute(
+        "SELECT actor, action, target, details, ts FROM audit_events WHERE seq = ?",
+        (int(source[6:]),),
+    ).fetchone()
+    if event is None:
+        return Origin(source, recording_id)
+    return Origin(
+        source, recording_id, event[0], event[1], event[2], json.loads(event[3]), event[4]
+    )
+
+
 def alert_moment(conn: sqlite3.Connection, alert_id: int | None) -> datetime | None:
     """When the alert's finding happened (its event, else when it was raised)."""
     row = conn.execute(

@@ -20,8 +20,9 @@ from typing import Any
 from broker.audit import writer
 from broker.core.errors import BrokerError
 from broker.core.identity import Snapshot
+from broker.core.timeutil import from_text
 from broker.core.users import NamedUser
-from broker.detect import alerts, drift
+from broker.detect import alerts, drift, evidence
 from broker.detect.engine import Finding
 from broker.fleet import inventory, nodeprog, quarantine
 from broker.fleet.pool import SshPool
@@ -31,6 +32,9 @@ from broker.mfa import service as mfa_service
 from broker.mfa.model import MfaIdentity
 from broker.policy.detection_rules import DriftRule
 from broker.policy.model import Policy
+from broker.sessions import service as sessions_service
+from broker.sessions.provenance import Provenance
+from broker.sessions.spools import SpoolCollector
 from broker.store.db import Store
 
 log = logging.getLogger("broker.detect")
@@ -66,6 +70,7 @@ class ResponderParts:
     grants: Callable[[], GrantService]
     quarantines: Callable[[], Quarantines]
     policy: Callable[[], Policy | None]
+    spools: Callable[[], SpoolCollector]  # hook events of a node, collected on demand
 
 
 class Responder:
@@ -86,20 +91,7 @@ class Responder:
         store = self._parts.store()
         for due in alerts.due_actions(store.conn, now, BATCH):
             alert_id, kind, target = due.alert_id, due.kind, due.target
-            label = f"{kind} {target}"
-            work = self._kinds.get(kind)
-            try:
-                if work is None:
-                    raise ActionError(f"unknown action {kind}")
-                result, state = work(alert_id, target, now), "done"
-                report.done.append(label)
-            except Exception as exc:  # one action's failure must never block the others
-                if not isinstance(exc, ActionError | BrokerError | OSError | ValueError):
-                    log.exception("action %s (alert %s) raised", label, alert_id)
-                result = exc.one_line() if isinstance(exc, BrokerError) else str(exc) or repr(exc)
-                state = "failed" if due.attempts + 1 >= MAX_ATTEMPTS or work is None else "pending"
-                (report.failed if state == "failed" else report.retried).append(label)
-                log.warning("action %s (alert %s) failed: %s", label, alert_id, result)
+            result, state, outcome = self._attempt(due, now, report)
             later = now + RETRY_BASE * (2**due.attempts)
             with store.transaction() as conn:
                 alerts.action_tried(conn, due.id, state, result[:500], later, now)
@@ -110,12 +102,72 @@ class Responder:
                             alerts.DETECTOR,
                             f"alert.action.{kind}",
                             target,
-                            "ok" if state == "done" else "failed",
+                            outcome,
                             {"alert": alert_id, "result": result[:300]},
                         ),
                         now,
                     )
         return report
+
+    def _attempt(
+        self, due: alerts.DueAction, now: datetime, report: RespondReport
+    ) -> tuple[str, str, str]:
+        """(result, state, audit outcome) of one try. An action whose evidence is only a
+        node's word is withheld (failed at once, outcome refused): evidence.py."""
+        alert_id, kind, target = due.alert_id, due.kind, due.target
+        label = f"{kind} {target}"
+        work = self._kinds.get(kind)
+        try:
+            if work is None:
+                raise ActionError(f"unknown action {kind}")
+            refusal = self._withheld(alert_id, kind, target, now) if alert_id is not None else None
+            if refusal is not None:
+                report.failed.append(label)
+                log.warning("action %s (alert %s) %s", label, alert_id, refusal)
+                return refusal, "failed", "refused"
+            result = work(alert_id, target, now)
+            report.done.append(label)
+            return result, "done", "ok"
+        except Exception as exc:  # one action's failure must never block the others
+            if not isinstance(exc, ActionError | BrokerError | OSError | ValueError):
+                log.exception("action %s (alert %s) raised", label, alert_id)
+            result = exc.one_line() if isinstance(exc, BrokerError) else str(exc) or repr(exc)
+            state = "failed" if due.attempts + 1 >= MAX_ATTEMPTS or work is None else "pending"
+            (report.failed if state == "failed" else report.retried).append(label)
+            log.warning("action %s (alert %s) failed: %s", label, alert_id, result)
+            return result, state, "failed"
+
+    def _withheld(self, alert_id: int, kind: str, target: str, now: datetime) -> str | None:
+        """Why this alert's action must not act (None: it may). Asked before every try."""
+        conn = self._parts.store().conn
+        origin = alerts.alert_origin(conn, alert_id)
+        if origin is None:
+            return "withheld: the alert is gone"
+        basis = evidence.basis_of(origin.source, origin.recording_id, origin.actor, origin.action)
+        proof = None
+        if basis.kind == "recording" and basis.recording_id:
+            proof = self._recording_proof(basis.recording_id, now)
+        elif basis.kind == "hook" and basis.reporter and kind in evidence.USER_ACTIONS:
+            details = origin.details or {}
+            at = str(details.get("at") or origin.at or "")
+            proof = sessions_service.hook_provenance(
+                conn, basis.reporter, str(details.get("user", "")), origin.target,
+                from_text(at) if at else now,
+            )  # fmt: skip
+        return evidence.withheld(kind, target, basis, proof)
+
+    def _recording_proof(self, recording_id: str, now: datetime) -> Provenance | None:
+        """The recording's provenance; when not yet corroborated, its node's spool is
+        collected first (over the pinned channel), so a real session's hook event is in."""
+        conn = self._parts.store().conn
+        row = sessions_service.recorded_row(conn, recording_id)
+        if row is None:
+            return None
+        proof = sessions_service.recording_provenance(conn, row)
+        if proof.corroborated or not row.get("node"):
+            return proof
+        self._parts.spools().collect_nodes([str(row["node"])], now)
+        return sessions_service.recording_provenance(self._parts.store().conn, row)
 
     def _reason(self, alert_id: int | None) -> str:
         if alert_id is None:
@@ -219,6 +271,15 @@ class Responder:
         node, user, grant_id = alerts.session_subject(conn, recording_id) or (None, None, None)
         if not node or not grant_id:
             return "no grant behind this session: nothing to compare"
+        proof = self._recording_proof(recording_id, now)
+        if proof is None or not proof.corroborated:
+            # The baseline is not moved on a node's word: a forged recording naming another
+            # node must not hide what a real session there leaves behind.
+            why = "not indexed" if proof is None else proof.reason
+            with self._parts.store().transaction() as tx:
+                _store_drift(tx, recording_id, grant_id, node, now, [], 0,
+                             f"not compared: the recording is uncorroborated ({why})")  # fmt: skip
+            return f"uncorroborated: {why}"
         base = alerts.baseline(conn, grant_id, node)
         if base is None:
             with self._parts.store().transaction() as tx:

@@ -308,3 +308,32 @@ def insert_event(conn: sqlite3.Connection, e: SessionEvent, now: datetime) -> bo
         ),
     )  # fmt: skip
     return bool(cur.rowcount)
+
+
+# --- what corroborates a recording (provenance.py) -----------------------------------------
+
+
+def hook_opens(
+    conn: sqlite3.Connection, node: str, user: str, since: datetime, until: datetime
+) -> list[tuple[str, str | None, str]]:
+    """(user, grant_id, at) of the `open` events collected from this node for this user
+    between the bounds (node times are whole seconds; the end is rounded up)."""
+    rows = conn.execute(
+        "SELECT user, grant_id, at FROM session_events WHERE node = ? AND user = ?"
+        " AND kind = 'open' AND at >= ? AND at <= ? ORDER BY at LIMIT 50",
+        (node, user, to_second_text(since), to_second_text(until + timedelta(seconds=1))),
+    ).fetchall()
+    return [(str(u), None if g is None else str(g), str(a)) for u, g, a in rows]
+
+
+def grant_of(
+    conn: sqlite3.Connection, grant_id: str, user: str, node: str
+) -> tuple[str, str, str] | None:
+    """(id, not_before, not_after) of this grant when it is this user's and was put on
+    this node; None otherwise."""
+    row = conn.execute(
+        "SELECT g.id, g.not_before, g.not_after FROM grants g"
+        " JOIN grant_nodes n ON n.grant_id = g.id WHERE g.id = ? AND g.user = ? AND n.node = ?",
+        (grant_id, user, node),
+    ).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]), str(row[2]))

@@ -16,8 +16,9 @@ from typing import Any
 from broker.audit import writer
 from broker.core.errors import FailedError, RefusedError, UsageError
 from broker.core.timeutil import from_text
-from broker.sessions import iolog, rows
+from broker.sessions import iolog, provenance, rows
 from broker.sessions.iolog import IologError
+from broker.sessions.provenance import GrantSpan, HookOpen, Provenance
 from broker.sessions.rows import Filters
 from broker.store.db import Store
 
@@ -28,9 +29,12 @@ __all__ = [
     "Recordings",
     "command_lines",
     "context",
+    "hook_provenance",
     "listing",
     "one",
+    "recorded_row",
     "recorded_user",
+    "recording_provenance",
 ]
 
 MAX_PATTERN = 1000
@@ -38,8 +42,51 @@ EXCERPT = 60
 
 
 def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
-    """Recordings not purged, newest first, filtered."""
-    return rows.listing(conn, f)
+    """Recordings not purged, newest first, filtered, each with its provenance label."""
+    return [_labelled(conn, row) for row in rows.listing(conn, f)]
+
+
+def _labelled(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with `provenance` and `provenance_reason`, judged now: hook events collected
+    since the last look can corroborate a recording that was not before."""
+    found = recording_provenance(conn, row)
+    return {**row, "provenance": found.label, "provenance_reason": found.reason}
+
+
+def recording_provenance(conn: sqlite3.Connection, row: dict[str, Any]) -> Provenance:
+    """How the recording's user and node were learned (provenance.py): its user's hook
+    `open` events collected from its node near its start, and its grant."""
+    node, user, started_text = row.get("node"), row.get("user"), row.get("started_at")
+    if not node or not user or not started_text:
+        return provenance.judge_recording(None, None, None, None, ())
+    started = from_text(started_text)
+    slack = provenance.SLACK
+    opens = [
+        HookOpen(u, g, from_text(at))
+        for u, g, at in rows.hook_opens(conn, node, user, started - slack, started + slack)
+    ]
+    grant = _span(rows.grant_of(conn, row["grant_id"], user, node)) if row["grant_id"] else None
+    return provenance.judge_recording(node, user, started, grant, opens)
+
+
+def recorded_row(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any] | None:
+    """A recording's indexed row, or None (detection asks; no refusal to raise)."""
+    return rows.recording(conn, recording_id)
+
+
+def hook_provenance(
+    conn: sqlite3.Connection, node: str, user: str, grant_id: str | None, at: datetime
+) -> Provenance:
+    """How a hook event's user was learned: the node's word, unless a grant of that user
+    on that node covers the event."""
+    grant = None
+    if grant_id and grant_id not in ("-", provenance.BREAK_GLASS):
+        grant = _span(rows.grant_of(conn, grant_id, user, node))
+    return provenance.judge_hook(node, user, grant_id, at, grant)
+
+
+def _span(found: tuple[str, str, str] | None) -> GrantSpan | None:
+    return None if found is None else GrantSpan(found[0], from_text(found[1]), from_text(found[2]))
 
 
 def recorded_user(conn: sqlite3.Connection, name: str) -> bool:
@@ -53,7 +100,7 @@ def one(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any]:
     row = rows.recording(conn, recording_id)
     if row is None:
         raise RefusedError(f"no recorded session {recording_id}", fix="see `broker sessions list`")
-    return row
+    return _labelled(conn, row)
 
 
 def context(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
@@ -193,12 +240,13 @@ class Recordings:
         except re.error as exc:
             raise UsageError(f"bad regular expression: {exc}", fix="check the pattern") from exc
         found = []
-        for row in listing(self._store.conn, dataclasses.replace(f, limit=100_000)):
+        conn = self._store.conn
+        for row in rows.listing(conn, dataclasses.replace(f, limit=100_000)):
             if row["state"] == "quarantined":
                 continue
             match = self._match(row, regex, streams)
             if match is not None:
-                found.append({**row, "match": match})
+                found.append({**_labelled(conn, row), "match": match})
                 if len(found) >= f.limit:
                     break
         return found

@@ -28,6 +28,10 @@ class SpoolCollector:
         """Nodes that held a grant in the last day, and quarantined nodes."""
         return self._collect(rows.nodes_to_collect(self._store.conn, now), now)
 
+    def collect_nodes(self, names: list[str], now: datetime) -> int:
+        """These nodes now (detection, before it judges a recording that names one)."""
+        return self._collect(names, now)
+
     def _collect(self, names: list[str], now: datetime) -> int:
         """Events newly stored."""
         if not names:

@@ -564,6 +564,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX tunnel_certs_node ON tunnel_certs (node)",
         ),
     ),
+    Migration(
+        12,
+        "hook events by node, user and time: what corroborates a recording",
+        (
+            # Every listed recording asks for its user's open events on its node near its
+            # start (sessions/provenance.py); without this a busy node's events are scanned.
+            "CREATE INDEX session_events_user ON session_events (node, user, kind, at)",
+        ),
+    ),
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from broker.wire.base import Out
@@ -32,6 +34,10 @@ class SessionOut(Out):
     error: str | None
     first_seen: str
     indexed_at: str
+    # How user and node were learned (docs/sessions.md, "Provenance"): "corroborated" by the
+    # node's own hook event and a grant, or "uncorroborated" (only the sending node's word).
+    provenance: Literal["corroborated", "uncorroborated"]
+    provenance_reason: str
 
 
 class GrantContextOut(Out):

@@ -8,9 +8,11 @@ incident-response member (role incident-root).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sqlite3
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -310,3 +312,96 @@ def test_a_key_added_for_root_is_drift_on_the_session_record_and_an_alert(
     finally:
         keys.unlink(missing_ok=True)
         cli(lab, "revoke", grant["id"], "--reason", "drift test done")
+
+
+def forged_iolog(mark: str, started: float) -> bytes:
+    """A tar of an I/O log naming alice on gpu01 that copies checkpoints off the node."""
+    typed = f"scp /data/checkpoints/{mark}.pt x@127.0.0.1:\r".encode()
+    shown = b"root@gpu01:~# " + typed + b"\n"
+    files = {
+        "log.json": json.dumps(
+            {
+                "timestamp": {"seconds": int(started), "nanoseconds": 0},
+                "submituser": "alice", "submithost": "gpu01", "runuser": "root",
+                "command": "/usr/bin/bash", "runargv": ["bash"], "runcwd": "/root",
+                "submitcwd": "/home/alice", "ttyname": "/dev/pts/9", "runuid": 0,
+                "rungid": 0, "columns": 80, "lines": 24, "runenv": ["PATH=/usr/bin:/bin"],
+            },
+            indent=4,
+        ).encode() + b"\n",
+        "ttyin": typed,
+        "ttyout": shown,
+        "timing": f"3 0.100000000 {len(typed)}\n4 0.100000000 {len(shown)}\n".encode(),
+    }  # fmt: skip
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_forged_recording_is_uncorroborated_and_revokes_nobody(ready: dict[str, Any]) -> None:
+    """Root on gpu02 sends, through gpu02's own tunnel, a session claiming alice on gpu01
+    (where she holds a grant) copying checkpoints: the alert is raised, the recording is
+    shown uncorroborated, and alice's grant stays. Her real session is corroborated."""
+    lab = ready["lab"]
+    grant = elevate(ready, "alice", "gpu01", approver="frank")
+    mark = f"forged-{int(time.time())}"
+    gpu02 = node(lab, "gpu02")
+    conf = (Path(gpu02["dir"]) / "etc" / "broker" / "logsrv" / "tunnel.conf").read_text()
+    host, port = next(
+        line.split("=", 1)[1].strip() for line in conf.splitlines() if line.startswith("accept")
+    ).rsplit(":", 1)
+    # Two minutes ahead of the real session below: no hook event of alice's is near it.
+    script = (
+        'd=$(mktemp -d) && tar -x -C "$d" && hostname gpu01 &&'
+        f' /usr/sbin/sudo_sendlog -h {host} -p {port} "$d"; rm -rf "$d"'
+    )
+    nsenter = ["nsenter", "--target", str(gpu02["pid"]), "--mount", "--uts", "--"]
+    subprocess.run(
+        [*nsenter, "unshare", "--uts", "sh", "-c", script],
+        input=forged_iolog(mark, time.time() + 120), capture_output=True, timeout=60,
+    )  # fmt: skip
+    real = subprocess.run(
+        ssh(lab, "alice", "gpu01", "sudo -n true"), capture_output=True, timeout=60
+    )
+    assert real.returncode == 0, real.stderr
+
+    def exfiltration() -> list[dict[str, Any]]:
+        found = alerts(lab, "--rule", "exfiltration", "--since", "5m")
+        return [a for a in found if a["grant_id"] == grant["id"]]
+
+    alert = until(exfiltration, 20)
+    assert len(alert) == 1, alert
+    rid = alert[0]["recording_id"]
+    forged = json.loads(cli(lab, "sessions", "show", rid, "--json").stdout)["session"]
+    assert (forged["user"], forged["node"], forged["grant_id"]) == ("alice", "gpu01", grant["id"])
+    assert forged["provenance"] == "uncorroborated"
+    assert forged["provenance_reason"].startswith("no hook event from gpu01 for alice")
+    shown = cli(lab, "sessions", "show", rid)
+    assert "UNCORROBORATED: no hook event from gpu01 for alice" in shown.stdout
+    acted = until(
+        lambda: {
+            x["kind"]: (x["state"], x["result"] or "")
+            for x in cli_alert(lab, alert[0]["id"])["actions"] if x["state"] != "pending"
+        },
+        15,
+    )  # fmt: skip
+    assert set(acted) == {"revoke_grants", "end_session"}, acted
+    for state, result in acted.values():
+        assert state == "failed" and result.startswith(f"withheld: session {rid} is uncorroborated")
+    grant_now = json.loads(cli(lab, "grants", "show", grant["id"], "--json").stdout)
+    assert grant_now["state"] == "active"
+    # The real `sudo -n true`: corroborated once gpu01's hook events are collected.
+    assert cli(lab, "grants", "reap").returncode == 0
+
+    def real_one() -> list[dict[str, Any]]:
+        listed = cli(lab, "sessions", "list", "--user", "alice", "--node", "gpu01",
+                     "--since", "5m", "--json")  # fmt: skip
+        return [s for s in json.loads(listed.stdout) if s["argv"] == ["true"]]
+
+    mine = until(real_one, 15)
+    assert mine and mine[0]["provenance"] == "corroborated", mine
+    assert cli(lab, "revoke", grant["id"], "--reason", "end of the forgery test").returncode == 0
