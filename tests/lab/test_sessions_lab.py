@@ -252,10 +252,34 @@ def test_without_the_log_server_sudo_refuses_and_a_running_session_ends(
         refused = sudo_over_ssh(lab, "sudo -i id -u")
         assert refused.returncode != 0 and refused.stdout.strip() != "0"
         assert "log server" in refused.stderr, refused.stderr
+        # pam_broker.so had allowed it; gpu01's watcher spools the refusal with its reason,
+        # under the grant, and the broker collects it (reap collects the nodes' events).
+        denied = log_server_denies(lab, ready["grant"]["id"])
+        assert [d["details"]["user"] for d in denied] == ["alice"], denied
+        assert denied[0]["outcome"] == "refused" and denied[0]["details"]["known_grant"]
     finally:
         lab_module.restart_logserver(root)
     again = sudo_over_ssh(lab, "sudo -n id -u")
     assert again.returncode == 0 and again.stdout.strip() == "0", again.stderr
+
+
+def log_server_denies(lab: dict[str, Any], grant_id: str) -> list[dict[str, Any]]:
+    """`session.deny` audit events with reason log_server under GRANT_ID from gpu01, once
+    the watcher (every 2 s in the lab) has spooled them and the broker collected them."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert cli(lab, "grants", "reap").returncode == 0
+        tail = cli(lab, "audit", "tail", "--action", "session.deny", "--actor", "node:gpu01",
+                   "-n", "200", "--json")  # fmt: skip
+        assert tail.returncode == 0, tail.stderr
+        found = [
+            e
+            for e in json.loads(tail.stdout)
+            if e["target"] == grant_id and e["details"].get("reason") == "log_server"
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def test_a_full_disk_never_means_an_unrecorded_command(ready: dict[str, Any]) -> None:
