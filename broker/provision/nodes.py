@@ -93,7 +93,9 @@ class NodeService:
 
         def tunnel(target: NodeTarget) -> sessions_setup.NodeTunnel:
             zone = policy.zone_of.get(target.name)
-            return sessions_setup.node_tunnel(settings, ca, target.name, target.host, zone, now)
+            return sessions_setup.node_tunnel(
+                settings, ca, target.name, target.host, zone, now, policy.break_glass_group
+            )
 
         return bootstrap.bootstrap(
             self._store,
