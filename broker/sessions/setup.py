@@ -168,35 +168,7 @@ def node_tunnel(
     dirs: list[tuple[str, int]] = []
     relay = carrier.relay_of(settings, node, address)
     if relay is not None:
-        files += [
-            (
-                carrier.RELAY_LOGSRVD_CONF,
-                carrier.relay_logsrvd_conf(settings, address).encode("ascii"),
-                0o644,
-            ),
-            (
-                carrier.RELAY_TUNNEL_CONF,
-                carrier.relay_tunnel_conf(settings, address, relay).encode("ascii"),
-                0o644,
-            ),
-            (
-                carrier.RELAY_FLUSH_CONF,
-                carrier.relay_logsrvd_conf(settings, address, flush=True).encode("ascii"),
-                0o644,
-            ),
-            (carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_LOGSRVD_UNIT_TEXT.encode("ascii"), 0o644),
-            (
-                carrier.RELAY_FLUSH_UNIT,
-                carrier.relay_flush_unit_text(settings).encode("ascii"),
-                0o644,
-            ),
-            (
-                carrier.RELAY_FLUSH_TIMER,
-                carrier.relay_flush_timer_text(settings).encode("ascii"),
-                0o644,
-            ),
-            (carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_TUNNEL_UNIT_TEXT.encode("ascii"), 0o644),
-        ]
+        files += relay_files(settings, address, relay)
         hosts = tuple(dict.fromkeys((node, relay[0])))
         leaves.append(Leaf(carrier.RELAY_CERT, carrier.RELAY_KEY, node, hosts, True, True))
         dirs.append((carrier.RELAY_SPOOL, 0o700))
@@ -208,6 +180,22 @@ def node_tunnel(
     dirs.append((carrier.BREAK_GLASS_SPOOL, 0o700))
     units += [carrier.BREAK_GLASS_UNIT, carrier.BREAK_GLASS_FLUSH_TIMER]
     return NodeTunnel(tuple(files), tuple(leaves), tuple(dirs), tuple(units), ca, now)
+
+
+def relay_files(
+    settings: Settings, address: str, relay: tuple[str, int]
+) -> list[tuple[str, bytes, int]]:
+    """A relay's store-and-forward sudo_logsrvd, its two-way stunnel and its flush timer."""
+    texts = (
+        (carrier.RELAY_LOGSRVD_CONF, carrier.relay_logsrvd_conf(settings, address)),
+        (carrier.RELAY_TUNNEL_CONF, carrier.relay_tunnel_conf(settings, address, relay)),
+        (carrier.RELAY_FLUSH_CONF, carrier.relay_logsrvd_conf(settings, address, flush=True)),
+        (carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_LOGSRVD_UNIT_TEXT),
+        (carrier.RELAY_FLUSH_UNIT, carrier.relay_flush_unit_text(settings)),
+        (carrier.RELAY_FLUSH_TIMER, carrier.relay_flush_timer_text(settings)),
+        (carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_TUNNEL_UNIT_TEXT),
+    )
+    return [(path, text.encode("ascii"), 0o644) for path, text in texts]
 
 
 def break_glass_files(settings: Settings, address: str, group: str) -> list[tuple[str, bytes, int]]:
