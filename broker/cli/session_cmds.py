@@ -50,7 +50,8 @@ def _command(row: SessionOut) -> str:
 
 
 def _state(row: SessionOut) -> str:
-    return f"{row.state}{' (relayed)' if row.relayed else ''}"
+    marks = [m for m, on in (("break-glass", row.break_glass), ("relayed", row.relayed)) if on]
+    return f"{row.state} ({', '.join(marks)})" if marks else row.state
 
 
 def _evidence(row: SessionOut) -> str:

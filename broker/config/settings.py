@@ -398,6 +398,10 @@ class SessionsSection(_Section):
     relay_logsrvd_port: int = Field(default=30345, ge=1, le=65535)
     relay_forward_port: int = Field(default=30346, ge=1, le=65535)
     relay_retry: Duration = timedelta(seconds=30)
+    # Every node with a break-glass group runs its own store-and-forward sudo_logsrvd here
+    # (its loopback, or its address with node_listen = "node-address"): break-glass sudo
+    # records to it, and it delivers through the node's tunnel when it can.
+    break_glass_port: int = Field(default=30347, ge=1, le=65535)
     index_interval: Duration = timedelta(seconds=2)
     retention_days: int = Field(default=365, ge=1, le=36500)
     # A recording never completed (log server restarted, node lost) is closed this long
@@ -433,12 +437,15 @@ class SessionsSection(_Section):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> SessionsSection:
-        own = {self.node_port, self.relay_logsrvd_port, self.relay_forward_port}
+        own = {
+            self.node_port, self.relay_logsrvd_port, self.relay_forward_port,
+            self.break_glass_port,
+        }  # fmt: skip
         relays = {host_port(a, "sessions.relays")[1] for a in self.relays.values()}
-        if len(own) != 3 or own & relays:
+        if len(own) != 4 or own & relays:
             raise ValueError(
-                "node_port, relay_logsrvd_port, relay_forward_port and the relays' ports "
-                "must all differ (a relay is also a node)"
+                "node_port, relay_logsrvd_port, relay_forward_port, break_glass_port and the "
+                "relays' ports must all differ (a relay is also a node)"
             )
         return self
 

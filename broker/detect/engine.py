@@ -407,7 +407,8 @@ class Detector:
         rules = self.by_kind.get("sudo_without_grant")
         node = _node_of(event.actor)
         user = str(event.details.get("user", ""))
-        if not rules or node is None or not user:
+        # A sudo its log server refused had a grant: an outage, not someone trying without.
+        if not rules or node is None or not user or event.details.get("reason") == "log_server":
             return []
         keep = max(r.window.total_seconds() for r in rules)
         times = self._times("deny", f"{user}@{node}", event.at, keep)

@@ -82,6 +82,10 @@ def _install_tunnel(sftp: paramiko.SFTPClient, tunnel: NodeTunnel, changed: list
         if path.startswith("/etc/systemd/") and not systemd:
             continue
         _ensure_file(sftp, path, data, mode, changed)
+    for path in tunnel.gone:  # the break-glass drop-in of a policy that no longer has one
+        if remote_stat(sftp, path) is not None:
+            sftp.remove(path)
+            changed.append(f"removed {path}")
     for leaf in tunnel.leaves:
         cert = read_regular(sftp, leaf.cert, MAX_REMOTE_FILE)
         if not tunnel.cert_ok(leaf, cert) or remote_stat(sftp, leaf.key) is None:

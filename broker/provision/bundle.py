@@ -36,6 +36,7 @@ NODE_MODULES = (
     "cgroups",
     "revoke",
     "escapes",
+    "unlogged",
     "watch",
     "dropins",
     "status",

@@ -149,7 +149,9 @@ class NodeService:
 
         def tunnel(target: NodeTarget) -> sessions_setup.NodeTunnel:
             zone = policy.zone_of.get(target.name)
-            base = sessions_setup.node_tunnel(settings, ca, target.name, target.host, zone, now)
+            base = sessions_setup.node_tunnel(
+                settings, ca, target.name, target.host, zone, now, policy.break_glass_group
+            )
             return self._with_store(base, target.name, lock, actor, now)
 
         results = bootstrap.bootstrap(

@@ -31,6 +31,18 @@ RELAY_LOGSRVD_UNIT = "/etc/systemd/system/broker-logsrv-relay.service"
 RELAY_FLUSH_UNIT = "/etc/systemd/system/broker-logsrv-relay-flush.service"
 RELAY_FLUSH_TIMER = "/etc/systemd/system/broker-logsrv-relay-flush.timer"
 RELAY_TUNNEL_UNIT = "/etc/systemd/system/broker-logsrv-relay-tunnel.service"
+# Every node with a break-glass group: its own store-and-forward sudo_logsrvd, which the
+# broker-managed drop-in points the group's sudo at (docs/sessions.md, "Break-glass").
+BREAK_GLASS_LOGSRVD_CONF = f"{NODE_DIR}/break-glass-logsrvd.conf"
+BREAK_GLASS_FLUSH_CONF = f"{NODE_DIR}/break-glass-flush.conf"
+BREAK_GLASS_SPOOL = "/var/lib/broker/break-glass"
+BREAK_GLASS_UNIT = "/etc/systemd/system/broker-logsrv-break-glass.service"
+BREAK_GLASS_FLUSH_UNIT = "/etc/systemd/system/broker-logsrv-break-glass-flush.service"
+BREAK_GLASS_FLUSH_TIMER = "/etc/systemd/system/broker-logsrv-break-glass-flush.timer"
+# `-`, not `_`: sorts before every grant's `broker_g...`, so a member's own grant drop-in
+# (strict, later) decides for that member's granted sudo; sudo reads names without a dot.
+BREAK_GLASS_DROP_IN = "/etc/sudoers.d/broker-break-glass"
+_GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 
 
@@ -183,24 +195,63 @@ def relay_logsrvd_conf(settings: Settings, address: str, *, flush: bool = False)
     `flush`: the same on an ephemeral port, for broker-relay-flush (pam/), whose start-up
     scan offers again what the running one forgot."""
     inner = _inner(settings, address)
-    retry = max(1, int(settings.sessions.relay_retry.total_seconds()))
     port = 0 if flush else settings.sessions.relay_logsrvd_port
+    forward = (inner, settings.sessions.relay_forward_port)
+    return _store_and_forward(settings, "relay", (inner, port), forward, RELAY_SPOOL)
+
+
+def break_glass_listen(settings: Settings, address: str) -> tuple[str, int]:
+    """Where a node's break-glass sudo_logsrvd listens (what the drop-in's log_servers names)."""
+    return _inner(settings, address), settings.sessions.break_glass_port
+
+
+def break_glass_logsrvd_conf(settings: Settings, address: str, *, flush: bool = False) -> str:
+    """The node's own store-and-forward sudo_logsrvd for break-glass sudo: the whole session
+    is stored on the node first, then relayed through the node's tunnel (to the broker host,
+    or to the zone's relay) whenever it is up. `flush`: the same on an ephemeral port."""
+    host, port = break_glass_listen(settings, address)
+    listen = (host, 0 if flush else port)
+    tunnel = node_listen(settings, address)
+    return _store_and_forward(settings, "break-glass", listen, tunnel, BREAK_GLASS_SPOOL)
+
+
+def _store_and_forward(
+    settings: Settings, what: str, listen: tuple[str, int], to: tuple[str, int], spool: str
+) -> str:
+    """sudo_logsrvd with `store_first`: a recording is kept in `spool` until `to` took it."""
+    retry = max(1, int(settings.sessions.relay_retry.total_seconds()))
     return (
-        "# Written by `broker node bootstrap` (relay); changes are overwritten.\n"
+        f"# Written by `broker node bootstrap` ({what}); changes are overwritten.\n"
         "[server]\n"
-        f"listen_address = {inner}:{port}\n"
+        f"listen_address = {listen[0]}:{listen[1]}\n"
         "server_log = syslog\n"
         "pid_file =\n"
         "tcp_keepalive = true\n"
         "timeout = 30\n"
         "[relay]\n"
-        f"relay_host = {inner}:{settings.sessions.relay_forward_port}\n"
-        f"relay_dir = {RELAY_SPOOL}\n"
+        f"relay_host = {to[0]}:{to[1]}\n"
+        f"relay_dir = {_path(spool)}\n"
         "store_first = true\n"
         f"retry_interval = {retry}\n"
         "connect_timeout = 10\n"
         "timeout = 30\n"
         "tcp_keepalive = true\n"
+    )
+
+
+def break_glass_drop_in(group: str, listen: tuple[str, int]) -> str:
+    """/etc/sudoers.d/broker-break-glass: the group's sudo (the site's own rules) is recorded
+    to the node's break-glass sudo_logsrvd. `ignore_iolog_errors`: break-glass exists for
+    when things are broken, so a recorder that is down never stops it (sudo says so)."""
+    if not _GROUP.fullmatch(group):
+        raise ValueError(f"break_glass_group {group[:80]!r} cannot be written into sudoers")
+    host_port(f"{listen[0]}:{listen[1]}", "the break-glass log server")
+    return (
+        "# Managed by the broker (`broker node bootstrap`); changes are overwritten.\n"
+        f"# Break-glass sudo of %{group} is recorded: stored on this node first, delivered\n"
+        "# to the broker's log server when it can be reached (docs/sessions.md).\n"
+        f"Defaults:%{group} log_input, log_output, ignore_iolog_errors\n"
+        f"Defaults:%{group} log_servers={listen[0]}:{listen[1]}, log_server_timeout=5\n"
     )
 
 
@@ -268,26 +319,39 @@ RELAY_TUNNEL_UNIT_TEXT = _unit(
     f"/usr/bin/stunnel4 {RELAY_TUNNEL_CONF}",
 )
 FLUSH_PROGRAM = "/usr/libexec/broker/broker-relay-flush"
+BREAK_GLASS_UNIT_TEXT = _unit(
+    "Broker break-glass session recorder (sudo_logsrvd, store and forward)",
+    f"/usr/sbin/sudo_logsrvd -n -f {BREAK_GLASS_LOGSRVD_CONF}",
+    f"ReadWritePaths={BREAK_GLASS_SPOOL}\n",
+)
 
 
-def relay_flush_unit_text(settings: Settings) -> str:
+def relay_flush_unit_text(settings: Settings, *, break_glass: bool = False) -> str:
     """A oneshot that offers stranded recordings again; a journal counts as stranded after
-    two retry intervals (before that the running sudo_logsrvd may still be on it)."""
+    two retry intervals (before that the running sudo_logsrvd may still be on it).
+    `break_glass`: the same for the node's break-glass recorder."""
     age = 2 * max(1, int(settings.sessions.relay_retry.total_seconds()))
+    if break_glass:
+        spool, after = BREAK_GLASS_SPOOL, "broker-logsrv-break-glass.service"
+        args = f" --spool {BREAK_GLASS_SPOOL}/outgoing --conf {BREAK_GLASS_FLUSH_CONF}"
+    else:
+        spool, args = RELAY_SPOOL, ""
+        after = "broker-logsrv-relay.service broker-logsrv-relay-tunnel.service"
     return f"""\
 # Written by `broker node bootstrap`.
 [Unit]
-Description=Broker session recording relay: offer stranded recordings again
-After=broker-logsrv-relay.service broker-logsrv-relay-tunnel.service
+Description=Broker session recording {"break-glass recorder" if break_glass else "relay"}: \
+offer stranded recordings again
+After={after}
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/python3 -I -S {FLUSH_PROGRAM} --min-age {age}
+ExecStart=/usr/bin/python3 -I -S {FLUSH_PROGRAM} --min-age {age}{args}
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
-ReadWritePaths={RELAY_SPOOL}
+ReadWritePaths={spool}
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
 """
 

@@ -22,7 +22,17 @@ COLUMNS = (
     "started_at", "ended_at", "exit_value", "signal", "end_reason", "grant_id", "relayed",
     "bytes_in", "bytes_out", "sha256", "files", "error", "first_seen", "indexed_at",
 )  # fmt: skip
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM recordings"  # noqa: S608 (fixed columns)
+# A recording without a grant is break-glass when its node's hook opened a break-glass
+# session (pam_broker.so's pseudo-grant `break-glass`) for the same user within
+# 120 s of its start: decided when read, so a hook event collected after the recording
+# arrived (both wait out a broker outage) still marks it (docs/sessions.md).
+_BREAK_GLASS = (
+    "(grant_id IS NULL AND EXISTS (SELECT 1 FROM session_events e"
+    " WHERE e.node = recordings.node AND e.user = recordings.user AND e.kind = 'open'"
+    " AND e.grant_id = 'break-glass'"
+    " AND ABS(strftime('%s', e.at) - strftime('%s', recordings.started_at)) <= 120))"
+)
+_SELECT = f"SELECT {', '.join(COLUMNS)}, {_BREAK_GLASS} FROM recordings"  # noqa: S608 (fixed)
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,8 @@ class Filters:
 
 
 def _row(raw: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
-    row = dict(zip(COLUMNS, raw, strict=True))
+    row = dict(zip((*COLUMNS, "break_glass"), raw, strict=True))
+    row["break_glass"] = bool(row["break_glass"])
     row["argv"] = json.loads(row["argv"]) if row["argv"] else []
     row["files"] = json.loads(row["files"]) if row["files"] else {}
     row["relayed"] = bool(row["relayed"])

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from broker.config.settings import Settings, host_port
-from broker.core.errors import UnavailableError
+from broker.core.errors import RefusedError, UnavailableError
 from broker.sessions import carrier, tls
 from broker.store.files import ensure_private_dir, service_ids, write_private_file
+from broker.sudoers import check_with_visudo
 
 
 def ca_paths(settings: Settings) -> tuple[Path, Path]:
@@ -144,6 +145,7 @@ class NodeTunnel:
     # Store a new certificate's serial before the node gets it; revoke one it replaces.
     record: Callable[[Leaf, bytes], None] = _no_record
     revoke: Callable[[Leaf, int], None] = _no_revoke
+    gone: tuple[str, ...] = ()  # files that must not be there (no break-glass group)
 
     def cert_ok(self, leaf: Leaf, cert_pem: bytes | None) -> bool:
         """The certificate is ours, on record and not revoked, names what it must, serves
@@ -197,9 +199,16 @@ def with_store(
 
 
 def node_tunnel(
-    settings: Settings, ca: tls.Issued, node: str, address: str, zone: str | None, now: datetime
+    settings: Settings,
+    ca: tls.Issued,
+    node: str,
+    address: str,
+    zone: str | None,
+    now: datetime,
+    break_glass_group: str | None = None,
 ) -> NodeTunnel:
-    """Every node's tunnel to its log server; a node named as a relay gets the relay too."""
+    """Every node's tunnel to its log server; a node named as a relay gets the relay too,
+    and a node with a break-glass group its break-glass recorder and drop-in."""
     listen = carrier.node_listen(settings, address)
     connect = carrier.node_connect(settings, zone)
     files = [
@@ -212,37 +221,57 @@ def node_tunnel(
     dirs: list[tuple[str, int]] = []
     relay = carrier.relay_of(settings, node, address)
     if relay is not None:
-        files += [
-            (
-                carrier.RELAY_LOGSRVD_CONF,
-                carrier.relay_logsrvd_conf(settings, address).encode("ascii"),
-                0o644,
-            ),
-            (
-                carrier.RELAY_TUNNEL_CONF,
-                carrier.relay_tunnel_conf(settings, address, relay).encode("ascii"),
-                0o644,
-            ),
-            (
-                carrier.RELAY_FLUSH_CONF,
-                carrier.relay_logsrvd_conf(settings, address, flush=True).encode("ascii"),
-                0o644,
-            ),
-            (carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_LOGSRVD_UNIT_TEXT.encode("ascii"), 0o644),
-            (
-                carrier.RELAY_FLUSH_UNIT,
-                carrier.relay_flush_unit_text(settings).encode("ascii"),
-                0o644,
-            ),
-            (
-                carrier.RELAY_FLUSH_TIMER,
-                carrier.relay_flush_timer_text(settings).encode("ascii"),
-                0o644,
-            ),
-            (carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_TUNNEL_UNIT_TEXT.encode("ascii"), 0o644),
-        ]
+        files += relay_files(settings, address, relay)
         hosts = tuple(dict.fromkeys((node, relay[0])))
         leaves.append(Leaf(carrier.RELAY_CERT, carrier.RELAY_KEY, node, hosts, True, True))
         dirs.append((carrier.RELAY_SPOOL, 0o700))
         units += [carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_FLUSH_TIMER]
+    if not break_glass_group:
+        gone = (carrier.BREAK_GLASS_DROP_IN,)
+        return NodeTunnel(tuple(files), tuple(leaves), tuple(dirs), tuple(units), ca, now, gone)
+    files += break_glass_files(settings, address, break_glass_group)
+    dirs.append((carrier.BREAK_GLASS_SPOOL, 0o700))
+    units += [carrier.BREAK_GLASS_UNIT, carrier.BREAK_GLASS_FLUSH_TIMER]
     return NodeTunnel(tuple(files), tuple(leaves), tuple(dirs), tuple(units), ca, now)
+
+
+def relay_files(
+    settings: Settings, address: str, relay: tuple[str, int]
+) -> list[tuple[str, bytes, int]]:
+    """A relay's store-and-forward sudo_logsrvd, its two-way stunnel and its flush timer."""
+    texts = (
+        (carrier.RELAY_LOGSRVD_CONF, carrier.relay_logsrvd_conf(settings, address)),
+        (carrier.RELAY_TUNNEL_CONF, carrier.relay_tunnel_conf(settings, address, relay)),
+        (carrier.RELAY_FLUSH_CONF, carrier.relay_logsrvd_conf(settings, address, flush=True)),
+        (carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_LOGSRVD_UNIT_TEXT),
+        (carrier.RELAY_FLUSH_UNIT, carrier.relay_flush_unit_text(settings)),
+        (carrier.RELAY_FLUSH_TIMER, carrier.relay_flush_timer_text(settings)),
+        (carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_TUNNEL_UNIT_TEXT),
+    )
+    return [(path, text.encode("ascii"), 0o644) for path, text in texts]
+
+
+def break_glass_files(settings: Settings, address: str, group: str) -> list[tuple[str, bytes, int]]:
+    """The break-glass recorder (sudo_logsrvd, store first, out through the node's tunnel),
+    its flush timer, and the drop-in, last: sudo is pointed at the recorder only once its
+    files are in place. The drop-in is checked with the broker host's visudo first."""
+    try:
+        drop_in = carrier.break_glass_drop_in(group, carrier.break_glass_listen(settings, address))
+    except ValueError as exc:
+        raise RefusedError(str(exc), fix="name a break_glass_group sudoers can hold") from None
+    check_with_visudo(drop_in)
+    texts = (
+        (carrier.BREAK_GLASS_LOGSRVD_CONF, carrier.break_glass_logsrvd_conf(settings, address)),
+        (
+            carrier.BREAK_GLASS_FLUSH_CONF,
+            carrier.break_glass_logsrvd_conf(settings, address, flush=True),
+        ),
+        (carrier.BREAK_GLASS_UNIT, carrier.BREAK_GLASS_UNIT_TEXT),
+        (
+            carrier.BREAK_GLASS_FLUSH_UNIT,
+            carrier.relay_flush_unit_text(settings, break_glass=True),
+        ),
+        (carrier.BREAK_GLASS_FLUSH_TIMER, carrier.relay_flush_timer_text(settings)),
+    )
+    files = [(path, text.encode("ascii"), 0o644) for path, text in texts]
+    return [*files, (carrier.BREAK_GLASS_DROP_IN, drop_in.encode("ascii"), 0o440)]

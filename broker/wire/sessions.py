@@ -27,6 +27,8 @@ class SessionOut(Out):
     end_reason: str | None
     grant_id: str | None
     relayed: bool
+    # No grant, and the node's hook opened a break-glass session for this user then.
+    break_glass: bool = False
     bytes_in: int
     bytes_out: int
     sha256: str | None

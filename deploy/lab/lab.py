@@ -37,6 +37,7 @@ BROKER_HOST, BROKER_ADDR, BROKER_PORT = "broker.hpc.test", "127.0.0.11", 8443
 LOGSRVD_PORT, TUNNEL_PORT = 30343, 30344  # sudo_logsrvd (plain, broker host), its stunnel (TLS)
 # The storage zone opts into a store-and-forward relay, run by login01 (docs/sessions.md).
 RELAY_NODE, RELAY_ZONE, RELAY_PORT, RELAY_LOGSRVD_PORT = "login01", "storage", 30344, 30345
+BREAK_GLASS_PORT = 30347  # sessions.break_glass_port: each node's break-glass recorder
 HOSTS_BEGIN, HOSTS_END = "# broker-lab begin", "# broker-lab end"
 NODE_MOUNTS = (
     "/etc/sudoers.d",
@@ -883,6 +884,8 @@ def start_tunnels(info: dict[str, Any]) -> None:
         ).pid
         if (conf / "relay-logsrvd.conf").exists():
             start_relay(node)
+        if (conf / "break-glass-logsrvd.conf").exists():
+            start_break_glass(node)
     for node in info["nodes"]:
         wait_port(
             node["address"],
@@ -1015,6 +1018,33 @@ def start_relay(node: dict[str, Any]) -> None:
             f"relay {what} of {node['name']}",
             Path(node["dir"]) / "relay.log",
         )
+
+
+def start_break_glass(node: dict[str, Any]) -> None:
+    """The node's break-glass recorder (store-and-forward sudo_logsrvd out through the
+    node's own tunnel) and its flush timer's job, in the node."""
+    conf = Path(node["dir"]) / "etc" / "broker" / "logsrv"
+    node["break_glass_pids"] = [
+        spawn(
+            [*in_node(node), "/usr/sbin/sudo_logsrvd", "-n", "-f",
+             str(conf / "break-glass-logsrvd.conf")],
+            Path(node["dir"]) / "break-glass.log",
+        ).pid,
+        spawn(
+            [*in_node(node), "sh", "-c",
+             "while sleep 2; do /usr/bin/python3 -I -S /usr/libexec/broker/broker-relay-flush"
+             " --min-age 2 --spool /var/lib/broker/break-glass/outgoing"
+             f" --conf /etc/broker/logsrv/break-glass-flush.conf; done # {conf}"],
+            Path(node["dir"]) / "break-glass-flush.log",
+        ).pid,
+    ]  # fmt: skip
+    wait_port(
+        node["address"],
+        BREAK_GLASS_PORT,
+        15,
+        f"break-glass recorder of {node['name']}",
+        Path(node["dir"]) / "break-glass.log",
+    )
 
 
 def broker_api(
@@ -1293,6 +1323,7 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
     pids += [n.get("tunnel_pid") for n in info.get("nodes", [])]
     pids += [n.get("watch_pid") for n in info.get("nodes", [])]
     pids += [p for n in info.get("nodes", []) for p in n.get("relay_pids", [])]
+    pids += [p for n in info.get("nodes", []) for p in n.get("break_glass_pids", [])]
     pids += list(info.get("logsrv", {}).values())
     pids += [info.get("dc", {}).get("pid"), info.get("dc_pid"), info.get("broker", {}).get("pid")]
     pids += lab_processes(root)

@@ -9,6 +9,8 @@ elevated session there. Without cgroup v2 or without delegation it says why and 
 sessions are then ended by process tree (weaker), and expiry is still enforced.
 
 Every pass (5 s by default):
+- sudo that its log server refused after pam_broker.so allowed it gets its `deny` event
+  (unlogged.py);
 - sessions of grants past not_after, revoked or gone are ended (cgroup.kill), and the
   expired grant files and their drop-ins removed (`reap`);
 - session cgroups that emptied are read (usage) and removed;
@@ -44,6 +46,7 @@ from .grants import check_all
 from .procs import proc_table_entry
 from .revoke import end_sessions, reap
 from .spool import spool_event
+from .unlogged import unlogged_refusals
 
 WATCH_FILE = ".watch"  # `pid ticks interval`, rewritten every pass
 _SHARE = ("supervisor", "sessions")
@@ -124,6 +127,9 @@ def watch_pass(paths: Paths, now: int, memory: Memory) -> dict[str, object]:
 
     # Files first (from then on no new sudo starts under an expired grant), then sessions.
     stage("reaped", lambda: reap(paths, now))
+    # Before anything else counts or removes dead session records: a sudo that its log
+    # server refused left only its account-time record behind.
+    stage("log_server_denied", lambda: unlogged_refusals(paths, now))
     stage("ended", lambda: _end_what_ended(paths, now))
     root = session_root(paths)
     mount = mount_point(paths)

@@ -252,10 +252,73 @@ def test_without_the_log_server_sudo_refuses_and_a_running_session_ends(
         refused = sudo_over_ssh(lab, "sudo -i id -u")
         assert refused.returncode != 0 and refused.stdout.strip() != "0"
         assert "log server" in refused.stderr, refused.stderr
+        # pam_broker.so had allowed it; gpu01's watcher spools the refusal with its reason,
+        # under the grant, and the broker collects it (reap collects the nodes' events).
+        denied = log_server_denies(lab, ready["grant"]["id"])
+        assert [d["details"]["user"] for d in denied] == ["alice"], denied
+        assert denied[0]["outcome"] == "refused" and denied[0]["details"]["known_grant"]
     finally:
         lab_module.restart_logserver(root)
     again = sudo_over_ssh(lab, "sudo -n id -u")
     assert again.returncode == 0 and again.stdout.strip() == "0", again.stderr
+
+
+def test_break_glass_sudo_works_without_the_log_server_and_its_recording_arrives_later(
+    ready: dict[str, Any], lab_module: ModuleType
+) -> None:
+    """heidi (break-glass) runs sudo on gpu01 under a site rule while the broker host's
+    sudo_logsrvd is down: it works, gpu01's break-glass recorder keeps the recording, and
+    once the server is back it arrives, listed as break-glass."""
+    lab = ready["lab"]
+    root = Path(lab["root"])
+    site_rule = Path(node(lab, "gpu01")["dir"]) / "etc" / "sudoers.d" / "site-break-glass"
+    site_rule.write_text("%break-glass ALL = (ALL) NOPASSWD: ALL\n")
+    site_rule.chmod(0o440)
+    mark = secrets.token_hex(4)
+    lab_module.stop_logserver(root, "logsrvd")
+    try:
+        done = sudo_over_ssh(lab, f"sudo -n sh -c 'echo glass-{mark}; id -u'", user="heidi")
+        assert done.returncode == 0 and done.stdout.split() == [f"glass-{mark}", "0"], done.stderr
+    finally:
+        lab_module.restart_logserver(root)
+        site_rule.unlink()
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert cli(lab, "grants", "reap").returncode == 0  # collects gpu01's hook events
+        found = wait_for(lab, "search", f"glass-{mark}", "--output", "--since", "1h", timeout=2)
+        if (
+            found
+            and found[0]["session"]["state"] == "complete"
+            and found[0]["session"]["break_glass"]
+        ):
+            break
+        time.sleep(1)
+    assert len(found) == 1, found
+    session = found[0]["session"]
+    assert (session["user"], session["node"], session["grant_id"]) == ("heidi", "gpu01", None)
+    assert session["break_glass"] is True and session["state"] == "complete"
+    listed = cli(lab, "sessions", "list", "--user", "heidi")
+    assert listed.returncode == 0 and "complete (break-glass)" in listed.stdout, listed.stdout
+
+
+def log_server_denies(lab: dict[str, Any], grant_id: str) -> list[dict[str, Any]]:
+    """`session.deny` audit events with reason log_server under GRANT_ID from gpu01, once
+    the watcher (every 2 s in the lab) has spooled them and the broker collected them."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert cli(lab, "grants", "reap").returncode == 0
+        tail = cli(lab, "audit", "tail", "--action", "session.deny", "--actor", "node:gpu01",
+                   "-n", "200", "--json")  # fmt: skip
+        assert tail.returncode == 0, tail.stderr
+        found = [
+            e
+            for e in json.loads(tail.stdout)
+            if e["target"] == grant_id and e["details"].get("reason") == "log_server"
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def test_a_full_disk_never_means_an_unrecorded_command(ready: dict[str, Any]) -> None:

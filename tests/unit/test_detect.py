@@ -168,6 +168,12 @@ def test_sudo_without_grant_and_sessions_on_a_quarantined_node() -> None:
     at = [T0 + timedelta(seconds=i) for i in range(4)]
     denies = [feed.event("session.deny", "-", t, actor="node:gpu01", user="frank") for t in at]
     assert denies == [[], [], ["sudo-without-grant"], []]
+    # Refused by an unreachable log server under a valid grant: an outage, never counted.
+    outage = [
+        feed.event("session.deny", "g1", t, actor="node:gpu01", user="grace", reason="log_server")
+        for t in at
+    ]
+    assert outage == [[], [], [], []]
     assert feed.event("session.open", "g1", T0, actor="node:gpu02", user="alice", tty="pts/1",
                       pid=7) == ["quarantined-session"]  # fmt: skip
     assert feed.event("session.open", "g2", T0, actor="node:gpu02", user="ivan", tty="pts/1",

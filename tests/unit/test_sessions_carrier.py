@@ -12,7 +12,7 @@ from cryptography import x509
 
 from broker.config.loader import load_settings
 from broker.config.settings import Settings
-from broker.core.errors import UnavailableError, UsageError
+from broker.core.errors import RefusedError, UnavailableError, UsageError
 from broker.sessions import carrier, setup, tls
 from tests.helpers import write_config
 
@@ -359,9 +359,61 @@ def test_a_node_named_as_a_relay_gets_a_store_and_forward_log_server(tmp_path: P
     assert by_address.leaves[1].hosts == ("relay-s", "10.0.9.1")
 
 
+def test_a_node_with_a_break_glass_group_records_it_through_its_own_store_and_forward(
+    tmp_path: Path,
+) -> None:
+    """The group's sudo goes to the node's own sudo_logsrvd, which stores first and relays
+    through the node's tunnel: recorded even while the broker host is away."""
+    settings = settings_for(tmp_path, 'relay_retry = "5s"\n')
+    setup.setup(settings, NOW)
+    ca = setup.load_ca(settings)
+    tunnel = setup.node_tunnel(settings, ca, "gpu01", "10.0.0.7", None, NOW, "breakglass")
+    files = {path: (data.decode(), mode) for path, data, mode in tunnel.files}
+    drop_in, mode = files[carrier.BREAK_GLASS_DROP_IN]
+    assert mode == 0o440 and tunnel.gone == ()
+    assert "Defaults:%breakglass log_input, log_output, ignore_iolog_errors\n" in drop_in
+    assert "Defaults:%breakglass log_servers=127.0.0.1:30347, log_server_timeout=5\n" in drop_in
+    assert list(files)[-1] == carrier.BREAK_GLASS_DROP_IN  # sudo is pointed at it last
+    recorder = ini(files[carrier.BREAK_GLASS_LOGSRVD_CONF][0])
+    assert recorder["server"]["listen_address"] == "127.0.0.1:30347"
+    assert recorder["relay"]["relay_host"] == "127.0.0.1:30343"  # the node's own tunnel
+    assert (recorder["relay"]["store_first"], recorder["relay"]["relay_dir"]) == (
+        "true", "/var/lib/broker/break-glass",
+    )  # fmt: skip
+    flush = ini(files[carrier.BREAK_GLASS_FLUSH_CONF][0])
+    assert flush["server"]["listen_address"] == "127.0.0.1:0"
+    assert dict(flush["relay"]) == dict(recorder["relay"])
+    flush_unit = files[carrier.BREAK_GLASS_FLUSH_UNIT][0]
+    flush_args = (
+        f"--spool {carrier.BREAK_GLASS_SPOOL}/outgoing --conf {carrier.BREAK_GLASS_FLUSH_CONF}"
+    )
+    assert flush_args in flush_unit
+    assert "ReadWritePaths=/var/lib/broker/break-glass\n" in flush_unit
+    assert (carrier.BREAK_GLASS_SPOOL, 0o700) in tunnel.dirs
+    assert [u.rsplit("/", 1)[1] for u in tunnel.units] == [
+        "broker-logsrv-tunnel.service",
+        "broker-logsrv-break-glass.service",
+        "broker-logsrv-break-glass-flush.timer",
+    ]
+    # Without a group: nothing of it, and a drop-in left by an earlier policy goes.
+    plain = setup.node_tunnel(settings, ca, "gpu01", "10.0.0.7", None, NOW)
+    assert not [p for p, _d, _m in plain.files if "break-glass" in p]
+    assert plain.gone == (carrier.BREAK_GLASS_DROP_IN,)
+
+
+@pytest.mark.parametrize("group", ["-x", "a b", "a,b", "x" * 65, "%wheel"])
+def test_a_break_glass_group_sudoers_could_misread_is_refused(tmp_path: Path, group: str) -> None:
+    settings = settings_for(tmp_path)
+    setup.setup(settings, NOW)
+    ca = setup.load_ca(settings)
+    with pytest.raises(RefusedError, match="cannot be written into sudoers"):
+        setup.node_tunnel(settings, ca, "gpu01", "10.0.0.7", None, NOW, group)
+
+
 @pytest.mark.parametrize(
     ("sessions", "message"),
     [
+        ("break_glass_port = 30345\n", "must all differ"),
         ('[sessions.relays]\nsouth = "r:1"\neast = "r:2"\n', "relay r is given two ports"),
         ("relay_forward_port = 30343\n", "must all differ"),
         ('[sessions.relays]\nsouth = "r:30345"\n', "must all differ"),

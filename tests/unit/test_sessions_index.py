@@ -18,11 +18,11 @@ import pytest
 from broker.app import App, local_actor
 from broker.config.loader import load_settings
 from broker.core.errors import FailedError, RefusedError, UsageError
-from broker.core.timeutil import to_text
+from broker.core.timeutil import to_second_text, to_text
 from broker.sessions import iolog, service
 from broker.sessions.index import Indexer, IndexReport, end_reason
 from broker.sessions.iolog import LogInfo
-from broker.sessions.rows import GrantWindow
+from broker.sessions.rows import GrantWindow, SessionEvent, insert_event
 from broker.sessions.service import Filters, Recordings, command_lines
 from tests.helpers import write_config
 from tests.unit.test_sessions_iolog import START, Event, log_json, touch, write_recording
@@ -179,6 +179,30 @@ def test_recordings_from_relay_zones_are_marked_relayed(world: World) -> None:
     write_recording(world.root, "000002", SHELL, log=finished_log(START, 5, node="gpu02"))
     world.index(relayed_nodes=frozenset({"gpu02"}))
     assert [world.row(r)["relayed"] for r in ("000001", "000002")] == [False, True]
+
+
+def test_a_recording_without_a_grant_is_break_glass_once_the_hook_says_so(world: World) -> None:
+    """Tied to the node's break-glass `open` event of the same user around its start, even
+    when that event is collected after the recording was indexed (both wait out an outage)."""
+    write_recording(world.root, "000001", SHELL)
+    write_recording(world.root, "000002", SHELL, log=finished_log(START, 5, node="gpu02"))
+    world.index()
+    assert [world.row(r)["break_glass"] for r in ("000001", "000002")] == [False, False]
+
+    def hook_open(node: str, user: str, grant: str, at: datetime, eid: str) -> None:
+        event = SessionEvent(node, eid, "open", grant, user, "root", "sudo", "pts/3", 4242,
+                             to_second_text(at))  # fmt: skip
+        with world.store.transaction() as conn:
+            insert_event(conn, event, NOW)
+
+    hook_open("gpu01", "alice", "break-glass", START + timedelta(seconds=200), "1-1-aaaaaaaa")
+    hook_open("gpu01", "bob", "break-glass", START, "2-1-bbbbbbbb")  # another user
+    hook_open("gpu02", "alice", "g0123456789abcdef", START, "3-1-cccccccc")  # a grant's
+    assert world.row("000001")["break_glass"] is False  # too far from its start
+    hook_open("gpu01", "alice", "break-glass", START + timedelta(seconds=1), "4-1-dddddddd")
+    assert [world.row(r)["break_glass"] for r in ("000001", "000002")] == [True, False]
+    listed = service.listing(world.store.conn, Filters(user="alice"))
+    assert {r["id"]: r["break_glass"] for r in listed} == {"000001": True, "000002": False}
 
 
 # --- a running recording: indexed as running, finished when sudo_logsrvd finishes it ---------
