@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.core import counters
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
@@ -109,6 +110,8 @@ def install(
         outcome = NodeOutcome(
             target.name, problem is None, problem, (time.monotonic() - started) * 1000
         )
+        if problem is not None:
+            counters.bump(counters.PUSH_INSTALL_FAILED)
         if on_done is not None:
             on_done(outcome)
         return outcome
@@ -169,6 +172,8 @@ def remove(
         outcome = NodeOutcome(
             target.name, problem is None, problem, (time.monotonic() - started) * 1000, killed
         )
+        if problem is not None:
+            counters.bump(counters.PUSH_REMOVE_FAILED)
         if on_done is not None:
             on_done(outcome)
         return outcome
