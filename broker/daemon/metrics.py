@@ -33,6 +33,8 @@ log = logging.getLogger("broker.metrics")
 
 # (metric name, help, attribute of StoreGauges): the plain store gauges.
 _STORE_GAUGES = (
+    ("broker_nodes_enrolled", "Nodes whose host key is pinned.", "nodes_enrolled"),
+    ("broker_nodes_quarantined", "Nodes under quarantine.", "nodes_quarantined"),
     ("broker_grants_active", "Grants in state active.", "grants_active"),
     (
         "broker_grant_pushes_failed",

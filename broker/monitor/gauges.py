@@ -22,6 +22,8 @@ from broker.directory.snapshot import load_state
 class StoreGauges:
     """One reading of the store; `sync_age_s` is None when the directory never synced."""
 
+    nodes_enrolled: int
+    nodes_quarantined: int
     grants_active: int
     pushes_failed: int
     removals_pending: int
@@ -59,6 +61,8 @@ def read(conn: sqlite3.Connection, checkpoint_log: Path, now: datetime) -> Store
     """Read every gauge in one go (each query is its own consistent WAL snapshot)."""
     state = load_state(conn)
     return StoreGauges(
+        nodes_enrolled=_one(conn, "SELECT COUNT(*) FROM nodes WHERE enrolled_at IS NOT NULL"),
+        nodes_quarantined=_one(conn, "SELECT COUNT(*) FROM quarantines"),
         grants_active=_one(conn, "SELECT COUNT(*) FROM grants WHERE state = 'active'"),
         pushes_failed=_one(
             conn,
