@@ -31,8 +31,8 @@ from broker.cli import (
     sync_cmds,
 )
 from broker.cli.context import JSON_OPTION, CliState, state
-from broker.core.errors import BrokerError
-from broker.wire.system import WhoAmI
+from broker.core.errors import BrokerError, UnavailableError
+from broker.wire.system import Health, WhoAmI
 
 app = typer.Typer(
     name="broker",
@@ -120,6 +120,26 @@ def whoami(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
         output.print_json(data)
         return
     output.table(None, ["", "caller"], output.fields(data))
+
+
+@app.command()
+def health(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
+    """The daemon's health: the store, each background thread, the directory snapshot's
+    age and the log server. Exit 0 when every check passes, 3 when any failed (named)."""
+    ok, data = state(ctx).client().get_health("/v1/health", Health)
+    if json_out:
+        output.print_json(data)
+    else:
+        rows = [
+            [c.name, "skipped" if c.skipped else ("ok" if c.ok else "FAILED"), c.detail]
+            for c in data.checks
+        ]
+        output.table(None, ["check", "state", "detail"], rows)
+    if not ok:
+        raise UnavailableError(
+            f"the broker is degraded: {', '.join(data.failed)} failed",
+            fix="see each failed check's detail in `broker health`",
+        )
 
 
 @app.command("api-schema", hidden=False)

@@ -47,7 +47,21 @@ class Client:
     def post_raw(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.call("POST", path, {} if body is None else body)
 
+    def get_health(self, path: str, answer: type[ModelT]) -> tuple[bool, ModelT]:
+        """GET a route that answers 503 with its own record when degraded (/v1/health): the
+        record either way and whether it came with 200; an error body is raised as usual."""
+        status, data = self._call_status("GET", path, None)
+        if status == 200 or (status == 503 and isinstance(data, dict) and "error" not in data):
+            return status == 200, _typed(answer, data, path)
+        raise from_response(status, data)
+
     def call(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        status, data = self._call_status(method, path, body)
+        if status != 200:
+            raise from_response(status, data)
+        return data
+
+    def _call_status(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
         payload = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Accept": "application/json"}
         if payload is not None:
@@ -59,9 +73,7 @@ class Client:
             raise FailedError(
                 f"the broker daemon answered HTTP {status} with a body that is not JSON"
             ) from None
-        if status != 200:
-            raise from_response(status, data)
-        return data
+        return status, data
 
     def _exchange(
         self, method: str, path: str, payload: bytes | None, headers: dict[str, str]

@@ -243,6 +243,9 @@ class DaemonSection(_Section):
     http_keytab: AbsPath | None = None
     http_principal: str | None = None
     realm: str | None = None
+    # Off unless set: host:port of a plain-HTTP Prometheus endpoint (/metrics), e.g.
+    # 127.0.0.1:9464; counts only, no names. Keep it on loopback or a monitoring network.
+    metrics_listen: str | None = None
 
     @field_validator("operator_group")
     @classmethod
@@ -251,7 +254,7 @@ class DaemonSection(_Section):
             raise ValueError("expected a group name (letters, digits, _ . -)")
         return value
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is None:

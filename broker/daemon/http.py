@@ -338,4 +338,5 @@ class RequestHandler(BaseHTTPRequestHandler):
         context = Context(
             caller=caller, app=self.service.app_for_thread(), params=params, now=utcnow()
         )
-        return 200, route.handler(context)
+        answer = route.handler(context)
+        return (200 if route.status is None else route.status(answer)), answer

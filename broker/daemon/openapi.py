@@ -117,6 +117,11 @@ def document() -> dict[str, Any]:
                 },
             },
         }
+        if route.status is not None:
+            operation["responses"]["503"] = {
+                "description": "Degraded: the same record, naming each failed check",
+                "content": {"application/json": {"schema": _response_schema(route)}},
+            }
         if route.method == "GET" or route.request is Empty:
             params = _parameters(route, schemas)
             if params:

@@ -64,6 +64,9 @@ class Route:
     # The audit action of a caller refused at the door (not a directory user): the routes
     # whose refusals are audited (audit/refusals.py); None for the others.
     refusal: str | None = None
+    # The HTTP status of a successful answer, from the answer itself (health answers 503
+    # when degraded, with the same record); None for 200 always.
+    status: Callable[[Any], int] | None = None
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         template = self.path.strip("/").split("/")
@@ -99,6 +102,7 @@ class Registry:
         access: Access,
         summary: str,
         refusal: str | None = None,
+        status: Callable[[Any], int] | None = None,
     ) -> Callable[[Callable[[Context[Any]], Any]], Callable[[Context[Any]], Any]]:
         segments = path.strip("/").split("/")
         if not all(_SEGMENT.fullmatch(s) for s in segments):
@@ -116,6 +120,7 @@ class Registry:
                     summary,
                     mutating=method != "GET",
                     refusal=refusal,
+                    status=status,
                 )
             )
             return handler

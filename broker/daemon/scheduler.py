@@ -1,6 +1,9 @@
 """The daemon's scheduler: expire requests and grants, retry removals, re-check grants
 against the directory and policy, repair broken drop-ins, collect session events; check
 the drop-ins of live grants every `grants.drop_in_check_interval`. One thread, its own App.
+Beside it the indexer, detector, responder and notifier, each a thread with its own App;
+every thread marks each pass that raised nothing in the heartbeats (liveness.py), which
+`/v1/health`, the metrics and the systemd watchdog read.
 
 Each tick is also reachable as `POST /v1/grants/reap` (`broker grants reap`), so an
 operator (or a test) need not wait for the interval.
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from broker.app import App
 from broker.config.settings import Settings
 from broker.core.timeutil import utcnow
+from broker.daemon.liveness import HEARTBEATS, Heartbeats
 from broker.detect.notify import Deliverer
 from broker.detect.runner import BATCH
 
@@ -111,25 +115,42 @@ NOTIFY_EVERY_S = 1.0
 QUARANTINE_RETRY_S = 30.0
 
 
+# The least time without a good pass before a thread counts as stuck (liveness.py): the
+# threads that talk to nodes over SSH or to a webhook may spend minutes on timeouts.
+SSH_FLOOR_S = 600.0
+WEBHOOK_FLOOR_S = 300.0
+LOCAL_FLOOR_S = 120.0
+
+
 class Scheduler:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, beats: Heartbeats = HEARTBEATS) -> None:
         self._settings = settings
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, name="broker-scheduler", daemon=True),
+        self._beats = beats
+        reap = settings.grants.reap_interval.total_seconds()
+        index = settings.sessions.index_interval.total_seconds()
+        # (target, name, interval, floor): each thread's pace, for the heartbeats.
+        plan = [
+            (self._run, "broker-scheduler", reap, SSH_FLOOR_S),
             # Indexing has its own thread and pace: a slow SSH tick must not delay recordings.
-            threading.Thread(target=self._index, name="broker-indexer", daemon=True),
-            threading.Thread(target=self._detect, name="broker-detector", daemon=True),
-            threading.Thread(target=self._respond, name="broker-responder", daemon=True),
-            threading.Thread(target=self._notify, name="broker-notifier", daemon=True),
+            (self._index, "broker-indexer", index, LOCAL_FLOOR_S),
+            (self._detect, "broker-detector", DETECT_EVERY_S, LOCAL_FLOOR_S),
+            (self._respond, "broker-responder", RESPOND_EVERY_S, SSH_FLOOR_S),
+            (self._notify, "broker-notifier", NOTIFY_EVERY_S, WEBHOOK_FLOOR_S),
         ]
+        self._threads = [
+            threading.Thread(target=target, name=name, daemon=True) for target, name, _, _ in plan
+        ]
+        self._pace = {name: (interval, floor) for _, name, interval, floor in plan}
 
     def start(self) -> None:
         for thread in self._threads:
+            self._beats.register(thread, *self._pace[thread.name])
             thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._beats.clear()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=30)
@@ -145,6 +166,7 @@ class Scheduler:
                 except Exception:  # never stop detecting for one bad pass
                     log.exception("detection pass failed")
                     continue
+                self._beats.success()
                 if report.alerts:
                     log.info("detection raised alert(s) %s", report.alerts)
                 if report.events >= BATCH:
@@ -167,6 +189,8 @@ class Scheduler:
                         app.quarantines().retry(utcnow())
                 except Exception:
                     log.exception("responder pass failed")
+                    continue
+                self._beats.success()
         finally:
             app.close()
 
@@ -179,6 +203,8 @@ class Scheduler:
                     deliverer.run_once(utcnow())
                 except Exception:
                     log.exception("alert delivery pass failed")
+                    continue
+                self._beats.success()
         finally:
             app.close()
 
@@ -205,6 +231,8 @@ class Scheduler:
                         app.recordings().purge(days, utcnow(), "broker")
                 except Exception:  # never stop indexing for one bad pass
                     log.exception("session indexing failed")
+                    continue
+                self._beats.success()
         finally:
             app.close()
 
@@ -230,6 +258,7 @@ class Scheduler:
                 except Exception:  # a tick must never stop the scheduler
                     log.exception("scheduler tick failed")
                     continue
+                self._beats.success()
                 if report.grants_expired or report.grants_revoked or report.requests_expired:
                     log.info(
                         "expired %d grant(s), revoked %d, expired %d request(s)",

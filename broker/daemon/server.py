@@ -16,11 +16,12 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.app import App, close_shared
 from broker.config.kerberos import use_krb5_conf
@@ -30,12 +31,17 @@ from broker.core.timeutil import utcnow
 from broker.daemon import api  # noqa: F401 (registers the routes)
 from broker.daemon.admission import Admission, Deadlines
 from broker.daemon.caller import Caller, unix_caller
+from broker.daemon.health import liveness_problems
 from broker.daemon.http import RequestHandler, Service
+from broker.daemon.liveness import HEARTBEATS
 from broker.daemon.peer import peer_credentials
 from broker.daemon.pooled import PooledServer
 from broker.daemon.routing import REGISTRY, Registry
 from broker.daemon.scheduler import Scheduler
 from broker.daemon.workers import Workers
+
+if TYPE_CHECKING:
+    from broker.daemon.metrics import MetricsServer
 
 log = logging.getLogger("broker.daemon")
 
@@ -157,6 +163,7 @@ def running(
     servers: list[socketserver.BaseServer] = [unix]
     threads: list[threading.Thread] = []
     scheduler = Scheduler(settings)
+    metrics: MetricsServer | None = None
     try:
         unix.server_bind()
         # Any local user may connect; what they may do is decided per request from SO_PEERCRED.
@@ -172,31 +179,61 @@ def running(
             thread.start()
             threads.append(thread)
         scheduler.start()
+        metrics = start_metrics(settings)
         log.info("broker daemon serving on %s", daemon.socket)
         if ready is not None:
             ready()
         yield unix
     finally:
+        if metrics is not None:
+            metrics.close()
         if threads:
             scheduler.stop()
-        for server in servers:
-            if threads:
-                server.shutdown()
-            server.server_close()
-        for thread in threads:
-            thread.join()
-        deadlines.expire_all()  # clients still sending their request are let go now
-        for server in servers:
-            if isinstance(server, PooledServer) and server.pool is not pool:
-                server.pool.shutdown(wait=True, cancel_futures=True)
-        pool.shutdown(wait=True, cancel_futures=True)
-        deadlines.close()
+        _stop_listeners(servers, threads, pool, deadlines)
         if threads:
             _flush_refusals(workers)
         workers.close()
         close_shared()
         with contextlib.suppress(FileNotFoundError):
             daemon.socket.unlink()
+
+
+def _stop_listeners(
+    servers: list[socketserver.BaseServer],
+    threads: list[threading.Thread],
+    pool: ThreadPoolExecutor,
+    deadlines: Deadlines,
+) -> None:
+    for server in servers:
+        if threads:
+            server.shutdown()
+        server.server_close()
+    for thread in threads:
+        thread.join()
+    deadlines.expire_all()  # clients still sending their request are let go now
+    for server in servers:
+        if isinstance(server, PooledServer) and server.pool is not pool:
+            server.pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True, cancel_futures=True)
+    deadlines.close()
+
+
+def start_metrics(settings: Settings) -> MetricsServer | None:
+    """The Prometheus listener when daemon.metrics_listen is set; a port that cannot be
+    bound stops the start with one line rather than running unmonitored."""
+    address = settings.daemon.metrics_listen
+    if address is None:
+        return None
+    # Imported here so prometheus_client loads only when metrics are configured.
+    from broker.daemon.metrics import MetricsServer
+
+    try:
+        return MetricsServer(settings, HEARTBEATS)
+    except OSError as exc:
+        raise UnavailableError(
+            f"cannot listen for metrics on {address}: {exc.strerror or exc}",
+            fix="free the port or change daemon.metrics_listen",
+        ) from None
 
 
 def _flush_refusals(workers: Workers) -> None:
@@ -207,8 +244,27 @@ def _flush_refusals(workers: Workers) -> None:
         log.error("rate-limited refusals not summed up at shutdown: %s", exc)
 
 
+def watchdog_every() -> float | None:
+    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), when the watchdog is ours."""
+    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+def feed_watchdog(app: App) -> bool:
+    """WATCHDOG=1 only when the store answers a read and every background thread is alive
+    and recent; otherwise say why in the log and let systemd restart a stuck daemon."""
+    problems = liveness_problems(app, HEARTBEATS)
+    if problems:
+        log.error("not feeding the systemd watchdog: %s", "; ".join(problems))
+        return False
+    notify_systemd("WATCHDOG=1")
+    return True
+
+
 def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT, feeding systemd's watchdog when it is set."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -218,7 +274,15 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    every = watchdog_every()
     with running(settings, ready=lambda: notify_systemd("READY=1")):
-        while not stop.wait(1.0):
-            pass
+        app = App(settings)  # the main thread's own connection, for the liveness check
+        try:
+            next_feed = 0.0
+            while not stop.wait(min(1.0, every or 1.0)):
+                if every is not None and time.monotonic() >= next_feed:
+                    next_feed = time.monotonic() + every
+                    feed_watchdog(app)
+        finally:
+            app.close()
         notify_systemd("STOPPING=1")

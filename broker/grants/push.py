@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.core import counters
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
@@ -113,6 +114,8 @@ def install(
             target.name, problem is None, problem, (time.monotonic() - started) * 1000,
             drop_in_sha256=sent[0] if sent and problem is None else None,
         )  # fmt: skip
+        if problem is not None:
+            counters.bump(counters.PUSH_INSTALL_FAILED)
         if on_done is not None:
             on_done(outcome)
         return outcome
@@ -176,6 +179,8 @@ def remove(
         outcome = NodeOutcome(
             target.name, problem is None, problem, (time.monotonic() - started) * 1000, killed
         )
+        if problem is not None:
+            counters.bump(counters.PUSH_REMOVE_FAILED)
         if on_done is not None:
             on_done(outcome)
         return outcome

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from broker.audit import writer
+from broker.core import counters
 from broker.core.errors import IntegrityError, RefusedError
 from broker.core.timeutil import to_sentence, to_text
 from broker.mfa import codes, rows, sealing
@@ -72,11 +73,13 @@ def refuse(
     if not count:
         return error
     rules, sid = attempt.rules, attempt.ident.sid
+    counters.bump(counters.MFA_FAILURE)
     failures = rows.add_failure(conn, sid, attempt.now, rules.failure_window)
     if failures < rules.max_failures:
         return error
     lock = rows.Lock(attempt.now + rules.lockout, failures)
     rows.set_lock(conn, sid, lock.until, failures)
+    counters.bump(counters.MFA_LOCK)
     event = writer.EventInput(
         attempt.actor,
         "mfa.lock",

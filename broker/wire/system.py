@@ -7,9 +7,24 @@ from pydantic import Field
 from broker.wire.base import Out
 
 
+class HealthCheck(Out):
+    """One check of /v1/health: `ok` false names a problem in `detail`; a check that does
+    not apply to this configuration is ok with `skipped` set."""
+
+    name: str
+    ok: bool
+    skipped: bool = False
+    detail: str
+
+
 class Health(Out):
+    """ok is false (and the daemon answers HTTP 503) when any check failed; `failed` names
+    them in check order."""
+
     ok: bool
     version: str
+    checks: list[HealthCheck]
+    failed: list[str]
 
 
 class WhoAmI(Out):

@@ -34,6 +34,7 @@ DEFAULT_NODES = "gpu[01-02],stor01,login01"
 REALM, DOMAIN, BASE_DN = "HPC.TEST", "HPC", "DC=hpc,DC=test"
 DC_HOST, DC_ADDR = "dc1.hpc.test", "127.0.0.10"
 BROKER_HOST, BROKER_ADDR, BROKER_PORT = "broker.hpc.test", "127.0.0.11", 8443
+METRICS_PORT = 9464  # the daemon's Prometheus endpoint (daemon.metrics_listen)
 LOGSRVD_PORT, TUNNEL_PORT = 30343, 30344  # sudo_logsrvd (plain, broker host), its stunnel (TLS)
 # The storage zone opts into a store-and-forward relay, run by login01 (docs/sessions.md).
 RELAY_NODE, RELAY_ZONE, RELAY_PORT, RELAY_LOGSRVD_PORT = "login01", "storage", 30344, 30345
@@ -1133,7 +1134,8 @@ def broker_config(root: Path, keytab: Path, state_dir: Path, names: list[str]) -
         f'listen = "{BROKER_ADDR}:{BROKER_PORT}"\n'
         f'tls_cert = "{root / "ca" / "broker.pem"}"\ntls_key = "{root / "ca" / "broker.key"}"\n'
         f'http_keytab = "{root / "broker" / "http.keytab"}"\n'
-        f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n\n'
+        f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n'
+        f'metrics_listen = "{BROKER_ADDR}:{METRICS_PORT}"\n\n'
         # Tests prove that expiry needs no action of the broker, and run the scheduler's
         # tick themselves (`broker grants reap`) where they want it.
         '[grants]\nreap_interval = "1h"\n\n'

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from broker import __version__
 from broker.audit.query import count_events
 from broker.daemon.caller import Access
+from broker.daemon.health import evaluate
+from broker.daemon.liveness import HEARTBEATS
 from broker.daemon.routing import REGISTRY, Context, Empty
 from broker.store import migrations
 from broker.wire.system import (
@@ -14,11 +15,26 @@ from broker.wire.system import (
 )
 
 
+def _health_status(answer: Health) -> int:
+    return 200 if answer.ok else 503
+
+
 @REGISTRY.add(
-    "GET", "/v1/health", response=Health, access=Access.ANYONE, summary="Is the daemon up"
+    "GET",
+    "/v1/health",
+    response=Health,
+    access=Access.ANYONE,
+    summary="Store, threads, directory and log server; HTTP 503 naming each failed check",
+    status=_health_status,
 )
 def health(ctx: Context[Empty]) -> Health:
-    return Health(ok=True, version=__version__)
+    """Any caller learns whether the broker is healthy and which checks failed; only an
+    operator sees the details (DC names, addresses, sync errors)."""
+    answer = evaluate(ctx.app, HEARTBEATS, ctx.now)
+    if ctx.caller.operator:
+        return answer
+    hidden = [c.model_copy(update={"detail": "(details for operators)"}) for c in answer.checks]
+    return answer.model_copy(update={"checks": hidden})
 
 
 @REGISTRY.add(
