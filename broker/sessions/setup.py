@@ -228,7 +228,9 @@ def node_tunnel(
         units += [carrier.RELAY_LOGSRVD_UNIT, carrier.RELAY_TUNNEL_UNIT, carrier.RELAY_FLUSH_TIMER]
     if not break_glass_group:
         gone = (carrier.BREAK_GLASS_DROP_IN,)
-        return NodeTunnel(tuple(files), tuple(leaves), tuple(dirs), tuple(units), ca, now, gone)
+        return NodeTunnel(
+            tuple(files), tuple(leaves), tuple(dirs), tuple(units), ca, now, gone=gone
+        )
     files += break_glass_files(settings, address, break_glass_group)
     dirs.append((carrier.BREAK_GLASS_SPOOL, 0o700))
     units += [carrier.BREAK_GLASS_UNIT, carrier.BREAK_GLASS_FLUSH_TIMER]
