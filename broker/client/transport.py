@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.core.channel import end_point_binding
 from broker.core.errors import UnavailableError, UsageError
 
 SPNEGO_OID = "1.3.6.1.5.5.2"
@@ -98,9 +97,7 @@ class Negotiator:
                 mech=gssapi.OID.from_int_seq(SPNEGO_OID),
                 flags=gssapi.RequirementFlag.mutual_authentication
                 | gssapi.RequirementFlag.out_of_sequence_detection,
-                channel_bindings=gssapi.raw.ChannelBindings(
-                    application_data=end_point_binding(cert)
-                ),
+                channel_bindings=gssapi.raw.ChannelBindings(application_data=_binding(cert)),
             )
             token = self._context.step()
         except gssapi.raw.GSSError as exc:
@@ -138,3 +135,11 @@ class Negotiator:
 def _gss_text(exc: Exception) -> str:
     text = "".join(ch for ch in str(exc) if (ch.isascii() and ch.isprintable()) or ch == " ")
     return " ".join(text.split())[:300]
+
+
+def _binding(cert: bytes) -> bytes:
+    """tls-server-end-point channel binding; cryptography is imported only for TLS, so a
+    CLI call over the Unix socket does not pay for it."""
+    from broker.core.channel import end_point_binding
+
+    return end_point_binding(cert)
