@@ -61,11 +61,23 @@ class Target:
         if self.url is None:
             assert self.socket_path is not None
             return UnixConnection(self.socket_path, timeout)
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
+        context = self._tls_context()
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=context)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The system's trust store, or only the CA file given (--ca-file, BROKER_CA_FILE);
+        a CA file that cannot be read or parsed is a usage error naming it, not a traceback."""
+        cafile = str(self.ca_file) if self.ca_file is not None else None
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UsageError(
+                f"cannot use the CA file {cafile}: {reason}",
+                fix="point --ca-file or BROKER_CA_FILE at the PEM bundle that signed the "
+                "daemon's certificate",
+            ) from None
 
     def negotiator(self) -> Negotiator | None:
         """Kerberos for a TLS target (None on the Unix socket, where the kernel vouches)."""
