@@ -95,9 +95,8 @@ def invoke(argv: list[str] | None) -> int:
         result: Any = typer.main.get_command(app).main(
             args=argv, prog_name="broker", standalone_mode=False
         )
-    except click.exceptions.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help(), err=True)
-        return EXIT_USAGE
+    except click.exceptions.NoArgsIsHelpError:
+        return EXIT_USAGE  # a group without its command: typer has printed its help
     except click.ClickException as exc:
         sys.stderr.write(_usage_line(exc) + "\n")
         return exc.exit_code if exc.exit_code else EXIT_USAGE
