@@ -202,3 +202,13 @@ def test_start_up_imports_neither_the_daemon_nor_heavy_libraries() -> None:
     whoami = _imported("whoami")  # no daemon: exit 3, but the client path is loaded
     assert "broker.client.client" in whoami
     assert not {m for m in whoami if m.startswith(HEAVY)}, sorted(whoami)
+
+
+def test_a_daemon_command_with_options_after_it_piped_and_as_json(daemon: Path) -> None:
+    piped = run_broker("whoami", "--config", str(daemon), "--no-headers")
+    assert piped.returncode == 0, piped.stderr
+    rows = dict(line.split("\t") for line in piped.stdout.splitlines())
+    assert rows["uid"] == str(os.getuid()) and "" not in rows  # no header line ("\tcaller")
+    as_json = run_broker("whoami", "-c", str(daemon), env={"BROKER_FORMAT": "json"})
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["uid"] == os.getuid()
