@@ -122,6 +122,9 @@ def test_no_color_strips_every_escape_on_a_terminal(tmp_path: Path) -> None:
 def test_a_terminal_still_gets_a_table(tmp_path: Path) -> None:
     shown = _on_a_terminal(["config", "check", str(write_config(tmp_path))], {"NO_COLOR": "1"})
     assert BOX.intersection(shown.decode()) and b"\t" not in shown
+    env = {"NO_COLOR": "1", "BROKER_FORMAT": "tsv"}
+    forced = _on_a_terminal(["config", "check", str(write_config(tmp_path))], env)
+    assert not BOX.intersection(forced.decode()) and b"key\tvalue" in forced
 
 
 def test_global_options_after_the_subcommand(tmp_path: Path) -> None:
