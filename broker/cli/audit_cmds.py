@@ -169,7 +169,7 @@ def export(
         return
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     write_private_file(output_file.absolute(), data, None, 0o600)
-    output.err.print(f"wrote {output_file}")
+    output.err().print(f"wrote {output_file}")
 
 
 @app.command()

@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from broker.client.client import Client
-from broker.client.transport import Target
-from broker.config.kerberos import use_krb5_conf
-from broker.config.loader import DEFAULT_CONFIG, ENV_VAR, config_path, load_settings
-from broker.config.settings import DaemonSection, Settings
+from broker.cli import output
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: `broker --version` and Tab completion need none of it
     from broker.app import App  # heavy (directory, fleet, policy): only bootstrap commands need it
+    from broker.client.client import Client
+    from broker.config.settings import Settings
 
 
 @dataclass
@@ -28,15 +26,25 @@ class CliState:
     config: Path | None = None
     broker_url: str | None = None
     ca_file: Path | None = None
+    no_headers: bool = False
     _app: App | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        """--no-headers given after the subcommand reaches the output settings too."""
+        super().__setattr__(name, value)
+        if name == "no_headers" and value:
+            output.hide_headers()
+
     def settings(self) -> Settings:
+        from broker.config.loader import config_path, load_settings
+
         return load_settings(config_path(self.config))
 
     def app(self) -> App:
         if self._app is None:
             from broker.app import App  # lazy: CLI start-up (only bootstrap commands need it)
+            from broker.config.kerberos import use_krb5_conf
 
             settings = self.settings()
             use_krb5_conf(settings.kerberos)  # this process's Kerberos, before the App runs
@@ -45,6 +53,9 @@ class CliState:
 
     def client(self) -> Client:
         if self._client is None:
+            from broker.client.client import Client
+            from broker.client.transport import Target
+
             url = self.broker_url or os.environ.get("BROKER_URL") or None
             if url is not None:
                 self._client = Client(Target(url=url, ca_file=self.ca_file))
@@ -54,6 +65,9 @@ class CliState:
 
     def _socket_path(self) -> Path:
         """The daemon's socket from the configuration; the default when there is no file."""
+        from broker.config.loader import DEFAULT_CONFIG, ENV_VAR, config_path
+        from broker.config.settings import DaemonSection
+
         path = config_path(self.config)
         explicit = self.config is not None or os.environ.get(ENV_VAR)
         if not explicit and path == DEFAULT_CONFIG and not path.exists():
@@ -76,4 +90,14 @@ def client(ctx: typer.Context) -> Client:
     return state(ctx).client()
 
 
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+def _json_or_env(value: bool) -> bool:
+    """--json, or BROKER_FORMAT=json for every listing and show."""
+    return value or output.json_requested()
+
+
+JSON_OPTION = typer.Option(
+    False,
+    "--json",
+    callback=_json_or_env,
+    help="Print JSON instead of a table (also: BROKER_FORMAT=json).",
+)

@@ -68,9 +68,9 @@ def elevate(
         _say_plan(plan)
     if plan.mfa:
         body["code"] = _prompt(CODE_LABEL)
-    watch = not json_out and output.err.is_terminal and len(expand(plan.nodes)) > 1
+    watch = not json_out and output.err().is_terminal and len(expand(plan.nodes)) > 1
     body["wait"] = not watch
-    with output.err.status(f"elevating on {plan.nodes}"):
+    with output.err().status(f"elevating on {plan.nodes}"):
         result = api.post("/v1/elevate", body, ElevationOut)
     if watch and result.grant is not None:
         result = result.model_copy(update={"results": _watch(api, result.grant)})
@@ -100,7 +100,7 @@ def _watch(api: Client, grant: GrantOut) -> list[NodeResultOut]:
         TextColumn(f"pushing {grant.id}"),
         BarColumn(),
         MofNCompleteColumn(),
-        console=output.err,
+        console=output.err(),
         transient=True,
     ) as bar:
         task = bar.add_task("push", total=total)
@@ -211,8 +211,8 @@ def approve(
     """Approve a request (you must be in one of its approver groups and not its requester)."""
     code = _prompt(CODE_LABEL)
     api = client(ctx)
-    watch = not json_out and output.err.is_terminal
-    with output.err.status(f"approving {request_id}"):
+    watch = not json_out and output.err().is_terminal
+    with output.err().status(f"approving {request_id}"):
         result = api.post(
             f"/v1/requests/{request_id}/approve", {"code": code, "wait": not watch}, ElevationOut
         )
@@ -330,7 +330,7 @@ def retry(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Push a grant again to the nodes where it did not land."""
-    with output.err.status(f"pushing {grant_id} again"):
+    with output.err().status(f"pushing {grant_id} again"):
         results = client(ctx).post_list(f"/v1/grants/{grant_id}/retry", {}, NodeResultOut)
     if json_out:
         output.print_json(results)
@@ -360,7 +360,7 @@ def revoke(
         body["node"] = node
     if not body["ids"] and user is None and node is None:
         raise typer.BadParameter("name grant ids, --user or --node")
-    with output.err.status("revoking"):
+    with output.err().status("revoking"):
         result = client(ctx).post("/v1/revoke", body, RevokeOut)
     if json_out:
         output.print_json(result)
@@ -392,7 +392,7 @@ def _say_revoked(result: RevokeOut) -> None:
 def reap(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """Run the daemon's scheduler tick now (operators): expire requests and grants, retry
     removals from nodes that were down, re-check grants, collect session events."""
-    with output.err.status("reaping"):
+    with output.err().status("reaping"):
         report = client(ctx).post("/v1/grants/reap", {}, ReapOut)
     if json_out:
         output.print_json(report)

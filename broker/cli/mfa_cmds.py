@@ -24,7 +24,7 @@ def _prompt(label: str) -> str:
     """One line from the terminal (hidden) or from stdin when it is not a terminal."""
     if sys.stdin.isatty():
         return str(typer.prompt(label, hide_input=True, err=True))
-    output.err.print(f"{label}: ", end="")
+    output.err().print(f"{label}: ", end="")
     line = sys.stdin.readline()
     if not line:
         raise RefusedError("no code was entered", fix="run the command again and type the code")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
@@ -220,6 +219,8 @@ def bootstrap(
 
     Idempotent: a second run changes nothing. Exit 1 when any node failed.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # lazy: start-up
+
     names = expand(nodes)
     chunks = [names[i : i + BOOTSTRAP_CHUNK] for i in range(0, len(names), BOOTSTRAP_CHUNK)]
     api = client(ctx)
@@ -227,7 +228,9 @@ def bootstrap(
     errors: list[BrokerError] = []
     columns = (TextColumn("bootstrap"), BarColumn(), MofNCompleteColumn())
     with (
-        Progress(*columns, console=output.err, transient=True) as progress,
+        Progress(
+            *columns, console=output.err(), transient=True, disable=not output.err().is_terminal
+        ) as progress,
         ThreadPoolExecutor(max_workers=BOOTSTRAP_REQUESTS) as pool,
     ):
         task = progress.add_task("bootstrap", total=len(names))
@@ -281,7 +284,7 @@ def status(
     """
     body: dict[str, Any] = {} if nodes is None else {"nodes": nodes}
     count = "every enrolled node" if nodes is None else f"{len(expand(nodes))} nodes"
-    with output.err.status(f"asking {count} through the broker daemon"):
+    with output.err().status(f"asking {count} through the broker daemon"):
         statuses = client(ctx).post_list("/v1/nodes/status", body, StatusOut)
     if json_out:
         output.print_json(statuses)
@@ -334,7 +337,7 @@ def ping(
     reports another hostname, 3 when any is unreachable.
     """
     names = expand(nodes)
-    with output.err.status(f"probing {len(names)} nodes through the broker daemon"):
+    with output.err().status(f"probing {len(names)} nodes through the broker daemon"):
         probes = client(ctx).post_list("/v1/nodes/ping", {"nodes": nodes}, ProbeOut)
     if json_out:
         output.print_json(probes)
@@ -392,7 +395,7 @@ def quarantine(
     released. Needs your MFA code (operators and incident response only)."""
 
     body = {"nodes": nodes, "reason": reason, "code": _prompt(CODE_LABEL)}
-    with output.err.status(f"quarantining {nodes}"):
+    with output.err().status(f"quarantining {nodes}"):
         result = client(ctx).post("/v1/nodes/quarantine", body, QuarantineOut)
     if json_out:
         output.print_json(result)

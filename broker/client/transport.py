@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.core.channel import end_point_binding
 from broker.core.errors import UnavailableError, UsageError
 
 SPNEGO_OID = "1.3.6.1.5.5.2"
@@ -62,11 +61,23 @@ class Target:
         if self.url is None:
             assert self.socket_path is not None
             return UnixConnection(self.socket_path, timeout)
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
+        context = self._tls_context()
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=context)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The system's trust store, or only the CA file given (--ca-file, BROKER_CA_FILE);
+        a CA file that cannot be read or parsed is a usage error naming it, not a traceback."""
+        cafile = str(self.ca_file) if self.ca_file is not None else None
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UsageError(
+                f"cannot use the CA file {cafile}: {reason}",
+                fix="point --ca-file or BROKER_CA_FILE at the PEM bundle that signed the "
+                "daemon's certificate",
+            ) from None
 
     def negotiator(self) -> Negotiator | None:
         """Kerberos for a TLS target (None on the Unix socket, where the kernel vouches)."""
@@ -98,9 +109,7 @@ class Negotiator:
                 mech=gssapi.OID.from_int_seq(SPNEGO_OID),
                 flags=gssapi.RequirementFlag.mutual_authentication
                 | gssapi.RequirementFlag.out_of_sequence_detection,
-                channel_bindings=gssapi.raw.ChannelBindings(
-                    application_data=end_point_binding(cert)
-                ),
+                channel_bindings=gssapi.raw.ChannelBindings(application_data=_binding(cert)),
             )
             token = self._context.step()
         except gssapi.raw.GSSError as exc:
@@ -138,3 +147,11 @@ class Negotiator:
 def _gss_text(exc: Exception) -> str:
     text = "".join(ch for ch in str(exc) if (ch.isascii() and ch.isprintable()) or ch == " ")
     return " ".join(text.split())[:300]
+
+
+def _binding(cert: bytes) -> bytes:
+    """tls-server-end-point channel binding; cryptography is imported only for TLS, so a
+    CLI call over the Unix socket does not pay for it."""
+    from broker.core.channel import end_point_binding
+
+    return end_point_binding(cert)
