@@ -40,6 +40,7 @@ def nodes(app: App, pool: Pool) -> NodeService:
         owner=None,
         policy=_no_policy,  # type: ignore[arg-type]
         grant_key_line=lambda: "unused",
+        drop_ins=app.drop_ins,
     )
 
 
