@@ -35,6 +35,9 @@ from broker.store.db import Store
 log = logging.getLogger("broker.grants")
 
 PUSHED_MODE = 0o440
+# Not repaired, only reported: the node's root removing a grant file is a deliberate act
+# (local incident response); pushing it back would restore the root it took away.
+GRANT_FILE_MISSING = "grant file missing on the node: the hook refuses sudo (not re-pushed)"
 IntegrityPolicy = Literal["repair", "alert"]
 
 
@@ -59,7 +62,7 @@ def judge(grant_id: str, pushed_sha256: str | None, report: DropInReport) -> str
         return f"the node's drop-in report is unusable: {report or 'none given'}"
     found: DropIn | None = report.get(grant_id)
     if found is None:
-        return "grant file missing on the node: the hook refuses sudo"
+        return GRANT_FILE_MISSING
     if not found.present:
         return "drop-in missing: sudo has no rule"
     if found.kind == "symlink":
@@ -198,7 +201,7 @@ class DropInCheck:
             return []
         broken: dict[str, list[str]] = {}
         for row in rows.live_grant_nodes(self._store.conn, nodes=None, until=now + self._max_skew):
-            if row.drop_in_problem is not None:
+            if row.drop_in_problem not in (None, GRANT_FILE_MISSING):
                 broken.setdefault(row.grant_id, []).append(row.node)
         repaired: list[str] = []
         for grant_id, nodes in broken.items():
@@ -212,14 +215,24 @@ class DropInCheck:
         grant = rows.grant(self._store.conn, grant_id)
         if grant is None or grant.state != "active":
             return []
+        targets = inventory.targets_known(self._store, nodes)
+        # Pushed first, audited with the outcome: a push that cannot even start (no signing
+        # key) writes nothing each tick, and a node that keeps failing is named once a tick
+        # in one event, with the push's own grant.push event beside it.
+        outcomes = self._delivery().push(grant, targets, now, None)
         with self._store.transaction() as conn:
             writer.record(
                 conn,
                 writer.EventInput(
-                    "broker", "grant.repair", grant_id, details={"nodes": fold(nodes)}
+                    "broker",
+                    "grant.repair",
+                    grant_id,
+                    outcome="ok" if all(o.ok for o in outcomes) else "failed",
+                    details={
+                        "nodes": fold(nodes),
+                        "failed": {o.node: o.error for o in outcomes if not o.ok},
+                    },
                 ),
                 now,
             )
-        targets = inventory.targets_known(self._store, nodes)
-        outcomes = self._delivery().push(grant, targets, now, None)
         return [f"{grant_id}@{o.node}" for o in outcomes if o.ok]

@@ -25,7 +25,7 @@ from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
 from broker.grants.grantfile import GrantFile, encode_signed
 from broker.grants.model import Grant
-from broker.sudoers.render import SudoersGrant, render_grant
+from broker.sudoers.render import SudoersGrant, check_hosts, render_grant
 
 log = logging.getLogger("broker.grants")
 
@@ -60,6 +60,13 @@ def drop_in_text(grant: Grant, node: str, log_server: str) -> str:
             log_server=log_server,
         )
     )
+
+
+def check_drop_ins(grant: Grant, nodes: Sequence[str], log_server: str) -> None:
+    """UsageError unless every node's drop-in can be rendered: rendered once, and each node
+    name checked as the host field (the only part that differs between the copies)."""
+    drop_in_text(grant, nodes[0], log_server)
+    check_hosts(nodes)
 
 
 def grant_file_text(grant: Grant, node: str, key: Ed25519PrivateKey, issued_at: datetime) -> str:

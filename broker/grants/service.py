@@ -271,8 +271,8 @@ class GrantService:
             request_id=request_id, actor=actor, now=now,
         )  # fmt: skip
         # Rendered (validated) before anything is stored: a grant whose drop-in cannot be
-        for node in plan.nodes:  # written never exists.
-            push.drop_in_text(grant, node, f"127.0.0.1:{self._rules.log_port}")
+        # written never exists.
+        push.check_drop_ins(grant, plan.nodes, f"127.0.0.1:{self._rules.log_port}")
         try:
             self._store_grant(grant, account, plan, request_id, actor, now)
         except RefusedError as exc:  # rolled back: quarantined or decided meanwhile

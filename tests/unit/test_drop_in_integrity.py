@@ -131,7 +131,7 @@ def test_judge_names_what_is_wrong(found: DropIn, problem: str | None) -> None:
 
 def test_judge_fails_closed_on_a_missing_grant_or_an_unusable_report() -> None:
     assert judge("g0123456789abcdef", SHA, {}) == (
-        "grant file missing on the node: the hook refuses sudo"
+        "grant file missing on the node: the hook refuses sudo (not re-pushed)"
     )
     assert "unusable: malformed" in str(judge("g0123456789abcdef", SHA, "malformed x"))
     # a grant pushed before the broker recorded hashes: owner and mode are still checked
@@ -181,7 +181,7 @@ class NodeWorld(World):
         [self.sent] = [p["sudoers"] for _, c, p in self.nodes.calls if c == "install-grant"]
         self.key = self.service._delivery._key  # the same signing key for repairs
 
-    def answer(self, **drop_in: Any) -> None:
+    def answer(self, *, grant_file: bool = True, **drop_in: Any) -> None:
         entry: dict[str, Any] = {
             "present": True, "kind": "file", "uid": 0, "gid": 0, "mode": 0o440,
             "sha256": hashlib.sha256(self.sent.encode()).hexdigest(), "honoured": True,
@@ -192,7 +192,7 @@ class NodeWorld(World):
             "node": "gpu01", "time": time.time(), "hook_version": "2", "bootstrapped": True,
             "sudo": {"flavour": "sudo", "version": "1.9.13p3", "io_logging": True},
             "module": {"loads": True}, "containment": "cgroup", "problems": [],
-            "grants": [{"id": self.grant_id, "valid": True, "drop_in": entry}],
+            "grants": [{"id": self.grant_id, "valid": True, "drop_in": entry}] if grant_file else [],
         }  # fmt: skip
         self.nodes.replies[("gpu01", "status")] = json.dumps(status)
 
@@ -306,6 +306,19 @@ def test_a_revoked_grant_is_not_checked_nor_repaired(nodes_world: NodeWorld) -> 
     check = nodes_world.check()
     assert check.sweep(NOW) == [] and check.repair(NOW) == []
     assert not [c for c in nodes_world.nodes.calls if c[1] == "status"]
+
+
+def test_a_grant_file_removed_by_the_nodes_root_is_reported_not_pushed_back(
+    nodes_world: NodeWorld,
+) -> None:
+    """Review finding: repair put back a grant file the node's root had removed (local
+    incident response), restoring the root it took away."""
+    nodes_world.answer(grant_file=False)
+    check = nodes_world.check("repair")
+    check.sweep(NOW)
+    assert nodes_world.node_state()[0] == "broken"
+    assert check.repair(NOW) == []
+    assert not nodes_world.events("grant.repair")
 
 
 def test_grants_retry_pushes_a_broken_drop_in_again_under_alert_only(

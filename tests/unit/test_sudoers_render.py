@@ -525,3 +525,11 @@ def test_template_with_an_unknown_variable_fails_instead_of_rendering_empty(
 def test_missing_template_is_a_failure_naming_the_directory(tmp_path: Path) -> None:
     with pytest.raises(FailedError, match=str(tmp_path)):
         render_grant(grant(), templates_dir=tmp_path)
+
+
+def test_check_hosts_names_the_first_node_that_cannot_be_a_host_field() -> None:
+    from broker.sudoers.render import check_hosts
+
+    check_hosts(["gpu01", "gpu02.hpc.test"])
+    with pytest.raises(UsageError, match="bad host 'GPU03'"):
+        check_hosts(["gpu01", "GPU03", "ALL"])
