@@ -54,8 +54,19 @@ def revoke_replaced(
     conn: sqlite3.Connection, node: str, path: str, serial: int, actor: str, now: datetime
 ) -> None:
     """A certificate of ours that bootstrap replaced (or one issued before serials were
-    stored): revoked, so the copy left on the node opens nothing."""
+    stored): revoked, so the copy left on the node opens nothing. Only this node's own: a
+    serial on record for another node is refused and audited, never revoked."""
     text = serial_text(serial)
+    owner = conn.execute("SELECT node FROM tunnel_certs WHERE serial = ?", (text,)).fetchone()
+    if owner is not None and owner[0] != node:
+        # Review finding: a node showing another node's certificate (a relay's, which every
+        # node of its zone is shown) would get it revoked, and the relay's zone cut off.
+        event = writer.EventInput(
+            actor, "session.cert.foreign", f"node:{node}", outcome="refused",
+            details={"serial": text, "issued_to": owner[0], "path": path},
+        )  # fmt: skip
+        writer.record(conn, event, now)
+        return
     conn.execute(
         "INSERT INTO tunnel_certs (serial, node, path) VALUES (?, ?, ?) "
         "ON CONFLICT (serial) DO NOTHING",
@@ -63,8 +74,8 @@ def revoke_replaced(
     )
     changed = conn.execute(
         "UPDATE tunnel_certs SET revoked_at = ?, revoked_by = ?, reason = 'superseded' "
-        "WHERE serial = ? AND revoked_at IS NULL",
-        (to_text(now), actor, text),
+        "WHERE serial = ? AND node = ? AND revoked_at IS NULL",
+        (to_text(now), actor, text, node),
     ).rowcount
     if changed:
         event = _event(actor, "session.cert.revoke", node, serial=text, reason="superseded")

@@ -173,7 +173,11 @@ class NodeTunnel:
     def replace(self, leaf: Leaf, old_pem: bytes | None) -> tls.Issued:
         """A new certificate, its serial stored first; the one it replaces, if this CA
         signed it, revoked (the node keeps the old file until the new one is renamed over)."""
-        if old_pem is not None and tls.issued_by(self.ca.cert_pem, old_pem):
+        if (
+            old_pem is not None
+            and tls.issued_by(self.ca.cert_pem, old_pem)
+            and tls.cert_names(old_pem)[0] == leaf.common  # this node's name, not another's
+        ):
             self.revoke(leaf, tls.serial_of(old_pem))
         issued = tls.issue(
             self.ca,

@@ -191,3 +191,31 @@ def test_a_serial_that_is_not_lower_case_hex_is_refused_by_the_store(broker_app:
             "INSERT INTO tunnel_certs (serial, node, path) VALUES (?, ?, ?)",
             ("1f'; DROP", "gpu01", carrier.NODE_CERT),
         )
+
+
+def test_a_node_showing_another_nodes_certificate_cannot_get_it_revoked(broker_app: App) -> None:
+    """Review finding: every node of a relay zone is shown the relay's certificate; copied
+    into its own tunnel's file, bootstrap revoked it and cut the relay's zone off."""
+    ca = with_ca(broker_app)
+    store = broker_app.ready_store()
+    relays = issue_recorded(broker_app, ca, "login01")
+
+    def revoke(leaf: Leaf, serial: int) -> None:
+        with store.transaction() as conn:
+            certs.revoke_replaced(conn, "gpu01", leaf.cert, serial, "unix:test", NOW)
+
+    def record(leaf: Leaf, pem: bytes) -> None:
+        with store.transaction() as conn:
+            certs.record_issued(conn, "gpu01", leaf.cert, pem, "unix:test", NOW)
+
+    base = node_tunnel(broker_app.settings, ca, "gpu01", "10.0.0.1", None, NOW)
+    tunnel = with_store(base, certs.current(store.conn, "gpu01"), record, revoke)
+    tunnel.replace(NODE_LEAF, relays.cert_pem)  # another node's name: not revoked at all
+    assert certs.revoked(store.conn) == []
+    # The same serial offered under this node's name (a forged leaf is not possible, but
+    # the store must refuse on its own): refused and audited, never revoked.
+    revoke(NODE_LEAF, tls.serial_of(relays.cert_pem))
+    assert certs.revoked(store.conn) == []
+    assert certs.current(store.conn, "login01") == {tls.serial_of(relays.cert_pem)}
+    [(target, details)] = audit(broker_app, "session.cert.foreign")
+    assert target == "node:gpu01" and '"issued_to":"login01"' in details
