@@ -111,6 +111,14 @@ def remove(ctx: typer.Context, name: str = typer.Argument(..., help="The node to
     output.say(f"removed {record.name} ({record.address} port {record.port})")
     for serial in record.revoked_serials:
         output.say(f"revoked its tunnel certificate, serial {serial} (on the session CA's CRL)")
+    if not record.revoked_serials:
+        # Review finding: a node last bootstrapped before serials were kept has a valid
+        # certificate the broker cannot name; removing it revoked nothing, silently.
+        output.warn(
+            f"no tunnel certificate of {record.name} is on record, so none was revoked: if it"
+            " was bootstrapped before this broker kept serials, its certificate stays valid"
+            " until it expires (see docs/sessions.md, 'Revoking a node's certificate')"
+        )
 
 
 @app.command()
