@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +27,8 @@ log = logging.getLogger("broker.sessions.certs")
 
 # Rewritten once a day: six days of margin before stunnel would refuse every node.
 CRL_RENEW_AFTER = timedelta(days=1)
+# The daemon's refresh thread and a `node remove` request may both write the CRL.
+_CRL_LOCK = threading.Lock()
 
 
 def serial_text(serial: int) -> str:
@@ -114,10 +117,11 @@ def revoked(conn: sqlite3.Connection) -> list[tuple[int, datetime]]:
 def write_crl(settings: Settings, store: Store, now: datetime) -> Path:
     """Sign the CRL of every revoked serial and put it where the log server's stunnel reads
     it: written beside, owner and mode set, fsynced, then renamed (never half a CRL)."""
-    ca = load_ca(settings)
-    data = tls.build_crl(ca, revoked(store.conn), now)
-    path = crl_path(settings)
-    write_private_file(path, data, None, 0o644)
+    with _CRL_LOCK:  # built and written as one step: an older CRL never lands last
+        ca = load_ca(settings)
+        data = tls.build_crl(ca, revoked(store.conn), now)
+        path = crl_path(settings)
+        write_private_file(path, data, None, 0o644)
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import stat
 from pathlib import Path
 
@@ -73,13 +74,17 @@ def write_private_file(
 ) -> None:
     """Write atomically: a temporary file with the final mode and owner, fsync, rename."""
     ensure_private_dir(path.parent, owner)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    # Unique per call, not per process: two threads writing the same file must not meet
+    # on O_EXCL (review finding: the CRL refresh and `node remove` did).
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not narrow (or widen) the intended mode
         if owner is not None:
             os.fchown(fd, *owner)
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
