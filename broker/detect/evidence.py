@@ -17,6 +17,7 @@ A finding is built from one of three kinds of evidence:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from broker.sessions.provenance import Provenance
@@ -26,6 +27,10 @@ from broker.sessions.provenance import Provenance
 HOOK_ACTIONS = frozenset(
     {"session.open", "session.close", "session.deny", "session.usage", "session.escape"}
 )
+# Events the broker writes (actor `broker`) whose verdict rests on a node's report alone:
+# `grant.drop_in` says what the node said its drop-in is. Only the reporting node may be
+# acted on, never a user (root there could otherwise revoke every user holding a grant).
+NODE_REPORTS = frozenset({"grant.drop_in"})
 USER_ACTIONS = frozenset({"lock_mfa", "revoke_grants"})
 NODE_ACTIONS = frozenset({"quarantine_node", "end_session"})
 
@@ -34,14 +39,23 @@ NODE_ACTIONS = frozenset({"quarantine_node", "end_session"})
 class Basis:
     """Where an alert's subject came from."""
 
-    kind: str  # broker | hook | recording
+    kind: str  # broker | hook | recording | node-report
     recording_id: str | None = None
     reporter: str | None = None  # hook: the node the event was collected from
 
 
-def basis_of(source: str, recording_id: str | None, actor: str | None, action: str | None) -> Basis:
+def basis_of(
+    source: str,
+    recording_id: str | None,
+    actor: str | None,
+    action: str | None,
+    details: Mapping[str, object] | None = None,
+) -> Basis:
     """From the alert's source (`session:ID:...` or `audit:SEQ`) and, for an audit source,
-    the audit event's actor and action."""
+    the audit event's actor, action and details."""
+    if action in NODE_REPORTS:  # the broker's event, the node's verdict (review finding)
+        node = (details or {}).get("node")
+        return Basis("node-report", reporter=node if isinstance(node, str) else None)
     if source.startswith("session:"):
         return Basis("recording", recording_id or source.split(":")[1])
     if action == "session.recorded":  # its actor names the node sudo claimed: not certain
@@ -61,6 +75,10 @@ def withheld(kind: str, target: str, basis: Basis, proof: Provenance | None) -> 
     the recording's provenance (recording basis) or the hook event user's (hook basis)."""
     if basis.kind == "broker":
         return None
+    if basis.kind == "node-report":
+        if kind in NODE_ACTIONS and action_node(kind, target) == basis.reporter:
+            return None
+        return f"withheld: only {basis.reporter or 'a node'}'s report speaks for {target}"
     if basis.kind == "recording":
         if proof is not None and proof.corroborated:
             return None

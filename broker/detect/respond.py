@@ -143,7 +143,9 @@ class Responder:
         origin = alerts.alert_origin(conn, alert_id)
         if origin is None:
             return "withheld: the alert is gone"
-        basis = evidence.basis_of(origin.source, origin.recording_id, origin.actor, origin.action)
+        basis = evidence.basis_of(
+            origin.source, origin.recording_id, origin.actor, origin.action, origin.details
+        )
         proof = None
         if basis.kind == "recording" and basis.recording_id:
             proof = self._recording_proof(basis.recording_id, now)

@@ -106,6 +106,18 @@ def test_which_actions_each_kind_of_evidence_allows() -> None:
     )
 
 
+def test_a_nodes_drop_in_report_may_act_on_that_node_only() -> None:
+    """Review finding: `grant.drop_in` is the broker's event but the node's verdict; root on
+    a node could otherwise have every user holding a grant there locked or revoked."""
+    yes = Provenance("corroborated", "ok")
+    report = basis_of("audit:12", None, "broker", "grant.drop_in", {"node": "gpu01"})
+    assert report == Basis("node-report", reporter="gpu01")
+    assert withheld("quarantine_node", "gpu01", report, None) is None
+    assert withheld("quarantine_node", "gpu02", report, None) is not None
+    for kind in ("revoke_grants", "lock_mfa"):
+        assert "only gpu01's report" in (withheld(kind, "alice", report, yes) or "")
+
+
 # ---------------------------------------------------------------- the index and the responder
 
 
