@@ -1,0 +1,48 @@
+"""Schema migrations from 10 on (broker.store.migrations runs FIRST + LATER in order)."""
+
+from __future__ import annotations
+
+from broker.store.schema_base import Migration
+
+LATER: tuple[Migration, ...] = (
+    Migration(
+        10,
+        "drop-in integrity: what was pushed per grant and node, and what the node shows",
+        (
+            # The sha256 of the drop-in text sent with the last successful push; NULL for a
+            # grant pushed before this migration (then only owner and mode are checked).
+            "ALTER TABLE grant_nodes ADD COLUMN drop_in_sha256 TEXT",
+            # Why the drop-in on the node is not what sudo should read (missing, changed,
+            # ignored by sudo); NULL while it is fine. A live row with a problem is not live.
+            "ALTER TABLE grant_nodes ADD COLUMN drop_in_problem TEXT",
+            "ALTER TABLE grant_nodes ADD COLUMN drop_in_checked_at TEXT",
+        ),
+    ),
+    Migration(
+        11,
+        "recording tunnel certificates: serials issued to nodes, revocations",
+        (
+            """CREATE TABLE tunnel_certs (
+                serial TEXT PRIMARY KEY
+                    CHECK (serial NOT GLOB '*[^0-9a-f]*' AND length(serial) BETWEEN 1 AND 40),
+                node TEXT NOT NULL,
+                path TEXT NOT NULL,
+                issued_at TEXT,
+                not_after TEXT,
+                revoked_at TEXT,
+                revoked_by TEXT,
+                reason TEXT CHECK (reason IN ('node-removed', 'superseded'))
+            ) WITHOUT ROWID""",
+            "CREATE INDEX tunnel_certs_node ON tunnel_certs (node)",
+        ),
+    ),
+    Migration(
+        12,
+        "hook events by node, user and time: what corroborates a recording",
+        (
+            # Every listed recording asks for its user's open events on its node near its
+            # start (sessions/provenance.py); without this a busy node's events are scanned.
+            "CREATE INDEX session_events_user ON session_events (node, user, kind, at)",
+        ),
+    ),
+)
