@@ -314,13 +314,10 @@ class GrantsSection(_Section):
     signing_key: AbsPath | None = None
     # How often the daemon expires requests and grants and retries removals from nodes.
     reap_interval: Duration = timedelta(seconds=30)
-    # Drop-in integrity (docs/grants.md): what the broker does when a node's
-    # /etc/sudoers.d/broker_<id> is missing, changed or ignored by sudo (e.g. chmod 666).
-    # Both raise the `drop-in-tampered` alert and mark the grant broken there; "repair"
-    # also pushes the grant to that node again at the next scheduler tick.
+    # A drop-in missing, changed or ignored by sudo (docs/grants.md): both alert and mark
+    # the grant broken there; "repair" also pushes it again at the next scheduler tick.
     drop_in_integrity: Literal["repair", "alert"] = "repair"
-    # How often the daemon asks every node holding live grants for its drop-ins (also
-    # done by `broker node status`); at least 10 s.
+    # How often the daemon asks nodes holding live grants for their drop-ins (>= 10 s).
     drop_in_check_interval: Duration = timedelta(minutes=5)
 
     @field_validator("drop_in_check_interval")
