@@ -308,6 +308,7 @@ class App:
         from broker.fleet.pool import shared_pool  # lazy: start-up (module doc)
         from broker.grants.delivery import GrantRules  # lazy: start-up (module doc)
         from broker.grants.service import GrantService  # lazy: start-up (module doc)
+        from broker.notify.notices import RequestNotices
 
         if self._grants is None:
             self._grants = GrantService(
@@ -323,6 +324,7 @@ class App:
                 snapshot=self.directory().snapshot,
                 mfa=self.mfa().require,
                 refusals=self.refusals(),
+                notices=RequestNotices(self.settings.notify),
             )
         return self._grants
 

@@ -9,45 +9,20 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from broker.core.durations import parse_duration
-from broker.core.errors import UsageError
+from broker.config.fields import AbsPath, Duration, Section, webhook_url_problem
+from broker.config.notify import NotifySection
 
 _POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9._/-]{1,200}@[A-Z0-9.-]{1,200}$")
 _DN_COMPONENT = re.compile(r"^(?:DC|dc)=[A-Za-z0-9-]{1,63}$")
 
 
-def _duration(value: object) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected a duration string such as 10s, 30m, 1h30m")
-    try:
-        return parse_duration(value)
-    except UsageError as exc:
-        raise ValueError(exc.one_line()) from exc
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-AbsPath = Annotated[Path, BeforeValidator(lambda v: _absolute_path(v))]
-
-
-def _absolute_path(value: object) -> Path:
-    if not isinstance(value, str | Path) or not str(value):
-        raise ValueError("expected an absolute path")
-    path = Path(value)
-    if not path.is_absolute() or "\x00" in str(value):
-        raise ValueError("expected an absolute path")
-    return path
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = Section
 
 
 class BrokerSection(_Section):
@@ -465,33 +440,6 @@ SyslogFacility = Literal[
 ]
 
 
-def _webhook_url_problem(value: str) -> str | None:
-    """Why `value` is no acceptable webhook URL, in words that never repeat the URL itself
-    (it could carry a password or token, and errors end up in logs)."""
-    if not value.isascii() or not value.isprintable() or " " in value:
-        return "webhook_url must be a plain ASCII URL without spaces or control characters"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        return "webhook_url is not a valid URL (check the host and port)"
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return "webhook_url must be an http://HOST[:PORT]/PATH or https://HOST[:PORT]/PATH URL"
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        return (
-            "webhook_url must not carry a user name or password; "
-            "the webhook is authenticated by the HMAC key in webhook_secret_file"
-        )
-    if parts.query or parts.fragment or "?" in value or "#" in value:
-        return (
-            "webhook_url must not carry a query or fragment (tokens there leak into logs); "
-            "the webhook is authenticated by the HMAC key in webhook_secret_file"
-        )
-    if port == 0:
-        return "webhook_url has port 0"
-    return None
-
-
 class AlertsSection(_Section):
     """Where detection alerts go: syslog, and optionally a webhook signed with HMAC-SHA256
     (retried with backoff, never blocking the broker)."""
@@ -514,7 +462,7 @@ class AlertsSection(_Section):
         # Checked here rather than in a field validator, so that a refused URL (which may
         # carry a secret) is never echoed in the configuration error.
         if isinstance(data, dict) and isinstance(data.get("webhook_url"), str):
-            problem = _webhook_url_problem(data["webhook_url"])
+            problem = webhook_url_problem(data["webhook_url"])
             if problem is not None:
                 raise ValueError(problem)
         return data
@@ -559,6 +507,7 @@ class Settings(_Section):
     keytabs: KeytabsSection = KeytabsSection()
     sessions: SessionsSection = SessionsSection()
     alerts: AlertsSection = AlertsSection()
+    notify: NotifySection = NotifySection()
 
     @property
     def db_path(self) -> Path:

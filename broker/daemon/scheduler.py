@@ -22,6 +22,7 @@ from broker.core.timeutil import utcnow
 from broker.daemon.liveness import HEARTBEATS, Heartbeats
 from broker.detect.notify import Deliverer
 from broker.detect.runner import BATCH
+from broker.notify.deliver import NoticeDeliverer
 
 log = logging.getLogger("broker.scheduler")
 
@@ -198,11 +199,13 @@ class Scheduler:
         app = App(self._settings)
         try:
             deliverer = Deliverer(app.ready_store(), self._settings)
+            notices = NoticeDeliverer(app.ready_store(), self._settings)
             while not self._stop.wait(NOTIFY_EVERY_S):
                 try:
                     deliverer.run_once(utcnow())
+                    notices.run_once(utcnow())
                 except Exception:
-                    log.exception("alert delivery pass failed")
+                    log.exception("alert or request notice delivery pass failed")
                     continue
                 self._beats.success()
         finally:

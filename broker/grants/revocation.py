@@ -21,6 +21,7 @@ from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.grants import push, rows
 from broker.grants.model import Grant
+from broker.grants.notices import NoticeQueue
 from broker.grants.reader import GrantReader
 from broker.policy.evaluate import decide
 from broker.policy.model import Policy
@@ -52,8 +53,10 @@ class Revocation:
         pool: Callable[[], SshPool],
         policy: Callable[[], tuple[str, Policy] | None],
         snapshot: Callable[[datetime], Snapshot],
+        notice: NoticeQueue | None = None,
     ) -> None:
         self._store = store
+        self._notice = notice
         self._pool = pool  # built on first use: re-checking with nothing to revoke needs no SSH
         self._policy = policy
         self._snapshot = snapshot
@@ -185,6 +188,8 @@ class Revocation:
                             ),
                             now,
                         )
+                        if self._notice is not None:
+                            self._notice(tx, "expired", request_id, now)
                 for g in expiring:
                     if rows.end_grant(tx, g.id, "expired", by="broker", reason="expired", now=now):
                         report.grants_expired.append(g.id)

@@ -30,14 +30,16 @@ from broker.fleet.pool import SshPool
 from broker.fleet.quarantine import quarantines
 from broker.fleet.ssh import NodeTarget
 from broker.grants import push, records, rows
+from broker.grants.approvers import approver_check, approver_holds
 from broker.grants.delivery import Delivery, GrantRules
 from broker.grants.grantfile import validate_reason
 from broker.grants.model import Grant, Request
+from broker.grants.notices import notice_queue
 from broker.grants.plan import ElevationPlan
 from broker.grants.precheck import planned
 from broker.grants.reader import GrantReader
 from broker.grants.revocation import ReapReport, Revocation, RevokeResult
-from broker.policy.evaluate import state_at
+from broker.notify.notices import RequestNotices
 from broker.policy.model import Policy
 from broker.policy.names import require_unix_name
 from broker.store.db import Store
@@ -69,6 +71,7 @@ class GrantService:
         snapshot: Callable[[datetime], Snapshot],
         mfa: MfaCheck,
         refusals: RefusalRecorder,
+        notices: RequestNotices | None = None,
     ) -> None:
         self._store = store
         self._refusals = refusals
@@ -79,7 +82,10 @@ class GrantService:
         self._snapshot = snapshot
         self._mfa = mfa
         self._delivery = Delivery(store=store, pool=pool, signing_key=signing_key, rules=rules)
-        self._ending = Revocation(store=store, pool=lambda: pool, policy=policy, snapshot=snapshot)
+        self._notice = notice_queue(notices, snapshot)  # approvers and requesters hear
+        self._ending = Revocation(
+            store=store, pool=lambda: pool, policy=policy, snapshot=snapshot, notice=self._notice
+        )
 
     # ------------------------------------------------------------ elevate
 
@@ -236,6 +242,7 @@ class GrantService:
             with self._store.transaction() as conn:
                 rows.insert_request(conn, request)
                 writer.record(conn, records.request_event(actor, request, plan), now)
+                self._notice(conn, "requested", request.id, now)
             return ElevationResult(None, request)
         grant = self._issue(
             account,
@@ -308,36 +315,10 @@ class GrantService:
                     fix="see `broker requests list --state ''`",
                 )
             writer.record(conn, records.issue_event(actor, grant), now)
+            if request_id is not None:
+                self._notice(conn, "approved", request_id, now)
 
     # ------------------------------------------------------------ approvals
-
-    def _approver_check(self, request: Request, approver: Account, now: datetime) -> None:
-        if request.state != "pending":
-            raise RefusedError(
-                f"request {request.id} is {request.state}, not pending",
-                fix="list open requests with `broker requests list`",
-            )
-        if request.expires_at <= now:
-            raise RefusedError(
-                f"request {request.id} expired at {request.expires_at:%Y-%m-%d %H:%M:%SZ}",
-                fix="the requester must elevate again",
-            )
-        if approver.sid == request.sid:
-            raise RefusedError(
-                f"{approver.name} requested {request.id} and may not approve or deny it",
-                fix=f"ask a member of {', '.join(request.approver_groups)}",
-            )
-        require_unix_name(approver.name, "approver")
-        if (
-            state_at(approver, now) != "enabled"
-            or not approver.eligible
-            or not (set(request.approver_groups) & approver.groups)
-        ):
-            raise RefusedError(
-                f"{approver.name} is not in an approver group of {request.id} "
-                f"({', '.join(request.approver_groups)})",
-                fix="ask a member of one of those groups",
-            )
 
     def approve(
         self,
@@ -353,7 +334,7 @@ class GrantService:
         """Record an approval; with enough of them, issue the grant and push it."""
         with self._approval_refusals(request_id, approver, "approve", actor, now):
             request = self.request(request_id)
-            self._approver_check(request, approver, now)
+            approver_check(request, approver, now)
         self._mfa(approver, code, "approve", actor)
         with self._approval_refusals(request_id, approver, "approve", actor, now):
             self._store_approval(request, approver, actor, now)
@@ -421,7 +402,7 @@ class GrantService:
         holding = tuple(
             name
             for name in approvers
-            if _approver_holds(snapshot.account(name), wanted.groups, request.sid, now)
+            if approver_holds(snapshot.account(name), wanted.groups, request.sid, now)
         )
         if len(holding) < wanted.count:
             return ElevationResult(None, request)
@@ -498,7 +479,7 @@ class GrantService:
         reason = validate_reason(reason)
         with self._approval_refusals(request_id, approver, "deny", actor, now):
             request = self.request(request_id)
-            self._approver_check(request, approver, now)
+            approver_check(request, approver, now)
         self._mfa(approver, code, "deny", actor)
         with (
             self._approval_refusals(request_id, approver, "deny", actor, now),
@@ -527,6 +508,7 @@ class GrantService:
                 ),
                 now,
             )
+            self._notice(conn, "denied", request_id, now)
         return self.request(request_id)
 
     def request(self, request_id: str) -> Request:
@@ -586,15 +568,3 @@ class GrantService:
 
     def recheck(self, *, actor: str, cause: str, now: datetime) -> list[str]:
         return self._ending.recheck(actor=actor, cause=cause, now=now)
-
-
-def _approver_holds(
-    account: Account | None, groups: tuple[str, ...], requester_sid: str, now: datetime
-) -> bool:
-    return (
-        account is not None
-        and account.sid != requester_sid
-        and account.eligible
-        and state_at(account, now) == "enabled"
-        and bool(set(groups) & account.groups)
-    )

@@ -45,4 +45,30 @@ LATER: tuple[Migration, ...] = (
             "CREATE INDEX session_events_user ON session_events (node, user, kind, at)",
         ),
     ),
+    Migration(
+        14,
+        "request notices: the outbox of approver and requester notifications",
+        (
+            """CREATE TABLE request_notices (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                request_id TEXT NOT NULL,
+                kind TEXT NOT NULL
+                    CHECK (kind IN ('requested', 'approved', 'denied', 'expired')),
+                channel TEXT NOT NULL CHECK (channel IN ('webhook', 'email')),
+                recipient TEXT NOT NULL DEFAULT '',
+                subject TEXT NOT NULL,
+                body TEXT NOT NULL,
+                event TEXT NOT NULL,
+                state TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'sent', 'failed')),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_at TEXT NOT NULL,
+                last_error TEXT,
+                created_at TEXT NOT NULL,
+                sent_at TEXT
+            )""",
+            "CREATE INDEX request_notices_due ON request_notices (state, next_at)",
+            "CREATE INDEX request_notices_request ON request_notices (request_id)",
+        ),
+    ),
 )

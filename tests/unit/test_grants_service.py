@@ -26,6 +26,7 @@ from broker.fleet.ssh import CommandResult, NodeTarget
 from broker.grants import rows
 from broker.grants.delivery import GrantRules
 from broker.grants.service import GrantService
+from broker.notify.notices import RequestNotices
 from broker.policy.load import load_policy
 from broker.policy.model import Policy
 from tests.unit.policy_samples import LAB_POLICY, NOW, account
@@ -71,8 +72,9 @@ class FakeNodes:
 
 
 class World:
-    def __init__(self, app: App, tmp: Path) -> None:
+    def __init__(self, app: App, tmp: Path, notices: RequestNotices | None = None) -> None:
         self.app = app
+        self.notices = notices
         self.store = app.ready_store()
         self.nodes = FakeNodes()
         self.accounts = {a.name: a for a in (ALICE, CAROL, FRANK, GRACE)}
@@ -111,6 +113,7 @@ class World:
             snapshot=lambda now: MemorySnapshot.of(self.accounts.values()),
             mfa=lambda account, code, purpose, actor: None,
             refusals=RefusalRecorder(self.store, RefusalLimiter()),
+            notices=self.notices,
         )
 
     def policy(self) -> tuple[str, Policy]:

@@ -1,0 +1,70 @@
+"""Field types and checks the configuration sections share (settings.py, notify.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from broker.core.durations import parse_duration
+from broker.core.errors import UsageError
+
+
+class Section(BaseModel):
+    """A configuration section: unknown keys are refused (a typo never passes silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a duration string such as 10s, 30m, 1h30m")
+    try:
+        return parse_duration(value)
+    except UsageError as exc:
+        raise ValueError(exc.one_line()) from exc
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+AbsPath = Annotated[Path, BeforeValidator(lambda v: _absolute_path(v))]
+
+
+def _absolute_path(value: object) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("expected an absolute path")
+    path = Path(value)
+    if not path.is_absolute() or "\x00" in str(value):
+        raise ValueError("expected an absolute path")
+    return path
+
+
+def webhook_url_problem(value: str) -> str | None:
+    """Why `value` is no acceptable webhook URL, in words that never repeat the URL itself
+    (it could carry a password or token, and errors end up in logs)."""
+    if not value.isascii() or not value.isprintable() or " " in value:
+        return "webhook_url must be a plain ASCII URL without spaces or control characters"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "webhook_url is not a valid URL (check the host and port)"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "webhook_url must be an http://HOST[:PORT]/PATH or https://HOST[:PORT]/PATH URL"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return (
+            "webhook_url must not carry a user name or password; "
+            "the webhook is authenticated by the HMAC key in webhook_secret_file"
+        )
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return (
+            "webhook_url must not carry a query or fragment (tokens there leak into logs); "
+            "the webhook is authenticated by the HMAC key in webhook_secret_file"
+        )
+    if port == 0:
+        return "webhook_url has port 0"
+    return None
