@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from broker.config.forwarding import ForwardFields
 from broker.core.durations import parse_duration
 from broker.core.errors import UsageError
 
@@ -84,8 +85,8 @@ class StoreSection(_Section):
         return value
 
 
-class AuditSection(_Section):
-    """The audit hash chain and where its signed checkpoints are copied."""
+class AuditSection(_Section, ForwardFields):
+    """The audit chain, where its signed checkpoints go, and live forwarding (forwarding.py)."""
 
     checkpoint_log: AbsPath | None = None
     checkpoint_copy: AbsPath | None = None

@@ -45,4 +45,17 @@ LATER: tuple[Migration, ...] = (
             "CREATE INDEX session_events_user ON session_events (node, user, kind, at)",
         ),
     ),
+    Migration(
+        13,
+        "the audit forwarder's cursor: the last event each SIEM target took",
+        (
+            # One row per `audit.forward` target: a new target starts at the chain's
+            # beginning; `seq` only moves forward, after the receiver took the events.
+            """CREATE TABLE audit_forward (
+                target TEXT PRIMARY KEY,
+                seq INTEGER NOT NULL CHECK (seq >= 0),
+                updated_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
