@@ -7,17 +7,24 @@ and gets nothing twice; the cursor outlives the daemon."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from broker.audit import forward, rfc5424, writer
 from broker.audit.chain import AuditEvent, event_hash
@@ -47,16 +54,25 @@ def free_port() -> int:
 class Rsyslog:
     """rsyslogd in the foreground with its own config, stoppable and restartable."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.dir = directory
         self.port = free_port()
         self.sock = directory / "log.sock"
         self.out = directory / "received.log"
         self.conf = directory / "rsyslog.conf"
+        tcp = 'module(load="imtcp")\n'
+        if tls is not None:  # imtcp over TLS (rsyslog-openssl), the server's key and chain
+            ca, cert, key = tls
+            tcp = (
+                f'global(DefaultNetstreamDriverCAFile="{ca}" DefaultNetstreamDriverCertFile='
+                f'"{cert}" DefaultNetstreamDriverKeyFile="{key}")\n'
+                'module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1"'
+                ' StreamDriver.AuthMode="anon")\n'
+            )
         self.conf.write_text(
             f'global(workDirectory="{directory}")\n'
             'module(load="imuxsock" SysSock.Use="off")\n'
-            'module(load="imtcp")\n'
+            f"{tcp}"
             f'input(type="imuxsock" Socket="{self.sock}" UseSpecialParser="off"'
             ' ParseHostname="on" RateLimit.Interval="0")\n'
             f'input(type="imtcp" address="127.0.0.1" port="{self.port}")\n'
@@ -75,7 +91,7 @@ class Rsyslog:
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.dir / "rsyslogd.err").read_text()
+            assert self.proc.poll() is None, (self.dir / "rsyslogd.err").read_text()[-2000:]
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
                 if self.sock.exists():
                     return
@@ -109,6 +125,57 @@ def rsyslog() -> Iterator[Rsyslog]:
     receiver.start()
     try:
         yield receiver
+    finally:
+        receiver.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def make_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test SIEM CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = (directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[2].chmod(0o600)
+    return paths
+
+
+@pytest.fixture
+def tls_rsyslog() -> Iterator[tuple[Rsyslog, Path]]:
+    directory = Path(tempfile.mkdtemp(prefix="rsl-", dir="/tmp"))
+    pki = make_pki(directory)
+    receiver = Rsyslog(directory, tls=pki)
+    receiver.start()
+    try:
+        yield receiver, pki[0]
     finally:
         receiver.stop()
         shutil.rmtree(directory, ignore_errors=True)
@@ -227,6 +294,30 @@ def test_a_receiver_that_was_down_gets_every_event_once_in_order(
     assert rsyslog.seqs() == list(range(1, 12))  # and nothing twice
 
 
+needs_tls_rsyslog = pytest.mark.skipif(
+    RSYSLOGD is None or not list(Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so")),
+    reason="rsyslogd or its TLS driver is not installed (deploy/install-deps.sh installs"
+    " rsyslog and rsyslog-openssl)",
+)
+
+
+@needs_tls_rsyslog
+def test_tls_checks_the_receivers_certificate_and_delivers(
+    tls_rsyslog: tuple[Rsyslog, Path], store: Store, tmp_path: Path
+) -> None:
+    receiver, ca = tls_rsyslog
+    add_events(store, 3)
+    target = f"tls://127.0.0.1:{receiver.port}"
+    other = make_pki(tmp_path)[0]  # a CA that did not sign the receiver's certificate
+    refused = Forwarder(store, audit(target, forward_ca_file=str(other))).run_once()
+    assert refused.error is not None and "certificate" in refused.error and refused.sent == 0
+    report = Forwarder(store, audit(target, forward_ca_file=str(ca))).run_once()
+    assert report.error is None and report.sent == 3 and report.backlog == 0
+    assert receiver.wait_for(3) == [1, 2, 3]
+    time.sleep(0.3)
+    assert receiver.seqs() == [1, 2, 3]
+
+
 def test_a_stopped_receiver_is_an_error_and_the_cursor_stays(store: Store, tmp_path: Path) -> None:
     add_events(store, 2)
     report = Forwarder(store, audit(f"tcp://127.0.0.1:{free_port()}")).run_once()
@@ -276,3 +367,48 @@ def test_the_daemon_forwards_and_its_cursor_survives_a_restart(
         assert rsyslog.wait_for(total, timeout=30) == list(range(1, total + 1))
         time.sleep(1.5)
     assert rsyslog.seqs() == list(range(1, total + 1))  # the restart resent nothing
+
+
+def test_a_stream_socket_at_the_unix_path_gets_octet_counted_frames(
+    store: Store, tmp_path: Path
+) -> None:
+    """syslog-ng's unix-stream(): the datagram send is refused by the socket type, the
+    same batch goes out framed on a stream, and only the receiver's close ends it."""
+    path = Path(tempfile.mkdtemp(prefix="us-", dir="/tmp")) / "s.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while chunk := conn.recv(65536):
+                received.append(chunk)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    add_events(store, 2)
+    report = Forwarder(store, audit(f"unix:{path}")).run_once()
+    thread.join(5)
+    listener.close()
+    shutil.rmtree(path.parent)
+    assert report.error is None and report.sent == 2
+    data, frames = b"".join(received), []
+    while data:
+        length, _, rest = data.partition(b" ")
+        frames.append(rest[: int(length)])
+        data = rest[int(length) :]
+    assert [f.split(b" ")[5] for f in frames] == [b"grant.issue", b"grant.issue"]
+    assert b'seq="2"' in frames[1]
+
+
+def test_the_examples_forward_keys_are_valid_and_a_ca_file_needs_tls() -> None:
+    keys = {"forward": "tls://siem.example.org:6514", "forward_ca_file": "/etc/broker/ca.pem",
+            "forward_batch": 500, "forward_timeout": "5s", "forward_backoff": "1s"}  # fmt: skip
+    assert str(Settings.model_validate({"audit": keys}).audit.forward_target) == keys["forward"]
+    with pytest.raises(ValueError, match="only used with forward"):
+        Settings.model_validate({"audit": {**keys, "forward": "tcp://siem:514"}})
+    for bad in ("udp://siem:514", "tcp://siem", "tcp://si em:1", "unix:rel", "unix:/a/../b"):
+        with pytest.raises(ValueError, match=r"audit\.forward must be"):
+            Settings.model_validate({"audit": {"forward": bad}})
