@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.audit import forward, rfc5424, writer
 from broker.audit.chain import AuditEvent, event_hash
@@ -211,6 +213,12 @@ def audit(forward_to: str, **extra: object) -> AuditSection:
     return Settings.model_validate({"audit": {"forward": forward_to, **extra}}).audit
 
 
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+    return {s.name: s.value for family in families for s in family.samples if not s.labels}
+
+
 def unescape(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value)
 
@@ -338,6 +346,11 @@ def test_the_daemon_forwards_and_its_cursor_survives_a_restart(
         tmp_path,
         f'forward = "tcp://127.0.0.1:{rsyslog.port}"\nforward_backoff = "1s"\n',
     )
+    metrics = free_port()
+    text = config.read_text().replace(
+        "[daemon]\n", f'[daemon]\nmetrics_listen = "127.0.0.1:{metrics}"\n'
+    )
+    config.write_text(text)
     assert run_broker("init", config=config).returncode == 0
     db = tmp_path / "state" / "broker.db"
 
@@ -356,6 +369,7 @@ def test_the_daemon_forwards_and_its_cursor_survives_a_restart(
         extra = Store.open(db, owner=None)
         add_events(extra, 5)  # written by another process while the receiver is down
         extra.close()
+        assert scrape(metrics)["broker_audit_forward_backlog"] == 5.0
         rsyslog.start()
         assert rsyslog.wait_for(first + 5, timeout=30) == list(range(1, first + 6))
     time.sleep(0.5)
@@ -366,6 +380,7 @@ def test_the_daemon_forwards_and_its_cursor_survives_a_restart(
         total = head()
         assert rsyslog.wait_for(total, timeout=30) == list(range(1, total + 1))
         time.sleep(1.5)
+        assert scrape(metrics)["broker_audit_forward_backlog"] == 0.0
     assert rsyslog.seqs() == list(range(1, total + 1))  # the restart resent nothing
 
 
