@@ -8,7 +8,7 @@ PACKAGES=(
   samba samba-ad-dc samba-ad-provision winbind krb5-user ldap-utils python3-sss
   openssh-server openssh-client sudo pamtester stunnel4
   python3 python3-venv python3-dev libkrb5-dev gcc
-  util-linux iproute2 openssl sqlite3 curl tzdata
+  util-linux iproute2 openssl sqlite3 curl tzdata rsyslog rsyslog-openssl
   make clang libclang-rt-14-dev binutils libpam0g-dev libsodium-dev
 )
 

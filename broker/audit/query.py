@@ -42,6 +42,31 @@ def happened_since(conn: sqlite3.Connection, action: str, target: str, since: st
     return row is not None
 
 
+def forward_cursor(conn: sqlite3.Connection, target: str) -> int:
+    """The last seq the forwarder delivered to `target` (0: nothing yet)."""
+    row = conn.execute("SELECT seq FROM audit_forward WHERE target = ?", (target,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def advance_forward_cursor(conn: sqlite3.Connection, target: str, seq: int, now: str) -> bool:
+    """Move `target`'s cursor to `seq`, only forward (in the caller's transaction); False
+    when it already stood there or further (another forwarder was first)."""
+    if not conn.in_transaction:
+        raise RuntimeError("the forward cursor moves inside Store.transaction()")
+    changed = conn.execute(
+        "INSERT INTO audit_forward (target, seq, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (target) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
+        " WHERE excluded.seq > audit_forward.seq",
+        (target, seq, now),
+    ).rowcount
+    return bool(changed)
+
+
+def head_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT max(seq) FROM audit_events").fetchone()
+    return int(row[0] or 0)
+
+
 def iter_events(conn: sqlite3.Connection, filt: EventFilter) -> Iterator[AuditEvent]:
     clauses: list[str] = ["seq > ?"]
     params: list[int | str] = [filt.after_seq]

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from broker.config.fields import AbsPath, Duration, Section, webhook_url_problem
+from broker.config.forwarding import ForwardFields
 from broker.config.notify import NotifySection
 
 _POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -59,8 +60,8 @@ class StoreSection(_Section):
         return value
 
 
-class AuditSection(_Section):
-    """The audit hash chain and where its signed checkpoints are copied."""
+class AuditSection(_Section, ForwardFields):
+    """The audit chain, where its signed checkpoints go, and live forwarding (forwarding.py)."""
 
     checkpoint_log: AbsPath | None = None
     checkpoint_copy: AbsPath | None = None

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from broker.app import App
+from broker.audit import forward
 from broker.config.settings import Settings
 from broker.core import counters
 from broker.core.timeutil import utcnow
@@ -95,10 +96,12 @@ class BrokerCollector(Collector):
             app = self._app
             now = utcnow()
             health = evaluate(app, self._beats, now)
+            forwarding: int | None = None
             try:
                 found: gauges.StoreGauges | None = gauges.read(
                     app.store().conn, self._settings.checkpoint_log, now
                 )
+                forwarding = forward.backlog(app.store().conn, self._settings.audit)
             except Exception:  # health's store check already says why
                 log.exception("metrics: reading the store failed")
                 found = None
@@ -106,6 +109,12 @@ class BrokerCollector(Collector):
         yield from self._threads()
         if found is not None:
             yield from self._store(found)
+        if forwarding is not None:  # only while audit.forward is set
+            yield GaugeMetricFamily(
+                "broker_audit_forward_backlog",
+                "Audit events the SIEM (audit.forward) has not taken yet.",
+                value=float(forwarding),
+            )
         for name, text, key in _COUNTERS:
             yield CounterMetricFamily(name, text, value=counters.totals()[key])
 

@@ -1,7 +1,8 @@
 """The daemon's scheduler: expire requests and grants, retry removals, re-check grants
 against the directory and policy, repair broken drop-ins, collect session events; check
 the drop-ins of live grants every `grants.drop_in_check_interval`. One thread, its own App.
-Beside it the indexer, detector, responder and notifier, each a thread with its own App;
+Beside it the indexer, detector, responder and notifier, each a thread with its own App,
+and, when `audit.forward` is set, the audit forwarder (broker-forwarder);
 every thread marks each pass that raised nothing in the heartbeats (liveness.py), which
 `/v1/health`, the metrics and the systemd watchdog read.
 
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from broker.app import App
+from broker.audit.forward import Forwarder
 from broker.config.settings import Settings
 from broker.core.timeutil import utcnow
 from broker.daemon.liveness import HEARTBEATS, Heartbeats
@@ -113,6 +115,8 @@ def refresh_crl(app: App) -> None:
 DETECT_EVERY_S = 1.0
 RESPOND_EVERY_S = 1.0
 NOTIFY_EVERY_S = 1.0
+# Audit events reach the SIEM within about this long of their commit.
+FORWARD_EVERY_S = 0.5
 QUARANTINE_RETRY_S = 30.0
 
 
@@ -139,6 +143,8 @@ class Scheduler:
             (self._respond, "broker-responder", RESPOND_EVERY_S, SSH_FLOOR_S),
             (self._notify, "broker-notifier", NOTIFY_EVERY_S, WEBHOOK_FLOOR_S),
         ]
+        if settings.audit.forward is not None:
+            plan.append((self._forward, "broker-forwarder", FORWARD_EVERY_S, WEBHOOK_FLOOR_S))
         self._threads = [
             threading.Thread(target=target, name=name, daemon=True) for target, name, _, _ in plan
         ]
@@ -208,6 +214,25 @@ class Scheduler:
                     log.exception("alert or request notice delivery pass failed")
                     continue
                 self._beats.success()
+        finally:
+            app.close()
+
+    def _forward(self) -> None:
+        """Send the audit events after the cursor; a full batch means a backlog: go on at once."""
+        app = App(self._settings)
+        try:
+            forwarder = Forwarder(app.ready_store(), self._settings.audit)
+            wait = FORWARD_EVERY_S
+            while not self._stop.wait(wait):
+                wait = FORWARD_EVERY_S
+                try:
+                    report = forwarder.run_once()
+                except Exception:  # never stop forwarding for one bad pass
+                    log.exception("audit forwarding pass failed")
+                    continue
+                self._beats.success()
+                if report.error is None and report.sent >= self._settings.audit.forward_batch:
+                    wait = 0.0
         finally:
             app.close()
 

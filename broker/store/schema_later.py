@@ -46,6 +46,19 @@ LATER: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        13,
+        "the audit forwarder's cursor: the last event each SIEM target took",
+        (
+            # One row per `audit.forward` target: a new target starts at the chain's
+            # beginning; `seq` only moves forward, after the receiver took the events.
+            """CREATE TABLE audit_forward (
+                target TEXT PRIMARY KEY,
+                seq INTEGER NOT NULL CHECK (seq >= 0),
+                updated_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
+    Migration(
         14,
         "request notices: the outbox of approver and requester notifications",
         (
