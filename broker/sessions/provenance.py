@@ -72,15 +72,25 @@ def judge_recording(
     started: datetime | None,
     grant: GrantSpan | None,
     opens: Sequence[HookOpen],
+    recordings: int = 1,
 ) -> Provenance:
     """Corroborated only when the node's own hook saw the same user open a session (under
-    the same grant, or break-glass) within SLACK of the recording's start, and a grant of
-    that user on that node holds the start (break-glass needs none)."""
+    the same grant, or break-glass) within SLACK of the recording's start, a grant of that
+    user on that node holds the start (break-glass needs none), and the `recordings` that
+    name this node and user within SLACK are no more than the hook's opens there (one
+    event never vouches for two recordings)."""
     if not node or not user or started is None:
         return _no("the recording names no node, user or start")
     near = [o for o in opens if o.user == user and abs(o.at - started) <= SLACK]
     if not near:
         return _no(f"no hook event from {node} for {user} at {to_second_text(started)}")
+    if recordings > len(opens):
+        # One sudo opens one PAM session: more recordings than opens in the window means
+        # some were not made by that node's sudo; none of them is taken as evidence.
+        return _no(
+            f"{recordings} recordings of {user} on {node} near {to_second_text(started)}"
+            f" but {len(opens)} hook event(s)"
+        )
     if grant is None:
         if any(o.grant_id == BREAK_GLASS for o in near):
             return Provenance(CORROBORATED, f"{node}'s hook recorded a break-glass session")

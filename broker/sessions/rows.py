@@ -337,6 +337,19 @@ def hook_opens(
     return [(str(u), None if g is None else str(g), str(a)) for u, g, a in rows]
 
 
+def recordings_near(
+    conn: sqlite3.Connection, node: str, user: str, since: datetime, until: datetime
+) -> int:
+    """How many recordings name this node and user with a start between the bounds (at
+    most 51: beyond the hook events' 50 the answer is the same)."""
+    row = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM recordings WHERE node = ? AND user = ?"
+        " AND started_at >= ? AND started_at <= ? LIMIT 51)",
+        (node, user, to_text(since), to_text(until)),
+    ).fetchone()
+    return int(row[0])
+
+
 def grant_of(
     conn: sqlite3.Connection, grant_id: str, user: str, node: str
 ) -> tuple[str, str, str] | None:

@@ -63,10 +63,14 @@ def recording_provenance(conn: sqlite3.Connection, row: dict[str, Any]) -> Prove
     slack = provenance.SLACK
     opens = [
         HookOpen(u, g, from_text(at))
-        for u, g, at in rows.hook_opens(conn, node, user, started - slack, started + slack)
+        # From twice the slack before: a recording at the window's start had its open a
+        # moment earlier, and it must be counted against the recordings below.
+        for u, g, at in rows.hook_opens(conn, node, user, started - 2 * slack, started + slack)
     ]
     grant = _span(rows.grant_of(conn, row["grant_id"], user, node)) if row["grant_id"] else None
-    return provenance.judge_recording(node, user, started, grant, opens)
+    # Every recording within the window needs a hook event of its own (one sudo, one open).
+    rivals = rows.recordings_near(conn, node, user, started - slack, started + slack)
+    return provenance.judge_recording(node, user, started, grant, opens, rivals)
 
 
 def recorded_row(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any] | None:

@@ -67,6 +67,18 @@ def test_a_recording_without_both_proofs_is_uncorroborated_and_says_why(
     assert not found.corroborated and reason in found.reason
 
 
+def test_one_hook_event_never_vouches_for_two_recordings() -> None:
+    """Review finding: recordings forged to start near a real session of the same user on
+    the named node were all corroborated by its one hook event."""
+    opened = [HookOpen("alice", GID, START - timedelta(seconds=1))]
+    assert judge_recording("gpu01", "alice", START, SPAN, opened, recordings=1).corroborated
+    crowded = judge_recording("gpu01", "alice", START, SPAN, opened, recordings=3)
+    assert not crowded.corroborated
+    assert "3 recordings of alice on gpu01" in crowded.reason and "1 hook event" in crowded.reason
+    twice = [*opened, HookOpen("alice", GID, START + timedelta(seconds=4))]
+    assert judge_recording("gpu01", "alice", START, SPAN, twice, recordings=2).corroborated
+
+
 def test_break_glass_recorded_by_the_hook_needs_no_grant_and_a_missing_name_never_passes() -> None:
     assert judge_recording(
         "gpu01", "alice", START, None, [HookOpen("alice", "break-glass", START)]
