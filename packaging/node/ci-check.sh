@@ -10,6 +10,9 @@ cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-.venv/bin/python}
 fail() { echo "ci-check: $*" >&2; exit 1; }
 
+for script in postinst prerm postrm; do
+  sh -n "packaging/node/$script" || fail "$script does not parse"
+done
 deb=$(bash packaging/node/build.sh)
 [ -f "$deb" ] || fail "build.sh made no package"
 version=$(dpkg-deb -f "$deb" Version)
