@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from broker.core.errors import RefusedError
+from broker.fleet.status import parse_status
 from broker.provision import bootstrap, bundle, packaged
 from tests.helpers import REPO, load_node_module
 from tests.unit.test_fleet_bootstrap import LocalNode
+from tests.unit.test_fleet_nodeprog import node_tree, reply, run_status
 
 DIGEST = packaged.node_digest(REPO / "pam")
 
@@ -162,3 +164,29 @@ def test_prerm_keeps_the_module_while_a_pam_file_names_it(tmp_path: Path, blocke
         assert "# BEGIN broker" in done.stderr
     else:
         assert (verdict, after) == ("removed", "0"), done.stderr
+
+
+def test_broker_node_status_shows_the_package_from_the_real_program(tmp_path: Path) -> None:
+    """The repository's node program over a packaged node tree, parsed as the broker does."""
+    root = node_tree(tmp_path, bootstrapped=True)
+    answer, sent, received = run_status(root)
+    assert parse_status(answer, sent, received, 60).installed_by == "push"
+    (root / "usr" / "lib" / "broker").mkdir(parents=True, exist_ok=True)
+    (root / "usr" / "lib" / "broker" / "PACKAGED").write_bytes(marker("0.1.0"))
+    answer, sent, received = run_status(root)
+    assert parse_status(answer, sent, received, 60).installed_by == "package 0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown"),
+    [
+        ({"installed_by": "package", "package_version": "0.2.0~rc1"}, "package 0.2.0~rc1"),
+        ({"installed_by": "package", "package_version": "1\x1b[2J"}, "package"),
+        ({"installed_by": "package; rm -rf /"}, None),
+        ({}, None),
+    ],
+)
+def test_the_broker_believes_only_allow_listed_installers(
+    fields: dict[str, Any], shown: str | None
+) -> None:
+    assert parse_status(reply(**fields), 1000.0, 1000.2, max_skew=60).installed_by == shown
