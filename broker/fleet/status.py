@@ -50,6 +50,8 @@ class NodeStatus:
     # broker pushed by grants/integrity.py, which fills `drop_in_problems` (grant: why).
     drop_ins: DropInReport = None
     drop_in_problems: tuple[str, ...] = ()
+    # "push", "package <version>" or "package" (unreadable marker); None: an older program
+    installed_by: str | None = None
 
     def observation(self) -> Observation | None:
         """What to store about the node; None when the program did not answer."""
@@ -148,11 +150,23 @@ def parse_status(
     return NodeStatus(
         node, True, skew, hook_version, flavour, version, io_logging, bootstrapped, active,
         can_grant, "; ".join(problems) or None, result.elapsed_ms, module_problem, containment,
-        parse_report(data),
+        parse_report(data), installed_by=_installed_by(data),
     )  # fmt: skip
 
 
 _CONTAINMENT = ("cgroup", "process-tree")
+
+
+def _installed_by(data: dict[str, Any]) -> str | None:
+    """Who installed the node program, from the reply's `installed_by` and
+    `package_version`, each allow-listed (the node is not trusted to send clean text)."""
+    how = data.get("installed_by")
+    if how == "push":
+        return "push"
+    if how != "package":
+        return None
+    version = _text(data.get("package_version"))
+    return f"package {version}" if version is not None else "package"
 
 
 def _sudo_fields(data: dict[str, Any]) -> tuple[str | None, str | None, bool | None]:

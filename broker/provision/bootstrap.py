@@ -11,6 +11,11 @@ sudo and every login). Every file is written under a temporary name with root
 ownership and its final mode, then renamed over the old one, so a PAM file
 always holds either the old broker block or the new one. A second run finds
 everything in place and changes nothing.
+
+A node with the hpc-access-broker-node package (packaging/node/) is only enrolled: when
+the package's marker names the node files this broker ships, the program, the module and
+the watcher unit are the package's and are left alone (node.conf, the key, the tunnel's
+files and the PAM blocks are still written); when it names other ones, nothing is written.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+import broker
 from broker.core.errors import BrokerError, RefusedError, UnavailableError
 from broker.fleet import inventory, nodeprog
 from broker.fleet.pool import SshPool, put_atomic, read_regular, remote_stat
 from broker.fleet.ssh import NodeTarget
 from broker.fleet.status import NodeStatus, parse_status
 from broker.policy.model import Policy
+from broker.provision import packaged
 from broker.provision.bundle import (
     CHECKER,
     GRANT_KEY,
@@ -55,6 +62,8 @@ from broker.provision.bundle import (
 from broker.sessions import carrier
 from broker.sessions.setup import NodeTunnel
 from broker.store.db import Store
+
+PUSHED_WATCH_UNIT = f"/etc/systemd/system/{WATCH_UNIT}"
 
 
 @dataclass(frozen=True)
@@ -104,16 +113,18 @@ def _install_program(
     key_line: str,
     tunnel: NodeTunnel | None,
     changed: list[str],
+    owned: bool = False,
 ) -> tuple[bool, bool, bool]:
     """The node's directories, program, configuration and tunnel files. Returns (python
     to compile, tunnel to restart, watcher unit rewritten); systemd units only go where the
-    node runs systemd."""
+    node runs systemd. `owned`: the node package holds the program (and compiled it), so
+    only node.conf, the key and the tunnel's files are written."""
     with pool.sftp(target) as sftp:
         for path, mode in NODE_DIRS:
             _ensure_dir(sftp, path, mode, changed)
         systemd = remote_stat(sftp, "/etc/systemd/system") is not None
         files = (
-            *bundle.files,
+            *(() if owned else bundle.files),
             (NODE_CONF, node_conf.encode("ascii"), 0o644),
             (GRANT_KEY, check_key_line(key_line).encode("ascii"), 0o644),
         )
@@ -125,7 +136,9 @@ def _install_program(
             program_new = program_new or (rewritten and path.endswith(".py"))
             watch_new = watch_new or (rewritten and path.endswith(WATCH_UNIT))
         _remove_stale(sftp, changed)
-        compile_it = program_new or not _compiled(sftp)
+        if owned and systemd:  # a unit pushed before the package came would shadow its own
+            watch_new = _remove_with_pyc(sftp, PUSHED_WATCH_UNIT, changed)
+        compile_it = not owned and (program_new or not _compiled(sftp))
         restart = tunnel is not None and _install_tunnel(sftp, tunnel, changed)
     return compile_it, restart, watch_new
 
@@ -229,8 +242,9 @@ def _remove_stale(sftp: paramiko.SFTPClient, changed: list[str]) -> None:
         _remove_with_pyc(sftp, path, changed)
 
 
-def _remove_with_pyc(sftp: paramiko.SFTPClient, path: str, changed: list[str]) -> None:
-    """Remove a file and, for a module, the .pyc files in the __pycache__ beside it."""
+def _remove_with_pyc(sftp: paramiko.SFTPClient, path: str, changed: list[str]) -> bool:
+    """Remove a file and, for a module, the .pyc files in the __pycache__ beside it; True
+    when anything was removed."""
     directory, _, name = path.rpartition("/")
     cached: list[str] = []
     if name.endswith(".py"):
@@ -240,10 +254,12 @@ def _remove_with_pyc(sftp: paramiko.SFTPClient, path: str, changed: list[str]) -
             cached = []
     stem = name.removesuffix(".py")
     stale = [f"{directory}/__pycache__/{n}" for n in cached if n.startswith(f"{stem}.")]
+    before = len(changed)
     for old in (path, *stale):
         if remote_stat(sftp, old) is not None:
             sftp.remove(old)
             changed.append(f"removed {old}")
+    return len(changed) != before
 
 
 # How each built file proves it runs on the node, given its staged path: the module loads
@@ -366,6 +382,15 @@ def _activate_program(
         _run_or_fail(pool, target, _restart_units([WATCH_UNIT]), "broker-node-watch")
 
 
+def _package_owns(pool: SshPool, target: NodeTarget, bundle: Bundle) -> bool:
+    """Whether the node's hpc-access-broker-node package holds the program, the module and
+    the watcher unit (its marker names the node files this broker ships); refused, before
+    anything is written, when the package holds other ones (packaged.py)."""
+    with pool.sftp(target) as sftp:
+        marker = read_regular(sftp, packaged.MARKER, packaged.MAX_MARKER)
+    return packaged.package_owns_program(marker, bundle.digest, broker.__version__)
+
+
 def _answering_status(
     pool: SshPool, target: NodeTarget, bundle: Bundle, max_skew: float
 ) -> NodeStatus:
@@ -404,12 +429,13 @@ def bootstrap_node(
     changed: list[str] = []
     status: NodeStatus | None = None
     try:
-        if bundle.compat is not None:
+        owned = _package_owns(pool, target, bundle)
+        if bundle.compat is not None and not owned:
             _check_compat(pool, target, bundle.compat)
             built = [f for f in bundle.files if f[0] in BUILT_PATHS]
             install_built(pool, target, built, changed)
         compile_it, restart, watch_new = _install_program(
-            pool, target, bundle, node_conf, key_line, tunnel, changed
+            pool, target, bundle, node_conf, key_line, tunnel, changed, owned
         )
         _activate_program(pool, target, tunnel, changed, restart, compile_it, watch_new)
         status = _answering_status(pool, target, bundle, max_skew)

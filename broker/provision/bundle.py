@@ -16,6 +16,7 @@ import broker
 from broker.core.errors import RefusedError, UnavailableError, UsageError
 from broker.fleet import inventory
 from broker.policy.model import Policy
+from broker.provision import packaged
 
 LIBEXEC = "/usr/libexec/broker"
 MODULE_DIR = "/usr/lib/broker"
@@ -140,6 +141,7 @@ class Bundle:
     files: tuple[tuple[str, bytes, int], ...]  # remote path, content, mode
     blocks: Mapping[str, str]  # "sudo" | "sshd" | "joblaunch" -> marked block text
     compat: Compat | None = None  # None: no built module in this bundle (tests of the program)
+    digest: str | None = None  # of the pam/ sources (packaged.node_digest): packaged nodes
 
 
 # ---------------------------------------------------------------- what to install (pure)
@@ -178,7 +180,8 @@ def load_bundle(directory: Path | None = None) -> Bundle:
     blocks = {
         name: marked((source / "pam.d" / f"{name}.block").read_text("ascii")) for name in PAM_BLOCKS
     }
-    return Bundle(files, blocks, Compat.parse((built / COMPAT_FILE).read_text("ascii")))
+    compat = Compat.parse((built / COMPAT_FILE).read_text("ascii"))
+    return Bundle(files, blocks, compat, packaged.node_digest(source))
 
 
 def marked(block: str) -> str:

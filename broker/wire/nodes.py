@@ -58,6 +58,9 @@ class StatusOut(Out):
     containment: Literal["cgroup", "process-tree"] | None = None
     # Grants whose drop-in is missing, changed or ignored by sudo there: "g...: why"
     drop_in_problems: list[str] = Field(default_factory=list)
+    # Who installed the node program: "push" (bootstrap), "package <version>" (the
+    # hpc-access-broker-node package), "package" (its marker unreadable); None: not reported
+    installed_by: str | None = None
 
 
 class BootstrapOut(Out):

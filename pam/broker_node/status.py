@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import time
@@ -24,6 +25,8 @@ from .store import load_conf, read_quarantine
 from .watch import watcher_state
 
 MODULE = "usr/lib/broker/pam_broker.so"  # below the root
+PACKAGED = "usr/lib/broker/PACKAGED"  # the node package's marker (packaging/node/)
+_PKG_VERSION = re.compile(r"[0-9][0-9A-Za-z.+~-]{0,63}")
 
 
 def node_status(paths: Paths, now: int) -> dict[str, object]:
@@ -78,7 +81,34 @@ def node_status(paths: Paths, now: int) -> dict[str, object]:
         and not unhooked,
         "problems": problems,
         "quarantined": _quarantine_status(paths),
+        **_installed_by(paths),
     }
+
+
+def _installed_by(paths: Paths) -> dict[str, object]:
+    """ "package" with its version when the hpc-access-broker-node package installed the
+    program (its marker, PACKAGED), else "push" (`broker node bootstrap`). Only a version
+    that passes the allow-list is reported; a marker that cannot be read says so."""
+    try:
+        with open(os.path.join(paths.root, PACKAGED), "rb") as f:
+            data = f.read(4097)
+    except FileNotFoundError:
+        return {"installed_by": "push", "package_version": None}
+    except OSError as exc:
+        return {
+            "installed_by": "package",
+            "package_version": None,
+            "package_problem": clean(exc.strerror or exc, 120),
+        }
+    lines = data.decode("ascii", "replace").splitlines() if len(data) <= 4096 else []
+    version = next((ln[8:] for ln in lines if ln.startswith("version=")), "")
+    if not _PKG_VERSION.fullmatch(version):
+        return {
+            "installed_by": "package",
+            "package_version": None,
+            "package_problem": f"/{PACKAGED} is unreadable",
+        }
+    return {"installed_by": "package", "package_version": version}
 
 
 def _active_hook(paths: Paths) -> str:
