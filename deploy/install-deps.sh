@@ -28,12 +28,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
+# Exactly the locked versions, each checked against its hash (requirements-dev.lock holds the
+# runtime lock's pins too; deploy/lock.sh regenerates both), then the project without letting
+# pip resolve anything. The stamp covers pyproject and both locks: a change to any reinstalls.
 stamp=.venv/.installed-from
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements.lock requirements-dev.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import broker" 2>/dev/null; then
-  echo "install-deps: pip install -e '.[dev]'"
+  echo "install-deps: pip install --require-hashes -r requirements-dev.lock"
   log=$(mktemp)
-  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
+  if ! { .venv/bin/python -m pip install -q --require-hashes -r requirements-dev.lock &&
+         .venv/bin/python -m pip install -q --no-deps -e .; } >"$log" 2>&1; then
     tail -n 30 "$log" >&2; rm -f "$log"; echo "install-deps: pip install failed" >&2; exit 1
   fi
   rm -f "$log"

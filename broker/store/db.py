@@ -17,8 +17,6 @@ from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 
-import sqlite_utils
-
 from broker.core.errors import UnavailableError
 from broker.store.files import ensure_private_file
 
@@ -123,11 +121,6 @@ class Store:
         if mode != "wal":
             raise UnavailableError(f"the store {path} cannot use WAL mode (got {mode!r})")
         return cls(conn, path)
-
-    @property
-    def db(self) -> sqlite_utils.Database:
-        """sqlite-utils view of the same connection, for schema work and reads."""
-        return sqlite_utils.Database(self.conn)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` after every committed write transaction (e.g. seal the audit head)."""
