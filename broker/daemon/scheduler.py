@@ -152,8 +152,10 @@ class Scheduler:
 
     def start(self) -> None:
         for thread in self._threads:
-            self._beats.register(thread, *self._pace[thread.name])
+            # Started, then registered: a health check between the two must not see a
+            # registered thread that is not alive yet (a 503 at start-up).
             thread.start()
+            self._beats.register(thread, *self._pace[thread.name])
 
     def stop(self) -> None:
         self._stop.set()
