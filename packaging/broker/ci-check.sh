@@ -46,6 +46,7 @@ deb=./dist/${PKG}_${version}_$(dpkg --print-architecture).deb
 
 echo "ci-check: apt-get install -y $deb"
 export DEBIAN_FRONTEND=noninteractive
+unset PYTHONPATH  # the installed broker, never this checkout
 apt-get install -y -qq "$deb" >/tmp/ci-check-apt.log 2>&1 || { cat /tmp/ci-check-apt.log >&2; fail "apt-get install"; }
 
 echo "ci-check: /usr/bin/broker --version"
@@ -59,9 +60,9 @@ echo "ci-check: broker config check on the installed example"
 example=/usr/share/doc/$PKG/examples/broker.toml
 /usr/bin/broker config check "$example" >/dev/null || fail "broker config check $example"
 # The wheel's node files and the built module where bootstrap looks for them.
-/opt/$PKG/bin/python -c 'from broker.provision.bundle import load_bundle; load_bundle()' \
+/opt/$PKG/bin/python -I -c 'from broker.provision.bundle import load_bundle; load_bundle()' \
   || fail "the installed package cannot assemble the node bundle for bootstrap"
-/opt/$PKG/bin/python -c 'from broker.sudoers.render import TEMPLATES_DIR as d, TEMPLATE as t; assert (d / t).is_file(), d' \
+/opt/$PKG/bin/python -I -c 'from broker.sudoers.render import TEMPLATES_DIR as d, TEMPLATE as t; assert (d / t).is_file(), d' \
   || fail "the installed package has no sudoers template"
 grep -q _broker_completion /usr/share/bash-completion/completions/broker || fail "bash completion"
 man -w broker-elevate >/dev/null 2>&1 || [ -f /usr/share/man/man1/broker-elevate.1.gz ] || fail "man pages"
