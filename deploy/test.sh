@@ -17,6 +17,8 @@ echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== C unit tests of the PAM module (AddressSanitizer, UBSan)"
 make -s -C pam test
+echo "== the broker host's Debian package (build, apt-get install, check, purge)"
+bash packaging/broker/ci-check.sh
 echo "== fuzzing the node's parsers (libFuzzer, 5 x 15 s)"
 make -s -C pam fuzz FUZZ_SECONDS=15
 echo "== vermin (pam/ runs on the nodes' /usr/bin/python3: 3.9 on EL9)"
