@@ -100,6 +100,7 @@ gzip -9n -c "$here/changelog" >"$root/usr/share/doc/$PKG/changelog.Debian.gz"
 for page in man/*.1; do
   gzip -9n -c "$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
 done
+# `broker --show-completion bash`, through the venv's python: the scripts already name /opt.
 "$venv/bin/python" -c 'import sys; from broker.cli.main import run; sys.argv = ["broker", "--show-completion", "bash"]; run()' \
   >"$root/usr/share/bash-completion/completions/broker" 2>>"$log" </dev/null
 grep -q 'complete .*-F _broker_completion broker' "$root/usr/share/bash-completion/completions/broker" \

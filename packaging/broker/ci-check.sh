@@ -36,7 +36,8 @@ restore() {  # put back what the install changed outside the package's own files
   [ "$had_user" = yes ] || ! getent passwd broker >/dev/null || userdel broker
   [ "$had_group" = yes ] || ! getent group broker >/dev/null || groupdel broker
 }
-trap restore EXIT
+aptlog=$(mktemp /tmp/ci-check-apt.XXXXXX)
+trap 'restore; rm -f "$aptlog"' EXIT
 
 echo "ci-check: build"
 bash packaging/broker/build.sh
@@ -47,7 +48,7 @@ deb=./dist/${PKG}_${version}_$(dpkg --print-architecture).deb
 echo "ci-check: apt-get install -y $deb"
 export DEBIAN_FRONTEND=noninteractive
 unset PYTHONPATH  # the installed broker, never this checkout
-apt-get install -y -qq "$deb" >/tmp/ci-check-apt.log 2>&1 || { cat /tmp/ci-check-apt.log >&2; fail "apt-get install"; }
+apt-get install -y -qq "$deb" >"$aptlog" 2>&1 || { cat "$aptlog" >&2; fail "apt-get install"; }
 
 echo "ci-check: /usr/bin/broker --version"
 got=$(/usr/bin/broker --version)
@@ -86,8 +87,7 @@ else
 fi
 
 echo "ci-check: apt-get purge -y $PKG"
-apt-get purge -y -qq "$PKG" >/tmp/ci-check-apt.log 2>&1 || { cat /tmp/ci-check-apt.log >&2; fail "apt-get purge"; }
-rm -f /tmp/ci-check-apt.log
+apt-get purge -y -qq "$PKG" >"$aptlog" 2>&1 || { cat "$aptlog" >&2; fail "apt-get purge"; }
 for left in /opt/$PKG /usr/bin/broker /usr/lib/systemd/system/broker.service \
   /usr/share/man/man1/broker.1.gz /usr/share/bash-completion/completions/broker; do
   [ ! -e "$left" ] && [ ! -L "$left" ] || fail "$left is still there after purge"
