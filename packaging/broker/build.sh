@@ -63,6 +63,8 @@ if [ -f requirements.lock ]; then
 else
   quiet "$venv/bin/python" -m pip install --no-compile "$wheel"
 fi
+# A lock file that lacks a dependency (the wheel goes in with --no-deps) fails here, not at run time.
+quiet "$venv/bin/python" -m pip check
 quiet "$venv/bin/python" -m pip uninstall -y pip setuptools  # nothing installs into it later
 rm -f "$venv"/bin/activate* "$venv"/bin/pip* "$venv"/bin/Activate.ps1
 find "$venv" -name direct_url.json -path '*.dist-info/*' -delete  # names the build's wheel path

@@ -86,6 +86,11 @@ else
   echo "ci-check: lintian not installed: not run"
 fi
 
+echo "ci-check: apt-get install --reinstall (the upgrade path of the maintainer scripts)"
+apt-get install -y -qq --reinstall "$deb" >"$aptlog" 2>&1 || { cat "$aptlog" >&2; fail "reinstall"; }
+[ "$(/usr/bin/broker --version)" = "broker $version" ] || fail "broker --version after reinstall"
+[ "$(stat -c '%U %a' /var/lib/broker)" = "broker 700" ] || fail "reinstall changed /var/lib/broker"
+
 echo "ci-check: apt-get purge -y $PKG"
 apt-get purge -y -qq "$PKG" >"$aptlog" 2>&1 || { cat "$aptlog" >&2; fail "apt-get purge"; }
 for left in /opt/$PKG /usr/bin/broker /usr/lib/systemd/system/broker.service \
