@@ -10,6 +10,7 @@ PACKAGES=(
   python3 python3-venv python3-dev libkrb5-dev gcc
   util-linux iproute2 openssl sqlite3 curl tzdata rsyslog rsyslog-openssl
   make clang libclang-rt-14-dev binutils libpam0g-dev libsodium-dev
+  dpkg-dev git  # packaging/broker/build.sh: dpkg-shlibdeps, the sources as the tree has them
 )
 
 missing=()

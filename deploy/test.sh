@@ -21,6 +21,8 @@ echo "== node package (build, contents, modes, extracted program; not installed 
 PYTHON=.venv/bin/python bash packaging/node/ci-check.sh
 echo "== dependency floors (every runtime dependency at its declared minimum)"
 deploy/check-floors.sh
+echo "== the broker host's Debian package (build, apt-get install, check, purge)"
+bash packaging/broker/ci-check.sh
 echo "== fuzzing the node's parsers (libFuzzer, 5 x 15 s)"
 make -s -C pam fuzz FUZZ_SECONDS=15
 echo "== vermin (pam/ runs on the nodes' /usr/bin/python3: 3.9 on EL9)"
