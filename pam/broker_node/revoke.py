@@ -3,7 +3,10 @@ only, the answer to an alert) and `reap` (what expired or was left behind)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 
 from .cgroups import Usage as CgroupUsage
 from .cgroups import kill, session_cgroups, session_root, split_session
@@ -44,24 +47,45 @@ def revoke(paths: Paths, payload: dict[str, object], now: int) -> dict[str, obje
     ends = (
         {g.name: g.not_after for g in check_all(paths, now).grants if g.id == g.name} if ids else {}
     )
-    for grant_id in ids:
-        try:
-            not_after = ends.get(grant_id, now + 366 * 86400)
-            ensure_dir(paths.revoked)
-            marker = format_utc(max(not_after, now)) + "\n"
-            write_atomic(paths.revoked, grant_id, marker.encode("ascii"))
-            remove_if_present(os.path.join(paths.sudoers, f"broker_{grant_id}"))
-            remove_if_present(os.path.join(paths.grants, grant_id))
-            for directory in (paths.sudoers, paths.grants):
-                if os.path.isdir(directory):
-                    fsync_dir(directory)
-            revoked.append(grant_id)
-            ended, problems = end_sessions(paths, grant_id, now, str(ended_by))
-            killed += ended
-            errors += problems
-        except OSError as exc:
-            errors.append(f"{grant_id}: {clean(exc, 200)}")
+    with ending_lock(paths):
+        for grant_id in ids:
+            try:
+                not_after = ends.get(grant_id, now + 366 * 86400)
+                ensure_dir(paths.revoked)
+                marker = format_utc(max(not_after, now)) + "\n"
+                write_atomic(paths.revoked, grant_id, marker.encode("ascii"))
+                remove_if_present(os.path.join(paths.sudoers, f"broker_{grant_id}"))
+                remove_if_present(os.path.join(paths.grants, grant_id))
+                for directory in (paths.sudoers, paths.grants):
+                    if os.path.isdir(directory):
+                        fsync_dir(directory)
+                revoked.append(grant_id)
+                ended, problems = end_sessions(paths, grant_id, now, str(ended_by))
+                killed += ended
+                errors += problems
+            except OSError as exc:
+                errors.append(f"{grant_id}: {clean(exc, 200)}")
     return {"revoked": revoked, "killed": sorted(set(killed)), "errors": errors}
+
+
+@contextlib.contextmanager
+def ending_lock(paths: Paths) -> Iterator[None]:
+    """Revoke's marker-then-kill and the watcher's pass over ended grants, one at a time:
+    a watcher pass between a revoke's marker and its kill would end the sessions itself,
+    as "revoke", where the revoke was a quarantine."""
+    try:
+        state = os.path.dirname(paths.revoked)  # /var/lib/broker: beside the markers
+        ensure_dir(state)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(os.path.join(state, ".end-lock"), flags, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # only the close events' wording depends on it: never stop a revoke
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def end_sessions_command(paths: Paths, payload: dict[str, object], now: int) -> dict[str, object]:

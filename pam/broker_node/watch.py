@@ -44,7 +44,7 @@ from .escapes import Memory, find_escapes
 from .files import ensure_dir, read_secure, remove_if_present, write_atomic
 from .grants import check_all
 from .procs import proc_table_entry
-from .revoke import end_sessions, reap
+from .revoke import end_sessions, ending_lock, reap
 from .spool import spool_event
 from .unlogged import unlogged_refusals
 
@@ -147,7 +147,12 @@ def watch_pass(paths: Paths, now: int, memory: Memory) -> dict[str, object]:
 
 def _end_what_ended(paths: Paths, now: int) -> dict[str, int]:
     """End the sessions (cgroups and records) of grants that expired, were revoked or are
-    gone; pid counts by grant."""
+    gone; pid counts by grant. Never in the middle of a revoke (ending_lock)."""
+    with ending_lock(paths):
+        return _end_ended(paths, now)
+
+
+def _end_ended(paths: Paths, now: int) -> dict[str, int]:
     checked = check_all(paths, now)
     if checked.unavailable is not None:
         return {}  # broker-grant-check missing: no verdicts, nothing ended on a guess
