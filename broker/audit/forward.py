@@ -59,20 +59,8 @@ def backlog(conn: sqlite3.Connection, audit: ForwardFields) -> int | None:
 
 
 def describe(exc: BaseException) -> str:
-    """A short, printable, one-line reason (no message content)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        text = f"TLS certificate not accepted: {exc.verify_message or exc.reason}"
-    elif isinstance(exc, ConnectionRefusedError):
-        text = "connection refused"
-    elif isinstance(exc, TimeoutError):
-        text = "timed out"
-    elif isinstance(exc, FileNotFoundError):
-        text = "no socket there"
-    elif isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    else:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return syslog.clean(text, _MAX_ERROR)
+    """A short, one-line, printable reason for a failed send (no payload, no secret)."""
+    return syslog.failure(exc, _MAX_ERROR)
 
 
 def send_frames(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from pathlib import Path
 from typing import Final
 
@@ -40,6 +41,24 @@ def clean(text: str, limit: int = MAX_TEXT) -> str:
     """Printable ASCII on one line: every other character becomes `?`; cut at `limit`."""
     flat = _UNPRINTABLE.sub("?", text)
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def failure(exc: BaseException, limit: int = 300) -> str:
+    """A short, printable, one-line reason for a failed send (never a payload or secret);
+    shared by the SIEM forwarder and the notification transports."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text = f"TLS certificate not accepted: {exc.verify_message or exc.reason}"
+    elif isinstance(exc, ConnectionRefusedError):
+        text = "connection refused"
+    elif isinstance(exc, TimeoutError):
+        text = "timed out"
+    elif isinstance(exc, FileNotFoundError):
+        text = "no socket there"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return clean(text, limit)
 
 
 def priority(facility: str, severity: str) -> int:
