@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from broker.core.durations import parse_duration
 from broker.core.errors import UsageError
@@ -30,7 +30,29 @@ def _duration(value: object) -> timedelta:
         raise ValueError(exc.one_line()) from exc
 
 
+def _within(low: timedelta, high: timedelta, words: str) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {words}")
+        return value
+
+    return AfterValidator(check)
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+# A network wait (connect, send, the peer's answer): long enough for a slow receiver, short
+# enough that a dead one never stalls the thread that sends.
+Timeout = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    _within(timedelta(seconds=1), timedelta(minutes=5), "1s and 5m"),
+]
+# The first wait before a retry (it doubles with every attempt).
+Backoff = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    _within(timedelta(seconds=1), timedelta(minutes=15), "1s and 15m"),
+]
 AbsPath = Annotated[Path, BeforeValidator(lambda v: _absolute_path(v))]
 
 
@@ -68,3 +90,13 @@ def webhook_url_problem(value: str) -> str | None:
     if port == 0:
         return "webhook_url has port 0"
     return None
+
+
+def refuse_webhook_url(data: object) -> object:
+    """A section's raw `webhook_url` checked before parsing, so that a refused URL (it may
+    carry a token) is never echoed in the configuration error (the loader names the section)."""
+    if isinstance(data, dict) and isinstance(data.get("webhook_url"), str):
+        problem = webhook_url_problem(data["webhook_url"])
+        if problem is not None:
+            raise ValueError(problem)
+    return data
