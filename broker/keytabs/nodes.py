@@ -11,13 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.core.errors import RefusedError
+from broker.core.errors import FailedError, RefusedError
 from broker.core.hostlist import fold
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
 from broker.keytabs import distribute, keys, keytabfile, plan, rows
 from broker.keytabs.distribute import NodeResult, node_result
+from broker.keytabs.tickets import TokenSource
 from broker.policy.model import ServiceAccount
 from broker.store.db import Store
 
@@ -165,6 +166,29 @@ class KeytabNodes:
         payload = {"path": str(service.keytab), "principals": list(principals)}
         replies = self.call(targets, "keytab-list", {t.name: payload for t in targets})
         return self.record(service.name, [node_result(t.name, r, principals) for t, r in replies])
+
+    def verify(
+        self,
+        service: ServiceAccount,
+        targets: Sequence[NodeTarget],
+        principals: Sequence[str],
+        tokens: TokenSource,
+        kvno: int,
+    ) -> list[NodeResult]:
+        """Fresh service tickets for every principal, accepted with each node's keytab."""
+        issued = tokens(principals)
+        missing = [p for p, t in issued.items() if t is None]
+        if missing:
+            raise FailedError(
+                f"the KDC issued no service ticket for {', '.join(missing[:5])}",
+                fix="check the account's servicePrincipalName values in AD match the policy",
+            )
+        payload = {
+            "path": str(service.keytab),
+            "tokens": [{"principal": p, "token": issued[p]} for p in principals],
+        }
+        replies = self.call(targets, "keytab-verify", {t.name: payload for t in targets})
+        return self.record_verification(service.name, principals, kvno, replies)
 
     def record_verification(
         self,

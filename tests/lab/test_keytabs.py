@@ -169,7 +169,7 @@ def _rotate_under_load(lab: dict[str, Any], state: Path, addresses: dict[str, st
 KILLER = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from broker.keytabs import rows, service
+from broker.keytabs import nodes, rows
 from tests.lab import keytab_lab
 import json
 lab = json.load(open(sys.argv[2]))
@@ -184,7 +184,7 @@ def point(original):
     return wrapped
 rows.start_rotation = point(rows.start_rotation)
 rows.move = point(rows.move)
-service.KeytabService._verify_nodes = point(service.KeytabService._verify_nodes)
+nodes.KeytabNodes.verify = point(nodes.KeytabNodes.verify)
 from broker.app import App
 from broker.config.loader import load_settings
 from pathlib import Path
