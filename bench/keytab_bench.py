@@ -13,11 +13,11 @@ passes of `rotate_due(every=True)` (what `rotate --all` calls) with `keytabs.rot
 = --workers`, and prints each pass, the median, where the time went (summed over workers:
 KDC, AD, node round trips), and the authentication checks made during the passes.
 
-Authentication during the passes: a prober keeps asking the KDC for service tickets of the
-accounts' SPNs (from a ticket cache it keeps for 20 rounds, so tickets issued under the
-previous key version are presented too) and has the node accept each one with its keytab
-(the node program's keytab-verify, GSS-API acceptance as a service would do it). Every
-failure is counted and printed; the goal needs none.
+Authentication during the passes: a prober asks the KDC, about five times a second, for a
+service ticket of one of the accounts' SPNs (from a ticket cache it keeps for 20 rounds, so
+tickets issued under the previous key version are presented too) and has the node accept
+it with its keytab (the node program's keytab-verify: GSS-API acceptance as the service
+would do it). Every failure is counted and printed; the goal needs none.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -54,7 +55,10 @@ GOAL_S = 20.0
 
 
 def policy(base: str, accounts: int, nodes: list[str]) -> str:
+    """The lab policy without its own service accounts (rotate --all would take them too),
+    a zone for the extra nodes, and the bench accounts kt-b01... on `nodes`."""
     extra = [n for n in nodes if n not in LAB_ZONED]
+    base = re.sub(r"\n\[service_accounts\.[^\]]+\]\n(?:[^\n\[#][^\n]*\n)*", "\n", base)
     text = base + (
         f'\n[zones.bench]\nkind = "compute"\nnodes = "{",".join(extra)}"\n' if extra else ""
     )
@@ -159,6 +163,7 @@ class Prober:
                 creds = self._creds()
             account = 1 + round_ % self._accounts
             self._one(creds, account, self._targets[round_ % len(self._targets)])
+            self._stop.wait(0.2)  # paced: the probes must not be what loads the machine
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -170,6 +175,14 @@ class Prober:
         finally:
             self._stop.set()
             thread.join(timeout=60)
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of every CPU since boot (/proc/stat), to tell how loaded the
+    machine was during a run: the lab (DC, KDC, sshd, node programs) runs on it too."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
 
 
 def setup(args: argparse.Namespace) -> tuple[Any, list[str], dict[str, Any]]:
@@ -215,13 +228,18 @@ def main() -> None:
     for run in range(1, args.runs + 1):
         phases.reset()
         with prober.running():
-            began = time.monotonic()
+            began, cpu, busy = time.monotonic(), time.process_time(), machine_busy()
             reports = service.rotate_due(actor="bench", every=True)
             times.append(time.monotonic() - began)
+            cpu, after = time.process_time() - cpu, machine_busy()
         bad = [(r.name, r.outcome, r.message) for r in reports if r.outcome != "rotated"]
         print(f"run {run}: {args.accounts} accounts x {args.nodes} nodes, "
               f"{args.workers} workers: {times[-1]:.1f} s, {len(reports) - len(bad)} rotated"
               + (f", not rotated: {bad[:3]}" if bad else ""))  # fmt: skip
+        share = (after[0] - busy[0]) / max(1.0, after[1] - busy[1]) * 100
+        print(f"    broker process CPU {cpu:.1f} s ({cpu / times[-1] * 100:.0f}% of one core); "
+              f"machine CPUs {share:.0f}% busy; load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} CPUs")  # fmt: skip
         for name, seconds in sorted(phases.seconds.items(), key=lambda kv: -kv[1]):
             print(f"    {name:28s} {seconds:6.1f} s in {phases.calls[name]} calls")
     median = statistics.median(times)
