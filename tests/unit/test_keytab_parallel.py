@@ -138,7 +138,7 @@ def many_service(
         open_store=app.worker_store,
         workers=workers,
     )
-    service._targets = lambda s: [NodeTarget(n, "127.0.0.1", 22) for n in sorted(s.nodes)]  # type: ignore[method-assign]
+    service._targets = lambda s: [NodeTarget(n, "127.0.0.1", 22) for n in sorted(s.nodes)]  # type: ignore[method-assign,assignment]
     return service, ad, nodes
 
 
@@ -244,7 +244,7 @@ def test_a_second_connection_cannot_rotate_an_account_being_rotated(
     other_store = broker_app.worker_store()
     second, _ad, _ = many_service(broker_app, node_dir, count=1, workers=1)
     second._bind(other_store)
-    second._directory = lambda: ad  # type: ignore[method-assign]
+    second._directory = lambda: ad
     refused: list[str] = []
 
     def meanwhile() -> None:
