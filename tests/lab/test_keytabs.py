@@ -323,9 +323,10 @@ def move(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
     return original(*args, **kwargs)
 rows.move = move
+from pathlib import Path
 from broker.app import App
 from broker.config.loader import load_settings
-app = App(load_settings(config))
+app = App(load_settings(Path(config)))
 app.keytabs().rotate_due(actor="test", every=True)
 print("finished")
 """
