@@ -92,14 +92,24 @@ class KeytabNodes:
         staged: int | None,
         add: Sequence[keys.Key] = (),
         add_kvno: int | None = None,
+        skip_clean: bool = False,
     ) -> list[NodeResult]:
         """Merge `add` keys (version `add_kvno`) into each node's keytab and keep what
         plan.keep_kvnos says (distribute.py: over SFTP, merged in memory here); record what
-        each node holds now."""
+        each node holds now. With `skip_clean` (the prune after a verified rotation), a node
+        whose recorded versions, read back from its last write, hold nothing to remove is
+        not asked: three round trips saved per node, and nothing there would change."""
         now = self._clock()
         with self._store.transaction() as conn:
             views = rows.node_views(conn, service.name)
             retired = rows.retired(conn, service.name)
+        keeps = {
+            t.name: self._keep(service, views.get(t.name), retired, current, staged, now)
+            | ({add_kvno} if add_kvno is not None else set())
+            for t in targets
+        }
+        clean = _clean(targets, views, keeps, current) if skip_clean and not add else {}
+        asked = [t for t in targets if t.name not in clean]
         stamp = int(now.timestamp())
         entries = (
             [
@@ -110,30 +120,38 @@ class KeytabNodes:
             if add_kvno is not None
             else []
         )
-        spec = keytab_spec(service, principals)
-        keeps: dict[str, set[int]] = {}
-        for target in targets:
-            view = views.get(target.name)
-            present = set(view.kvnos) if view is not None else set()
-            keep = plan.keep_kvnos(
-                current=current,
-                staged=staged,
-                retired=retired,
-                present=present,
-                keep_old=service.keep_old_kvnos,
-                max_ticket_lifetime=self._max_ticket_lifetime,
-                now=now,
-            )
-            if add_kvno is not None:
-                keep.add(add_kvno)
-            keeps[target.name] = keep
         try:
             results = distribute.install(
-                self._pool, targets, spec, keep=keeps, add=entries, timeout=NODE_TIMEOUT_S
+                self._pool,
+                asked,
+                keytab_spec(service, principals),
+                keep=keeps,
+                add=entries,
+                timeout=NODE_TIMEOUT_S,
             )
         finally:
             del entries
-        return self.record(service.name, results)
+        done = {r.node: r for r in self.record(service.name, results)}
+        return [clean.get(t.name) or done[t.name] for t in targets]
+
+    def _keep(
+        self,
+        service: ServiceAccount,
+        view: rows.NodeView | None,
+        retired: Mapping[int, datetime],
+        current: int,
+        staged: int | None,
+        now: datetime,
+    ) -> set[int]:
+        return plan.keep_kvnos(
+            current=current,
+            staged=staged,
+            retired=retired,
+            present=set(view.kvnos) if view is not None else set(),
+            keep_old=service.keep_old_kvnos,
+            max_ticket_lifetime=self._max_ticket_lifetime,
+            now=now,
+        )
 
     def unstage(
         self,
@@ -235,6 +253,27 @@ class KeytabNodes:
                     error=result.error,
                 )
         return out
+
+
+def _clean(
+    targets: Sequence[NodeTarget],
+    views: Mapping[str, rows.NodeView],
+    keeps: Mapping[str, set[int]],
+    current: int,
+) -> dict[str, NodeResult]:
+    """Nodes a prune need not ask: their last read-back, without an error since, holds the
+    current version and nothing outside the kept ones."""
+    clean: dict[str, NodeResult] = {}
+    for target in targets:
+        view = views.get(target.name)
+        if (
+            view is not None
+            and view.error is None
+            and current in view.kvnos
+            and set(view.kvnos) <= keeps[target.name]
+        ):
+            clean[target.name] = NodeResult(target.name, True, None, view.kvnos)
+    return clean
 
 
 def _text(value: object) -> str:

@@ -395,8 +395,11 @@ class KeytabService:
                 "starts a new rotation",
             )
         self._journal.done(name, rotation_id, kvno, [t.name for t in targets], actor, now)
-        # Prune: keep what plan.keep_kvnos says now that the new version is current.
-        self._nodes.install(service, targets, principals, current=kvno, staged=None)
+        # Prune: keep what plan.keep_kvnos says now that the new version is current (nodes
+        # whose last read-back holds nothing to remove are not asked).
+        self._nodes.install(
+            service, targets, principals, current=kvno, staged=None, skip_clean=True
+        )
         return RotationReport(name, "verified", kvno=kvno, nodes=results)
 
     def _resume(

@@ -47,8 +47,7 @@ def node_dir(tmp_path: Path) -> Path:
 
 
 class ManyAD:
-    """A key version per account; each password change takes a moment, during which the
-    number of changes in flight is counted."""
+    """A key version per account; the password changes in flight at once are counted."""
 
     def __init__(self) -> None:
         self.kvno: dict[str, int] = {}
@@ -56,7 +55,11 @@ class ManyAD:
         self.in_flight = 0
         self.most_in_flight = 0
         self.on_set: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        # The first `rendezvous` password changes wait (10 s at most) until that many are in
+        # flight: side by side they meet at once, one after another they never do.
+        self.rendezvous = 1
+        self.arrivals = 0
+        self._lock = threading.Condition()
 
     def lookup(self, account: str) -> AdAccount:
         kvno = self.kvno.setdefault(account, 1)
@@ -68,8 +71,12 @@ class ManyAD:
             hook()
         with self._lock:
             self.in_flight += 1
+            self.arrivals += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        time.sleep(0.05)
+            self._lock.notify_all()
+            if self.arrivals <= self.rendezvous:  # the first ones wait for each other
+                self._lock.wait_for(lambda: self.in_flight >= self.rendezvous, timeout=10)
+        time.sleep(0.01)
         with self._lock:
             self.in_flight -= 1
             self.kvno[account.account] += 1
@@ -156,7 +163,8 @@ def actions_by_account(app: App) -> dict[str, list[str]]:
 def test_accounts_rotate_side_by_side_with_the_same_steps_and_one_chain(
     broker_app: App, node_dir: Path
 ) -> None:
-    service, ad, _nodes = many_service(broker_app, node_dir, count=6, workers=3)
+    service, ad, nodes = many_service(broker_app, node_dir, count=6, workers=3)
+    ad.rendezvous = 2
     reports = service.rotate_due(actor="test", every=True)
     assert [(r.name, r.outcome, r.from_kvno, r.kvno) for r in reports] == [
         (f"kt-{i:02d}", "rotated", 1, 2) for i in range(1, 7)
@@ -175,6 +183,15 @@ def test_accounts_rotate_side_by_side_with_the_same_steps_and_one_chain(
     for i in range(1, 7):
         held = kf.parse((node_dir / f"kt-{i:02d}.keytab").read_bytes())
         assert {e.kvno for e in held} == {2}
+    # Per account and node: a first listing (never seen before), list to stage, verify;
+    # one sync per account (both nodes share node_dir: the second write finds it done).
+    # The prune found nothing to remove in what the nodes read back: it asked no node.
+    commands = [argv[-1] for _node, argv, _stdin in nodes.calls]
+    assert {c: commands.count(c) for c in set(commands)} == {
+        "keytab-list": 24,
+        "keytab-sync": 6,
+        "keytab-verify": 12,
+    }
 
 
 @needs_root
