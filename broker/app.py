@@ -97,17 +97,35 @@ class App:
                     f"the broker state directory {path.parent} does not exist",
                     fix="run `broker init`",
                 )
-            cfg = self.settings.store
-            self._store = Store.open(
-                path,
-                owner=self.owner,
-                busy_timeout=cfg.busy_timeout,
-                max_size_mib=cfg.max_size_mib,
-            )
+            self._store = self._open_store()
             if self.settings.signing_key.exists():
                 self._sealer = self._make_sealer()
                 self._store.on_commit(self._seal_after_commit)
         return self._store
+
+    def _open_store(self) -> Store:
+        cfg = self.settings.store
+        return Store.open(
+            self.settings.db_path,
+            owner=self.owner,
+            busy_timeout=cfg.busy_timeout,
+            max_size_mib=cfg.max_size_mib,
+        )
+
+    def worker_store(self) -> Store:
+        """Another connection to the store, for a worker thread of this App's (keytab
+        rotations side by side): the same pragmas, the schema checked, and its commits
+        sealed by a sealer of its own, as the App's own connection's are."""
+        self.ready_store()  # the state directory exists and the schema is current
+        store = self._open_store()
+        if self.settings.signing_key.exists():
+            sealer = self._make_sealer()
+
+            def seal() -> None:
+                sealer.seal(store.conn)
+
+            store.on_commit(seal)
+        return store
 
     def _seal_after_commit(self) -> None:
         if self._sealer is not None and self._store is not None:
@@ -408,6 +426,8 @@ class App:
                     max_ticket_lifetime=cfg.max_ticket_lifetime,
                     accounts_ou=cfg.accounts_ou,
                 ),
+                open_store=self.worker_store,
+                workers=cfg.rotate_workers,
             )
         return self._keytabs
 

@@ -316,6 +316,11 @@ class KeytabsSection(_Section):
     accounts_ou: str | None = None
     # How often the daemon runs `rotate --due` itself; 0 leaves it to the systemd timer.
     schedule: Duration = timedelta(0)
+    # Accounts rotated at once by `rotate --due`/`--all` and the schedule, each on its own
+    # store connection; one account is only ever on one worker. At most 6: each worker holds
+    # one SSH channel per node at a time, and the pool allows 8 per node, so grant pushes
+    # always find one free (fleet/pool.py MAX_CHANNELS).
+    rotate_workers: int = Field(default=4, ge=1, le=6)
 
     @field_validator("realm")
     @classmethod

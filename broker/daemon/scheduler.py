@@ -91,15 +91,15 @@ def rotate_due_keytabs(app: App) -> None:
     except Exception:  # the schedule must never stop the scheduler
         log.exception("scheduled keytab rotation failed")
         return
+    # Each account's line was logged as it ended (keytabs/batch.py); here the tally.
+    outcomes: dict[str, int] = {}
     for report in reports:
-        if report.outcome not in ("skipped",):
-            log.info(
-                "keytab %s: %s (kvno %s) %s",
-                report.name,
-                report.outcome,
-                report.kvno,
-                report.message,
-            )
+        outcomes[report.outcome] = outcomes.get(report.outcome, 0) + 1
+    if reports:
+        log.info(
+            "scheduled keytab rotation: %s",
+            ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())),
+        )
 
 
 def refresh_crl(app: App) -> None:

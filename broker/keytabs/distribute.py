@@ -22,8 +22,8 @@ and the write. No key is ever in argv (SFTP carries it), a log line, an error or
 event: errors name the node, the path and what was wrong, never content.
 
 One writer per keytab file: the policy gives every keytab path on a node to one service
-account (policy/service_accounts.py), the daemon (the only process that rotates) runs one
-rotation of an account at a time, and the lock here serialises the read-merge-write of
+account (policy/service_accounts.py), the account's claim in the store (claims.py) keeps
+it on one rotation worker at a time, and the lock here serialises the read-merge-write of
 one file in this process. The broker takes no lock on the node: another program writing
 the same file at the same moment (ktutil by hand; adcli or SSSD renewing a host keytab)
 could lose its change or ours. Ours is caught: step 3 refuses a read-back without the

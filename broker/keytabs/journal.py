@@ -8,14 +8,21 @@ place and the service holds no transactions of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from broker.audit import writer
+from broker.core.errors import BrokerError, RefusedError
 from broker.core.hostlist import fold
-from broker.keytabs import plan, rows
+from broker.core.timeutil import to_text
+from broker.keytabs import claims, plan, rows
 from broker.store.db import Store
+
+log = logging.getLogger("broker.keytabs")
 
 
 def event(
@@ -28,6 +35,42 @@ class RotationJournal:
     def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
         self._store = store
         self._clock = clock
+
+    def claim(self, name: str, actor: str) -> str:
+        """Take the account's rotation claim (claims.py); returns the holder text to release
+        it with. Held by a live worker: the refusal is audited, then raised."""
+        owner = claims.new_owner()
+        now = self._clock()
+        with self._store.transaction() as conn:
+            held = rows.claim_of(conn, name)
+            if held is None or not claims.is_live(held[0], held[1], now):
+                rows.set_claim(conn, name, owner, now)
+                return owner
+            since = to_text(held[1])
+            reason = f"a rotation of {name} is already running (pid {claims.holder_pid(held[0])})"
+            writer.record(
+                conn, event(actor, "keytab.busy", name, "refused", reason=reason, since=since), now
+            )
+        raise RefusedError(reason, fix="wait for it to end; `broker keytab status` shows it")
+
+    def release(self, name: str, owner: str) -> None:
+        """Drop this worker's claim (one taken over meanwhile stays with its new holder)."""
+        with self._store.transaction() as conn:
+            rows.drop_claim(conn, name, owner)
+
+    @contextmanager
+    def claimed(self, name: str, actor: str) -> Iterator[None]:
+        """The account's claim for the length of the block: no other worker, thread or
+        process, rotates it meanwhile."""
+        owner = self.claim(name, actor)
+        try:
+            yield
+        finally:
+            try:
+                self.release(name, owner)
+            except (BrokerError, sqlite3.Error) as exc:
+                # Left behind: it lapses when this process ends or after claims.CLAIM_TTL.
+                log.warning("keytab %s: claim not released: %s", name, exc)
 
     def open_rotation(self, name: str, account: str) -> rows.Rotation | None:
         """The account's row kept current; a rotation a crash (or a node) left open, if any."""

@@ -11,13 +11,14 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.core.errors import RefusedError
+from broker.core.errors import FailedError, RefusedError
 from broker.core.hostlist import fold
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
 from broker.keytabs import distribute, keys, keytabfile, plan, rows
 from broker.keytabs.distribute import NodeResult, node_result
+from broker.keytabs.tickets import TokenSource
 from broker.policy.model import ServiceAccount
 from broker.store.db import Store
 
@@ -91,14 +92,24 @@ class KeytabNodes:
         staged: int | None,
         add: Sequence[keys.Key] = (),
         add_kvno: int | None = None,
+        skip_clean: bool = False,
     ) -> list[NodeResult]:
         """Merge `add` keys (version `add_kvno`) into each node's keytab and keep what
         plan.keep_kvnos says (distribute.py: over SFTP, merged in memory here); record what
-        each node holds now."""
+        each node holds now. With `skip_clean` (the prune after a verified rotation), a node
+        whose recorded versions, read back from its last write, hold nothing to remove is
+        not asked: three round trips saved per node, and nothing there would change."""
         now = self._clock()
         with self._store.transaction() as conn:
             views = rows.node_views(conn, service.name)
             retired = rows.retired(conn, service.name)
+        keeps = {
+            t.name: self._keep(service, views.get(t.name), retired, current, staged, now)
+            | ({add_kvno} if add_kvno is not None else set())
+            for t in targets
+        }
+        clean = _clean(targets, views, keeps, current) if skip_clean and not add else {}
+        asked = [t for t in targets if t.name not in clean]
         stamp = int(now.timestamp())
         entries = (
             [
@@ -109,30 +120,38 @@ class KeytabNodes:
             if add_kvno is not None
             else []
         )
-        spec = keytab_spec(service, principals)
-        keeps: dict[str, set[int]] = {}
-        for target in targets:
-            view = views.get(target.name)
-            present = set(view.kvnos) if view is not None else set()
-            keep = plan.keep_kvnos(
-                current=current,
-                staged=staged,
-                retired=retired,
-                present=present,
-                keep_old=service.keep_old_kvnos,
-                max_ticket_lifetime=self._max_ticket_lifetime,
-                now=now,
-            )
-            if add_kvno is not None:
-                keep.add(add_kvno)
-            keeps[target.name] = keep
         try:
             results = distribute.install(
-                self._pool, targets, spec, keep=keeps, add=entries, timeout=NODE_TIMEOUT_S
+                self._pool,
+                asked,
+                keytab_spec(service, principals),
+                keep=keeps,
+                add=entries,
+                timeout=NODE_TIMEOUT_S,
             )
         finally:
             del entries
-        return self.record(service.name, results)
+        done = {r.node: r for r in self.record(service.name, results)}
+        return [clean.get(t.name) or done[t.name] for t in targets]
+
+    def _keep(
+        self,
+        service: ServiceAccount,
+        view: rows.NodeView | None,
+        retired: Mapping[int, datetime],
+        current: int,
+        staged: int | None,
+        now: datetime,
+    ) -> set[int]:
+        return plan.keep_kvnos(
+            current=current,
+            staged=staged,
+            retired=retired,
+            present=set(view.kvnos) if view is not None else set(),
+            keep_old=service.keep_old_kvnos,
+            max_ticket_lifetime=self._max_ticket_lifetime,
+            now=now,
+        )
 
     def unstage(
         self,
@@ -165,6 +184,29 @@ class KeytabNodes:
         payload = {"path": str(service.keytab), "principals": list(principals)}
         replies = self.call(targets, "keytab-list", {t.name: payload for t in targets})
         return self.record(service.name, [node_result(t.name, r, principals) for t, r in replies])
+
+    def verify(
+        self,
+        service: ServiceAccount,
+        targets: Sequence[NodeTarget],
+        principals: Sequence[str],
+        tokens: TokenSource,
+        kvno: int,
+    ) -> list[NodeResult]:
+        """Fresh service tickets for every principal, accepted with each node's keytab."""
+        issued = tokens(principals)
+        missing = [p for p, t in issued.items() if t is None]
+        if missing:
+            raise FailedError(
+                f"the KDC issued no service ticket for {', '.join(missing[:5])}",
+                fix="check the account's servicePrincipalName values in AD match the policy",
+            )
+        payload = {
+            "path": str(service.keytab),
+            "tokens": [{"principal": p, "token": issued[p]} for p in principals],
+        }
+        replies = self.call(targets, "keytab-verify", {t.name: payload for t in targets})
+        return self.record_verification(service.name, principals, kvno, replies)
 
     def record_verification(
         self,
@@ -211,6 +253,27 @@ class KeytabNodes:
                     error=result.error,
                 )
         return out
+
+
+def _clean(
+    targets: Sequence[NodeTarget],
+    views: Mapping[str, rows.NodeView],
+    keeps: Mapping[str, set[int]],
+    current: int,
+) -> dict[str, NodeResult]:
+    """Nodes a prune need not ask: their last read-back, without an error since, holds the
+    current version and nothing outside the kept ones."""
+    clean: dict[str, NodeResult] = {}
+    for target in targets:
+        view = views.get(target.name)
+        if (
+            view is not None
+            and view.error is None
+            and current in view.kvnos
+            and set(view.kvnos) <= keeps[target.name]
+        ):
+            clean[target.name] = NodeResult(target.name, True, None, view.kvnos)
+    return clean
 
 
 def _text(value: object) -> str:

@@ -236,3 +236,25 @@ def retire(conn: sqlite3.Connection, name: str, kvno: int, now: datetime) -> Non
         "INSERT OR IGNORE INTO keytab_retired (name, kvno, retired_at) VALUES (?, ?, ?)",
         (name, kvno, to_text(now)),
     )
+
+
+def claim_of(conn: sqlite3.Connection, name: str) -> tuple[str, datetime] | None:
+    """Who holds the account's rotation claim, and since when (None: nobody)."""
+    row = conn.execute(
+        "SELECT owner, claimed_at FROM keytab_claims WHERE name = ?", (name,)
+    ).fetchone()
+    return None if row is None else (str(row[0]), from_text(str(row[1])))
+
+
+def set_claim(conn: sqlite3.Connection, name: str, owner: str, now: datetime) -> None:
+    conn.execute(
+        "INSERT INTO keytab_claims (name, owner, claimed_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
+        " claimed_at = excluded.claimed_at",
+        (name, owner, to_text(now)),
+    )
+
+
+def drop_claim(conn: sqlite3.Connection, name: str, owner: str) -> None:
+    """Only the holder's own claim: one taken over meanwhile stays with its new owner."""
+    conn.execute("DELETE FROM keytab_claims WHERE name = ? AND owner = ?", (name, owner))

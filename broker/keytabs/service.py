@@ -24,11 +24,11 @@ keytab the broker writes there over SFTP (distribute.py), in memory on this side
 
 from __future__ import annotations
 
+import copy
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from broker.core.errors import (
@@ -43,11 +43,11 @@ from broker.core.timeutil import utcnow
 from broker.fleet import inventory
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
-from broker.keytabs import keys, plan, rows
+from broker.keytabs import batch, keys, plan, rows
 from broker.keytabs.ad import AdAccount, Directory, PasswordNotSet, PasswordRefused
-from broker.keytabs.distribute import NodeResult
 from broker.keytabs.journal import RotationJournal, event
 from broker.keytabs.nodes import KeytabNodes, keytab_principals, keytab_spec, nodes_error
+from broker.keytabs.report import RotationReport
 from broker.keytabs.status import AccountStatus, account_status
 from broker.keytabs.tickets import TokenSource
 from broker.policy.model import Policy, ServiceAccount
@@ -55,27 +55,12 @@ from broker.store.db import Store
 
 log = logging.getLogger("broker.keytabs")
 
-# One rotation of an account at a time in this process (API workers, scheduler); across
-# processes the store's unique index on open rotations refuses a second one.
-_RUNNING: set[str] = set()
-_RUNNING_LOCK = threading.Lock()
-
 
 @dataclass(frozen=True)
 class KeytabRules:
     realm: str
     max_ticket_lifetime: timedelta
     accounts_ou: str | None = None
-
-
-@dataclass
-class RotationReport:
-    name: str
-    outcome: str  # rotated, verified, resumed, skipped, abandoned, failed
-    from_kvno: int | None = None
-    kvno: int | None = None
-    nodes: list[NodeResult] = field(default_factory=list)
-    message: str = ""
 
 
 class KeytabService:
@@ -97,8 +82,9 @@ class KeytabService:
         enctype_number: Callable[[str], int] = keys.enctype_number,
         new_password: Callable[[], keys.Secret] = keys.new_password,
         clock: Callable[[], datetime] = utcnow,
+        open_store: Callable[[], Store] | None = None,
+        workers: int = 1,
     ) -> None:
-        self._store = store
         self._pool = pool
         self._policy = policy
         self._directory = directory
@@ -109,21 +95,35 @@ class KeytabService:
         self._enctype = enctype_number
         self._new_password = new_password
         self._clock = clock
-        self._journal = RotationJournal(store, clock)
+        # Rotations of several accounts at once (batch.py): each worker opens its own store.
+        self._open_store = open_store
+        self._workers = workers if open_store is not None else 1
+        self._bind(store)
+
+    def _bind(self, store: Store) -> None:
+        """Use `store` (this thread's connection) for the journal and the node records."""
+        self._store = store
+        self._journal = RotationJournal(store, self._clock)
         self._nodes = KeytabNodes(
-            store=store, pool=pool, clock=clock, max_ticket_lifetime=rules.max_ticket_lifetime
+            store=store,
+            pool=self._pool,
+            clock=self._clock,
+            max_ticket_lifetime=self._rules.max_ticket_lifetime,
         )
 
     # ------------------------------------------------------------ policy
 
-    def _accounts(self) -> Mapping[str, ServiceAccount]:
+    def _active(self) -> Policy:
         policy = self._policy()
         if policy is None:
             raise RefusedError(
                 "no policy is active: no service accounts are defined",
                 fix="an operator applies one with `broker policy apply FILE`",
             )
-        return policy.service_accounts
+        return policy
+
+    def _accounts(self) -> Mapping[str, ServiceAccount]:
+        return self._active().service_accounts
 
     def service_account(self, name: str) -> ServiceAccount:
         accounts = self._accounts()
@@ -138,30 +138,6 @@ class KeytabService:
         if not service.nodes:
             raise RefusedError(f"service account {service.name} has no nodes")
         return inventory.targets(self._store, sorted(service.nodes))
-
-    # ------------------------------------------------------------ node calls (nodes.py)
-
-    def _verify_nodes(
-        self,
-        service: ServiceAccount,
-        targets: Sequence[NodeTarget],
-        principals: Sequence[str],
-        kvno: int,
-    ) -> list[NodeResult]:
-        """Fresh service tickets for every principal, accepted with each node's keytab."""
-        tokens = self._tokens(principals)
-        missing = [p for p, t in tokens.items() if t is None]
-        if missing:
-            raise FailedError(
-                f"the KDC issued no service ticket for {', '.join(missing[:5])}",
-                fix="check the account's servicePrincipalName values in AD match the policy",
-            )
-        payload = {
-            "path": str(service.keytab),
-            "tokens": [{"principal": p, "token": tokens[p]} for p in principals],
-        }
-        replies = self._nodes.call(targets, "keytab-verify", {t.name: payload for t in targets})
-        return self._nodes.record_verification(service.name, principals, kvno, replies)
 
     # ------------------------------------------------------------ AD
 
@@ -190,19 +166,14 @@ class KeytabService:
         changed in AD unless every node holds the next keys first."""
         service = self.service_account(name)
         targets = self._targets(service)
-        with _RUNNING_LOCK:
-            if name in _RUNNING:
-                raise RefusedError(f"a rotation of {name} is already running")
-            _RUNNING.add(name)
-        ad = self._directory()
-        try:
-            return self._rotate(service, targets, ad, actor=actor, force=force)
-        except sqlite3.IntegrityError:
-            raise RefusedError(f"another process is rotating {name}") from None
-        finally:
-            ad.close()
-            with _RUNNING_LOCK:
-                _RUNNING.discard(name)
+        with self._journal.claimed(name, actor):
+            ad = self._directory()
+            try:
+                return self._rotate(service, targets, ad, actor=actor, force=force)
+            except sqlite3.IntegrityError:
+                raise RefusedError(f"another process is rotating {name}") from None
+            finally:
+                ad.close()
 
     def _rotate(
         self,
@@ -410,7 +381,7 @@ class KeytabService:
     ) -> RotationReport:
         """Verify on every node; all good: done and prune; else stays open for a retry."""
         name = service.name
-        results = self._verify_nodes(service, targets, principals, kvno)
+        results = self._nodes.verify(service, targets, principals, self._tokens, kvno)
         bad = [r for r in results if not r.ok]
         now = self._clock()
         if bad:
@@ -424,8 +395,11 @@ class KeytabService:
                 "starts a new rotation",
             )
         self._journal.done(name, rotation_id, kvno, [t.name for t in targets], actor, now)
-        # Prune: keep what plan.keep_kvnos says now that the new version is current.
-        self._nodes.install(service, targets, principals, current=kvno, staged=None)
+        # Prune: keep what plan.keep_kvnos says now that the new version is current (nodes
+        # whose last read-back holds nothing to remove are not asked).
+        self._nodes.install(
+            service, targets, principals, current=kvno, staged=None, skip_clean=True
+        )
         return RotationReport(name, "verified", kvno=kvno, nodes=results)
 
     def _resume(
@@ -476,30 +450,32 @@ class KeytabService:
         return RotationReport(name, "superseded", kvno=account.kvno)
 
     def rotate_due(self, *, actor: str, every: bool = False) -> list[RotationReport]:
-        """Every account that is due (or every account): open rotations are resumed first;
-        an account waiting for a retry (backoff) is skipped. One account's failure never
-        stops the others."""
-        now = self._clock()
-        reports: list[RotationReport] = []
-        for name, service in sorted(self._accounts().items()):
-            with self._store.transaction() as conn:
-                row = rows.account(conn, name)
-                open_one = rows.open_rotation(conn, name)
-            if row is not None and row.retry_after is not None and row.retry_after > now:
-                reports.append(
-                    RotationReport(
-                        name, "skipped", message=f"retry after {row.retry_after:%H:%M:%SZ}"
-                    )
-                )
-                continue
-            last = row.last_rotated_at if row is not None else None
-            if not every and open_one is None and not plan.is_due(last, service.rotate_every, now):
-                continue
-            try:
-                reports.append(self.rotate(name, actor=actor))
-            except BrokerError as exc:
-                reports.append(RotationReport(name, "failed", message=exc.one_line()))
-        return reports
+        """Every account that is due (or every account), `keytabs.rotate_workers` at a time
+        (batch.py): open rotations are resumed first; an account waiting for a retry
+        (backoff) is skipped. One account's failure never stops the others. Reports in
+        account order, whatever order they finished in."""
+        policy = self._active()
+        names, reports = batch.select(self._store, policy.service_accounts, self._clock(), every)
+        workers = min(self._workers, len(names))
+        if workers <= 1:
+            reports.update(batch.one_by_one(names, lambda n: self.rotate(n, actor=actor)))
+        else:
+            reports.update(batch.in_parallel(names, workers, lambda: self._worker(policy, actor)))
+        return [reports[name] for name in sorted(reports)]
+
+    def _worker(self, policy: Policy, actor: str) -> tuple[batch.Rotate, Callable[[], None]]:
+        """This service on a store connection of its own, for one worker thread, with the
+        policy the run started with (the caller's policy reader uses the caller's store)."""
+        assert self._open_store is not None
+        store = self._open_store()
+        worker = copy.copy(self)
+        worker._policy = lambda: policy
+        worker._bind(store)
+
+        def rotate(name: str) -> RotationReport:
+            return worker.rotate(name, actor=actor)
+
+        return rotate, store.close
 
     # ------------------------------------------------------------ create, verify, status
 
@@ -511,6 +487,18 @@ class KeytabService:
         keytab_spec(
             service, keytab_principals(service, self._rules.realm)
         )  # before an account is made in AD
+        with self._journal.claimed(name, actor):
+            return self._create(service, targets, actor=actor, create_account=create_account)
+
+    def _create(
+        self,
+        service: ServiceAccount,
+        targets: list[NodeTarget],
+        *,
+        actor: str,
+        create_account: bool,
+    ) -> RotationReport:
+        name = service.name
         ad = self._directory()
         try:
             if ad.lookup(service.account) is None:
@@ -547,7 +535,7 @@ class KeytabService:
             account = self._lookup(ad, service)
         finally:
             ad.close()
-        results = self._verify_nodes(service, targets, principals, account.kvno)
+        results = self._nodes.verify(service, targets, principals, self._tokens, account.kvno)
         self._nodes.refresh(service, targets, principals)
         ok = all(r.ok for r in results)
         failed = [r.node for r in results if not r.ok]

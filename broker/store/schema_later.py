@@ -84,4 +84,19 @@ LATER: tuple[Migration, ...] = (
             "CREATE INDEX request_notices_request ON request_notices (request_id)",
         ),
     ),
+    Migration(
+        15,
+        "keytab rotation claims: one worker per service account at a time",
+        (
+            # Taken before a rotation of the account starts and dropped when it ends, so two
+            # workers (threads or processes) never rotate one account at once. `owner` is
+            # "pid:process start time:random"; a claim whose process is gone (kill -9) or
+            # that is older than keytabs/claims.py's CLAIM_TTL may be taken over.
+            """CREATE TABLE keytab_claims (
+                name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                claimed_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )

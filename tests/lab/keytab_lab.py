@@ -34,8 +34,9 @@ def prepare_ad(lab: dict[str, Any]) -> None:
     )
 
 
-def private_config(lab: dict[str, Any], state_dir: Path) -> Path:
-    """The lab's broker.toml up to [daemon], with its own state directory and [keytabs]."""
+def private_config(lab: dict[str, Any], state_dir: Path, keytabs: str = "") -> Path:
+    """The lab's broker.toml up to [daemon], with its own state directory and [keytabs]
+    (`keytabs`: more lines for that section, e.g. the benchmark's rotate_workers)."""
     text = Path(lab["broker"]["config"]).read_text()
     head = text.split("\n[daemon]\n", 1)[0]
     head = head.replace(lab["broker"]["state_dir"], str(state_dir))
@@ -43,15 +44,19 @@ def private_config(lab: dict[str, Any], state_dir: Path) -> Path:
     head = head.replace(lab["broker"]["known_hosts"], str(state_dir / "known_hosts"))
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     config = state_dir.parent / "broker.toml"
-    config.write_text(f'{head}\n[keytabs]\naccounts_ou = "{ACCOUNTS_OU}"\n')
+    config.write_text(f'{head}\n[keytabs]\naccounts_ou = "{ACCOUNTS_OU}"\n{keytabs}')
     return config
 
 
 def private_app(
-    lab: dict[str, Any], state_dir: Path, policy_text: str, nodes: list[dict[str, Any]]
+    lab: dict[str, Any],
+    state_dir: Path,
+    policy_text: str,
+    nodes: list[dict[str, Any]],
+    keytabs: str = "",
 ) -> App:
     """Init the private state, pin `nodes`, sync the directory and apply `policy_text`."""
-    settings = load_settings(private_config(lab, state_dir))
+    settings = load_settings(private_config(lab, state_dir, keytabs))
     use_krb5_conf(settings.kerberos)
     app = App(settings)
     app.setup().init("test")

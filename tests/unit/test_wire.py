@@ -24,7 +24,7 @@ from broker.grants.model import Approval, Grant, GrantNode, Request
 from broker.grants.push import NodeOutcome
 from broker.grants.quarantine import NodeMark, QuarantineResult
 from broker.keytabs import status as keytab_status
-from broker.keytabs.service import RotationReport
+from broker.keytabs.report import RotationReport
 from broker.mfa.model import MfaStatus
 from broker.policy.versions import PolicyVersion
 from broker.provision.bootstrap import BootstrapResult

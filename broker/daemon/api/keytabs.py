@@ -11,7 +11,7 @@ from broker.core.errors import UsageError
 from broker.core.timeutil import to_second_text
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
-from broker.keytabs.service import RotationReport
+from broker.keytabs.report import RotationReport
 from broker.keytabs.status import AccountStatus
 from broker.wire.base import from_domain
 from broker.wire.keytabs import (
