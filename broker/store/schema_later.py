@@ -84,4 +84,18 @@ LATER: tuple[Migration, ...] = (
             "CREATE INDEX request_notices_request ON request_notices (request_id)",
         ),
     ),
+    Migration(
+        15,
+        "the controls report: audit events by action and time, by action and actor or target",
+        (
+            # `broker report controls` counts events per action over a period and looks up
+            # each elevation's TOTP (same action, actor, just before) and each recording's
+            # digest event (same action, target) on these, instead of scanning the chain.
+            # (action, ts) serves every query the single-column action index served.
+            "CREATE INDEX audit_events_action_ts ON audit_events (action, ts)",
+            "CREATE INDEX audit_events_action_actor ON audit_events (action, actor, ts)",
+            "CREATE INDEX audit_events_action_target ON audit_events (action, target)",
+            "DROP INDEX audit_events_action",
+        ),
+    ),
 )
