@@ -226,7 +226,7 @@ def mfa_elevations(f: dict[str, Any], s: Scope) -> Result:
     for key, (label, action) in labels.items():
         part = f[key]
         r.add(label, part["total"], tail(s, action))
-        missing_total += len(part["without_totp"])
+        missing_total += part["missing"]
         for seq, actor, target, ts in part["without_totp"]:
             r.flag(
                 f"{action} {target} by {actor} at {ts} (seq {seq}) had no TOTP code accepted before it",

@@ -86,7 +86,7 @@ LATER: tuple[Migration, ...] = (
     ),
     Migration(
         15,
-        "the controls report: audit events by action and time, by action and actor or target",
+        "the controls report: audit events by action (and time, actor or target), hook events by time",
         (
             # `broker report controls` counts events per action over a period and looks up
             # each elevation's TOTP (same action, actor, just before) and each recording's
@@ -96,6 +96,9 @@ LATER: tuple[Migration, ...] = (
             "CREATE INDEX audit_events_action_actor ON audit_events (action, actor, ts)",
             "CREATE INDEX audit_events_action_target ON audit_events (action, target)",
             "DROP INDEX audit_events_action",
+            # AC-10's running count of open elevated sessions per node and user, in time
+            # order: read in index order instead of sorting every hook event.
+            "CREATE INDEX session_events_timeline ON session_events (node, user, at)",
         ),
     ),
 )
