@@ -43,7 +43,7 @@ def _event(
 
 def _grant(conn: sqlite3.Connection, gid: str, user: str, start: datetime, **kw: Any) -> None:
     """A grant row and its nodes, as the grant service stores them (the report reads these)."""
-    g = {
+    g: dict[str, Any] = {
         "runas": "root", "commands": "ALL", "nodes": ["cn01"], "hours": 1, "state": "expired",
         "ended_at": None, "end_reason": None, "request_id": None, "max_sessions": 1,
     } | kw  # fmt: skip
@@ -132,10 +132,12 @@ def seed_day(app: App, t0: datetime) -> None:
 def seeded(broker_app: App) -> Iterator[tuple[App, dict[str, Any]]]:
     now = utcnow()
     seed_day(broker_app, now - DAY)
-    doc = broker_app.report().controls(
-        since=now - 2 * DAY, until=now, zone=None, actor="unix:root", now=now
+    yield (
+        broker_app,
+        broker_app.report().controls(
+            since=now - 2 * DAY, until=now, zone=None, actor="unix:root", now=now
+        ),
     )
-    yield broker_app, doc
 
 
 def figures(doc: dict[str, Any], control_id: str) -> dict[str, Any]:
@@ -145,7 +147,8 @@ def figures(doc: dict[str, Any], control_id: str) -> dict[str, Any]:
 
 def control(doc: dict[str, Any], control_id: str) -> dict[str, Any]:
     (entry,) = [c for c in doc["controls"] if c["id"] == control_id]
-    return entry
+    found: dict[str, Any] = entry
+    return found
 
 
 def test_each_fact_lands_under_its_control(seeded: tuple[App, dict[str, Any]]) -> None:
