@@ -18,12 +18,15 @@ import pytest
 from broker.app import App
 from broker.audit import writer
 from broker.audit.checkpoint import load_signing_key
+from broker.config.loader import load_settings
 from broker.core.errors import BadRequestError, UsageError
 from broker.core.timeutil import to_text, utcnow
 from broker.report import evidence
 from broker.report.catalogue import CATALOGUE
 from broker.report.document import SCHEMA, parse, sign
 from tests.helpers import run_broker
+from tests.unit.policy_samples import LAB_POLICY
+from tests.unit.test_policy_cli import seed_directory
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = timedelta(days=1)
@@ -291,3 +294,30 @@ def test_cli_verify_exit_codes(daemon: Path, tmp_path: Path) -> None:
     else:
         assert html.returncode == 0, html.stderr
         assert run_broker("report", "verify", str(page), config=daemon).returncode == 0
+
+
+def test_a_zone_limits_node_facts_to_its_nodes(broker_config: Path) -> None:
+    seed_directory(broker_config)
+    app = App(load_settings(broker_config))
+    try:
+        app.policy().apply(LAB_POLICY, "policy.toml", "unix:root")
+        now = utcnow()
+        t0 = now - timedelta(hours=5)
+        with app.ready_store().transaction() as conn:
+            _grant(conn, "g1", "alice", t0, nodes=["gpu01"])
+            _grant(conn, "g2", "dave", t0, nodes=["stor01"])
+            for node in ("gpu01", "gpu01", "stor01"):
+                _event(conn, t0, f"node:{node}", "session.deny", "-", "refused", reason="workloads")
+        report = app.report()
+        counts = {}
+        for zone in ("compute", "storage", None):
+            doc = report.controls(since=now - DAY, until=now, zone=zone, actor="t", now=now)
+            ac6 = figures(doc, "AC-6")
+            counts[zone] = (ac6["grants issued"], ac6["job launches refused while elevated"])
+        assert counts == {"compute": (1, 2), "storage": (1, 1), None: (2, 3)}
+        # Service accounts of the active policy never rotated are overdue (IA-5).
+        ia5 = control(doc, "IA-5")
+        assert ia5["status"] == "attention"
+        assert any("never rotated" in a["item"] for a in ia5["attention"])
+    finally:
+        app.close()
