@@ -99,7 +99,7 @@ def _replay_and_lockout(lab: dict[str, Any], codes: Codes) -> None:
     code = codes.code("carol")
     assert cli(lab, "mfa", "verify", user="carol", stdin=code).returncode == 0
     replayed = cli(lab, "mfa", "verify", user="carol", stdin=code)
-    assert replayed.returncode == 1 and "replay" in replayed.stderr.lower(), replayed.stderr
+    assert replayed.returncode == 1 and "already used" in replayed.stderr, replayed.stderr
     for _ in range(4):  # failures 2..5: the fifth locks (mfa.max_failures = 5)
         cli(lab, "mfa", "verify", user="carol", stdin="000000\n")
     locked = cli(lab, "mfa", "verify", user="carol", stdin=codes.code("carol"))
@@ -234,7 +234,6 @@ def test_each_fact_of_the_day_is_under_its_control(
         == au10["finished recordings in the period"]
     )
     assert figures(doc, "AU-9(3)")["chain verified up to seq"] == doc["audit_head"]["seq"]
-    assert figures(doc, "SC-8")["nodes without a pinned host key"] == 0
 
 
 def test_verify_holds_and_one_tampered_row_breaks_it(
