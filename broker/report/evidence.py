@@ -316,7 +316,7 @@ def transports(f: dict[str, Any], s: Scope, t: Transports) -> Result:
             f"node {node} has no pinned host key: the broker will not reach it",
             f"broker node enroll {shlex.quote(node)}",
         )
-    if t.directory_auth != "gssapi":
+    if t.directory_auth == "simple":
         r.flag(
             "the directory is read with a simple bind (over TLS) rather than GSSAPI",
             "broker config check",
