@@ -321,3 +321,25 @@ def test_a_zone_limits_node_facts_to_its_nodes(broker_config: Path) -> None:
         assert any("never rotated" in a["item"] for a in ia5["attention"])
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(
+    ("auth", "forward", "unpinned", "attention"),
+    [
+        ("gssapi", "tls", [], []),
+        ("not configured", None, [], []),
+        ("simple", None, [], ["simple bind"]),
+        ("gssapi", "tcp", ["gpu07"], ["gpu07 has no pinned host key", "over tcp without TLS"]),
+    ],
+)
+def test_transports_flag_what_is_not_protected(
+    auth: str, forward: str | None, unpinned: list[str], attention: list[str]
+) -> None:
+    t = evidence.Transports(("ldaps",), auth, "mutual TLS", forward, False)
+    scope = evidence.Scope("2026-12-01T00:00:00.000000Z", "2026-12-02T00:00:00.000000Z", None)
+    result = evidence.transports({"pinned": 3, "unpinned": unpinned, "relayed": 0}, scope, t)
+    items = [a["item"] for a in result.attention]
+    assert len(items) == len(attention)
+    for item, expected in zip(items, attention, strict=True):
+        assert expected in item
+    assert result.status == ("attention" if attention else "ok")
