@@ -154,7 +154,11 @@ def privileged_use(f: dict[str, Any], s: Scope) -> Result:
         "elevated sessions opened (node hook)", hook.get("session.open", 0), tail(s, "session.open")
     )
     r.add("sessions recorded", sum(rec.values()), f"broker sessions list --since {since}")
-    r.add("sudo refused by the node", hook.get("session.deny", 0), tail(s, "session.deny"))
+    r.add(
+        "sudo and job launches refused by the node",
+        hook.get("session.deny", 0),
+        tail(s, "session.deny"),
+    )
     for state in ("incomplete", "quarantined"):
         if rec.get(state):
             r.flag(f"{rec[state]} recording(s) {state}", f"broker sessions list --since {since}")
@@ -271,10 +275,8 @@ def keytab_rotation(f: dict[str, Any], s: Scope, overdue: list[tuple[str, str]])
             "broker keytab status",
         )
     for name, due in overdue:
-        r.flag(
-            f"keytab {name} was due for rotation at {due}",
-            "broker keytab status",
-        )
+        when = "has never been rotated" if due == "never rotated" else f"was due at {due}"
+        r.flag(f"keytab {name} {when}", "broker keytab status")
     r.details["accounts"] = [
         {"name": n, "kvno": k, "last_rotated_at": at, "last_error": e}
         for n, k, at, e in f["accounts"]

@@ -27,7 +27,9 @@ DIRECTORY_CHANGES = (
     "directory.membership.removed",
 )
 # How long before an elevation or approval its TOTP code may have been accepted: the CLI
-# asks for the code and sends the request at once, so minutes are generous.
+# asks for the code and sends the request at once, so minutes are generous. And after: an
+# event is stamped with its request's start, the code's acceptance a moment later in the
+# same request, so up to a minute after counts as the same request.
 MFA_FRESH_S = 300
 # Commands that install software, matched on the argv sudo recorded as the index stores it
 # (JSON text, `["apt-get", "install", "-y", "hello"]`): a GLOB on the text, no JSON parse
@@ -306,8 +308,9 @@ _ELEVATION = (
 )
 _NO_TOTP = (
     "NOT EXISTS (SELECT 1 FROM audit_events m WHERE m.action = 'mfa.verify'"
-    " AND m.actor = e.actor AND m.outcome = 'ok' AND m.ts <= e.ts"
+    " AND m.actor = e.actor AND m.outcome = 'ok'"
     " AND m.ts >= strftime('%Y-%m-%dT%H:%M:%fZ', e.ts, ?)"
+    " AND m.ts <= strftime('%Y-%m-%dT%H:%M:%fZ', e.ts, '+60 seconds')"
     " AND json_extract(m.details, '$.purpose') = ?)"
 )
 _COUNT_ELEVATIONS = "SELECT count(*), coalesce(sum(" + _NO_TOTP + "), 0)" + _ELEVATION

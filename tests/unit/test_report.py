@@ -318,7 +318,7 @@ def test_a_zone_limits_node_facts_to_its_nodes(broker_config: Path) -> None:
         # Service accounts of the active policy never rotated are overdue (IA-5).
         ia5 = control(doc, "IA-5")
         assert ia5["status"] == "attention"
-        assert any("never rotated" in a["item"] for a in ia5["attention"])
+        assert any("has never been rotated" in a["item"] for a in ia5["attention"])
     finally:
         app.close()
 
