@@ -91,7 +91,9 @@ def seed_day(app: App, t0: datetime) -> None:
     keytab rotation, a recorded apt-get install, an expired account losing its grant."""
     h = timedelta(hours=1)
     with app.ready_store().transaction() as conn:
-        _event(conn, t0, "unix:alice", "mfa.verify", "alice", purpose="elevate")
+        # The code is accepted a moment after the request began (the event's stamp).
+        _event(conn, t0 + timedelta(seconds=1), "unix:alice", "mfa.verify", "alice",
+               purpose="elevate")  # fmt: skip
         _event(conn, t0, "unix:alice", "grant.issue", "g1", user="alice", request=None)
         _grant(conn, "g1", "alice", t0)
         _event(conn, t0 + h, "unix:bob", "mfa.verify", "bob", purpose="elevate")
