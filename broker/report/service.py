@@ -205,7 +205,8 @@ class ReportService:
         """The whole chain verified against the checkpoint logs, as `broker audit verify`,
         on a read-only connection of this thread's own."""
         path = self._settings.db_path
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        uri = f"{path.absolute().as_uri()}?mode=ro"  # as_uri escapes what a URI cannot hold
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
             report = verify_store(conn, self._settings.signing_key, self._settings.checkpoint_paths)
