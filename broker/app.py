@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from broker.grants.service import GrantService
     from broker.keytabs.service import KeytabService
     from broker.provision.nodes import NodeService
+    from broker.report.service import ReportService
     from broker.sessions.certs import TunnelCerts
     from broker.sessions.index import Indexer as SessionIndexer
     from broker.sessions.service import Recordings
@@ -316,6 +317,24 @@ class App:
         """Refusals into the audit chain, rate-limited per caller across the process's threads."""
         store = self.ready_store()
         return RefusalRecorder(store, shared_limiter(str(self.settings.db_path)))
+
+    def report(self) -> ReportService:
+        """The controls report over this process's store, signed with the audit key."""
+        from broker.report.service import ReportService  # lazy: start-up (module doc)
+
+        return ReportService(
+            self.ready_store(),
+            self.settings,
+            self.policy().active,
+            self._zone_nodes,
+        )
+
+    def _zone_nodes(self, zone: str) -> frozenset[str] | None:
+        """The nodes of `zone` in the active policy; None when it has no such zone."""
+        policy = self.policy().active()
+        if policy is None or zone not in policy.zones:
+            return None
+        return self.policy().nodes_in_zones([zone])
 
     def grant_reader(self) -> GrantReader:
         """Grants and requests to list and show (the store only: no SSH, no signing key)."""

@@ -40,6 +40,11 @@ _CLI = "broker.cli."
 # importing the module; tests/unit/test_cli_scripting.py checks it against the help.
 COMMANDS: dict[str, Entry] = {
     "audit": Entry(_CLI + "audit_cmds", "app", "The tamper-evident audit chain."),
+    "report": Entry(
+        _CLI + "report_cmds",
+        "app",
+        "Evidence for auditors: the controls report, signed, and its verification.",
+    ),
     "db": Entry(_CLI + "db_cmds", "app", "The broker's SQLite store."),
     "config": Entry(_CLI + "config_cmds", "app", "The broker's configuration file."),
     "directory": Entry(_CLI + "directory_cmds", "app", "Active Directory over LDAPS and Kerberos."),

@@ -33,14 +33,15 @@ _TEXT_MAX = 256
 _PID_MAX = 2**22  # the kernel's largest pid_max
 # The node's time of the event: UTC, whole seconds (contract.format_utc, bk_format_utc)
 _AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
-# Why a node refused a sudo (docs/grants.md): the PAM module's codes, and `log_server` from
-# the node's watcher (a sudo the module allowed that its log server then refused, under the
-# grant it was allowed by). Anything else is stored as "other".
+# Why a node refused a sudo (docs/grants.md): the PAM module's codes, `workloads` for a job
+# launch refused while its user holds root, and `log_server` from the node's watcher (a sudo
+# the module allowed that its log server then refused, under the grant it was allowed by).
+# Anything else is stored as "other".
 DENY_REASONS = frozenset(
     {
         "no_grant", "expired", "not_yet_valid", "revoked", "bad_signature", "other_node",
         "quarantined", "max_sessions", "bad_file", "bad_config", "no_user", "uncontained",
-        "log_server",
+        "log_server", "workloads",
     }
 )  # fmt: skip
 

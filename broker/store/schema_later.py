@@ -99,4 +99,24 @@ LATER: tuple[Migration, ...] = (
             ) WITHOUT ROWID""",
         ),
     ),
+    Migration(
+        16,
+        "the controls report: audit events by action (and time, actor or target), hook events by time",
+        (
+            # `broker report controls` counts events per action and outcome over a period and
+            # looks up each elevation's TOTP (same action, actor, just before) and each
+            # recording's digest event (same action, target) on these, instead of reading
+            # the rows. (action, ts, outcome) serves every query the single-column action
+            # index served; (ts, outcome) every query the ts index served.
+            "CREATE INDEX audit_events_action_ts ON audit_events (action, ts, outcome)",
+            "CREATE INDEX audit_events_action_actor ON audit_events (action, actor, ts)",
+            "CREATE INDEX audit_events_action_target ON audit_events (action, target)",
+            "DROP INDEX audit_events_action",
+            "CREATE INDEX audit_events_ts_outcome ON audit_events (ts, outcome)",
+            "DROP INDEX audit_events_ts",
+            # AC-10's running count of open elevated sessions per node and user, in time
+            # order: read in index order instead of sorting every hook event.
+            "CREATE INDEX session_events_timeline ON session_events (node, user, at)",
+        ),
+    ),
 )

@@ -176,6 +176,10 @@ static int gate(pam_handle_t *pamh, const char *type, int refuse, int argc, cons
     } else {
         bk_decide_other(&c.ctx, c.service, c.user, false, &v);
     }
+    /* A job launch refused while its user holds root (AC-6) reaches the broker as a deny
+     * event like a refused sudo; the user is both the person and the account. */
+    if (!v.allow && v.why == BK_WHY_WORKLOADS)
+        bk_spool_deny(&c.ctx, c.service, c.user, c.user, c.tty, getpid(), v.why);
     log_verdict(pamh, &c, &v);
     if (v.allow && (v.granted.count > 0 || v.granted.break_glass))
         keep_granted(pamh, &v.granted);

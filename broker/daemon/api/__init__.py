@@ -10,6 +10,7 @@ from broker.daemon.api import (
     mfa,
     nodes,
     policy,
+    report,
     sessions,
     system,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "mfa",
     "nodes",
     "policy",
+    "report",
     "sessions",
     "system",
 ]

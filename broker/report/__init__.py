@@ -1,0 +1,1 @@
+"""Evidence an auditor accepts: the controls report (`broker report`), signed, verifiable."""
