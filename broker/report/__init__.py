@@ -1,0 +1,1 @@
+"""Compliance reports: what the broker enforced over a period, with evidence and charts."""
