@@ -4,7 +4,8 @@ Used by the report's tests (tests/unit/test_report_html.py) and meant for the la
 on a real report: `load_page(path, probe=...)` opens the file, waits for its load event, and
 returns the console errors, every request the page made (a self-contained page makes none but
 its own), failed loads, what a JavaScript `probe` expression found in the DOM (run by the test
-harness, not by the page: the page has no script), a PNG screenshot, the same probe again
+harness, not by the page: the page has no script), a PNG screenshot of the whole page at
+the window's width, the same probe again
 under print media at A4's printable width (`print_probe`), and the page printed to PDF.
 
 How: the Chrome DevTools Protocol over `--remote-debugging-pipe` (file descriptors 3 and 4,
@@ -146,7 +147,14 @@ def _drive(pipe: _Pipe, report: PageReport, probe: str, size: tuple[int, int]) -
     pipe.wait_for("Page.loadEventFired", session)
     evaluate = {"expression": probe, "returnByValue": True}
     report.probe = pipe.call("Runtime.evaluate", evaluate, session)["result"].get("value")
-    shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session)
+    # The whole page, however long: the viewport's width, the content's height.
+    height = pipe.call("Page.getLayoutMetrics", session=session)["cssContentSize"]["height"]
+    clip = {"x": 0, "y": 0, "width": size[0], "height": max(size[1], height), "scale": 1}
+    shot = pipe.call(
+        "Page.captureScreenshot",
+        {"format": "png", "clip": clip, "captureBeyondViewport": True},
+        session,
+    )
     report.screenshot = base64.b64decode(shot["data"])
     pipe.call("Emulation.setEmulatedMedia", {"media": "print"}, session)
     pipe.call("Emulation.setDeviceMetricsOverride", {**metrics, "width": A4_PRINT_PX}, session)
@@ -180,10 +188,11 @@ def _run(
     """Start the browser on its pipes, drive it, and always reap it."""
     commands_r, commands_w = os.pipe()
     replies_r, replies_w = os.pipe()
-    # The shell puts the pipe ends on 3 and 4, where --remote-debugging-pipe expects them.
+    # bash puts the pipe ends on 3 and 4, where --remote-debugging-pipe expects them (dash
+    # cannot redirect from a descriptor above 9, and under pytest ours are above it).
     command = f'exec "$0" "$@" 3<&{commands_r} 4>&{replies_w}'
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", command, CHROMIUM, *FLAGS, *extra, "about:blank"],
+        ["/bin/bash", "-c", command, CHROMIUM, *FLAGS, *extra, "about:blank"],
         pass_fds=(commands_r, replies_w),
         stdin=subprocess.DEVNULL,
         stdout=log,

@@ -185,6 +185,7 @@ def _histogram(data: Any, what: str, key: str) -> tuple[Callable[[Axes], None] |
         ax.bar_label(bars, fontsize=8)
         ax.set_ylabel(what)
         ax.margins(y=0.15)
+        _whole_counts(ax)
 
     return plot, summary, 2.8
 
@@ -276,8 +277,6 @@ _EPOCH = date(1970, 1, 1).toordinal()
 def _date_axis(ax: Axes, days: list[date]) -> None:
     """Whole days on the x axis with a day's margin either side, labelled by us (day and
     month; the year where it starts or changes): one day of data still reads as a day."""
-    from matplotlib.ticker import MaxNLocator  # with the figure: loaded only to draw
-
     first, last = min(days), max(days)
     ax.set_xlim(_day_number(first) - 1, _day_number(last) + 1)
     step = max(1, math.ceil(((last - first).days + 1) / 8))
@@ -287,6 +286,13 @@ def _date_axis(ax: Axes, days: list[date]) -> None:
         for i, t in enumerate(ticks)
     ]
     ax.set_xticks([_day_number(t) for t in ticks], labels)
+    _whole_counts(ax)
+
+
+def _whole_counts(ax: Axes) -> None:
+    """Counts are whole: no 0.2 of a grant on the y axis."""
+    from matplotlib.ticker import MaxNLocator  # with the figure: loaded only to draw
+
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
