@@ -25,7 +25,6 @@ HTML page draws it again from the signed document.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -59,14 +58,23 @@ FAILED_CODE_REASONS = (
     "malformed recovery code",
 )
 
-# The bucket of a duration `d` (seconds): five bound parameters, six buckets.
-_BUCKET = (
-    "CASE WHEN d < :b0 THEN 0 WHEN d < :b1 THEN 1 WHEN d < :b2 THEN 2"
-    " WHEN d < :b3 THEN 3 WHEN d < :b4 THEN 4 ELSE 5 END"
+# Per bucket of a duration `d` (five bound parameters, six buckets): its count, and the
+# median and 90th percentile (nearest rank: the ceil(n/2)-th and ceil(9n/10)-th smallest) if
+# they fall in it. One pass and one sort over the durations, whatever their number.
+_HISTOGRAM = (
+    " SELECT bucket, COUNT(*), MAX(CASE WHEN rn = (n + 1) / 2 THEN d END),"
+    " MAX(CASE WHEN rn = (9 * n + 9) / 10 THEN d END)"
+    " FROM (SELECT d, CASE WHEN d < :b0 THEN 0 WHEN d < :b1 THEN 1 WHEN d < :b2 THEN 2"
+    " WHEN d < :b3 THEN 3 WHEN d < :b4 THEN 4 ELSE 5 END AS bucket,"
+    " ROW_NUMBER() OVER (ORDER BY d) AS rn, COUNT(*) OVER () AS n FROM durations)"
+    " GROUP BY bucket"
 )
 
 # A set of node names as SQLite sees it: the bound JSON array, which an IN (subquery) turns
 # into a temporary index once per statement, so the lookup per row is a search, not a scan.
+# Used as `+column IN ...`: the unary plus keeps SQLite from probing the table's index once
+# per node of the zone (160 probes per grant on a big compute zone) instead of reading the
+# grant's few rows and looking each up in the set.
 _IN_ZONE = "IN (SELECT value FROM json_each(:zone_nodes))"
 
 # Grants issued per day that reached at least one node of a set (:inside = 1) or one node
@@ -81,7 +89,7 @@ _ELEVATIONS = (
 _ELEVATIONS_TOTAL = (
     "SELECT COUNT(*) FROM grants g WHERE g.created_at >= :since AND g.created_at < :until"
     " AND (:zone IS NULL OR EXISTS (SELECT 1 FROM grant_nodes gn WHERE gn.grant_id = g.id"
-    " AND gn.node " + _IN_ZONE + "))"
+    " AND +gn.node " + _IN_ZONE + "))"
 )
 
 # Seconds from a request to the decision that granted it, for requests granted in the period.
@@ -91,7 +99,7 @@ _WAITS = (
     " FROM elevation_requests r"
     " WHERE r.state = 'granted' AND r.decided_at >= :since AND r.decided_at < :until"
     " AND (:zone IS NULL OR EXISTS (SELECT 1 FROM grant_nodes gn"
-    " WHERE gn.grant_id = r.grant_id AND gn.node " + _IN_ZONE + ")))"
+    " WHERE gn.grant_id = r.grant_id AND +gn.node " + _IN_ZONE + ")))"
 )
 
 # Seconds from a recording's start to its end, for sessions started in the period.
@@ -126,7 +134,7 @@ _KEYTABS = (
     " CASE WHEN k.last_rotated_at < :until THEN k.last_rotated_at END)))"
     " FROM keytab_accounts k"
     " WHERE :zone IS NULL OR EXISTS (SELECT 1 FROM keytab_nodes kn"
-    " WHERE kn.name = k.name AND kn.node " + _IN_ZONE + ")"
+    " WHERE kn.name = k.name AND +kn.node " + _IN_ZONE + ")"
     " ORDER BY k.name"
 )
 
@@ -196,30 +204,20 @@ def _durations(
     labels: Sequence[str],
 ) -> dict[str, Any]:
     """A histogram of durations over fixed buckets, with their count, median and 90th
-    percentile (seconds, nearest rank; None without data), each picked by SQLite's
-    ORDER BY ... OFFSET."""
+    percentile (seconds, nearest rank; None without data)."""
     bucket_params = {**params, **{f"b{i}": bound for i, bound in enumerate(bounds)}}
     counts = [0] * len(labels)
-    grouped = durations_sql + " SELECT " + _BUCKET + " AS bucket, COUNT(*) FROM durations"
-    for bucket, count in db.execute(grouped + " GROUP BY bucket", bucket_params):
+    median: float | None = None
+    p90: float | None = None
+    for bucket, count, mid, high in db.execute(durations_sql + _HISTOGRAM, bucket_params):
         counts[int(bucket)] = int(count)
-    total = sum(counts)
-    nth = durations_sql + " SELECT d FROM durations ORDER BY d LIMIT 1 OFFSET :nth"
-
-    def percentile(share: float) -> float | None:
-        if total == 0:
-            return None
-        rank = max(0, math.ceil(total * share) - 1)
-        row = db.execute(nth, {**params, "nth": rank}).fetchone()
-        return round(float(row[0]), 1)
-
+        median = round(float(mid), 1) if mid is not None else median
+        p90 = round(float(high), 1) if high is not None else p90
     return {
-        "buckets": [
-            {"label": label, "count": count} for label, count in zip(labels, counts, strict=True)
-        ],
-        "count": total,
-        "median_s": percentile(0.5),
-        "p90_s": percentile(0.9),
+        "buckets": [{"label": label, "count": n} for label, n in zip(labels, counts, strict=True)],
+        "count": sum(counts),
+        "median_s": median,
+        "p90_s": p90,
     }
 
 

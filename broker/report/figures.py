@@ -45,6 +45,7 @@ MAX_ACCOUNTS = 40  # keytab bars drawn; the summary names how many more there ar
 # Colour-blind-safe (Okabe-Ito) with hatches, so series still differ on a grey printout.
 COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++", "--")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 WIDTH_IN = 7.5  # 190 mm: the page's text width, so A4 prints it without scaling up
 
 
@@ -148,17 +149,19 @@ def _elevations(data: Any) -> tuple[Callable[[Axes], None] | None, str, float]:
         f" busiest day {days[busiest].isoformat()} ({per_day[busiest]})."
     )
 
+    starts, binned, width = _binned(days, series)
+
     def plot(ax: Axes) -> None:
-        x = [_day_number(d) for d in days]
-        bottom = [0] * len(days)
-        for i, (name, counts) in enumerate(series.items()):
+        x = [_day_number(d) + (width - 1) / 2 for d in starts]
+        bottom = [0] * len(starts)
+        for i, (name, counts) in enumerate(binned.items()):
             ax.bar(
-                x, counts, bottom=bottom, label=name, color=_colour(i, name),
+                x, counts, width=0.8 * width, bottom=bottom, label=name, color=_colour(i, name),
                 hatch=HATCHES[i % len(HATCHES)], edgecolor="#333333", linewidth=0.4,
             )  # fmt: skip
             bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
-        _date_axis(ax, days)
-        ax.set_ylabel("grants")
+        _date_axis(ax, [*starts, starts[-1] + timedelta(days=width - 1)])
+        ax.set_ylabel("grants per week" if width == 7 else "grants per day")
         _legend(ax, "zone")
 
     return plot, summary, 3.0
@@ -204,19 +207,24 @@ def _mfa_failures(data: Any) -> tuple[Callable[[Axes], None] | None, str, float]
         f" and {_n(sum(lockouts), 'lockout')}, on {_n(len(days), 'day')}."
     )
 
+    starts, binned, width = _binned(
+        days, {"failed": failed, "locked": locked, "lockouts": lockouts}
+    )
+    failed, locked, lockouts = binned["failed"], binned["locked"], binned["lockouts"]
+
     def plot(ax: Axes) -> None:
-        x = [_day_number(d) for d in days]
-        ax.bar(x, failed, label="failed codes", color=COLOURS[5], edgecolor="#333333",
-               linewidth=0.4)  # fmt: skip
-        ax.bar(x, locked, bottom=failed, label="refused while locked", color=COLOURS[1],
-               hatch="//", edgecolor="#333333", linewidth=0.4)  # fmt: skip
+        x = [_day_number(d) + (width - 1) / 2 for d in starts]
+        ax.bar(x, failed, width=0.8 * width, label="failed codes", color=COLOURS[5],
+               edgecolor="#333333", linewidth=0.4)  # fmt: skip
+        ax.bar(x, locked, width=0.8 * width, bottom=failed, label="refused while locked",
+               color=COLOURS[1], hatch="//", edgecolor="#333333", linewidth=0.4)  # fmt: skip
         marks = [(d, f + lk) for d, f, lk, n in zip(x, failed, locked, lockouts, strict=True) if n]
         if marks:
             ax.plot([d for d, _ in marks], [h for _, h in marks], "v", color="#000000",
                     label="lockout", linestyle="none", markersize=7)  # fmt: skip
             ax.margins(y=0.12)
-        _date_axis(ax, days)
-        ax.set_ylabel("attempts")
+        _date_axis(ax, [*starts, starts[-1] + timedelta(days=width - 1)])
+        ax.set_ylabel("attempts per week" if width == 7 else "attempts per day")
         _legend(ax)
 
     return plot, summary, 3.0
@@ -235,7 +243,7 @@ def _keytab_age(data: Any) -> tuple[Callable[[Axes], None] | None, str, float]:
         rows.append((name, None if age is None else float(age)))
     if not rows:
         return None, "No service account keytab is managed by the broker.", 1.2
-    rows.sort(key=lambda r: (-1.0 if r[1] is None else -r[1], r[0]))  # never rotated first
+    rows.sort(key=lambda r: (r[1] is not None, -(r[1] or 0.0), r[0]))  # never rotated, oldest
     never = sum(1 for _, age in rows if age is None)
     dated = [r for r in rows if r[1] is not None]
     oldest = f"; oldest {dated[0][0]}, {dated[0][1]:.1f} days" if dated else ""
@@ -266,6 +274,22 @@ def _colour(i: int, name: str) -> str:
     return "#BBBBBB" if name == NO_ZONE else COLOURS[i % len(COLOURS)]
 
 
+def _binned(
+    days: list[date], series: dict[str, list[int]]
+) -> tuple[list[date], dict[str, list[int]], int]:
+    """Days as drawn: one bar a day up to three months, one a week (from Monday) beyond, so a
+    year is 53 bars, not 365 (a page of readable size and weight). The data stays per day."""
+    if not days or (max(days) - min(days)).days <= 92:
+        return days, series, 1
+    starts = sorted({d - timedelta(days=d.weekday()) for d in days})
+    index = {start: i for i, start in enumerate(starts)}
+    binned = {name: [0] * len(starts) for name in series}
+    for name, counts in series.items():
+        for d, count in zip(days, counts, strict=True):
+            binned[name][index[d - timedelta(days=d.weekday())]] += count
+    return starts, binned, 7
+
+
 def _day_number(day: date) -> float:
     """A day as matplotlib's default date axis counts it (days since 1970-01-01)."""
     return float(day.toordinal() - _EPOCH)
@@ -282,7 +306,8 @@ def _date_axis(ax: Axes, days: list[date]) -> None:
     step = max(1, math.ceil(((last - first).days + 1) / 8))
     ticks = [first + timedelta(days=i) for i in range(0, (last - first).days + 1, step)]
     labels = [
-        t.strftime("%d %b") + (f"\n{t.year}" if i == 0 or t.year != ticks[i - 1].year else "")
+        f"{t.day:02d} {MONTHS[t.month - 1]}"
+        + (f"\n{t.year}" if i == 0 or t.year != ticks[i - 1].year else "")
         for i, t in enumerate(ticks)
     ]
     ax.set_xticks([_day_number(t) for t in ticks], labels)
