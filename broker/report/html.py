@@ -111,7 +111,13 @@ class Document(_Shape):
 
 def embedded_json(document: dict[str, Any]) -> Markup:
     """The document as JSON safe inside a `<script>` element: `<`, `>` and `&` escaped."""
-    text = json.dumps(document, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    try:
+        text = json.dumps(document, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except ValueError:  # NaN or Infinity: Python's json reads them, no other reader does
+        raise UsageError(
+            "the report document is malformed: it holds NaN or Infinity, which is not JSON",
+            fix="render a document written by `broker report`, unedited",
+        ) from None
     safe = text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
     return Markup(safe)  # noqa: S704 - no markup character is left in it (escaped just above)
 
@@ -138,6 +144,7 @@ def extract_document(page: str) -> Any:
 def render_html(document: dict[str, Any]) -> str:
     """The whole page for a report document (the shape `broker report` writes)."""
     shape = Document.read(document)
+    embedded = embedded_json(document)
     charts = draw_charts(document.get("charts"))
     page = _environment().get_template(PAGE)
     return page.render(
@@ -145,7 +152,7 @@ def render_html(document: dict[str, Any]) -> str:
         zone=shape.zone if shape.zone is not None else "all zones",
         badges=BADGES,
         charts=[(c, Markup(c.svg)) for c in charts],  # noqa: S704 - matplotlib's, text escaped
-        embedded=embedded_json(document),
+        embedded=embedded,
         element_id=ELEMENT_ID,
         stylesheet=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704
     )

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ def test_an_empty_period_draws_no_data_panels(document: dict[str, Any], tmp_path
         (lambda d: d["charts"].pop("keytab_age"), "charts.keytab_age"),
         (lambda d: d["charts"]["mfa_failures"].update(lockouts=[1, 2, 3]), "lockouts"),
         (lambda d: d["charts"]["elevations"].update(days=["yesterday"]), "elevations.days"),
+        (lambda d: d["controls"][0]["evidence"][1].update(value=float("nan")), "NaN"),
     ],
 )
 def test_a_malformed_document_is_one_usage_error_naming_the_field(
@@ -204,3 +206,12 @@ def test_the_screenshot_in_the_docs_is_a_png() -> None:
     shot = REPO / "docs" / "report-screenshot.png"
     assert shot.read_bytes().startswith(b"\x89PNG")
     assert "report-screenshot.png" in (REPO / "docs" / "report.md").read_text(encoding="utf-8")
+
+
+def test_every_template_ships_with_the_package() -> None:
+    """An installed broker (wheel, Debian package) reads the page's files beside the module:
+    each must be listed as package data, or the report fails only where it is installed."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(project["tool"]["setuptools"]["package-data"]["broker.report"])
+    present = {f"templates/{p.name}" for p in (REPO / "broker" / "report" / "templates").iterdir()}
+    assert listed == present
