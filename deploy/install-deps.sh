@@ -11,6 +11,7 @@ PACKAGES=(
   util-linux iproute2 openssl sqlite3 curl tzdata rsyslog rsyslog-openssl
   make clang libclang-rt-14-dev binutils libpam0g-dev libsodium-dev
   dpkg-dev git  # packaging/broker/build.sh: dpkg-shlibdeps, the sources as the tree has them
+  chromium  # the report's browser test (tests/browser.py): headless, loads the page offline
 )
 
 missing=()

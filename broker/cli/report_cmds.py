@@ -7,7 +7,6 @@ report, checks that it is one (exit 2 when it is not) and sends it to the daemon
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import typer
 
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
-from broker.core.errors import EXIT_FAILED, UnavailableError, UsageError
+from broker.core.errors import EXIT_FAILED, UsageError
 from broker.report.document import MAX_DOCUMENT, parse
 from broker.store.files import write_private_file
 from broker.wire.report import ReportOut, ReportVerifyOut
@@ -27,19 +26,12 @@ app = typer.Typer(
 
 
 def render_html(document: dict[str, Any]) -> str:
-    """INTEGRATION POINT (issue 22, HTML helper): broker/report/html.py's render_html.
+    """The self-contained page (broker/report/html.py), drawn here from the signed document:
+    the daemon signs the figures, the page is only their picture (loaded on demand, since
+    the charts' library takes a moment to import)."""
+    from broker.report import html
 
-    The page comes from the `reporthtml` branch; until it is merged `--html` says it is
-    not available (exit 3) rather than writing a page of its own.
-    """
-    try:
-        html = importlib.import_module("broker.report.html")
-    except ModuleNotFoundError:
-        raise UnavailableError(
-            "the HTML report is not part of this build", fix="use --json"
-        ) from None
-    page: str = html.render_html(document)
-    return page
+    return html.render_html(document)
 
 
 def _write(path: Path, text: str) -> None:

@@ -8,7 +8,6 @@ and which verifications failed).
 
 from __future__ import annotations
 
-import importlib
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from broker.core.timeutil import from_text, to_text
 from broker.policy.model import Policy
 from broker.report import document, evidence, queries
 from broker.report.catalogue import CATALOGUE, Control
+from broker.report.charts import chart_series
 from broker.report.evidence import ChainCheck, Result, Scope, Transports
 from broker.store.db import Store
 
@@ -63,18 +63,15 @@ def transports_of(settings: Settings) -> Transports:
     )
 
 
-def _chart_series(conn: sqlite3.Connection, since: str, until: str, zone: str | None) -> Any:
-    """INTEGRATION POINT (issue 22, HTML helper): the charts' data, signed with the rest.
-
-    broker/report/charts.py (`chart_series(db, since, until, zone)`) comes from the
-    `reporthtml` branch; until it is merged the report carries `"charts": {}`. The
-    integrator may replace this lookup with a plain import once both are on main.
-    """
-    try:
-        charts = importlib.import_module("broker.report.charts")
-    except ModuleNotFoundError:
-        return {}
-    return charts.chart_series(conn, since, until, zone)
+def _chart_series(
+    conn: sqlite3.Connection, period: queries.Period, zone: str | None, policy: Policy | None
+) -> dict[str, Any]:
+    """The charts' data, signed with the rest: the figures the HTML page draws are the ones
+    the signature covers. Nodes are put in zones by the active policy (none: no zones)."""
+    zone_of = {} if policy is None else dict(policy.zone_of)
+    return chart_series(
+        conn, from_text(period.since), from_text(period.until), zone, zone_of=zone_of
+    )
 
 
 def _up_to(chain: ChainCheck, head_seq: int) -> ChainCheck:
@@ -124,7 +121,7 @@ class ReportService:
                 head = writer.head(conn)
                 chain = pool.submit(self._chain)
                 results = self._results(conn, period, scope, now)
-                charts = _chart_series(conn, period.since, period.until, zone)
+                charts = _chart_series(conn, period, zone, self._policy())
             finally:
                 conn.execute("COMMIT")
             verified = _up_to(chain.result(), head[0])
