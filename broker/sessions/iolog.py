@@ -16,7 +16,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,7 +303,9 @@ def digest(dir_fd: int) -> tuple[str, dict[str, str]]:
     return whole.hexdigest(), files
 
 
-def chunks(dir_fd: int, streams: tuple[str, ...], limit: int) -> Iterator[tuple[float, str, bytes]]:
+def chunks(
+    dir_fd: int, streams: tuple[str, ...], limit: int
+) -> Generator[tuple[float, str, bytes], None, None]:
     """(delay, stream, bytes) in timing order for the chosen streams; other events keep
     their delay (added to the next chunk), so replays keep the original pacing."""
     timing = read_small(dir_fd, "timing", MAX_TIMING) or b""
@@ -322,15 +324,37 @@ def chunks(dir_fd: int, streams: tuple[str, ...], limit: int) -> Iterator[tuple[
                 if opened is None:
                     raise IologError(f"{e.stream} is missing")
                 handles[e.stream] = fd = opened
+            if e.stream not in streams:
+                # Skipped, not read: indexing the typed lines of a session that printed
+                # gigabytes reads only its input.
+                if os.lseek(fd, e.size, os.SEEK_CUR) > os.fstat(fd).st_size:
+                    raise IologError(f"{e.stream} is truncated")
+                continue
             data = os.read(fd, e.size) if e.size else b""
             if len(data) != e.size:
                 raise IologError(f"{e.stream} is truncated")
-            if e.stream in streams:
-                sent += len(data)
-                if sent > limit:
-                    raise IologError(f"the recording's output is larger than {limit} bytes")
-                yield pending, e.stream, data
-                pending = 0.0
+            sent += len(data)
+            if sent > limit:
+                raise IologError(f"the recording's output is larger than {limit} bytes")
+            yield pending, e.stream, data
+            pending = 0.0
     finally:
         for fd in handles.values():
             os.close(fd)
+
+
+def read_prefix(dir_fd: int, name: str, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes from the start of a stream file (b"" when absent), and whether
+    the file holds more: the search index keeps a bounded share of each recording."""
+    fd = open_file(dir_fd, name)
+    if fd is None:
+        return b"", False
+    try:
+        size = os.fstat(fd).st_size
+        chunks, got = [], 0
+        while got < min(size, limit) and (chunk := os.read(fd, min(_CHUNK, limit - got))):
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks), size > limit
+    finally:
+        os.close(fd)
