@@ -193,6 +193,10 @@ def mark_purged(conn: sqlite3.Connection, ids: Iterable[str], now: datetime) -> 
 _SEARCHABLE = "state IN ('running', 'complete', 'incomplete')"
 # Those whose input is not (all) in session_text; the same words as the partial index.
 _PENDING = f"text_state != 1 AND {_SEARCHABLE}"
+# The planner, without statistics, would take recordings_state (every row) instead.
+_PENDING_ROWS = "recordings INDEXED BY recordings_text_pending"
+# The index first, then each recording by its key (CROSS JOIN fixes the order).
+_MATCHED = "session_text t CROSS JOIN recordings ON recordings.id = t.rid"
 TEXT_NONE, TEXT_WHOLE, TEXT_PARTIAL = 0, 1, 2
 
 
@@ -228,7 +232,7 @@ def text_backlog(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
     """(id, path) of finished recordings whose input the index lacks (indexed before
     migration 15, or a pass that could not read it), oldest id first."""
     rows = conn.execute(
-        f"SELECT id, path FROM recordings WHERE {_PENDING} AND text_state = 0"  # noqa: S608
+        f"SELECT id, path FROM {_PENDING_ROWS} WHERE {_PENDING} AND text_state = 0"  # noqa: S608
         " AND state != 'running' ORDER BY id LIMIT ?",
         (limit,),
     ).fetchall()
@@ -236,23 +240,27 @@ def text_backlog(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
 
 
 def pending_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(f"SELECT count(*) FROM recordings WHERE {_PENDING}").fetchone()[0])  # noqa: S608
+    sql = f"SELECT count(*) FROM {_PENDING_ROWS} WHERE {_PENDING}"  # noqa: S608
+    return int(conn.execute(sql).fetchone()[0])
 
 
 def regex_candidates(
     conn: sqlite3.Connection, f: Filters, match: str | None, limit: int
 ) -> Iterator[str]:
     """Ids of searchable recordings, filtered, newest first: with `match`, only those the
-    index says hold every literal, plus those whose input it does not (all) hold."""
+    index says hold every literal (driven from the index, each row then found by its
+    key), plus those whose input it does not (all) hold (through the partial index
+    recordings_text_pending): neither half reads the whole table."""
     where, args = _where(f)
-    sql = f"SELECT id FROM recordings WHERE {where} AND {_SEARCHABLE}"  # noqa: S608 (fixed)
-    if match is not None:
-        sql += (
-            " AND (text_state != 1"
-            " OR id IN (SELECT rid FROM session_text WHERE session_text MATCH ?))"
-        )
-        args.append(match)
-    for (rid,) in conn.execute(f"{sql}{_NEWEST_FIRST} LIMIT ?", (*args, limit)):
+    key = "COALESCE(started_at, first_seen) AS k, id"
+    if match is None:
+        sql = f"SELECT {key} FROM recordings WHERE {where} AND {_SEARCHABLE}"  # noqa: S608
+    else:
+        indexed = f"SELECT {key} FROM {_MATCHED} WHERE {where} AND {_SEARCHABLE}"  # noqa: S608
+        pending = f"SELECT {key} FROM {_PENDING_ROWS} WHERE {where} AND {_PENDING}"  # noqa: S608
+        sql = f"{indexed} AND session_text MATCH ? UNION {pending}"
+        args = [*args, match, *args]
+    for _key, rid in conn.execute(f"{sql} ORDER BY k DESC, id DESC LIMIT ?", (*args, limit)):
         yield str(rid)
 
 
@@ -262,8 +270,7 @@ def typed_candidates(
     """(sort key, id, typed lines) of indexed recordings, filtered, newest first; with
     `match`, only those whose typed lines hold every term."""
     where, args = _where(f)
-    joined = "session_text t CROSS JOIN recordings ON recordings.id = t.rid"
-    sql = f"SELECT COALESCE(started_at, first_seen), id, t.typed FROM {joined} WHERE {where}"  # noqa: S608
+    sql = f"SELECT COALESCE(started_at, first_seen), id, t.typed FROM {_MATCHED} WHERE {where}"  # noqa: S608
     sql += f" AND {_SEARCHABLE}"
     if match is not None:
         sql += " AND session_text MATCH ?"
@@ -277,7 +284,7 @@ def typed_pending(conn: sqlite3.Connection, f: Filters) -> list[tuple[str, str]]
     newest first (running ones, and the backlog after an upgrade)."""
     where, args = _where(f)
     sql = (
-        f"SELECT COALESCE(started_at, first_seen), id FROM recordings WHERE {where}"  # noqa: S608
+        f"SELECT COALESCE(started_at, first_seen), id FROM {_PENDING_ROWS} WHERE {where}"  # noqa: S608
         f" AND {_PENDING} AND text_state = 0{_NEWEST_FIRST}"
     )
     return [(str(key), str(rid)) for key, rid in conn.execute(sql, args)]
