@@ -177,6 +177,7 @@ def write_typed(root: Path, n: int, started: int, rng: random.Random) -> None:
     (path / "log.json").write_text(json.dumps(info))
 
 
+CLI_LIMIT = Filters(limit=100)  # `broker sessions search`'s default --limit
 QUERIES: tuple[tuple[str, str, str], ...] = (
     ("regex", "rare literal, --input", r"exfil\.example"),
     ("word", "rare word", "exfil"),
@@ -243,7 +244,7 @@ def search(args: argparse.Namespace) -> None:
         for mode, label, text in QUERIES:
             streams = iolog.INPUT if mode == "regex" else ()
             took, result = _timed(
-                lambda m=mode, t=text, st=streams: recordings.search(t, st, Filters(), m),
+                lambda m=mode, t=text, st=streams: recordings.search(t, st, CLI_LIMIT, m),
                 args.runs,
             )
             print(f"{label:38} {mode:7} {len(result.hits):5} {result.read:6}"
@@ -264,8 +265,8 @@ def compare(args: argparse.Namespace, conn: Any, recordings: Recordings) -> None
     ).fetchone()[0]
     pattern = r"exfil\.example"
     for label, f, runs in (
-        (f"oldest {args.subset}", Filters(until=cut), args.runs),
-        (f"all {args.recordings}", Filters(), 1),
+        (f"oldest {args.subset}", Filters(until=cut, limit=100), args.runs),
+        (f"all {args.recordings}", CLI_LIMIT, 1),
     ):
         old, before = _timed(lambda f=f: legacy_search(conn, s, pattern, f), runs)
         new, after = _timed(lambda f=f: recordings.search(pattern, iolog.INPUT, f), args.runs)

@@ -268,14 +268,19 @@ def typed_candidates(
     conn: sqlite3.Connection, f: Filters, match: str | None
 ) -> Iterator[tuple[str, str, str]]:
     """(sort key, id, typed lines) of indexed recordings, filtered, newest first; with
-    `match`, only those whose typed lines hold every term."""
+    `match`, only those whose typed lines hold every term, each one's lines read when it
+    is reached (a common word sorts keys, not every matching text)."""
     where, args = _where(f)
-    sql = f"SELECT COALESCE(started_at, first_seen), id, t.typed FROM {_MATCHED} WHERE {where}"  # noqa: S608
+    text = "t.rowid" if match is not None else "t.typed"
+    sql = f"SELECT COALESCE(started_at, first_seen), id, {text} FROM {_MATCHED} WHERE {where}"  # noqa: S608
     sql += f" AND {_SEARCHABLE}"
     if match is not None:
         sql += " AND session_text MATCH ?"
         args.append(match)
     for key, rid, typed in conn.execute(sql + _NEWEST_FIRST, args):
+        if match is not None:
+            found = conn.execute("SELECT typed FROM session_text WHERE rowid = ?", (typed,))
+            typed = found.fetchone()[0]
         yield str(key), str(rid), str(typed)
 
 
