@@ -179,7 +179,7 @@ class Indexer:
         stale = not complete and self._stale(dir_fd, grant, now)
         if complete or stale:
             sha, files = iolog.digest(dir_fd)
-            text = _input_text(dir_fd)
+            text = _input_text(dir_fd, events)
             report.bytes_read += sum(sizes.values())
             ended = (
                 _utc(info.started + info.run_time)
@@ -292,11 +292,11 @@ class Indexer:
         report.quarantined.append(rid)
 
 
-def _input_text(dir_fd: int) -> InputText:
+def _input_text(dir_fd: int, events: list[iolog.TimingEvent] | None = None) -> InputText:
     """The recording's input for the search index; one the index cannot read whole is
     marked partial, so search reads its files instead (never a silent miss)."""
     try:
-        return typed.input_text(dir_fd)
+        return typed.input_text(dir_fd, events)
     except (IologError, OSError):
         log.warning("the input of a recording could not be indexed for search", exc_info=True)
         return InputText("", "", partial=True)

@@ -309,8 +309,17 @@ def chunks(
     """(delay, stream, bytes) in timing order for the chosen streams; other events keep
     their delay (added to the next chunk), so replays keep the original pacing."""
     timing = read_small(dir_fd, "timing", MAX_TIMING) or b""
-    events = parse_timing(timing, partial=True)
+    return chunks_of(dir_fd, parse_timing(timing, partial=True), streams, limit)
+
+
+def chunks_of(
+    dir_fd: int, events: list[TimingEvent], streams: tuple[str, ...], limit: int
+) -> Generator[tuple[float, str, bytes], None, None]:
+    """`chunks` over timing events already parsed (the indexer has them). Streams not
+    asked for are not read: only their sizes are checked, once, at the end (indexing the
+    typed lines of a session that printed gigabytes reads only its input)."""
     handles: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     pending = 0.0
     sent = 0
     try:
@@ -318,18 +327,12 @@ def chunks(
             pending += e.delay
             if e.stream is None:
                 continue
+            if e.stream not in streams:
+                skipped[e.stream] = skipped.get(e.stream, 0) + e.size
+                continue
             fd = handles.get(e.stream)
             if fd is None:
-                opened = open_file(dir_fd, e.stream)
-                if opened is None:
-                    raise IologError(f"{e.stream} is missing")
-                handles[e.stream] = fd = opened
-            if e.stream not in streams:
-                # Skipped, not read: indexing the typed lines of a session that printed
-                # gigabytes reads only its input.
-                if os.lseek(fd, e.size, os.SEEK_CUR) > os.fstat(fd).st_size:
-                    raise IologError(f"{e.stream} is truncated")
-                continue
+                fd = handles[e.stream] = _stream(dir_fd, e.stream)
             data = os.read(fd, e.size) if e.size else b""
             if len(data) != e.size:
                 raise IologError(f"{e.stream} is truncated")
@@ -338,9 +341,20 @@ def chunks(
                 raise IologError(f"the recording's output is larger than {limit} bytes")
             yield pending, e.stream, data
             pending = 0.0
+        for name, size in skipped.items():
+            fd = handles[name] = _stream(dir_fd, name)
+            if os.fstat(fd).st_size < size:
+                raise IologError(f"{name} is truncated")
     finally:
         for fd in handles.values():
             os.close(fd)
+
+
+def _stream(dir_fd: int, name: str) -> int:
+    fd = open_file(dir_fd, name)
+    if fd is None:
+        raise IologError(f"{name} is missing")
+    return fd
 
 
 def read_prefix(dir_fd: int, name: str, limit: int) -> tuple[bytes, bool]:

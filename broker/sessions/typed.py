@@ -58,15 +58,19 @@ def _bounded(chunks: Iterator[tuple[float, str, bytes]]) -> Iterator[tuple[float
         yield delay, stream, data
 
 
-def input_text(dir_fd: int) -> InputText:
+def input_text(dir_fd: int, events: list[iolog.TimingEvent] | None = None) -> InputText:
     """The recording's typed lines and raw input, read from its directory (each stream file
-    whole, up to MAX_TEXT: a literal of a regex over the file is then a substring of `raw`)."""
+    whole, up to MAX_TEXT: a literal of a regex over the file is then a substring of `raw`).
+    `events`: its timing file, when the caller has parsed it already."""
     parts, partial = [], False
     for name in iolog.INPUT:
         data, more = iolog.read_prefix(dir_fd, name, MAX_TEXT)
         parts.append(data.decode("utf-8", "replace"))
         partial = partial or more
-    chunks = iolog.chunks(dir_fd, iolog.INPUT, 1 << 62)
+    if events is None:
+        chunks = iolog.chunks(dir_fd, iolog.INPUT, 1 << 62)
+    else:
+        chunks = iolog.chunks_of(dir_fd, events, iolog.INPUT, 1 << 62)
     try:
         lines = command_lines(_bounded(chunks))
     finally:
