@@ -197,7 +197,7 @@ _PENDING = f"text_state != 1 AND {_SEARCHABLE}"
 _PENDING_ROWS = "recordings INDEXED BY recordings_text_pending"
 # The index first, then each recording by its key (CROSS JOIN fixes the order).
 _MATCHED = "session_text t CROSS JOIN recordings ON recordings.id = t.rid"
-TEXT_NONE, TEXT_WHOLE, TEXT_PARTIAL = 0, 1, 2
+TEXT_WHOLE, TEXT_PARTIAL = 1, 2  # 0: not in session_text (yet)
 
 
 def text_rowid(recording_id: str) -> int:
@@ -237,11 +237,6 @@ def text_backlog(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
         (limit,),
     ).fetchall()
     return [(str(rid), str(path)) for rid, path in rows]
-
-
-def pending_count(conn: sqlite3.Connection) -> int:
-    sql = f"SELECT count(*) FROM {_PENDING_ROWS} WHERE {_PENDING}"  # noqa: S608
-    return int(conn.execute(sql).fetchone()[0])
 
 
 def regex_candidates(
