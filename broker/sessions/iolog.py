@@ -16,7 +16,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,12 +303,23 @@ def digest(dir_fd: int) -> tuple[str, dict[str, str]]:
     return whole.hexdigest(), files
 
 
-def chunks(dir_fd: int, streams: tuple[str, ...], limit: int) -> Iterator[tuple[float, str, bytes]]:
+def chunks(
+    dir_fd: int, streams: tuple[str, ...], limit: int
+) -> Generator[tuple[float, str, bytes], None, None]:
     """(delay, stream, bytes) in timing order for the chosen streams; other events keep
     their delay (added to the next chunk), so replays keep the original pacing."""
     timing = read_small(dir_fd, "timing", MAX_TIMING) or b""
-    events = parse_timing(timing, partial=True)
+    return chunks_of(dir_fd, parse_timing(timing, partial=True), streams, limit)
+
+
+def chunks_of(
+    dir_fd: int, events: list[TimingEvent], streams: tuple[str, ...], limit: int
+) -> Generator[tuple[float, str, bytes], None, None]:
+    """`chunks` over timing events already parsed (the indexer has them). Streams not
+    asked for are not read: only their sizes are checked, once, at the end (indexing the
+    typed lines of a session that printed gigabytes reads only its input)."""
     handles: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     pending = 0.0
     sent = 0
     try:
@@ -316,21 +327,48 @@ def chunks(dir_fd: int, streams: tuple[str, ...], limit: int) -> Iterator[tuple[
             pending += e.delay
             if e.stream is None:
                 continue
+            if e.stream not in streams:
+                skipped[e.stream] = skipped.get(e.stream, 0) + e.size
+                continue
             fd = handles.get(e.stream)
             if fd is None:
-                opened = open_file(dir_fd, e.stream)
-                if opened is None:
-                    raise IologError(f"{e.stream} is missing")
-                handles[e.stream] = fd = opened
+                fd = handles[e.stream] = _stream(dir_fd, e.stream)
             data = os.read(fd, e.size) if e.size else b""
             if len(data) != e.size:
                 raise IologError(f"{e.stream} is truncated")
-            if e.stream in streams:
-                sent += len(data)
-                if sent > limit:
-                    raise IologError(f"the recording's output is larger than {limit} bytes")
-                yield pending, e.stream, data
-                pending = 0.0
+            sent += len(data)
+            if sent > limit:
+                raise IologError(f"the recording's output is larger than {limit} bytes")
+            yield pending, e.stream, data
+            pending = 0.0
+        for name, size in skipped.items():
+            fd = handles[name] = _stream(dir_fd, name)
+            if os.fstat(fd).st_size < size:
+                raise IologError(f"{name} is truncated")
     finally:
         for fd in handles.values():
             os.close(fd)
+
+
+def _stream(dir_fd: int, name: str) -> int:
+    fd = open_file(dir_fd, name)
+    if fd is None:
+        raise IologError(f"{name} is missing")
+    return fd
+
+
+def read_prefix(dir_fd: int, name: str, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes from the start of a stream file (b"" when absent), and whether
+    the file holds more: the search index keeps a bounded share of each recording."""
+    fd = open_file(dir_fd, name)
+    if fd is None:
+        return b"", False
+    try:
+        size = os.fstat(fd).st_size
+        chunks, got = [], 0
+        while got < min(size, limit) and (chunk := os.read(fd, min(_CHUNK, limit - got))):
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks), size > limit
+    finally:
+        os.close(fd)

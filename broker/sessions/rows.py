@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,6 +77,7 @@ class Filters:
     until: str | None = None
     running: bool = False
     limit: int = 200
+    exit_value: int | None = None
 
 
 # --- recordings ---------------------------------------------------------------------------
@@ -91,10 +92,12 @@ def _row(raw: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     return row
 
 
-def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
-    """Recordings not purged, newest first, filtered."""
-    where, args = ["state != 'purged'"], []
-    for column, value in (("user", f.user), ("node", f.node), ("grant_id", f.grant)):
+def _where(f: Filters) -> tuple[str, list[object]]:
+    """The filters as SQL over `recordings` (fixed column names, values bound)."""
+    where, args = ["state != 'purged'"], list[object]()
+    for column, value in (
+        ("user", f.user), ("node", f.node), ("grant_id", f.grant), ("exit_value", f.exit_value)
+    ):  # fmt: skip
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
@@ -106,10 +109,16 @@ def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
         args.append(f.until)
     if f.running:
         where.append("state = 'running'")
-    sql = (
-        f"{_SELECT} WHERE {' AND '.join(where)}"
-        " ORDER BY COALESCE(started_at, first_seen) DESC, id DESC LIMIT ?"
-    )
+    return " AND ".join(where), args
+
+
+_NEWEST_FIRST = " ORDER BY COALESCE(started_at, first_seen) DESC, id DESC"
+
+
+def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
+    """Recordings not purged, newest first, filtered."""
+    where, args = _where(f)
+    sql = f"{_SELECT} WHERE {where}{_NEWEST_FIRST} LIMIT ?"
     return [_row(r) for r in conn.execute(sql, (*args, f.limit))]
 
 
@@ -176,6 +185,109 @@ def mark_purged(conn: sqlite3.Connection, ids: Iterable[str], now: datetime) -> 
         "UPDATE recordings SET state = 'purged', indexed_at = ? WHERE id = ?",
         [(to_text(now), rid) for rid in ids],
     )
+
+
+# --- the search index (migration 17: session_text, recordings.text_state) -----------------
+
+# Recordings search may read: quarantined ones were never readable, purged ones are gone.
+_SEARCHABLE = "state IN ('running', 'complete', 'incomplete')"
+# Those whose input is not (all) in session_text; the same words as the partial index.
+_PENDING = f"text_state != 1 AND {_SEARCHABLE}"
+# The planner, without statistics, would take recordings_state (every row) instead.
+_PENDING_ROWS = "recordings INDEXED BY recordings_text_pending"
+# The index first, then each recording by its key (CROSS JOIN fixes the order).
+_MATCHED = "session_text t CROSS JOIN recordings ON recordings.id = t.rid"
+TEXT_WHOLE, TEXT_PARTIAL = 1, 2  # 0: not in session_text (yet)
+
+
+def text_rowid(recording_id: str) -> int:
+    """session_text's rowid: the id read as base 36, stable across VACUUM."""
+    return int(recording_id, 36)
+
+
+def put_text(
+    conn: sqlite3.Connection, recording_id: str, typed: str, raw: str, *, partial: bool
+) -> None:
+    """The recording's typed lines and input in the index, replacing what was there."""
+    rowid = text_rowid(recording_id)
+    conn.execute("DELETE FROM session_text WHERE rowid = ?", (rowid,))
+    conn.execute(
+        "INSERT INTO session_text (rowid, rid, typed, input) VALUES (?, ?, ?, ?)",
+        (rowid, recording_id, typed, raw),
+    )
+    conn.execute(
+        "UPDATE recordings SET text_state = ? WHERE id = ?",
+        (TEXT_PARTIAL if partial else TEXT_WHOLE, recording_id),
+    )
+
+
+def drop_text(conn: sqlite3.Connection, ids: Iterable[str]) -> None:
+    """Purged recordings leave the index (their rows stay, state purged)."""
+    conn.executemany(
+        "DELETE FROM session_text WHERE rowid = ?", [(text_rowid(rid),) for rid in ids]
+    )
+
+
+def text_backlog(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
+    """(id, path) of finished recordings whose input the index lacks (indexed before
+    migration 17, or a pass that could not read it), oldest id first."""
+    rows = conn.execute(
+        f"SELECT id, path FROM {_PENDING_ROWS} WHERE {_PENDING} AND text_state = 0"  # noqa: S608
+        " AND state != 'running' ORDER BY id LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [(str(rid), str(path)) for rid, path in rows]
+
+
+def regex_candidates(
+    conn: sqlite3.Connection, f: Filters, match: str | None, limit: int
+) -> Iterator[str]:
+    """Ids of searchable recordings, filtered, newest first: with `match`, only those the
+    index says hold every literal (driven from the index, each row then found by its
+    key), plus those whose input it does not (all) hold (through the partial index
+    recordings_text_pending): neither half reads the whole table."""
+    where, args = _where(f)
+    key = "COALESCE(started_at, first_seen) AS k, id"
+    if match is None:
+        sql = f"SELECT {key} FROM recordings WHERE {where} AND {_SEARCHABLE}"  # noqa: S608
+    else:
+        indexed = f"SELECT {key} FROM {_MATCHED} WHERE {where} AND {_SEARCHABLE}"  # noqa: S608
+        pending = f"SELECT {key} FROM {_PENDING_ROWS} WHERE {where} AND {_PENDING}"  # noqa: S608
+        sql = f"{indexed} AND session_text MATCH ? UNION {pending}"
+        args = [*args, match, *args]
+    for _key, rid in conn.execute(f"{sql} ORDER BY k DESC, id DESC LIMIT ?", (*args, limit)):
+        yield str(rid)
+
+
+def typed_candidates(
+    conn: sqlite3.Connection, f: Filters, match: str | None
+) -> Iterator[tuple[str, str, str]]:
+    """(sort key, id, typed lines) of indexed recordings, filtered, newest first; with
+    `match`, only those whose typed lines hold every term, each one's lines read when it
+    is reached (a common word sorts keys, not every matching text)."""
+    where, args = _where(f)
+    text = "t.rowid" if match is not None else "t.typed"
+    sql = f"SELECT COALESCE(started_at, first_seen), id, {text} FROM {_MATCHED} WHERE {where}"  # noqa: S608
+    sql += f" AND {_SEARCHABLE}"
+    if match is not None:
+        sql += " AND session_text MATCH ?"
+        args.append(match)
+    for key, rid, typed in conn.execute(sql + _NEWEST_FIRST, args):
+        if match is not None:
+            found = conn.execute("SELECT typed FROM session_text WHERE rowid = ?", (typed,))
+            typed = found.fetchone()[0]
+        yield str(key), str(rid), str(typed)
+
+
+def typed_pending(conn: sqlite3.Connection, f: Filters) -> list[tuple[str, str]]:
+    """(sort key, id) of searchable recordings whose typed lines the index lacks, filtered,
+    newest first (running ones, and the backlog after an upgrade)."""
+    where, args = _where(f)
+    sql = (
+        f"SELECT COALESCE(started_at, first_seen), id FROM {_PENDING_ROWS} WHERE {where}"  # noqa: S608
+        f" AND {_PENDING} AND text_state = 0{_NEWEST_FIRST}"
+    )
+    return [(str(key), str(rid)) for key, rid in conn.execute(sql, args)]
 
 
 def audited_recording(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any]:

@@ -3,10 +3,7 @@ purge. Reads go through `iolog`'s descriptor-relative opens only."""
 
 from __future__ import annotations
 
-import dataclasses
-import mmap
 import os
-import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -14,19 +11,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.audit import writer
-from broker.core.errors import FailedError, RefusedError, UsageError
+from broker.core.errors import FailedError, RefusedError
 from broker.core.timeutil import from_text
 from broker.sessions import iolog, provenance, rows
 from broker.sessions.iolog import IologError
 from broker.sessions.provenance import GrantSpan, HookOpen, Provenance
+from broker.sessions.query import MODES, Mode
 from broker.sessions.rows import Filters
+from broker.sessions.search import EXCERPT, MAX_PATTERN, Search, SearchResult
+from broker.sessions.typed import command_lines
 from broker.store.db import Store
 
 __all__ = [
     "EXCERPT",
     "MAX_PATTERN",
+    "MODES",
     "Filters",
+    "Mode",
     "Recordings",
+    "SearchResult",
     "command_lines",
     "context",
     "hook_provenance",
@@ -36,9 +39,6 @@ __all__ = [
     "recorded_user",
     "recording_provenance",
 ]
-
-MAX_PATTERN = 1000
-EXCERPT = 60
 
 
 def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
@@ -235,57 +235,22 @@ class Recordings:
             "changed": changed,
         }
 
-    def search(self, pattern: str, streams: tuple[str, ...], f: Filters) -> list[dict[str, Any]]:
-        """Sessions whose chosen streams match (a bytes regex), with the first match."""
-        if len(pattern) > MAX_PATTERN:
-            raise UsageError(f"the pattern is longer than {MAX_PATTERN} characters")
-        try:
-            regex = re.compile(pattern.encode("utf-8"))
-        except re.error as exc:
-            raise UsageError(f"bad regular expression: {exc}", fix="check the pattern") from exc
-        found = []
+    def search(
+        self, text: str, streams: tuple[str, ...], f: Filters, mode: Mode = "regex"
+    ) -> SearchResult:
+        """Sessions whose chosen streams match a bytes regex (with the first match), or
+        whose typed lines hold a word, prefix or phrase; narrowed by the text index
+        (search.py)."""
         conn = self._store.conn
-        for row in rows.listing(conn, dataclasses.replace(f, limit=100_000)):
-            if row["state"] == "quarantined":
-                continue
-            match = self._match(row, regex, streams)
-            if match is not None:
-                found.append({**_labelled(conn, row), "match": match})
-                if len(found) >= f.limit:
-                    break
-        return found
+        return Search(conn, self._open_or_none, lambda row: _labelled(conn, row)).run(
+            text, streams, f, mode
+        )
 
-    def _match(
-        self, row: dict[str, Any], regex: re.Pattern[bytes], streams: tuple[str, ...]
-    ) -> dict[str, Any] | None:
+    def _open_or_none(self, row: dict[str, Any]) -> int | None:
         try:
-            dir_fd = self._open(row)
+            return self._open(row)
         except (FailedError, RefusedError):
             return None
-        try:
-            for stream in streams:
-                fd = iolog.open_file(dir_fd, stream)
-                if fd is None:
-                    continue
-                try:
-                    size = os.fstat(fd).st_size
-                    # Mapped, not read: a multi-GB stream costs address space, not memory.
-                    data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else b""
-                finally:
-                    os.close(fd)
-                try:
-                    m = regex.search(data)
-                    excerpt = "" if m is None else _excerpt(data, m)
-                finally:
-                    if isinstance(data, mmap.mmap):
-                        data.close()
-                if m is not None:
-                    return {"stream": stream, "offset": m.start(), "excerpt": excerpt}
-        except IologError:
-            return None
-        finally:
-            os.close(dir_fd)
-        return None
 
     def purge(self, retention_days: int, now: datetime, actor: str) -> list[str]:
         """Remove finished recordings older than the retention; rows stay, marked purged."""
@@ -309,6 +274,7 @@ class Recordings:
         if purged:
             with self._store.transaction() as tx:
                 rows.mark_purged(tx, purged, now)
+                rows.drop_text(tx, purged)
                 writer.record(
                     tx,
                     writer.EventInput(
@@ -321,37 +287,3 @@ class Recordings:
                     now,
                 )
         return purged
-
-
-def _excerpt(data: bytes | mmap.mmap, m: re.Match[bytes]) -> str:
-    start, end = max(0, m.start() - EXCERPT), min(len(data), m.end() + EXCERPT)
-    return bytes(data[start:end]).decode("utf-8", "replace")
-
-
-_ESCAPE = re.compile(rb"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|O.|[@-Z\\-_])")
-
-
-def command_lines(chunks: Iterator[tuple[float, str, bytes]]) -> list[tuple[float, str]]:
-    """What was typed, line by line, with when each line was entered (seconds from the
-    start): backspaces applied, terminal escape sequences (arrow keys) dropped."""
-    lines: list[tuple[float, str]] = []
-    current = bytearray()
-    at = 0.0
-    for delay, _stream, data in chunks:
-        at += delay
-        for piece in _ESCAPE.split(data):
-            for byte in piece:
-                if byte in (0x0D, 0x0A):
-                    if current:
-                        lines.append((at, current.decode("utf-8", "replace")))
-                    current.clear()
-                elif byte in (0x7F, 0x08):
-                    if current:
-                        current.pop()
-                elif byte == 0x15:  # ^U
-                    current.clear()
-                elif byte >= 0x20 or byte == 0x09:
-                    current.append(byte)
-    if current:
-        lines.append((at, current.decode("utf-8", "replace")))
-    return lines[:5000]

@@ -56,7 +56,16 @@ def apply(conn: sqlite3.Connection, migration: Migration, applied_at: str) -> No
     """Apply one migration; the caller holds the write transaction."""
     ensure_table(conn)
     for statement in migration.statements:
-        conn.execute(statement)
+        try:
+            conn.execute(statement)
+        except sqlite3.OperationalError as exc:
+            if "fts5" in str(exc):
+                raise UnavailableError(
+                    f"migration {migration.number} needs SQLite's FTS5, which this"
+                    f" SQLite {sqlite3.sqlite_version} lacks ({exc})",
+                    fix="run the broker on Debian's python3 (its libsqlite3-0 has FTS5)",
+                ) from exc
+            raise
     conn.execute(
         "INSERT INTO schema_migrations (number, name, applied_at) VALUES (?, ?, ?)",
         (migration.number, migration.name, applied_at),

@@ -119,4 +119,23 @@ LATER: tuple[Migration, ...] = (
             "CREATE INDEX session_events_timeline ON session_events (node, user, at)",
         ),
     ),
+    Migration(
+        17,
+        "session search: typed command lines and input text in FTS5, per recording",
+        (
+            # 0: its input is not in session_text yet (running, or indexed before this
+            # migration: the indexer's pass backfills those, and search reads their files
+            # meanwhile); 1: all of it is; 2: only the first MAX_TEXT bytes are (search
+            # reads the rest from the files).
+            "ALTER TABLE recordings ADD COLUMN text_state INTEGER NOT NULL DEFAULT 0"
+            " CHECK (text_state IN (0, 1, 2))",
+            "CREATE INDEX recordings_text_pending ON recordings (id)"
+            " WHERE text_state != 1 AND state IN ('running', 'complete', 'incomplete')",
+            # rowid = the recording id read as base 36 (stable across VACUUM, deleted by
+            # rowid); typed = the command lines `sessions show` lists; input = the stdin
+            # and ttyin files as text. Trigram: any substring of 3+ characters is a query.
+            "CREATE VIRTUAL TABLE session_text USING fts5("
+            "rid UNINDEXED, typed, input, tokenize = 'trigram')",
+        ),
+    ),
 )

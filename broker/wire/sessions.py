@@ -126,6 +126,18 @@ class SearchHitOut(Out):
     match: MatchOut
 
 
+class SearchOut(Out):
+    """The hits (newest first) and how they were found (docs/sessions.md, "Search")."""
+
+    hits: list[SearchHitOut]
+    mode: Literal["regex", "word", "prefix", "phrase"]
+    narrowed: bool  # the text index chose which recordings were read
+    literals: list[str]  # what a regex was narrowed by
+    read: int  # recordings whose files were read
+    complete: bool  # False: a scan stopped at its bound; older recordings were not read
+    note: str | None
+
+
 class VerifyOut(Out):
     id: str
     ok: bool
@@ -142,6 +154,7 @@ class IndexOut(Out):
     quarantined: list[str]
     bytes_read: int
     seconds: float
+    backfilled: int = 0  # older recordings added to the search index in this pass
 
 
 class PurgeOut(Out):

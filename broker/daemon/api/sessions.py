@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from broker.core.errors import UsageError
 from broker.daemon.api.names import UserText, UtcTimeText
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
@@ -26,6 +27,7 @@ from broker.wire.sessions import (
     PurgeOut,
     ReplayOut,
     SearchHitOut,
+    SearchOut,
     SessionDetailOut,
     SessionOut,
     VerifyOut,
@@ -44,6 +46,7 @@ class SessionsQuery(Body):
     since: UtcTimeText | None = None
     until: UtcTimeText | None = None
     running: bool = False
+    exit: int | None = Field(default=None, ge=0, le=255)
     limit: int = Field(default=200, ge=1, le=10_000)
 
     def filters(self, user: str | None) -> sessions.Filters:
@@ -54,6 +57,7 @@ class SessionsQuery(Body):
             since=self.since,
             until=self.until,
             running=self.running,
+            exit_value=self.exit,
             limit=self.limit,
         )
 
@@ -68,12 +72,17 @@ class ReplayQuery(Body):
 
 
 class SearchIn(Body):
+    # regex: a Python regular expression over the chosen streams' bytes; word, prefix,
+    # phrase: text looked up in the typed command lines (never FTS5 syntax).
     pattern: str = Field(min_length=1, max_length=sessions.MAX_PATTERN)
+    mode: Literal["regex", "word", "prefix", "phrase"] = "regex"
     streams: Literal["input", "output", "all"] = "all"
     user: UserText | None = None
     node: NodeName | None = None
+    grant: GrantId | None = None
     since: UtcTimeText | None = None
     until: UtcTimeText | None = None
+    exit: int | None = Field(default=None, ge=0, le=255)
     limit: int = Field(default=100, ge=1, le=10_000)
 
 
@@ -174,26 +183,34 @@ def replay(ctx: Context[ReplayQuery]) -> ReplayOut:
     "POST",
     "/v1/sessions/search",
     request=SearchIn,
-    response=list[SearchHitOut],
+    response=SearchOut,
     access=Access.OPERATOR,
-    summary="Sessions whose typed input or printed output matches a regular expression",
+    summary="Sessions whose input or output matches a regular expression, or whose typed"
+    " lines hold a word, prefix or phrase; narrowed by the text index",
 )
-def search(ctx: Context[SearchIn]) -> list[SearchHitOut]:
+def search(ctx: Context[SearchIn]) -> SearchOut:
     p = ctx.params
-    hits = ctx.app.recordings().search(
-        p.pattern,
-        _STREAMS[p.streams],
-        sessions.Filters(
-            user=_user(ctx, p.user), node=p.node, since=p.since, until=p.until, limit=p.limit
-        ),
-    )
-    return [
+    if p.mode != "regex" and p.streams != "all":
+        raise UsageError(
+            f"a {p.mode} query searches the typed command lines; streams do not apply",
+            fix="drop --input/--output, or search with a regular expression",
+        )
+    filters = sessions.Filters(
+        user=_user(ctx, p.user), node=p.node, grant=p.grant, since=p.since, until=p.until,
+        exit_value=p.exit, limit=p.limit,
+    )  # fmt: skip
+    found = ctx.app.recordings().search(p.pattern, _STREAMS[p.streams], filters, p.mode)
+    hits = [
         SearchHitOut(
             session=session_out({k: v for k, v in h.items() if k != "match"}),
             match=MatchOut(**h["match"]),
         )
-        for h in hits
+        for h in found.hits
     ]
+    return SearchOut(
+        hits=hits, mode=found.mode, narrowed=found.narrowed, literals=found.literals,
+        read=found.read, complete=found.complete, note=found.note,
+    )  # fmt: skip
 
 
 @REGISTRY.add(
@@ -225,6 +242,7 @@ def index(ctx: Context[Empty]) -> IndexOut:
         quarantined=report.quarantined,
         bytes_read=report.bytes_read,
         seconds=report.seconds,
+        backfilled=report.backfilled,
     )
 
 
