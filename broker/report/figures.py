@@ -263,6 +263,7 @@ def _keytab_age(data: Any) -> tuple[Callable[[Axes], None] | None, str, float]:
                         textcoords="offset points", va="center", fontsize=7)  # fmt: skip
         ax.set_xlabel("days since the last finished rotation")
         ax.margins(x=0.12)
+        ax.set_xlim(left=0, right=max(1.0, max(ages) * 1.15))  # ages are >= 0; 0 at the axis
 
     return plot, summary, 0.9 + 0.22 * len(shown)
 
