@@ -98,12 +98,16 @@ def verify(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Check a report's signature (this broker's audit key), that its audit head is in the
-    chain, and that the chain verifies up to it.
+    chain, and that the chain verifies up to it; for an HTML report also that the page is
+    exactly the one drawn from that signed document (nothing a reader sees was edited).
 
     Exit 0 when it holds, 1 naming the check that failed, 2 when FILE is not a report.
     """
-    document = _read(file)
+    text = _read(file)
+    document = parse(text, str(file))
     result = client(ctx).post("/v1/report/verify", {"document": document}, ReportVerifyOut)
+    if result.ok and not text.lstrip().startswith("{"):
+        result = _same_page(result, text, document)
     if json_out:
         output.print_json(result)
     elif result.ok:
@@ -114,7 +118,25 @@ def verify(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _read(file: Path) -> dict[str, Any]:
+def _same_page(result: ReportVerifyOut, page: str, document: dict[str, Any]) -> ReportVerifyOut:
+    """The signature covers the embedded document only; what a reader sees (badges, tables,
+    charts) is checked by drawing the page again from it: rendering is deterministic, so an
+    edited page differs. (A page drawn by another broker version may differ too: the JSON
+    report, or a page drawn again with `--html`, is then what to verify.)"""
+    if render_html(document) == page:
+        return result.model_copy(update={"message": result.message + "; page unedited"})
+    return result.model_copy(
+        update={
+            "ok": False,
+            "failed": "page",
+            "message": "the page is not the one drawn from its signed document: its visible "
+            "content was edited (or it was drawn by another broker version; verify the JSON "
+            "report instead)",
+        }
+    )
+
+
+def _read(file: Path) -> str:
     try:
         with file.open("rb") as handle:
             raw = handle.read(MAX_DOCUMENT + 1)
@@ -123,7 +145,6 @@ def _read(file: Path) -> dict[str, Any]:
     if len(raw) > MAX_DOCUMENT:
         raise UsageError(f"{file} is larger than any report ({MAX_DOCUMENT} bytes)")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{file} is not UTF-8 text") from None
-    return parse(text, str(file))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,10 +118,25 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_SCRIPT = re.compile(
-    r'<script\s+type="application/json"\s+id="' + SCRIPT_ID + r'"\s*>(.*?)</script\s*>',
-    re.DOTALL | re.IGNORECASE,
-)
+_OPENING = f'<script type="application/json" id="{SCRIPT_ID}">'
+
+
+def embedded(page: str, source: str) -> str:
+    """The JSON text a page this broker rendered embeds: exactly one element of that id, in
+    the exact form the renderer writes (found with str.find, linear in the page). Whether the
+    rest of the page is what the broker draws from it is `broker report verify`'s other check
+    (the page drawn again must be the file, byte for byte)."""
+    start = page.find(_OPENING)
+    if start < 0 or page.count(_OPENING) != 1:
+        raise UsageError(
+            f"{source} is neither a JSON report nor an HTML report with exactly one "
+            f"{_OPENING} element"
+        )
+    body = page[start + len(_OPENING) :]
+    end = body.find("</script>")
+    if end < 0:
+        raise UsageError(f"{source}: the embedded report is not closed (a cut file?)")
+    return body[:end]
 
 
 def parse(text: str, source: str) -> dict[str, Any]:
@@ -133,13 +147,7 @@ def parse(text: str, source: str) -> dict[str, Any]:
     """
     body = text
     if not text.lstrip().startswith("{"):
-        found = _SCRIPT.findall(text)
-        if len(found) != 1:
-            raise UsageError(
-                f"{source} is neither a JSON report nor an HTML report with one "
-                f'<script type="application/json" id="{SCRIPT_ID}">'
-            )
-        body = found[0]
+        body = embedded(text, source)
     try:
         document = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:

@@ -6,8 +6,9 @@ script; a Content-Security-Policy meta (`default-src 'none'`) makes the browser 
 fetch a future edit might add, so the browser test would see it.
 
 Why the document rides along: the page embeds the signed JSON document it was drawn from in
-`<script type="application/json" id="broker-report">`, so `broker report verify` can check the
-signature of what the page shows, from the page alone. Every `<`, `>` and `&` in it is written
+`<script type="application/json" id="broker-report">`, so `broker report verify` can check its
+signature from the page alone, then draw the page again from it and compare (rendering is
+deterministic, so any edit to what the page shows is caught). Every `<`, `>` and `&` in it is written
 as a JSON escape, so no value (a reason, an account name) can close the element or open
 markup; JSON parsing gives the same document back.
 

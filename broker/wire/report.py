@@ -69,5 +69,5 @@ class ReportOut(Out):
 class ReportVerifyOut(Out):
     ok: bool
     head_seq: int
-    failed: Literal["signature", "head", "chain"] | None  # which check failed
+    failed: Literal["signature", "head", "chain", "page"] | None  # which check failed
     message: str

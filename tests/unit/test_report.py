@@ -4,7 +4,6 @@ strict parsing, and the CLI's exit codes against a real daemon."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sqlite3
@@ -255,6 +254,7 @@ def test_parse_takes_json_or_the_html_page_and_nothing_else() -> None:
         json.dumps({"schema": "other"}),
         "<html>no report</html>",
         page + page,
+        page.replace("</script>", ""),
         json.dumps({k: v for k, v in doc.items() if k != "signature"}),
     ):
         with pytest.raises(UsageError):
@@ -289,13 +289,17 @@ def test_cli_verify_exit_codes(daemon: Path, tmp_path: Path) -> None:
     assert run_broker("report", "verify", str(junk), config=daemon).returncode == 2
     page = tmp_path / "r.html"
     html = run_broker("report", "controls", "--html", str(page), config=daemon)
-    if importlib.util.find_spec("broker.report.html") is None:
-        # Until the HTML renderer (branch reporthtml) is merged: refused, nothing written.
-        assert html.returncode == 3 and "not part of this build" in html.stderr
-        assert not page.exists()
-    else:
-        assert html.returncode == 0, html.stderr
-        assert run_broker("report", "verify", str(page), config=daemon).returncode == 0
+    assert html.returncode == 0, html.stderr
+    assert (page.stat().st_mode & 0o777) == 0o600
+    held = run_broker("report", "verify", str(page), config=daemon)
+    assert held.returncode == 0 and "page unedited" in held.stdout, held.stderr
+    # What a reader sees edited, the signed document left alone: the signature still holds,
+    # the page does not.
+    edited = tmp_path / "edited.html"
+    edited.write_text(page.read_text().replace("</body>", "<p>IA-5 waived by the CISO</p></body>"))
+    refused = run_broker("report", "verify", str(edited), config=daemon)
+    assert refused.returncode == 1 and "(page)" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_a_zone_limits_node_facts_to_its_nodes(broker_config: Path) -> None:
