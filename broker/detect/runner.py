@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from broker.core.errors import UsageError
+from broker.core.errors import UnavailableError, UsageError
 from broker.core.hostlist import expand
 from broker.core.timeutil import to_text
 from broker.detect import alerts
@@ -112,6 +112,14 @@ class DetectionRunner:
                 if stream.dirty:
                     alerts.save_stream(tx, rid, name, stream.offset, stream.carry)
         report.seconds = time.monotonic() - started
+        if detector.content.unavailable is not None and self._root is not None:
+            # Audit events were judged and committed; session bytes stay unread (their
+            # offsets did not move) until the engine runs. Fail the pass, so the scheduler
+            # logs why and /v1/health shows the detector stalled, rather than go quiet.
+            raise UnavailableError(
+                f"session content is not being judged: {detector.content.unavailable}",
+                fix="install the locked hyperscan wheel on a CPU with SSSE3 (docs/detection.md)",
+            )
         return report
 
     # ------------------------------------------------------------ sessions
@@ -126,7 +134,7 @@ class DetectionRunner:
     ) -> dict[tuple[str, str], _Stream]:
         """New bytes of every recording that is running or not yet read to its end."""
         streams: dict[tuple[str, str], _Stream] = {}
-        if self._root is None:
+        if self._root is None or detector.content.unavailable is not None:
             return streams
         unread = alerts.recordings_to_read(self._store.conn, since)
         if not unread:
