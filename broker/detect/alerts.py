@@ -20,6 +20,7 @@ from broker.audit import writer
 from broker.core.errors import RefusedError
 from broker.core.timeutil import from_text, to_text
 from broker.detect.engine import AuditEvent, Finding
+from broker.detect.eventdata import LazyDetails
 from broker.policy.detection_rules import SEVERITIES, Severity
 
 DETECTOR = "broker:detect"
@@ -155,12 +156,13 @@ def _raise_event(alert_id: int, finding: Finding) -> writer.EventInput:
     )
 
 
-def queue_job(conn: sqlite3.Connection, kind: str, target: str, now: datetime) -> None:
-    """A drift job (baseline or check) for the responder; no alert behind it."""
-    conn.execute(
+def queue_jobs(conn: sqlite3.Connection, jobs: Sequence[tuple[str, str]], now: datetime) -> None:
+    """Drift jobs (kind, target: baseline or check) for the responder; no alert behind them."""
+    stamp = to_text(now)
+    conn.executemany(
         "INSERT INTO alert_actions (alert_id, kind, target, state, next_at, updated_at)"
         " VALUES (NULL, ?, ?, 'pending', ?, ?)",
-        (kind, target, to_text(now), to_text(now)),
+        [(kind, target, stamp, stamp) for kind, target in jobs],
     )
 
 
@@ -334,15 +336,23 @@ def last_audit_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0])
 
 
-def audit_after(conn: sqlite3.Connection, cursor: int, limit: int) -> Iterator[AuditEvent]:
-    """Audit events after `cursor`, oldest first, as the engine reads them."""
-    for row in conn.execute(
-        "SELECT seq, ts, actor, action, target, outcome, details FROM audit_events"
-        " WHERE seq > ? ORDER BY seq LIMIT ?",
-        (cursor, limit),
-    ):
-        at = from_text(row[1]).timestamp()
-        yield AuditEvent(row[0], at, row[2], row[3], row[4], row[5], json.loads(row[6]))
+def audit_between(
+    conn: sqlite3.Connection, after: int, upto: int, actions: Sequence[str]
+) -> Iterator[AuditEvent]:
+    """Events with `after` < seq <= `upto` whose action is one of `actions` ("mfa.*": any
+    action with that prefix), oldest first, details parsed only when a rule looks."""
+    exact = [a for a in actions if not a.endswith("*")]
+    globs = [a for a in actions if a.endswith("*")]
+    match = " OR ".join(
+        ([f"action IN ({', '.join('?' * len(exact))})"] if exact else [])
+        + ["action GLOB ?"] * len(globs)
+    )
+    where = f"seq > ? AND seq <= ? AND ({match or '0'})"  # '?' placeholders only
+    sql = f"SELECT seq, ts, actor, action, target, outcome, details FROM audit_events WHERE {where}"  # noqa: S608
+    for row in conn.execute(f"{sql} ORDER BY seq", (after, upto, *exact, *globs)):
+        ts = row[1]  # the writer's UTC text ends in Z; anything else takes the careful parse
+        at = (datetime.fromisoformat(ts) if ts.endswith("Z") else from_text(ts)).timestamp()
+        yield AuditEvent(row[0], at, row[2], row[3], row[4], row[5], LazyDetails(row[6]))
 
 
 @dataclass(frozen=True)

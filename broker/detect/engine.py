@@ -18,9 +18,8 @@ from typing import Any
 
 from broker.audit.refusals import REFUSAL_ACTIONS
 from broker.core.durations import format_duration
-from broker.core.errors import UsageError
-from broker.core.hostlist import expand
 from broker.detect.content import ContentMatcher, excerpt
+from broker.detect.eventdata import nodes_of
 from broker.policy.detection_rules import Action, Detection, Rule, Severity
 
 log = logging.getLogger("broker.detect")
@@ -161,6 +160,11 @@ class Detector:
 
     # ------------------------------------------------------------ audit events
 
+    def actions(self) -> tuple[str, ...]:
+        """The audit actions some rule reads ("mfa.*" for all of MFA's): the runner leaves
+        the others in the store."""
+        return (*self._handlers, "mfa.*")
+
     def audit(self, event: AuditEvent) -> list[Finding]:
         if event.action.startswith("mfa."):
             return self._mfa(event)
@@ -204,10 +208,7 @@ class Detector:
         if not user:
             return []
         found = self._off_hours(event, user)
-        try:
-            nodes = expand(str(event.details.get("nodes", "")))
-        except UsageError:
-            nodes = []
+        nodes = nodes_of(str(event.details.get("nodes", "")))
         return found + self._spread(event, user, nodes, event.target)
 
     def _off_hours(self, event: AuditEvent, user: str) -> list[Finding]:

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from broker.core.errors import UnavailableError, UsageError
-from broker.core.hostlist import expand
+from broker.core.errors import UnavailableError
 from broker.core.timeutil import to_text
 from broker.detect import alerts
 from broker.detect.engine import AuditEvent, Detector, Finding, Recording, new_memory
+from broker.detect.eventdata import nodes_of
 from broker.fleet import quarantine
 from broker.policy.detection_rules import Detection
 from broker.sessions import iolog
@@ -93,19 +93,20 @@ class DetectionRunner:
         findings: list[Finding] = []
         jobs: list[tuple[str, str]] = []
         cursor = int(state["cursor"])
-        for event in alerts.audit_after(conn, cursor, BATCH):
+        # The next BATCH sequence numbers: only events some rule or drift job reads leave
+        # SQLite (session closes, directory syncs and the like stay there), all are passed.
+        top = min(cursor + BATCH, alerts.last_audit_seq(conn))
+        for event in alerts.audit_between(conn, cursor, top, (*detector.actions(), *DRIFT)):
             findings.extend(detector.audit(event))
             jobs.extend(drift_jobs(event))
-            cursor = event.seq
-            report.events += 1
-        state["cursor"] = cursor
+        report.events = max(0, top - cursor)
+        state["cursor"] = max(cursor, top)
         streams = self._scan_sessions(detector, state["since"], now, findings, report)
         detector.prune(now.timestamp())
         with self._store.transaction() as tx:
             for finding in findings:
                 report.alerts.append(alerts.raise_alert(tx, finding, now, self._enqueue))
-            for kind, target in jobs:
-                alerts.queue_job(tx, kind, target, now)
+            alerts.queue_jobs(tx, jobs, now)
             report.jobs = len(jobs)
             alerts.save_state(tx, state)
             for (rid, name), stream in streams.items():
@@ -250,14 +251,14 @@ def _command_text(command: str | None, argv: str | None) -> str:
     return command or ""
 
 
+DRIFT = ("grant.push", "session.recorded")  # the actions drift_jobs reads
+
+
 def drift_jobs(event: AuditEvent) -> list[tuple[str, str]]:
     """Drift work an event calls for: a baseline where a grant landed, a check where an
     elevated session's recording is finished."""
     if event.action == "grant.push":
-        try:
-            nodes = expand(str(event.details.get("live") or ""))
-        except UsageError:
-            return []
+        nodes = nodes_of(str(event.details.get("live") or ""))
         return [("drift_baseline", f"{event.target}@{node}") for node in nodes]
     if event.action == "session.recorded" and event.details.get("grant"):
         return [("drift_check", event.target)]
