@@ -319,17 +319,25 @@ def released_since(conn: sqlite3.Connection, alert_id: int | None, node: str) ->
 # --- the detector's cursor, memory and stream offsets ---------------------------------------
 
 
-def load_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
+def load_state_text(conn: sqlite3.Connection) -> str | None:
     row = conn.execute("SELECT value FROM detect_state WHERE key = 'detector'").fetchone()
-    return None if row is None else dict(json.loads(row[0]))
+    return None if row is None else str(row[0])
 
 
-def save_state(conn: sqlite3.Connection, state: dict[str, Any]) -> None:
+def load_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    text = load_state_text(conn)
+    return None if text is None else dict(json.loads(text))
+
+
+def save_state(conn: sqlite3.Connection, state: dict[str, Any]) -> str:
+    """Store the detector's state; returns the text stored."""
+    text = json.dumps(state, separators=(",", ":"))
     conn.execute(
         "INSERT INTO detect_state (key, value) VALUES ('detector', ?)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (json.dumps(state, separators=(",", ":")),),
+        (text,),
     )
+    return text
 
 
 def last_audit_seq(conn: sqlite3.Connection) -> int:
@@ -337,19 +345,19 @@ def last_audit_seq(conn: sqlite3.Connection) -> int:
 
 
 def audit_between(
-    conn: sqlite3.Connection, after: int, upto: int, actions: Sequence[str]
+    conn: sqlite3.Connection,
+    after: int,
+    upto: int,
+    actions: Sequence[str],
+    refused: Sequence[str] = (),
 ) -> Iterator[AuditEvent]:
-    """Events with `after` < seq <= `upto` whose action is one of `actions` ("mfa.*": any
-    action with that prefix), oldest first, details parsed only when a rule looks."""
-    exact = [a for a in actions if not a.endswith("*")]
-    globs = [a for a in actions if a.endswith("*")]
-    match = " OR ".join(
-        ([f"action IN ({', '.join('?' * len(exact))})"] if exact else [])
-        + ["action GLOB ?"] * len(globs)
-    )
-    where = f"seq > ? AND seq <= ? AND ({match or '0'})"  # '?' placeholders only
+    """Events with `after` < seq <= `upto` whose action is one of `actions`, or matches a
+    glob of `refused` with outcome refused; oldest first, details parsed on first look."""
+    match = [f"action IN ({', '.join('?' * len(actions))})"] if actions else []
+    match += ["(action GLOB ? AND outcome = 'refused')"] * len(refused)
+    where = f"seq > ? AND seq <= ? AND ({' OR '.join(match) or '0'})"  # '?' placeholders only
     sql = f"SELECT seq, ts, actor, action, target, outcome, details FROM audit_events WHERE {where}"  # noqa: S608
-    for row in conn.execute(f"{sql} ORDER BY seq", (after, upto, *exact, *globs)):
+    for row in conn.execute(f"{sql} ORDER BY seq", (after, upto, *actions, *refused)):
         ts = row[1]  # the writer's UTC text ends in Z; anything else takes the careful parse
         at = (datetime.fromisoformat(ts) if ts.endswith("Z") else from_text(ts)).timestamp()
         yield AuditEvent(row[0], at, row[2], row[3], row[4], row[5], LazyDetails(row[6]))

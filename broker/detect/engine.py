@@ -160,10 +160,11 @@ class Detector:
 
     # ------------------------------------------------------------ audit events
 
-    def actions(self) -> tuple[str, ...]:
-        """The audit actions some rule reads ("mfa.*" for all of MFA's): the runner leaves
-        the others in the store."""
-        return (*self._handlers, "mfa.*")
+    def actions(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The audit actions some rule reads, and the action globs of which it reads only
+        refusals (MFA: refused codes count, a reset clears): the runner leaves the rest of
+        the chain (session closes, successful checks, syncs) in the store."""
+        return (*self._handlers, "mfa.reset"), ("mfa.*",)
 
     def audit(self, event: AuditEvent) -> list[Finding]:
         if event.action.startswith("mfa."):

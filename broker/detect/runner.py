@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from broker.core.errors import UnavailableError
 from broker.core.timeutil import to_text
@@ -73,6 +74,9 @@ class DetectionRunner:
         self._root = session_root
         self._enqueue = enqueue
         self._pass_bytes = pass_bytes
+        # The state this runner committed last, as stored and as parsed: when the store
+        # still holds exactly that text, the next pass reuses it (no 250 kB json.loads).
+        self._saved: tuple[str, dict[str, Any]] | None = None
 
     def run_once(
         self, detection: Detection, now: datetime, exempt_users: Iterable[str] = ()
@@ -80,10 +84,7 @@ class DetectionRunner:
         started = time.monotonic()
         report = PassReport()
         conn = self._store.conn
-        state = alerts.load_state(conn)
-        if state is None:  # the first pass: watch from now on
-            top = alerts.last_audit_seq(conn)
-            state = {"cursor": top, "since": to_text(now), "memory": new_memory()}
+        state = self._load_state(conn, now)
         detector = Detector(
             detection,
             state["memory"],
@@ -96,7 +97,8 @@ class DetectionRunner:
         # The next BATCH sequence numbers: only events some rule or drift job reads leave
         # SQLite (session closes, directory syncs and the like stay there), all are passed.
         top = min(cursor + BATCH, alerts.last_audit_seq(conn))
-        for event in alerts.audit_between(conn, cursor, top, (*detector.actions(), *DRIFT)):
+        actions, refused = detector.actions()
+        for event in alerts.audit_between(conn, cursor, top, (*actions, *DRIFT), refused):
             findings.extend(detector.audit(event))
             jobs.extend(drift_jobs(event))
         report.events = max(0, top - cursor)
@@ -108,10 +110,11 @@ class DetectionRunner:
                 report.alerts.append(alerts.raise_alert(tx, finding, now, self._enqueue))
             alerts.queue_jobs(tx, jobs, now)
             report.jobs = len(jobs)
-            alerts.save_state(tx, state)
+            saved = alerts.save_state(tx, state)
             for (rid, name), stream in streams.items():
                 if stream.dirty:
                     alerts.save_stream(tx, rid, name, stream.offset, stream.carry)
+        self._saved = (saved, state)  # committed
         report.seconds = time.monotonic() - started
         if detector.content.unavailable is not None and self._root is not None:
             # Audit events were judged and committed; session bytes stay unread (their
@@ -122,6 +125,17 @@ class DetectionRunner:
                 fix="install the locked hyperscan wheel on a CPU with SSSE3 (docs/detection.md)",
             )
         return report
+
+    def _load_state(self, conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+        """The cursor, start and rule memory as committed; a first pass watches from now."""
+        text = alerts.load_state_text(conn)
+        saved, self._saved = self._saved, None  # mutated from here until committed again
+        if text is None:
+            top = alerts.last_audit_seq(conn)
+            return {"cursor": top, "since": to_text(now), "memory": new_memory()}
+        if saved is not None and saved[0] == text:
+            return saved[1]
+        return dict(json.loads(text))
 
     # ------------------------------------------------------------ sessions
 
