@@ -10,7 +10,8 @@
    raise alerts. Events are chained with the real hash function (so `broker audit verify`
    walks them) but inserted with executemany in transactions of 50,000, not one
    `writer.record` each. The detector then judges them all, pass after pass (`App.detect`,
-   20,000 events a pass, each pass committing its alerts, drift jobs, cursor and memory),
+   50,000 events a pass (BATCH), each pass committing its alerts, drift jobs, cursor and
+   memory),
    each pass given the time of the last event it reads as `now`, as when it runs live.
    Against: a plain read of the same rows (SELECT + json.loads of the details).
 2. sessions: GB of output (ttyout, or stdout for non-terminal sessions) in RECORDINGS

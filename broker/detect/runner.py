@@ -33,7 +33,7 @@ from broker.store.db import Store
 
 log = logging.getLogger("broker.detect")
 
-BATCH = 20_000  # audit events per pass at most (the rest next pass, at once)
+BATCH = 50_000  # audit sequence numbers per pass at most (the rest next pass, at once)
 READ_CHUNK = 1 << 20
 PASS_BYTES = 256 << 20  # session bytes per pass at most
 _INPUT = ("ttyin", "stdin")
