@@ -1,7 +1,7 @@
 """Detection benchmarks (issue 9): rule throughput, and the delay from an event to its alert.
 
     .venv/bin/python bench/detect_bench.py [--events 1000000] [--gb 1.0] [--recordings 64]
-        [--runs 3] [--rounds 30] [--noise-rate 20] [--output-rate 0]
+        [--runs 3] [--rounds 30] [--noise-rate 20] [--output-rate 8]
         [--parts audit,sessions,delay]
 
 1. audit: a store holding EVENTS audit events as the broker writes them (MFA checks, grants
@@ -10,21 +10,24 @@
    raise alerts. Events are chained with the real hash function (so `broker audit verify`
    walks them) but inserted with executemany in transactions of 50,000, not one
    `writer.record` each. The detector then judges them all, pass after pass (`App.detect`,
-   20,000 events a pass, each pass committing its alerts, drift jobs, cursor and memory),
+   50,000 events a pass (BATCH), each pass committing its alerts, drift jobs, cursor and
+   memory),
    each pass given the time of the last event it reads as `now`, as when it runs live.
    Against: a plain read of the same rows (SELECT + json.loads of the details).
 2. sessions: GB of output (ttyout, or stdout for non-terminal sessions) in RECORDINGS
    finished recordings in sudo_logsrvd's layout, with typed input, indexed by the real
    Indexer; then the detector reads every byte through the rules. Planted `scp` and
    `apt-get install` lines must raise their alerts, and nothing else may. Against: the
-   same bytes merely read, the same rules' regexes alone, and `grep -E -c` of the
+   same bytes merely read, the engine (Hyperscan) alone, the rules' Python regexes alone
+   (the detector before the engine, on a 64 MiB sample), and `grep -E -c` of the
    same patterns (GNU grep, C). The page cache is warm, as for sessions just written.
 3. delay: the daemon's way (a thread calling `App.detect` every 1.0 s, one indexing every
    1.0 s as in the lab, another writing background audit events), and at random moments
    a trigger: a burst of 5 wrong MFA codes for a fresh user (5 transactions), an `scp`
    line appended to a running recording's ttyin, or a new recording whose first input is
    one. The delay runs from the trigger's commit or write to the moment another
-   connection sees the alert row (polled every 5 ms). Goal: <= 2 s. With --output-rate,
+   connection sees the alert row (polled every 5 ms). Goal: <= 2 s. With --output-rate (8 MB/s
+   unless told; 0 for none),
    one more running session writes that many MB/s of output meanwhile (the detector reads
    session bytes and audit events in the same pass, so its cost lands on both paths).
    After the audit part, the delay runs on its store (the million events judged, the
@@ -62,6 +65,7 @@ from broker.config.loader import settings_from_dict
 from broker.core.timeutil import from_text, to_text, utcnow
 from broker.daemon.scheduler import DETECT_EVERY_S
 from broker.detect.alerts import load_state
+from broker.detect.content import ContentMatcher
 from broker.detect.runner import BATCH
 from broker.policy.detection_rules import DEFAULT
 from broker.sessions import iolog
@@ -462,6 +466,9 @@ INSTALL_LINE = b"apt-get install -y htop\r"
 DEEP_LINE = b"root@gpu0032:~# rsync -a /data/datasets/imagenet/ backup01:/srv/\r\n"
 BLOCK = 1 << 20
 WRITE = 4096  # bytes per timing entry, as a busy terminal writes
+RE_SAMPLE = 64 << 20  # Python's re, the engine before Hyperscan, is timed on this much
+GOAL_SESSION_MBS = 300.0
+GOAL_AUDIT_EVS = 250_000.0
 
 
 def output_lines(rng: random.Random) -> list[bytes]:
@@ -637,29 +644,44 @@ def session_rate(
     return total / took / 1e6, total, passes, alerts, probe.late
 
 
-def read_floor(files: list[Path]) -> tuple[float, float]:
-    """MB/s of merely reading the files in 1 MiB chunks, and of the rules' regexes alone
-    over the same chunks (the line split and \\r -> \\n included, no store)."""
+def read_floor(files: list[Path]) -> tuple[float, float, float]:
+    """MB/s of merely reading the files in 1 MiB chunks, of the engine alone over the same
+    chunks (\\r -> \\n included, no store, no Python re), and of the rules' Python regexes
+    alone (the detector before Hyperscan) over the first RE_SAMPLE bytes."""
+    matcher = ContentMatcher([r for r in DEFAULT.rules.values() if r.kind == "session_match"])
     regexes = [r.regex for r in DEFAULT.rules.values() if r.regex is not None]
+
+    def engine(text: bytes, kind: str) -> None:
+        for _ in matcher.hits(kind, text.replace(b"\r", b"\n"), lambda _rule: True):
+            pass
+
+    def python_re(text: bytes, _kind: str) -> None:
+        text = text.replace(b"\r", b"\n")
+        for rx in regexes:
+            rx.search(text)
+
     rates = []
-    for match in (False, True):
+    for judge, limit in ((None, None), (engine, None), (python_re, RE_SAMPLE)):
         total = 0
         began = time.perf_counter()
         for path in files:
+            kind = "input" if path.name == "ttyin" else "output"
             fd = os.open(path, os.O_RDONLY)
             try:
                 offset = 0
-                while data := os.pread(fd, BLOCK, offset):
+                while (limit is None or total + offset < limit) and (
+                    data := os.pread(fd, BLOCK, offset)
+                ):
                     offset += len(data)
-                    if match:
-                        text = data.replace(b"\r", b"\n")
-                        for rx in regexes:
-                            rx.search(text)
+                    if judge is not None:
+                        judge(data, kind)
             finally:
                 os.close(fd)
             total += offset
+            if limit is not None and total >= limit:
+                break
         rates.append(total / (time.perf_counter() - began) / 1e6)
-    return rates[0], rates[1]
+    return rates[0], rates[1], rates[2]
 
 
 def grep_rate(files: list[Path]) -> float | None:
@@ -720,7 +742,7 @@ def bench_sessions(args: argparse.Namespace, base: Path) -> dict[str, Any]:
           f" {len(extra)} unexpected")  # fmt: skip
     if missing or extra:
         print(f"MISSING {missing}  UNEXPECTED {extra}")
-    read, regex = read_floor(files)
+    read, engine, python_re = read_floor(files)
     grep = grep_rate(files)
     shutil.rmtree(state)
     shutil.rmtree(store)
@@ -728,7 +750,8 @@ def bench_sessions(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         "bytes": written,
         "rate": statistics.median(rates),
         "read": read,
-        "regex": regex,
+        "engine": engine,
+        "python_re": python_re,
         "grep": grep,
         "missing": missing + extra,
     }
@@ -999,7 +1022,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="triggers per delay path")
     parser.add_argument("--noise-rate", type=float, default=20.0, help="events/s in delay")
     parser.add_argument(
-        "--output-rate", type=float, default=0.0, help="MB/s of a busy session in delay"
+        "--output-rate", type=float, default=8.0, help="MB/s of a busy session in delay (0: none)"
     )
     parser.add_argument("--parts", default="audit,sessions,delay")
     parser.add_argument("--tmp", default=None, help="where the throwaway state goes")
@@ -1036,9 +1059,15 @@ def main() -> None:
             f" {audit['floor']:>7,.0f} ev/s {audit['rate'] / audit['floor']:>14.2f}"
         )
         failed |= bool(audit["missing"])
+        verdict = "met" if audit["rate"] >= GOAL_AUDIT_EVS else "MISSED"
+        print(f"{'':<40} goal >= {GOAL_AUDIT_EVS:,.0f} ev/s {verdict}")
     if sessions is not None:
         name = f"session output -> rules ({sessions['bytes'] / 1e6:,.0f} MB)"
-        against = [("read only", sessions["read"]), ("the rules' regexes alone", sessions["regex"])]
+        against = [
+            ("read only", sessions["read"]),
+            ("the engine alone", sessions["engine"]),
+            (f"Python re alone ({RE_SAMPLE >> 20} MiB)", sessions["python_re"]),
+        ]
         if sessions["grep"] is not None:
             against.append(("grep -E -c, same patterns", sessions["grep"]))
         for k, (what, rate) in enumerate(against):
@@ -1048,6 +1077,8 @@ def main() -> None:
                 f"{what:<26} {rate:>7,.{0 if rate >= 100 else 1}f} MB/s {sessions['rate'] / rate:>14.3f}"
             )
         failed |= bool(sessions["missing"])
+        verdict = "met" if sessions["rate"] >= GOAL_SESSION_MBS else "MISSED"
+        print(f"{'':<40} goal >= {GOAL_SESSION_MBS:g} MB/s {verdict}")
     if delay is not None:
         names = {
             "audit": "5th wrong MFA code -> alert",

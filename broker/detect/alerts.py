@@ -20,6 +20,7 @@ from broker.audit import writer
 from broker.core.errors import RefusedError
 from broker.core.timeutil import from_text, to_text
 from broker.detect.engine import AuditEvent, Finding
+from broker.detect.eventdata import LazyDetails
 from broker.policy.detection_rules import SEVERITIES, Severity
 
 DETECTOR = "broker:detect"
@@ -155,12 +156,13 @@ def _raise_event(alert_id: int, finding: Finding) -> writer.EventInput:
     )
 
 
-def queue_job(conn: sqlite3.Connection, kind: str, target: str, now: datetime) -> None:
-    """A drift job (baseline or check) for the responder; no alert behind it."""
-    conn.execute(
+def queue_jobs(conn: sqlite3.Connection, jobs: Sequence[tuple[str, str]], now: datetime) -> None:
+    """Drift jobs (kind, target: baseline or check) for the responder; no alert behind them."""
+    stamp = to_text(now)
+    conn.executemany(
         "INSERT INTO alert_actions (alert_id, kind, target, state, next_at, updated_at)"
         " VALUES (NULL, ?, ?, 'pending', ?, ?)",
-        (kind, target, to_text(now), to_text(now)),
+        [(kind, target, stamp, stamp) for kind, target in jobs],
     )
 
 
@@ -317,32 +319,48 @@ def released_since(conn: sqlite3.Connection, alert_id: int | None, node: str) ->
 # --- the detector's cursor, memory and stream offsets ---------------------------------------
 
 
-def load_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
+def load_state_text(conn: sqlite3.Connection) -> str | None:
     row = conn.execute("SELECT value FROM detect_state WHERE key = 'detector'").fetchone()
-    return None if row is None else dict(json.loads(row[0]))
+    return None if row is None else str(row[0])
 
 
-def save_state(conn: sqlite3.Connection, state: dict[str, Any]) -> None:
+def load_state(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    text = load_state_text(conn)
+    return None if text is None else dict(json.loads(text))
+
+
+def save_state(conn: sqlite3.Connection, state: dict[str, Any]) -> str:
+    """Store the detector's state; returns the text stored."""
+    text = json.dumps(state, separators=(",", ":"))
     conn.execute(
         "INSERT INTO detect_state (key, value) VALUES ('detector', ?)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (json.dumps(state, separators=(",", ":")),),
+        (text,),
     )
+    return text
 
 
 def last_audit_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0])
 
 
-def audit_after(conn: sqlite3.Connection, cursor: int, limit: int) -> Iterator[AuditEvent]:
-    """Audit events after `cursor`, oldest first, as the engine reads them."""
-    for row in conn.execute(
-        "SELECT seq, ts, actor, action, target, outcome, details FROM audit_events"
-        " WHERE seq > ? ORDER BY seq LIMIT ?",
-        (cursor, limit),
-    ):
-        at = from_text(row[1]).timestamp()
-        yield AuditEvent(row[0], at, row[2], row[3], row[4], row[5], json.loads(row[6]))
+def audit_between(
+    conn: sqlite3.Connection,
+    after: int,
+    upto: int,
+    actions: Sequence[str],
+    refused: Sequence[str] = (),
+) -> Iterator[AuditEvent]:
+    """Events with `after` < seq <= `upto` whose action is one of `actions`, or matches a
+    glob of `refused` with outcome refused; oldest first, details parsed on first look."""
+    match = [f"action IN ({', '.join('?' * len(actions))})"] if actions else []
+    match += ["(action GLOB ? AND outcome = 'refused')"] * len(refused)
+    where = f"seq > ? AND seq <= ? AND ({' OR '.join(match) or '0'})"  # '?' placeholders only
+    sql = f"SELECT seq, ts, actor, action, target, outcome, details FROM audit_events WHERE {where}"  # noqa: S608
+    for row in conn.execute(f"{sql} ORDER BY seq", (after, upto, *actions, *refused)):
+        ts = row[1]  # the writer's UTC text ends in Z; anything else takes the careful parse
+        at = (datetime.fromisoformat(ts) if ts.endswith("Z") else from_text(ts)).timestamp()
+        yield AuditEvent(row[0], at, row[2], row[3], row[4], row[5], LazyDetails(row[6]))
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 from broker.audit.refusals import REFUSAL_ACTIONS
 from broker.core.durations import format_duration
-from broker.core.errors import UsageError
-from broker.core.hostlist import expand
+from broker.detect.content import ContentMatcher, excerpt
+from broker.detect.eventdata import nodes_of
 from broker.policy.detection_rules import Action, Detection, Rule, Severity
 
 log = logging.getLogger("broker.detect")
@@ -36,10 +36,8 @@ COUNTED_MFA = frozenset(
 )
 CARRY_MAX = 4096  # an unfinished line kept between passes
 HEAD_KEEP = 1024  # of a longer one, its head (and the rest of CARRY_MAX from its tail)
-EXCERPT_MAX = 200
 HISTORY_CAP = 256  # nodes and terminal kinds remembered per user
 _TTY_DIGITS = re.compile(r"[0-9]+")
-_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +89,6 @@ def tty_kind(tty: str) -> str:
     return _TTY_DIGITS.sub("N", tty) if tty and tty != "-" else "none"
 
 
-def excerpt(line: bytes) -> str:
-    return _UNPRINTABLE.sub(b" ", line).decode("ascii").strip()[:EXCERPT_MAX]
-
-
 class Detector:
     """Judges one pass of events; its memory is the caller's to store afterwards."""
 
@@ -114,10 +108,7 @@ class Detector:
         self.by_kind: dict[str, list[Rule]] = {}
         for rule in detection.enabled():
             self.by_kind.setdefault(rule.kind, []).append(rule)
-        usable = [r for r in self.by_kind.get("session_match", ()) if _compiles(r)]
-        self.stream_rules = {
-            s: [r for r in usable if s in r.streams] for s in ("command", "input", "output")
-        }
+        self.content = ContentMatcher(self.by_kind.get("session_match", []))
         self._zones = {
             r.timezone: zoneinfo.ZoneInfo(r.timezone) for r in self.by_kind.get("off_hours", ())
         }
@@ -169,6 +160,12 @@ class Detector:
 
     # ------------------------------------------------------------ audit events
 
+    def actions(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The audit actions some rule reads, and the action globs of which it reads only
+        refusals (MFA: refused codes count, a reset clears): the runner leaves the rest of
+        the chain (session closes, successful checks, syncs) in the store."""
+        return (*self._handlers, "mfa.reset"), ("mfa.*",)
+
     def audit(self, event: AuditEvent) -> list[Finding]:
         if event.action.startswith("mfa."):
             return self._mfa(event)
@@ -212,10 +209,7 @@ class Detector:
         if not user:
             return []
         found = self._off_hours(event, user)
-        try:
-            nodes = expand(str(event.details.get("nodes", "")))
-        except UsageError:
-            nodes = []
+        nodes = nodes_of(str(event.details.get("nodes", "")))
         return found + self._spread(event, user, nodes, event.target)
 
     def _off_hours(self, event: AuditEvent, user: str) -> list[Finding]:
@@ -505,22 +499,23 @@ class Detector:
         self, rec: Recording, kind: str, text: bytes, at: float, offset: int
     ) -> list[Finding]:
         found = []
-        for rule in self.stream_rules[kind]:
-            assert rule.regex is not None
-            match = rule.regex.search(text)
-            if match is None or not self._cool(f"{rule.name}:{rec.id}", at, rule):
+        cooldown = self.memory["cooldown"]
+
+        def cooling(rule: Rule) -> bool:
+            until = cooldown.get(f"{rule.name}:{rec.id}")
+            return until is not None and at < until
+
+        for hit in self.content.hits(kind, text, cooling):
+            rule = hit.rule
+            if not self._cool(f"{rule.name}:{rec.id}", at, rule):
                 continue
-            start = text.rfind(b"\n", 0, match.start()) + 1
-            end = text.find(b"\n", match.end())
-            line = text[start : end if end >= 0 else len(text)]
-            pattern = int((match.lastgroup or "p0")[1:])
             found.append(
                 Finding(
                     rule.name,
                     rule.severity,
                     rule.actions,
                     f"{rule.description or rule.name}: {kind} of session {rec.id} of {rec.user}"
-                    f" on {rec.node} matched pattern {pattern + 1}",
+                    f" on {rec.node} matched pattern {hit.pattern + 1}",
                     at,
                     f"session:{rec.id}:{kind}:{offset}",
                     user=rec.user,
@@ -529,22 +524,12 @@ class Detector:
                     recording_id=rec.id,
                     details={
                         "stream": kind,
-                        "pattern": rule.patterns[pattern],
-                        "excerpt": excerpt(line),
+                        "pattern": rule.patterns[hit.pattern],
+                        "excerpt": excerpt(hit.line),
                     },
                 )
             )
         return found
-
-
-def _compiles(rule: Rule) -> bool:
-    """The policy check refuses patterns that cannot be combined; never let one that slipped
-    through (an older policy) stop the other rules."""
-    try:
-        return rule.regex is not None
-    except re.error:
-        log.error("detection rule %s: its patterns do not compile; rule skipped", rule.name)
-        return False
 
 
 def _span(rule: Rule) -> str:

@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from broker.core.errors import UsageError
-from broker.core.hostlist import expand
+from broker.core.errors import UnavailableError
 from broker.core.timeutil import to_text
 from broker.detect import alerts
 from broker.detect.engine import AuditEvent, Detector, Finding, Recording, new_memory
+from broker.detect.eventdata import nodes_of
 from broker.fleet import quarantine
 from broker.policy.detection_rules import Detection
 from broker.sessions import iolog
@@ -32,7 +33,7 @@ from broker.store.db import Store
 
 log = logging.getLogger("broker.detect")
 
-BATCH = 20_000  # audit events per pass at most (the rest next pass, at once)
+BATCH = 50_000  # audit sequence numbers per pass at most (the rest next pass, at once)
 READ_CHUNK = 1 << 20
 PASS_BYTES = 256 << 20  # session bytes per pass at most
 _INPUT = ("ttyin", "stdin")
@@ -73,6 +74,9 @@ class DetectionRunner:
         self._root = session_root
         self._enqueue = enqueue
         self._pass_bytes = pass_bytes
+        # The state this runner committed last, as stored and as parsed: when the store
+        # still holds exactly that text, the next pass reuses it (no 250 kB json.loads).
+        self._saved: tuple[str, dict[str, Any]] | None = None
 
     def run_once(
         self, detection: Detection, now: datetime, exempt_users: Iterable[str] = ()
@@ -80,10 +84,7 @@ class DetectionRunner:
         started = time.monotonic()
         report = PassReport()
         conn = self._store.conn
-        state = alerts.load_state(conn)
-        if state is None:  # the first pass: watch from now on
-            top = alerts.last_audit_seq(conn)
-            state = {"cursor": top, "since": to_text(now), "memory": new_memory()}
+        state = self._load_state(conn, now)
         detector = Detector(
             detection,
             state["memory"],
@@ -93,26 +94,48 @@ class DetectionRunner:
         findings: list[Finding] = []
         jobs: list[tuple[str, str]] = []
         cursor = int(state["cursor"])
-        for event in alerts.audit_after(conn, cursor, BATCH):
+        # The next BATCH sequence numbers: only events some rule or drift job reads leave
+        # SQLite (session closes, directory syncs and the like stay there), all are passed.
+        top = min(cursor + BATCH, alerts.last_audit_seq(conn))
+        actions, refused = detector.actions()
+        for event in alerts.audit_between(conn, cursor, top, (*actions, *DRIFT), refused):
             findings.extend(detector.audit(event))
             jobs.extend(drift_jobs(event))
-            cursor = event.seq
-            report.events += 1
-        state["cursor"] = cursor
+        report.events = max(0, top - cursor)
+        state["cursor"] = max(cursor, top)
         streams = self._scan_sessions(detector, state["since"], now, findings, report)
         detector.prune(now.timestamp())
         with self._store.transaction() as tx:
             for finding in findings:
                 report.alerts.append(alerts.raise_alert(tx, finding, now, self._enqueue))
-            for kind, target in jobs:
-                alerts.queue_job(tx, kind, target, now)
+            alerts.queue_jobs(tx, jobs, now)
             report.jobs = len(jobs)
-            alerts.save_state(tx, state)
+            saved = alerts.save_state(tx, state)
             for (rid, name), stream in streams.items():
                 if stream.dirty:
                     alerts.save_stream(tx, rid, name, stream.offset, stream.carry)
+        self._saved = (saved, state)  # committed
         report.seconds = time.monotonic() - started
+        if detector.content.unavailable is not None and self._root is not None:
+            # Audit events were judged and committed; session bytes stay unread (their
+            # offsets did not move) until the engine runs. Fail the pass, so the scheduler
+            # logs why and /v1/health shows the detector stalled, rather than go quiet.
+            raise UnavailableError(
+                f"session content is not being judged: {detector.content.unavailable}",
+                fix="install the locked hyperscan wheel on a CPU with SSSE3 (docs/detection.md)",
+            )
         return report
+
+    def _load_state(self, conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+        """The cursor, start and rule memory as committed; a first pass watches from now."""
+        text = alerts.load_state_text(conn)
+        saved, self._saved = self._saved, None  # mutated from here until committed again
+        if text is None:
+            top = alerts.last_audit_seq(conn)
+            return {"cursor": top, "since": to_text(now), "memory": new_memory()}
+        if saved is not None and saved[0] == text:
+            return saved[1]
+        return dict(json.loads(text))
 
     # ------------------------------------------------------------ sessions
 
@@ -126,7 +149,7 @@ class DetectionRunner:
     ) -> dict[tuple[str, str], _Stream]:
         """New bytes of every recording that is running or not yet read to its end."""
         streams: dict[tuple[str, str], _Stream] = {}
-        if self._root is None:
+        if self._root is None or detector.content.unavailable is not None:
             return streams
         unread = alerts.recordings_to_read(self._store.conn, since)
         if not unread:
@@ -242,14 +265,14 @@ def _command_text(command: str | None, argv: str | None) -> str:
     return command or ""
 
 
+DRIFT = ("grant.push", "session.recorded")  # the actions drift_jobs reads
+
+
 def drift_jobs(event: AuditEvent) -> list[tuple[str, str]]:
     """Drift work an event calls for: a baseline where a grant landed, a check where an
     elevated session's recording is finished."""
     if event.action == "grant.push":
-        try:
-            nodes = expand(str(event.details.get("live") or ""))
-        except UsageError:
-            return []
+        nodes = nodes_of(str(event.details.get("live") or ""))
         return [("drift_baseline", f"{event.target}@{node}") for node in nodes]
     if event.action == "session.recorded" and event.details.get("grant"):
         return [("drift_check", event.target)]

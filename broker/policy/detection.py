@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
 
+from broker.core import multimatch
 from broker.policy import names
 from broker.policy.detection_rules import (
     ACTIONS,
@@ -65,6 +66,10 @@ def read(problems: Problems, data: Mapping[str, Any]) -> Detection:
         if rule is not None:
             rules[name] = rule
     drift = _drift(problems, top.table("drift", hint="[detect.drift]") or {})
+    if any(r.enabled and r.kind == "session_match" for r in rules.values()):
+        why = multimatch.unavailable()
+        if why is not None:  # fail closed: never a policy whose session rules cannot run
+            problems.add(("detect",), f"session_match rules cannot run here: {why}")
     return Detection(rules=rules, drift=drift)
 
 
@@ -88,8 +93,10 @@ def _rule(problems: Problems, path: KeyPath, name: str, raw: dict[str, Any]) -> 
         severity=severity or base.severity,
         actions=base.actions if actions is None else actions,
         description=table.text("description", check=names.description) or base.description,
-        cooldown=table.duration("cooldown", base.cooldown, low=timedelta(0), high=timedelta(days=7))
-        or base.cooldown,
+        cooldown=_duration_or(  # "0s" is a cool-down of none, not the default
+            table.duration("cooldown", base.cooldown, low=timedelta(0), high=timedelta(days=7)),
+            base.cooldown,
+        ),
         threshold=table.integer("threshold", base.threshold, 1, 100_000) or base.threshold,
         window=table.duration(
             "window", base.window, low=timedelta(seconds=1), high=timedelta(days=7)
@@ -237,7 +244,9 @@ def _pattern_problem(pattern: str) -> str | None:
         return "back-references are not allowed (patterns are combined into one expression)"
     if compiled.search(b""):
         return "matches the empty string, so it would match every line"
-    return None
+    # The detector runs every pattern through Hyperscan too (broker/core/multimatch.py):
+    # no lookaround, atomic groups or possessive quantifiers, Python's {,n} refused.
+    return multimatch.problem(pattern)
 
 
 def _streams(table: Table, default: tuple[Stream, ...]) -> tuple[Stream, ...]:

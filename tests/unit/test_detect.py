@@ -438,3 +438,26 @@ def test_repeated_refusals_of_one_caller_alert_and_summaries_count() -> None:
     )  # fmt: skip
     assert found.user == "bob" and found.actions == ("alert", "lock_mfa")
     assert problems_of('[detect.rules.repeated-refusals]\nactions = ["end_session"]\n')
+
+
+def test_a_pass_of_another_runner_is_not_lost_to_a_cached_state(app: App) -> None:
+    """Each runner keeps the state it committed; another process's commit must win (no
+    event judged twice), and a reset clears the count (successful checks skipped in SQL)."""
+    app.detection().run(T0)
+    for i in range(4):  # one short of the threshold
+        record(app, "mfa.verify", "bob", T0 + timedelta(seconds=i), outcome="refused",
+               details={"reason": "wrong code"})  # fmt: skip
+        record(app, "mfa.verify", "bob", T0 + timedelta(seconds=i), details={"purpose": "x"})
+    assert app.detection().run(T0 + timedelta(seconds=5)).alerts == []
+    other = App(app.settings)  # e.g. the daemon restarted while this one lingers
+    record(other, "mfa.verify", "bob", T0 + timedelta(seconds=6), outcome="refused",
+           details={"reason": "wrong code"})  # fmt: skip
+    assert len(other.detection().run(T0 + timedelta(seconds=7)).alerts) == 1
+    other.close()
+    assert app.detection().run(T0 + timedelta(seconds=8)).alerts == []  # not judged again
+    record(app, "mfa.reset", "bob", T0 + timedelta(seconds=9), actor="unix:root")
+    for i in range(4):
+        record(app, "mfa.verify", "bob", T0 + timedelta(minutes=11, seconds=i),
+               outcome="refused", details={"reason": "wrong code"})  # fmt: skip
+    assert app.detection().run(T0 + timedelta(minutes=12)).alerts == []  # 4 since the reset
+    assert len(alert_rows(app)) == 1

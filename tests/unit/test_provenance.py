@@ -232,7 +232,7 @@ def test_a_corroborated_recording_revokes_as_the_rule_says(two_sessions: World) 
 def test_an_uncorroborated_session_is_never_drift_checked(two_sessions: World) -> None:
     w = two_sessions
     with w.store.transaction() as conn:
-        alerts.queue_job(conn, "drift_check", "000002", NOW)
+        alerts.queue_jobs(conn, [("drift_check", "000002")], NOW)
         alerts.put_baseline(conn, GID, "gpu01", NOW, '{"entries": []}')
     spools = FakeSpools()
     parts = ResponderParts(
