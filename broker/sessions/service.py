@@ -3,6 +3,7 @@ purge. Reads go through `iolog`'s descriptor-relative opens only."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -21,6 +22,8 @@ from broker.sessions.rows import Filters
 from broker.sessions.search import EXCERPT, MAX_PATTERN, Search, SearchResult
 from broker.sessions.typed import command_lines
 from broker.store.db import Store
+
+log = logging.getLogger("broker.sessions")
 
 __all__ = [
     "EXCERPT",
@@ -285,5 +288,10 @@ class Recordings:
                         {"ids": purged, "retention_days": retention_days},
                     ),
                     now,
+                )
+            if not self._store.checkpoint_truncate():
+                log.warning(
+                    "purge: a reader kept the WAL from being truncated; old frames"
+                    " stay until the next checkpoint overwrites them"
                 )
         return purged
