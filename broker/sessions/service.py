@@ -8,11 +8,12 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
 from broker.audit import writer
-from broker.core.errors import FailedError, RefusedError
+from broker.core.errors import FailedError, RefusedError, UsageError
 from broker.core.timeutil import from_text
 from broker.sessions import iolog, provenance, rows
 from broker.sessions.iolog import IologError
@@ -248,6 +249,35 @@ class Recordings:
         return Search(conn, self._open_or_none, lambda row: _labelled(conn, row)).run(
             text, streams, f, mode
         )
+
+    def audited_search(
+        self, actor: str, now: datetime, text: str, streams: tuple[str, ...], f: Filters,
+        mode: Mode = "regex",
+    ) -> SearchResult:  # fmt: skip
+        """`search`, recorded as one `session.search` event (ok, or refused with a usage
+        error): who looked, how, under which filters and what it found, by counts. Neither
+        the pattern nor any matched text is recorded: a search for a leaked password would
+        otherwise copy it into the chain."""
+        details: dict[str, Any] = {
+            "mode": mode,
+            "streams": list(streams),
+            "filters": {k: v for k, v in asdict(f).items() if v not in (None, False)},
+        }
+        try:
+            found = self.search(text, streams, f, mode)
+        except UsageError:
+            self._audit_search(actor, now, "refused", {**details, "error": "usage"})
+            raise
+        counts = {"hits": len(found.hits), "read": found.read, "narrowed": found.narrowed,
+                  "complete": found.complete}  # fmt: skip
+        self._audit_search(actor, now, "ok", {**details, **counts})
+        return found
+
+    def _audit_search(self, actor: str, now: datetime, outcome: str, details: Any) -> None:
+        with self._store.transaction() as tx:
+            writer.record(
+                tx, writer.EventInput(actor, "session.search", "sessions", outcome, details), now
+            )
 
     def _open_or_none(self, row: dict[str, Any]) -> int | None:
         try:

@@ -281,6 +281,28 @@ def test_the_index_keeps_at_most_64_kib_of_raw_input(world: World) -> None:
     assert ids(world.recordings.search("tailmarker", iolog.INPUT, Filters()).hits) == ["000001"]
 
 
+def test_each_search_is_audited_by_counts_never_by_its_text(world: World) -> None:
+    recorded(world)
+    found = world.recordings.audited_search(
+        "unix:admin", NOW, "evil\\.example", iolog.INPUT, Filters(user="alice")
+    )
+    assert ids(found.hits) == ["000001"]
+    with pytest.raises(UsageError):
+        world.recordings.audited_search("unix:admin", NOW, "(sh)\\1", (), Filters(), "regex")
+    events = world.events("session.search")
+    assert [(e[0], e[1], e[2]) for e in events] == [
+        ("unix:admin", "sessions", "ok"), ("unix:admin", "sessions", "refused"),
+    ]  # fmt: skip
+    ok, refused = events[0][3], events[1][3]
+    assert ok == {
+        "mode": "regex", "streams": list(iolog.INPUT), "filters": {"user": "alice", "limit": 200},
+        "hits": 1, "read": 1, "narrowed": True, "complete": True,
+    }  # fmt: skip
+    assert refused["error"] == "usage"
+    text = str(events)
+    assert "evil" not in text and "shadow" not in text and "(sh)" not in text
+
+
 def test_a_sqlite_without_fts5_is_refused_with_one_line(tmp_path: Any) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     fake = Migration(99, "x", ("CREATE VIRTUAL TABLE t USING fts5_missing(a)",))
@@ -314,6 +336,7 @@ def test_the_api_answers_with_hits_and_how_they_were_found(
         {"pattern": "a b", "mode": "prefix"},
         {"pattern": "shadow", "mode": "fts"},
         {"pattern": "shadow", "exit": 256},
+        {"pattern": "(ab)\\1"},  # a backreference: RE2 has none
     ):
         status, refused = test_daemon.post_json(daemon, "/v1/sessions/search", body)
         test_daemon.assert_error(status, refused, 400, "usage")
