@@ -207,7 +207,9 @@ def _mode(word: bool, prefix: bool, phrase: bool) -> str:
 def search(
     ctx: typer.Context,
     pattern: str = typer.Argument(
-        ..., metavar="REGEX|TEXT", help="A Python regular expression, or text with --word etc."
+        ...,
+        metavar="REGEX|TEXT",
+        help="A regular expression (RE2: no backreferences or lookaround), or text with --word etc.",
     ),
     word: bool = typer.Option(False, "--word", help="TEXT as a whole word in typed lines."),
     prefix: bool = typer.Option(False, "--prefix", help="A word starting with TEXT, typed."),

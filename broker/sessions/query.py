@@ -55,12 +55,13 @@ def required_literals(pattern: bytes) -> list[str]:
     Conservative on purpose: a run of literal bytes in the pattern's top-level sequence
     (or inside plain groups and repeats of at least one) is required; alternations,
     optional parts and classes end a run and contribute nothing."""
+    runs: list[bytearray] = [bytearray()]
+    # Only the stdlib's parser runs on the pattern (never its matcher); a pattern it
+    # refuses or nests too deeply simply narrows nothing (RE2 decides what is valid).
     try:
-        parsed = sre_parse.parse(pattern)
+        _walk(list(sre_parse.parse(pattern)), runs)
     except (re.error, RecursionError, OverflowError):
         return []
-    runs: list[bytearray] = [bytearray()]
-    _walk(list(parsed), runs)
     found: list[str] = []
     for run in runs:
         # Invalid UTF-8 (a \\xff in the pattern) becomes U+FFFD in the indexed text too;

@@ -222,10 +222,13 @@ def put_text(
 
 
 def drop_text(conn: sqlite3.Connection, ids: Iterable[str]) -> None:
-    """Purged recordings leave the index (their rows stay, state purged)."""
+    """Purged recordings leave the index (their rows stay, state purged). FTS5 keeps a
+    deleted row's trigrams in its older index segments until they are merged: 'optimize'
+    merges them all now, and secure_delete (store/db.py) zeroes the freed pages."""
     conn.executemany(
         "DELETE FROM session_text WHERE rowid = ?", [(text_rowid(rid),) for rid in ids]
     )
+    conn.execute("INSERT INTO session_text (session_text) VALUES ('optimize')")
 
 
 def text_backlog(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
@@ -260,11 +263,11 @@ def regex_candidates(
 
 
 def typed_candidates(
-    conn: sqlite3.Connection, f: Filters, match: str | None
+    conn: sqlite3.Connection, f: Filters, match: str | None, limit: int
 ) -> Iterator[tuple[str, str, str]]:
     """(sort key, id, typed lines) of indexed recordings, filtered, newest first; with
     `match`, only those whose typed lines hold every term, each one's lines read when it
-    is reached (a common word sorts keys, not every matching text)."""
+    is reached (a common word sorts keys, not every matching text); at most `limit`."""
     where, args = _where(f)
     text = "t.rowid" if match is not None else "t.typed"
     sql = f"SELECT COALESCE(started_at, first_seen), id, {text} FROM {_MATCHED} WHERE {where}"  # noqa: S608
@@ -272,22 +275,22 @@ def typed_candidates(
     if match is not None:
         sql += " AND session_text MATCH ?"
         args.append(match)
-    for key, rid, typed in conn.execute(sql + _NEWEST_FIRST, args):
+    for key, rid, typed in conn.execute(sql + _NEWEST_FIRST + " LIMIT ?", (*args, limit)):
         if match is not None:
             found = conn.execute("SELECT typed FROM session_text WHERE rowid = ?", (typed,))
             typed = found.fetchone()[0]
         yield str(key), str(rid), str(typed)
 
 
-def typed_pending(conn: sqlite3.Connection, f: Filters) -> list[tuple[str, str]]:
+def typed_pending(conn: sqlite3.Connection, f: Filters, limit: int) -> list[tuple[str, str]]:
     """(sort key, id) of searchable recordings whose typed lines the index lacks, filtered,
-    newest first (running ones, and the backlog after an upgrade)."""
+    newest first (running ones, and the backlog after an upgrade); at most `limit`."""
     where, args = _where(f)
     sql = (
         f"SELECT COALESCE(started_at, first_seen), id FROM {_PENDING_ROWS} WHERE {where}"  # noqa: S608
-        f" AND {_PENDING} AND text_state = 0{_NEWEST_FIRST}"
+        f" AND {_PENDING} AND text_state = 0{_NEWEST_FIRST} LIMIT ?"
     )
-    return [(str(key), str(rid)) for key, rid in conn.execute(sql, args)]
+    return [(str(key), str(rid)) for key, rid in conn.execute(sql, (*args, limit))]
 
 
 def audited_recording(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any]:

@@ -1,13 +1,20 @@
-"""`broker sessions search`: the text index narrows, the recordings decide.
+r"""`broker sessions search`: the text index narrows, the recordings decide.
 
 A regular expression over typed input (`--input`) reads only the recordings the index
 says hold every literal the expression requires (query.required_literals), plus those
 whose input the index does not hold yet (running sessions, the backlog after an upgrade,
-inputs longer than typed.MAX_TEXT); their files are then searched exactly as a full scan
+inputs longer than typed.MAX_RAW); their files are then searched exactly as a full scan
 would, so the hits, their order and their fields are the scan's. An expression with no
 such literal, or one over output, is a scan of at most MAX_SCAN recordings, and the
 result says so. Word, prefix and phrase queries are answered from the typed command
 lines the index stores (and, for recordings it does not hold yet, from their files).
+Every path reads at most MAX_SCAN recordings (or index rows) and says when it stopped.
+
+User expressions run with RE2 (google-re2), never with `re`: RE2 matches in time linear
+in the input and releases the GIL, so no pattern can freeze the daemon's other threads
+(the API, the reaper, heartbeats) the way a backtracking `(\w+\s?)+$` does with `re`.
+The pattern's bytes are compiled as Latin-1, so it is a bytes regex as before: each
+byte one character, `\w`/`\d`/`\b` ASCII, `(?i)` case-folding per byte.
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ from __future__ import annotations
 import heapq
 import mmap
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import re2  # type: ignore[import-untyped]
 
 from broker.core.errors import UsageError
 from broker.sessions import iolog, query, rows, typed
@@ -27,7 +35,8 @@ from broker.sessions.rows import Filters
 
 MAX_PATTERN = 1000
 EXCERPT = 60
-MAX_SCAN = 100_000  # recordings a search without the index reads at most (as before)
+MAX_SCAN = 100_000  # recordings (or typed-line rows) one search reads at most, any mode
+_NARROW_MORE = "narrow with --since, --user or --node"
 
 # The recording's directory as a descriptor, or None when it cannot be opened (purged,
 # removed outside the broker): such a recording is no hit, as in a full scan.
@@ -46,13 +55,49 @@ class SearchResult:
     note: str | None = None  # one line on how the search was done, when it matters
 
 
-def compile_regex(pattern: str) -> re.Pattern[bytes]:
+# What RE2 refuses that Python's `re` takes, named in the one-line refusal.
+UNSUPPORTED = (
+    r"backreferences (\1, (?P=name)), lookaround ((?=, (?!, (?<=, (?<!), atomic groups"
+    r" and possessive repeats, conditionals, \Z (use \z), (?x) and (?a)/(?L)/(?u) flags"
+)
+
+
+@dataclass(frozen=True)
+class Regex:
+    """A user's expression compiled by RE2 over bytes; `pattern` is what the index
+    narrows by (query.required_literals)."""
+
+    pattern: bytes
+    _engine: Any
+
+    def search(self, data: bytes | mmap.mmap) -> tuple[int, int] | None:
+        """(start, end) of the leftmost match, or None; linear in len(data)."""
+        m = self._engine.search(data)
+        return None if m is None else (int(m.start()), int(m.end()))
+
+
+def _options() -> Any:
+    opts = re2.Options()
+    opts.encoding = re2.Options.Encoding.LATIN1  # bytes in, bytes matched: as `re` on bytes
+    opts.log_errors = False  # a bad pattern is the user's refusal, not a line on stderr
+    return opts
+
+
+def compile_regex(pattern: str) -> Regex:
+    """The user's expression, or a UsageError (exit 2) in one line: too long, or a syntax
+    RE2 does not have (it never backtracks, so it has no backreferences or lookaround)."""
     if len(pattern) > MAX_PATTERN:
         raise UsageError(f"the pattern is longer than {MAX_PATTERN} characters")
+    raw = pattern.encode("utf-8")
     try:
-        return re.compile(pattern.encode("utf-8"))
-    except re.error as exc:
-        raise UsageError(f"bad regular expression: {exc}", fix="check the pattern") from exc
+        engine = re2.compile(raw, _options())
+    except re2.error as exc:
+        why = exc.args[0].decode("utf-8", "replace") if exc.args else "not RE2 syntax"
+        raise UsageError(
+            f"bad regular expression ({why}); not supported: {UNSUPPORTED}",
+            fix="rewrite the pattern without them (RE2 syntax)",
+        ) from exc
+    return Regex(raw, engine)
 
 
 class Search:
@@ -75,7 +120,7 @@ class Search:
         return self.typed(q, f)
 
     def regex(
-        self, regex: re.Pattern[bytes], streams: tuple[str, ...], f: Filters, *, narrow: bool = True
+        self, regex: Regex, streams: tuple[str, ...], f: Filters, *, narrow: bool = True
     ) -> SearchResult:
         """Hits of a bytes regex in the chosen streams, newest first, at most f.limit."""
         result = SearchResult()
@@ -85,9 +130,9 @@ class Search:
         if literals and input_only:
             match = query.match_all("input", literals)
             result.narrowed, result.literals = True, literals
-        # Narrowed, every candidate may be a hit: none is left out (-1: no LIMIT).
-        ids = list(rows.regex_candidates(self._conn, f, match, -1 if match else MAX_SCAN + 1))
-        if match is None and len(ids) > MAX_SCAN:
+        # Narrowed or not, at most MAX_SCAN recordings are read (the newest).
+        ids = list(rows.regex_candidates(self._conn, f, match, MAX_SCAN + 1))
+        if len(ids) > MAX_SCAN:
             ids, result.complete = ids[:MAX_SCAN], False
         for rid in ids:
             row = rows.recording(self._conn, rid)
@@ -103,7 +148,7 @@ class Search:
         return result
 
     def _match(
-        self, row: dict[str, Any], regex: re.Pattern[bytes], streams: tuple[str, ...]
+        self, row: dict[str, Any], regex: Regex, streams: tuple[str, ...]
     ) -> dict[str, Any] | None:
         dir_fd = self._open(row)
         if dir_fd is None:
@@ -120,31 +165,35 @@ class Search:
         return None
 
     def typed(self, q: query.TextQuery, f: Filters) -> SearchResult:
-        """Word, prefix or phrase hits in the typed command lines, newest first."""
+        """Word, prefix or phrase hits in the typed command lines, newest first; at most
+        MAX_SCAN recordings' lines are looked at (index rows and files together)."""
         result = SearchResult(mode=q.mode, narrowed=q.match is not None)
-        indexed = rows.typed_candidates(self._conn, f, q.match)
-        pending = ((key, rid, None) for key, rid in rows.typed_pending(self._conn, f))
+        indexed = rows.typed_candidates(self._conn, f, q.match, MAX_SCAN + 1)
+        pending = ((k, rid, None) for k, rid in rows.typed_pending(self._conn, f, MAX_SCAN + 1))
         merged: Iterator[tuple[str, str, str | None]] = heapq.merge(
             indexed, pending, key=lambda c: (c[0], c[1]), reverse=True
         )
-        for _key, rid, lines in merged:
+        for seen, (_key, rid, lines) in enumerate(merged):
+            if seen >= MAX_SCAN:
+                result.complete = False
+                break
             row = rows.recording(self._conn, rid)
             if row is None:
                 continue
             if lines is None:
                 result.read += 1
                 lines = self._typed_from_files(row)
-            m = q.check.search(lines)
-            if m is not None:
-                start = lines.rfind("\n", 0, m.start()) + 1
-                end = lines.find("\n", m.end())
-                excerpt = lines[start : len(lines) if end < 0 else end]
-                found = {"stream": "typed", "offset": m.start(), "excerpt": excerpt[:200]}
+            found = _typed_hit(q, lines)
+            if found is not None:
                 result.hits.append({**self._label(row), "match": found})
                 if len(result.hits) >= f.limit:
                     break
+        notes = []
         if q.match is None:
-            result.note = f"a {q.mode} shorter than 3 characters: every typed line was read"
+            notes.append(f"a {q.mode} shorter than 3 characters: every typed line was read")
+        if not result.complete:
+            notes.append(f"looked at the newest {MAX_SCAN} recordings only; {_NARROW_MORE}")
+        result.note = "; ".join(notes) or None
         return result
 
     def _typed_from_files(self, row: dict[str, Any]) -> str:
@@ -159,9 +208,23 @@ class Search:
             os.close(dir_fd)
 
 
+def _typed_hit(q: query.TextQuery, lines: str) -> dict[str, Any] | None:
+    """The first match in the typed lines, with the whole line it is on as the excerpt."""
+    m = q.check.search(lines)
+    if m is None:
+        return None
+    start = lines.rfind("\n", 0, m.start()) + 1
+    end = lines.find("\n", m.end())
+    excerpt = lines[start : len(lines) if end < 0 else end]
+    return {"stream": "typed", "offset": m.start(), "excerpt": excerpt[:200]}
+
+
 def _regex_note(result: SearchResult, literals: list[str], input_only: bool, total: int) -> str:
     if result.narrowed:
-        return f"narrowed by the index to {total} candidate recording(s) for {literals!r}"
+        note = f"narrowed by the index to {total} candidate recording(s) for {literals!r}"
+        if not result.complete:
+            note += f"; read the newest {MAX_SCAN} only: {_NARROW_MORE}"
+        return note
     why = (
         "the index holds typed input only (--input narrows)"
         if not input_only
@@ -169,11 +232,11 @@ def _regex_note(result: SearchResult, literals: list[str], input_only: bool, tot
     )
     scanned = f"read up to {total} recording(s)"
     if not result.complete:
-        scanned = f"read the newest {MAX_SCAN} only; narrow with --since, --user or --node"
+        scanned = f"read the newest {MAX_SCAN} only; {_NARROW_MORE}"
     return f"not narrowed ({why}): {scanned}"
 
 
-def _match_file(dir_fd: int, stream: str, regex: re.Pattern[bytes]) -> dict[str, Any] | None:
+def _match_file(dir_fd: int, stream: str, regex: Regex) -> dict[str, Any] | None:
     fd = iolog.open_file(dir_fd, stream)
     if fd is None:
         return None
@@ -184,12 +247,12 @@ def _match_file(dir_fd: int, stream: str, regex: re.Pattern[bytes]) -> dict[str,
     finally:
         os.close(fd)
     try:
-        m = regex.search(data)
-        if m is None:
+        span = regex.search(data)
+        if span is None:
             return None
-        start, end = max(0, m.start() - EXCERPT), min(len(data), m.end() + EXCERPT)
+        start, end = max(0, span[0] - EXCERPT), min(len(data), span[1] + EXCERPT)
         excerpt = bytes(data[start:end]).decode("utf-8", "replace")
-        return {"stream": stream, "offset": m.start(), "excerpt": excerpt}
+        return {"stream": stream, "offset": span[0], "excerpt": excerpt}
     finally:
         if isinstance(data, mmap.mmap):
             data.close()

@@ -3,15 +3,17 @@ purge. Reads go through `iolog`'s descriptor-relative opens only."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
 from broker.audit import writer
-from broker.core.errors import FailedError, RefusedError
+from broker.core.errors import FailedError, RefusedError, UsageError
 from broker.core.timeutil import from_text
 from broker.sessions import iolog, provenance, rows
 from broker.sessions.iolog import IologError
@@ -21,6 +23,8 @@ from broker.sessions.rows import Filters
 from broker.sessions.search import EXCERPT, MAX_PATTERN, Search, SearchResult
 from broker.sessions.typed import command_lines
 from broker.store.db import Store
+
+log = logging.getLogger("broker.sessions")
 
 __all__ = [
     "EXCERPT",
@@ -246,6 +250,35 @@ class Recordings:
             text, streams, f, mode
         )
 
+    def audited_search(
+        self, actor: str, now: datetime, text: str, streams: tuple[str, ...], f: Filters,
+        mode: Mode = "regex",
+    ) -> SearchResult:  # fmt: skip
+        """`search`, recorded as one `session.search` event (ok, or refused with a usage
+        error): who looked, how, under which filters and what it found, by counts. Neither
+        the pattern nor any matched text is recorded: a search for a leaked password would
+        otherwise copy it into the chain."""
+        details: dict[str, Any] = {
+            "mode": mode,
+            "streams": list(streams),
+            "filters": {k: v for k, v in asdict(f).items() if v not in (None, False)},
+        }
+        try:
+            found = self.search(text, streams, f, mode)
+        except UsageError:
+            self._audit_search(actor, now, "refused", {**details, "error": "usage"})
+            raise
+        counts = {"hits": len(found.hits), "read": found.read, "narrowed": found.narrowed,
+                  "complete": found.complete}  # fmt: skip
+        self._audit_search(actor, now, "ok", {**details, **counts})
+        return found
+
+    def _audit_search(self, actor: str, now: datetime, outcome: str, details: Any) -> None:
+        with self._store.transaction() as tx:
+            writer.record(
+                tx, writer.EventInput(actor, "session.search", "sessions", outcome, details), now
+            )
+
     def _open_or_none(self, row: dict[str, Any]) -> int | None:
         try:
             return self._open(row)
@@ -285,5 +318,10 @@ class Recordings:
                         {"ids": purged, "retention_days": retention_days},
                     ),
                     now,
+                )
+            if not self._store.checkpoint_truncate():
+                log.warning(
+                    "purge: a reader kept the WAL from being truncated; old frames"
+                    " stay until the next checkpoint overwrites them"
                 )
         return purged

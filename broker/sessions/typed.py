@@ -1,6 +1,9 @@
 """What was typed in a recording: command lines as `sessions show` lists them, and the raw
-input text the search index keeps (both bounded: a session fed gigabytes on stdin keeps
-its first MAX_TEXT bytes in the index, and search reads the rest from its files)."""
+input text the search index keeps. Both are bounded, because the index lives in broker.db
+and an elevated user chooses what goes in (`head -c1M /dev/urandom | sudo tee /dev/null`
+in a loop must not grow the store by a mebibyte a time): the raw input (stdin, then
+ttyin) keeps its first MAX_RAW bytes, the typed lines are made from the first MAX_TEXT
+bytes of input. A recording with more is marked partial and search reads its files."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from dataclasses import dataclass
 
 from broker.sessions import iolog
 
-MAX_TEXT = 1 << 20  # input bytes per recording the index keeps
+MAX_RAW = 64 * 1024  # raw input bytes (stdin and ttyin together) the index keeps
+MAX_TEXT = 256 * 1024  # input bytes the typed lines the index keeps are made from
 MAX_LINES = 5000
 _ESCAPE = re.compile(rb"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|O.|[@-Z\\-_])")
 
@@ -19,7 +23,7 @@ _ESCAPE = re.compile(rb"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|O.|[@-Z\\-_])")
 class InputText:
     typed: str  # the command lines, one per line
     raw: str  # stdin, then ttyin, as UTF-8 text (invalid bytes as U+FFFD)
-    partial: bool  # the input was longer than MAX_TEXT: only its start is here
+    partial: bool  # the input was longer than MAX_RAW: only its start is here
 
 
 def command_lines(chunks: Iterator[tuple[float, str, bytes]]) -> list[tuple[float, str]]:
@@ -60,11 +64,13 @@ def _bounded(chunks: Iterator[tuple[float, str, bytes]]) -> Iterator[tuple[float
 
 def input_text(dir_fd: int, events: list[iolog.TimingEvent] | None = None) -> InputText:
     """The recording's typed lines and raw input, read from its directory (each stream file
-    whole, up to MAX_TEXT: a literal of a regex over the file is then a substring of `raw`).
-    `events`: its timing file, when the caller has parsed it already."""
-    parts, partial = [], False
+    from its start, MAX_RAW bytes for all of them: a literal of a regex over a file the
+    index holds whole is then a substring of `raw`). `events`: its timing file, when the
+    caller has parsed it already."""
+    parts, partial, budget = [], False, MAX_RAW
     for name in iolog.INPUT:
-        data, more = iolog.read_prefix(dir_fd, name, MAX_TEXT)
+        data, more = iolog.read_prefix(dir_fd, name, budget)
+        budget -= len(data)
         parts.append(data.decode("utf-8", "replace"))
         partial = partial or more
     if events is None:

@@ -111,6 +111,9 @@ class Store:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Deleted rows are overwritten with zeros, not left in free pages: a purged
+            # recording's input text (session_text) must not stay readable in the file.
+            conn.execute("PRAGMA secure_delete = ON")
             # 64 MiB page cache: the index pages of a long chain stay hot.
             conn.execute("PRAGMA cache_size = -65536")
             if max_size_mib is not None:
@@ -157,6 +160,13 @@ class Store:
         if self.conn.in_transaction:
             with suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
+
+    def checkpoint_truncate(self) -> bool:
+        """Copy the WAL into the database and truncate it to zero bytes (after a purge, so
+        the WAL's old frames no longer hold deleted text); False when a reader elsewhere
+        kept it from finishing (the next checkpoint overwrites those frames)."""
+        busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
 
     def journal_mode(self) -> str:
         return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])

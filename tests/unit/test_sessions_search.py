@@ -8,13 +8,14 @@ Real recordings in tmp_path and a real store (the World of test_sessions_index).
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from broker.core.errors import UnavailableError, UsageError
-from broker.sessions import iolog, query
+from broker.sessions import iolog, query, search, typed
 from broker.sessions.search import Search, compile_regex
 from broker.sessions.service import Filters, _labelled
 from broker.store import migrations
@@ -187,6 +188,121 @@ def test_purge_removes_the_recordings_index_rows(world: World) -> None:
     assert world.recordings.search("evil.example", iolog.INPUT, Filters()).hits == []
 
 
+def test_after_purge_the_typed_text_is_gone_from_the_database_files(world: World) -> None:
+    """What a user typed at a no-echo prompt was in broker.db; after its recording is
+    purged it is in neither the database file nor its WAL (secure_delete, FTS5 optimize,
+    a truncating checkpoint), while the kept recordings' text still is."""
+    secret, kept = b"Hunter2-Zebra-Quokka-77", b"Kept-Walrus-Marmot-55"
+    long_ago = START - timedelta(days=400)
+    write_recording(world.root, "000001", [("ttyin", 1, secret + b"\r")],
+                    log=finished_log(long_ago, 30))  # fmt: skip
+    write_recording(world.root, "000002", [("ttyin", 1, kept + b"\r")],
+                    log=finished_log(START, 30))  # fmt: skip
+    world.index()
+
+    def stored() -> bytes:
+        path = world.store.path
+        wal = path.with_name(path.name + "-wal")
+        return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+    assert secret in stored() and kept in stored()  # the index did hold it
+    assert world.recordings.purge(365, NOW, "unix:admin") == ["000001"]
+    after = stored()
+    assert secret not in after and secret[:12] not in after
+    assert kept in after  # only the purged recording's text went
+    assert ids(world.recordings.search(kept.decode(), iolog.INPUT, Filters()).hits) == ["000002"]
+
+
+def test_a_catastrophic_pattern_answers_fast(world: World) -> None:
+    """`(\\w+\\s?)+$` backtracks for tens of seconds in `re` on a few dozen bytes; RE2
+    answers at once, with the same hits and fields as before for a plain pattern."""
+    write_recording(world.root, "000001", [("stdin", 1, b"ab " * 20_000 + b"!")],
+                    log=finished_log(START, 30))  # fmt: skip
+    write_recording(world.root, "000002", [("ttyin", 1, b"x" * 28 + b"!\r")],
+                    log=finished_log(START + timedelta(minutes=1), 30))  # fmt: skip
+    world.index()
+    started = time.monotonic()
+    found = world.recordings.search(r"(\w+\s?)+$", iolog.INPUT, Filters())
+    assert time.monotonic() - started < 2.0
+    assert found.hits == []
+    hit = world.recordings.search("(?i)X{5}!", iolog.INPUT, Filters()).hits
+    assert ids(hit) == ["000002"]
+    assert hit[0]["match"] == {"stream": "ttyin", "offset": 23, "excerpt": "x" * 28 + "!\r"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [(r"(a+)\1", "backreferences"), ("foo(?=bar)", "lookaround"), ("(?<!x)shadow", "lookaround")],
+)
+def test_a_pattern_re2_cannot_run_is_refused_in_one_line(pattern: str, why: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        compile_regex(pattern)
+    assert "\n" not in caught.value.message and why in caught.value.message
+    assert caught.value.exit_code == 2
+
+
+def test_deep_or_long_patterns_are_usage_errors_or_simply_not_narrowed() -> None:
+    deep = "(" * 498 + "abc" + ")" * 498  # 999 characters
+    assert query.required_literals(deep.encode()) == []  # too deep for the stdlib parser
+    assert compile_regex(deep).search(b"xxabc") == (2, 5)  # RE2 runs it
+    with pytest.raises(UsageError, match="longer than 1000"):
+        compile_regex("a" * 1001)
+
+
+def test_every_search_path_reads_at_most_max_scan(world: World, monkeypatch: Any) -> None:
+    recorded(world)
+    monkeypatch.setattr(search, "MAX_SCAN", 2)
+    narrowed = world.recordings.search("shadow", iolog.INPUT, Filters())
+    assert narrowed.narrowed and not narrowed.complete and narrowed.read == 2
+    assert "newest 2 only" in (narrowed.note or "")
+    for text, mode in (("ls", "word"), ("shadow", "prefix")):
+        typed = world.recordings.search(text, (), Filters(), mode)
+        assert not typed.complete and "newest 2 recordings only" in (typed.note or ""), mode
+    with world.store.transaction() as conn:  # pending: read from the files, counted too
+        conn.execute("DELETE FROM session_text")
+        conn.execute("UPDATE recordings SET text_state = 0")
+    pending = world.recordings.search("shad", (), Filters(), "prefix")
+    assert (pending.read, pending.complete) == (2, False)
+
+
+def test_the_index_keeps_at_most_64_kib_of_raw_input(world: World) -> None:
+    """A sudo fed a mebibyte on stdin adds at most MAX_RAW of it to broker.db; the
+    recording is partial, so a match past that is still found (from its files)."""
+    write_recording(world.root, "000001", [("stdin", 1, b"y" * (1 << 20) + b"tailmarker")],
+                    log=finished_log(START, 30))  # fmt: skip
+    world.index()
+    raw, lines, state = world.store.conn.execute(
+        "SELECT length(t.input), length(t.typed), r.text_state FROM session_text t"
+        " JOIN recordings r ON r.id = t.rid WHERE t.rid = '000001'"
+    ).fetchone()
+    # stdin, "\n", ttyin: the two streams' first 64 KiB together
+    assert raw <= typed.MAX_RAW + 1 and typed.MAX_RAW == 64 * 1024 and state == 2
+    assert lines <= typed.MAX_TEXT == 256 * 1024
+    assert ids(world.recordings.search("tailmarker", iolog.INPUT, Filters()).hits) == ["000001"]
+
+
+def test_each_search_is_audited_by_counts_never_by_its_text(world: World) -> None:
+    recorded(world)
+    found = world.recordings.audited_search(
+        "unix:admin", NOW, "evil\\.example", iolog.INPUT, Filters(user="alice")
+    )
+    assert ids(found.hits) == ["000001"]
+    with pytest.raises(UsageError):
+        world.recordings.audited_search("unix:admin", NOW, "(sh)\\1", (), Filters(), "regex")
+    events = world.events("session.search")
+    assert [(e[0], e[1], e[2]) for e in events] == [
+        ("unix:admin", "sessions", "ok"), ("unix:admin", "sessions", "refused"),
+    ]  # fmt: skip
+    ok, refused = events[0][3], events[1][3]
+    assert ok == {
+        "mode": "regex", "streams": list(iolog.INPUT), "filters": {"user": "alice", "limit": 200},
+        "hits": 1, "read": 1, "narrowed": True, "complete": True,
+    }  # fmt: skip
+    assert refused["error"] == "usage"
+    text = str(events)
+    assert "evil" not in text and "shadow" not in text and "(sh)" not in text
+
+
 def test_a_sqlite_without_fts5_is_refused_with_one_line(tmp_path: Any) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     fake = Migration(99, "x", ("CREATE VIRTUAL TABLE t USING fts5_missing(a)",))
@@ -220,6 +336,7 @@ def test_the_api_answers_with_hits_and_how_they_were_found(
         {"pattern": "a b", "mode": "prefix"},
         {"pattern": "shadow", "mode": "fts"},
         {"pattern": "shadow", "exit": 256},
+        {"pattern": "(ab)\\1"},  # a backreference: RE2 has none
     ):
         status, refused = test_daemon.post_json(daemon, "/v1/sessions/search", body)
         test_daemon.assert_error(status, refused, 400, "usage")

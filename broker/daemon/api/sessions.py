@@ -72,7 +72,7 @@ class ReplayQuery(Body):
 
 
 class SearchIn(Body):
-    # regex: a Python regular expression over the chosen streams' bytes; word, prefix,
+    # regex: an RE2 regular expression over the chosen streams' bytes; word, prefix,
     # phrase: text looked up in the typed command lines (never FTS5 syntax).
     pattern: str = Field(min_length=1, max_length=sessions.MAX_PATTERN)
     mode: Literal["regex", "word", "prefix", "phrase"] = "regex"
@@ -199,7 +199,9 @@ def search(ctx: Context[SearchIn]) -> SearchOut:
         user=_user(ctx, p.user), node=p.node, grant=p.grant, since=p.since, until=p.until,
         exit_value=p.exit, limit=p.limit,
     )  # fmt: skip
-    found = ctx.app.recordings().search(p.pattern, _STREAMS[p.streams], filters, p.mode)
+    found = ctx.app.recordings().audited_search(
+        ctx.caller.actor, ctx.now, p.pattern, _STREAMS[p.streams], filters, p.mode
+    )
     hits = [
         SearchHitOut(
             session=session_out({k: v for k, v in h.items() if k != "match"}),
