@@ -258,3 +258,12 @@ def set_claim(conn: sqlite3.Connection, name: str, owner: str, now: datetime) ->
 def drop_claim(conn: sqlite3.Connection, name: str, owner: str) -> None:
     """Only the holder's own claim: one taken over meanwhile stays with its new owner."""
     conn.execute("DELETE FROM keytab_claims WHERE name = ? AND owner = ?", (name, owner))
+
+
+def refresh_claim(conn: sqlite3.Connection, name: str, owner: str, now: datetime) -> bool:
+    """Stamp the holder's claim with `now`; False when `owner` no longer holds it."""
+    cursor = conn.execute(
+        "UPDATE keytab_claims SET claimed_at = ? WHERE name = ? AND owner = ?",
+        (to_text(now), name, owner),
+    )
+    return cursor.rowcount == 1

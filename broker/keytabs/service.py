@@ -188,7 +188,7 @@ class KeytabService:
         principals = keytab_principals(service, self._rules.realm)
         keytab_spec(service, principals)  # refused here, before anything is written
         account = self._lookup(ad, service)  # AD unreachable: raised before anything changes
-        found = self._journal.open_rotation(name, service.account)
+        found = self._journal.open_rotation(name, service.account, actor)
         if found is not None:
             resumed = self._resume(service, targets, principals, ad, account, found, actor)
             if resumed.outcome in ("verified", "waiting") and not force:
@@ -271,6 +271,7 @@ class KeytabService:
         """Every node holds the next version's keys beside the current ones, or nothing
         changes anywhere (staged keys removed, the rotation abandoned and retried later)."""
         name = service.name
+        self._journal.hold(name, actor)
         staged = self._nodes.install(
             service,
             targets,
@@ -282,6 +283,7 @@ class KeytabService:
         )
         bad = [r for r in staged if not r.ok]
         if bad:
+            self._journal.hold(name, actor)
             self._nodes.unstage(service, targets, principals, current)
             error = nodes_error("could not stage the next keys", bad)
             self._journal.end(rotation_id, "abandoned", actor, name, error, retry=True)
@@ -291,6 +293,7 @@ class KeytabService:
             )
         nodes = fold([t.name for t in targets])
         self._journal.move(
+            name,
             rotation_id,
             "staged",
             event(actor, "keytab.stage", name, kvno=target_kvno, nodes=nodes),
@@ -313,6 +316,7 @@ class KeytabService:
         name = service.name
         target_kvno = current + 1
         self._journal.move(
+            name,
             rotation_id,
             "ad_pending",
             event(actor, "keytab.ad_pending", name, kvno=target_kvno),
@@ -322,6 +326,7 @@ class KeytabService:
         except PasswordNotSet as exc:
             # AD answered: nothing changed there. Refused by policy: fix the policy first;
             # anything else (no right, busy): retried with backoff.
+            self._journal.hold(name, actor)
             self._nodes.unstage(service, targets, principals, current)
             retry = not isinstance(exc, PasswordRefused)
             self._journal.end(rotation_id, "failed", actor, name, exc.one_line(), retry=retry)
@@ -346,6 +351,7 @@ class KeytabService:
         actor: str,
     ) -> None:
         """Keys derived again for the version (or salt) AD actually used, to every node."""
+        self._journal.hold(service.name, actor)
         again = self._nodes.install(
             service,
             targets,
@@ -356,6 +362,7 @@ class KeytabService:
             add_kvno=kvno,
         )
         self._journal.move(
+            service.name,
             rotation_id,
             "ad_set",
             event(
@@ -381,6 +388,7 @@ class KeytabService:
     ) -> RotationReport:
         """Verify on every node; all good: done and prune; else stays open for a retry."""
         name = service.name
+        self._journal.hold(name, actor)
         results = self._nodes.verify(service, targets, principals, self._tokens, kvno)
         bad = [r for r in results if not r.ok]
         now = self._clock()
@@ -419,6 +427,7 @@ class KeytabService:
         )
         log.info("keytab %s: open rotation %s in %s: %s", name, found.id, found.state, decision)
         if decision == "discard":
+            self._journal.hold(name, actor)
             self._nodes.unstage(service, targets, principals, account.kvno)
             self._journal.abandoned_after_crash(
                 name, found.id, found.state, found.target_kvno, actor
@@ -434,6 +443,7 @@ class KeytabService:
             except FailedError:
                 pass  # reachable nodes reject AD's keys: the password is not ours; recover
         self._journal.move(
+            name,
             found.id,
             "superseded",
             event(
@@ -515,6 +525,7 @@ class KeytabService:
                 spns = [
                     p.partition("@")[0] for p in keytab_principals(service, self._rules.realm)[1:]
                 ]
+                self._journal.hold(name, actor)
                 created = ad.create(
                     service.account, spns, self._rules.accounts_ou, self._new_password()
                 )

@@ -90,8 +90,9 @@ LATER: tuple[Migration, ...] = (
         (
             # Taken before a rotation of the account starts and dropped when it ends, so two
             # workers (threads or processes) never rotate one account at once. `owner` is
-            # "pid:process start time:random"; a claim whose process is gone (kill -9) or
-            # that is older than keytabs/claims.py's CLAIM_TTL may be taken over.
+            # "host:pid:process start time:random"; a claim of this host is taken over only
+            # once its process is gone (kill -9), one of another host (or unparseable) once
+            # keytabs/claims.py's CLAIM_TTL has passed since its holder's last step.
             """CREATE TABLE keytab_claims (
                 name TEXT PRIMARY KEY,
                 owner TEXT NOT NULL,

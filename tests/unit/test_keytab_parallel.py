@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import threading
 import time
@@ -25,6 +27,7 @@ from pydantic import ValidationError
 from broker.app import App
 from broker.config.settings import KeytabsSection
 from broker.core.errors import RefusedError
+from broker.core.timeutil import to_text
 from broker.fleet.ssh import CommandResult, NodeTarget
 from broker.keytabs import claims, keys, rows
 from broker.keytabs import keytabfile as kf
@@ -35,6 +38,8 @@ from tests.unit.test_keytabs import NOW, Clock, LocalNodes
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="keytab directories must be root's")
 
+HOST = re.escape(socket.gethostname())
+ELSEWHERE = f"broker2.hpc.test:4242:1234:{'cd' * 8}"  # a claim of another broker host
 STEPS = ["keytab.plan", "keytab.stage", "keytab.ad_pending", "keytab.ad_set", "keytab.verify"]
 
 
@@ -213,7 +218,8 @@ def test_an_account_claimed_by_a_live_worker_is_refused_and_audited(
     with broker_app.ready_store().transaction() as conn:
         rows.set_claim(conn, "kt-01", holder, NOW)
     with pytest.raises(
-        RefusedError, match=f"a rotation of kt-01 is already running \\(pid {os.getpid()}\\)"
+        RefusedError,
+        match=f"a rotation of kt-01 is already running \\(pid {os.getpid()} on {HOST}\\)",
     ):
         service.rotate("kt-01", actor="test")
     reports = service.rotate_due(actor="test", every=True)
@@ -234,7 +240,7 @@ def test_a_claim_of_a_killed_process_lapses_and_the_rotation_runs(
     proc = subprocess.Popen(["sleep", "30"])
     start = claims.process_start(proc.pid)
     assert start is not None
-    dead = f"{proc.pid}:{start}:{'ab' * 8}"
+    dead = f"{socket.gethostname()}:{proc.pid}:{start}:{'ab' * 8}"
     assert claims.is_live(dead, NOW, NOW)
     proc.kill()
     proc.wait()
@@ -243,12 +249,6 @@ def test_a_claim_of_a_killed_process_lapses_and_the_rotation_runs(
         rows.set_claim(conn, "kt-01", dead, NOW)
     assert service.rotate("kt-01", actor="test").outcome == "rotated"
     assert ad.resets == {"svc-01": 1}
-    # A live holder's claim past the TTL, or an unreadable one, lapses only with the TTL.
-    live = claims.new_owner()
-    assert not claims.is_live(live, NOW - claims.CLAIM_TTL, NOW)
-    assert claims.is_live("garbage", NOW, NOW) and not claims.is_live(
-        "x", NOW - claims.CLAIM_TTL, NOW
-    )
 
 
 @needs_root
@@ -284,3 +284,121 @@ def test_rotate_workers_is_bounded(workers: int) -> None:
     with pytest.raises(ValidationError, match="rotate_workers"):
         KeytabsSection(rotate_workers=workers)
     assert KeytabsSection().rotate_workers == 4
+
+
+def claim_row(app: App) -> tuple[str, str] | None:
+    with app.ready_store().transaction() as conn:
+        row = conn.execute("SELECT owner, claimed_at FROM keytab_claims").fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+def rotation_state(app: App) -> str:
+    with app.ready_store().transaction() as conn:
+        (state,) = conn.execute("SELECT state FROM keytab_rotations ORDER BY id DESC").fetchone()
+    return str(state)
+
+
+@needs_root
+def test_a_live_holders_claim_is_never_taken_however_old(broker_app: App, node_dir: Path) -> None:
+    """A rotation stuck for days (an LDAP call, a lock) keeps its account: while its
+    process runs on this host, no second worker resumes the rotation under it."""
+    service, ad, nodes = many_service(broker_app, node_dir, count=1, workers=1)
+    holder = claims.new_owner()
+    with broker_app.ready_store().transaction() as conn:
+        rows.set_claim(conn, "kt-01", holder, NOW - timedelta(days=30))
+    with pytest.raises(RefusedError, match=f"already running \\(pid {os.getpid()} on {HOST}\\)"):
+        service.rotate("kt-01", actor="test")
+    assert ad.resets == {} and nodes.calls == []
+    assert claim_row(broker_app) == (holder, to_text(NOW - timedelta(days=30)))  # untouched
+    assert claims.is_live(holder, NOW - 1000 * claims.CLAIM_TTL, NOW)
+    # Another host's claim (its process cannot be seen from here) or one that does not
+    # parse, such as the holder text before host names, stands until the TTL has passed.
+    for owner in (ELSEWHERE, "garbage", f"{os.getpid()}:1234:{'ab' * 8}"):
+        assert claims.is_live(owner, NOW - claims.CLAIM_TTL + timedelta(seconds=1), NOW)
+        assert not claims.is_live(owner, NOW - claims.CLAIM_TTL, NOW)
+
+
+@needs_root
+@pytest.mark.parametrize("when", ["deriving", "in_ad"])
+def test_a_worker_whose_claim_was_taken_stops_before_its_next_ad_or_node_step(
+    broker_app: App, node_dir: Path, when: str
+) -> None:
+    """Another broker host takes the claim over while this worker waits on the KDC (keys
+    being derived, nothing staged yet) or on AD (the password change): this worker stages,
+    sets, verifies and prunes nothing more; it refuses with one line and an audit event and
+    leaves the open rotation to the new holder, which resumes it once its claim is its own."""
+    service, ad, nodes = many_service(broker_app, node_dir, count=1, workers=1)
+    calls_then: list[int] = []
+
+    def take_over() -> None:
+        calls_then.append(len(nodes.calls))
+        with broker_app.ready_store().transaction() as conn:
+            rows.set_claim(conn, "kt-01", ELSEWHERE, NOW)
+
+    if when == "deriving":
+        salts = service._salts
+
+        def deriving(principal: str, enctypes: Sequence[int]) -> dict[int, keys.SaltInfo]:
+            if not calls_then:
+                take_over()
+            return salts(principal, enctypes)
+
+        service._salts = deriving
+    else:
+        ad.on_set["svc-01"] = take_over
+    with pytest.raises(RefusedError, match="claim was taken over \\(now pid 4242 on broker2") as e:
+        service.rotate("kt-01", actor="test")
+    assert e.value.exit_code == 1 and "stopped before touching AD or the nodes" in str(e.value)
+    assert len(nodes.calls) == calls_then[0]  # not one node call after the takeover
+    steps = actions_by_account(broker_app)["kt-01"]
+    if when == "deriving":
+        assert ad.resets == {} and rotation_state(broker_app) == "planned"
+        assert steps == ["keytab.plan", "keytab.claim_lost"]
+    else:
+        assert ad.resets == {"svc-01": 1} and rotation_state(broker_app) == "ad_pending"
+        assert steps == [*STEPS[:3], "keytab.claim_lost"]
+    assert claim_row(broker_app) == (ELSEWHERE, to_text(NOW))  # left with its new holder
+    # The other host's claim lapses an hour after its last step; the rotation is resumed.
+    service._clock.now = NOW + claims.CLAIM_TTL  # type: ignore[attr-defined]
+    report = service.rotate("kt-01", actor="test")
+    assert report.outcome == ("rotated" if when == "deriving" else "verified")
+    assert claim_row(broker_app) is None
+
+
+@needs_root
+def test_every_step_refreshes_the_claim(broker_app: App, node_dir: Path) -> None:
+    """A rotation that waits long on one step keeps its claim fresh at the next: a claim
+    of another host's worker, judged by its age, is never taken while it still makes steps."""
+    service, ad, _nodes = many_service(broker_app, node_dir, count=1, workers=1)
+    clock = service._clock
+    seen: list[tuple[str, str] | None] = []
+    salts = service._salts
+
+    def slow(principal: str, enctypes: Sequence[int]) -> dict[int, keys.SaltInfo]:
+        clock.now += timedelta(minutes=50)  # type: ignore[attr-defined]
+        return salts(principal, enctypes)
+
+    service._salts = slow
+    ad.on_set["svc-01"] = lambda: seen.append(claim_row(broker_app))
+    assert service.rotate("kt-01", actor="test").outcome == "rotated"
+    assert seen and seen[0] is not None
+    assert seen[0][1] == to_text(NOW + timedelta(minutes=50))  # stamped at ad_pending
+
+
+@needs_root
+@pytest.mark.parametrize("broken", ["start time", "host name"])
+def test_no_claim_is_taken_without_a_holder_that_names_a_live_process(
+    broker_app: App, node_dir: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """Without its start time (or its host's name) a holder could be mistaken for a dead
+    one and its claim taken at once: refused before anything is written, never pid:0."""
+    service, ad, nodes = many_service(broker_app, node_dir, count=1, workers=1)
+    if broken == "start time":
+        monkeypatch.setattr(claims, "process_start", lambda pid: None)
+    else:
+        monkeypatch.setattr(claims.socket, "gethostname", lambda: "bad host;")
+    with pytest.raises(RefusedError, match="cannot take a rotation claim") as e:
+        service.rotate("kt-01", actor="test")
+    assert e.value.exit_code == 1
+    assert claim_row(broker_app) is None and ad.resets == {} and nodes.calls == []
+    assert actions_by_account(broker_app)["kt-01"] == ["keytab.busy"]
