@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ValidationError
 
+from broker.core import strictjson
 from broker.core.errors import BrokerError, RefusedError
 from broker.core.timeutil import utcnow
 from broker.daemon import errors
@@ -56,30 +57,13 @@ class Service:
 DRAIN_LIMIT = 64 * 1024 * 1024
 
 
-class _JsonError(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _JsonError(f"duplicate key {key!r}"[:80])
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise _JsonError(f"{name} is not JSON")
-
-
 def parse_json(raw: bytes) -> dict[str, Any]:
     """A JSON object, strictly: UTF-8, no duplicate keys, no NaN/Infinity."""
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = strictjson.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, _JsonError) else "malformed JSON"
+        detail = str(exc) if isinstance(exc, strictjson.StrictJsonError) else "malformed JSON"
         raise errors.HttpError("usage", f"the request body is not valid JSON ({detail})") from exc
     if not isinstance(value, dict):
         raise errors.HttpError("usage", "the request body must be a JSON object")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.core import strictjson
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import CommandResult, NodeTarget
 
@@ -59,24 +60,11 @@ def encode_payload(payload: Mapping[str, Any] | None) -> bytes:
     return data
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_json_object(text: str, limit: int = MAX_REPLY) -> dict[str, Any]:
     """One JSON object, strictly (no NaN/Infinity, no repeated keys, within `limit` bytes)."""
     if len(text.encode("utf-8", "surrogatepass")) > limit:
         raise ValueError(f"reply larger than {limit} bytes")
-    value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    value = strictjson.loads(text)
     if not isinstance(value, dict):
         raise ValueError("reply is not a JSON object")
     return value

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.checkpoint import SigningKey, key_id
+from broker.core import strictjson
 from broker.core.errors import UsageError
 from broker.report.catalogue import Control
 from broker.report.evidence import Result
@@ -105,19 +106,6 @@ def stated_head(document: dict[str, Any]) -> tuple[int, str]:
     return seq, digest
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 _OPENING = f'<script type="application/json" id="{SCRIPT_ID}">'
 
 
@@ -149,7 +137,7 @@ def parse(text: str, source: str) -> dict[str, Any]:
     if not text.lstrip().startswith("{"):
         body = embedded(text, source)
     try:
-        document = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        document = strictjson.loads(body)
     except (ValueError, RecursionError) as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from broker.audit.query import PAGE_MAX, EventFilter, iter_events
-from broker.core.timeutil import from_text, to_text
 from broker.daemon.api.names import ActionGlob, AuditActor, UtcTimeText
 from broker.daemon.caller import Access
 from broker.daemon.routing import REGISTRY, Body, Context, Empty
@@ -30,17 +29,6 @@ class EventsQuery(Body):
     until: UtcTimeText | None = None
     action: ActionGlob | None = None
     actor: AuditActor | None = None
-
-    @field_validator("since", "until")
-    @classmethod
-    def _moment(cls, value: str | None) -> str | None:
-        """A real moment, in the store's own text form (so text comparison is time order)."""
-        if value is None:
-            return None
-        try:
-            return to_text(from_text(value))
-        except ValueError:
-            raise ValueError("not a valid UTC time") from None
 
 
 @REGISTRY.add(

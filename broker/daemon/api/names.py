@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StrictStr
 
+from broker.core.timeutil import from_text, to_text
 from broker.core.users import USER_SPELLING, USER_SPELLING_MAX
 
 # alice, HPC\alice, alice@HPC.TEST: letters, digits and the few marks AD names use.
@@ -33,7 +34,16 @@ def _printable(text: str) -> str:
     return text
 
 
-# Audit filters: a UTC timestamp as the store writes it (the CLI turns `2h` into one).
+def _moment(value: str) -> str:
+    """A real moment, in the store's own text form (so text comparison is time order)."""
+    try:
+        return to_text(from_text(value))
+    except ValueError:
+        raise ValueError("not a valid UTC time") from None
+
+
+# Time filters: a UTC timestamp (the CLI turns `2h` into one), rewritten as the store writes
+# its times, so `2026-12-07T10:00:00Z` and `...00.5Z` compare with stored text as times do.
 UtcTimeText = Annotated[
     str,
     Field(
@@ -41,6 +51,7 @@ UtcTimeText = Annotated[
         max_length=27,
         pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z$",
     ),
+    AfterValidator(_moment),
 ]
 # An SQLite GLOB over dotted lower-case action names: `store.*`, `policy.appl?`, `mfa.[a-f]*`.
 ActionGlob = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.*?\[\]^-]+$")]

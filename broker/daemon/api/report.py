@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from broker.core.errors import BadRequestError
 from broker.core.timeutil import from_text, to_text
@@ -27,16 +27,6 @@ class ControlsQuery(Body):
     since: UtcTimeText | None = None
     until: UtcTimeText | None = None
     zone: ZoneName | None = None
-
-    @field_validator("since", "until")
-    @classmethod
-    def _moment(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return to_text(from_text(value))
-        except ValueError:
-            raise ValueError("not a valid UTC time") from None
 
 
 class VerifyBody(Body):
