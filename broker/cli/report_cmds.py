@@ -14,7 +14,7 @@ import typer
 
 from broker.cli import output
 from broker.cli.context import JSON_OPTION, client
-from broker.core.errors import EXIT_FAILED, UsageError
+from broker.core.errors import EXIT_FAILED, TooLargeError, UsageError
 from broker.report.document import MAX_DOCUMENT, parse
 from broker.store.files import write_private_file
 from broker.wire.report import ReportOut, ReportVerifyOut
@@ -105,7 +105,14 @@ def verify(
     """
     text = _read(file)
     document = parse(text, str(file))
-    result = client(ctx).post("/v1/report/verify", {"document": document}, ReportVerifyOut)
+    try:
+        result = client(ctx).post("/v1/report/verify", {"document": document}, ReportVerifyOut)
+    except TooLargeError as exc:
+        # Larger than the daemon takes in one request, so not a report it could check.
+        raise UsageError(
+            f"{file} holds a document larger than the daemon accepts ({exc.message})",
+            fix="if this broker issued it, raise daemon.max_body (at most 8388608) and retry",
+        ) from None
     if result.ok and not text.lstrip().startswith("{"):
         result = _same_page(result, text, document)
     if json_out:

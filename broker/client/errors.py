@@ -10,6 +10,7 @@ from broker.core.errors import (
     ConfigError,
     FailedError,
     RefusedError,
+    TooLargeError,
     UnavailableError,
 )
 
@@ -21,7 +22,7 @@ _KINDS: dict[str, type[BrokerError]] = {
     "not_found": BadRequestError,
     "method": BadRequestError,
     "length": BadRequestError,
-    "too_large": BadRequestError,
+    "too_large": TooLargeError,
     "media_type": BadRequestError,
     "failed": FailedError,
     "internal": FailedError,

@@ -65,3 +65,8 @@ class BadRequestError(RefusedError):
     """The daemon refused a request it could not accept as sent (malformed, oversized,
     outside an allow-list): refused, exit 1, as the API contract says; the CLI's own
     argument errors stay UsageError (exit 2)."""
+
+
+class TooLargeError(BadRequestError):
+    """The daemon refused a request body over its `daemon.max_body`; a command whose input
+    is a file (a report to verify) turns this into a usage error naming the file."""

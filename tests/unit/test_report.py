@@ -287,6 +287,15 @@ def test_cli_verify_exit_codes(daemon: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.json"
     junk.write_text('{"hello": 1}')
     assert run_broker("report", "verify", str(junk), config=daemon).returncode == 2
+    # Over the daemon's daemon.max_body (2 MiB) but under the file limit: not a report this
+    # daemon could check, said as a usage error naming the file, not a refusal.
+    huge = tmp_path / "huge.json"
+    padded = json.loads(made.stdout)
+    padded["controls"][0]["claim"] = "x" * 3_000_000
+    huge.write_text(json.dumps(padded))
+    over = run_broker("report", "verify", str(huge), config=daemon)
+    assert over.returncode == 2 and "daemon.max_body" in over.stderr, over.stderr
+    assert str(huge) in over.stderr
     page = tmp_path / "r.html"
     html = run_broker("report", "controls", "--html", str(page), config=daemon)
     assert html.returncode == 0, html.stderr
