@@ -15,24 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchapp import make_app
+
 from broker.app import App
 from broker.audit import writer
-from broker.config.loader import settings_from_dict
 
 BATCH = 1000
-
-
-def make_app(root: Path) -> App:
-    settings = settings_from_dict(
-        {
-            "broker": {"state_dir": str(root / "state"), "service_user": "root"},
-            "audit": {"syslog": False},
-        },
-        source="bench",
-    )
-    app = App(settings)
-    app.setup().init("unix:bench")
-    return app
 
 
 def event(i: int) -> writer.EventInput:

@@ -25,26 +25,14 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from benchapp import make_app
+
 from broker.app import App
 from broker.audit.chain import GENESIS_HASH, make_event
 from broker.audit.query import verify_store
-from broker.config.loader import settings_from_dict
 from broker.core.timeutil import to_text, utcnow
 
 PER_ELEVATION = 8  # audit events each elevation makes here (see the module doc)
-
-
-def make_app(root: Path) -> App:
-    settings = settings_from_dict(
-        {
-            "broker": {"state_dir": str(root / "state"), "service_user": "root"},
-            "audit": {"syslog": False},
-        },
-        source="bench",
-    )
-    app = App(settings)
-    app.setup().init("unix:bench")
-    return app
 
 
 def _elevation(
