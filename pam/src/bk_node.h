@@ -14,7 +14,12 @@
 #define BK_BREAK_GLASS "break-glass"
 #define BK_MAX_VALID 64
 #define BK_MSG_MAX 640
+/* Spooled events at which denials stop being spooled (sessions still are), and the share
+ * of that one user's bucket may take: a deny event's tag starts with two hex digits of the
+ * hash of the user it refused, so a user looping on sudo fills only their bucket (one of
+ * 256) and other users' refusals are still spooled until the broker collects. */
 #define BK_DENY_SPOOL_LIMIT 5000
+#define BK_DENY_SPOOL_BUCKET_LIMIT 200
 
 /* Why a node refused (the `reason` of a spooled deny event; docs/grants.md). */
 enum bk_why {

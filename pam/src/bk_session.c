@@ -566,13 +566,19 @@ static bool process_start(const struct bk_ctx *ctx, pid_t pid, char out[32])
     return true;
 }
 
-static bool already_spooled(int events_fd, const char *suffix, size_t *count)
+/* Whether an event ending in `suffix` is spooled, how many events are, and how many of
+ * them carry the tag prefix `bucket` (two hex digits: one user's share, see bk_node.h). */
+static bool already_spooled(int events_fd, const char *suffix, const char *bucket,
+                            size_t *count, size_t *in_bucket)
 {
     int fd = fcntl(events_fd, F_DUPFD_CLOEXEC, 0);
     DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
     bool found = false;
     size_t suffix_len = strlen(suffix);
+    /* "<tag>.json": the tag is the last 8 hex digits before the extension */
+    const size_t tag_tail = 8 + sizeof ".json" - 1;
     *count = 0;
+    *in_bucket = 0;
     if (dir == NULL) {
         if (fd >= 0)
             close(fd);
@@ -584,6 +590,8 @@ static bool already_spooled(int events_fd, const char *suffix, size_t *count)
         if (entry->d_name[0] == '.')
             continue;
         (*count)++;
+        if (n > tag_tail && memcmp(entry->d_name + n - tag_tail, bucket, 2) == 0)
+            (*in_bucket)++;
         if (n >= suffix_len && strcmp(entry->d_name + n - suffix_len, suffix) == 0)
             found = true;
     }
@@ -594,28 +602,36 @@ static bool already_spooled(int events_fd, const char *suffix, size_t *count)
 void bk_spool_deny(const struct bk_ctx *ctx, const char *service, const char *ruser,
                    const char *user, const char *tty, pid_t pid, enum bk_why why)
 {
-    char err[BK_ERR_MAX], start[32], seed[128], tag[9], suffix[64], event_id[96], tty_name[65];
-    size_t count = 0;
+    char err[BK_ERR_MAX], start[32], seed[128], bucket[3], rest[7], tag[9], suffix[64];
+    char event_id[96], tty_name[65];
+    size_t count = 0, in_bucket = 0;
     struct timespec ts;
     /* No spool directory: not bootstrapped, nothing would collect it. */
     int events_fd = bk_open_dir(ctx->root, EVENTS_DIR, 0, err);
     if (events_fd < 0)
         return;
-    if (process_start(ctx, pid, start)) {
-        snprintf(seed, sizeof seed, "deny %ld %s %s", (long)pid, start, ruser);
-        if (!bk_sha256_hex(seed, strlen(seed), 4, tag)) {
-            close(events_fd);
-            return;
-        }
-    } else if (!bk_random_hex(4, tag)) {
+    /* The user's bucket: the first byte of the hash of the (checked, bounded) name refused;
+     * names that are not valid user names all share the bucket of "-". */
+    const char *who = bk_record_name(ruser);
+    if (!bk_sha256_hex(who, strlen(who), 1, bucket)) {
         close(events_fd);
         return;
     }
+    bool named = process_start(ctx, pid, start);
+    if (named)
+        snprintf(seed, sizeof seed, "deny %ld %s %s", (long)pid, start, ruser);
+    if (named ? !bk_sha256_hex(seed, strlen(seed), 3, rest) : !bk_random_hex(3, rest)) {
+        close(events_fd);
+        return;
+    }
+    snprintf(tag, sizeof tag, "%s%s", bucket, rest);
     snprintf(suffix, sizeof suffix, "-%ld-%s.json", (long)pid, tag);
-    bool seen = already_spooled(events_fd, suffix, &count);
+    bool seen = already_spooled(events_fd, suffix, bucket, &count, &in_bucket);
     close(events_fd);
-    /* One event per sudo process; and a user looping on sudo must not crowd out sessions. */
-    if (seen || count >= BK_DENY_SPOOL_LIMIT || clock_gettime(CLOCK_REALTIME, &ts) != 0)
+    /* One event per sudo process; a user looping on sudo must not crowd out sessions (the
+     * total limit) nor other users' refusals (their bucket's limit). */
+    if (seen || count >= BK_DENY_SPOOL_LIMIT || in_bucket >= BK_DENY_SPOOL_BUCKET_LIMIT ||
+        clock_gettime(CLOCK_REALTIME, &ts) != 0)
         return;
     snprintf(event_id, sizeof event_id, "%lld%09ld-%ld-%s", (long long)ts.tv_sec,
              (long)ts.tv_nsec, (long)pid, tag);

@@ -741,6 +741,33 @@ static void test_deny_events_one_per_process(void)
     CHECK_STR(line, "2\n");
 }
 
+/* A user looping on refused sudo fills their own bucket and stops there: another user's
+ * refusal (another bucket) and sessions are still spooled. */
+static void test_deny_events_bucketed_per_user(void)
+{
+    struct bk_ctx ctx = ctx_at(NOW);
+    char mallory[3], carol[3];
+    reset_node();
+    CHECK(bk_sha256_hex("mallory", 7, 1, mallory) && bk_sha256_hex("carol", 5, 1, carol));
+    CHECK(strcmp(mallory, carol) != 0); /* the test needs two buckets */
+    for (long pid = 20000; pid < 20000 + BK_DENY_SPOOL_BUCKET_LIMIT + 50; pid++)
+        bk_spool_deny(&ctx, "sudo", "mallory", "root", "/dev/pts/2", (pid_t)pid,
+                      BK_WHY_NO_GRANT);
+    CHECK(count_events("deny") == BK_DENY_SPOOL_BUCKET_LIMIT);
+    bk_spool_deny(&ctx, "sudo", "carol", "root", "/dev/pts/3", 30001, BK_WHY_NO_GRANT);
+    CHECK(count_events("deny") == BK_DENY_SPOOL_BUCKET_LIMIT + 1);
+    char cmd[600], line[64] = "";
+    snprintf(cmd, sizeof cmd, "grep -l '\"user\": \"carol\"' %s/var/spool/broker/events/"
+             "*-30001-%s??????.json | wc -l", root, carol);
+    FILE *p = popen(cmd, "r");
+    if (p != NULL && fgets(line, sizeof line, p) == NULL)
+        line[0] = '\0';
+    if (p != NULL)
+        pclose(p);
+    CHECK_STR(line, "1\n"); /* named with carol's bucket */
+    clear_dir("var/spool/broker/events");
+}
+
 /* The start time (clock ticks since boot) of a real process, from /proc/<pid>/stat. */
 static void real_start_ticks(pid_t pid, char out[32])
 {
@@ -899,6 +926,7 @@ int main(void)
     test_cgroup_root_parse();
     test_containment_fails_closed();
     test_deny_events_one_per_process();
+    test_deny_events_bucketed_per_user();
     test_reused_pid_does_not_hold_a_slot();
     test_revoke_during_the_check_wins();
     test_concurrent_max_sessions();
