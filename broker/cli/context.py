@@ -18,7 +18,7 @@ from broker.cli import output
 if TYPE_CHECKING:  # imported where used: `broker --version` and Tab completion need none of it
     from broker.app import App  # heavy (directory, fleet, policy): only bootstrap commands need it
     from broker.client.client import Client
-    from broker.config.settings import Settings
+    from broker.config.settings import DaemonSection, Settings
 
 
 @dataclass
@@ -52,27 +52,33 @@ class CliState:
         return self._app
 
     def client(self) -> Client:
+        """The daemon(s) to ask: --broker / BROKER_URL (one URL or a comma-separated list),
+        else the configuration's daemon.endpoints, else its daemon.socket."""
         if self._client is None:
             from broker.client.client import Client
-            from broker.client.transport import Target
+            from broker.client.transport import Target, endpoint_targets
 
             url = self.broker_url or os.environ.get("BROKER_URL") or None
             if url is not None:
-                self._client = Client(Target(url=url, ca_file=self.ca_file))
+                self._client = Client(endpoint_targets(url.split(","), self.ca_file))
             else:
-                self._client = Client(Target(socket_path=self._socket_path()))
+                daemon = self._daemon_section()
+                if daemon.endpoints:
+                    self._client = Client(endpoint_targets(list(daemon.endpoints), self.ca_file))
+                else:
+                    self._client = Client(Target(socket_path=daemon.socket))
         return self._client
 
-    def _socket_path(self) -> Path:
-        """The daemon's socket from the configuration; the default when there is no file."""
+    def _daemon_section(self) -> DaemonSection:
+        """The daemon section of the configuration; the defaults when there is no file."""
         from broker.config.loader import DEFAULT_CONFIG, ENV_VAR, config_path
         from broker.config.settings import DaemonSection
 
         path = config_path(self.config)
         explicit = self.config is not None or os.environ.get(ENV_VAR)
         if not explicit and path == DEFAULT_CONFIG and not path.exists():
-            return DaemonSection().socket
-        return self.settings().daemon.socket
+            return DaemonSection()
+        return self.settings().daemon
 
     def close(self) -> None:
         if self._app is not None:

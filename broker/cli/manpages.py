@@ -21,7 +21,11 @@ from broker.cli.root import app
 
 ENVIRONMENT = [
     ("BROKER_CONFIG", "Configuration file when --config is not given."),
-    ("BROKER_URL", "Reach the daemon at https://HOST:PORT (Kerberos) instead of its socket."),
+    (
+        "BROKER_URL",
+        "Reach the daemon at https://HOST:PORT (Kerberos) instead of its socket; a"
+        " comma-separated list: the first broker a connection can be made to.",
+    ),
     ("BROKER_CA_FILE", "CA bundle the client trusts for the daemon's TLS (as --ca-file)."),
     (
         "BROKER_FORMAT",

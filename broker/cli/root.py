@@ -50,8 +50,9 @@ def main(
     broker_url: str | None = typer.Option(
         None,
         "--broker",
-        help="Reach the daemon at https://HOST:PORT with your Kerberos ticket "
-        "(default: $BROKER_URL, then the local socket daemon.socket).",
+        help="Reach the daemon at https://HOST:PORT with your Kerberos ticket, or the first "
+        "that answers of a comma-separated list of brokers (https://... or unix:/PATH) "
+        "(default: $BROKER_URL, then daemon.endpoints, then the local socket daemon.socket).",
     ),
     ca_file: Path | None = typer.Option(
         None,

@@ -1,4 +1,12 @@
-"""`Client`: one request per connection, JSON in and out, daemon errors re-raised as ours."""
+"""`Client`: one request per connection, JSON in and out, daemon errors re-raised as ours.
+
+A client may know several brokers (`daemon.endpoints`, or a comma-separated `--broker`):
+it tries them in order and moves to the next only when no connection could be made to one
+(nothing listens, the host is unreachable, the connection or TLS handshake timed out or
+failed). Once a request has been sent it never tries another broker: an answer, a refusal
+included, is the answer, and a request lost after sending may have been carried out, so
+sending it again elsewhere could do it twice.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import errno
 import http.client
 import json
 import ssl
+from collections.abc import Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -21,9 +30,15 @@ START_HINT = "start it with `systemctl start broker` (or `broker serve` in a ter
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class NotConnectedError(UnavailableError):
+    """No connection could be made to one broker: nothing was sent, another may be tried."""
+
+
 class Client:
-    def __init__(self, target: Target, timeout: float = 600.0) -> None:
-        self.target = target
+    def __init__(self, target: Target | Sequence[Target], timeout: float = 600.0) -> None:
+        self.targets = [target] if isinstance(target, Target) else list(target)
+        if not self.targets:
+            raise ValueError("a client needs at least one broker to talk to")
         self.timeout = timeout
 
     def get(self, path: str, answer: type[ModelT], **query: Any) -> ModelT:
@@ -78,59 +93,108 @@ class Client:
     def _exchange(
         self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes]:
-        """One request on a fresh connection: the answer's status and body, or our error
-        saying why the daemon could not be reached."""
-        negotiator = self.target.negotiator()
-        conn = self.target.connection(self.timeout)
-        try:
+        """One request, to the first broker a connection can be made to (which is then
+        tried first for the rest of this client's requests)."""
+        missed: list[NotConnectedError] = []
+        for index, target in enumerate(self.targets):
             try:
-                if negotiator is not None:
-                    conn.connect()  # the Kerberos token is bound to this TLS channel
-                    headers["Authorization"] = negotiator.header(conn)
-                # The daemon may refuse before reading everything; its answer is still there.
-                with contextlib.suppress(BrokenPipeError):
-                    conn.request(method, path, body=payload, headers=headers)
-                response = conn.getresponse()
-                raw = response.read()
-                if negotiator is not None and response.status != 401:
-                    negotiator.confirm(response.getheader("WWW-Authenticate"))
-            except ssl.SSLError as exc:
+                answer = _exchange_with(target, self.timeout, method, path, payload, headers)
+            except NotConnectedError as exc:
+                missed.append(exc)
+                continue
+            if index:
+                self.targets.insert(0, self.targets.pop(index))
+            return answer
+        if len(missed) == 1:
+            raise missed[0]
+        raise UnavailableError(
+            "no broker daemon could be reached: " + "; ".join(e.message for e in missed),
+            fix="check that at least one of them is running and reachable from here",
+        )
+
+
+def _connect(target: Target, conn: http.client.HTTPConnection) -> None:
+    """Open the connection; any failure is NotConnectedError (nothing has been sent)."""
+    try:
+        conn.connect()
+    except ssl.SSLError as exc:
+        raise NotConnectedError(
+            f"TLS to the broker at {target.describe()} failed: {exc.reason}",
+            fix="check the URL and --ca-file",
+        ) from exc
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise NotConnectedError(
+            f"the broker daemon is not running (nothing listens on {target.describe()})",
+            fix=START_HINT,
+        ) from None
+    except PermissionError:
+        raise NotConnectedError(
+            f"permission denied on the daemon socket {target.describe()}",
+            fix="check the socket's mode (0666) and its directory (0755)",
+        ) from None
+    except TimeoutError:
+        raise NotConnectedError(
+            f"the broker daemon at {target.describe()} did not accept a connection in time"
+        ) from None
+    except OSError as exc:
+        raise NotConnectedError(
+            f"cannot reach the broker daemon at {target.describe()}: {exc.strerror or exc}",
+            fix=START_HINT,
+        ) from exc
+
+
+def _exchange_with(
+    target: Target,
+    timeout: float,
+    method: str,
+    path: str,
+    payload: bytes | None,
+    headers: dict[str, str],
+) -> tuple[int, bytes]:
+    """One request on a fresh connection to one broker: the answer's status and body, or our
+    error saying why it could not be reached (NotConnectedError when nothing was sent)."""
+    negotiator = target.negotiator()
+    conn = target.connection(timeout)
+    try:
+        _connect(target, conn)
+        sent = dict(headers)
+        try:
+            if negotiator is not None:
+                # The Kerberos token is bound to this TLS channel.
+                sent["Authorization"] = negotiator.header(conn)
+            # The daemon may refuse before reading everything; its answer is still there.
+            with contextlib.suppress(BrokenPipeError):
+                conn.request(method, path, body=payload, headers=sent)
+            response = conn.getresponse()
+            raw = response.read()
+            if negotiator is not None and response.status != 401:
+                negotiator.confirm(response.getheader("WWW-Authenticate"))
+        except ssl.SSLError as exc:
+            raise UnavailableError(
+                f"TLS to the broker at {target.describe()} failed: {exc.reason}",
+                fix="check the URL and --ca-file",
+            ) from exc
+        except http.client.RemoteDisconnected:
+            raise UnavailableError(
+                f"the broker daemon at {target.describe()} closed the connection without an answer",
+                fix="see its log (journalctl -u broker)",
+            ) from None
+        except TimeoutError:
+            raise UnavailableError(
+                f"the broker daemon at {target.describe()} did not answer in time"
+            ) from None
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE):
                 raise UnavailableError(
-                    f"TLS to the broker at {self.target.describe()} failed: {exc.reason}",
-                    fix="check the URL and --ca-file",
+                    f"the broker daemon at {target.describe()} closed the connection"
                 ) from exc
-            except http.client.RemoteDisconnected:
-                raise UnavailableError(
-                    f"the broker daemon at {self.target.describe()} closed the connection "
-                    "without an answer",
-                    fix="see its log (journalctl -u broker)",
-                ) from None
-            except (FileNotFoundError, ConnectionRefusedError):
-                raise UnavailableError(
-                    f"the broker daemon is not running (nothing listens on {self.target.describe()})",
-                    fix=START_HINT,
-                ) from None
-            except PermissionError:
-                raise UnavailableError(
-                    f"permission denied on the daemon socket {self.target.describe()}",
-                    fix="check the socket's mode (0666) and its directory (0755)",
-                ) from None
-            except TimeoutError:
-                raise UnavailableError(
-                    f"the broker daemon at {self.target.describe()} did not answer in time"
-                ) from None
-            except OSError as exc:
-                if exc.errno in (errno.ECONNRESET, errno.EPIPE):
-                    raise UnavailableError(
-                        f"the broker daemon at {self.target.describe()} closed the connection"
-                    ) from exc
-                raise UnavailableError(
-                    f"cannot reach the broker daemon at {self.target.describe()}: {exc.strerror}",
-                    fix=START_HINT,
-                ) from exc
-        finally:
-            conn.close()
-        return response.status, raw
+            raise UnavailableError(
+                f"cannot reach the broker daemon at {target.describe()}: {exc.strerror}",
+                fix=START_HINT,
+            ) from exc
+    finally:
+        conn.close()
+    return response.status, raw
 
 
 def _typed(answer: type[ModelT], data: Any, path: str) -> ModelT:

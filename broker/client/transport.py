@@ -84,6 +84,34 @@ class Target:
         return None if self.url is None else Negotiator(self.host)
 
 
+MAX_ENDPOINTS = 16
+
+
+def endpoint_target(text: str, ca_file: Path | None = None) -> Target:
+    """One broker a client may use: `unix:/absolute/socket` or `https://HOST[:PORT]`."""
+    if text.startswith("unix:"):
+        path = Path(text[len("unix:") :])
+        if not path.is_absolute() or ".." in path.parts or "\0" in text:
+            raise UsageError(
+                f"endpoint {text!r} does not name an absolute socket path",
+                fix="write it as unix:/run/broker/broker.sock",
+            )
+        return Target(socket_path=path)
+    return Target(url=text, ca_file=ca_file)
+
+
+def endpoint_targets(texts: list[str], ca_file: Path | None = None) -> list[Target]:
+    """The brokers to try, in order (at most MAX_ENDPOINTS, none twice)."""
+    items = [t.strip() for t in texts if t.strip()]
+    if not items or len(items) > MAX_ENDPOINTS or len(set(items)) != len(items):
+        raise UsageError(
+            f"expected 1 to {MAX_ENDPOINTS} different broker endpoints, got {len(items)}"
+            + (" (one is listed twice)" if len(set(items)) != len(items) else ""),
+            fix="list each broker once, e.g. https://broker1:8443,https://broker2:8443",
+        )
+    return [endpoint_target(t, ca_file) for t in items]
+
+
 class Negotiator:
     """One SPNEGO exchange with the caller's own ticket, bound to the TLS channel, and the
     check that the broker's reply proves it holds the HTTP/ key (mutual authentication)."""

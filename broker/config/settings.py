@@ -199,6 +199,11 @@ _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _LISTEN = re.compile(
     r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]{2,45}\]):(?P<port>[0-9]{1,5})$"
 )
+# A broker a client may ask: its Unix socket, or its TLS listener (no path, no user info).
+_ENDPOINT = re.compile(
+    r"^(unix:/[A-Za-z0-9._/-]{1,200}"
+    r"|https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]{2,45}\])(:[0-9]{1,5})?/?)$"
+)
 
 
 class DaemonSection(_Section):
@@ -222,12 +227,26 @@ class DaemonSection(_Section):
     # Off unless set: host:port of a plain-HTTP Prometheus endpoint (/metrics), e.g.
     # 127.0.0.1:9464; counts only, no names. Keep it on loopback or a monitoring network.
     metrics_listen: str | None = None
+    # Every broker a CLI on this host may ask, in order (`unix:/run/broker/broker.sock`,
+    # `https://broker1.example.org:8443`); empty: daemon.socket. The next one is tried only
+    # when no connection could be made to one, never after a request was sent.
+    endpoints: tuple[str, ...] = Field(default=(), max_length=16)
 
     @field_validator("operator_group")
     @classmethod
     def _group(cls, value: str | None) -> str | None:
         if value is not None and not _GROUP_NAME.fullmatch(value):
             raise ValueError("expected a group name (letters, digits, _ . -)")
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _ENDPOINT.fullmatch(item) or "/../" in item + "/":
+                raise ValueError(f"{item!r} is not unix:/absolute/path or https://HOST[:PORT]")
+        if len(set(value)) != len(value):
+            raise ValueError("an endpoint is listed twice")
         return value
 
     @field_validator("listen", "metrics_listen")
