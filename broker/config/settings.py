@@ -231,12 +231,22 @@ class DaemonSection(_Section):
     # `https://broker1.example.org:8443`); empty: daemon.socket. The next one is tried only
     # when no connection could be made to one, never after a request was sent.
     endpoints: tuple[str, ...] = Field(default=(), max_length=16)
+    # Several brokers on one store: how long the scheduler lease lasts (docs/ha.md); a dead
+    # leader's duties resume on another broker one to one and a third leases later.
+    leader_lease: Duration = timedelta(seconds=6)
 
     @field_validator("operator_group")
     @classmethod
     def _group(cls, value: str | None) -> str | None:
         if value is not None and not _GROUP_NAME.fullmatch(value):
             raise ValueError("expected a group name (letters, digits, _ . -)")
+        return value
+
+    @field_validator("leader_lease")
+    @classmethod
+    def _leader_lease(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=3) <= value <= timedelta(minutes=1):
+            raise ValueError("expected a duration from 3s to 1m")
         return value
 
     @field_validator("endpoints")

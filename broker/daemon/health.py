@@ -22,6 +22,7 @@ from broker import __version__
 from broker.app import App
 from broker.config.settings import Settings, host_port
 from broker.core.errors import BrokerError
+from broker.daemon import leader
 from broker.daemon.liveness import Heartbeats
 from broker.wire.system import Health, HealthCheck
 
@@ -99,8 +100,18 @@ def check_logserver(settings: Settings) -> list[HealthCheck]:
     return checks
 
 
+def check_scheduler() -> HealthCheck:
+    """Which broker runs the scheduler's duties: this one or another (never a failure of
+    this broker; `broker_scheduler_leader` summed over brokers says whether any does)."""
+    leadership = leader.current()
+    if leadership is None:
+        return HealthCheck(name="scheduler", ok=True, skipped=True, detail="no scheduler here")
+    return HealthCheck(name="scheduler", ok=True, detail=leadership.describe())
+
+
 def evaluate(app: App, beats: Heartbeats, now: datetime) -> Health:
-    checks = [check_store(app), *check_threads(beats), check_directory(app, now)]
+    checks = [check_store(app), *check_threads(beats), check_scheduler()]
+    checks.append(check_directory(app, now))
     checks += check_logserver(app.settings)
     failed = [c.name for c in checks if not c.ok]
     return Health(ok=not failed, version=__version__, checks=checks, failed=failed)

@@ -26,6 +26,7 @@ from broker.audit import forward
 from broker.config.settings import Settings
 from broker.core import counters
 from broker.core.timeutil import utcnow
+from broker.daemon import leader
 from broker.daemon.health import evaluate
 from broker.daemon.liveness import Heartbeats
 from broker.monitor import gauges
@@ -107,6 +108,13 @@ class BrokerCollector(Collector):
                 found = None
         yield from self._health(health.checks)
         yield from self._threads()
+        leadership = leader.current()
+        if leadership is not None:
+            yield GaugeMetricFamily(
+                "broker_scheduler_leader",
+                "1 while this broker holds the scheduler lease (summed over brokers: 1).",
+                value=1.0 if leadership.is_leader() else 0.0,
+            )
         if found is not None:
             yield from self._store(found)
         if forwarding is not None:  # only while audit.forward is set

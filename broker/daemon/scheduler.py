@@ -6,6 +6,10 @@ and, when `audit.forward` is set, the audit forwarder (broker-forwarder);
 every thread marks each pass that raised nothing in the heartbeats (liveness.py), which
 `/v1/health`, the metrics and the systemd watchdog read.
 
+With several brokers on one store only the leader runs these duties (leader.py): the
+broker-leadership thread keeps the lease, and every other thread, while this broker is a
+standby, checks each second and starts a pass at once when it becomes the leader.
+
 Each tick is also reachable as `POST /v1/grants/reap` (`broker grants reap`), so an
 operator (or a test) need not wait for the interval.
 """
@@ -21,6 +25,7 @@ from broker.app import App
 from broker.audit.forward import Forwarder
 from broker.config.settings import Settings
 from broker.core.timeutil import utcnow
+from broker.daemon.leader import Leadership
 from broker.daemon.liveness import HEARTBEATS, Heartbeats
 from broker.detect.notify import Deliverer
 from broker.detect.runner import BATCH
@@ -125,17 +130,27 @@ QUARANTINE_RETRY_S = 30.0
 SSH_FLOOR_S = 600.0
 WEBHOOK_FLOOR_S = 300.0
 LOCAL_FLOOR_S = 120.0
+# How often a standby's duty threads look whether this broker has become the leader.
+STANDBY_POLL_S = 1.0
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, beats: Heartbeats = HEARTBEATS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        beats: Heartbeats = HEARTBEATS,
+        leadership: Leadership | None = None,
+    ) -> None:
         self._settings = settings
         self._stop = threading.Event()
         self._beats = beats
+        self.leadership = leadership or Leadership(settings.daemon.leader_lease)
         reap = settings.grants.reap_interval.total_seconds()
         index = settings.sessions.index_interval.total_seconds()
+        lease = settings.daemon.leader_lease.total_seconds()
         # (target, name, interval, floor): each thread's pace, for the heartbeats.
         plan = [
+            (self._lead, "broker-leadership", lease / 3, LOCAL_FLOOR_S),
             (self._run, "broker-scheduler", reap, SSH_FLOOR_S),
             # Indexing has its own thread and pace: a slow SSH tick must not delay recordings.
             (self._index, "broker-indexer", index, LOCAL_FLOOR_S),
@@ -151,6 +166,7 @@ class Scheduler:
         self._pace = {name: (interval, floor) for _, name, interval, floor in plan}
 
     def start(self) -> None:
+        self.leadership.register()
         for thread in self._threads:
             # Started, then registered: a health check between the two must not see a
             # registered thread that is not alive yet (a 503 at start-up).
@@ -163,12 +179,49 @@ class Scheduler:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=30)
+        self.leadership.unregister()
+
+    def _turn(self, interval: float) -> bool:
+        """Wait for this thread's next pass (False: the daemon is stopping). The leader waits
+        `interval`; a standby marks itself alive each second and, when this broker takes the
+        lease over from another, goes at once: duties resume within a second of a takeover."""
+        deadline = time.monotonic() + interval
+        leading = self.leadership.is_leader()
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            if self._stop.wait(min(left, STANDBY_POLL_S)):
+                return False
+            was, leading = leading, self.leadership.is_leader()
+            if leading and (
+                time.monotonic() >= deadline or (not was and self.leadership.took_over)
+            ):
+                return True
+            if not leading:
+                self._beats.success()  # a standby's thread is alive with nothing to do
+
+    def _lead(self) -> None:
+        app = App(self._settings)
+        every = self._settings.daemon.leader_lease.total_seconds() / 3
+        try:
+            store = app.ready_store()
+            while True:
+                try:
+                    self.leadership.attempt(store)
+                except Exception:  # the store unreachable: the lease simply runs out
+                    log.exception("scheduler lease not renewed")
+                else:
+                    self._beats.success()
+                if self._stop.wait(every):
+                    self.leadership.release(store)
+                    return
+        finally:
+            app.close()
 
     def _detect(self) -> None:
         app = App(self._settings)
         try:
             wait = DETECT_EVERY_S
-            while not self._stop.wait(wait):
+            while self._turn(wait):
                 wait = DETECT_EVERY_S
                 try:
                     report = app.detection().run(utcnow())
@@ -188,7 +241,7 @@ class Scheduler:
         responder = app.responder()
         last_retry = 0.0
         try:
-            while not self._stop.wait(RESPOND_EVERY_S):
+            while self._turn(RESPOND_EVERY_S):
                 try:
                     report = responder.run_once(utcnow())
                     if report.done or report.failed:
@@ -208,7 +261,7 @@ class Scheduler:
         try:
             deliverer = Deliverer(app.ready_store(), self._settings)
             notices = NoticeDeliverer(app.ready_store(), self._settings)
-            while not self._stop.wait(NOTIFY_EVERY_S):
+            while self._turn(NOTIFY_EVERY_S):
                 try:
                     deliverer.run_once(utcnow())
                     notices.run_once(utcnow())
@@ -225,7 +278,7 @@ class Scheduler:
         try:
             forwarder = Forwarder(app.ready_store(), self._settings.audit)
             wait = FORWARD_EVERY_S
-            while not self._stop.wait(wait):
+            while self._turn(wait):
                 wait = FORWARD_EVERY_S
                 try:
                     report = forwarder.run_once()
@@ -243,7 +296,7 @@ class Scheduler:
         app = App(self._settings)
         last_purge = last_crl = 0.0
         try:
-            while not self._stop.wait(interval):
+            while self._turn(interval):
                 if time.monotonic() - last_crl >= CRL_CHECK_EVERY_S:
                     last_crl = time.monotonic()
                     refresh_crl(app)
@@ -273,7 +326,7 @@ class Scheduler:
         keytab_every = self._settings.keytabs.schedule.total_seconds()
         drop_in_every = self._settings.grants.drop_in_check_interval.total_seconds()
         try:
-            while not self._stop.wait(interval):
+            while self._turn(interval):
                 if keytab_every and time.monotonic() - last_keytabs >= keytab_every:
                     last_keytabs = time.monotonic()
                     rotate_due_keytabs(app)

@@ -139,4 +139,21 @@ LATER: tuple[Migration, ...] = (
             "rid UNINDEXED, typed, input, tokenize = 'trigram')",
         ),
     ),
+    Migration(
+        18,
+        "scheduler lease: which broker runs the scheduler's duties, for how long, its term",
+        (
+            # One row: the broker holding the lease (host:pid:token), the term (raised at
+            # every change of holder: a fencing number that never goes back), and when it
+            # was renewed and runs out (UTC text). Another broker takes it over only once
+            # expires_at has passed.
+            """CREATE TABLE scheduler_lease (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                holder TEXT NOT NULL,
+                term INTEGER NOT NULL CHECK (term >= 1),
+                renewed_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
