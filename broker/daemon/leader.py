@@ -5,7 +5,7 @@ Every broker's leadership thread tries, every third of `daemon.leader_lease`, to
 take the lease in one write transaction; the store lets one writer in at a time, so two
 brokers can never both take it. A lease runs out `leader_lease` after it was written, and
 another broker takes it only then, raising the term (a fencing number that never goes
-back, recorded in the audit chain as `scheduler.leader`). A broker acts as leader only
+back, recorded in the audit chain as `scheduler.leader`, from the second term on). A broker acts as leader only
 until two thirds of the lease after it *started* its last good renewal, by its own
 monotonic clock: it has stopped before anyone may take over, as long as the brokers'
 clocks agree to within a third of the lease (run NTP). A leader that dies (kill -9, host
@@ -127,8 +127,10 @@ class Leadership:
                 " expires_at = excluded.expires_at",
                 (lease.holder, lease.term, to_text(now), to_text(lease.expires_at)),
             )
-            if current is None or current.term != lease.term:
-                details = {"term": lease.term, "previous": current.holder if current else None}
+            # A change of holder is recorded (the first lease of a new store is not: there
+            # was nobody before, and the chain of a fresh broker starts with its own events).
+            if current is not None and current.term != lease.term:
+                details = {"term": lease.term, "previous": current.holder}
                 writer.record(
                     conn,
                     writer.EventInput("broker", "scheduler.leader", self.me, "ok", details),
