@@ -5,8 +5,8 @@ Every broker's leadership thread tries, every third of `daemon.leader_lease`, to
 take the lease in one write transaction; the store lets one writer in at a time, so two
 brokers can never both take it. A lease runs out `leader_lease` after it was written, and
 another broker takes it only then, raising the term (a fencing number that never goes
-back, recorded in the audit chain as `scheduler.leader`, from the second term on). A broker acts as leader only
-until two thirds of the lease after it *started* its last good renewal, by its own
+back; each change of holder is a `scheduler.leader` audit event). A broker acts as leader
+only until two thirds of the lease after it *started* its last good renewal, by its own
 monotonic clock: it has stopped before anyone may take over, as long as the brokers'
 clocks agree to within a third of the lease (run NTP). A leader that dies (kill -9, host
 down, store unreachable) is replaced between one and one and a third leases later.
