@@ -26,6 +26,9 @@ from broker.client.transport import Target
 from broker.core.errors import FailedError, UnavailableError
 
 START_HINT = "start it with `systemctl start broker` (or `broker serve` in a terminal)"
+# How long a connection (and TLS handshake) to one broker may take before the next one is
+# tried; the answer itself may take the request's whole timeout.
+CONNECT_TIMEOUT_S = 10.0
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -114,9 +117,15 @@ class Client:
 
 
 def _connect(target: Target, conn: http.client.HTTPConnection) -> None:
-    """Open the connection; any failure is NotConnectedError (nothing has been sent)."""
+    """Open the connection within CONNECT_TIMEOUT_S; any failure is NotConnectedError
+    (nothing has been sent). The answer is then waited for up to the request's timeout."""
+    answer_timeout = conn.timeout
+    if isinstance(answer_timeout, float | int):
+        conn.timeout = min(float(answer_timeout), CONNECT_TIMEOUT_S)
     try:
         conn.connect()
+        if conn.sock is not None and isinstance(answer_timeout, float | int):
+            conn.sock.settimeout(answer_timeout)
     except ssl.SSLError as exc:
         raise NotConnectedError(
             f"TLS to the broker at {target.describe()} failed: {exc.reason}",

@@ -46,13 +46,30 @@ class Target:
         self.port = 443
         if url is not None:
             parts = urlsplit(url)
-            if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            if (
+                parts.scheme != "https"
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or "@" in parts.netloc
+                or parts.query
+                or parts.fragment
+                or "?" in url
+                or "#" in url
+                or port == -1
+                or port == 0
+            ):
+                # Not echoed: a mistyped URL may hold a password.
                 raise UsageError(
-                    f"--broker {url!r} is not an https://HOST[:PORT] URL",
+                    "a broker URL is not https://HOST[:PORT] (no user, path, query or fragment;"
+                    " port 1-65535)",
                     fix="use e.g. --broker https://broker.hpc.example.org:8443",
                 )
             self.host = parts.hostname
-            self.port = parts.port or 443
+            self.port = port or 443
 
     def describe(self) -> str:
         return self.url if self.url is not None else str(self.socket_path)

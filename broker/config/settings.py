@@ -202,7 +202,7 @@ _LISTEN = re.compile(
 # A broker a client may ask: its Unix socket, or its TLS listener (no path, no user info).
 _ENDPOINT = re.compile(
     r"^(unix:/[A-Za-z0-9._/-]{1,200}"
-    r"|https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]{2,45}\])(:[0-9]{1,5})?/?)$"
+    r"|https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]{2,45}\])(:(?P<port>[0-9]{1,5}))?/?)$"
 )
 
 
@@ -253,7 +253,9 @@ class DaemonSection(_Section):
     @classmethod
     def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
-            if not _ENDPOINT.fullmatch(item) or "/../" in item + "/":
+            match = _ENDPOINT.fullmatch(item)
+            port = match["port"] if match is not None else None
+            if match is None or "/../" in item + "/" or (port and not 1 <= int(port) <= 65535):
                 raise ValueError(f"{item!r} is not unix:/absolute/path or https://HOST[:PORT]")
         if len(set(value)) != len(value):
             raise ValueError("an endpoint is listed twice")

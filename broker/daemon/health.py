@@ -101,12 +101,14 @@ def check_logserver(settings: Settings) -> list[HealthCheck]:
 
 
 def check_scheduler() -> HealthCheck:
-    """Which broker runs the scheduler's duties: this one or another (never a failure of
-    this broker; `broker_scheduler_leader` summed over brokers says whether any does)."""
+    """Which broker runs the scheduler's duties: this one or another. Fails only when the
+    lease has gone unrenewed for two leases and this broker has not taken it over either
+    (then nobody expires grants or rotates keytabs)."""
     leadership = leader.current()
     if leadership is None:
         return HealthCheck(name="scheduler", ok=True, skipped=True, detail="no scheduler here")
-    return HealthCheck(name="scheduler", ok=True, detail=leadership.describe())
+    ok, detail = leadership.describe()
+    return HealthCheck(name="scheduler", ok=ok, detail=detail)
 
 
 def evaluate(app: App, beats: Heartbeats, now: datetime) -> Health:

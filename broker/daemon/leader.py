@@ -3,13 +3,19 @@ notifier, forwarder, keytab schedule) run only on the broker holding the lease i
 
 Every broker's leadership thread tries, every third of `daemon.leader_lease`, to renew or
 take the lease in one write transaction; the store lets one writer in at a time, so two
-brokers can never both take it. A lease runs out `leader_lease` after it was written, and
-another broker takes it only then, raising the term (a fencing number that never goes
-back; each change of holder is a `scheduler.leader` audit event). A broker acts as leader
-only until two thirds of the lease after it *started* its last good renewal, by its own
-monotonic clock: it has stopped before anyone may take over, as long as the brokers'
-clocks agree to within a third of the lease (run NTP). A leader that dies (kill -9, host
-down, store unreachable) is replaced between one and one and a third leases later.
+brokers can never both take it. No wall clock decides anything:
+
+- the holder acts as leader only until two thirds of the lease after it *started* its last
+  good renewal, by its own monotonic clock;
+- another broker takes the lease over only once it has seen the same lease (holder, term,
+  renewal) unchanged for a whole lease, by its own monotonic clock, or the holder released
+  it on a clean stop.
+
+So the old holder has stopped before anyone may take over, whatever the wall clocks say
+(a clock stepped forward or a lease written by a broker whose clock was wrong changes
+nothing). Each takeover raises the term, a number that never goes back, and is a
+`scheduler.leader` audit event. A leader that dies (kill -9, host down, store
+unreachable) is replaced between one and one and a third leases later.
 """
 
 from __future__ import annotations
@@ -36,18 +42,26 @@ log = logging.getLogger("broker.leader")
 class Lease:
     holder: str
     term: int
-    expires_at: datetime
+    renewed_at: datetime
+    expires_at: datetime  # for people; equal to renewed_at once released
+
+    @property
+    def released(self) -> bool:
+        return self.expires_at <= self.renewed_at
 
 
-def next_lease(current: Lease | None, me: str, now: datetime, ttl: timedelta) -> Lease | None:
-    """The lease after `me` asks at `now`: renewed, taken (a new term), or None while another
-    broker's lease has not run out."""
+def next_lease(
+    current: Lease | None, me: str, now: datetime, ttl: timedelta, unchanged_s: float
+) -> Lease | None:
+    """The lease after `me` asks: renewed, taken (a new term), or None while another
+    broker's lease may still be live. `unchanged_s`: how long (monotonic seconds) `me` has
+    seen `current` exactly as it is now."""
     if current is None:
-        return Lease(me, 1, now + ttl)
+        return Lease(me, 1, now, now + ttl)
     if current.holder == me:
-        return Lease(me, current.term, now + ttl)
-    if current.expires_at <= now:
-        return Lease(me, current.term + 1, now + ttl)
+        return Lease(me, current.term, now, now + ttl)
+    if current.released or unchanged_s >= ttl.total_seconds():
+        return Lease(me, current.term + 1, now, now + ttl)
     return None
 
 
@@ -60,9 +74,11 @@ def holder_name() -> str:
 
 def read_lease(conn: sqlite3.Connection) -> Lease | None:
     row = conn.execute(
-        "SELECT holder, term, expires_at FROM scheduler_lease WHERE id = 1"
+        "SELECT holder, term, renewed_at, expires_at FROM scheduler_lease WHERE id = 1"
     ).fetchone()
-    return None if row is None else Lease(str(row[0]), int(row[1]), from_text(row[2]))
+    if row is None:
+        return None
+    return Lease(str(row[0]), int(row[1]), from_text(row[2]), from_text(row[3]))
 
 
 _CURRENT: list[Leadership] = []
@@ -86,6 +102,7 @@ class Leadership:
         # at once; on a first start they keep their usual pace).
         self.took_over = False
         self._until = 0.0  # monotonic time at which this broker stops acting as leader
+        self._seen: tuple[Lease, float] | None = None  # another's lease, since when (monotonic)
         self._lock = threading.Lock()
 
     def register(self) -> None:
@@ -95,19 +112,35 @@ class Leadership:
         if self in _CURRENT:
             _CURRENT.remove(self)
 
-    def describe(self) -> str:
-        """One line for health: this broker's role and who leads."""
+    def describe(self) -> tuple[bool, str]:
+        """For health: whether the lease looks kept by someone, and one line saying who."""
         with self._lock:
-            term, holder = self.term, self.holder
+            term, holder, seen = self.term, self.holder, self._seen
         if self.is_leader():
-            return f"this broker ({self.me}) runs the scheduler, term {term}"
-        if holder is None or holder == self.me:
-            return f"standby ({self.me}): no live lease seen yet"
-        return f"standby ({self.me}): {holder} runs the scheduler, term {term}"
+            return True, f"this broker ({self.me}) runs the scheduler, term {term}"
+        if holder is None or holder == self.me or seen is None:
+            return True, f"standby ({self.me}): no lease seen yet"
+        stale = time.monotonic() - seen[1]
+        if stale > 2 * self.ttl.total_seconds():
+            return False, (
+                f"standby ({self.me}): the lease of {holder} (term {term}) has not been renewed"
+                f" for {stale:.0f}s and this broker cannot take it over: nobody runs the scheduler"
+            )
+        return True, f"standby ({self.me}): {holder} runs the scheduler, term {term}"
 
     def is_leader(self) -> bool:
         with self._lock:
             return time.monotonic() < self._until
+
+    def _unchanged_s(self, current: Lease | None, now_mono: float) -> float:
+        """How long this broker has seen `current` exactly as it is (0 when it just changed)."""
+        with self._lock:
+            if current is None or current.holder == self.me:
+                self._seen = None
+                return 0.0
+            if self._seen is None or self._seen[0] != current:
+                self._seen = (current, now_mono)
+            return now_mono - self._seen[1]
 
     def attempt(self, store: Store, now: datetime | None = None) -> bool:
         """One try at renewing or taking the lease; whether this broker leads now."""
@@ -115,7 +148,8 @@ class Leadership:
         now = now or utcnow()
         with store.transaction() as conn:
             current = read_lease(conn)
-            lease = next_lease(current, self.me, now, self.ttl)
+            unchanged = self._unchanged_s(current, time.monotonic())
+            lease = next_lease(current, self.me, now, self.ttl, unchanged)
             if lease is None:
                 assert current is not None
                 self._follow(current)
@@ -140,7 +174,7 @@ class Leadership:
             if self.term != lease.term:
                 log.warning("this broker (%s) now runs the scheduler, term %d", self.me, lease.term)
                 self.took_over = current is not None and current.holder != self.me
-            self.term, self.holder = lease.term, self.me
+            self.term, self.holder, self._seen = lease.term, self.me, None
             self._until = started + self.ttl.total_seconds() * 2 / 3
         return True
 
@@ -153,15 +187,16 @@ class Leadership:
             self.term, self.holder, self._until = current.term, current.holder, 0.0
 
     def release(self, store: Store) -> None:
-        """On a clean stop: stop acting as leader, then let the lease run out now, so another
-        broker (or this one restarted) takes over without waiting for it."""
+        """On a clean stop, once this broker's duties have finished: stop acting as leader,
+        then mark the lease released, so another broker (or this one restarted) takes over
+        without waiting a whole lease."""
         with self._lock:
             self._until = 0.0
         try:
             with store.transaction() as conn:
                 conn.execute(
-                    "UPDATE scheduler_lease SET expires_at = ? WHERE id = 1 AND holder = ?",
-                    (to_text(utcnow()), self.me),
+                    "UPDATE scheduler_lease SET expires_at = renewed_at WHERE id = 1 AND holder = ?",
+                    (self.me,),
                 )
         except (BrokerError, sqlite3.Error) as exc:
             log.warning("scheduler lease not released (it runs out by itself): %s", exc)

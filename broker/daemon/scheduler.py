@@ -145,6 +145,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._beats = beats
         self.leadership = leadership or Leadership(settings.daemon.leader_lease)
+        self._released = threading.Event()
+        self._duties_done = False
         reap = settings.grants.reap_interval.total_seconds()
         index = settings.sessions.index_interval.total_seconds()
         lease = settings.daemon.leader_lease.total_seconds()
@@ -174,8 +176,17 @@ class Scheduler:
             self._beats.register(thread, *self._pace[thread.name])
 
     def stop(self) -> None:
+        """Stop every thread; the lease is released only once the duty threads have ended,
+        so a standby never starts a pass while one of ours is still running."""
         self._stop.set()
         self._beats.clear()
+        for thread in self._threads:
+            if thread.is_alive() and thread.name != "broker-leadership":
+                thread.join(timeout=30)
+        self._duties_done = not any(
+            t.is_alive() for t in self._threads if t.name != "broker-leadership"
+        )
+        self._released.set()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=30)
@@ -211,9 +222,12 @@ class Scheduler:
                     log.exception("scheduler lease not renewed")
                 else:
                     self._beats.success()
-                if self._stop.wait(every):
-                    self.leadership.release(store)
-                    return
+                # Renewed until stop() has seen the duty threads end (not merely asked them
+                # to): a pass still running keeps the lease ours, so no standby starts one.
+                if self._released.wait(every):
+                    break
+            if self._duties_done:
+                self.leadership.release(store)
         finally:
             app.close()
 

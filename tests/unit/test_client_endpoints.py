@@ -119,10 +119,34 @@ def test_broker_option_takes_a_list(daemon: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["http://broker1:8443", "unix:relative.sock", "https://user@broker1", "unix:/a/../b"]
+    "bad",
+    [
+        "http://broker1:8443",
+        "unix:relative.sock",
+        "https://user@broker1",
+        "unix:/a/../b",
+        "https://broker1:99999",
+        "https://broker1:8443/path",
+    ],
 )
 def test_a_bad_endpoint_in_the_config_is_a_usage_error(broker_config: Path, bad: str) -> None:
     config = _with_endpoints(broker_config, [bad])
     result = run_broker("whoami", config=config)
     assert result.returncode == 2, result.stderr
     assert "endpoints" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alice:s3cret@broker1:8443",
+        "https://broker1:99999",
+        "https://broker1:8443/?s3cret=1",
+        "https://broker1:8443#s3cret",
+    ],
+)
+def test_a_bad_broker_url_is_refused_without_echoing_it(url: str) -> None:
+    result = run_broker("--broker", url, "whoami")
+    assert result.returncode == 2, result.stderr
+    assert "s3cret" not in result.stderr and "99999" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
