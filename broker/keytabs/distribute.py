@@ -32,6 +32,7 @@ versions written. Keep service keys in their own keytab files.
 
 from __future__ import annotations
 
+import base64
 import posixpath
 import re
 import stat
@@ -182,46 +183,123 @@ def install_one(
     add: Sequence[Entry],
     timeout: float = NODE_TIMEOUT_S,
 ) -> NodeResult:
-    """Steps 1-3 of the module docstring on one node; every failure is a result, never
-    raised, so a fan-out reports every node."""
+    """One node's keytab merged, pruned and written in ONE node program run
+    (`keytab-install`: the new keys on its stdin, never argv); a node whose program
+    predates it is served over SFTP as before (`install_over_sftp`). Every failure is a
+    result, never raised, so a fan-out reports every node."""
     node = target.name
-    query = {"path": spec.path, "principals": list(spec.principals)}
     try:
         with _one_writer(node, spec.path):
-            listed = nodeprog.call(
-                pool,
-                target,
-                "keytab-list",
-                {**query, "owner": spec.owner, "group": spec.group},
-                timeout=timeout,
-            )
-            if not listed.ok or listed.data is None or not listed.data.get("ok"):
-                return node_result(node, listed, spec.principals)
-            uid, gid = _owner_ids(listed.data)
-            single_link = listed.data.get("nlink") in (None, 1)
-            with pool.sftp(target, timeout=timeout) as sftp:
-                written, merged = merge_into(
-                    sftp, spec, keep=keep, add=add, uid=uid, gid=gid, single_link=single_link
-                )
-            expected = keytabfile.common_versions(merged, spec.managed)
-            if not written:
-                return NodeResult(node, True, None, expected)
-            synced = nodeprog.call(pool, target, "keytab-sync", query, timeout=timeout)
-            result = node_result(node, synced, spec.principals)
-            if result.ok and result.kvnos != expected:
-                return NodeResult(
-                    node,
-                    False,
-                    f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
-                    f"not {list(expected)} (another program changed it?)",
-                )
-            return result
+            payload = {"keytabs": [install_item(spec, keep, add)]}
+            reply = nodeprog.call(pool, target, "keytab-install", payload, timeout=timeout)
+            del payload
+            if _predates_install(reply):
+                return install_over_sftp(pool, target, spec, keep=keep, add=add, timeout=timeout)
+            return installed(node, reply, spec, keep, add)
     except BrokerError as exc:
         return NodeResult(node, False, f"{node}: {exc.one_line()}")
     except _SSH_TROUBLE as exc:
         return NodeResult(node, False, explain(target, exc, pool.options.known_hosts), (), True)
     except OSError as exc:  # an SFTP status: permission denied, no space, ...
         return NodeResult(node, False, f"{node}: {spec.path}: {exc.strerror or type(exc).__name__}")
+
+
+def install_item(spec: KeytabSpec, keep: set[int], add: Sequence[Entry]) -> dict[str, object]:
+    """One keytab of a `keytab-install` run, as the node program checks it (every field
+    allow-listed there again: pam/broker_keytab.py, _install_request)."""
+    if not keep:
+        raise RefusedError(f"no key version to keep in {spec.path}")
+    return {
+        "path": spec.path,
+        "principals": list(spec.principals),
+        "owner": spec.owner,
+        "group": spec.group,
+        "mode": spec.mode,
+        "keep": sorted(keep),
+        "add": [
+            {
+                "principal": str(e.principal),
+                "kvno": e.kvno,
+                "enctype": e.enctype,
+                "key": base64.b64encode(e.key).decode("ascii"),
+            }
+            for e in add
+        ],
+    }
+
+
+def _predates_install(reply: nodeprog.NodeReply) -> bool:
+    """A node program older than keytab-install says so as a usage error, and nothing else."""
+    said = reply.data.get("error") if reply.data is not None else None
+    return not reply.ok and isinstance(said, str) and said.startswith("unknown command")
+
+
+def installed(
+    node: str, reply: nodeprog.NodeReply, spec: KeytabSpec, keep: set[int], add: Sequence[Entry]
+) -> NodeResult:
+    """The node's answer for the one keytab asked: the versions it reads back, which must
+    all be kept ones and include the added version (the node is not trusted to have done
+    what it was asked)."""
+    results = reply.data.get("results") if reply.ok and reply.data is not None else None
+    if reply.ok and (not isinstance(results, list) or len(results) != 1):
+        return NodeResult(node, False, f"{node}: unreadable reply")
+    one = nodeprog.NodeReply(node, reply.ok, results[0] if results else None, reply.error, 0.0)
+    if one.ok and not isinstance(one.data, dict):
+        return NodeResult(node, False, f"{node}: unreadable reply")
+    result = node_result(node, one, spec.principals)
+    added = {e.kvno for e in add}
+    if result.ok and (not set(result.kvnos) <= keep or not added <= set(result.kvnos)):
+        return NodeResult(
+            node,
+            False,
+            f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
+            f"not the kept {sorted(keep)}",
+        )
+    return result
+
+
+def install_over_sftp(
+    pool: SshPool,
+    target: NodeTarget,
+    spec: KeytabSpec,
+    *,
+    keep: set[int],
+    add: Sequence[Entry],
+    timeout: float = NODE_TIMEOUT_S,
+) -> NodeResult:
+    """Steps 1-3 of the module docstring on one node, for a node program without
+    keytab-install (installed before it; `broker node bootstrap` updates it); the caller
+    holds the writer's lock and turns failures into results."""
+    node = target.name
+    query = {"path": spec.path, "principals": list(spec.principals)}
+    listed = nodeprog.call(
+        pool,
+        target,
+        "keytab-list",
+        {**query, "owner": spec.owner, "group": spec.group},
+        timeout=timeout,
+    )
+    if not listed.ok or listed.data is None or not listed.data.get("ok"):
+        return node_result(node, listed, spec.principals)
+    uid, gid = _owner_ids(listed.data)
+    single_link = listed.data.get("nlink") in (None, 1)
+    with pool.sftp(target, timeout=timeout) as sftp:
+        written, merged = merge_into(
+            sftp, spec, keep=keep, add=add, uid=uid, gid=gid, single_link=single_link
+        )
+    expected = keytabfile.common_versions(merged, spec.managed)
+    if not written:
+        return NodeResult(node, True, None, expected)
+    synced = nodeprog.call(pool, target, "keytab-sync", query, timeout=timeout)
+    result = node_result(node, synced, spec.principals)
+    if result.ok and result.kvnos != expected:
+        return NodeResult(
+            node,
+            False,
+            f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
+            f"not {list(expected)} (another program changed it?)",
+        )
+    return result
 
 
 def install(

@@ -188,13 +188,13 @@ def test_accounts_rotate_side_by_side_with_the_same_steps_and_one_chain(
     for i in range(1, 7):
         held = kf.parse((node_dir / f"kt-{i:02d}.keytab").read_bytes())
         assert {e.kvno for e in held} == {2}
-    # Per account and node: a first listing (never seen before), list to stage, verify;
-    # one sync per account (both nodes share node_dir: the second write finds it done).
-    # The prune found nothing to remove in what the nodes read back: it asked no node.
+    # Per account and node: a first listing (never seen before), one keytab-install run to
+    # stage, one to verify. The prune found nothing to remove in what the nodes read back:
+    # it asked no node.
     commands = [argv[-1] for _node, argv, _stdin in nodes.calls]
     assert {c: commands.count(c) for c in set(commands)} == {
-        "keytab-list": 24,
-        "keytab-sync": 6,
+        "keytab-list": 12,
+        "keytab-install": 12,
         "keytab-verify": 12,
     }
 
