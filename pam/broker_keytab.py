@@ -502,6 +502,25 @@ def accept(token: bytes, keytab: str) -> tuple[bool, str]:
 
 
 def verify(payload: dict[str, Any]) -> dict[str, Any]:
+    """One keytab's tokens (`path`, `tokens`), or several keytabs' in one run (`keytabs`:
+    a list of those, each answered on its own, as keytab-install does)."""
+    if "keytabs" not in payload:
+        return _verify_one(payload)
+    items = payload["keytabs"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_KEYTABS:
+        raise Usage(f"keytabs must be a list of 1 to {MAX_KEYTABS}")
+    if not all(isinstance(item, dict) and set(item) == {"path", "tokens"} for item in items):
+        raise Usage("each keytab has exactly path and tokens")
+    results = []
+    for item in items:
+        try:
+            results.append({**_verify_one(item), "ok": True})
+        except Refused as exc:
+            results.append({"ok": False, "error": str(exc)})
+    return {"results": results}
+
+
+def _verify_one(payload: dict[str, Any]) -> dict[str, Any]:
     path = check_path(payload.get("path"))
     tokens = payload.get("tokens")
     if not isinstance(tokens, list) or not 1 <= len(tokens) <= MAX_TOKENS:

@@ -40,6 +40,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 
@@ -47,7 +48,7 @@ from broker.core.errors import BrokerError, RefusedError
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool, put_atomic, read_regular, remote_stat
 from broker.fleet.ssh import NodeTarget, explain
-from broker.keytabs import keytabfile
+from broker.keytabs import coalesce, keytabfile
 from broker.keytabs.keytabfile import Entry, Principal
 
 NODE_TIMEOUT_S = 30.0
@@ -184,15 +185,19 @@ def install_one(
     timeout: float = NODE_TIMEOUT_S,
 ) -> NodeResult:
     """One node's keytab merged, pruned and written in ONE node program run
-    (`keytab-install`: the new keys on its stdin, never argv); a node whose program
-    predates it is served over SFTP as before (`install_over_sftp`). Every failure is a
-    result, never raised, so a fan-out reports every node."""
+    (`keytab-install`: the new keys on its stdin, never argv), which may carry other
+    accounts' keytabs for the same node too (coalesce.py); a node whose program predates
+    it is served over SFTP as before (`install_over_sftp`). Every failure is a result,
+    never raised, so a fan-out reports every node."""
     node = target.name
     try:
         with _one_writer(node, spec.path):
-            payload = {"keytabs": [install_item(spec, keep, add)]}
-            reply = nodeprog.call(pool, target, "keytab-install", payload, timeout=timeout)
-            del payload
+            item = install_item(spec, keep, add)
+            send = _send_installs(pool, timeout)
+            reply: nodeprog.NodeReply = coalesce.for_pool(pool).call(
+                target, "keytab-install", item, send
+            )
+            del item
             if _predates_install(reply):
                 return install_over_sftp(pool, target, spec, keep=keep, add=add, timeout=timeout)
             return installed(node, reply, spec, keep, add)
@@ -234,19 +239,58 @@ def _predates_install(reply: nodeprog.NodeReply) -> bool:
     return not reply.ok and isinstance(said, str) and said.startswith("unknown command")
 
 
+def _send_installs(pool: SshPool, timeout: float) -> coalesce.Send:
+    def send(target: NodeTarget, items: Sequence[dict[str, Any]]) -> list[nodeprog.NodeReply]:
+        payload = {"keytabs": list(items)}
+        reply = nodeprog.call(pool, target, "keytab-install", payload, timeout=timeout)
+        return split_reply(reply, len(items))
+
+    return send
+
+
+def send_verifies(pool: SshPool, timeout: float) -> coalesce.Send:
+    """keytab-verify runs for coalesce.py: one keytab in the form every node program takes,
+    several in one run (`keytabs`), or one run each for a program without that form."""
+
+    def send(target: NodeTarget, items: Sequence[dict[str, Any]]) -> list[nodeprog.NodeReply]:
+        def alone(item: dict[str, Any]) -> nodeprog.NodeReply:
+            return nodeprog.call(pool, target, "keytab-verify", item, timeout=timeout)
+
+        if len(items) == 1:
+            return [alone(items[0])]
+        payload = {"keytabs": list(items)}
+        reply = nodeprog.call(pool, target, "keytab-verify", payload, timeout=timeout)
+        if not reply.ok and reply.data is not None:  # a usage error: an older node program
+            return [alone(item) for item in items]
+        return split_reply(reply, len(items))
+
+    return send
+
+
+def split_reply(reply: nodeprog.NodeReply, count: int) -> list[nodeprog.NodeReply]:
+    """A run's reply as one reply per keytab asked (`results`, in order); a run that failed
+    as a whole, or a reply without exactly one object per keytab, fails every one."""
+    if not reply.ok or reply.data is None:
+        return [reply] * count
+    results = reply.data.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        results = [None] * count
+    node, took = reply.node, reply.elapsed_ms
+    return [
+        nodeprog.NodeReply(node, True, one, None, took)
+        if isinstance(one, dict)
+        else nodeprog.NodeReply(node, False, None, f"{node}: unreadable reply", took)
+        for one in results
+    ]
+
+
 def installed(
     node: str, reply: nodeprog.NodeReply, spec: KeytabSpec, keep: set[int], add: Sequence[Entry]
 ) -> NodeResult:
-    """The node's answer for the one keytab asked: the versions it reads back, which must
-    all be kept ones and include the added version (the node is not trusted to have done
-    what it was asked)."""
-    results = reply.data.get("results") if reply.ok and reply.data is not None else None
-    if reply.ok and (not isinstance(results, list) or len(results) != 1):
-        return NodeResult(node, False, f"{node}: unreadable reply")
-    one = nodeprog.NodeReply(node, reply.ok, results[0] if results else None, reply.error, 0.0)
-    if one.ok and not isinstance(one.data, dict):
-        return NodeResult(node, False, f"{node}: unreadable reply")
-    result = node_result(node, one, spec.principals)
+    """The node's answer for this keytab: the versions it reads back, which must all be
+    kept ones and include the added version (the node is not trusted to have done what it
+    was asked)."""
+    result = node_result(node, reply, spec.principals)
     added = {e.kvno for e in add}
     if result.ok and (not set(result.kvnos) <= keep or not added <= set(result.kvnos)):
         return NodeResult(

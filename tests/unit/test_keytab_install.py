@@ -181,3 +181,19 @@ def test_new_entries_read_back_as_mit_writes_them(keytab: Path) -> None:
     assert [e.raw for e in held if e.kvno == 1] == [
         e.raw for e in kf.parse(kf.serialize([kf.new_entry(p, 1, 18, b"\x01" * 32, 1700000000) for p in (P1, P2)]))
     ]  # fmt: skip
+
+
+def test_verify_answers_several_keytabs_each_on_its_own(keytab: Path) -> None:
+    link = keytab.with_name("link.keytab")
+    link.symlink_to(keytab)
+    token = {"principal": P1, "token": base64.b64encode(b"not a ticket").decode()}
+    gone = keytab.with_name("gone.keytab")
+    out = io.StringIO()
+    payload = {"keytabs": [{"path": str(link), "tokens": [token]}, {"path": str(gone), "tokens": [token]}]}  # fmt: skip
+    assert bk.main(["keytab-verify"], io.StringIO(json.dumps(payload)), out) == 0
+    linked, missing = json.loads(out.getvalue())["results"]
+    assert not linked["ok"] and "is a symbolic link" in linked["error"]
+    assert missing["ok"] and missing["results"][0]["error"] == f"{gone} does not exist"
+    for bad in ({"keytabs": []}, {"keytabs": [{"path": str(gone)}]}):
+        out = io.StringIO()
+        assert bk.main(["keytab-verify"], io.StringIO(json.dumps(bad)), out) == 2
