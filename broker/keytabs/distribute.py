@@ -1,7 +1,16 @@
-"""Keytabs onto nodes over SFTP: read into memory, merge, write back atomically
-(docs/keytabs.md, "On the node").
+"""Keytabs onto nodes: staged or pruned in one node program run per node (docs/keytabs.md,
+"On the node").
 
-For one keytab on one node, under this process's lock for that node and path:
+For one keytab on one node, under this process's lock for that node and path, the node
+program's `keytab-install` gets the keytab's path, principals, owner, group, mode, the
+versions to keep and the keys to add, as JSON on its stdin (never argv); it checks every
+field, merges, writes atomically (temporary file 0600 with O_EXCL, owner and mode before
+the first byte, fsync, rename, directory fsync) and reads back. Here the read-back is
+checked again: only kept versions, and the added one present. Runs for several accounts
+on one node are grouped (coalesce.py); each keytab still gets its own answer.
+
+A node program from before keytab-install is served as before, over SFTP
+(`install_over_sftp`):
 
 1. `keytab-list` (node program, no key crosses): the uid and gid the node's own NSS gives
    the policy's owner and group (an unknown name is refused there: nothing is written),
@@ -17,17 +26,18 @@ For one keytab on one node, under this process's lock for that node and path:
    rename survives a crash; then the versions the node reads back from disk, which are
    what gets recorded, and which must be the ones written.
 
-The keytab never touches the broker's disk: it is bytes in this process between the read
-and the write. No key is ever in argv (SFTP carries it), a log line, an error or an audit
-event: errors name the node, the path and what was wrong, never content.
+The keytab never touches the broker's disk. No key is ever in argv, a log line, an error,
+a reply or an audit event: errors name the node, the path and what was wrong, never
+content.
 
 One writer per keytab file: the policy gives every keytab path on a node to one service
 account (policy/service_accounts.py), the account's claim in the store (claims.py) keeps
-it on one rotation worker at a time, and the lock here serialises the read-merge-write of
-one file in this process. The broker takes no lock on the node: another program writing
-the same file at the same moment (ktutil by hand; adcli or SSSD renewing a host keytab)
-could lose its change or ours. Ours is caught: step 3 refuses a read-back without the
-versions written. Keep service keys in their own keytab files.
+it on one rotation worker at a time, and the lock here serialises the writes of one file
+in this process (so two calls for one keytab never share a run). The broker takes no lock
+on the node: another program writing the same file at the same moment (ktutil by hand;
+adcli or SSSD renewing a host keytab) could lose its change or ours. Ours is caught: the
+read-back refuses a keytab without the versions written. Keep service keys in their own
+keytab files.
 """
 
 from __future__ import annotations
