@@ -426,7 +426,7 @@ def _install_request(item: object) -> tuple[str, list[str], int, set[int], list[
         raise Usage(f"each keytab has exactly {', '.join(sorted(INSTALL_FIELDS))}")
     path, principals = check_path(item["path"]), _principals(item["principals"])
     mode, kept = item["mode"], item["keep"]
-    if mode not in MODES or isinstance(mode, bool):
+    if type(mode) is not int or mode not in MODES:  # not 384.0, not True
         raise Usage("mode must be 0600, 0400, 0640 or 0440 (as a number)")
     if not isinstance(kept, list) or not 1 <= len(kept) <= MAX_KEEP:
         raise Usage(f"keep must be a list of 1 to {MAX_KEEP} versions")

@@ -82,6 +82,7 @@ def test_one_run_stages_several_keytabs_and_lists_what_is_on_disk(keytab: Path) 
     [
         ({"mode": 0o644}, "mode must be"),
         ({"mode": True}, "mode must be"),
+        ({"mode": 384.0}, "mode must be"),
         ({"keep": []}, "keep must be a list of 1 to"),
         ({"keep": [True, 2]}, "keep must be a whole number"),
         ({"keep": [2, 1 << 32]}, "keep must be a whole number"),
