@@ -78,6 +78,8 @@ class Phases:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.runs: dict[str, int] = {}  # node program runs per command
+        self.keytabs: dict[str, int] = {}  # keytabs those runs carried
         self._lock = threading.Lock()
 
     def wrap(self, name: str, work: Callable[..., Any]) -> Callable[..., Any]:
@@ -96,6 +98,8 @@ class Phases:
         with self._lock:
             self.seconds.clear()
             self.calls.clear()
+            self.runs.clear()
+            self.keytabs.clear()
 
 
 def instrument(service: Any, phases: Phases) -> None:
@@ -109,6 +113,18 @@ def instrument(service: Any, phases: Phases) -> None:
     nodes_cls.install = phases.wrap("nodes: stage/prune (SFTP)", nodes_cls.install)  # type: ignore[method-assign]
     nodes_cls.call = phases.wrap("nodes: verify", nodes_cls.call)  # type: ignore[method-assign]
     nodes_cls.refresh = phases.wrap("nodes: list", nodes_cls.refresh)  # type: ignore[method-assign]
+    counted = nodeprog.call
+
+    def call(pool: Any, target: Any, command: str, payload: Any = None, **kwargs: Any) -> Any:
+        """Count node program runs (the prober's excepted) and the keytabs they carried."""
+        if threading.current_thread().name != "bench-prober":
+            many = len(payload.get("keytabs", [None])) if isinstance(payload, dict) else 1
+            with phases._lock:
+                phases.runs[command] = phases.runs.get(command, 0) + 1
+                phases.keytabs[command] = phases.keytabs.get(command, 0) + many
+        return counted(pool, target, command, payload, **kwargs)
+
+    nodeprog.call = call
 
 
 class Prober:
@@ -246,6 +262,10 @@ def main() -> None:
               f"on {os.cpu_count()} CPUs")  # fmt: skip
         for name, seconds in sorted(phases.seconds.items(), key=lambda kv: -kv[1]):
             print(f"    {name:28s} {seconds:6.1f} s in {phases.calls[name]} calls")
+        runs = ", ".join(
+            f"{c} {n} ({phases.keytabs[c]} keytabs)" for c, n in sorted(phases.runs.items())
+        )
+        print(f"    node program runs: {runs}")  # fmt: skip
     median = statistics.median(times)
     met = median <= GOAL_S and not prober.failures
     print(f"median {median:.1f} s over {len(times)} runs ({', '.join(f'{t:.1f}' for t in times)});"

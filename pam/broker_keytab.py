@@ -1,32 +1,30 @@
-"""Node side of keytab rotation (docs/keytabs.md): list, sync and verify keytabs.
+"""Node side of keytab rotation (docs/keytabs.md): install, list, sync and verify keytabs.
 
 Standard library only, like the broker_node package, and run the same way: the broker
-calls `/usr/bin/python3 -I -S /usr/libexec/broker/broker-keytab CMD` over SSH
-as root with JSON on stdin and reads JSON on stdout. Exit 0 when the JSON says
-what happened (a refusal included), 2 on bad usage. No key ever reaches this
-program: the broker reads and writes the keytab itself over SFTP
-(broker/keytabs/distribute.py) and only asks here what needs the node's own
-view (its NSS, fsync, GSS-API).
+calls `/usr/bin/python3 -I -S /usr/libexec/broker/broker-keytab CMD` over SSH as root
+with JSON on stdin and reads JSON on stdout. Exit 0 when the JSON says what happened (a
+refusal included), 2 on bad usage. Keys reach it only on stdin (never argv), for
+`keytab-install`; no reply carries a key.
 
-- `keytab-list`: the key versions and enctypes per principal, mode, owner and
-  link count of the keytab; with `owner` and `group`, also the uid and gid this
-  node's NSS gives those names (the broker sets them over SFTP); never a key.
-- `keytab-sync`: fsync the keytab and its directory after the broker renamed a
-  new one into place (SFTP has no directory fsync), then list it as above.
-- `keytab-verify`: accept GSS-API (Kerberos) tokens the broker obtained for
-  each principal with the keytab, through the system's MIT libgssapi_krb5 (ctypes).
+- `keytab-install`: stage or prune in one run (one SSH round trip per node instead of
+  three): merge the new version's keys, keep the listed versions, write atomically with
+  owner and mode set before the rename, fsync, and list what is on disk afterwards.
+- `keytab-list`: versions and enctypes per principal, mode, owner and link count; with
+  `owner` and `group`, also the uid and gid this node's NSS gives those names.
+- `keytab-sync`: fsync of the keytab and its directory, then the listing (for brokers
+  that write the keytab over SFTP themselves, as before keytab-install).
+- `keytab-verify`: accept GSS-API (Kerberos) tokens the broker obtained for each
+  principal with the keytab, through the system's MIT libgssapi_krb5 (ctypes).
 
-The keytab format is MIT's (version 0x0502), documented in docs/keytabs.md;
-broker/keytabs/keytabfile.py reads and writes the same bytes, and
-tests/unit/test_keytabs.py holds this reader to it and to files MIT Kerberos wrote.
+The format is MIT's (0x0502, docs/keytabs.md); broker/keytabs/keytabfile.py reads and
+writes the same bytes, and tests/unit/test_keytabfile.py holds the two to each other.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
-import ctypes.util
+import contextlib
 import errno
 import grp
 import json
@@ -36,12 +34,19 @@ import re
 import stat
 import struct
 import sys
+import time
 from typing import Any, TextIO
 
 VERSION = b"\x05\x02"
 MAX_KEYTAB = 1 << 20
 MAX_INPUT = 1 << 20
 MAX_TOKENS = 64
+MAX_ADD = 256  # keys added in one run: 64 principals x 4 enctypes
+MAX_KEEP = 64
+MAX_KVNO = 0xFFFFFFFF
+MODES = (0o600, 0o400, 0o640, 0o440)
+MAX_KEYTABS = 64  # keytabs in one keytab-install run
+INSTALL_FIELDS = {"path", "principals", "owner", "group", "mode", "keep", "add"}
 _PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/)*[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$")
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _REALM = re.compile(r"^[A-Z0-9][A-Z0-9.-]{0,254}$")
@@ -63,7 +68,7 @@ class Refused(Exception):
 class Entry:
     """One keytab entry; the key bytes never appear in repr."""
 
-    __slots__ = ("enctype", "key", "kvno", "name_type", "principal", "timestamp")
+    __slots__ = ("enctype", "key", "kvno", "name_type", "principal", "raw", "timestamp")
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class Entry:
         key: bytes,
         timestamp: int = 0,
         name_type: int = NT_PRINCIPAL,
+        raw: bytes | None = None,
     ) -> None:
         self.principal = principal
         self.kvno = kvno
@@ -80,6 +86,7 @@ class Entry:
         self.key = key
         self.timestamp = timestamp
         self.name_type = name_type
+        self.raw = raw  # the entry's bytes as read: written back unchanged
 
     def ident(self) -> tuple[str, int, int]:
         return (self.principal, self.kvno, self.enctype)
@@ -87,13 +94,11 @@ class Entry:
     def __repr__(self) -> str:
         return f"Entry({self.principal!r}, kvno={self.kvno}, enctype={self.enctype})"
 
+    def _compared(self) -> tuple[object, ...]:
+        return (self.ident(), self.key, self.timestamp, self.name_type)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Entry) and (
-            self.ident(),
-            self.key,
-            self.timestamp,
-            self.name_type,
-        ) == (other.ident(), other.key, other.timestamp, other.name_type)
+        return isinstance(other, Entry) and self._compared() == other._compared()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -165,7 +170,7 @@ def _entry(record: bytes) -> Entry:
     if len(record) - at >= 4:
         kvno = number(">I") or kvno
     principal = "/".join(parts) + "@" + realm.decode("utf-8", "replace")
-    return Entry(principal, kvno, enctype, key, timestamp, name_type)
+    return Entry(principal, kvno, enctype, key, timestamp, name_type, record)
 
 
 def versions(entries: list[Entry], principals: list[str]) -> dict[str, list[int]]:
@@ -275,21 +280,18 @@ def _describe(path: str, entries: list[Entry], info: os.stat_result | None, prin
         "enctypes": sorted({e.enctype for e in entries if e.principal in principals}),
     }
     if info is not None:
-        reply.update(
-            mode=stat.S_IMODE(info.st_mode),
-            uid=info.st_uid,
-            gid=info.st_gid,
-            nlink=info.st_nlink,
-        )
-        try:
-            reply["owner"] = pwd.getpwuid(info.st_uid).pw_name
-        except KeyError:
-            reply["owner"] = str(info.st_uid)
-        try:
-            reply["group"] = grp.getgrgid(info.st_gid).gr_name
-        except KeyError:
-            reply["group"] = str(info.st_gid)
+        reply.update(mode=stat.S_IMODE(info.st_mode), uid=info.st_uid, gid=info.st_gid)
+        reply.update(nlink=info.st_nlink, owner=_name_of(pwd.getpwuid, info.st_uid))
+        reply["group"] = _name_of(grp.getgrgid, info.st_gid)
     return reply
+
+
+def _name_of(lookup: Any, number: int) -> str:
+    """The name NSS gives a uid or gid, else the number."""
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
 
 
 def list_keytab(payload: dict[str, Any]) -> dict[str, Any]:
@@ -320,127 +322,205 @@ def sync_keytab(payload: dict[str, Any]) -> dict[str, Any]:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _fsync_directory(directory)
+    entries, info = read_keytab(path)
+    return _describe(path, entries, info, principals)
+
+
+def _fsync_directory(directory: str) -> None:
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    entries, info = read_keytab(path)
-    return _describe(path, entries, info, principals)
+
+
+# ---------------------------------------------------------------- install (stage, prune)
+
+
+def _base64(value: object, what: str) -> bytes:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise Usage(f"{what} must be base64") from None
+
+
+def _number(value: object, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Usage(f"{what} must be a whole number from {low} to {high}")
+    return value
+
+
+def _added(value: object, principals: list[str], keep: set[int]) -> list[Entry]:
+    """The keys to add, each of a listed principal and a kept version: the only place a key
+    reaches this program (stdin, never argv), checked before anything is read or written."""
+    if not isinstance(value, list) or len(value) > MAX_ADD:
+        raise Usage(f"add must be a list of at most {MAX_ADD} keys")
+    added, stamp = [], int(time.time()) & 0xFFFFFFFF
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"principal", "kvno", "enctype", "key"}:
+            raise Usage("each added key has exactly principal, kvno, enctype and key")
+        if item["principal"] not in principals:
+            raise Usage("an added key's principal is not one of principals")
+        kvno = _number(item["kvno"], 1, MAX_KVNO, "kvno")
+        if kvno not in keep:
+            raise Usage("an added key's kvno is not one of keep")
+        key = _base64(item["key"], "key")
+        if not 8 <= len(key) <= 64:
+            raise Usage("a key must be 8 to 64 bytes")
+        kind = 3 if "/" in item["principal"] else NT_PRINCIPAL  # NT-SRV-HST for service/host
+        enctype = _number(item["enctype"], 1, 0xFFFF, "enctype")
+        added.append(Entry(item["principal"], kvno, enctype, key, stamp, kind))
+    return added
+
+
+def serialize(entries: list[Entry]) -> bytes:
+    """Version 0x0502 bytes of `entries`: read ones as read, new ones with the 32-bit kvno."""
+    out = bytearray(VERSION)
+    for e in entries:
+        if e.raw is None:  # count, realm, components, type, time, kvno8, enctype, key, kvno32
+            parts, realm = split_principal(e.principal)
+            record = b"".join(_counted(x.encode()) for x in [realm, *parts])
+            fixed = struct.pack(">IIBH", e.name_type, e.timestamp, e.kvno & 0xFF, e.enctype)
+            key = _counted(e.key) + struct.pack(">I", e.kvno)
+            e.raw = struct.pack(">H", len(parts)) + record + fixed + key
+        out += struct.pack(">i", len(e.raw)) + e.raw
+    if len(out) > MAX_KEYTAB:
+        raise Refused(f"the keytab would be larger than {MAX_KEYTAB} bytes")
+    return bytes(out)
+
+
+def _counted(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+def _write_atomic(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
+    """A new hidden file beside `path`, created 0600 with O_EXCL (never through a link),
+    owner and mode set before the first byte, fsync'd, renamed over `path`; the directory
+    fsync'd so the rename survives a power cut. The temporary file goes on any failure."""
+    directory, base = os.path.split(path)
+    temporary = os.path.join(directory, f".{base}.broker-{os.urandom(8).hex()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _install_request(item: object) -> tuple[str, list[str], int, set[int], list[Entry], Any]:
+    """One keytab of a keytab-install run, every field checked before anything is touched."""
+    if not isinstance(item, dict) or set(item) != INSTALL_FIELDS:
+        raise Usage(f"each keytab has exactly {', '.join(sorted(INSTALL_FIELDS))}")
+    path, principals = check_path(item["path"]), _principals(item["principals"])
+    mode, kept = item["mode"], item["keep"]
+    if type(mode) is not int or mode not in MODES:  # not 384.0, not True
+        raise Usage("mode must be 0600, 0400, 0640 or 0440 (as a number)")
+    if not isinstance(kept, list) or not 1 <= len(kept) <= MAX_KEEP:
+        raise Usage(f"keep must be a list of 1 to {MAX_KEEP} versions")
+    keep = {_number(k, 1, MAX_KVNO, "keep") for k in kept}
+    add = _added(item["add"], principals, keep)
+    owner, group = item["owner"], item["group"]
+    if not isinstance(owner, str) or not _NAME.fullmatch(owner):
+        raise Usage("owner must be a POSIX user name")  # looked up (NSS) when installing
+    if not isinstance(group, str) or not _NAME.fullmatch(group):
+        raise Usage("group must be a POSIX group name")
+    return path, principals, mode, keep, add, (owner, group)
+
+
+def _install(path: str, principals: list[str], mode: int, keep: set[int], add: list[Entry],
+             names: Any) -> dict[str, Any]:  # fmt: skip
+    """Add `add`, keep only the `keep` versions of `principals` (other principals' entries
+    stay byte for byte), write only when anything differs, and list what is on disk then,
+    which must be what was merged."""
+    uid, gid = _ids(*names)
+    _safe_directory(os.path.dirname(path))
+    existing, info = read_keytab(path)
+    adding = {e.ident() for e in add}  # an added key replaces one of the same version, enctype
+    stays = [e for e in existing if e.principal not in principals or e.kvno in keep]
+    merged = [e for e in stays if e.ident() not in adding] + add
+    data = serialize(merged)
+    same = (
+        info is not None
+        and (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode), info.st_nlink)
+        == (uid, gid, mode, 1)
+        and serialize(existing) == data
+    )
+    if not same:
+        _write_atomic(path, data, uid, gid, mode)
+    entries, now = read_keytab(path)
+    if versions(entries, principals) != versions(merged, principals):
+        raise Refused(f"{path} changed while it was written (another program writes it?)")
+    return {**_describe(path, entries, now, principals), "ok": True, "written": not same}
+
+
+def install_keytabs(payload: dict[str, Any]) -> dict[str, Any]:
+    """Stage or prune in one run, for one keytab or several (one SSH round trip per node
+    instead of three). All input is checked first; then each keytab gets its own result,
+    a refusal of one never stopping the others."""
+    items = payload.get("keytabs")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_KEYTABS:
+        raise Usage(f"keytabs must be a list of 1 to {MAX_KEYTABS}")
+    requests = [_install_request(item) for item in items]
+    if len({request[0] for request in requests}) != len(requests):
+        raise Usage("a keytab path appears twice")
+    results = []
+    for request in requests:
+        try:
+            results.append(_install(*request))
+        except Refused as exc:
+            results.append({"ok": False, "error": str(exc)})
+        except OSError as exc:
+            results.append({"ok": False, "error": f"{request[0]}: {exc.strerror or 'I/O error'}"})
+    return {"results": results}
 
 
 # ---------------------------------------------------------------- GSS-API acceptance
 
 
-class _Buffer(ctypes.Structure):
-    _fields_ = [("length", ctypes.c_size_t), ("value", ctypes.c_void_p)]
-
-
-_GSS: Any = None
-
-
-def _gss() -> Any:
-    global _GSS
-    if _GSS is None:
-        name = ctypes.util.find_library("gssapi_krb5") or "libgssapi_krb5.so.2"
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            raise Refused("libgssapi_krb5 is not installed (Debian: libgssapi-krb5-2)") from None
-        u32p, vp = ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p
-        lib.gss_accept_sec_context.restype = ctypes.c_uint32
-        lib.gss_accept_sec_context.argtypes = [
-            u32p,
-            ctypes.POINTER(vp),
-            vp,
-            ctypes.POINTER(_Buffer),
-            vp,
-            ctypes.POINTER(vp),
-            ctypes.POINTER(vp),
-            ctypes.POINTER(_Buffer),
-            u32p,
-            u32p,
-            ctypes.POINTER(vp),
-        ]
-        lib.gss_delete_sec_context.argtypes = [u32p, ctypes.POINTER(vp), vp]
-        lib.gss_release_buffer.argtypes = [u32p, ctypes.POINTER(_Buffer)]
-        lib.gss_release_name.argtypes = [u32p, ctypes.POINTER(vp)]
-        lib.gss_display_name.argtypes = [u32p, vp, ctypes.POINTER(_Buffer), ctypes.POINTER(vp)]
-        lib.gss_display_status.argtypes = [
-            u32p,
-            ctypes.c_uint32,
-            ctypes.c_int,
-            vp,
-            u32p,
-            ctypes.POINTER(_Buffer),
-        ]
-        lib.krb5_gss_register_acceptor_identity.argtypes = [ctypes.c_char_p]
-        _GSS = lib
-    return _GSS
-
-
-def _status_text(lib: Any, code: int, kind: int) -> str:
-    minor, context = ctypes.c_uint32(0), ctypes.c_uint32(0)
-    parts = []
-    for _ in range(4):
-        buffer = _Buffer()
-        lib.gss_display_status(
-            ctypes.byref(minor), code, kind, None, ctypes.byref(context), ctypes.byref(buffer)
-        )
-        if buffer.value:
-            parts.append(ctypes.string_at(buffer.value, buffer.length).decode("utf-8", "replace"))
-        lib.gss_release_buffer(ctypes.byref(minor), ctypes.byref(buffer))
-        if context.value == 0:
-            break
-    return "; ".join(parts)
-
-
 def accept(token: bytes, keytab: str) -> tuple[bool, str]:
-    """Accept one initiator token with the keys in `keytab`: (True, client) or (False, why)."""
-    os.environ["KRB5RCACHETYPE"] = "none"  # verification tokens are fresh; no replay cache file
-    lib = _gss()
-    if lib.krb5_gss_register_acceptor_identity(keytab.encode()) != 0:
-        return False, "cannot use the keytab"
-    minor = ctypes.c_uint32(0)
-    context, name = ctypes.c_void_p(None), ctypes.c_void_p(None)
-    raw = ctypes.create_string_buffer(token, len(token))
-    given = _Buffer(len(token), ctypes.cast(raw, ctypes.c_void_p))
-    output, flags, lifetime = _Buffer(), ctypes.c_uint32(0), ctypes.c_uint32(0)
+    """Accept one initiator token with the keys in `keytab` (broker_keytab_gss.py, loaded
+    only here: installing and listing never load ctypes or libgssapi_krb5)."""
+    import broker_keytab_gss
+
     try:
-        major = lib.gss_accept_sec_context(
-            ctypes.byref(minor),
-            ctypes.byref(context),
-            None,
-            ctypes.byref(given),
-            None,
-            ctypes.byref(name),
-            None,
-            ctypes.byref(output),
-            ctypes.byref(flags),
-            ctypes.byref(lifetime),
-            None,
-        )
-        if major & 0xFFFF0000:
-            why = _status_text(lib, minor.value, 2) or _status_text(lib, major, 1)
-            return False, _clean(why, 200)
-        shown, kind = _Buffer(), ctypes.c_void_p(None)
-        client = ""
-        if (
-            lib.gss_display_name(ctypes.byref(minor), name, ctypes.byref(shown), ctypes.byref(kind))
-            == 0
-        ):
-            client = ctypes.string_at(shown.value, shown.length).decode("utf-8", "replace")
-            lib.gss_release_buffer(ctypes.byref(minor), ctypes.byref(shown))
-        return True, _clean(client, 200)
-    finally:
-        lib.gss_release_buffer(ctypes.byref(minor), ctypes.byref(output))
-        if name.value:
-            lib.gss_release_name(ctypes.byref(minor), ctypes.byref(name))
-        if context.value:
-            lib.gss_delete_sec_context(ctypes.byref(minor), ctypes.byref(context), None)
+        return broker_keytab_gss.accept(token, keytab)
+    except broker_keytab_gss.Missing as exc:
+        raise Refused(str(exc)) from None
 
 
 def verify(payload: dict[str, Any]) -> dict[str, Any]:
+    """One keytab's tokens (`path`, `tokens`), or several keytabs' in one run (`keytabs`:
+    a list of those, each answered on its own, as keytab-install does)."""
+    if "keytabs" not in payload:
+        return _verify_one(payload)
+    items = payload["keytabs"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_KEYTABS:
+        raise Usage(f"keytabs must be a list of 1 to {MAX_KEYTABS}")
+    if not all(isinstance(item, dict) and set(item) == {"path", "tokens"} for item in items):
+        raise Usage("each keytab has exactly path and tokens")
+    results = []
+    for item in items:
+        try:
+            results.append({**_verify_one(item), "ok": True})
+        except Refused as exc:
+            results.append({"ok": False, "error": str(exc)})
+    return {"results": results}
+
+
+def _verify_one(payload: dict[str, Any]) -> dict[str, Any]:
     path = check_path(payload.get("path"))
     tokens = payload.get("tokens")
     if not isinstance(tokens, list) or not 1 <= len(tokens) <= MAX_TOKENS:
@@ -451,22 +531,13 @@ def verify(payload: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(item, dict) or set(item) != {"principal", "token"}:
             raise Usage("each token has exactly principal and token")
         split_principal(str(item["principal"]))
-        try:
-            token = base64.b64decode(str(item["token"]), validate=True)
-        except (binascii.Error, ValueError):
-            raise Usage("token must be base64") from None
+        token = _base64(item["token"], "token")
         if info is None:
             ok, why = False, f"{path} does not exist"
         else:
             ok, why = accept(token, path)
-        results.append(
-            {
-                "principal": item["principal"],
-                "ok": ok,
-                "client": why if ok else "",
-                "error": "" if ok else why,
-            }
-        )
+        answer = {"principal": item["principal"], "ok": ok}
+        results.append({**answer, "client": why if ok else "", "error": "" if ok else why})
     return {"path": path, "results": results}
 
 
@@ -476,7 +547,7 @@ def verify(payload: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str], stdin: TextIO, stdout: TextIO) -> int:
     try:
         if len(argv) != 1:
-            raise Usage("usage: broker-keytab keytab-list|keytab-sync|keytab-verify")
+            raise Usage("usage: broker-keytab keytab-list|keytab-sync|keytab-install|keytab-verify")
         text = stdin.read(MAX_INPUT + 1)
         if len(text) > MAX_INPUT:
             raise Usage("input larger than 1 MiB")
@@ -492,6 +563,8 @@ def main(argv: list[str], stdin: TextIO, stdout: TextIO) -> int:
                 reply = list_keytab(payload)
             elif command == "keytab-sync":
                 reply = sync_keytab(payload)
+            elif command == "keytab-install":
+                reply = install_keytabs(payload)
             elif command == "keytab-verify":
                 reply = verify(payload)
             else:

@@ -27,7 +27,7 @@ COMMANDS = frozenset(
         *("quarantine", "release", "end-sessions", "drift-scan"),
     }
 )
-KEYTAB_COMMANDS = frozenset({"keytab-list", "keytab-sync", "keytab-verify"})
+KEYTAB_COMMANDS = frozenset({"keytab-install", "keytab-list", "keytab-sync", "keytab-verify"})
 MAX_REPLY = 4 * 1024 * 1024
 # drift-scan lists up to 50,000 entries (16 MiB) and 8 MiB of texts, JSON-encoded.
 MAX_REPLIES = {"drift-scan": 32 * 1024 * 1024}

@@ -2,12 +2,13 @@
 many workers (docs/keytabs.md, "Many accounts at once").
 
 A rotation spends its time waiting: on the KDC (salt, tickets), on AD (the password
-change, the key version read back) and on SSH round trips to every node (three per node to
-stage, one to verify, three to prune). None of that holds the store, so accounts are
-rotated side by side, at most `keytabs.rotate_workers` at once. Each worker has its own
-store connection (a SQLite connection is not shared between threads that write: each
-transaction takes the write lock with BEGIN IMMEDIATE, so audit events stay one per step
-and the chain stays contiguous), and the store's claim (claims.py) keeps any account on one
+change, the key version read back) and on every node (one node program run each to stage,
+verify and prune; runs of several accounts on one node are shared, coalesce.py). None of
+that holds the store, so accounts are rotated side by side, at most
+`keytabs.rotate_workers` at once. Each worker has its own store connection (a SQLite
+connection is not shared between threads that write: each transaction takes the write
+lock with BEGIN IMMEDIATE, so audit events stay one per step and the chain stays
+contiguous), and the store's claim (claims.py) keeps any account on one
 worker at a time. One account's failure never stops the others.
 """
 

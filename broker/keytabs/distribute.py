@@ -1,7 +1,16 @@
-"""Keytabs onto nodes over SFTP: read into memory, merge, write back atomically
-(docs/keytabs.md, "On the node").
+"""Keytabs onto nodes: staged or pruned in one node program run per node (docs/keytabs.md,
+"On the node").
 
-For one keytab on one node, under this process's lock for that node and path:
+For one keytab on one node, under this process's lock for that node and path, the node
+program's `keytab-install` gets the keytab's path, principals, owner, group, mode, the
+versions to keep and the keys to add, as JSON on its stdin (never argv); it checks every
+field, merges, writes atomically (temporary file 0600 with O_EXCL, owner and mode before
+the first byte, fsync, rename, directory fsync) and reads back. Here the read-back is
+checked again: only kept versions, and the added one present. Runs for several accounts
+on one node are grouped (coalesce.py); each keytab still gets its own answer.
+
+A node program from before keytab-install is served as before, over SFTP
+(`install_over_sftp`):
 
 1. `keytab-list` (node program, no key crosses): the uid and gid the node's own NSS gives
    the policy's owner and group (an unknown name is refused there: nothing is written),
@@ -17,21 +26,23 @@ For one keytab on one node, under this process's lock for that node and path:
    rename survives a crash; then the versions the node reads back from disk, which are
    what gets recorded, and which must be the ones written.
 
-The keytab never touches the broker's disk: it is bytes in this process between the read
-and the write. No key is ever in argv (SFTP carries it), a log line, an error or an audit
-event: errors name the node, the path and what was wrong, never content.
+The keytab never touches the broker's disk. No key is ever in argv, a log line, an error,
+a reply or an audit event: errors name the node, the path and what was wrong, never
+content.
 
 One writer per keytab file: the policy gives every keytab path on a node to one service
 account (policy/service_accounts.py), the account's claim in the store (claims.py) keeps
-it on one rotation worker at a time, and the lock here serialises the read-merge-write of
-one file in this process. The broker takes no lock on the node: another program writing
-the same file at the same moment (ktutil by hand; adcli or SSSD renewing a host keytab)
-could lose its change or ours. Ours is caught: step 3 refuses a read-back without the
-versions written. Keep service keys in their own keytab files.
+it on one rotation worker at a time, and the lock here serialises the writes of one file
+in this process (so two calls for one keytab never share a run). The broker takes no lock
+on the node: another program writing the same file at the same moment (ktutil by hand;
+adcli or SSSD renewing a host keytab) could lose its change or ours. Ours is caught: the
+read-back refuses a keytab without the versions written. Keep service keys in their own
+keytab files.
 """
 
 from __future__ import annotations
 
+import base64
 import posixpath
 import re
 import stat
@@ -39,6 +50,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 
@@ -46,7 +58,7 @@ from broker.core.errors import BrokerError, RefusedError
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool, put_atomic, read_regular, remote_stat
 from broker.fleet.ssh import NodeTarget, explain
-from broker.keytabs import keytabfile
+from broker.keytabs import coalesce, keytabfile
 from broker.keytabs.keytabfile import Entry, Principal
 
 NODE_TIMEOUT_S = 30.0
@@ -182,46 +194,166 @@ def install_one(
     add: Sequence[Entry],
     timeout: float = NODE_TIMEOUT_S,
 ) -> NodeResult:
-    """Steps 1-3 of the module docstring on one node; every failure is a result, never
-    raised, so a fan-out reports every node."""
+    """One node's keytab merged, pruned and written in ONE node program run
+    (`keytab-install`: the new keys on its stdin, never argv), which may carry other
+    accounts' keytabs for the same node too (coalesce.py); a node whose program predates
+    it is served over SFTP as before (`install_over_sftp`). Every failure is a result,
+    never raised, so a fan-out reports every node."""
     node = target.name
-    query = {"path": spec.path, "principals": list(spec.principals)}
     try:
         with _one_writer(node, spec.path):
-            listed = nodeprog.call(
-                pool,
-                target,
-                "keytab-list",
-                {**query, "owner": spec.owner, "group": spec.group},
-                timeout=timeout,
+            item = install_item(spec, keep, add)
+            send = _send_installs(pool, timeout)
+            reply: nodeprog.NodeReply = coalesce.for_pool(pool).call(
+                target, "keytab-install", item, send
             )
-            if not listed.ok or listed.data is None or not listed.data.get("ok"):
-                return node_result(node, listed, spec.principals)
-            uid, gid = _owner_ids(listed.data)
-            single_link = listed.data.get("nlink") in (None, 1)
-            with pool.sftp(target, timeout=timeout) as sftp:
-                written, merged = merge_into(
-                    sftp, spec, keep=keep, add=add, uid=uid, gid=gid, single_link=single_link
-                )
-            expected = keytabfile.common_versions(merged, spec.managed)
-            if not written:
-                return NodeResult(node, True, None, expected)
-            synced = nodeprog.call(pool, target, "keytab-sync", query, timeout=timeout)
-            result = node_result(node, synced, spec.principals)
-            if result.ok and result.kvnos != expected:
-                return NodeResult(
-                    node,
-                    False,
-                    f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
-                    f"not {list(expected)} (another program changed it?)",
-                )
-            return result
+            del item
+            if _predates_install(reply):
+                return install_over_sftp(pool, target, spec, keep=keep, add=add, timeout=timeout)
+            return installed(node, reply, spec, keep, add)
     except BrokerError as exc:
         return NodeResult(node, False, f"{node}: {exc.one_line()}")
     except _SSH_TROUBLE as exc:
         return NodeResult(node, False, explain(target, exc, pool.options.known_hosts), (), True)
     except OSError as exc:  # an SFTP status: permission denied, no space, ...
         return NodeResult(node, False, f"{node}: {spec.path}: {exc.strerror or type(exc).__name__}")
+
+
+def install_item(spec: KeytabSpec, keep: set[int], add: Sequence[Entry]) -> dict[str, object]:
+    """One keytab of a `keytab-install` run, as the node program checks it (every field
+    allow-listed there again: pam/broker_keytab.py, _install_request)."""
+    if not keep:
+        raise RefusedError(f"no key version to keep in {spec.path}")
+    return {
+        "path": spec.path,
+        "principals": list(spec.principals),
+        "owner": spec.owner,
+        "group": spec.group,
+        "mode": spec.mode,
+        "keep": sorted(keep),
+        "add": [
+            {
+                "principal": str(e.principal),
+                "kvno": e.kvno,
+                "enctype": e.enctype,
+                "key": base64.b64encode(e.key).decode("ascii"),
+            }
+            for e in add
+        ],
+    }
+
+
+def _predates_install(reply: nodeprog.NodeReply) -> bool:
+    """A node program older than keytab-install says so as a usage error, and nothing else."""
+    said = reply.data.get("error") if reply.data is not None else None
+    return not reply.ok and isinstance(said, str) and said.startswith("unknown command")
+
+
+def _send_installs(pool: SshPool, timeout: float) -> coalesce.Send:
+    def send(target: NodeTarget, items: Sequence[dict[str, Any]]) -> list[nodeprog.NodeReply]:
+        payload = {"keytabs": list(items)}
+        reply = nodeprog.call(pool, target, "keytab-install", payload, timeout=timeout)
+        return split_reply(reply, len(items))
+
+    return send
+
+
+def send_verifies(pool: SshPool, timeout: float) -> coalesce.Send:
+    """keytab-verify runs for coalesce.py: one keytab in the form every node program takes,
+    several in one run (`keytabs`), or one run each for a program without that form."""
+
+    def send(target: NodeTarget, items: Sequence[dict[str, Any]]) -> list[nodeprog.NodeReply]:
+        def alone(item: dict[str, Any]) -> nodeprog.NodeReply:
+            return nodeprog.call(pool, target, "keytab-verify", item, timeout=timeout)
+
+        if len(items) == 1:
+            return [alone(items[0])]
+        payload = {"keytabs": list(items)}
+        reply = nodeprog.call(pool, target, "keytab-verify", payload, timeout=timeout)
+        if not reply.ok and reply.data is not None:  # a usage error: an older node program
+            return [alone(item) for item in items]
+        return split_reply(reply, len(items))
+
+    return send
+
+
+def split_reply(reply: nodeprog.NodeReply, count: int) -> list[nodeprog.NodeReply]:
+    """A run's reply as one reply per keytab asked (`results`, in order); a run that failed
+    as a whole, or a reply without exactly one object per keytab, fails every one."""
+    if not reply.ok or reply.data is None:
+        return [reply] * count
+    results = reply.data.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        results = [None] * count
+    node, took = reply.node, reply.elapsed_ms
+    return [
+        nodeprog.NodeReply(node, True, one, None, took)
+        if isinstance(one, dict)
+        else nodeprog.NodeReply(node, False, None, f"{node}: unreadable reply", took)
+        for one in results
+    ]
+
+
+def installed(
+    node: str, reply: nodeprog.NodeReply, spec: KeytabSpec, keep: set[int], add: Sequence[Entry]
+) -> NodeResult:
+    """The node's answer for this keytab: the versions it reads back, which must all be
+    kept ones and include the added version (the node is not trusted to have done what it
+    was asked)."""
+    result = node_result(node, reply, spec.principals)
+    added = {e.kvno for e in add}
+    if result.ok and (not set(result.kvnos) <= keep or not added <= set(result.kvnos)):
+        return NodeResult(
+            node,
+            False,
+            f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
+            f"not the kept {sorted(keep)}",
+        )
+    return result
+
+
+def install_over_sftp(
+    pool: SshPool,
+    target: NodeTarget,
+    spec: KeytabSpec,
+    *,
+    keep: set[int],
+    add: Sequence[Entry],
+    timeout: float = NODE_TIMEOUT_S,
+) -> NodeResult:
+    """Steps 1-3 of the module docstring on one node, for a node program without
+    keytab-install (installed before it; `broker node bootstrap` updates it); the caller
+    holds the writer's lock and turns failures into results."""
+    node = target.name
+    query = {"path": spec.path, "principals": list(spec.principals)}
+    listed = nodeprog.call(
+        pool,
+        target,
+        "keytab-list",
+        {**query, "owner": spec.owner, "group": spec.group},
+        timeout=timeout,
+    )
+    if not listed.ok or listed.data is None or not listed.data.get("ok"):
+        return node_result(node, listed, spec.principals)
+    uid, gid = _owner_ids(listed.data)
+    single_link = listed.data.get("nlink") in (None, 1)
+    with pool.sftp(target, timeout=timeout) as sftp:
+        written, merged = merge_into(
+            sftp, spec, keep=keep, add=add, uid=uid, gid=gid, single_link=single_link
+        )
+    expected = keytabfile.common_versions(merged, spec.managed)
+    if not written:
+        return NodeResult(node, True, None, expected)
+    synced = nodeprog.call(pool, target, "keytab-sync", query, timeout=timeout)
+    result = node_result(node, synced, spec.principals)
+    if result.ok and result.kvnos != expected:
+        return NodeResult(
+            node,
+            False,
+            f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
+            f"not {list(expected)} (another program changed it?)",
+        )
+    return result
 
 
 def install(

@@ -16,7 +16,7 @@ from broker.core.hostlist import fold
 from broker.fleet import nodeprog
 from broker.fleet.pool import SshPool
 from broker.fleet.ssh import NodeTarget
-from broker.keytabs import distribute, keys, keytabfile, plan, rows
+from broker.keytabs import coalesce, distribute, keys, keytabfile, plan, rows
 from broker.keytabs.distribute import NodeResult, node_result
 from broker.keytabs.tickets import TokenSource
 from broker.policy.model import ServiceAccount
@@ -73,10 +73,17 @@ class KeytabNodes:
     def call(
         self, targets: Sequence[NodeTarget], command: str, payloads: Mapping[str, dict[str, Any]]
     ) -> list[tuple[NodeTarget, nodeprog.NodeReply]]:
+        """`command` on every target in parallel; verifications of several accounts on one
+        node share a node program run (coalesce.py)."""
+        verifies = distribute.send_verifies(self._pool, NODE_TIMEOUT_S)
+        grouped = coalesce.for_pool(self._pool)
+
         def one(target: NodeTarget) -> tuple[NodeTarget, nodeprog.NodeReply]:
-            reply = nodeprog.call(
-                self._pool, target, command, payloads[target.name], timeout=NODE_TIMEOUT_S
-            )
+            payload = payloads[target.name]
+            if command == "keytab-verify":
+                reply: nodeprog.NodeReply = grouped.call(target, command, payload, verifies)
+            else:
+                reply = nodeprog.call(self._pool, target, command, payload, timeout=NODE_TIMEOUT_S)
             return target, reply
 
         results: list[tuple[NodeTarget, nodeprog.NodeReply]] = self._pool.map(one, list(targets))

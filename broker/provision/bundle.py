@@ -72,6 +72,7 @@ PROGRAM_FILES: tuple[tuple[str, str, int], ...] = (
     *((f"broker_node/{name}.py", f"{NODE_PKG}/{name}.py", 0o644) for name in NODE_MODULES),
     ("broker-node", f"{LIBEXEC}/broker-node", 0o755),
     ("broker_keytab.py", KEYTAB_PY, 0o644),
+    ("broker_keytab_gss.py", f"{LIBEXEC}/broker_keytab_gss.py", 0o644),
     ("broker-keytab", f"{LIBEXEC}/broker-keytab", 0o755),
     ("broker-relay-flush", f"{LIBEXEC}/broker-relay-flush", 0o755),
     ("systemd/broker-node-watch.service", "/etc/systemd/system/broker-node-watch.service", 0o644),

@@ -28,6 +28,7 @@ DIGEST_GLOBS = (
     "broker-node",
     "broker-relay-flush",
     "broker_keytab.py",
+    "broker_keytab_gss.py",
     "broker_node/*.py",
     "pam-configs/broker",
     "src/*.c",

@@ -16,7 +16,7 @@ digest() {
   (
     cd pam
     shopt -s nullglob
-    files=(Makefile broker-keytab broker-node broker-relay-flush broker_keytab.py broker_node/*.py
+    files=(Makefile broker-keytab broker-node broker-relay-flush broker_keytab.py broker_keytab_gss.py broker_node/*.py
            pam-configs/broker src/*.c src/*.h systemd/*.service)
     printf '%s\n' "${files[@]}" | LC_ALL=C sort -u | tr '\n' '\0' | xargs -0 sha256sum
   ) | sha256sum | cut -d' ' -f1
@@ -50,7 +50,7 @@ install -d -m 0755 "$root/usr/libexec/broker/broker_node" "$root/lib/systemd/sys
   "$root/usr/share/pam-configs" "$root/usr/share/doc/$pkg" "$root/DEBIAN"
 install -m 0644 pam/broker_node/*.py "$root/usr/libexec/broker/broker_node/"
 install -m 0755 pam/broker-node pam/broker-keytab pam/broker-relay-flush "$root/usr/libexec/broker/"
-install -m 0644 pam/broker_keytab.py "$root/usr/libexec/broker/"
+install -m 0644 pam/broker_keytab.py pam/broker_keytab_gss.py "$root/usr/libexec/broker/"
 install -m 0644 pam/systemd/broker-node-watch.service "$root/lib/systemd/system/"
 install -m 0644 pam/pam-configs/broker "$root/usr/share/pam-configs/broker"
 install -m 0644 pam/README.md "$root/usr/share/doc/$pkg/README.md"

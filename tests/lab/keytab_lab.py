@@ -95,6 +95,7 @@ def install_node_side(app: App, names: list[str]) -> None:
     source = bundle.pam_source_dir()
     files = [
         (source / "broker_keytab.py", bundle.KEYTAB_PY, 0o644),
+        (source / "broker_keytab_gss.py", f"{bundle.LIBEXEC}/broker_keytab_gss.py", 0o644),
         (source / "broker-keytab", f"{bundle.LIBEXEC}/broker-keytab", 0o755),
     ]
     pool = SshPool(SshOptions.from_settings(app.settings))

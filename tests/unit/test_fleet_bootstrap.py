@@ -149,6 +149,7 @@ def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) 
         **{f"/usr/libexec/broker/broker_node/{p.name}": 0o644 for p in package.glob("*.py")},
         "/usr/libexec/broker/broker-node": 0o755,
         "/usr/libexec/broker/broker_keytab.py": 0o644,
+        "/usr/libexec/broker/broker_keytab_gss.py": 0o644,
         "/usr/libexec/broker/broker-keytab": 0o755,
         "/usr/libexec/broker/broker-relay-flush": 0o755,
         "/usr/lib/broker/pam_broker.so": 0o644,
@@ -263,6 +264,8 @@ def test_an_older_single_file_node_program_goes_and_every_module_is_compiled() -
         node.paths.add(f"{package}/__pycache__/{name}.cpython-39.pyc")
     assert not bootstrap._compiled(sftp), "__init__ has no .pyc yet"
     node.paths.add(f"{package}/__pycache__/__init__.cpython-39.pyc")
+    assert not bootstrap._compiled(sftp), "broker_keytab_gss has no .pyc yet"
+    node.paths.add(f"{lib}/__pycache__/broker_keytab_gss.cpython-39.pyc")
     assert bootstrap._compiled(sftp)
 
 

@@ -119,8 +119,9 @@ def test_node_program_refuses_unsafe_input_and_no_longer_installs(node_dir: Path
 def test_keytab_commands_use_their_own_launcher() -> None:
     assert nodeprog.argv_for("keytab-sync")[-2:] == [nodeprog.KEYTAB_PROGRAM, "keytab-sync"]
     assert nodeprog.argv_for("keytab-list")[-2] == nodeprog.KEYTAB_PROGRAM
+    assert nodeprog.argv_for("keytab-install")[-2:] == [nodeprog.KEYTAB_PROGRAM, "keytab-install"]
     assert nodeprog.argv_for("status")[-2] == nodeprog.NODE_PROGRAM
-    for gone in ("keytab-install", "keytab-nope"):
+    for gone in ("keytab-merge", "keytab-nope"):
         with pytest.raises(ValueError):
             nodeprog.argv_for(gone)
 
@@ -131,8 +132,9 @@ def test_keytab_commands_use_their_own_launcher() -> None:
 class LocalNodes:
     """The part of SshPool that distribute.py and nodeprog use, without SSH: the node
     program runs here as a subprocess (as over SSH: JSON on stdin), SFTP is the in-process
-    server of tests/unit/local_sftp.py. Nodes in `down` do not answer. Every command line
-    and stdin is kept, to check that no key ever travels on them."""
+    server of tests/unit/local_sftp.py. Nodes in `down` do not answer; with `old_program`,
+    the node program predates keytab-install and says so. Every command line, stdin and
+    stdout is kept, to check where keys travel."""
 
     def __init__(self, ad: FakeAD | None = None) -> None:
         self.options = SimpleNamespace(known_hosts=Path("/nonexistent/known_hosts"), workers=4)
@@ -141,6 +143,8 @@ class LocalNodes:
         self.calls: list[tuple[str, list[str], bytes]] = []
         self.ad = ad
         self.before_sync: Callable[[], None] | None = None
+        self.old_program = False
+        self.replies: list[str] = []
 
     def check_known_hosts(self) -> None:
         pass
@@ -161,6 +165,9 @@ class LocalNodes:
         if target.name in self.down:
             return CommandResult(target.name, None, "", "", f"{target.name}: timed out", 1.0)
         command = argv[-1]
+        if command == "keytab-install" and self.old_program:
+            said = json.dumps({"error": "unknown command 'keytab-install'"})
+            return CommandResult(target.name, 2, said, "", None, 1.0)
         if command == "keytab-verify":
             return self._verify(target, json.loads(stdin or b"{}"))
         if command == "keytab-sync" and self.before_sync is not None:
@@ -172,11 +179,16 @@ class LocalNodes:
             timeout=timeout,
             check=False,
         )
+        self.replies.append(done.stdout.decode())
         return CommandResult(target.name, done.returncode, done.stdout.decode(), "", None, 1.0)
 
     def _verify(self, target: NodeTarget, payload: dict[str, Any]) -> CommandResult:
         """What GSS-API acceptance decides: a ticket under AD's current version is accepted
-        when the keytab holds that version for the principal."""
+        when the keytab holds that version for the principal. Several keytabs in one run
+        (`keytabs`) are answered each on its own, as the node program does."""
+        if "keytabs" in payload:
+            answers = [json.loads(self._verify(target, one).stdout) for one in payload["keytabs"]]
+            return CommandResult(target.name, 0, json.dumps({"results": answers}), "", None, 1.0)
         assert self.ad is not None
         held = kf.parse(Path(payload["path"]).read_bytes())
         results = []
@@ -209,11 +221,14 @@ def spec_for(path: Path, owner: str = "nobody", group: str = "nogroup") -> distr
 NODE = NodeTarget("gpu01", "127.0.0.1", 22)
 
 
+def key_forms(key: bytes) -> tuple[str, ...]:
+    return (key.hex(), base64.b64encode(key).decode(), key.decode("latin-1"))
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another owner needs root")
-def test_install_merges_in_memory_and_writes_with_the_nodes_owner(node_dir: Path) -> None:
+def test_install_is_one_node_program_run_with_the_keys_on_stdin_only(node_dir: Path) -> None:
     path = node_dir / "svc.keytab"
-    other = entry(HOST, 9)
-    path.write_bytes(kf.serialize([other, entry(P1, 1), entry(P1, 2), entry(P2, 2)]))
+    path.write_bytes(kf.serialize([entry(HOST, 9), entry(P1, 1), entry(P1, 2), entry(P2, 2)]))
     before = path.read_bytes()
     nodes = LocalNodes()
     add = [entry(P1, 3, fill=5), entry(P2, 3, fill=5)]
@@ -225,9 +240,50 @@ def test_install_merges_in_memory_and_writes_with_the_nodes_owner(node_dir: Path
         P2: [2, 3],
     }
     assert held[0].raw == kf.parse(before)[0].raw  # the host principal's entry, to the byte
+    assert [e.key for e in held[1:]] == [b"\x01" * 32] * 2 + [b"\x05" * 32] * 2
     info = path.stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o640)
-    assert [c[1][-1] for c in nodes.calls] == ["keytab-list", "keytab-sync"]
+    assert [c[1][-1] for c in nodes.calls] == ["keytab-install"]  # one round trip, no SFTP
+    assert nodes.recorder.events == []
+    assert sorted(p.name for p in node_dir.iterdir()) == ["svc.keytab"]
+    # The new key went on the node program's stdin, never argv; no reply carries any key.
+    (_node, argv, stdin), reply = nodes.calls[0], nodes.replies[0]
+    assert base64.b64encode(b"\x05" * 32).decode() in stdin.decode()
+    for key in (b"\x05" * 32, b"\x01" * 32):
+        assert not any(form in " ".join(argv) or form in reply for form in key_forms(key))
+    # Everything already right: nothing written (same file, same inode).
+    inode = path.stat().st_ino
+    again = distribute.install_one(nodes, NODE, spec_for(path), keep={2, 3}, add=[])  # type: ignore[arg-type]
+    assert again.ok and again.kvnos == (2, 3) and path.stat().st_ino == inode
+    assert json.loads(nodes.replies[-1])["results"][0]["written"] is False
+    # Prune to 3: written again; the owner changed by hand is put back.
+    os.chown(path, 0, 0)
+    pruned = distribute.install_one(nodes, NODE, spec_for(path), keep={3}, add=[])  # type: ignore[arg-type]
+    assert pruned.ok and pruned.kvnos == (3,) and path.stat().st_uid == 65534
+    assert path.stat().st_ino != inode and len(nodes.calls) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another owner needs root")
+def test_an_older_node_program_gets_the_keytab_over_sftp(node_dir: Path) -> None:
+    path = node_dir / "svc.keytab"
+    other = entry(HOST, 9)
+    path.write_bytes(kf.serialize([other, entry(P1, 1), entry(P1, 2), entry(P2, 2)]))
+    before = path.read_bytes()
+    nodes = LocalNodes()
+    nodes.old_program = True
+    add = [entry(P1, 3, fill=5), entry(P2, 3, fill=5)]
+    result = distribute.install_one(nodes, NODE, spec_for(path), keep={2, 3}, add=add)  # type: ignore[arg-type]
+    assert result == distribute.NodeResult("gpu01", True, None, (2, 3))
+    held = kf.parse(path.read_bytes())
+    assert kf.versions(held, [kf.Principal.parse(P1), kf.Principal.parse(P2)]) == {
+        P1: [2, 3],
+        P2: [2, 3],
+    }
+    assert held[0].raw == kf.parse(before)[0].raw  # the host principal's entry, to the byte
+    info = path.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o640)
+    assert [c[1][-1] for c in nodes.calls] == ["keytab-install", "keytab-list", "keytab-sync"]
+    nodes.calls.pop(0)  # the older program's refusal of keytab-install
     assert nodes.recorder.kinds()[:6] == ["open", "chown", "chmod", "write", "fsync", "rename"]
     assert sorted(p.name for p in node_dir.iterdir()) == ["svc.keytab"]
     # No key on any command line or stdin: only the SFTP write carried them.
@@ -241,7 +297,7 @@ def test_install_merges_in_memory_and_writes_with_the_nodes_owner(node_dir: Path
     again = distribute.install_one(nodes, NODE, spec_for(path), keep={2, 3}, add=add)  # type: ignore[arg-type]
     assert again.ok and again.kvnos == (2, 3)
     assert "open" not in nodes.recorder.kinds()[count:]
-    assert [c[1][-1] for c in nodes.calls] == ["keytab-list"]
+    assert [c[1][-1] for c in nodes.calls] == ["keytab-install", "keytab-list"]
     # Prune to 3: written again; the owner changed by hand is put back.
     os.chown(path, 0, 0)
     pruned = distribute.install_one(nodes, NODE, spec_for(path), keep={3}, add=[])  # type: ignore[arg-type]
@@ -316,6 +372,7 @@ def test_the_broker_side_refuses_on_its_own_too(node_dir: Path) -> None:
 def test_a_write_someone_else_undid_is_a_failure(node_dir: Path) -> None:
     path = node_dir / "svc.keytab"
     nodes = LocalNodes()
+    nodes.old_program = True
     nodes.before_sync = lambda: path.write_bytes(kf.serialize([entry(P1, 1), entry(P2, 1)]))
     result = distribute.install_one(  # type: ignore[arg-type]
         nodes, NODE, spec_for(path, "root", "root"), keep={1, 2}, add=[entry(P1, 2), entry(P2, 2)]
@@ -455,8 +512,10 @@ def test_rotation_stages_before_ad_verifies_and_prunes_after_the_ticket_lifetime
     assert "keytab.stage" in audit and "keytab.verify" in audit
     # No key, in any spelling, in the audit chain, the store, the logs, argv or stdin.
     assert len(derived) == 6
-    spoken = [audit, stored, caplog.text] + [
-        " ".join(a) + s.decode("latin-1") for _n, a, s in nodes.calls
+    # keytab-install's stdin is the one place a new key goes (to the node, over SSH).
+    spoken = [audit, stored, caplog.text, *nodes.replies] + [
+        " ".join(a) + ("" if a[-1] == "keytab-install" else s.decode("latin-1"))
+        for _n, a, s in nodes.calls
     ]
     for key in derived:
         for form in (
@@ -482,7 +541,7 @@ def test_a_node_that_cannot_stage_leaves_ad_untouched_and_unstages_the_others(
         service.rotate("kt-web", actor="test")
     assert ad.resets == 0 and ad.kvno == 1
     assert held_versions(path) == {P2: [1], P1: [1]}  # gpu01's staged 2 was taken back
-    staged = [e for e in nodes.recorder.events if e[0] == "rename"]
+    staged = [c for c in nodes.calls if c[0] == "gpu01" and c[1][-1] == "keytab-install"]
     assert len(staged) == 2  # written once to stage, once to unstage
     with broker_app.ready_store().transaction() as conn:
         row = conn.execute("SELECT state, error FROM keytab_rotations").fetchone()
