@@ -20,7 +20,7 @@ from broker.audit import writer
 from broker.core.errors import RefusedError
 from broker.core.timeutil import from_text, to_text
 from broker.detect.engine import AuditEvent, Finding
-from broker.detect.eventdata import LazyDetails
+from broker.detect.eventdata import details_of
 from broker.policy.detection_rules import SEVERITIES, Severity
 
 DETECTOR = "broker:detect"
@@ -357,10 +357,12 @@ def audit_between(
     match += ["(action GLOB ? AND outcome = 'refused')"] * len(refused)
     where = f"seq > ? AND seq <= ? AND ({' OR '.join(match) or '0'})"  # '?' placeholders only
     sql = f"SELECT seq, ts, actor, action, target, outcome, details FROM audit_events WHERE {where}"  # noqa: S608
-    for row in conn.execute(f"{sql} ORDER BY seq", (after, upto, *actions, *refused)):
-        ts = row[1]  # the writer's UTC text ends in Z; anything else takes the careful parse
-        at = (datetime.fromisoformat(ts) if ts.endswith("Z") else from_text(ts)).timestamp()
-        yield AuditEvent(row[0], at, row[2], row[3], row[4], row[5], LazyDetails(row[6]))
+    iso, event, details = datetime.fromisoformat, AuditEvent, details_of  # hot loop: locals
+    rows = conn.execute(f"{sql} ORDER BY seq", (after, upto, *actions, *refused))
+    for seq, ts, actor, action, target, outcome, raw in rows:
+        # The writer's UTC text ends in Z; anything else takes the careful parse.
+        at = (iso(ts) if ts.endswith("Z") else from_text(ts)).timestamp()
+        yield event(seq, at, actor, action, target, outcome, details(raw))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from broker.audit.refusals import REFUSAL_ACTIONS
 from broker.core.durations import format_duration
@@ -40,8 +41,11 @@ HISTORY_CAP = 256  # nodes and terminal kinds remembered per user
 _TTY_DIGITS = re.compile(r"[0-9]+")
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
+class AuditEvent(NamedTuple):
+    """One audit event as the rules see it: immutable, and a tuple rather than a frozen
+    dataclass because the detector builds hundreds of thousands a second and a frozen
+    dataclass sets each field through `object.__setattr__` (about 4x the cost)."""
+
     seq: int
     at: float  # epoch seconds
     actor: str
@@ -84,8 +88,10 @@ def _node_of(actor: str) -> str | None:
     return actor[5:] if actor.startswith("node:") else None
 
 
+@lru_cache(maxsize=4096)
 def tty_kind(tty: str) -> str:
-    """pts/7 -> pts/N: what kind of terminal, not which one."""
+    """pts/7 -> pts/N: what kind of terminal, not which one (cached: every session open
+    asks, and a node has a few dozen terminals, not millions)."""
     return _TTY_DIGITS.sub("N", tty) if tty and tty != "-" else "none"
 
 
@@ -109,6 +115,11 @@ class Detector:
         for rule in detection.enabled():
             self.by_kind.setdefault(rule.kind, []).append(rule)
         self.content = ContentMatcher(self.by_kind.get("session_match", []))
+        # How far back each kind's memory must reach: its longest window (asked per event).
+        self._keep = {
+            kind: max(r.window.total_seconds() for r in rules)
+            for kind, rules in self.by_kind.items()
+        }
         self._zones = {
             r.timezone: zoneinfo.ZoneInfo(r.timezone) for r in self.by_kind.get("off_hours", ())
         }
@@ -182,7 +193,7 @@ class Detector:
             return []
         if event.details.get("reason") not in COUNTED_MFA:
             return []
-        keep = max(r.window.total_seconds() for r in rules)
+        keep = self._keep["mfa_failures"]
         times = self._times("mfa", event.target, event.at, keep)
         found = []
         for rule in rules:
@@ -216,9 +227,10 @@ class Detector:
         found = []
         for rule in self.by_kind.get("off_hours", ()):
             hour = datetime.fromtimestamp(event.at, UTC).astimezone(self._zones[rule.timezone]).hour
-            seen: list[int] = (
-                self.memory["hours"].setdefault(rule.name, {}).setdefault(user, [0] * 24)
-            )
+            hours = self.memory["hours"].setdefault(rule.name, {})
+            seen: list[int] | None = hours.get(user)
+            if seen is None:
+                seen = hours[user] = [0] * 24
             usual = (
                 rule.usual_hours is not None and rule.usual_hours[0] <= hour < rule.usual_hours[1]
             )
@@ -252,13 +264,17 @@ class Detector:
         rules = self.by_kind.get("many_nodes")
         if not rules or not nodes:
             return []
-        keep = max(r.window.total_seconds() for r in rules)
+        keep = self._keep["many_nodes"]
         bucket = self.memory["times"].setdefault("nodes", {})
-        pairs: list[list[Any]] = [p for p in bucket.get(user, []) if p[0] >= event.at - keep]
-        pairs.extend([event.at, n] for n in nodes)
-        bucket[user] = pairs[-4096:]
+        at = event.at
+        cutoff = at - keep
+        pairs: list[list[Any]] = [p for p in bucket.get(user, ()) if p[0] >= cutoff]
+        pairs += [[at, n] for n in nodes]
+        bucket[user] = pairs if len(pairs) <= 4096 else pairs[-4096:]  # judged: all of pairs
         found = []
         for rule in rules:
+            if len(pairs) < rule.threshold:
+                continue  # fewer elevations than the threshold: fewer distinct nodes too
             since = event.at - rule.window.total_seconds()
             distinct = {n for t, n in pairs if t >= since}
             if len(distinct) >= rule.threshold and self._cool(
@@ -281,11 +297,12 @@ class Detector:
 
     def _session_open(self, event: AuditEvent) -> list[Finding]:
         node = _node_of(event.actor)
-        user = str(event.details.get("user", ""))
+        details = event.details
+        user = str(details.get("user", ""))
         if node is None or not user:
             return []
         grant = event.target if event.target not in ("-", "break-glass") else None
-        found = self._origin(event, user, node, tty_kind(str(event.details.get("tty", "-"))))
+        found = self._origin(event, user, node, tty_kind(str(details.get("tty", "-"))))
         if node in self.quarantined and user not in self.exempt:
             for rule in self.by_kind.get("quarantined_session", ()):
                 if self._cool(
@@ -305,24 +322,26 @@ class Detector:
                             details={"pid": event.details.get("pid")},
                         )
                     )
-        if event.details.get("break_glass"):
+        if details.get("break_glass"):
             return found
-        return found + self._spread(event, user, [node], grant)
+        return found + self._spread(event, user, (node,), grant)
 
     def _origin(self, event: AuditEvent, user: str, node: str, tty: str) -> list[Finding]:
         rules = self.by_kind.get("new_origin", ())
         if not rules:
             return []
-        seen = self.memory["origins"].setdefault(user, {"n": 0, "nodes": [], "ttys": []})
-        new = [f"node {node}"] if node not in seen["nodes"] else []
-        if tty not in seen["ttys"]:
-            new.append(f"terminal {tty}")
+        origins = self.memory["origins"]
+        seen = origins.get(user)  # not setdefault: that would build a new record every event
+        if seen is None:
+            seen = origins[user] = {"n": 0, "nodes": [], "ttys": []}
+        new_node, new_tty = node not in seen["nodes"], tty not in seen["ttys"]
         found = []
-        for rule in rules:
-            if (
-                new
-                and seen["n"] >= rule.min_history
-                and self._cool(f"{rule.name}:{user}:{node}:{tty}", event.at, rule)
+        new = [f"node {node}"] if new_node else []
+        if new_tty:
+            new.append(f"terminal {tty}")
+        for rule in rules if new else ():  # the usual node and terminal: only counted
+            if seen["n"] >= rule.min_history and self._cool(
+                f"{rule.name}:{user}:{node}:{tty}", event.at, rule
             ):
                 found.append(
                     Finding(
@@ -340,9 +359,9 @@ class Detector:
                     )
                 )
         seen["n"] += 1
-        if node not in seen["nodes"]:
+        if new_node:
             seen["nodes"] = (seen["nodes"] + [node])[-HISTORY_CAP:]
-        if tty not in seen["ttys"]:
+        if new_tty:
             seen["ttys"] = (seen["ttys"] + [tty])[-HISTORY_CAP:]
         return found
 
@@ -404,7 +423,7 @@ class Detector:
         # A sudo its log server refused had a grant: an outage, not someone trying without.
         if not rules or node is None or not user or event.details.get("reason") == "log_server":
             return []
-        keep = max(r.window.total_seconds() for r in rules)
+        keep = self._keep["sudo_without_grant"]
         times = self._times("deny", f"{user}@{node}", event.at, keep)
         found = []
         for rule in rules:
@@ -434,7 +453,7 @@ class Detector:
             return []
         weight = event.details.get("suppressed", 1)
         weight = weight if isinstance(weight, int) and weight > 0 else 1
-        keep = max(r.window.total_seconds() for r in rules)
+        keep = self._keep["refusals"]
         bucket = self.memory["times"].setdefault("refused", {})
         pairs: list[list[Any]] = [p for p in bucket.get(event.actor, []) if p[0] >= event.at - keep]
         pairs.append([event.at, weight])

@@ -98,9 +98,11 @@ class DetectionRunner:
         # SQLite (session closes, directory syncs and the like stay there), all are passed.
         top = min(cursor + BATCH, alerts.last_audit_seq(conn))
         actions, refused = detector.actions()
+        audit = detector.audit
         for event in alerts.audit_between(conn, cursor, top, (*actions, *DRIFT), refused):
-            findings.extend(detector.audit(event))
-            jobs.extend(drift_jobs(event))
+            findings.extend(audit(event))
+            if event.action in DRIFT:
+                jobs.extend(drift_jobs(event))
         report.events = max(0, top - cursor)
         state["cursor"] = max(cursor, top)
         streams = self._scan_sessions(detector, state["since"], now, findings, report)
