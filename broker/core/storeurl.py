@@ -90,7 +90,7 @@ def _sqlite(text: str) -> StoreUrl:
 def _from_url(text: str) -> list[tuple[str, str]]:
     parts = urlsplit(text)
     if parts.password is not None or ":@" in parts.netloc:
-        raise StoreUrlError(_REFUSE_SECRET_IN_URL)
+        raise StoreUrlError(_KEEP_IT_IN_A_FILE)
     if parts.fragment or "," in parts.netloc:
         raise StoreUrlError("a fragment or several hosts are not accepted; name one host")
     pairs: list[tuple[str, str]] = []
@@ -123,7 +123,7 @@ def _from_keywords(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-_REFUSE_SECRET_IN_URL = (
+_KEEP_IT_IN_A_FILE = (
     "a password is not accepted in store.url: put it in a passfile (mode 0600) and name it"
     " with passfile=/PATH, or set PGPASSFILE for the broker's service"
 )
@@ -133,7 +133,7 @@ def _checked(pairs: list[tuple[str, str]]) -> StoreUrl:
     seen: dict[str, str] = {}
     for key, value in pairs:
         if key == "password":
-            raise StoreUrlError(_REFUSE_SECRET_IN_URL)
+            raise StoreUrlError(_KEEP_IT_IN_A_FILE)
         pattern = KEYWORDS.get(key)
         if pattern is None:
             raise StoreUrlError(f"{key!r} is not accepted; accepted keys: {', '.join(KEYWORDS)}")
