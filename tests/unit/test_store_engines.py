@@ -241,6 +241,23 @@ def test_a_lost_connection_is_refused_in_one_line_then_reconnected(
     app.close()
 
 
+def test_a_read_only_database_is_refused_in_one_line(tmp_path: Path, pg_cluster: Cluster) -> None:
+    url = pg_cluster.database()
+    config = _config(tmp_path, url)
+    dbname = url.split("///")[1].split("?")[0]
+    pg_cluster.psql(f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
+    app = App(load_settings(config))  # what a broker pointed at a standby sees
+    store = app.ready_store()
+    before = count_events(store.conn)
+    with pytest.raises(StoreUnavailableError) as caught:
+        _append(store, "refused")
+    line = caught.value.one_line()
+    assert "is read-only (a standby, or default_transaction_read_only)" in line
+    assert "SQLSTATE 25006" in line and "target_session_attrs=read-write" in line
+    assert count_events(store.conn) == before and not store.conn.in_transaction
+    app.close()
+
+
 def test_an_unreachable_server_is_exit_3_in_one_line(tmp_path: Path) -> None:
     config = write_config(
         tmp_path, f'\n[store]\nurl = "postgresql:///nodb?host={tmp_path}&connect_timeout=2"\n'
