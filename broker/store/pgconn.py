@@ -132,7 +132,12 @@ class PgCursor:
         lastrowid; None for any other statement."""
         if not self._inserted:
             return None
-        row = self._conn.execute("SELECT lastval()").fetchone()
+        raw = self._conn.raw
+        try:
+            with raw.transaction():  # a savepoint: no identity used yet must not abort
+                row = raw.execute("SELECT lastval()").fetchone()
+        except psycopg.Error:
+            return None
         return int(row[0]) if row else None
 
 
@@ -201,9 +206,9 @@ class PgConnection:
         try:
             if guarded:
                 with conn.transaction():  # a savepoint: a failed write undoes only itself
-                    cur = conn.execute(query, values, prepare=False)
+                    cur = conn.execute(query, values)
             else:
-                cur = conn.execute(query, values, prepare=False)
+                cur = conn.execute(query, values)
         except psycopg.Error as exc:
             raise self._mapped(exc) from exc
         return PgCursor(cur, self, inserted=verb == "INSERT")

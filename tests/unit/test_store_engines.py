@@ -152,6 +152,15 @@ def test_integers_booleans_and_sums_come_back_as_sqlite_gives_them(app: App) -> 
         conn.execute(
             "INSERT INTO mfa_locks (sid, until, failures) VALUES (?, ?, ?)", ("S-2", "t", 2**40)
         )
+        ids = [
+            conn.execute(
+                "INSERT INTO alerts (created_at, rule, severity, message, source)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ("t", f"r{n}", "low", "m", "test"),
+            ).lastrowid
+            for n in range(2)
+        ]
+    assert ids == [1, 2]  # sqlite3's lastrowid: the id the INSERT was given
     total = store.conn.execute("SELECT sum(failures), count(*) FROM mfa_locks").fetchone()
     assert total == (2**40 + 1, 2)
     assert all(type(v) is int for v in total)
