@@ -61,6 +61,25 @@ def _as_postgres(argv: list[str]) -> str:
     return done.stdout
 
 
+def _start(made: Cluster) -> None:
+    """initdb (trust: only this process's root user reaches the socket directory) and start;
+    fsync off: a test cluster's durability is not under test, the broker's
+    synchronous_commit setting is."""
+    initdb = [str(BIN / "initdb"), "-D", str(made.data), "-A", "trust", "-U", "postgres"]
+    _as_postgres([*initdb, "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
+    _as_postgres(["mkdir", "-m", "0700", str(made.socket_dir)])
+    options = f"-c listen_addresses='' -c unix_socket_directories={made.socket_dir} -c fsync=off"
+    pg_ctl = [str(BIN / "pg_ctl"), "-D", str(made.data), "-w", "-s"]
+    _as_postgres([*pg_ctl, "-o", options, "-l", str(made.root / "log"), "start"])
+
+
+def _stop(made: Cluster) -> None:
+    pg_ctl = [str(BIN / "pg_ctl"), "-D", str(made.data), "-w", "-s"]
+    argv = ["runuser", "-u", "postgres", "--", *pg_ctl, "-m", "immediate", "stop"]
+    subprocess.run(argv, capture_output=True, check=False, timeout=60)
+    shutil.rmtree(made.root, ignore_errors=True)
+
+
 @contextmanager
 def cluster() -> Iterator[Cluster]:
     """Start a cluster for the length of the block; stop it and remove its files after."""
@@ -70,57 +89,8 @@ def cluster() -> Iterator[Cluster]:
     entry = pwd.getpwnam("postgres")
     os.chown(root, entry.pw_uid, entry.pw_gid)
     made = Cluster(root)
-    _as_postgres(
-        [
-            str(BIN / "initdb"),
-            "-D",
-            str(made.data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-        ]
-    )
-    _as_postgres(["mkdir", "-m", "0700", str(made.socket_dir)])
-    options = f"-c listen_addresses='' -c unix_socket_directories={made.socket_dir} -c fsync=off"
-    _as_postgres(
-        [
-            str(BIN / "pg_ctl"),
-            "-D",
-            str(made.data),
-            "-o",
-            options,
-            "-w",
-            "-s",
-            "-l",
-            str(root / "log"),
-            "start",
-        ]
-    )
     try:
+        _start(made)
         yield made
     finally:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(BIN / "pg_ctl"),
-                "-D",
-                str(made.data),
-                "-m",
-                "immediate",
-                "-w",
-                "-s",
-                "stop",
-            ],
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        _stop(made)
