@@ -147,7 +147,7 @@ class Store:
             self._begin()
             try:
                 yield self.conn
-                self.conn.execute("COMMIT")
+                self._commit()
                 self.commits += 1
             except BaseException:
                 self._rollback()
@@ -168,10 +168,18 @@ class Store:
         else:
             self.conn.execute("BEGIN IMMEDIATE")
 
+    def _commit(self) -> None:
+        if self.engine == "postgresql":
+            cast("PgConnection", self.conn).end_write(commit=True)
+        else:
+            self.conn.execute("COMMIT")
+
     def _rollback(self) -> None:
         """Roll back what is left: after SQLITE_FULL or an I/O error SQLite may have rolled
         the transaction back itself, and a second ROLLBACK must not hide the first error."""
-        if self.conn.in_transaction:
+        if self.engine == "postgresql":
+            cast("PgConnection", self.conn).end_write(commit=False)
+        elif self.conn.in_transaction:
             with suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
 

@@ -151,6 +151,7 @@ class PgConnection:
         self.display = url.display()
         self._busy_ms = int(busy_timeout.total_seconds() * 1000)
         self._conn: psycopg.Connection[Any] | None = None
+        self._writing = False  # between begin_write and end_write
         self._connect()
 
     def _connect(self) -> None:
@@ -170,9 +171,11 @@ class PgConnection:
 
     @property
     def raw(self) -> psycopg.Connection[Any]:
-        """The psycopg connection, opened again first if the last one broke."""
+        """The psycopg connection, opened again first if the last one broke, but never
+        inside a write transaction: its earlier statements went with the old connection,
+        so each statement until its end (end_write) is refused, not run outside it."""
         if self._conn is None or self._conn.broken or self._conn.closed:
-            if self._conn is not None and self.in_transaction:
+            if self._writing:
                 raise self._mapped(psycopg.OperationalError("connection lost"))
             self._connect()
         assert self._conn is not None
@@ -188,14 +191,26 @@ class PgConnection:
     def begin_write(self) -> None:
         """BEGIN, then the writers' advisory lock (held to COMMIT/ROLLBACK); READ COMMITTED,
         so each statement after the lock sees every transaction committed before it."""
+        self._writing = False
         self.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        self._writing = True
         try:
             self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
         except BaseException:
-            if self.in_transaction:
-                with suppress(psycopg.Error):
-                    self.raw.execute("ROLLBACK")
+            self.end_write(commit=False)
             raise
+
+    def end_write(self, *, commit: bool) -> None:
+        """COMMIT (errors mapped and raised) or ROLLBACK (quietly: the error that caused it
+        is the one to report; a broken connection has rolled back on the server already)."""
+        try:
+            if commit:
+                self.execute("COMMIT")
+            elif self._conn is not None and not self._conn.broken and self.in_transaction:
+                with suppress(psycopg.Error):
+                    self._conn.execute("ROLLBACK")
+        finally:
+            self._writing = False
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         query = to_pyformat(sql)

@@ -250,6 +250,26 @@ def test_a_lost_connection_is_refused_in_one_line_then_reconnected(
     app.close()
 
 
+def test_a_connection_lost_inside_a_transaction_never_continues_outside_it(
+    tmp_path: Path, pg_cluster: Cluster
+) -> None:
+    url = pg_cluster.database()
+    app = App(load_settings(_config(tmp_path, url)))
+    store = app.ready_store()
+    before = count_events(store.conn)
+    lost = pytest.raises(StoreUnavailableError, match="lost its connection")
+    with lost, store.transaction() as conn:
+        writer.record(conn, writer.EventInput("unix:test", "test.first", "t"))
+        pg_cluster.terminate(url.split("///")[1].split("?")[0])
+        conn.execute("INSERT INTO mfa_locks (sid, until, failures) VALUES ('S-1', 't', 1)")
+    # Neither the event before the loss nor the row after it: no autocommit on a new connection.
+    assert count_events(store.conn) == before
+    assert store.conn.execute("SELECT count(*) FROM mfa_locks").fetchone()[0] == 0
+    _append(store, "after")
+    assert count_events(store.conn) == before + 1
+    app.close()
+
+
 def test_a_read_only_database_is_refused_in_one_line(tmp_path: Path, pg_cluster: Cluster) -> None:
     url = pg_cluster.database()
     config = _config(tmp_path, url)
