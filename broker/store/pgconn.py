@@ -157,7 +157,10 @@ class PgConnection:
     def _connect(self) -> None:
         check_passfile(self.url.keywords().get("passfile") or os.environ.get("PGPASSFILE"))
         try:
-            conninfo = make_conninfo("", **self.url.keywords())
+            # A server that does not answer is refused after 10 s (libpq would wait for
+            # TCP's own timeout); store.url's connect_timeout overrides it.
+            keywords = {"connect_timeout": "10", "application_name": "broker"}
+            conninfo = make_conninfo("", **{**keywords, **self.url.keywords()})
             conn = psycopg.connect(conninfo, autocommit=True)
             conn.adapters.register_loader("numeric", _NumericLoader)
             # Every commit waits for the WAL flush (and the synchronous standby, if any):
