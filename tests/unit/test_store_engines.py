@@ -137,10 +137,32 @@ def test_a_caught_constraint_error_leaves_the_transaction_usable(app: App) -> No
 
 def test_audit_events_are_append_only_on_either_engine(app: App) -> None:
     conn = app.ready_store().conn
-    for statement in ("UPDATE audit_events SET target = 'x'", "DELETE FROM audit_events"):
+    statements = ["UPDATE audit_events SET target = 'x'", "DELETE FROM audit_events"]
+    if app.ready_store().engine == "postgresql":  # SQLite has no TRUNCATE
+        statements.append("TRUNCATE audit_events")
+    for statement in statements:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute(statement)
     assert app.audit().verify().ok
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO tunnel_certs (serial, node, path) VALUES ('0A', 'n1', '/p')",  # GLOB/regex
+        "INSERT INTO tunnel_certs (serial, node, path) VALUES ('', 'n1', '/p')",
+        "INSERT INTO nodes (name, address, port, added_at, added_by) VALUES ('n', 'a', 0, 't', 'u')",
+        "INSERT INTO dir_sync VALUES (2, 'u', 'n', 1, 's', NULL, 't', 't', 't')",
+        "INSERT INTO keytab_claims (name, owner, claimed_at) VALUES ('k', NULL, 't')",
+    ],
+)
+def test_the_schema_constraints_refuse_the_same_rows(app: App, statement: str) -> None:
+    store = app.ready_store()
+    with store.transaction() as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(statement)
+    ok = "INSERT INTO tunnel_certs (serial, node, path) VALUES ('0a9f', 'n1', '/p')"
+    with store.transaction() as conn:
+        assert conn.execute(ok).rowcount == 1
 
 
 def test_integers_booleans_and_sums_come_back_as_sqlite_gives_them(app: App) -> None:
