@@ -162,6 +162,9 @@ class PgConnection:
             keywords = {"connect_timeout": "10", "application_name": "broker"}
             conninfo = make_conninfo("", **{**keywords, **self.url.keywords()})
             conn = psycopg.connect(conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise self._mapped(exc) from exc
+        try:
             conn.adapters.register_loader("numeric", _NumericLoader)
             # Every commit waits for the WAL flush (and the synchronous standby, if any):
             # an acknowledged request is in the chain even if the server crashes next.
@@ -169,6 +172,7 @@ class PgConnection:
             conn.execute(pgsql_literal.SQL("SET lock_timeout = {}").format(self._busy_ms))
             conn.execute("SET client_min_messages = warning")
         except psycopg.Error as exc:
+            conn.close()
             raise self._mapped(exc) from exc
         self._conn = conn
 
@@ -180,6 +184,8 @@ class PgConnection:
         if self._conn is None or self._conn.broken or self._conn.closed:
             if self._writing:
                 raise self._mapped(psycopg.OperationalError("connection lost"))
+            if self._conn is not None:
+                self._conn.close()  # the broken one: its socket, not a transaction
             self._connect()
         assert self._conn is not None
         return self._conn
