@@ -111,6 +111,7 @@ class App:
             owner=self.owner,
             busy_timeout=cfg.busy_timeout,
             max_size_mib=cfg.max_size_mib,
+            url=self.settings.store_url,
         )
 
     def worker_store(self) -> Store:

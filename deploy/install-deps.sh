@@ -12,6 +12,7 @@ PACKAGES=(
   make clang libclang-rt-14-dev binutils libpam0g-dev libsodium-dev
   dpkg-dev git  # packaging/broker/build.sh: dpkg-shlibdeps, the sources as the tree has them
   chromium  # the report's browser test (tests/browser.py): headless, loads the page offline
+  libpq5 postgresql-15  # store.url = postgresql://: psycopg's libpq; the store tests' own cluster
 )
 
 missing=()

@@ -8,6 +8,7 @@ import pytest
 from broker.app import App, local_actor
 from broker.config.loader import load_settings
 from tests.helpers import run_broker, serving, write_config
+from tests.pgcluster import Cluster, cluster
 
 
 @pytest.fixture
@@ -32,3 +33,19 @@ def broker_app(broker_config: Path) -> Iterator[App]:
     app.setup().migrate(local_actor())
     yield app
     app.close()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL 15 cluster per test process (tests/pgcluster.py)."""
+    with cluster() as running:
+        yield running
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine_url(request: pytest.FixtureRequest) -> str | None:
+    """`store.url` for each engine: None (the default SQLite file) or a fresh PG database."""
+    if request.param == "sqlite":
+        return None
+    running: Cluster = request.getfixturevalue("pg_cluster")
+    return running.database()

@@ -27,6 +27,7 @@ def check(
     resolved = settings.model_dump(mode="json")
     resolved["derived"] = {
         "db_path": str(settings.db_path),
+        "store": settings.store_url.display(),
         "checkpoint_log": str(settings.checkpoint_log),
         "signing_key": str(settings.signing_key),
         "ssh_key": str(settings.ssh_key),

@@ -59,7 +59,8 @@ def _describe(err: Any) -> str:
     if err.get("type") == "missing":
         return f"{key}: required key is missing"
     value = err.get("input")
-    if not isinstance(value, str | int | float | bool):
+    # A refused store.url may hold a password (the reason it was refused): never echoed.
+    if not isinstance(value, str | int | float | bool) or key == "store.url":
         return f"{key}: {message}" if key else message
     shown = repr(value)
     if len(shown) > 80:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from broker.config.fields import AbsPath, Backoff, Duration, Section, Timeout, refuse_webhook_url
 from broker.config.forwarding import ForwardFields
 from broker.config.notify import NotifySection
+from broker.core.storeurl import StoreUrl, StoreUrlError, parse_store_url
 
 _POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9._/-]{1,200}@[A-Z0-9.-]{1,200}$")
@@ -43,9 +44,12 @@ class BrokerSection(_Section):
 
 
 class StoreSection(_Section):
-    """The SQLite database."""
+    """The database: the SQLite file (default) or PostgreSQL, named by `url` (docs/ha.md)."""
 
     path: AbsPath | None = None
+    # sqlite:///PATH or a libpq URL / keywords, checked by broker.core.storeurl's allow-list;
+    # never a password (a passfile holds it).
+    url: str | None = None
     # How long a write waits for another writer before it is refused (exit 3, store busy).
     busy_timeout: Duration = timedelta(seconds=30)
     # Refuse writes once the database reaches this size (exit 3, store full), before its
@@ -58,6 +62,32 @@ class StoreSection(_Section):
         if not timedelta(seconds=1) <= value <= timedelta(minutes=10):
             raise ValueError("expected a duration from 1s to 10m")
         return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_store_url(value)
+            except StoreUrlError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_database(self) -> StoreSection:
+        parsed = self.parsed_url()
+        if parsed is not None and self.path is not None:
+            raise ValueError("give store.url or store.path, not both")
+        if parsed is not None and parsed.engine == "postgresql" and self.max_size_mib:
+            raise ValueError(
+                "store.max_size_mib caps a SQLite file only: on PostgreSQL use the"
+                " database's own limits (a tablespace on its own file system)"
+            )
+        return self
+
+    def parsed_url(self) -> StoreUrl | None:
+        """The checked `url` (None when unset: the SQLite file under the state directory)."""
+        return None if self.url is None else parse_store_url(self.url)
 
 
 class AuditSection(_Section, ForwardFields):
@@ -528,7 +558,19 @@ class Settings(_Section):
 
     @property
     def db_path(self) -> Path:
+        """The SQLite file (also the name PostgreSQL's messages are not about: see store_url)."""
+        parsed = self.store.parsed_url()
+        if parsed is not None and parsed.path is not None:
+            return Path(parsed.path)
         return self.store.path or self.broker.state_dir / "broker.db"
+
+    @property
+    def store_url(self) -> StoreUrl:
+        """Which database the store opens: PostgreSQL's keywords, or the SQLite file."""
+        parsed = self.store.parsed_url()
+        if parsed is not None and parsed.engine == "postgresql":
+            return parsed
+        return StoreUrl("sqlite", path=PurePosixPath(self.db_path))
 
     @property
     def checkpoint_log(self) -> Path:

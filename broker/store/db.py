@@ -1,8 +1,9 @@
-"""The broker's SQLite store: WAL, foreign keys, FULL sync, one writer at a time.
+"""The broker's store: SQLite (WAL, foreign keys, FULL sync) or PostgreSQL, one writer at a time.
 
-Every state change runs inside `Store.transaction()`, which takes SQLite's
-write lock up front (BEGIN IMMEDIATE). The audit chain reads its head inside
-that lock, so two concurrent requests can never fork the chain.
+Every state change runs inside `Store.transaction()`, which takes the write lock
+up front: SQLite's (BEGIN IMMEDIATE), or on PostgreSQL a transaction-scoped advisory
+lock every broker's writers take first (pgconn.py). The audit chain reads its head
+inside that lock, so two concurrent requests can never fork the chain.
 
 When the store itself fails (full, read-only, locked past the busy timeout, an I/O
 error) the transaction is rolled back and the caller gets one line saying so, exit 3
@@ -16,9 +17,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from broker.core.errors import UnavailableError
+from broker.core.storeurl import StoreUrl
 from broker.store.files import ensure_private_file
+from broker.store.unavailable import NOTHING_DONE, PARTLY_DONE, StoreUnavailableError
+
+__all__ = ["NOTHING_DONE", "PARTLY_DONE", "Store", "StoreUnavailableError", "store_unavailable"]
+
+if TYPE_CHECKING:
+    from broker.store.pgconn import PgConnection
 
 BUSY_TIMEOUT = timedelta(seconds=30)
 MIB = 1024 * 1024
@@ -54,20 +63,6 @@ _UNAVAILABLE = {
 }
 
 
-NOTHING_DONE = "nothing was done"
-# When a request had already committed earlier steps (a grant stored before its push
-# could be recorded), "nothing was done" would be false: the chain has those steps.
-PARTLY_DONE = "its earlier steps were recorded (see `broker audit list`), this one was not"
-
-
-class StoreUnavailableError(UnavailableError):
-    """The store refused a write or read for a reason that is no fault of the request."""
-
-    def partly_done(self) -> StoreUnavailableError:
-        """The same refusal for a request that committed something before it failed."""
-        return StoreUnavailableError(self.message.replace(NOTHING_DONE, PARTLY_DONE), fix=self.fix)
-
-
 def store_unavailable(exc: sqlite3.Error, path: Path | str) -> StoreUnavailableError | None:
     """The one-line refusal for a store failure that is no fault of the request (None for
     any other SQLite error, which stays a bug to investigate)."""
@@ -83,11 +78,17 @@ def store_unavailable(exc: sqlite3.Error, path: Path | str) -> StoreUnavailableE
 
 
 class Store:
-    """One connection to the broker database."""
+    """One connection to the broker database.
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    `conn` is a sqlite3.Connection, or on PostgreSQL a PgConnection that behaves as one for
+    everything the services use (execute with `?`, tuples, sqlite3's exceptions); it is
+    typed as sqlite3's so the services' annotations hold for both engines.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | str) -> None:
         self.conn = conn
         self.path = path
+        self.engine = str(getattr(conn, "dialect", "sqlite"))
         self._after_commit: list[Callable[[], None]] = []
         self._in_transaction = False
         # Write transactions committed on this connection (a request compares before/after).
@@ -101,9 +102,16 @@ class Store:
         owner: tuple[int, int] | None,
         busy_timeout: timedelta = BUSY_TIMEOUT,
         max_size_mib: int | None = None,
+        url: StoreUrl | None = None,
     ) -> Store:
         """Open (creating 0600 if needed) and set the pragmas every connection needs;
-        `max_size_mib` caps the database so writes are refused before its file system fills."""
+        `max_size_mib` caps the database so writes are refused before its file system fills.
+        A PostgreSQL `url` opens that database instead (psycopg is imported only then)."""
+        if url is not None and url.engine == "postgresql":
+            from broker.store.pgconn import PgConnection
+
+            pg = PgConnection(url, busy_timeout)
+            return cls(cast(sqlite3.Connection, pg), pg.display)
         ensure_private_file(path, owner)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -136,10 +144,10 @@ class Store:
             raise RuntimeError("nested write transaction")
         self._in_transaction = True
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 yield self.conn
-                self.conn.execute("COMMIT")
+                self._commit()
                 self.commits += 1
             except BaseException:
                 self._rollback()
@@ -154,21 +162,42 @@ class Store:
         for callback in self._after_commit:
             callback()
 
+    def _begin(self) -> None:
+        if self.engine == "postgresql":
+            cast("PgConnection", self.conn).begin_write()
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        if self.engine == "postgresql":
+            cast("PgConnection", self.conn).end_write(commit=True)
+        else:
+            self.conn.execute("COMMIT")
+
     def _rollback(self) -> None:
         """Roll back what is left: after SQLITE_FULL or an I/O error SQLite may have rolled
         the transaction back itself, and a second ROLLBACK must not hide the first error."""
-        if self.conn.in_transaction:
+        if self.engine == "postgresql":
+            cast("PgConnection", self.conn).end_write(commit=False)
+        elif self.conn.in_transaction:
             with suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
 
     def checkpoint_truncate(self) -> bool:
         """Copy the WAL into the database and truncate it to zero bytes (after a purge, so
         the WAL's old frames no longer hold deleted text); False when a reader elsewhere
-        kept it from finishing (the next checkpoint overwrites those frames)."""
+        kept it from finishing (the next checkpoint overwrites those frames). PostgreSQL
+        has no such file of the broker's: VACUUM frees the dead rows' space for reuse (it
+        does not zero them; docs/ha.md says what that means for purged text)."""
+        if self.engine == "postgresql":
+            self.conn.execute("VACUUM")
+            return True
         busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return not busy
 
     def journal_mode(self) -> str:
+        if self.engine == "postgresql":
+            return "postgresql"
         return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])
 
     def close(self) -> None:

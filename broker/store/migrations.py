@@ -11,23 +11,34 @@ import sqlite3
 from broker.core.errors import UnavailableError
 from broker.store.schema_base import FIRST, Migration
 from broker.store.schema_later import LATER
+from broker.store.schema_pg import postgresql_statements, translate
 
 __all__ = ["MIGRATIONS", "Migration", "apply", "latest", "pending", "require_current"]
 
 MIGRATIONS: tuple[Migration, ...] = FIRST + LATER
 
 
-def ensure_table(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
+_TRACKING = """CREATE TABLE IF NOT EXISTS schema_migrations (
             number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"""
-    )
+
+
+def is_postgresql(conn: sqlite3.Connection) -> bool:
+    """Whether `conn` is the PostgreSQL adapter (store/pgconn.py) rather than sqlite3's."""
+    return getattr(conn, "dialect", "sqlite") == "postgresql"
+
+
+def ensure_table(conn: sqlite3.Connection) -> None:
+    conn.execute(translate(_TRACKING) if is_postgresql(conn) else _TRACKING)
 
 
 def applied_numbers(conn: sqlite3.Connection) -> set[int]:
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-    ).fetchone()
+    if is_postgresql(conn):
+        found = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+        exists = found is not None and found[0] is not None
+    else:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
     if not exists:
         return set()
     return {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
@@ -55,7 +66,8 @@ def latest() -> int:
 def apply(conn: sqlite3.Connection, migration: Migration, applied_at: str) -> None:
     """Apply one migration; the caller holds the write transaction."""
     ensure_table(conn)
-    for statement in migration.statements:
+    pg = is_postgresql(conn)
+    for statement in postgresql_statements(migration) if pg else migration.statements:
         try:
             conn.execute(statement)
         except sqlite3.OperationalError as exc:

@@ -115,7 +115,8 @@ for script in postinst prerm postrm; do
   install -m 0755 "$here/debian/$script" "$root/DEBIAN/$script"
 done
 shlibs=$(bash "$here/shlibs.sh" "$work" "$venv")
-depends="$shlibs, python$pyver, sudo, stunnel4, systemd"
+# libpq5: psycopg loads it with ctypes (store.url = postgresql://), which dpkg-shlibdeps cannot see.
+depends="$shlibs, python$pyver, libpq5, sudo, stunnel4, systemd"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@DEPENDS@/$depends/" \
   -e "s/@SIZE@/$size/" "$here/debian/control.in" >"$root/DEBIAN/control"

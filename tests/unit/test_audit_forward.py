@@ -32,6 +32,7 @@ from broker.audit import forward, rfc5424, writer
 from broker.audit.chain import AuditEvent, event_hash
 from broker.audit.forward import Forwarder
 from broker.config.settings import AuditSection, Settings
+from broker.core.storeurl import parse_store_url
 from broker.store.db import Store
 from broker.store.migrations import MIGRATIONS, apply
 from tests.helpers import run_broker, serving, write_config
@@ -184,8 +185,10 @@ def tls_rsyslog() -> Iterator[tuple[Rsyslog, Path]]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(tmp_path / "state" / "broker.db", owner=None)
+def store(tmp_path: Path, engine_url: str | None) -> Iterator[Store]:
+    """The migrated store on each engine (SQLite, and a fresh PostgreSQL database)."""
+    url = parse_store_url(engine_url) if engine_url else None
+    opened = Store.open(tmp_path / "state" / "broker.db", owner=None, url=url)
     with opened.transaction() as conn:
         for migration in MIGRATIONS:
             apply(conn, migration, "2026-01-01T00:00:00.000000Z")

@@ -1,4 +1,8 @@
-"""The store and the chain on real SQLite files: atomicity, concurrency, crashes, modes, seals."""
+"""The store and the chain on both engines: atomicity, concurrency, crashes, modes, seals.
+
+Every test runs on a real SQLite file and on a fresh database of a throwaway PostgreSQL
+cluster (`engine_url`, tests/conftest.py), except those about the SQLite file itself.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from broker.app import App
 from broker.audit import writer
 from broker.config.loader import load_settings
 from broker.core.errors import IntegrityError, RefusedError
-from tests.helpers import INIT_EVENTS, REPO, write_config
+from tests.helpers import INIT_EVENTS, REPO, run_broker, write_config
 
 APPEND_SCRIPT = """
 import sys
@@ -34,6 +38,21 @@ for i in range(int(sys.argv[2])):
         event = writer.record(conn, writer.EventInput("unix:test", "test.append", f"{sys.argv[3]}-{i}"))
     print(event.seq, flush=True)
 """
+
+
+def engine_config(tmp_path: Path, engine_url: str | None, audit_extra: str = "") -> Path:
+    """write_config for this engine: `audit_extra` goes in [audit], then [store] url."""
+    store = f'\n[store]\nurl = "{engine_url}"\n' if engine_url else ""
+    return write_config(tmp_path, audit_extra + store)
+
+
+@pytest.fixture
+def broker_config(tmp_path: Path, engine_url: str | None) -> Path:
+    """An initialised broker on each engine (the suite-wide fixture is SQLite only)."""
+    config = engine_config(tmp_path, engine_url)
+    result = run_broker("init", config=config)
+    assert result.returncode == 0, result.stderr
+    return config
 
 
 def append(app: App, n: int, target: str = "t") -> None:
@@ -113,6 +132,8 @@ def test_kill_9_during_writes_loses_no_committed_event(broker_config: Path) -> N
 
 
 def test_store_and_wal_files_are_private(broker_app: App) -> None:
+    if broker_app.ready_store().engine != "sqlite":
+        pytest.skip("the SQLite file's and WAL's modes (PostgreSQL keeps its own files)")
     append(broker_app, 3)
     db = broker_app.settings.db_path
     for path in (db, Path(f"{db}-wal")):
@@ -140,12 +161,14 @@ def test_a_symlinked_store_is_refused(tmp_path: Path) -> None:
         App(load_settings(config)).store()
 
 
-def test_every_commit_is_sealed_to_the_log_the_copy_and_syslog(tmp_path: Path) -> None:
+def test_every_commit_is_sealed_to_the_log_the_copy_and_syslog(
+    tmp_path: Path, engine_url: str | None
+) -> None:
     sock_path = tmp_path / "log.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(sock_path))
     listener.settimeout(5)
-    config = write_config(tmp_path)
+    config = engine_config(tmp_path, engine_url)
     config.write_text(
         config.read_text().replace(
             "syslog = false",
@@ -172,13 +195,16 @@ def test_every_commit_is_sealed_to_the_log_the_copy_and_syslog(tmp_path: Path) -
     listener.close()
 
 
-def test_deleting_newest_rows_is_caught_even_without_the_primary_log(tmp_path: Path) -> None:
-    config = write_config(tmp_path, f'checkpoint_copy = "{tmp_path / "copy.jsonl"}"')
+def test_deleting_newest_rows_is_caught_even_without_the_primary_log(
+    tmp_path: Path, engine_url: str | None
+) -> None:
+    config = engine_config(tmp_path, engine_url, f'checkpoint_copy = "{tmp_path / "copy.jsonl"}"')
     app = App(load_settings(config))
     app.setup().init("unix:test")
     append(app, 5)
     conn = app.ready_store().conn
-    conn.execute("DROP TRIGGER audit_events_no_delete")
+    on = " ON audit_events" if engine_url else ""  # PostgreSQL's triggers belong to a table
+    conn.execute(f"DROP TRIGGER audit_events_no_delete{on}")
     conn.execute("DELETE FROM audit_events WHERE seq > 4")
     app.settings.checkpoint_log.unlink()
     report = app.audit().verify()
@@ -195,8 +221,10 @@ def test_an_edited_checkpoint_log_is_refused(broker_app: App) -> None:
         broker_app.audit().verify()
 
 
-def test_interval_sealing_defers_then_seal_catches_up(tmp_path: Path) -> None:
-    config = write_config(tmp_path, 'checkpoint_interval = "1h"')
+def test_interval_sealing_defers_then_seal_catches_up(
+    tmp_path: Path, engine_url: str | None
+) -> None:
+    config = engine_config(tmp_path, engine_url, 'checkpoint_interval = "1h"')
     app = App(load_settings(config))
     app.setup().init("unix:test")
     append(app, 3)
