@@ -107,3 +107,78 @@ def glob_pattern(engine: Engine, pattern: str) -> str:
             out.append(re.escape(ch))
         i += 1
     return "".join(out) + "$"
+
+
+# --- the session text index (sessions search) ---------------------------------------------
+# SQLite: session_text is an FTS5 table (trigram tokenizer, migration 17) whose rowid is
+# the recording id read as base 36. PostgreSQL: a plain table session_text (rid TEXT
+# PRIMARY KEY, typed TEXT NOT NULL, input TEXT NOT NULL) with pg_trgm GIN indexes on
+# typed and input (gin_trgm_ops), so a substring test by ILIKE is an index scan, as
+# FTS5's trigram MATCH is; both fold case.
+
+Statement = tuple[str, tuple[object, ...]]
+
+
+def text_replace(engine: Engine, rid: str, typed: str, raw: str) -> list[Statement]:
+    """The statements that put one recording's text in the index, replacing what was there."""
+    if engine is Engine.SQLITE:
+        key = int(rid, 36)
+        return [
+            ("DELETE FROM session_text WHERE rowid = ?", (key,)),
+            (
+                "INSERT INTO session_text (rowid, rid, typed, input) VALUES (?, ?, ?, ?)",
+                (key, rid, typed, raw),
+            ),
+        ]
+    return [
+        ("DELETE FROM session_text WHERE rid = ?", (rid,)),
+        ("INSERT INTO session_text (rid, typed, input) VALUES (?, ?, ?)", (rid, typed, raw)),
+    ]
+
+
+def text_delete(engine: Engine) -> tuple[str, str | None]:
+    """(the delete of one recording's row, bound to `text_key_value`; what to run after
+    the deletes, or None). FTS5 keeps deleted trigrams in older segments until merged:
+    'optimize' merges them now, so a purged recording's text is gone from the file."""
+    if engine is Engine.SQLITE:
+        optimize = "INSERT INTO session_text (session_text) VALUES ('optimize')"
+        return "DELETE FROM session_text WHERE rowid = ?", optimize
+    return "DELETE FROM session_text WHERE rid = ?", None
+
+
+def text_key(engine: Engine) -> str:
+    """The column of session_text (aliased t) that finds its row fastest."""
+    return "t.rowid" if engine is Engine.SQLITE else "t.rid"
+
+
+def text_key_value(engine: Engine, rid: str) -> int | str:
+    """`text_key`'s value for a recording id."""
+    return int(rid, 36) if engine is Engine.SQLITE else rid
+
+
+def text_joined(engine: Engine) -> str:
+    """session_text t joined to recordings, the index driving (SQLite's CROSS JOIN fixes
+    that order; PostgreSQL refuses CROSS JOIN ... ON and plans the order itself)."""
+    join = "CROSS JOIN" if engine is Engine.SQLITE else "JOIN"
+    return f"session_text t {join} recordings ON recordings.id = t.rid"
+
+
+def pending_recordings(engine: Engine) -> str:
+    """recordings, read through the partial index of those whose text the index lacks
+    (SQLite's planner would take recordings_state without statistics)."""
+    if engine is Engine.SQLITE:
+        return "recordings INDEXED BY recordings_text_pending"
+    return "recordings"
+
+
+def text_match(engine: Engine, column: str, terms: list[str], fts: str) -> tuple[str, list[object]]:
+    """(the condition on session_text t, its parameters) that holds when every term is a
+    case-folded substring of `column`: SQLite binds the FTS5 expression `fts` (built and
+    quoted by sessions/query.py), PostgreSQL one ILIKE per term, % _ \\ escaped."""
+    if column not in ("typed", "input"):
+        raise ValueError(column)
+    if engine is Engine.SQLITE:
+        return "session_text MATCH ?", [fts]
+    escaped = [re.sub(r"([%_\\])", r"\\\1", t) for t in terms]
+    clause = " AND ".join(f"t.{column} ILIKE ? ESCAPE '\\'" for _ in terms)
+    return f"({clause})", [f"%{t}%" for t in escaped]
