@@ -18,6 +18,9 @@ from __future__ import annotations
 import enum
 import re
 import sqlite3
+import string
+from collections.abc import Callable
+from typing import Any
 
 
 class Engine(enum.Enum):
@@ -77,11 +80,12 @@ def contains(engine: Engine, haystack: str, needle: str) -> str:
     return f"(strpos({haystack}, {needle}) > 0)"
 
 
-def glob(engine: Engine, expr: str) -> str:
-    """`expr` matches the pattern bound to the next `?`; bind `glob_pattern(engine, p)`."""
+def glob(engine: Engine, expr: str, pattern: str = "?") -> str:
+    """`expr` matches the pattern `pattern` (the next `?`, or a column holding one): bind
+    or store `glob_pattern(engine, p)`."""
     if engine is Engine.SQLITE:
-        return f"({expr} GLOB ?)"
-    return f"({expr} ~ ?)"
+        return f"({expr} GLOB {pattern})"
+    return f"({expr} ~ {pattern})"
 
 
 def glob_pattern(engine: Engine, pattern: str) -> str:
@@ -182,3 +186,38 @@ def text_match(engine: Engine, column: str, terms: list[str], fts: str) -> tuple
     escaped = [re.sub(r"([%_\\])", r"\\\1", t) for t in terms]
     clause = " AND ".join(f"t.{column} ILIKE ? ESCAPE '\\'" for _ in terms)
     return f"({clause})", [f"%{t}%" for t in escaped]
+
+
+class _Fragments(string.Formatter):
+    """Fills `{name}` and `{name:arg,arg}` markers with this module's fragments."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get_value(self, key: int | str, args: Any, kwargs: Any) -> Any:
+        return key
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        args = [a.strip() for a in format_spec.split(",")] if format_spec else []
+        fragment = _MARKERS.get(str(value))
+        if fragment is None:
+            raise ValueError(f"unknown SQL marker {{{value}}}")
+        return fragment(self.engine, *args)
+
+
+_MARKERS: dict[str, Callable[..., str]] = {
+    "values": json_values,
+    "text": json_text,
+    "seconds": seconds_between,
+    "shifted": shifted_time,
+    "contains": contains,
+    "glob": glob,
+}
+
+
+def render(engine: Engine, sql: str) -> str:
+    """`sql` with its markers filled for `engine`: `{values}` (json_values of `?`),
+    `{text:expr,key}`, `{seconds:later,earlier}`, `{shifted:expr,seconds}`,
+    `{contains:haystack,needle}`, `{glob:expr[,pattern]}`; no other braces are allowed, so
+    queries written once read as SQL with the differing pieces named."""
+    return _Fragments(engine).format(sql)
