@@ -80,6 +80,13 @@ def contains(engine: Engine, haystack: str, needle: str) -> str:
     return f"(strpos({haystack}, {needle}) > 0)"
 
 
+def unindexed(engine: Engine, expr: str) -> str:
+    """`expr` as an operand SQLite will not look up through an index (its unary plus: the
+    planner then scans the few rows it has instead of probing once per listed value);
+    PostgreSQL has no such hint (and no unary plus on text): the column as is."""
+    return f"+{expr}" if engine is Engine.SQLITE else expr
+
+
 def glob(engine: Engine, expr: str, pattern: str = "?") -> str:
     """`expr` matches the pattern `pattern` (the next `?`, or a column holding one): bind
     or store `glob_pattern(engine, p)`."""
@@ -212,12 +219,14 @@ _MARKERS: dict[str, Callable[..., str]] = {
     "shifted": shifted_time,
     "contains": contains,
     "glob": glob,
+    "unindexed": unindexed,
 }
 
 
 def render(engine: Engine, sql: str) -> str:
     """`sql` with its markers filled for `engine`: `{values}` (json_values of `?`),
     `{text:expr,key}`, `{seconds:later,earlier}`, `{shifted:expr,seconds}`,
-    `{contains:haystack,needle}`, `{glob:expr[,pattern]}`; no other braces are allowed, so
+    `{contains:haystack,needle}`, `{glob:expr[,pattern]}`, `{unindexed:expr}`; no other
+    braces are allowed, so
     queries written once read as SQL with the differing pieces named."""
     return _Fragments(engine).format(sql)
