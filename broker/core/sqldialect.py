@@ -33,6 +33,14 @@ def engine_of(conn: object) -> Engine:
     return Engine.SQLITE if isinstance(conn, sqlite3.Connection) else Engine.POSTGRESQL
 
 
+def begin_snapshot(engine: Engine) -> str:
+    """Begin a read transaction whose every statement sees one snapshot (SQLite's deferred
+    BEGIN in WAL does; PostgreSQL's default READ COMMITTED would not)."""
+    if engine is Engine.SQLITE:
+        return "BEGIN"
+    return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
 def json_values(engine: Engine, expr: str = "?") -> str:
     """A subquery of the text values of a JSON array, one column named `v` (`x IN (<this>)`,
     or `FROM (<this>) AS a`): `expr` is a column or `?` bound to the array's JSON text."""
