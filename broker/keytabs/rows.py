@@ -82,7 +82,8 @@ def record_success(
     conn.execute(
         "UPDATE keytab_accounts SET kvno = ?, last_verified_at = ?, last_error = NULL,"
         " attempts = 0, retry_after = NULL,"
-        " last_rotated_at = CASE WHEN ? THEN ? ELSE last_rotated_at END WHERE name = ?",
+        " last_rotated_at = CASE WHEN CAST(? AS INTEGER) = 1 THEN ? ELSE last_rotated_at END"
+        " WHERE name = ?",
         (kvno, stamp, int(rotated), stamp, name),
     )
 

@@ -41,6 +41,7 @@ FORBIDDEN = {
     r"\?\s+IS\s+(NOT\s+)?NULL": "CAST(? AS TEXT) IS NULL (PostgreSQL cannot type a bare ?)",
     r"\bIS\s+(NOT\s+)?\?": "IS [NOT] DISTINCT FROM ? (PostgreSQL's IS takes NULL only)",
     r"\bsum\(\s*(NOT\s+EXISTS|[\w.]+\s*(=|!=|<|>|IS\b))": "sum(CASE WHEN ... THEN 1 ELSE 0 END)",
+    r"\bWHEN\s+\?\s+THEN\b": "WHEN CAST(? AS INTEGER) = 1 THEN (a parameter is no boolean)",
     r"\bMATCH\s+\?": "the session text index's named functions (sessions/rows.py)",
 }
 # A string is SQL when it has one of these (docstrings and messages are skipped).
@@ -105,6 +106,7 @@ def test_the_scan_catches_what_it_names() -> None:
     assert not offences('SELECT id, "user" FROM grants g WHERE g.user = ? ORDER BY id')
     assert not offences("SELECT seq FROM audit_events LIMIT ? OFFSET ?")
     assert offences("action GLOB ?", sql=False)
+    assert offences("UPDATE t SET a = CASE WHEN ? THEN ? ELSE a END WHERE id = ?")
     assert offences("SELECT coalesce(sum(outcome = 'refused'), 0) FROM audit_events")
     assert not offences("SELECT e.target FROM audit_events e WHERE e.target = 'user:' || g.user")
     assert not offences("the user's grants, glob and all", sql=False)
