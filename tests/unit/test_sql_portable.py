@@ -12,6 +12,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from broker.core import sqldialect
 from broker.core.sqldialect import Engine
 
@@ -125,3 +127,28 @@ def test_glob_patterns_mean_the_same_on_postgresql() -> None:
         assert all(regex.search(h) for h in hits), pattern
         assert not any(regex.search(m) for m in misses), pattern
         assert sqldialect.glob_pattern(Engine.SQLITE, pattern) == pattern
+
+
+def test_markers_are_filled_per_engine_and_unknown_ones_refused() -> None:
+    """A query written once with markers reads as each engine's SQL; a typo is an error,
+    never braces sent to the database."""
+    sql = "SELECT {seconds:a.end,a.start} FROM t AS a WHERE a.node IN ({values})"
+    lite = sqldialect.render(Engine.SQLITE, sql)
+    pg = sqldialect.render(Engine.POSTGRESQL, sql)
+    assert "julianday(a.end)" in lite and "json_each(?)" in lite
+    assert "EXTRACT(EPOCH" in pg and "json_array_elements_text(CAST(? AS json))" in pg
+    assert "{" not in lite + pg
+    with pytest.raises(ValueError, match="unknown SQL marker"):
+        sqldialect.render(Engine.SQLITE, "SELECT {valeus} FROM t")
+
+
+def test_text_search_terms_are_literal_on_postgresql() -> None:
+    """A searched `100%_done` is those characters, not LIKE wildcards; SQLite gets the FTS5
+    expression the caller quoted."""
+    cond, params = sqldialect.text_match(Engine.POSTGRESQL, "input", ["100%_done", "rm"], "x")
+    assert cond == "(t.input ILIKE ? ESCAPE '\\' AND t.input ILIKE ? ESCAPE '\\')"
+    assert params == ["%100\\%\\_done%", "%rm%"]
+    assert sqldialect.text_match(Engine.SQLITE, "input", ["rm"], '{input} : ("rm")') == (
+        "session_text MATCH ?",
+        ['{input} : ("rm")'],
+    )
