@@ -60,12 +60,15 @@ def json_text(engine: Engine, expr: str, key: str) -> str:
 
 
 def seconds_between(engine: Engine, later: str, earlier: str) -> str:
-    """`later - earlier` in seconds (a float) for two of the store's UTC time texts."""
+    """`later - earlier` in seconds (a float) for two of the store's UTC time texts,
+    rounded to the millisecond on both engines: SQLite's julianday is a float of days,
+    so exactly one hour came out as 3599.99999..., and a histogram put it in the bucket
+    below the one PostgreSQL's exact interval lands in."""
     if engine is Engine.SQLITE:
-        return f"((julianday({later}) - julianday({earlier})) * 86400.0)"
+        return f"round((julianday({later}) - julianday({earlier})) * 86400.0, 3)"
     return (
-        f"CAST(EXTRACT(EPOCH FROM (CAST({later} AS timestamptz)"
-        f" - CAST({earlier} AS timestamptz))) AS double precision)"
+        f"CAST(round(EXTRACT(EPOCH FROM (CAST({later} AS timestamptz)"
+        f" - CAST({earlier} AS timestamptz))), 3) AS double precision)"
     )
 
 
