@@ -10,6 +10,7 @@ from pathlib import Path
 from broker.audit.chain import AuditEvent
 from broker.audit.checkpoint import load_public_key, public_key_path, read_checkpoints
 from broker.audit.verify import Row, VerifyReport, verify_chain
+from broker.core import sqldialect
 
 _COLUMNS = "seq, ts, actor, action, target, outcome, details, prev_hash, hash"
 PAGE_MAX = 5000  # events per request to the daemon; clients page with after_seq / before_seq
@@ -80,8 +81,9 @@ def iter_events(conn: sqlite3.Connection, filt: EventFilter) -> Iterator[AuditEv
         clauses.append("ts < ?")
         params.append(filt.until)
     if filt.action:
-        clauses.append("action GLOB ?")
-        params.append(filt.action)
+        engine = sqldialect.engine_of(conn)
+        clauses.append(sqldialect.glob(engine, "action"))
+        params.append(sqldialect.glob_pattern(engine, filt.action))
     if filt.actor:
         clauses.append("actor = ?")
         params.append(filt.actor)

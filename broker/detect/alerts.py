@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.audit import writer
+from broker.core import sqldialect
 from broker.core.errors import RefusedError
 from broker.core.timeutil import from_text, to_text
 from broker.detect.engine import AuditEvent, Finding
@@ -96,8 +97,9 @@ def raise_alert(
 
 def _insert_alert(conn: sqlite3.Connection, finding: Finding, now: datetime) -> int:
     cur = conn.execute(
-        "INSERT INTO alerts (created_at, event_at, rule, severity, user, node, grant_id,"
-        " recording_id, message, details, actions, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        'INSERT INTO alerts (created_at, event_at, rule, severity, "user", node, grant_id,'
+        " recording_id, message, details, actions, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+        " RETURNING id",
         (
             to_text(now),
             to_text(datetime.fromtimestamp(finding.at, UTC)),
@@ -113,7 +115,7 @@ def _insert_alert(conn: sqlite3.Connection, finding: Finding, now: datetime) -> 
             finding.source,
         ),
     )
-    return int(cur.lastrowid or 0)
+    return int(cur.fetchone()[0])
 
 
 def _queue_actions(
@@ -354,11 +356,13 @@ def audit_between(
     """Events with `after` < seq <= `upto` whose action is one of `actions`, or matches a
     glob of `refused` with outcome refused; oldest first, details parsed on first look."""
     match = [f"action IN ({', '.join('?' * len(actions))})"] if actions else []
-    match += ["(action GLOB ? AND outcome = 'refused')"] * len(refused)
-    where = f"seq > ? AND seq <= ? AND ({' OR '.join(match) or '0'})"  # '?' placeholders only
+    engine = sqldialect.engine_of(conn)
+    match += [f"({sqldialect.glob(engine, 'action')} AND outcome = 'refused')"] * len(refused)
+    patterns = [sqldialect.glob_pattern(engine, p) for p in refused]
+    where = f"seq > ? AND seq <= ? AND ({' OR '.join(match) or 'FALSE'})"  # '?' placeholders only
     sql = f"SELECT seq, ts, actor, action, target, outcome, details FROM audit_events WHERE {where}"  # noqa: S608
     iso, event, details = datetime.fromisoformat, AuditEvent, details_of  # hot loop: locals
-    rows = conn.execute(f"{sql} ORDER BY seq", (after, upto, *actions, *refused))
+    rows = conn.execute(f"{sql} ORDER BY seq", (after, upto, *actions, *patterns))
     for seq, ts, actor, action, target, outcome, raw in rows:
         # The writer's UTC text ends in Z; anything else takes the careful parse.
         at = (iso(ts) if ts.endswith("Z") else from_text(ts)).timestamp()
@@ -399,7 +403,7 @@ def stream_offsets(conn: sqlite3.Connection, recording_id: str) -> list[tuple[st
     return [
         (str(name), int(offset), bytes(carry))
         for name, offset, carry in conn.execute(
-            "SELECT stream, offset, carry FROM detect_streams WHERE recording_id = ?",
+            'SELECT stream, "offset", carry FROM detect_streams WHERE recording_id = ?',
             (recording_id,),
         )
     ]
@@ -410,9 +414,9 @@ def save_stream(
 ) -> None:
     """Where reading a stream got to; the stream `*` marks the recording read through."""
     conn.execute(
-        "INSERT INTO detect_streams (recording_id, stream, offset, carry, done)"
+        'INSERT INTO detect_streams (recording_id, stream, "offset", carry, done)'
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (recording_id, stream) DO UPDATE"
-        " SET offset = excluded.offset, carry = excluded.carry,"
+        ' SET "offset" = excluded."offset", carry = excluded.carry,'
         " done = excluded.done",
         (recording_id, stream, offset, carry, int(stream == "*")),
     )
@@ -461,7 +465,7 @@ def session_subject(
 ) -> tuple[str | None, str | None, str | None] | None:
     """(node, user, grant_id) of a recording."""
     row = conn.execute(
-        "SELECT node, user, grant_id FROM recordings WHERE id = ?", (recording_id,)
+        'SELECT node, "user", grant_id FROM recordings WHERE id = ?', (recording_id,)
     ).fetchone()
     return None if row is None else (row[0], row[1], row[2])
 

@@ -94,8 +94,12 @@ def save_state(conn: sqlite3.Connection, state: SyncState) -> None:
         None if state.lockout_duration is None else int(state.lockout_duration.total_seconds())
     )
     conn.execute(
-        "INSERT OR REPLACE INTO dir_sync (id, dc_uri, dc_name, highest_usn, domain_sid,"
-        " lockout_duration_s, full_at, changed_at, checked_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO dir_sync (id, dc_uri, dc_name, highest_usn, domain_sid,"
+        " lockout_duration_s, full_at, changed_at, checked_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET dc_uri = excluded.dc_uri, dc_name = excluded.dc_name,"
+        " highest_usn = excluded.highest_usn, domain_sid = excluded.domain_sid,"
+        " lockout_duration_s = excluded.lockout_duration_s, full_at = excluded.full_at,"
+        " changed_at = excluded.changed_at, checked_at = excluded.checked_at",
         (
             state.dc_uri,
             state.dc_name,
@@ -339,7 +343,7 @@ class StoreSnapshot:
         """Accounts in `group`, nested membership included (one query, no Account built)."""
         rows = self._conn.execute(
             "SELECT u.name FROM dir_users u JOIN dir_memberships m ON m.user_guid = u.guid"
-            " JOIN dir_groups g ON g.guid = m.group_guid WHERE g.name = ? COLLATE NOCASE",
+            " JOIN dir_groups g ON g.guid = m.group_guid WHERE lower(g.name) = lower(?)",
             (group,),
         )
         return [str(r[0]) for r in rows]
@@ -355,10 +359,11 @@ class StoreSnapshot:
 
     def group(self, name: str) -> Group | None:
         row = self._conn.execute(
-            f"{self._GROUP_QUERY} WHERE g.name = ? COLLATE NOCASE", (name,)
+            f"{self._GROUP_QUERY} WHERE lower(g.name) = lower(?)", (name,)
         ).fetchone()
         return None if row is None else self._group(row)
 
     def groups(self) -> Iterator[Group]:
-        for row in self._conn.execute(f"{self._GROUP_QUERY} ORDER BY g.name COLLATE NOCASE"):
+        # lower() on both engines instead of SQLite's COLLATE NOCASE; g.name breaks ties.
+        for row in self._conn.execute(f"{self._GROUP_QUERY} ORDER BY lower(g.name), g.name"):
             yield self._group(row)

@@ -155,7 +155,7 @@ class DropInCheck:
         """Store the verdict (unless a push changed the row meanwhile); audit a change."""
         changed = conn.execute(
             "SELECT 1 FROM grant_nodes WHERE grant_id = ? AND node = ? AND state = 'live'"
-            " AND drop_in_sha256 IS ? AND drop_in_problem IS NOT ?",
+            " AND drop_in_sha256 IS NOT DISTINCT FROM ? AND drop_in_problem IS DISTINCT FROM ?",
             (row.grant_id, row.node, row.drop_in_sha256, problem),
         ).fetchone()
         rows.set_drop_in_problem(conn, row, problem, now)

@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from broker.core import sqldialect
 from broker.core.timeutil import from_text, to_text
 from broker.core.users import NamedUser
 from broker.grants.model import Approval, Grant, GrantNode, NodeState, Request, RequestState
 
 _GRANT_COLUMNS = (
-    "id, user, sid, role, runas, commands, command_lines, nodes, not_before, not_after, reason,"
+    'id, "user", sid, role, runas, commands, command_lines, nodes, not_before, not_after, reason,'
     " approvers, policy_sha256, login, workloads, max_sessions, request_id, created_at,"
     " created_by, state, ended_at, ended_by, end_reason"
 )
@@ -115,7 +116,7 @@ def grants(
     elif user is not None:
         # A departed user: the name as recorded, and every SID ever recorded under it (the
         # grants they held under an earlier name too).
-        where.append("(user = ? OR sid IN (SELECT sid FROM grants WHERE user = ?))")
+        where.append('("user" = ? OR sid IN (SELECT sid FROM grants WHERE "user" = ?))')
         args.extend((user.name, user.name))
     if node is not None:
         where.append("id IN (SELECT grant_id FROM grant_nodes WHERE node = ?)")
@@ -124,16 +125,18 @@ def grants(
         where.append(f"state IN ({', '.join('?' * len(states))})")
         args.extend(states)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
+    # No LIMIT at all for -1: PostgreSQL refuses a negative one.
+    tail, bound = (" LIMIT ?", [limit]) if limit >= 0 else ("", [])
     rows = conn.execute(
-        f"SELECT {_GRANT_COLUMNS} FROM grants{clause} ORDER BY created_at DESC, id LIMIT ?",
-        (*args, limit),
+        f"SELECT {_GRANT_COLUMNS} FROM grants{clause} ORDER BY created_at DESC, id{tail}",
+        (*args, *bound),
     ).fetchall()
     return [_grant(r) for r in rows]
 
 
 def has_user(conn: sqlite3.Connection, name: str) -> bool:
     """Whether any grant was issued to exactly this account name."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM grants WHERE user = ?)", (name,)).fetchone()
+    row = conn.execute('SELECT EXISTS (SELECT 1 FROM grants WHERE "user" = ?)', (name,)).fetchone()
     return bool(row[0])
 
 
@@ -147,13 +150,15 @@ def due_to_expire(conn: sqlite3.Connection, now: datetime) -> list[Grant]:
 
 def work_to_reap(conn: sqlite3.Connection) -> bool:
     """Anything for the reaper: active grants, removals, pending requests, or a grant ended
-    in the last day (its node's spool is still collected)."""
+    in the last day (its node's spool is still collected). The day is counted here, not
+    in SQL, so both engines compare the same UTC text."""
+    day_ago = to_text(datetime.now(UTC) - timedelta(days=1))
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM grants WHERE state = 'active')"
         " OR EXISTS (SELECT 1 FROM grant_nodes WHERE state = 'removing')"
         " OR EXISTS (SELECT 1 FROM elevation_requests WHERE state = 'pending')"
-        " OR EXISTS (SELECT 1 FROM grants WHERE ended_at > strftime('%Y-%m-%dT%H:%M:%fZ',"
-        " 'now', '-1 day'))"
+        " OR EXISTS (SELECT 1 FROM grants WHERE ended_at > ?)",
+        (day_ago,),
     ).fetchone()
     return bool(row[0])
 
@@ -203,7 +208,7 @@ def set_drop_in_problem(
     stored when the row changed since it was read (a push landed meanwhile)."""
     conn.execute(
         "UPDATE grant_nodes SET drop_in_problem = ?, drop_in_checked_at = ?"
-        " WHERE grant_id = ? AND node = ? AND state = 'live' AND drop_in_sha256 IS ?",
+        " WHERE grant_id = ? AND node = ? AND state = 'live' AND drop_in_sha256 IS NOT DISTINCT FROM ?",
         (problem, to_text(now), row.grant_id, row.node, row.drop_in_sha256),
     )
 
@@ -290,7 +295,7 @@ def end_grant(
 # ---------------------------------------------------------------- requests
 
 _REQUEST_COLUMNS = (
-    "id, user, sid, nodes, role, runas, commands, duration_s, reason, policy_sha256,"
+    'id, "user", sid, nodes, role, runas, commands, duration_s, reason, policy_sha256,'
     " approvals_needed, approver_groups, state, created_at, expires_at, decided_at,"
     " decided_by, decision_reason, grant_id"
 )
@@ -381,10 +386,9 @@ def requests(
         mine = "sid = ?"
         args.append(sid)
         if groups:
-            mine += (
-                " OR EXISTS (SELECT 1 FROM json_each(approver_groups) WHERE value IN"
-                f" ({', '.join('?' * len(groups))}))"
-            )
+            listed = sqldialect.json_values(sqldialect.engine_of(conn), "approver_groups")
+            marks = ", ".join("?" * len(groups))
+            mine += f" OR EXISTS (SELECT 1 FROM ({listed}) AS a WHERE a.v IN ({marks}))"
             args.extend(sorted(groups))
         where.append(f"({mine})")
     clause = f" WHERE {' AND '.join(where)}" if where else ""
@@ -414,16 +418,14 @@ def add_approval(
     reason: str,
     now: datetime,
 ) -> bool:
-    """False when this approver already decided on the request."""
-    try:
-        conn.execute(
-            "INSERT INTO approvals (request_id, approver, approver_sid, decision, reason, at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (request_id, approver, approver_sid, decision, reason, to_text(now)),
-        )
-    except sqlite3.IntegrityError:
-        return False
-    return True
+    """False when this approver already decided on the request (no error to catch: the
+    conflict is the same row count on both engines)."""
+    added = conn.execute(
+        "INSERT INTO approvals (request_id, approver, approver_sid, decision, reason, at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, approver_sid) DO NOTHING",
+        (request_id, approver, approver_sid, decision, reason, to_text(now)),
+    ).rowcount
+    return bool(added)
 
 
 def decide_request(

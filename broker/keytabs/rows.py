@@ -82,7 +82,8 @@ def record_success(
     conn.execute(
         "UPDATE keytab_accounts SET kvno = ?, last_verified_at = ?, last_error = NULL,"
         " attempts = 0, retry_after = NULL,"
-        " last_rotated_at = CASE WHEN ? THEN ? ELSE last_rotated_at END WHERE name = ?",
+        " last_rotated_at = CASE WHEN CAST(? AS INTEGER) = 1 THEN ? ELSE last_rotated_at END"
+        " WHERE name = ?",
         (kvno, stamp, int(rotated), stamp, name),
     )
 
@@ -160,10 +161,10 @@ def start_rotation(
     stamp = to_text(now)
     cursor = conn.execute(
         "INSERT INTO keytab_rotations (name, state, from_kvno, target_kvno, nodes, actor,"
-        " started_at, updated_at) VALUES (?, 'planned', ?, ?, ?, ?, ?, ?)",
+        " started_at, updated_at) VALUES (?, 'planned', ?, ?, ?, ?, ?, ?) RETURNING id",
         (name, from_kvno, target_kvno, ",".join(nodes), actor, stamp, stamp),
     )
-    return int(cursor.lastrowid or 0)
+    return int(cursor.fetchone()[0])
 
 
 def move(
@@ -209,8 +210,9 @@ def record_node(
     conn.execute(
         "INSERT INTO keytab_nodes (name, node, kvnos, verified_kvno, checked_at, error)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name, node) DO UPDATE SET"
-        " kvnos = CASE WHEN ? IS NULL THEN kvnos ELSE excluded.kvnos END,"
-        " verified_kvno = COALESCE(excluded.verified_kvno, verified_kvno),"
+        " kvnos = CASE WHEN CAST(? AS INTEGER) IS NULL THEN keytab_nodes.kvnos"
+        " ELSE excluded.kvnos END,"
+        " verified_kvno = COALESCE(excluded.verified_kvno, keytab_nodes.verified_kvno),"
         " checked_at = excluded.checked_at, error = excluded.error",
         (
             name,
@@ -233,7 +235,8 @@ def retired(conn: sqlite3.Connection, name: str) -> dict[int, datetime]:
 
 def retire(conn: sqlite3.Connection, name: str, kvno: int, now: datetime) -> None:
     conn.execute(
-        "INSERT OR IGNORE INTO keytab_retired (name, kvno, retired_at) VALUES (?, ?, ?)",
+        "INSERT INTO keytab_retired (name, kvno, retired_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (name, kvno) DO NOTHING",
         (name, kvno, to_text(now)),
     )
 

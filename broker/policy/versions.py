@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.audit import writer
+from broker.core import sqldialect
 from broker.core.errors import IntegrityError, RefusedError
 from broker.core.identity import Snapshot
 from broker.core.timeutil import to_text
@@ -64,10 +65,12 @@ def active_version(conn: sqlite3.Connection) -> PolicyVersion | None:
         )
     # The row's own sha256 proves nothing to someone who rewrote text and hash together;
     # the hash-chained policy.apply event of this version is what vouches for it.
+    engine = sqldialect.engine_of(conn)
     vouched = conn.execute(
-        "SELECT 1 FROM audit_events WHERE action = 'policy.apply'"
-        " AND json_extract(details, '$.version') = ? AND json_extract(details, '$.sha256') = ?",
-        (version.id, version.sha256),
+        "SELECT 1 FROM audit_events WHERE action = 'policy.apply'"  # noqa: S608 (fixed fragments)
+        f" AND {sqldialect.json_text(engine, 'details', 'version')} = ?"
+        f" AND {sqldialect.json_text(engine, 'details', 'sha256')} = ?",
+        (str(version.id), version.sha256),
     ).fetchone()
     if vouched is None:
         raise IntegrityError(
@@ -138,10 +141,10 @@ def activate(
         stamp = to_text(now)
         cursor = conn.execute(
             "INSERT INTO policy_versions (sha256, source, text, applied_at, actor)"
-            " VALUES (?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
             (loaded.sha256, loaded.source, loaded.text, stamp, actor),
         )
-        version_id = int(cursor.lastrowid or 0)
+        version_id = int(cursor.fetchone()[0])
         conn.execute(
             "INSERT INTO policy_active (id, version_id) VALUES (1, ?)"
             " ON CONFLICT (id) DO UPDATE SET version_id = excluded.version_id",

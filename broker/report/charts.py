@@ -30,8 +30,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from broker.core import sqldialect
 from broker.core.errors import UsageError
-from broker.core.timeutil import to_text
+from broker.core.timeutil import from_text, to_text
 
 # The five charts, in the order the page shows them.
 CHART_KEYS = ("elevations", "approval_wait", "session_length", "mfa_failures", "keytab_age")
@@ -66,16 +67,17 @@ _HISTOGRAM = (
     " MAX(CASE WHEN rn = (9 * n + 9) / 10 THEN d END)"
     " FROM (SELECT d, CASE WHEN d < :b0 THEN 0 WHEN d < :b1 THEN 1 WHEN d < :b2 THEN 2"
     " WHEN d < :b3 THEN 3 WHEN d < :b4 THEN 4 ELSE 5 END AS bucket,"
-    " ROW_NUMBER() OVER (ORDER BY d) AS rn, COUNT(*) OVER () AS n FROM durations)"
+    " ROW_NUMBER() OVER (ORDER BY d) AS rn, COUNT(*) OVER () AS n FROM durations) AS ranked"
     " GROUP BY bucket"
 )
 
-# A set of node names as SQLite sees it: the bound JSON array, which an IN (subquery) turns
-# into a temporary index once per statement, so the lookup per row is a search, not a scan.
-# Used as `+column IN ...`: the unary plus keeps SQLite from probing the table's index once
-# per node of the zone (160 probes per grant on a big compute zone) instead of reading the
-# grant's few rows and looking each up in the set.
-_IN_ZONE = "IN (SELECT value FROM json_each(:zone_nodes))"
+# A set of node names: the bound JSON array (sqldialect.json_values), which SQLite's IN
+# (subquery) turns into a temporary index once per statement, so the lookup per row is a
+# search, not a scan. Used as `{unindexed:column} IN ...`: SQLite's unary plus keeps it from
+# probing the table's index once per node of the zone (160 probes per grant on a big
+# compute zone) instead of reading the grant's few rows and looking each up in the set.
+# Every query here goes through sqldialect.render, which fills these markers per engine.
+_IN_ZONE = "IN ({values::zone_nodes})"
 
 # Grants issued per day that reached at least one node of a set (:inside = 1) or one node
 # outside it (:inside = 0, the set being every zoned node: grants on unzoned nodes).
@@ -83,58 +85,60 @@ _ELEVATIONS = (
     "SELECT substr(g.created_at, 1, 10) AS day, COUNT(*) FROM grants g"
     " WHERE g.created_at >= :since AND g.created_at < :until"
     " AND EXISTS (SELECT 1 FROM grant_nodes gn WHERE gn.grant_id = g.id"
-    " AND (gn.node IN (SELECT value FROM json_each(:nodes))) = :inside)"
+    " AND (CASE WHEN gn.node IN ({values::nodes}) THEN 1 ELSE 0 END) = :inside)"
     " GROUP BY day ORDER BY day"
 )
 _ELEVATIONS_TOTAL = (
     "SELECT COUNT(*) FROM grants g WHERE g.created_at >= :since AND g.created_at < :until"
-    " AND (:zone IS NULL OR EXISTS (SELECT 1 FROM grant_nodes gn WHERE gn.grant_id = g.id"
-    " AND +gn.node " + _IN_ZONE + "))"
+    " AND (CAST(:zone AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM grant_nodes gn WHERE gn.grant_id = g.id"
+    " AND {unindexed:gn.node} " + _IN_ZONE + "))"
 )
 
 # Seconds from a request to the decision that granted it, for requests granted in the period.
 _WAITS = (
     "WITH durations(d) AS (SELECT"
-    " (julianday(r.decided_at) - julianday(r.created_at)) * 86400.0"
+    " {seconds:r.decided_at,r.created_at}"
     " FROM elevation_requests r"
     " WHERE r.state = 'granted' AND r.decided_at >= :since AND r.decided_at < :until"
-    " AND (:zone IS NULL OR EXISTS (SELECT 1 FROM grant_nodes gn"
-    " WHERE gn.grant_id = r.grant_id AND +gn.node " + _IN_ZONE + ")))"
+    " AND (CAST(:zone AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM grant_nodes gn"
+    " WHERE gn.grant_id = r.grant_id AND {unindexed:gn.node} " + _IN_ZONE + ")))"
 )
 
 # Seconds from a recording's start to its end, for sessions started in the period.
 _SESSIONS = (
     "WITH durations(d) AS (SELECT"
-    " (julianday(s.ended_at) - julianday(s.started_at)) * 86400.0"
+    " {seconds:s.ended_at,s.started_at}"
     " FROM recordings s"
     " WHERE s.started_at >= :since AND s.started_at < :until"
     " AND s.ended_at IS NOT NULL AND s.ended_at >= s.started_at"
-    " AND (:zone IS NULL OR s.node " + _IN_ZONE + "))"
+    " AND (CAST(:zone AS TEXT) IS NULL OR s.node " + _IN_ZONE + "))"
 )
 
 _MFA = (
     "SELECT substr(ts, 1, 10) AS day,"
-    " SUM(action != 'mfa.lock' AND json_extract(details, '$.reason')"
-    "     IN (:r0, :r1, :r2, :r3, :r4)),"
-    " SUM(action != 'mfa.lock' AND json_extract(details, '$.reason') = 'locked'),"
-    " SUM(action = 'mfa.lock')"
+    " SUM(CASE WHEN action != 'mfa.lock' AND {text:details,reason}"
+    "     IN (:r0, :r1, :r2, :r3, :r4) THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN action != 'mfa.lock' AND {text:details,reason} = 'locked'"
+    "     THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN action = 'mfa.lock' THEN 1 ELSE 0 END)"
     " FROM audit_events"
     " WHERE action IN (:a0, :a1, :a2, 'mfa.lock') AND ts >= :since AND ts < :until"
     " AND (outcome = 'refused' OR action = 'mfa.lock')"
-    " GROUP BY day HAVING SUM(action = 'mfa.lock' OR json_extract(details, '$.reason')"
-    "     IN (:r0, :r1, :r2, :r3, :r4, 'locked')) > 0"
+    " GROUP BY day HAVING SUM(CASE WHEN action = 'mfa.lock' OR {text:details,reason}"
+    "     IN (:r0, :r1, :r2, :r3, :r4, 'locked') THEN 1 ELSE 0 END) > 0"
     " ORDER BY day"
 )
 
-# Days since each account's last finished rotation before the period's end (None: never).
+# Each account's last finished rotation before the period's end (None: never); its age in
+# days is counted in Python (no date arithmetic in SQL: sqldialect).
 _KEYTABS = (
-    "SELECT k.name, (julianday(:until) - julianday(COALESCE("
+    "SELECT k.name, COALESCE("
     " (SELECT MAX(r.updated_at) FROM keytab_rotations r"
     "  WHERE r.name = k.name AND r.state = 'done' AND r.updated_at < :until),"
-    " CASE WHEN k.last_rotated_at < :until THEN k.last_rotated_at END)))"
+    " CASE WHEN k.last_rotated_at < :until THEN k.last_rotated_at END)"
     " FROM keytab_accounts k"
-    " WHERE :zone IS NULL OR EXISTS (SELECT 1 FROM keytab_nodes kn"
-    " WHERE kn.name = k.name AND +kn.node " + _IN_ZONE + ")"
+    " WHERE CAST(:zone AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM keytab_nodes kn"
+    " WHERE kn.name = k.name AND {unindexed:kn.node} " + _IN_ZONE + ")"
     " ORDER BY k.name"
 )
 
@@ -187,12 +191,12 @@ def _elevations(
     per_zone: dict[str, dict[str, int]] = {}
     for name, members, inside in sets:
         query = {**params, "nodes": json.dumps(members), "inside": inside}
-        counts = {str(day): int(n) for day, n in db.execute(_ELEVATIONS, query)}
+        counts = {str(day): int(n) for day, n in db.execute(_sql(db, _ELEVATIONS), query)}
         if counts:
             per_zone[name] = counts
     days = sorted({day for counts in per_zone.values() for day in counts})
     series = {name: [counts.get(day, 0) for day in days] for name, counts in per_zone.items()}
-    total = db.execute(_ELEVATIONS_TOTAL, params).fetchone()[0]
+    total = db.execute(_sql(db, _ELEVATIONS_TOTAL), params).fetchone()[0]
     return {"days": days, "zones": series, "total": int(total or 0)}
 
 
@@ -209,7 +213,8 @@ def _durations(
     counts = [0] * len(labels)
     median: float | None = None
     p90: float | None = None
-    for bucket, count, mid, high in db.execute(durations_sql + _HISTOGRAM, bucket_params):
+    histogram = _sql(db, durations_sql + _HISTOGRAM)
+    for bucket, count, mid, high in db.execute(histogram, bucket_params):
         counts[int(bucket)] = int(count)
         median = round(float(mid), 1) if mid is not None else median
         p90 = round(float(high), 1) if high is not None else p90
@@ -229,7 +234,7 @@ def _mfa_failures(db: sqlite3.Connection, params: dict[str, Any]) -> dict[str, A
         **{f"r{i}": reason for i, reason in enumerate(FAILED_CODE_REASONS)},
         **{f"a{i}": action for i, action in enumerate(MFA_ACTIONS)},
     }
-    rows = db.execute(_MFA, mfa_params).fetchall()
+    rows = db.execute(_sql(db, _MFA), mfa_params).fetchall()
     return {
         "zone": None,
         "days": [str(row[0]) for row in rows],
@@ -242,8 +247,19 @@ def _mfa_failures(db: sqlite3.Connection, params: dict[str, Any]) -> dict[str, A
 def _keytab_age(db: sqlite3.Connection, params: dict[str, Any]) -> dict[str, Any]:
     """Each service account's keytab age in days at the period's end (None: the broker
     never finished a rotation of it by then)."""
+    until = from_text(params["until"])
     accounts = [
-        {"name": str(name), "age_days": None if age is None else round(float(age), 2)}
-        for name, age in db.execute(_KEYTABS, params)
+        {
+            "name": str(name),
+            "age_days": None
+            if last is None
+            else round((until - from_text(last)).total_seconds() / 86400, 2),
+        }
+        for name, last in db.execute(_sql(db, _KEYTABS), params)
     ]
     return {"accounts": accounts}
+
+
+def _sql(db: sqlite3.Connection, sql: str) -> str:
+    """`sql` with its sqldialect markers filled for `db`'s engine."""
+    return sqldialect.render(sqldialect.engine_of(db), sql)

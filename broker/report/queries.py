@@ -17,6 +17,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from broker.core import sqldialect
+
 DETAIL_ROWS = 500  # rows per detail table: the report must stay one readable document
 DIRECTORY_CHANGES = (
     "directory.user.added",
@@ -58,18 +60,24 @@ class Period:
 
     @property
     def zone(self) -> list[Any]:
-        """The two parameters of a zone clause, `(? IS NULL OR col IN (SELECT value FROM
-        json_each(?)))`: both None without a zone, so the clause holds for every row."""
+        """The two parameters of a zone clause, `(CAST(? AS TEXT) IS NULL OR col IN
+        ({values}))` ({values}: sqldialect.json_values): both None without a zone, so the
+        clause holds for every row."""
         nodes = None if self.nodes is None else json.dumps(self.nodes)
         return [nodes, nodes]
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in conn.execute(sql, params)]
+    """The rows of `sql`, its sqldialect markers ({values}, {seconds:a,b}...) filled."""
+    return [tuple(r) for r in conn.execute(_sql(conn, sql), params)]
+
+
+def _sql(conn: sqlite3.Connection, sql: str) -> str:
+    return sqldialect.render(sqldialect.engine_of(conn), sql)
 
 
 def _one(conn: sqlite3.Connection, sql: str, params: list[Any]) -> Any:
-    row = conn.execute(sql, params).fetchone()
+    row = conn.execute(_sql(conn, sql), params).fetchone()
     return None if row is None else row[0]
 
 
@@ -82,7 +90,7 @@ def _by_action(
             _one(
                 conn,
                 "SELECT count(*) FROM audit_events WHERE action = ? AND ts >= ? AND ts < ?"
-                " AND (? IS NULL OR outcome = ?)",
+                " AND (CAST(? AS TEXT) IS NULL OR outcome = ?)",
                 [action, p.since, p.until, outcome, outcome],
             )
             or 0
@@ -101,23 +109,23 @@ def account_management(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
         conn,
         "SELECT g.user, count(*) FROM grants g"
         " WHERE g.not_before < ? AND coalesce(g.ended_at, g.not_after) >= ?"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        "   WHERE node IN (SELECT value FROM json_each(?))))"
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        "   WHERE node IN ({values})))"
         " GROUP BY g.user ORDER BY g.user LIMIT ?",
         [p.until, p.since, *p.zone, DETAIL_ROWS],
     )
     ended = _rows(
         conn,
         "SELECT g.id, g.user, g.end_reason, g.ended_at, ch.action, ch.ts,"
-        " (julianday(g.ended_at) - julianday(ch.ts)) * 86400.0"
+        " {seconds:g.ended_at,ch.ts}"
         " FROM grants g JOIN audit_events ch ON ch.seq = ("
         "   SELECT max(e.seq) FROM audit_events e WHERE e.action IN"
-        "   (SELECT value FROM json_each(?)) AND e.target = 'user:' || g.user"
+        "   ({values}) AND e.target = 'user:' || g.user"
         "   AND e.ts <= g.ended_at)"
         " WHERE g.state = 'revoked' AND g.ended_at >= ? AND g.ended_at < ?"
         " AND (g.end_reason LIKE 'directory:%' OR g.end_reason LIKE 'recheck:%')"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        "   WHERE node IN (SELECT value FROM json_each(?))))"
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        "   WHERE node IN ({values})))"
         " ORDER BY g.ended_at LIMIT ?",
         [json.dumps(DIRECTORY_CHANGES), p.since, p.until, *p.zone, DETAIL_ROWS],
     )
@@ -125,8 +133,8 @@ def account_management(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
         conn,
         "SELECT g.id, g.user, u.state FROM grants g JOIN dir_users u ON u.sid = g.sid"
         " WHERE g.state = 'active' AND u.state != 'enabled'"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        "   WHERE node IN (SELECT value FROM json_each(?))))"
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        "   WHERE node IN ({values})))"
         " ORDER BY g.id LIMIT ?",
         [*p.zone, DETAIL_ROWS],
     )
@@ -145,18 +153,18 @@ def time_boxes(conn: sqlite3.Connection, p: Period, now: str) -> dict[str, Any]:
             conn,
             "SELECT g.state, count(*) FROM grants g WHERE g.state != 'active'"
             " AND g.ended_at >= ? AND g.ended_at < ?"
-            " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-            " WHERE node IN (SELECT value FROM json_each(?))))"
+            " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+            " WHERE node IN ({values})))"
             " GROUP BY g.state",
             [p.since, p.until, *p.zone],
         )
     )
     longest = _rows(
         conn,
-        "SELECT g.id, g.user, (julianday(g.not_after) - julianday(g.not_before)) * 86400.0"
+        "SELECT g.id, g.user, {seconds:g.not_after,g.not_before}"
         " FROM grants g WHERE g.not_before < ? AND coalesce(g.ended_at, g.not_after) >= ?"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        " WHERE node IN (SELECT value FROM json_each(?))))"
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        " WHERE node IN ({values})))"
         " ORDER BY 3 DESC, g.id LIMIT 1",
         [p.until, p.since, *p.zone],
     )
@@ -168,17 +176,17 @@ def time_boxes(conn: sqlite3.Connection, p: Period, now: str) -> dict[str, Any]:
         " ((g.state = 'active' AND g.not_after < ?) OR (g.state != 'active' AND EXISTS"
         " (SELECT 1 FROM grant_nodes n WHERE n.grant_id = g.id AND n.state = 'removing')))"
         " AND g.not_before < ?"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        " WHERE node IN (SELECT value FROM json_each(?))))"
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        " WHERE node IN ({values})))"
         " ORDER BY g.not_after LIMIT ?",
         [now, p.until, *p.zone, DETAIL_ROWS],
     )
     late = _one(
         conn,
-        "SELECT max((julianday(g.ended_at) - julianday(g.not_after)) * 86400.0) FROM grants g"
+        "SELECT max({seconds:g.ended_at,g.not_after}) FROM grants g"
         " WHERE g.state = 'expired' AND g.ended_at >= ? AND g.ended_at < ?"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        " WHERE node IN (SELECT value FROM json_each(?))))",
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        " WHERE node IN ({values})))",
         [p.since, p.until, *p.zone],
     )
     return {"ends": ends, "longest": longest, "outlived": outlived, "reaper_lag_s": late}
@@ -188,20 +196,20 @@ def least_privilege(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     """AC-6: elevations per person and node, root against command sets, refused launches."""
     per = _rows(
         conn,
-        "SELECT g.user, n.node, count(*), sum(g.runas = 'root' AND g.commands = 'ALL')"
+        "SELECT g.user, n.node, count(*), sum(CASE WHEN g.runas = 'root' AND g.commands = 'ALL' THEN 1 ELSE 0 END)"
         " FROM grants g JOIN grant_nodes n ON n.grant_id = g.id"
         " WHERE g.created_at >= ? AND g.created_at < ?"
-        " AND (? IS NULL OR n.node IN (SELECT value FROM json_each(?)))"
+        " AND (CAST(? AS TEXT) IS NULL OR n.node IN ({values}))"
         " GROUP BY g.user, n.node ORDER BY g.user, n.node LIMIT ?",
         [p.since, p.until, *p.zone, DETAIL_ROWS],
     )
     kinds = _rows(
         conn,
-        "SELECT count(*), coalesce(sum(g.runas = 'root' AND g.commands = 'ALL'), 0),"
-        " coalesce(sum(g.request_id IS NOT NULL), 0) FROM grants g"
+        "SELECT count(*), coalesce(sum(CASE WHEN g.runas = 'root' AND g.commands = 'ALL' THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN g.request_id IS NOT NULL THEN 1 ELSE 0 END), 0) FROM grants g"
         " WHERE g.created_at >= ? AND g.created_at < ?"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        "   WHERE node IN (SELECT value FROM json_each(?))))",
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        "   WHERE node IN ({values})))",
         [p.since, p.until, *p.zone],
     )[0]
     refused = node_refusals(conn, p)
@@ -220,9 +228,9 @@ def node_refusals(conn: sqlite3.Connection, p: Period) -> dict[str, int]:
     """Refusals the nodes reported (`session.deny`, actor `node:NAME`), per reason code."""
     found = _rows(
         conn,
-        "SELECT json_extract(details, '$.reason'), count(*) FROM audit_events"
+        "SELECT {text:details,reason}, count(*) FROM audit_events"
         " WHERE action = 'session.deny' AND ts >= ? AND ts < ?"
-        " AND (? IS NULL OR substr(actor, 6) IN (SELECT value FROM json_each(?)))"
+        " AND (CAST(? AS TEXT) IS NULL OR substr(actor, 6) IN ({values}))"
         " GROUP BY 1",
         [p.since, p.until, *p.zone],
     )
@@ -234,14 +242,14 @@ def privileged_use(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     states = _rows(
         conn,
         "SELECT state, count(*) FROM recordings WHERE started_at >= ? AND started_at < ?"
-        " AND (? IS NULL OR node IN (SELECT value FROM json_each(?))) GROUP BY state",
+        " AND (CAST(? AS TEXT) IS NULL OR node IN ({values})) GROUP BY state",
         [p.since, p.until, *p.zone],
     )
     hook = _rows(
         conn,
         "SELECT action, count(*) FROM audit_events WHERE action IN"
         " ('session.open', 'session.deny', 'session.escape') AND ts >= ? AND ts < ?"
-        " AND (? IS NULL OR substr(actor, 6) IN (SELECT value FROM json_each(?)))"
+        " AND (CAST(? AS TEXT) IS NULL OR substr(actor, 6) IN ({values}))"
         " GROUP BY action",
         [p.since, p.until, *p.zone],
     )
@@ -260,20 +268,20 @@ def concurrent_sessions(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     """
     peak = _rows(
         conn,
-        "SELECT node, user, max(open_now) FROM (SELECT node, user, sum(CASE kind"
-        " WHEN 'open' THEN 1 WHEN 'close' THEN -1 ELSE 0 END) OVER (PARTITION BY node, user"
+        'SELECT node, "user", max(open_now) FROM (SELECT node, "user", sum(CASE kind'
+        " WHEN 'open' THEN 1 WHEN 'close' THEN -1 ELSE 0 END) OVER (PARTITION BY node, \"user\""
         " ORDER BY at, id ROWS UNBOUNDED PRECEDING) AS open_now, at FROM session_events"
         " WHERE kind IN ('open', 'close') AND at < ?"
-        " AND (? IS NULL OR node IN (SELECT value FROM json_each(?))))"
-        " WHERE at >= ? GROUP BY node, user ORDER BY 3 DESC, node, user LIMIT 1",
+        " AND (CAST(? AS TEXT) IS NULL OR node IN ({values}))) AS running"
+        ' WHERE at >= ? GROUP BY node, "user" ORDER BY 3 DESC, node, "user" LIMIT 1',
         [p.until, *p.zone, p.since],
     )
     limit = _one(
         conn,
         "SELECT max(g.max_sessions) FROM grants g"
         " WHERE g.not_before < ? AND coalesce(g.ended_at, g.not_after) >= ?"
-        " AND (? IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
-        "   WHERE node IN (SELECT value FROM json_each(?))))",
+        " AND (CAST(? AS TEXT) IS NULL OR g.id IN (SELECT grant_id FROM grant_nodes"
+        "   WHERE node IN ({values})))",
         [p.until, p.since, *p.zone],
     )
     return {
@@ -286,15 +294,17 @@ def concurrent_sessions(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
 def software_installs(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     """CM-11: recorded commands that install software, per grant (command and argv as sudo
     recorded them; an install typed inside `sudo -i` is in the recording, not here)."""
+    engine = sqldialect.engine_of(conn)
+    patterns = [sqldialect.glob_pattern(engine, g) for g in INSTALL_PATTERNS]
     rows = _rows(
         conn,
         "SELECT coalesce(r.grant_id, '-'), r.user, r.node, count(*), min(r.started_at)"
         " FROM recordings r WHERE r.started_at >= ? AND r.started_at < ?"
-        " AND (instr(r.argv, 'install') > 0 OR instr(r.argv, '\"-') > 0)"
-        " AND EXISTS (SELECT 1 FROM json_each(?) pat WHERE r.argv GLOB pat.value)"
-        " AND (? IS NULL OR r.node IN (SELECT value FROM json_each(?)))"
+        " AND ({contains:r.argv,'install'} OR {contains:r.argv,'\"-'})"
+        " AND EXISTS (SELECT 1 FROM ({values}) AS pat WHERE {glob:r.argv,pat.v})"
+        " AND (CAST(? AS TEXT) IS NULL OR r.node IN ({values}))"
         " GROUP BY 1, 2, 3 ORDER BY 5 LIMIT ?",
-        [p.since, p.until, json.dumps(INSTALL_PATTERNS), *p.zone, DETAIL_ROWS],
+        [p.since, p.until, json.dumps(patterns), *p.zone, DETAIL_ROWS],
     )
     return {"per_grant": rows, "installs": sum(int(r[3]) for r in rows)}
 
@@ -304,16 +314,18 @@ def software_installs(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
 # (one index probe of (action, actor, ts) per elevation).
 _ELEVATION = (
     " FROM audit_events e WHERE e.action = ? AND e.ts >= ? AND e.ts < ?"
-    " AND (? = 0 OR json_extract(e.details, '$.request') IS NULL)"
+    " AND (? = 0 OR {text:e.details,request} IS NULL)"
 )
 _NO_TOTP = (
     "NOT EXISTS (SELECT 1 FROM audit_events m WHERE m.action = 'mfa.verify'"
     " AND m.actor = e.actor AND m.outcome = 'ok'"
-    " AND m.ts >= strftime('%Y-%m-%dT%H:%M:%fZ', e.ts, ?)"
-    " AND m.ts <= strftime('%Y-%m-%dT%H:%M:%fZ', e.ts, '+60 seconds')"
-    " AND json_extract(m.details, '$.purpose') = ?)"
+    " AND m.ts >= {shifted:e.ts,?}"
+    " AND m.ts <= {shifted:e.ts,60}"
+    " AND {text:m.details,purpose} = ?)"
 )
-_COUNT_ELEVATIONS = "SELECT count(*), coalesce(sum(" + _NO_TOTP + "), 0)" + _ELEVATION
+_COUNT_ELEVATIONS = (
+    "SELECT count(*), coalesce(sum(CASE WHEN " + _NO_TOTP + " THEN 1 ELSE 0 END), 0)" + _ELEVATION
+)
 _WITHOUT_TOTP = (
     "SELECT e.seq, e.actor, e.target, e.ts" + _ELEVATION + " AND " + _NO_TOTP
     + " ORDER BY e.seq LIMIT ?"
@@ -323,7 +335,7 @@ _WITHOUT_TOTP = (
 def mfa_elevations(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     """IA-2(1): elevations and approvals, and those without a fresh TOTP before them
     (counted in the same pass; listed only when there are any)."""
-    window = f"-{MFA_FRESH_S} seconds"
+    window = -MFA_FRESH_S
     out: dict[str, Any] = {}
     for name, action, direct_only, purpose in (
         ("direct", "grant.issue", 1, "elevate"),
@@ -350,7 +362,7 @@ def mfa_replays(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     """IA-2(8): accepted codes, and refusals by reason (replays, wrong codes, locked)."""
     reasons = _rows(
         conn,
-        "SELECT json_extract(details, '$.reason'), count(*) FROM audit_events"
+        "SELECT {text:details,reason}, count(*) FROM audit_events"
         " WHERE action = 'mfa.verify' AND outcome = 'refused' AND ts >= ? AND ts < ?"
         " GROUP BY 1",
         [p.since, p.until],
@@ -401,19 +413,19 @@ def pinned_nodes(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     unpinned = _rows(
         conn,
         "SELECT name FROM nodes WHERE (host_key IS NULL OR enrolled_at IS NULL)"
-        " AND (? IS NULL OR name IN (SELECT value FROM json_each(?))) ORDER BY name LIMIT ?",
+        " AND (CAST(? AS TEXT) IS NULL OR name IN ({values})) ORDER BY name LIMIT ?",
         [*p.zone, DETAIL_ROWS],
     )
     pinned = _one(
         conn,
         "SELECT count(*) FROM nodes WHERE host_key IS NOT NULL AND enrolled_at IS NOT NULL"
-        " AND (? IS NULL OR name IN (SELECT value FROM json_each(?)))",
+        " AND (CAST(? AS TEXT) IS NULL OR name IN ({values}))",
         p.zone,
     )
     relayed = _one(
         conn,
         "SELECT count(*) FROM recordings WHERE relayed = 1 AND started_at >= ? AND started_at < ?"
-        " AND (? IS NULL OR node IN (SELECT value FROM json_each(?)))",
+        " AND (CAST(? AS TEXT) IS NULL OR node IN ({values}))",
         [p.since, p.until, *p.zone],
     )
     return {
@@ -428,8 +440,8 @@ def event_logging(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     (one pass over the (ts, outcome) index, no row read and no sort)."""
     total, refused, failed, first, last = _rows(
         conn,
-        "SELECT count(*), coalesce(sum(outcome = 'refused'), 0),"
-        " coalesce(sum(outcome = 'failed'), 0), min(seq), max(seq) FROM audit_events"
+        "SELECT count(*), coalesce(sum(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN outcome = 'failed' THEN 1 ELSE 0 END), 0), min(seq), max(seq) FROM audit_events"
         " WHERE ts >= ? AND ts < ?",
         [p.since, p.until],
     )[0]
@@ -447,12 +459,13 @@ def recording_digests(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
     (one probe of (action, target) per recording; listed only when some are missing)."""
     total, missing = _rows(
         conn,
-        "SELECT count(*), coalesce(sum(NOT EXISTS (SELECT 1 FROM audit_events e"
+        "SELECT count(*), coalesce(sum(CASE WHEN NOT EXISTS (SELECT 1 FROM audit_events e"
         " WHERE e.action = 'session.recorded' AND e.target = r.id"
-        " AND instr(e.details, '\"sha256\":\"' || r.sha256 || '\"') > 0)), 0) FROM recordings r"
+        " AND {contains:e.details,'\"sha256\":\"' || r.sha256 || '\"'}) THEN 1 ELSE 0 END), 0)"
+        " FROM recordings r"
         " WHERE r.state IN ('complete', 'incomplete', 'purged') AND r.sha256 IS NOT NULL"
         " AND r.started_at >= ? AND r.started_at < ?"
-        " AND (? IS NULL OR r.node IN (SELECT value FROM json_each(?)))",
+        " AND (CAST(? AS TEXT) IS NULL OR r.node IN ({values}))",
         [p.since, p.until, *p.zone],
     )[0]
     listed = (
@@ -461,10 +474,10 @@ def recording_digests(conn: sqlite3.Connection, p: Period) -> dict[str, Any]:
             "SELECT r.id, r.node, r.user FROM recordings r"
             " WHERE r.state IN ('complete', 'incomplete', 'purged') AND r.sha256 IS NOT NULL"
             " AND r.started_at >= ? AND r.started_at < ?"
-            " AND (? IS NULL OR r.node IN (SELECT value FROM json_each(?)))"
+            " AND (CAST(? AS TEXT) IS NULL OR r.node IN ({values}))"
             " AND NOT EXISTS (SELECT 1 FROM audit_events e"
             " WHERE e.action = 'session.recorded' AND e.target = r.id"
-            " AND instr(e.details, '\"sha256\":\"' || r.sha256 || '\"') > 0) ORDER BY r.id LIMIT ?",
+            " AND {contains:e.details,'\"sha256\":\"' || r.sha256 || '\"'}) ORDER BY r.id LIMIT ?",
             [p.since, p.until, *p.zone, DETAIL_ROWS],
         )
         if missing

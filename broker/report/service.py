@@ -21,6 +21,7 @@ from broker.audit.chain import GENESIS_HASH
 from broker.audit.checkpoint import load_public_key, load_signing_key, public_key_path
 from broker.audit.query import verify_store
 from broker.config.settings import Settings
+from broker.core import sqldialect
 from broker.core.errors import BadRequestError, UsageError
 from broker.core.timeutil import from_text, to_text
 from broker.policy.model import Policy
@@ -116,7 +117,7 @@ class ReportService:
         with ThreadPoolExecutor(1, thread_name_prefix="report-verify") as pool:
             # One read transaction: every figure, and the head, from the same snapshot; the
             # verification starts after the head is read, so it sees at least that head.
-            conn.execute("BEGIN")
+            conn.execute(sqldialect.begin_snapshot(sqldialect.engine_of(conn)))
             try:
                 head = writer.head(conn)
                 chain = pool.submit(self._chain, head[0])
@@ -204,9 +205,9 @@ class ReportService:
         (`up_to`) is not this report's (its figures were read before that row)."""
         path = self._settings.db_path
         uri = f"{path.absolute().as_uri()}?mode=ro"  # as_uri escapes what a URI cannot hold
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        # timeout: SQLite's busy timeout, 30 s, as the store's own connections wait.
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
         try:
-            conn.execute("PRAGMA busy_timeout = 30000")
             report = verify_store(conn, self._settings.signing_key, self._settings.checkpoint_paths)
         finally:
             conn.close()

@@ -48,6 +48,19 @@ def match_all(column: str, terms: list[str]) -> str:
     return "{" + column + "} : (" + " AND ".join(fts_string(t) for t in terms) + ")"
 
 
+@dataclass(frozen=True)
+class TextMatch:
+    """Every term must be a substring of the column: what the index is asked (the store's
+    engine decides how, core/sqldialect.text_match; FTS5's expression is `fts`)."""
+
+    column: Literal["typed", "input"]
+    terms: tuple[str, ...]
+
+    @property
+    def fts(self) -> str:
+        return match_all(self.column, list(self.terms))
+
+
 def required_literals(pattern: bytes) -> list[str]:
     """Substrings (3+ characters, as text) that every match of this bytes regex contains,
     or [] when none can be named with certainty (then the caller scans).
@@ -99,7 +112,7 @@ class TextQuery:
 
     mode: Mode
     text: str
-    match: str | None  # None: too short for the trigram index; the typed lines are scanned
+    match: TextMatch | None  # None: too short for the trigram index; the typed lines are scanned
     check: re.Pattern[str]
 
 
@@ -123,4 +136,4 @@ def text_query(mode: Mode, text: str) -> TextQuery:
     tail = r"(?!\w)" if mode != "prefix" and re.search(r"\w$", words[-1]) else ""
     check = re.compile(head + body + tail, re.IGNORECASE)
     terms = [w for w in words if len(w) >= MIN_TERM]
-    return TextQuery(mode, text, match_all("typed", terms) if terms else None, check)
+    return TextQuery(mode, text, TextMatch("typed", tuple(terms)) if terms else None, check)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from broker.core import sqldialect
 from broker.core.timeutil import to_second_text, to_text
+from broker.sessions.query import TextMatch
 
 FINAL = ("complete", "incomplete", "quarantined", "purged")
 COLUMNS = (
@@ -22,17 +24,23 @@ COLUMNS = (
     "started_at", "ended_at", "exit_value", "signal", "end_reason", "grant_id", "relayed",
     "bytes_in", "bytes_out", "sha256", "files", "error", "first_seen", "indexed_at",
 )  # fmt: skip
+
+
 # A recording without a grant is break-glass when its node's hook opened a break-glass
 # session (pam_broker.so's pseudo-grant `break-glass`) for the same user within
 # 120 s of its start: decided when read, so a hook event collected after the recording
 # arrived (both wait out a broker outage) still marks it (docs/sessions.md).
-_BREAK_GLASS = (
-    "(grant_id IS NULL AND EXISTS (SELECT 1 FROM session_events e"
-    " WHERE e.node = recordings.node AND e.user = recordings.user AND e.kind = 'open'"
-    " AND e.grant_id = 'break-glass'"
-    " AND ABS(strftime('%s', e.at) - strftime('%s', recordings.started_at)) <= 120))"
-)
-_SELECT = f"SELECT {', '.join(COLUMNS)}, {_BREAK_GLASS} FROM recordings"  # noqa: S608 (fixed)
+def _select(conn: sqlite3.Connection) -> str:
+    """The recording columns (all quoted: `user` is reserved in PostgreSQL) and whether
+    it is break-glass, FROM recordings."""
+    apart = sqldialect.seconds_between(sqldialect.engine_of(conn), "e.at", "recordings.started_at")
+    break_glass = (
+        "(CASE WHEN grant_id IS NULL AND EXISTS (SELECT 1 FROM session_events e"  # noqa: S608
+        " WHERE e.node = recordings.node AND e.user = recordings.user AND e.kind = 'open'"
+        f" AND e.grant_id = 'break-glass' AND ABS({apart}) <= 120) THEN 1 ELSE 0 END)"
+    )
+    columns = ", ".join(f'"{c}"' for c in COLUMNS)
+    return f"SELECT {columns}, {break_glass} FROM recordings"  # noqa: S608 (fixed)
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ def _where(f: Filters) -> tuple[str, list[object]]:
     """The filters as SQL over `recordings` (fixed column names, values bound)."""
     where, args = ["state != 'purged'"], list[object]()
     for column, value in (
-        ("user", f.user), ("node", f.node), ("grant_id", f.grant), ("exit_value", f.exit_value)
+        ('"user"', f.user), ("node", f.node), ("grant_id", f.grant), ("exit_value", f.exit_value)
     ):  # fmt: skip
         if value is not None:
             where.append(f"{column} = ?")
@@ -118,22 +126,22 @@ _NEWEST_FIRST = " ORDER BY COALESCE(started_at, first_seen) DESC, id DESC"
 def listing(conn: sqlite3.Connection, f: Filters) -> list[dict[str, Any]]:
     """Recordings not purged, newest first, filtered."""
     where, args = _where(f)
-    sql = f"{_SELECT} WHERE {where}{_NEWEST_FIRST} LIMIT ?"
+    sql = f"{_select(conn)} WHERE {where}{_NEWEST_FIRST} LIMIT ?"
     return [_row(r) for r in conn.execute(sql, (*args, f.limit))]
 
 
 def has_user(conn: sqlite3.Connection, name: str) -> bool:
     """Whether a recording or a node's session event names exactly this user."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM recordings WHERE user = ?)"
-        " OR EXISTS (SELECT 1 FROM session_events WHERE user = ?)",
+        'SELECT EXISTS (SELECT 1 FROM recordings WHERE "user" = ?)'
+        ' OR EXISTS (SELECT 1 FROM session_events WHERE "user" = ?)',
         (name, name),
     ).fetchone()
     return bool(row[0])
 
 
 def recording(conn: sqlite3.Connection, recording_id: str) -> dict[str, Any] | None:
-    raw = conn.execute(f"{_SELECT} WHERE id = ?", (recording_id,)).fetchone()
+    raw = conn.execute(f"{_select(conn)} WHERE id = ?", (recording_id,)).fetchone()
     return None if raw is None else _row(raw)
 
 
@@ -155,14 +163,14 @@ def upsert(
     values = {**values, "indexed_at": to_text(now)}
     columns = list(values)
     if state(conn, rid) is None:
-        names = ", ".join(["id", "path", "first_seen", *columns])
+        names = ", ".join(f'"{c}"' for c in ["id", "path", "first_seen", *columns])
         marks = ", ".join("?" * (len(columns) + 3))
         conn.execute(
             f"INSERT INTO recordings ({names}) VALUES ({marks})",  # noqa: S608
             (rid, path, to_text(now), *values.values()),
         )
         return True
-    sets = ", ".join(f"{c} = ?" for c in columns)
+    sets = ", ".join(f'"{c}" = ?' for c in columns)
     conn.execute(
         f"UPDATE recordings SET {sets} WHERE id = ?",  # noqa: S608
         (*values.values(), rid),
@@ -193,28 +201,29 @@ def mark_purged(conn: sqlite3.Connection, ids: Iterable[str], now: datetime) -> 
 _SEARCHABLE = "state IN ('running', 'complete', 'incomplete')"
 # Those whose input is not (all) in session_text; the same words as the partial index.
 _PENDING = f"text_state != 1 AND {_SEARCHABLE}"
-# The planner, without statistics, would take recordings_state (every row) instead.
-_PENDING_ROWS = "recordings INDEXED BY recordings_text_pending"
-# The index first, then each recording by its key (CROSS JOIN fixes the order).
-_MATCHED = "session_text t CROSS JOIN recordings ON recordings.id = t.rid"
+# How each engine keeps the index (SQLite: FTS5, keyed by the id read as base 36, stable
+# across VACUUM; PostgreSQL: a pg_trgm-indexed table) is core/sqldialect's "session text
+# index": _pending_rows and _matched are the recordings-side pieces of its queries.
 TEXT_WHOLE, TEXT_PARTIAL = 1, 2  # 0: not in session_text (yet)
 
 
-def text_rowid(recording_id: str) -> int:
-    """session_text's rowid: the id read as base 36, stable across VACUUM."""
-    return int(recording_id, 36)
+def _pending_rows(conn: sqlite3.Connection) -> str:
+    return sqldialect.pending_recordings(sqldialect.engine_of(conn))
+
+
+def _matched(conn: sqlite3.Connection) -> str:
+    """The index first, then each recording by its key."""
+    return sqldialect.text_joined(sqldialect.engine_of(conn))
 
 
 def put_text(
     conn: sqlite3.Connection, recording_id: str, typed: str, raw: str, *, partial: bool
 ) -> None:
     """The recording's typed lines and input in the index, replacing what was there."""
-    rowid = text_rowid(recording_id)
-    conn.execute("DELETE FROM session_text WHERE rowid = ?", (rowid,))
-    conn.execute(
-        "INSERT INTO session_text (rowid, rid, typed, input) VALUES (?, ?, ?, ?)",
-        (rowid, recording_id, typed, raw),
-    )
+    for sql, params in sqldialect.text_replace(
+        sqldialect.engine_of(conn), recording_id, typed, raw
+    ):
+        conn.execute(sql, params)
     conn.execute(
         "UPDATE recordings SET text_state = ? WHERE id = ?",
         (TEXT_PARTIAL if partial else TEXT_WHOLE, recording_id),
@@ -222,20 +231,21 @@ def put_text(
 
 
 def drop_text(conn: sqlite3.Connection, ids: Iterable[str]) -> None:
-    """Purged recordings leave the index (their rows stay, state purged). FTS5 keeps a
-    deleted row's trigrams in its older index segments until they are merged: 'optimize'
-    merges them all now, and secure_delete (store/db.py) zeroes the freed pages."""
-    conn.executemany(
-        "DELETE FROM session_text WHERE rowid = ?", [(text_rowid(rid),) for rid in ids]
-    )
-    conn.execute("INSERT INTO session_text (session_text) VALUES ('optimize')")
+    """Purged recordings leave the index (their rows stay, state purged); on SQLite FTS5's
+    old segments are merged after (sqldialect.text_delete) and secure_delete (store/db.py)
+    zeroes the freed pages."""
+    engine = sqldialect.engine_of(conn)
+    delete, after = sqldialect.text_delete(engine)
+    conn.executemany(delete, [(sqldialect.text_key_value(engine, rid),) for rid in ids])
+    if after is not None:
+        conn.execute(after)
 
 
 def text_backlog(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
     """(id, path) of finished recordings whose input the index lacks (indexed before
     migration 17, or a pass that could not read it), oldest id first."""
     rows = conn.execute(
-        f"SELECT id, path FROM {_PENDING_ROWS} WHERE {_PENDING} AND text_state = 0"  # noqa: S608
+        f"SELECT id, path FROM {_pending_rows(conn)} WHERE {_PENDING} AND text_state = 0"  # noqa: S608
         " AND state != 'running' ORDER BY id LIMIT ?",
         (limit,),
     ).fetchall()
@@ -243,7 +253,7 @@ def text_backlog(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
 
 
 def regex_candidates(
-    conn: sqlite3.Connection, f: Filters, match: str | None, limit: int
+    conn: sqlite3.Connection, f: Filters, match: TextMatch | None, limit: int
 ) -> Iterator[str]:
     """Ids of searchable recordings, filtered, newest first: with `match`, only those the
     index says hold every literal (driven from the index, each row then found by its
@@ -254,31 +264,40 @@ def regex_candidates(
     if match is None:
         sql = f"SELECT {key} FROM recordings WHERE {where} AND {_SEARCHABLE}"  # noqa: S608
     else:
-        indexed = f"SELECT {key} FROM {_MATCHED} WHERE {where} AND {_SEARCHABLE}"  # noqa: S608
-        pending = f"SELECT {key} FROM {_PENDING_ROWS} WHERE {where} AND {_PENDING}"  # noqa: S608
-        sql = f"{indexed} AND session_text MATCH ? UNION {pending}"
-        args = [*args, match, *args]
+        cond, found = _text_match(conn, match)
+        indexed = f"SELECT {key} FROM {_matched(conn)} WHERE {where} AND {_SEARCHABLE}"  # noqa: S608
+        pending = f"SELECT {key} FROM {_pending_rows(conn)} WHERE {where} AND {_PENDING}"  # noqa: S608
+        sql = f"{indexed} AND {cond} UNION {pending}"
+        args = [*args, *found, *args]
     for _key, rid in conn.execute(f"{sql} ORDER BY k DESC, id DESC LIMIT ?", (*args, limit)):
         yield str(rid)
 
 
+def _text_match(conn: sqlite3.Connection, match: TextMatch) -> tuple[str, list[object]]:
+    engine = sqldialect.engine_of(conn)
+    return sqldialect.text_match(engine, match.column, list(match.terms), match.fts)
+
+
 def typed_candidates(
-    conn: sqlite3.Connection, f: Filters, match: str | None, limit: int
+    conn: sqlite3.Connection, f: Filters, match: TextMatch | None, limit: int
 ) -> Iterator[tuple[str, str, str]]:
     """(sort key, id, typed lines) of indexed recordings, filtered, newest first; with
     `match`, only those whose typed lines hold every term, each one's lines read when it
     is reached (a common word sorts keys, not every matching text); at most `limit`."""
     where, args = _where(f)
-    text = "t.rowid" if match is not None else "t.typed"
-    sql = f"SELECT COALESCE(started_at, first_seen), id, {text} FROM {_MATCHED} WHERE {where}"  # noqa: S608
+    engine = sqldialect.engine_of(conn)
+    text_key = sqldialect.text_key(engine)
+    text = text_key if match is not None else "t.typed"
+    sql = f"SELECT COALESCE(started_at, first_seen), id, {text} FROM {_matched(conn)} WHERE {where}"  # noqa: S608
     sql += f" AND {_SEARCHABLE}"
     if match is not None:
-        sql += " AND session_text MATCH ?"
-        args.append(match)
+        cond, found_args = _text_match(conn, match)
+        sql += f" AND {cond}"
+        args.extend(found_args)
+    one = f"SELECT typed FROM session_text t WHERE {text_key} = ?"  # noqa: S608 (fixed)
     for key, rid, typed in conn.execute(sql + _NEWEST_FIRST + " LIMIT ?", (*args, limit)):
         if match is not None:
-            found = conn.execute("SELECT typed FROM session_text WHERE rowid = ?", (typed,))
-            typed = found.fetchone()[0]
+            typed = conn.execute(one, (typed,)).fetchone()[0]
         yield str(key), str(rid), str(typed)
 
 
@@ -287,7 +306,7 @@ def typed_pending(conn: sqlite3.Connection, f: Filters, limit: int) -> list[tupl
     newest first (running ones, and the backlog after an upgrade); at most `limit`."""
     where, args = _where(f)
     sql = (
-        f"SELECT COALESCE(started_at, first_seen), id FROM {_PENDING_ROWS} WHERE {where}"  # noqa: S608
+        f"SELECT COALESCE(started_at, first_seen), id FROM {_pending_rows(conn)} WHERE {where}"  # noqa: S608
         f" AND {_PENDING} AND text_state = 0{_NEWEST_FIRST} LIMIT ?"
     )
     return [(str(key), str(rid)) for key, rid in conn.execute(sql, (*args, limit))]
@@ -363,7 +382,7 @@ def hook_events(
     start = to_second_text(since)
     end = to_second_text(until + timedelta(seconds=1))
     events = conn.execute(
-        f"{_HOOK_SELECT} WHERE node = ? AND user = ? AND kind != 'usage' AND at >= ?"
+        f"{_HOOK_SELECT} WHERE node = ? AND \"user\" = ? AND kind != 'usage' AND at >= ?"
         " AND at <= ? ORDER BY at, id LIMIT 50",
         (node, user, start, end),
     ).fetchall()
@@ -422,10 +441,11 @@ def grants_on_node(conn: sqlite3.Connection, node: str) -> set[str]:
 def insert_event(conn: sqlite3.Connection, e: SessionEvent, now: datetime) -> bool:
     """Store one event; False when the node had delivered it before (at-least-once)."""
     cur = conn.execute(
-        "INSERT OR IGNORE INTO session_events (node, event_id, kind, grant_id, user,"
+        'INSERT INTO session_events (node, event_id, kind, grant_id, "user",'
         " runas, service, tty, pid, at, received_at, ended_by, killed, contained, cpu_usec,"
         " memory_peak, pids_peak, session_pid, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (node, event_id) DO NOTHING",
         (
             e.node, e.event_id, e.kind, e.grant_id, e.user,
             e.runas, e.service, e.tty, e.pid, e.at, to_text(now),
@@ -445,7 +465,7 @@ def hook_opens(
     """(user, grant_id, at) of the `open` events collected from this node for this user
     between the bounds (node times are whole seconds; the end is rounded up)."""
     rows = conn.execute(
-        "SELECT user, grant_id, at FROM session_events WHERE node = ? AND user = ?"
+        'SELECT "user", grant_id, at FROM session_events WHERE node = ? AND "user" = ?'
         " AND kind = 'open' AND at >= ? AND at <= ? ORDER BY at LIMIT 50",
         (node, user, to_second_text(since), to_second_text(until + timedelta(seconds=1))),
     ).fetchall()
@@ -458,8 +478,8 @@ def recordings_near(
     """How many recordings name this node and user with a start between the bounds (at
     most 51: beyond the hook events' 50 the answer is the same)."""
     row = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM recordings WHERE node = ? AND user = ?"
-        " AND started_at >= ? AND started_at <= ? LIMIT 51)",
+        'SELECT count(*) FROM (SELECT 1 FROM recordings WHERE node = ? AND "user" = ?'
+        " AND started_at >= ? AND started_at <= ? LIMIT 51) AS near",
         (node, user, to_text(since), to_text(until)),
     ).fetchone()
     return int(row[0])

@@ -128,7 +128,7 @@ class Search:
         input_only = set(streams) <= set(iolog.INPUT)
         match = None
         if literals and input_only:
-            match = query.match_all("input", literals)
+            match = query.TextMatch("input", tuple(literals))
             result.narrowed, result.literals = True, literals
         # Narrowed or not, at most MAX_SCAN recordings are read (the newest).
         ids = list(rows.regex_candidates(self._conn, f, match, MAX_SCAN + 1))
