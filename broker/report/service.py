@@ -207,7 +207,12 @@ class ReportService:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
-            report = verify_store(conn, self._settings.signing_key, self._settings.checkpoint_paths)
+            report = verify_store(
+                conn,
+                self._settings.signing_key,
+                self._settings.checkpoint_paths,
+                self._settings.audit.trusted_keys,
+            )
         finally:
             conn.close()
         problem = None
@@ -281,7 +286,10 @@ class ReportService:
                 f" ({found}): the chain was rewritten or the report is from another broker",
             )
         report = verify_store(
-            self._store.conn, self._settings.signing_key, self._settings.checkpoint_paths
+            self._store.conn,
+            self._settings.signing_key,
+            self._settings.checkpoint_paths,
+            self._settings.audit.trusted_keys,
         )
         if report.problem is not None and report.problem.seq <= seq:
             p = report.problem
