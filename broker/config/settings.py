@@ -26,7 +26,6 @@ from broker.config.fields import (
 )
 from broker.config.forwarding import ForwardFields
 from broker.config.notify import NotifySection
-from broker.core.errors import ConfigError
 
 _POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9._/-]{1,200}@[A-Z0-9.-]{1,200}$")
@@ -573,14 +572,12 @@ class Settings(_Section):
     @property
     def broker_name(self) -> str:
         """What checkpoints this broker seals say sealed them: broker.name, or the host name
-        up to its first dot."""
-        name = self.broker.name or socket.gethostname().split(".")[0]
-        if not _BROKER_NAME.fullmatch(name):
-            raise ConfigError(
-                f"the host name {name[:64]!r} cannot name this broker in its checkpoints",
-                fix="set broker.name (letters, digits, . and -)",
-            )
-        return name
+        up to its first dot with anything but letters, digits and `-` made `-` (a host name
+        must never stop the sealer: it runs after every commit)."""
+        if self.broker.name:
+            return self.broker.name
+        host = socket.gethostname().split(".")[0]
+        return re.sub(r"[^A-Za-z0-9-]", "-", host)[:63].strip("-") or "broker"
 
     @property
     def mfa_key(self) -> Path:
