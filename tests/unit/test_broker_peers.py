@@ -24,6 +24,7 @@ from broker.audit.checkpoint import (
     parse_checkpoint_line,
 )
 from broker.config.loader import load_settings
+from broker.config.settings import Settings
 from broker.core.errors import IntegrityError, UnavailableError, UsageError
 from broker.core.pubkeys import load_peer_keys, load_public_key_file
 from broker.grants import grantfile
@@ -128,6 +129,17 @@ def test_a_checkpoint_whose_broker_name_was_changed_is_refused(tmp_path: Path) -
     log.write_text(log.read_text().replace('"broker":"broker-a"', '"broker":"broker-b"'))
     with pytest.raises(IntegrityError, match="bad signature"):
         app.audit().verify()
+
+
+@pytest.mark.parametrize(
+    ("host", "name"), [("broker-a.example.org", "broker-a"), ("node_7", "node-7"), ("_", "broker")]
+)
+def test_a_host_name_always_gives_a_checkpoint_name(
+    monkeypatch: pytest.MonkeyPatch, host: str, name: str
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: host)
+    assert Settings().broker_name == name
+    assert Settings.model_validate({"broker": {"name": "b1"}}).broker_name == "b1"
 
 
 # --- grant keys ------------------------------------------------------------------------------
