@@ -16,12 +16,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from broker.audit import writer
 from broker.audit.chain import GENESIS_HASH
-from broker.audit.checkpoint import load_public_key, load_signing_key, public_key_path
+from broker.audit.checkpoint import (
+    checkpoint_keys,
+    load_public_key,
+    load_signing_key,
+    public_key_path,
+)
 from broker.audit.query import verify_store
 from broker.config.settings import Settings
 from broker.core.errors import BadRequestError, UsageError
+from broker.core.pubkeys import load_peer_keys
 from broker.core.timeutil import from_text, to_text
 from broker.policy.model import Policy
 from broker.report import document, evidence, queries
@@ -263,6 +271,16 @@ class ReportService:
         )
         return outcome
 
+    def _report_key(self, doc: dict[str, Any]) -> Ed25519PublicKey:
+        """The key a report says signed it, when it is this broker's or a trusted peer's
+        (audit.trusted_keys: a peer's report over the shared chain verifies here); else
+        this broker's, which then names the mismatch."""
+        public = load_public_key(public_key_path(self._settings.signing_key))
+        peers = load_peer_keys(public, self._settings.audit.trusted_keys, "trusted audit key")
+        signature = doc.get("signature")
+        claimed = signature.get("key_id") if isinstance(signature, dict) else None
+        return checkpoint_keys(public, peers).get(str(claimed), public)
+
     def _check(self, doc: dict[str, Any]) -> VerifyOutcome:
         if doc.get("schema") != document.SCHEMA:  # the key also signs checkpoints: only a
             # report's shape is checked as a report
@@ -271,8 +289,7 @@ class ReportService:
             seq, digest = document.stated_head(doc)
         except UsageError as exc:
             raise BadRequestError(exc.message) from None
-        public = load_public_key(public_key_path(self._settings.signing_key))
-        bad = document.signature_problem(doc, public)
+        bad = document.signature_problem(doc, self._report_key(doc))
         if bad is not None:
             return VerifyOutcome(False, seq, "signature", bad)
         stored = queries.hash_at(self._store.conn, seq) if seq else GENESIS_HASH

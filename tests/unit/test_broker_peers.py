@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,10 @@ from broker.config.loader import load_settings
 from broker.config.settings import Settings
 from broker.core.errors import IntegrityError, UnavailableError, UsageError
 from broker.core.pubkeys import load_peer_keys, load_public_key_file
+from broker.core.timeutil import utcnow
 from broker.grants import grantfile
 from broker.provision.bundle import check_key_file
+from broker.report.document import sign
 from tests.helpers import write_config
 
 
@@ -234,3 +237,21 @@ def test_trusted_key_lists_that_cannot_be_meant_are_refused(
     for section in ("", "[grants]\n"):
         with pytest.raises(UsageError, match=message):
             load_settings(write_config(tmp_path, f"{section}trusted_keys = {value}\n"))
+
+
+def test_a_report_a_trusted_peer_signed_over_the_shared_chain_verifies(
+    tmp_path: Path, config_dir: Path
+) -> None:
+    peer, peer_pub = peer_key(config_dir, "audit-b")
+    app = make_app(tmp_path)
+    now = utcnow()
+    doc = app.report().controls(
+        since=now - timedelta(days=1), until=now, zone=None, actor="unix:root", now=now
+    )
+    by_peer = sign({k: v for k, v in doc.items() if k != "signature"}, peer)
+    outcome = app.report().verify(by_peer, actor="unix:root", now=now)
+    assert outcome.failed == "signature" and "not this broker's key" in outcome.message
+    app.close()
+    trusting = App(load_settings(write_config(tmp_path, f'trusted_keys = ["{peer_pub}"]\n')))
+    assert trusting.report().verify(by_peer, actor="unix:root", now=now).ok
+    trusting.close()
