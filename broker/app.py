@@ -25,6 +25,7 @@ from broker.audit.service import AuditService
 from broker.audit.setup import KeyFile, StateFiles, StateSetup
 from broker.config.settings import Settings
 from broker.core.errors import UnavailableError
+from broker.core.pubkeys import load_peer_keys
 from broker.directory.service import DirectoryService
 from broker.fleet.clientkey import create_client_key
 from broker.grants.reader import GrantReader
@@ -147,6 +148,7 @@ class App:
         audit = self.settings.audit
         return writer.Sealer(
             load_signing_key(self.settings.signing_key),
+            broker=self.settings.broker_name,
             log_path=self.settings.checkpoint_log,
             copy_path=audit.checkpoint_copy,
             syslog_socket=audit.syslog_socket if audit.syslog else None,
@@ -180,6 +182,7 @@ class App:
             self._sealer,
             signing_key=self.settings.signing_key,
             checkpoint_paths=self.settings.checkpoint_paths,
+            trusted_keys=self.settings.audit.trusted_keys,
         )
 
     def policy(self) -> PolicyService:
@@ -225,10 +228,14 @@ class App:
                 fix="run `broker init` to create it",
             ) from None
 
-    def _grant_key_line(self) -> str:
-        from broker.grants.grantfile import public_key_line  # lazy: start-up (module doc)
+    def _grant_key_file(self) -> str:
+        """What bootstrap writes to nodes' grant-key.pub: this broker's key, then the peers'
+        in `grants.trusted_keys` (read now, so a key copied in later needs no restart)."""
+        from broker.grants.grantfile import public_key_lines  # lazy: start-up (module doc)
 
-        return public_key_line(self._grant_key.public_key())
+        own = self._grant_key.public_key()
+        peers = load_peer_keys(own, self.settings.grants.trusted_keys, "trusted grant key")
+        return public_key_lines([own, *peers])
 
     def revocation(self) -> Revocation:
         """Ending grants (revoke, reap, re-check): the store and the shared pool, built on
@@ -297,7 +304,7 @@ class App:
             settings=self.settings,
             owner=self.owner,
             policy=self.policy().require,
-            grant_key_line=self._grant_key_line,
+            grant_key_file=self._grant_key_file,
             drop_ins=self.drop_ins,
         )
 

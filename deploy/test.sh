@@ -23,7 +23,7 @@ echo "== dependency floors (every runtime dependency at its declared minimum)"
 deploy/check-floors.sh
 echo "== the broker host's Debian package (build, apt-get install, check, purge)"
 bash packaging/broker/ci-check.sh
-echo "== fuzzing the node's parsers (libFuzzer, 5 x 15 s)"
+echo "== fuzzing the node's parsers (libFuzzer, 6 x 15 s)"
 make -s -C pam fuzz FUZZ_SECONDS=15
 echo "== vermin (pam/ runs on the nodes' /usr/bin/python3: 3.9 on EL9)"
 .venv/bin/vermin --no-tips --violations -t=3.9- --eval-annotations --no-config-file \

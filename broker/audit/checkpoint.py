@@ -5,6 +5,10 @@ After each committed write (or every `audit.checkpoint_interval`), the head
 checkpoint log, to an optional second path (another disk, a WORM mount) and
 to syslog, which a site ships off the host. Deleting the newest events or
 rewriting the chain with recomputed hashes then contradicts a checkpoint.
+
+Each line names the broker that sealed it and its key id; verification accepts this
+broker's key and the keys of its peers (`audit.trusted_keys`), so a chain that two brokers
+append to verifies on either (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,58 +103,80 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return public
 
 
-def _signed_body(seq: int, head: str, time: str, kid: str) -> bytes:
-    return json.dumps(
-        {"v": 1, "seq": seq, "hash": head, "time": time, "key": kid},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode("ascii")
+# A checkpoint line says which broker sealed it from version 2 on; version 1 lines (no
+# `broker`) are still read, so logs written before stay verifiable.
+_BROKER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+CheckpointKeys = Mapping[str, Ed25519PublicKey]
 
 
-def checkpoint_line(key: SigningKey, seq: int, head: str, time: str) -> str:
-    """One JSON line: the statement and its signature."""
-    sig = key.private.sign(_signed_body(seq, head, time, key.key_id))
-    return json.dumps(
-        {
-            "v": 1,
-            "seq": seq,
-            "hash": head,
-            "time": time,
-            "key": key.key_id,
-            "sig": base64.b64encode(sig).decode("ascii"),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def checkpoint_keys(own: Ed25519PublicKey, peers: Sequence[Ed25519PublicKey]) -> CheckpointKeys:
+    """Key id -> key: this broker's audit key and its peers' (`audit.trusted_keys`)."""
+    return {key_id(public): public for public in (own, *peers)}
 
 
-def parse_checkpoint_line(line: str, public: Ed25519PublicKey, source: str) -> Checkpoint:
-    """Parse and check one line; anything unsigned, malformed or signed by another key is refused."""
+def _signed_body(seq: int, head: str, time: str, kid: str, broker: str | None) -> bytes:
+    fields: dict[str, object] = {"v": 1, "seq": seq, "hash": head, "time": time, "key": kid}
+    if broker is not None:
+        fields.update(v=2, broker=broker)
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def checkpoint_line(key: SigningKey, seq: int, head: str, time: str, *, broker: str) -> str:
+    """One JSON line: the statement, the broker that sealed it, and the signature."""
+    if not _BROKER.fullmatch(broker):
+        raise ValueError(f"{broker[:64]!r} cannot name a broker in a checkpoint")
+    body = _signed_body(seq, head, time, key.key_id, broker)
+    fields = json.loads(body)
+    fields["sig"] = base64.b64encode(key.private.sign(body)).decode("ascii")
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def _fields(line: str, source: str) -> tuple[int, str, str, str, str | None, bytes]:
     try:
         data = json.loads(line)
+        version = data["v"]
         seq, head, time, kid = (
             int(data["seq"]),
             str(data["hash"]),
             str(data["time"]),
             str(data["key"]),
         )
+        broker = None if version == 1 else str(data["broker"])
         sig = base64.b64decode(str(data["sig"]), validate=True)
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(
             f"checkpoint {source} is malformed: the checkpoint log was edited"
         ) from None
-    if kid != key_id(public):
-        raise IntegrityError(f"checkpoint {source} is signed by unknown key {kid}")
+    if (
+        type(version) is not int
+        or version not in (1, 2)
+        or (broker is not None and not _BROKER.fullmatch(broker))
+    ):
+        raise IntegrityError(f"checkpoint {source} is malformed: the checkpoint log was edited")
+    return seq, head, time, kid, broker, sig
+
+
+def parse_checkpoint_line(line: str, keys: CheckpointKeys, source: str) -> Checkpoint:
+    """Parse and check one line; anything unsigned, malformed or signed by a key that is
+    neither this broker's nor a trusted peer's is refused, naming the key (and broker)."""
+    seq, head, time, kid, broker, sig = _fields(line, source)
+    public = keys.get(kid)
+    if public is None:
+        by = f" (sealed by {broker})" if broker else ""
+        raise IntegrityError(
+            f"checkpoint {source} is signed by unknown key {kid}{by}",
+            fix="if that broker is this one's peer, list its audit key in audit.trusted_keys",
+        )
     try:
-        public.verify(sig, _signed_body(seq, head, time, kid))
+        public.verify(sig, _signed_body(seq, head, time, kid, broker))
     except InvalidSignature:
         raise IntegrityError(
             f"checkpoint {source} has a bad signature: the checkpoint log was edited"
         ) from None
-    return Checkpoint(seq=seq, hash=head, time=time, key_id=kid, source=source)
+    return Checkpoint(seq=seq, hash=head, time=time, key_id=kid, source=source, broker=broker or "")
 
 
-def read_checkpoints(paths: Sequence[Path], public: Ed25519PublicKey) -> list[Checkpoint]:
+def read_checkpoints(paths: Sequence[Path], keys: CheckpointKeys) -> list[Checkpoint]:
     """All checkpoints from every copy that exists (a missing copy is skipped, a bad line is not)."""
     found: list[Checkpoint] = []
     for path in paths:
@@ -161,7 +188,7 @@ def read_checkpoints(paths: Sequence[Path], public: Ed25519PublicKey) -> list[Ch
             raise IntegrityError(f"cannot read checkpoint log {path}: {exc}") from None
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                found.append(parse_checkpoint_line(line, public, f"{path}:{number}"))
+                found.append(parse_checkpoint_line(line, keys, f"{path}:{number}"))
     return found
 
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from broker.audit.chain import AuditEvent
-from broker.audit.checkpoint import load_public_key, public_key_path, read_checkpoints
+from broker.audit.checkpoint import (
+    checkpoint_keys,
+    load_public_key,
+    public_key_path,
+    read_checkpoints,
+)
 from broker.audit.verify import Row, VerifyReport, verify_chain
 from broker.core import sqldialect
+from broker.core.pubkeys import load_peer_keys
 
 _COLUMNS = "seq, ts, actor, action, target, outcome, details, prev_hash, hash"
 PAGE_MAX = 5000  # events per request to the daemon; clients page with after_seq / before_seq
@@ -97,11 +103,16 @@ def iter_events(conn: sqlite3.Connection, filt: EventFilter) -> Iterator[AuditEv
 
 
 def verify_store(
-    conn: sqlite3.Connection, signing_key_path: Path, checkpoint_paths: list[Path]
+    conn: sqlite3.Connection,
+    signing_key_path: Path,
+    checkpoint_paths: list[Path],
+    trusted_keys: Sequence[Path] = (),
 ) -> VerifyReport:
-    """Verify the stored chain against every checkpoint copy that can be read."""
+    """Verify the stored chain against every checkpoint copy that can be read; checkpoints
+    sealed by this broker's key or by a peer's in `trusted_keys` (audit.trusted_keys)."""
     public = load_public_key(public_key_path(signing_key_path))
-    checkpoints = read_checkpoints(checkpoint_paths, public)
+    peers = load_peer_keys(public, trusted_keys, "trusted audit key")
+    checkpoints = read_checkpoints(checkpoint_paths, checkpoint_keys(public, peers))
 
     def seq_of_hash(digest: str) -> int | None:
         # Only called once verification has already failed: a scan is fine, and an index on

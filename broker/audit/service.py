@@ -27,11 +27,13 @@ class AuditService:
         *,
         signing_key: Path,
         checkpoint_paths: Sequence[Path],
+        trusted_keys: Sequence[Path] = (),
     ) -> None:
         self._store = store
         self._sealer = sealer
         self._signing_key = signing_key
         self._checkpoint_paths = list(checkpoint_paths)
+        self._trusted_keys = list(trusted_keys)
 
     def seal(self) -> int | None:
         """Write a checkpoint for the head now, whatever the interval says."""
@@ -42,5 +44,8 @@ class AuditService:
         return self._sealer.seal(self._store.conn, force=True)
 
     def verify(self) -> VerifyReport:
-        """Walk the chain and check it against every checkpoint log."""
-        return verify_store(self._store.conn, self._signing_key, self._checkpoint_paths)
+        """Walk the chain and check it against every checkpoint log, accepting checkpoints
+        sealed by this broker or by a trusted peer."""
+        return verify_store(
+            self._store.conn, self._signing_key, self._checkpoint_paths, self._trusted_keys
+        )

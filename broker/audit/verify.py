@@ -25,6 +25,7 @@ class Checkpoint:
     time: str
     key_id: str
     source: str
+    broker: str = ""  # the broker that sealed it; "" in version 1 lines (before issue 24)
 
 
 @dataclass(frozen=True, slots=True)

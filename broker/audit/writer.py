@@ -80,6 +80,7 @@ class Sealer:
         self,
         key: SigningKey,
         *,
+        broker: str,
         log_path: Path,
         copy_path: Path | None,
         syslog_socket: Path | None,
@@ -87,6 +88,7 @@ class Sealer:
         owner: tuple[int, int] | None,
     ) -> None:
         self._key = key
+        self._broker = broker
         self._log_path = log_path
         self._copy_path = copy_path
         self._syslog = syslog_socket
@@ -103,7 +105,7 @@ class Sealer:
         now = utcnow()
         if not force and self._sealed_at is not None and now - self._sealed_at < self._interval:
             return None
-        line = checkpoint_line(self._key, seq, digest, to_text(now))
+        line = checkpoint_line(self._key, seq, digest, to_text(now), broker=self._broker)
         # The change is committed already: a failed copy is logged loudly, never undone,
         # and `broker audit verify` reports the events as unsealed until a later seal.
         for path in (self._log_path, self._copy_path):

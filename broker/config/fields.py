@@ -100,3 +100,17 @@ def refuse_webhook_url(data: object) -> object:
         if problem is not None:
             raise ValueError(problem)
     return data
+
+
+def _trusted_keys(value: list[Path]) -> list[Path]:
+    # 7: nodes accept at most 8 grant keys (pam/src/bk_contract.h), this broker's and 7 more.
+    if len(value) > 7:
+        raise ValueError("at most 7 other brokers' keys (nodes accept 8 keys in all)")
+    if len(set(value)) != len(value):
+        raise ValueError("a path is listed twice")
+    return value
+
+
+# Other brokers' public keys (PEM files copied from them): the list is checked here, each
+# file when it is used (broker/core/pubkeys.py: owner, mode, an Ed25519 key, not our own).
+TrustedKeys = Annotated[list[AbsPath], AfterValidator(_trusted_keys)]

@@ -7,6 +7,7 @@ minimal file only says where the directory is and how to reach the nodes.
 from __future__ import annotations
 
 import re
+import socket
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -14,7 +15,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from broker.config.fields import AbsPath, Backoff, Duration, Section, Timeout, refuse_webhook_url
+from broker.config.fields import (
+    AbsPath,
+    Backoff,
+    Duration,
+    Section,
+    Timeout,
+    TrustedKeys,
+    refuse_webhook_url,
+)
 from broker.config.forwarding import ForwardFields
 from broker.config.notify import NotifySection
 from broker.core.storeurl import StoreUrl, StoreUrlError, parse_store_url
@@ -22,6 +31,7 @@ from broker.core.storeurl import StoreUrl, StoreUrlError, parse_store_url
 _POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9._/-]{1,200}@[A-Z0-9.-]{1,200}$")
 _DN_COMPONENT = re.compile(r"^(?:DC|dc)=[A-Za-z0-9-]{1,63}$")
+_BROKER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 
 
 _Section = Section
@@ -32,6 +42,9 @@ class BrokerSection(_Section):
 
     state_dir: AbsPath = Path("/var/lib/broker")
     service_user: str = "broker"
+    # This broker's name in the checkpoints it seals (docs/audit.md); default: the host's
+    # name, cut at the first dot. Each broker of a pair needs its own.
+    name: str | None = Field(default=None, pattern=_BROKER_NAME.pattern)
 
     @field_validator("service_user")
     @classmethod
@@ -96,6 +109,9 @@ class AuditSection(_Section, ForwardFields):
     checkpoint_log: AbsPath | None = None
     checkpoint_copy: AbsPath | None = None
     signing_key: AbsPath | None = None
+    # Other brokers' public audit keys (their audit-ed25519.pub): checkpoints they sealed
+    # verify here too (docs/audit.md, "Checkpoints of several brokers").
+    trusted_keys: TrustedKeys = Field(default_factory=list)
     checkpoint_interval: Duration = timedelta(0)
     syslog: bool = True
     syslog_socket: AbsPath = Path("/dev/log")
@@ -346,9 +362,12 @@ class MfaSection(_Section):
 
 
 class GrantsSection(_Section):
-    """Grants: the key that signs them, the reaper."""
+    """Grants: the key that signs them, the keys nodes also trust, the reaper."""
 
     signing_key: AbsPath | None = None
+    # Other brokers' public grant keys (their grant-ed25519.pub): bootstrap writes them after
+    # this broker's own into every node's grant-key.pub, so either broker's grants verify.
+    trusted_keys: TrustedKeys = Field(default_factory=list)
     # How often the daemon expires requests and grants and retries removals from nodes.
     reap_interval: Duration = timedelta(seconds=30)
     # A drop-in missing, changed or ignored by sudo (docs/grants.md): both alert and mark
@@ -403,6 +422,10 @@ _HOST = re.compile(
 )
 
 
+def _is_ipv4(host: str) -> bool:
+    return re.fullmatch(r"[\d.]+", host) is not None
+
+
 def host_port(value: str, what: str) -> tuple[str, int]:
     """`host:port` with a DNS name or IPv4 address (the forms sudoers and stunnel take)."""
     host, sep, port = value.rpartition(":")
@@ -425,6 +448,9 @@ class SessionsSection(_Section):
     tunnel_listen: str = "0.0.0.0:30344"
     # What nodes connect to (the name must be in the server certificate).
     tunnel_connect: str = "broker.example.org:30344"
+    # Other brokers' tunnels (host:port), tried in this order when tunnel_connect cannot be
+    # reached (stunnel's `failover = prio`); all names or all IPv4 addresses, like it.
+    failover_connect: list[str] = Field(default_factory=list, max_length=7)
     # The node-side tunnel listens on 127.0.0.1:<node_port>, or on the node's inventory
     # address with node_listen = "node-address" (nodes sharing one network stack: the lab).
     node_listen: Literal["loopback", "node-address"] = "loopback"
@@ -455,6 +481,20 @@ class SessionsSection(_Section):
     def _host_port(cls, value: str) -> str:
         host_port(value, "this setting")
         return value
+
+    @model_validator(mode="after")
+    def _failover(self) -> SessionsSection:
+        hosts = [host_port(v, "sessions.failover_connect")[0] for v in self.failover_connect]
+        ordered = [self.tunnel_connect, *self.failover_connect]
+        if len(set(ordered)) != len(ordered):
+            raise ValueError("sessions.failover_connect repeats an endpoint (or tunnel_connect)")
+        first = host_port(self.tunnel_connect, "sessions.tunnel_connect")[0]
+        if len({_is_ipv4(h) for h in [first, *hosts]}) > 1:
+            raise ValueError(
+                "sessions.tunnel_connect and failover_connect must be all host names or all "
+                "IPv4 addresses (stunnel checks a name or an address, not a mix)"
+            )
+        return self
 
     @field_validator("relays")
     @classmethod
@@ -601,6 +641,16 @@ class Settings(_Section):
     @property
     def session_store(self) -> Path:
         return self.sessions.store_dir or self.broker.state_dir / "sessions" / "iolog"
+
+    @property
+    def broker_name(self) -> str:
+        """What checkpoints this broker seals say sealed them: broker.name, or the host name
+        up to its first dot with anything but letters, digits and `-` made `-` (a host name
+        must never stop the sealer: it runs after every commit)."""
+        if self.broker.name:
+            return self.broker.name
+        host = socket.gethostname().split(".")[0]
+        return re.sub(r"[^A-Za-z0-9-]", "-", host)[:63].strip("-") or "broker"
 
     @property
     def mfa_key(self) -> Path:

@@ -13,6 +13,7 @@ import hashlib
 import re
 import secrets
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,6 +27,7 @@ from broker.policy.names import POSIX_NAME
 MAGIC = "broker-grant-v1"
 KEY_MAGIC = "broker-grant-key-v1"
 MAX_BYTES = 8192
+MAX_KEYS = 8  # grant-key.pub lines a node accepts (pam/src/bk_contract.h BK_MAX_KEYS)
 MAX_SESSIONS = 16
 REASON_MAX = 200
 GRANT_ID = re.compile(r"g[0-9a-f]{16}")
@@ -168,8 +170,19 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 
 def public_key_line(public: Ed25519PublicKey) -> str:
-    """The content of a node's /etc/broker/grant-key.pub."""
+    """One key's line of a node's /etc/broker/grant-key.pub."""
     return f"{KEY_MAGIC} {base64.b64encode(_raw(public)).decode('ascii')}\n"
+
+
+def public_key_lines(publics: Sequence[Ed25519PublicKey]) -> str:
+    """A node's whole /etc/broker/grant-key.pub: this broker's key first, then its peers'
+    (`grants.trusted_keys`); a grant verifies on the node if any listed key signed it. One
+    key gives the same file as before, which old nodes and old brokers read unchanged."""
+    if not 1 <= len(publics) <= MAX_KEYS:
+        raise UsageError(f"a node trusts 1 to {MAX_KEYS} grant keys, not {len(publics)}")
+    if len({_raw(p) for p in publics}) != len(publics):
+        raise UsageError("a grant key is listed twice", fix="list each broker's key once")
+    return "".join(public_key_line(p) for p in publics)
 
 
 def encode_signed(grant: GrantFile, key: Ed25519PrivateKey) -> str:

@@ -53,7 +53,7 @@ from broker.provision.bundle import (
     WATCH_UNIT,
     Bundle,
     Compat,
-    check_key_line,
+    check_key_file,
     insert_block,
     load_bundle,
     pam_services,
@@ -126,7 +126,7 @@ def _install_program(
         files = (
             *(() if owned else bundle.files),
             (NODE_CONF, node_conf.encode("ascii"), 0o644),
-            (GRANT_KEY, check_key_line(key_line).encode("ascii"), 0o644),
+            (GRANT_KEY, check_key_file(key_line).encode("ascii"), 0o644),
         )
         program_new = watch_new = False
         for path, data, mode in files:
@@ -489,7 +489,7 @@ def bootstrap(
     """Bootstrap enrolled nodes in parallel; audit what changed (node.bootstrap) per node."""
     targets = inventory.targets(store, names)
     use = bundle or load_bundle()
-    key = check_key_line(key_line)
+    key = check_key_file(key_line)
     confs = {t.name: render_node_conf(policy, t.name, joblaunch_service) for t in targets}
 
     def one(target: NodeTarget) -> BootstrapResult:

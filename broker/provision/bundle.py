@@ -90,7 +90,8 @@ OBSOLETE_FILES = (f"{LIBEXEC}/pam-hook", f"{NODE_PKG}/hook.py", f"{NODE_PKG}/ed2
 PAM_BLOCKS = ("sudo", "sshd", "joblaunch")
 _GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SERVICE = re.compile(r"^[a-z0-9_.-]{1,64}$")
-_KEY_LINE = re.compile(r"^broker-grant-key-v1 ([A-Za-z0-9+/]{43}=)\n?$")
+_KEY_LINE = re.compile(r"^broker-grant-key-v1 ([A-Za-z0-9+/]{43}=)$")
+MAX_NODE_KEYS = 8  # pam/src/bk_contract.h BK_MAX_KEYS
 
 
 @dataclass(frozen=True)
@@ -257,16 +258,27 @@ def render_node_conf(policy: Policy, node: str, joblaunch_service: str) -> str:
     )
 
 
-def check_key_line(line: str) -> str:
-    """The verification key line, `broker-grant-key-v1 <base64 of 32 bytes>`, with its newline."""
-    match = _KEY_LINE.fullmatch(line)
-    try:
-        raw = base64.b64decode(match[1], validate=True) if match else b""
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise UsageError("the grant verification key line is malformed")
-    return line if line.endswith("\n") else line + "\n"
+def check_key_file(text: str) -> str:
+    """grant-key.pub as nodes read it: 1..8 `broker-grant-key-v1 <base64 of 32 bytes>` lines,
+    no key twice, each with its newline (pam/src/bk_contract.c refuses anything else, so a
+    file that would lock every grant out is refused here before it is written)."""
+    text = text if text.endswith("\n") else text + "\n"
+    lines = text[:-1].split("\n")
+    if not 1 <= len(lines) <= MAX_NODE_KEYS:
+        raise UsageError(f"a node trusts 1 to {MAX_NODE_KEYS} grant keys, not {len(lines)}")
+    keys: set[bytes] = set()
+    for number, line in enumerate(lines, start=1):
+        match = _KEY_LINE.fullmatch(line)
+        try:
+            raw = base64.b64decode(match[1], validate=True) if match else b""
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise UsageError(f"grant verification key line {number} is malformed")
+        if raw in keys:
+            raise UsageError(f"grant verification key line {number} repeats an earlier key")
+        keys.add(raw)
+    return text
 
 
 def pam_services(joblaunch_service: str) -> list[tuple[str, str, bool]]:

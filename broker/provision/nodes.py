@@ -53,7 +53,7 @@ class NodeService:
         settings: Settings,
         owner: tuple[int, int] | None,
         policy: Callable[[], Policy],
-        grant_key_line: Callable[[], str],
+        grant_key_file: Callable[[], str],
         drop_ins: Callable[[], DropInCheck],
     ) -> None:
         self._store = store
@@ -61,7 +61,7 @@ class NodeService:
         self._settings = settings
         self._owner = owner
         self._policy = policy  # the active one, refusing when there is none
-        self._grant_key_line = grant_key_line
+        self._grant_key_file = grant_key_file
         self._drop_ins = drop_ins
 
     def add(self, name: str, address: str, port: int | None, actor: str) -> NodeRecord:
@@ -142,7 +142,7 @@ class NodeService:
         """Install the node side: node program, node.conf, grant key, PAM blocks, tunnel."""
         settings = self._settings
         policy = self._policy()
-        key_line = self._grant_key_line()
+        key_line = self._grant_key_file()  # all the lines of grant-key.pub
         ca = sessions_setup.load_ca(settings)
 
         lock = threading.Lock()  # nodes are bootstrapped in parallel over one connection

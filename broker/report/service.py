@@ -16,13 +16,21 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from broker.audit import writer
 from broker.audit.chain import GENESIS_HASH
-from broker.audit.checkpoint import load_public_key, load_signing_key, public_key_path
+from broker.audit.checkpoint import (
+    checkpoint_keys,
+    load_public_key,
+    load_signing_key,
+    public_key_path,
+)
 from broker.audit.query import verify_store
 from broker.config.settings import Settings
 from broker.core import sqldialect
 from broker.core.errors import BadRequestError, UsageError
+from broker.core.pubkeys import load_peer_keys
 from broker.core.timeutil import from_text, to_text
 from broker.policy.model import Policy
 from broker.report import document, evidence, queries
@@ -208,7 +216,12 @@ class ReportService:
         # timeout: SQLite's busy timeout, 30 s, as the store's own connections wait.
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
         try:
-            report = verify_store(conn, self._settings.signing_key, self._settings.checkpoint_paths)
+            report = verify_store(
+                conn,
+                self._settings.signing_key,
+                self._settings.checkpoint_paths,
+                self._settings.audit.trusted_keys,
+            )
         finally:
             conn.close()
         problem = None
@@ -259,6 +272,16 @@ class ReportService:
         )
         return outcome
 
+    def _report_key(self, doc: dict[str, Any]) -> Ed25519PublicKey:
+        """The key a report says signed it, when it is this broker's or a trusted peer's
+        (audit.trusted_keys: a peer's report over the shared chain verifies here); else
+        this broker's, which then names the mismatch."""
+        public = load_public_key(public_key_path(self._settings.signing_key))
+        peers = load_peer_keys(public, self._settings.audit.trusted_keys, "trusted audit key")
+        signature = doc.get("signature")
+        claimed = signature.get("key_id") if isinstance(signature, dict) else None
+        return checkpoint_keys(public, peers).get(str(claimed), public)
+
     def _check(self, doc: dict[str, Any]) -> VerifyOutcome:
         if doc.get("schema") != document.SCHEMA:  # the key also signs checkpoints: only a
             # report's shape is checked as a report
@@ -267,8 +290,7 @@ class ReportService:
             seq, digest = document.stated_head(doc)
         except UsageError as exc:
             raise BadRequestError(exc.message) from None
-        public = load_public_key(public_key_path(self._settings.signing_key))
-        bad = document.signature_problem(doc, public)
+        bad = document.signature_problem(doc, self._report_key(doc))
         if bad is not None:
             return VerifyOutcome(False, seq, "signature", bad)
         stored = queries.hash_at(self._store.conn, seq) if seq else GENESIS_HASH
@@ -282,7 +304,10 @@ class ReportService:
                 f" ({found}): the chain was rewritten or the report is from another broker",
             )
         report = verify_store(
-            self._store.conn, self._settings.signing_key, self._settings.checkpoint_paths
+            self._store.conn,
+            self._settings.signing_key,
+            self._settings.checkpoint_paths,
+            self._settings.audit.trusted_keys,
         )
         if report.problem is not None and report.problem.seq <= seq:
             p = report.problem

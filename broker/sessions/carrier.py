@@ -9,6 +9,7 @@ validated settings or a checked node name; nothing else reaches these files.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,15 +147,44 @@ def node_listen(settings: Settings, node_address: str) -> tuple[str, int]:
     return "127.0.0.1", settings.sessions.node_port
 
 
-def node_connect(settings: Settings, zone: str | None) -> tuple[str, int]:
-    """The broker host, or the zone's relay when the zone opted into store-and-forward."""
+def central_connects(settings: Settings) -> list[tuple[str, int]]:
+    """Every broker's tunnel in the order tried: this broker's, then sessions.failover_connect."""
+    first = host_port(settings.sessions.tunnel_connect, "sessions.tunnel_connect")
+    more = [host_port(v, "sessions.failover_connect") for v in settings.sessions.failover_connect]
+    return [first, *more]
+
+
+def node_connects(settings: Settings, zone: str | None) -> list[tuple[str, int]]:
+    """The brokers' tunnels in order, or the zone's relay when the zone opted into
+    store-and-forward (the relay itself fails over between the brokers)."""
     relay = settings.sessions.relays.get(zone) if zone else None
-    return host_port(relay or settings.sessions.tunnel_connect, "sessions.tunnel_connect")
+    if relay:
+        return [host_port(relay, "sessions.relays")]
+    return central_connects(settings)
 
 
-def stunnel_node_conf(listen: tuple[str, int], connect: tuple[str, int]) -> str:
-    """A node's stunnel client: it checks the server's name against the session CA."""
-    check = "checkIP" if re.fullmatch(r"[\d.]+", connect[0]) else "checkHost"
+def _targets(connects: Sequence[tuple[str, int]]) -> tuple[str, str]:
+    """(connect lines, name-check lines) for a client service. More than one target adds
+    `failover = prio`: stunnel tries them in the order written and takes the first that
+    answers, so recordings reach whichever broker is up. The server's certificate must
+    name one of them: all are host names (checkHost) or all IPv4 addresses (checkIP)."""
+    if not connects:
+        raise ValueError("a tunnel needs at least one log server to connect to")
+    kinds = {bool(re.fullmatch(r"[\d.]+", host)) for host, _port in connects}
+    if len(kinds) != 1:
+        raise ValueError("log servers must be all host names or all IPv4 addresses")
+    check = "checkIP" if kinds.pop() else "checkHost"
+    lines = "".join(f"connect = {host}:{port}\n" for host, port in connects)
+    if len(connects) > 1:
+        lines += "failover = prio\n"
+    names = "".join(f"{check} = {host}\n" for host in dict.fromkeys(h for h, _ in connects))
+    return lines, names
+
+
+def stunnel_node_conf(listen: tuple[str, int], connects: Sequence[tuple[str, int]]) -> str:
+    """A node's stunnel client: it checks the server's name against the session CA. One
+    log server gives the same text as before the failover list existed."""
+    lines, names = _targets(connects)
     return (
         "; Written by `broker node bootstrap`; changes are overwritten.\n"
         "foreground = yes\n"
@@ -163,12 +193,12 @@ def stunnel_node_conf(listen: tuple[str, int], connect: tuple[str, int]) -> str:
         "[broker-logsrv]\n"
         "client = yes\n"
         f"accept = {listen[0]}:{listen[1]}\n"
-        f"connect = {connect[0]}:{connect[1]}\n"
+        f"{lines}"
         f"cert = {NODE_CERT}\n"
         f"key = {NODE_KEY}\n"
         f"CAfile = {NODE_CA}\n"
         "verifyChain = yes\n"
-        f"{check} = {connect[0]}\n" + _TLS
+        f"{names}" + _TLS
     )
 
 
@@ -260,8 +290,7 @@ def relay_tunnel_conf(settings: Settings, address: str, listen: tuple[str, int])
     and that sudo_logsrvd out to the broker host (mutual TLS, the relay's certificate)."""
     inner = _inner(settings, address)
     host_port(f"{address}:{listen[1]}", "the relay's address")
-    central = host_port(settings.sessions.tunnel_connect, "sessions.tunnel_connect")
-    check = "checkIP" if re.fullmatch(r"[\d.]+", central[0]) else "checkHost"
+    lines, names = _targets(central_connects(settings))
     keys = f"cert = {RELAY_CERT}\nkey = {RELAY_KEY}\nCAfile = {NODE_CA}\nverifyChain = yes\n"
     return (
         "; Written by `broker node bootstrap` (relay); changes are overwritten.\n"
@@ -274,8 +303,7 @@ def relay_tunnel_conf(settings: Settings, address: str, listen: tuple[str, int])
         f"{keys}requireCert = yes\n" + _TLS + "[relay-out]\n"
         "client = yes\n"
         f"accept = {inner}:{settings.sessions.relay_forward_port}\n"
-        f"connect = {central[0]}:{central[1]}\n"
-        f"{keys}{check} = {central[0]}\n" + _TLS
+        f"{lines}{keys}{names}" + _TLS
     )
 
 

@@ -214,10 +214,10 @@ def node_tunnel(
     """Every node's tunnel to its log server; a node named as a relay gets the relay too,
     and a node with a break-glass group its break-glass recorder and drop-in."""
     listen = carrier.node_listen(settings, address)
-    connect = carrier.node_connect(settings, zone)
+    connects = carrier.node_connects(settings, zone)
     files = [
         (carrier.NODE_CA, ca.cert_pem, 0o644),
-        (carrier.NODE_CONF, carrier.stunnel_node_conf(listen, connect).encode("ascii"), 0o644),
+        (carrier.NODE_CONF, carrier.stunnel_node_conf(listen, connects).encode("ascii"), 0o644),
         (carrier.NODE_UNIT, carrier.NODE_UNIT_TEXT.encode("ascii"), 0o644),
     ]
     leaves = [Leaf(carrier.NODE_CERT, carrier.NODE_KEY, node, (node,), False, True)]

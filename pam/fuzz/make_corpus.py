@@ -1,5 +1,5 @@
 """Write the fuzzers' seed corpora (pam/fuzz/corpus/): real grant files written and signed by
-broker/grants/grantfile.py, and key, node.conf and quarantine files as bootstrap and the node
+broker/grants/grantfile.py, and key, key-list, node.conf and quarantine files as bootstrap and the node
 program write them. The grants are signed with RFC 8032's TEST 2 key, the key fuzz_grant.c
 trusts, so the fuzzer reaches the signature check with valid inputs too.
 
@@ -54,12 +54,22 @@ def grants(key: Ed25519PrivateKey) -> dict[str, str]:
 
 def main() -> None:
     key = Ed25519PrivateKey.from_private_bytes(RFC8032_TEST2)
+    other = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     files = {
         "grant": grants(key),
         "key": {
             "rfc8032-test2": grantfile.public_key_line(key.public_key()),
-            "other": grantfile.public_key_line(
-                Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
+            "other": grantfile.public_key_line(other.public_key()),
+        },
+        # grant-key.pub as bootstrap writes it: this broker's key, then its peers' (docs/grants.md).
+        "keys": {
+            "one": grantfile.public_key_line(key.public_key()),
+            "pair": grantfile.public_key_lines([key.public_key(), other.public_key()]),
+            "eight": grantfile.public_key_lines(
+                [
+                    Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32).public_key()
+                    for n in range(8)
+                ]
             ),
         },
         "conf": {

@@ -251,6 +251,63 @@ bool bk_parse_key(const char *data, size_t len, struct bk_key *out, char err[BK_
     return true;
 }
 
+/* Each line must be a whole key line: its length is checked before anything is parsed, so
+ * a long or short line is refused by its number and no line is read past its end. */
+bool bk_parse_keys(const char *data, size_t len, struct bk_keys *out, char err[BK_ERR_MAX])
+{
+    char line_err[BK_ERR_MAX];
+    memset(out, 0, sizeof *out);
+    if (len == 0) {
+        fail(err, "no key listed");
+        return false;
+    }
+    size_t start = 0;
+    while (start < len) {
+        size_t number = out->count + 1;
+        const char *nl = memchr(data + start, '\n', len - start);
+        size_t n = nl == NULL ? len - start : (size_t)(nl - (data + start)) + 1;
+        if (out->count == BK_MAX_KEYS) {
+            snprintf(err, BK_ERR_MAX, "more than %d keys listed", BK_MAX_KEYS);
+            return false;
+        }
+        if (n != BK_KEY_LINE_LEN) {
+            snprintf(err, BK_ERR_MAX, "line %zu: %s", number,
+                     n > BK_KEY_LINE_LEN ? "too long for a " BK_KEY_MAGIC " line"
+                                         : "not a " BK_KEY_MAGIC " line");
+            return false;
+        }
+        struct bk_key *key = &out->key[out->count];
+        if (!bk_parse_key(data + start, n, key, line_err)) {
+            snprintf(err, BK_ERR_MAX, "line %zu: %s", number, line_err);
+            return false;
+        }
+        for (size_t k = 0; k < out->count; k++) {
+            if (strcmp(out->key[k].key_id, key->key_id) == 0) {
+                snprintf(err, BK_ERR_MAX, "line %zu: key %s is also on line %zu", number,
+                         key->key_id, k + 1);
+                return false;
+            }
+        }
+        out->count++;
+        start += n;
+    }
+    return true;
+}
+
+bool bk_grant_signed_by_any(const struct bk_grant *grant, const char *data,
+                            const struct bk_keys *keys, char err[BK_ERR_MAX])
+{
+    for (size_t k = 0; k < keys->count; k++) {
+        if (strcmp(grant->key_id, keys->key[k].key_id) == 0)
+            return bk_grant_signed_by(grant, data, &keys->key[k], err);
+    }
+    if (keys->count == 1)
+        return bk_grant_signed_by(grant, data, &keys->key[0], err);
+    snprintf(err, BK_ERR_MAX, "signed by key %s, which is not among the %zu keys this node trusts",
+             grant->key_id, keys->count);
+    return false;
+}
+
 /* ------------------------------------------------------------ key=value files */
 
 struct kv {

@@ -16,6 +16,9 @@
 #define BK_ERR_MAX 256
 #define BK_GRANT_MAGIC "broker-grant-v1"
 #define BK_KEY_MAGIC "broker-grant-key-v1"
+#define BK_KEY_LINE_LEN (sizeof BK_KEY_MAGIC - 1 + 1 + 44 + 1) /* magic, space, base64, \n */
+#define BK_MAX_KEYS 8
+#define BK_KEYS_FILE_MAX (BK_MAX_KEYS * BK_KEY_LINE_LEN)
 #define BK_QUARANTINE_REASON_MAX 200
 #define BK_CGROUP_PREFIX "/sys/fs/cgroup/"
 #define BK_CGROUP_PATH_MAX 200
@@ -43,6 +46,12 @@ struct bk_key {
     char key_id[BK_KEY_ID_HEX + 1];
 };
 
+/* The keys a node trusts (grant-key.pub): 1..BK_MAX_KEYS, one per broker, in file order. */
+struct bk_keys {
+    size_t count;
+    struct bk_key key[BK_MAX_KEYS];
+};
+
 struct bk_conf {
     char node[BK_NODE_MAX + 1];
     bool login_gated;
@@ -60,6 +69,9 @@ struct bk_quarantine {
 /* Each returns true when `data[0..len)` is exactly a valid file; else false with `err`. */
 bool bk_parse_grant(const char *data, size_t len, struct bk_grant *out, char err[BK_ERR_MAX]);
 bool bk_parse_key(const char *data, size_t len, struct bk_key *out, char err[BK_ERR_MAX]);
+/* grant-key.pub: 1..BK_MAX_KEYS key lines (each exactly as bk_parse_key takes one), no blank
+ * line, no comment, no key twice (by key id); anything else refuses the whole file. */
+bool bk_parse_keys(const char *data, size_t len, struct bk_keys *out, char err[BK_ERR_MAX]);
 bool bk_parse_conf(const char *data, size_t len, struct bk_conf *out, char err[BK_ERR_MAX]);
 bool bk_parse_quarantine(const char *data, size_t len, struct bk_quarantine *out,
                          char err[BK_ERR_MAX]);
@@ -73,5 +85,9 @@ bool bk_parse_cgroup_root(const char *data, size_t len, char out[BK_CGROUP_PATH_
 /* The signature check of a parsed grant against the node's key: key id, then Ed25519. */
 bool bk_grant_signed_by(const struct bk_grant *grant, const char *data, const struct bk_key *key,
                         char err[BK_ERR_MAX]);
+/* The same against the node's key list: the key whose id the grant names must be listed and
+ * must verify the signature; no other key is tried. */
+bool bk_grant_signed_by_any(const struct bk_grant *grant, const char *data,
+                            const struct bk_keys *keys, char err[BK_ERR_MAX]);
 
 #endif

@@ -67,12 +67,14 @@ void bk_load_config(const struct bk_ctx *ctx, struct bk_config *out)
         close(fd);
         return;
     }
-    if (!read_config_file(fd, "grant-key.pub", 256, buf, &len, out->problem)) {
+    /* one line past the most allowed, so a ninth key is refused as that, not as a size */
+    if (!read_config_file(fd, "grant-key.pub", BK_KEYS_FILE_MAX + BK_KEY_LINE_LEN, buf, &len,
+                          out->problem)) {
         close(fd);
         return;
     }
     close(fd);
-    if (!bk_parse_key(buf, len, &out->key, err)) {
+    if (!bk_parse_keys(buf, len, &out->keys, err)) {
         snprintf(out->problem, BK_ERR_MAX, "grant-key.pub: %s", err);
         return;
     }
@@ -117,7 +119,7 @@ bool bk_check_grant(const struct bk_ctx *ctx, const struct bk_config *config, in
                                                   : "revoked");
         return false;
     }
-    if (!bk_grant_signed_by(grant, data, &config->key, err)) {
+    if (!bk_grant_signed_by_any(grant, data, &config->keys, err)) {
         *why = BK_WHY_BAD_SIGNATURE;
         return false;
     }

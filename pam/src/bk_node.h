@@ -88,11 +88,11 @@ struct bk_verdict {
     struct bk_granted granted; /* allowed under grants: which (count 0 otherwise) */
 };
 
-/* The configuration every decision rests on: node.conf and the verification key. */
+/* The configuration every decision rests on: node.conf and the verification keys. */
 struct bk_config {
     bool ok;
     struct bk_conf conf;
-    struct bk_key key;
+    struct bk_keys keys;
     char problem[BK_ERR_MAX];
 };
 void bk_load_config(const struct bk_ctx *ctx, struct bk_config *out);

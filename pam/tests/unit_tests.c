@@ -286,6 +286,112 @@ static void test_grant_parse(void)
     CHECK_HAS(err, "larger than");
 }
 
+/* ------------------------------------------------------------ the key list */
+
+static void line_of(const struct test_key *key, char out[128])
+{
+    char b64[64];
+    sodium_bin2base64(b64, sizeof b64, key->pk, 32, sodium_base64_VARIANT_ORIGINAL);
+    snprintf(out, 128, "broker-grant-key-v1 %s\n", b64);
+}
+
+static void test_key_list_parse(void)
+{
+    char err[BK_ERR_MAX], other_line[128], buf[BK_KEYS_FILE_MAX + 200];
+    struct bk_keys keys;
+    line_of(other_key, other_line);
+    /* one key: today's file, unchanged */
+    CHECK(bk_parse_keys(key_line, strlen(key_line), &keys, err));
+    CHECK(keys.count == 1);
+    /* two brokers' keys, in file order */
+    snprintf(buf, sizeof buf, "%s%s", key_line, other_line);
+    CHECK(bk_parse_keys(buf, strlen(buf), &keys, err));
+    CHECK(keys.count == 2);
+    char kid[17];
+    key_id_of(other_key, kid);
+    CHECK_STR(keys.key[1].key_id, kid);
+    /* eight distinct keys pass, a ninth is refused */
+    buf[0] = '\0';
+    for (int k = 0; k < BK_MAX_KEYS + 1; k++) {
+        struct test_key extra;
+        char line[128];
+        crypto_sign_keypair(extra.pk, extra.sk);
+        line_of(&extra, line);
+        strcat(buf, line);
+        if (k == BK_MAX_KEYS - 1)
+            CHECK(bk_parse_keys(buf, strlen(buf), &keys, err) && keys.count == BK_MAX_KEYS);
+    }
+    CHECK(!bk_parse_keys(buf, strlen(buf), &keys, err));
+    CHECK_STR(err, "more than 8 keys listed");
+
+    struct {
+        const char *text;
+        const char *why;
+    } bad[] = {
+        {"", "no key listed"},
+        {"\n", "line 1: not a broker-grant-key-v1 line"},
+        {"# the broker's key\n", "line 1: not a broker-grant-key-v1 line"},
+        {"broker-grant-key-v1 AAAA\n", "line 1: not a broker-grant-key-v1 line"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(!bk_parse_keys(bad[i].text, strlen(bad[i].text), &keys, err));
+        CHECK_STR(err, bad[i].why);
+    }
+    /* the same key twice, a blank line between keys, a key without its newline, a long line */
+    snprintf(buf, sizeof buf, "%s%s%s", key_line, other_line, key_line);
+    CHECK(!bk_parse_keys(buf, strlen(buf), &keys, err));
+    CHECK_HAS(err, "line 3: key ");
+    CHECK_HAS(err, " is also on line 1");
+    snprintf(buf, sizeof buf, "%s\n%s", key_line, other_line);
+    CHECK(!bk_parse_keys(buf, strlen(buf), &keys, err));
+    CHECK_STR(err, "line 2: not a broker-grant-key-v1 line");
+    snprintf(buf, sizeof buf, "%s%s", key_line, other_line);
+    CHECK(!bk_parse_keys(buf, strlen(buf) - 1, &keys, err));
+    CHECK_STR(err, "line 2: not a broker-grant-key-v1 line");
+    snprintf(buf, sizeof buf, "%s%.*s \n", key_line, (int)strlen(other_line) - 1, other_line);
+    CHECK(!bk_parse_keys(buf, strlen(buf), &keys, err));
+    CHECK_STR(err, "line 2: too long for a broker-grant-key-v1 line");
+    /* an all-zero (small-order) point is not a key */
+    snprintf(buf, sizeof buf, "%s%s", key_line,
+             "broker-grant-key-v1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n");
+    CHECK(!bk_parse_keys(buf, strlen(buf), &keys, err));
+    CHECK_STR(err, "line 2: not a broker-grant-key-v1 line");
+}
+
+/* A node that lists two brokers' keys takes grants from either, and from no one else. */
+static void test_key_list_decisions(void)
+{
+    struct bk_ctx ctx = ctx_at(NOW);
+    struct bk_verdict v;
+    char other_line[128], both[300];
+    line_of(other_key, other_line);
+    reset_node();
+    snprintf(both, sizeof both, "%s%s", other_line, key_line);
+    write_file("etc/broker/grant-key.pub", both, strlen(both), 0644);
+    install_grant("g00000000000000b1", "alice", NOW - 60, NOW + 600, 0, 0, 1, signing_key,
+                  "gpu01");
+    install_grant("g00000000000000b2", "bob", NOW - 60, NOW + 600, 0, 0, 1, other_key, "gpu01");
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 4301, &v);
+    CHECK(v.allow);
+    bk_decide_sudo(&ctx, "bob", "root", NULL, 4302, &v);
+    CHECK(v.allow);
+
+    struct test_key third;
+    crypto_sign_keypair(third.pk, third.sk);
+    install_grant("g00000000000000b3", "carol", NOW - 60, NOW + 600, 0, 0, 1, &third, "gpu01");
+    bk_decide_sudo(&ctx, "carol", "root", NULL, 4303, &v);
+    CHECK(!v.allow && v.why == BK_WHY_BAD_SIGNATURE);
+    CHECK_HAS(v.log, "which is not among the 2 keys this node trusts");
+
+    /* a broken list stops every grant (fail closed), naming the line */
+    snprintf(both, sizeof both, "%s%s", key_line, key_line);
+    write_file("etc/broker/grant-key.pub", both, strlen(both), 0644);
+    bk_decide_sudo(&ctx, "alice", "root", NULL, 4304, &v);
+    CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
+    CHECK_HAS(v.log, "grant-key.pub: line 2: key ");
+    reset_node();
+}
+
 static void test_other_files(void)
 {
     char err[BK_ERR_MAX];
@@ -452,7 +558,7 @@ static void test_sudo_decisions(void)
     write_file("etc/broker/grant-key.pub", "broker-grant-key-v1 AAAA\n", 25, 0644);
     bk_decide_sudo(&ctx, "heidi", "root", NULL, 4251, &v);
     CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
-    CHECK_HAS(v.log, "grant-key.pub: not a broker-grant-key-v1 line");
+    CHECK_HAS(v.log, "grant-key.pub: line 1: not a broker-grant-key-v1 line");
     remove_file("etc/broker/node.conf");
     bk_decide_sudo(&ctx, "alice", "root", NULL, 4252, &v);
     CHECK(!v.allow && v.why == BK_WHY_BAD_CONFIG);
@@ -919,8 +1025,10 @@ int main(void)
     test_crypto();
     test_grant_parse();
     test_other_files();
+    test_key_list_parse();
     test_files();
     test_sudo_decisions();
+    test_key_list_decisions();
     test_quarantine_and_login();
     test_sessions();
     test_cgroup_root_parse();

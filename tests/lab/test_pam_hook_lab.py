@@ -763,9 +763,25 @@ def test_with_a_corrupt_key_no_grant_is_honoured(grants: Grants, login: Node) ->
     grants.install(login, "carol")
     with _corrupt_key(login):
         denied = pam(login, "sudo", "root", "acct_mgmt", ruser="carol")
-        assert_denied(denied, "grant-key.pub: not a broker-grant-key-v1 line")
+        assert_denied(denied, "grant-key.pub: line 1: not a broker-grant-key-v1 line")
         assert_allowed(pam(login, "sudo", "root", "acct_mgmt", ruser="root"))
     assert_allowed(pam(login, "sudo", "root", "acct_mgmt", ruser="carol"))
+
+
+def test_a_node_listing_a_peer_brokers_key_honours_its_grants(grants: Grants, login: Node) -> None:
+    """Two brokers (issue 24): with the peer's key listed after the lab broker's, real sudo
+    PAM honours grants either signed; without it the peer's grant is a bad signature."""
+    peer = Ed25519PrivateKey.generate()
+    grants.install(login, "carol", key=peer)
+    grants.install(login, "alice")
+    denied = pam(login, "sudo", "root", "acct_mgmt", ruser="carol")
+    assert_denied(denied, f"signed by key {grantfile.key_id(peer.public_key())}")
+    own = login.path("/etc/broker/grant-key.pub").read_bytes()
+    both = own + grantfile.public_key_line(peer.public_key()).encode("ascii")
+    with swapped(login, "/etc/broker/grant-key.pub", both):
+        assert_allowed(pam(login, "sudo", "root", "acct_mgmt", ruser="carol"))
+        assert_allowed(pam(login, "sudo", "root", "acct_mgmt", ruser="alice"))
+    assert_denied(pam(login, "sudo", "root", "acct_mgmt", ruser="carol"), "signed by key ")
 
 
 def test_with_a_corrupt_key_break_glass_is_denied_too(login: Node) -> None:

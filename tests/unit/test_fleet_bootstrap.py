@@ -128,13 +128,14 @@ def key_line() -> str:
     return f"broker-grant-key-v1 {base64.b64encode(raw).decode()}\n"
 
 
-def test_the_grant_key_line_is_checked() -> None:
+def test_the_grant_key_file_is_checked() -> None:
     line = key_line()
-    assert bundle.check_key_line(line) == line
-    assert bundle.check_key_line(line.rstrip("\n")) == line
+    assert bundle.check_key_file(line) == line
+    assert bundle.check_key_file(line.rstrip("\n")) == line
+    assert bundle.check_key_file(line + key_line()).count("\n") == 2  # a broker and its peer
     for bad in ("", line.replace("v1", "v2"), line[:-3] + "\n", line + "extra\n", "x " + line):
         with pytest.raises(UsageError):
-            bundle.check_key_line(bad)
+            bundle.check_key_file(bad)
 
 
 def test_the_bundle_comes_from_pam_and_refuses_to_be_incomplete(tmp_path: Path) -> None:

@@ -162,6 +162,28 @@ def test_a_grant_signed_by_another_key_is_refused_even_claiming_ours(
     assert (seen["reason"], seen["problem"]) == ("bad_signature", "bad signature")
 
 
+def test_a_node_listing_two_brokers_keys_accepts_either_and_no_other(
+    checker: Path, node: Path, key: Ed25519PrivateKey
+) -> None:
+    peer, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    keys = grantfile.public_key_lines([key.public_key(), peer.public_key()])
+    (node / "etc" / "broker" / "grant-key.pub").write_text(keys)
+    for signer in (key, peer):
+        [seen] = check(checker, node, grant(signer).encode("ascii"), "--stdin")
+        assert seen["valid"] == "1" and seen["key_id"] == grantfile.key_id(signer.public_key())
+    [seen] = check(checker, node, grant(stranger).encode("ascii"), "--stdin")
+    assert (seen["reason"], seen["problem"]) == (
+        "bad_signature",
+        f"signed by key {grantfile.key_id(stranger.public_key())}, "
+        "which is not among the 2 keys this node trusts",
+    )
+    # a list nodes cannot trust (a key twice) stops every grant, naming the line
+    (node / "etc" / "broker" / "grant-key.pub").write_text(keys + keys.splitlines()[0] + "\n")
+    [seen] = check(checker, node, grant(key).encode("ascii"), "--stdin")
+    assert (seen["valid"], seen["reason"]) == ("0", "bad_config")
+    assert seen["problem"].startswith("grant-key.pub: line 3: key ")
+
+
 def test_all_lists_the_grant_files_with_what_is_wrong_with_each(
     checker: Path, node: Path, key: Ed25519PrivateKey
 ) -> None:

@@ -102,7 +102,7 @@ def test_the_server_tunnel_admits_only_clients_with_a_certificate_from_the_sessi
 
 
 def test_a_node_tunnel_checks_the_servers_name_with_checkhost_for_names() -> None:
-    conf = ini(carrier.stunnel_node_conf(("127.0.0.1", 30343), ("logs.cluster.example", 30344)))
+    conf = ini(carrier.stunnel_node_conf(("127.0.0.1", 30343), [("logs.cluster.example", 30344)]))
     service = conf["broker-logsrv"]
     assert service["client"] == "yes"
     assert service["accept"] == "127.0.0.1:30343"
@@ -116,7 +116,7 @@ def test_a_node_tunnel_checks_the_servers_name_with_checkhost_for_names() -> Non
 
 
 def test_a_node_tunnel_checks_an_ip_address_with_checkip() -> None:
-    service = ini(carrier.stunnel_node_conf(("10.0.0.7", 30343), ("10.0.0.1", 30344)))[
+    service = ini(carrier.stunnel_node_conf(("10.0.0.7", 30343), [("10.0.0.1", 30344)]))[
         "broker-logsrv"
     ]
     assert service["checkIP"] == "10.0.0.1"
@@ -129,9 +129,9 @@ def test_where_a_node_listens_and_connects(tmp_path: Path) -> None:
         tmp_path, 'node_port = 4711\n[sessions.relays]\nsouth = "relay-s:30344"\n'
     )
     assert carrier.node_listen(settings, "10.0.0.7") == ("127.0.0.1", 4711)
-    assert carrier.node_connect(settings, None) == ("logs.cluster.example", 30344)
-    assert carrier.node_connect(settings, "north") == ("logs.cluster.example", 30344)
-    assert carrier.node_connect(settings, "south") == ("relay-s", 30344)
+    assert carrier.node_connects(settings, None) == [("logs.cluster.example", 30344)]
+    assert carrier.node_connects(settings, "north") == [("logs.cluster.example", 30344)]
+    assert carrier.node_connects(settings, "south") == [("relay-s", 30344)]
     shared = settings_for(tmp_path, 'node_listen = "node-address"\n')
     assert carrier.node_listen(shared, "10.0.0.7") == ("10.0.0.7", 30343)
     with pytest.raises(ValueError, match="the node's address"):

@@ -39,7 +39,7 @@ def nodes(app: App, pool: Pool) -> NodeService:
         settings=app.settings,
         owner=None,
         policy=_no_policy,  # type: ignore[arg-type]
-        grant_key_line=lambda: "unused",
+        grant_key_file=lambda: "unused",
         drop_ins=app.drop_ins,
     )
 
