@@ -74,7 +74,7 @@ def test_a_directory_swapped_for_a_link_after_the_check_is_not_written_through(
     checked = bk.open_directory
 
     def then_swapped(directory: str) -> int:
-        fd = checked(directory)
+        fd: int = checked(directory)
         os.rename(tree / "anc" / "kt", tree / "anc" / "kt.old")
         os.symlink(tree / "victim", tree / "anc" / "kt")  # what a writable parent allows
         return fd
