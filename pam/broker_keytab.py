@@ -6,18 +6,14 @@ with JSON on stdin and reads JSON on stdout. Exit 0 when the JSON says what happ
 refusal included), 2 on bad usage. Keys reach it only on stdin (never argv), for
 `keytab-install`; no reply carries a key.
 
-- `keytab-install`: stage or prune in one run (one SSH round trip per node instead of
-  three): merge the new version's keys, keep the listed versions, write atomically with
-  owner and mode set before the rename, fsync, and list what is on disk afterwards.
-- `keytab-list`: versions and enctypes per principal, mode, owner and link count; with
-  `owner` and `group`, also the uid and gid this node's NSS gives those names.
-- `keytab-sync`: fsync of the keytab and its directory, then the listing (for brokers
-  that write the keytab over SFTP themselves, as before keytab-install).
-- `keytab-verify`: accept GSS-API (Kerberos) tokens the broker obtained for each
-  principal with the keytab, through the system's MIT libgssapi_krb5 (ctypes).
+- `keytab-install`: stage or prune in one run: merge, keep the listed versions, write
+  atomically (owner and mode set before the rename), fsync, list what is on disk.
+- `keytab-list`: versions and enctypes per principal, mode, owner, link count (with
+  `owner` and `group`: their uid and gid here). `keytab-sync`: fsync, then the listing
+  (for brokers that write over SFTP, as before keytab-install).
+- `keytab-verify`: accept GSS-API tokens for each principal with the keytab (ctypes).
 
-The format is MIT's (0x0502, docs/keytabs.md); broker/keytabs/keytabfile.py reads and
-writes the same bytes, and tests/unit/test_keytabfile.py holds the two to each other.
+The format is MIT's (0x0502, docs/keytabs.md), as broker/keytabs/keytabfile.py reads it.
 """
 
 from __future__ import annotations
@@ -93,14 +89,6 @@ class Entry:
 
     def __repr__(self) -> str:
         return f"Entry({self.principal!r}, kvno={self.kvno}, enctype={self.enctype})"
-
-    def _compared(self) -> tuple[object, ...]:
-        return (self.ident(), self.key, self.timestamp, self.name_type)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Entry) and self._compared() == other._compared()
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def split_principal(principal: str) -> tuple[list[str], str]:
@@ -189,29 +177,47 @@ def _clean(text: object, limit: int = 80) -> str:
 
 
 def check_path(path: object) -> str:
-    if not isinstance(path, str) or not _PATH.fullmatch(path) or "/../" in path + "/":
-        raise Usage("path must be a plain absolute path")
-    if "/./" in path or path.endswith("/."):
+    if not isinstance(path, str) or not _PATH.fullmatch(path) or {".", ".."} & set(path.split("/")):
         raise Usage("path must be a plain absolute path")
     return path
 
 
-def _safe_directory(directory: str) -> None:
-    """The keytab's directory exists, is root's and nobody else can write it."""
+def open_directory(directory: str) -> int:
+    """An fd of `directory`, reached from / level by level never through a link, each root's
+    and writable by root only (a parent may be root's and sticky, like /tmp: nobody else can
+    rename its root-owned entries), so a user who can write a parent cannot swap what was
+    checked for a link before the write: everything after this goes through the fd."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    parts = [p for p in directory.split("/") if p]
     try:
-        info = os.lstat(directory)
-    except FileNotFoundError:
-        raise Refused(f"directory {directory} does not exist") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise Refused(f"{directory} is not a directory")
-    if info.st_uid != 0 or info.st_mode & 0o022:
-        raise Refused(f"{directory} must be owned by root and writable by root only")
+        for depth, part in enumerate(["", *parts]):
+            if part:
+                try:
+                    nxt = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    raise Refused(f"directory {directory} does not exist") from None
+                except OSError:
+                    raise Refused(f"{directory}: {part} is not a directory (or a link)") from None
+                os.close(fd)
+                fd = nxt
+            info, last = os.fstat(fd), depth == len(parts)
+            sticky = not last and info.st_mode & stat.S_ISVTX
+            if info.st_uid != 0 or (info.st_mode & 0o022 and not sticky):
+                where = directory if last else "/" + "/".join(parts[:depth])
+                raise Refused(f"{where} must be owned by root and writable by root only")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
-def _open_no_link(path: str) -> int:
-    """Open for reading, never through a symbolic link (nor block on a FIFO)."""
+def _open_no_link(path: str, dir_fd: int | None = None) -> int:
+    """Open for reading, never through a symbolic link (nor block on a FIFO); with `dir_fd`,
+    `path` is the file's name in that directory."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(path if dir_fd is None else os.path.basename(path), flags, dir_fd=dir_fd)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -220,10 +226,11 @@ def _open_no_link(path: str) -> int:
         raise Refused(f"cannot open {path} ({exc.strerror})") from None
 
 
-def read_keytab(path: str) -> tuple[list[Entry], os.stat_result | None]:
-    """The entries of `path` (none when it does not exist); links and oversize refused."""
+def read_keytab(path: str, dir_fd: int | None = None) -> tuple[list[Entry], os.stat_result | None]:
+    """The entries of `path` (none when it does not exist); links and oversize refused.
+    With `dir_fd` (open_directory), the file is opened in that directory, not by path."""
     try:
-        fd = _open_no_link(path)
+        fd = _open_no_link(path, dir_fd)
     except FileNotFoundError:
         return [], None
     try:
@@ -246,11 +253,16 @@ def read_keytab(path: str) -> tuple[list[Entry], os.stat_result | None]:
         raise Refused(f"{path}: {exc}") from None
 
 
-def _ids(owner: object, group: object) -> tuple[int, int]:
+def _names(owner: object, group: object) -> tuple[str, str]:
     if not isinstance(owner, str) or not _NAME.fullmatch(owner):
         raise Usage("owner must be a POSIX user name")
     if not isinstance(group, str) or not _NAME.fullmatch(group):
         raise Usage("group must be a POSIX group name")
+    return owner, group
+
+
+def _ids(owner: object, group: object) -> tuple[int, int]:
+    owner, group = _names(owner, group)
     try:
         uid = pwd.getpwnam(owner).pw_uid
     except KeyError:
@@ -299,40 +311,34 @@ def list_keytab(payload: dict[str, Any]) -> dict[str, Any]:
     principals = _principals(payload.get("principals"))
     owner, group = payload.get("owner"), payload.get("group")
     ids = None if owner is None and group is None else _ids(owner, group)
+    if ids is not None:  # the broker writes over SFTP next, by path: every level root-only
+        os.close(open_directory(os.path.dirname(path)))
     entries, info = read_keytab(path)
     reply = _describe(path, entries, info, principals)
     if ids is not None:
-        # The owner's numbers on this node (its NSS: local files, SSSD, LDAP), for the
-        # broker's SFTP chown; "owner_uid" so they are never confused with the file's own.
+        # The owner's numbers here (NSS), for the broker's SFTP chown; not the file's own.
         reply["owner_uid"], reply["owner_gid"] = ids
     return reply
 
 
 def sync_keytab(payload: dict[str, Any]) -> dict[str, Any]:
-    """fsync the keytab (again: the broker's fsync@openssh.com came before the rename) and
-    its directory (the rename itself), then list it: what is on disk now."""
+    """fsync the keytab (again: SFTP's came before the rename) and its directory, list it."""
     path = check_path(payload.get("path"))
     principals = _principals(payload.get("principals"))
-    directory = os.path.dirname(path)
-    _safe_directory(directory)
-    fd = _open_no_link(path)
+    dfd = open_directory(os.path.dirname(path))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Refused(f"{path} is not a regular file")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_directory(directory)
-    entries, info = read_keytab(path)
-    return _describe(path, entries, info, principals)
-
-
-def _fsync_directory(directory: str) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+        fd = _open_no_link(path, dfd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Refused(f"{path} is not a regular file")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.fsync(dfd)
+        entries, info = read_keytab(path, dfd)
     finally:
         os.close(dfd)
+    return _describe(path, entries, info, principals)
 
 
 # ---------------------------------------------------------------- install (stage, prune)
@@ -394,14 +400,13 @@ def _counted(data: bytes) -> bytes:
     return struct.pack(">H", len(data)) + data
 
 
-def _write_atomic(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
-    """A new hidden file beside `path`, created 0600 with O_EXCL (never through a link),
-    owner and mode set before the first byte, fsync'd, renamed over `path`; the directory
-    fsync'd so the rename survives a power cut. The temporary file goes on any failure."""
-    directory, base = os.path.split(path)
-    temporary = os.path.join(directory, f".{base}.broker-{os.urandom(8).hex()}")
+def _write_atomic(dfd: int, base: str, data: bytes, uid: int, gid: int, mode: int) -> None:
+    """A hidden file beside `base` in the directory `dfd` (never by path), created 0600 with
+    O_EXCL, never through a link, owner and mode set before the first byte, fsync'd, renamed
+    over `base`, the directory fsync'd (the rename survives a power cut); removed on failure."""
+    temporary = f".{base}.broker-{os.urandom(8).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temporary, flags, 0o600)
+    fd = os.open(temporary, flags, 0o600, dir_fd=dfd)
     try:
         try:
             os.fchown(fd, uid, gid)
@@ -412,12 +417,22 @@ def _write_atomic(path: str, data: bytes, uid: int, gid: int, mode: int) -> None
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(temporary, path)
+        os.rename(temporary, base, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=dfd)
         raise
-    _fsync_directory(directory)
+    os.fsync(dfd)
+
+
+def _remove_stale(dfd: int, base: str) -> None:
+    """Temporary files of `base` a killed run left: they hold keys (regular files only)."""
+    stale = re.compile(r"\." + re.escape(base) + r"\.broker-[0-9a-f]{16}")
+    for name in os.listdir(dfd):
+        if stale.fullmatch(name):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=dfd)
 
 
 def _install_request(item: object) -> tuple[str, list[str], int, set[int], list[Entry], Any]:
@@ -432,35 +447,34 @@ def _install_request(item: object) -> tuple[str, list[str], int, set[int], list[
         raise Usage(f"keep must be a list of 1 to {MAX_KEEP} versions")
     keep = {_number(k, 1, MAX_KVNO, "keep") for k in kept}
     add = _added(item["add"], principals, keep)
-    owner, group = item["owner"], item["group"]
-    if not isinstance(owner, str) or not _NAME.fullmatch(owner):
-        raise Usage("owner must be a POSIX user name")  # looked up (NSS) when installing
-    if not isinstance(group, str) or not _NAME.fullmatch(group):
-        raise Usage("group must be a POSIX group name")
-    return path, principals, mode, keep, add, (owner, group)
+    names = _names(item["owner"], item["group"])  # looked up (NSS) when installing
+    return path, principals, mode, keep, add, names
 
 
 def _install(path: str, principals: list[str], mode: int, keep: set[int], add: list[Entry],
              names: Any) -> dict[str, Any]:  # fmt: skip
-    """Add `add`, keep only the `keep` versions of `principals` (other principals' entries
-    stay byte for byte), write only when anything differs, and list what is on disk then,
-    which must be what was merged."""
+    """Add `add`, keep only the `keep` versions of `principals` (others stay byte for byte),
+    write only when anything differs, and list what is on disk then (what was merged)."""
     uid, gid = _ids(*names)
-    _safe_directory(os.path.dirname(path))
-    existing, info = read_keytab(path)
-    adding = {e.ident() for e in add}  # an added key replaces one of the same version, enctype
-    stays = [e for e in existing if e.principal not in principals or e.kvno in keep]
-    merged = [e for e in stays if e.ident() not in adding] + add
-    data = serialize(merged)
-    same = (
-        info is not None
-        and (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode), info.st_nlink)
-        == (uid, gid, mode, 1)
-        and serialize(existing) == data
-    )
-    if not same:
-        _write_atomic(path, data, uid, gid, mode)
-    entries, now = read_keytab(path)
+    dfd, base = open_directory(os.path.dirname(path)), os.path.basename(path)
+    try:
+        _remove_stale(dfd, base)
+        existing, info = read_keytab(path, dfd)
+        adding = {e.ident() for e in add}  # an added key replaces one of that version, enctype
+        stays = [e for e in existing if e.principal not in principals or e.kvno in keep]
+        merged = [e for e in stays if e.ident() not in adding] + add
+        data = serialize(merged)
+        same = (
+            info is not None
+            and (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode), info.st_nlink)
+            == (uid, gid, mode, 1)
+            and serialize(existing) == data
+        )
+        if not same:
+            _write_atomic(dfd, base, data, uid, gid, mode)
+        entries, now = read_keytab(path, dfd)
+    finally:
+        os.close(dfd)
     if versions(entries, principals) != versions(merged, principals):
         raise Refused(f"{path} changed while it was written (another program writes it?)")
     return {**_describe(path, entries, now, principals), "ok": True, "written": not same}
@@ -491,8 +505,7 @@ def install_keytabs(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def accept(token: bytes, keytab: str) -> tuple[bool, str]:
-    """Accept one initiator token with the keys in `keytab` (broker_keytab_gss.py, loaded
-    only here: installing and listing never load ctypes or libgssapi_krb5)."""
+    """One initiator token accepted with `keytab` (only verifying loads ctypes and GSS-API)."""
     import broker_keytab_gss
 
     try:
@@ -517,6 +530,8 @@ def verify(payload: dict[str, Any]) -> dict[str, Any]:
             results.append({**_verify_one(item), "ok": True})
         except Refused as exc:
             results.append({"ok": False, "error": str(exc)})
+        except OSError as exc:  # one unreadable keytab never fails the others' answers
+            results.append({"ok": False, "error": f"{item['path']}: {exc.strerror}"})  # checked
     return {"results": results}
 
 

@@ -7,7 +7,7 @@ busy broker host most of a node's cost is starting the node program (a channel, 
 Python), not the work. So calls are grouped per node and command, the way a database
 groups commits: a call made while another for the same node and command is running waits
 for it, then goes with every other call that queued meanwhile in the next run (at most
-`MAX_BATCH` keytabs). An uncontended call runs at once, as alone as before; nothing waits
+`MAX_BATCH` keytabs and `MAX_BATCH_BYTES` of input). An uncontended call runs at once; nothing waits
 on a timer.
 
 Grouping changes how calls travel, never what is recorded: each caller gets its own
@@ -22,6 +22,7 @@ a run: distribute.py holds the keytab's lock while its call waits.
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -30,7 +31,11 @@ from typing import Any
 
 from broker.fleet.ssh import NodeTarget
 
-MAX_BATCH = 16  # keytabs in one node program run: far below its 1 MiB input and 64 keytabs
+MAX_BATCH = 16  # keytabs in one node program run: far below its 64 keytabs
+# A run's items, JSON-encoded, stay below this, under the node program's 1 MiB of input
+# (nodeprog.MAX_PAYLOAD) with room for the envelope; a larger item goes alone (and fails
+# alone, as a result of its caller's, when it is too large even so).
+MAX_BATCH_BYTES = 900 * 1024
 
 # The runs of one node and command: the items, then one answer per item, in order.
 Send = Callable[[NodeTarget, Sequence[dict[str, Any]]], Sequence[Any]]
@@ -38,10 +43,13 @@ Send = Callable[[NodeTarget, Sequence[dict[str, Any]]], Sequence[Any]]
 
 @dataclass
 class _Call:
-    item: dict[str, Any]
+    """One caller's item (it may hold base64 keys: never in a repr) and its answer."""
+
+    item: dict[str, Any] = field(repr=False)
+    size: int = 0  # the item's JSON bytes
     woken: threading.Event = field(default_factory=threading.Event)
     answered: bool = False
-    answer: Any = None
+    answer: Any = field(default=None, repr=False)
     error: BaseException | None = None
 
 
@@ -62,7 +70,7 @@ class Coalescer:
 
     def call(self, target: NodeTarget, command: str, item: dict[str, Any], send: Send) -> Any:
         """`item`'s answer from a run of `send` that may carry other callers' items too."""
-        mine = _Call(item)
+        mine = _Call(item, len(json.dumps(item, separators=(",", ":"))))
         with self._lock:
             lane = self._lanes.setdefault((target.name, command), _Lane())
             lane.queue.append(mine)
@@ -79,8 +87,7 @@ class Coalescer:
     def _run(self, target: NodeTarget, lane: _Lane, send: Send) -> None:
         """Send the queue's head (this caller first), answer each, hand the rest on."""
         with self._lock:
-            batch = lane.queue[:MAX_BATCH]
-            del lane.queue[:MAX_BATCH]
+            batch = _take(lane.queue)
         try:
             answers = list(send(target, [c.item for c in batch]))
             if len(answers) != len(batch):
@@ -99,6 +106,18 @@ class Coalescer:
                     lane.queue[0].woken.set()  # not answered: it runs the next batch
                 else:
                     lane.running = False
+
+
+def _take(queue: list[_Call]) -> list[_Call]:
+    """The queue's head up to MAX_BATCH calls and MAX_BATCH_BYTES (the first call always)."""
+    count, total = 0, 0
+    for one in queue[:MAX_BATCH]:
+        if count and total + one.size > MAX_BATCH_BYTES:
+            break
+        count, total = count + 1, total + one.size
+    batch = queue[:count]
+    del queue[:count]
+    return batch
 
 
 _BY_POOL: weakref.WeakKeyDictionary[Any, Coalescer] = weakref.WeakKeyDictionary()

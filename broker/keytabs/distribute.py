@@ -43,6 +43,7 @@ keytab files.
 from __future__ import annotations
 
 import base64
+import logging
 import posixpath
 import re
 import stat
@@ -67,6 +68,10 @@ _PATH = re.compile(r"/(?:[A-Za-z0-9._+-]+/)*[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}
 _NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _MODES = (0o600, 0o400, 0o640, 0o440)
 _SSH_TROUBLE = (paramiko.SSHException, EOFError, TimeoutError, ConnectionError)
+# The node program's limits for one keytab (pam/broker_keytab.py), checked here first so
+# one account's keytab never makes a whole shared run a usage error.
+MAX_PRINCIPALS, MAX_ADD, MAX_KEEP, MAX_KVNO = 64, 256, 64, 0xFFFFFFFF
+log = logging.getLogger("broker.keytabs")
 
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -99,8 +104,8 @@ class KeytabSpec:
             raise RefusedError("keytab owner and group must be POSIX names")
         if self.mode not in _MODES:
             raise RefusedError(f"keytab mode {self.mode:04o} is not 0600, 0400, 0640 or 0440")
-        if not self.principals:
-            raise RefusedError("a keytab needs at least one principal")
+        if not 1 <= len(self.principals) <= MAX_PRINCIPALS:
+            raise RefusedError(f"a keytab needs 1 to {MAX_PRINCIPALS} principals")
         for principal in self.principals:
             try:
                 Principal.parse(principal)
@@ -209,6 +214,9 @@ def install_one(
             )
             del item
             if _predates_install(reply):
+                log.warning(
+                    "%s: node program without keytab-install: %s over SFTP", node, spec.path
+                )
                 return install_over_sftp(pool, target, spec, keep=keep, add=add, timeout=timeout)
             return installed(node, reply, spec, keep, add)
     except BrokerError as exc:
@@ -217,13 +225,17 @@ def install_one(
         return NodeResult(node, False, explain(target, exc, pool.options.known_hosts), (), True)
     except OSError as exc:  # an SFTP status: permission denied, no space, ...
         return NodeResult(node, False, f"{node}: {spec.path}: {exc.strerror or type(exc).__name__}")
+    except ValueError as exc:  # input over the node program's 1 MiB (nodeprog.encode_payload)
+        return NodeResult(node, False, f"{node}: {spec.path}: {exc}")
 
 
 def install_item(spec: KeytabSpec, keep: set[int], add: Sequence[Entry]) -> dict[str, object]:
     """One keytab of a `keytab-install` run, as the node program checks it (every field
     allow-listed there again: pam/broker_keytab.py, _install_request)."""
-    if not keep:
-        raise RefusedError(f"no key version to keep in {spec.path}")
+    if not 1 <= len(keep) <= MAX_KEEP or not all(1 <= k <= MAX_KVNO for k in keep):
+        raise RefusedError(f"{spec.path}: 1 to {MAX_KEEP} versions to keep, each 1 to {MAX_KVNO}")
+    if len(add) > MAX_ADD or not all(8 <= len(e.key) <= 64 for e in add):
+        raise RefusedError(f"{spec.path}: at most {MAX_ADD} keys to add, each 8 to 64 bytes")
     return {
         "path": spec.path,
         "principals": list(spec.principals),
@@ -253,6 +265,11 @@ def _send_installs(pool: SshPool, timeout: float) -> coalesce.Send:
     def send(target: NodeTarget, items: Sequence[dict[str, Any]]) -> list[nodeprog.NodeReply]:
         payload = {"keytabs": list(items)}
         reply = nodeprog.call(pool, target, "keytab-install", payload, timeout=timeout)
+        if len(items) > 1 and not reply.ok and reply.data is not None:  # a usage error
+            if _predates_install(reply):
+                return [reply] * len(items)
+            # One keytab the node refused as usage: each alone, so it fails only its own.
+            return [send(target, [item])[0] for item in items]
         return split_reply(reply, len(items))
 
     return send
@@ -301,14 +318,19 @@ def installed(
     kept ones and include the added version (the node is not trusted to have done what it
     was asked)."""
     result = node_result(node, reply, spec.principals)
-    added = {e.kvno for e in add}
-    if result.ok and (not set(result.kvnos) <= keep or not added <= set(result.kvnos)):
-        return NodeResult(
-            node,
-            False,
-            f"{node}: {spec.path} holds versions {list(result.kvnos)} after the write, "
-            f"not the kept {sorted(keep)}",
-        )
+    found = reply.data.get("kvnos") if result.ok and reply.data is not None else None
+    if not isinstance(found, dict):
+        return result
+    for principal in spec.principals:
+        held = set(found[principal])  # node_result checked: a list of ints for each
+        added = {e.kvno for e in add if str(e.principal) == principal}
+        if not held <= keep or not added <= held:
+            return NodeResult(
+                node,
+                False,
+                f"{node}: {spec.path} holds versions {sorted(held)} of {principal} after the "
+                f"write, not the kept {sorted(keep)}",
+            )
     return result
 
 

@@ -80,10 +80,15 @@ class KeytabNodes:
 
         def one(target: NodeTarget) -> tuple[NodeTarget, nodeprog.NodeReply]:
             payload = payloads[target.name]
-            if command == "keytab-verify":
-                reply: nodeprog.NodeReply = grouped.call(target, command, payload, verifies)
-            else:
-                reply = nodeprog.call(self._pool, target, command, payload, timeout=NODE_TIMEOUT_S)
+            try:
+                if command == "keytab-verify":
+                    reply: nodeprog.NodeReply = grouped.call(target, command, payload, verifies)
+                else:
+                    reply = nodeprog.call(
+                        self._pool, target, command, payload, timeout=NODE_TIMEOUT_S
+                    )
+            except ValueError as exc:  # input over the node program's 1 MiB: this node fails
+                reply = nodeprog.NodeReply(target.name, False, None, f"{target.name}: {exc}", 0)
             return target, reply
 
         results: list[tuple[NodeTarget, nodeprog.NodeReply]] = self._pool.map(one, list(targets))

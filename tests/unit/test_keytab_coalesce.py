@@ -98,3 +98,28 @@ def test_a_run_carries_at_most_max_batch_keytabs() -> None:
         assert first.result() == "gpu01:-1"
     assert max(len(items) for _name, items in node.runs) == coalesce.MAX_BATCH
     assert sum(len(items) for _name, items in node.runs) == count + 1
+
+
+def test_a_run_stays_under_the_node_programs_input_limit() -> None:
+    node, grouped = Node(delay=0.1), coalesce.Coalescer()
+    big = "k" * (400 * 1024)  # three of these would pass 1 MiB in one run
+    huge = "k" * (1024 * 1024)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(grouped.call, GPU01, "keytab-install", {"n": -1}, node.send)
+        time.sleep(0.03)
+        futures = []
+        for n, pad in enumerate((big, big, big, huge, "")):
+            futures.append(
+                pool.submit(grouped.call, GPU01, "keytab-install", {"n": n, "pad": pad}, node.send)
+            )
+            time.sleep(0.01)  # queued in this order
+        assert [f.result() for f in futures] == [f"gpu01:{n}" for n in range(5)]
+        assert first.result() == "gpu01:-1"
+    assert [items for _name, items in node.runs] == [[-1], [0, 1], [2], [3], [4]]
+
+
+def test_a_calls_keys_never_appear_in_its_repr() -> None:
+    key = "c2VjcmV0IGtleSBieXRlcyBoZXJlIQ=="
+    call = coalesce._Call({"add": [{"key": key}]})
+    call.answer = {"add": [{"key": key}]}
+    assert key not in repr(call) and key not in str(call)

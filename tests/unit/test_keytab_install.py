@@ -140,7 +140,7 @@ def test_a_failed_write_leaves_the_keytab_and_no_temporary_file(
 ) -> None:
     before = keytab.read_bytes()
 
-    def no_rename(source: str, target: str) -> None:
+    def no_rename(source: str, target: str, **dir_fds: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(bk.os, "rename", no_rename)
@@ -158,10 +158,10 @@ def test_a_write_another_program_undid_is_refused(
 ) -> None:
     written = bk._write_atomic
 
-    def and_undone(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
-        old = Path(path).read_bytes()
-        written(path, data, uid, gid, mode)
-        Path(path).write_bytes(old)  # ktutil by hand, at the wrong moment
+    def and_undone(dfd: int, base: str, data: bytes, uid: int, gid: int, mode: int) -> None:
+        old = keytab.read_bytes()
+        written(dfd, base, data, uid, gid, mode)
+        keytab.write_bytes(old)  # ktutil by hand, at the wrong moment
 
     monkeypatch.setattr(bk, "_write_atomic", and_undone)
     code, reply = run({"keytabs": [item(keytab)]})

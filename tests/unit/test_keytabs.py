@@ -264,7 +264,9 @@ def test_install_is_one_node_program_run_with_the_keys_on_stdin_only(node_dir: P
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another owner needs root")
-def test_an_older_node_program_gets_the_keytab_over_sftp(node_dir: Path) -> None:
+def test_an_older_node_program_gets_the_keytab_over_sftp(
+    node_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = node_dir / "svc.keytab"
     other = entry(HOST, 9)
     path.write_bytes(kf.serialize([other, entry(P1, 1), entry(P1, 2), entry(P2, 2)]))
@@ -274,6 +276,7 @@ def test_an_older_node_program_gets_the_keytab_over_sftp(node_dir: Path) -> None
     add = [entry(P1, 3, fill=5), entry(P2, 3, fill=5)]
     result = distribute.install_one(nodes, NODE, spec_for(path), keep={2, 3}, add=add)  # type: ignore[arg-type]
     assert result == distribute.NodeResult("gpu01", True, None, (2, 3))
+    assert f"gpu01: node program without keytab-install: {path} over SFTP" in caplog.messages
     held = kf.parse(path.read_bytes())
     assert kf.versions(held, [kf.Principal.parse(P1), kf.Principal.parse(P2)]) == {
         P1: [2, 3],
