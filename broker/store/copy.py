@@ -71,8 +71,14 @@ def source_tables(conn: sqlite3.Connection) -> list[str]:
     return ordered
 
 
+# Virtual tables whose rowid is part of what they hold (session_text: the recording id
+# read as base 36, by which the indexer deletes); PostgreSQL has it as a column.
+_ROWID_TABLES = ("session_text",)
+
+
 def columns(conn: sqlite3.Connection, table: str) -> list[str]:
-    return [str(r[1]) for r in conn.execute(f"PRAGMA table_info({quoted(table)})")]
+    names = [str(r[1]) for r in conn.execute(f"PRAGMA table_info({quoted(table)})")]
+    return ["rowid", *names] if table in _ROWID_TABLES else names
 
 
 def _rows(conn: sqlite3.Connection, table: str, cols: Sequence[str]) -> Iterator[list[tuple]]:  # type: ignore[type-arg]
@@ -142,19 +148,31 @@ def copy_store(
             for migration in migrations.MIGRATIONS:
                 migrations.apply(dst, migration, applied.get(migration.number, ""))
             for table in tables:
-                cols = columns(src, table)
-                insert = (
-                    f"INSERT INTO {quoted(table)} ({', '.join(map(quoted, cols))})"  # noqa: S608
-                    f" VALUES ({', '.join('?' * len(cols))})"
-                )
-                copied = 0
-                for batch in _rows(src, table, cols):
-                    dst.executemany(insert, batch)
-                    copied += len(batch)
-                report.tables[table] = copied
+                report.tables[table] = _copy_table(src, dst, table)
             _move_identities(dst, tables)
             _check(src, dst, report, verify)
     return report
+
+
+def _copy_table(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> int:
+    """One table's rows; a row the target refuses is a refusal naming the table (the
+    caller's transactions roll back, so nothing of the copy is kept)."""
+    cols = columns(src, table)
+    insert = (
+        f"INSERT INTO {quoted(table)} ({', '.join(map(quoted, cols))})"  # noqa: S608
+        f" VALUES ({', '.join('?' * len(cols))})"
+    )
+    copied = 0
+    try:
+        for batch in _rows(src, table, cols):
+            dst.executemany(insert, batch)
+            copied += len(batch)
+    except sqlite3.DatabaseError as exc:  # the adapter raises sqlite3's types for PostgreSQL
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RefusedError(
+            f"the target refused a row of {table} ({first}); nothing was kept"
+        ) from None
+    return copied
 
 
 def _check(

@@ -40,9 +40,17 @@ def test_copy_moves_every_row_and_the_copy_carries_on(
     app = App(load_settings(broker_config))
     for n in range(1, 4):
         _session_event(app, n)
+    with app.ready_store().transaction() as conn:  # a recording's typed text, indexed
+        conn.execute(
+            "INSERT INTO session_text (rowid, rid, typed, input) VALUES (?, ?, ?, ?)",
+            (int("r0001", 36), "r0001", "apt-get install htop", "apt-get install htop\n"),
+        )
     app.audit().seal()
     app.close()
     url = pg_cluster.database()
+    with serving(broker_config):  # the daemon running: refused, nothing copied
+        busy = run_broker("db", "copy", "--to", url, config=broker_config)
+        assert busy.returncode == 1 and "daemon is running" in busy.stderr, busy.stderr
     done = run_broker("db", "copy", "--to", url, "--json", config=broker_config)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -53,18 +61,21 @@ def test_copy_moves_every_row_and_the_copy_carries_on(
     with serving(on_pg):
         verified = run_broker("audit", "verify", config=on_pg)
         assert verified.returncode == 0, verified.stderr
-        assert f"head seq {head}" in verified.stdout
+        # (a daemon starting on the copy takes the scheduler lease over: one more event)
     copy = App(load_settings(on_pg))
     try:
         assert copy.audit().verify().ok
         conn = copy.ready_store().conn
-        last = conn.execute("SELECT seq, action FROM audit_events ORDER BY seq DESC").fetchone()
-        assert tuple(last) == (head, "store.copy")
+        copied = conn.execute("SELECT action FROM audit_events WHERE seq = ?", (head,)).fetchone()
+        assert copied[0] == "store.copy"
+        top = conn.execute("SELECT MAX(seq) FROM audit_events").fetchone()[0]
+        text = conn.execute('SELECT "rowid", rid, typed FROM session_text').fetchall()
+        assert [tuple(r) for r in text] == [(int("r0001", 36), "r0001", "apt-get install htop")]
         # Identity counters moved past the copied ids; the chain goes on from the head.
         _session_event(copy, 4)
         ids = [r[0] for r in conn.execute("SELECT id FROM session_events ORDER BY id")]
         assert len(ids) == 4 and len(set(ids)) == 4
-        assert conn.execute("SELECT MAX(seq) FROM audit_events").fetchone()[0] == head + 1
+        assert conn.execute("SELECT MAX(seq) FROM audit_events").fetchone()[0] == top + 1
         assert copy.audit().verify().ok
     finally:
         copy.close()
