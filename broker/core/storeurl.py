@@ -38,7 +38,6 @@ KEYWORDS: dict[str, re.Pattern[str]] = {
     "target_session_attrs": re.compile(r"read-write|primary"),
 }
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
-_VERIFIED = {"verify-ca", "verify-full"}
 
 
 class StoreUrlError(ValueError):
@@ -117,8 +116,13 @@ def _from_keywords(text: str) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for item in text.split():
         key, sep, value = item.partition("=")
+        if key.strip() == "password":
+            raise StoreUrlError(_KEEP_IT_IN_A_FILE)
         if not sep or "'" in item or "\\" in item:
-            raise StoreUrlError(f"{item!r} is not KEY=VALUE (no quotes, no spaces in values)")
+            # Named by its key only: the value may be a secret typed in the wrong place.
+            raise StoreUrlError(
+                f"the item starting {key[:32]!r} is not KEY=VALUE (no quotes, no spaces in values)"
+            )
         pairs.append((key, value))
     return pairs
 
@@ -140,15 +144,17 @@ def _checked(pairs: list[tuple[str, str]]) -> StoreUrl:
         if key in seen:
             raise StoreUrlError(f"{key!r} is given twice")
         if not pattern.fullmatch(value) or ".." in value:
-            raise StoreUrlError(f"{key}={value!r} is not an accepted value for {key}")
+            # The value is not echoed: a mistyped one may hold a password (user=alice:secret).
+            raise StoreUrlError(f"the value of {key} is not an accepted {key}")
         seen[key] = value
     if "dbname" not in seen:
         raise StoreUrlError("no database named: add /DBNAME to the URL or dbname=DBNAME")
     host = seen.get("host", "")
     remote = bool(host) and not host.startswith("/") and host not in _LOOPBACK
-    if remote and seen.get("sslmode") not in _VERIFIED:
+    if remote and (seen.get("sslmode") != "verify-full" or "sslrootcert" not in seen):
         raise StoreUrlError(
-            f"host {host} is reached over the network: set sslmode=verify-full (or verify-ca)"
-            " and sslrootcert=/PATH so the audit chain never crosses it unauthenticated"
+            f"host {host} is reached over the network: set sslmode=verify-full and"
+            " sslrootcert=/PATH (the CA that signed the server's certificate) so the audit"
+            " chain never crosses it unauthenticated"
         )
     return StoreUrl("postgresql", params=tuple(seen.items()))

@@ -341,7 +341,9 @@ def test_a_loose_passfile_is_refused(tmp_path: Path, pg_cluster: Cluster) -> Non
         ("postgresql://db.example/broker", "set sslmode=verify-full"),
         ("postgresql://db.example/broker?sslmode=require", "set sslmode=verify-full"),
         ("postgresql://localhost", "no database named"),
-        ("postgresql:///b?host=/run/../etc", "not an accepted value for host"),
+        ("postgresql:///b?host=/run/../etc", "the value of host is not an accepted host"),
+        ("postgresql://db.example/broker?sslmode=verify-ca&sslrootcert=/a", "verify-full"),
+        ("postgresql://db.example/broker?sslmode=verify-full", "sslrootcert"),
         ("sqlite://host/x.db", "three slashes"),
         ("mysql://db/broker", "expected sqlite:///"),
     ],
@@ -351,16 +353,33 @@ def test_store_urls_outside_the_allow_list_are_refused(url: str, why: str) -> No
         parse_store_url(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=/run/postgresql dbname=broker password='Hunter2'",
+        "postgresql://alice%3AHunter2@db/broker",
+        "host=/run/postgresql dbname=broker user=al'Hunter2",
+    ],
+)
+def test_a_refused_store_url_never_echoes_a_value(url: str) -> None:
+    with pytest.raises(StoreUrlError) as refused:
+        parse_store_url(url)
+    assert "Hunter2" not in str(refused.value)
+
+
 def test_accepted_store_urls() -> None:
     lite = parse_store_url("sqlite:///var/lib/broker/broker.db")
     assert (lite.engine, str(lite.path)) == ("sqlite", "/var/lib/broker/broker.db")
-    pg = parse_store_url("postgresql://broker@db.example:5433/broker?sslmode=verify-full")
+    pg = parse_store_url(
+        "postgresql://broker@db.example:5433/broker?sslmode=verify-full&sslrootcert=/etc/ca.pem"
+    )
     assert pg.keywords() == {
         "user": "broker",
         "host": "db.example",
         "port": "5433",
         "dbname": "broker",
         "sslmode": "verify-full",
+        "sslrootcert": "/etc/ca.pem",
     }
     words = parse_store_url("host=/run/postgresql dbname=broker passfile=/etc/broker/pgpass")
     assert (
