@@ -42,6 +42,17 @@ def lab_module() -> ModuleType:
     return load_lab_module()
 
 
+# The HA lab's tests (lab up --ha) take the lab over for their module: they run last, after
+# every test of the session-wide lab, which `up --ha` replaces (up starts with a down).
+HA_MODULES = ("test_ha_lab.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the HA lab's modules after every other test, so the session's lab is never
+    needed again once `ha_lab` has replaced it (the two never run at the same time)."""
+    items.sort(key=lambda item: item.path.name in HA_MODULES)
+
+
 @pytest.fixture(scope="session")
 def lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
     root = Path(os.environ.get("BROKER_LAB_ROOT", "/var/lib/broker-lab"))
@@ -49,6 +60,24 @@ def lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
     reuse = keep and (root / "lab.json").exists() and lab_module.status(root).get("up")
     if not reuse:
         lab_module.up(root=root)
+    info: dict[str, Any] = lab_module.load_info(root)
+    yield info
+    if not keep:
+        lab_module.down(root)
+        lab_module.assert_host_clean(root)
+
+
+@pytest.fixture(scope="module")
+def ha_lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
+    """The HA lab (`lab up --ha`: the store in the lab's own PostgreSQL, a second daemon on
+    it), brought up for one module and removed after it. `up` first removes whatever lab is
+    up, the session's included, so this fixture's modules are ordered last. With
+    BROKER_LAB_KEEP=1 an HA lab already up is reused and left up."""
+    root = Path(os.environ.get("BROKER_LAB_ROOT", "/var/lib/broker-lab"))
+    keep = os.environ.get("BROKER_LAB_KEEP") == "1"
+    current = lab_module.status(root)
+    if not (keep and current.get("up") and current.get("ha")):
+        lab_module.up(root=root, ha=True)
     info: dict[str, Any] = lab_module.load_info(root)
     yield info
     if not keep:
