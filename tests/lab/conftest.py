@@ -1,6 +1,8 @@
 """The lab, started once per test session for tests marked `lab`, and removed at the end.
 
 BROKER_LAB_KEEP=1 reuses a lab that is already up and leaves it up afterwards.
+BROKER_LAB_HA=1 brings the session's lab up with `--ha` (the store in PostgreSQL, two
+daemons), to run any lab test against the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
     root = Path(os.environ.get("BROKER_LAB_ROOT", "/var/lib/broker-lab"))
     keep = os.environ.get("BROKER_LAB_KEEP") == "1"
+    ha = os.environ.get("BROKER_LAB_HA") == "1"  # the whole lab suite on PostgreSQL
     reuse = keep and (root / "lab.json").exists() and lab_module.status(root).get("up")
     if not reuse:
-        lab_module.up(root=root)
+        lab_module.up(root=root, ha=ha)
     info: dict[str, Any] = lab_module.load_info(root)
     yield info
     if not keep:
