@@ -112,6 +112,18 @@ def private_daemon_config(text: str, directory: Path) -> Path:
     return config
 
 
+def store_bytes(lab: dict[str, Any]) -> bytes:
+    """Everything the lab broker's store holds, as bytes to search for a secret: the SQLite
+    file, or on the HA lab a pg_dump of its PostgreSQL database (as the cluster's owner)."""
+    if "pg" not in lab:
+        return (Path(lab["broker"]["state_dir"]) / "broker.db").read_bytes()
+    dump = ["/usr/lib/postgresql/15/bin/pg_dump", "-h", lab["pg"]["socket_dir"], "broker"]
+    done = subprocess.run(
+        ["runuser", "-u", "postgres", "--", *dump], capture_output=True, timeout=120, check=True
+    )
+    return done.stdout
+
+
 def config_of(lab: dict[str, Any]) -> Path:
     return Path(lab["broker"]["config"])
 
