@@ -45,7 +45,7 @@ COMMANDS: dict[str, Entry] = {
         "app",
         "Evidence for auditors: the controls report, signed, and its verification.",
     ),
-    "db": Entry(_CLI + "db_cmds", "app", "The broker's SQLite store."),
+    "db": Entry(_CLI + "db_cmds", "app", "The broker's store (SQLite, or PostgreSQL)."),
     "config": Entry(_CLI + "config_cmds", "app", "The broker's configuration file."),
     "directory": Entry(_CLI + "directory_cmds", "app", "Active Directory over LDAPS and Kerberos."),
     "node": Entry(_CLI + "node_cmds", "app", "Cluster nodes."),
