@@ -152,9 +152,14 @@ def text_replace(engine: Engine, rid: str, typed: str, raw: str) -> list[Stateme
                 (key, rid, typed, raw),
             ),
         ]
+    # rowid is the table's key there too (NOT NULL, no default: `broker db copy` brings
+    # SQLite's over), so an insert gives it the same value SQLite's does.
     return [
         ("DELETE FROM session_text WHERE rid = ?", (rid,)),
-        ("INSERT INTO session_text (rid, typed, input) VALUES (?, ?, ?)", (rid, typed, raw)),
+        (
+            "INSERT INTO session_text (rowid, rid, typed, input) VALUES (?, ?, ?, ?)",
+            (int(rid, 36), rid, typed, raw),
+        ),
     ]
 
 

@@ -45,7 +45,9 @@ COLUMNS = (
     "acked_by",
     "ack_note",
 )
-_COLUMNS = ", ".join(COLUMNS)
+# All quoted: an unquoted `user` in a select list is PostgreSQL's CURRENT_USER (the
+# database role), so every alert read back there named the broker's role as its user.
+_COLUMNS = ", ".join(f'"{c}"' for c in COLUMNS)
 
 
 @dataclass(frozen=True)

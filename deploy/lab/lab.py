@@ -775,27 +775,128 @@ def broker_command() -> str:
     return found
 
 
-def start_broker(root: Path, config: Path) -> int:
+def start_broker(
+    root: Path, config: Path, directory: str = "broker", *, init: bool = True, tls: bool = True
+) -> int:
     """`broker init`, then the daemon in its own mount+UTS namespace whose /etc/passwd holds
-    the lab's directory users, as a cluster host's would: callers are known by uid."""
+    the lab's directory users, as a cluster host's would: callers are known by uid. The HA
+    lab's second daemon (`directory` broker2) shares the first one's state and store, so it
+    is not initialised again, and has no TLS listener (the address and port are the first's)."""
     broker = broker_command()
-    run([broker, "--config", str(config), "init"], step="broker init")
-    rundir = root / "broker" / "run"  # what systemd's RuntimeDirectory= makes: 0755
+    if init:
+        run([broker, "--config", str(config), "init"], step="broker init")
+    rundir = root / directory / "run"  # what systemd's RuntimeDirectory= makes: 0755
     rundir.mkdir(exist_ok=True)
     rundir.chmod(0o755)
-    boot = root / "broker" / "boot.sh"
+    boot = root / directory / "boot.sh"
     boot.write_text(BROKER_BOOT.format(files=root / "nodefiles", broker=broker, config=config))
-    log = root / "broker" / "daemon.log"
+    log = root / directory / "daemon.log"
+    sock = rundir / "broker.sock"
+    sock.unlink(missing_ok=True)  # a daemon killed with -9 leaves its socket behind
     proc = spawn([*UNSHARE, "/bin/sh", str(boot)], log)
-    sock = root / "broker" / "run" / "broker.sock"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise LabError(f"the broker daemon exited: {log.read_text()[-1500:]}")
-        if sock.exists() and port_open(BROKER_ADDR, BROKER_PORT):
+        if sock.exists() and (not tls or port_open(BROKER_ADDR, BROKER_PORT)):
             return proc.pid
         time.sleep(0.1)
     raise LabError(f"the broker daemon did not come up: {log.read_text()[-1500:]}")
+
+
+def daemon_pid(launcher: int | None) -> int | None:
+    """The `broker serve` process a lab launcher (`unshare --fork`) runs, or None: what a
+    test kills with -9 to kill a daemon (the launcher itself is not the daemon)."""
+    if not pid_alive(launcher):
+        return None
+    try:
+        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+# ---------------------------------------------------------------- HA: PostgreSQL, broker2
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+LEADER_LEASE = "3s"  # the shortest lease the daemon takes: failover measured at its fastest
+
+
+def as_postgres(argv: list[str], step: str) -> None:
+    run(["runuser", "-u", "postgres", "--", *argv], step=step)
+
+
+def start_postgres(root: Path) -> dict[str, Any]:
+    """A throwaway PostgreSQL 15 cluster owned by the lab (Debian's initdb and pg_ctl as the
+    `postgres` user): data and Unix socket under ROOT/pg, no TCP at all, a `broker` role
+    owning a `broker` database. The host's own clusters are never touched; `down` stops it."""
+    if not (PG_BIN / "initdb").exists():
+        raise LabError(f"{PG_BIN}/initdb is missing: run deploy/install-deps.sh (postgresql-15)")
+    pg = root / "pg"
+    pg.mkdir(mode=0o700)
+    shutil.chown(pg, "postgres", "postgres")
+    data, sock = pg / "data", pg / "sock"
+    initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "peer", "-U", "postgres"]
+    as_postgres([*initdb, "-E", "UTF8", "--locale=C.UTF-8"], "initdb (lab PostgreSQL)")
+    as_postgres(["mkdir", "-m", "0700", str(sock)], "PostgreSQL socket directory")
+    # Peer authentication: the daemons run as root, mapped to the `broker` role only.
+    (data / "pg_ident.conf").write_text("lab root broker\n")
+    (data / "pg_hba.conf").write_text("local all postgres peer\nlocal broker broker peer map=lab\n")
+    options = f"-c listen_addresses='' -c unix_socket_directories={sock}"
+    pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-s", "-l", str(pg / "log")]
+    as_postgres([*pg_ctl, "-o", options, "start"], "pg_ctl start (lab PostgreSQL)")
+    psql = [str(PG_BIN / "psql"), "-X", "-q", "-h", str(sock), "-d", "postgres", "-c"]
+    as_postgres([*psql, "CREATE ROLE broker LOGIN"], "create role broker")
+    as_postgres(
+        [*psql, "CREATE DATABASE broker OWNER broker TEMPLATE template0 LOCALE 'C'"],
+        "create database broker",
+    )
+    return {
+        "data": str(data),
+        "socket_dir": str(sock),
+        "url": f"postgresql:///broker?host={sock}&user=broker",
+    }
+
+
+def stop_postgres(root: Path) -> None:
+    """Stop the lab's cluster at once (its files are removed with ROOT); nothing if none."""
+    data = root / "pg" / "data"
+    if (data / "postmaster.pid").exists():
+        pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-s", "-m", "immediate", "stop"]
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *pg_ctl], capture_output=True, timeout=60
+        )
+
+
+def ha_config(first: Path, sock: Path) -> str:
+    """The second daemon's broker.toml: the first's, with its own name and socket and no
+    TLS listener or metrics endpoint (those addresses are the first daemon's)."""
+    text = first.read_text().replace('name = "broker1"', 'name = "broker2"')
+    head, rest = text.split("\n[daemon]\n", 1)
+    tail = rest[rest.index("\n[") :]
+    return f'{head}\n[daemon]\nsocket = "{sock}"\nleader_lease = "{LEADER_LEASE}"\n{tail}'
+
+
+def start_second_broker(root: Path, info: dict[str, Any]) -> None:
+    """broker2: the same state directory (keys) and PostgreSQL store as the first, its own
+    socket and namespace; both serve the API, the scheduler lease picks one leader."""
+    (root / "broker2").mkdir(mode=0o755, exist_ok=True)
+    sock = root / "broker2" / "run" / "broker.sock"
+    config = root / "broker2" / "broker.toml"
+    write_atomic(config, ha_config(Path(info["broker"]["config"]), sock), 0o644)
+    info["broker2"] = {"config": str(config), "socket": str(sock)}
+    info["broker2"]["pid"] = start_broker(root, config, "broker2", init=False, tls=False)
+
+
+def restart_ha_daemon(root: Path, which: str) -> None:
+    """Start a lab daemon ("broker" or "broker2") again after it was killed, keeping the
+    store: it joins as a standby while the other holds the scheduler lease."""
+    info = load_info(root)
+    stop_process(info[which].get("pid"))
+    info[which]["pid"] = start_broker(
+        root, Path(info[which]["config"]), which, init=False, tls=which == "broker"
+    )
+    save_info(root, info)
 
 
 def start_logserver(root: Path, config: Path) -> dict[str, int]:
@@ -1115,11 +1216,25 @@ def enroll_nodes(info: dict[str, Any]) -> None:
 LAB_SNAPSHOT_AGE = "12h"
 
 
-def broker_config(root: Path, keytab: Path, state_dir: Path, names: list[str]) -> Path:
+def broker_config(
+    root: Path, keytab: Path, state_dir: Path, names: list[str], store_url: str | None = None
+) -> Path:
+    """The lab broker's broker.toml; with STORE_URL (the HA lab) it names itself broker1,
+    keeps its store in PostgreSQL, lists both daemons' sockets as the CLI's endpoints and
+    takes the shortest scheduler lease."""
     path = root / "broker" / "broker.toml"
+    sock1, sock2 = root / "broker" / "run" / "broker.sock", root / "broker2" / "run" / "broker.sock"
+    ha_broker = 'name = "broker1"\n' if store_url else ""
+    ha_store = f'[store]\nurl = "{store_url}"\n\n' if store_url else ""
+    ha_daemon = (
+        f'endpoints = ["unix:{sock1}", "unix:{sock2}"]\nleader_lease = "{LEADER_LEASE}"\n'
+        if store_url
+        else ""
+    )
     path.write_text(
-        f'[broker]\nstate_dir = "{state_dir}"\nservice_user = "root"\n\n'
-        "[audit]\nsyslog = false\n\n"
+        f'[broker]\nstate_dir = "{state_dir}"\nservice_user = "root"\n{ha_broker}\n'
+        + ha_store
+        + "[audit]\nsyslog = false\n\n"
         f'[kerberos]\nkrb5_conf = "{root / "krb5.conf"}"\n\n'
         f'[directory]\nuris = ["ldaps://{DC_HOST}:636"]\nbase_dn = "{BASE_DN}"\n'
         f'ca_file = "{root / "ca" / "ca.pem"}"\nauth = "gssapi"\nprincipal = "svc-broker@{REALM}"\n'
@@ -1135,7 +1250,7 @@ def broker_config(root: Path, keytab: Path, state_dir: Path, names: list[str]) -
         f'tls_cert = "{root / "ca" / "broker.pem"}"\ntls_key = "{root / "ca" / "broker.key"}"\n'
         f'http_keytab = "{root / "broker" / "http.keytab"}"\n'
         f'http_principal = "HTTP/{BROKER_HOST}@{REALM}"\nrealm = "{REALM}"\n'
-        f'metrics_listen = "{BROKER_ADDR}:{METRICS_PORT}"\n\n'
+        f'metrics_listen = "{BROKER_ADDR}:{METRICS_PORT}"\n{ha_daemon}\n'
         # Tests prove that expiry needs no action of the broker, and run the scheduler's
         # tick themselves (`broker grants reap`) where they want it.
         '[grants]\nreap_interval = "1h"\n\n'
@@ -1168,9 +1283,13 @@ def load_info(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
 
 
 def up(
-    nodes: str = DEFAULT_NODES, root: Path = DEFAULT_ROOT, bulk: dict[str, Any] | None = None
+    nodes: str = DEFAULT_NODES,
+    root: Path = DEFAULT_ROOT,
+    bulk: dict[str, Any] | None = None,
+    ha: bool = False,
 ) -> dict[str, Any]:
-    """Build the whole lab; on any failure tear down what was started and raise LabError."""
+    """Build the whole lab; on any failure tear down what was started and raise LabError.
+    HA (`up --ha`): the store in a lab-owned PostgreSQL cluster and a second daemon on it."""
     names = expand_hostlist(nodes)
     down(root, quiet=True)
     started = time.monotonic()
@@ -1225,12 +1344,18 @@ def up(
             step="delegate keytab rotation to svc-broker",
         )
         state_dir = root / "broker" / "state"
+        if ha:
+            say("starting the lab's PostgreSQL 15 cluster (HA)")
+            info["pg"] = start_postgres(root)
+            save_info(root, info)
         info["broker"] = {
             "principal": f"svc-broker@{REALM}",
             "keytab": str(keytab),
             "ssh_key": str(root / "broker" / "ssh_ed25519"),
             "known_hosts": str(root / "broker" / "known_hosts"),
-            "config": str(broker_config(root, keytab, state_dir, names)),
+            "config": str(
+                broker_config(root, keytab, state_dir, names, info.get("pg", {}).get("url"))
+            ),
             "state_dir": str(state_dir),
         }
         say(f"starting {len(names)} nodes")
@@ -1257,6 +1382,10 @@ def up(
         info["broker"]["url"] = f"https://{BROKER_HOST}:{BROKER_PORT}"
         info["broker"]["pid"] = start_broker(root, Path(info["broker"]["config"]))
         save_info(root, info)
+        if ha:
+            say("starting the second broker daemon on the same store (HA)")
+            start_second_broker(root, info)
+            save_info(root, info)
         say("starting the log server (sudo_logsrvd behind stunnel)")
         info["logsrv"] = start_logserver(root, Path(info["broker"]["config"]))
         save_info(root, info)
@@ -1328,7 +1457,9 @@ def down(root: Path = DEFAULT_ROOT, quiet: bool = False) -> None:
     pids += [p for n in info.get("nodes", []) for p in n.get("break_glass_pids", [])]
     pids += list(info.get("logsrv", {}).values())
     pids += [info.get("dc", {}).get("pid"), info.get("dc_pid"), info.get("broker", {}).get("pid")]
+    pids += [info.get("broker2", {}).get("pid")]
     pids += lab_processes(root)
+    stop_postgres(root)
     targets = sorted({p for p in pids if p and pid_alive(p)})
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in targets:
@@ -1370,7 +1501,11 @@ def status(root: Path = DEFAULT_ROOT) -> dict[str, Any]:
     ]
     broker = info.get("broker", {})
     broker_up = pid_alive(broker.get("pid")) and Path(broker.get("socket", "/nonexistent")).exists()
+    if "broker2" in info:  # the HA lab is up only with both daemons
+        second = info["broker2"]
+        broker_up = broker_up and pid_alive(second.get("pid")) and Path(second["socket"]).exists()
     return {
+        "ha": "pg" in info,
         "up": bool(dc_up and broker_up and nodes and all(n["up"] for n in nodes)),
         "exists": True,
         "dc": {"address": DC_ADDR, "up": dc_up},
@@ -1437,6 +1572,9 @@ def main() -> None:
         "--bulk-users", type=int, default=DEFAULT_BULK["users"], help="extra users bulkNNNNN"
     )
     up_p.add_argument("--bulk-groups", type=int, default=0, help="extra nested groups")
+    up_p.add_argument(
+        "--ha", action="store_true", help="store in PostgreSQL, a second daemon on it (docs/ha.md)"
+    )
     up_p.add_argument("--bulk-depth", type=int, default=1, help="nesting depth of bulk groups")
     sub.add_parser("down", help="remove the lab and its host changes")
     sub.add_parser("restart-broker", help="restart the lab's broker daemon (after a code change)")
@@ -1460,7 +1598,7 @@ def main() -> None:
                 "depth": args.bulk_depth,
                 "big_group": args.bulk_users > 1500,
             }
-            up(args.nodes, DEFAULT_ROOT, bulk)
+            up(args.nodes, DEFAULT_ROOT, bulk, ha=args.ha)
         elif args.command == "down":
             down(DEFAULT_ROOT)
         elif args.command == "restart-broker":

@@ -1,6 +1,8 @@
 """The lab, started once per test session for tests marked `lab`, and removed at the end.
 
 BROKER_LAB_KEEP=1 reuses a lab that is already up and leaves it up afterwards.
+BROKER_LAB_HA=1 brings the session's lab up with `--ha` (the store in PostgreSQL, two
+daemons), to run any lab test against the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -42,13 +44,43 @@ def lab_module() -> ModuleType:
     return load_lab_module()
 
 
+# The HA lab's tests (lab up --ha) take the lab over for their module: they run last, after
+# every test of the session-wide lab, which `up --ha` replaces (up starts with a down).
+HA_MODULES = ("test_ha_lab.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the HA lab's modules after every other test, so the session's lab is never
+    needed again once `ha_lab` has replaced it (the two never run at the same time)."""
+    items.sort(key=lambda item: item.path.name in HA_MODULES)
+
+
 @pytest.fixture(scope="session")
 def lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
     root = Path(os.environ.get("BROKER_LAB_ROOT", "/var/lib/broker-lab"))
     keep = os.environ.get("BROKER_LAB_KEEP") == "1"
+    ha = os.environ.get("BROKER_LAB_HA") == "1"  # the whole lab suite on PostgreSQL
     reuse = keep and (root / "lab.json").exists() and lab_module.status(root).get("up")
     if not reuse:
-        lab_module.up(root=root)
+        lab_module.up(root=root, ha=ha)
+    info: dict[str, Any] = lab_module.load_info(root)
+    yield info
+    if not keep:
+        lab_module.down(root)
+        lab_module.assert_host_clean(root)
+
+
+@pytest.fixture(scope="module")
+def ha_lab(lab_module: ModuleType) -> Iterator[dict[str, Any]]:
+    """The HA lab (`lab up --ha`: the store in the lab's own PostgreSQL, a second daemon on
+    it), brought up for one module and removed after it. `up` first removes whatever lab is
+    up, the session's included, so this fixture's modules are ordered last. With
+    BROKER_LAB_KEEP=1 an HA lab already up is reused and left up."""
+    root = Path(os.environ.get("BROKER_LAB_ROOT", "/var/lib/broker-lab"))
+    keep = os.environ.get("BROKER_LAB_KEEP") == "1"
+    current = lab_module.status(root)
+    if not (keep and current.get("up") and current.get("ha")):
+        lab_module.up(root=root, ha=True)
     info: dict[str, Any] = lab_module.load_info(root)
     yield info
     if not keep:
@@ -78,6 +110,18 @@ def private_daemon_config(text: str, directory: Path) -> Path:
     config = directory / "broker.toml"
     config.write_text(f'{head}\n[daemon]\nsocket = "{directory / "run" / "broker.sock"}"\n')
     return config
+
+
+def store_bytes(lab: dict[str, Any]) -> bytes:
+    """Everything the lab broker's store holds, as bytes to search for a secret: the SQLite
+    file, or on the HA lab a pg_dump of its PostgreSQL database (as the cluster's owner)."""
+    if "pg" not in lab:
+        return (Path(lab["broker"]["state_dir"]) / "broker.db").read_bytes()
+    dump = ["/usr/lib/postgresql/15/bin/pg_dump", "-h", lab["pg"]["socket_dir"], "broker"]
+    done = subprocess.run(
+        ["runuser", "-u", "postgres", "--", *dump], capture_output=True, timeout=120, check=True
+    )
+    return done.stdout
 
 
 def config_of(lab: dict[str, Any]) -> Path:

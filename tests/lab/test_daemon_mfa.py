@@ -20,7 +20,7 @@ import pyotp
 import pytest
 
 from tests.helpers import BROKER, run_broker
-from tests.lab.conftest import as_user, cli, config_of
+from tests.lab.conftest import as_user, cli, config_of, store_bytes
 
 pytestmark = pytest.mark.lab
 
@@ -152,7 +152,7 @@ def test_mfa_enroll_verify_replay_recovery_lockout_and_reset(
     secret, recovery, step = _enroll(synced, "alice")
     assert len(recovery) == 10 and len(set(recovery)) == 10
     totp = pyotp.TOTP(secret)
-    db = (Path(synced["broker"]["state_dir"]) / "broker.db").read_bytes()
+    db = store_bytes(synced)
     assert secret.encode() not in db  # encrypted at rest
     assert not any(code.encode() in db for code in recovery)  # stored hashed
 
